@@ -1,0 +1,1 @@
+//! call-probe: see the project's issues; this crate is not implemented yet.

@@ -1,0 +1,1 @@
+//! discovery-client: see the project's issues; this crate is not implemented yet.
