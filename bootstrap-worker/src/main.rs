@@ -1,0 +1,166 @@
+//! `bootstrap-worker`: run the Zajel registry natively, or make its signing key.
+
+#[cfg(not(target_arch = "wasm32"))]
+fn main() -> std::process::ExitCode {
+    cli::main()
+}
+
+#[cfg(target_arch = "wasm32")]
+fn main() {}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod cli {
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+    use std::process::ExitCode;
+
+    use bootstrap_worker::config::{Config, Policy};
+    use bootstrap_worker::native::{keyfile, server, sqlite::SqliteStore};
+    use bootstrap_worker::registry::Registry;
+    use clap::{Parser, Subcommand};
+    use zajel_wire::keys;
+
+    /// The Zajel server registry, self-hosted.
+    #[derive(Parser)]
+    #[command(version, about, long_about = None)]
+    struct Cli {
+        #[command(subcommand)]
+        command: Command,
+    }
+
+    #[derive(Subcommand)]
+    enum Command {
+        /// Serve the registry over HTTP.
+        Serve(ServeArgs),
+        /// Create a new signing key file (mode 0600) and print its public key.
+        Keygen {
+            /// Where to write the key; an existing file is never replaced.
+            #[arg(long)]
+            out: PathBuf,
+        },
+        /// Print the public key (standard base64, the form clients pin) of a key file.
+        Pubkey {
+            #[arg(long)]
+            key_file: PathBuf,
+        },
+    }
+
+    #[derive(clap::Args)]
+    struct ServeArgs {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8787")]
+        listen: SocketAddr,
+        /// Key that signs `GET /servers` (64 hex characters; see `keygen`).
+        #[arg(long)]
+        signing_key_file: PathBuf,
+        /// SQLite file holding the entries (created if missing).
+        #[arg(
+            long,
+            default_value = "zajel-registry.sqlite3",
+            conflicts_with = "memory"
+        )]
+        data: PathBuf,
+        /// Keep entries in memory only; they vanish when the server stops.
+        #[arg(long)]
+        memory: bool,
+        /// Who may register: `signed` (proof of possession) or `open` (Zajel's servers too).
+        #[arg(long, default_value = "signed", value_parser = parse_policy)]
+        policy: Policy,
+        /// Entries not heard from for this many ms are dropped.
+        #[arg(long, default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1..))]
+        ttl_ms: u64,
+        /// Most entries held at once.
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+        max_entries: u64,
+        /// Mutations per minute allowed from one client address (also the burst).
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+        rate_limit: u32,
+    }
+
+    fn parse_policy(text: &str) -> Result<Policy, String> {
+        text.parse()
+    }
+
+    pub fn main() -> ExitCode {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info".into()),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+        let result = match Cli::parse().command {
+            Command::Serve(args) => serve(args),
+            Command::Keygen { out } => keyfile::generate(&out).map(|key| {
+                eprintln!("wrote a new signing key to {} (mode 0600)", out.display());
+                println!("{}", keys::public_key_to_base64(&key.verifying_key()));
+            }),
+            Command::Pubkey { key_file } => keyfile::read(&key_file).map(|key| {
+                println!("{}", keys::public_key_to_base64(&key.verifying_key()));
+            }),
+        };
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    fn serve(args: ServeArgs) -> Result<(), String> {
+        let key = keyfile::read(&args.signing_key_file)?;
+        let store = if args.memory {
+            SqliteStore::in_memory()
+        } else {
+            SqliteStore::open(&args.data)
+        }
+        .map_err(|error| format!("cannot open {}: {error}", args.data.display()))?;
+        let public = keys::public_key_to_base64(&key.verifying_key());
+        let config = Config {
+            ttl_ms: args.ttl_ms,
+            policy: args.policy,
+            max_entries: args.max_entries,
+            rate_limit_per_minute: args.rate_limit,
+            signing_key: Some(key),
+        };
+        let runtime = tokio::runtime::Runtime::new().map_err(|error| error.to_string())?;
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(args.listen)
+                .await
+                .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
+            let address = listener.local_addr().map_err(|error| error.to_string())?;
+            tracing::info!(
+                storage = %if args.memory { "memory".to_string() } else { args.data.display().to_string() },
+                policy = ?config.policy,
+                ttl_ms = config.ttl_ms,
+                "registry signing with public key {public}"
+            );
+            // Test harnesses wait for this line.
+            println!("listening on http://{address}");
+            server::serve(listener, Registry::new(store, config), shutdown_signal())
+                .await
+                .map_err(|error| error.to_string())?;
+            tracing::info!("shut down");
+            Ok(())
+        })
+    }
+
+    async fn shutdown_signal() {
+        let interrupt = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut terminate =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(signal) => signal,
+                    Err(_) => return interrupt.await.unwrap_or(()),
+                };
+            tokio::select! {
+                _ = interrupt => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        interrupt.await.unwrap_or(());
+    }
+}

@@ -1,0 +1,155 @@
+//! The native HTTP host: hyper over tokio, one [`Registry`] behind a mutex.
+//!
+//! Each request is read (at most one byte past the body limit, so an
+//! oversize body is refused without being buffered), handed to the registry
+//! on the blocking pool (SQLite writes wait for fsync), and the registry's
+//! response is written back unchanged.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use super::sqlite::SqliteStore;
+use crate::config::MAX_BODY_BYTES;
+use crate::registry::{Registry, Request, Response};
+
+/// Most connections served at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// A client must send its request headers within this time.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client must send its whole body within this time.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The registry shared by every connection.
+pub type SharedRegistry = Arc<Mutex<Registry<SqliteStore>>>;
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Serves `registry` on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Registry<SqliteStore>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let registry: SharedRegistry = Arc::new(Mutex::new(registry));
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| answer(registry.clone(), peer, request));
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(error) = connection.await {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn answer(
+    registry: SharedRegistry,
+    peer: SocketAddr,
+    request: hyper::Request<Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let (parts, mut body) = request.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let mut core = Request::new(parts.method.as_str(), path, &peer.ip().to_string());
+    core.headers = parts
+        .headers
+        .iter()
+        .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
+        .collect();
+    let read = tokio::time::timeout(BODY_TIMEOUT, async {
+        while core.body.len() <= MAX_BODY_BYTES {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        core.body.extend_from_slice(data);
+                    }
+                }
+                Some(Err(error)) => return Err(error.to_string()),
+                None => break,
+            }
+        }
+        Ok(())
+    })
+    .await;
+    match read {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => return Ok(plain(400, &format!("could not read body: {error}"))),
+        Err(_) => return Ok(plain(408, "body not received in time")),
+    }
+    let handled = tokio::task::spawn_blocking(move || {
+        let mut registry = registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        registry.handle(&core, now_ms())
+    })
+    .await;
+    let response = match handled {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::error!(%error, "registry task failed");
+            return Ok(plain(500, "internal error"));
+        }
+    };
+    if let Some(line) = &response.refusal {
+        tracing::warn!("{line}");
+    }
+    Ok(to_hyper(response))
+}
+
+fn to_hyper(response: Response) -> hyper::Response<Full<Bytes>> {
+    let mut builder = hyper::Response::builder().status(response.status);
+    for (name, value) in &response.headers {
+        builder = builder.header(*name, value);
+    }
+    builder
+        .body(Full::new(Bytes::from(response.body)))
+        .unwrap_or_else(|_| plain(500, "internal error"))
+}
+
+fn plain(status: u16, text: &str) -> hyper::Response<Full<Bytes>> {
+    let mut response = hyper::Response::new(Full::new(Bytes::from(text.to_string())));
+    *response.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_REQUEST);
+    response
+}

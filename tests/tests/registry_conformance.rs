@@ -1,0 +1,1174 @@
+//! The registry's HTTP conformance suite, run against every host: the native
+//! server (in-process, and as a child process for restarts) and the Worker
+//! under `wrangler dev` (real workerd). Each check runs once per host, named
+//! `<host>::<check>`.
+//!
+//! The workerd host needs the wasm build and `npm ci` (the README's test
+//! command does both). Without them it is reported as a failure, unless
+//! `ZAJEL_SKIP_WORKERD=1` says to leave it out on purpose.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bootstrap_worker::registry::errors;
+use ed25519_dalek::SigningKey;
+use libtest_mimic::{Arguments, Failed, Trial};
+use serde_json::{json, Value};
+use tests::registry_host::{self, Profile, RunningRegistry};
+use zajel_wire::entry::{
+    HeartbeatRequest, RegisterRequest, MISSING_REGISTER_FIELDS, MISSING_SERVER_ID,
+};
+use zajel_wire::keys;
+use zajel_wire::signature::{self, FRESHNESS_WINDOW_MS};
+
+type Check = fn(&Host) -> Result<(), String>;
+type Http = reqwest::blocking::Client;
+
+/// The registries of one host kind, one per profile.
+struct Host {
+    signed: RunningRegistry,
+    open: RunningRegistry,
+    http: reqwest::blocking::Client,
+}
+
+/// What came back from one request.
+struct Reply {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Result<Value, String> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            format!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+macro_rules! ensure {
+    ($cond:expr, $($arg:tt)+) => {
+        if !$cond {
+            return Err(format!($($arg)+));
+        }
+    };
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn send(
+    http: &Http,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> Result<Reply, String> {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+    let mut request = http.request(method, url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    if let Some(body) = body {
+        request = request
+            .header("Content-Type", "application/json")
+            .body(body);
+    }
+    let response = request.send().map_err(|e| format!("{url}: {e}"))?;
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let body = response.bytes().map_err(|e| e.to_string())?.to_vec();
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn get(http: &Http, registry: &RunningRegistry, path: &str) -> Result<Reply, String> {
+    send(http, "GET", &registry.url(path), &[], None)
+}
+
+fn post(
+    http: &Http,
+    registry: &RunningRegistry,
+    path: &str,
+    body: impl Into<Vec<u8>>,
+) -> Result<Reply, String> {
+    send(http, "POST", &registry.url(path), &[], Some(body.into()))
+}
+
+fn post_json(
+    http: &Http,
+    registry: &RunningRegistry,
+    path: &str,
+    body: &impl serde::Serialize,
+) -> Result<Reply, String> {
+    post(http, registry, path, serde_json::to_vec(body).unwrap())
+}
+
+fn delete(
+    http: &Http,
+    registry: &RunningRegistry,
+    server_id: &str,
+    headers: &[(&str, &str)],
+) -> Result<Reply, String> {
+    let encoded: String = server_id
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    send(
+        http,
+        "DELETE",
+        &registry.url(&format!("/servers/{encoded}")),
+        headers,
+        None,
+    )
+}
+
+fn expect_error(reply: &Reply, status: u16, error: &str) -> Result<(), String> {
+    ensure!(
+        reply.status == status,
+        "expected {status} {error:?}, got {} {}",
+        reply.status,
+        reply.text()
+    );
+    let body = reply.json()?;
+    ensure!(
+        body["error"] == error,
+        "expected error {error:?}, got {}",
+        reply.text()
+    );
+    expect_json_and_cors(reply)
+}
+
+fn expect_json_and_cors(reply: &Reply) -> Result<(), String> {
+    ensure!(
+        reply.header("content-type") == Some("application/json"),
+        "content-type was {:?}",
+        reply.header("content-type")
+    );
+    expect_cors(reply)
+}
+
+fn expect_cors(reply: &Reply) -> Result<(), String> {
+    for (name, value) in bootstrap_worker::registry::CORS_HEADERS {
+        ensure!(
+            reply.header(name) == Some(value),
+            "header {name} was {:?}, expected {value:?}",
+            reply.header(name)
+        );
+    }
+    Ok(())
+}
+
+fn server_key() -> SigningKey {
+    registry_host::random_key()
+}
+
+fn server_id(key: &SigningKey) -> String {
+    keys::server_id_for(&key.verifying_key())
+}
+
+/// Lists the registry, checks the signature and freshness, returns the entries by id.
+fn list(http: &Http, registry: &RunningRegistry) -> Result<BTreeMap<String, Value>, String> {
+    let reply = get(http, registry, "/servers")?;
+    ensure!(
+        reply.status == 200,
+        "GET /servers: {} {}",
+        reply.status,
+        reply.text()
+    );
+    expect_json_and_cors(&reply)?;
+    ensure!(
+        reply.header("access-control-expose-headers") == Some("X-Bootstrap-Signature"),
+        "expose header missing"
+    );
+    let list = signature::verify_server_list(
+        &reply.body,
+        reply.header("x-bootstrap-signature"),
+        &[registry.list_key],
+        now_ms(),
+    )
+    .map_err(|e| format!("list does not verify: {e}"))?;
+    let value = reply.json()?;
+    ensure!(
+        value.as_object().map(|o| o.len()) == Some(2),
+        "list has extra fields: {}",
+        reply.text()
+    );
+    Ok(list
+        .servers
+        .iter()
+        .map(|entry| {
+            (
+                entry.server_id.clone(),
+                serde_json::to_value(entry).unwrap(),
+            )
+        })
+        .collect())
+}
+
+fn register(
+    http: &Http,
+    registry: &RunningRegistry,
+    key: &SigningKey,
+    endpoint: &str,
+    region: Option<&str>,
+) -> Result<Value, String> {
+    let reply = post_json(
+        http,
+        registry,
+        "/servers",
+        &RegisterRequest::signed(key, endpoint, region, now_ms()),
+    )?;
+    ensure!(
+        reply.status == 200,
+        "register: {} {}",
+        reply.status,
+        reply.text()
+    );
+    expect_json_and_cors(&reply)?;
+    reply.json()
+}
+
+// ---------------------------------------------------------------- checks
+
+fn health(host: &Host) -> Result<(), String> {
+    let before = now_ms();
+    let reply = get(&host.http, &host.signed, "/health")?;
+    ensure!(reply.status == 200, "status {}", reply.status);
+    expect_json_and_cors(&reply)?;
+    let body = reply.json()?;
+    ensure!(
+        body["status"] == "ok" && body["service"] == "zajel-bootstrap",
+        "{body}"
+    );
+    let stamp = body["timestamp"].as_str().ok_or("no timestamp")?;
+    ensure!(
+        stamp.len() == 24 && stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
+        "timestamp {stamp:?} is not toISOString() form"
+    );
+    ensure!(
+        stamp[..10] == bootstrap_worker::registry::iso8601(before)[..10]
+            || stamp[..10] == bootstrap_worker::registry::iso8601(now_ms())[..10],
+        "timestamp {stamp} is not today"
+    );
+    ensure!(body.as_object().unwrap().len() == 3, "extra fields: {body}");
+    Ok(())
+}
+
+fn info_routes(host: &Host) -> Result<(), String> {
+    for path in ["/", "/api/info"] {
+        let reply = get(&host.http, &host.signed, path)?;
+        ensure!(reply.status == 200, "{path}: {}", reply.status);
+        expect_json_and_cors(&reply)?;
+        let body = reply.json()?;
+        for field in ["name", "version", "description"] {
+            ensure!(body[field].is_string(), "{path}: {field} missing in {body}");
+        }
+        ensure!(body["endpoints"].is_object(), "{path}: endpoints missing");
+    }
+    Ok(())
+}
+
+fn unknown_routes(host: &Host) -> Result<(), String> {
+    for (method, path) in [
+        ("GET", "/nope"),
+        ("PUT", "/servers"),
+        ("GET", "/servers/heartbeat"),
+        ("POST", "/servers/other"),
+        ("PATCH", "/health"),
+    ] {
+        let reply = send(&host.http, method, &host.signed.url(path), &[], None)?;
+        ensure!(reply.status == 404, "{method} {path}: {}", reply.status);
+        ensure!(
+            reply.text()
+                == r#"{"error":"Not Found","hint":"Use GET /servers to list VPS servers"}"#,
+            "{method} {path}: {}",
+            reply.text()
+        );
+        expect_json_and_cors(&reply)?;
+    }
+    Ok(())
+}
+
+fn preflight(host: &Host) -> Result<(), String> {
+    for path in ["/servers", "/servers/heartbeat", "/anything"] {
+        let reply = send(&host.http, "OPTIONS", &host.signed.url(path), &[], None)?;
+        ensure!(reply.status == 200, "OPTIONS {path}: {}", reply.status);
+        ensure!(reply.body.is_empty(), "OPTIONS {path} has a body");
+        expect_cors(&reply)?;
+    }
+    Ok(())
+}
+
+fn signed_register_list_heartbeat_delete(host: &Host) -> Result<(), String> {
+    let registry = &host.signed;
+    let a = server_key();
+    let b = server_key();
+    let before = now_ms();
+    let reply = post_json(
+        &host.http,
+        registry,
+        "/servers",
+        &RegisterRequest::signed(&a, "wss://a.example:443/ws", Some("eu-west"), now_ms()),
+    )?;
+    let after = now_ms();
+    ensure!(
+        reply.status == 200,
+        "register: {} {}",
+        reply.status,
+        reply.text()
+    );
+    // Zajel's field order, as its clients see the text.
+    let text = reply.text();
+    ensure!(
+        text.starts_with(r#"{"success":true,"server":{"serverId":""#),
+        "{text}"
+    );
+    let positions: Vec<Option<usize>> = [
+        "serverId",
+        "endpoint",
+        "publicKey",
+        "region",
+        "registeredAt",
+        "lastSeen",
+    ]
+    .iter()
+    .map(|field| text.find(&format!("\"{field}\":")))
+    .collect();
+    ensure!(
+        positions.iter().all(Option::is_some) && positions.windows(2).all(|w| w[0] < w[1]),
+        "field order in {text}"
+    );
+    let body = reply.json()?;
+    let entry = &body["server"];
+    ensure!(
+        entry.as_object().unwrap().len() == 6,
+        "entry fields: {entry}"
+    );
+    ensure!(entry["serverId"] == server_id(&a), "{entry}");
+    ensure!(
+        entry["publicKey"] == keys::public_key_to_base64(&a.verifying_key()),
+        "{entry}"
+    );
+    ensure!(
+        entry["region"] == "eu-west" && entry["endpoint"] == "wss://a.example:443/ws",
+        "{entry}"
+    );
+    let registered = entry["registeredAt"].as_u64().ok_or("registeredAt")?;
+    ensure!(
+        registered >= before && registered <= after,
+        "registeredAt {registered} not in [{before}, {after}]"
+    );
+    ensure!(entry["lastSeen"] == entry["registeredAt"], "{entry}");
+
+    let no_region = register(&host.http, registry, &b, "https://b.example", None)?;
+    ensure!(no_region["server"]["region"] == "unknown", "{no_region}");
+
+    let listed = list(&host.http, registry)?;
+    ensure!(
+        listed.get(&server_id(&a)) == Some(entry),
+        "listed {:?}",
+        listed.get(&server_id(&a))
+    );
+    ensure!(listed.contains_key(&server_id(&b)), "b not listed");
+    let ids: Vec<&String> = listed.keys().collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    ensure!(ids == sorted, "list is not ordered by serverId");
+
+    let reply = post_json(
+        &host.http,
+        registry,
+        "/servers/heartbeat",
+        &HeartbeatRequest::signed(&a, now_ms()),
+    )?;
+    ensure!(
+        reply.status == 200,
+        "heartbeat: {} {}",
+        reply.status,
+        reply.text()
+    );
+    expect_json_and_cors(&reply)?;
+    let beat = reply.json()?;
+    ensure!(beat["success"] == true, "{beat}");
+    let peers = beat["peers"].as_array().ok_or("peers")?;
+    ensure!(
+        peers
+            .iter()
+            .all(|p| p["serverId"] != server_id(&a).as_str()),
+        "caller among its peers"
+    );
+    ensure!(
+        peers
+            .iter()
+            .any(|p| p["serverId"] == server_id(&b).as_str()),
+        "b not among peers"
+    );
+    let listed = list(&host.http, registry)?;
+    ensure!(
+        listed[&server_id(&a)]["lastSeen"].as_u64() >= Some(registered),
+        "lastSeen did not move"
+    );
+
+    let (ts, sig) = signature::sign_unregister(&a, now_ms());
+    let reply = delete(
+        &host.http,
+        registry,
+        &server_id(&a),
+        &[("X-Zajel-Timestamp", &ts), ("X-Zajel-Signature", &sig)],
+    )?;
+    ensure!(
+        reply.status == 200 && reply.text() == r#"{"success":true}"#,
+        "delete: {} {}",
+        reply.status,
+        reply.text()
+    );
+    expect_json_and_cors(&reply)?;
+    let listed = list(&host.http, registry)?;
+    ensure!(
+        !listed.contains_key(&server_id(&a)),
+        "a still listed after delete"
+    );
+    ensure!(listed.contains_key(&server_id(&b)), "b was deleted too");
+    Ok(())
+}
+
+fn re_registering_replaces(host: &Host) -> Result<(), String> {
+    let a = server_key();
+    register(&host.http, &host.signed, &a, "wss://old.example", Some("x"))?;
+    register(&host.http, &host.signed, &a, "wss://new.example", None)?;
+    let listed = list(&host.http, &host.signed)?;
+    let entry = &listed[&server_id(&a)];
+    ensure!(
+        entry["endpoint"] == "wss://new.example" && entry["region"] == "unknown",
+        "{entry}"
+    );
+    Ok(())
+}
+
+fn unsigned_mutations_refused_under_signed_policy(host: &Host) -> Result<(), String> {
+    let a = server_key();
+    let id = server_id(&a);
+    let public = keys::public_key_to_base64(&a.verifying_key());
+    let reply = post_json(
+        &host.http,
+        &host.signed,
+        "/servers",
+        &json!({"serverId": id, "endpoint": "wss://a.example", "publicKey": public}),
+    )?;
+    expect_error(&reply, 401, errors::SIGNATURE_REQUIRED)?;
+    register(&host.http, &host.signed, &a, "wss://a.example", None)?;
+    let reply = post_json(
+        &host.http,
+        &host.signed,
+        "/servers/heartbeat",
+        &json!({"serverId": id}),
+    )?;
+    expect_error(&reply, 401, errors::SIGNATURE_REQUIRED)?;
+    let reply = delete(&host.http, &host.signed, &id, &[])?;
+    expect_error(&reply, 401, errors::SIGNATURE_REQUIRED)?;
+    ensure!(
+        list(&host.http, &host.signed)?.contains_key(&id),
+        "entry was touched"
+    );
+    Ok(())
+}
+
+fn bad_signatures_refused(host: &Host) -> Result<(), String> {
+    let a = server_key();
+    let intruder = server_key();
+    let now = now_ms();
+    // Signed by another key.
+    let mut forged = RegisterRequest::signed(&intruder, "wss://evil.example", None, now);
+    forged.server_id = server_id(&a);
+    forged.public_key = keys::public_key_to_base64(&a.verifying_key());
+    expect_error(
+        &post_json(&host.http, &host.signed, "/servers", &forged)?,
+        401,
+        errors::INVALID_SIGNATURE,
+    )?;
+    // A genuine signature over another endpoint.
+    let mut tampered = RegisterRequest::signed(&a, "wss://a.example", None, now);
+    tampered.endpoint = "wss://evil.example".into();
+    expect_error(
+        &post_json(&host.http, &host.signed, "/servers", &tampered)?,
+        401,
+        errors::INVALID_SIGNATURE,
+    )?;
+    // A region added after signing.
+    let mut tampered = RegisterRequest::signed(&a, "wss://a.example", None, now);
+    tampered.region = Some("x".into());
+    expect_error(
+        &post_json(&host.http, &host.signed, "/servers", &tampered)?,
+        401,
+        errors::INVALID_SIGNATURE,
+    )?;
+    // Garbage.
+    for garbage in ["AAAA", "not base64", &STANDARD.encode([0u8; 64])] {
+        let mut bad = RegisterRequest::signed(&a, "wss://a.example", None, now);
+        bad.signature = Some(garbage.to_string());
+        expect_error(
+            &post_json(&host.http, &host.signed, "/servers", &bad)?,
+            401,
+            errors::INVALID_SIGNATURE,
+        )?;
+    }
+    // A register signature replayed as a heartbeat.
+    let genuine = RegisterRequest::signed(&a, "wss://a.example", None, now);
+    register(&host.http, &host.signed, &a, "wss://a.example", None)?;
+    let beat = json!({"serverId": server_id(&a), "timestamp": now, "signature": genuine.signature});
+    expect_error(
+        &post_json(&host.http, &host.signed, "/servers/heartbeat", &beat)?,
+        401,
+        errors::INVALID_SIGNATURE,
+    )?;
+    // A delete signed by someone else.
+    let (ts, sig) = signature::sign_unregister(&intruder, now);
+    let reply = delete(
+        &host.http,
+        &host.signed,
+        &server_id(&a),
+        &[("X-Zajel-Timestamp", &ts), ("X-Zajel-Signature", &sig)],
+    )?;
+    expect_error(&reply, 401, errors::INVALID_SIGNATURE)?;
+    ensure!(
+        list(&host.http, &host.signed)?.contains_key(&server_id(&a)),
+        "entry was touched"
+    );
+    Ok(())
+}
+
+fn stale_timestamps_refused(host: &Host) -> Result<(), String> {
+    let a = server_key();
+    for skew in [
+        -(FRESHNESS_WINDOW_MS as i64) - 60_000,
+        FRESHNESS_WINDOW_MS as i64 + 60_000,
+    ] {
+        let when = (now_ms() as i64 + skew) as u64;
+        let request = RegisterRequest::signed(&a, "wss://a.example", None, when);
+        expect_error(
+            &post_json(&host.http, &host.signed, "/servers", &request)?,
+            401,
+            errors::STALE_TIMESTAMP,
+        )?;
+        let (ts, sig) = signature::sign_unregister(&a, when);
+        let reply = delete(
+            &host.http,
+            &host.signed,
+            &server_id(&a),
+            &[("X-Zajel-Timestamp", &ts), ("X-Zajel-Signature", &sig)],
+        )?;
+        expect_error(&reply, 401, errors::STALE_TIMESTAMP)?;
+    }
+    // Four minutes off is still within the window.
+    let request = RegisterRequest::signed(&a, "wss://a.example", None, now_ms() - 240_000);
+    let reply = post_json(&host.http, &host.signed, "/servers", &request)?;
+    ensure!(
+        reply.status == 200,
+        "4 minutes old was refused: {}",
+        reply.text()
+    );
+    Ok(())
+}
+
+fn signatures_are_accepted_once(host: &Host) -> Result<(), String> {
+    let a = server_key();
+    let request = RegisterRequest::signed(&a, "wss://a.example", None, now_ms());
+    ensure!(
+        post_json(&host.http, &host.signed, "/servers", &request)?.status == 200,
+        "first use refused"
+    );
+    expect_error(
+        &post_json(&host.http, &host.signed, "/servers", &request)?,
+        401,
+        errors::REPLAYED,
+    )?;
+    let beat = HeartbeatRequest::signed(&a, now_ms());
+    ensure!(
+        post_json(&host.http, &host.signed, "/servers/heartbeat", &beat)?.status == 200,
+        "heartbeat refused"
+    );
+    expect_error(
+        &post_json(&host.http, &host.signed, "/servers/heartbeat", &beat)?,
+        401,
+        errors::REPLAYED,
+    )?;
+    // A captured delete cannot be replayed after the server registers again.
+    let (ts, sig) = signature::sign_unregister(&a, now_ms());
+    let headers = [
+        ("X-Zajel-Timestamp", ts.as_str()),
+        ("X-Zajel-Signature", sig.as_str()),
+    ];
+    ensure!(
+        delete(&host.http, &host.signed, &server_id(&a), &headers)?.status == 200,
+        "delete refused"
+    );
+    register(&host.http, &host.signed, &a, "wss://a.example", None)?;
+    expect_error(
+        &delete(&host.http, &host.signed, &server_id(&a), &headers)?,
+        401,
+        errors::REPLAYED,
+    )?;
+    ensure!(
+        list(&host.http, &host.signed)?.contains_key(&server_id(&a)),
+        "replayed delete removed the entry"
+    );
+    Ok(())
+}
+
+fn half_signed_and_bad_headers_refused(host: &Host) -> Result<(), String> {
+    let a = server_key();
+    let mut request = RegisterRequest::signed(&a, "wss://a.example", None, now_ms());
+    request.signature = None;
+    expect_error(
+        &post_json(&host.http, &host.signed, "/servers", &request)?,
+        400,
+        errors::HALF_SIGNED,
+    )?;
+    let reply = post_json(
+        &host.http,
+        &host.signed,
+        "/servers/heartbeat",
+        &json!({"serverId": server_id(&a), "signature": "AAAA"}),
+    )?;
+    expect_error(&reply, 400, errors::HALF_SIGNED)?;
+    let reply = delete(
+        &host.http,
+        &host.signed,
+        &server_id(&a),
+        &[
+            ("X-Zajel-Timestamp", "yesterday"),
+            ("X-Zajel-Signature", "AAAA"),
+        ],
+    )?;
+    expect_error(&reply, 400, errors::BAD_TIMESTAMP_HEADER)?;
+    let reply = delete(
+        &host.http,
+        &host.signed,
+        &server_id(&a),
+        &[("X-Zajel-Signature", "AAAA")],
+    )?;
+    expect_error(&reply, 400, errors::HALF_SIGNED)?;
+    Ok(())
+}
+
+fn registration_fields_validated(host: &Host) -> Result<(), String> {
+    let a = server_key();
+    let now = now_ms();
+    let signed =
+        |endpoint: &str, region: Option<&str>| RegisterRequest::signed(&a, endpoint, region, now);
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!({"serverId": "x", "endpoint": "wss://a", "publicKey": "y", "timestamp": now, "signature": "AAAA"}),
+            errors::INVALID_SERVER_ID,
+        ),
+        (
+            json!({"serverId": format!("ed25519:{}", STANDARD.encode([1u8; 31])), "endpoint": "wss://a", "publicKey": STANDARD.encode([1u8; 31])}),
+            errors::INVALID_SERVER_ID,
+        ),
+        (
+            json!({"serverId": server_id(&a), "endpoint": "wss://a", "publicKey": keys::public_key_to_base64(&server_key().verifying_key())}),
+            errors::KEY_MISMATCH,
+        ),
+        (
+            serde_json::to_value(signed("ftp://a.example", None)).unwrap(),
+            "Invalid endpoint: endpoint scheme must be ws, wss, http or https",
+        ),
+        (
+            serde_json::to_value(signed("wss://", None)).unwrap(),
+            "Invalid endpoint: endpoint is not a valid URL",
+        ),
+        (
+            serde_json::to_value(signed(
+                &format!("wss://a.example/{}", "p".repeat(500)),
+                None,
+            ))
+            .unwrap(),
+            "Invalid endpoint: endpoint is longer than 512 characters",
+        ),
+        (
+            serde_json::to_value(signed("wss://a.example", Some(&"r".repeat(65)))).unwrap(),
+            errors::REGION_TOO_LONG,
+        ),
+    ];
+    for (body, error) in cases {
+        expect_error(
+            &post_json(&host.http, &host.signed, "/servers", &body)?,
+            400,
+            error,
+        )
+        .map_err(|e| format!("{body}: {e}"))?;
+    }
+    let reply = post_json(
+        &host.http,
+        &host.signed,
+        "/servers",
+        &signed(
+            &format!("wss://a.example/{}", "p".repeat(512 - 16)),
+            Some(&"r".repeat(64)),
+        ),
+    )?;
+    ensure!(
+        reply.status == 200,
+        "512-char endpoint and 64-char region refused: {}",
+        reply.text()
+    );
+    Ok(())
+}
+
+fn malformed_bodies_refused(host: &Host) -> Result<(), String> {
+    let cases: Vec<(&str, Vec<u8>, String)> = vec![
+        (
+            "/servers",
+            b"{\"serverId\":".to_vec(),
+            "Invalid JSON body".into(),
+        ),
+        (
+            "/servers",
+            b"\xff\xfe\x00".to_vec(),
+            "Invalid JSON body".into(),
+        ),
+        ("/servers", Vec::new(), "Invalid JSON body".into()),
+        (
+            "/servers",
+            b"[1,2]".to_vec(),
+            "Request body must be a JSON object".into(),
+        ),
+        (
+            "/servers",
+            b"\"text\"".to_vec(),
+            "Request body must be a JSON object".into(),
+        ),
+        (
+            "/servers",
+            "[".repeat(8_000).into_bytes(),
+            "Invalid JSON body".into(),
+        ),
+        ("/servers", b"{}".to_vec(), MISSING_REGISTER_FIELDS.into()),
+        (
+            "/servers",
+            br#"{"serverId":"a","endpoint":"wss://a"}"#.to_vec(),
+            MISSING_REGISTER_FIELDS.into(),
+        ),
+        (
+            "/servers",
+            br#"{"serverId":["a"],"endpoint":"wss://a","publicKey":"b"}"#.to_vec(),
+            "Invalid field: serverId must be a string".into(),
+        ),
+        (
+            "/servers",
+            br#"{"serverId":"a","endpoint":"wss://a","publicKey":"b","region":7}"#.to_vec(),
+            "Invalid field: region must be a string".into(),
+        ),
+        (
+            "/servers",
+            br#"{"serverId":"a","endpoint":"wss://a","publicKey":"b","timestamp":"1"}"#.to_vec(),
+            "Invalid field: timestamp must be an integer (ms since the Unix epoch)".into(),
+        ),
+        (
+            "/servers/heartbeat",
+            b"{}".to_vec(),
+            MISSING_SERVER_ID.into(),
+        ),
+        (
+            "/servers/heartbeat",
+            b"nope".to_vec(),
+            "Invalid JSON body".into(),
+        ),
+        (
+            "/servers/heartbeat",
+            br#"{"serverId":true}"#.to_vec(),
+            "Invalid field: serverId must be a string".into(),
+        ),
+    ];
+    for (path, body, error) in cases {
+        let shown = String::from_utf8_lossy(&body[..body.len().min(40)]).into_owned();
+        expect_error(&post(&host.http, &host.signed, path, body)?, 400, &error)
+            .map_err(|e| format!("{path} {shown}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn body_size_limit(host: &Host) -> Result<(), String> {
+    let a = server_key();
+    let request = serde_json::to_value(RegisterRequest::signed(
+        &a,
+        "wss://a.example",
+        None,
+        now_ms(),
+    ))
+    .unwrap();
+    let base = serde_json::to_vec(&request).unwrap().len();
+    let mut padded = request.clone();
+    // `,"pad":""` adds 10 bytes before the padding itself.
+    padded["pad"] = Value::String("x".repeat(8192 - base - 9));
+    let body = serde_json::to_vec(&padded).unwrap();
+    ensure!(body.len() == 8192, "padding arithmetic: {}", body.len());
+    let reply = post(&host.http, &host.signed, "/servers", body)?;
+    ensure!(
+        reply.status == 200,
+        "8192-byte body refused: {} {}",
+        reply.status,
+        reply.text()
+    );
+    let mut over = request;
+    over["pad"] = Value::String("x".repeat(8192 - base - 8));
+    let reply = post(
+        &host.http,
+        &host.signed,
+        "/servers",
+        serde_json::to_vec(&over).unwrap(),
+    )?;
+    expect_error(&reply, 413, errors::TOO_LARGE)?;
+    let reply = post(&host.http, &host.signed, "/servers", vec![b' '; 1 << 20])?;
+    expect_error(&reply, 413, errors::TOO_LARGE)?;
+    Ok(())
+}
+
+fn heartbeat_of_unknown_server(host: &Host) -> Result<(), String> {
+    let stranger = server_key();
+    let reply = post_json(
+        &host.http,
+        &host.signed,
+        "/servers/heartbeat",
+        &HeartbeatRequest::signed(&stranger, now_ms()),
+    )?;
+    expect_error(&reply, 404, errors::SERVER_NOT_REGISTERED)?;
+    let reply = post_json(
+        &host.http,
+        &host.open,
+        "/servers/heartbeat",
+        &json!({"serverId": server_id(&stranger)}),
+    )?;
+    expect_error(&reply, 404, errors::SERVER_NOT_REGISTERED)
+}
+
+fn open_policy_accepts_zajel_servers(host: &Host) -> Result<(), String> {
+    let registry = &host.open;
+    let a = server_key();
+    let id = server_id(&a);
+    // Exactly what Zajel's Node server sends.
+    let body = json!({"serverId": id, "endpoint": "wss://zajel.example", "publicKey": keys::public_key_to_base64(&a.verifying_key()), "region": "me-central"});
+    let reply = post_json(&host.http, registry, "/servers", &body)?;
+    ensure!(
+        reply.status == 200,
+        "unsigned register: {} {}",
+        reply.status,
+        reply.text()
+    );
+    ensure!(list(&host.http, registry)?.contains_key(&id), "not listed");
+    let reply = post_json(
+        &host.http,
+        registry,
+        "/servers/heartbeat",
+        &json!({"serverId": id}),
+    )?;
+    ensure!(reply.status == 200, "unsigned heartbeat: {}", reply.text());
+    let reply = delete(&host.http, registry, &id, &[])?;
+    ensure!(
+        reply.status == 200 && reply.text() == r#"{"success":true}"#,
+        "unsigned delete: {}",
+        reply.text()
+    );
+    ensure!(
+        !list(&host.http, registry)?.contains_key(&id),
+        "still listed"
+    );
+    // Zajel answers 200 to deleting what is not there.
+    ensure!(
+        delete(&host.http, registry, &id, &[])?.status == 200,
+        "delete of absent entry"
+    );
+    Ok(())
+}
+
+fn open_policy_protects_signed_entries(host: &Host) -> Result<(), String> {
+    let registry = &host.open;
+    let a = server_key();
+    let id = server_id(&a);
+    let original = register(
+        &host.http,
+        registry,
+        &a,
+        "wss://genuine.example",
+        Some("eu"),
+    )?;
+    let hijack = json!({"serverId": id, "endpoint": "wss://evil.example", "publicKey": keys::public_key_to_base64(&a.verifying_key())});
+    expect_error(
+        &post_json(&host.http, registry, "/servers", &hijack)?,
+        401,
+        errors::ENTRY_IS_SIGNED,
+    )?;
+    expect_error(
+        &post_json(
+            &host.http,
+            registry,
+            "/servers/heartbeat",
+            &json!({"serverId": id}),
+        )?,
+        401,
+        errors::ENTRY_IS_SIGNED,
+    )?;
+    expect_error(
+        &delete(&host.http, registry, &id, &[])?,
+        401,
+        errors::ENTRY_IS_SIGNED,
+    )?;
+    let listed = list(&host.http, registry)?;
+    ensure!(
+        listed.get(&id) == Some(&original["server"]),
+        "signed entry changed: {:?}",
+        listed.get(&id)
+    );
+    // The owner still can.
+    let beat = post_json(
+        &host.http,
+        registry,
+        "/servers/heartbeat",
+        &HeartbeatRequest::signed(&a, now_ms()),
+    )?;
+    ensure!(
+        beat.status == 200,
+        "signed heartbeat under open policy: {}",
+        beat.text()
+    );
+    Ok(())
+}
+
+/// Runs against a registry of its own: TTL 1 s, 6 mutations a minute, 3 entries.
+fn limits(registry: &RunningRegistry, http: &Http) -> Result<(), String> {
+    let keys: Vec<SigningKey> = (0..4).map(|_| server_key()).collect();
+    for key in &keys[..3] {
+        register(http, registry, key, "wss://a.example", None)?;
+    }
+    let full = post_json(
+        http,
+        registry,
+        "/servers",
+        &RegisterRequest::signed(&keys[3], "wss://d.example", None, now_ms()),
+    )?;
+    expect_error(&full, 503, errors::FULL)?;
+    let listed = list(http, registry)?;
+    ensure!(
+        listed.len() == 3,
+        "expected 3 entries, got {}",
+        listed.len()
+    );
+    // Entries expire one TTL after they were last seen.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !list(http, registry)?.is_empty() {
+        ensure!(Instant::now() < deadline, "entries did not expire");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let reply = post_json(
+        http,
+        registry,
+        "/servers/heartbeat",
+        &HeartbeatRequest::signed(&keys[0], now_ms()),
+    )?;
+    expect_error(&reply, 404, errors::SERVER_NOT_REGISTERED)?;
+    register(http, registry, &keys[3], "wss://d.example", None)?;
+    // That was the sixth mutation this minute.
+    let reply = post_json(
+        http,
+        registry,
+        "/servers",
+        &RegisterRequest::signed(&keys[1], "wss://b.example", None, now_ms()),
+    )?;
+    expect_error(&reply, 429, errors::RATE_LIMITED)?;
+    let retry: u64 = reply
+        .header("retry-after")
+        .ok_or("no Retry-After")?
+        .parse()
+        .map_err(|_| "Retry-After not a number")?;
+    ensure!((1..=60).contains(&retry), "Retry-After {retry}");
+    // Reads are not limited.
+    ensure!(
+        get(http, registry, "/servers")?.status == 200,
+        "GET limited"
+    );
+    Ok(())
+}
+
+/// The native host as a child process: an acknowledged registration survives
+/// `kill -9` and a restart, so does the record of used signatures, and
+/// refusals are logged without key material.
+fn native_restart_durability(http: &Http) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let list_key = registry_host::random_key();
+    let key_file = registry_host::write_key_file(dir.path(), &list_key);
+    let data = dir.path().join("registry.sqlite3");
+    let mut registry = registry_host::start_child(Profile::SIGNED, &key_file, &data)?;
+    let a = server_key();
+    let request = RegisterRequest::signed(&a, "wss://durable.example", Some("eu"), now_ms());
+    let reply = post_json(http, &registry, "/servers", &request)?;
+    ensure!(reply.status == 200, "register: {}", reply.text());
+    // A refusal, for the log.
+    let intruder = server_key();
+    let (ts, sig) = signature::sign_unregister(&intruder, now_ms());
+    let reply = delete(
+        http,
+        &registry,
+        &server_id(&a),
+        &[("X-Zajel-Timestamp", &ts), ("X-Zajel-Signature", &sig)],
+    )?;
+    expect_error(&reply, 401, errors::INVALID_SIGNATURE)?;
+    let child = registry.child().ok_or("not a child process")?;
+    let logged = child.wait_for(Duration::from_secs(10), |line| {
+        line.contains("refused DELETE /servers/")
+            .then(|| line.to_string())
+    })?;
+    ensure!(
+        logged.contains("401") && logged.contains("signature"),
+        "log line: {logged}"
+    );
+    child.signal(libc::SIGKILL);
+    child.wait(Duration::from_secs(10))?;
+    let output = child.output();
+    let seed = keys::signing_key_to_hex(&list_key);
+    ensure!(
+        !output.contains(&seed),
+        "the signing key appeared in the log"
+    );
+    drop(registry);
+
+    let registry = registry_host::start_child(Profile::SIGNED, &key_file, &data)?;
+    let listed = list(http, &registry)?;
+    let entry = listed
+        .get(&server_id(&a))
+        .ok_or("entry lost across kill -9 and restart")?;
+    ensure!(
+        entry["endpoint"] == "wss://durable.example" && entry["region"] == "eu",
+        "{entry}"
+    );
+    expect_error(
+        &post_json(http, &registry, "/servers", &request)?,
+        401,
+        errors::REPLAYED,
+    )
+    .map_err(|e| format!("replay after restart: {e}"))?;
+    Ok(())
+}
+
+const CHECKS: &[(&str, Check)] = &[
+    ("health", health),
+    ("info_routes", info_routes),
+    ("unknown_routes", unknown_routes),
+    ("preflight", preflight),
+    (
+        "signed_register_list_heartbeat_delete",
+        signed_register_list_heartbeat_delete,
+    ),
+    ("re_registering_replaces", re_registering_replaces),
+    (
+        "unsigned_mutations_refused_under_signed_policy",
+        unsigned_mutations_refused_under_signed_policy,
+    ),
+    ("bad_signatures_refused", bad_signatures_refused),
+    ("stale_timestamps_refused", stale_timestamps_refused),
+    ("signatures_are_accepted_once", signatures_are_accepted_once),
+    (
+        "half_signed_and_bad_headers_refused",
+        half_signed_and_bad_headers_refused,
+    ),
+    (
+        "registration_fields_validated",
+        registration_fields_validated,
+    ),
+    ("malformed_bodies_refused", malformed_bodies_refused),
+    ("body_size_limit", body_size_limit),
+    ("heartbeat_of_unknown_server", heartbeat_of_unknown_server),
+    (
+        "open_policy_accepts_zajel_servers",
+        open_policy_accepts_zajel_servers,
+    ),
+    (
+        "open_policy_protects_signed_entries",
+        open_policy_protects_signed_entries,
+    ),
+];
+
+const LIMITS: Profile = Profile {
+    policy: "signed",
+    ttl_ms: 1_000,
+    rate_limit: 6,
+    max_entries: 3,
+};
+
+fn trials_for(name: &str, host: Arc<Host>, limits_registry: Arc<RunningRegistry>) -> Vec<Trial> {
+    let mut trials: Vec<Trial> = CHECKS
+        .iter()
+        .map(|(check, run)| {
+            let host = host.clone();
+            let run = *run;
+            Trial::test(format!("{name}::{check}"), move || {
+                run(&host).map_err(Failed::from)
+            })
+        })
+        .collect();
+    let http = host.http.clone();
+    trials.push(Trial::test(
+        format!("{name}::expiry_capacity_and_rate_limit"),
+        move || limits(&limits_registry, &http).map_err(Failed::from),
+    ));
+    trials
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("http client");
+    let mut trials = Vec::new();
+
+    let native = Arc::new(Host {
+        signed: registry_host::start_in_process(Profile::SIGNED),
+        open: registry_host::start_in_process(Profile::OPEN),
+        http: http.clone(),
+    });
+    trials.extend(trials_for(
+        "native",
+        native.clone(),
+        Arc::new(registry_host::start_in_process(LIMITS)),
+    ));
+
+    let child_http = http.clone();
+    trials.push(Trial::test("native::restart_durability", move || {
+        native_restart_durability(&child_http).map_err(Failed::from)
+    }));
+
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(native);
+    conclusion.exit();
+}
