@@ -12,3 +12,6 @@ pub mod store;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
+
+#[cfg(target_arch = "wasm32")]
+pub mod worker_host;

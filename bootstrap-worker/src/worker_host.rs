@@ -1,0 +1,343 @@
+//! The Cloudflare Workers host: a fetch handler that hands every request to
+//! one Durable Object (named `global`), which runs the [`Registry`] over its
+//! SQLite-backed storage.
+//!
+//! The fetch handler reads at most one byte past the body limit (as the
+//! native host does) and passes the client's address (`CF-Connecting-IP`) to
+//! the object in a header it always overwrites, so clients cannot choose
+//! their rate-limit bucket. The Durable Object's output gate holds each
+//! response until its writes are durable.
+
+use std::cell::RefCell;
+
+use futures_util::StreamExt;
+use serde::Deserialize;
+use worker::{
+    console_error, console_warn, durable_object, event, Context, Date, Env, Headers, Method,
+    Request, RequestInit, Response, Result, SqlStorage, SqlStorageValue, State,
+};
+use zajel_wire::entry::ServerEntry;
+
+use crate::config::{Config, MAX_BODY_BYTES};
+use crate::registry::{self, Registry};
+use crate::store::{self, Store, StoreError, StoredEntry};
+
+/// The Durable Object binding declared in `wrangler.toml`.
+pub const BINDING: &str = "REGISTRY";
+/// The one instance that holds every entry.
+pub const INSTANCE: &str = "global";
+/// Header carrying the client address from the fetch handler to the object.
+const CLIENT_HEADER: &str = "X-Zajel-Client-Address";
+
+#[event(fetch)]
+async fn fetch(mut request: Request, env: Env, _ctx: Context) -> Result<Response> {
+    let client = request
+        .headers()
+        .get("CF-Connecting-IP")?
+        .unwrap_or_else(|| "unknown".to_string());
+    let headers = Headers::new();
+    for (name, value) in request.headers().entries() {
+        if !name.eq_ignore_ascii_case(CLIENT_HEADER) {
+            headers.append(&name, &value)?;
+        }
+    }
+    headers.set(CLIENT_HEADER, &client)?;
+    let method = request.method();
+    let mut init = RequestInit::new();
+    init.with_method(method.clone()).with_headers(headers);
+    if !matches!(method, Method::Get | Method::Head) {
+        let body = read_bounded(&mut request).await?;
+        init.with_body(Some(js_sys::Uint8Array::from(body.as_slice()).into()));
+    }
+    let forwarded = Request::new_with_init(request.url()?.as_ref(), &init)?;
+    let stub = env
+        .durable_object(BINDING)?
+        .id_from_name(INSTANCE)?
+        .get_stub()?;
+    stub.fetch_with_request(forwarded).await
+}
+
+/// Reads the body, stopping one byte past the limit.
+async fn read_bounded(request: &mut Request) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    let mut stream = match request.stream() {
+        Ok(stream) => stream,
+        Err(_) => return Ok(body),
+    };
+    while let Some(chunk) = stream.next().await {
+        body.extend_from_slice(&chunk?);
+        if body.len() > MAX_BODY_BYTES {
+            body.truncate(MAX_BODY_BYTES + 1);
+            break;
+        }
+    }
+    Ok(body)
+}
+
+/// The Durable Object holding the registry.
+#[durable_object]
+pub struct RegistryObject {
+    env: Env,
+    sql: SqlStorage,
+    core: RefCell<Option<Registry<DurableStore>>>,
+}
+
+impl worker::DurableObject for RegistryObject {
+    fn new(state: State, env: Env) -> Self {
+        let sql = state.storage().sql();
+        Self {
+            env,
+            sql,
+            core: RefCell::new(None),
+        }
+    }
+
+    async fn fetch(&self, mut request: Request) -> Result<Response> {
+        let url = request.url()?;
+        let path = match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_string(),
+        };
+        let client = request
+            .headers()
+            .get(CLIENT_HEADER)?
+            .unwrap_or_else(|| "unknown".to_string());
+        let mut core_request = registry::Request::new(request.method().as_ref(), &path, &client);
+        core_request.headers = request
+            .headers()
+            .entries()
+            .filter(|(name, _)| !name.eq_ignore_ascii_case(CLIENT_HEADER))
+            .collect();
+        if !matches!(request.method(), Method::Get | Method::Head) {
+            core_request.body = request.bytes().await.unwrap_or_default();
+        }
+        let response = match self.handle(&core_request) {
+            Ok(response) => response,
+            Err(error) => {
+                console_error!("registry unavailable: {error}");
+                return Ok(
+                    Response::from_bytes(br#"{"error":"Internal error"}"#.to_vec())?
+                        .with_status(500)
+                        .with_headers(json_headers()?),
+                );
+            }
+        };
+        if let Some(line) = &response.refusal {
+            console_warn!("{line}");
+        }
+        let headers = Headers::new();
+        for (name, value) in &response.headers {
+            headers.append(name, value)?;
+        }
+        let built = if response.body.is_empty() {
+            Response::empty()?
+        } else {
+            Response::from_bytes(response.body)?
+        };
+        Ok(built.with_status(response.status).with_headers(headers))
+    }
+}
+
+impl RegistryObject {
+    /// Runs the registry, creating it (schema and config) on first use.
+    fn handle(
+        &self,
+        request: &registry::Request,
+    ) -> std::result::Result<registry::Response, String> {
+        let mut core = self.core.borrow_mut();
+        if core.is_none() {
+            let config = Config::from_vars(|name| {
+                self.env
+                    .secret(name)
+                    .map(|value| value.to_string())
+                    .or_else(|_| self.env.var(name).map(|value| value.to_string()))
+                    .ok()
+            })?;
+            if config.signing_key.is_none() {
+                console_warn!("BOOTSTRAP_SIGNING_KEY is not set: GET /servers goes out unsigned");
+            }
+            let store = DurableStore::new(self.sql.clone()).map_err(|error| error.to_string())?;
+            *core = Some(Registry::new(store, config));
+        }
+        let registry = core.as_mut().ok_or("registry missing")?;
+        Ok(registry.handle(request, Date::now().as_millis()))
+    }
+}
+
+fn json_headers() -> Result<Headers> {
+    let headers = Headers::new();
+    headers.set("Content-Type", "application/json")?;
+    for (name, value) in registry::CORS_HEADERS {
+        headers.set(name, value)?;
+    }
+    Ok(headers)
+}
+
+/// The registry's [`Store`] over the Durable Object's SQLite storage.
+pub struct DurableStore {
+    sql: SqlStorage,
+}
+
+#[derive(Deserialize)]
+struct Row {
+    server_id: String,
+    endpoint: String,
+    public_key: String,
+    region: String,
+    registered_at: f64,
+    last_seen: f64,
+    signed: f64,
+}
+
+#[derive(Deserialize)]
+struct Count {
+    count: f64,
+}
+
+fn storage_error(error: worker::Error) -> StoreError {
+    StoreError(error.to_string())
+}
+
+/// Instants are ms since the epoch: far inside JavaScript's safe integers.
+fn int(value: u64) -> SqlStorageValue {
+    SqlStorageValue::Integer(i64::try_from(value).unwrap_or(i64::MAX))
+}
+
+impl From<Row> for StoredEntry {
+    fn from(row: Row) -> Self {
+        StoredEntry {
+            entry: ServerEntry {
+                server_id: row.server_id,
+                endpoint: row.endpoint,
+                public_key: row.public_key,
+                region: row.region,
+                registered_at: row.registered_at as u64,
+                last_seen: row.last_seen as u64,
+            },
+            signed: row.signed != 0.0,
+        }
+    }
+}
+
+impl DurableStore {
+    fn new(sql: SqlStorage) -> std::result::Result<Self, StoreError> {
+        for statement in store::SCHEMA {
+            sql.exec(statement, None).map_err(storage_error)?;
+        }
+        Ok(Self { sql })
+    }
+
+    fn rows(
+        &self,
+        query: &str,
+        bindings: Vec<SqlStorageValue>,
+    ) -> std::result::Result<Vec<Row>, StoreError> {
+        self.sql
+            .exec(query, bindings)
+            .and_then(|cursor| cursor.to_array::<Row>())
+            .map_err(storage_error)
+    }
+
+    fn run(
+        &self,
+        query: &str,
+        bindings: Vec<SqlStorageValue>,
+    ) -> std::result::Result<(), StoreError> {
+        self.sql
+            .exec(query, bindings)
+            .and_then(|cursor| cursor.to_array::<JsValueRow>())
+            .map(|_| ())
+            .map_err(storage_error)
+    }
+
+    fn count_of(
+        &self,
+        query: &str,
+        bindings: Vec<SqlStorageValue>,
+    ) -> std::result::Result<u64, StoreError> {
+        self.sql
+            .exec(query, bindings)
+            .and_then(|cursor| cursor.one::<Count>())
+            .map(|row| row.count as u64)
+            .map_err(storage_error)
+    }
+}
+
+/// Rows of statements whose results are ignored.
+type JsValueRow = serde::de::IgnoredAny;
+
+const COUNT_ONE: &str = "SELECT COUNT(*) AS count FROM servers WHERE server_id = ?";
+const COUNT_STALE: &str = "SELECT COUNT(*) AS count FROM servers WHERE last_seen < ?";
+const COUNT_ALL: &str = "SELECT COUNT(*) AS count FROM servers";
+const COUNT_SIGNATURE: &str = "SELECT COUNT(*) AS count FROM used_signatures WHERE signature = ?";
+
+impl Store for DurableStore {
+    fn get(&self, server_id: &str) -> std::result::Result<Option<StoredEntry>, StoreError> {
+        Ok(self
+            .rows(store::SELECT_ONE, vec![server_id.into()])?
+            .into_iter()
+            .next()
+            .map(StoredEntry::from))
+    }
+
+    fn put(&mut self, stored: &StoredEntry) -> std::result::Result<(), StoreError> {
+        let entry = &stored.entry;
+        self.run(
+            store::UPSERT,
+            vec![
+                entry.server_id.as_str().into(),
+                entry.endpoint.as_str().into(),
+                entry.public_key.as_str().into(),
+                entry.region.as_str().into(),
+                int(entry.registered_at),
+                int(entry.last_seen),
+                SqlStorageValue::Integer(i64::from(stored.signed)),
+            ],
+        )
+    }
+
+    fn delete(&mut self, server_id: &str) -> std::result::Result<bool, StoreError> {
+        // A Durable Object runs one request's synchronous code at a time, so
+        // the count and the delete see the same table.
+        let existed = self.count_of(COUNT_ONE, vec![server_id.into()])? > 0;
+        self.run(store::DELETE_ONE, vec![server_id.into()])?;
+        Ok(existed)
+    }
+
+    fn list_fresh(&self, fresh_since: u64) -> std::result::Result<Vec<ServerEntry>, StoreError> {
+        Ok(self
+            .rows(store::SELECT_FRESH, vec![int(fresh_since)])?
+            .into_iter()
+            .map(|row| StoredEntry::from(row).entry)
+            .collect())
+    }
+
+    fn delete_stale(&mut self, fresh_since: u64) -> std::result::Result<u64, StoreError> {
+        let stale = self.count_of(COUNT_STALE, vec![int(fresh_since)])?;
+        if stale > 0 {
+            self.run(store::DELETE_STALE, vec![int(fresh_since)])?;
+        }
+        Ok(stale)
+    }
+
+    fn count(&self) -> std::result::Result<u64, StoreError> {
+        self.count_of(COUNT_ALL, Vec::new())
+    }
+
+    fn claim_signature(
+        &mut self,
+        signature: &str,
+        expires_at: u64,
+        now: u64,
+    ) -> std::result::Result<bool, StoreError> {
+        self.run(store::PURGE_SIGNATURES, vec![int(now)])?;
+        if self.count_of(COUNT_SIGNATURE, vec![signature.into()])? > 0 {
+            return Ok(false);
+        }
+        self.run(
+            store::INSERT_SIGNATURE,
+            vec![signature.into(), int(expires_at)],
+        )?;
+        Ok(true)
+    }
+}
