@@ -61,15 +61,16 @@ enum Guard {
     InProcess {
         stop: Option<tokio::sync::oneshot::Sender<()>>,
         thread: Option<std::thread::JoinHandle<()>>,
+        _data: Option<tempfile::TempDir>,
     },
-    Child(ChildProcess),
+    Child(ChildProcess, Option<tempfile::TempDir>),
 }
 
 impl RunningRegistry {
     /// The child process behind this registry, if it runs as one.
     pub fn child(&mut self) -> Option<&mut ChildProcess> {
         match &mut self.guard {
-            Guard::Child(child) => Some(child),
+            Guard::Child(child, _) => Some(child),
             Guard::InProcess { .. } => None,
         }
     }
@@ -82,7 +83,7 @@ impl RunningRegistry {
 
 impl Drop for RunningRegistry {
     fn drop(&mut self) {
-        if let Guard::InProcess { stop, thread } = &mut self.guard {
+        if let Guard::InProcess { stop, thread, .. } = &mut self.guard {
             if let Some(stop) = stop.take() {
                 let _ = stop.send(());
             }
@@ -105,6 +106,22 @@ fn config(profile: Profile, key: &SigningKey) -> Config {
 
 /// The native registry in this process, on its own runtime thread, in memory.
 pub fn start_in_process(profile: Profile) -> RunningRegistry {
+    in_process(profile, SqliteStore::in_memory().expect("store"), None)
+}
+
+/// The native registry in this process, storing in a SQLite file in a
+/// temporary directory (durable writes, as in production).
+pub fn start_in_process_on_disk(profile: Profile) -> RunningRegistry {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = SqliteStore::open(&dir.path().join("registry.sqlite3")).expect("store");
+    in_process(profile, store, Some(dir))
+}
+
+fn in_process(
+    profile: Profile,
+    store: SqliteStore,
+    data: Option<tempfile::TempDir>,
+) -> RunningRegistry {
     let key = random_key();
     let listener = StdListener::bind("127.0.0.1:0").expect("bind loopback");
     listener.set_nonblocking(true).expect("nonblocking");
@@ -135,6 +152,7 @@ pub fn start_in_process(profile: Profile) -> RunningRegistry {
         guard: Guard::InProcess {
             stop: Some(stop),
             thread: Some(thread),
+            _data: data,
         },
     }
 }
@@ -185,7 +203,7 @@ pub fn start_child(
         name: "native-child".into(),
         base_url,
         list_key: key.verifying_key(),
-        guard: Guard::Child(child),
+        guard: Guard::Child(child, None),
     })
 }
 

@@ -91,7 +91,10 @@ mod tests {
             validate_endpoint("javascript:alert(1)"),
             Err(EndpointError::Scheme)
         );
-        assert_eq!(validate_endpoint("relay.example"), Err(EndpointError::NotUrl));
+        assert_eq!(
+            validate_endpoint("relay.example"),
+            Err(EndpointError::NotUrl)
+        );
         assert_eq!(validate_endpoint("wss://"), Err(EndpointError::NotUrl));
         assert_eq!(validate_endpoint(""), Err(EndpointError::NotUrl));
         assert_eq!(

@@ -231,17 +231,36 @@ mod tests {
             "Invalid field: serverId must be a string"
         );
         assert!(matches!(
-            RegisterRequest::parse(br#"{"serverId":"a","endpoint":"e","publicKey":"b","timestamp":-1}"#),
-            Err(RequestError::WrongType { field: "timestamp", .. })
+            RegisterRequest::parse(
+                br#"{"serverId":"a","endpoint":"e","publicKey":"b","timestamp":-1}"#
+            ),
+            Err(RequestError::WrongType {
+                field: "timestamp",
+                ..
+            })
         ));
         assert!(matches!(
-            RegisterRequest::parse(br#"{"serverId":"a","endpoint":"e","publicKey":"b","timestamp":1.5}"#),
-            Err(RequestError::WrongType { field: "timestamp", .. })
+            RegisterRequest::parse(
+                br#"{"serverId":"a","endpoint":"e","publicKey":"b","timestamp":1.5}"#
+            ),
+            Err(RequestError::WrongType {
+                field: "timestamp",
+                ..
+            })
         ));
         assert_eq!(RegisterRequest::parse(b"[]"), Err(RequestError::NotObject));
-        assert_eq!(RegisterRequest::parse(b"null"), Err(RequestError::NotObject));
-        assert_eq!(RegisterRequest::parse(b"{\"a\":"), Err(RequestError::Malformed));
-        assert_eq!(RegisterRequest::parse(b"\xff\xfe"), Err(RequestError::Malformed));
+        assert_eq!(
+            RegisterRequest::parse(b"null"),
+            Err(RequestError::NotObject)
+        );
+        assert_eq!(
+            RegisterRequest::parse(b"{\"a\":"),
+            Err(RequestError::Malformed)
+        );
+        assert_eq!(
+            RegisterRequest::parse(b"\xff\xfe"),
+            Err(RequestError::Malformed)
+        );
         let deep = "[".repeat(100_000);
         assert_eq!(
             RegisterRequest::parse(deep.as_bytes()),
@@ -256,7 +275,9 @@ mod tests {
             Err(RequestError::Missing(MISSING_SERVER_ID))
         );
         assert_eq!(
-            HeartbeatRequest::parse(br#"{"serverId":"s"}"#).unwrap().server_id,
+            HeartbeatRequest::parse(br#"{"serverId":"s"}"#)
+                .unwrap()
+                .server_id,
             "s"
         );
     }

@@ -64,7 +64,8 @@ pub fn signing_key_from_hex(text: &str) -> Result<SigningKey, KeyError> {
     }
     let mut seed = [0u8; 32];
     for (i, byte) in seed.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| KeyError::SeedFormat)?;
+        *byte =
+            u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| KeyError::SeedFormat)?;
     }
     Ok(SigningKey::from_bytes(&seed))
 }
@@ -116,7 +117,9 @@ mod tests {
         let hex = signing_key_to_hex(&key());
         assert_eq!(hex.len(), 64);
         assert_eq!(
-            signing_key_from_hex(&format!(" {hex}\n")).unwrap().to_bytes(),
+            signing_key_from_hex(&format!(" {hex}\n"))
+                .unwrap()
+                .to_bytes(),
             key().to_bytes()
         );
         assert_eq!(

@@ -85,7 +85,9 @@ pub fn check_freshness(timestamp: u64, now_ms: u64) -> Result<(), SignatureError
 
 /// Decodes a signature strictly (standard base64, exactly 64 bytes).
 pub fn decode_signature(text: &str) -> Result<Signature, SignatureError> {
-    let bytes = STANDARD.decode(text).map_err(|_| SignatureError::Encoding)?;
+    let bytes = STANDARD
+        .decode(text)
+        .map_err(|_| SignatureError::Encoding)?;
     let array: [u8; 64] = bytes
         .as_slice()
         .try_into()
@@ -153,7 +155,13 @@ impl HeartbeatRequest {
         Self {
             server_id: keys::server_id_for(&key.verifying_key()),
             timestamp: Some(now_ms),
-            signature: Some(sign_mutation(key, MutationAction::Heartbeat, "", "", now_ms)),
+            signature: Some(sign_mutation(
+                key,
+                MutationAction::Heartbeat,
+                "",
+                "",
+                now_ms,
+            )),
         }
     }
 }
@@ -247,12 +255,24 @@ mod tests {
             Err(SignatureError::Invalid)
         );
         assert_eq!(
-            verify(MutationAction::Register, id, "wss://a.example", "eu", NOW + 1),
+            verify(
+                MutationAction::Register,
+                id,
+                "wss://a.example",
+                "eu",
+                NOW + 1
+            ),
             Err(SignatureError::Invalid)
         );
         let other = keys::server_id_for(&key(2).verifying_key());
         assert_eq!(
-            verify(MutationAction::Register, &other, "wss://a.example", "eu", NOW),
+            verify(
+                MutationAction::Register,
+                &other,
+                "wss://a.example",
+                "eu",
+                NOW
+            ),
             Err(SignatureError::Invalid)
         );
     }
@@ -260,7 +280,13 @@ mod tests {
     #[test]
     fn garbage_signatures_are_refused_not_panicked_on() {
         let id = keys::server_id_for(&key(1).verifying_key());
-        for bad in ["", "AAAA", "!!!!", &STANDARD.encode([0u8; 63]), &STANDARD.encode([0u8; 65])] {
+        for bad in [
+            "",
+            "AAAA",
+            "!!!!",
+            &STANDARD.encode([0u8; 63]),
+            &STANDARD.encode([0u8; 65]),
+        ] {
             assert_eq!(
                 verify_mutation(MutationAction::Unregister, &id, "", "", NOW, bad),
                 Err(SignatureError::Encoding),
