@@ -57,7 +57,12 @@ async fn fetch(mut request: Request, env: Env, _ctx: Context) -> Result<Response
     stub.fetch_with_request(forwarded).await
 }
 
-/// Reads the body, stopping one byte past the limit.
+/// Reads the body, keeping at most one byte past the limit.
+///
+/// The rest of an oversize body is read and dropped rather than left
+/// unread: workerd (under `wrangler dev`, at least) fails the *next* request
+/// on the connection when a response goes out before its request body was
+/// consumed. Memory stays bounded either way.
 async fn read_bounded(request: &mut Request) -> Result<Vec<u8>> {
     let mut body = Vec::new();
     let mut stream = match request.stream() {
@@ -65,11 +70,9 @@ async fn read_bounded(request: &mut Request) -> Result<Vec<u8>> {
         Err(_) => return Ok(body),
     };
     while let Some(chunk) = stream.next().await {
-        body.extend_from_slice(&chunk?);
-        if body.len() > MAX_BODY_BYTES {
-            body.truncate(MAX_BODY_BYTES + 1);
-            break;
-        }
+        let chunk = chunk?;
+        let room = (MAX_BODY_BYTES + 1).saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
     }
     Ok(body)
 }

@@ -114,6 +114,11 @@ impl ChildProcess {
             .unwrap_or_default()
     }
 
+    /// The exit status, if the process has exited.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// The process id.
     pub fn id(&self) -> u32 {
         self.child.id()

@@ -6,7 +6,7 @@
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bootstrap_worker::config::{Config, Policy};
 use bootstrap_worker::native::{server, sqlite::SqliteStore};
@@ -63,14 +63,25 @@ enum Guard {
         thread: Option<std::thread::JoinHandle<()>>,
         _data: Option<tempfile::TempDir>,
     },
-    Child(ChildProcess, Option<tempfile::TempDir>),
+    Child {
+        process: ChildProcess,
+        _dir: Option<tempfile::TempDir>,
+    },
+}
+
+/// The repository root (where `wrangler.toml`, `package.json` and `build/` live).
+pub fn repository_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 impl RunningRegistry {
     /// The child process behind this registry, if it runs as one.
     pub fn child(&mut self) -> Option<&mut ChildProcess> {
         match &mut self.guard {
-            Guard::Child(child, _) => Some(child),
+            Guard::Child { process, .. } => Some(process),
             Guard::InProcess { .. } => None,
         }
     }
@@ -126,10 +137,7 @@ fn in_process(
     let listener = StdListener::bind("127.0.0.1:0").expect("bind loopback");
     listener.set_nonblocking(true).expect("nonblocking");
     let address = listener.local_addr().expect("address");
-    let registry = Registry::new(
-        SqliteStore::in_memory().expect("store"),
-        config(profile, &key),
-    );
+    let registry = Registry::new(store, config(profile, &key));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -203,7 +211,10 @@ pub fn start_child(
         name: "native-child".into(),
         base_url,
         list_key: key.verifying_key(),
-        guard: Guard::Child(child, None),
+        guard: Guard::Child {
+            process: child,
+            _dir: None,
+        },
     })
 }
 
@@ -212,4 +223,155 @@ pub fn write_key_file(dir: &Path, key: &SigningKey) -> PathBuf {
     let path = dir.join("registry.seed");
     std::fs::write(&path, keys::signing_key_to_hex(key)).expect("write key");
     path
+}
+
+/// A free TCP port on loopback (for programs that cannot be told to pick one).
+fn free_port() -> Result<u16, String> {
+    let listener = StdListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+/// The Worker build under `wrangler dev` (the real workerd runtime), on loopback.
+///
+/// Needs `npm ci` and a built Worker (`bash scripts/build-worker`, which
+/// `scripts/test` runs). Each instance gets its own directory holding a
+/// `wrangler.toml` with the profile's vars and no build step, a `.dev.vars`
+/// with the signing key (the secret, as an operator would provide it), and
+/// the Durable Object's storage, so instances never share state.
+pub fn start_wrangler_dev(profile: Profile) -> Result<RunningRegistry, String> {
+    spawn_wrangler_dev(profile)?.ready()
+}
+
+/// A `wrangler dev` that has been started but may not listen yet.
+pub struct StartingWorker {
+    process: ChildProcess,
+    dir: tempfile::TempDir,
+    base_url: String,
+    list_key: VerifyingKey,
+}
+
+impl StartingWorker {
+    /// Waits until the Worker answers `GET /health`.
+    ///
+    /// wrangler's "Ready on" line is not a reliable signal (it is skipped
+    /// when a reload is already queued), so readiness is the first answer.
+    pub fn ready(mut self) -> Result<RunningRegistry, String> {
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let health = format!("{}/health", self.base_url);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(status) = self.process.exit_status() {
+                return Err(format!(
+                    "wrangler dev exited ({status}) before serving; its output:\n{}",
+                    self.process.output()
+                ));
+            }
+            if let Ok(reply) = http.get(&health).send() {
+                if reply.status().is_success() {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "wrangler dev did not serve {health} within 90 s; its output:\n{}",
+                    self.process.output()
+                ));
+            }
+            // Poll interval while workerd starts; nothing to await instead.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(RunningRegistry {
+            name: "workerd".into(),
+            base_url: self.base_url,
+            list_key: self.list_key,
+            guard: Guard::Child {
+                process: self.process,
+                _dir: Some(self.dir),
+            },
+        })
+    }
+}
+
+/// Starts `wrangler dev` without waiting for it, so several can start at
+/// once. Call from a thread that outlives the process: the child is killed
+/// when the thread that started it ends (`PR_SET_PDEATHSIG`).
+pub fn spawn_wrangler_dev(profile: Profile) -> Result<StartingWorker, String> {
+    let root = repository_root();
+    let wrangler = root.join("node_modules/wrangler/bin/wrangler.js");
+    if !wrangler.exists() {
+        return Err(format!(
+            "{} is missing; run `npm ci` first",
+            wrangler.display()
+        ));
+    }
+    let entry = root.join("build/index.js");
+    if !entry.exists() {
+        return Err(format!(
+            "{} is missing; run `bash scripts/build-worker` first",
+            entry.display()
+        ));
+    }
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let config = format!(
+        "name = \"zajel-bootstrap-test\"\n\
+         main = {entry:?}\n\
+         compatibility_date = \"2026-04-20\"\n\
+         [vars]\n\
+         ENTRY_TTL_MS = \"{ttl}\"\n\
+         REGISTRATION_POLICY = \"{policy}\"\n\
+         MAX_ENTRIES = \"{max}\"\n\
+         RATE_LIMIT_PER_MINUTE = \"{rate}\"\n\
+         [[durable_objects.bindings]]\n\
+         name = \"REGISTRY\"\n\
+         class_name = \"RegistryObject\"\n\
+         [[migrations]]\n\
+         tag = \"v1\"\n\
+         new_sqlite_classes = [\"RegistryObject\"]\n",
+        entry = entry.display().to_string(),
+        ttl = profile.ttl_ms,
+        policy = profile.policy,
+        max = profile.max_entries,
+        rate = profile.rate_limit,
+    );
+    std::fs::write(dir.path().join("wrangler.toml"), config).map_err(|e| e.to_string())?;
+    let key = random_key();
+    std::fs::write(
+        dir.path().join(".dev.vars"),
+        format!("BOOTSTRAP_SIGNING_KEY={}\n", keys::signing_key_to_hex(&key)),
+    )
+    .map_err(|e| e.to_string())?;
+    let port = free_port()?;
+    let inspector = free_port()?;
+    let mut command = Command::new("node");
+    command
+        .arg(&wrangler)
+        .arg("dev")
+        .arg("--config")
+        .arg(dir.path().join("wrangler.toml"))
+        .args(["--ip", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--inspector-port", &inspector.to_string()])
+        .arg("--persist-to")
+        .arg(dir.path().join("state"))
+        .args([
+            "--log-level",
+            "warn",
+            "--show-interactive-dev-session=false",
+        ])
+        .current_dir(dir.path())
+        .env("WRANGLER_SEND_METRICS", "false")
+        // No fetch of the `Request.cf` placeholder from workers.cloudflare.com.
+        .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
+        .env("CI", "1")
+        .env("NO_COLOR", "1")
+        .env("XDG_CONFIG_HOME", dir.path().join("config"));
+    let process = ChildProcess::spawn("wrangler dev", command)?;
+    Ok(StartingWorker {
+        process,
+        dir,
+        base_url: format!("http://127.0.0.1:{port}"),
+        list_key: key.verifying_key(),
+    })
 }

@@ -1080,6 +1080,120 @@ fn native_restart_durability(http: &Http) -> Result<(), String> {
     Ok(())
 }
 
+/// Headers that belong to the HTTP server rather than the registry, which
+/// the two hosts may legitimately set differently.
+const TRANSPORT_HEADERS: &[&str] = &[
+    "date",
+    "server",
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+];
+
+/// The registry part of a reply: status, headers (minus transport ones) and
+/// the body, with the clock-dependent `timestamp` field (and the list of
+/// servers, which depends on other checks) blanked.
+fn comparable(reply: &Reply) -> (u16, BTreeMap<String, String>, String) {
+    let headers = reply
+        .headers
+        .iter()
+        .filter(|(name, _)| !TRANSPORT_HEADERS.contains(&name.as_str()))
+        .filter(|(name, _)| name.as_str() != "x-bootstrap-signature")
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    let body = match serde_json::from_slice::<Value>(&reply.body) {
+        Ok(Value::Object(mut object)) if object.contains_key("timestamp") => {
+            object.insert("timestamp".into(), Value::Null);
+            // Other checks register servers concurrently.
+            if let Some(servers) = object.get_mut("servers") {
+                *servers = Value::Null;
+            }
+            Value::Object(object).to_string()
+        }
+        _ => reply.text(),
+    };
+    (reply.status, headers, body)
+}
+
+/// The same requests to both hosts get the same answers, byte for byte
+/// (bar transport headers and the clock).
+fn parity(native: &Host, workerd: &Host) -> Result<(), String> {
+    let key = server_key();
+    let id = server_id(&key);
+    let unsigned_register = json!({"serverId": id, "endpoint": "wss://a.example", "publicKey": id});
+    let wrong_type = json!({"serverId": 5, "endpoint": "wss://a.example", "publicKey": "x"});
+    let requests: Vec<(&str, String, Vec<(&str, String)>, Option<Vec<u8>>)> = vec![
+        ("GET", "/nope".into(), vec![], None),
+        ("GET", "/servers".into(), vec![], None),
+        ("OPTIONS", "/servers".into(), vec![], None),
+        ("PUT", "/servers".into(), vec![], None),
+        ("POST", "/servers".into(), vec![], Some(b"{".to_vec())),
+        ("POST", "/servers".into(), vec![], Some(b"[1,2]".to_vec())),
+        ("POST", "/servers".into(), vec![], Some(b"{}".to_vec())),
+        (
+            "POST",
+            "/servers".into(),
+            vec![],
+            Some(wrong_type.to_string().into_bytes()),
+        ),
+        (
+            "POST",
+            "/servers".into(),
+            vec![],
+            Some(unsigned_register.to_string().into_bytes()),
+        ),
+        ("POST", "/servers".into(), vec![], Some(vec![b' '; 9000])),
+        (
+            "POST",
+            "/servers/heartbeat".into(),
+            vec![],
+            Some(b"{}".to_vec()),
+        ),
+        (
+            "POST",
+            "/servers/heartbeat".into(),
+            vec![],
+            Some(json!({"serverId": id}).to_string().into_bytes()),
+        ),
+        (
+            "DELETE",
+            format!("/servers/{}", id.replace('+', "%2B").replace('/', "%2F")),
+            vec![],
+            None,
+        ),
+        (
+            "DELETE",
+            "/servers/x".into(),
+            vec![
+                ("X-Zajel-Timestamp", "soon".into()),
+                ("X-Zajel-Signature", "AAAA".into()),
+            ],
+            None,
+        ),
+    ];
+    for (method, path, headers, body) in requests {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let a = send(
+            &native.http,
+            method,
+            &native.signed.url(&path),
+            &headers,
+            body.clone(),
+        )?;
+        let b = send(
+            &workerd.http,
+            method,
+            &workerd.signed.url(&path),
+            &headers,
+            body,
+        )?;
+        let (a, b) = (comparable(&a), comparable(&b));
+        ensure!(a == b, "{method} {path}:\n  native  {a:?}\n  workerd {b:?}");
+    }
+    Ok(())
+}
+
 const CHECKS: &[(&str, Check)] = &[
     ("health", health),
     ("info_routes", info_routes),
@@ -1168,7 +1282,53 @@ fn main() {
         native_restart_durability(&child_http).map_err(Failed::from)
     }));
 
+    let mut workerd_host = None;
+    if std::env::var("ZAJEL_SKIP_WORKERD").as_deref() == Ok("1") {
+        eprintln!("ZAJEL_SKIP_WORKERD=1: the Worker under workerd is left out");
+    } else {
+        match start_workerd(&http) {
+            Ok((host, limits_registry)) => {
+                trials.extend(trials_for("workerd", host.clone(), limits_registry));
+                let (native, workerd) = (native.clone(), host.clone());
+                trials.push(Trial::test(
+                    "parity::native_and_workerd_answer_alike",
+                    move || parity(&native, &workerd).map_err(Failed::from),
+                ));
+                workerd_host = Some(host);
+            }
+            Err(error) => trials.push(Trial::test("workerd::start", move || {
+                Err(Failed::from(format!(
+                    "{error}\n(set ZAJEL_SKIP_WORKERD=1 to leave the workerd host out on purpose)"
+                )))
+            })),
+        }
+    }
+
     let conclusion = libtest_mimic::run(&args, trials);
     drop(native);
+    drop(workerd_host);
     conclusion.exit();
+}
+
+/// Starts the three Worker registries under `wrangler dev`, side by side.
+fn start_workerd(http: &Http) -> Result<(Arc<Host>, Arc<RunningRegistry>), String> {
+    let starting = [Profile::SIGNED, Profile::OPEN, LIMITS]
+        .into_iter()
+        .map(registry_host::spawn_wrangler_dev)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut started = Vec::new();
+    for worker in starting {
+        started.push(worker.ready()?);
+    }
+    let limits_registry = started.pop().expect("three");
+    let open = started.pop().expect("three");
+    let signed = started.pop().expect("three");
+    Ok((
+        Arc::new(Host {
+            signed,
+            open,
+            http: http.clone(),
+        }),
+        Arc::new(limits_registry),
+    ))
 }
