@@ -1116,6 +1116,14 @@ fn comparable(reply: &Reply) -> (u16, BTreeMap<String, String>, String) {
     (reply.status, headers, body)
 }
 
+/// Method, path, headers and body of one request sent to both hosts.
+type ParityRequest = (
+    &'static str,
+    String,
+    Vec<(&'static str, String)>,
+    Option<Vec<u8>>,
+);
+
 /// The same requests to both hosts get the same answers, byte for byte
 /// (bar transport headers and the clock).
 fn parity(native: &Host, workerd: &Host) -> Result<(), String> {
@@ -1123,7 +1131,7 @@ fn parity(native: &Host, workerd: &Host) -> Result<(), String> {
     let id = server_id(&key);
     let unsigned_register = json!({"serverId": id, "endpoint": "wss://a.example", "publicKey": id});
     let wrong_type = json!({"serverId": 5, "endpoint": "wss://a.example", "publicKey": "x"});
-    let requests: Vec<(&str, String, Vec<(&str, String)>, Option<Vec<u8>>)> = vec![
+    let requests: Vec<ParityRequest> = vec![
         ("GET", "/nope".into(), vec![], None),
         ("GET", "/servers".into(), vec![], None),
         ("OPTIONS", "/servers".into(), vec![], None),
