@@ -1,1 +1,5 @@
-//! relay-lite: see the project's issues; this crate is not implemented yet.
+//! relay-lite: a lightweight signaling relay that speaks Zajel's WebSocket
+//! protocol, registers itself with the bootstrap registry, and relays media
+//! (TURN) for peers whose UDP is blocked.
+
+pub mod credentials;
