@@ -228,7 +228,11 @@ impl<S: Store> Registry<S> {
         match (request.method.as_str(), request.path.as_str()) {
             ("GET", "/health") => Ok(json_response(
                 200,
-                &json!({"status": "ok", "service": SERVICE_NAME, "timestamp": iso8601(now_ms)}),
+                &Health {
+                    status: "ok",
+                    service: SERVICE_NAME,
+                    timestamp: iso8601(now_ms),
+                },
             )),
             ("GET", "/") | ("GET", "/api/info") => Ok(json_response(200, &info())),
             ("GET", "/servers") => self.list(now_ms),
@@ -544,19 +548,45 @@ fn json_response(status: u16, value: &impl Serialize) -> Response {
     raw_json_response(status, serde_json::to_vec(value).unwrap_or_default())
 }
 
-fn info() -> serde_json::Value {
-    json!({
-        "name": "Zajel Bootstrap Server",
-        "version": env!("CARGO_PKG_VERSION"),
-        "description": "Registry of Zajel signaling servers, with signed lists and proof-of-possession registration",
-        "endpoints": {
-            "health": "GET /health",
-            "servers": "GET /servers",
-            "register": "POST /servers",
-            "heartbeat": "POST /servers/heartbeat",
-            "unregister": "DELETE /servers/:serverId"
-        }
-    })
+/// The body of `GET /health`, in Zajel's field order.
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    service: &'static str,
+    timestamp: String,
+}
+
+/// The body of `GET /` and `GET /api/info`, in Zajel's field order.
+#[derive(Serialize)]
+struct Info {
+    name: &'static str,
+    version: &'static str,
+    description: &'static str,
+    endpoints: InfoEndpoints,
+}
+
+#[derive(Serialize)]
+struct InfoEndpoints {
+    health: &'static str,
+    servers: &'static str,
+    register: &'static str,
+    heartbeat: &'static str,
+    unregister: &'static str,
+}
+
+fn info() -> Info {
+    Info {
+        name: "Zajel Bootstrap Server",
+        version: env!("CARGO_PKG_VERSION"),
+        description: "Registry of Zajel signaling servers, with signed lists and proof-of-possession registration",
+        endpoints: InfoEndpoints {
+            health: "GET /health",
+            servers: "GET /servers",
+            register: "POST /servers",
+            heartbeat: "POST /servers/heartbeat",
+            unregister: "DELETE /servers/:serverId",
+        },
+    }
 }
 
 /// ISO-8601 in UTC with milliseconds, as JavaScript's `toISOString()` writes it.
