@@ -2,5 +2,6 @@
 //! cleaned up, and the registry hosts (native and under workerd) started
 //! with a chosen configuration.
 
+pub mod netns;
 pub mod process;
 pub mod registry_host;

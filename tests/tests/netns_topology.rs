@@ -1,0 +1,122 @@
+//! The censorship topology itself: traffic crosses the censor when it has no
+//! rules, and each ready-made rule blocks what it says and nothing more.
+//! Needs root (CI runs as root).
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use tests::netns::{self, rules, Topology};
+
+const SHORT: Duration = Duration::from_millis(600);
+
+/// A TCP listener inside the internet namespace that answers every
+/// connection with "hello" (on its own thread).
+fn tcp_server(topology: &Topology, port: u16) -> SocketAddr {
+    let address = SocketAddr::from((netns::internet_host(0), port));
+    let listener = topology
+        .internet
+        .enter(move || TcpListener::bind(address))
+        .unwrap()
+        .expect("bind in the internet namespace");
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let _ = stream.write_all(b"hello");
+        }
+    });
+    address
+}
+
+fn tcp_from_client(topology: &Topology, to: SocketAddr) -> std::io::Result<String> {
+    topology
+        .client
+        .enter(move || {
+            let mut stream = TcpStream::connect_timeout(&to, SHORT)?;
+            stream.set_read_timeout(Some(SHORT))?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text)?;
+            Ok(text)
+        })
+        .unwrap()
+}
+
+/// Sends one datagram from the client; says whether the server got it.
+fn udp_crosses(topology: &Topology, port: u16) -> bool {
+    let address = SocketAddr::from((netns::internet_host(0), port));
+    let server = topology
+        .internet
+        .enter(move || UdpSocket::bind(address))
+        .unwrap()
+        .expect("bind udp");
+    server.set_read_timeout(Some(SHORT)).unwrap();
+    let client = topology
+        .client
+        .enter(|| UdpSocket::bind("0.0.0.0:0"))
+        .unwrap()
+        .expect("bind udp client");
+    client.send_to(b"ping", address).expect("send");
+    let mut buffer = [0u8; 16];
+    matches!(server.recv_from(&mut buffer), Ok((4, _)))
+}
+
+#[test]
+fn open_network_carries_tcp_and_udp_through_the_censor() {
+    let topology = Topology::new(1).expect("topology");
+    let server = tcp_server(&topology, 8080);
+    assert_eq!(tcp_from_client(&topology, server).unwrap(), "hello");
+    assert!(udp_crosses(&topology, 3478));
+}
+
+#[test]
+fn blackhole_hangs_and_reset_refuses() {
+    let topology = Topology::new(1).expect("topology");
+    let server = tcp_server(&topology, 8080);
+    topology
+        .censor(&rules::blackhole(netns::internet_host(0)))
+        .unwrap();
+    let error = tcp_from_client(&topology, server).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::TimedOut, "{error}");
+    topology
+        .censor(&rules::reset(netns::internet_host(0)))
+        .unwrap();
+    let error = tcp_from_client(&topology, server).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::ConnectionRefused, "{error}");
+    topology.censor("").unwrap();
+    assert_eq!(tcp_from_client(&topology, server).unwrap(), "hello");
+}
+
+#[test]
+fn no_udp_blocks_udp_only() {
+    let topology = Topology::new(1).expect("topology");
+    let server = tcp_server(&topology, 8080);
+    topology.censor(rules::NO_UDP).unwrap();
+    assert!(!udp_crosses(&topology, 3478));
+    assert_eq!(tcp_from_client(&topology, server).unwrap(), "hello");
+}
+
+#[test]
+fn only_tcp_443_passes_tcp_443() {
+    let topology = Topology::new(1).expect("topology");
+    let open = tcp_server(&topology, 443);
+    let closed = tcp_server(&topology, 8443);
+    topology.censor(rules::ONLY_TCP_443).unwrap();
+    assert_eq!(tcp_from_client(&topology, open).unwrap(), "hello");
+    assert!(tcp_from_client(&topology, closed).is_err());
+    assert!(!udp_crosses(&topology, 443));
+}
+
+#[test]
+fn namespaces_are_gone_after_drop() {
+    let topology = Topology::new(1).expect("topology");
+    let names: Vec<String> = [&topology.client, &topology.censor, &topology.internet]
+        .iter()
+        .map(|ns| ns.name().to_string())
+        .collect();
+    let listed = netns::run(std::process::Command::new("ip").args(["netns", "list"])).unwrap();
+    assert!(names.iter().all(|name| listed.contains(name.as_str())));
+    drop(topology);
+    let listed = netns::run(std::process::Command::new("ip").args(["netns", "list"])).unwrap();
+    for name in names {
+        assert!(!listed.contains(name.as_str()), "{name} left behind");
+    }
+}
