@@ -126,6 +126,33 @@ impl Namespace {
         }
     }
 
+    /// Starts `work` on a new thread inside this namespace and returns at
+    /// once; the thread stays in the namespace for as long as it runs. The
+    /// thread yields `Some(result)` (`None` only if it could not enter the
+    /// namespace, which this function already reports as an error).
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<std::thread::JoinHandle<Option<T>>, String> {
+        let path = format!("/var/run/netns/{}", self.name);
+        let file = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+        let (entered, result) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: setns on a valid namespace fd affects only this thread.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                let _ = entered.send(Some(std::io::Error::last_os_error().to_string()));
+                return None;
+            }
+            let _ = entered.send(None);
+            Some(work())
+        });
+        match result.recv() {
+            Ok(None) => Ok(thread),
+            Ok(Some(error)) => Err(format!("setns({path}): {error}")),
+            Err(_) => Err(format!("setns({path}): the thread died")),
+        }
+    }
+
     /// Runs `work` on a thread inside this namespace and returns its result.
     /// Sockets (and tokio runtimes, whose worker threads inherit the
     /// namespace) created in `work` belong to the namespace for good.
@@ -133,21 +160,10 @@ impl Namespace {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, String> {
-        let path = format!("/var/run/netns/{}", self.name);
-        let file = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
-        std::thread::spawn(move || {
-            // SAFETY: setns on a valid namespace fd affects only this thread.
-            let status = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            if status != 0 {
-                return Err(format!(
-                    "setns({path}): {}",
-                    std::io::Error::last_os_error()
-                ));
-            }
-            Ok(work())
-        })
-        .join()
-        .map_err(|_| "work inside the namespace panicked".to_string())?
+        self.spawn(work)?
+            .join()
+            .map_err(|_| "work inside the namespace panicked".to_string())?
+            .ok_or_else(|| "could not enter the namespace".to_string())
     }
 }
 

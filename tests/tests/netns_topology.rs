@@ -4,8 +4,10 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
+use tests::netem::PathEmulator;
 use tests::netns::{self, rules, Topology};
 
 const SHORT: Duration = Duration::from_millis(600);
@@ -119,4 +121,47 @@ fn namespaces_are_gone_after_drop() {
     for name in names {
         assert!(!listed.contains(name.as_str()), "{name} left behind");
     }
+}
+
+#[test]
+fn path_emulator_delays_and_drops_forwarded_packets() {
+    let topology = Topology::new(1).expect("topology");
+    let server = tcp_server(&topology, 8080);
+    {
+        let delay = PathEmulator::start(&topology.censor, Duration::from_millis(100), None)
+            .expect("path emulator");
+        let started = Instant::now();
+        assert_eq!(tcp_from_client(&topology, server).unwrap(), "hello");
+        // SYN and SYN-ACK each wait 100 ms in the censor: a lower bound, not a speed target.
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert!(delay.counters().delayed.load(Ordering::Relaxed) >= 3);
+    }
+    let loss = PathEmulator::start(&topology.censor, Duration::ZERO, Some(20)).expect("emulator");
+    let address = SocketAddr::from((netns::internet_host(0), 3478));
+    let receiver = topology
+        .internet
+        .enter(move || UdpSocket::bind(address))
+        .unwrap()
+        .unwrap();
+    receiver
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let sender = topology
+        .client
+        .enter(|| UdpSocket::bind("0.0.0.0:0"))
+        .unwrap()
+        .unwrap();
+    for n in 0..100u8 {
+        sender.send_to(&[n], address).unwrap();
+    }
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4];
+    while received.len() < 95 {
+        let (_, _) = receiver.recv_from(&mut buffer).expect("a datagram");
+        received.push(buffer[0]);
+    }
+    assert_eq!(loss.counters().dropped.load(Ordering::Relaxed), 5);
+    // Every 20th datagram is the one missing.
+    let missing: Vec<u8> = (0..100).filter(|n| !received.contains(n)).collect();
+    assert_eq!(missing, vec![19, 39, 59, 79, 99]);
 }
