@@ -139,7 +139,7 @@ fn pump(
             match queue.recv() {
                 Ok(mut message) => {
                     seen += 1;
-                    if drop_every.is_some_and(|n| n > 0 && seen % n == 0) {
+                    if drop_every.is_some_and(|n| n > 0 && seen.is_multiple_of(n)) {
                         message.set_verdict(Verdict::Drop);
                         counters.dropped.fetch_add(1, Ordering::Relaxed);
                         queue.verdict(message).map_err(|e| e.to_string())?;
