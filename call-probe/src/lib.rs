@@ -1,1 +1,2 @@
 //! call-probe: see the project's issues; this crate is not implemented yet.
+pub mod session;

@@ -1,0 +1,423 @@
+//! A client's signaling session with a relay: one WebSocket connection that
+//! speaks Zajel's protocol (reference §2) from the client side.
+//!
+//! [`SignalingSession::connect`] opens the connection step by step — TCP,
+//! then TLS when the URL is `wss://`, then the WebSocket upgrade, then the
+//! relay's `server_info` greeting — and records how long each step took in
+//! a [`ConnectTimings`], which is what `call-probe check` reports for the
+//! signaling path. After that the session is a pair of typed queues: frames
+//! to send are [`ClientMessage`]s, frames received are [`ServerMessage`]s.
+//! Pings keep the connection alive while it is idle.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use url::Url;
+use zajel_wire::pairing::PairingCode;
+use zajel_wire::signaling::{ClientMessage, ServerMessage, MAX_FRAME_BYTES, PING_INTERVAL_MS};
+
+/// How many frames may wait in either direction before the session pushes back.
+const QUEUE_FRAMES: usize = 256;
+
+/// Which certificates a `wss://` connection trusts.
+#[derive(Clone, Debug, Default)]
+pub enum TrustAnchors {
+    /// The public web PKI (the Mozilla roots compiled into `webpki-roots`).
+    #[default]
+    WebPki,
+    /// Only these certificates (a test CA, or a self-signed relay's own certificate).
+    Only(Vec<CertificateDer<'static>>),
+}
+
+impl TrustAnchors {
+    fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, SessionError> {
+        let mut roots = rustls::RootCertStore::empty();
+        match self {
+            TrustAnchors::WebPki => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+            TrustAnchors::Only(certificates) => {
+                for certificate in certificates {
+                    roots
+                        .add(certificate.clone())
+                        .map_err(|error| SessionError::Tls(error.to_string()))?;
+                }
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|error| SessionError::Tls(error.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Arc::new(config))
+    }
+}
+
+/// Why a session could not be opened or went away.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error("not a signaling URL: {0}")]
+    Url(String),
+    #[error("DNS resolution failed: {0}")]
+    Dns(String),
+    #[error("TCP connection failed: {0}")]
+    Tcp(String),
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
+    #[error("WebSocket upgrade failed: {0}")]
+    Upgrade(String),
+    #[error("timed out during {0}")]
+    Timeout(&'static str),
+    #[error("the relay sent {0} instead of server_info")]
+    NoGreeting(String),
+    #[error("the relay refused: {0}")]
+    Refused(String),
+    #[error("the connection closed")]
+    Closed,
+}
+
+/// How long each step of opening the session took.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ConnectTimings {
+    /// Name resolution of the relay's host (zero for an IP literal).
+    pub resolve: Duration,
+    /// The TCP handshake.
+    pub tcp_connect: Duration,
+    /// The TLS handshake, for `wss://`.
+    pub tls_handshake: Option<Duration>,
+    /// The HTTP upgrade to WebSocket.
+    pub websocket_upgrade: Duration,
+    /// From the upgrade to the relay's `server_info` greeting.
+    pub greeting: Duration,
+}
+
+/// The relay's `server_info` greeting.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServerInfo {
+    pub server_id: String,
+    pub endpoint: String,
+    pub region: String,
+}
+
+/// An open signaling session.
+pub struct SignalingSession {
+    url: Url,
+    info: ServerInfo,
+    timings: ConnectTimings,
+    outgoing: mpsc::Sender<ClientMessage>,
+    incoming: mpsc::Receiver<ServerMessage>,
+    pump: JoinHandle<()>,
+}
+
+impl SignalingSession {
+    /// Connects to `url` (`ws://` or `wss://`), waits for the greeting, and
+    /// starts the session; each step must finish within `step_timeout`.
+    pub async fn connect(
+        url: &Url,
+        trust: &TrustAnchors,
+        step_timeout: Duration,
+    ) -> Result<Self, SessionError> {
+        let secure = match url.scheme() {
+            "wss" => true,
+            "ws" => false,
+            other => {
+                return Err(SessionError::Url(format!(
+                    "scheme {other} is not ws or wss"
+                )))
+            }
+        };
+        let host = url
+            .host_str()
+            .ok_or_else(|| SessionError::Url("no host".into()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = url.port_or_known_default().unwrap_or(443);
+        let mut timings = ConnectTimings::default();
+
+        let started = Instant::now();
+        let addresses: Vec<_> = step(
+            step_timeout,
+            "name resolution",
+            tokio::net::lookup_host((host.as_str(), port)),
+        )
+        .await?
+        .map_err(|error| SessionError::Dns(error.to_string()))?
+        .collect();
+        timings.resolve = started.elapsed();
+
+        let started = Instant::now();
+        let tcp = connect_any(&addresses, step_timeout).await?;
+        timings.tcp_connect = started.elapsed();
+        let _ = tcp.set_nodelay(true);
+
+        if secure {
+            let config = trust.client_config()?;
+            let name = ServerName::try_from(host.clone())
+                .map_err(|error| SessionError::Tls(error.to_string()))?;
+            let started = Instant::now();
+            let tls = step(
+                step_timeout,
+                "the TLS handshake",
+                tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+            )
+            .await?
+            .map_err(|error| SessionError::Tls(error.to_string()))?;
+            timings.tls_handshake = Some(started.elapsed());
+            Self::upgrade(url, tls, timings, step_timeout).await
+        } else {
+            Self::upgrade(url, tcp, timings, step_timeout).await
+        }
+    }
+
+    async fn upgrade<S>(
+        url: &Url,
+        stream: S,
+        mut timings: ConnectTimings,
+        step_timeout: Duration,
+    ) -> Result<Self, SessionError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut config = WebSocketConfig::default();
+        // Received call frames carry flat fields too, so they may exceed what we may send.
+        config.max_message_size = Some(4 * MAX_FRAME_BYTES);
+        config.max_frame_size = Some(4 * MAX_FRAME_BYTES);
+        let started = Instant::now();
+        let (mut socket, _response) = step(
+            step_timeout,
+            "the WebSocket upgrade",
+            tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config)),
+        )
+        .await?
+        .map_err(|error| SessionError::Upgrade(error.to_string()))?;
+        timings.websocket_upgrade = started.elapsed();
+
+        let started = Instant::now();
+        let info = loop {
+            let frame = step(step_timeout, "the server_info greeting", socket.next())
+                .await?
+                .ok_or(SessionError::Closed)?
+                .map_err(|error| SessionError::Upgrade(error.to_string()))?;
+            match frame {
+                Message::Text(text) => match ServerMessage::parse(&text) {
+                    Ok(ServerMessage::ServerInfo {
+                        server_id,
+                        endpoint,
+                        region,
+                    }) => {
+                        break ServerInfo {
+                            server_id,
+                            endpoint,
+                            region,
+                        }
+                    }
+                    _ => return Err(SessionError::NoGreeting(text.to_string())),
+                },
+                Message::Close(_) => return Err(SessionError::Closed),
+                _ => continue,
+            }
+        };
+        timings.greeting = started.elapsed();
+
+        let (outgoing, to_send) = mpsc::channel(QUEUE_FRAMES);
+        let (received, incoming) = mpsc::channel(QUEUE_FRAMES);
+        let pump = tokio::spawn(pump(socket, to_send, received));
+        Ok(Self {
+            url: url.clone(),
+            info,
+            timings,
+            outgoing,
+            incoming,
+            pump,
+        })
+    }
+
+    /// The URL this session is connected to.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// The relay's greeting.
+    pub fn server_info(&self) -> &ServerInfo {
+        &self.info
+    }
+
+    /// How long opening the session took, step by step.
+    pub fn timings(&self) -> &ConnectTimings {
+        &self.timings
+    }
+
+    /// Queues a frame for the relay.
+    pub async fn send(&self, message: ClientMessage) -> Result<(), SessionError> {
+        self.outgoing
+            .send(message)
+            .await
+            .map_err(|_| SessionError::Closed)
+    }
+
+    /// A handle that can send frames from another task.
+    pub fn sender(&self) -> mpsc::Sender<ClientMessage> {
+        self.outgoing.clone()
+    }
+
+    /// The next frame from the relay, or `None` once the connection is gone.
+    pub async fn recv(&mut self) -> Option<ServerMessage> {
+        self.incoming.recv().await
+    }
+
+    /// Waits up to `limit` for a frame that `accept` picks, handing every
+    /// other frame to `other` (a relay's `error` frames end the wait).
+    pub async fn recv_until<T>(
+        &mut self,
+        limit: Duration,
+        what: &'static str,
+        mut accept: impl FnMut(&ServerMessage) -> Option<T>,
+        mut other: impl FnMut(ServerMessage),
+    ) -> Result<T, SessionError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.incoming.recv())
+                .await
+                .map_err(|_| SessionError::Timeout(what))?
+                .ok_or(SessionError::Closed)?;
+            if let Some(found) = accept(&message) {
+                return Ok(found);
+            }
+            if let ServerMessage::Error { message } = &message {
+                return Err(SessionError::Refused(message.clone()));
+            }
+            other(message);
+        }
+    }
+
+    /// Registers `code` with the X25519 `public_key`; returns the relay's `serverId`.
+    pub async fn register(
+        &mut self,
+        code: PairingCode,
+        public_key: &str,
+        limit: Duration,
+    ) -> Result<String, SessionError> {
+        self.send(ClientMessage::Register {
+            pairing_code: code,
+            public_key: public_key.to_string(),
+        })
+        .await?;
+        let wanted = code.as_str().to_string();
+        self.recv_until(
+            limit,
+            "registration",
+            |message| match message {
+                ServerMessage::Registered {
+                    pairing_code,
+                    server_id,
+                } if *pairing_code == wanted => Some(Ok(server_id.clone())),
+                ServerMessage::CodeCollision { message } => {
+                    Some(Err(SessionError::Refused(message.clone())))
+                }
+                _ => None,
+            },
+            |_| {},
+        )
+        .await?
+    }
+
+    /// Sends a `ping` and waits for the `pong`: the signaling round trip.
+    pub async fn round_trip(&mut self, limit: Duration) -> Result<Duration, SessionError> {
+        let started = Instant::now();
+        self.send(ClientMessage::Ping).await?;
+        self.recv_until(
+            limit,
+            "pong",
+            |message| matches!(message, ServerMessage::Pong).then_some(()),
+            |_| {},
+        )
+        .await?;
+        Ok(started.elapsed())
+    }
+}
+
+impl Drop for SignalingSession {
+    fn drop(&mut self) {
+        self.pump.abort();
+    }
+}
+
+/// Runs `future`, or fails with a timeout naming `what`.
+async fn step<F: std::future::Future>(
+    limit: Duration,
+    what: &'static str,
+    future: F,
+) -> Result<F::Output, SessionError> {
+    tokio::time::timeout(limit, future)
+        .await
+        .map_err(|_| SessionError::Timeout(what))
+}
+
+/// Tries each address in turn; the first TCP connection that opens wins.
+async fn connect_any(
+    addresses: &[std::net::SocketAddr],
+    limit: Duration,
+) -> Result<TcpStream, SessionError> {
+    let mut last = SessionError::Dns("the name has no addresses".into());
+    for address in addresses {
+        match tokio::time::timeout(limit, TcpStream::connect(address)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(error)) => last = SessionError::Tcp(format!("{address}: {error}")),
+            Err(_) => last = SessionError::Timeout("the TCP handshake"),
+        }
+    }
+    Err(last)
+}
+
+/// Moves frames between the socket and the session's queues, and pings
+/// the relay when nothing was sent for [`PING_INTERVAL_MS`].
+async fn pump<S>(
+    socket: tokio_tungstenite::WebSocketStream<S>,
+    mut to_send: mpsc::Receiver<ClientMessage>,
+    received: mpsc::Sender<ServerMessage>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut sink, mut stream) = socket.split();
+    let keepalive = Duration::from_millis(PING_INTERVAL_MS);
+    loop {
+        tokio::select! {
+            message = to_send.recv() => {
+                let Some(message) = message else {
+                    let _ = sink.send(Message::Close(None)).await;
+                    return;
+                };
+                if sink.send(Message::text(message.to_text())).await.is_err() {
+                    return;
+                }
+            }
+            frame = stream.next() => match frame {
+                Some(Ok(Message::Text(text))) => {
+                    let Ok(message) = ServerMessage::parse(&text) else {
+                        tracing::warn!(frame = %text, "ignoring a frame that is not a server message");
+                        continue;
+                    };
+                    if received.send(message).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+            _ = tokio::time::sleep(keepalive) => {
+                if sink.send(Message::text(ClientMessage::Ping.to_text())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
