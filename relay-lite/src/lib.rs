@@ -27,6 +27,7 @@ pub mod membership;
 pub mod metrics;
 mod outbox;
 pub mod pairing;
+pub mod registry_http;
 pub mod relay;
 pub mod session;
 pub mod tls;

@@ -16,6 +16,7 @@ use zajel_wire::signature::{self, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 
 use crate::config::MembershipConfig;
 use crate::metrics::Metrics;
+use crate::registry_http::{Answer, RegistryClient};
 
 /// What one registry is told about this relay.
 #[derive(Clone)]
@@ -26,7 +27,7 @@ pub(crate) struct Membership {
     pub region: Option<String>,
     pub config: MembershipConfig,
     pub metrics: Arc<Metrics>,
-    pub http: reqwest::Client,
+    pub http: RegistryClient,
 }
 
 #[derive(Debug)]
@@ -80,35 +81,24 @@ impl Membership {
         format!("{}{path}", self.registry.trim_end_matches('/'))
     }
 
-    async fn post(&self, path: &str, body: String) -> Result<reqwest::Response, Failure> {
+    async fn post(&self, path: &str, body: String) -> Result<Answer, Failure> {
         self.http
-            .post(self.url(path))
-            .header("Content-Type", "application/json")
-            .body(body)
-            .send()
+            .send("POST", &self.url(path), &[], Some(body))
             .await
             .map_err(|error| Failure::Retry(format!("unreachable: {error}"), None))
     }
 
-    async fn check(response: reqwest::Response) -> Result<(), Failure> {
-        let status = response.status();
-        if status.is_success() {
+    fn check(answer: Answer) -> Result<(), Failure> {
+        if (200..300).contains(&answer.status) {
             return Ok(());
         }
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        if status == reqwest::StatusCode::NOT_FOUND {
+        if answer.status == 404 {
             return Err(Failure::NotRegistered);
         }
-        let body = response.text().await.unwrap_or_default();
-        let body: String = body.chars().take(200).collect();
+        let body: String = answer.body.chars().take(200).collect();
         Err(Failure::Retry(
-            format!("refused with {status}: {body}"),
-            retry_after,
+            format!("refused with {}: {body}", answer.status),
+            answer.retry_after.map(Duration::from_secs),
         ))
     }
 
@@ -117,9 +107,9 @@ impl Membership {
             RegisterRequest::signed(&self.key, &self.endpoint, self.region.as_deref(), now_ms());
         let body = serde_json::to_string(&request).unwrap_or_default();
         let response = self.post("/servers", body).await?;
-        match Self::check(response).await {
+        match Self::check(response) {
             Err(Failure::NotRegistered) => Err(Failure::Retry(
-                "refused with 404 Not Found (is this a Zajel registry URL?)".into(),
+                "refused with 404 (is this a Zajel registry URL?)".into(),
                 None,
             )),
             other => other,
@@ -129,24 +119,23 @@ impl Membership {
     async fn heartbeat(&self) -> Result<(), Failure> {
         let request = HeartbeatRequest::signed(&self.key, now_ms());
         let body = serde_json::to_string(&request).unwrap_or_default();
-        Self::check(self.post("/servers/heartbeat", body).await?).await
+        Self::check(self.post("/servers/heartbeat", body).await?)
     }
 
     async fn unregister(&self) -> Result<(), String> {
         let server_id = crate::identity::server_id(&self.key);
         let (timestamp, signature) = signature::sign_unregister(&self.key, now_ms());
-        let response = self
+        let url = self.url(&format!("/servers/{}", percent_encode(&server_id)));
+        let headers = [(TIMESTAMP_HEADER, timestamp), (SIGNATURE_HEADER, signature)];
+        let answer = self
             .http
-            .delete(self.url(&format!("/servers/{}", percent_encode(&server_id))))
-            .header(TIMESTAMP_HEADER, timestamp)
-            .header(SIGNATURE_HEADER, signature)
-            .send()
+            .send("DELETE", &url, &headers, None)
             .await
             .map_err(|error| format!("unreachable: {error}"))?;
-        if response.status().is_success() {
+        if (200..300).contains(&answer.status) {
             Ok(())
         } else {
-            Err(format!("refused with {}", response.status()))
+            Err(format!("refused with {}: {}", answer.status, answer.body))
         }
     }
 

@@ -173,11 +173,8 @@ impl Relay {
         ));
         let mut memberships = Vec::new();
         if !config.bootstrap.is_empty() {
-            let http = reqwest::Client::builder()
-                .timeout(config.membership.request_timeout)
-                .user_agent(concat!("relay-lite/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .map_err(|e| Error::HttpClient(e.to_string()))?;
+            let http = crate::registry_http::RegistryClient::new(config.membership.request_timeout)
+                .map_err(Error::HttpClient)?;
             for registry in &config.bootstrap {
                 let membership = Membership {
                     registry: registry.clone(),

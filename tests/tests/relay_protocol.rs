@@ -320,18 +320,20 @@ async fn pairing_accept_reject_and_errors_without_enumeration() {
     // A requester that disconnects takes its request with it.
     let (first_code, first) = requesters.remove(0);
     drop(first);
-    let mut gone = false;
-    for _ in 0..50 {
-        let reply = bob
-            .request(json!({"type": "pair_response", "targetCode": first_code, "accepted": true}))
-            .await;
-        if reply == json!({"type": "pair_error", "error": "No pending request from this peer"}) {
-            gone = true;
+    let mut closed = false;
+    for _ in 0..200 {
+        if relay.metric("relay_websocket_sessions").await == 12.0 {
+            closed = true;
             break;
         }
-        panic!("the relay matched a request whose requester is gone: {reply}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(gone);
+    assert!(closed, "the relay did not notice the requester leave");
+    assert_eq!(
+        bob.request(json!({"type": "pair_response", "targetCode": first_code, "accepted": true}))
+            .await,
+        json!({"type": "pair_error", "error": "No pending request from this peer"})
+    );
     assert_eq!(relay.metric("relay_pairs_matched_total").await, 1.0);
 }
 
