@@ -331,7 +331,15 @@ async fn connection(
     match acceptor {
         Some(acceptor) => {
             let handshake = shared.config.timeouts.handshake;
-            match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+            let mut shutdown = shared.shutdown.clone();
+            let accepted = tokio::select! {
+                accepted = tokio::time::timeout(handshake, acceptor.accept(stream)) => accepted,
+                () = stopping(&mut shutdown) => {
+                    shared.metrics.connection_closed();
+                    return;
+                }
+            };
+            match accepted {
                 Ok(Ok(tls)) => serve(tls, peer, &shared).await,
                 Ok(Err(error)) => {
                     shared.metrics.refused(Refusal::Handshake);
@@ -353,7 +361,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let handshake = shared.config.timeouts.handshake;
-    let route = match tokio::time::timeout(handshake, http::read_request(&mut stream)).await {
+    let mut shutdown = shared.shutdown.clone();
+    let head = tokio::select! {
+        head = tokio::time::timeout(handshake, http::read_request(&mut stream)) => head,
+        () = stopping(&mut shutdown) => return,
+    };
+    let route = match head {
         Ok(Ok(route)) => route,
         Ok(Err(http::HeadError::TooLarge)) => {
             shared.metrics.refused(Refusal::Handshake);

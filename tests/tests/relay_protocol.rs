@@ -863,9 +863,11 @@ async fn ice_servers_only_for_registered_clients_that_ask() {
 
 #[tokio::test]
 async fn sigterm_closes_clients_with_1001_and_exits() {
-    let mut relay = RelayProcess::start(&[]);
+    let mut relay = RelayProcess::start(&["--handshake-timeout-ms", "600000"]);
     let mut a = Client::registered(&relay.url(), "ALEXA2", 1).await;
     let mut b = Client::connect(&relay.url()).await;
+    // A half-open connection (no request head yet) must not hold shutdown up.
+    let _silent = TcpStream::connect(relay.addr).await.unwrap();
     relay.process.signal(libc::SIGTERM);
     assert_eq!(a.ended().await, Ended::Close(1001));
     assert_eq!(b.ended().await, Ended::Close(1001));

@@ -192,17 +192,19 @@ impl Client {
         assert_eq!(reply, json!({"type": "pong"}));
     }
 
-    /// Reads until the connection ends, returning the close code.
+    /// Reads until the connection ends, returning the close code (and
+    /// completing the close handshake, as a browser would).
     pub async fn ended(&mut self) -> Ended {
+        let mut ended = Ended::Dropped;
         loop {
             match tokio::time::timeout(WAIT, self.ws.next())
                 .await
                 .expect("end in time")
             {
-                Some(Ok(Message::Close(Some(frame)))) => return Ended::Close(frame.code.into()),
-                Some(Ok(Message::Close(None))) => return Ended::Close(1005),
+                Some(Ok(Message::Close(Some(frame)))) => ended = Ended::Close(frame.code.into()),
+                Some(Ok(Message::Close(None))) => ended = Ended::Close(1005),
                 Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return Ended::Dropped,
+                Some(Err(_)) | None => return ended,
             }
         }
     }
