@@ -1,5 +1,37 @@
 //! relay-lite: a lightweight signaling relay that speaks Zajel's WebSocket
 //! protocol, registers itself with the bootstrap registry, and relays media
 //! (TURN) for peers whose UDP is blocked.
+//!
+//! In-process use:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), relay_lite::Error> {
+//! let relay = relay_lite::Relay::start(relay_lite::RelayConfig {
+//!     listen: "127.0.0.1:0".parse().unwrap(),
+//!     ..Default::default()
+//! })
+//! .await?;
+//! println!("ws://{} as {}", relay.local_addr(), relay.server_id());
+//! relay.shutdown().await;
+//! # Ok(()) }
+//! ```
 
+pub mod config;
 pub mod credentials;
+pub mod http;
+pub mod hub;
+pub mod ice;
+pub mod identity;
+pub mod limits;
+pub mod membership;
+pub mod metrics;
+mod outbox;
+pub mod pairing;
+pub mod registry_http;
+pub mod relay;
+pub mod session;
+pub mod tls;
+
+pub use config::{IceConfig, Limits, MembershipConfig, RelayConfig, Timeouts, TlsFiles};
+pub use metrics::{Metrics, Refusal, TurnMetrics};
+pub use relay::{Error, Relay, RunningRelay};

@@ -1,0 +1,193 @@
+//! What a relay is told at start: where it listens, who it is, which
+//! registries it joins, and every limit and timeout (all configurable so
+//! tests can shorten them; the defaults are Zajel's where Zajel has one).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use zajel_wire::signaling;
+
+/// Everything [`crate::Relay::start`] needs.
+#[derive(Clone)]
+pub struct RelayConfig {
+    /// Where the WebSocket and HTTP routes listen (port 0 picks one).
+    pub listen: SocketAddr,
+    /// The URL clients reach this relay at: sent in `server_info` and
+    /// registered with the registries. `None`: `ws://<local address>`
+    /// (`wss://` with TLS).
+    pub public_endpoint: Option<String>,
+    /// Free-text region for `server_info` and the registry.
+    pub region: Option<String>,
+    /// The relay's Ed25519 identity; `None` draws a throwaway one.
+    pub identity: Option<SigningKey>,
+    /// PEM certificate chain and private key: serve `wss://` and `https://`.
+    pub tls: Option<TlsFiles>,
+    /// Registry base URLs to register with (`http(s)://host[:port]`).
+    pub bootstrap: Vec<String>,
+    pub membership: MembershipConfig,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    /// STUN/TURN servers handed to registered clients that ask.
+    pub ice: Option<IceConfig>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_endpoint: None,
+            region: None,
+            identity: None,
+            tls: None,
+            bootstrap: Vec::new(),
+            membership: MembershipConfig::default(),
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+            ice: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayConfig")
+            .field("listen", &self.listen)
+            .field("public_endpoint", &self.public_endpoint)
+            .field("region", &self.region)
+            .field("identity", &self.identity.as_ref().map(|_| "<hidden>"))
+            .field("tls", &self.tls)
+            .field("bootstrap", &self.bootstrap)
+            .field("membership", &self.membership)
+            .field("limits", &self.limits)
+            .field("timeouts", &self.timeouts)
+            .field("ice", &self.ice)
+            .finish()
+    }
+}
+
+/// PEM files for TLS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// How the relay keeps its registry entries.
+#[derive(Debug, Clone)]
+pub struct MembershipConfig {
+    /// Between heartbeats (Zajel: 60 s).
+    pub heartbeat_interval: Duration,
+    /// First wait after a failed request; doubles up to `retry_max`, with ±25 % jitter.
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    /// Per HTTP request.
+    pub request_timeout: Duration,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(60),
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Per-connection and whole-relay limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Open connections (HTTP and WebSocket) at once; more are refused with 503.
+    pub max_connections: usize,
+    /// Open connections per client address (IPv6 per /64); more get 429.
+    pub max_connections_per_address: usize,
+    /// Largest client frame in bytes; larger ones close with 1009.
+    pub max_frame_bytes: usize,
+    /// Frames per `rate_window` (Zajel: 100 per 60 s).
+    pub rate_limit_messages: u32,
+    pub rate_window: Duration,
+    /// `pair_request`s per `pair_request_window` (Zajel: 10 per 60 s).
+    pub pair_request_limit: u32,
+    pub pair_request_window: Duration,
+    /// Pending pair requests per target (Zajel: 10).
+    pub max_pending_per_target: usize,
+    /// Frames waiting to be written to one connection; a peer that lets
+    /// more pile up is disconnected.
+    pub outbound_queue_frames: usize,
+    /// Bytes of forwarded frames waiting for one connection.
+    pub outbound_queue_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            max_connections_per_address: 64,
+            max_frame_bytes: signaling::MAX_FRAME_BYTES,
+            rate_limit_messages: signaling::RATE_LIMIT_MESSAGES,
+            rate_window: Duration::from_millis(signaling::RATE_LIMIT_WINDOW_MS),
+            pair_request_limit: signaling::PAIR_REQUEST_LIMIT,
+            pair_request_window: Duration::from_millis(signaling::PAIR_REQUEST_WINDOW_MS),
+            max_pending_per_target: signaling::MAX_PENDING_PER_TARGET,
+            outbound_queue_frames: 256,
+            outbound_queue_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Timeouts.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// A connection that sends nothing for this long is dropped.
+    pub idle: Duration,
+    /// The HTTP request head (and TLS handshake) must arrive within this.
+    pub handshake: Duration,
+    /// A pair request expires after this (`expiresIn`; Zajel: 120 s).
+    pub pair_request: Duration,
+    /// `pair_expiring` goes out this long before expiry (Zajel: 30 s).
+    pub pair_expiring_warning: Duration,
+    /// How long a reply to a client may wait for room in its own queue.
+    pub outbound_stall: Duration,
+    /// How long shutdown waits for clients to take their close frames.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(90),
+            handshake: Duration::from_secs(10),
+            pair_request: Duration::from_millis(signaling::PAIR_REQUEST_TIMEOUT_MS),
+            pair_expiring_warning: Duration::from_millis(signaling::PAIR_EXPIRING_WARNING_MS),
+            outbound_stall: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// STUN/TURN servers for the `ice_servers` extension.
+#[derive(Clone)]
+pub struct IceConfig {
+    /// `turn:`/`turns:` URLs; they share one time-limited credential.
+    pub turn_urls: Vec<String>,
+    /// `stun:` URLs, sent without credentials.
+    pub stun_urls: Vec<String>,
+    /// The shared secret (coturn `static-auth-secret`).
+    pub secret: Vec<u8>,
+    /// How long issued credentials stay valid.
+    pub ttl: Duration,
+}
+
+impl std::fmt::Debug for IceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IceConfig")
+            .field("turn_urls", &self.turn_urls)
+            .field("stun_urls", &self.stun_urls)
+            .field("secret", &"<hidden>")
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}

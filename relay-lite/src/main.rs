@@ -1,0 +1,239 @@
+//! `relay-lite`: the command line around [`relay_lite::Relay`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use relay_lite::{IceConfig, Relay, RelayConfig, TlsFiles};
+
+/// A lightweight Zajel signaling relay (WebSocket, with GET /health and GET /metrics on the same port).
+#[derive(Debug, Parser)]
+#[command(name = "relay-lite", version)]
+struct Cli {
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// URL clients use to reach this relay (sent in server_info, registered). Default: ws(s)://<listen address>.
+    #[arg(long, value_name = "URL")]
+    public_endpoint: Option<String>,
+    /// Region name for server_info and the registry.
+    #[arg(long)]
+    region: Option<String>,
+    /// Ed25519 identity file (64 hex characters), created with mode 0600 if missing. Without it the relay gets a new serverId each run.
+    #[arg(long, value_name = "FILE")]
+    identity: Option<PathBuf>,
+    /// Registry base URL to register with (repeatable).
+    #[arg(long = "bootstrap", value_name = "URL")]
+    bootstrap: Vec<String>,
+    /// Milliseconds between registry heartbeats.
+    #[arg(long, default_value_t = 60_000, value_name = "MS")]
+    heartbeat_ms: u64,
+    /// First retry wait after a failed registry request (doubles, with jitter).
+    #[arg(long, default_value_t = 1_000, value_name = "MS")]
+    registry_retry_min_ms: u64,
+    /// Longest retry wait for registry requests.
+    #[arg(long, default_value_t = 60_000, value_name = "MS")]
+    registry_retry_max_ms: u64,
+    /// PEM certificate chain: serve wss:// and https:// (needs --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// TURN URL handed to clients in ice_servers (repeatable), e.g. turn:host:3478?transport=udp.
+    #[arg(long = "turn-url", value_name = "URL", requires = "turn_secret_file")]
+    turn_urls: Vec<String>,
+    /// STUN URL handed to clients in ice_servers (repeatable).
+    #[arg(long = "stun-url", value_name = "URL")]
+    stun_urls: Vec<String>,
+    /// File holding the TURN shared secret (coturn static-auth-secret).
+    #[arg(long, value_name = "FILE")]
+    turn_secret_file: Option<PathBuf>,
+    /// Seconds TURN credentials stay valid.
+    #[arg(long, default_value_t = 3_600, value_name = "SECS")]
+    turn_ttl: u64,
+    /// Drop connections that send nothing for this long.
+    #[arg(long, default_value_t = 90_000, value_name = "MS")]
+    idle_timeout_ms: u64,
+    /// Time for the TLS handshake and HTTP request head.
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    handshake_timeout_ms: u64,
+    /// Pair request lifetime (expiresIn).
+    #[arg(long, default_value_t = 120_000, value_name = "MS")]
+    pair_timeout_ms: u64,
+    /// pair_expiring goes out this long before a pair request expires.
+    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    pair_warning_ms: u64,
+    /// How long shutdown waits for clients to take their close frame.
+    #[arg(long, default_value_t = 5_000, value_name = "MS")]
+    shutdown_grace_ms: u64,
+    /// Most open connections.
+    #[arg(long, default_value_t = 100_000)]
+    max_connections: usize,
+    /// Most open connections per client address (IPv6 per /64).
+    #[arg(long, default_value_t = 64)]
+    max_connections_per_ip: usize,
+    /// Frames per rate window per connection.
+    #[arg(long, default_value_t = 100)]
+    rate_limit_messages: u32,
+    /// Rate window.
+    #[arg(long, default_value_t = 60_000, value_name = "MS")]
+    rate_window_ms: u64,
+    /// Frames queued for one connection before it counts as not reading and is dropped.
+    #[arg(long, default_value_t = 256)]
+    outbound_queue: usize,
+    /// Bytes of forwarded frames queued for one connection before it is dropped.
+    #[arg(long, default_value_t = 1 << 20)]
+    outbound_queue_bytes: usize,
+}
+
+impl Cli {
+    fn config(self) -> Result<RelayConfig, String> {
+        let (key, created) = relay_lite::relay::identity_from(self.identity.as_deref())
+            .map_err(|e| e.to_string())?;
+        match (&self.identity, created) {
+            (Some(path), true) => {
+                tracing::info!(path = %path.display(), "created a new identity file")
+            }
+            (None, _) => tracing::warn!(
+                "no --identity: using a throwaway key, the serverId changes on every start"
+            ),
+            _ => {}
+        }
+        let ice = match &self.turn_secret_file {
+            Some(path) => {
+                let secret = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read TURN secret file {}: {e}", path.display()))?;
+                let secret = secret.trim();
+                if secret.is_empty() {
+                    return Err(format!("TURN secret file {} is empty", path.display()));
+                }
+                if self.turn_urls.is_empty() {
+                    return Err("--turn-secret-file needs at least one --turn-url".into());
+                }
+                Some(IceConfig {
+                    turn_urls: self.turn_urls.clone(),
+                    stun_urls: self.stun_urls.clone(),
+                    secret: secret.as_bytes().to_vec(),
+                    ttl: Duration::from_secs(self.turn_ttl),
+                })
+            }
+            None if !self.stun_urls.is_empty() => Some(IceConfig {
+                turn_urls: Vec::new(),
+                stun_urls: self.stun_urls.clone(),
+                secret: Vec::new(),
+                ttl: Duration::from_secs(self.turn_ttl),
+            }),
+            None => None,
+        };
+        let ms = Duration::from_millis;
+        let mut config = RelayConfig {
+            listen: self.listen,
+            public_endpoint: self.public_endpoint,
+            region: self.region,
+            identity: Some(key),
+            tls: match (self.tls_cert, self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+                _ => None,
+            },
+            bootstrap: self.bootstrap,
+            ice,
+            ..RelayConfig::default()
+        };
+        config.membership.heartbeat_interval = ms(self.heartbeat_ms.max(1));
+        config.membership.retry_min = ms(self.registry_retry_min_ms.max(1));
+        config.membership.retry_max = ms(self.registry_retry_max_ms.max(1));
+        config.timeouts.idle = ms(self.idle_timeout_ms);
+        config.timeouts.handshake = ms(self.handshake_timeout_ms);
+        config.timeouts.pair_request = ms(self.pair_timeout_ms);
+        config.timeouts.pair_expiring_warning = ms(self.pair_warning_ms);
+        config.timeouts.shutdown_grace = ms(self.shutdown_grace_ms);
+        config.limits.max_connections = self.max_connections;
+        config.limits.max_connections_per_address = self.max_connections_per_ip;
+        config.limits.rate_limit_messages = self.rate_limit_messages;
+        config.limits.rate_window = ms(self.rate_window_ms);
+        config.limits.outbound_queue_frames = self.outbound_queue;
+        config.limits.outbound_queue_bytes = self.outbound_queue_bytes;
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "relay_lite=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let config = match cli.config() {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!("{error}");
+            eprintln!("relay-lite: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("relay-lite: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let relay = match Relay::start(config).await {
+            Ok(relay) => relay,
+            Err(error) => {
+                tracing::error!("{error}");
+                eprintln!("relay-lite: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let scheme = if relay.endpoint().starts_with("wss") {
+            "wss"
+        } else {
+            "ws"
+        };
+        println!("server id {}", relay.server_id());
+        println!("listening on {scheme}://{}", relay.local_addr());
+        tracing::info!(
+            server_id = relay.server_id(),
+            endpoint = relay.endpoint(),
+            "relay started"
+        );
+        wait_for_signal().await;
+        tracing::info!("shutting down: closing clients with 1001 and unregistering");
+        relay.shutdown().await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,363 @@
+//! Counters and gauges, rendered as Prometheus text on `GET /metrics`.
+//! Everything is a lock-free atomic; [`TurnMetrics`] is the hook the TURN
+//! server updates.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Forwarded message types, in the order they are rendered.
+pub const FORWARDED_TYPES: [&str; 8] = [
+    "offer",
+    "answer",
+    "ice_candidate",
+    "call_offer",
+    "call_answer",
+    "call_reject",
+    "call_hangup",
+    "call_ice",
+];
+
+/// Why the relay refused something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over the per-connection message rate.
+    RateLimit,
+    /// Over the per-connection `pair_request` rate.
+    PairRateLimit,
+    /// A frame over the size limit (closed with 1009).
+    FrameTooLarge,
+    /// Unparsable or invalid frame (any `error` reply to a bad frame).
+    InvalidMessage,
+    /// Forwarding or pairing before `register`.
+    NotRegistered,
+    /// `Peer not found`.
+    PeerNotFound,
+    /// A refused pair request or response (`pair_error`).
+    PairError,
+    /// `code_collision`.
+    CodeCollision,
+    /// The relay's connection cap (503).
+    ConnectionLimit,
+    /// The per-address connection cap (429).
+    AddressLimit,
+    /// A connection whose outbound queue overflowed.
+    SlowConsumer,
+    /// A connection idle past the idle timeout.
+    IdleTimeout,
+    /// A bad or late HTTP/TLS/WebSocket handshake.
+    Handshake,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 13] = [
+        Refusal::RateLimit,
+        Refusal::PairRateLimit,
+        Refusal::FrameTooLarge,
+        Refusal::InvalidMessage,
+        Refusal::NotRegistered,
+        Refusal::PeerNotFound,
+        Refusal::PairError,
+        Refusal::CodeCollision,
+        Refusal::ConnectionLimit,
+        Refusal::AddressLimit,
+        Refusal::SlowConsumer,
+        Refusal::IdleTimeout,
+        Refusal::Handshake,
+    ];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::RateLimit => "rate_limit",
+            Self::PairRateLimit => "pair_rate_limit",
+            Self::FrameTooLarge => "frame_too_large",
+            Self::InvalidMessage => "invalid_message",
+            Self::NotRegistered => "not_registered",
+            Self::PeerNotFound => "peer_not_found",
+            Self::PairError => "pair_error",
+            Self::CodeCollision => "code_collision",
+            Self::ConnectionLimit => "connection_limit",
+            Self::AddressLimit => "address_limit",
+            Self::SlowConsumer => "slow_consumer",
+            Self::IdleTimeout => "idle_timeout",
+            Self::Handshake => "handshake",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+}
+
+/// The relay's metrics. Cheap to clone (shared).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    connections_open: AtomicI64,
+    connections_total: AtomicU64,
+    websocket_sessions: AtomicI64,
+    registered_codes: AtomicI64,
+    messages_received: AtomicU64,
+    forwarded: [AtomicU64; 8],
+    refusals: [AtomicU64; 13],
+    pair_requests: AtomicU64,
+    pair_matched: AtomicU64,
+    ice_credentials_issued: AtomicU64,
+    registry_registered: AtomicI64,
+    registry_failures: AtomicU64,
+    turn: TurnMetrics,
+}
+
+/// The TURN server's hook: allocation counts rendered with the relay's metrics.
+#[derive(Debug, Default)]
+pub struct TurnMetrics {
+    allocations_active: AtomicI64,
+    allocations_total: AtomicU64,
+    bytes_relayed: AtomicU64,
+}
+
+impl TurnMetrics {
+    /// A new allocation was created.
+    pub fn allocation_opened(&self) {
+        self.allocations_active.fetch_add(1, Ordering::Relaxed);
+        self.allocations_total.fetch_add(1, Ordering::Relaxed);
+    }
+    /// An allocation ended (expired, refreshed to 0, or its client left).
+    pub fn allocation_closed(&self) {
+        self.allocations_active.fetch_sub(1, Ordering::Relaxed);
+    }
+    /// Relayed payload bytes (either direction).
+    pub fn add_relayed_bytes(&self, bytes: u64) {
+        self.bytes_relayed.fetch_add(bytes, Ordering::Relaxed);
+    }
+    /// Allocations open now.
+    pub fn allocations_active(&self) -> i64 {
+        self.allocations_active.load(Ordering::Relaxed)
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The hook for the TURN server.
+    pub fn turn(&self) -> &TurnMetrics {
+        &self.turn
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+    pub(crate) fn session_opened(&self) {
+        self.websocket_sessions.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn session_closed(&self) {
+        self.websocket_sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+    pub(crate) fn code_registered(&self) {
+        self.registered_codes.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn code_released(&self) {
+        self.registered_codes.fetch_sub(1, Ordering::Relaxed);
+    }
+    pub(crate) fn message_received(&self) {
+        self.messages_received.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn forwarded(&self, type_name: &str) {
+        if let Some(index) = FORWARDED_TYPES.iter().position(|t| *t == type_name) {
+            self.forwarded[index].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    pub(crate) fn refused(&self, reason: Refusal) {
+        self.refusals[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn pair_requested(&self) {
+        self.pair_requests.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn pair_matched(&self) {
+        self.pair_matched.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn ice_credential_issued(&self) {
+        self.ice_credentials_issued.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn registry_registered(&self, delta: i64) {
+        self.registry_registered.fetch_add(delta, Ordering::Relaxed);
+    }
+    pub(crate) fn registry_failure(&self) {
+        self.registry_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Open TCP connections (HTTP and WebSocket).
+    pub fn connections_open(&self) -> i64 {
+        self.connections_open.load(Ordering::Relaxed)
+    }
+    /// Open WebSocket sessions.
+    pub fn websocket_sessions(&self) -> i64 {
+        self.websocket_sessions.load(Ordering::Relaxed)
+    }
+    /// Codes bound to connections now.
+    pub fn registered_codes(&self) -> i64 {
+        self.registered_codes.load(Ordering::Relaxed)
+    }
+    /// Messages of `type_name` forwarded so far.
+    pub fn forwarded_count(&self, type_name: &str) -> u64 {
+        FORWARDED_TYPES
+            .iter()
+            .position(|t| *t == type_name)
+            .map_or(0, |i| self.forwarded[i].load(Ordering::Relaxed))
+    }
+    /// Refusals for `reason` so far.
+    pub fn refusal_count(&self, reason: Refusal) -> u64 {
+        self.refusals[reason.index()].load(Ordering::Relaxed)
+    }
+    /// Registries this relay is registered with now.
+    pub fn registries_registered(&self) -> i64 {
+        self.registry_registered.load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let load_i = |a: &AtomicI64| a.load(Ordering::Relaxed);
+        let load_u = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut single = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        single(
+            "relay_connections",
+            "gauge",
+            "Open TCP connections (HTTP and WebSocket).",
+            load_i(&self.connections_open).to_string(),
+        );
+        single(
+            "relay_connections_total",
+            "counter",
+            "TCP connections accepted.",
+            load_u(&self.connections_total).to_string(),
+        );
+        single(
+            "relay_websocket_sessions",
+            "gauge",
+            "Open WebSocket sessions.",
+            load_i(&self.websocket_sessions).to_string(),
+        );
+        single(
+            "relay_registered_codes",
+            "gauge",
+            "Pairing codes bound to a connection.",
+            load_i(&self.registered_codes).to_string(),
+        );
+        single(
+            "relay_messages_received_total",
+            "counter",
+            "Client frames received.",
+            load_u(&self.messages_received).to_string(),
+        );
+        single(
+            "relay_pair_requests_total",
+            "counter",
+            "Pair requests delivered to their target.",
+            load_u(&self.pair_requests).to_string(),
+        );
+        single(
+            "relay_pairs_matched_total",
+            "counter",
+            "Pair requests accepted.",
+            load_u(&self.pair_matched).to_string(),
+        );
+        single(
+            "relay_ice_credentials_issued_total",
+            "counter",
+            "TURN credentials handed out in ice_servers.",
+            load_u(&self.ice_credentials_issued).to_string(),
+        );
+        single(
+            "relay_registry_registered",
+            "gauge",
+            "Registries this relay is registered with.",
+            load_i(&self.registry_registered).to_string(),
+        );
+        single(
+            "relay_registry_failures_total",
+            "counter",
+            "Failed registry requests (network errors and refusals).",
+            load_u(&self.registry_failures).to_string(),
+        );
+        single(
+            "relay_turn_allocations",
+            "gauge",
+            "Open TURN allocations.",
+            load_i(&self.turn.allocations_active).to_string(),
+        );
+        single(
+            "relay_turn_allocations_total",
+            "counter",
+            "TURN allocations created.",
+            load_u(&self.turn.allocations_total).to_string(),
+        );
+        single(
+            "relay_turn_relayed_bytes_total",
+            "counter",
+            "Bytes relayed by TURN.",
+            load_u(&self.turn.bytes_relayed).to_string(),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP relay_messages_forwarded_total Messages forwarded between peers, by type.\n# TYPE relay_messages_forwarded_total counter"
+        );
+        for (name, count) in FORWARDED_TYPES.iter().zip(&self.forwarded) {
+            let _ = writeln!(
+                out,
+                "relay_messages_forwarded_total{{type=\"{name}\"}} {}",
+                load_u(count)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP relay_refusals_total Refused frames, requests and connections, by reason.\n# TYPE relay_refusals_total counter"
+        );
+        for (reason, count) in Refusal::ALL.iter().zip(&self.refusals) {
+            let _ = writeln!(
+                out,
+                "relay_refusals_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                load_u(count)
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_series_with_help_and_type() {
+        let metrics = Metrics::new();
+        metrics.forwarded("call_ice");
+        metrics.forwarded("call_ice");
+        metrics.refused(Refusal::SlowConsumer);
+        metrics.turn().allocation_opened();
+        let text = metrics.render();
+        assert!(text.contains("relay_messages_forwarded_total{type=\"call_ice\"} 2\n"));
+        assert!(text.contains("relay_messages_forwarded_total{type=\"offer\"} 0\n"));
+        assert!(text.contains("relay_refusals_total{reason=\"slow_consumer\"} 1\n"));
+        assert!(text.contains("relay_turn_allocations 1\n"));
+        assert!(text.contains("# TYPE relay_connections gauge\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').unwrap();
+            value.parse::<i64>().unwrap();
+        }
+        metrics.turn().allocation_closed();
+        assert_eq!(metrics.turn().allocations_active(), 0);
+    }
+}

@@ -1,0 +1,122 @@
+//! A connection's bounded outbound queue and its kill switch. Frames for a
+//! peer are queued without waiting; a peer whose queue is full (it stopped
+//! reading) is disconnected, so relay memory per connection stays bounded.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, Notify};
+
+use crate::metrics::{Metrics, Refusal};
+
+/// A frame waiting to be written.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    Text(String),
+    /// Close with this code and reason, then stop.
+    Close(u16, &'static str),
+}
+
+/// The sending side of one connection, shared with the directory.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    pub id: u64,
+    sender: mpsc::Sender<Outbound>,
+    queued_bytes: AtomicUsize,
+    byte_budget: usize,
+    killed: AtomicBool,
+    kill: Notify,
+    metrics: Arc<Metrics>,
+}
+
+impl Outbox {
+    pub fn new(
+        id: u64,
+        frames: usize,
+        byte_budget: usize,
+        metrics: Arc<Metrics>,
+    ) -> (Arc<Self>, mpsc::Receiver<Outbound>) {
+        let (sender, receiver) = mpsc::channel(frames.max(1));
+        (
+            Arc::new(Self {
+                id,
+                sender,
+                queued_bytes: AtomicUsize::new(0),
+                byte_budget,
+                killed: AtomicBool::new(false),
+                kill: Notify::new(),
+                metrics,
+            }),
+            receiver,
+        )
+    }
+
+    /// Queues `text` for this peer without waiting. A full queue (frames or
+    /// bytes) disconnects the peer; returns whether the frame was queued.
+    pub fn deliver(&self, text: String) -> bool {
+        if self.is_killed() {
+            return false;
+        }
+        let len = text.len();
+        let before = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        if before + len > self.byte_budget && before > 0 {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            self.kill_slow();
+            return false;
+        }
+        match self.sender.try_send(Outbound::Text(text)) {
+            Ok(()) => true,
+            Err(_) => {
+                self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                self.kill_slow();
+                false
+            }
+        }
+    }
+
+    /// Queues a reply to this connection's own frame, waiting for room (the
+    /// caller bounds the wait). Returns false if the connection is gone.
+    pub async fn reply(&self, text: String) -> bool {
+        let len = text.len();
+        self.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        if self.sender.send(Outbound::Text(text)).await.is_err() {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Queues a close frame without waiting; false if there is no room.
+    pub fn close(&self, code: u16, reason: &'static str) -> bool {
+        self.sender.try_send(Outbound::Close(code, reason)).is_ok()
+    }
+
+    /// The writer took a frame of `len` bytes off the queue.
+    pub fn dequeued(&self, len: usize) {
+        self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+    }
+
+    fn kill_slow(&self) {
+        if !self.killed.swap(true, Ordering::AcqRel) {
+            self.metrics.refused(Refusal::SlowConsumer);
+            tracing::info!(
+                connection = self.id,
+                "peer stopped reading: disconnecting it"
+            );
+            self.kill.notify_one();
+        }
+    }
+
+    /// Whether the connection was told to stop.
+    pub fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
+    }
+
+    /// Completes once the connection is killed for being slow.
+    pub async fn killed(&self) {
+        if self.is_killed() {
+            return;
+        }
+        self.kill.notified().await;
+    }
+}

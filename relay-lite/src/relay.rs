@@ -1,0 +1,501 @@
+//! Starting and stopping a relay: the listener and accept loop with the
+//! connection caps, TLS, routing each connection to HTTP or a WebSocket
+//! session, the registry memberships, and graceful shutdown (close 1001,
+//! signed unregister).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant as StdInstant;
+
+use ed25519_dalek::SigningKey;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+use zajel_wire::entry::UNKNOWN_REGION;
+use zajel_wire::signaling::ServerMessage;
+
+use crate::config::RelayConfig;
+use crate::http::{self, Route};
+use crate::hub::{Hub, PairingSettings};
+use crate::identity;
+use crate::limits::{AddressCounter, AddressSlot};
+use crate::membership::Membership;
+use crate::metrics::{Metrics, Refusal};
+use crate::session;
+use crate::tls;
+
+/// Why a relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    #[error("invalid public endpoint {endpoint:?}: {reason}")]
+    Endpoint { endpoint: String, reason: String },
+    #[error("invalid registry URL {url:?}: {reason}")]
+    Registry { url: String, reason: String },
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(String),
+}
+
+/// State every connection shares.
+pub(crate) struct Shared {
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub config: RelayConfig,
+    pub server_id: String,
+    pub server_info: String,
+    pub shutdown: watch::Receiver<bool>,
+    next_connection: AtomicU64,
+    started: StdInstant,
+}
+
+impl Shared {
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A relay; see [`Relay::start`].
+pub struct Relay;
+
+/// A started relay. Dropping it without [`RunningRelay::shutdown`] stops
+/// accepting but does not close clients gracefully.
+pub struct RunningRelay {
+    local_addr: SocketAddr,
+    server_id: String,
+    endpoint: String,
+    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    accept: Option<JoinHandle<()>>,
+    memberships: Vec<JoinHandle<()>>,
+    connections: Arc<Semaphore>,
+    max_connections: u32,
+}
+
+impl Relay {
+    /// Binds the listener, starts serving and joins the registries.
+    pub async fn start(config: RelayConfig) -> Result<RunningRelay, Error> {
+        tls::install_crypto_provider();
+        let key = match &config.identity {
+            Some(key) => key.clone(),
+            None => identity::random_key()?,
+        };
+        let server_id = identity::server_id(&key);
+        let acceptor = match &config.tls {
+            Some(files) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
+                &files.cert,
+                &files.key,
+            )?)),
+            None => None,
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Listen {
+                address: config.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| Error::Listen {
+            address: config.listen,
+            source,
+        })?;
+        let scheme = if acceptor.is_some() { "wss" } else { "ws" };
+        let endpoint = config
+            .public_endpoint
+            .clone()
+            .unwrap_or_else(|| format!("{scheme}://{local_addr}"));
+        zajel_wire::endpoint::validate_endpoint(&endpoint).map_err(|e| Error::Endpoint {
+            endpoint: endpoint.clone(),
+            reason: e.to_string(),
+        })?;
+        for url in &config.bootstrap {
+            let parsed = url::Url::parse(url).map_err(|e| Error::Registry {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+                return Err(Error::Registry {
+                    url: url.clone(),
+                    reason: "must be an http:// or https:// URL with a host".into(),
+                });
+            }
+        }
+        let metrics = Metrics::new();
+        let hub = Hub::new(
+            PairingSettings {
+                timeout: config.timeouts.pair_request,
+                warning: config.timeouts.pair_expiring_warning,
+                max_pending_per_target: config.limits.max_pending_per_target,
+            },
+            metrics.clone(),
+        );
+        let server_info = ServerMessage::ServerInfo {
+            server_id: server_id.clone(),
+            endpoint: endpoint.clone(),
+            region: config
+                .region
+                .clone()
+                .unwrap_or_else(|| UNKNOWN_REGION.to_string()),
+        }
+        .to_text();
+        let (stop, stopped) = watch::channel(false);
+        let max_connections = u32::try_from(config.limits.max_connections)
+            .unwrap_or(u32::MAX)
+            .clamp(1, 1 << 28);
+        let connections = Arc::new(Semaphore::new(max_connections as usize));
+        let shared = Arc::new(Shared {
+            hub,
+            metrics: metrics.clone(),
+            config: config.clone(),
+            server_id: server_id.clone(),
+            server_info,
+            shutdown: stopped.clone(),
+            next_connection: AtomicU64::new(1),
+            started: StdInstant::now(),
+        });
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            shared.clone(),
+            acceptor,
+            connections.clone(),
+            AddressCounter::new(config.limits.max_connections_per_address),
+        ));
+        let mut memberships = Vec::new();
+        if !config.bootstrap.is_empty() {
+            let http = crate::registry_http::RegistryClient::new(config.membership.request_timeout)
+                .map_err(Error::HttpClient)?;
+            for registry in &config.bootstrap {
+                let membership = Membership {
+                    registry: registry.clone(),
+                    key: key.clone(),
+                    endpoint: endpoint.clone(),
+                    region: config.region.clone(),
+                    config: config.membership.clone(),
+                    metrics: metrics.clone(),
+                    http: http.clone(),
+                };
+                memberships.push(tokio::spawn(membership.run(stopped.clone())));
+            }
+        }
+        Ok(RunningRelay {
+            local_addr,
+            server_id,
+            endpoint,
+            metrics,
+            shared,
+            stop,
+            accept: Some(accept),
+            memberships,
+            connections,
+            max_connections,
+        })
+    }
+}
+
+impl RunningRelay {
+    /// Where the relay listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `ed25519:<base64 public key>`.
+    pub fn server_id(&self) -> &str {
+        &self.server_id
+    }
+
+    /// The endpoint sent in `server_info` and registered.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The relay's metrics (the TURN server updates [`Metrics::turn`]).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Codes registered now.
+    pub fn registered_codes(&self) -> usize {
+        self.shared.hub.registered()
+    }
+
+    /// Stops accepting, closes every client with 1001, unregisters from
+    /// every registry, and returns once all of that is done (clients that
+    /// do not answer are dropped after the shutdown grace period).
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.await;
+        }
+        let grace = self.shared.config.timeouts.shutdown_grace * 3;
+        let _ =
+            tokio::time::timeout(grace, self.connections.acquire_many(self.max_connections)).await;
+        for membership in self.memberships.drain(..) {
+            let _ = membership.await;
+        }
+    }
+}
+
+impl Drop for RunningRelay {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    connections: Arc<Semaphore>,
+    addresses: AddressCounter,
+) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = crate::relay::stopping(&mut shutdown) => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Usually EMFILE: wait a little instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            shared.metrics.refused(Refusal::ConnectionLimit);
+            tracing::debug!(%peer, "connection limit reached");
+            tokio::spawn(refuse(
+                stream,
+                "503 Service Unavailable",
+                "Too many connections",
+            ));
+            continue;
+        };
+        let Some(slot) = addresses.acquire(peer.ip()) else {
+            shared.metrics.refused(Refusal::AddressLimit);
+            tracing::debug!(%peer, "per-address connection limit reached");
+            tokio::spawn(refuse(
+                stream,
+                "429 Too Many Requests",
+                "Too many connections from this address",
+            ));
+            continue;
+        };
+        tokio::spawn(connection(
+            stream,
+            peer,
+            shared.clone(),
+            acceptor.clone(),
+            permit,
+            slot,
+        ));
+    }
+}
+
+async fn refuse(mut stream: TcpStream, status: &'static str, message: &'static str) {
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        http::respond(
+            &mut stream,
+            status,
+            "application/json",
+            "",
+            &http::error_body(message),
+        ),
+    )
+    .await;
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    _permit: OwnedSemaphorePermit,
+    _slot: AddressSlot,
+) {
+    shared.metrics.connection_opened();
+    match acceptor {
+        Some(acceptor) => {
+            let handshake = shared.config.timeouts.handshake;
+            let mut shutdown = shared.shutdown.clone();
+            let accepted = tokio::select! {
+                accepted = tokio::time::timeout(handshake, acceptor.accept(stream)) => accepted,
+                () = stopping(&mut shutdown) => {
+                    shared.metrics.connection_closed();
+                    return;
+                }
+            };
+            match accepted {
+                Ok(Ok(tls)) => serve(tls, peer, &shared).await,
+                Ok(Err(error)) => {
+                    shared.metrics.refused(Refusal::Handshake);
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                }
+                Err(_) => {
+                    shared.metrics.refused(Refusal::Handshake);
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                }
+            }
+        }
+        None => serve(stream, peer, &shared).await,
+    }
+    shared.metrics.connection_closed();
+}
+
+async fn serve<S>(mut stream: S, peer: SocketAddr, shared: &Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let handshake = shared.config.timeouts.handshake;
+    let mut shutdown = shared.shutdown.clone();
+    let head = tokio::select! {
+        head = tokio::time::timeout(handshake, http::read_request(&mut stream)) => head,
+        () = stopping(&mut shutdown) => return,
+    };
+    let route = match head {
+        Ok(Ok(route)) => route,
+        Ok(Err(http::HeadError::TooLarge)) => {
+            shared.metrics.refused(Refusal::Handshake);
+            let _ = http::respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "application/json",
+                "",
+                &http::error_body("Request head too large"),
+            )
+            .await;
+            return;
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "no request");
+            return;
+        }
+        Err(_) => {
+            shared.metrics.refused(Refusal::Handshake);
+            tracing::debug!(%peer, "no request head within the handshake timeout");
+            return;
+        }
+    };
+    let json = "application/json";
+    let result = match route {
+        Route::WebSocket { key, rest } => {
+            if http::accept_upgrade(&mut stream, &key).await.is_err() {
+                return;
+            }
+            let limits = &shared.config.limits;
+            let ws_config = WebSocketConfig::default()
+                .read_buffer_size(4096)
+                .write_buffer_size(0)
+                .max_message_size(Some(limits.max_frame_bytes))
+                .max_frame_size(Some(limits.max_frame_bytes));
+            let ws =
+                WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(ws_config))
+                    .await;
+            session::run(ws, shared.clone()).await;
+            return;
+        }
+        Route::Health => {
+            let body = health_body(shared);
+            http::respond(&mut stream, "200 OK", json, "", &body).await
+        }
+        Route::Metrics => {
+            let body = shared.metrics.render();
+            http::respond(
+                &mut stream,
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                "",
+                &body,
+            )
+            .await
+        }
+        Route::NotFound => {
+            http::respond(
+                &mut stream,
+                "404 Not Found",
+                json,
+                "",
+                &http::error_body("Not Found"),
+            )
+            .await
+        }
+        Route::MethodNotAllowed => {
+            http::respond(
+                &mut stream,
+                "405 Method Not Allowed",
+                json,
+                "Allow: GET\r\n",
+                &http::error_body("Method Not Allowed"),
+            )
+            .await
+        }
+        Route::UpgradeRequired => {
+            shared.metrics.refused(Refusal::Handshake);
+            http::respond(
+                &mut stream,
+                "426 Upgrade Required",
+                json,
+                "Sec-WebSocket-Version: 13\r\n",
+                &http::error_body("Unsupported WebSocket version"),
+            )
+            .await
+        }
+        Route::BadRequest(reason) => {
+            shared.metrics.refused(Refusal::Handshake);
+            http::respond(
+                &mut stream,
+                "400 Bad Request",
+                json,
+                "",
+                &http::error_body(reason),
+            )
+            .await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%peer, %error, "answer not written");
+    }
+}
+
+fn health_body(shared: &Shared) -> String {
+    let metrics = &shared.metrics;
+    serde_json::json!({
+        "status": "ok",
+        "service": "relay-lite",
+        "version": env!("CARGO_PKG_VERSION"),
+        "serverId": shared.server_id,
+        "connections": metrics.websocket_sessions(),
+        "registeredCodes": metrics.registered_codes(),
+        "registries": metrics.registries_registered(),
+        "turnAllocations": metrics.turn().allocations_active(),
+        "uptimeSeconds": shared.started.elapsed().as_secs(),
+    })
+    .to_string()
+}
+
+/// Completes once `shutdown` turns true (or its sender is gone).
+pub(crate) async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stopping| *stopping).await;
+}
+
+/// Reads an identity file if given (creating it), else draws a throwaway key.
+pub fn identity_from(path: Option<&std::path::Path>) -> Result<(SigningKey, bool), Error> {
+    Ok(match path {
+        Some(path) => identity::load_or_create(path)?,
+        None => (identity::random_key()?, true),
+    })
+}

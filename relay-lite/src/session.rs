@@ -1,0 +1,289 @@
+//! One client's WebSocket session: the `server_info` greeting, reading
+//! frames in Zajel's order (size, rate limit, parse, then the hub), the
+//! writer task draining the bounded outbox, the idle timeout, the close
+//! codes (1009 too big, 1007 bad UTF-8, 1001 shutdown), and cleanup.
+
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use zajel_wire::pairing::PairingCode;
+use zajel_wire::signaling::{self, ClientMessage, ServerMessage, SignalingError};
+
+use crate::hub::Registration;
+use crate::ice;
+use crate::limits::FixedWindow;
+use crate::metrics::Refusal;
+use crate::outbox::{Outbound, Outbox};
+use crate::relay::Shared;
+
+/// `error` text once a connection sends more than its `pair_request`s per window (Zajel's text).
+pub const PAIR_RATE_LIMIT_EXCEEDED: &str = "Too many pair requests. Please slow down.";
+
+/// Close codes the relay uses.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub const CLOSE_INVALID_PAYLOAD: u16 = 1007;
+pub const CLOSE_NORMAL: u16 = 1000;
+
+/// Runs a session until the client leaves, is dropped, or the relay stops.
+pub(crate) async fn run<S>(ws: WebSocketStream<S>, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let id = shared.next_connection_id();
+    let limits = &shared.config.limits;
+    let timeouts = &shared.config.timeouts;
+    let (outbox, receiver) = Outbox::new(
+        id,
+        limits.outbound_queue_frames,
+        limits.outbound_queue_bytes,
+        shared.metrics.clone(),
+    );
+    let (sink, mut stream) = ws.split();
+    let mut writer = tokio::spawn(write_loop(sink, receiver, outbox.clone()));
+    shared.metrics.session_opened();
+    let mut session = Session {
+        shared: shared.clone(),
+        outbox: outbox.clone(),
+        code: None,
+        rate: FixedWindow::new(limits.rate_limit_messages, limits.rate_window),
+        pair_rate: FixedWindow::new(limits.pair_request_limit, limits.pair_request_window),
+    };
+    let mut shutdown = shared.shutdown.clone();
+    let mut close: Option<(u16, &'static str)> = None;
+    let mut idle_deadline = Instant::now() + timeouts.idle;
+    if !session.reply(shared.server_info.clone()).await {
+        close = None;
+    } else {
+        loop {
+            tokio::select! {
+                biased;
+                () = crate::relay::stopping(&mut shutdown) => {
+                    close = Some((CLOSE_GOING_AWAY, "Server shutting down"));
+                    break;
+                }
+                () = outbox.killed() => break,
+                () = tokio::time::sleep_until(idle_deadline) => {
+                    shared.metrics.refused(Refusal::IdleTimeout);
+                    tracing::debug!(connection = id, "idle timeout");
+                    close = Some((CLOSE_NORMAL, "Idle timeout"));
+                    break;
+                }
+                frame = stream.next() => {
+                    let Some(frame) = frame else { break };
+                    idle_deadline = Instant::now() + timeouts.idle;
+                    let text = match frame {
+                        Ok(Message::Text(text)) => text.as_str().to_owned(),
+                        Ok(Message::Binary(bytes)) => match String::from_utf8(bytes.to_vec()) {
+                            // Zajel's server reads binary frames as text too.
+                            Ok(text) => text,
+                            Err(_) => {
+                                shared.metrics.refused(Refusal::InvalidMessage);
+                                if !session.reply(SignalingError::Json.to_server_message().to_text()).await {
+                                    break;
+                                }
+                                continue;
+                            }
+                        },
+                        Ok(_) => continue, // ping/pong/close: tungstenite answers them
+                        Err(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
+                            shared.metrics.refused(Refusal::FrameTooLarge);
+                            close = Some((signaling::CLOSE_MESSAGE_TOO_BIG, "Message Too Big"));
+                            break;
+                        }
+                        Err(WsError::Utf8(_)) => {
+                            shared.metrics.refused(Refusal::InvalidMessage);
+                            close = Some((CLOSE_INVALID_PAYLOAD, "Invalid UTF-8"));
+                            break;
+                        }
+                        Err(error) => {
+                            tracing::debug!(connection = id, %error, "connection ended");
+                            break;
+                        }
+                    };
+                    let mut ok = true;
+                    for reply in session.handle(&text) {
+                        if !session.reply(reply).await {
+                            ok = false;
+                            break;
+                        }
+                    }
+                    if !ok {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    if let Some(code) = session.code.take() {
+        shared.hub.release(code, id);
+    }
+    shared.metrics.session_closed();
+    match close {
+        Some((code, reason)) if !outbox.is_killed() => {
+            drop(session);
+            // Best effort: a peer that reads gets its close frame.
+            if outbox_close(&outbox, code, reason) {
+                let grace = tokio::time::sleep(timeouts.shutdown_grace);
+                tokio::select! {
+                    _ = &mut writer => {}
+                    () = grace => writer.abort(),
+                }
+                // Let the client answer the close before the socket drops.
+                let drain = tokio::time::timeout(timeouts.shutdown_grace, async {
+                    while let Some(Ok(_)) = stream.next().await {}
+                });
+                let _ = drain.await;
+            } else {
+                writer.abort();
+            }
+        }
+        _ => writer.abort(),
+    }
+}
+
+fn outbox_close(outbox: &Outbox, code: u16, reason: &'static str) -> bool {
+    outbox.close(code, reason)
+}
+
+async fn write_loop<S>(
+    mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    mut receiver: mpsc::Receiver<Outbound>,
+    outbox: Arc<Outbox>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    while let Some(frame) = receiver.recv().await {
+        match frame {
+            Outbound::Text(text) => {
+                outbox.dequeued(text.len());
+                if sink.feed(Message::text(text)).await.is_err() {
+                    return;
+                }
+                if receiver.is_empty() && sink.flush().await.is_err() {
+                    return;
+                }
+            }
+            Outbound::Close(code, reason) => {
+                let frame = CloseFrame {
+                    code: CloseCode::from(code),
+                    reason: reason.into(),
+                };
+                let _ = sink.send(Message::Close(Some(frame))).await;
+                return;
+            }
+        }
+    }
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    outbox: Arc<Outbox>,
+    code: Option<PairingCode>,
+    rate: FixedWindow,
+    pair_rate: FixedWindow,
+}
+
+impl Session {
+    /// Queues a reply to this client, waiting at most the stall timeout for room.
+    async fn reply(&self, text: String) -> bool {
+        let stall = self.shared.config.timeouts.outbound_stall;
+        match tokio::time::timeout(stall, self.outbox.reply(text)).await {
+            Ok(queued) => queued,
+            Err(_) => {
+                self.shared.metrics.refused(Refusal::SlowConsumer);
+                false
+            }
+        }
+    }
+
+    /// Handles one text frame; returns the replies to this client, in order.
+    fn handle(&mut self, text: &str) -> Vec<String> {
+        let metrics = &self.shared.metrics;
+        metrics.message_received();
+        if !self.rate.allow(Instant::now()) {
+            metrics.refused(Refusal::RateLimit);
+            return vec![ServerMessage::error(signaling::RATE_LIMIT_EXCEEDED).to_text()];
+        }
+        let message = match ClientMessage::parse_for_connection(text, self.code.is_some()) {
+            Ok(message) => message,
+            Err(error) => {
+                metrics.refused(if error == SignalingError::NotRegistered {
+                    Refusal::NotRegistered
+                } else {
+                    Refusal::InvalidMessage
+                });
+                return vec![error.to_server_message().to_text()];
+            }
+        };
+        let hub = &self.shared.hub;
+        let reply = match &message {
+            ClientMessage::Ping => Some(ServerMessage::Pong),
+            ClientMessage::Register {
+                pairing_code,
+                public_key,
+            } => {
+                return self.register(text, *pairing_code, public_key);
+            }
+            ClientMessage::PairRequest {
+                target_code,
+                proposed_name,
+            } => {
+                if !self.pair_rate.allow(Instant::now()) {
+                    metrics.refused(Refusal::PairRateLimit);
+                    Some(ServerMessage::error(PAIR_RATE_LIMIT_EXCEEDED))
+                } else {
+                    let from = self.code.expect("registered: checked by the parser");
+                    hub.pair_request(from, *target_code, proposed_name.clone())
+                }
+            }
+            ClientMessage::PairResponse {
+                target_code,
+                accepted,
+            } => {
+                let from = self.code.expect("registered: checked by the parser");
+                hub.pair_response(from, *target_code, *accepted)
+            }
+            _ => {
+                let from = self.code.expect("registered: checked by the parser");
+                hub.forward(from, &message)
+            }
+        };
+        reply.map(|r| vec![r.to_text()]).unwrap_or_default()
+    }
+
+    fn register(&mut self, frame: &str, code: PairingCode, public_key: &str) -> Vec<String> {
+        let shared = &self.shared;
+        match shared
+            .hub
+            .register(&self.outbox, self.code, code, public_key)
+        {
+            Registration::Collision => vec![ServerMessage::CodeCollision {
+                message: signaling::CODE_COLLISION.to_string(),
+            }
+            .to_text()],
+            Registration::Registered => {
+                self.code = Some(code);
+                let mut replies = vec![ServerMessage::Registered {
+                    pairing_code: code.to_string(),
+                    server_id: shared.server_id.clone(),
+                }
+                .to_text()];
+                if let Some(config) = &shared.config.ice {
+                    if ice::register_asks(frame) {
+                        shared.metrics.ice_credential_issued();
+                        replies.push(ice::frame(config));
+                    }
+                }
+                replies
+            }
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! relay-lite over TLS (`wss://` and `https://` with `--tls-cert`/`--tls-key`),
+//! and the library API that other parts start in-process (`Relay::start`,
+//! the TURN metrics hook, graceful `shutdown`).
+
+mod relay_common;
+
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use relay_common::{key, Client, Ended, RelayProcess, WAIT};
+use relay_lite::{Relay, RelayConfig};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+fn tls_connector(
+    cert_der: rustls::pki_types::CertificateDer<'static>,
+) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert_der).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+async fn next<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Value
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let frame = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let Message::Text(text) = frame else {
+        panic!("{frame:?}")
+    };
+    serde_json::from_str(text.as_str()).unwrap()
+}
+
+#[tokio::test]
+async fn serves_wss_and_https_with_a_pem_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, certified.cert.pem()).unwrap();
+    std::fs::write(&key_path, certified.signing_key.serialize_pem()).unwrap();
+    let relay = RelayProcess::start(&[
+        "--tls-cert",
+        cert_path.to_str().unwrap(),
+        "--tls-key",
+        key_path.to_str().unwrap(),
+        "--handshake-timeout-ms",
+        "1000",
+    ]);
+    let connector = tls_connector(certified.cert.der().clone());
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+
+    // wss://
+    let tcp = TcpStream::connect(relay.addr).await.unwrap();
+    let tls = connector.connect(name.clone(), tcp).await.unwrap();
+    let url = format!("wss://{}", relay.addr);
+    let (mut ws, _) = tokio_tungstenite::client_async(url.as_str(), tls)
+        .await
+        .unwrap();
+    let info = next(&mut ws).await;
+    assert_eq!(info["type"], "server_info");
+    assert_eq!(info["endpoint"], url);
+    ws.send(Message::text(
+        json!({"type": "register", "pairingCode": "ABC234", "publicKey": key(1)}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next(&mut ws).await["type"], "registered");
+
+    // https:// on the same port
+    let tcp = TcpStream::connect(relay.addr).await.unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, tls.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"registeredCodes\":1"), "{answer}");
+
+    // Plain HTTP to the TLS port is dropped, not answered.
+    let mut plain = TcpStream::connect(relay.addr).await.unwrap();
+    plain
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buffer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, plain.read_to_end(&mut buffer))
+        .await
+        .expect("closed in time");
+    assert!(!String::from_utf8_lossy(&buffer).contains("200 OK"));
+}
+
+#[tokio::test]
+async fn in_process_relay_with_turn_hook_and_graceful_shutdown() {
+    let relay = Relay::start(RelayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        region: Some("lab".into()),
+        ..RelayConfig::default()
+    })
+    .await
+    .unwrap();
+    let url = format!("ws://{}", relay.local_addr());
+    assert_eq!(relay.endpoint(), url);
+    let mut client = Client::registered(&url, "ABC234", 1).await;
+    assert_eq!(client.server_info["serverId"], relay.server_id());
+    assert_eq!(client.server_info["region"], "lab");
+    assert_eq!(relay.registered_codes(), 1);
+    let metrics = relay.metrics();
+    assert_eq!(metrics.registered_codes(), 1);
+    metrics.turn().allocation_opened();
+    metrics.turn().add_relayed_bytes(1200);
+    let (_, body) = relay_common::http_get(relay.local_addr(), "/metrics").await;
+    assert!(body.contains("relay_turn_allocations 1\n"), "{body}");
+    assert!(
+        body.contains("relay_turn_relayed_bytes_total 1200\n"),
+        "{body}"
+    );
+    let (_, health) = relay_common::http_get(relay.local_addr(), "/health").await;
+    assert!(health.contains("\"turnAllocations\":1"), "{health}");
+
+    let addr = relay.local_addr();
+    let stopping = tokio::spawn(relay.shutdown());
+    assert_eq!(client.ended().await, Ended::Close(1001));
+    tokio::time::timeout(WAIT, stopping).await.unwrap().unwrap();
+    assert!(TcpStream::connect(addr).await.is_err());
+    assert_eq!(metrics.registered_codes(), 0);
+}
