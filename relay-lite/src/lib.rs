@@ -3,3 +3,4 @@
 //! (TURN) for peers whose UDP is blocked.
 
 pub mod credentials;
+pub mod turn;

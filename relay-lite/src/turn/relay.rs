@@ -1,0 +1,177 @@
+//! Relayed transport addresses for allocations: a UDP socket per
+//! allocation on the relay IP, under a global cap (a request over the cap is
+//! refused, which the server answers with 508 Insufficient Capacity), with a
+//! hard maximum age (the allocation ends then, refreshed or not), and
+//! counted so the metrics endpoint sees current and total allocations.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use turn::relay::RelayAddressGenerator;
+use util::Conn;
+
+use super::Counters;
+
+/// Hands out relay sockets while fewer than `max` allocations exist.
+pub(crate) struct CappedRelays {
+    pub bind_ip: IpAddr,
+    pub public_ip: IpAddr,
+    pub max: usize,
+    pub max_lifetime: Duration,
+    pub counters: Arc<Counters>,
+}
+
+/// One counted allocation slot, released exactly once (on close or drop).
+struct Slot(Arc<Counters>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.current.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl CappedRelays {
+    fn take_slot(&self) -> Option<Slot> {
+        self.counters
+            .current
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.counters.clone()))
+    }
+}
+
+#[async_trait]
+impl RelayAddressGenerator for CappedRelays {
+    fn validate(&self) -> Result<(), turn::Error> {
+        Ok(())
+    }
+
+    async fn allocate_conn(
+        &self,
+        use_ipv4: bool,
+        requested_port: u16,
+    ) -> Result<(Arc<dyn Conn + Send + Sync>, SocketAddr), turn::Error> {
+        if use_ipv4 != self.bind_ip.is_ipv4() {
+            return Err(turn::Error::Other(
+                "relay IP family differs from the request".into(),
+            ));
+        }
+        let Some(slot) = self.take_slot() else {
+            self.counters
+                .refused_over_cap
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(max = self.max, "TURN allocation refused: cap reached");
+            return Err(turn::Error::Other(format!(
+                "allocation cap of {} reached",
+                self.max
+            )));
+        };
+        let socket = UdpSocket::bind(SocketAddr::new(self.bind_ip, requested_port))
+            .await
+            .map_err(|e| turn::Error::Other(format!("cannot bind a relay socket: {e}")))?;
+        let local = socket
+            .local_addr()
+            .map_err(|e| turn::Error::Other(e.to_string()))?;
+        self.counters.total.fetch_add(1, Ordering::Relaxed);
+        let (closed, _) = watch::channel(false);
+        let conn = Arc::new(RelaySocket {
+            socket,
+            closed,
+            slot: Mutex::new(Some(slot)),
+        });
+        // The hard maximum age: close the socket then; the allocation's
+        // reader sees the error and the server drops the allocation.
+        let weak = Arc::downgrade(&conn);
+        let mut closed_rx = conn.closed.subscribe();
+        let max_lifetime = self.max_lifetime;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(max_lifetime) => {
+                    if let Some(conn) = weak.upgrade() {
+                        tracing::info!("TURN allocation reached its maximum lifetime");
+                        conn.shut();
+                    }
+                }
+                _ = closed_rx.wait_for(|closed| *closed) => {}
+            }
+        });
+        Ok((conn, SocketAddr::new(self.public_ip, local.port())))
+    }
+}
+
+/// The relay socket of one allocation.
+struct RelaySocket {
+    socket: UdpSocket,
+    closed: watch::Sender<bool>,
+    slot: Mutex<Option<Slot>>,
+}
+
+impl RelaySocket {
+    fn shut(&self) {
+        self.closed.send_replace(true);
+        if let Ok(mut slot) = self.slot.lock() {
+            slot.take();
+        }
+    }
+
+    fn closed_error() -> util::Error {
+        util::Error::Other("relay socket closed".into())
+    }
+}
+
+#[async_trait]
+impl Conn for RelaySocket {
+    async fn connect(&self, addr: SocketAddr) -> util::Result<()> {
+        Ok(self.socket.connect(addr).await?)
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> util::Result<usize> {
+        Ok(self.recv_from(buf).await?.0)
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> util::Result<(usize, SocketAddr)> {
+        let mut closed = self.closed.subscribe();
+        if *closed.borrow() {
+            return Err(Self::closed_error());
+        }
+        tokio::select! {
+            received = self.socket.recv_from(buf) => Ok(received?),
+            _ = closed.wait_for(|closed| *closed) => Err(Self::closed_error()),
+        }
+    }
+
+    async fn send(&self, buf: &[u8]) -> util::Result<usize> {
+        Ok(self.socket.send(buf).await?)
+    }
+
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> util::Result<usize> {
+        if *self.closed.borrow() {
+            return Err(Self::closed_error());
+        }
+        Ok(self.socket.send_to(buf, target).await?)
+    }
+
+    fn local_addr(&self) -> util::Result<SocketAddr> {
+        Ok(self.socket.local_addr()?)
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+
+    async fn close(&self) -> util::Result<()> {
+        self.shut();
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
