@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -97,12 +98,34 @@ impl Default for BridgeLimits {
     }
 }
 
+/// What a bridge has carried.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BridgeStats {
+    /// Streams (TCP or TLS connections) opened to the server.
+    pub streams_opened: u64,
+    /// Streams that could not be opened (connect or TLS handshake failed).
+    pub streams_failed: u64,
+    /// Frames written towards the server.
+    pub frames_up: u64,
+    /// Frames read from the server and handed to local clients.
+    pub frames_down: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    streams_opened: AtomicU64,
+    streams_failed: AtomicU64,
+    frames_up: AtomicU64,
+    frames_down: AtomicU64,
+}
+
 /// A running bridge; dropping or closing it ends every stream.
 pub struct StreamBridge {
     local: SocketAddr,
     server: SocketAddr,
     tls: bool,
     task: JoinHandle<()>,
+    counters: Arc<Counters>,
 }
 
 impl std::fmt::Debug for StreamBridge {
@@ -133,12 +156,14 @@ impl StreamBridge {
         let socket = UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)).await?;
         let local = socket.local_addr()?;
         let is_tls = tls.is_some();
-        let task = tokio::spawn(run(Arc::new(socket), server, tls, limits));
+        let counters = Arc::new(Counters::default());
+        let task = tokio::spawn(run(Arc::new(socket), server, tls, limits, counters.clone()));
         Ok(Self {
             local,
             server,
             tls: is_tls,
             task,
+            counters,
         })
     }
 
@@ -157,6 +182,16 @@ impl StreamBridge {
         format!("turn:{}?transport=udp", self.local)
     }
 
+    /// What the bridge has carried so far.
+    pub fn stats(&self) -> BridgeStats {
+        BridgeStats {
+            streams_opened: self.counters.streams_opened.load(Ordering::Relaxed),
+            streams_failed: self.counters.streams_failed.load(Ordering::Relaxed),
+            frames_up: self.counters.frames_up.load(Ordering::Relaxed),
+            frames_down: self.counters.frames_down.load(Ordering::Relaxed),
+        }
+    }
+
     /// Stops the bridge and closes every stream.
     pub fn close(self) {}
 }
@@ -167,13 +202,32 @@ impl Drop for StreamBridge {
     }
 }
 
+/// What every stream of one bridge shares.
+struct Shared {
+    socket: Arc<UdpSocket>,
+    server: SocketAddr,
+    tls: Option<BridgeTls>,
+    limits: BridgeLimits,
+    clients: Clients,
+    counters: Arc<Counters>,
+}
+
 async fn run(
     socket: Arc<UdpSocket>,
     server: SocketAddr,
     tls: Option<BridgeTls>,
     limits: BridgeLimits,
+    counters: Arc<Counters>,
 ) {
     let clients: Clients = Arc::default();
+    let shared = Arc::new(Shared {
+        socket: socket.clone(),
+        server,
+        tls,
+        limits,
+        clients: clients.clone(),
+        counters,
+    });
     let mut streams = JoinSet::new();
     let mut buf = vec![0u8; MAX_FRAME];
     loop {
@@ -206,15 +260,7 @@ async fn run(
                 if let Ok(mut c) = clients.lock() {
                     c.insert(client, sender.clone());
                 }
-                streams.spawn(carry(
-                    socket.clone(),
-                    client,
-                    server,
-                    tls.clone(),
-                    limits,
-                    receiver,
-                    clients.clone(),
-                ));
+                streams.spawn(carry(shared.clone(), client, receiver));
                 sender
             }
         };
@@ -225,24 +271,30 @@ async fn run(
 
 /// One local client's stream: connect, then copy both ways until either
 /// side ends or the client falls silent.
-async fn carry(
-    socket: Arc<UdpSocket>,
-    client: SocketAddr,
-    server: SocketAddr,
-    tls: Option<BridgeTls>,
-    limits: BridgeLimits,
-    outbound: mpsc::Receiver<Vec<u8>>,
-    clients: Clients,
-) {
+async fn carry(shared: Arc<Shared>, client: SocketAddr, outbound: mpsc::Receiver<Vec<u8>>) {
+    let Shared {
+        socket,
+        server,
+        tls,
+        limits,
+        clients,
+        counters,
+    } = &*shared;
+    let (socket, server, limits) = (socket.clone(), *server, *limits);
     let connected = tokio::time::timeout(limits.connect_timeout, async {
         let tcp = TcpStream::connect(server).await?;
         tcp.set_nodelay(true)?;
         io::Result::Ok(tcp)
     })
     .await;
+    let opened = || counters.streams_opened.fetch_add(1, Ordering::Relaxed);
+    let failed = || counters.streams_failed.fetch_add(1, Ordering::Relaxed);
     match connected {
         Ok(Ok(tcp)) => match tls {
-            None => pump(tcp, socket, client, limits, outbound).await,
+            None => {
+                opened();
+                pump(tcp, socket, client, limits, outbound, counters).await
+            }
             Some(tls) => {
                 let connector = TlsConnector::from(tls.config.clone());
                 match tokio::time::timeout(
@@ -251,16 +303,29 @@ async fn carry(
                 )
                 .await
                 {
-                    Ok(Ok(stream)) => pump(stream, socket, client, limits, outbound).await,
+                    Ok(Ok(stream)) => {
+                        opened();
+                        pump(stream, socket, client, limits, outbound, counters).await
+                    }
                     Ok(Err(error)) => {
+                        failed();
                         tracing::warn!(%server, %error, "TURN bridge: TLS handshake failed")
                     }
-                    Err(_) => tracing::warn!(%server, "TURN bridge: TLS handshake timed out"),
+                    Err(_) => {
+                        failed();
+                        tracing::warn!(%server, "TURN bridge: TLS handshake timed out")
+                    }
                 }
             }
         },
-        Ok(Err(error)) => tracing::warn!(%server, %error, "TURN bridge: cannot connect"),
-        Err(_) => tracing::warn!(%server, "TURN bridge: connect timed out"),
+        Ok(Err(error)) => {
+            failed();
+            tracing::warn!(%server, %error, "TURN bridge: cannot connect")
+        }
+        Err(_) => {
+            failed();
+            tracing::warn!(%server, "TURN bridge: connect timed out")
+        }
     }
     if let Ok(mut c) = clients.lock() {
         c.remove(&client);
@@ -273,6 +338,7 @@ async fn pump<S: AsyncRead + AsyncWrite>(
     client: SocketAddr,
     limits: BridgeLimits,
     mut outbound: mpsc::Receiver<Vec<u8>>,
+    counters: &Counters,
 ) {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let up = async {
@@ -282,6 +348,7 @@ async fn pump<S: AsyncRead + AsyncWrite>(
                     if writer.write_all(&frame).await.is_err() {
                         break;
                     }
+                    counters.frames_up.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(None) => break,
                 Err(_) => {
@@ -296,7 +363,9 @@ async fn pump<S: AsyncRead + AsyncWrite>(
         loop {
             match read_frame(&mut reader).await {
                 Ok(Some(frame)) => {
-                    let _ = socket.send_to(&frame, client).await;
+                    if socket.send_to(&frame, client).await.is_ok() {
+                        counters.frames_down.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 Ok(None) => break,
                 Err(error) => {

@@ -46,7 +46,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> io::Result<Opti
     let length = u16::from_be_bytes([header[2], header[3]]) as usize;
     match kind(header[0]) {
         Some(Kind::Stun) => {
-            if length % 4 != 0 {
+            if !length.is_multiple_of(4) {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "STUN message length is not a multiple of 4",

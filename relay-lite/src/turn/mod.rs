@@ -16,20 +16,22 @@ use std::fs;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio_rustls::rustls;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use turn::server::config::{ConnConfig, ServerConfig};
 use util::Conn;
 
-pub use bridge::{BridgeTls, StreamBridge};
+pub use bridge::{BridgeLimits, BridgeStats, BridgeTls, StreamBridge};
 pub use framing::{frame_for_stream, read_frame, MAX_FRAME};
+/// The rustls this module builds on, for callers that make `BridgeTls` or `TurnTls` values.
+pub use tokio_rustls::rustls;
 
 use auth::{GuardedConn, SharedSecret};
 use relay::CappedRelays;
@@ -226,19 +228,31 @@ pub enum TurnError {
 }
 
 /// Live counters, shared with whoever reports metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Counters {
-    current: AtomicUsize,
+    /// Allocations that exist now; a watch so callers can await changes.
+    current: watch::Sender<u64>,
     total: AtomicU64,
     refused_over_cap: AtomicU64,
     refused_auth: AtomicU64,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            current: watch::Sender::new(0),
+            total: AtomicU64::new(0),
+            refused_over_cap: AtomicU64::new(0),
+            refused_auth: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Counters {
     /// A consistent-enough copy of the counters.
     pub fn snapshot(&self) -> TurnStats {
         TurnStats {
-            current_allocations: self.current.load(Ordering::Acquire) as u64,
+            current_allocations: *self.current.borrow(),
             total_allocations: self.total.load(Ordering::Relaxed),
             refused_over_cap: self.refused_over_cap.load(Ordering::Relaxed),
             refused_auth: self.refused_auth.load(Ordering::Relaxed),
@@ -386,6 +400,24 @@ impl TurnServer {
     /// The live counters, to keep for a metrics endpoint.
     pub fn counters(&self) -> Arc<Counters> {
         self.counters.clone()
+    }
+
+    /// Waits until the number of current allocations satisfies `ready`,
+    /// for at most `timeout`; returns the number it saw last.
+    pub async fn wait_for_allocations(
+        &self,
+        timeout: Duration,
+        ready: impl FnMut(&u64) -> bool,
+    ) -> Result<u64, u64> {
+        let mut current = self.counters.current.subscribe();
+        let waited = tokio::time::timeout(timeout, async {
+            current.wait_for(ready).await.map(|seen| *seen).ok()
+        })
+        .await;
+        match waited {
+            Ok(Some(seen)) => Ok(seen),
+            _ => Err(*self.counters.current.borrow()),
+        }
     }
 
     /// Stops every listener and ends every allocation.

@@ -31,19 +31,21 @@ struct Slot(Arc<Counters>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.current.fetch_sub(1, Ordering::AcqRel);
+        self.0.current.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
 impl CappedRelays {
     fn take_slot(&self) -> Option<Slot> {
-        self.counters
-            .current
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Slot(self.counters.clone()))
+        let max = self.max as u64;
+        let taken = self.counters.current.send_if_modified(|n| {
+            let free = *n < max;
+            if free {
+                *n += 1;
+            }
+            free
+        });
+        taken.then(|| Slot(self.counters.clone()))
     }
 }
 
