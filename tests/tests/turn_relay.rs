@@ -416,3 +416,33 @@ fn assert_carried_over_streams(offerer: &StreamBridge, answerer: &StreamBridge) 
     assert!(offerer.frames_up >= PACKETS as u64, "{offerer:?}");
     assert!(answerer.frames_down >= PACKETS as u64, "{answerer:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_allocations_end_with_their_connection() {
+    let mut config = config();
+    config.listen_tcp = Some("127.0.0.1:0".parse().unwrap());
+    let server = TurnServer::start(config).await.unwrap();
+    let bridge = StreamBridge::start(server.tcp_addr().unwrap(), None)
+        .await
+        .unwrap();
+    let client = RawTurnClient::new(bridge.local_addr(), step_timeout()).await;
+    let credential = credentials::issue(SECRET, "peer", now_secs(), 600);
+    let outcome = client
+        .allocate(&credential.username, &credential.credential)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, AllocateOutcome::Relayed(_)),
+        "{outcome:?}"
+    );
+    assert_eq!(server.stats().current_allocations, 1);
+    // Closing the bridge closes its TCP connection; the allocation (with a
+    // 10-minute TURN lifetime) ends with it.
+    bridge.close();
+    server
+        .wait_for_allocations(step_timeout(), |n| *n == 0)
+        .await
+        .unwrap_or_else(|n| panic!("{n} allocations outlived their connection"));
+    assert_eq!(server.stats().total_allocations, 1);
+    server.close().await;
+}

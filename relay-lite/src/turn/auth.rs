@@ -17,6 +17,7 @@ use stun::message::{Message, MessageType, Setter, CLASS_ERROR_RESPONSE, CLASS_RE
 use stun::textattrs::TextAttribute;
 use util::Conn;
 
+use super::relay::StreamAllocations;
 use super::Counters;
 use crate::credentials::check_username;
 
@@ -119,6 +120,8 @@ impl turn::auth::AuthHandler for SharedSecret {
 pub(crate) struct GuardedConn {
     pub inner: Arc<dyn Conn + Send + Sync>,
     pub auth: Arc<SharedSecret>,
+    /// For stream listeners: where to record whose message is handled.
+    pub streams: Option<Arc<StreamAllocations>>,
 }
 
 #[async_trait]
@@ -138,7 +141,12 @@ impl Conn for GuardedConn {
                 Some(refusal) => {
                     let _ = self.inner.send_to(&refusal, from).await;
                 }
-                None => return Ok((n, from)),
+                None => {
+                    if let Some(streams) = &self.streams {
+                        streams.handling(from);
+                    }
+                    return Ok((n, from));
+                }
             }
         }
     }

@@ -34,7 +34,7 @@ pub use framing::{frame_for_stream, read_frame, MAX_FRAME};
 pub use tokio_rustls::rustls;
 
 use auth::{GuardedConn, SharedSecret};
-use relay::CappedRelays;
+use relay::{CappedRelays, StreamAllocations};
 use stream_listener::{StreamLimits, StreamListener};
 
 /// A certificate chain and its private key for TURN over TLS.
@@ -298,7 +298,8 @@ impl TurnServer {
             handshake_timeout: config.tls_handshake_timeout,
             idle_timeout: config.stream_idle_timeout,
         };
-        let mut listeners: Vec<Arc<dyn Conn + Send + Sync>> = Vec::new();
+        let mut listeners: Vec<(Arc<dyn Conn + Send + Sync>, Option<Arc<StreamAllocations>>)> =
+            Vec::new();
         let mut streams = Vec::new();
         let (mut udp_addr, mut tcp_addr, mut tls_addr) = (None, None, None);
 
@@ -311,36 +312,40 @@ impl TurnServer {
                     .local_addr()
                     .map_err(|source| TurnError::Listen { addr, source })?,
             );
-            listeners.push(Arc::new(socket));
+            listeners.push((Arc::new(socket), None));
         }
         if let Some(addr) = config.listen_tcp {
             let listener = TcpListener::bind(addr)
                 .await
                 .map_err(|source| TurnError::Listen { addr, source })?;
-            let stream = StreamListener::start(listener, None, limits)
+            let allocations = Arc::new(StreamAllocations::default());
+            let stream = StreamListener::start(listener, None, limits, allocations.clone())
                 .map_err(|source| TurnError::Listen { addr, source })?;
             tcp_addr = Some(stream.local_addr().map_err(turn::Error::from)?);
             streams.push(stream.clone());
-            listeners.push(stream);
+            listeners.push((stream, Some(allocations)));
         }
         if let (Some(addr), Some(tls)) = (config.listen_tls, &config.tls) {
             let acceptor = tls.acceptor()?;
             let listener = TcpListener::bind(addr)
                 .await
                 .map_err(|source| TurnError::Listen { addr, source })?;
-            let stream = StreamListener::start(listener, Some(acceptor), limits)
-                .map_err(|source| TurnError::Listen { addr, source })?;
+            let allocations = Arc::new(StreamAllocations::default());
+            let stream =
+                StreamListener::start(listener, Some(acceptor), limits, allocations.clone())
+                    .map_err(|source| TurnError::Listen { addr, source })?;
             tls_addr = Some(stream.local_addr().map_err(turn::Error::from)?);
             streams.push(stream.clone());
-            listeners.push(stream);
+            listeners.push((stream, Some(allocations)));
         }
 
         let conn_configs = listeners
             .into_iter()
-            .map(|inner| ConnConfig {
+            .map(|(inner, allocations)| ConnConfig {
                 conn: Arc::new(GuardedConn {
                     inner,
                     auth: auth.clone(),
+                    streams: allocations.clone(),
                 }),
                 relay_addr_generator: Box::new(CappedRelays {
                     bind_ip: config.relay_ip,
@@ -348,6 +353,7 @@ impl TurnServer {
                     max: config.max_allocations,
                     max_lifetime: config.allocation_lifetime,
                     counters: counters.clone(),
+                    streams: allocations,
                 }),
             })
             .collect();

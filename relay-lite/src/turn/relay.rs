@@ -3,10 +3,14 @@
 //! refused, which the server answers with 508 Insufficient Capacity), with a
 //! hard maximum age (the allocation ends then, refreshed or not), and
 //! counted so the metrics endpoint sees current and total allocations.
+//! Allocations made over a TCP or TLS connection end with the connection
+//! (`StreamAllocations`): their 5-tuple, which holds the client's TCP port,
+//! can never carry another request.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,6 +28,50 @@ pub(crate) struct CappedRelays {
     pub max: usize,
     pub max_lifetime: Duration,
     pub counters: Arc<Counters>,
+    /// For a TCP or TLS listener: which connection each allocation is on.
+    pub streams: Option<Arc<StreamAllocations>>,
+}
+
+/// The allocations made over one stream listener, by client connection.
+///
+/// The webrtc-rs server does not tell a relay generator which client an
+/// allocation is for, but it handles one listener's messages one at a time
+/// (its read loop awaits each request before reading the next), so the
+/// source of the message the listener handed out last is the client being
+/// allocated for. The listener's `GuardedConn` records it here.
+#[derive(Default)]
+pub(crate) struct StreamAllocations {
+    current_source: Mutex<Option<SocketAddr>>,
+    relays: Mutex<HashMap<SocketAddr, Vec<Weak<RelaySocket>>>>,
+}
+
+impl StreamAllocations {
+    /// The listener is handing the server a message from `source`.
+    pub fn handling(&self, source: SocketAddr) {
+        if let Ok(mut current) = self.current_source.lock() {
+            *current = Some(source);
+        }
+    }
+
+    fn register(&self, relay: &Arc<RelaySocket>) {
+        let Some(source) = self.current_source.lock().ok().and_then(|c| *c) else {
+            return;
+        };
+        if let Ok(mut relays) = self.relays.lock() {
+            let list = relays.entry(source).or_default();
+            list.retain(|r| r.strong_count() > 0);
+            list.push(Arc::downgrade(relay));
+        }
+    }
+
+    /// The connection from `peer` has ended: end its allocations.
+    pub fn connection_closed(&self, peer: SocketAddr) {
+        let closed = self.relays.lock().ok().and_then(|mut r| r.remove(&peer));
+        for relay in closed.into_iter().flatten().filter_map(|r| r.upgrade()) {
+            tracing::debug!(%peer, "TURN allocation ended with its connection");
+            relay.shut();
+        }
+    }
 }
 
 /// One counted allocation slot, released exactly once (on close or drop).
@@ -88,6 +136,9 @@ impl RelayAddressGenerator for CappedRelays {
             closed,
             slot: Mutex::new(Some(slot)),
         });
+        if let Some(streams) = &self.streams {
+            streams.register(&conn);
+        }
         // The hard maximum age: close the socket then; the allocation's
         // reader sees the error and the server drops the allocation.
         let weak = Arc::downgrade(&conn);
@@ -109,7 +160,7 @@ impl RelayAddressGenerator for CappedRelays {
 }
 
 /// The relay socket of one allocation.
-struct RelaySocket {
+pub(crate) struct RelaySocket {
     socket: UdpSocket,
     closed: watch::Sender<bool>,
     slot: Mutex<Option<Slot>>,

@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use util::Conn;
 
 use super::framing::{frame_for_stream, read_frame};
+use super::relay::StreamAllocations;
 
 /// Frames queued towards one connection before further ones are dropped
 /// (as a congested UDP path would drop them), so one slow client never
@@ -52,6 +53,7 @@ impl StreamListener {
         listener: TcpListener,
         tls: Option<TlsAcceptor>,
         limits: StreamLimits,
+        allocations: Arc<StreamAllocations>,
     ) -> io::Result<Arc<Self>> {
         let local = listener.local_addr()?;
         let (inbound_tx, inbound_rx) = mpsc::channel(1024);
@@ -62,6 +64,7 @@ impl StreamListener {
             limits,
             inbound_tx,
             peers.clone(),
+            allocations,
         ));
         Ok(Arc::new(Self {
             local,
@@ -92,6 +95,7 @@ async fn accept_loop(
     limits: StreamLimits,
     inbound: mpsc::Sender<(Vec<u8>, SocketAddr)>,
     peers: Peers,
+    allocations: Arc<StreamAllocations>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut connections = tokio::task::JoinSet::new();
@@ -118,6 +122,7 @@ async fn accept_loop(
         let inbound = inbound.clone();
         let peers = peers.clone();
         let tls = tls.clone();
+        let allocations = allocations.clone();
         connections.spawn(async move {
             match tls {
                 None => serve(stream, peer, limits, inbound, peers, permit).await,
@@ -133,6 +138,7 @@ async fn accept_loop(
                     }
                 }
             }
+            allocations.connection_closed(peer);
         });
     }
 }
