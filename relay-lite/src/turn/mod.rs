@@ -273,6 +273,9 @@ pub struct TurnStats {
     pub refused_auth: u64,
 }
 
+/// A listener as the webrtc-rs server takes it.
+type Listener = Arc<dyn Conn + Send + Sync>;
+
 /// A running TURN server.
 pub struct TurnServer {
     server: turn::server::Server,
@@ -298,8 +301,7 @@ impl TurnServer {
             handshake_timeout: config.tls_handshake_timeout,
             idle_timeout: config.stream_idle_timeout,
         };
-        let mut listeners: Vec<(Arc<dyn Conn + Send + Sync>, Option<Arc<StreamAllocations>>)> =
-            Vec::new();
+        let mut listeners: Vec<(Listener, Option<Arc<StreamAllocations>>)> = Vec::new();
         let mut streams = Vec::new();
         let (mut udp_addr, mut tcp_addr, mut tls_addr) = (None, None, None);
 
