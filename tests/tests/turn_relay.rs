@@ -446,3 +446,21 @@ async fn stream_allocations_end_with_their_connection() {
     assert_eq!(server.stats().total_allocations, 1);
     server.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_credentials_are_rate_limited() {
+    let mut config = config();
+    config.listen_udp = Some("127.0.0.1:0".parse().unwrap());
+    config.challenge_rate.per_ip_per_minute = 3;
+    let server = TurnServer::start(config).await.unwrap();
+    let client = RawTurnClient::new(server.udp_addr().unwrap(), Duration::from_millis(500)).await;
+    for _ in 0..3 {
+        let (realm, _nonce) = client.challenge().await.unwrap();
+        assert_eq!(realm, "zajel.test");
+    }
+    // The fourth from the same address within the minute goes unanswered.
+    let ignored = client.challenge().await;
+    assert!(ignored.is_err(), "{ignored:?}");
+    assert_eq!(server.stats().dropped_challenges, 1);
+    server.close().await;
+}

@@ -2,18 +2,24 @@
 //! the `AuthHandler` the webrtc-rs server asks for keys, and `GuardedConn`,
 //! which answers a request carrying a wrong password, a malformed or expired
 //! username or a foreign realm with 401 Unauthorized (RFC 8489 §9.2.4), as
-//! coturn does. (The webrtc-rs server itself would answer 400.)
+//! coturn does. (The webrtc-rs server itself would answer 400.) It also
+//! rate-limits requests without credentials, per client IP and in total:
+//! the webrtc-rs server keeps the nonce of every 401 challenge it sends
+//! until the nonce is used, so unanswered challenges would pile up.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use stun::attributes::{ATTR_MESSAGE_INTEGRITY, ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
 use stun::error_code::{ErrorCodeAttribute, CODE_UNAUTHORIZED};
 use stun::integrity::MessageIntegrity;
-use stun::message::{Message, MessageType, Setter, CLASS_ERROR_RESPONSE, CLASS_REQUEST};
+use stun::message::{
+    Message, MessageType, Setter, CLASS_ERROR_RESPONSE, CLASS_REQUEST, METHOD_BINDING,
+};
 use stun::textattrs::TextAttribute;
 use util::Conn;
 
@@ -33,6 +39,7 @@ pub(crate) struct SharedSecret {
     pub secret: Vec<u8>,
     pub realm: String,
     pub counters: Arc<Counters>,
+    pub challenges: ChallengeLimiter,
 }
 
 impl SharedSecret {
@@ -46,37 +53,39 @@ impl SharedSecret {
         Some(turn::auth::generate_auth_key(username, realm, &password))
     }
 
-    /// Whether `datagram` is an authenticated request that must be refused
-    /// with 401; returns the refusal to send back.
-    fn refusal_for(&self, datagram: &[u8]) -> Option<Vec<u8>> {
+    /// What to do with one datagram from `from`.
+    fn verdict(&self, datagram: &[u8], from: SocketAddr) -> Verdict {
         if datagram.first().is_none_or(|b| b >> 6 != 0) {
-            return None;
+            return Verdict::Pass;
         }
         let mut message = Message::new();
         message.raw = datagram.to_vec();
-        message.decode().ok()?;
-        if message.typ.class != CLASS_REQUEST || !message.contains(ATTR_MESSAGE_INTEGRITY) {
-            return None;
+        if message.decode().is_err() || message.typ.class != CLASS_REQUEST {
+            return Verdict::Pass;
         }
-        let username = TextAttribute::get_from_as(&message, ATTR_USERNAME).ok()?;
-        let realm = TextAttribute::get_from_as(&message, ATTR_REALM).ok()?;
-        let nonce = TextAttribute::get_from_as(&message, ATTR_NONCE).ok()?;
-        let accepted = match self.key_for(&username.text, &realm.text) {
-            Some(_) => {
-                let password =
-                    check_username(&self.secret, &username.text, now_secs()).unwrap_or_default();
-                MessageIntegrity::new_long_term_integrity(
-                    username.text.clone(),
-                    self.realm.clone(),
-                    password,
-                )
-                .check(&mut message.clone())
-                .is_ok()
+        if !message.contains(ATTR_MESSAGE_INTEGRITY) {
+            // The server answers with a 401 challenge and keeps its nonce
+            // until it is used, so challenges are rate-limited.
+            if message.typ.method == METHOD_BINDING || self.challenges.allow(from.ip()) {
+                return Verdict::Pass;
             }
-            None => false,
+            self.counters
+                .dropped_challenges
+                .fetch_add(1, Ordering::Relaxed);
+            return Verdict::Drop;
+        }
+        let (Ok(username), Ok(realm), Ok(nonce)) = (
+            TextAttribute::get_from_as(&message, ATTR_USERNAME),
+            TextAttribute::get_from_as(&message, ATTR_REALM),
+            TextAttribute::get_from_as(&message, ATTR_NONCE),
+        ) else {
+            return Verdict::Pass;
         };
+        let accepted = self
+            .key_for(&username.text, &realm.text)
+            .is_some_and(|key| MessageIntegrity(key).check(&mut message.clone()).is_ok());
         if accepted {
-            return None;
+            return Verdict::Pass;
         }
         self.counters.refused_auth.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
@@ -94,8 +103,103 @@ impl SharedSecret {
             Box::new(TextAttribute::new(ATTR_REALM, self.realm.clone())),
             Box::new(TextAttribute::new(ATTR_NONCE, nonce.text)),
         ];
-        refusal.build(&setters).ok()?;
-        Some(refusal.raw)
+        match refusal.build(&setters) {
+            Ok(()) => Verdict::Refuse(refusal.raw),
+            Err(_) => Verdict::Drop,
+        }
+    }
+}
+
+/// What the guard does with a datagram.
+enum Verdict {
+    /// Hand it to the server.
+    Pass,
+    /// Answer it with this (a 401) instead.
+    Refuse(Vec<u8>),
+    /// Ignore it (over the challenge rate).
+    Drop,
+}
+
+/// A token bucket.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(burst: f64, now: Instant) -> Self {
+        Self {
+            tokens: burst,
+            at: now,
+        }
+    }
+
+    fn take(&mut self, burst: f64, per_second: f64, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * per_second).min(burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// How many 401 challenges (requests without credentials) are answered.
+#[derive(Debug, Clone, Copy)]
+pub struct ChallengeRate {
+    /// Per client IP address, per minute (also the burst).
+    pub per_ip_per_minute: u32,
+    /// For all clients together, per second (the burst is twice this).
+    pub total_per_second: u32,
+}
+
+/// Sources tracked at most; beyond this, idle (refilled) buckets are
+/// forgotten, and if none is idle every bucket is.
+const MAX_TRACKED_SOURCES: usize = 10_000;
+
+pub(crate) struct ChallengeLimiter {
+    rate: ChallengeRate,
+    state: Mutex<(Bucket, HashMap<IpAddr, Bucket>)>,
+}
+
+impl ChallengeLimiter {
+    pub fn new(rate: ChallengeRate) -> Self {
+        let now = Instant::now();
+        let total_burst = 2.0 * f64::from(rate.total_per_second);
+        Self {
+            rate,
+            state: Mutex::new((Bucket::full(total_burst, now), HashMap::new())),
+        }
+    }
+
+    fn allow(&self, ip: IpAddr) -> bool {
+        let now = Instant::now();
+        let ip_burst = f64::from(self.rate.per_ip_per_minute);
+        let ip_rate = ip_burst / 60.0;
+        let total_rate = f64::from(self.rate.total_per_second);
+        let Ok(mut state) = self.state.lock() else {
+            return false;
+        };
+        let (total, per_ip) = &mut *state;
+        if per_ip.len() >= MAX_TRACKED_SOURCES && !per_ip.contains_key(&ip) {
+            per_ip.retain(|_, bucket| {
+                let idle = now.saturating_duration_since(bucket.at).as_secs_f64();
+                bucket.tokens + idle * ip_rate < ip_burst
+            });
+            if per_ip.len() >= MAX_TRACKED_SOURCES {
+                per_ip.clear();
+            }
+        }
+        let bucket = per_ip
+            .entry(ip)
+            .or_insert_with(|| Bucket::full(ip_burst, now));
+        if !bucket.take(ip_burst, ip_rate, now) {
+            return false;
+        }
+        total.take(2.0 * total_rate, total_rate, now)
     }
 }
 
@@ -137,11 +241,12 @@ impl Conn for GuardedConn {
     async fn recv_from(&self, buf: &mut [u8]) -> util::Result<(usize, SocketAddr)> {
         loop {
             let (n, from) = self.inner.recv_from(buf).await?;
-            match self.auth.refusal_for(&buf[..n]) {
-                Some(refusal) => {
+            match self.auth.verdict(&buf[..n], from) {
+                Verdict::Refuse(refusal) => {
                     let _ = self.inner.send_to(&refusal, from).await;
                 }
-                None => {
+                Verdict::Drop => {}
+                Verdict::Pass => {
                     if let Some(streams) = &self.streams {
                         streams.handling(from);
                     }

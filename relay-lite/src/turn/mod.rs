@@ -33,7 +33,8 @@ pub use framing::{frame_for_stream, read_frame, MAX_FRAME};
 /// The rustls this module builds on, for callers that make `BridgeTls` or `TurnTls` values.
 pub use tokio_rustls::rustls;
 
-use auth::{GuardedConn, SharedSecret};
+pub use auth::ChallengeRate;
+use auth::{ChallengeLimiter, GuardedConn, SharedSecret};
 use relay::{CappedRelays, StreamAllocations};
 use stream_listener::{StreamLimits, StreamListener};
 
@@ -125,6 +126,8 @@ pub struct TurnConfig {
     /// A TCP/TLS connection that carries nothing for this long is closed
     /// (TURN clients refresh well within the 10-minute default lifetime).
     pub stream_idle_timeout: Duration,
+    /// How many requests without credentials get a 401 challenge.
+    pub challenge_rate: ChallengeRate,
 }
 
 impl std::fmt::Debug for TurnConfig {
@@ -141,6 +144,7 @@ impl std::fmt::Debug for TurnConfig {
             .field("max_allocations", &self.max_allocations)
             .field("allocation_lifetime", &self.allocation_lifetime)
             .field("max_stream_connections", &self.max_stream_connections)
+            .field("challenge_rate", &self.challenge_rate)
             .finish_non_exhaustive()
     }
 }
@@ -149,7 +153,8 @@ impl TurnConfig {
     /// Defaults for everything but the secret and the listeners: realm
     /// `zajel`, relay on 127.0.0.1, 1000 allocations of at most 3 hours,
     /// 2000 stream connections per listener, 10 s TLS handshakes, 15 minutes
-    /// of stream idleness.
+    /// of stream idleness, 401 challenges for 60 requests per minute per IP
+    /// and 200 per second in total.
     pub fn new(secret: impl Into<Vec<u8>>) -> Self {
         Self {
             listen_udp: None,
@@ -165,6 +170,10 @@ impl TurnConfig {
             max_stream_connections: 2000,
             tls_handshake_timeout: Duration::from_secs(10),
             stream_idle_timeout: Duration::from_secs(15 * 60),
+            challenge_rate: ChallengeRate {
+                per_ip_per_minute: 60,
+                total_per_second: 200,
+            },
         }
     }
 
@@ -195,7 +204,11 @@ impl TurnConfig {
         if self.realm.is_empty() {
             return Err(TurnError::Config("the TURN realm is empty".into()));
         }
-        if self.max_allocations == 0 || self.max_stream_connections == 0 {
+        if self.max_allocations == 0
+            || self.max_stream_connections == 0
+            || self.challenge_rate.per_ip_per_minute == 0
+            || self.challenge_rate.total_per_second == 0
+        {
             return Err(TurnError::Config("TURN limits must be at least 1".into()));
         }
         if self.allocation_lifetime.is_zero() {
@@ -235,6 +248,7 @@ pub struct Counters {
     total: AtomicU64,
     refused_over_cap: AtomicU64,
     refused_auth: AtomicU64,
+    dropped_challenges: AtomicU64,
 }
 
 impl Default for Counters {
@@ -244,6 +258,7 @@ impl Default for Counters {
             total: AtomicU64::new(0),
             refused_over_cap: AtomicU64::new(0),
             refused_auth: AtomicU64::new(0),
+            dropped_challenges: AtomicU64::new(0),
         }
     }
 }
@@ -256,6 +271,7 @@ impl Counters {
             total_allocations: self.total.load(Ordering::Relaxed),
             refused_over_cap: self.refused_over_cap.load(Ordering::Relaxed),
             refused_auth: self.refused_auth.load(Ordering::Relaxed),
+            dropped_challenges: self.dropped_challenges.load(Ordering::Relaxed),
         }
     }
 }
@@ -271,6 +287,8 @@ pub struct TurnStats {
     pub refused_over_cap: u64,
     /// Requests refused for a wrong, malformed or expired credential (401).
     pub refused_auth: u64,
+    /// Requests without credentials ignored over the challenge rate.
+    pub dropped_challenges: u64,
 }
 
 /// A listener as the webrtc-rs server takes it.
@@ -295,6 +313,7 @@ impl TurnServer {
             secret: config.secret.clone(),
             realm: config.realm.clone(),
             counters: counters.clone(),
+            challenges: ChallengeLimiter::new(config.challenge_rate),
         });
         let limits = StreamLimits {
             max_connections: config.max_stream_connections,

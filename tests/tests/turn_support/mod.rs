@@ -350,13 +350,9 @@ impl RawTurnClient {
         }
     }
 
-    /// Allocate with long-term credentials: first unauthenticated (the 401
-    /// that names the realm and nonce), then with MESSAGE-INTEGRITY.
-    pub async fn allocate(
-        &self,
-        username: &str,
-        password: &str,
-    ) -> Result<AllocateOutcome, BoxError> {
+    /// An Allocate without credentials: the server's 401 challenge, with
+    /// its realm and nonce.
+    pub async fn challenge(&self) -> Result<(String, String), BoxError> {
         let challenge = self
             .exchange(vec![
                 Box::new(TransactionId::new()),
@@ -372,6 +368,17 @@ impl RawTurnClient {
         }
         let realm = TextAttribute::get_from_as(&challenge, ATTR_REALM)?.text;
         let nonce = TextAttribute::get_from_as(&challenge, ATTR_NONCE)?.text;
+        Ok((realm, nonce))
+    }
+
+    /// Allocate with long-term credentials: first unauthenticated (the 401
+    /// that names the realm and nonce), then with MESSAGE-INTEGRITY.
+    pub async fn allocate(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<AllocateOutcome, BoxError> {
+        let (realm, nonce) = self.challenge().await?;
         let response = self
             .exchange(vec![
                 Box::new(TransactionId::new()),
