@@ -313,16 +313,14 @@ fn start_coturn(port: u16, dir: &std::path::Path) -> ChildProcess {
             "127.0.0.1",
         ])
         .args(["--listening-port", &port.to_string()])
-        // The realm first: coturn files a static secret under the realm
-        // that is current when it reads the secret.
+        .args(["--use-auth-secret", "--static-auth-secret"])
+        .arg(std::str::from_utf8(SECRET).unwrap())
         .args([
             "--realm",
             "zajel.test",
-            "--use-auth-secret",
-            "--static-auth-secret",
+            "--allow-loopback-peers",
+            "--fingerprint",
         ])
-        .arg(std::str::from_utf8(SECRET).unwrap())
-        .args(["--allow-loopback-peers", "--fingerprint"])
         .args([
             "--no-tls",
             "--no-dtls",
@@ -331,7 +329,10 @@ fn start_coturn(port: u16, dir: &std::path::Path) -> ChildProcess {
             "--simple-log",
         ])
         .arg("--pidfile")
-        .arg(dir.join("turnserver.pid"));
+        .arg(dir.join("turnserver.pid"))
+        // Its user database (unused in this scheme) in the test's directory.
+        .arg("--userdb")
+        .arg(dir.join("turndb"));
     let mut coturn = ChildProcess::spawn("coturn", command).unwrap_or_else(|error| {
         panic!("coturn is needed for this test (Debian package `coturn`, command `turnserver`): {error}")
     });
