@@ -280,3 +280,38 @@ impl Conn for GuardedConn {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges_are_limited_per_ip_and_in_total() {
+        // Per IP: a burst of 2; in total: a burst of 4 (twice 2 per second).
+        let limiter = ChallengeLimiter::new(ChallengeRate {
+            per_ip_per_minute: 2,
+            total_per_second: 2,
+        });
+        let [a, b, c]: [IpAddr; 3] =
+            [[10, 0, 0, 1], [10, 0, 0, 2], [10, 0, 0, 3]].map(IpAddr::from);
+        assert!(limiter.allow(a));
+        assert!(limiter.allow(a));
+        assert!(!limiter.allow(a), "third from one IP within the minute");
+        assert!(limiter.allow(b));
+        assert!(limiter.allow(b));
+        assert!(!limiter.allow(c), "fifth in total within the second");
+    }
+
+    #[test]
+    fn the_source_table_stays_bounded() {
+        let limiter = ChallengeLimiter::new(ChallengeRate {
+            per_ip_per_minute: 1,
+            total_per_second: 1_000_000,
+        });
+        for n in 0..(MAX_TRACKED_SOURCES as u32 + 10) {
+            limiter.allow(IpAddr::from(n.to_be_bytes()));
+        }
+        let tracked = limiter.state.lock().unwrap().1.len();
+        assert!(tracked <= MAX_TRACKED_SOURCES, "{tracked}");
+    }
+}
