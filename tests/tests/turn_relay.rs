@@ -465,3 +465,91 @@ async fn requests_without_credentials_are_rate_limited() {
     assert_eq!(server.stats().dropped_challenges, 1);
     server.close().await;
 }
+
+/// Reads until the server closes the connection; fails if it does not
+/// within the step deadline.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 512];
+    let closed = tokio::time::timeout(step_timeout(), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the server kept the connection open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_listeners_enforce_their_limits() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+
+    // One connection at a time; bytes that are neither STUN nor
+    // ChannelData close the connection, which frees its slot.
+    let mut limited = config();
+    limited.listen_tcp = Some("127.0.0.1:0".parse().unwrap());
+    limited.max_stream_connections = 1;
+    let server = TurnServer::start(limited).await.unwrap();
+    let tcp = server.tcp_addr().unwrap();
+    let mut first = TcpStream::connect(tcp).await.unwrap();
+    // A frame through the first connection proves it holds the slot.
+    first
+        .write_all(&[0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42])
+        .await
+        .unwrap();
+    first.write_all(&[7u8; 12]).await.unwrap();
+    let mut answer = [0u8; 20];
+    tokio::time::timeout(
+        step_timeout(),
+        tokio::io::AsyncReadExt::read_exact(&mut first, &mut answer),
+    )
+    .await
+    .expect("no Binding answer over TCP")
+    .unwrap();
+    assert_eq!(&answer[..2], &[0x01, 0x01], "a Binding success response");
+    let mut second = TcpStream::connect(tcp).await.unwrap();
+    closed_by_server(&mut second).await;
+    first.write_all(&[0xFF; 8]).await.unwrap();
+    closed_by_server(&mut first).await;
+    let bridge = StreamBridge::start(tcp, None).await.unwrap();
+    let client = RawTurnClient::new(bridge.local_addr(), step_timeout()).await;
+    let credential = credentials::issue(SECRET, "peer", now_secs(), 600);
+    let outcome = client
+        .allocate(&credential.username, &credential.credential)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, AllocateOutcome::Relayed(_)),
+        "{outcome:?}"
+    );
+    server.close().await;
+
+    // Silent connections are closed: idle TCP, and TLS without a handshake.
+    let pki = test_pki("Zajel TURN test CA");
+    let mut impatient = config();
+    impatient.listen_tcp = Some("127.0.0.1:0".parse().unwrap());
+    impatient.listen_tls = Some("127.0.0.1:0".parse().unwrap());
+    impatient.tls = Some(
+        TurnTls::from_pem(
+            pki.server_cert_pem.as_bytes(),
+            pki.server_key_pem.as_bytes(),
+        )
+        .unwrap(),
+    );
+    impatient.stream_idle_timeout = Duration::from_millis(300);
+    impatient.tls_handshake_timeout = Duration::from_millis(300);
+    let server = TurnServer::start(impatient).await.unwrap();
+    let mut idle = TcpStream::connect(server.tcp_addr().unwrap())
+        .await
+        .unwrap();
+    closed_by_server(&mut idle).await;
+    let mut no_handshake = TcpStream::connect(server.tls_addr().unwrap())
+        .await
+        .unwrap();
+    closed_by_server(&mut no_handshake).await;
+    server.close().await;
+}
