@@ -1,8 +1,9 @@
 //! The TURN relay end to end: relay-only WebRTC audio calls between two
 //! webrtc-rs peers through relay-lite's embedded TURN server over UDP, over
 //! TCP and over TLS (the last two through the client-side stream bridge);
-//! refusals for bad credentials and over the allocation cap; and the same
-//! calls through coturn from Debian's `coturn` package with credentials from
+//! refusals for bad credentials, over the allocation cap and the stream
+//! listeners' limits; and the same calls through coturn from Debian's
+//! `coturn` package (UDP, TCP and TLS) with credentials from
 //! `relay_lite::credentials`. `TURN_TEST_TIMEOUT_SECS` sets each step's deadline.
 
 mod turn_support;
@@ -301,7 +302,15 @@ async fn bad_configurations_are_refused() {
 
 /// coturn from Debian's `coturn` package on 127.0.0.1, in the shared-secret
 /// scheme, with loopback peers allowed (both peers' relays are on loopback).
-fn start_coturn(port: u16, dir: &std::path::Path) -> ChildProcess {
+fn start_coturn(
+    port: u16,
+    tls_port: u16,
+    pki: &turn_support::TestPki,
+    dir: &std::path::Path,
+) -> ChildProcess {
+    let (cert, key) = (dir.join("turn.pem"), dir.join("turn.key"));
+    std::fs::write(&cert, &pki.server_cert_pem).unwrap();
+    std::fs::write(&key, &pki.server_key_pem).unwrap();
     let mut command = Command::new("turnserver");
     command
         .arg("-n")
@@ -321,13 +330,12 @@ fn start_coturn(port: u16, dir: &std::path::Path) -> ChildProcess {
             "--allow-loopback-peers",
             "--fingerprint",
         ])
-        .args([
-            "--no-tls",
-            "--no-dtls",
-            "--log-file",
-            "stdout",
-            "--simple-log",
-        ])
+        .args(["--tls-listening-port", &tls_port.to_string()])
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--pkey")
+        .arg(&key)
+        .args(["--no-dtls", "--log-file", "stdout", "--simple-log"])
         .arg("--pidfile")
         .arg(dir.join("turnserver.pid"))
         // Its user database (unused in this scheme) in the test's directory.
@@ -345,18 +353,23 @@ fn start_coturn(port: u16, dir: &std::path::Path) -> ChildProcess {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn coturn_relays_calls_over_udp_and_over_tcp_through_the_bridge() {
+async fn coturn_relays_calls_over_udp_and_over_tcp_and_tls_through_the_bridge() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let coturn = start_coturn(port, dir.path());
+    let tls_port = free_port();
+    let pki = test_pki("Zajel TURN test CA");
+    let coturn = start_coturn(port, tls_port, &pki, dir.path());
     let server: SocketAddr = ([127, 0, 0, 1], port).into();
 
     // coturn's listeners may come up a moment after its log says so.
     let deadline = tokio::time::Instant::now() + step_timeout();
-    while tokio::net::TcpStream::connect(server).await.is_err() {
+    let tls_server: SocketAddr = ([127, 0, 0, 1], tls_port).into();
+    while tokio::net::TcpStream::connect(server).await.is_err()
+        || tokio::net::TcpStream::connect(tls_server).await.is_err()
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "coturn does not accept TCP on {server}\n{}",
+            "coturn does not accept TCP on {server} and {tls_server}\n{}",
             coturn.output()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -400,6 +413,24 @@ async fn coturn_relays_calls_over_udp_and_over_tcp_through_the_bridge() {
     )
     .await
     .unwrap_or_else(|error| panic!("call through coturn over TCP: {error}\n{}", coturn.output()));
+    assert_relayed(&outcome);
+    assert_carried_over_streams(&offerer_bridge, &answerer_bridge);
+
+    let mut roots = RootCertStore::empty();
+    roots.add(pki.ca.clone()).unwrap();
+    let tls = BridgeTls::new("turn.test", roots).unwrap();
+    let offerer_bridge = StreamBridge::start(tls_server, Some(tls.clone()))
+        .await
+        .unwrap();
+    let answerer_bridge = StreamBridge::start(tls_server, Some(tls)).await.unwrap();
+    let outcome = relayed_call(
+        ice_server(offerer_bridge.turn_url(), "offerer"),
+        ice_server(answerer_bridge.turn_url(), "answerer"),
+        PACKETS,
+        step_timeout(),
+    )
+    .await
+    .unwrap_or_else(|error| panic!("call through coturn over TLS: {error}\n{}", coturn.output()));
     assert_relayed(&outcome);
     assert_carried_over_streams(&offerer_bridge, &answerer_bridge);
 }
