@@ -296,7 +296,8 @@ type Listener = Arc<dyn Conn + Send + Sync>;
 
 /// A running TURN server.
 pub struct TurnServer {
-    server: turn::server::Server,
+    /// `None` only once closed.
+    server: Option<turn::server::Server>,
     udp_addr: Option<SocketAddr>,
     tcp_addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
@@ -395,7 +396,7 @@ impl TurnServer {
             "TURN server listening"
         );
         Ok(Self {
-            server,
+            server: Some(server),
             udp_addr,
             tcp_addr,
             tls_addr,
@@ -447,13 +448,31 @@ impl TurnServer {
         }
     }
 
-    /// Stops every listener and ends every allocation.
-    pub async fn close(self) {
+    /// Stops every listener and ends every allocation. (Dropping the
+    /// server does the same in the background.)
+    pub async fn close(mut self) {
         for stream in &self.streams {
             stream.shut();
         }
-        if let Err(error) = self.server.close().await {
-            tracing::debug!(%error, "TURN server close");
+        if let Some(server) = self.server.take() {
+            if let Err(error) = server.close().await {
+                tracing::debug!(%error, "TURN server close");
+            }
+        }
+    }
+}
+
+impl Drop for TurnServer {
+    fn drop(&mut self) {
+        for stream in &self.streams {
+            stream.shut();
+        }
+        if let (Some(server), Ok(runtime)) =
+            (self.server.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(async move {
+                let _ = server.close().await;
+            });
         }
     }
 }
