@@ -2,8 +2,9 @@
 //! packets in flight) and round-trip latency (p50/p99) of one client talking
 //! to one peer, over direct loopback UDP and through relay-lite's embedded
 //! TURN server — over UDP, over TCP through the stream bridge, over TLS
-//! through the bridge — side by side in one run. "Added" is the relay's p99
-//! minus direct loopback's p99. Prints a Markdown table.
+//! through the bridge — side by side in one run. Round trips are
+//! interleaved across the paths; "added" is a path's percentile minus direct
+//! loopback's. Prints a Markdown table.
 //!
 //! `cargo bench -p tests --bench turn_relay`. Options through the
 //! environment: `BENCH_SECONDS` (throughput run per path, default 3),
@@ -107,31 +108,28 @@ async fn relayed(turn_server: SocketAddr, peer: SocketAddr) -> Channel {
     Channel::Relayed(conn, peer, client)
 }
 
-/// Sends round trips one at a time; returns the sorted round-trip times.
-async fn round_trips(channel: &Channel, count: usize) -> Vec<Duration> {
+/// Warm-up: permission, channel binding, caches.
+async fn warm_up(channel: &Channel) {
     let mut buf = vec![0u8; 2048];
-    // Warm-up: permission, channel binding, caches.
     for _ in 0..50 {
         channel.send(b"warm-up").await;
         channel.recv(&mut buf).await;
     }
-    let mut times = Vec::with_capacity(count);
-    for i in 0..count {
-        let payload = (i as u64).to_be_bytes();
-        let started = Instant::now();
-        channel.send(&payload).await;
-        loop {
-            let n = tokio::time::timeout(Duration::from_secs(2), channel.recv(&mut buf))
-                .await
-                .expect("a round trip was lost");
-            if buf[..n] == payload {
-                break;
-            }
+}
+
+/// One round trip of an 8-byte packet.
+async fn round_trip(channel: &Channel, sequence: u64, buf: &mut [u8]) -> Duration {
+    let payload = sequence.to_be_bytes();
+    let started = Instant::now();
+    channel.send(&payload).await;
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(2), channel.recv(buf))
+            .await
+            .expect("a round trip was lost");
+        if buf[..n] == payload {
+            return started.elapsed();
         }
-        times.push(started.elapsed());
     }
-    times.sort();
-    times
 }
 
 /// Keeps `window` packets in flight for `seconds`; returns echoed bytes/s.
@@ -202,15 +200,18 @@ async fn main() {
         "TURN relay: {payload}-byte packets, {window} in flight for {seconds} s; \
          {pings} round trips of 8 bytes\n"
     );
-    println!("| path | echo throughput (Mbit/s each way) | RTT p50 (µs) | RTT p99 (µs) | added p99 (µs) |");
-    println!("|---|---:|---:|---:|---:|");
-    let mut direct_p99 = None;
-    for name in [
+    println!(
+        "| path | echo throughput (Mbit/s each way) | RTT p50 (µs) | RTT p99 (µs) | added p50 (µs) | added p99 (µs) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    let names = [
         "direct loopback UDP",
         "TURN over UDP",
         "TURN over TCP (bridge)",
         "TURN over TLS (bridge)",
-    ] {
+    ];
+    let mut channels = Vec::new();
+    for name in names {
         let peer = echo_peer().await;
         let channel = match name {
             "direct loopback UDP" => {
@@ -220,22 +221,41 @@ async fn main() {
             "TURN over TCP (bridge)" => relayed(tcp_bridge.local_addr(), peer).await,
             _ => relayed(tls_bridge.local_addr(), peer).await,
         };
-        let times = round_trips(&channel, pings).await;
+        warm_up(&channel).await;
+        channels.push(channel);
+    }
+    // Round trips interleaved across the paths, so that whatever else the
+    // machine does at a moment weighs on every path alike.
+    let mut times = vec![Vec::with_capacity(pings); channels.len()];
+    let mut buf = vec![0u8; 2048];
+    for sequence in 0..pings as u64 {
+        for (channel, times) in channels.iter().zip(times.iter_mut()) {
+            times.push(round_trip(channel, sequence, &mut buf).await);
+        }
+    }
+    let mut direct = None;
+    for ((name, channel), mut times) in names.iter().zip(&channels).zip(times) {
+        times.sort();
         let (p50, p99) = (percentile(&times, 0.5), percentile(&times, 0.99));
-        let rate = echo_throughput(&channel, seconds, payload, window).await;
-        let added = match direct_p99 {
+        let rate = echo_throughput(channel, seconds, payload, window).await;
+        let (added50, added99) = match direct {
             None => {
-                direct_p99 = Some(p99);
-                "—".to_string()
+                direct = Some((p50, p99));
+                ("—".to_string(), "—".to_string())
             }
-            Some(direct) => format!("{:.0}", micros(p99) - micros(direct)),
+            Some((d50, d99)) => (
+                format!("{:+.0}", micros(p50) - micros(d50)),
+                format!("{:+.0}", micros(p99) - micros(d99)),
+            ),
         };
         println!(
-            "| {name} | {:.1} | {:.0} | {:.0} | {added} |",
+            "| {name} | {:.1} | {:.0} | {:.0} | {added50} | {added99} |",
             rate * 8.0 / 1e6,
             micros(p50),
             micros(p99),
         );
+    }
+    for channel in channels {
         channel.close().await;
     }
     let stats = server.stats();
