@@ -31,6 +31,7 @@ pub mod registry_http;
 pub mod relay;
 pub mod session;
 pub mod tls;
+pub mod turn;
 
 pub use config::{IceConfig, Limits, MembershipConfig, RelayConfig, Timeouts, TlsFiles};
 pub use metrics::{Metrics, Refusal, TurnMetrics};

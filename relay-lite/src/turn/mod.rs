@@ -1,0 +1,478 @@
+//! The embedded TURN server (RFC 5766/8656) for peers whose UDP is blocked:
+//! the webrtc-rs `turn` server behind listeners for UDP, TCP and TLS, with
+//! long-term credentials in the shared-secret scheme of `credentials` (the
+//! same scheme as coturn's `use-auth-secret`, so an external coturn can
+//! stand in), a cap on allocations, a hard maximum allocation age, and
+//! counters for a metrics endpoint. `bridge` is the client-side half that
+//! lets a UDP-only TURN client (webrtc-rs's ICE agent) allocate over TCP/TLS.
+
+mod auth;
+pub mod bridge;
+mod framing;
+mod relay;
+mod stream_listener;
+
+use std::fs;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use turn::server::config::{ConnConfig, ServerConfig};
+use util::Conn;
+
+pub use bridge::{BridgeLimits, BridgeStats, BridgeTls, StreamBridge};
+pub use framing::{frame_for_stream, read_frame, MAX_FRAME};
+/// The rustls this module builds on, for callers that make `BridgeTls` or `TurnTls` values.
+pub use tokio_rustls::rustls;
+
+pub use auth::ChallengeRate;
+use auth::{ChallengeLimiter, GuardedConn, SharedSecret};
+use relay::{CappedRelays, StreamAllocations};
+use stream_listener::{StreamLimits, StreamListener};
+
+/// A certificate chain and its private key for TURN over TLS.
+#[derive(Clone)]
+pub struct TurnTls {
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    pub key: Arc<PrivateKeyDer<'static>>,
+}
+
+impl std::fmt::Debug for TurnTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnTls")
+            .field("cert_chain", &self.cert_chain.len())
+            .field("key", &"<hidden>")
+            .finish()
+    }
+}
+
+impl TurnTls {
+    /// Reads a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TurnError> {
+        let cert_pem =
+            fs::read(cert).map_err(|e| TurnError::Tls(format!("{}: {e}", cert.display())))?;
+        let key_pem =
+            fs::read(key).map_err(|e| TurnError::Tls(format!("{}: {e}", key.display())))?;
+        Self::from_pem(&cert_pem, &key_pem)
+    }
+
+    /// Parses a PEM certificate chain and a PEM private key.
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, TurnError> {
+        let cert_chain = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TurnError::Tls(format!("bad certificate PEM: {e}")))?;
+        if cert_chain.is_empty() {
+            return Err(TurnError::Tls("no certificate in the PEM".into()));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|e| TurnError::Tls(format!("bad private key PEM: {e}")))?;
+        Ok(Self {
+            cert_chain,
+            key: Arc::new(key),
+        })
+    }
+
+    fn acceptor(&self) -> Result<TlsAcceptor, TurnError> {
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TurnError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(self.cert_chain.clone(), self.key.clone_key())
+        .map_err(|e| TurnError::Tls(format!("certificate and key do not fit: {e}")))?;
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+}
+
+/// How the TURN server runs. Every listener is optional, but at least one
+/// must be set. The matching relay-lite flags are in README-turn.md.
+#[derive(Clone)]
+pub struct TurnConfig {
+    /// TURN over UDP (`--turn-listen-udp`), e.g. `0.0.0.0:3478`.
+    pub listen_udp: Option<SocketAddr>,
+    /// TURN over TCP (`--turn-listen-tcp`), e.g. `0.0.0.0:3478`.
+    pub listen_tcp: Option<SocketAddr>,
+    /// TURN over TLS (`--turn-listen-tls`), e.g. `0.0.0.0:443` or `:5349`.
+    pub listen_tls: Option<SocketAddr>,
+    /// Certificate and key for `listen_tls` (`--turn-tls-cert`, `--turn-tls-key`).
+    pub tls: Option<TurnTls>,
+    /// The realm (`--turn-realm`); clients learn it from the first 401.
+    pub realm: String,
+    /// The shared secret (`--turn-secret-file`), as coturn's `static-auth-secret`.
+    pub secret: Vec<u8>,
+    /// Where relay sockets are bound (`--turn-relay-ip`).
+    pub relay_ip: IpAddr,
+    /// The address advertised for relay sockets when it differs from
+    /// `relay_ip`, e.g. behind 1:1 NAT (`--turn-external-ip`).
+    pub external_ip: Option<IpAddr>,
+    /// Allocations that may exist at once (`--turn-max-allocations`).
+    pub max_allocations: usize,
+    /// Hard maximum age of one allocation, refreshed or not
+    /// (`--turn-allocation-lifetime`, seconds).
+    pub allocation_lifetime: Duration,
+    /// TCP/TLS connections that may be open at once, per listener.
+    pub max_stream_connections: usize,
+    /// Time a TLS client has to finish its handshake.
+    pub tls_handshake_timeout: Duration,
+    /// A TCP/TLS connection that carries nothing for this long is closed
+    /// (TURN clients refresh well within the 10-minute default lifetime).
+    pub stream_idle_timeout: Duration,
+    /// How many requests without credentials get a 401 challenge.
+    pub challenge_rate: ChallengeRate,
+}
+
+impl std::fmt::Debug for TurnConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnConfig")
+            .field("listen_udp", &self.listen_udp)
+            .field("listen_tcp", &self.listen_tcp)
+            .field("listen_tls", &self.listen_tls)
+            .field("tls", &self.tls)
+            .field("realm", &self.realm)
+            .field("secret", &"<hidden>")
+            .field("relay_ip", &self.relay_ip)
+            .field("external_ip", &self.external_ip)
+            .field("max_allocations", &self.max_allocations)
+            .field("allocation_lifetime", &self.allocation_lifetime)
+            .field("max_stream_connections", &self.max_stream_connections)
+            .field("challenge_rate", &self.challenge_rate)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TurnConfig {
+    /// Defaults for everything but the secret and the listeners: realm
+    /// `zajel`, relay on 127.0.0.1, 1000 allocations of at most 3 hours,
+    /// 2000 stream connections per listener, 10 s TLS handshakes, 15 minutes
+    /// of stream idleness, 401 challenges for 60 requests per minute per IP
+    /// and 200 per second in total.
+    pub fn new(secret: impl Into<Vec<u8>>) -> Self {
+        Self {
+            listen_udp: None,
+            listen_tcp: None,
+            listen_tls: None,
+            tls: None,
+            realm: "zajel".into(),
+            secret: secret.into(),
+            relay_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            external_ip: None,
+            max_allocations: 1000,
+            allocation_lifetime: Duration::from_secs(3 * 3600),
+            max_stream_connections: 2000,
+            tls_handshake_timeout: Duration::from_secs(10),
+            stream_idle_timeout: Duration::from_secs(15 * 60),
+            challenge_rate: ChallengeRate {
+                per_ip_per_minute: 60,
+                total_per_second: 200,
+            },
+        }
+    }
+
+    /// Reads the shared secret from a file (trailing newline ignored), as
+    /// `--turn-secret-file` does; refuses an empty secret.
+    pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, TurnError> {
+        let text = fs::read(path)
+            .map_err(|e| TurnError::Config(format!("cannot read {}: {e}", path.display())))?;
+        let secret = text.trim_ascii_end().to_vec();
+        if secret.is_empty() {
+            return Err(TurnError::Config(format!("{} is empty", path.display())));
+        }
+        Ok(secret)
+    }
+
+    fn validate(&self) -> Result<(), TurnError> {
+        if self.listen_udp.is_none() && self.listen_tcp.is_none() && self.listen_tls.is_none() {
+            return Err(TurnError::Config("no TURN listener configured".into()));
+        }
+        if self.listen_tls.is_some() && self.tls.is_none() {
+            return Err(TurnError::Config(
+                "TURN over TLS needs a certificate and key".into(),
+            ));
+        }
+        if self.secret.is_empty() {
+            return Err(TurnError::Config("the TURN shared secret is empty".into()));
+        }
+        if self.realm.is_empty() {
+            return Err(TurnError::Config("the TURN realm is empty".into()));
+        }
+        if self.max_allocations == 0
+            || self.max_stream_connections == 0
+            || self.challenge_rate.per_ip_per_minute == 0
+            || self.challenge_rate.total_per_second == 0
+        {
+            return Err(TurnError::Config("TURN limits must be at least 1".into()));
+        }
+        if self.allocation_lifetime.is_zero() {
+            return Err(TurnError::Config(
+                "the TURN allocation lifetime must be positive".into(),
+            ));
+        }
+        if let Some(external) = self.external_ip {
+            if external.is_ipv4() != self.relay_ip.is_ipv4() {
+                return Err(TurnError::Config(
+                    "the TURN external IP and relay IP differ in family".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why the TURN server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum TurnError {
+    #[error("TURN configuration: {0}")]
+    Config(String),
+    #[error("TURN TLS: {0}")]
+    Tls(String),
+    #[error("cannot listen for TURN on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
+    #[error("TURN server: {0}")]
+    Server(#[from] turn::Error),
+}
+
+/// Live counters, shared with whoever reports metrics.
+#[derive(Debug)]
+pub struct Counters {
+    /// Allocations that exist now; a watch so callers can await changes.
+    current: watch::Sender<u64>,
+    total: AtomicU64,
+    refused_over_cap: AtomicU64,
+    refused_auth: AtomicU64,
+    dropped_challenges: AtomicU64,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            current: watch::Sender::new(0),
+            total: AtomicU64::new(0),
+            refused_over_cap: AtomicU64::new(0),
+            refused_auth: AtomicU64::new(0),
+            dropped_challenges: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Counters {
+    /// A consistent-enough copy of the counters.
+    pub fn snapshot(&self) -> TurnStats {
+        TurnStats {
+            current_allocations: *self.current.borrow(),
+            total_allocations: self.total.load(Ordering::Relaxed),
+            refused_over_cap: self.refused_over_cap.load(Ordering::Relaxed),
+            refused_auth: self.refused_auth.load(Ordering::Relaxed),
+            dropped_challenges: self.dropped_challenges.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What the TURN server has done, for a metrics endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TurnStats {
+    /// Allocations that exist now.
+    pub current_allocations: u64,
+    /// Allocations made since start.
+    pub total_allocations: u64,
+    /// Allocate requests refused because the cap was reached (508).
+    pub refused_over_cap: u64,
+    /// Requests refused for a wrong, malformed or expired credential (401).
+    pub refused_auth: u64,
+    /// Requests without credentials ignored over the challenge rate.
+    pub dropped_challenges: u64,
+}
+
+/// A listener as the webrtc-rs server takes it.
+type Listener = Arc<dyn Conn + Send + Sync>;
+
+/// A running TURN server.
+pub struct TurnServer {
+    /// `None` only once closed.
+    server: Option<turn::server::Server>,
+    udp_addr: Option<SocketAddr>,
+    tcp_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
+    streams: Vec<Arc<StreamListener>>,
+    counters: Arc<Counters>,
+}
+
+impl TurnServer {
+    /// Binds every configured listener and starts serving.
+    pub async fn start(config: TurnConfig) -> Result<Self, TurnError> {
+        config.validate()?;
+        let counters = Arc::new(Counters::default());
+        let auth = Arc::new(SharedSecret {
+            secret: config.secret.clone(),
+            realm: config.realm.clone(),
+            counters: counters.clone(),
+            challenges: ChallengeLimiter::new(config.challenge_rate),
+        });
+        let limits = StreamLimits {
+            max_connections: config.max_stream_connections,
+            handshake_timeout: config.tls_handshake_timeout,
+            idle_timeout: config.stream_idle_timeout,
+        };
+        let mut listeners: Vec<(Listener, Option<Arc<StreamAllocations>>)> = Vec::new();
+        let mut streams = Vec::new();
+        let (mut udp_addr, mut tcp_addr, mut tls_addr) = (None, None, None);
+
+        if let Some(addr) = config.listen_udp {
+            let socket = UdpSocket::bind(addr)
+                .await
+                .map_err(|source| TurnError::Listen { addr, source })?;
+            udp_addr = Some(
+                socket
+                    .local_addr()
+                    .map_err(|source| TurnError::Listen { addr, source })?,
+            );
+            listeners.push((Arc::new(socket), None));
+        }
+        if let Some(addr) = config.listen_tcp {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| TurnError::Listen { addr, source })?;
+            let allocations = Arc::new(StreamAllocations::default());
+            let stream = StreamListener::start(listener, None, limits, allocations.clone())
+                .map_err(|source| TurnError::Listen { addr, source })?;
+            tcp_addr = Some(stream.local_addr().map_err(turn::Error::from)?);
+            streams.push(stream.clone());
+            listeners.push((stream, Some(allocations)));
+        }
+        if let (Some(addr), Some(tls)) = (config.listen_tls, &config.tls) {
+            let acceptor = tls.acceptor()?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| TurnError::Listen { addr, source })?;
+            let allocations = Arc::new(StreamAllocations::default());
+            let stream =
+                StreamListener::start(listener, Some(acceptor), limits, allocations.clone())
+                    .map_err(|source| TurnError::Listen { addr, source })?;
+            tls_addr = Some(stream.local_addr().map_err(turn::Error::from)?);
+            streams.push(stream.clone());
+            listeners.push((stream, Some(allocations)));
+        }
+
+        let conn_configs = listeners
+            .into_iter()
+            .map(|(inner, allocations)| ConnConfig {
+                conn: Arc::new(GuardedConn {
+                    inner,
+                    auth: auth.clone(),
+                    streams: allocations.clone(),
+                }),
+                relay_addr_generator: Box::new(CappedRelays {
+                    bind_ip: config.relay_ip,
+                    public_ip: config.external_ip.unwrap_or(config.relay_ip),
+                    max: config.max_allocations,
+                    max_lifetime: config.allocation_lifetime,
+                    counters: counters.clone(),
+                    streams: allocations,
+                }),
+            })
+            .collect();
+        let server = turn::server::Server::new(ServerConfig {
+            conn_configs,
+            realm: config.realm.clone(),
+            auth_handler: auth,
+            channel_bind_timeout: Duration::ZERO,
+            alloc_close_notify: None,
+        })
+        .await?;
+        tracing::info!(
+            udp = ?udp_addr,
+            tcp = ?tcp_addr,
+            tls = ?tls_addr,
+            realm = %config.realm,
+            max_allocations = config.max_allocations,
+            "TURN server listening"
+        );
+        Ok(Self {
+            server: Some(server),
+            udp_addr,
+            tcp_addr,
+            tls_addr,
+            streams,
+            counters,
+        })
+    }
+
+    /// The bound UDP listener, if any.
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        self.udp_addr
+    }
+
+    /// The bound TCP listener, if any.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
+    /// The bound TLS listener, if any.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// The counters as they are now.
+    pub fn stats(&self) -> TurnStats {
+        self.counters.snapshot()
+    }
+
+    /// The live counters, to keep for a metrics endpoint.
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
+
+    /// Waits until the number of current allocations satisfies `ready`,
+    /// for at most `timeout`; returns the number it saw last.
+    pub async fn wait_for_allocations(
+        &self,
+        timeout: Duration,
+        ready: impl FnMut(&u64) -> bool,
+    ) -> Result<u64, u64> {
+        let mut current = self.counters.current.subscribe();
+        let waited = tokio::time::timeout(timeout, async {
+            current.wait_for(ready).await.map(|seen| *seen).ok()
+        })
+        .await;
+        match waited {
+            Ok(Some(seen)) => Ok(seen),
+            _ => Err(*self.counters.current.borrow()),
+        }
+    }
+
+    /// Stops every listener and ends every allocation. (Dropping the
+    /// server does the same in the background.)
+    pub async fn close(mut self) {
+        for stream in &self.streams {
+            stream.shut();
+        }
+        if let Some(server) = self.server.take() {
+            if let Err(error) = server.close().await {
+                tracing::debug!(%error, "TURN server close");
+            }
+        }
+    }
+}
+
+impl Drop for TurnServer {
+    fn drop(&mut self) {
+        for stream in &self.streams {
+            stream.shut();
+        }
+        if let (Some(server), Ok(runtime)) =
+            (self.server.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(async move {
+                let _ = server.close().await;
+            });
+        }
+    }
+}
