@@ -17,6 +17,7 @@ pub mod discovery;
 pub mod doh;
 pub mod net;
 pub mod probe;
+pub mod publish;
 pub mod registry;
 pub mod report;
 pub mod share;
