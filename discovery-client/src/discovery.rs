@@ -273,7 +273,7 @@ impl CandidateState {
                 .probe
                 .as_ref()
                 .and_then(|p| p.announced_server_id.clone()),
-            outcome: self.outcome.unwrap_or(Outcome::TimedOut),
+            outcome: self.outcome.unwrap_or(Outcome::Pending),
             detail: match self.outcome {
                 None => "check still running".into(),
                 Some(_) => self.detail.clone(),
@@ -348,12 +348,12 @@ impl State {
             .iter()
             .find(|(l, _)| *l == layer)
             .expect("every layer has a state");
-        let outcome = if state.finished_ms.is_none() && state.started_ms.is_some() {
-            Outcome::TimedOut
-        } else {
-            Outcome::summarise(state.sources.iter().map(|s| s.outcome))
-        };
-        let detail = if state.finished_ms.is_none() && state.started_ms.is_some() {
+        let running = state.finished_ms.is_none() && state.started_ms.is_some();
+        let mut outcome = Outcome::summarise(state.sources.iter().map(|s| s.outcome));
+        if running && outcome != Outcome::Ok {
+            outcome = Outcome::Pending;
+        }
+        let detail = if outcome == Outcome::Pending {
             "still running".to_string()
         } else if outcome == Outcome::Ok {
             String::new()

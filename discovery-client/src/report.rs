@@ -78,6 +78,8 @@ pub enum Outcome {
     Invalid,
     /// Any other failure (see the detail text).
     Error,
+    /// Still running (only in a report taken before the run ended).
+    Pending,
 }
 
 impl Outcome {
@@ -101,6 +103,7 @@ impl Outcome {
             Outcome::Invalid => 50,
             Outcome::Error => 45,
             Outcome::Empty => 40,
+            Outcome::Pending => 1,
             Outcome::NotConfigured => 0,
         }
     }
@@ -128,6 +131,7 @@ impl Outcome {
             Outcome::Protocol => "protocol error",
             Outcome::Invalid => "invalid input",
             Outcome::Error => "error",
+            Outcome::Pending => "still running",
         }
     }
 }
