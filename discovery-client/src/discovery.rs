@@ -426,6 +426,9 @@ fn rank_key(c: &CandidateState, now_ms: u64) -> (u8, u8, f64) {
     )
 }
 
+/// A checked candidate as the cache records it: url, verified, serverId, rtt, answered.
+type CheckedServer = (String, bool, Option<String>, Option<f64>, bool);
+
 enum Internal {
     Started(Layer),
     Source {
@@ -568,7 +571,7 @@ async fn drive(inner: Arc<Inner>, state: Arc<Mutex<State>>, events: mpsc::Unboun
     // Remember what answered.
     if config.write_cache {
         if let Some(path) = &config.store_path {
-            let results: Vec<(String, bool, Option<String>, Option<f64>, bool)> = lock(&state)
+            let results: Vec<CheckedServer> = lock(&state)
                 .candidates
                 .iter()
                 .filter(|c| c.probe.is_some())

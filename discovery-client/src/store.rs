@@ -271,11 +271,13 @@ pub fn prune(data: &mut StoreData, now_ms: u64) {
     data.version = FORMAT_VERSION;
     data.servers
         .retain(|s| now_ms.saturating_sub(s.last_ok_ms) < SERVER_EXPIRY_MS);
-    data.servers.sort_by(|a, b| b.last_ok_ms.cmp(&a.last_ok_ms));
+    data.servers
+        .sort_by_key(|s| std::cmp::Reverse(s.last_ok_ms));
     data.servers.truncate(MAX_SERVERS);
     data.referrals
         .retain(|r| now_ms.saturating_sub(r.added_ms) < REFERRAL_EXPIRY_MS);
-    data.referrals.sort_by(|a, b| b.added_ms.cmp(&a.added_ms));
+    data.referrals
+        .sort_by_key(|r| std::cmp::Reverse(r.added_ms));
     data.referrals.truncate(MAX_REFERRALS);
 }
 

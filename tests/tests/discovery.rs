@@ -310,7 +310,7 @@ async fn a_qr_code_through_png_leads_to_an_unverified_server() {
     let world = DiscoveryWorld::new().await;
     let link = ShareLink::new(
         PairingCode::parse("QRC234").unwrap(),
-        &[world.relay.url.clone()],
+        std::slice::from_ref(&world.relay.url),
         Some(&world.registry_key.verifying_key()),
     )
     .unwrap();
@@ -394,7 +394,7 @@ async fn all_layers_together_merge_into_one_verified_candidate() {
     config.store_path = Some(cache);
     config.share_links = vec![ShareLink::new(
         PairingCode::parse("ALL234").unwrap(),
-        &[world.relay.url.clone()],
+        std::slice::from_ref(&world.relay.url),
         None,
     )
     .unwrap()
