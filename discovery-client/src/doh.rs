@@ -146,6 +146,7 @@ pub async fn query_txt(
         options.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
         let mut tls = tls.clone();
         tls.alpn_protocols = vec![b"h2".to_vec()];
+        let tls_for_diagnosis = Arc::new(tls.clone());
         let resolver = match Resolver::builder_with_config(
             ResolverConfig::from_name_servers(vec![name_server]),
             TokioRuntimeProvider::default(),
@@ -179,6 +180,17 @@ pub async fn query_txt(
             }
             Err(error) => {
                 let (outcome, detail) = classify_net_error(&error);
+                if matches!(
+                    error,
+                    NetError::NoConnections | NetError::Io(_) | NetError::Proto(_)
+                ) {
+                    // hickory hides why it could not connect: find out directly.
+                    if let Some((outcome, why)) =
+                        diagnose_connection(ip, port, &server.tls_name(), &tls_for_diagnosis).await
+                    {
+                        return failed(outcome, format!("{detail} ({why})"));
+                    }
+                }
                 failed(outcome, detail)
             }
         }
@@ -189,6 +201,35 @@ pub async fn query_txt(
             Outcome::TimedOut,
             format!("no answer within {} ms", timeout.as_millis()),
         ),
+    }
+}
+
+/// Connects and completes a TLS handshake with a DoH server to tell a refused
+/// connection from a TLS failure; `None` when both succeed.
+async fn diagnose_connection(
+    ip: IpAddr,
+    port: u16,
+    tls_name: &str,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Option<(Outcome, String)> {
+    let stream = match tokio::net::TcpStream::connect((ip, port)).await {
+        Ok(stream) => stream,
+        Err(e) => return Some((net::classify(&e), format!("connecting to {ip}:{port}: {e}"))),
+    };
+    let name = match rustls::pki_types::ServerName::try_from(tls_name.to_string()) {
+        Ok(name) => name,
+        Err(e) => return Some((Outcome::Invalid, format!("TLS name {tls_name:?}: {e}"))),
+    };
+    let connector = tokio_rustls::TlsConnector::from(tls.clone());
+    match connector.connect(name, stream).await {
+        Ok(_) => None,
+        Err(e) => {
+            let outcome = match net::classify(&e) {
+                Outcome::Error => Outcome::TlsFailure,
+                other => other,
+            };
+            Some((outcome, format!("TLS handshake: {}", net::error_chain(&e))))
+        }
     }
 }
 

@@ -528,3 +528,85 @@ async fn the_cli_exit_codes_tell_verified_from_unverified_from_nothing() {
     assert_eq!(records[0]["type"], "TXT");
     let _ = txt::MAX_STRING_BYTES;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_servers_are_checked_over_tls_and_an_untrusted_certificate_fails() {
+    let world = DiscoveryWorld::new().await;
+    let server_key = registry_host::random_key();
+    let secure = tests::ws_echo::WsEcho::start_tls(
+        &zajel_wire::keys::server_id_for(&server_key.verifying_key()),
+        world.ca.server_config(&[b"http/1.1"]),
+    );
+    assert!(secure.url.starts_with("wss://localhost:"));
+    world.register(&server_key, &secure.url).await;
+    let mut config = world.config();
+    config.registries = vec![world.registry_url()];
+    let report = run_to_end(config.clone()).await;
+    let checked = report.candidate(&secure.url).expect("wss candidate");
+    assert_eq!(checked.outcome, Outcome::Ok, "{checked:?}");
+    assert!(checked.verified);
+    // Without the test CA the certificate is not trusted.
+    config.extra_roots.clear();
+    let report = run_to_end(config).await;
+    let checked = report.candidate(&secure.url).expect("wss candidate");
+    assert_eq!(checked.outcome, Outcome::TlsFailure, "{checked:?}");
+    assert_eq!(secure.pongs.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doh_failures_are_told_apart_blackholed_untrusted_and_stale() {
+    let world = DiscoveryWorld::new().await;
+    // Records that expired a minute ago, signed with the right key.
+    let body = reqwest::get(world.registry.url("/servers"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let list: zajel_wire::entry::ServerList = serde_json::from_slice(&body).unwrap();
+    let expired = txt::build_records(
+        &world.registry_key,
+        DOMAIN,
+        &list.servers,
+        60,
+        discovery_client::now_ms() / 1000 - 60,
+    )
+    .unwrap();
+    let doh = world.start_doh(&DiscoveryWorld::zone_lines(&expired));
+    let silent = AcceptsSilently::start();
+    let mut config = world.config();
+    config.layer_timeout = Duration::from_millis(700);
+    config.domains = vec![DOMAIN.into()];
+    config.doh_servers = vec![
+        DiscoveryWorld::doh_server(&doh),
+        format!(
+            "https://localhost:{}/dns-query,ip=127.0.0.1",
+            silent.address.port()
+        )
+        .parse()
+        .unwrap(),
+    ];
+    let report = run_to_end(config.clone()).await;
+    let layer = report.layer(Layer::Doh).unwrap();
+    let outcome_of = |port: u16| {
+        layer
+            .sources
+            .iter()
+            .find(|s| s.source.contains(&format!(":{port}/")))
+            .map(|s| s.outcome)
+    };
+    assert_eq!(outcome_of(doh.port), Some(Outcome::Stale), "{layer:?}");
+    assert_eq!(
+        outcome_of(silent.address.port()),
+        Some(Outcome::TimedOut),
+        "{layer:?}"
+    );
+    assert_eq!(layer.outcome, Outcome::Stale);
+    assert!(report.candidates.is_empty());
+    // The same resolver without the test CA: a TLS failure.
+    config.extra_roots.clear();
+    config.doh_servers.truncate(1);
+    let report = run_to_end(config).await;
+    let layer = report.layer(Layer::Doh).unwrap();
+    assert_eq!(layer.outcome, Outcome::TlsFailure, "{layer:?}");
+}
