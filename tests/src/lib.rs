@@ -5,6 +5,7 @@
 
 pub mod blackhole;
 pub mod discovery_world;
+pub mod doh_inprocess;
 pub mod netem;
 pub mod netns;
 pub mod process;

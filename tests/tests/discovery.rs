@@ -610,3 +610,30 @@ async fn doh_failures_are_told_apart_blackholed_untrusted_and_stale() {
     let layer = report.layer(Layer::Doh).unwrap();
     assert_eq!(layer.outcome, Outcome::TlsFailure, "{layer:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_process_hickory_doh_server_serves_published_records_too() {
+    let world = DiscoveryWorld::new().await;
+    let records = world.publish_with(&world.registry_key).await;
+    let doh = tests::doh_inprocess::InProcessDoh::start(
+        &world.ca,
+        DOMAIN,
+        &records
+            .iter()
+            .map(|r| (r.name.clone(), r.strings.clone()))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let mut config = world.config();
+    config.doh_servers = vec![format!("{},ip=127.0.0.1", doh.url).parse().unwrap()];
+    config.domains = vec![DOMAIN.into()];
+    let report = run_to_end(config).await;
+    assert_eq!(
+        report.layer(Layer::Doh).unwrap().outcome,
+        Outcome::Ok,
+        "{:?}",
+        report.layer(Layer::Doh)
+    );
+    assert_eq!(report.verdict, Verdict::Verified);
+    assert_eq!(report.best.unwrap().url, world.relay.url);
+}
