@@ -1,1 +1,37 @@
-//! discovery-client: see the project's issues; this crate is not implemented yet.
+//! discovery-client: finds working Zajel signaling servers on censored networks.
+//!
+//! Six layers run at once and feed one list of candidates:
+//!
+//! 1. [`registry`]: `GET /servers` from the registries, signature and freshness checked;
+//! 2. [`doh`] + [`txt`]: signed `_zajel.<domain>` TXT records over DNS-over-HTTPS;
+//! 3. [`store`]: the local cache of servers that worked;
+//! 4. [`store`] again: friend referrals (servers that paired contacts shared);
+//! 5. [`share`]: `zajel://` links from QR codes;
+//! 6. manual URLs typed by the user.
+//!
+//! [`discovery::Discovery`] merges them, checks each candidate with a WebSocket
+//! `ping`/`pong` ([`probe`]), ranks them, streams [`discovery::Event`]s and
+//! ends every run with a serde-serialisable [`report::Report`].
+
+pub mod discovery;
+pub mod doh;
+pub mod net;
+pub mod probe;
+pub mod publish;
+pub mod registry;
+pub mod report;
+pub mod share;
+pub mod store;
+pub mod tls;
+pub mod txt;
+
+pub use discovery::{Candidate, Config, Discovery, Event, Run};
+pub use report::{Layer, Outcome, Report, Verdict};
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,8 +1,15 @@
 //! Shared harness for the end-to-end tests: child processes that are always
 //! cleaned up, and the registry hosts (native and under workerd) started
-//! with a chosen configuration.
+//! with a chosen configuration; a test CA, a real DoH server (unbound) and a
+//! stand-in signaling server for the discovery tests.
 
+pub mod blackhole;
+pub mod discovery_world;
+pub mod doh_inprocess;
 pub mod netem;
 pub mod netns;
 pub mod process;
 pub mod registry_host;
+pub mod test_ca;
+pub mod unbound_doh;
+pub mod ws_echo;

@@ -128,12 +128,26 @@ pub fn start_in_process_on_disk(profile: Profile) -> RunningRegistry {
     in_process(profile, store, Some(dir))
 }
 
+/// The native registry in this process, in memory, signing with `key` (for
+/// tests that also need the seed, e.g. to publish signed TXT records).
+pub fn start_in_process_with_key(profile: Profile, key: SigningKey) -> RunningRegistry {
+    in_process_keyed(profile, SqliteStore::in_memory().expect("store"), None, key)
+}
+
 fn in_process(
     profile: Profile,
     store: SqliteStore,
     data: Option<tempfile::TempDir>,
 ) -> RunningRegistry {
-    let key = random_key();
+    in_process_keyed(profile, store, data, random_key())
+}
+
+fn in_process_keyed(
+    profile: Profile,
+    store: SqliteStore,
+    data: Option<tempfile::TempDir>,
+    key: SigningKey,
+) -> RunningRegistry {
     let listener = StdListener::bind("127.0.0.1:0").expect("bind loopback");
     listener.set_nonblocking(true).expect("nonblocking");
     let address = listener.local_addr().expect("address");

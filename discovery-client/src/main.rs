@@ -1,0 +1,692 @@
+//! `zajel-discover`: finds a working Zajel signaling server, publishes and
+//! checks the signed TXT records, makes and reads sharing QR codes, and
+//! manages the cache and friend referrals. See README.md for every flag.
+//!
+//! Exit codes of `discover` (and `txt verify`): 0 a verified server was found
+//! (or a verified record is served), 3 only unverified servers answered, 4
+//! nothing was found; 1 is any other error, 2 a usage error.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use discovery_client::discovery::{Config, Discovery, Event};
+use discovery_client::doh::DohServer;
+use discovery_client::publish::{self, PublishRequest};
+use discovery_client::report::{Report, Verdict};
+use discovery_client::share::{self, ShareLink};
+use discovery_client::store::{self, Store};
+use discovery_client::{tls, txt};
+use ed25519_dalek::VerifyingKey;
+use url::Url;
+use zajel_wire::pairing::PairingCode;
+
+/// Exit code: only unverified servers answered.
+const EXIT_UNVERIFIED: u8 = 3;
+/// Exit code: nothing answered.
+const EXIT_NOTHING: u8 = 4;
+
+#[derive(Parser)]
+#[command(
+    name = "zajel-discover",
+    version,
+    about = "Find working Zajel signaling servers when the registry is blocked",
+    after_help = "Exit codes (discover, txt verify): 0 verified server found, 3 only unverified \
+                  servers found, 4 nothing found, 1 other error, 2 usage error."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every layer at once and report the best working server.
+    Discover(DiscoverArgs),
+    /// Publish or check the signed `_zajel.<domain>` TXT records.
+    #[command(subcommand)]
+    Txt(TxtCommand),
+    /// Make or read sharing QR codes (`zajel://CODE?server=…`).
+    #[command(subcommand)]
+    Qr(QrCommand),
+    /// Show or clear the cache of servers that worked.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+    /// Remember or list servers that paired contacts shared.
+    #[command(subcommand)]
+    Referral(ReferralCommand),
+}
+
+#[derive(Args, Clone)]
+struct TrustArgs {
+    /// Pinned registry public key (standard base64, 32 bytes); repeatable.
+    #[arg(
+        long = "registry-key",
+        env = "ZAJEL_REGISTRY_KEY",
+        value_delimiter = ','
+    )]
+    registry_keys: Vec<String>,
+    /// Extra CA certificate (PEM) to trust for TLS; repeatable.
+    #[arg(long = "ca-file")]
+    ca_files: Vec<PathBuf>,
+}
+
+impl TrustArgs {
+    fn keys(&self) -> Result<Vec<VerifyingKey>, String> {
+        self.registry_keys
+            .iter()
+            .filter(|k| !k.trim().is_empty())
+            .map(|k| {
+                zajel_wire::keys::public_key_from_base64(k.trim())
+                    .map_err(|e| format!("--registry-key {k}: {e}"))
+            })
+            .collect()
+    }
+
+    fn roots(&self) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+        let mut roots = Vec::new();
+        for path in &self.ca_files {
+            roots.extend(tls::read_pem_certificates(path)?);
+        }
+        Ok(roots)
+    }
+}
+
+#[derive(Args, Clone)]
+struct StoreArgs {
+    /// The cache and referral file [default: $XDG_DATA_HOME/zajel/discovery.json].
+    #[arg(long = "cache-file", env = store::PATH_ENV)]
+    cache_file: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn path(&self) -> Result<PathBuf, String> {
+        self.cache_file
+            .clone()
+            .or_else(store::default_path)
+            .ok_or_else(|| {
+                "no data directory: set --cache-file, ZAJEL_DISCOVERY_CACHE, XDG_DATA_HOME or HOME"
+                    .to_string()
+            })
+    }
+}
+
+#[derive(Args)]
+struct DiscoverArgs {
+    /// Registry base URL (GET <url>/servers); repeatable.
+    #[arg(long = "registry", env = "ZAJEL_REGISTRY_URL", value_delimiter = ',')]
+    registries: Vec<Url>,
+    /// DNS-over-HTTPS server: URL, or URL,ip=ADDRESS; repeatable.
+    #[arg(long = "doh")]
+    doh: Vec<DohServer>,
+    /// Domain whose _zajel.<domain> TXT records list servers; repeatable.
+    #[arg(long = "domain")]
+    domains: Vec<String>,
+    /// A server URL typed by hand; repeatable.
+    #[arg(long = "server")]
+    servers: Vec<String>,
+    /// A sharing link (zajel://…) read from a QR code; repeatable.
+    #[arg(long = "share")]
+    shares: Vec<String>,
+    /// An image file (PNG) holding a sharing QR code; repeatable.
+    #[arg(long = "share-image")]
+    share_images: Vec<PathBuf>,
+    #[command(flatten)]
+    trust: TrustArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Neither read nor write the cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// Accept loopback and private addresses (refused by default).
+    #[arg(long)]
+    allow_private: bool,
+    /// Longest wait for a registry or DoH answer, ms.
+    #[arg(long, default_value_t = 3000)]
+    layer_timeout_ms: u64,
+    /// Longest wait for a server's pong, ms.
+    #[arg(long, default_value_t = 3000)]
+    probe_timeout_ms: u64,
+    /// Delay between starting the registry and DoH layers, ms.
+    #[arg(long, default_value_t = 50)]
+    stagger_ms: u64,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum TxtCommand {
+    /// Fetch and verify the registry's list, sign it as TXT records, print them.
+    Publish(PublishArgs),
+    /// Show what DoH resolvers serve for _zajel.<domain> and whether it verifies.
+    Verify(VerifyArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    /// A zone-file snippet for BIND, Knot or NSD.
+    Zone,
+    /// JSON for a DNS provider's API.
+    Json,
+}
+
+#[derive(Args)]
+struct PublishArgs {
+    /// The registry's base URL.
+    #[arg(long)]
+    registry: Url,
+    /// The registry's seed file (64 hex characters), as `bootstrap-worker keygen` writes it.
+    #[arg(long)]
+    key_file: PathBuf,
+    /// The domain (records go to _zajel.<domain>).
+    #[arg(long)]
+    domain: String,
+    #[arg(long, value_enum, default_value = "zone")]
+    format: Format,
+    /// TTL of the records, seconds.
+    #[arg(long, default_value_t = 300)]
+    ttl: u32,
+    /// How long the signed records stay valid, hours (at most 744).
+    #[arg(long, default_value_t = 72)]
+    valid_hours: u64,
+    #[command(flatten)]
+    trust: TrustArgs,
+    /// Longest wait for the registry, ms.
+    #[arg(long, default_value_t = 10000)]
+    timeout_ms: u64,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    #[arg(long)]
+    domain: String,
+    /// DNS-over-HTTPS server: URL, or URL,ip=ADDRESS; repeatable.
+    #[arg(long = "doh", required = true)]
+    doh: Vec<DohServer>,
+    #[command(flatten)]
+    trust: TrustArgs,
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum QrCommand {
+    /// Make a sharing link and show it as a QR code.
+    Encode(QrEncodeArgs),
+    /// Read a sharing link from text or from an image file.
+    Decode(QrDecodeArgs),
+}
+
+#[derive(Args)]
+struct QrEncodeArgs {
+    /// Your pairing code (6 characters).
+    #[arg(long)]
+    code: String,
+    /// A server to meet on; repeatable.
+    #[arg(long = "server")]
+    servers: Vec<String>,
+    /// The registry key to include (standard base64).
+    #[arg(long)]
+    registry_key: Option<String>,
+    /// Also write the QR code as PNG.
+    #[arg(long)]
+    png: Option<PathBuf>,
+    /// Also write the QR code as SVG.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// Print only the link, no QR code.
+    #[arg(long)]
+    no_terminal: bool,
+}
+
+#[derive(Args)]
+struct QrDecodeArgs {
+    /// The link text (zajel://… or a bare code).
+    text: Option<String>,
+    /// An image file holding the QR code.
+    #[arg(long, conflicts_with = "text")]
+    image: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// List cached servers.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget cached servers (referrals are kept).
+    Clear {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReferralCommand {
+    /// Remember the servers a contact shared: a sharing link, or --code with --server.
+    Add {
+        /// A sharing link (zajel://CODE?server=…).
+        link: Option<String>,
+        #[arg(long, conflicts_with = "link")]
+        code: Option<String>,
+        #[arg(long = "server")]
+        servers: Vec<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List remembered referrals.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8, String> {
+    match cli.command {
+        Command::Discover(args) => discover(args).await,
+        Command::Txt(TxtCommand::Publish(args)) => txt_publish(args).await,
+        Command::Txt(TxtCommand::Verify(args)) => txt_verify(args).await,
+        Command::Qr(QrCommand::Encode(args)) => qr_encode(args),
+        Command::Qr(QrCommand::Decode(args)) => qr_decode(args),
+        Command::Cache(command) => cache(command),
+        Command::Referral(command) => referral(command),
+    }
+}
+
+async fn discover(args: DiscoverArgs) -> Result<u8, String> {
+    let mut share_links = args.shares.clone();
+    for path in &args.share_images {
+        share_links.push(share::decode_image_file(path)?);
+    }
+    let config = Config {
+        registries: args.registries.clone(),
+        registry_keys: args.trust.keys()?,
+        doh_servers: args.doh.clone(),
+        domains: args.domains.clone(),
+        store_path: if args.no_cache {
+            None
+        } else {
+            Some(args.store.path()?)
+        },
+        share_links,
+        manual: args.servers.clone(),
+        allow_private: args.allow_private,
+        extra_roots: args.trust.roots()?,
+        layer_timeout: Duration::from_millis(args.layer_timeout_ms),
+        probe_timeout: Duration::from_millis(args.probe_timeout_ms),
+        stagger: Duration::from_millis(args.stagger_ms),
+        ..Config::default()
+    };
+    let discovery = Discovery::new(config)?;
+    let progress = std::io::stderr().is_terminal();
+    let mut run = discovery.run();
+    let mut report = None;
+    while let Some(event) = run.next_event().await {
+        match event {
+            Event::LayerFinished(layer) if progress => eprintln!(
+                "  {:<8} {} ({} candidates, {:.0} ms){}",
+                layer.layer.as_str(),
+                layer.outcome,
+                layer.candidates,
+                layer.finished_ms,
+                if layer.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", layer.detail)
+                }
+            ),
+            Event::Usable(candidate) if progress => eprintln!(
+                "  usable   {} ({}, {:.1} ms)",
+                candidate.url,
+                if candidate.verified {
+                    "verified"
+                } else {
+                    "unverified"
+                },
+                candidate.rtt_ms.unwrap_or_default()
+            ),
+            Event::Finished(done) => report = Some(*done),
+            _ => {}
+        }
+    }
+    let report = report.unwrap_or_else(|| run.report());
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+        );
+    } else {
+        print_report(&report);
+    }
+    Ok(verdict_code(report.verdict))
+}
+
+fn verdict_code(verdict: Verdict) -> u8 {
+    match verdict {
+        Verdict::Verified => 0,
+        Verdict::UnverifiedOnly => EXIT_UNVERIFIED,
+        Verdict::Nothing => EXIT_NOTHING,
+    }
+}
+
+fn print_report(report: &Report) {
+    println!("layers:");
+    for layer in &report.layers {
+        println!(
+            "  {:<8} {:<18} {:>3} candidates  {:>7.1} ms{}",
+            layer.layer.as_str(),
+            layer.outcome.as_str(),
+            layer.candidates,
+            layer.finished_ms - layer.started_ms,
+            if layer.detail.is_empty() {
+                String::new()
+            } else {
+                format!("  {}", layer.detail)
+            }
+        );
+    }
+    println!("candidates:");
+    for c in &report.candidates {
+        let sources: Vec<&str> = c.sources.iter().map(|s| s.as_str()).collect();
+        println!(
+            "  {} [{}] {} {}{}",
+            c.url,
+            sources.join(","),
+            if c.verified { "verified" } else { "unverified" },
+            c.outcome,
+            match c.rtt_ms {
+                Some(rtt) => format!(" rtt {rtt:.1} ms"),
+                None if c.detail.is_empty() => String::new(),
+                None => format!(": {}", c.detail),
+            }
+        );
+    }
+    for warning in &report.warnings {
+        println!("warning: {warning}");
+    }
+    match &report.best {
+        Some(best) => println!(
+            "best: {} ({})",
+            best.url,
+            if best.verified {
+                "verified"
+            } else {
+                "unverified"
+            }
+        ),
+        None => println!("best: none: no server answered"),
+    }
+}
+
+async fn txt_publish(args: PublishArgs) -> Result<u8, String> {
+    if args.valid_hours == 0 || args.valid_hours * 3600 > txt::MAX_VALIDITY_SECS {
+        return Err("--valid-hours must be between 1 and 744".into());
+    }
+    let key = bootstrap_worker::native::keyfile::read(&args.key_file)?;
+    let tls = tls::client_config(&args.trust.roots()?)?;
+    let request = PublishRequest {
+        registry: args.registry.clone(),
+        extra_registry_keys: args.trust.keys()?,
+        domain: args.domain.clone(),
+        ttl: args.ttl,
+        valid_for: Duration::from_secs(args.valid_hours * 3600),
+        timeout: Duration::from_millis(args.timeout_ms),
+    };
+    let records = publish::publish(&request, &key, tls).await?;
+    match args.format {
+        Format::Zone => print!("{}", txt::zone_snippet(&records)),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&publish::provider_json(&records))
+                .map_err(|e| e.to_string())?
+        ),
+    }
+    eprintln!(
+        "signed {} record(s) for {}",
+        records.len(),
+        txt::record_name(&args.domain)
+    );
+    Ok(0)
+}
+
+async fn txt_verify(args: VerifyArgs) -> Result<u8, String> {
+    let keys = args.trust.keys()?;
+    if keys.is_empty() {
+        return Err("--registry-key is needed to verify records".into());
+    }
+    let tls = tls::client_config(&args.trust.roots()?)?;
+    let checks = publish::verify(
+        &args.domain,
+        &args.doh,
+        &keys,
+        &tls,
+        Duration::from_millis(args.timeout_ms),
+    )
+    .await;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&checks).map_err(|e| e.to_string())?
+        );
+    } else {
+        for check in &checks {
+            println!(
+                "{} → {}: {}{} ({} record(s), {} verified)",
+                check.resolver,
+                check.name,
+                check.outcome,
+                if check.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", check.detail)
+                },
+                check.records.len(),
+                check.verified
+            );
+            for record in &check.records {
+                match (&record.entry, &record.refused) {
+                    (Some(entry), _) => println!(
+                        "  ok       {} {} (expires {})",
+                        entry.endpoint, entry.server_id, entry.expires
+                    ),
+                    (None, Some(reason)) => println!("  refused  {reason}: {}", record.text),
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(if checks.iter().any(|c| c.verified > 0) {
+        0
+    } else {
+        EXIT_NOTHING
+    })
+}
+
+fn qr_encode(args: QrEncodeArgs) -> Result<u8, String> {
+    let code = PairingCode::parse(&args.code).map_err(|e| e.to_string())?;
+    let key = args
+        .registry_key
+        .as_deref()
+        .map(|k| {
+            zajel_wire::keys::public_key_from_base64(k).map_err(|e| format!("--registry-key: {e}"))
+        })
+        .transpose()?;
+    let link = ShareLink::new(code, &args.servers, key.as_ref())?;
+    let uri = link.to_uri();
+    println!("{uri}");
+    if !args.no_terminal {
+        println!("{}", share::render_terminal(&uri)?);
+    }
+    if let Some(path) = &args.png {
+        share::write_png(&uri, path)?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.svg {
+        std::fs::write(path, share::render_svg(&uri)?)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(0)
+}
+
+fn qr_decode(args: QrDecodeArgs) -> Result<u8, String> {
+    let text = match (&args.text, &args.image) {
+        (Some(text), None) => text.clone(),
+        (None, Some(path)) => share::decode_image_file(path)?,
+        _ => return Err("give the link text or --image FILE".into()),
+    };
+    let link = ShareLink::parse(&text)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&link).map_err(|e| e.to_string())?
+        );
+    } else {
+        println!("code: {}", link.code);
+        for server in &link.servers {
+            println!("server: {server}");
+        }
+        if let Some(key) = &link.registry_key {
+            println!("registry key: {key}");
+        }
+    }
+    Ok(0)
+}
+
+fn cache(command: CacheCommand) -> Result<u8, String> {
+    match command {
+        CacheCommand::List { store, json } => {
+            let store = Store::new(store.path()?);
+            let (data, warnings) = store.load(discovery_client::now_ms());
+            for warning in warnings {
+                eprintln!("warning: {warning}");
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&data.servers).map_err(|e| e.to_string())?
+                );
+            } else if data.servers.is_empty() {
+                println!("no cached servers ({})", store.path().display());
+            } else {
+                for s in &data.servers {
+                    println!(
+                        "{} {} last ok {} ms{}",
+                        s.url,
+                        if s.verified { "verified" } else { "unverified" },
+                        s.last_ok_ms,
+                        s.last_fail_ms
+                            .map(|t| format!(", last failed {t} ms"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+        }
+        CacheCommand::Clear { store } => {
+            let store = Store::new(store.path()?);
+            store.update(discovery_client::now_ms(), |data| data.servers.clear())?;
+            println!("cleared cached servers in {}", store.path().display());
+        }
+    }
+    Ok(0)
+}
+
+fn referral(command: ReferralCommand) -> Result<u8, String> {
+    match command {
+        ReferralCommand::Add {
+            link,
+            code,
+            servers,
+            store,
+        } => {
+            let link = match (link, code) {
+                (Some(text), None) => ShareLink::parse(&text)?,
+                (None, Some(code)) => ShareLink::new(
+                    PairingCode::parse(&code).map_err(|e| e.to_string())?,
+                    &servers,
+                    None,
+                )?,
+                _ => return Err("give a sharing link, or --code with --server".into()),
+            };
+            if link.servers.is_empty() {
+                return Err("the referral names no server".into());
+            }
+            let store = Store::new(store.path()?);
+            let now = discovery_client::now_ms();
+            store.update(now, |data| {
+                for server in &link.servers {
+                    data.add_referral(server, link.code, now);
+                }
+            })?;
+            println!(
+                "remembered {} server(s) from contact {}",
+                link.servers.len(),
+                link.code
+            );
+        }
+        ReferralCommand::List { store, json } => {
+            let store = Store::new(store.path()?);
+            let (data, warnings) = store.load(discovery_client::now_ms());
+            for warning in warnings {
+                eprintln!("warning: {warning}");
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&data.referrals).map_err(|e| e.to_string())?
+                );
+            } else if data.referrals.is_empty() {
+                println!("no referrals ({})", store.path().display());
+            } else {
+                for r in &data.referrals {
+                    println!(
+                        "{} from contact {} (added {} ms)",
+                        r.url, r.code, r.added_ms
+                    );
+                }
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,215 @@
+//! Candidate checks: connect, WebSocket upgrade (over TLS for `wss://`), wait
+//! for the `server_info` greeting, send `{"type":"ping"}` and time the
+//! `{"type":"pong"}` (Zajel's keep-alive, reference §2). Names are resolved
+//! here so that a host resolving to a private address is refused unless
+//! allowed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::Connector;
+use url::Url;
+use zajel_wire::signaling::{ClientMessage, ServerMessage, MAX_FRAME_BYTES};
+
+use crate::net;
+use crate::report::Outcome;
+
+/// How a check ended.
+#[derive(Debug, Clone)]
+pub struct ProbeResult {
+    pub outcome: Outcome,
+    pub detail: String,
+    pub rtt_ms: Option<f64>,
+    /// The `serverId` from `server_info`.
+    pub announced_server_id: Option<String>,
+}
+
+impl ProbeResult {
+    fn failed(outcome: Outcome, detail: impl Into<String>) -> Self {
+        Self {
+            outcome,
+            detail: detail.into(),
+            rtt_ms: None,
+            announced_server_id: None,
+        }
+    }
+}
+
+/// Checks one WebSocket URL within `timeout`.
+pub async fn probe(
+    url: &Url,
+    tls: Arc<rustls::ClientConfig>,
+    allow_private: bool,
+    timeout: Duration,
+) -> ProbeResult {
+    match tokio::time::timeout(timeout, probe_inner(url, tls, allow_private)).await {
+        Ok(result) => result,
+        Err(_) => ProbeResult::failed(
+            Outcome::TimedOut,
+            format!("no pong within {} ms", timeout.as_millis()),
+        ),
+    }
+}
+
+async fn resolve(url: &Url, allow_private: bool) -> Result<Vec<SocketAddr>, ProbeResult> {
+    let port = url
+        .port_or_known_default()
+        .ok_or_else(|| ProbeResult::failed(Outcome::Invalid, "no port"))?;
+    let addresses: Vec<SocketAddr> = match url.host() {
+        Some(url::Host::Ipv4(v4)) => vec![SocketAddr::new(v4.into(), port)],
+        Some(url::Host::Ipv6(v6)) => vec![SocketAddr::new(v6.into(), port)],
+        Some(url::Host::Domain(name)) => tokio::net::lookup_host((name, port))
+            .await
+            .map_err(|e| {
+                ProbeResult::failed(Outcome::DnsFailure, format!("resolving {name}: {e}"))
+            })?
+            .collect(),
+        None => return Err(ProbeResult::failed(Outcome::Invalid, "no host")),
+    };
+    let allowed: Vec<SocketAddr> = addresses
+        .iter()
+        .copied()
+        .filter(|a| allow_private || !net::is_private(a.ip()))
+        .collect();
+    if allowed.is_empty() {
+        return Err(if addresses.is_empty() {
+            ProbeResult::failed(Outcome::DnsFailure, "host has no address")
+        } else {
+            ProbeResult::failed(
+                Outcome::PrivateAddress,
+                format!(
+                    "{} is a loopback or private address (refused unless private addresses are allowed)",
+                    addresses[0].ip()
+                ),
+            )
+        });
+    }
+    Ok(allowed)
+}
+
+async fn probe_inner(
+    url: &Url,
+    tls: Arc<rustls::ClientConfig>,
+    allow_private: bool,
+) -> ProbeResult {
+    let addresses = match resolve(url, allow_private).await {
+        Ok(addresses) => addresses,
+        Err(result) => return result,
+    };
+    let mut last_error = None;
+    let mut stream = None;
+    for address in addresses {
+        match TcpStream::connect(address).await {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    let Some(stream) = stream else {
+        let error = last_error.unwrap_or_else(|| std::io::Error::other("no address"));
+        return ProbeResult::failed(net::classify(&error), format!("connect: {error}"));
+    };
+    let _ = stream.set_nodelay(true);
+    let connector = if url.scheme() == "wss" {
+        Connector::Rustls(tls)
+    } else {
+        Connector::Plain
+    };
+    let mut config = WebSocketConfig::default();
+    config.max_message_size = Some(MAX_FRAME_BYTES);
+    config.max_frame_size = Some(MAX_FRAME_BYTES);
+    let (mut socket, _) = match tokio_tungstenite::client_async_tls_with_config(
+        url.as_str(),
+        stream,
+        Some(config),
+        Some(connector),
+    )
+    .await
+    {
+        Ok(connected) => connected,
+        Err(error) => {
+            let outcome = match net::classify(&error) {
+                Outcome::Error => Outcome::Protocol,
+                other => other,
+            };
+            return ProbeResult::failed(
+                outcome,
+                format!("WebSocket upgrade: {}", net::error_chain(&error)),
+            );
+        }
+    };
+    // The greeting comes first on every Zajel signaling connection.
+    let announced = match next_server_message(&mut socket).await {
+        Ok(ServerMessage::ServerInfo { server_id, .. }) => Some(server_id),
+        Ok(other) => {
+            return ProbeResult::failed(
+                Outcome::Protocol,
+                format!("expected server_info first, got {}", other.type_name()),
+            )
+        }
+        Err(result) => return result,
+    };
+    let sent = Instant::now();
+    if let Err(e) = socket
+        .send(Message::text(ClientMessage::Ping.to_text()))
+        .await
+    {
+        return ProbeResult::failed(net::classify(&e), format!("sending ping: {e}"));
+    }
+    loop {
+        match next_server_message(&mut socket).await {
+            Ok(ServerMessage::Pong) => {
+                let rtt = sent.elapsed().as_secs_f64() * 1000.0;
+                let _ = socket.close(None).await;
+                return ProbeResult {
+                    outcome: Outcome::Ok,
+                    detail: String::new(),
+                    rtt_ms: Some(rtt),
+                    announced_server_id: announced,
+                };
+            }
+            Ok(_) => continue,
+            Err(result) => return result,
+        }
+    }
+}
+
+async fn next_server_message<S>(
+    socket: &mut tokio_tungstenite::WebSocketStream<S>,
+) -> Result<ServerMessage, ProbeResult>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match socket.next().await {
+            Some(Ok(Message::Text(text))) => {
+                return ServerMessage::parse(text.as_str()).map_err(|e| {
+                    ProbeResult::failed(Outcome::Protocol, format!("not a Zajel message: {e}"))
+                })
+            }
+            Some(Ok(Message::Close(_))) | None => {
+                return Err(ProbeResult::failed(
+                    Outcome::Protocol,
+                    "the server closed the connection",
+                ))
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => {
+                return Err(ProbeResult::failed(
+                    match net::classify(&e) {
+                        Outcome::Error => Outcome::Protocol,
+                        other => other,
+                    },
+                    net::error_chain(&e),
+                ))
+            }
+        }
+    }
+}

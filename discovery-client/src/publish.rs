@@ -1,0 +1,147 @@
+//! Publishing and checking the signed TXT records: fetch the registry's list,
+//! verify it, sign one record per server (`zajel-discover txt publish`); ask
+//! DoH resolvers what they serve and verify it (`zajel-discover txt verify`).
+
+use std::time::Duration;
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use serde::Serialize;
+use url::Url;
+
+use crate::doh::{self, DohServer};
+use crate::registry;
+use crate::report::Outcome;
+use crate::txt::{self, PublishedRecord, TxtEntry};
+
+/// What to publish.
+#[derive(Debug, Clone)]
+pub struct PublishRequest {
+    pub registry: Url,
+    /// Keys the list may be signed by besides the signing key's own.
+    pub extra_registry_keys: Vec<VerifyingKey>,
+    pub domain: String,
+    pub ttl: u32,
+    /// How long the records stay valid.
+    pub valid_for: Duration,
+    pub timeout: Duration,
+}
+
+/// Fetches and verifies the registry's list, then signs its servers as TXT records.
+pub async fn publish(
+    request: &PublishRequest,
+    key: &SigningKey,
+    tls: rustls::ClientConfig,
+) -> Result<Vec<PublishedRecord>, String> {
+    let client = registry::http_client(tls, request.timeout)?;
+    let mut pinned = vec![key.verifying_key()];
+    pinned.extend(request.extra_registry_keys.iter().copied());
+    let now = crate::now_ms();
+    let result = tokio::time::timeout(
+        request.timeout,
+        registry::fetch(&client, &request.registry, &pinned, now),
+    )
+    .await
+    .map_err(|_| format!("registry {} did not answer in time", request.registry))?;
+    if !result.verified {
+        return Err(format!(
+            "registry list refused ({}): {}",
+            result.outcome, result.detail
+        ));
+    }
+    if result.servers.is_empty() {
+        return Err("the registry lists no servers: nothing to publish".into());
+    }
+    let expires = now / 1000 + request.valid_for.as_secs().max(60);
+    txt::build_records(key, &request.domain, &result.servers, request.ttl, expires)
+}
+
+/// JSON for a DNS provider's API: one object per record.
+pub fn provider_json(records: &[PublishedRecord]) -> serde_json::Value {
+    serde_json::Value::Array(
+        records
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "type": "TXT",
+                    "name": r.name.trim_end_matches('.'),
+                    "ttl": r.ttl,
+                    "content": r.content,
+                    "strings": r.strings,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// One record as a resolver served it, and what verification said.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckedRecord {
+    pub text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entry: Option<TxtEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+/// What one resolver serves for a domain.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResolverCheck {
+    pub resolver: String,
+    pub name: String,
+    pub outcome: Outcome,
+    pub detail: String,
+    pub records: Vec<CheckedRecord>,
+    pub verified: usize,
+}
+
+/// Asks every resolver for `_zajel.<domain>` and verifies what each serves.
+pub async fn verify(
+    domain: &str,
+    resolvers: &[DohServer],
+    keys: &[VerifyingKey],
+    tls: &rustls::ClientConfig,
+    timeout: Duration,
+) -> Vec<ResolverCheck> {
+    let name = txt::record_name(domain);
+    let now_secs = crate::now_ms() / 1000;
+    let answers = futures_util::future::join_all(
+        resolvers
+            .iter()
+            .map(|server| doh::query_txt(server, &name, tls, timeout)),
+    )
+    .await;
+    resolvers
+        .iter()
+        .zip(answers)
+        .map(|(server, answer)| {
+            let records: Vec<CheckedRecord> = answer
+                .records
+                .iter()
+                .map(|bytes| {
+                    let text = String::from_utf8_lossy(bytes).into_owned();
+                    match txt::verify_record(domain, bytes, keys, now_secs) {
+                        Ok(entry) => CheckedRecord {
+                            text,
+                            entry: Some(entry),
+                            refused: None,
+                        },
+                        Err(e) => CheckedRecord {
+                            text,
+                            entry: None,
+                            refused: Some(e.to_string()),
+                        },
+                    }
+                })
+                .collect();
+            let verified = records.iter().filter(|r| r.entry.is_some()).count();
+            ResolverCheck {
+                resolver: server.to_string(),
+                name: name.clone(),
+                outcome: answer.outcome,
+                detail: answer.detail,
+                records,
+                verified,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,180 @@
+//! Layer 1: `GET /servers` from a registry, verified against the pinned
+//! registry keys (signature over the exact body, `timestamp` within 5
+//! minutes). With a key pinned, an unsigned or badly signed list is refused
+//! and none of its servers is used.
+
+use std::time::Duration;
+
+use ed25519_dalek::VerifyingKey;
+use url::Url;
+use zajel_wire::entry::{ServerEntry, ServerList};
+use zajel_wire::signature::{verify_server_list, ListError, LIST_SIGNATURE_HEADER};
+
+use crate::net;
+use crate::report::Outcome;
+
+/// Largest list body read (1,000 entries are about 250 KB).
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// What one registry returned.
+#[derive(Debug, Clone)]
+pub struct RegistryResult {
+    pub outcome: Outcome,
+    pub detail: String,
+    /// Servers of a list that passed the checks.
+    pub servers: Vec<ServerEntry>,
+    /// Whether the list was verified with a pinned key.
+    pub verified: bool,
+    /// The raw signed body and its signature, for re-publication.
+    pub list: Option<ServerList>,
+}
+
+impl RegistryResult {
+    fn failed(outcome: Outcome, detail: impl Into<String>) -> Self {
+        Self {
+            outcome,
+            detail: detail.into(),
+            servers: Vec::new(),
+            verified: false,
+            list: None,
+        }
+    }
+}
+
+/// The `/servers` URL of a registry given by its base URL (or the full URL).
+pub fn servers_url(registry: &Url) -> Url {
+    if registry.path().trim_end_matches('/').ends_with("/servers") {
+        return registry.clone();
+    }
+    let mut url = registry.clone();
+    let path = format!("{}/servers", registry.path().trim_end_matches('/'));
+    url.set_path(&path);
+    url
+}
+
+/// An HTTP client for registries (rustls, no proxy from the environment).
+pub fn http_client(
+    tls: rustls::ClientConfig,
+    timeout: Duration,
+) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .no_proxy()
+        .user_agent(concat!("zajel-discover/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("HTTP client: {}", net::error_chain(&e)))
+}
+
+/// Fetches and checks one registry's list.
+pub async fn fetch(
+    client: &reqwest::Client,
+    registry: &Url,
+    pinned: &[VerifyingKey],
+    now_ms: u64,
+) -> RegistryResult {
+    let url = servers_url(registry);
+    let response = match client.get(url.clone()).send().await {
+        Ok(response) => response,
+        Err(error) => {
+            return RegistryResult::failed(net::classify(&error), net::error_chain(&error));
+        }
+    };
+    let status = response.status();
+    if !status.is_success() {
+        return RegistryResult::failed(Outcome::Protocol, format!("HTTP status {status}"));
+    }
+    let signature = response
+        .headers()
+        .get(LIST_SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = match read_limited(response).await {
+        Ok(body) => body,
+        Err(result) => return result,
+    };
+    if pinned.is_empty() {
+        // Nothing pinned: the list is used, but nothing from it is verified.
+        return match serde_json::from_slice::<ServerList>(&body) {
+            Ok(list) => RegistryResult {
+                outcome: if list.servers.is_empty() {
+                    Outcome::Empty
+                } else {
+                    Outcome::Ok
+                },
+                detail: "no registry key pinned: list not verified".into(),
+                servers: list.servers.clone(),
+                verified: false,
+                list: Some(list),
+            },
+            Err(e) => RegistryResult::failed(Outcome::Protocol, format!("not a server list: {e}")),
+        };
+    }
+    match verify_server_list(&body, signature.as_deref(), pinned, now_ms) {
+        Ok(list) => RegistryResult {
+            outcome: if list.servers.is_empty() {
+                Outcome::Empty
+            } else {
+                Outcome::Ok
+            },
+            detail: String::new(),
+            servers: list.servers.clone(),
+            verified: true,
+            list: Some(list),
+        },
+        Err(error) => {
+            let outcome = match error {
+                ListError::Unsigned | ListError::InvalidSignature => Outcome::InvalidSignature,
+                ListError::Stale => Outcome::Stale,
+                ListError::Malformed(_) => Outcome::Protocol,
+            };
+            RegistryResult::failed(outcome, error.to_string())
+        }
+    }
+}
+
+async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, RegistryResult> {
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY_BYTES {
+                    return Err(RegistryResult::failed(
+                        Outcome::Protocol,
+                        format!("list larger than {MAX_BODY_BYTES} bytes"),
+                    ));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(error) => {
+                return Err(RegistryResult::failed(
+                    net::classify(&error),
+                    net::error_chain(&error),
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_url_accepts_a_base_or_the_full_route() {
+        let base = Url::parse("https://registry.example").unwrap();
+        assert_eq!(
+            servers_url(&base).as_str(),
+            "https://registry.example/servers"
+        );
+        let prefixed = Url::parse("https://r.example/zajel/").unwrap();
+        assert_eq!(
+            servers_url(&prefixed).as_str(),
+            "https://r.example/zajel/servers"
+        );
+        let full = Url::parse("http://127.0.0.1:8787/servers").unwrap();
+        assert_eq!(servers_url(&full), full);
+    }
+}

@@ -1,0 +1,271 @@
+//! The report every discovery run produces: per layer what it returned and how
+//! it ended, per candidate where it came from and whether it answered.
+//! Everything here is plain serde data (JSON for `zajel-discover --json`).
+
+use serde::{Deserialize, Serialize};
+
+/// The six discovery layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layer {
+    Registry,
+    Doh,
+    Cache,
+    Referral,
+    Qr,
+    Manual,
+}
+
+impl Layer {
+    /// All layers, in report order.
+    pub const ALL: [Layer; 6] = [
+        Layer::Registry,
+        Layer::Doh,
+        Layer::Cache,
+        Layer::Referral,
+        Layer::Qr,
+        Layer::Manual,
+    ];
+
+    /// Whether candidates from this layer are signed by a pinned registry key
+    /// (the cache keeps the flag of the source it learned a server from).
+    pub fn is_signed(self) -> bool {
+        matches!(self, Layer::Registry | Layer::Doh)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layer::Registry => "registry",
+            Layer::Doh => "doh",
+            Layer::Cache => "cache",
+            Layer::Referral => "referral",
+            Layer::Qr => "qr",
+            Layer::Manual => "manual",
+        }
+    }
+}
+
+impl std::fmt::Display for Layer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a layer, one of its sources, or a candidate check ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Returned something usable (for a candidate: answered `ping` with `pong`).
+    Ok,
+    /// Answered, with nothing in it.
+    Empty,
+    /// Not configured for this run (no registry URL, no resolver, …).
+    NotConfigured,
+    TimedOut,
+    /// The connection was refused (or reset).
+    Refused,
+    TlsFailure,
+    DnsFailure,
+    /// Signed, but not by a pinned key (or not signed while a key is pinned).
+    InvalidSignature,
+    /// Signed, but too old (or expired).
+    Stale,
+    /// A loopback or private address, refused by policy.
+    PrivateAddress,
+    /// Answered with something that is not the expected protocol.
+    Protocol,
+    /// Input that is not valid (a bad URL or sharing link).
+    Invalid,
+    /// Any other failure (see the detail text).
+    Error,
+    /// Still running (only in a report taken before the run ended).
+    Pending,
+}
+
+impl Outcome {
+    pub fn is_ok(self) -> bool {
+        self == Outcome::Ok
+    }
+
+    /// Which of two failures says more about why a layer failed (used to
+    /// summarise several sources in one layer outcome).
+    fn weight(self) -> u8 {
+        match self {
+            Outcome::Ok => 100,
+            Outcome::InvalidSignature => 90,
+            Outcome::Stale => 85,
+            Outcome::TlsFailure => 80,
+            Outcome::Protocol => 75,
+            Outcome::Refused => 70,
+            Outcome::DnsFailure => 65,
+            Outcome::TimedOut => 60,
+            Outcome::PrivateAddress => 55,
+            Outcome::Invalid => 50,
+            Outcome::Error => 45,
+            Outcome::Empty => 40,
+            Outcome::Pending => 1,
+            Outcome::NotConfigured => 0,
+        }
+    }
+
+    /// The outcome of a layer made of sources with these outcomes.
+    pub fn summarise(outcomes: impl IntoIterator<Item = Outcome>) -> Outcome {
+        outcomes
+            .into_iter()
+            .max_by_key(|o| o.weight())
+            .unwrap_or(Outcome::NotConfigured)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Empty => "empty",
+            Outcome::NotConfigured => "not configured",
+            Outcome::TimedOut => "timed out",
+            Outcome::Refused => "refused",
+            Outcome::TlsFailure => "TLS failure",
+            Outcome::DnsFailure => "DNS failure",
+            Outcome::InvalidSignature => "invalid signature",
+            Outcome::Stale => "stale",
+            Outcome::PrivateAddress => "private address refused",
+            Outcome::Protocol => "protocol error",
+            Outcome::Invalid => "invalid input",
+            Outcome::Error => "error",
+            Outcome::Pending => "still running",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One source inside a layer: a registry URL, a DoH resolver, a typed URL…
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceReport {
+    /// What was asked (a URL, `resolver → name`, a file path).
+    pub source: String,
+    pub outcome: Outcome,
+    /// Why, in words (empty when ok).
+    pub detail: String,
+    /// Candidates this source named.
+    pub candidates: Vec<String>,
+    /// Records or entries refused (bad signature, expired, malformed), with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
+    /// Milliseconds from the start of the run.
+    pub started_ms: f64,
+    pub finished_ms: f64,
+}
+
+/// One layer: its sources and how it ended overall.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerReport {
+    pub layer: Layer,
+    pub outcome: Outcome,
+    /// The summary reason (the most telling failure when not ok).
+    pub detail: String,
+    pub sources: Vec<SourceReport>,
+    /// Distinct candidates the layer returned.
+    pub candidates: usize,
+    pub started_ms: f64,
+    pub finished_ms: f64,
+}
+
+/// One candidate server: where it came from and whether it answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CandidateReport {
+    /// The WebSocket URL checked.
+    pub url: String,
+    pub sources: Vec<Layer>,
+    /// Named by a source signed with a pinned registry key.
+    pub verified: bool,
+    /// The `serverId` a signed source gave for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_id: Option<String>,
+    /// The `serverId` the server announced in `server_info`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announced_server_id: Option<String>,
+    pub outcome: Outcome,
+    pub detail: String,
+    /// `ping` → `pong` round trip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+    /// Milliseconds from the start of the run when the check ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_ms: Option<f64>,
+}
+
+/// What a run found overall (also the CLI's exit code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// A server named by a signed source answered.
+    Verified,
+    /// Only servers from unsigned sources (referral, QR, manual) answered.
+    UnverifiedOnly,
+    /// No server answered.
+    Nothing,
+}
+
+/// The report of one discovery run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// When the run started, ms since the Unix epoch.
+    pub started_at_ms: u64,
+    /// How long the run took (so far, for a snapshot).
+    pub duration_ms: f64,
+    /// Whether every layer and check has ended.
+    pub complete: bool,
+    pub verdict: Verdict,
+    /// The best usable server, ranked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best: Option<crate::discovery::Candidate>,
+    /// Milliseconds to the first usable server from a signed source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_verified_ms: Option<f64>,
+    /// Milliseconds to the first usable server of any kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_usable_ms: Option<f64>,
+    pub layers: Vec<LayerReport>,
+    pub candidates: Vec<CandidateReport>,
+    /// Things the user should know (a corrupt cache moved aside, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+impl Report {
+    /// The report of one layer.
+    pub fn layer(&self, layer: Layer) -> Option<&LayerReport> {
+        self.layers.iter().find(|l| l.layer == layer)
+    }
+
+    /// The report of one candidate.
+    pub fn candidate(&self, url: &str) -> Option<&CandidateReport> {
+        self.candidates.iter().find(|c| c.url == url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_layer_takes_its_best_or_most_telling_outcome() {
+        assert_eq!(
+            Outcome::summarise([Outcome::TimedOut, Outcome::Ok]),
+            Outcome::Ok
+        );
+        assert_eq!(
+            Outcome::summarise([Outcome::TimedOut, Outcome::InvalidSignature]),
+            Outcome::InvalidSignature
+        );
+        assert_eq!(Outcome::summarise([]), Outcome::NotConfigured);
+        assert_eq!(
+            serde_json::to_string(&Outcome::TlsFailure).unwrap(),
+            "\"tls_failure\""
+        );
+    }
+}

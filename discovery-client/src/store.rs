@@ -1,0 +1,375 @@
+//! Layers 3 and 4: the local store of servers that worked (the cache) and of
+//! servers that paired contacts shared (referrals), one JSON file in the
+//! user's data directory.
+//!
+//! Writes are atomic (temporary file, fsync, rename, fsync of the directory).
+//! A corrupt, truncated or oversized file is moved aside with a warning and
+//! discovery goes on with an empty store. The store is bounded
+//! ([`MAX_SERVERS`], [`MAX_REFERRALS`]) and entries expire
+//! ([`SERVER_EXPIRY_MS`], [`REFERRAL_EXPIRY_MS`]).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use zajel_wire::pairing::PairingCode;
+
+/// Environment variable overriding the store's path.
+pub const PATH_ENV: &str = "ZAJEL_DISCOVERY_CACHE";
+/// Current file format version.
+pub const FORMAT_VERSION: u32 = 1;
+/// Most cached servers kept (the least recently working are dropped).
+pub const MAX_SERVERS: usize = 64;
+/// Most referrals kept (the oldest are dropped).
+pub const MAX_REFERRALS: usize = 128;
+/// A cached server that has not worked for this long is dropped (30 days).
+pub const SERVER_EXPIRY_MS: u64 = 30 * 24 * 3600 * 1000;
+/// A referral is dropped after this long (180 days).
+pub const REFERRAL_EXPIRY_MS: u64 = 180 * 24 * 3600 * 1000;
+/// Largest store file read; a larger one is treated as corrupt.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+/// A server that worked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CachedServer {
+    /// The WebSocket URL.
+    pub url: String,
+    /// Whether a signed source named it when it worked.
+    pub verified: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_id: Option<String>,
+    /// Last time it answered (ms since the epoch).
+    pub last_ok_ms: u64,
+    /// Last time it failed a check, if after it last worked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fail_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+}
+
+/// A server a paired contact shared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Referral {
+    pub url: String,
+    /// The contact's pairing code.
+    pub code: PairingCode,
+    pub added_ms: u64,
+}
+
+/// The whole store file.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct StoreData {
+    pub version: u32,
+    pub servers: Vec<CachedServer>,
+    pub referrals: Vec<Referral>,
+}
+
+/// The store at one path.
+#[derive(Debug, Clone)]
+pub struct Store {
+    path: PathBuf,
+}
+
+/// The default store path: `$ZAJEL_DISCOVERY_CACHE`, else
+/// `$XDG_DATA_HOME/zajel/discovery.json`, else `~/.local/share/zajel/discovery.json`.
+pub fn default_path() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(PATH_ENV).filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path));
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|p| !p.is_empty())
+                .map(|home| PathBuf::from(home).join(".local/share"))
+        })?;
+    Some(data.join("zajel").join("discovery.json"))
+}
+
+impl Store {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the store, pruned of expired entries. Never fails: a missing
+    /// file is an empty store; an unreadable, corrupt or oversized one is
+    /// moved aside (`<name>.corrupt-<ms>`) and reported in the warnings.
+    pub fn load(&self, now_ms: u64) -> (StoreData, Vec<String>) {
+        let mut warnings = Vec::new();
+        let empty = StoreData {
+            version: FORMAT_VERSION,
+            ..StoreData::default()
+        };
+        let metadata = match std::fs::metadata(&self.path) {
+            Ok(metadata) => metadata,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (empty, warnings),
+            Err(e) => {
+                warnings.push(format!("cache {}: cannot read: {e}", self.path.display()));
+                return (empty, warnings);
+            }
+        };
+        let problem = if metadata.len() > MAX_FILE_BYTES {
+            Some(format!("larger than {MAX_FILE_BYTES} bytes"))
+        } else {
+            match std::fs::read(&self.path) {
+                Ok(bytes) => match serde_json::from_slice::<StoreData>(&bytes) {
+                    Ok(data) if data.version == FORMAT_VERSION => {
+                        let mut data = data;
+                        prune(&mut data, now_ms);
+                        return (data, warnings);
+                    }
+                    Ok(data) => Some(format!("unknown format version {}", data.version)),
+                    Err(e) => Some(format!("corrupt ({e})")),
+                },
+                Err(e) => Some(format!("cannot read: {e}")),
+            }
+        };
+        let problem = problem.unwrap_or_default();
+        let aside = self.aside_path(now_ms);
+        match std::fs::rename(&self.path, &aside) {
+            Ok(()) => warnings.push(format!(
+                "cache {} is {problem}; moved aside to {} and starting empty",
+                self.path.display(),
+                aside.display()
+            )),
+            Err(e) => warnings.push(format!(
+                "cache {} is {problem}; could not move it aside ({e}); starting empty",
+                self.path.display()
+            )),
+        }
+        for warning in &warnings {
+            tracing::warn!("{warning}");
+        }
+        (empty, warnings)
+    }
+
+    fn aside_path(&self, now_ms: u64) -> PathBuf {
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "discovery.json".into());
+        self.path.with_file_name(format!("{name}.corrupt-{now_ms}"))
+    }
+
+    /// Writes the store atomically: temporary file in the same directory,
+    /// fsync, rename over the old file, fsync of the directory.
+    pub fn save(&self, data: &StoreData) -> Result<(), String> {
+        let dir = self
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let mut bytes = serde_json::to_vec_pretty(data).map_err(|e| e.to_string())?;
+        bytes.push(b'\n');
+        let mut suffix = [0u8; 6];
+        let _ = getrandom::fill(&mut suffix);
+        let tmp = dir.join(format!(
+            ".{}.tmp-{}-{}",
+            self.path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            std::process::id(),
+            suffix
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        ));
+        let result = (|| {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options.open(&tmp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            drop(file);
+            std::fs::rename(&tmp, &self.path)?;
+            if let Ok(dir) = std::fs::File::open(dir) {
+                let _ = dir.sync_all();
+            }
+            Ok::<(), std::io::Error>(())
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(format!("cannot write {}: {e}", self.path.display()));
+        }
+        Ok(())
+    }
+
+    /// Loads, changes and saves the store.
+    pub fn update(
+        &self,
+        now_ms: u64,
+        change: impl FnOnce(&mut StoreData),
+    ) -> Result<Vec<String>, String> {
+        let (mut data, warnings) = self.load(now_ms);
+        change(&mut data);
+        prune(&mut data, now_ms);
+        self.save(&data)?;
+        Ok(warnings)
+    }
+}
+
+impl StoreData {
+    /// Records that `url` answered.
+    pub fn record_ok(
+        &mut self,
+        url: &str,
+        verified: bool,
+        server_id: Option<String>,
+        rtt_ms: Option<f64>,
+        now_ms: u64,
+    ) {
+        if let Some(entry) = self.servers.iter_mut().find(|s| s.url == url) {
+            entry.verified = verified || entry.verified;
+            entry.server_id = server_id.or(entry.server_id.take());
+            entry.last_ok_ms = now_ms;
+            entry.last_fail_ms = None;
+            entry.rtt_ms = rtt_ms;
+        } else {
+            self.servers.push(CachedServer {
+                url: url.to_string(),
+                verified,
+                server_id,
+                last_ok_ms: now_ms,
+                last_fail_ms: None,
+                rtt_ms,
+            });
+        }
+    }
+
+    /// Records that a cached `url` failed its check (unknown URLs are not added).
+    pub fn record_failure(&mut self, url: &str, now_ms: u64) {
+        if let Some(entry) = self.servers.iter_mut().find(|s| s.url == url) {
+            entry.last_fail_ms = Some(now_ms);
+        }
+    }
+
+    /// Adds (or refreshes) a referral.
+    pub fn add_referral(&mut self, url: &str, code: PairingCode, now_ms: u64) {
+        self.referrals.retain(|r| !(r.url == url && r.code == code));
+        self.referrals.push(Referral {
+            url: url.to_string(),
+            code,
+            added_ms: now_ms,
+        });
+    }
+}
+
+/// Drops expired entries and keeps the store within its bounds.
+pub fn prune(data: &mut StoreData, now_ms: u64) {
+    data.version = FORMAT_VERSION;
+    data.servers
+        .retain(|s| now_ms.saturating_sub(s.last_ok_ms) < SERVER_EXPIRY_MS);
+    data.servers
+        .sort_by_key(|s| std::cmp::Reverse(s.last_ok_ms));
+    data.servers.truncate(MAX_SERVERS);
+    data.referrals
+        .retain(|r| now_ms.saturating_sub(r.added_ms) < REFERRAL_EXPIRY_MS);
+    data.referrals
+        .sort_by_key(|r| std::cmp::Reverse(r.added_ms));
+    data.referrals.truncate(MAX_REFERRALS);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_790_000_000_000;
+
+    #[test]
+    fn saves_and_loads_and_prunes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("sub/discovery.json"));
+        store
+            .update(NOW, |data| {
+                data.record_ok("wss://a.example/", true, None, Some(3.0), NOW);
+                data.record_ok(
+                    "wss://old.example/",
+                    false,
+                    None,
+                    None,
+                    NOW - SERVER_EXPIRY_MS - 1,
+                );
+                data.add_referral(
+                    "wss://b.example/",
+                    PairingCode::parse("ABC234").unwrap(),
+                    NOW,
+                );
+            })
+            .unwrap();
+        let (data, warnings) = store.load(NOW);
+        assert!(warnings.is_empty());
+        assert_eq!(data.servers.len(), 1);
+        assert_eq!(data.servers[0].url, "wss://a.example/");
+        assert_eq!(data.referrals.len(), 1);
+        // No temporary files left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("sub"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn bounded_size() {
+        let mut data = StoreData::default();
+        for i in 0..(MAX_SERVERS + 10) {
+            data.record_ok(
+                &format!("wss://s{i}.example/"),
+                true,
+                None,
+                None,
+                NOW + i as u64,
+            );
+        }
+        prune(&mut data, NOW + 100);
+        assert_eq!(data.servers.len(), MAX_SERVERS);
+        // The most recently working are kept.
+        assert!(data.servers.iter().any(|s| s.url == "wss://s73.example/"));
+        assert!(!data.servers.iter().any(|s| s.url == "wss://s0.example/"));
+    }
+
+    #[test]
+    fn corrupt_truncated_and_huge_files_are_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("discovery.json");
+        let store = Store::new(&path);
+        store
+            .update(NOW, |d| {
+                d.record_ok("wss://a.example/", true, None, None, NOW)
+            })
+            .unwrap();
+        let full = std::fs::read(&path).unwrap();
+        for (i, bad) in [
+            full[..full.len() / 2].to_vec(),
+            b"\x00\xff garbage".to_vec(),
+            br#"{"version":99,"servers":[],"referrals":[]}"#.to_vec(),
+            vec![b' '; MAX_FILE_BYTES as usize + 1],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            std::fs::write(&path, &bad).unwrap();
+            let (data, warnings) = store.load(NOW + i as u64);
+            assert!(data.servers.is_empty());
+            assert_eq!(warnings.len(), 1, "{warnings:?}");
+            assert!(warnings[0].contains("moved aside"), "{}", warnings[0]);
+            assert!(!path.exists());
+            assert!(dir
+                .path()
+                .join(format!("discovery.json.corrupt-{}", NOW + i as u64))
+                .exists());
+        }
+    }
+}
