@@ -551,13 +551,25 @@ impl Actor {
             Box::pin(async {})
         }));
         let (tx, cid, shared) = (self.internal_tx.clone(), id.clone(), call.shared.clone());
-        pc.on_track(Box::new(move |track, _receiver, _transceiver| {
+        pc.on_track(Box::new(move |track, receiver, _transceiver| {
             tokio::spawn(receive_track(
                 track,
                 cid.clone(),
                 tx.clone(),
                 shared.clone(),
             ));
+            // Incoming RTCP (the peer's sender reports) only reaches webrtc-rs's interceptors
+            // when someone reads it; without this no receiver report carries LSR/DLSR and no
+            // round-trip time is ever computed.
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                while let Ok((packets, _)) = receiver.read_rtcp().await {
+                    let mut figures = lock(&shared);
+                    for packet in &packets {
+                        figures.rtcp.apply_rtcp(packet.as_ref());
+                    }
+                }
+            });
             Box::pin(async {})
         }));
 
