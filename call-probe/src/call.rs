@@ -704,7 +704,8 @@ impl Actor {
         let timeout = self.config.timeouts.ice_gathering;
         let call = self.call.as_mut().ok_or("no call")?;
         let pc = Arc::clone(&call.peer.as_ref().ok_or("no peer connection")?.pc);
-        let offer = RTCSessionDescription::offer(sdp).map_err(|e| e.to_string())?;
+        let offer =
+            RTCSessionDescription::offer(sdp).map_err(|e| format!("remote offer refused: {e}"))?;
         pc.set_remote_description(offer)
             .await
             .map_err(|e| format!("remote offer refused: {e}"))?;
