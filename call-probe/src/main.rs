@@ -37,6 +37,10 @@ enum Command {
         /// Seconds each step (tone heard, RTT known, hangup) may take.
         #[arg(long, default_value_t = 15)]
         step_timeout: u64,
+        /// Hang up once both tones are heard, without waiting for the first RTCP round-trip
+        /// time (about a second more).
+        #[arg(long)]
+        no_rtt: bool,
     },
 }
 
@@ -63,7 +67,12 @@ fn main() -> ExitCode {
             caller_hz,
             callee_hz,
             step_timeout,
+            no_rtt,
         } => {
+            if step_timeout == 0 {
+                eprintln!("error: --step-timeout must be at least 1 second");
+                return ExitCode::from(2);
+            }
             for (name, hz) in [("--caller-hz", caller_hz), ("--callee-hz", callee_hz)] {
                 if !(100.0..=4000.0).contains(&hz) {
                     eprintln!("error: {name} must be between 100 and 4000 Hz");
@@ -75,7 +84,7 @@ fn main() -> ExitCode {
                 callee_hz,
                 with_video: video,
                 step_timeout: Duration::from_secs(step_timeout),
-                wait_for_rtt: std::env::var_os("NO_RTT").is_none(),
+                wait_for_rtt: !no_rtt,
             };
             match runtime.block_on(run_selftest(&options)) {
                 Ok((caller, callee)) => {

@@ -74,12 +74,12 @@ impl RtpFigures {
                     self.packets_sent = out.packets_sent;
                     self.bytes_sent = out.bytes_sent;
                 }
-                StatsReportType::RemoteInboundRTP(remote) if remote.kind == "audio" => {
-                    if remote.round_trip_time_measurements > 0 {
-                        // webrtc-rs's stats interceptor keeps it in milliseconds.
-                        self.rtt_ms = remote.round_trip_time;
-                        self.rtt_measurements = remote.round_trip_time_measurements;
-                    }
+                // webrtc-rs's stats interceptor keeps the round-trip time in milliseconds.
+                StatsReportType::RemoteInboundRTP(remote)
+                    if remote.kind == "audio" && remote.round_trip_time_measurements > 0 =>
+                {
+                    self.rtt_ms = remote.round_trip_time;
+                    self.rtt_measurements = remote.round_trip_time_measurements;
                 }
                 _ => {}
             }
