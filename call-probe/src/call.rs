@@ -197,7 +197,7 @@ impl CallEngine {
         self.ask(|tx| Command::CutPath(cut, tx)).await?
     }
 
-    /// The report of the active call so far (`end` is `hangup_local` as a placeholder).
+    /// The report of the active call so far (`end` is `in_progress`).
     pub async fn snapshot(&self) -> Result<Option<CallReport>, EngineError> {
         self.ask(Command::Snapshot).await
     }
@@ -512,7 +512,7 @@ impl Actor {
             }
             Command::Snapshot(reply) => {
                 let report = match &self.call {
-                    Some(call) => Some(call.report(EndReason::HangupLocal, &self.config).await),
+                    Some(call) => Some(call.report(EndReason::InProgress, &self.config).await),
                     None => None,
                 };
                 let _ = reply.send(report);

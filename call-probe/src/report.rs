@@ -36,6 +36,8 @@ pub enum EndReason {
     ReconnectTimeout,
     /// Something failed (peer connection failed, an SDP was refused, …).
     Failed { detail: String },
+    /// The call has not ended: a snapshot of a call in progress.
+    InProgress,
 }
 
 impl EndReason {
@@ -53,6 +55,7 @@ impl EndReason {
             Self::IceGatheringTimeout => "ICE gathering timed out with no candidate".into(),
             Self::ReconnectTimeout => "connection lost (reconnect window passed)".into(),
             Self::Failed { detail } => format!("failed: {detail}"),
+            Self::InProgress => "still in progress".into(),
         }
     }
 }

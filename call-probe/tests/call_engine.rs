@@ -80,10 +80,14 @@ async fn connected_pair(caller: CallConfig, callee: CallConfig) -> (Switchboard,
     (board, a, b)
 }
 
+/// Both ends direct on loopback. The local candidate is our host candidate; the remote one is
+/// the peer's host candidate, or the same address learnt as peer-reflexive when the peer's
+/// connectivity check overtook its trickled candidate (a race ICE allows, RFC 8445 §7.3.1.3).
 fn assert_loopback_host_pair(report: &CallReport) {
     let pair = report.ice.selected_pair.as_ref().expect("a selected pair");
+    assert_eq!(pair.local.kind, "host", "{pair:?}");
+    assert!(["host", "prflx"].contains(&pair.remote.kind.as_str()), "{pair:?}");
     for candidate in [&pair.local, &pair.remote] {
-        assert_eq!(candidate.kind, "host", "{pair:?}");
         assert_eq!(candidate.protocol, "udp", "{pair:?}");
         assert_eq!(candidate.address, "127.0.0.1", "{pair:?}");
         assert_ne!(candidate.port, 0);
@@ -546,4 +550,90 @@ async fn hostile_signaling_is_refused_without_harm() {
     let sent = out_rx.recv().await.unwrap();
     assert_eq!(sent, CallPayload::Hangup(CallHangup { call_id: id }));
     assert_eq!(engine.state().await.unwrap(), (None, CallState::Idle));
+}
+
+/// Long-term credentials for one user (RFC 8489 §9.2), as a TURN server checks them.
+struct OneUser;
+
+impl webrtc::turn::auth::AuthHandler for OneUser {
+    fn auth_handle(
+        &self,
+        username: &str,
+        realm: &str,
+        _src_addr: std::net::SocketAddr,
+    ) -> Result<Vec<u8>, webrtc::turn::Error> {
+        if username == "probe" {
+            Ok(webrtc::turn::auth::generate_auth_key(
+                username, realm, "secret",
+            ))
+        } else {
+            Err(webrtc::turn::Error::ErrFakeErr)
+        }
+    }
+}
+
+/// A real TURN server (webrtc-rs's) on 127.0.0.1, relaying on 127.0.0.1.
+async fn loopback_turn_server() -> (webrtc::turn::server::Server, u16) {
+    use std::sync::Arc;
+    use webrtc::turn::relay::relay_static::RelayAddressGeneratorStatic;
+    use webrtc::turn::server::config::{ConnConfig, ServerConfig};
+    use webrtc::util::vnet::net::Net;
+    let socket = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let port = socket.local_addr().unwrap().port();
+    let server = webrtc::turn::server::Server::new(ServerConfig {
+        conn_configs: vec![ConnConfig {
+            conn: socket,
+            relay_addr_generator: Box::new(RelayAddressGeneratorStatic {
+                relay_address: "127.0.0.1".parse().unwrap(),
+                address: "127.0.0.1".to_owned(),
+                net: Arc::new(Net::new(None)),
+            }),
+        }],
+        realm: "zajel".to_owned(),
+        auth_handler: Arc::new(OneUser),
+        channel_bind_timeout: Duration::from_secs(0),
+        alloc_close_notify: None,
+    })
+    .await
+    .unwrap();
+    (server, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_only_call_goes_through_a_turn_server() {
+    let (server, port) = loopback_turn_server().await;
+    let caller = CallConfig {
+        relay_only: true,
+        ice_servers: vec![IceServer {
+            urls: vec![format!("turn:127.0.0.1:{port}?transport=udp")],
+            username: "probe".into(),
+            credential: "secret".into(),
+        }],
+        ..config(440.0, AnswerPolicy::Manual)
+    };
+    let (_board, mut a, mut b) = connected_pair(caller, config(660.0, AnswerPolicy::Accept)).await;
+    a.engine.hangup().await.unwrap();
+    let caller = a.ended(STEP).await.unwrap();
+    let callee = b.ended(STEP).await.unwrap();
+    let pair = caller.ice.selected_pair.clone().unwrap();
+    assert_eq!(
+        (pair.local.kind.as_str(), pair.local.address.as_str()),
+        ("relay", "127.0.0.1")
+    );
+    assert_eq!(pair.remote.kind, "host");
+    assert_ne!(
+        pair.local.port, port,
+        "the relayed address, not the server's"
+    );
+    let pair = callee.ice.selected_pair.clone().unwrap();
+    assert_eq!(pair.local.kind, "host");
+    assert_ne!(pair.remote.kind, "host", "{pair:?}");
+    assert!(caller.ice.relay_only && !callee.ice.relay_only);
+    // The relayed side's DTLS runs on the TURN client's socket, not the engine's own: only the
+    // callee sees the ServerHello (see the README).
+    assert_eq!(caller.dtls.srtp_profile, None);
+    assert_eq!(caller.dtls.source, "");
+    assert!(callee.dtls.srtp_profile_is_aes_gcm);
+    assert!(caller.tone.detected.is_some() && callee.tone.detected.is_some());
+    server.close().await.unwrap();
 }
