@@ -573,12 +573,6 @@ impl Actor {
             Box::pin(async {})
         }));
 
-        call.tasks.push(tokio::spawn(send_tone(
-            Arc::clone(&peer.audio),
-            self.config.tone_hz,
-            self.config.tone_level_dbfs,
-            call.shared.clone(),
-        )));
         call.tasks.push(tokio::spawn(read_rtcp(
             Arc::clone(&peer.audio_sender),
             Some(call.shared.clone()),
@@ -964,6 +958,18 @@ impl Actor {
             }
             Internal::Ice(_, state) => self.on_ice_state(state).await,
             Internal::Pc(_, RTCPeerConnectionState::Connected) => {
+                if call.timeline.connected_ms.is_none() {
+                    // Media starts once ICE and DTLS are up: samples written earlier would be
+                    // counted by webrtc-rs's outbound stats but never reach the wire.
+                    if let Some(peer) = &call.peer {
+                        call.tasks.push(tokio::spawn(send_tone(
+                            Arc::clone(&peer.audio),
+                            self.config.tone_hz,
+                            self.config.tone_level_dbfs,
+                            call.shared.clone(),
+                        )));
+                    }
+                }
                 mark(&mut call.timeline.connected_ms, call.started);
                 if call.reconnect_until.is_none() {
                     self.set_state(CallState::Connected);

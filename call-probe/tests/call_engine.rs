@@ -86,7 +86,10 @@ async fn connected_pair(caller: CallConfig, callee: CallConfig) -> (Switchboard,
 fn assert_loopback_host_pair(report: &CallReport) {
     let pair = report.ice.selected_pair.as_ref().expect("a selected pair");
     assert_eq!(pair.local.kind, "host", "{pair:?}");
-    assert!(["host", "prflx"].contains(&pair.remote.kind.as_str()), "{pair:?}");
+    assert!(
+        ["host", "prflx"].contains(&pair.remote.kind.as_str()),
+        "{pair:?}"
+    );
     for candidate in [&pair.local, &pair.remote] {
         assert_eq!(candidate.protocol, "udp", "{pair:?}");
         assert_eq!(candidate.address, "127.0.0.1", "{pair:?}");
@@ -195,7 +198,11 @@ async fn full_call_carries_audio_both_ways_and_reports_it() {
         assert!(rtp.remote_fraction_lost.is_some() && rtp.remote_jitter_ms.is_some());
         assert!(rtp.jitter_ms >= 0.0 && rtp.receiver_reports_received >= 1);
         let wire = report.wire.expect("wire figures");
-        assert!(wire.packets_sent > rtp.packets_sent && wire.bytes_received > 0);
+        assert!(
+            wire.packets_sent > rtp.packets_sent && wire.bytes_received > 0,
+            "{:?} {wire:?} {rtp:?}",
+            report.role
+        );
         assert_eq!(wire.packets_withheld, 0);
         assert!(report.ice.local_candidates >= 1 && report.ice.remote_candidates >= 1);
         assert!(!report.with_video && !report.video_negotiated);
