@@ -644,3 +644,30 @@ async fn a_relay_only_call_goes_through_a_turn_server() {
     assert!(caller.tone.detected.is_some() && callee.tone.detected.is_some());
     server.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_gathering_with_candidates_goes_on_and_is_reported() {
+    // Host candidates come at once; the silent TURN server keeps gathering from completing.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let caller = CallConfig {
+        ice_servers: vec![IceServer {
+            urls: vec![format!("turn:127.0.0.1:{port}?transport=udp")],
+            username: "probe".into(),
+            credential: "secret".into(),
+        }],
+        ..with_timeouts(config(440.0, AnswerPolicy::Manual), |t| {
+            t.ice_gathering = Duration::from_millis(300)
+        })
+    };
+    let (_board, mut a, mut b) = connected_pair(caller, config(660.0, AnswerPolicy::Accept)).await;
+    until_snapshot(&a, "gathering timeout noted", |r| r.ice.gathering_timed_out).await;
+    assert_eq!(a.engine.state().await.unwrap().1, CallState::Connected);
+    a.engine.hangup().await.unwrap();
+    let caller = a.ended(STEP).await.unwrap();
+    assert_eq!(caller.end, EndReason::HangupLocal);
+    assert!(caller.ice.gathering_timed_out && caller.ice.local_candidates >= 1);
+    assert_eq!(caller.timeline.ice_gathering_complete_ms, None);
+    assert_loopback_host_pair(&caller);
+    assert!(!b.ended(STEP).await.unwrap().ice.gathering_timed_out);
+}
