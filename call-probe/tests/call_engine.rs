@@ -554,8 +554,11 @@ async fn hostile_signaling_is_refused_without_harm() {
         "{:?}",
         report.end
     );
+    assert_eq!(report.call_id, id, "only the valid offer made a call");
+    // The first thing the engine ever sent is this hangup: nothing answered the invalid input.
     let sent = out_rx.recv().await.unwrap();
     assert_eq!(sent, CallPayload::Hangup(CallHangup { call_id: id }));
+    assert!(out_rx.try_recv().is_err());
     assert_eq!(engine.state().await.unwrap(), (None, CallState::Idle));
 }
 
