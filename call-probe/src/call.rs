@@ -376,10 +376,11 @@ fn candidate_pair(local: &RTCIceCandidate, remote: &RTCIceCandidate) -> Candidat
     }
 }
 
-fn new_call_id() -> String {
+fn new_call_id() -> Result<String, EngineError> {
     let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).expect("the system random source works");
-    call_id_from_random_bytes(bytes)
+    getrandom::fill(&mut bytes)
+        .map_err(|e| EngineError::Setup(format!("no random bytes for a call id: {e}")))?;
+    Ok(call_id_from_random_bytes(bytes))
 }
 
 struct Actor {
@@ -589,7 +590,7 @@ impl Actor {
         if self.call.is_some() {
             return Err(EngineError::Busy);
         }
-        let id = new_call_id();
+        let id = new_call_id()?;
         self.call = Some(Call::new(
             id.clone(),
             Role::Caller,
