@@ -31,6 +31,7 @@ use webrtc::media::Sample;
 use webrtc::peer_connection::offer_answer_options::RTCOfferOptions;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::peer_connection::signaling_state::RTCSignalingState;
 use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
 use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
@@ -862,6 +863,11 @@ impl Actor {
             return;
         };
         let pc = Arc::clone(&peer.pc);
+        if pc.signaling_state() != RTCSignalingState::HaveLocalOffer {
+            // A repeated answer (a relay that delivers twice): nothing is waiting for it.
+            tracing::debug!("ignoring a call_answer with no offer outstanding");
+            return;
+        }
         let call_id = call.id.clone();
         let result = match RTCSessionDescription::answer(answer.sdp) {
             Ok(desc) => pc.set_remote_description(desc).await,

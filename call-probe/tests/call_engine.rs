@@ -674,3 +674,51 @@ async fn a_slow_gathering_with_candidates_goes_on_and_is_reported() {
     assert_loopback_host_pair(&caller);
     assert!(!b.ended(STEP).await.unwrap().ice.gathering_timed_out);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_answers_and_candidates_do_not_break_a_call() {
+    // Two engines joined by a hand-made relay that delivers every callee message twice.
+    let (a_in_tx, a_in_rx) = mpsc::channel(64);
+    let (a_out_tx, mut a_out_rx) = mpsc::channel::<CallPayload>(64);
+    let (b_in_tx, b_in_rx) = mpsc::channel(64);
+    let (b_out_tx, mut b_out_rx) = mpsc::channel::<CallPayload>(64);
+    let (caller, mut caller_events) =
+        CallEngine::spawn(config(440.0, AnswerPolicy::Manual), a_in_rx, a_out_tx);
+    let (_callee, mut callee_events) =
+        CallEngine::spawn(config(660.0, AnswerPolicy::Accept), b_in_rx, b_out_tx);
+    tokio::spawn(async move {
+        while let Some(payload) = a_out_rx.recv().await {
+            let _ = b_in_tx.send(payload).await;
+        }
+    });
+    let doubled = tokio::spawn(async move {
+        let mut answers = 0;
+        while let Some(payload) = b_out_rx.recv().await {
+            answers += usize::from(matches!(payload, CallPayload::Answer(_)));
+            let _ = a_in_tx.send(payload.clone()).await;
+            let _ = a_in_tx.send(payload).await;
+        }
+        answers
+    });
+    caller.place_call(false).await.unwrap();
+    for events in [&mut caller_events, &mut callee_events] {
+        loop {
+            match tokio::time::timeout(STEP, events.recv())
+                .await
+                .unwrap()
+                .unwrap()
+            {
+                CallEvent::ToneDetected { .. } => break,
+                CallEvent::Ended(report) => panic!("the call ended: {:?}", report.end),
+                _ => continue,
+            }
+        }
+    }
+    let report = caller.snapshot().await.unwrap().unwrap();
+    assert_eq!(report.end, EndReason::InProgress);
+    assert_eq!(caller.state().await.unwrap().1, CallState::Connected);
+    caller.hangup().await.unwrap();
+    drop(caller);
+    drop(_callee);
+    assert_eq!(doubled.await.unwrap(), 1, "the callee answered once");
+}
