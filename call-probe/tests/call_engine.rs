@@ -722,3 +722,40 @@ async fn repeated_answers_and_candidates_do_not_break_a_call() {
     drop(_callee);
     assert_eq!(doubled.await.unwrap(), 1, "the callee answered once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_stun_server_the_call_uses_webrtc_rs_sockets() {
+    // webrtc-rs gathers srflx candidates only on its own sockets, so the engine's socket (and
+    // what it observes) is not used: the call works, the wire figures are absent.
+    let (server, port) = loopback_turn_server().await;
+    let stun = |tone_hz, policy| CallConfig {
+        ice_servers: vec![IceServer {
+            urls: vec![format!("stun:127.0.0.1:{port}")],
+            ..IceServer::default()
+        }],
+        ..config(tone_hz, policy)
+    };
+    assert!(!stun(440.0, AnswerPolicy::Manual).uses_tapped_socket());
+    assert!(CallConfig::loopback().uses_tapped_socket());
+    let (_board, mut a, mut b) = connected_pair(
+        stun(440.0, AnswerPolicy::Manual),
+        stun(660.0, AnswerPolicy::Accept),
+    )
+    .await;
+    assert_eq!(a.engine.cut_path(true).await, Err(EngineError::NoTap));
+    a.engine.hangup().await.unwrap();
+    for report in [a.ended(STEP).await.unwrap(), b.ended(STEP).await.unwrap()] {
+        let pair = report.ice.selected_pair.clone().unwrap();
+        assert_eq!(pair.local.address, "127.0.0.1");
+        assert_eq!(report.wire, None);
+        assert_eq!(
+            (
+                report.dtls.srtp_profile.clone(),
+                report.dtls.source.as_str()
+            ),
+            (None, "")
+        );
+        assert!(report.timeline.dtls_connected_ms.is_some() && report.tone.detected.is_some());
+    }
+    server.close().await.unwrap();
+}
