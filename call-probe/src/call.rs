@@ -43,7 +43,7 @@ use zajel_wire::call::{
 
 use crate::config::{AnswerPolicy, CallConfig};
 use crate::media::{
-    OpusDecoder, OpusEncoder, ReceiveStats, ToneDetector, ToneGenerator, ToneReading,
+    OpusDecoder, OpusEncoder, ReceiveStats, ToneDetector, ToneGenerator, ToneReading, FRAME_SAMPLES,
 };
 use crate::peer::{Peer, SRTP_PROFILES};
 use crate::report::{
@@ -223,6 +223,8 @@ struct MediaShared {
     frames_decoded: u64,
     tone: Option<ToneReading>,
     video_packets: u64,
+    /// With `echo`, decoded frames go here to be sent back.
+    echo: Option<mpsc::Sender<Vec<i16>>>,
 }
 
 type Shared = Arc<Mutex<MediaShared>>;
@@ -250,6 +252,7 @@ struct Call {
     shared: Shared,
     tasks: Vec<JoinHandle<()>>,
     rtt_announced: bool,
+    echo_frames: Option<mpsc::Receiver<Vec<i16>>>,
 }
 
 impl Call {
@@ -276,6 +279,7 @@ impl Call {
             shared: Shared::default(),
             tasks: Vec::new(),
             rtt_announced: false,
+            echo_frames: None,
         }
     }
 
@@ -351,7 +355,7 @@ impl Call {
             dtls,
             rtp,
             tone: ToneReport {
-                sent_hz: config.tone_hz,
+                sent_hz: (!config.echo).then_some(config.tone_hz),
                 detected: shared.tone,
                 frames_sent: shared.frames_sent,
                 frames_decoded: shared.frames_decoded,
@@ -575,6 +579,12 @@ impl Actor {
             Box::pin(async {})
         }));
 
+        if self.config.echo {
+            // A second of audio at most waits to be echoed; more is dropped.
+            let (tx, rx) = mpsc::channel(50);
+            lock(&call.shared).echo = Some(tx);
+            call.echo_frames = Some(rx);
+        }
         call.tasks.push(tokio::spawn(read_rtcp(
             Arc::clone(&peer.audio_sender),
             Some(call.shared.clone()),
@@ -969,10 +979,16 @@ impl Actor {
                     // Media starts once ICE and DTLS are up: samples written earlier would be
                     // counted by webrtc-rs's outbound stats but never reach the wire.
                     if let Some(peer) = &call.peer {
-                        call.tasks.push(tokio::spawn(send_tone(
+                        let source = match call.echo_frames.take() {
+                            Some(frames) => AudioSource::Echo(frames),
+                            None => AudioSource::Tone(ToneGenerator::new(
+                                self.config.tone_hz,
+                                self.config.tone_level_dbfs,
+                            )),
+                        };
+                        call.tasks.push(tokio::spawn(send_audio(
                             Arc::clone(&peer.audio),
-                            self.config.tone_hz,
-                            self.config.tone_level_dbfs,
+                            source,
                             call.shared.clone(),
                         )));
                     }
@@ -1147,9 +1163,16 @@ impl Actor {
     }
 }
 
-/// Sends the tone: one Opus frame every 20 ms until the task is aborted.
-async fn send_tone(track: Arc<TrackLocalStaticSample>, hz: f64, level_dbfs: f64, shared: Shared) {
-    let mut tone = ToneGenerator::new(hz, level_dbfs);
+/// What a side sends.
+enum AudioSource {
+    /// The tone, paced at one frame every 20 ms.
+    Tone(ToneGenerator),
+    /// The frames received, as they arrive.
+    Echo(mpsc::Receiver<Vec<i16>>),
+}
+
+/// Sends audio: one Opus frame per 20 ms of PCM until the task is aborted.
+async fn send_audio(track: Arc<TrackLocalStaticSample>, mut source: AudioSource, shared: Shared) {
     let mut encoder = match OpusEncoder::new() {
         Ok(encoder) => encoder,
         Err(err) => {
@@ -1160,8 +1183,20 @@ async fn send_tone(track: Arc<TrackLocalStaticSample>, hz: f64, level_dbfs: f64,
     let mut ticker = tokio::time::interval(Duration::from_millis(crate::media::FRAME_MS));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
     loop {
-        ticker.tick().await;
-        let packet = match encoder.encode(&tone.next_frame()) {
+        let frame: [i16; FRAME_SAMPLES] = match &mut source {
+            AudioSource::Tone(tone) => {
+                ticker.tick().await;
+                tone.next_frame()
+            }
+            AudioSource::Echo(frames) => match frames.recv().await {
+                Some(pcm) => match pcm.try_into() {
+                    Ok(frame) => frame,
+                    Err(_) => continue, // not a 20 ms frame
+                },
+                None => return,
+            },
+        };
+        let packet = match encoder.encode(&frame) {
             Ok(packet) => packet,
             Err(err) => {
                 tracing::error!("Opus encoding failed: {err}");
@@ -1233,6 +1268,9 @@ async fn receive_track(
                 Ok(pcm) => {
                     decoded = true;
                     newly = detector.push(pcm);
+                    if let Some(echo) = &lock(&shared).echo {
+                        let _ = echo.try_send(pcm.to_vec());
+                    }
                 }
                 Err(err) => tracing::debug!("undecodable Opus packet: {err}"),
             }

@@ -93,6 +93,8 @@ pub struct CallConfig {
     pub tone_hz: f64,
     /// Level of that tone in dBFS (peak).
     pub tone_level_dbfs: f64,
+    /// Send back the audio received (decoded and re-encoded) instead of the tone.
+    pub echo: bool,
     /// What to do with incoming calls.
     pub answer_policy: AnswerPolicy,
     /// Offer or accept a video track (VP8, negotiated; see the README).
@@ -114,6 +116,7 @@ impl Default for CallConfig {
             timeouts: CallTimeouts::default(),
             tone_hz: 440.0,
             tone_level_dbfs: -12.0,
+            echo: false,
             answer_policy: AnswerPolicy::Manual,
             allow_video: true,
             stats_interval: Duration::from_millis(500),

@@ -37,6 +37,10 @@ enum Command {
         /// Seconds each step (tone heard, RTT known, hangup) may take.
         #[arg(long, default_value_t = 15)]
         step_timeout: u64,
+        /// The callee sends back what it hears instead of its own tone (the caller then
+        /// listens for its own tone).
+        #[arg(long)]
+        echo: bool,
         /// Hang up once both tones are heard, without waiting for the first RTCP round-trip
         /// time (about a second more).
         #[arg(long)]
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
             callee_hz,
             step_timeout,
             no_rtt,
+            echo,
         } => {
             if step_timeout == 0 {
                 eprintln!("error: --step-timeout must be at least 1 second");
@@ -83,6 +88,7 @@ fn main() -> ExitCode {
                 caller_hz,
                 callee_hz,
                 with_video: video,
+                echo,
                 step_timeout: Duration::from_secs(step_timeout),
                 wait_for_rtt: !no_rtt,
             };
@@ -103,7 +109,8 @@ fn main() -> ExitCode {
                             .detected
                             .is_some_and(|d| (d.frequency_hz - hz).abs() <= 5.0)
                     };
-                    if heard(&caller, callee_hz) && heard(&callee, caller_hz) {
+                    let caller_hears = if echo { caller_hz } else { callee_hz };
+                    if heard(&caller, caller_hears) && heard(&callee, caller_hz) {
                         ExitCode::SUCCESS
                     } else {
                         eprintln!("error: a side did not hear the other's tone");

@@ -112,8 +112,8 @@ pub struct DtlsReport {
 /// Tone facts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ToneReport {
-    /// Frequency this side sent.
-    pub sent_hz: f64,
+    /// Frequency this side sent; `None` when it echoed what it received.
+    pub sent_hz: Option<f64>,
     /// What this side detected in the audio it received.
     pub detected: Option<ToneReading>,
     /// 20 ms frames this side encoded and handed to the track.
@@ -245,8 +245,10 @@ impl CallReport {
         row(
             "tone",
             format!(
-                "sent {} Hz; heard {}",
-                self.tone.sent_hz,
+                "sent {}; heard {}",
+                self.tone
+                    .sent_hz
+                    .map_or_else(|| "an echo".to_string(), |hz| format!("{hz} Hz")),
                 self.tone.detected.map_or_else(
                     || "nothing".to_string(),
                     |d| format!(

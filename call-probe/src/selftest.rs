@@ -169,6 +169,8 @@ pub struct SelftestOptions {
     pub caller_hz: f64,
     pub callee_hz: f64,
     pub with_video: bool,
+    /// The callee echoes what it hears instead of sending `callee_hz`.
+    pub echo: bool,
     /// How long each step may take.
     pub step_timeout: Duration,
     /// Wait for the first RTCP round-trip time before hanging up.
@@ -181,6 +183,7 @@ impl Default for SelftestOptions {
             caller_hz: 440.0,
             callee_hz: 660.0,
             with_video: false,
+            echo: false,
             step_timeout: Duration::from_secs(15),
             wait_for_rtt: true,
         }
@@ -203,6 +206,7 @@ pub async fn run_selftest(options: &SelftestOptions) -> Result<(CallReport, Call
         "callee",
         CallConfig {
             tone_hz: options.callee_hz,
+            echo: options.echo,
             answer_policy: AnswerPolicy::Accept,
             ..CallConfig::loopback()
         },

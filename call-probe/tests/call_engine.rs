@@ -186,7 +186,7 @@ async fn full_call_carries_audio_both_ways_and_reports_it() {
         let tone = report.tone.detected.expect("a tone");
         assert!((tone.frequency_hz - heard).abs() <= 3.0, "{tone:?}");
         assert!(tone.purity > 0.8 && tone.level_dbfs > -25.0, "{tone:?}");
-        assert_eq!(report.tone.sent_hz, sent);
+        assert_eq!(report.tone.sent_hz, Some(sent));
         assert!(report.tone.frames_sent > 10 && report.tone.frames_decoded > 10);
         let rtp = &report.rtp;
         assert!(rtp.packets_sent > 10 && rtp.bytes_sent > 500, "{rtp:?}");
@@ -758,4 +758,26 @@ async fn with_a_stun_server_the_call_uses_webrtc_rs_sockets() {
         assert!(report.timeline.dtls_connected_ms.is_some() && report.tone.detected.is_some());
     }
     server.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_echoing_callee_sends_the_callers_tone_back() {
+    let (_board, mut a, mut b) = pair(
+        config(440.0, AnswerPolicy::Manual),
+        CallConfig {
+            echo: true,
+            ..config(660.0, AnswerPolicy::Accept)
+        },
+    );
+    a.engine.place_call(false).await.unwrap();
+    // The callee hears 440 Hz and sends it back: the caller hears its own tone, having gone
+    // through Opus twice and both directions of the call.
+    assert!((b.wait_for(STEP, "tone", tone).await.unwrap() - 440.0).abs() <= 3.0);
+    assert!((a.wait_for(STEP, "tone", tone).await.unwrap() - 440.0).abs() <= 3.0);
+    a.engine.hangup().await.unwrap();
+    let caller = a.ended(STEP).await.unwrap();
+    let callee = b.ended(STEP).await.unwrap();
+    assert_eq!(callee.tone.sent_hz, None);
+    assert_eq!(caller.tone.sent_hz, Some(440.0));
+    assert!(callee.tone.frames_sent > 10 && caller.rtp.packets_received > 10);
 }

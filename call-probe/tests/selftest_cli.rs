@@ -69,6 +69,35 @@ fn selftest_prints_tables_by_default() {
 }
 
 #[test]
+fn selftest_with_an_echoing_callee() {
+    let output = call_probe()
+        .args([
+            "selftest",
+            "--json",
+            "--echo",
+            "--no-rtt",
+            "--caller-hz",
+            "700",
+        ])
+        .args(["--step-timeout", "20"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let reports: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    for side in ["caller", "callee"] {
+        let heard = reports[side]["tone"]["detected"]["frequency_hz"]
+            .as_f64()
+            .unwrap();
+        assert!((heard - 700.0).abs() <= 3.0, "{side}: {heard}");
+    }
+    assert_eq!(
+        reports["callee"]["tone"]["sent_hz"],
+        serde_json::Value::Null
+    );
+}
+
+#[test]
 fn bad_flags_are_refused_clearly() {
     for (args, expect) in [
         (
