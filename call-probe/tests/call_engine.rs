@@ -747,7 +747,10 @@ async fn with_a_stun_server_the_call_uses_webrtc_rs_sockets() {
     for report in [a.ended(STEP).await.unwrap(), b.ended(STEP).await.unwrap()] {
         // webrtc-rs's own sockets gather both families: either loopback address may win.
         let pair = report.ice.selected_pair.clone().unwrap();
-        assert!(["127.0.0.1", "::1"].contains(&pair.local.address.as_str()), "{pair:?}");
+        assert!(
+            ["127.0.0.1", "::1"].contains(&pair.local.address.as_str()),
+            "{pair:?}"
+        );
         assert_eq!(report.wire, None);
         assert_eq!(
             (
