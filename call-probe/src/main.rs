@@ -1,0 +1,127 @@
+//! call-probe command line. Today: `selftest`, one in-process loopback call between two call
+//! engines, printing both sides' reports.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use call_probe::selftest::{run_selftest, SelftestOptions};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "call-probe",
+    version,
+    about = "Places real WebRTC audio calls (Opus over DTLS-SRTP) driven by Zajel's call messages"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one call between two in-process engines over loopback and print both reports.
+    Selftest {
+        /// Print the reports as JSON ({"caller":…,"callee":…}) instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Also negotiate a video track.
+        #[arg(long)]
+        video: bool,
+        /// Tone the caller sends, in Hz.
+        #[arg(long, default_value_t = 440.0)]
+        caller_hz: f64,
+        /// Tone the callee sends, in Hz.
+        #[arg(long, default_value_t = 660.0)]
+        callee_hz: f64,
+        /// Seconds each step (tone heard, RTT known, hangup) may take.
+        #[arg(long, default_value_t = 15)]
+        step_timeout: u64,
+        /// The callee sends back what it hears instead of its own tone (the caller then
+        /// listens for its own tone).
+        #[arg(long)]
+        echo: bool,
+        /// Hang up once both tones are heard, without waiting for the first RTCP round-trip
+        /// time (about a second more).
+        #[arg(long)]
+        no_rtt: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: could not start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Selftest {
+            json,
+            video,
+            caller_hz,
+            callee_hz,
+            step_timeout,
+            no_rtt,
+            echo,
+        } => {
+            if step_timeout == 0 {
+                eprintln!("error: --step-timeout must be at least 1 second");
+                return ExitCode::from(2);
+            }
+            for (name, hz) in [("--caller-hz", caller_hz), ("--callee-hz", callee_hz)] {
+                if !(100.0..=4000.0).contains(&hz) {
+                    eprintln!("error: {name} must be between 100 and 4000 Hz");
+                    return ExitCode::from(2);
+                }
+            }
+            let options = SelftestOptions {
+                caller_hz,
+                callee_hz,
+                with_video: video,
+                echo,
+                step_timeout: Duration::from_secs(step_timeout),
+                wait_for_rtt: !no_rtt,
+            };
+            match runtime.block_on(run_selftest(&options)) {
+                Ok((caller, callee)) => {
+                    if json {
+                        let both = serde_json::json!({"caller": caller, "callee": callee});
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&both).unwrap_or_default()
+                        );
+                    } else {
+                        println!("== caller ==\n{}", caller.to_table());
+                        println!("== callee ==\n{}", callee.to_table());
+                    }
+                    let heard = |r: &call_probe::CallReport, hz: f64| {
+                        r.tone
+                            .detected
+                            .is_some_and(|d| (d.frequency_hz - hz).abs() <= 5.0)
+                    };
+                    let caller_hears = if echo { caller_hz } else { callee_hz };
+                    if heard(&caller, caller_hears) && heard(&callee, caller_hz) {
+                        ExitCode::SUCCESS
+                    } else {
+                        eprintln!("error: a side did not hear the other's tone");
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(err) => {
+                    eprintln!("error: selftest failed: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

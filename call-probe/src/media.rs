@@ -1,0 +1,402 @@
+//! Audio content of a call: the test tone (a sine), Opus encoding and decoding through libopus
+//! (the `opus` crate), tone detection with a Goertzel filter bank, and the receive-side RTP
+//! figures (interarrival jitter and loss, RFC 3550 §6.4.1 and appendix A.3) that the engine
+//! computes itself because webrtc-rs's inbound-rtp stats carry neither.
+
+use std::f64::consts::PI;
+
+use serde::{Deserialize, Serialize};
+
+/// Opus clock and PCM sample rate.
+pub const SAMPLE_RATE: u32 = 48_000;
+/// Samples in one 20 ms frame at 48 kHz, mono.
+pub const FRAME_SAMPLES: usize = 960;
+/// Frame duration.
+pub const FRAME_MS: u64 = 20;
+/// Largest Opus packet we produce (RFC 6716 allows 1275 bytes per frame).
+const MAX_OPUS_PACKET: usize = 1_500;
+
+/// Errors from the codec.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    #[error("opus: {0}")]
+    Opus(#[from] opus::Error),
+}
+
+/// A continuous sine at a fixed frequency, cut into 20 ms frames.
+#[derive(Debug, Clone)]
+pub struct ToneGenerator {
+    frequency_hz: f64,
+    amplitude: f64,
+    phase: f64,
+}
+
+impl ToneGenerator {
+    /// A tone of `frequency_hz` at `level_dbfs` (0 is full scale; -12 is a comfortable default).
+    pub fn new(frequency_hz: f64, level_dbfs: f64) -> Self {
+        Self {
+            frequency_hz,
+            amplitude: 10f64.powf(level_dbfs / 20.0) * f64::from(i16::MAX),
+            phase: 0.0,
+        }
+    }
+
+    /// The next 20 ms of PCM, continuing the phase of the previous frame.
+    pub fn next_frame(&mut self) -> [i16; FRAME_SAMPLES] {
+        let mut frame = [0i16; FRAME_SAMPLES];
+        let step = 2.0 * PI * self.frequency_hz / f64::from(SAMPLE_RATE);
+        for sample in frame.iter_mut() {
+            *sample = (self.amplitude * self.phase.sin()).round() as i16;
+            self.phase = (self.phase + step) % (2.0 * PI);
+        }
+        frame
+    }
+}
+
+/// libopus encoder for 48 kHz mono VoIP frames.
+pub struct OpusEncoder {
+    inner: opus::Encoder,
+    buffer: Vec<u8>,
+}
+
+impl OpusEncoder {
+    pub fn new() -> Result<Self, MediaError> {
+        Ok(Self {
+            inner: opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)?,
+            buffer: vec![0; MAX_OPUS_PACKET],
+        })
+    }
+
+    /// Encodes one 20 ms frame into an Opus packet.
+    pub fn encode(&mut self, frame: &[i16; FRAME_SAMPLES]) -> Result<Vec<u8>, MediaError> {
+        let len = self.inner.encode(frame, &mut self.buffer)?;
+        Ok(self.buffer[..len].to_vec())
+    }
+}
+
+/// libopus decoder for 48 kHz mono.
+pub struct OpusDecoder {
+    inner: opus::Decoder,
+    buffer: Vec<i16>,
+}
+
+impl OpusDecoder {
+    pub fn new() -> Result<Self, MediaError> {
+        Ok(Self {
+            inner: opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)?,
+            // 120 ms is the longest Opus packet.
+            buffer: vec![0; FRAME_SAMPLES * 6],
+        })
+    }
+
+    /// Decodes one Opus packet into PCM samples.
+    pub fn decode(&mut self, packet: &[u8]) -> Result<&[i16], MediaError> {
+        let samples = self.inner.decode(packet, &mut self.buffer, false)?;
+        Ok(&self.buffer[..samples])
+    }
+}
+
+/// Power of `frequency_hz` in `samples` (Goertzel), normalised so a full-scale sine gives 1.
+pub fn goertzel_power(samples: &[f64], frequency_hz: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    let omega = 2.0 * PI * frequency_hz / f64::from(SAMPLE_RATE);
+    let coeff = 2.0 * omega.cos();
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for &x in samples {
+        let s0 = x + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+    let n = samples.len() as f64;
+    (4.0 * power / (n * n)).max(0.0)
+}
+
+/// What the detector heard in one analysis window.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ToneReading {
+    /// The strongest frequency, in Hz (to the scan step, refined around the peak).
+    pub frequency_hz: f64,
+    /// RMS level of the window in dBFS.
+    pub level_dbfs: f64,
+    /// Share of the window's power at that frequency (0..1): near 1 for a clean tone.
+    pub purity: f64,
+}
+
+/// Finds the dominant frequency of incoming audio: a Goertzel bank over 100 ms windows
+/// (10 Hz resolution), a coarse scan from 100 Hz to 4 kHz, then a 1 Hz refinement around
+/// the peak. A tone counts as detected after [`ToneDetector::STABLE_WINDOWS`] consecutive
+/// windows agree within 10 Hz with a purity of at least 0.5.
+#[derive(Debug, Clone, Default)]
+pub struct ToneDetector {
+    window: Vec<f64>,
+    last: Option<ToneReading>,
+    agreeing: usize,
+    detected: Option<ToneReading>,
+    windows_analysed: u64,
+}
+
+impl ToneDetector {
+    /// Window length: 100 ms.
+    pub const WINDOW_SAMPLES: usize = 4_800;
+    /// Consecutive agreeing windows before a tone counts as detected.
+    pub const STABLE_WINDOWS: usize = 3;
+    const LOW_HZ: f64 = 100.0;
+    const HIGH_HZ: f64 = 4_000.0;
+    const STEP_HZ: f64 = 10.0;
+
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds decoded PCM. Returns a reading when this push made the tone count as detected
+    /// (once), so the caller can announce it.
+    pub fn push(&mut self, samples: &[i16]) -> Option<ToneReading> {
+        let mut newly_detected = None;
+        for &sample in samples {
+            self.window.push(f64::from(sample) / f64::from(i16::MAX));
+            if self.window.len() == Self::WINDOW_SAMPLES {
+                let reading = analyse_window(&self.window);
+                self.window.clear();
+                self.windows_analysed += 1;
+                if let Some(found) = self.accept(reading) {
+                    newly_detected = Some(found);
+                }
+            }
+        }
+        newly_detected
+    }
+
+    fn accept(&mut self, reading: Option<ToneReading>) -> Option<ToneReading> {
+        let Some(reading) = reading.filter(|r| r.purity >= 0.5) else {
+            self.agreeing = 0;
+            self.last = None;
+            return None;
+        };
+        let agrees = self
+            .last
+            .is_some_and(|last| (last.frequency_hz - reading.frequency_hz).abs() <= 10.0);
+        self.agreeing = if agrees { self.agreeing + 1 } else { 1 };
+        self.last = Some(reading);
+        if self.agreeing >= Self::STABLE_WINDOWS {
+            let first = self.detected.is_none();
+            self.detected = Some(reading);
+            if first {
+                return Some(reading);
+            }
+        }
+        None
+    }
+
+    /// The latest stable reading, if a tone was detected.
+    pub fn detected(&self) -> Option<ToneReading> {
+        self.detected
+    }
+
+    /// How many 100 ms windows were analysed.
+    pub fn windows_analysed(&self) -> u64 {
+        self.windows_analysed
+    }
+}
+
+/// The dominant frequency of one window, or `None` for silence.
+fn analyse_window(window: &[f64]) -> Option<ToneReading> {
+    let energy: f64 = window.iter().map(|x| x * x).sum::<f64>() / window.len() as f64;
+    if energy < 1e-8 {
+        return None;
+    }
+    let level_dbfs = 10.0 * energy.log10();
+    let mut best = (0.0, 0.0);
+    let mut frequency = ToneDetector::LOW_HZ;
+    while frequency <= ToneDetector::HIGH_HZ {
+        let power = goertzel_power(window, frequency);
+        if power > best.1 {
+            best = (frequency, power);
+        }
+        frequency += ToneDetector::STEP_HZ;
+    }
+    let (coarse, _) = best;
+    for offset in -9..=9 {
+        let frequency = coarse + f64::from(offset);
+        let power = goertzel_power(window, frequency);
+        if power > best.1 {
+            best = (frequency, power);
+        }
+    }
+    // A sine of amplitude A has mean power A²/2 and Goertzel power A².
+    let purity = (best.1 / 2.0 / energy).min(1.0);
+    Some(ToneReading {
+        frequency_hz: best.0,
+        level_dbfs,
+        purity,
+    })
+}
+
+/// Receive-side RTP figures for one stream: packets, loss from sequence numbers, and RFC 3550
+/// interarrival jitter from RTP timestamps against arrival times.
+#[derive(Debug, Clone, Default)]
+pub struct ReceiveStats {
+    packets: u64,
+    payload_bytes: u64,
+    base_seq: Option<u32>,
+    max_seq: u32,
+    cycles: u32,
+    jitter: f64,
+    last_transit: Option<f64>,
+}
+
+impl ReceiveStats {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records a packet with its sequence number, RTP timestamp (48 kHz clock), payload size
+    /// and arrival time in seconds since any fixed origin.
+    pub fn record(&mut self, sequence: u16, rtp_timestamp: u32, payload: usize, arrival_s: f64) {
+        self.packets += 1;
+        self.payload_bytes += payload as u64;
+        let sequence = u32::from(sequence);
+        match self.base_seq {
+            None => {
+                self.base_seq = Some(sequence);
+                self.max_seq = sequence;
+            }
+            Some(_) => {
+                let delta = sequence.wrapping_sub(self.max_seq) & 0xffff;
+                if delta != 0 && delta < 0x8000 {
+                    if sequence < self.max_seq {
+                        self.cycles += 1;
+                    }
+                    self.max_seq = sequence;
+                }
+            }
+        }
+        let transit = arrival_s * f64::from(SAMPLE_RATE) - f64::from(rtp_timestamp);
+        if let Some(last) = self.last_transit {
+            let mut d = (transit - last).abs();
+            // A timestamp wrap shows as a huge jump; ignore it.
+            if d > f64::from(u32::MAX / 2) {
+                d = 0.0;
+            }
+            self.jitter += (d - self.jitter) / 16.0;
+        }
+        self.last_transit = Some(transit);
+    }
+
+    pub fn packets(&self) -> u64 {
+        self.packets
+    }
+
+    pub fn payload_bytes(&self) -> u64 {
+        self.payload_bytes
+    }
+
+    /// Packets expected from the sequence numbers seen minus packets received (never negative).
+    pub fn packets_lost(&self) -> u64 {
+        let Some(base) = self.base_seq else {
+            return 0;
+        };
+        let extended_max = u64::from(self.cycles) * 65_536 + u64::from(self.max_seq);
+        let expected = extended_max + 1 - u64::from(base);
+        expected.saturating_sub(self.packets)
+    }
+
+    /// Interarrival jitter in milliseconds.
+    pub fn jitter_ms(&self) -> f64 {
+        self.jitter / f64::from(SAMPLE_RATE) * 1000.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn goertzel_finds_the_tone_through_opus() {
+        for frequency in [440.0, 660.0, 1000.0] {
+            let mut tone = ToneGenerator::new(frequency, -12.0);
+            let mut encoder = OpusEncoder::new().unwrap();
+            let mut decoder = OpusDecoder::new().unwrap();
+            let mut detector = ToneDetector::new();
+            let mut detected = None;
+            for _ in 0..50 {
+                let packet = encoder.encode(&tone.next_frame()).unwrap();
+                assert!(!packet.is_empty() && packet.len() < 400);
+                let pcm = decoder.decode(&packet).unwrap().to_vec();
+                assert_eq!(pcm.len(), FRAME_SAMPLES);
+                if let Some(reading) = detector.push(&pcm) {
+                    detected = Some(reading);
+                }
+            }
+            let reading = detected.expect("tone detected");
+            assert!(
+                (reading.frequency_hz - frequency).abs() <= 3.0,
+                "{reading:?} for {frequency}"
+            );
+            // -12 dBFS peak is about -15 dBFS RMS.
+            assert!((reading.level_dbfs + 15.0).abs() < 2.0, "{reading:?}");
+            assert!(reading.purity > 0.8, "{reading:?}");
+        }
+    }
+
+    #[test]
+    fn silence_and_noise_are_not_tones() {
+        let mut detector = ToneDetector::new();
+        assert_eq!(detector.push(&vec![0i16; 48_000]), None);
+        // Deterministic white-ish noise (an LCG).
+        let mut state: u32 = 12_345;
+        let noise: Vec<i16> = (0..48_000)
+            .map(|_| {
+                state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                ((state >> 16) as i16) / 4
+            })
+            .collect();
+        assert_eq!(detector.push(&noise), None);
+        assert_eq!(detector.detected(), None);
+        assert_eq!(detector.windows_analysed(), 20);
+    }
+
+    #[test]
+    fn two_tones_give_the_stronger_with_low_purity() {
+        let mut a = ToneGenerator::new(440.0, -12.0);
+        let mut b = ToneGenerator::new(1_200.0, -14.0);
+        let window: Vec<f64> = (0..5)
+            .flat_map(|_| {
+                let (fa, fb) = (a.next_frame(), b.next_frame());
+                (0..FRAME_SAMPLES)
+                    .map(move |i| (f64::from(fa[i]) + f64::from(fb[i])) / f64::from(i16::MAX))
+            })
+            .collect();
+        let reading = analyse_window(&window).unwrap();
+        assert_eq!(reading.frequency_hz, 440.0);
+        assert!(reading.purity < 0.7, "{reading:?}");
+    }
+
+    #[test]
+    fn receive_stats_count_loss_and_jitter() {
+        let mut stats = ReceiveStats::new();
+        // Perfectly paced packets: no jitter; 65530.. wraps past 65535.
+        for i in 0..20u32 {
+            let seq = (65_530 + i) as u16;
+            stats.record(seq, i * 960, 100, f64::from(i) * 0.02);
+        }
+        assert_eq!(stats.packets(), 20);
+        assert_eq!(stats.payload_bytes(), 2_000);
+        assert_eq!(stats.packets_lost(), 0);
+        assert!(stats.jitter_ms() < 1e-6);
+        // Skip two sequence numbers and arrive 10 ms late.
+        stats.record(
+            65_530u32.wrapping_add(22) as u16,
+            22 * 960,
+            100,
+            22.0 * 0.02 + 0.01,
+        );
+        assert_eq!(stats.packets_lost(), 2);
+        assert!((stats.jitter_ms() - 10.0 / 16.0).abs() < 1e-6);
+        // A late duplicate of an old packet does not move the maximum.
+        stats.record(65_535, 5 * 960, 100, 0.5);
+        assert_eq!(stats.packets_lost(), 1);
+    }
+}
