@@ -584,3 +584,41 @@ async fn stream_listeners_enforce_their_limits() {
     closed_by_server(&mut no_handshake).await;
     server.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_carries_only_stun_and_channel_data() {
+    let mut config = config();
+    config.listen_tcp = Some("127.0.0.1:0".parse().unwrap());
+    let server = TurnServer::start(config).await.unwrap();
+    let bridge = StreamBridge::start(server.tcp_addr().unwrap(), None)
+        .await
+        .unwrap();
+    let local = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // Neither STUN nor ChannelData, and a STUN header whose length lies.
+    local
+        .send_to(&[0xFF; 24], bridge.local_addr())
+        .await
+        .unwrap();
+    let mut lying = vec![0x00, 0x01, 0x00, 0x40, 0x21, 0x12, 0xA4, 0x42];
+    lying.extend_from_slice(&[9u8; 12]);
+    local.send_to(&lying, bridge.local_addr()).await.unwrap();
+    // A Binding request is carried, and its answer comes back.
+    let mut binding = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+    binding.extend_from_slice(&[7u8; 12]);
+    local.send_to(&binding, bridge.local_addr()).await.unwrap();
+    let mut answer = [0u8; 1500];
+    let (n, _) = tokio::time::timeout(step_timeout(), local.recv_from(&mut answer))
+        .await
+        .expect("no Binding answer through the bridge")
+        .unwrap();
+    assert_eq!(&answer[..2], &[0x01, 0x01], "a Binding success response");
+    assert_eq!(&answer[8..20], &[7u8; 12], "for our transaction");
+    assert!(n > 20);
+    let stats = bridge.stats();
+    assert_eq!(
+        (stats.streams_opened, stats.frames_up, stats.frames_down),
+        (1, 1, 1),
+        "{stats:?}"
+    );
+    server.close().await;
+}
