@@ -622,3 +622,67 @@ async fn the_bridge_carries_only_stun_and_channel_data() {
     );
     server.close().await;
 }
+
+/// coturn's own TURN client (`turnutils_uclient`, from the `coturn` package)
+/// against our server: an independent implementation of the TCP and TLS
+/// framing (ChannelData included: it relays through channels), with two
+/// clients relaying 20 messages each to the other.
+async fn uclient_through(port: u16, transport_flags: &[&str]) {
+    let credential = credentials::issue(SECRET, "uclient", now_secs(), 600);
+    let mut command = Command::new("turnutils_uclient");
+    command
+        .args(transport_flags)
+        .args(["-y", "-c", "-m", "2", "-n", "20", "-l", "160", "-z", "5"])
+        .args(["-p", &port.to_string()])
+        .args(["-u", &credential.username, "-w", &credential.credential])
+        .arg("127.0.0.1");
+    let mut uclient = ChildProcess::spawn("turnutils_uclient", command).unwrap_or_else(|error| {
+        panic!("turnutils_uclient (Debian package `coturn`) is needed: {error}")
+    });
+    let timeout = step_timeout();
+    let (status, output) = tokio::task::spawn_blocking(move || {
+        let status = uclient.wait(timeout);
+        (status, uclient.output())
+    })
+    .await
+    .unwrap();
+    assert!(
+        status.as_ref().is_ok_and(|s| s.success()),
+        "{status:?}\n{output}"
+    );
+    assert!(
+        output.contains("tot_send_msgs=40, tot_recv_msgs=40"),
+        "not every message came back:\n{output}"
+    );
+    assert!(output.contains("Total lost packets 0 "), "{output}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coturn_client_relays_over_our_tcp_and_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = test_pki("Zajel TURN test CA");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    let mut config = config();
+    config.listen_tcp = Some("127.0.0.1:0".parse().unwrap());
+    config.listen_tls = Some("127.0.0.1:0".parse().unwrap());
+    config.tls = Some(
+        TurnTls::from_pem(
+            pki.server_cert_pem.as_bytes(),
+            pki.server_key_pem.as_bytes(),
+        )
+        .unwrap(),
+    );
+    let server = TurnServer::start(config).await.unwrap();
+    // Both at once (uclient paces itself in whole seconds). It makes a few
+    // allocations per client beyond the one it relays through.
+    let tls_flags = ["-t", "-S", "-E", ca_file.to_str().unwrap()];
+    tokio::join!(
+        uclient_through(server.tcp_addr().unwrap().port(), &["-t"]),
+        uclient_through(server.tls_addr().unwrap().port(), &tls_flags),
+    );
+    let after_tls = server.stats();
+    assert!(after_tls.total_allocations >= 4, "{after_tls:?}");
+    assert_eq!(after_tls.refused_auth, 0, "{after_tls:?}");
+    server.close().await;
+}
