@@ -686,3 +686,25 @@ async fn coturn_client_relays_over_our_tcp_and_tls() {
     assert_eq!(after_tls.refused_auth, 0, "{after_tls:?}");
     server.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_external_ip_is_advertised_for_relays() {
+    let mut config = config();
+    config.listen_udp = Some("127.0.0.1:0".parse().unwrap());
+    config.external_ip = Some("127.0.0.2".parse().unwrap());
+    let server = TurnServer::start(config).await.unwrap();
+    let client = RawTurnClient::new(server.udp_addr().unwrap(), step_timeout()).await;
+    let credential = credentials::issue(SECRET, "peer", now_secs(), 600);
+    match client
+        .allocate(&credential.username, &credential.credential)
+        .await
+        .unwrap()
+    {
+        AllocateOutcome::Relayed(relay) => {
+            assert_eq!(relay.ip(), "127.0.0.2".parse::<std::net::IpAddr>().unwrap());
+            assert_ne!(relay.port(), 0);
+        }
+        other => panic!("{other:?}"),
+    }
+    server.close().await;
+}
