@@ -10,7 +10,7 @@ use std::time::Instant as StdInstant;
 
 use ed25519_dalek::SigningKey;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -46,6 +46,21 @@ pub enum Error {
     Registry { url: String, reason: String },
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(String),
+}
+
+/// The listen backlog (the kernel caps it at `net.core.somaxconn`): large,
+/// so that a burst of reconnecting clients is not dropped into SYN retries.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// State every connection shares.
@@ -100,12 +115,10 @@ impl Relay {
             )?)),
             None => None,
         };
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| Error::Listen {
-                address: config.listen,
-                source,
-            })?;
+        let listener = listen(config.listen).map_err(|source| Error::Listen {
+            address: config.listen,
+            source,
+        })?;
         let local_addr = listener.local_addr().map_err(|source| Error::Listen {
             address: config.listen,
             source,

@@ -81,17 +81,8 @@ where
                     idle_deadline = Instant::now() + timeouts.idle;
                     let text = match frame {
                         Ok(Message::Text(text)) => text.as_str().to_owned(),
-                        Ok(Message::Binary(bytes)) => match String::from_utf8(bytes.to_vec()) {
-                            // Zajel's server reads binary frames as text too.
-                            Ok(text) => text,
-                            Err(_) => {
-                                shared.metrics.refused(Refusal::InvalidMessage);
-                                if !session.reply(SignalingError::Json.to_server_message().to_text()).await {
-                                    break;
-                                }
-                                continue;
-                            }
-                        },
+                        // Zajel's server reads binary frames as text too (lossily).
+                        Ok(Message::Binary(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
                         Ok(_) => continue, // ping/pong/close: tungstenite answers them
                         Err(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
                             shared.metrics.refused(Refusal::FrameTooLarge);
