@@ -63,6 +63,9 @@ fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// Over-limit connections answered with 503/429 at once; more are closed unanswered.
+pub const MAX_REFUSALS_IN_FLIGHT: usize = 256;
+
 /// State every connection shares.
 pub(crate) struct Shared {
     pub hub: Arc<Hub>,
@@ -143,6 +146,12 @@ impl Relay {
                     reason: "must be an http:// or https:// URL with a host".into(),
                 });
             }
+        }
+        if !config.bootstrap.is_empty() && config.public_endpoint.is_none() {
+            tracing::warn!(
+                %endpoint,
+                "no --public-endpoint: registering the listen address; clients elsewhere may not reach it"
+            );
         }
         let metrics = Metrics::new();
         let hub = Hub::new(
@@ -273,6 +282,9 @@ async fn accept_loop(
     addresses: AddressCounter,
 ) {
     let mut shutdown = shared.shutdown.clone();
+    // Refusals are answered by short-lived tasks; past this many at once,
+    // further over-limit connections are just closed.
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
     loop {
         let (stream, peer) = tokio::select! {
             () = crate::relay::stopping(&mut shutdown) => return,
@@ -290,21 +302,27 @@ async fn accept_loop(
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             shared.metrics.refused(Refusal::ConnectionLimit);
             tracing::debug!(%peer, "connection limit reached");
-            tokio::spawn(refuse(
-                stream,
-                "503 Service Unavailable",
-                "Too many connections",
-            ));
+            if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                tokio::spawn(refuse(
+                    stream,
+                    permit,
+                    "503 Service Unavailable",
+                    "Too many connections",
+                ));
+            }
             continue;
         };
         let Some(slot) = addresses.acquire(peer.ip()) else {
             shared.metrics.refused(Refusal::AddressLimit);
             tracing::debug!(%peer, "per-address connection limit reached");
-            tokio::spawn(refuse(
-                stream,
-                "429 Too Many Requests",
-                "Too many connections from this address",
-            ));
+            if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                tokio::spawn(refuse(
+                    stream,
+                    permit,
+                    "429 Too Many Requests",
+                    "Too many connections from this address",
+                ));
+            }
             continue;
         };
         tokio::spawn(connection(
@@ -318,7 +336,12 @@ async fn accept_loop(
     }
 }
 
-async fn refuse(mut stream: TcpStream, status: &'static str, message: &'static str) {
+async fn refuse(
+    mut stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+    status: &'static str,
+    message: &'static str,
+) {
     let _ = tokio::time::timeout(
         std::time::Duration::from_secs(2),
         http::respond(
