@@ -850,6 +850,14 @@ async fn ice_servers_only_for_registered_clients_that_ask() {
         turn["credential"].as_str().unwrap(),
         relay_lite::credentials::check_username(b"t0p-s3cret", username, now).unwrap()
     );
+    // Registering the same code again refreshes the credential.
+    asking
+        .send(json!({"type": "register", "pairingCode": "ALEXA2", "publicKey": key(1), "iceServers": true}))
+        .await;
+    assert_eq!(asking.recv().await["type"], "registered");
+    let refreshed = asking.recv().await;
+    assert_eq!(refreshed["type"], "ice_servers");
+    assert_ne!(refreshed["iceServers"][1]["username"], turn["username"]);
     // The secret never reaches the logs.
     assert!(!relay.process.output().contains("t0p-s3cret"));
 
