@@ -872,7 +872,7 @@ async fn ice_servers_only_for_registered_clients_that_ask() {
     plain.expect_quiet().await;
     assert_eq!(
         relay.metric("relay_ice_credentials_issued_total").await,
-        1.0
+        2.0
     );
 }
 
