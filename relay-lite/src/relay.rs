@@ -153,7 +153,7 @@ impl Relay {
                 "no --public-endpoint: registering the listen address; clients elsewhere may not reach it"
             );
         }
-        let metrics = Metrics::new();
+        let metrics = config.metrics.clone().unwrap_or_default();
         let hub = Hub::new(
             PairingSettings {
                 timeout: config.timeouts.pair_request,
