@@ -59,9 +59,8 @@ where
     let mut shutdown = shared.shutdown.clone();
     let mut close: Option<(u16, &'static str)> = None;
     let mut idle_deadline = Instant::now() + timeouts.idle;
-    if !session.reply(shared.server_info.clone()).await {
-        close = None;
-    } else {
+    // The greeting; a client that cannot take even that is simply dropped.
+    if session.reply(shared.server_info.clone()).await {
         loop {
             tokio::select! {
                 biased;
@@ -121,7 +120,7 @@ where
         Some((code, reason)) if !outbox.is_killed() => {
             drop(session);
             // Best effort: a peer that reads gets its close frame.
-            if outbox_close(&outbox, code, reason) {
+            if outbox.close(code, reason) {
                 let grace = tokio::time::sleep(timeouts.shutdown_grace);
                 tokio::select! {
                     _ = &mut writer => {}
@@ -138,10 +137,6 @@ where
         }
         _ => writer.abort(),
     }
-}
-
-fn outbox_close(outbox: &Outbox, code: u16, reason: &'static str) -> bool {
-    outbox.close(code, reason)
 }
 
 async fn write_loop<S>(
