@@ -4,10 +4,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use zajel_wire::signaling;
+
+use crate::metrics::Metrics;
 
 /// Everything [`crate::Relay::start`] needs.
 #[derive(Clone)]
@@ -31,6 +34,9 @@ pub struct RelayConfig {
     pub timeouts: Timeouts,
     /// STUN/TURN servers handed to registered clients that ask.
     pub ice: Option<IceConfig>,
+    /// Metrics to record into (e.g. shared with a TURN server started
+    /// first); `None` creates fresh ones, see [`crate::RunningRelay::metrics`].
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl Default for RelayConfig {
@@ -46,6 +52,7 @@ impl Default for RelayConfig {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             ice: None,
+            metrics: None,
         }
     }
 }
@@ -63,6 +70,7 @@ impl std::fmt::Debug for RelayConfig {
             .field("limits", &self.limits)
             .field("timeouts", &self.timeouts)
             .field("ice", &self.ice)
+            .field("metrics", &self.metrics.is_some())
             .finish()
     }
 }

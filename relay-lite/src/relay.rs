@@ -10,7 +10,7 @@ use std::time::Instant as StdInstant;
 
 use ed25519_dalek::SigningKey;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -47,6 +47,24 @@ pub enum Error {
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(String),
 }
+
+/// The listen backlog (the kernel caps it at `net.core.somaxconn`): large,
+/// so that a burst of reconnecting clients is not dropped into SYN retries.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Over-limit connections answered with 503/429 at once; more are closed unanswered.
+pub const MAX_REFUSALS_IN_FLIGHT: usize = 256;
 
 /// State every connection shares.
 pub(crate) struct Shared {
@@ -100,12 +118,10 @@ impl Relay {
             )?)),
             None => None,
         };
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| Error::Listen {
-                address: config.listen,
-                source,
-            })?;
+        let listener = listen(config.listen).map_err(|source| Error::Listen {
+            address: config.listen,
+            source,
+        })?;
         let local_addr = listener.local_addr().map_err(|source| Error::Listen {
             address: config.listen,
             source,
@@ -131,7 +147,13 @@ impl Relay {
                 });
             }
         }
-        let metrics = Metrics::new();
+        if !config.bootstrap.is_empty() && config.public_endpoint.is_none() {
+            tracing::warn!(
+                %endpoint,
+                "no --public-endpoint: registering the listen address; clients elsewhere may not reach it"
+            );
+        }
+        let metrics = config.metrics.clone().unwrap_or_default();
         let hub = Hub::new(
             PairingSettings {
                 timeout: config.timeouts.pair_request,
@@ -260,6 +282,9 @@ async fn accept_loop(
     addresses: AddressCounter,
 ) {
     let mut shutdown = shared.shutdown.clone();
+    // Refusals are answered by short-lived tasks; past this many at once,
+    // further over-limit connections are just closed.
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
     loop {
         let (stream, peer) = tokio::select! {
             () = crate::relay::stopping(&mut shutdown) => return,
@@ -277,21 +302,27 @@ async fn accept_loop(
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             shared.metrics.refused(Refusal::ConnectionLimit);
             tracing::debug!(%peer, "connection limit reached");
-            tokio::spawn(refuse(
-                stream,
-                "503 Service Unavailable",
-                "Too many connections",
-            ));
+            if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                tokio::spawn(refuse(
+                    stream,
+                    permit,
+                    "503 Service Unavailable",
+                    "Too many connections",
+                ));
+            }
             continue;
         };
         let Some(slot) = addresses.acquire(peer.ip()) else {
             shared.metrics.refused(Refusal::AddressLimit);
             tracing::debug!(%peer, "per-address connection limit reached");
-            tokio::spawn(refuse(
-                stream,
-                "429 Too Many Requests",
-                "Too many connections from this address",
-            ));
+            if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                tokio::spawn(refuse(
+                    stream,
+                    permit,
+                    "429 Too Many Requests",
+                    "Too many connections from this address",
+                ));
+            }
             continue;
         };
         tokio::spawn(connection(
@@ -305,7 +336,12 @@ async fn accept_loop(
     }
 }
 
-async fn refuse(mut stream: TcpStream, status: &'static str, message: &'static str) {
+async fn refuse(
+    mut stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+    status: &'static str,
+    message: &'static str,
+) {
     let _ = tokio::time::timeout(
         std::time::Duration::from_secs(2),
         http::respond(

@@ -110,9 +110,12 @@ async fn serves_wss_and_https_with_a_pem_certificate() {
 
 #[tokio::test]
 async fn in_process_relay_with_turn_hook_and_graceful_shutdown() {
+    // A TURN server started first shares its metrics with the relay.
+    let shared_metrics = relay_lite::Metrics::new();
     let relay = Relay::start(RelayConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         region: Some("lab".into()),
+        metrics: Some(shared_metrics.clone()),
         ..RelayConfig::default()
     })
     .await
@@ -124,6 +127,7 @@ async fn in_process_relay_with_turn_hook_and_graceful_shutdown() {
     assert_eq!(client.server_info["region"], "lab");
     assert_eq!(relay.registered_codes(), 1);
     let metrics = relay.metrics();
+    assert!(Arc::ptr_eq(&metrics, &shared_metrics));
     assert_eq!(metrics.registered_codes(), 1);
     metrics.turn().allocation_opened();
     metrics.turn().add_relayed_bytes(1200);
