@@ -18,7 +18,7 @@ use tokio_tungstenite::WebSocketStream;
 use zajel_wire::entry::UNKNOWN_REGION;
 use zajel_wire::signaling::ServerMessage;
 
-use crate::config::RelayConfig;
+use crate::config::{IceConfig, RelayConfig};
 use crate::http::{self, Route};
 use crate::hub::{Hub, PairingSettings};
 use crate::identity;
@@ -27,6 +27,7 @@ use crate::membership::Membership;
 use crate::metrics::{Metrics, Refusal};
 use crate::session;
 use crate::tls;
+use crate::turn::TurnServer;
 
 /// Why a relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,8 @@ pub enum Error {
     Registry { url: String, reason: String },
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(String),
+    #[error(transparent)]
+    Turn(#[from] crate::turn::TurnError),
 }
 
 /// The listen backlog (the kernel caps it at `net.core.somaxconn`): large,
@@ -100,11 +103,12 @@ pub struct RunningRelay {
     memberships: Vec<JoinHandle<()>>,
     connections: Arc<Semaphore>,
     max_connections: u32,
+    turn: Option<TurnServer>,
 }
 
 impl Relay {
     /// Binds the listener, starts serving and joins the registries.
-    pub async fn start(config: RelayConfig) -> Result<RunningRelay, Error> {
+    pub async fn start(mut config: RelayConfig) -> Result<RunningRelay, Error> {
         tls::install_crypto_provider();
         let key = match &config.identity {
             Some(key) => key.clone(),
@@ -154,6 +158,20 @@ impl Relay {
             );
         }
         let metrics = config.metrics.clone().unwrap_or_default();
+        let turn = match &config.turn {
+            Some(turn_config) => {
+                let server = TurnServer::start(turn_config.clone()).await?;
+                metrics.turn().attach(server.counters());
+                config.ice = Some(ice_for_embedded_turn(
+                    config.ice.take(),
+                    turn_config,
+                    &server,
+                ));
+                tracing::info!(udp = ?server.udp_addr(), tcp = ?server.tcp_addr(), tls = ?server.tls_addr(), "embedded TURN server started");
+                Some(server)
+            }
+            None => None,
+        };
         let hub = Hub::new(
             PairingSettings {
                 timeout: config.timeouts.pair_request,
@@ -221,8 +239,48 @@ impl Relay {
             memberships,
             connections,
             max_connections,
+            turn,
         })
     }
+}
+
+/// What registered clients are told about an embedded TURN server: the
+/// URLs given, or else one per listener (`turn:` over UDP and TCP,
+/// `turns:` over TLS, at the listener's address, or at the advertised
+/// address when it listens on every interface), with its secret.
+fn ice_for_embedded_turn(
+    ice: Option<IceConfig>,
+    turn: &crate::turn::TurnConfig,
+    server: &TurnServer,
+) -> IceConfig {
+    let advertised = |address: SocketAddr| {
+        let ip = if address.ip().is_unspecified() {
+            turn.external_ip.unwrap_or(turn.relay_ip)
+        } else {
+            address.ip()
+        };
+        SocketAddr::new(ip, address.port())
+    };
+    let mut ice = ice.unwrap_or_else(|| IceConfig {
+        turn_urls: Vec::new(),
+        stun_urls: Vec::new(),
+        secret: turn.secret.clone(),
+        ttl: crate::config::DEFAULT_ICE_TTL,
+    });
+    if ice.turn_urls.is_empty() {
+        let listeners = [
+            ("turn", server.udp_addr(), "udp"),
+            ("turn", server.tcp_addr(), "tcp"),
+            ("turns", server.tls_addr(), "tcp"),
+        ];
+        ice.turn_urls = listeners
+            .into_iter()
+            .filter_map(|(scheme, address, transport)| {
+                address.map(|a| format!("{scheme}:{}?transport={transport}", advertised(a)))
+            })
+            .collect();
+    }
+    ice
 }
 
 impl RunningRelay {
@@ -246,6 +304,11 @@ impl RunningRelay {
         self.metrics.clone()
     }
 
+    /// The embedded TURN server, when [`RelayConfig::turn`] asked for one.
+    pub fn turn(&self) -> Option<&TurnServer> {
+        self.turn.as_ref()
+    }
+
     /// Codes registered now.
     pub fn registered_codes(&self) -> usize {
         self.shared.hub.registered()
@@ -256,6 +319,9 @@ impl RunningRelay {
     /// do not answer are dropped after the shutdown grace period).
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
+        if let Some(turn) = self.turn.take() {
+            turn.close().await;
+        }
         if let Some(accept) = self.accept.take() {
             let _ = accept.await;
         }
@@ -517,7 +583,7 @@ fn health_body(shared: &Shared) -> String {
         "connections": metrics.websocket_sessions(),
         "registeredCodes": metrics.registered_codes(),
         "registries": metrics.registries_registered(),
-        "turnAllocations": metrics.turn().allocations_active(),
+        "turnAllocations": metrics.turn().snapshot().current_allocations,
         "uptimeSeconds": shared.started.elapsed().as_secs(),
     })
     .to_string()
