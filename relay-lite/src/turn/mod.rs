@@ -96,7 +96,7 @@ impl TurnTls {
 }
 
 /// How the TURN server runs. Every listener is optional, but at least one
-/// must be set. The matching relay-lite flags are in README-turn.md.
+/// must be set. The matching relay-lite flags are in relay-lite/README.md (TURN).
 #[derive(Clone)]
 pub struct TurnConfig {
     /// TURN over UDP (`--turn-listen-udp`), e.g. `0.0.0.0:3478`.
