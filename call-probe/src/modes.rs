@@ -308,7 +308,10 @@ async fn choose_server(
             return ServerChoice::from_link(first);
         }
     }
-    let links = link.map(|l| vec![l.to_uri()]).unwrap_or_default();
+    let links: Vec<String> = link
+        .filter(|l| !l.servers.is_empty())
+        .map(|l| vec![l.to_uri()])
+        .unwrap_or_default();
     if server.nothing_configured() && links.is_empty() && server.no_cache {
         return Err(
             "no server: give --server, --registry/--registry-key, --doh/--domain, or a zajel:// link with ?server="

@@ -73,12 +73,17 @@ async fn run(args: &[&str]) -> (i32, String, String) {
         .spawn()
         .expect("call-probe runs");
     let id = child.id();
-    let waiting = tokio::task::spawn_blocking(move || child.wait_with_output());
-    let output = match tokio::time::timeout(step() * 3, waiting).await {
+    let mut waiting = tokio::task::spawn_blocking(move || child.wait_with_output());
+    let output = match tokio::time::timeout(step() * 3, &mut waiting).await {
         Ok(output) => output.expect("join").expect("output"),
         Err(_) => {
             let _ = Command::new("kill").arg(id.to_string()).status();
-            panic!("call-probe {args:?} did not end in time");
+            let output = waiting.await.expect("join").expect("output");
+            panic!(
+                "call-probe {args:?} did not end in time\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
     };
     (
