@@ -65,7 +65,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| {
                     tracing_subscriber::EnvFilter::new(
-                        "warn,webrtc=error,webrtc_ice=error,webrtc_dtls=error,webrtc_srtp=error,turn=error",
+                        "warn,webrtc=error,webrtc_ice=error,webrtc_dtls=error,webrtc_srtp=error,turn=off",
                     )
                 }),
         )

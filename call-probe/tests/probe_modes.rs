@@ -541,11 +541,18 @@ async fn check_finds_the_server_and_every_call_path() {
         &key,
         "--allow-private",
         "--no-cache",
+        "--step-timeout",
+        "2",
     ])
     .await;
     assert_eq!(status, 0);
     assert!(
         stdout.contains("direct UDP yes, TURN/UDP yes, TURN/TCP yes"),
+        "{stdout}"
+    );
+    // Without the demo CA the TURN/TLS handshake fails, and the report says so.
+    assert!(
+        stdout.contains("TURN/TLS no") && stdout.contains("TLS handshake to"),
         "{stdout}"
     );
     let _ = std::fs::remove_file(ca_file);
