@@ -71,8 +71,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    // Both rustls providers are compiled in (reqwest brings aws-lc-rs); ring is ours.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    call_probe::ensure_crypto_provider();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
