@@ -587,7 +587,12 @@ async fn check_exit_codes_say_no_server_and_signaling_blocked() {
     ])
     .await;
     assert_eq!(status, 3, "{stdout}");
-    assert_eq!(json(&stdout)["verdict"], "no_server_found");
+    let report = json(&stdout);
+    assert_eq!(report["verdict"], "no_server_found");
+    // The report says which server was tried and how it failed.
+    let unreachable = &report["server"]["unreachable"];
+    assert_eq!(unreachable[0]["url"], format!("{url}/"), "{unreachable}");
+    assert_ne!(unreachable[0]["outcome"], "ok");
 
     // A server that greets and answers ping (so discovery accepts it) but never registers.
     let stub = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -674,4 +679,51 @@ fn bad_flags_are_refused_clearly() {
         assert_eq!(status, 2, "{stderr}");
         assert!(stderr.contains("no server"), "{stderr}");
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answer_prints_its_code_link_and_qr_code() {
+    let world = LocalWorld::start().await.unwrap();
+    let relay = world.relay_url().to_string();
+    let args = [
+        "answer",
+        "--server",
+        &relay,
+        "--allow-private",
+        "--no-cache",
+        "--loopback",
+        "--code",
+        "ABC234",
+    ];
+    let mut child = command(&args).spawn().expect("answerer runs");
+    let stdout = child.stdout.take().expect("stdout");
+    let _running = Running(child);
+    let (done, read) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            text.push_str(&line);
+            text.push('\n');
+            if line.starts_with("waiting for calls") {
+                break;
+            }
+        }
+        let _ = done.send(text);
+    });
+    let text = tokio::time::timeout(step(), read).await.unwrap().unwrap();
+    assert!(text.contains("pairing code ABC234"), "{text}");
+    let link = format!(
+        "link zajel://ABC234?server={}",
+        zajel_wire::pairing::percent_encode(&relay)
+    );
+    assert!(text.contains(&link), "{text}");
+    // The QR code: lines of Unicode half blocks.
+    assert!(
+        text.lines()
+            .filter(|l| l.contains('\u{2580}') || l.contains('\u{2584}') || l.contains('\u{2588}'))
+            .count()
+            > 10,
+        "{text}"
+    );
+    assert!(text.contains("waiting for calls"));
 }
