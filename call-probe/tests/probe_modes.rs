@@ -288,7 +288,15 @@ async fn relay_only_calls_go_through_turn_over_udp_tcp_and_tls() {
             "{transport}: {ice}"
         );
     }
-    assert!(world.turn.stats().total_allocations >= 3);
+    assert!(
+        world
+            .relay
+            .turn()
+            .expect("embedded TURN")
+            .stats()
+            .total_allocations
+            >= 3
+    );
     let _ = std::fs::remove_file(ca_file);
 }
 
