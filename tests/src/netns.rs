@@ -15,7 +15,7 @@
 //! creating their sockets in [`Namespace::enter`] (a socket stays in the
 //! namespace it was created in, whichever thread uses it later).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -318,6 +318,34 @@ impl Topology {
     /// forward-hook chain (for example `ip daddr 10.77.2.10 drop`). An empty
     /// string lets everything through.
     pub fn censor(&self, rules: &str) -> Result<(), String> {
+        self.censor_and_redirect(rules, &[])
+    }
+
+    /// Like [`Topology::censor`], and also rewrites the destination of TCP
+    /// connections (DNAT in the censor), as a censor that answers in a
+    /// server's name does: each `(from, to)` sends what the client
+    /// addresses to `from` to `to` instead.
+    pub fn censor_and_redirect(
+        &self,
+        rules: &str,
+        redirects: &[(SocketAddrV4, SocketAddrV4)],
+    ) -> Result<(), String> {
+        let mut nat = String::new();
+        if !redirects.is_empty() {
+            nat.push_str(
+                "table ip censor_nat {\n\
+                   chain prerouting {\n\
+                     type nat hook prerouting priority -100; policy accept;\n",
+            );
+            for (from, to) in redirects {
+                nat.push_str(&format!(
+                    "ip daddr {} tcp dport {} dnat to {to}\n",
+                    from.ip(),
+                    from.port()
+                ));
+            }
+            nat.push_str("}\n}\n");
+        }
         self.censor.nft(&format!(
             "flush ruleset\n\
              table inet censor {{\n\
@@ -325,7 +353,8 @@ impl Topology {
                  type filter hook forward priority 0; policy accept;\n\
                  {rules}\n\
                }}\n\
-             }}\n"
+             }}\n\
+             {nat}"
         ))
     }
 }

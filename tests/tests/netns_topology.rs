@@ -165,3 +165,29 @@ fn path_emulator_delays_and_drops_forwarded_packets() {
     let missing: Vec<u8> = (0..100).filter(|n| !received.contains(n)).collect();
     assert_eq!(missing, vec![19, 39, 59, 79, 99]);
 }
+
+#[test]
+fn redirect_sends_a_connection_to_another_server() {
+    let topology = Topology::new(2).expect("topology");
+    let genuine = tcp_server(&topology, 8080);
+    // An impostor on the second address, answering differently.
+    let impostor = SocketAddr::from((netns::internet_host(1), 8081));
+    let listener = topology
+        .internet
+        .enter(move || TcpListener::bind(impostor))
+        .unwrap()
+        .expect("bind the impostor");
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let _ = stream.write_all(b"forged");
+        }
+    });
+    assert_eq!(tcp_from_client(&topology, genuine).unwrap(), "hello");
+    let (SocketAddr::V4(from), SocketAddr::V4(to)) = (genuine, impostor) else {
+        unreachable!("IPv4 addresses")
+    };
+    topology.censor_and_redirect("", &[(from, to)]).unwrap();
+    assert_eq!(tcp_from_client(&topology, genuine).unwrap(), "forged");
+    topology.censor("").unwrap();
+    assert_eq!(tcp_from_client(&topology, genuine).unwrap(), "hello");
+}
