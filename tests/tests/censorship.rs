@@ -231,6 +231,9 @@ fn run_client(world: &World, kind: Client, run: &Run) -> Result<ClientResult, St
         ),
         ..ClientResult::default()
     };
+    if std::env::var_os("ZAJEL_CENSORSHIP_VERBOSE").is_some() {
+        eprintln!("{}", result.raw);
+    }
     let json: Value = serde_json::from_str(&finished.stdout)
         .map_err(|e| format!("client output is not JSON ({e}):\n{}", result.raw))?;
     match kind {
