@@ -25,6 +25,7 @@
 //! | 4 | 10.77.2.14 | a fake registry (poisoning scenario) |
 //! | 5 | 10.77.2.15 | a lying DoH resolver (poisoning scenario) |
 //! | 6 | 10.77.2.16 | relay B |
+//! | callee | 10.77.3.2 | `call-probe answer` (a host of its own, one address) |
 
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};

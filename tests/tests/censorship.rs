@@ -278,12 +278,13 @@ fn read_call(json: &Value, result: &mut ClientResult) {
     }
 }
 
-/// Starts `call-probe answer` on relay `endpoint` in the internet namespace.
+/// Starts `call-probe answer` on relay `endpoint` in the callee namespace
+/// (a host of its own on the internet side).
 fn start_answerer(world: &mut World, kind: Client, endpoint: &str) -> Result<(), String> {
     if kind != Client::Call {
         return Ok(());
     }
-    let mut command = tool(&world.topology.internet, "call-probe")?;
+    let mut command = tool(&world.topology.callee, "call-probe")?;
     command
         .args(["answer", "--code", CODE, "--server", endpoint])
         .args(["--allow-private", "--no-cache", "--no-qr", "--ca-file"])
