@@ -258,20 +258,29 @@ async fn call_and_answer_clis_talk_through_the_relay() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn relay_only_calls_go_through_turn_over_udp_and_tcp() {
+async fn relay_only_calls_go_through_turn_over_udp_tcp_and_tls() {
     let world = LocalWorld::start().await.unwrap();
     let relay = world.relay_url().to_string();
-    for transport in ["udp", "tcp"] {
+    let ca_file = tempfile_with(&world.ca.ca_pem());
+    let ca = ca_file.to_string_lossy().to_string();
+    for transport in ["udp", "tcp", "tls"] {
         let (_answerer, code) = start_answerer(&world, &[]).await;
         let (status, stdout, stderr) = run(&call_args(
             &relay,
             &code,
-            &["--relay-only", "--turn-transport", transport],
+            &[
+                "--relay-only",
+                "--turn-transport",
+                transport,
+                "--ca-file",
+                &ca,
+            ],
         ))
         .await;
         assert_eq!(status, 0, "{transport}: {stderr}\n{stdout}");
         let out = json(&stdout);
         assert_media_both_ways(&out["call"], 660.0);
+        assert_eq!(out["call"]["turn_transport"], transport);
         let ice = &out["call"]["call"]["ice"];
         assert_eq!(ice["relay_only"], true);
         assert_eq!(
@@ -279,7 +288,8 @@ async fn relay_only_calls_go_through_turn_over_udp_and_tcp() {
             "{transport}: {ice}"
         );
     }
-    assert!(world.turn.stats().total_allocations >= 2);
+    assert!(world.turn.stats().total_allocations >= 3);
+    let _ = std::fs::remove_file(ca_file);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -531,11 +541,18 @@ async fn check_finds_the_server_and_every_call_path() {
         &key,
         "--allow-private",
         "--no-cache",
+        "--step-timeout",
+        "2",
     ])
     .await;
     assert_eq!(status, 0);
     assert!(
         stdout.contains("direct UDP yes, TURN/UDP yes, TURN/TCP yes"),
+        "{stdout}"
+    );
+    // Without the demo CA the TURN/TLS handshake fails, and the report says so.
+    assert!(
+        stdout.contains("TURN/TLS no") && stdout.contains("TLS handshake to"),
         "{stdout}"
     );
     let _ = std::fs::remove_file(ca_file);
