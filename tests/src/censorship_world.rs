@@ -3,32 +3,30 @@
 //! namespace, the real parts as child processes started with `ip netns
 //! exec`: the native registry (`bootstrap-worker serve`), relay-lite
 //! instances registered with it (`wss://` on port 443 with a certificate
-//! from a test CA the client trusts), a DoH resolver (Debian's unbound)
-//! serving the `_zajel` records `zajel-discover txt publish` signed, and the
-//! TURN server (relay-lite's `turn` module, UDP and TCP on 3478 and TLS on
-//! another address's 443) run in-process on a thread inside the namespace,
-//! because the relay-lite binary has no TURN listener flags yet.
+//! from a test CA the client trusts) each running its embedded TURN server
+//! (UDP and TCP on 3478; relay A also TLS on another address's 443), and a
+//! DoH resolver (Debian's unbound) serving the `_zajel` records
+//! `zajel-discover txt publish` signed.
 //!
-//! Every process is a [`ChildProcess`] (killed with its group on drop), the
-//! TURN server stops when its guard drops, and the namespaces (with their
-//! rules and anything still running inside) go with the topology, also when
-//! a scenario fails.
+//! Every process is a [`ChildProcess`] (killed with its group on drop), and
+//! the namespaces (with their rules and anything still running inside) go
+//! with the topology, also when a scenario fails.
 //!
 //! Addresses (only inside the namespaces, see [`crate::netns`]):
 //!
 //! | host | address | what |
 //! |---|---|---|
 //! | 0 | 10.77.2.10 | registry, `http://…:8787` |
-//! | 1 | 10.77.2.11 | relay A `wss://…:443`, TURN UDP and TCP `:3478` |
-//! | 2 | 10.77.2.12 | TURN over TLS `:443` |
+//! | 1 | 10.77.2.11 | relay A `wss://…:443`, its TURN over UDP and TCP `:3478` |
+//! | 2 | 10.77.2.12 | relay A's TURN over TLS `:443` |
 //! | 3 | 10.77.2.13 | DoH `https://doh.zajel.test/dns-query` on `:443` |
 //! | 4 | 10.77.2.14 | a fake registry (poisoning scenario) |
 //! | 5 | 10.77.2.15 | a lying DoH resolver (poisoning scenario) |
-//! | 6 | 10.77.2.16 | relay B |
+//! | 6 | 10.77.2.16 | relay B `wss://…:443`, its TURN over UDP and TCP `:3478` |
 //! | callee | 10.77.3.2 | `call-probe answer` (a host of its own, one address) |
 
 use std::io::Read;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -36,7 +34,6 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use relay_lite::turn::{TurnConfig, TurnServer, TurnTls};
 use zajel_wire::entry::RegisterRequest;
 use zajel_wire::keys;
 
@@ -50,7 +47,7 @@ pub const DOMAIN: &str = "zajel.test";
 pub const DOH_NAME: &str = "doh.zajel.test";
 /// The registry's port.
 pub const REGISTRY_PORT: u16 = 8787;
-/// TURN over UDP and TCP.
+/// The relays' TURN over UDP and TCP.
 pub const TURN_PORT: u16 = 3478;
 
 pub fn registry_address() -> Ipv4Addr {
@@ -196,77 +193,6 @@ pub fn tool(namespace: &Namespace, name: &str) -> Result<Command, String> {
     Ok(command)
 }
 
-/// The TURN server running on a thread inside the internet namespace.
-pub struct NamespacedTurn {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Option<()>>>,
-}
-
-impl NamespacedTurn {
-    /// TURN over UDP and TCP on `relay_ip:3478`, over TLS on `tls:443`.
-    pub fn start(
-        namespace: &Namespace,
-        secret: &[u8],
-        relay_ip: Ipv4Addr,
-        tls: Ipv4Addr,
-        pki: &Pki,
-    ) -> Result<Self, String> {
-        let mut config = TurnConfig::new(secret.to_vec());
-        config.listen_udp = Some(SocketAddr::from((relay_ip, TURN_PORT)));
-        config.listen_tcp = Some(SocketAddr::from((relay_ip, TURN_PORT)));
-        config.listen_tls = Some(SocketAddr::from((tls, 443)));
-        config.tls = Some(
-            TurnTls::from_pem_files(&pki.cert_file, &pki.key_file).map_err(|e| e.to_string())?,
-        );
-        config.relay_ip = IpAddr::V4(relay_ip);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready, is_ready) = std::sync::mpsc::channel::<Result<(), String>>();
-        let thread = namespace.spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(e) => {
-                    let _ = ready.send(Err(e.to_string()));
-                    return;
-                }
-            };
-            runtime.block_on(async move {
-                match TurnServer::start(config).await {
-                    Ok(server) => {
-                        let _ = ready.send(Ok(()));
-                        let _ = stopped.await;
-                        server.close().await;
-                    }
-                    Err(e) => {
-                        let _ = ready.send(Err(e.to_string()));
-                    }
-                }
-            });
-        })?;
-        is_ready
-            .recv_timeout(Duration::from_secs(20))
-            .map_err(|_| "the TURN server did not start".to_string())??;
-        Ok(Self {
-            stop: Some(stop),
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for NamespacedTurn {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// Starts the native registry at `address:8787` inside `namespace`.
 pub fn start_registry(
     namespace: &Namespace,
@@ -364,13 +290,13 @@ pub fn wait_listed(
 }
 
 /// A relay-lite instance: `wss://address:443`, registered with `registry`,
-/// handing out TURN credentials for the world's TURN server.
+/// running its embedded TURN server on `address:3478` (UDP and TCP) and,
+/// with `turn_tls`, over TLS on `turn_tls:443`.
 pub struct RelaySettings<'a> {
     pub address: Ipv4Addr,
     pub registry: &'a str,
     pub turn_secret_file: &'a Path,
-    pub turn_relay: Ipv4Addr,
-    pub turn_tls: Ipv4Addr,
+    pub turn_tls: Option<Ipv4Addr>,
 }
 
 pub fn relay_endpoint(address: Ipv4Addr) -> String {
@@ -393,20 +319,29 @@ pub fn start_relay(
         .args(["--bootstrap", settings.registry])
         .args(["--region", "test"])
         .args([
+            "--turn-listen-udp",
+            &format!("{}:{TURN_PORT}", settings.address),
+            "--turn-listen-tcp",
+            &format!("{}:{TURN_PORT}", settings.address),
+            "--turn-relay-ip",
+            &settings.address.to_string(),
             "--turn-url",
-            &format!("turn:{}:{TURN_PORT}?transport=udp", settings.turn_relay),
-        ])
-        .args([
+            &format!("turn:{}:{TURN_PORT}?transport=udp", settings.address),
             "--turn-url",
-            &format!("turn:{}:{TURN_PORT}?transport=tcp", settings.turn_relay),
-        ])
-        .args([
-            "--turn-url",
-            &format!("turns:{}:443?transport=tcp", settings.turn_tls),
+            &format!("turn:{}:{TURN_PORT}?transport=tcp", settings.address),
         ])
         .arg("--turn-secret-file")
         .arg(settings.turn_secret_file)
         .args(["--registry-retry-min-ms", "200"]);
+    if let Some(tls) = settings.turn_tls {
+        command
+            .args(["--turn-listen-tls", &format!("{tls}:443")])
+            .arg("--turn-tls-cert")
+            .arg(&pki.cert_file)
+            .arg("--turn-tls-key")
+            .arg(&pki.key_file)
+            .args(["--turn-url", &format!("turns:{tls}:443?transport=tcp")]);
+    }
     let mut child = ChildProcess::spawn(&format!("relay-lite {}", settings.address), command)?;
     child.wait_for(Duration::from_secs(20), |line| {
         line.starts_with("listening on ").then_some(())
@@ -504,7 +439,6 @@ pub struct World {
     pub relays: Vec<(String, ChildProcess)>,
     pub extra: Vec<ChildProcess>,
     pub doh: Option<ChildProcess>,
-    pub turn: Option<NamespacedTurn>,
     pub registry: Option<ChildProcess>,
     pub registry_key: SigningKey,
     pub pki: Pki,
@@ -514,7 +448,7 @@ pub struct World {
 }
 
 impl World {
-    /// Topology, PKI, registry, TURN and relay A registered; no DoH yet.
+    /// Topology, PKI, registry and relay A (with TURN) registered; no DoH yet.
     pub fn new() -> Result<Self, String> {
         let topology = Topology::new(HOSTS)?;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -529,7 +463,6 @@ impl World {
             relays: Vec::new(),
             extra: Vec::new(),
             doh: None,
-            turn: None,
             registry: None,
             registry_key,
             pki,
@@ -542,13 +475,6 @@ impl World {
             &world.dir.path().join("registry"),
             &world.registry_key,
             registry_address(),
-        )?);
-        world.turn = Some(NamespacedTurn::start(
-            &world.topology.internet,
-            secret.as_bytes(),
-            relay_a_address(),
-            turn_tls_address(),
-            &world.pki,
         )?);
         world.add_relay(relay_a_address())?;
         Ok(world)
@@ -565,6 +491,7 @@ impl World {
     }
 
     /// Starts a relay at `address` and waits until the registry lists it.
+    /// Relay A also serves TURN over TLS on [`turn_tls_address`]`:443`.
     pub fn add_relay(&mut self, address: Ipv4Addr) -> Result<String, String> {
         let registry = Self::registry_url();
         let child = start_relay(
@@ -574,8 +501,7 @@ impl World {
                 address,
                 registry: &registry,
                 turn_secret_file: &self.turn_secret_file,
-                turn_relay: relay_a_address(),
-                turn_tls: turn_tls_address(),
+                turn_tls: (address == relay_a_address()).then(turn_tls_address),
             },
         )?;
         let endpoint = relay_endpoint(address);
