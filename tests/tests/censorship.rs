@@ -742,15 +742,37 @@ fn relay_dies(kind: Client) -> Result<Vec<Row>, String> {
     let relay_b = world.add_relay(relay_b_address())?;
     world.start_doh()?;
     start_answerer(&mut world, kind, &relay_b)?;
+    // Relay A dies the moment the client first reaches for it: the censor
+    // holds (drops, counting) the client's packets to A; once the first
+    // one shows up, A is killed (SIGKILL, no unregister: registry and DoH
+    // still name it) and the hold is lifted, so the client's retransmitted
+    // SYN meets a closed port.
+    world.topology.censor(&format!(
+        "ip daddr {} tcp dport 443 counter drop",
+        relay_a_address()
+    ))?;
+    let result = std::thread::scope(|scope| {
+        let client = scope.spawn(|| {
+            run_client(
+                &world,
+                kind,
+                &Run {
+                    cache: Some(cache.clone()),
+                    ..Run::default()
+                },
+            )
+        });
+        let reached = wait_for_held_packet(&world, Duration::from_secs(20));
+        if let Some((_, relay)) = world.relays.iter().find(|(e, _)| *e == relay_a) {
+            relay.signal(libc::SIGKILL);
+        }
+        world.topology.censor("")?;
+        reached?;
+        client
+            .join()
+            .map_err(|_| "the client thread panicked".to_string())?
+    })?;
     world.kill_relay(&relay_a);
-    let result = run_client(
-        &world,
-        kind,
-        &Run {
-            cache: Some(cache),
-            ..Run::default()
-        },
-    )?;
     expect(
         result
             .server
@@ -779,6 +801,27 @@ fn relay_dies(kind: Client) -> Result<Vec<Row>, String> {
     )?;
     check_media(kind, &result)?;
     Ok(vec![row("9 first relay dies", &result, started)])
+}
+
+/// Waits until the censor's counting rule has held at least one packet.
+fn wait_for_held_packet(world: &World, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let rules = world.topology.censor.exec("nft", &["list", "ruleset"])?;
+        let held = rules
+            .split("counter packets ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        if held > 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("the client never reached for relay A".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 // ---- the harness ---------------------------------------------------------
