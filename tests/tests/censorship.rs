@@ -5,11 +5,10 @@
 //! (and, for the degraded path, the NFQUEUE path emulator, since this
 //! kernel has no `sch_netem`) block what each scenario says.
 //!
-//! The client is `call-probe call` against a `call-probe answer` in the
-//! internet namespace when the call-probe binary has those modes; otherwise
-//! `zajel-discover discover --json`, and then only the discovery outcome is
-//! asserted (the matrix says so). `ZAJEL_CENSORSHIP_CLIENT=discover` forces
-//! the discovery-only client.
+//! The client is `call-probe call` against a `call-probe answer` on a host
+//! of its own (the callee namespace). `ZAJEL_CENSORSHIP_CLIENT=discover`
+//! runs `zajel-discover discover --json` instead and asserts only the
+//! discovery outcome (the matrix says so).
 //!
 //! Run one scenario by name (as root):
 //!
@@ -62,21 +61,9 @@ enum Client {
 
 fn client_kind() -> Client {
     if std::env::var("ZAJEL_CENSORSHIP_CLIENT").as_deref() == Ok("discover") {
-        return Client::Discover;
-    }
-    let has_call = tests::registry_host::binary("call-probe")
-        .ok()
-        .and_then(|path| {
-            std::process::Command::new(path)
-                .args(["call", "--help"])
-                .output()
-                .ok()
-        })
-        .is_some_and(|output| output.status.success());
-    if has_call {
-        Client::Call
-    } else {
         Client::Discover
+    } else {
+        Client::Call
     }
 }
 
