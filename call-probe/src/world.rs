@@ -128,6 +128,24 @@ pub struct LocalWorld {
     pub addresses: WorldAddresses,
     pub timings: WorldTimings,
     registry_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The relay's PEM files (wss), removed on drop.
+    pem_dir: Option<PemDir>,
+}
+
+/// A directory holding the relay's certificate and key as PEM files; removed when dropped.
+struct PemDir(std::path::PathBuf);
+
+impl Drop for PemDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What [`LocalWorld::start_with`] sets up.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WorldOptions {
+    /// Serve the relay over TLS (`wss://`, the demo CA's certificate for 127.0.0.1).
+    pub relay_tls: bool,
 }
 
 /// A random Ed25519 key.
@@ -142,9 +160,14 @@ fn ms(since: Instant) -> f64 {
 }
 
 impl LocalWorld {
+    /// Starts every part on 127.0.0.1 (free ports), the relay on plain `ws://`.
+    pub async fn start() -> Result<Self, String> {
+        Self::start_with(WorldOptions::default()).await
+    }
+
     /// Starts every part on 127.0.0.1 (free ports) and waits until the relay is registered
     /// and its record published.
-    pub async fn start() -> Result<Self, String> {
+    pub async fn start_with(options: WorldOptions) -> Result<Self, String> {
         crate::ensure_crypto_provider();
         let mut timings = WorldTimings::default();
         let ca = DemoCa::new()?;
@@ -205,8 +228,26 @@ impl LocalWorld {
             .map(|a| vec![format!("stun:{a}")])
             .unwrap_or_default();
 
+        let pem_dir = if options.relay_tls {
+            let mut tag = [0u8; 8];
+            getrandom::fill(&mut tag).map_err(|e| format!("no randomness: {e}"))?;
+            let name: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+            let dir = std::env::temp_dir().join(format!("call-probe-world-{name}"));
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let dir = PemDir(dir);
+            std::fs::write(dir.0.join("relay.pem"), &ca.cert_pem)
+                .and_then(|_| std::fs::write(dir.0.join("relay.key"), &ca.key_pem))
+                .map_err(|e| format!("writing the relay's PEM files: {e}"))?;
+            Some(dir)
+        } else {
+            None
+        };
         let started = Instant::now();
         let relay = Relay::start(RelayConfig {
+            tls: pem_dir.as_ref().map(|dir| relay_lite::TlsFiles {
+                cert: dir.0.join("relay.pem"),
+                key: dir.0.join("relay.key"),
+            }),
             listen: loopback_any,
             region: Some("demo".into()),
             identity: Some(random_signing_key()?),
@@ -263,7 +304,7 @@ impl LocalWorld {
 
         let addresses = WorldAddresses {
             registry: registry_url.to_string(),
-            relay: format!("ws://{}", relay.local_addr()),
+            relay: relay.endpoint().to_string(),
             relay_server_id: relay.server_id().to_string(),
             turn_udp,
             turn_tcp,
@@ -282,12 +323,18 @@ impl LocalWorld {
             addresses,
             timings,
             registry_stop: Some(registry_stop),
+            pem_dir,
         })
     }
 
-    /// The relay's WebSocket URL.
+    /// The relay's WebSocket URL (`ws://` or `wss://`).
     pub fn relay_url(&self) -> Url {
-        Url::parse(&format!("ws://{}", self.relay.local_addr())).expect("a socket address URL")
+        Url::parse(self.relay.endpoint()).expect("the relay's endpoint is a URL")
+    }
+
+    /// What a `wss://` session to the relay must trust (the demo CA).
+    pub fn trust(&self) -> crate::session::TrustAnchors {
+        crate::session::TrustAnchors::Only(vec![self.ca.ca_der.clone()])
     }
 
     /// Discovery through the registry (key pinned) and DoH layers, the demo CA trusted,
@@ -308,6 +355,7 @@ impl LocalWorld {
     /// Stops the relay (signed unregister), the TURN server, the DoH server and the registry.
     pub async fn stop(mut self) {
         // (Dropping the world also stops the registry: its stop channel closes.)
+        let _pem_dir = self.pem_dir.take();
         self.relay.shutdown().await;
         self.turn.close().await;
         if let Some(stop) = self.registry_stop.take() {

@@ -14,7 +14,7 @@ use call_probe::config::{AnswerPolicy, CallConfig, CallTimeouts};
 use call_probe::line::PhoneLine;
 use call_probe::probe_call::{run_call, CallOptions};
 use call_probe::report::EndReason;
-use call_probe::world::LocalWorld;
+use call_probe::world::{LocalWorld, WorldOptions};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command};
@@ -492,7 +492,10 @@ async fn a_call_reconnects_after_the_path_drops_briefly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn check_finds_the_server_and_every_call_path() {
-    let world = LocalWorld::start().await.unwrap();
+    // The relay on wss:// (the demo CA), so the TLS handshake is measured.
+    let world = LocalWorld::start_with(WorldOptions { relay_tls: true })
+        .await
+        .unwrap();
     let key = zajel_wire::keys::public_key_to_base64(&world.registry_key.verifying_key());
     let registry = world.registry_url.to_string();
     let ca_file = tempfile_with(&world.ca.ca_pem());
@@ -527,12 +530,39 @@ async fn check_finds_the_server_and_every_call_path() {
         .unwrap()
         .starts_with("127.0.0.1:"));
     let signaling = &report["signaling"];
+    assert!(signaling["url"]
+        .as_str()
+        .unwrap()
+        .starts_with("wss://127.0.0.1:"));
     assert!(signaling["tcp_connect_ms"].as_f64().is_some());
+    assert!(
+        signaling["tls_handshake_ms"].as_f64().is_some(),
+        "{signaling}"
+    );
     assert!(signaling["round_trip_ms"].as_f64().is_some());
     assert_eq!(signaling["server_id"], world.relay.server_id());
     let found_by = report["server"]["found_by"].as_array().unwrap();
     assert!(found_by.iter().any(|l| l == "registry") && found_by.iter().any(|l| l == "doh"));
-    // The human table says the same.
+    // Without the CA the wss:// relay is not trusted: discovery finds no usable server.
+    let (status, stdout, _) = run(&[
+        "check",
+        "--json",
+        "--registry",
+        &registry,
+        "--registry-key",
+        &key,
+        "--allow-private",
+        "--no-cache",
+    ])
+    .await;
+    assert_eq!(status, 3, "{stdout}");
+    let report = json(&stdout);
+    assert_eq!(report["server"]["unreachable"][0]["outcome"], "tls_failure");
+
+    // A plain ws:// relay, checked without the CA: the table, where TURN/TLS fails.
+    let plain = LocalWorld::start().await.unwrap();
+    let key = zajel_wire::keys::public_key_to_base64(&plain.registry_key.verifying_key());
+    let registry = plain.registry_url.to_string();
     let (status, stdout, _) = run(&[
         "check",
         "--registry",
@@ -587,7 +617,12 @@ async fn check_exit_codes_say_no_server_and_signaling_blocked() {
     ])
     .await;
     assert_eq!(status, 3, "{stdout}");
-    assert_eq!(json(&stdout)["verdict"], "no_server_found");
+    let report = json(&stdout);
+    assert_eq!(report["verdict"], "no_server_found");
+    // The report says which server was tried and how it failed.
+    let unreachable = &report["server"]["unreachable"];
+    assert_eq!(unreachable[0]["url"], format!("{url}/"), "{unreachable}");
+    assert_ne!(unreachable[0]["outcome"], "ok");
 
     // A server that greets and answers ping (so discovery accepts it) but never registers.
     let stub = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -674,4 +709,51 @@ fn bad_flags_are_refused_clearly() {
         assert_eq!(status, 2, "{stderr}");
         assert!(stderr.contains("no server"), "{stderr}");
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answer_prints_its_code_link_and_qr_code() {
+    let world = LocalWorld::start().await.unwrap();
+    let relay = world.relay_url().to_string();
+    let args = [
+        "answer",
+        "--server",
+        &relay,
+        "--allow-private",
+        "--no-cache",
+        "--loopback",
+        "--code",
+        "ABC234",
+    ];
+    let mut child = command(&args).spawn().expect("answerer runs");
+    let stdout = child.stdout.take().expect("stdout");
+    let _running = Running(child);
+    let (done, read) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            text.push_str(&line);
+            text.push('\n');
+            if line.starts_with("waiting for calls") {
+                break;
+            }
+        }
+        let _ = done.send(text);
+    });
+    let text = tokio::time::timeout(step(), read).await.unwrap().unwrap();
+    assert!(text.contains("pairing code ABC234"), "{text}");
+    let link = format!(
+        "link zajel://ABC234?server={}",
+        zajel_wire::pairing::percent_encode(&relay)
+    );
+    assert!(text.contains(&link), "{text}");
+    // The QR code: lines of Unicode half blocks.
+    assert!(
+        text.lines()
+            .filter(|l| l.contains('\u{2580}') || l.contains('\u{2584}') || l.contains('\u{2588}'))
+            .count()
+            > 10,
+        "{text}"
+    );
+    assert!(text.contains("waiting for calls"));
 }
