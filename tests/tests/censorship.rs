@@ -20,7 +20,7 @@
 //! The suite prints a matrix (scenario, layer that won, media path, time to
 //! first RTP, result) and writes it as Markdown to
 //! `target/censorship-matrix.md`, and to `tests/censorship-matrix.md` when
-//! all nine scenarios ran.
+//! all nine scenarios ran with `call-probe call`.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -901,7 +901,7 @@ fn main() {
             .iter()
             .map(|r| r.scenario.split(' ').next().unwrap_or(""))
             .collect();
-        if ran.len() == SCENARIOS.len() {
+        if ran.len() == SCENARIOS.len() && kind == Client::Call {
             let _ = std::fs::write(manifest.join("censorship-matrix.md"), &markdown);
         }
     }
