@@ -436,6 +436,8 @@ pub fn publish_records(
 /// Fields drop in order: processes first, the topology (namespaces, rules)
 /// last.
 pub struct World {
+    /// `call-probe answer` on the callee host, when a scenario starts one.
+    pub answerer: Option<ChildProcess>,
     pub relays: Vec<(String, ChildProcess)>,
     pub extra: Vec<ChildProcess>,
     pub doh: Option<ChildProcess>,
@@ -460,6 +462,7 @@ impl World {
         let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
         std::fs::write(&turn_secret_file, &secret).map_err(|e| e.to_string())?;
         let mut world = Self {
+            answerer: None,
             relays: Vec::new(),
             extra: Vec::new(),
             doh: None,
@@ -609,6 +612,9 @@ impl World {
     /// Reads everything a child printed (for failure reports).
     pub fn outputs(&self) -> String {
         let mut out = String::new();
+        if let Some(answerer) = &self.answerer {
+            out.push_str(&format!("--- answerer\n{}", answerer.output()));
+        }
         for (name, child) in &self.relays {
             out.push_str(&format!("--- relay {name}\n{}", child.output()));
         }

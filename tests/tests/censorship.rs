@@ -296,26 +296,68 @@ fn start_answerer(world: &mut World, kind: Client, endpoint: &str) -> Result<(),
     let mut command = tool(&world.topology.callee, "call-probe")?;
     command
         .args(["answer", "--code", CODE, "--server", endpoint])
-        .args(["--allow-private", "--no-cache", "--no-qr", "--ca-file"])
+        .args([
+            "--allow-private",
+            "--no-cache",
+            "--no-qr",
+            "--json",
+            "--ca-file",
+        ])
         .arg(&world.pki.ca_file)
         .args(["--step-timeout", "20"]);
     let mut child = tests::process::ChildProcess::spawn("call-probe answer", command)?;
     child.wait_for(Duration::from_secs(20), |line| {
         line.contains(CODE).then_some(())
     })?;
-    world.extra.push(child);
+    world.answerer = Some(child);
     Ok(())
 }
 
 /// Checks the call itself (in call mode): media both ways.
-fn check_media(kind: Client, result: &ClientResult) -> Result<(), String> {
-    if kind == Client::Call && (result.exit != Some(0) || !result.media_both_ways) {
+/// The tone `call-probe call` sends by default (Hz).
+const CALLER_TONE_HZ: f64 = 440.0;
+
+/// Checks the call itself (in call mode): the caller's report says media
+/// flowed both ways (packets each way, the callee's tone heard), and the
+/// callee's report (`call_ended` from `call-probe answer --json`) says it
+/// heard the caller's tone.
+fn check_media(kind: Client, result: &ClientResult, world: &World) -> Result<(), String> {
+    if kind != Client::Call {
+        return Ok(());
+    }
+    if result.exit != Some(0) || !result.media_both_ways {
         return Err(format!(
-            "the call did not carry media both ways:\n{}",
-            result.raw
+            "the call did not carry media both ways:\n{}\nworld:\n{}",
+            result.raw,
+            world.outputs()
         ));
     }
-    Ok(())
+    let answerer = world.answerer.as_ref().ok_or("no answerer running")?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ended = answerer
+            .output()
+            .lines()
+            .filter(|line| line.starts_with('{'))
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|event| event["event"] == "call_ended");
+        if let Some(event) = ended {
+            let heard = event["report"]["tone"]["detected"]["frequency_hz"].as_f64();
+            return match heard {
+                Some(hz) if (hz - CALLER_TONE_HZ).abs() <= 5.0 => Ok(()),
+                _ => Err(format!(
+                    "the callee did not hear the caller's {CALLER_TONE_HZ} Hz tone (heard {heard:?}):\n{event}"
+                )),
+            };
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the callee never reported the call's end\n{}",
+                world.outputs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn expect(condition: bool, what: &str, result: &ClientResult, world: &World) -> Result<(), String> {
@@ -379,7 +421,7 @@ fn open_network(kind: Client) -> Result<Vec<Row>, String> {
         &result,
         &world,
     )?;
-    check_media(kind, &result)?;
+    check_media(kind, &result, &world)?;
     if kind == Client::Call {
         expect(
             result.media_path.starts_with("direct UDP"),
@@ -422,7 +464,7 @@ fn registry_blocked(kind: Client) -> Result<Vec<Row>, String> {
             &result,
             &world,
         )?;
-        check_media(kind, &result)?;
+        check_media(kind, &result, &world)?;
         rows.push(row(&format!("2 registry {how}"), &result, started));
     }
     Ok(rows)
@@ -472,7 +514,7 @@ fn registry_and_doh_blocked(kind: Client) -> Result<Vec<Row>, String> {
         &result,
         &world,
     )?;
-    check_media(kind, &result)?;
+    check_media(kind, &result, &world)?;
     Ok(vec![row("3 registry + DoH blocked", &result, started)])
 }
 
@@ -507,7 +549,7 @@ fn share_link_only(kind: Client) -> Result<Vec<Row>, String> {
         &result,
         &world,
     )?;
-    check_media(kind, &result)?;
+    check_media(kind, &result, &world)?;
     Ok(vec![row(
         "4 fresh client, all discovery blocked, zajel:// link",
         &result,
@@ -537,7 +579,7 @@ fn udp_blocked(kind: Client) -> Result<Vec<Row>, String> {
         &result,
         &world,
     )?;
-    check_media(kind, &result)?;
+    check_media(kind, &result, &world)?;
     if kind == Client::Call {
         expect(
             result.media_path.starts_with("TURN/tcp"),
@@ -584,7 +626,7 @@ fn only_tcp_443(kind: Client) -> Result<Vec<Row>, String> {
         &result,
         &world,
     )?;
-    check_media(kind, &result)?;
+    check_media(kind, &result, &world)?;
     if kind == Client::Call {
         expect(
             result.media_path.starts_with("TURN/tls"),
@@ -650,7 +692,7 @@ fn poisoned_answers(kind: Client) -> Result<Vec<Row>, String> {
         &result,
         &world,
     )?;
-    check_media(kind, &result)?;
+    check_media(kind, &result, &world)?;
     Ok(vec![row("7 poisoned registry + DoH", &result, started)])
 }
 
@@ -686,7 +728,7 @@ fn degraded_path(kind: Client) -> Result<Vec<Row>, String> {
         &result,
         &world,
     )?;
-    check_media(kind, &result)?;
+    check_media(kind, &result, &world)?;
     if kind == Client::Call {
         expect(
             result.loss.is_some() && result.packets_lost.unwrap_or(0) > 0,
@@ -786,7 +828,7 @@ fn relay_dies(kind: Client) -> Result<Vec<Row>, String> {
         &result,
         &world,
     )?;
-    check_media(kind, &result)?;
+    check_media(kind, &result, &world)?;
     Ok(vec![row("9 first relay dies", &result, started)])
 }
 
