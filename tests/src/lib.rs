@@ -4,6 +4,7 @@
 //! stand-in signaling server for the discovery tests.
 
 pub mod blackhole;
+pub mod censorship_world;
 pub mod discovery_world;
 pub mod doh_inprocess;
 pub mod netem;

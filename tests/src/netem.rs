@@ -6,8 +6,9 @@
 //! NFQUEUE target (`iptables-legacy`, since the kernel has no nftables
 //! `queue` expression), held for the configured delay and then accepted,
 //! or dropped. Real packets of real connections take the detour; only the
-//! timing and the drops are ours. Loss is deterministic, every `n`th packet,
-//! so a test sees the same loss rate on every run.
+//! timing and the drops are ours. Loss is deterministic, every `n`th packet
+//! in each direction (counted per incoming interface), so a test sees the
+//! same loss rate on every run and both directions lose alike.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,7 +42,7 @@ const QUEUE: u16 = 7;
 
 impl PathEmulator {
     /// Delays every packet forwarded by `censor` by `delay`, and drops
-    /// every `drop_every`th one (none when `None`).
+    /// every `drop_every`th one of each direction (none when `None`).
     pub fn start(
         censor: &Namespace,
         delay: Duration,
@@ -133,13 +134,16 @@ fn pump(
         }
     };
     let mut held: VecDeque<(Instant, nfq::Message)> = VecDeque::new();
-    let mut seen: u64 = 0;
+    // Packets seen per incoming interface (one per direction).
+    let mut seen: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         loop {
             match queue.recv() {
                 Ok(mut message) => {
-                    seen += 1;
-                    if drop_every.is_some_and(|n| n > 0 && seen.is_multiple_of(n)) {
+                    let count = seen.entry(message.get_indev()).or_default();
+                    *count += 1;
+                    let count = *count;
+                    if drop_every.is_some_and(|n| n > 0 && count.is_multiple_of(n)) {
                         message.set_verdict(Verdict::Drop);
                         counters.dropped.fetch_add(1, Ordering::Relaxed);
                         queue.verdict(message).map_err(|e| e.to_string())?;

@@ -8,14 +8,18 @@
 //!
 //! ```text
 //!  client 10.77.1.2 ── 10.77.1.1 censor 10.77.2.1 ── internet 10.77.2.10, .11, …
+//!                                                       10.77.3.1 ── callee 10.77.3.2
 //! ```
+//!
+//! The callee is a host of its own behind the internet namespace (which
+//! routes for it), so a program there has exactly one address.
 //!
 //! Programs run inside a namespace through [`Namespace::command`]
 //! (`ip netns exec`); in-process servers and clients are put inside one by
 //! creating their sockets in [`Namespace::enter`] (a socket stays in the
 //! namespace it was created in, whichever thread uses it later).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -29,6 +33,11 @@ pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 2);
 pub const CENSOR_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 1);
 /// The censor's address on the internet side.
 pub const CENSOR_INTERNET_SIDE: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 1);
+
+/// The callee's address (its own namespace, routed by the internet one).
+pub const CALLEE: Ipv4Addr = Ipv4Addr::new(10, 77, 3, 2);
+/// The internet namespace's address towards the callee.
+pub const INTERNET_CALLEE_SIDE: Ipv4Addr = Ipv4Addr::new(10, 77, 3, 1);
 
 /// The `n`th host address of the internet namespace (10.77.2.10 + n).
 pub fn internet_host(n: u8) -> Ipv4Addr {
@@ -207,7 +216,8 @@ fn remove_stale() {
     }
 }
 
-/// Client, censor and internet namespaces joined through the censor.
+/// Client, censor and internet namespaces joined through the censor, and
+/// the callee behind the internet namespace.
 ///
 /// Fields drop in order: the namespaces (and everything running in them)
 /// go when the topology goes.
@@ -216,6 +226,8 @@ pub struct Topology {
     pub client: Namespace,
     pub censor: Namespace,
     pub internet: Namespace,
+    /// A host of its own on the internet side (see [`CALLEE`]).
+    pub callee: Namespace,
     /// The censor's interface towards the internet (for traffic shaping).
     pub censor_uplink: String,
 }
@@ -223,10 +235,13 @@ pub struct Topology {
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 impl Topology {
-    /// Builds the three namespaces with `hosts` addresses in the internet
-    /// namespace ([`internet_host`]`(0..hosts)`), routing through the censor,
-    /// which has no rules yet.
+    /// Builds the namespaces with `hosts` (at least 1) addresses in the
+    /// internet namespace ([`internet_host`]`(0..hosts)`), routing through
+    /// the censor, which has no rules yet.
     pub fn new(hosts: u8) -> Result<Self, String> {
+        if hosts == 0 {
+            return Err("the internet namespace needs at least one address".into());
+        }
         remove_stale();
         let tag = format!(
             "{PREFIX}{}x{}",
@@ -236,6 +251,7 @@ impl Topology {
         let client = Namespace::create(&format!("{tag}c"))?;
         let censor = Namespace::create(&format!("{tag}r"))?;
         let internet = Namespace::create(&format!("{tag}i"))?;
+        let callee = Namespace::create(&format!("{tag}k"))?;
         // Interface names are at most 15 bytes; they live inside the
         // namespaces, so the same short names serve every topology.
         let links = [
@@ -254,6 +270,14 @@ impl Topology {
                 "i0",
                 format!("{tag}d"),
                 format!("{tag}e"),
+            ),
+            (
+                &internet,
+                "i1",
+                &callee,
+                "k0",
+                format!("{tag}f"),
+                format!("{tag}g"),
             ),
         ];
         for (left, left_name, right, right_name, temp_left, temp_right) in &links {
@@ -306,10 +330,34 @@ impl Topology {
             &CENSOR_INTERNET_SIDE.to_string(),
         ])?;
         censor.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        internet.ip(&[
+            "addr",
+            "add",
+            &format!("{INTERNET_CALLEE_SIDE}/24"),
+            "dev",
+            "i1",
+        ])?;
+        callee.ip(&["addr", "add", &format!("{CALLEE}/24"), "dev", "k0"])?;
+        callee.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &INTERNET_CALLEE_SIDE.to_string(),
+        ])?;
+        internet.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        censor.ip(&[
+            "route",
+            "add",
+            "10.77.3.0/24",
+            "via",
+            &internet_host(0).to_string(),
+        ])?;
         Ok(Self {
             client,
             censor,
             internet,
+            callee,
             censor_uplink: "r1".into(),
         })
     }
@@ -318,6 +366,34 @@ impl Topology {
     /// forward-hook chain (for example `ip daddr 10.77.2.10 drop`). An empty
     /// string lets everything through.
     pub fn censor(&self, rules: &str) -> Result<(), String> {
+        self.censor_and_redirect(rules, &[])
+    }
+
+    /// Like [`Topology::censor`], and also rewrites the destination of TCP
+    /// connections (DNAT in the censor), as a censor that answers in a
+    /// server's name does: each `(from, to)` sends what the client
+    /// addresses to `from` to `to` instead.
+    pub fn censor_and_redirect(
+        &self,
+        rules: &str,
+        redirects: &[(SocketAddrV4, SocketAddrV4)],
+    ) -> Result<(), String> {
+        let mut nat = String::new();
+        if !redirects.is_empty() {
+            nat.push_str(
+                "table ip censor_nat {\n\
+                   chain prerouting {\n\
+                     type nat hook prerouting priority -100; policy accept;\n",
+            );
+            for (from, to) in redirects {
+                nat.push_str(&format!(
+                    "ip daddr {} tcp dport {} dnat to {to}\n",
+                    from.ip(),
+                    from.port()
+                ));
+            }
+            nat.push_str("}\n}\n");
+        }
         self.censor.nft(&format!(
             "flush ruleset\n\
              table inet censor {{\n\
@@ -325,7 +401,8 @@ impl Topology {
                  type filter hook forward priority 0; policy accept;\n\
                  {rules}\n\
                }}\n\
-             }}\n"
+             }}\n\
+             {nat}"
         ))
     }
 }

@@ -70,6 +70,26 @@ fn open_network_carries_tcp_and_udp_through_the_censor() {
 }
 
 #[test]
+fn the_callee_is_reachable_through_the_internet_namespace() {
+    let topology = Topology::new(1).expect("topology");
+    let address = SocketAddr::from((netns::CALLEE, 8080));
+    let listener = topology
+        .callee
+        .enter(move || TcpListener::bind(address))
+        .unwrap()
+        .expect("bind in the callee namespace");
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let _ = stream.write_all(b"hello");
+        }
+    });
+    assert_eq!(tcp_from_client(&topology, address).unwrap(), "hello");
+    // The censor's rules apply to it like to any other host.
+    topology.censor(&rules::blackhole(netns::CALLEE)).unwrap();
+    assert!(tcp_from_client(&topology, address).is_err());
+}
+
+#[test]
 fn blackhole_hangs_and_reset_refuses() {
     let topology = Topology::new(1).expect("topology");
     let server = tcp_server(&topology, 8080);
@@ -110,10 +130,15 @@ fn only_tcp_443_passes_tcp_443() {
 #[test]
 fn namespaces_are_gone_after_drop() {
     let topology = Topology::new(1).expect("topology");
-    let names: Vec<String> = [&topology.client, &topology.censor, &topology.internet]
-        .iter()
-        .map(|ns| ns.name().to_string())
-        .collect();
+    let names: Vec<String> = [
+        &topology.client,
+        &topology.censor,
+        &topology.internet,
+        &topology.callee,
+    ]
+    .iter()
+    .map(|ns| ns.name().to_string())
+    .collect();
     let listed = netns::run(std::process::Command::new("ip").args(["netns", "list"])).unwrap();
     assert!(names.iter().all(|name| listed.contains(name.as_str())));
     drop(topology);
@@ -164,4 +189,30 @@ fn path_emulator_delays_and_drops_forwarded_packets() {
     // Every 20th datagram is the one missing.
     let missing: Vec<u8> = (0..100).filter(|n| !received.contains(n)).collect();
     assert_eq!(missing, vec![19, 39, 59, 79, 99]);
+}
+
+#[test]
+fn redirect_sends_a_connection_to_another_server() {
+    let topology = Topology::new(2).expect("topology");
+    let genuine = tcp_server(&topology, 8080);
+    // An impostor on the second address, answering differently.
+    let impostor = SocketAddr::from((netns::internet_host(1), 8081));
+    let listener = topology
+        .internet
+        .enter(move || TcpListener::bind(impostor))
+        .unwrap()
+        .expect("bind the impostor");
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let _ = stream.write_all(b"forged");
+        }
+    });
+    assert_eq!(tcp_from_client(&topology, genuine).unwrap(), "hello");
+    let (SocketAddr::V4(from), SocketAddr::V4(to)) = (genuine, impostor) else {
+        unreachable!("IPv4 addresses")
+    };
+    topology.censor_and_redirect("", &[(from, to)]).unwrap();
+    assert_eq!(tcp_from_client(&topology, genuine).unwrap(), "forged");
+    topology.censor("").unwrap();
+    assert_eq!(tcp_from_client(&topology, genuine).unwrap(), "hello");
 }

@@ -1,0 +1,629 @@
+//! The world of the censorship suite (`tests/tests/censorship.rs`): a
+//! [`Topology`] (client, censor, internet namespaces) and, in the internet
+//! namespace, the real parts as child processes started with `ip netns
+//! exec`: the native registry (`bootstrap-worker serve`), relay-lite
+//! instances registered with it (`wss://` on port 443 with a certificate
+//! from a test CA the client trusts) each running its embedded TURN server
+//! (UDP and TCP on 3478; relay A also TLS on another address's 443), and a
+//! DoH resolver (Debian's unbound) serving the `_zajel` records
+//! `zajel-discover txt publish` signed.
+//!
+//! Every process is a [`ChildProcess`] (killed with its group on drop), and
+//! the namespaces (with their rules and anything still running inside) go
+//! with the topology, also when a scenario fails.
+//!
+//! Addresses (only inside the namespaces, see [`crate::netns`]):
+//!
+//! | host | address | what |
+//! |---|---|---|
+//! | 0 | 10.77.2.10 | registry, `http://…:8787` |
+//! | 1 | 10.77.2.11 | relay A `wss://…:443`, its TURN over UDP and TCP `:3478` |
+//! | 2 | 10.77.2.12 | relay A's TURN over TLS `:443` |
+//! | 3 | 10.77.2.13 | DoH `https://doh.zajel.test/dns-query` on `:443` |
+//! | 4 | 10.77.2.14 | a fake registry (poisoning scenario) |
+//! | 5 | 10.77.2.15 | a lying DoH resolver (poisoning scenario) |
+//! | 6 | 10.77.2.16 | relay B `wss://…:443`, its TURN over UDP and TCP `:3478` |
+//! | callee | 10.77.3.2 | `call-probe answer` (a host of its own, one address) |
+
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use zajel_wire::entry::RegisterRequest;
+use zajel_wire::keys;
+
+use crate::netns::{internet_host, Namespace, Topology};
+use crate::process::ChildProcess;
+use crate::registry_host::{binary, random_key};
+
+/// The zone whose `_zajel` records the DoH resolver serves.
+pub const DOMAIN: &str = "zajel.test";
+/// The TLS name of the DoH resolver (in the test certificate).
+pub const DOH_NAME: &str = "doh.zajel.test";
+/// The registry's port.
+pub const REGISTRY_PORT: u16 = 8787;
+/// The relays' TURN over UDP and TCP.
+pub const TURN_PORT: u16 = 3478;
+
+pub fn registry_address() -> Ipv4Addr {
+    internet_host(0)
+}
+pub fn relay_a_address() -> Ipv4Addr {
+    internet_host(1)
+}
+pub fn turn_tls_address() -> Ipv4Addr {
+    internet_host(2)
+}
+pub fn doh_address() -> Ipv4Addr {
+    internet_host(3)
+}
+pub fn fake_registry_address() -> Ipv4Addr {
+    internet_host(4)
+}
+pub fn lying_doh_address() -> Ipv4Addr {
+    internet_host(5)
+}
+pub fn relay_b_address() -> Ipv4Addr {
+    internet_host(6)
+}
+/// Hosts the topology needs for all of the above.
+pub const HOSTS: u8 = 7;
+
+/// A CA and one server certificate for every internet address and the DoH name.
+pub struct Pki {
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl Pki {
+    pub fn new(dir: &Path) -> Result<Self, String> {
+        let ca_key = KeyPair::generate().map_err(|e| e.to_string())?;
+        let mut ca_params =
+            CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "zajel censorship test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).map_err(|e| e.to_string())?;
+        let issuer = Issuer::new(ca_params, &ca_key);
+        let mut names = vec![DOH_NAME.to_string(), "localhost".to_string()];
+        names.extend((0..HOSTS).map(|n| internet_host(n).to_string()));
+        let leaf_key = KeyPair::generate().map_err(|e| e.to_string())?;
+        let mut leaf_params = CertificateParams::new(names).map_err(|e| e.to_string())?;
+        leaf_params
+            .distinguished_name
+            .push(DnType::CommonName, DOH_NAME);
+        let leaf = leaf_params
+            .signed_by(&leaf_key, &issuer)
+            .map_err(|e| e.to_string())?;
+        let pki = Self {
+            ca_file: dir.join("ca.pem"),
+            cert_file: dir.join("server.pem"),
+            key_file: dir.join("server.key"),
+        };
+        let write = |path: &Path, text: String| {
+            std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+        };
+        write(&pki.ca_file, ca_cert.pem())?;
+        write(&pki.cert_file, leaf.pem())?;
+        write(&pki.key_file, leaf_key.serialize_pem())?;
+        Ok(pki)
+    }
+}
+
+/// What a finished command printed.
+#[derive(Debug)]
+pub struct Finished {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+/// Runs `command` to its end (its whole process group is killed after
+/// `timeout`), keeping stdout and stderr apart.
+pub fn run_to_end(mut command: Command, timeout: Duration) -> Result<Finished, String> {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // SAFETY: prctl only sets a flag on the child.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let started = Instant::now();
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    let read = |stream: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut stream) = stream {
+                let _ = stream.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let stdout = read(child.stdout.take().map(|s| Box::new(s) as _));
+    let stderr = read(child.stderr.take().map(|s| Box::new(s) as _));
+    let deadline = started + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            // SAFETY: the group id is the child's pid (process_group(0)).
+            unsafe {
+                libc::kill(-(child.id() as i32), libc::SIGKILL);
+            }
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let finished = Finished {
+        code: status.and_then(|s| s.code()),
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+        elapsed: started.elapsed(),
+    };
+    if status.is_none() {
+        return Err(format!(
+            "{command:?} did not finish within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+            finished.stdout, finished.stderr
+        ));
+    }
+    Ok(finished)
+}
+
+/// A command that runs one of the workspace's binaries inside `namespace`.
+pub fn tool(namespace: &Namespace, name: &str) -> Result<Command, String> {
+    let mut command = namespace.command(binary(name)?);
+    command.env("RUST_LOG", "warn");
+    Ok(command)
+}
+
+/// Starts the native registry at `address:8787` inside `namespace`.
+pub fn start_registry(
+    namespace: &Namespace,
+    dir: &Path,
+    key: &SigningKey,
+    address: Ipv4Addr,
+) -> Result<ChildProcess, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let key_file = dir.join("registry.seed");
+    std::fs::write(&key_file, keys::signing_key_to_hex(key)).map_err(|e| e.to_string())?;
+    let mut command = tool(namespace, "bootstrap-worker")?;
+    command
+        .arg("serve")
+        .args(["--listen", &format!("{address}:{REGISTRY_PORT}")])
+        .arg("--signing-key-file")
+        .arg(&key_file)
+        .arg("--memory");
+    let mut child = ChildProcess::spawn("bootstrap-worker serve", command)?;
+    child.wait_for(Duration::from_secs(20), |line| {
+        line.starts_with("listening on ").then_some(())
+    })?;
+    Ok(child)
+}
+
+/// `GET url` from inside `namespace` (plain HTTP): the status and body.
+pub fn http_get(namespace: &Namespace, url: &str) -> Result<(u16, String), String> {
+    let url = url.to_string();
+    namespace.enter(move || {
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let response = client.get(&url).send().map_err(|e| format!("{url}: {e}"))?;
+        let status = response.status().as_u16();
+        Ok((status, response.text().map_err(|e| e.to_string())?))
+    })?
+}
+
+/// Registers `endpoint` with the registry at `registry` (signed by a fresh
+/// server key), from inside `namespace`.
+pub fn register_endpoint(
+    namespace: &Namespace,
+    registry: &str,
+    endpoint: &str,
+) -> Result<(), String> {
+    let request = RegisterRequest::signed(
+        &random_key(),
+        endpoint,
+        Some("test"),
+        discovery_client::now_ms(),
+    );
+    let body = serde_json::to_string(&request).map_err(|e| e.to_string())?;
+    let url = format!("{registry}/servers");
+    namespace.enter(move || {
+        let response = reqwest::blocking::Client::new()
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .map_err(|e| format!("{url}: {e}"))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("registration refused: {}", response.status()))
+        }
+    })?
+}
+
+/// Waits until the registry lists `endpoint`.
+pub fn wait_listed(
+    namespace: &Namespace,
+    registry: &str,
+    endpoint: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let url = format!("{registry}/servers");
+    loop {
+        if let Ok((200, body)) = http_get(namespace, &url) {
+            let listed: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let found = listed["servers"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|e| e["endpoint"] == endpoint));
+            if found {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{endpoint} not listed by {registry} within {timeout:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A relay-lite instance: `wss://address:443`, registered with `registry`,
+/// running its embedded TURN server on `address:3478` (UDP and TCP) and,
+/// with `turn_tls`, over TLS on `turn_tls:443`.
+pub struct RelaySettings<'a> {
+    pub address: Ipv4Addr,
+    pub registry: &'a str,
+    pub turn_secret_file: &'a Path,
+    pub turn_tls: Option<Ipv4Addr>,
+}
+
+pub fn relay_endpoint(address: Ipv4Addr) -> String {
+    format!("wss://{address}")
+}
+
+pub fn start_relay(
+    namespace: &Namespace,
+    pki: &Pki,
+    settings: &RelaySettings<'_>,
+) -> Result<ChildProcess, String> {
+    let mut command = tool(namespace, "relay-lite")?;
+    command
+        .args(["--listen", &format!("{}:443", settings.address)])
+        .arg("--tls-cert")
+        .arg(&pki.cert_file)
+        .arg("--tls-key")
+        .arg(&pki.key_file)
+        .args(["--public-endpoint", &relay_endpoint(settings.address)])
+        .args(["--bootstrap", settings.registry])
+        .args(["--region", "test"])
+        .args([
+            "--turn-listen-udp",
+            &format!("{}:{TURN_PORT}", settings.address),
+            "--turn-listen-tcp",
+            &format!("{}:{TURN_PORT}", settings.address),
+            "--turn-relay-ip",
+            &settings.address.to_string(),
+            "--turn-url",
+            &format!("turn:{}:{TURN_PORT}?transport=udp", settings.address),
+            "--turn-url",
+            &format!("turn:{}:{TURN_PORT}?transport=tcp", settings.address),
+        ])
+        .arg("--turn-secret-file")
+        .arg(settings.turn_secret_file)
+        .args(["--registry-retry-min-ms", "200"]);
+    if let Some(tls) = settings.turn_tls {
+        command
+            .args(["--turn-listen-tls", &format!("{tls}:443")])
+            .arg("--turn-tls-cert")
+            .arg(&pki.cert_file)
+            .arg("--turn-tls-key")
+            .arg(&pki.key_file)
+            .args(["--turn-url", &format!("turns:{tls}:443?transport=tcp")]);
+    }
+    let mut child = ChildProcess::spawn(&format!("relay-lite {}", settings.address), command)?;
+    child.wait_for(Duration::from_secs(20), |line| {
+        line.starts_with("listening on ").then_some(())
+    })?;
+    Ok(child)
+}
+
+/// Debian's unbound serving `records` (zone-file lines) for [`DOMAIN`] over
+/// DoH on `address:443` inside `namespace`.
+pub fn start_doh(
+    namespace: &Namespace,
+    dir: &Path,
+    pki: &Pki,
+    address: Ipv4Addr,
+    records: &[String],
+) -> Result<ChildProcess, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let mut config = format!(
+        "server:\n\
+         \tinterface: {address}@443\n\
+         \thttps-port: 443\n\
+         \ttls-service-key: \"{key}\"\n\
+         \ttls-service-pem: \"{cert}\"\n\
+         \tdo-daemonize: no\n\
+         \tuse-syslog: no\n\
+         \tlogfile: \"\"\n\
+         \tverbosity: 1\n\
+         \tchroot: \"\"\n\
+         \tusername: \"\"\n\
+         \tdirectory: \"{dir}\"\n\
+         \tpidfile: \"{dir}/unbound.pid\"\n\
+         \tdo-ip6: no\n\
+         \tdo-udp: no\n\
+         \taccess-control: 0.0.0.0/0 allow\n\
+         \tmodule-config: \"iterator\"\n\
+         \tlocal-zone: \"{DOMAIN}.\" static\n",
+        key = pki.key_file.display(),
+        cert = pki.cert_file.display(),
+        dir = dir.display(),
+    );
+    for record in records {
+        if record.contains('\'') {
+            return Err(format!("record line has a single quote: {record}"));
+        }
+        config.push_str(&format!("\tlocal-data: '{record}'\n"));
+    }
+    config.push_str("remote-control:\n\tcontrol-enable: no\n");
+    let path = dir.join("unbound.conf");
+    std::fs::write(&path, &config).map_err(|e| e.to_string())?;
+    let mut command = namespace.command("unbound");
+    command.arg("-d").arg("-c").arg(&path);
+    let mut child = ChildProcess::spawn(&format!("unbound {address}"), command)
+        .map_err(|e| format!("{e} (apt-get install unbound)"))?;
+    child.wait_for(Duration::from_secs(20), |line| {
+        line.contains("start of service").then_some(())
+    })?;
+    Ok(child)
+}
+
+/// `zajel-discover txt publish` run in `namespace` against `registry` with
+/// the seed in `key_file`: the zone-file lines it printed.
+pub fn publish_records(
+    namespace: &Namespace,
+    registry: &str,
+    key_file: &Path,
+) -> Result<Vec<String>, String> {
+    let mut command = tool(namespace, "zajel-discover")?;
+    command
+        .args(["txt", "publish", "--registry", registry, "--key-file"])
+        .arg(key_file)
+        .args(["--domain", DOMAIN]);
+    let finished = run_to_end(command, Duration::from_secs(20))?;
+    if finished.code != Some(0) {
+        return Err(format!("txt publish failed: {}", finished.stderr));
+    }
+    let lines: Vec<String> = finished
+        .stdout
+        .lines()
+        .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+        .map(str::to_string)
+        .collect();
+    if lines.is_empty() {
+        return Err(format!(
+            "txt publish printed no record:\n{}",
+            finished.stdout
+        ));
+    }
+    Ok(lines)
+}
+
+/// The genuine world: registry, relay A (and B on request), TURN, DoH.
+/// Fields drop in order: processes first, the topology (namespaces, rules)
+/// last.
+pub struct World {
+    /// `call-probe answer` on the callee host, when a scenario starts one.
+    pub answerer: Option<ChildProcess>,
+    pub relays: Vec<(String, ChildProcess)>,
+    pub extra: Vec<ChildProcess>,
+    pub doh: Option<ChildProcess>,
+    pub registry: Option<ChildProcess>,
+    pub registry_key: SigningKey,
+    pub pki: Pki,
+    pub turn_secret_file: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub topology: Topology,
+}
+
+impl World {
+    /// Topology, PKI, registry and relay A (with TURN) registered; no DoH yet.
+    pub fn new() -> Result<Self, String> {
+        let topology = Topology::new(HOSTS)?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let pki = Pki::new(dir.path())?;
+        let registry_key = random_key();
+        let turn_secret_file = dir.path().join("turn.secret");
+        let mut secret = [0u8; 16];
+        getrandom::fill(&mut secret).map_err(|e| e.to_string())?;
+        let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(&turn_secret_file, &secret).map_err(|e| e.to_string())?;
+        let mut world = Self {
+            answerer: None,
+            relays: Vec::new(),
+            extra: Vec::new(),
+            doh: None,
+            registry: None,
+            registry_key,
+            pki,
+            turn_secret_file,
+            dir,
+            topology,
+        };
+        world.registry = Some(start_registry(
+            &world.topology.internet,
+            &world.dir.path().join("registry"),
+            &world.registry_key,
+            registry_address(),
+        )?);
+        world.add_relay(relay_a_address())?;
+        Ok(world)
+    }
+
+    /// The registry's base URL.
+    pub fn registry_url() -> String {
+        format!("http://{}:{REGISTRY_PORT}", registry_address())
+    }
+
+    /// The pinned registry key, standard base64.
+    pub fn registry_key_base64(&self) -> String {
+        keys::public_key_to_base64(&self.registry_key.verifying_key())
+    }
+
+    /// Starts a relay at `address` and waits until the registry lists it.
+    /// Relay A also serves TURN over TLS on [`turn_tls_address`]`:443`.
+    pub fn add_relay(&mut self, address: Ipv4Addr) -> Result<String, String> {
+        let registry = Self::registry_url();
+        let child = start_relay(
+            &self.topology.internet,
+            &self.pki,
+            &RelaySettings {
+                address,
+                registry: &registry,
+                turn_secret_file: &self.turn_secret_file,
+                turn_tls: (address == relay_a_address()).then(turn_tls_address),
+            },
+        )?;
+        let endpoint = relay_endpoint(address);
+        wait_listed(
+            &self.topology.internet,
+            &registry,
+            &endpoint,
+            Duration::from_secs(20),
+        )?;
+        self.relays.push((endpoint.clone(), child));
+        Ok(endpoint)
+    }
+
+    /// Kills the relay serving `endpoint` (SIGKILL: no unregister, so the
+    /// registry and the DoH records still name it).
+    pub fn kill_relay(&mut self, endpoint: &str) {
+        if let Some(position) = self.relays.iter().position(|(e, _)| e == endpoint) {
+            let (_, mut child) = self.relays.remove(position);
+            child.kill();
+        }
+    }
+
+    /// Publishes the registry's list as signed records and serves them over DoH.
+    pub fn start_doh(&mut self) -> Result<(), String> {
+        let key_file = self.dir.path().join("registry").join("registry.seed");
+        let records = publish_records(&self.topology.internet, &Self::registry_url(), &key_file)?;
+        self.doh = Some(start_doh(
+            &self.topology.internet,
+            &self.dir.path().join("doh"),
+            &self.pki,
+            doh_address(),
+            &records,
+        )?);
+        Ok(())
+    }
+
+    /// A fake registry at [`fake_registry_address`] signing with another
+    /// key and listing `endpoint`, and a lying DoH resolver at
+    /// [`lying_doh_address`] serving records for it signed with that key.
+    pub fn start_poisoners(&mut self, endpoint: &str) -> Result<(), String> {
+        let attacker = random_key();
+        let dir = self.dir.path().join("attacker");
+        let registry = start_registry(
+            &self.topology.internet,
+            &dir,
+            &attacker,
+            fake_registry_address(),
+        )?;
+        self.extra.push(registry);
+        let url = format!("http://{}:{REGISTRY_PORT}", fake_registry_address());
+        register_endpoint(&self.topology.internet, &url, endpoint)?;
+        let records = publish_records(&self.topology.internet, &url, &dir.join("registry.seed"))?;
+        let doh = start_doh(
+            &self.topology.internet,
+            &self.dir.path().join("lying-doh"),
+            &self.pki,
+            lying_doh_address(),
+            &records,
+        )?;
+        self.extra.push(doh);
+        Ok(())
+    }
+
+    /// The redirects a poisoning censor applies: registry and DoH traffic
+    /// goes to the fake registry and the lying resolver.
+    pub fn poison_redirects() -> Vec<(SocketAddrV4, SocketAddrV4)> {
+        vec![
+            (
+                SocketAddrV4::new(registry_address(), REGISTRY_PORT),
+                SocketAddrV4::new(fake_registry_address(), REGISTRY_PORT),
+            ),
+            (
+                SocketAddrV4::new(doh_address(), 443),
+                SocketAddrV4::new(lying_doh_address(), 443),
+            ),
+        ]
+    }
+
+    /// The discovery flags every client run shares (`call-probe call` and
+    /// `zajel-discover discover` take the same ones).
+    pub fn discovery_flags(&self, cache: Option<&Path>) -> Vec<String> {
+        let mut flags = vec![
+            "--registry".to_string(),
+            Self::registry_url(),
+            "--registry-key".into(),
+            self.registry_key_base64(),
+            "--doh".into(),
+            format!("https://{DOH_NAME}/dns-query,ip={}", doh_address()),
+            "--domain".into(),
+            DOMAIN.into(),
+            "--allow-private".into(),
+            "--ca-file".into(),
+            self.pki.ca_file.display().to_string(),
+        ];
+        match cache {
+            Some(path) => {
+                flags.push("--cache-file".into());
+                flags.push(path.display().to_string());
+            }
+            None => flags.push("--no-cache".into()),
+        }
+        flags
+    }
+
+    /// Reads everything a child printed (for failure reports).
+    pub fn outputs(&self) -> String {
+        let mut out = String::new();
+        if let Some(answerer) = &self.answerer {
+            out.push_str(&format!("--- answerer\n{}", answerer.output()));
+        }
+        for (name, child) in &self.relays {
+            out.push_str(&format!("--- relay {name}\n{}", child.output()));
+        }
+        if let Some(registry) = &self.registry {
+            out.push_str(&format!("--- registry\n{}", registry.output()));
+        }
+        if let Some(doh) = &self.doh {
+            out.push_str(&format!("--- doh\n{}", doh.output()));
+        }
+        out
+    }
+}

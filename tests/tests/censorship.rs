@@ -1,0 +1,951 @@
+//! End-to-end proof under censorship (issue 6): nine scenarios, each in its
+//! own network namespaces (client ── censor ── internet, see
+//! `tests::censorship_world`), with the real registry, relay-lite, TURN,
+//! unbound over DoH and the client binaries. The censor's nftables rules
+//! (and, for the degraded path, the NFQUEUE path emulator, since this
+//! kernel has no `sch_netem`) block what each scenario says.
+//!
+//! The client is `call-probe call` against a `call-probe answer` on a host
+//! of its own (the callee namespace). `ZAJEL_CENSORSHIP_CLIENT=discover`
+//! runs `zajel-discover discover --json` instead and asserts only the
+//! discovery outcome (the matrix says so).
+//!
+//! Run one scenario by name (as root):
+//!
+//! ```sh
+//! cargo build --workspace --bins
+//! cargo test -p tests --test censorship -- registry_blocked
+//! ```
+//!
+//! The suite prints a matrix (scenario, layer that won, media path, time to
+//! first RTP, result) and writes it as Markdown to
+//! `target/censorship-matrix.md`, and to `tests/censorship-matrix.md` when
+//! all nine scenarios ran with `call-probe call`.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use serde_json::Value;
+use tests::censorship_world::{
+    doh_address, registry_address, relay_a_address, relay_b_address, relay_endpoint, run_to_end,
+    tool, World,
+};
+use tests::netem::PathEmulator;
+use tests::netns::rules;
+
+/// One row of the matrix.
+#[derive(Debug, Clone)]
+struct Row {
+    scenario: String,
+    blocked: String,
+    layer: String,
+    found: String,
+    media: String,
+    first_rtp: String,
+    result: String,
+    seconds: f64,
+}
+
+static MATRIX: Mutex<Vec<Row>> = Mutex::new(Vec::new());
+
+/// Which client the suite drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Client {
+    /// `call-probe call` (a real call with media both ways).
+    Call,
+    /// `zajel-discover discover` (discovery only).
+    Discover,
+}
+
+fn client_kind() -> Client {
+    if std::env::var("ZAJEL_CENSORSHIP_CLIENT").as_deref() == Ok("discover") {
+        Client::Discover
+    } else {
+        Client::Call
+    }
+}
+
+/// The pairing code the answerer registers.
+const CODE: &str = "ABC234";
+
+/// The discovery timeouts for the client (blocked layers run to this).
+const LAYER_TIMEOUT_MS: &str = "1500";
+
+/// What one client run found out.
+#[derive(Debug, Default)]
+struct ClientResult {
+    exit: Option<i32>,
+    server: Option<String>,
+    /// The layer that named the chosen server first.
+    layer: String,
+    /// Layers that failed, `layer: outcome (detail)`.
+    blocked: Vec<(String, String, String)>,
+    media_path: String,
+    /// When discovery had a usable server, and when it ended (ms).
+    found_ms: Option<f64>,
+    discovery_ms: Option<f64>,
+    first_rtp_ms: Option<f64>,
+    media_both_ways: bool,
+    loss: Option<String>,
+    packets_lost: Option<u64>,
+    json: Value,
+    raw: String,
+}
+
+impl ClientResult {
+    fn blocked_outcome(&self, layer: &str) -> Option<&str> {
+        self.blocked
+            .iter()
+            .find(|(l, _, _)| l == layer)
+            .map(|(_, outcome, _)| outcome.as_str())
+    }
+
+    fn blocked_text(&self) -> String {
+        if self.blocked.is_empty() {
+            return "nothing".into();
+        }
+        self.blocked
+            .iter()
+            .map(|(l, o, _)| format!("{l}: {o}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Reads a discovery report (as `zajel-discover --json` prints it).
+fn read_discovery(report: &Value, result: &mut ClientResult) {
+    result.server = report["best"]["url"].as_str().map(str::to_string);
+    result.found_ms = report["first_usable_ms"].as_f64();
+    result.discovery_ms = report["duration_ms"].as_f64();
+    let layers = report["layers"].as_array().cloned().unwrap_or_default();
+    for layer in &layers {
+        let outcome = layer["outcome"].as_str().unwrap_or("");
+        if !matches!(outcome, "ok" | "empty" | "not_configured") {
+            result.blocked.push((
+                layer["layer"].as_str().unwrap_or("").to_string(),
+                outcome.to_string(),
+                layer["detail"].as_str().unwrap_or("").to_string(),
+            ));
+        }
+    }
+    for candidate in report["candidates"].as_array().into_iter().flatten() {
+        let outcome = candidate["outcome"].as_str().unwrap_or("");
+        if !matches!(outcome, "ok" | "pending" | "") {
+            result.blocked.push((
+                candidate["url"].as_str().unwrap_or("?").to_string(),
+                outcome.to_string(),
+                candidate["detail"].as_str().unwrap_or("").to_string(),
+            ));
+        }
+    }
+    // Of the layers that named the best server, the one that finished first.
+    let sources: Vec<String> = report["best"]["sources"]
+        .as_array()
+        .map(|s| {
+            s.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let finished = |name: &str| {
+        layers
+            .iter()
+            .find(|l| l["layer"] == name)
+            .and_then(|l| l["finished_ms"].as_f64())
+            .unwrap_or(f64::MAX)
+    };
+    result.layer = sources
+        .iter()
+        .min_by(|a, b| finished(a).total_cmp(&finished(b)))
+        .cloned()
+        .unwrap_or_else(|| "none".into());
+}
+
+/// How the client is run in one scenario.
+#[derive(Default)]
+struct Run {
+    /// The discovery cache file (`None`: a fresh client without cache).
+    cache: Option<PathBuf>,
+    /// Leave out the registry and DoH flags (a client knowing nothing).
+    no_discovery: bool,
+    /// A sharing link (`zajel://…`) handed to the client.
+    link: Option<String>,
+    /// Extra media flags for `call-probe call`.
+    media: Vec<String>,
+    /// How long the client may take.
+    timeout: Option<Duration>,
+    /// Discovery's per-layer and per-check timeout (default [`LAYER_TIMEOUT_MS`]).
+    layer_timeout_ms: Option<&'static str>,
+}
+
+fn link_for(endpoint: &str) -> String {
+    format!("zajel://{CODE}?server={endpoint}")
+}
+
+/// Runs the client in the client namespace.
+fn run_client(world: &World, kind: Client, run: &Run) -> Result<ClientResult, String> {
+    let mut flags: Vec<String> = if run.no_discovery {
+        vec![
+            "--allow-private".into(),
+            "--ca-file".into(),
+            world.pki.ca_file.display().to_string(),
+            "--no-cache".into(),
+        ]
+    } else {
+        world.discovery_flags(run.cache.as_deref())
+    };
+    let timeout = run.timeout.unwrap_or(Duration::from_secs(60));
+    let layer_timeout = run.layer_timeout_ms.unwrap_or(LAYER_TIMEOUT_MS);
+    let command = match kind {
+        Client::Discover => {
+            let mut command = tool(&world.topology.client, "zajel-discover")?;
+            command.arg("discover").args(&flags).args([
+                "--layer-timeout-ms",
+                layer_timeout,
+                "--probe-timeout-ms",
+                layer_timeout,
+                "--json",
+            ]);
+            if let Some(link) = &run.link {
+                command.args(["--share", link]);
+            }
+            command
+        }
+        Client::Call => {
+            let mut command = tool(&world.topology.client, "call-probe")?;
+            let target = run.link.clone().unwrap_or_else(|| CODE.to_string());
+            flags.extend(["--layer-timeout-ms".into(), layer_timeout.into()]);
+            command
+                .arg("call")
+                .arg(target)
+                .args(&flags)
+                .args(&run.media)
+                .args(["--duration", "2", "--step-timeout", "20", "--json"]);
+            command
+        }
+    };
+    let finished = run_to_end(command, timeout)?;
+    let mut result = ClientResult {
+        exit: finished.code,
+        raw: format!(
+            "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+            finished.code, finished.stdout, finished.stderr
+        ),
+        ..ClientResult::default()
+    };
+    if std::env::var_os("ZAJEL_CENSORSHIP_VERBOSE").is_some() {
+        eprintln!("{}", result.raw);
+    }
+    let json: Value = serde_json::from_str(&finished.stdout)
+        .map_err(|e| format!("client output is not JSON ({e}):\n{}", result.raw))?;
+    match kind {
+        Client::Discover => {
+            read_discovery(&json, &mut result);
+            result.media_path = "not placed (discovery only)".into();
+        }
+        Client::Call => read_call(&json, &mut result),
+    }
+    result.json = json;
+    Ok(result)
+}
+
+/// Reads `call-probe call --json`: the server choice and the call report.
+fn read_call(json: &Value, result: &mut ClientResult) {
+    let choice = &json["server"];
+    if let Some(report) = choice.get("discovery").filter(|d| !d.is_null()) {
+        read_discovery(report, result);
+    } else {
+        result.layer = choice["found_by"][0].as_str().unwrap_or("none").to_string();
+        result.server = choice["server"].as_str().map(str::to_string);
+    }
+    let call = &json["call"];
+    result.media_both_ways = call["media_both_ways"].as_bool().unwrap_or(false);
+    result.first_rtp_ms = call["milestones"]["first_rtp_ms"].as_f64();
+    let engine = &call["call"];
+    let pair = &engine["ice"]["selected_pair"];
+    let local = pair["local"]["kind"].as_str().unwrap_or("?");
+    let remote = pair["remote"]["kind"].as_str().unwrap_or("?");
+    let transport = call["turn_transport"].as_str().unwrap_or("udp");
+    result.media_path = if local == "relay" || remote == "relay" {
+        format!("TURN/{transport} ({local}→{remote})")
+    } else {
+        format!("direct UDP ({local}→{remote})")
+    };
+    let rtp = &engine["rtp"];
+    result.packets_lost = rtp["packets_lost"].as_u64();
+    if let (Some(lost), Some(jitter)) = (rtp["packets_lost"].as_u64(), rtp["jitter_ms"].as_f64()) {
+        result.loss = Some(format!(
+            "{lost} of {} packets lost, jitter {jitter:.1} ms{}",
+            rtp["packets_received"].as_u64().unwrap_or(0) + lost,
+            rtp["rtt_ms"]
+                .as_f64()
+                .map(|rtt| format!(", RTT {rtt:.0} ms"))
+                .unwrap_or_default()
+        ));
+    }
+}
+
+/// Starts `call-probe answer` on relay `endpoint` in the callee namespace
+/// (a host of its own on the internet side).
+fn start_answerer(world: &mut World, kind: Client, endpoint: &str) -> Result<(), String> {
+    if kind != Client::Call {
+        return Ok(());
+    }
+    let mut command = tool(&world.topology.callee, "call-probe")?;
+    command
+        .args(["answer", "--code", CODE, "--server", endpoint])
+        .args([
+            "--allow-private",
+            "--no-cache",
+            "--no-qr",
+            "--json",
+            "--ca-file",
+        ])
+        .arg(&world.pki.ca_file)
+        .args(["--step-timeout", "20"]);
+    let mut child = tests::process::ChildProcess::spawn("call-probe answer", command)?;
+    child.wait_for(Duration::from_secs(20), |line| {
+        line.contains(CODE).then_some(())
+    })?;
+    world.answerer = Some(child);
+    Ok(())
+}
+
+/// Checks the call itself (in call mode): media both ways.
+/// The tone `call-probe call` sends by default (Hz).
+const CALLER_TONE_HZ: f64 = 440.0;
+
+/// Checks the call itself (in call mode): the caller's report says media
+/// flowed both ways (packets each way, the callee's tone heard), and the
+/// callee's report (`call_ended` from `call-probe answer --json`) says it
+/// heard the caller's tone.
+fn check_media(kind: Client, result: &ClientResult, world: &World) -> Result<(), String> {
+    if kind != Client::Call {
+        return Ok(());
+    }
+    if result.exit != Some(0) || !result.media_both_ways {
+        return Err(format!(
+            "the call did not carry media both ways:\n{}\nworld:\n{}",
+            result.raw,
+            world.outputs()
+        ));
+    }
+    let answerer = world.answerer.as_ref().ok_or("no answerer running")?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ended = answerer
+            .output()
+            .lines()
+            .filter(|line| line.starts_with('{'))
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|event| event["event"] == "call_ended");
+        if let Some(event) = ended {
+            let heard = event["report"]["tone"]["detected"]["frequency_hz"].as_f64();
+            return match heard {
+                Some(hz) if (hz - CALLER_TONE_HZ).abs() <= 5.0 => Ok(()),
+                _ => Err(format!(
+                    "the callee did not hear the caller's {CALLER_TONE_HZ} Hz tone (heard {heard:?}):\n{event}"
+                )),
+            };
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the callee never reported the call's end\n{}",
+                world.outputs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn expect(condition: bool, what: &str, result: &ClientResult, world: &World) -> Result<(), String> {
+    if condition {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}\nclient: {}\nworld:\n{}",
+            result.raw,
+            world.outputs()
+        ))
+    }
+}
+
+fn row(scenario: &str, result: &ClientResult, started: Instant) -> Row {
+    Row {
+        scenario: scenario.into(),
+        blocked: result.blocked_text(),
+        layer: result.layer.clone(),
+        found: match (result.found_ms, result.discovery_ms) {
+            (Some(found), Some(all)) => format!("{found:.0} ms (all layers {all:.0} ms)"),
+            (Some(found), None) => format!("{found:.0} ms"),
+            _ => "from the link".into(),
+        },
+        media: match &result.loss {
+            Some(loss) => format!("{} — {loss}", result.media_path),
+            None => result.media_path.clone(),
+        },
+        first_rtp: result
+            .first_rtp_ms
+            .map(|ms| format!("{ms:.0} ms"))
+            .unwrap_or_else(|| "–".into()),
+        result: "pass".into(),
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// A world with the genuine DoH resolver and the answerer on relay A.
+fn standard_world(kind: Client) -> Result<World, String> {
+    let mut world = World::new()?;
+    world.start_doh()?;
+    start_answerer(&mut world, kind, &relay_endpoint(relay_a_address()))?;
+    Ok(world)
+}
+
+// ---- the scenarios -------------------------------------------------------
+
+fn open_network(kind: Client) -> Result<Vec<Row>, String> {
+    let started = Instant::now();
+    let world = standard_world(kind)?;
+    let result = run_client(&world, kind, &Run::default())?;
+    expect(
+        result.layer == "registry",
+        "the registry layer should win",
+        &result,
+        &world,
+    )?;
+    expect(
+        result.blocked.is_empty(),
+        "nothing should be blocked",
+        &result,
+        &world,
+    )?;
+    check_media(kind, &result, &world)?;
+    if kind == Client::Call {
+        expect(
+            result.media_path.starts_with("direct UDP"),
+            "media should flow directly over UDP",
+            &result,
+            &world,
+        )?;
+    }
+    Ok(vec![row("1 open network", &result, started)])
+}
+
+fn registry_blocked(kind: Client) -> Result<Vec<Row>, String> {
+    let mut rows = Vec::new();
+    for (how, rule, expected) in [
+        (
+            "blackholed",
+            rules::blackhole(registry_address()),
+            "timed_out",
+        ),
+        ("TCP RST", rules::reset(registry_address()), "error"),
+    ] {
+        let started = Instant::now();
+        let world = standard_world(kind)?;
+        world.topology.censor(&rule)?;
+        let result = run_client(&world, kind, &Run::default())?;
+        expect(
+            result.layer == "doh",
+            "the DoH layer should win",
+            &result,
+            &world,
+        )?;
+        let outcome = result.blocked_outcome("registry").unwrap_or("");
+        expect(
+            if expected == "timed_out" {
+                outcome == "timed_out"
+            } else {
+                !outcome.is_empty() && outcome != "timed_out"
+            },
+            &format!("the registry layer should fail ({how}), not {outcome:?}"),
+            &result,
+            &world,
+        )?;
+        check_media(kind, &result, &world)?;
+        rows.push(row(&format!("2 registry {how}"), &result, started));
+    }
+    Ok(rows)
+}
+
+fn registry_and_doh_blocked(kind: Client) -> Result<Vec<Row>, String> {
+    let started = Instant::now();
+    let world = standard_world(kind)?;
+    let cache = world.dir.path().join("client-cache.json");
+    // An earlier successful run fills the cache.
+    let earlier = run_client(
+        &world,
+        Client::Discover,
+        &Run {
+            cache: Some(cache.clone()),
+            ..Run::default()
+        },
+    )?;
+    expect(
+        earlier.server.is_some(),
+        "the earlier run should find the relay",
+        &earlier,
+        &world,
+    )?;
+    world.topology.censor(&format!(
+        "{}\n{}",
+        rules::blackhole(registry_address()),
+        rules::blackhole(doh_address())
+    ))?;
+    let result = run_client(
+        &world,
+        kind,
+        &Run {
+            cache: Some(cache),
+            ..Run::default()
+        },
+    )?;
+    expect(
+        result.layer == "cache",
+        "the cache layer should win",
+        &result,
+        &world,
+    )?;
+    expect(
+        result.blocked_outcome("registry").is_some() && result.blocked_outcome("doh").is_some(),
+        "registry and DoH should both be reported blocked",
+        &result,
+        &world,
+    )?;
+    check_media(kind, &result, &world)?;
+    Ok(vec![row("3 registry + DoH blocked", &result, started)])
+}
+
+fn share_link_only(kind: Client) -> Result<Vec<Row>, String> {
+    let started = Instant::now();
+    let world = standard_world(kind)?;
+    world.topology.censor(&format!(
+        "{}\n{}",
+        rules::blackhole(registry_address()),
+        rules::blackhole(doh_address())
+    ))?;
+    let result = run_client(
+        &world,
+        kind,
+        &Run {
+            link: Some(link_for(&relay_endpoint(relay_a_address()))),
+            ..Run::default()
+        },
+    )?;
+    expect(
+        result.layer == "qr",
+        "the zajel:// link should name the server",
+        &result,
+        &world,
+    )?;
+    expect(
+        result
+            .server
+            .as_deref()
+            .is_some_and(|s| s.contains(&relay_a_address().to_string())),
+        "the link's server should be chosen",
+        &result,
+        &world,
+    )?;
+    check_media(kind, &result, &world)?;
+    Ok(vec![row(
+        "4 fresh client, all discovery blocked, zajel:// link",
+        &result,
+        started,
+    )])
+}
+
+fn udp_blocked(kind: Client) -> Result<Vec<Row>, String> {
+    let started = Instant::now();
+    let world = standard_world(kind)?;
+    world.topology.censor(rules::NO_UDP)?;
+    let result = run_client(
+        &world,
+        kind,
+        &Run {
+            media: vec![
+                "--relay-only".into(),
+                "--turn-transport".into(),
+                "tcp".into(),
+            ],
+            ..Run::default()
+        },
+    )?;
+    expect(
+        result.server.is_some(),
+        "a relay should be found over TCP",
+        &result,
+        &world,
+    )?;
+    check_media(kind, &result, &world)?;
+    if kind == Client::Call {
+        expect(
+            result.media_path.starts_with("TURN/tcp"),
+            "media should go through TURN over TCP",
+            &result,
+            &world,
+        )?;
+    }
+    Ok(vec![row("5 all UDP blocked", &result, started)])
+}
+
+fn only_tcp_443(kind: Client) -> Result<Vec<Row>, String> {
+    let started = Instant::now();
+    let world = standard_world(kind)?;
+    world.topology.censor(rules::ONLY_TCP_443)?;
+    let result = run_client(
+        &world,
+        kind,
+        &Run {
+            media: vec![
+                "--relay-only".into(),
+                "--turn-transport".into(),
+                "tls".into(),
+            ],
+            ..Run::default()
+        },
+    )?;
+    expect(
+        result.layer == "doh",
+        "DoH on 443 should find the relay",
+        &result,
+        &world,
+    )?;
+    expect(
+        result.server.as_deref() == Some(&format!("{}/", relay_endpoint(relay_a_address())))
+            || result.server.as_deref() == Some(&relay_endpoint(relay_a_address())),
+        "the wss:// relay on 443 should be chosen",
+        &result,
+        &world,
+    )?;
+    expect(
+        result.blocked_outcome("registry").is_some(),
+        "the registry (port 8787) should be reported blocked",
+        &result,
+        &world,
+    )?;
+    check_media(kind, &result, &world)?;
+    if kind == Client::Call {
+        expect(
+            result.media_path.starts_with("TURN/tls"),
+            "media should go through TURN over TLS on 443",
+            &result,
+            &world,
+        )?;
+    }
+    Ok(vec![row("6 only TCP 443 open", &result, started)])
+}
+
+fn poisoned_answers(kind: Client) -> Result<Vec<Row>, String> {
+    let started = Instant::now();
+    let mut world = standard_world(kind)?;
+    let cache = world.dir.path().join("client-cache.json");
+    let earlier = run_client(
+        &world,
+        Client::Discover,
+        &Run {
+            cache: Some(cache.clone()),
+            ..Run::default()
+        },
+    )?;
+    expect(
+        earlier.server.is_some(),
+        "the earlier run should find the relay",
+        &earlier,
+        &world,
+    )?;
+    // The attacker's relay address: nothing genuine listens there.
+    world.start_poisoners(&relay_endpoint(relay_b_address()))?;
+    world
+        .topology
+        .censor_and_redirect("", &World::poison_redirects())?;
+    let result = run_client(
+        &world,
+        kind,
+        &Run {
+            cache: Some(cache),
+            ..Run::default()
+        },
+    )?;
+    for layer in ["registry", "doh"] {
+        expect(
+            result.blocked_outcome(layer) == Some("invalid_signature"),
+            &format!("the {layer} layer should be refused with invalid_signature"),
+            &result,
+            &world,
+        )?;
+    }
+    expect(
+        result
+            .server
+            .as_deref()
+            .is_some_and(|s| s.contains(&relay_a_address().to_string())),
+        "the genuine relay should be reached",
+        &result,
+        &world,
+    )?;
+    expect(
+        result.layer == "cache",
+        "the cache should name the genuine relay",
+        &result,
+        &world,
+    )?;
+    check_media(kind, &result, &world)?;
+    Ok(vec![row("7 poisoned registry + DoH", &result, started)])
+}
+
+fn degraded_path(kind: Client) -> Result<Vec<Row>, String> {
+    let started = Instant::now();
+    let world = standard_world(kind)?;
+    // 150 ms each way and every 20th packet dropped (5 %), deterministic.
+    let emulator =
+        PathEmulator::start(&world.topology.censor, Duration::from_millis(150), Some(20))?;
+    let result = run_client(
+        &world,
+        kind,
+        &Run {
+            timeout: Some(Duration::from_secs(90)),
+            layer_timeout_ms: Some("6000"),
+            ..Run::default()
+        },
+    )?;
+    let dropped = emulator
+        .counters()
+        .dropped
+        .load(std::sync::atomic::Ordering::Relaxed);
+    drop(emulator);
+    expect(
+        result.server.is_some(),
+        "a relay should be found on the slow path",
+        &result,
+        &world,
+    )?;
+    expect(
+        dropped > 0,
+        "the path should have dropped packets",
+        &result,
+        &world,
+    )?;
+    check_media(kind, &result, &world)?;
+    if kind == Client::Call {
+        expect(
+            result.loss.is_some() && result.packets_lost.unwrap_or(0) > 0,
+            "the report should show the loss (and jitter)",
+            &result,
+            &world,
+        )?;
+    }
+    let mut row = row("8 degraded path (5 % loss, 150 ms)", &result, started);
+    if result.loss.is_none() {
+        row.media = format!("{} — path dropped {dropped} packets", row.media);
+    }
+    Ok(vec![row])
+}
+
+fn relay_dies(kind: Client) -> Result<Vec<Row>, String> {
+    let started = Instant::now();
+    let mut world = World::new()?;
+    let cache = world.dir.path().join("client-cache.json");
+    let relay_a = relay_endpoint(relay_a_address());
+    // The client used relay A before (the only one then): its cache ranks A
+    // first among the verified servers that worked lately.
+    let earlier = run_client(
+        &world,
+        Client::Discover,
+        &Run {
+            cache: Some(cache.clone()),
+            ..Run::default()
+        },
+    )?;
+    expect(
+        earlier
+            .server
+            .as_deref()
+            .is_some_and(|s| s.contains(&relay_a_address().to_string())),
+        "the earlier run should find relay A",
+        &earlier,
+        &world,
+    )?;
+    let relay_b = world.add_relay(relay_b_address())?;
+    world.start_doh()?;
+    start_answerer(&mut world, kind, &relay_b)?;
+    // Relay A dies the moment the client first reaches for it: the censor
+    // holds (drops, counting) the client's packets to A; once the first
+    // one shows up, A is killed (SIGKILL, no unregister: registry and DoH
+    // still name it) and the hold is lifted, so the client's retransmitted
+    // SYN meets a closed port.
+    world.topology.censor(&format!(
+        "ip daddr {} tcp dport 443 counter drop",
+        relay_a_address()
+    ))?;
+    let result = std::thread::scope(|scope| {
+        let client = scope.spawn(|| {
+            run_client(
+                &world,
+                kind,
+                &Run {
+                    cache: Some(cache.clone()),
+                    ..Run::default()
+                },
+            )
+        });
+        let reached = wait_for_held_packet(&world, Duration::from_secs(20));
+        if let Some((_, relay)) = world.relays.iter().find(|(e, _)| *e == relay_a) {
+            relay.signal(libc::SIGKILL);
+        }
+        world.topology.censor("")?;
+        reached?;
+        client
+            .join()
+            .map_err(|_| "the client thread panicked".to_string())?
+    })?;
+    world.kill_relay(&relay_a);
+    expect(
+        result
+            .server
+            .as_deref()
+            .is_some_and(|s| s.contains(&relay_b_address().to_string())),
+        "the client should move on to relay B",
+        &result,
+        &world,
+    )?;
+    let a_failed = result.json["candidates"]
+        .as_array()
+        .or_else(|| result.json["server"]["discovery"]["candidates"].as_array())
+        .is_some_and(|c| {
+            c.iter().any(|c| {
+                c["url"]
+                    .as_str()
+                    .is_some_and(|u| u.contains(&relay_a_address().to_string()))
+                    && c["outcome"] == "refused"
+            })
+        });
+    expect(
+        a_failed,
+        "relay A's check should be refused (nothing listens any more)",
+        &result,
+        &world,
+    )?;
+    check_media(kind, &result, &world)?;
+    Ok(vec![row("9 first relay dies", &result, started)])
+}
+
+/// Waits until the censor's counting rule has held at least one packet.
+fn wait_for_held_packet(world: &World, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let rules = world.topology.censor.exec("nft", &["list", "ruleset"])?;
+        let held = rules
+            .split("counter packets ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        if held > 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("the client never reached for relay A".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+// ---- the harness ---------------------------------------------------------
+
+type Scenario = fn(Client) -> Result<Vec<Row>, String>;
+
+const SCENARIOS: [(&str, Scenario); 9] = [
+    ("open_network", open_network),
+    ("registry_blocked", registry_blocked),
+    ("registry_and_doh_blocked", registry_and_doh_blocked),
+    ("share_link_only", share_link_only),
+    ("udp_blocked", udp_blocked),
+    ("only_tcp_443", only_tcp_443),
+    ("poisoned_answers", poisoned_answers),
+    ("degraded_path", degraded_path),
+    ("relay_dies", relay_dies),
+];
+
+fn matrix_markdown(rows: &[Row], kind: Client, total: Duration) -> String {
+    let mut out = String::from(
+        "| scenario | blocked (as the client reported it) | layer that won | server found after | media path | time to first RTP | result | s |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} |\n",
+            r.scenario, r.blocked, r.layer, r.found, r.media, r.first_rtp, r.result, r.seconds
+        ));
+    }
+    out.push_str(
+        "\n*Server found after*: when discovery had a verified usable server (blocked layers \
+         run on to their timeout, 1.5 s here, before the client moves on). *Time to first RTP*: \
+         from the start of the call step (signaling connect, pairing, offer/answer, ICE, DTLS) \
+         to the first audio packet. *s*: the whole scenario, world set-up included.\n",
+    );
+    out.push_str(&format!(
+        "\nClient: {}. Whole run: {:.0} s.\n",
+        match kind {
+            Client::Call => "`call-probe call` against `call-probe answer`",
+            Client::Discover => "`zajel-discover discover` (discovery only; no call placed)",
+        },
+        total.as_secs_f64()
+    ));
+    out
+}
+
+fn main() {
+    let mut args = Arguments::from_args();
+    // Scenarios share the machine's two cores: one at a time.
+    args.test_threads = Some(1);
+    let kind = client_kind();
+    let root = unsafe { libc::geteuid() } == 0;
+    let trials: Vec<Trial> = SCENARIOS
+        .iter()
+        .map(|&(name, scenario)| {
+            Trial::test(name, move || {
+                let started = Instant::now();
+                match scenario(kind) {
+                    Ok(rows) => {
+                        MATRIX.lock().unwrap().extend(rows);
+                        Ok(())
+                    }
+                    Err(error) => {
+                        MATRIX.lock().unwrap().push(Row {
+                            scenario: name.into(),
+                            blocked: "".into(),
+                            layer: "".into(),
+                            found: "".into(),
+                            media: "".into(),
+                            first_rtp: "".into(),
+                            result: format!("FAIL: {}", error.lines().next().unwrap_or("")),
+                            seconds: started.elapsed().as_secs_f64(),
+                        });
+                        Err(Failed::from(error))
+                    }
+                }
+            })
+            .with_ignored_flag(!root)
+        })
+        .collect();
+    let started = Instant::now();
+    let conclusion = libtest_mimic::run(&args, trials);
+    let rows = MATRIX.lock().unwrap().clone();
+    if !rows.is_empty() {
+        let markdown = matrix_markdown(&rows, kind, started.elapsed());
+        println!("\n{markdown}");
+        let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let _ = std::fs::write(manifest.join("../target/censorship-matrix.md"), &markdown);
+        let ran: std::collections::HashSet<&str> = rows
+            .iter()
+            .map(|r| r.scenario.split(' ').next().unwrap_or(""))
+            .collect();
+        if ran.len() == SCENARIOS.len() && kind == Client::Call {
+            let _ = std::fs::write(manifest.join("censorship-matrix.md"), &markdown);
+        }
+    }
+    conclusion.exit();
+}
