@@ -10,16 +10,29 @@
 //! - [`report`]: the call report and its table.
 //! - [`selftest`]: one in-process loopback call between two engines.
 //! - [`session`]: the client side of a signaling session with a relay.
+//! - [`client`]: registering on a relay, ICE servers from the relay, TURN bridges.
+//! - [`line`]: a registered session wired to an engine (pairing, call routing).
+//! - [`probe_call`]: `call` (pair, call, report); [`answer`]: `answer`.
+//! - [`choose`]: where the relay comes from; [`check`]: `check`.
+//! - [`world`]: registry + relay + TURN + DoH in-process; [`demo`]: `demo`.
 
+pub mod answer;
 pub mod call;
+pub mod check;
+pub mod choose;
+pub mod client;
 pub mod config;
+pub mod demo;
+pub mod line;
 pub mod media;
 pub mod peer;
+pub mod probe_call;
 pub mod report;
 pub mod selftest;
 pub mod session;
 pub mod stats;
 pub mod tap;
+pub mod world;
 
 pub use call::{CallEngine, CallEvent, EngineError};
 pub use config::{AnswerPolicy, CallConfig, CallTimeouts, IceServer};

@@ -1,11 +1,13 @@
-//! call-probe command line. Today: `selftest`, one in-process loopback call between two call
-//! engines, printing both sides' reports.
+//! call-probe command line: `demo` (the whole chain in one process), `call`, `answer`,
+//! `check`, and `selftest` (two in-process engines).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use call_probe::selftest::{run_selftest, SelftestOptions};
 use clap::{Parser, Subcommand};
+
+mod modes;
 
 #[derive(Parser)]
 #[command(
@@ -20,6 +22,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start a registry, a DoH server, relay-lite with TURN and an answerer in this process
+    /// (127.0.0.1 only, offline), discover the relay, place a real call and print the report.
+    Demo(modes::DemoArgs),
+    /// Pair with an answerer (pairing code or zajel:// link) and place one call.
+    Call(modes::CallArgs),
+    /// Register a pairing code on a relay and answer calls (tone or echo).
+    Answer(modes::AnswerArgs),
+    /// Check from this network: discovery, signaling, STUN, TURN over UDP/TCP/TLS, call paths.
+    Check(modes::CheckArgs),
     /// Run one call between two in-process engines over loopback and print both reports.
     Selftest {
         /// Print the reports as JSON ({"caller":…,"callee":…}) instead of tables.
@@ -52,10 +63,16 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new(
+                        "warn,webrtc=error,webrtc_ice=error,webrtc_dtls=error,webrtc_srtp=error,turn=error",
+                    )
+                }),
         )
         .with_writer(std::io::stderr)
         .init();
+    // Both rustls providers are compiled in (reqwest brings aws-lc-rs); ring is ours.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -65,6 +82,10 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Demo(args) => runtime.block_on(modes::demo(args)),
+        Command::Call(args) => runtime.block_on(modes::call(args)),
+        Command::Answer(args) => runtime.block_on(modes::answer(args)),
+        Command::Check(args) => runtime.block_on(modes::check(args)),
         Command::Selftest {
             json,
             video,

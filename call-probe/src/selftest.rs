@@ -22,6 +22,16 @@ pub struct Phone {
 }
 
 impl Phone {
+    /// Wraps an engine and its event stream.
+    pub fn new(name: &str, engine: CallEngine, events: mpsc::UnboundedReceiver<CallEvent>) -> Self {
+        Self {
+            name: name.to_string(),
+            engine,
+            events,
+            history: Vec::new(),
+        }
+    }
+
     /// Waits up to `within` for an event `pick` accepts, looking at past events first.
     pub async fn wait_for<T>(
         &mut self,

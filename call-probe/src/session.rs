@@ -23,7 +23,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use url::Url;
 use zajel_wire::pairing::PairingCode;
-use zajel_wire::signaling::{ClientMessage, ServerMessage, MAX_FRAME_BYTES, PING_INTERVAL_MS};
+use zajel_wire::signaling::{
+    ClientMessage, IceServer, ServerMessage, MAX_FRAME_BYTES, PING_INTERVAL_MS,
+};
 
 /// How many frames may wait in either direction before the session pushes back.
 const QUEUE_FRAMES: usize = 256;
@@ -112,7 +114,7 @@ pub struct SignalingSession {
     url: Url,
     info: ServerInfo,
     timings: ConnectTimings,
-    outgoing: mpsc::Sender<ClientMessage>,
+    outgoing: mpsc::Sender<String>,
     incoming: mpsc::Receiver<ServerMessage>,
     pump: JoinHandle<()>,
 }
@@ -258,15 +260,73 @@ impl SignalingSession {
 
     /// Queues a frame for the relay.
     pub async fn send(&self, message: ClientMessage) -> Result<(), SessionError> {
+        self.send_text(message.to_text()).await
+    }
+
+    /// Queues a frame given as JSON text (for fields the wire types do not carry, such as
+    /// relay-lite's `"iceServers": true` on `register`).
+    pub async fn send_text(&self, text: String) -> Result<(), SessionError> {
         self.outgoing
-            .send(message)
+            .send(text)
             .await
             .map_err(|_| SessionError::Closed)
     }
 
-    /// A handle that can send frames from another task.
-    pub fn sender(&self) -> mpsc::Sender<ClientMessage> {
+    /// A handle that can send frames (as JSON text) from another task.
+    pub fn sender(&self) -> mpsc::Sender<String> {
         self.outgoing.clone()
+    }
+
+    /// Registers `code` like [`Self::register`] and asks for relay-lite's `ice_servers`
+    /// (`"iceServers": true` on `register`, an additive field other relays ignore). A relay
+    /// sends `ice_servers` right after `registered` when it has any, so a `ping` → `pong`
+    /// after the registration tells that none is coming. Returns the `serverId` and the
+    /// servers (empty when the relay has none).
+    pub async fn register_asking_ice_servers(
+        &mut self,
+        code: PairingCode,
+        public_key: &str,
+        limit: Duration,
+    ) -> Result<(String, Vec<IceServer>), SessionError> {
+        let frame = serde_json::json!({
+            "type": "register",
+            "pairingCode": code.as_str(),
+            "publicKey": public_key,
+            "iceServers": true,
+        });
+        self.send_text(frame.to_string()).await?;
+        let wanted = code.as_str().to_string();
+        let server_id = self
+            .recv_until(
+                limit,
+                "registration",
+                |message| match message {
+                    ServerMessage::Registered {
+                        pairing_code,
+                        server_id,
+                    } if *pairing_code == wanted => Some(Ok(server_id.clone())),
+                    ServerMessage::CodeCollision { message } => {
+                        Some(Err(SessionError::Refused(message.clone())))
+                    }
+                    _ => None,
+                },
+                |_| {},
+            )
+            .await??;
+        self.send(ClientMessage::Ping).await?;
+        let mut servers = Vec::new();
+        self.recv_until(
+            limit,
+            "ice_servers",
+            |message| matches!(message, ServerMessage::Pong).then_some(()),
+            |message| {
+                if let ServerMessage::IceServers { ice_servers } = message {
+                    servers = ice_servers;
+                }
+            },
+        )
+        .await?;
+        Ok((server_id, servers))
     }
 
     /// The next frame from the relay, or `None` once the connection is gone.
@@ -382,7 +442,7 @@ async fn connect_any(
 /// the relay when nothing was sent for [`PING_INTERVAL_MS`].
 async fn pump<S>(
     socket: tokio_tungstenite::WebSocketStream<S>,
-    mut to_send: mpsc::Receiver<ClientMessage>,
+    mut to_send: mpsc::Receiver<String>,
     received: mpsc::Sender<ServerMessage>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -396,7 +456,7 @@ async fn pump<S>(
                     let _ = sink.send(Message::Close(None)).await;
                     return;
                 };
-                if sink.send(Message::text(message.to_text())).await.is_err() {
+                if sink.send(Message::text(message)).await.is_err() {
                     return;
                 }
             }

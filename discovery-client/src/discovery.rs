@@ -1026,3 +1026,146 @@ fn verify_answer(
     };
     (outcome, detail, found, refused)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+
+    fn key() -> SigningKey {
+        SigningKey::from_bytes(&[8u8; 32])
+    }
+
+    fn answer(records: Vec<Vec<u8>>) -> doh::TxtAnswer {
+        doh::TxtAnswer {
+            outcome: Outcome::Ok,
+            detail: String::new(),
+            records,
+        }
+    }
+
+    fn record(signer: &SigningKey, endpoint: &str, expires: u64) -> Vec<u8> {
+        let server = SigningKey::from_bytes(&[1u8; 32]).verifying_key();
+        let entry = txt::TxtEntry {
+            server_id: zajel_wire::keys::server_id_for(&server),
+            endpoint: endpoint.into(),
+            region: String::new(),
+            expires,
+        };
+        txt::sign_record(signer, "example.org", &entry)
+            .unwrap()
+            .into_bytes()
+    }
+
+    #[test]
+    fn a_doh_answer_keeps_genuine_records_and_says_why_others_were_refused() {
+        let later = crate::now_ms() / 1000 + 600;
+        let keys = [key().verifying_key()];
+        let genuine = record(&key(), "wss://good.example", later);
+        let forged = record(
+            &SigningKey::from_bytes(&[9u8; 32]),
+            "wss://evil.example",
+            later,
+        );
+        let (outcome, detail, found, refused) = verify_answer(
+            "example.org",
+            &answer(vec![genuine, forged.clone(), b"v=spf1 -all".to_vec()]),
+            &keys,
+        );
+        assert_eq!(outcome, Outcome::Ok);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].url, "wss://good.example");
+        assert!(found[0].verified);
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(detail.contains("1 record(s) refused"));
+        let (outcome, _, found, _) = verify_answer("example.org", &answer(vec![forged]), &keys);
+        assert_eq!(outcome, Outcome::InvalidSignature);
+        assert!(found.is_empty());
+        let stale = record(&key(), "wss://good.example", crate::now_ms() / 1000 - 1);
+        let (outcome, _, _, _) = verify_answer("example.org", &answer(vec![stale]), &keys);
+        assert_eq!(outcome, Outcome::Stale);
+        let (outcome, detail, _, _) = verify_answer(
+            "example.org",
+            &answer(vec![record(&key(), "wss://good.example", later)]),
+            &[],
+        );
+        assert_eq!(outcome, Outcome::InvalidSignature);
+        assert!(detail.contains("no registry key pinned"));
+        let (outcome, _, _, _) =
+            verify_answer("example.org", &answer(vec![b"v=spf1".to_vec()]), &keys);
+        assert_eq!(outcome, Outcome::Empty);
+    }
+
+    #[tokio::test]
+    async fn a_run_with_nothing_configured_ends_with_nothing_and_says_why() {
+        let config = Config {
+            manual: vec!["ftp://not-a-server.example".into()],
+            ..Config::default()
+        };
+        let report = Discovery::new(config).unwrap().run().finish().await;
+        assert!(report.complete);
+        assert_eq!(report.verdict, Verdict::Nothing);
+        for layer in [
+            Layer::Registry,
+            Layer::Doh,
+            Layer::Cache,
+            Layer::Referral,
+            Layer::Qr,
+        ] {
+            assert_eq!(report.layer(layer).unwrap().outcome, Outcome::NotConfigured);
+        }
+        let manual = report.layer(Layer::Manual).unwrap();
+        assert_eq!(manual.outcome, Outcome::Invalid);
+        assert!(
+            manual.detail.contains("not a server URL"),
+            "{}",
+            manual.detail
+        );
+    }
+
+    #[tokio::test]
+    async fn private_addresses_are_refused_before_any_connection() {
+        let config = Config {
+            manual: vec![
+                "ws://127.0.0.1:9/".into(),
+                "wss://localhost/".into(),
+                "ws://[::1]:9/".into(),
+                "ws://10.0.0.1/".into(),
+            ],
+            ..Config::default()
+        };
+        let report = Discovery::new(config).unwrap().run().finish().await;
+        assert_eq!(report.candidates.len(), 4);
+        for c in &report.candidates {
+            assert_eq!(c.outcome, Outcome::PrivateAddress, "{c:?}");
+            assert!(c.checked_ms.is_some());
+            assert!(c.rtt_ms.is_none());
+        }
+    }
+
+    #[test]
+    fn verified_servers_rank_before_faster_unverified_ones() {
+        let state = |verified, rtt| CandidateState {
+            url: String::new(),
+            sources: Vec::new(),
+            verified,
+            server_id: None,
+            last_ok_ms: None,
+            outcome: Some(Outcome::Ok),
+            detail: String::new(),
+            probe: Some(ProbeResult {
+                outcome: Outcome::Ok,
+                detail: String::new(),
+                rtt_ms: Some(rtt),
+                announced_server_id: None,
+            }),
+            checked_ms: None,
+        };
+        let now = crate::now_ms();
+        assert!(rank_key(&state(true, 90.0), now) < rank_key(&state(false, 1.0), now));
+        assert!(rank_key(&state(true, 1.0), now) < rank_key(&state(true, 2.0), now));
+        let mut recent = state(true, 50.0);
+        recent.last_ok_ms = Some(now);
+        assert!(rank_key(&recent, now) < rank_key(&state(true, 1.0), now));
+    }
+}

@@ -15,6 +15,7 @@
 
 pub mod discovery;
 pub mod doh;
+pub mod doh_server;
 pub mod net;
 pub mod probe;
 pub mod publish;

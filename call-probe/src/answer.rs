@@ -1,0 +1,191 @@
+//! `call-probe answer`: a phone that waits on a relay. It registers a pairing code (shown with
+//! a `zajel://` sharing link and its QR code), accepts every pair request, answers every call
+//! (audio, and video when offered), sends a tone (or echoes what it hears), and goes on until
+//! it has answered the number of calls it was told to.
+
+use std::time::Duration;
+
+use discovery_client::share::{self, ShareLink};
+use serde::Serialize;
+use url::Url;
+use zajel_wire::pairing::PairingCode;
+
+use crate::call::CallEvent;
+use crate::client::{self, TurnTransport};
+use crate::config::{AnswerPolicy, CallConfig, CallTimeouts};
+use crate::line::{LineEvent, PhoneLine};
+use crate::report::CallReport;
+use crate::session::TrustAnchors;
+
+/// What `answer` does.
+#[derive(Debug, Clone)]
+pub struct AnswerOptions {
+    pub server: Url,
+    pub trust: TrustAnchors,
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// The code to register (random when `None`).
+    pub code: Option<PairingCode>,
+    /// Stop after this many calls ended (`None`: never).
+    pub max_calls: Option<u32>,
+    /// Send back what is heard instead of a tone.
+    pub echo: bool,
+    pub tone_hz: f64,
+    /// Force TURN (relay candidates only).
+    pub relay_only: bool,
+    pub turn_transport: TurnTransport,
+    pub loopback: bool,
+    pub with_stun: bool,
+    /// Decline calls instead of answering them (tests, `--decline`).
+    pub decline: bool,
+    pub step_timeout: Duration,
+    pub timeouts: CallTimeouts,
+}
+
+impl AnswerOptions {
+    pub fn new(server: Url) -> Self {
+        Self {
+            server,
+            trust: TrustAnchors::WebPki,
+            extra_roots: Vec::new(),
+            code: None,
+            max_calls: None,
+            echo: false,
+            tone_hz: 660.0,
+            relay_only: false,
+            turn_transport: TurnTransport::Udp,
+            loopback: false,
+            with_stun: true,
+            decline: false,
+            step_timeout: Duration::from_secs(15),
+            timeouts: CallTimeouts::default(),
+        }
+    }
+}
+
+/// A registered answerer, ready to take calls.
+pub struct Answerer {
+    pub code: PairingCode,
+    pub server_id: String,
+    /// `zajel://CODE?server=…`
+    pub share_uri: String,
+    line: PhoneLine,
+    options: AnswerOptions,
+    _bridge: Option<relay_lite::turn::StreamBridge>,
+}
+
+/// One answered (or declined) call.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnsweredCall {
+    pub number: u32,
+    pub report: CallReport,
+}
+
+impl Answerer {
+    /// Connects, registers and wires the engine.
+    pub async fn start(options: AnswerOptions) -> Result<Self, String> {
+        let registered = client::connect_and_register(
+            &options.server,
+            &options.trust,
+            options.code,
+            options.step_timeout,
+        )
+        .await
+        .map_err(|e| format!("signaling: {e}"))?;
+        let (ice_servers, bridge) = client::engine_ice_servers(
+            &registered.ice_servers,
+            if options.relay_only {
+                options.turn_transport
+            } else {
+                TurnTransport::Udp
+            },
+            options.with_stun && !options.loopback,
+            &options.extra_roots,
+        )
+        .await?;
+        let base = if options.loopback {
+            CallConfig::loopback()
+        } else {
+            CallConfig::default()
+        };
+        let config = CallConfig {
+            ice_servers,
+            relay_only: options.relay_only,
+            tone_hz: options.tone_hz,
+            echo: options.echo,
+            answer_policy: if options.decline {
+                AnswerPolicy::Decline
+            } else {
+                AnswerPolicy::Accept
+            },
+            allow_video: true,
+            timeouts: options.timeouts,
+            ..base
+        };
+        let share_uri = ShareLink::new(registered.code, &[options.server.to_string()], None)
+            .map(|link| link.to_uri())
+            .unwrap_or_else(|_| format!("zajel://{}", registered.code.as_str()));
+        let code = registered.code;
+        let server_id = registered.server_id.clone();
+        let line = PhoneLine::start("answerer", registered.session, code, config, true);
+        Ok(Self {
+            code,
+            server_id,
+            share_uri,
+            line,
+            options,
+            _bridge: bridge,
+        })
+    }
+
+    /// The sharing link as a QR code for a terminal.
+    pub fn qr_terminal(&self) -> Result<String, String> {
+        share::render_terminal(&self.share_uri)
+    }
+
+    /// Answers calls until `max_calls` have ended (or forever), calling `on_call` with each
+    /// call's report. Returns the reports, or an error when the relay goes away.
+    pub async fn serve(
+        mut self,
+        mut on_call: impl FnMut(&AnsweredCall),
+    ) -> Result<Vec<AnsweredCall>, String> {
+        let mut calls = Vec::new();
+        let forever = Duration::from_secs(365 * 24 * 3600);
+        loop {
+            if self
+                .options
+                .max_calls
+                .is_some_and(|max| calls.len() as u32 >= max)
+            {
+                return Ok(calls);
+            }
+            tokio::select! {
+                ended = self.line.phone.ended(forever) => {
+                    let report = ended?;
+                    self.line.phone.clear_history();
+                    let call = AnsweredCall { number: calls.len() as u32 + 1, report };
+                    on_call(&call);
+                    calls.push(call);
+                }
+                event = self.line.events.recv() => match event {
+                    Some(LineEvent::Closed) | None => {
+                        return Err("the relay closed the connection".into());
+                    }
+                    Some(LineEvent::PairIncoming { from_code }) => {
+                        tracing::info!(%from_code, "pair request accepted");
+                    }
+                    Some(other) => tracing::debug!(?other, "line event"),
+                },
+            }
+        }
+    }
+
+    /// Waits for a call to be connected (tests).
+    pub async fn wait_connected(&mut self, limit: Duration) -> Result<(), String> {
+        self.line
+            .phone
+            .wait_for(limit, "a connected call", |e| {
+                matches!(e, CallEvent::FirstRtp { .. }).then_some(())
+            })
+            .await
+    }
+}

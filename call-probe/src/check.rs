@@ -1,0 +1,531 @@
+//! `call-probe check`: what works from this network, without a peer (like Tailscale's
+//! netcheck, for calls).
+//!
+//! 1. Discovery (every configured layer, with its report) picks a relay.
+//! 2. Signaling: TCP connect, TLS handshake (`wss://`), WebSocket upgrade, `server_info`,
+//!    `register` (asking for `ice_servers`), and a `ping` → `pong` round trip.
+//! 3. STUN binding over UDP to the relay's STUN server (or its TURN server, which answers
+//!    binding requests too): the server-reflexive address, and whether UDP works at all.
+//! 4. TURN allocations over UDP, over TCP and over TLS (the last two through relay-lite's
+//!    stream bridge, which is how calls use them), with the relay's credentials.
+//! 5. The call paths that exist: direct UDP, TURN/UDP, TURN/TCP, TURN/TLS.
+//!
+//! Exit codes: [`EXIT_OK`], [`EXIT_NO_SERVER`], [`EXIT_SIGNALING_BLOCKED`],
+//! [`EXIT_NO_MEDIA_PATH`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use discovery_client::discovery::Config as DiscoveryConfig;
+use relay_lite::turn::{BridgeTls, StreamBridge};
+use serde::Serialize;
+use tokio::net::UdpSocket;
+use webrtc::turn::client::{Client as TurnClient, ClientConfig as TurnClientConfig};
+use webrtc::util::Conn;
+
+use crate::choose::ServerChoice;
+use crate::client::{self, parse_ice_url};
+use crate::session::TrustAnchors;
+
+/// At least one call path exists.
+pub const EXIT_OK: u8 = 0;
+/// Discovery found no server that answers.
+pub const EXIT_NO_SERVER: u8 = 3;
+/// A server was found but the signaling session could not be opened or used.
+pub const EXIT_SIGNALING_BLOCKED: u8 = 4;
+/// Signaling works but no media path does (no UDP, no TURN of any kind).
+pub const EXIT_NO_MEDIA_PATH: u8 = 5;
+
+/// What `check` does.
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    pub discovery: DiscoveryConfig,
+    pub trust: TrustAnchors,
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Each step may take this long.
+    pub step_timeout: Duration,
+}
+
+/// The signaling session's figures.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SignalingCheck {
+    pub url: String,
+    pub ok: bool,
+    pub server_id: Option<String>,
+    pub resolve_ms: Option<f64>,
+    pub tcp_connect_ms: Option<f64>,
+    pub tls_handshake_ms: Option<f64>,
+    pub websocket_upgrade_ms: Option<f64>,
+    pub greeting_ms: Option<f64>,
+    pub register_ms: Option<f64>,
+    pub round_trip_ms: Option<f64>,
+    /// ICE server URLs the relay handed out (credentials not shown).
+    pub ice_servers: Vec<String>,
+    pub error: Option<String>,
+}
+
+/// One STUN binding or TURN allocation attempt.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MediaCheck {
+    /// `stun`, `turn/udp`, `turn/tcp`, `turn/tls`.
+    pub kind: String,
+    /// The URL tried (`None`: the relay offers none of this kind).
+    pub url: Option<String>,
+    pub ok: bool,
+    /// STUN: our server-reflexive address as the server saw it.
+    pub mapped_address: Option<String>,
+    /// TURN: the relayed address allocated for us.
+    pub relayed_address: Option<String>,
+    pub time_ms: Option<f64>,
+    pub error: Option<String>,
+}
+
+/// Which call paths exist.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct CallPaths {
+    /// UDP to the outside works (STUN answered): host/srflx candidates can connect.
+    pub direct_udp: bool,
+    pub turn_udp: bool,
+    pub turn_tcp: bool,
+    pub turn_tls: bool,
+}
+
+impl CallPaths {
+    pub fn any(&self) -> bool {
+        self.direct_udp || self.turn_udp || self.turn_tcp || self.turn_tls
+    }
+}
+
+/// The overall answer.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckVerdict {
+    CallPathsExist,
+    NoServerFound,
+    SignalingBlocked,
+    NoMediaPath,
+}
+
+impl CheckVerdict {
+    /// The exit code of `check`.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Self::CallPathsExist => EXIT_OK,
+            Self::NoServerFound => EXIT_NO_SERVER,
+            Self::SignalingBlocked => EXIT_SIGNALING_BLOCKED,
+            Self::NoMediaPath => EXIT_NO_MEDIA_PATH,
+        }
+    }
+}
+
+/// Everything `check` learnt.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub verdict: CheckVerdict,
+    pub exit_code: u8,
+    pub server: ServerChoice,
+    pub signaling: Option<SignalingCheck>,
+    pub stun: Option<MediaCheck>,
+    pub turn: Vec<MediaCheck>,
+    pub paths: CallPaths,
+    pub duration_ms: f64,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Runs the whole check.
+pub async fn run_check(options: &CheckOptions) -> Result<CheckReport, String> {
+    let start = Instant::now();
+    let choice = ServerChoice::discover(options.discovery.clone()).await?;
+    let finish =
+        |verdict: CheckVerdict, server: ServerChoice, signaling, stun, turn, paths| CheckReport {
+            verdict,
+            exit_code: verdict.exit_code(),
+            server,
+            signaling,
+            stun,
+            turn,
+            paths,
+            duration_ms: ms(start.elapsed()),
+        };
+    let Some(url) = choice.url() else {
+        return Ok(finish(
+            CheckVerdict::NoServerFound,
+            choice,
+            None,
+            None,
+            Vec::new(),
+            CallPaths::default(),
+        ));
+    };
+    let step = options.step_timeout;
+    let mut signaling = SignalingCheck {
+        url: url.to_string(),
+        ..SignalingCheck::default()
+    };
+    let registered = match client::connect_and_register(&url, &options.trust, None, step).await {
+        Ok(registered) => registered,
+        Err(error) => {
+            signaling.error = Some(error.to_string());
+            return Ok(finish(
+                CheckVerdict::SignalingBlocked,
+                choice,
+                Some(signaling),
+                None,
+                Vec::new(),
+                CallPaths::default(),
+            ));
+        }
+    };
+    let t = &registered.timings;
+    signaling.server_id = Some(registered.server_id.clone());
+    signaling.resolve_ms = Some(ms(t.resolve));
+    signaling.tcp_connect_ms = Some(ms(t.tcp_connect));
+    signaling.tls_handshake_ms = t.tls_handshake.map(ms);
+    signaling.websocket_upgrade_ms = Some(ms(t.websocket_upgrade));
+    signaling.greeting_ms = Some(ms(t.greeting));
+    signaling.register_ms = Some(registered.register_ms);
+    signaling.ice_servers = client::describe_ice_servers(&registered.ice_servers);
+    let mut session = registered.session;
+    match session.round_trip(step).await {
+        Ok(rtt) => {
+            signaling.round_trip_ms = Some(ms(rtt));
+            signaling.ok = true;
+        }
+        Err(error) => {
+            signaling.error = Some(format!("ping: {error}"));
+            return Ok(finish(
+                CheckVerdict::SignalingBlocked,
+                choice,
+                Some(signaling),
+                None,
+                Vec::new(),
+                CallPaths::default(),
+            ));
+        }
+    }
+    drop(session);
+
+    // Pick the URLs to try, with their credentials.
+    let mut stun_target: Option<String> = None;
+    let mut turn_targets: Vec<(String, String, String, String)> = Vec::new(); // kind, url, user, pass
+    for server in &registered.ice_servers {
+        for url in &server.urls {
+            let Some((scheme, parsed)) = parse_ice_url(url) else {
+                continue;
+            };
+            let kind = match (scheme.as_str(), parsed.transport.as_str()) {
+                ("stun", _) => {
+                    stun_target.get_or_insert(url.clone());
+                    continue;
+                }
+                ("turn", "udp") => "turn/udp",
+                ("turn", "tcp") => "turn/tcp",
+                ("turns", _) => "turn/tls",
+                _ => continue,
+            };
+            if turn_targets.iter().any(|(k, ..)| k == kind) {
+                continue;
+            }
+            turn_targets.push((
+                kind.into(),
+                url.clone(),
+                server.username.clone().unwrap_or_default(),
+                server.credential.clone().unwrap_or_default(),
+            ));
+        }
+    }
+    // No STUN URL: the TURN/UDP server answers binding requests too.
+    if stun_target.is_none() {
+        stun_target = turn_targets
+            .iter()
+            .find(|(kind, ..)| kind == "turn/udp")
+            .map(|(_, url, ..)| url.clone());
+    }
+    let stun = match &stun_target {
+        Some(url) => stun_binding(url, step).await,
+        None => MediaCheck {
+            kind: "stun".into(),
+            error: Some("the relay hands out no STUN or TURN/UDP server".into()),
+            ..MediaCheck::default()
+        },
+    };
+    let mut turn = Vec::new();
+    for kind in ["turn/udp", "turn/tcp", "turn/tls"] {
+        let check = match turn_targets.iter().find(|(k, ..)| k == kind) {
+            Some((_, url, user, pass)) => {
+                turn_allocation(kind, url, user, pass, &options.extra_roots, step).await
+            }
+            None => MediaCheck {
+                kind: kind.into(),
+                error: Some("not offered by the relay".into()),
+                ..MediaCheck::default()
+            },
+        };
+        turn.push(check);
+    }
+    let ok = |kind: &str| turn.iter().any(|c| c.kind == kind && c.ok);
+    let paths = CallPaths {
+        direct_udp: stun.ok,
+        turn_udp: ok("turn/udp"),
+        turn_tcp: ok("turn/tcp"),
+        turn_tls: ok("turn/tls"),
+    };
+    let verdict = if paths.any() {
+        CheckVerdict::CallPathsExist
+    } else {
+        CheckVerdict::NoMediaPath
+    };
+    Ok(finish(
+        verdict,
+        choice,
+        Some(signaling),
+        Some(stun),
+        turn,
+        paths,
+    ))
+}
+
+fn turn_client_config(
+    conn: Arc<dyn Conn + Send + Sync>,
+    stun: String,
+    turn: String,
+    username: &str,
+    password: &str,
+) -> TurnClientConfig {
+    TurnClientConfig {
+        stun_serv_addr: stun,
+        turn_serv_addr: turn,
+        username: username.into(),
+        password: password.into(),
+        realm: String::new(),
+        software: "call-probe".into(),
+        rto_in_ms: 200,
+        conn,
+        vnet: None,
+    }
+}
+
+/// A STUN binding request over UDP to `url`'s server.
+async fn stun_binding(url: &str, limit: Duration) -> MediaCheck {
+    let mut check = MediaCheck {
+        kind: "stun".into(),
+        url: Some(url.into()),
+        ..MediaCheck::default()
+    };
+    let started = Instant::now();
+    let result: Result<SocketAddr, String> = async {
+        let (_, parsed) = parse_ice_url(url).ok_or("not a STUN/TURN URL")?;
+        let server = client::resolve(&parsed.host, parsed.port).await?;
+        let bind = if server.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
+        let socket = UdpSocket::bind(bind)
+            .await
+            .map_err(|e| format!("UDP socket: {e}"))?;
+        let client = TurnClient::new(turn_client_config(
+            Arc::new(socket),
+            server.to_string(),
+            String::new(),
+            "",
+            "",
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+        client.listen().await.map_err(|e| e.to_string())?;
+        let result = tokio::time::timeout(limit, client.send_binding_request())
+            .await
+            .map_err(|_| format!("no answer within {limit:?} (UDP blocked?)"))
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        let _ = client.close().await;
+        result
+    }
+    .await;
+    check.time_ms = Some(ms(started.elapsed()));
+    match result {
+        Ok(mapped) => {
+            check.ok = true;
+            check.mapped_address = Some(mapped.to_string());
+        }
+        Err(error) => check.error = Some(error),
+    }
+    check
+}
+
+/// A TURN allocation through `url` (TCP and TLS through a stream bridge on 127.0.0.1).
+async fn turn_allocation(
+    kind: &str,
+    url: &str,
+    username: &str,
+    password: &str,
+    extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+    limit: Duration,
+) -> MediaCheck {
+    let mut check = MediaCheck {
+        kind: kind.into(),
+        url: Some(url.into()),
+        ..MediaCheck::default()
+    };
+    let started = Instant::now();
+    let result: Result<String, String> = async {
+        let (_, parsed) = parse_ice_url(url).ok_or("not a TURN URL")?;
+        let server = client::resolve(&parsed.host, parsed.port).await?;
+        let mut _bridge = None;
+        let target = match kind {
+            "turn/udp" => server,
+            "turn/tcp" => {
+                let bridge = StreamBridge::start(server, None)
+                    .await
+                    .map_err(|e| format!("bridge: {e}"))?;
+                let address = bridge.local_addr();
+                _bridge = Some(bridge);
+                address
+            }
+            _ => {
+                let tls = BridgeTls::new(&parsed.host, client::root_store(extra_roots)?)
+                    .map_err(|e| format!("bridge TLS: {e}"))?;
+                let bridge = StreamBridge::start(server, Some(tls))
+                    .await
+                    .map_err(|e| format!("bridge: {e}"))?;
+                let address = bridge.local_addr();
+                _bridge = Some(bridge);
+                address
+            }
+        };
+        let bind = if target.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
+        let bind = if target.ip().is_loopback() {
+            if target.is_ipv4() {
+                "127.0.0.1:0"
+            } else {
+                "[::1]:0"
+            }
+        } else {
+            bind
+        };
+        let socket = UdpSocket::bind(bind)
+            .await
+            .map_err(|e| format!("UDP socket: {e}"))?;
+        let client = TurnClient::new(turn_client_config(
+            Arc::new(socket),
+            target.to_string(),
+            target.to_string(),
+            username,
+            password,
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+        client.listen().await.map_err(|e| e.to_string())?;
+        let result = tokio::time::timeout(limit, client.allocate())
+            .await
+            .map_err(|_| format!("no allocation within {limit:?}"))
+            .and_then(|r| r.map_err(|e| e.to_string()))
+            .and_then(|relay| {
+                relay
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .map_err(|e| e.to_string())
+            });
+        let _ = client.close().await;
+        result
+    }
+    .await;
+    check.time_ms = Some(ms(started.elapsed()));
+    match result {
+        Ok(relayed) => {
+            check.ok = true;
+            check.relayed_address = Some(relayed);
+        }
+        Err(error) => check.error = Some(error),
+    }
+    check
+}
+
+impl CheckReport {
+    /// The report as a table.
+    pub fn to_table(&self) -> String {
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        let mut out = String::new();
+        out.push_str("== discovery ==\n");
+        out.push_str(&self.server.to_table());
+        if let Some(s) = &self.signaling {
+            out.push_str("== signaling ==\n");
+            out.push_str(&format!("url                 {}\n", s.url));
+            if let Some(id) = &s.server_id {
+                out.push_str(&format!("server id           {id}\n"));
+            }
+            for (name, value) in [
+                ("TCP connect", s.tcp_connect_ms),
+                ("TLS handshake", s.tls_handshake_ms),
+                ("WebSocket upgrade", s.websocket_upgrade_ms),
+                ("server_info", s.greeting_ms),
+                ("register", s.register_ms),
+                ("ping round trip", s.round_trip_ms),
+            ] {
+                out.push_str(&format!("{name:<20}{}\n", ms(value)));
+            }
+            out.push_str(&format!(
+                "ice servers         {}\n",
+                if s.ice_servers.is_empty() {
+                    "-".into()
+                } else {
+                    s.ice_servers.join(", ")
+                }
+            ));
+            if let Some(error) = &s.error {
+                out.push_str(&format!("error               {error}\n"));
+            }
+        }
+        if self.stun.is_some() || !self.turn.is_empty() {
+            out.push_str("== media ==\n");
+        }
+        for check in self.stun.iter().chain(self.turn.iter()) {
+            out.push_str(&format!(
+                "{:<20}{:<4}{}{}\n",
+                check.kind,
+                yes(check.ok),
+                check
+                    .mapped_address
+                    .as_deref()
+                    .map(|a| format!("mapped {a}, "))
+                    .or_else(|| check
+                        .relayed_address
+                        .as_deref()
+                        .map(|a| format!("relayed {a}, ")))
+                    .unwrap_or_default(),
+                match (&check.error, check.time_ms) {
+                    (Some(error), _) => error.clone(),
+                    (None, time) => ms(time),
+                }
+            ));
+        }
+        out.push_str("== call paths ==\n");
+        out.push_str(&format!(
+            "direct UDP {}, TURN/UDP {}, TURN/TCP {}, TURN/TLS {}\n",
+            yes(self.paths.direct_udp),
+            yes(self.paths.turn_udp),
+            yes(self.paths.turn_tcp),
+            yes(self.paths.turn_tls)
+        ));
+        out.push_str(&format!(
+            "verdict             {} (exit {})\n",
+            match self.verdict {
+                CheckVerdict::CallPathsExist => "calls can be made",
+                CheckVerdict::NoServerFound => "no server found",
+                CheckVerdict::SignalingBlocked => "signaling blocked",
+                CheckVerdict::NoMediaPath => "no media path",
+            },
+            self.exit_code
+        ));
+        out
+    }
+}

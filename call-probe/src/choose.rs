@@ -1,0 +1,126 @@
+//! Where the relay comes from: the server inside a `zajel://…?server=` link, or a discovery
+//! run (discovery-client: registry, DoH, cache, referral, QR, manual layers). The result says
+//! which layer named the chosen server and which layers were blocked, for the reports (and for
+//! the censorship suite, which reads them).
+
+use discovery_client::discovery::{Config as DiscoveryConfig, Discovery};
+use discovery_client::report::{Outcome, Report as DiscoveryReport};
+use serde::Serialize;
+use url::Url;
+
+/// A layer that did not work, and why.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct BlockedLayer {
+    pub layer: String,
+    pub outcome: String,
+    pub detail: String,
+}
+
+/// The server chosen and how.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerChoice {
+    /// The relay's WebSocket URL (`None`: nothing found).
+    pub server: Option<String>,
+    /// `share_link` (the server inside the link) or `discovery`.
+    pub how: String,
+    /// The discovery layers that named the chosen server (or `qr` for a link).
+    pub found_by: Vec<String>,
+    /// Layers that failed (timed out, refused, TLS failure, bad signature…).
+    pub blocked: Vec<BlockedLayer>,
+    /// The whole discovery report, when discovery ran.
+    pub discovery: Option<DiscoveryReport>,
+}
+
+impl ServerChoice {
+    /// The server as a URL.
+    pub fn url(&self) -> Option<Url> {
+        self.server.as_deref().and_then(|s| Url::parse(s).ok())
+    }
+
+    /// The choice for a server given in a sharing link.
+    pub fn from_link(server: &str) -> Result<Self, String> {
+        let url = zajel_wire::endpoint::signaling_url(server)
+            .map_err(|e| format!("server {server}: {e}"))?;
+        Ok(Self {
+            server: Some(url.to_string()),
+            how: "share_link".into(),
+            found_by: vec!["qr".into()],
+            blocked: Vec::new(),
+            discovery: None,
+        })
+    }
+
+    /// Runs discovery to the end and takes its best server.
+    pub async fn discover(config: DiscoveryConfig) -> Result<Self, String> {
+        let report = Discovery::new(config)?.run().finish().await;
+        Ok(Self::from_report(report))
+    }
+
+    /// The choice a discovery report makes.
+    pub fn from_report(report: DiscoveryReport) -> Self {
+        let blocked = report
+            .layers
+            .iter()
+            .filter(|l| {
+                !matches!(
+                    l.outcome,
+                    Outcome::Ok | Outcome::Empty | Outcome::NotConfigured
+                )
+            })
+            .map(|l| BlockedLayer {
+                layer: l.layer.as_str().into(),
+                outcome: l.outcome.as_str().into(),
+                detail: l.detail.clone(),
+            })
+            .collect();
+        let (server, found_by) = match &report.best {
+            Some(best) => (
+                Some(best.url.clone()),
+                best.sources
+                    .iter()
+                    .map(|l| l.as_str().to_string())
+                    .collect(),
+            ),
+            None => (None, Vec::new()),
+        };
+        Self {
+            server,
+            how: "discovery".into(),
+            found_by,
+            blocked,
+            discovery: Some(report),
+        }
+    }
+
+    /// A few lines for a person.
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        if let Some(report) = &self.discovery {
+            for layer in &report.layers {
+                out.push_str(&format!(
+                    "{:<20}{:<16}{} candidate(s) in {:.1} ms{}\n",
+                    layer.layer.as_str(),
+                    layer.outcome.as_str(),
+                    layer.candidates,
+                    layer.finished_ms - layer.started_ms,
+                    if layer.detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  ({})", layer.detail)
+                    }
+                ));
+            }
+        }
+        out.push_str(&format!(
+            "chosen server       {} ({} via {})\n",
+            self.server.as_deref().unwrap_or("none"),
+            self.how,
+            if self.found_by.is_empty() {
+                "-".into()
+            } else {
+                self.found_by.join(", ")
+            }
+        ));
+        out
+    }
+}

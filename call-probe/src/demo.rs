@@ -1,0 +1,248 @@
+//! `call-probe demo`: the whole chain in one process, offline, on 127.0.0.1.
+//!
+//! Starts a [`LocalWorld`] (registry, relay-lite with embedded TURN registered with it, the
+//! registry's list published as signed `_zajel` TXT records behind an in-process DoH server),
+//! an answerer on the relay, then runs discovery through the registry and DoH layers, calls
+//! the answerer on the server discovery chose, and reports both (per-layer discovery results,
+//! the caller's and the answerer's call reports).
+
+use std::time::{Duration, Instant};
+
+use discovery_client::discovery::Discovery;
+use discovery_client::report::Report as DiscoveryReport;
+use serde::Serialize;
+use url::Url;
+
+use crate::answer::{AnswerOptions, Answerer};
+use crate::client::TurnTransport;
+use crate::probe_call::{media_flowed_both_ways, run_call, CallOptions, ProbeCallReport};
+use crate::report::CallReport;
+use crate::world::{LocalWorld, WorldAddresses, WorldTimings};
+
+/// What `demo` does.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// How long audio flows.
+    pub duration: Duration,
+    pub relay_only: bool,
+    pub turn_transport: TurnTransport,
+    pub with_video: bool,
+    pub step_timeout: Duration,
+    pub caller_hz: f64,
+    pub answerer_hz: f64,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self {
+            duration: Duration::from_secs(2),
+            relay_only: false,
+            turn_transport: TurnTransport::Udp,
+            with_video: false,
+            step_timeout: Duration::from_secs(15),
+            caller_hz: 440.0,
+            answerer_hz: 660.0,
+        }
+    }
+}
+
+/// Everything the demo learnt.
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoReport {
+    pub world: WorldAddresses,
+    pub startup: WorldTimings,
+    /// The full discovery report (every layer, every candidate).
+    pub discovery: DiscoveryReport,
+    /// The layers that named the server the call used.
+    pub found_by: Vec<String>,
+    pub answerer_code: String,
+    pub share_uri: String,
+    pub call: ProbeCallReport,
+    /// The answerer's report of the same call.
+    pub answerer: Option<CallReport>,
+    /// Both sides sent and received audio and each heard the other's tone.
+    pub media_both_ways: bool,
+    pub caller_heard_hz: Option<f64>,
+    pub answerer_heard_hz: Option<f64>,
+    pub total_ms: f64,
+    pub error: Option<String>,
+}
+
+impl DemoReport {
+    /// The report for a person.
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        out.push_str("== local world (127.0.0.1) ==\n");
+        out.push_str(&format!("registry            {}\n", self.world.registry));
+        out.push_str(&format!(
+            "relay               {} ({})\n",
+            self.world.relay, self.world.relay_server_id
+        ));
+        let port = |a: Option<std::net::SocketAddr>| a.map_or("-".into(), |a| a.to_string());
+        out.push_str(&format!(
+            "TURN                udp {}, tcp {}, tls {}\n",
+            port(self.world.turn_udp),
+            port(self.world.turn_tcp),
+            port(self.world.turn_tls)
+        ));
+        out.push_str(&format!(
+            "DoH                 {} (_zajel.{}, {} signed TXT record(s))\n",
+            self.world.doh, self.world.domain, self.world.txt_records
+        ));
+        out.push_str("== discovery ==\n");
+        for layer in &self.discovery.layers {
+            out.push_str(&format!(
+                "{:<20}{:<16}{} candidate(s) in {:.1} ms{}\n",
+                layer.layer.as_str(),
+                layer.outcome.as_str(),
+                layer.candidates,
+                layer.finished_ms - layer.started_ms,
+                if layer.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!("  ({})", layer.detail)
+                }
+            ));
+        }
+        out.push_str(&format!(
+            "verdict             {:?}, first verified server after {}\n",
+            self.discovery.verdict,
+            self.discovery
+                .first_verified_ms
+                .map_or("-".into(), |v| format!("{v:.1} ms"))
+        ));
+        out.push_str(&format!(
+            "chosen server       {} (found by {})\n",
+            self.call.server,
+            self.found_by.join(", ")
+        ));
+        out.push_str(&format!(
+            "answerer            {}  {}\n",
+            self.answerer_code, self.share_uri
+        ));
+        out.push_str("== call (caller) ==\n");
+        out.push_str(&self.call.to_table());
+        if let Some(answerer) = &self.answerer {
+            out.push_str("== call (answerer) ==\n");
+            out.push_str(&answerer.to_table());
+        }
+        out.push_str("== result ==\n");
+        let hz = |v: Option<f64>| v.map_or("nothing".into(), |v| format!("{v:.0} Hz"));
+        out.push_str(&format!(
+            "caller heard        {}\nanswerer heard      {}\nmedia both ways     {}\ntotal               {:.0} ms\n",
+            hz(self.caller_heard_hz),
+            hz(self.answerer_heard_hz),
+            if self.media_both_ways { "yes" } else { "NO" },
+            self.total_ms
+        ));
+        if let Some(error) = &self.error {
+            out.push_str(&format!("error               {error}\n"));
+        }
+        out
+    }
+}
+
+fn heard(report: Option<&CallReport>, hz: f64) -> bool {
+    report
+        .and_then(|r| r.tone.detected)
+        .is_some_and(|d| (d.frequency_hz - hz).abs() <= 5.0)
+}
+
+/// Runs the demo. `Err` only when the world could not be started.
+pub async fn run_demo(options: &DemoOptions) -> Result<DemoReport, String> {
+    let start = Instant::now();
+    let world = LocalWorld::start().await?;
+
+    let mut answer_options = AnswerOptions::new(world.relay_url());
+    answer_options.loopback = true;
+    answer_options.max_calls = Some(1);
+    answer_options.tone_hz = options.answerer_hz;
+    answer_options.relay_only = options.relay_only;
+    answer_options.turn_transport = options.turn_transport;
+    answer_options.extra_roots = vec![world.ca.ca_der.clone()];
+    answer_options.step_timeout = options.step_timeout;
+    let answerer = Answerer::start(answer_options).await?;
+    let answerer_code = answerer.code;
+    let share_uri = answerer.share_uri.clone();
+    let answering = tokio::spawn(answerer.serve(|_| {}));
+
+    let discovery = Discovery::new(world.discovery_config()?)?;
+    let discovery_report = discovery.run().finish().await;
+    let best = discovery_report.best.clone();
+    let (server, found_by) = match &best {
+        Some(best) => (
+            Url::parse(&best.url).map_err(|e| format!("discovered URL {}: {e}", best.url))?,
+            best.sources
+                .iter()
+                .map(|l| l.as_str().to_string())
+                .collect(),
+        ),
+        None => {
+            answering.abort();
+            world.stop().await;
+            return Err(format!(
+                "discovery found no server: {}",
+                serde_json::to_string(&discovery_report.layers).unwrap_or_default()
+            ));
+        }
+    };
+
+    let mut call_options = CallOptions::new(server, answerer_code);
+    call_options.loopback = true;
+    call_options.duration = options.duration;
+    call_options.with_video = options.with_video;
+    call_options.relay_only = options.relay_only;
+    call_options.turn_transport = options.turn_transport;
+    call_options.extra_roots = vec![world.ca.ca_der.clone()];
+    call_options.tone_hz = options.caller_hz;
+    call_options.step_timeout = options.step_timeout;
+    let call = run_call(&call_options).await;
+
+    let answerer_report = match tokio::time::timeout(options.step_timeout, answering).await {
+        Ok(Ok(Ok(mut calls))) => calls.pop().map(|c| c.report),
+        Ok(Ok(Err(error))) => {
+            tracing::warn!(%error, "answerer");
+            None
+        }
+        _ => None,
+    };
+    let world_addresses = world.addresses.clone();
+    let startup = world.timings.clone();
+    world.stop().await;
+
+    let caller_heard = heard(call.call.as_ref(), options.answerer_hz);
+    let answerer_heard = heard(answerer_report.as_ref(), options.caller_hz);
+    let media_both_ways = call.media_both_ways
+        && answerer_report.as_ref().is_some_and(media_flowed_both_ways)
+        && caller_heard
+        && answerer_heard;
+    let error = if let Some(error) = &call.error {
+        Some(error.clone())
+    } else if !media_both_ways {
+        Some("media did not flow both ways (see the tones heard)".into())
+    } else {
+        None
+    };
+    Ok(DemoReport {
+        world: world_addresses,
+        startup,
+        discovery: discovery_report,
+        found_by,
+        answerer_code: answerer_code.as_str().to_string(),
+        share_uri,
+        caller_heard_hz: call
+            .call
+            .as_ref()
+            .and_then(|c| c.tone.detected)
+            .map(|d| d.frequency_hz),
+        answerer_heard_hz: answerer_report
+            .as_ref()
+            .and_then(|c| c.tone.detected)
+            .map(|d| d.frequency_hz),
+        call,
+        answerer: answerer_report,
+        media_both_ways,
+        total_ms: start.elapsed().as_secs_f64() * 1000.0,
+        error,
+    })
+}

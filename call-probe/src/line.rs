@@ -1,0 +1,247 @@
+//! A phone line: one registered [`SignalingSession`] on a relay wired to one [`CallEngine`].
+//!
+//! [`PhoneLine::start`] moves the session into a task that
+//! - answers `pair_incoming` (accepts when told to),
+//! - reports pairing outcomes as [`LineEvent`]s,
+//! - hands every valid incoming `call_*` payload to the engine, remembering which peer code
+//!   each `callId` came from,
+//! - sends every payload the engine produces as a `call_*` message in the envelope form, to the
+//!   peer of its `callId` (or, for a new call, to the last paired peer).
+//!
+//! Callers use [`PhoneLine::pair_with`] then the engine; answerers wait for calls.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use zajel_wire::call::CallPayload;
+use zajel_wire::pairing::PairingCode;
+use zajel_wire::signaling::{ClientMessage, ServerMessage};
+
+use crate::call::CallEngine;
+use crate::config::CallConfig;
+use crate::selftest::Phone;
+use crate::session::SignalingSession;
+
+/// What happened on the signaling side of a line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineEvent {
+    /// Someone asked to pair with us.
+    PairIncoming {
+        from_code: String,
+    },
+    /// Paired (both sides get it): calls without a known peer go here.
+    PairMatched {
+        peer_code: String,
+        is_initiator: bool,
+    },
+    PairRejected {
+        peer_code: String,
+    },
+    PairError {
+        error: String,
+    },
+    PairTimeout {
+        peer_code: String,
+    },
+    /// The relay refused something (`error`).
+    RelayError {
+        message: String,
+    },
+    /// The relay connection is gone.
+    Closed,
+}
+
+/// A registered session wired to a call engine.
+pub struct PhoneLine {
+    /// The engine (with an event history to wait on).
+    pub phone: Phone,
+    /// This line's pairing code.
+    pub code: PairingCode,
+    /// Line events (also read through [`Self::wait_for`] and [`Self::next_event`]).
+    pub events: mpsc::UnboundedReceiver<LineEvent>,
+    commands: mpsc::Sender<ClientMessage>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PhoneLine {
+    /// Starts the engine and the routing task. `accept_pairs`: accept every pair request.
+    pub fn start(
+        name: &str,
+        session: SignalingSession,
+        code: PairingCode,
+        config: CallConfig,
+        accept_pairs: bool,
+    ) -> Self {
+        let (to_engine, engine_inbox) = mpsc::channel(256);
+        let (engine_out, from_engine) = mpsc::channel(256);
+        let (engine, engine_events) = CallEngine::spawn(config, engine_inbox, engine_out);
+        let (line_events, events) = mpsc::unbounded_channel();
+        let (commands, command_rx) = mpsc::channel(16);
+        let task = tokio::spawn(route(
+            session,
+            to_engine,
+            from_engine,
+            line_events,
+            command_rx,
+            accept_pairs,
+        ));
+        Self {
+            phone: Phone::new(name, engine, engine_events),
+            code,
+            events,
+            commands,
+            task,
+        }
+    }
+
+    /// Sends `pair_request` to `target` and waits for the outcome (`pair_matched` gives
+    /// `Ok`, `pair_rejected`/`pair_error`/`pair_timeout`/closing give `Err`).
+    pub async fn pair_with(&mut self, target: PairingCode, limit: Duration) -> Result<(), String> {
+        self.commands
+            .send(ClientMessage::PairRequest {
+                target_code: target,
+                proposed_name: Some("call-probe".into()),
+            })
+            .await
+            .map_err(|_| "the relay connection is gone".to_string())?;
+        let wanted = target.as_str().to_string();
+        self.wait_for(limit, "pair_matched", |event| match event {
+            LineEvent::PairMatched { peer_code, .. } if *peer_code == wanted => Some(Ok(())),
+            LineEvent::PairRejected { .. } => Some(Err("the peer rejected pairing".to_string())),
+            LineEvent::PairError { error } => Some(Err(format!("pairing refused: {error}"))),
+            LineEvent::PairTimeout { .. } => Some(Err("the pair request timed out".into())),
+            LineEvent::RelayError { message } => Some(Err(format!("relay error: {message}"))),
+            LineEvent::Closed => Some(Err("the relay closed the connection".into())),
+            _ => None,
+        })
+        .await?
+    }
+
+    /// Waits up to `limit` for a line event `pick` accepts.
+    pub async fn wait_for<T>(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        mut pick: impl FnMut(&LineEvent) -> Option<T>,
+    ) -> Result<T, String> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(event)) => {
+                    if let Some(found) = pick(&event) {
+                        return Ok(found);
+                    }
+                }
+                Ok(None) => return Err(format!("the line stopped before {what}")),
+                Err(_) => return Err(format!("no {what} within {limit:?}")),
+            }
+        }
+    }
+
+    /// The next line event, if any is waiting.
+    pub fn try_event(&mut self) -> Option<LineEvent> {
+        self.events.try_recv().ok()
+    }
+
+    /// Waits for the next line event.
+    pub async fn next_event(&mut self) -> Option<LineEvent> {
+        self.events.recv().await
+    }
+}
+
+impl Drop for PhoneLine {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn route(
+    mut session: SignalingSession,
+    to_engine: mpsc::Sender<CallPayload>,
+    mut from_engine: mpsc::Receiver<CallPayload>,
+    events: mpsc::UnboundedSender<LineEvent>,
+    mut commands: mpsc::Receiver<ClientMessage>,
+    accept_pairs: bool,
+) {
+    let mut peer: Option<PairingCode> = None;
+    let mut peer_of_call: HashMap<String, PairingCode> = HashMap::new();
+    loop {
+        tokio::select! {
+            message = session.recv() => {
+                let Some(message) = message else {
+                    let _ = events.send(LineEvent::Closed);
+                    return;
+                };
+                if let Some(payload) = message.call_payload() {
+                    let from = message.forwarded().and_then(|(from, _)| PairingCode::parse(from).ok());
+                    match (payload, from) {
+                        (Ok(payload), Some(from)) => {
+                            peer_of_call.insert(payload.call_id().to_ascii_lowercase(), from);
+                            if to_engine.send(payload).await.is_err() {
+                                return;
+                            }
+                        }
+                        (Err(error), _) => tracing::warn!(%error, "ignoring an invalid call payload"),
+                        (_, None) => tracing::warn!("ignoring a call message with no valid sender"),
+                    }
+                    continue;
+                }
+                let event = match message {
+                    ServerMessage::PairIncoming { from_code, .. } => {
+                        if accept_pairs {
+                            if let Ok(code) = PairingCode::parse(&from_code) {
+                                let response = ClientMessage::PairResponse { target_code: code, accepted: true };
+                                if session.send(response).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        LineEvent::PairIncoming { from_code }
+                    }
+                    ServerMessage::PairMatched { peer_code, is_initiator, .. } => {
+                        if let Ok(code) = PairingCode::parse(&peer_code) {
+                            peer = Some(code);
+                        }
+                        LineEvent::PairMatched { peer_code, is_initiator }
+                    }
+                    ServerMessage::PairRejected { peer_code } => LineEvent::PairRejected { peer_code },
+                    ServerMessage::PairError { error } => LineEvent::PairError { error },
+                    ServerMessage::PairTimeout { peer_code } => LineEvent::PairTimeout { peer_code },
+                    ServerMessage::Error { message } => LineEvent::RelayError { message },
+                    _ => continue,
+                };
+                let _ = events.send(event);
+            }
+            payload = from_engine.recv() => {
+                let Some(payload) = payload else { return };
+                let call_id = payload.call_id().to_ascii_lowercase();
+                let target = match peer_of_call.get(&call_id) {
+                    Some(target) => Some(*target),
+                    None => {
+                        if let Some(target) = peer {
+                            peer_of_call.insert(call_id, target);
+                        }
+                        peer
+                    }
+                };
+                match target {
+                    Some(target) => {
+                        if session.send(ClientMessage::call(target, &payload)).await.is_err() {
+                            let _ = events.send(LineEvent::Closed);
+                            return;
+                        }
+                    }
+                    None => tracing::warn!("no peer to send a {} to", payload.kind().type_name()),
+                }
+            }
+            command = commands.recv() => {
+                let Some(command) = command else { return };
+                if session.send(command).await.is_err() {
+                    let _ = events.send(LineEvent::Closed);
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! `call-probe call`: pair with an answerer through a relay and place one real call.
+//!
+//! Connects and registers (with the relay's `ice_servers`), sends `pair_request` and waits
+//! for `pair_matched`, places the call through the engine (`call_offer` with a UUID v4
+//! `callId`, trickled `call_ice`), lets audio flow for the given duration, hangs up with
+//! `call_hangup`, and reports the milestones from the start of the run together with the
+//! engine's [`CallReport`].
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use url::Url;
+use zajel_wire::pairing::PairingCode;
+
+use crate::call::CallEvent;
+use crate::client::{self, TurnTransport};
+use crate::config::{CallConfig, CallTimeouts};
+use crate::line::PhoneLine;
+use crate::report::CallReport;
+use crate::session::{ConnectTimings, TrustAnchors};
+
+/// What `call` does.
+#[derive(Debug, Clone)]
+pub struct CallOptions {
+    /// The relay's WebSocket URL.
+    pub server: Url,
+    pub trust: TrustAnchors,
+    /// Extra CAs (for `turns:` through the bridge).
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// The answerer's pairing code.
+    pub target: PairingCode,
+    /// How long audio flows once the call is connected.
+    pub duration: Duration,
+    pub with_video: bool,
+    /// ICE transport policy relay (TURN only).
+    pub relay_only: bool,
+    pub turn_transport: TurnTransport,
+    /// Loopback addresses only (tests, demo).
+    pub loopback: bool,
+    /// Keep `stun:` servers (srflx candidates).
+    pub with_stun: bool,
+    pub tone_hz: f64,
+    /// Each signaling step and each call step may take this long.
+    pub step_timeout: Duration,
+    pub timeouts: CallTimeouts,
+}
+
+impl CallOptions {
+    /// Defaults for a call to `target` on `server`.
+    pub fn new(server: Url, target: PairingCode) -> Self {
+        Self {
+            server,
+            trust: TrustAnchors::WebPki,
+            extra_roots: Vec::new(),
+            target,
+            duration: Duration::from_secs(3),
+            with_video: false,
+            relay_only: false,
+            turn_transport: TurnTransport::Udp,
+            loopback: false,
+            with_stun: true,
+            tone_hz: 440.0,
+            step_timeout: Duration::from_secs(15),
+            timeouts: CallTimeouts::default(),
+        }
+    }
+}
+
+/// Milestones in ms from the start of the run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Milestones {
+    /// Connected and registered (with ICE servers).
+    pub signaling_ready_ms: Option<f64>,
+    pub pair_matched_ms: Option<f64>,
+    pub call_placed_ms: Option<f64>,
+    pub answer_received_ms: Option<f64>,
+    pub ice_connected_ms: Option<f64>,
+    pub dtls_connected_ms: Option<f64>,
+    pub first_rtp_ms: Option<f64>,
+    pub tone_detected_ms: Option<f64>,
+    pub hangup_ms: Option<f64>,
+}
+
+/// Everything `call` learnt.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeCallReport {
+    /// The relay used.
+    pub server: String,
+    pub server_id: Option<String>,
+    pub own_code: Option<String>,
+    pub peer_code: String,
+    /// Connect step timings (TCP, TLS, upgrade, greeting).
+    pub signaling: Option<ConnectTimings>,
+    /// ICE server URLs the relay handed out (credentials not shown).
+    pub ice_servers: Vec<String>,
+    pub relay_only: bool,
+    pub turn_transport: TurnTransport,
+    pub milestones: Milestones,
+    /// The tone heard from the peer (Hz), if any.
+    pub heard_hz: Option<f64>,
+    /// Audio flowed both ways: we sent and received RTP and heard a tone.
+    pub media_both_ways: bool,
+    /// Why the run failed, if it did.
+    pub error: Option<String>,
+    /// The engine's report of the call.
+    pub call: Option<CallReport>,
+}
+
+impl ProbeCallReport {
+    /// The report as a table.
+    pub fn to_table(&self) -> String {
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
+        let mut out = String::new();
+        out.push_str(&format!("server              {}\n", self.server));
+        if let Some(id) = &self.server_id {
+            out.push_str(&format!("server id           {id}\n"));
+        }
+        out.push_str(&format!(
+            "codes               {} -> {}\n",
+            self.own_code.as_deref().unwrap_or("-"),
+            self.peer_code
+        ));
+        if let Some(t) = &self.signaling {
+            out.push_str(&format!(
+                "signaling connect   tcp {:.1} ms, tls {}, upgrade {:.1} ms, greeting {:.1} ms\n",
+                t.tcp_connect.as_secs_f64() * 1000.0,
+                t.tls_handshake.map_or("-".into(), |d| format!(
+                    "{:.1} ms",
+                    d.as_secs_f64() * 1000.0
+                )),
+                t.websocket_upgrade.as_secs_f64() * 1000.0,
+                t.greeting.as_secs_f64() * 1000.0
+            ));
+        }
+        out.push_str(&format!(
+            "ice servers         {}\n",
+            if self.ice_servers.is_empty() {
+                "-".into()
+            } else {
+                self.ice_servers.join(", ")
+            }
+        ));
+        out.push_str(&format!(
+            "policy              {}{}\n",
+            if self.relay_only { "relay only" } else { "all" },
+            if self.relay_only {
+                format!(", TURN over {:?}", self.turn_transport).to_lowercase()
+            } else {
+                String::new()
+            }
+        ));
+        let m = &self.milestones;
+        for (name, value) in [
+            ("signaling ready", m.signaling_ready_ms),
+            ("pair matched", m.pair_matched_ms),
+            ("call placed", m.call_placed_ms),
+            ("answer received", m.answer_received_ms),
+            ("ICE connected", m.ice_connected_ms),
+            ("DTLS connected", m.dtls_connected_ms),
+            ("first RTP", m.first_rtp_ms),
+            ("tone detected", m.tone_detected_ms),
+            ("hung up", m.hangup_ms),
+        ] {
+            out.push_str(&format!("{name:<20}{}\n", ms(value)));
+        }
+        out.push_str(&format!(
+            "media both ways     {}{}\n",
+            if self.media_both_ways { "yes" } else { "no" },
+            self.heard_hz
+                .map_or(String::new(), |hz| format!(" (heard {hz:.0} Hz)"))
+        ));
+        if let Some(error) = &self.error {
+            out.push_str(&format!("error               {error}\n"));
+        }
+        if let Some(call) = &self.call {
+            out.push_str("-- call --\n");
+            out.push_str(&call.to_table());
+        }
+        out
+    }
+}
+
+fn ms_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Whether a call report shows audio both ways (RTP sent and received, a tone heard).
+pub fn media_flowed_both_ways(report: &CallReport) -> bool {
+    report.rtp.packets_sent > 0 && report.rtp.packets_received > 0 && report.tone.detected.is_some()
+}
+
+/// Runs one call; the report says how far it got (`error` when it failed).
+pub async fn run_call(options: &CallOptions) -> ProbeCallReport {
+    let start = Instant::now();
+    let mut report = ProbeCallReport {
+        server: options.server.to_string(),
+        server_id: None,
+        own_code: None,
+        peer_code: options.target.as_str().to_string(),
+        signaling: None,
+        ice_servers: Vec::new(),
+        relay_only: options.relay_only,
+        turn_transport: options.turn_transport,
+        milestones: Milestones::default(),
+        heard_hz: None,
+        media_both_ways: false,
+        error: None,
+        call: None,
+    };
+    if let Err(error) = call_steps(options, start, &mut report).await {
+        report.error = Some(error);
+    }
+    report
+}
+
+async fn call_steps(
+    options: &CallOptions,
+    start: Instant,
+    report: &mut ProbeCallReport,
+) -> Result<(), String> {
+    let step = options.step_timeout;
+    let registered = client::connect_and_register(&options.server, &options.trust, None, step)
+        .await
+        .map_err(|e| format!("signaling: {e}"))?;
+    report.milestones.signaling_ready_ms = Some(ms_since(start));
+    report.server_id = Some(registered.server_id.clone());
+    report.own_code = Some(registered.code.as_str().to_string());
+    report.signaling = Some(registered.timings.clone());
+    report.ice_servers = client::describe_ice_servers(&registered.ice_servers);
+
+    let (ice_servers, _bridge) = client::engine_ice_servers(
+        &registered.ice_servers,
+        if options.relay_only {
+            options.turn_transport
+        } else {
+            TurnTransport::Udp
+        },
+        options.with_stun && !options.loopback,
+        &options.extra_roots,
+    )
+    .await?;
+    if options.relay_only
+        && !ice_servers
+            .iter()
+            .any(|s| s.urls.iter().any(|u| u.starts_with("turn")))
+    {
+        return Err(format!(
+            "--relay-only needs a TURN server for {:?}, and the relay handed out none",
+            options.turn_transport
+        ));
+    }
+    let base = if options.loopback {
+        CallConfig::loopback()
+    } else {
+        CallConfig::default()
+    };
+    let config = CallConfig {
+        ice_servers,
+        relay_only: options.relay_only,
+        tone_hz: options.tone_hz,
+        timeouts: options.timeouts,
+        allow_video: options.with_video,
+        ..base
+    };
+    let mut line = PhoneLine::start("caller", registered.session, registered.code, config, false);
+    line.pair_with(options.target, step).await?;
+    report.milestones.pair_matched_ms = Some(ms_since(start));
+
+    let placed_at = ms_since(start);
+    line.phone
+        .engine
+        .place_call(options.with_video)
+        .await
+        .map_err(|e| format!("placing the call: {e}"))?;
+    report.milestones.call_placed_ms = Some(placed_at);
+    let phone = &mut line.phone;
+    // Connected, or the end of the call (rejected, timed out…).
+    let connected = phone
+        .wait_for(
+            options.timeouts.ringing + step,
+            "connection",
+            |event| match event {
+                CallEvent::FirstRtp { .. } => Some(true),
+                CallEvent::Ended(_) => Some(false),
+                _ => None,
+            },
+        )
+        .await;
+    let connected = match connected {
+        Ok(connected) => connected,
+        Err(error) => {
+            let _ = phone.engine.hangup().await;
+            report.call = phone.ended(step).await.ok();
+            fill_from_call(report, placed_at);
+            return Err(error);
+        }
+    };
+    if connected {
+        // Let audio flow for the duration (this is the workload, not a synchronisation).
+        let media_until = tokio::time::Instant::now() + options.duration;
+        let heard = phone
+            .wait_for(
+                options.duration.max(step),
+                "the peer's tone",
+                |event| match event {
+                    CallEvent::ToneDetected { reading, .. } => Some(Some(reading.frequency_hz)),
+                    CallEvent::Ended(_) => Some(None),
+                    _ => None,
+                },
+            )
+            .await
+            .unwrap_or(None);
+        report.heard_hz = heard;
+        tokio::time::sleep_until(media_until).await;
+        report.milestones.hangup_ms = Some(ms_since(start));
+        let _ = phone.engine.hangup().await;
+    }
+    let call = phone.ended(step).await?;
+    report.call = Some(call);
+    fill_from_call(report, placed_at);
+    if !connected {
+        return Err(format!(
+            "the call ended before media flowed: {}",
+            report
+                .call
+                .as_ref()
+                .map(|c| serde_json::to_string(&c.end).unwrap_or_default())
+                .unwrap_or_default()
+        ));
+    }
+    if !report.media_both_ways {
+        return Err("audio did not flow both ways".into());
+    }
+    Ok(())
+}
+
+/// Copies the engine's milestones (ms from `place_call`) into the run's timeline.
+fn fill_from_call(report: &mut ProbeCallReport, placed_at: f64) {
+    let Some(call) = &report.call else { return };
+    let shift = |v: Option<f64>| v.map(|v| v + placed_at);
+    let t = &call.timeline;
+    let m = &mut report.milestones;
+    m.answer_received_ms = shift(t.answer_received_ms);
+    m.ice_connected_ms = shift(t.ice_connected_ms);
+    m.dtls_connected_ms = shift(t.dtls_connected_ms);
+    m.first_rtp_ms = shift(t.first_rtp_ms);
+    m.tone_detected_ms = shift(t.tone_detected_ms);
+    if report.heard_hz.is_none() {
+        report.heard_hz = call.tone.detected.map(|d| d.frequency_hz);
+    }
+    report.media_both_ways = media_flowed_both_ways(call);
+}

@@ -1,0 +1,316 @@
+//! A complete Zajel world in this process, on 127.0.0.1 only, for `call-probe demo` (and
+//! tests): a throwaway CA (rcgen), the native registry (bootstrap-worker, in-memory store,
+//! fresh signing key), relay-lite registered with it, relay-lite's embedded TURN server (UDP,
+//! TCP and TLS) whose credentials the relay hands out, the registry's list signed as `_zajel`
+//! TXT records (discovery-client's publisher) and served by an in-process DoH server
+//! (hickory). [`LocalWorld::discovery_config`] is a discovery configuration that finds the
+//! relay through the registry and DoH layers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bootstrap_worker::config::{Config as RegistryConfig, Policy};
+use bootstrap_worker::native::{server, sqlite::SqliteStore};
+use bootstrap_worker::registry::Registry;
+use discovery_client::discovery::Config as DiscoveryConfig;
+use discovery_client::doh_server::InProcessDoh;
+use discovery_client::publish::{self, PublishRequest};
+use ed25519_dalek::SigningKey;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use relay_lite::turn::{TurnConfig, TurnServer, TurnTls};
+use relay_lite::{IceConfig, MembershipConfig, Relay, RelayConfig, RunningRelay};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use url::Url;
+
+/// The zone the DoH server serves `_zajel` records for.
+pub const DEMO_DOMAIN: &str = "zajel.test";
+
+/// A throwaway CA and one server certificate for `localhost` and `127.0.0.1`.
+pub struct DemoCa {
+    pub ca_der: CertificateDer<'static>,
+    ca_pem: String,
+    pub cert_der: CertificateDer<'static>,
+    pub cert_pem: String,
+    key_der: Vec<u8>,
+    key_pem: String,
+}
+
+impl DemoCa {
+    /// Makes a new CA and server certificate.
+    pub fn new() -> Result<Self, String> {
+        let error = |e: rcgen::Error| format!("making the demo CA: {e}");
+        let ca_key = KeyPair::generate().map_err(error)?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(error)?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "call-probe demo CA");
+        let ca_cert = ca_params.self_signed(&ca_key).map_err(error)?;
+        let issuer = Issuer::new(ca_params, &ca_key);
+        let leaf_key = KeyPair::generate().map_err(error)?;
+        let mut leaf_params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .map_err(error)?;
+        leaf_params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        let leaf = leaf_params.signed_by(&leaf_key, &issuer).map_err(error)?;
+        Ok(Self {
+            ca_der: ca_cert.der().clone(),
+            ca_pem: ca_cert.pem(),
+            cert_der: leaf.der().clone(),
+            cert_pem: leaf.pem(),
+            key_der: leaf_key.serialize_der(),
+            key_pem: leaf_key.serialize_pem(),
+        })
+    }
+
+    /// The CA certificate as PEM (what `--ca-file` takes).
+    pub fn ca_pem(&self) -> String {
+        self.ca_pem.clone()
+    }
+
+    /// A rustls server configuration presenting the server certificate.
+    pub fn server_config(&self) -> Result<rustls::ServerConfig, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![self.cert_der.clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone())),
+            )
+            .map_err(|e| e.to_string())
+    }
+
+    /// The certificate and key for the TURN server's TLS listener.
+    pub fn turn_tls(&self) -> Result<TurnTls, String> {
+        TurnTls::from_pem(self.cert_pem.as_bytes(), self.key_pem.as_bytes())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Milliseconds each part took to start.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct WorldTimings {
+    pub registry_ms: f64,
+    pub turn_ms: f64,
+    pub relay_ms: f64,
+    pub relay_registered_ms: f64,
+    pub published_ms: f64,
+    pub doh_ms: f64,
+}
+
+/// Where the parts of a [`LocalWorld`] listen (for the report).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WorldAddresses {
+    pub registry: String,
+    pub relay: String,
+    pub relay_server_id: String,
+    pub turn_udp: Option<SocketAddr>,
+    pub turn_tcp: Option<SocketAddr>,
+    pub turn_tls: Option<SocketAddr>,
+    pub doh: String,
+    pub domain: String,
+    pub txt_records: usize,
+}
+
+/// Everything running; dropped or [`LocalWorld::stop`]ped together.
+pub struct LocalWorld {
+    pub ca: DemoCa,
+    pub registry_key: SigningKey,
+    pub registry_url: Url,
+    pub relay: RunningRelay,
+    pub turn: TurnServer,
+    pub doh: InProcessDoh,
+    pub addresses: WorldAddresses,
+    pub timings: WorldTimings,
+    registry_stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// A random Ed25519 key.
+pub fn random_signing_key() -> Result<SigningKey, String> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| format!("no randomness: {e}"))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+impl LocalWorld {
+    /// Starts every part on 127.0.0.1 (free ports) and waits until the relay is registered
+    /// and its record published.
+    pub async fn start() -> Result<Self, String> {
+        let mut timings = WorldTimings::default();
+        let ca = DemoCa::new()?;
+
+        let started = Instant::now();
+        let registry_key = random_signing_key()?;
+        let store = SqliteStore::in_memory().map_err(|e| format!("registry store: {e}"))?;
+        let registry = Registry::new(
+            store,
+            RegistryConfig {
+                ttl_ms: 5 * 60_000,
+                policy: Policy::Signed,
+                max_entries: 1000,
+                rate_limit_per_minute: 10_000,
+                signing_key: Some(registry_key.clone()),
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("registry listener: {e}"))?;
+        let registry_addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let (registry_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = server::serve(listener, registry, async {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        let registry_url =
+            Url::parse(&format!("http://{registry_addr}")).map_err(|e| e.to_string())?;
+        timings.registry_ms = ms(started);
+
+        let started = Instant::now();
+        let mut secret = vec![0u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| format!("no randomness: {e}"))?;
+        let mut turn_config = TurnConfig::new(secret.clone());
+        let loopback_any: SocketAddr = "127.0.0.1:0".parse().map_err(|_| "address")?;
+        turn_config.listen_udp = Some(loopback_any);
+        turn_config.listen_tcp = Some(loopback_any);
+        turn_config.listen_tls = Some(loopback_any);
+        turn_config.tls = Some(ca.turn_tls()?);
+        let turn = TurnServer::start(turn_config)
+            .await
+            .map_err(|e| format!("TURN server: {e}"))?;
+        timings.turn_ms = ms(started);
+        let (turn_udp, turn_tcp, turn_tls) = (turn.udp_addr(), turn.tcp_addr(), turn.tls_addr());
+        let mut turn_urls = Vec::new();
+        if let Some(a) = turn_udp {
+            turn_urls.push(format!("turn:{a}?transport=udp"));
+        }
+        if let Some(a) = turn_tcp {
+            turn_urls.push(format!("turn:{a}?transport=tcp"));
+        }
+        if let Some(a) = turn_tls {
+            turn_urls.push(format!("turns:localhost:{}?transport=tcp", a.port()));
+        }
+        let stun_urls = turn_udp
+            .map(|a| vec![format!("stun:{a}")])
+            .unwrap_or_default();
+
+        let started = Instant::now();
+        let relay = Relay::start(RelayConfig {
+            listen: loopback_any,
+            region: Some("demo".into()),
+            identity: Some(random_signing_key()?),
+            bootstrap: vec![registry_url.to_string().trim_end_matches('/').to_string()],
+            membership: MembershipConfig {
+                retry_min: Duration::from_millis(50),
+                retry_max: Duration::from_millis(500),
+                ..MembershipConfig::default()
+            },
+            ice: Some(IceConfig {
+                turn_urls,
+                stun_urls,
+                secret,
+                ttl: Duration::from_secs(3600),
+            }),
+            ..RelayConfig::default()
+        })
+        .await
+        .map_err(|e| format!("relay-lite: {e}"))?;
+        timings.relay_ms = ms(started);
+
+        // The relay registers in the background; its metrics say when it has.
+        let started = Instant::now();
+        let metrics = relay.metrics();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while metrics.registries_registered() < 1 {
+            if Instant::now() > deadline {
+                return Err("relay-lite did not register with the registry within 10 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        timings.relay_registered_ms = ms(started);
+
+        let started = Instant::now();
+        let request = PublishRequest {
+            registry: registry_url.clone(),
+            extra_registry_keys: Vec::new(),
+            domain: DEMO_DOMAIN.into(),
+            ttl: 60,
+            valid_for: Duration::from_secs(3600),
+            timeout: Duration::from_secs(5),
+        };
+        let tls = discovery_client::tls::client_config(&[])?;
+        let records = publish::publish(&request, &registry_key, tls).await?;
+        timings.published_ms = ms(started);
+
+        let started = Instant::now();
+        let served: Vec<(String, Vec<String>)> = records
+            .iter()
+            .map(|r| (r.name.clone(), r.strings.clone()))
+            .collect();
+        let doh = InProcessDoh::start(ca.server_config()?, DEMO_DOMAIN, &served)?;
+        timings.doh_ms = ms(started);
+
+        let addresses = WorldAddresses {
+            registry: registry_url.to_string(),
+            relay: format!("ws://{}", relay.local_addr()),
+            relay_server_id: relay.server_id().to_string(),
+            turn_udp,
+            turn_tcp,
+            turn_tls,
+            doh: format!("{},ip=127.0.0.1", doh.url),
+            domain: DEMO_DOMAIN.into(),
+            txt_records: records.len(),
+        };
+        Ok(Self {
+            ca,
+            registry_key,
+            registry_url,
+            relay,
+            turn,
+            doh,
+            addresses,
+            timings,
+            registry_stop: Some(registry_stop),
+        })
+    }
+
+    /// The relay's WebSocket URL.
+    pub fn relay_url(&self) -> Url {
+        Url::parse(&format!("ws://{}", self.relay.local_addr())).expect("a socket address URL")
+    }
+
+    /// Discovery through the registry (key pinned) and DoH layers, the demo CA trusted,
+    /// loopback allowed, no cache file.
+    pub fn discovery_config(&self) -> Result<DiscoveryConfig, String> {
+        Ok(DiscoveryConfig {
+            registries: vec![self.registry_url.clone()],
+            registry_keys: vec![self.registry_key.verifying_key()],
+            doh_servers: vec![self.addresses.doh.parse()?],
+            domains: vec![DEMO_DOMAIN.into()],
+            allow_private: true,
+            extra_roots: vec![self.ca.ca_der.clone()],
+            write_cache: false,
+            ..DiscoveryConfig::default()
+        })
+    }
+
+    /// Stops the relay (signed unregister), the TURN server, the DoH server and the registry.
+    pub async fn stop(mut self) {
+        // (Dropping the world also stops the registry: its stop channel closes.)
+        self.relay.shutdown().await;
+        self.turn.close().await;
+        if let Some(stop) = self.registry_stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

@@ -1,0 +1,660 @@
+//! `demo`, `call`, `answer` and `check` end to end, on 127.0.0.1 only, through the real
+//! registry (bootstrap-worker), relay-lite with its embedded TURN server, and discovery
+//! (registry + DoH layers): the binary as child processes (killed on drop) for the CLI
+//! tests, the library in-process where the test needs to act inside a call (busy, ringing,
+//! hangup by the callee, reconnect).
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use call_probe::answer::{AnswerOptions, Answerer};
+use call_probe::call::CallEvent;
+use call_probe::client;
+use call_probe::config::{AnswerPolicy, CallConfig, CallTimeouts};
+use call_probe::line::PhoneLine;
+use call_probe::probe_call::{run_call, CallOptions};
+use call_probe::report::EndReason;
+use call_probe::world::LocalWorld;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_call-probe");
+
+fn step() -> Duration {
+    Duration::from_secs(
+        std::env::var("PROBE_TEST_STEP_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(20),
+    )
+}
+
+/// A child process killed (and reaped) when dropped, also when a test fails.
+struct Running(Child);
+
+impl Running {
+    /// Waits for the exit status (polled, the test's deadline applies).
+    async fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn command(args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Runs the binary to its end; returns (exit code, stdout, stderr).
+async fn run(args: &[&str]) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let child = command(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .spawn()
+        .expect("call-probe runs");
+    let id = child.id();
+    let mut waiting = tokio::task::spawn_blocking(move || child.wait_with_output());
+    let output = match tokio::time::timeout(step() * 3, &mut waiting).await {
+        Ok(output) => output.expect("join").expect("output"),
+        Err(_) => {
+            let _ = Command::new("kill").arg(id.to_string()).status();
+            let output = waiting.await.expect("join").expect("output");
+            panic!(
+                "call-probe {args:?} did not end in time\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    };
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Starts `call-probe answer --json …` and waits for its `registered` line (its code).
+async fn start_answerer(world: &LocalWorld, extra: &[&str]) -> (Running, String) {
+    let relay = world.relay_url().to_string();
+    let mut args = vec![
+        "answer",
+        "--server",
+        &relay,
+        "--allow-private",
+        "--no-cache",
+        "--loopback",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let mut child = command(&args).spawn().expect("answerer runs");
+    let stdout = child.stdout.take().expect("stdout");
+    let running = Running(child);
+    let (first, rest) = tokio::sync::oneshot::channel();
+    // Read lines on a thread (the pipe must never fill); hand over the first.
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = first.send(lines.next().and_then(Result::ok));
+        for _ in lines {}
+    });
+    let line = tokio::time::timeout(step(), rest)
+        .await
+        .expect("answerer registers in time")
+        .expect("reader")
+        .expect("a line");
+    let event: Value = serde_json::from_str(&line).expect("JSON line");
+    assert_eq!(event["event"], "registered", "{line}");
+    let code = event["code"].as_str().expect("code").to_string();
+    assert!(event["uri"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("zajel://{code}?server=")));
+    (running, code)
+}
+
+fn call_args<'a>(relay: &'a str, target: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "call",
+        target,
+        "--server",
+        relay,
+        "--allow-private",
+        "--no-cache",
+        "--loopback",
+        "--json",
+        "--duration",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+fn json(stdout: &str) -> Value {
+    serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+fn assert_media_both_ways(call: &Value, heard_hz: f64) {
+    assert_eq!(call["media_both_ways"], true, "{call:#}");
+    let heard = call["heard_hz"].as_f64().expect("a tone heard");
+    assert!((heard - heard_hz).abs() <= 5.0, "heard {heard} Hz");
+    let rtp = &call["call"]["rtp"];
+    assert!(rtp["packets_sent"].as_u64().unwrap() > 10, "{rtp}");
+    assert!(rtp["packets_received"].as_u64().unwrap() > 10, "{rtp}");
+    let m = &call["milestones"];
+    for name in [
+        "signaling_ready_ms",
+        "pair_matched_ms",
+        "call_placed_ms",
+        "ice_connected_ms",
+        "dtls_connected_ms",
+        "first_rtp_ms",
+    ] {
+        assert!(m[name].as_f64().is_some(), "{name} missing: {m}");
+    }
+    assert!(m["signaling_ready_ms"].as_f64() < m["pair_matched_ms"].as_f64());
+    assert!(m["pair_matched_ms"].as_f64() <= m["call_placed_ms"].as_f64());
+    assert!(m["call_placed_ms"].as_f64() < m["ice_connected_ms"].as_f64());
+    assert!(m["ice_connected_ms"].as_f64() <= m["dtls_connected_ms"].as_f64());
+    assert_eq!(call["call"]["end"]["kind"], "hangup_local");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn demo_runs_the_whole_chain_with_media_both_ways() {
+    let (code, stdout, stderr) = run(&["demo", "--json", "--duration", "1"]).await;
+    assert_eq!(code, 0, "stderr: {stderr}\nstdout: {stdout}");
+    let report = json(&stdout);
+    assert_eq!(report["media_both_ways"], true);
+    assert!((report["caller_heard_hz"].as_f64().unwrap() - 660.0).abs() <= 5.0);
+    assert!((report["answerer_heard_hz"].as_f64().unwrap() - 440.0).abs() <= 5.0);
+    let layers = report["discovery"]["layers"].as_array().unwrap();
+    for name in ["registry", "doh"] {
+        let layer = layers.iter().find(|l| l["layer"] == name).expect(name);
+        assert_eq!(layer["outcome"], "ok", "{layer}");
+    }
+    let found_by: Vec<&str> = report["found_by"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        found_by.contains(&"registry") && found_by.contains(&"doh"),
+        "{found_by:?}"
+    );
+    assert_eq!(
+        report["call"]["server"],
+        report["world"]["relay"].as_str().unwrap().to_string() + "/"
+    );
+    assert_media_both_ways(&report["call"], 660.0);
+    assert_eq!(report["answerer"]["end"]["kind"], "hangup_remote");
+    assert_eq!(
+        report["call"]["call"]["dtls"]["srtp_profile_is_aes_gcm"], true,
+        "{}",
+        report["call"]["call"]["dtls"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn call_and_answer_clis_talk_through_the_relay() {
+    let world = LocalWorld::start().await.unwrap();
+    let relay = world.relay_url().to_string();
+    let (mut answerer, code) = start_answerer(&world, &["--once"]).await;
+    let (status, stdout, stderr) = run(&call_args(&relay, &code, &[])).await;
+    assert_eq!(status, 0, "{stderr}\n{stdout}");
+    let out = json(&stdout);
+    assert_eq!(out["server"]["how"], "discovery");
+    assert_eq!(out["server"]["found_by"][0], "manual");
+    assert_media_both_ways(&out["call"], 660.0);
+    let pair = &out["call"]["call"]["ice"]["selected_pair"];
+    assert_eq!(pair["local"]["address"], "127.0.0.1", "{pair}");
+    // --once: the answerer ends by itself after the call.
+    let exit = answerer
+        .wait(step())
+        .await
+        .expect("answerer ends after one call");
+    assert!(exit.success());
+
+    // The other direction: a zajel:// link carries the server; the answerer echoes.
+    let (_answerer, code) = start_answerer(&world, &["--echo", "--tone-hz", "500"]).await;
+    let link = format!(
+        "zajel://{code}?server={}",
+        zajel_wire::pairing::percent_encode(&relay)
+    );
+    let args = vec![
+        "call",
+        &link,
+        "--loopback",
+        "--json",
+        "--duration",
+        "1",
+        "--tone-hz",
+        "880",
+    ];
+    let (status, stdout, stderr) = run(&args).await;
+    assert_eq!(status, 0, "{stderr}\n{stdout}");
+    let out = json(&stdout);
+    assert_eq!(out["server"]["how"], "share_link");
+    // The caller hears its own tone echoed back.
+    assert_media_both_ways(&out["call"], 880.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn relay_only_calls_go_through_turn_over_udp_and_tcp() {
+    let world = LocalWorld::start().await.unwrap();
+    let relay = world.relay_url().to_string();
+    for transport in ["udp", "tcp"] {
+        let (_answerer, code) = start_answerer(&world, &[]).await;
+        let (status, stdout, stderr) = run(&call_args(
+            &relay,
+            &code,
+            &["--relay-only", "--turn-transport", transport],
+        ))
+        .await;
+        assert_eq!(status, 0, "{transport}: {stderr}\n{stdout}");
+        let out = json(&stdout);
+        assert_media_both_ways(&out["call"], 660.0);
+        let ice = &out["call"]["call"]["ice"];
+        assert_eq!(ice["relay_only"], true);
+        assert_eq!(
+            ice["selected_pair"]["local"]["kind"], "relay",
+            "{transport}: {ice}"
+        );
+    }
+    assert!(world.turn.stats().total_allocations >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_declined_call_is_reported_as_rejected() {
+    let world = LocalWorld::start().await.unwrap();
+    let relay = world.relay_url().to_string();
+    let (_answerer, code) = start_answerer(&world, &["--decline"]).await;
+    let (status, stdout, _) = run(&call_args(&relay, &code, &[])).await;
+    assert_eq!(status, 1);
+    let out = json(&stdout);
+    let end = &out["call"]["call"]["end"];
+    assert_eq!(end["kind"], "rejected_by_remote", "{end}");
+    assert_eq!(end["reason"], "declined");
+    assert_eq!(out["call"]["media_both_ways"], false);
+}
+
+fn options_for(world: &LocalWorld, code: zajel_wire::pairing::PairingCode) -> CallOptions {
+    let mut options = CallOptions::new(world.relay_url(), code);
+    options.loopback = true;
+    options.duration = Duration::from_millis(800);
+    options.step_timeout = step();
+    options
+}
+
+/// A callee that answers by hand: a registered line with `AnswerPolicy::Manual`.
+async fn manual_callee(world: &LocalWorld, timeouts: CallTimeouts) -> PhoneLine {
+    let registered =
+        client::connect_and_register(&world.relay_url(), &Default::default(), None, step())
+            .await
+            .unwrap();
+    let config = CallConfig {
+        answer_policy: AnswerPolicy::Manual,
+        tone_hz: 660.0,
+        timeouts,
+        ..CallConfig::loopback()
+    };
+    PhoneLine::start("callee", registered.session, registered.code, config, true)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_callee_rejects_a_second_call() {
+    let world = LocalWorld::start().await.unwrap();
+    let mut answer = AnswerOptions::new(world.relay_url());
+    answer.loopback = true;
+    answer.max_calls = Some(1);
+    let answerer = Answerer::start(answer).await.unwrap();
+    let code = answerer.code;
+    let serving = tokio::spawn(answerer.serve(|_| {}));
+    let mut long = options_for(&world, code);
+    long.duration = Duration::from_secs(4);
+    let first = tokio::spawn(async move { run_call(&long).await });
+    // The second call goes once the first is connected: watch the relay forward media setup.
+    let metrics = world.relay.metrics();
+    let deadline = tokio::time::Instant::now() + step();
+    while metrics.forwarded_count("call_answer") < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "first call never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = run_call(&options_for(&world, code)).await;
+    let end = &second.call.as_ref().expect("a call report").end;
+    assert!(
+        matches!(end, EndReason::RejectedByRemote { reason: Some(r) } if r.as_str() == "busy"),
+        "{end:?}"
+    );
+    let first = first.await.unwrap();
+    assert!(first.media_both_ways, "{:?}", first.error);
+    let calls = serving.await.unwrap().unwrap();
+    assert_eq!(calls.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unanswered_call_times_out_ringing() {
+    let world = LocalWorld::start().await.unwrap();
+    let timeouts = CallTimeouts {
+        ringing: Duration::from_millis(600),
+        ..CallTimeouts::default()
+    };
+    let mut callee = manual_callee(&world, CallTimeouts::default()).await;
+    let mut options = options_for(&world, callee.code);
+    options.timeouts = timeouts;
+    let report = run_call(&options).await;
+    let call = report.call.expect("a call report");
+    assert!(
+        matches!(call.end, EndReason::RingingTimeout),
+        "{:?}",
+        call.end
+    );
+    // The callee saw the call ring and then rejected with reason timeout from the caller.
+    let ended = callee.phone.ended(step()).await.unwrap();
+    assert!(
+        matches!(&ended.end, EndReason::RejectedByRemote { reason: Some(r) } if r.as_str() == "timeout"),
+        "{:?}",
+        ended.end
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_callee_hangs_up_and_the_caller_sees_it() {
+    let world = LocalWorld::start().await.unwrap();
+    let mut callee = manual_callee(&world, CallTimeouts::default()).await;
+    let mut options = options_for(&world, callee.code);
+    options.duration = Duration::from_secs(10);
+    let calling = tokio::spawn(async move { run_call(&options).await });
+    callee
+        .phone
+        .wait_for(step(), "incoming", |e| {
+            matches!(e, CallEvent::Incoming { .. }).then_some(())
+        })
+        .await
+        .unwrap();
+    callee.phone.engine.accept().await.unwrap();
+    callee
+        .phone
+        .wait_for(step(), "tone", |e| {
+            matches!(e, CallEvent::ToneDetected { .. }).then_some(())
+        })
+        .await
+        .unwrap();
+    callee.phone.engine.hangup().await.unwrap();
+    let ended = callee.phone.ended(step()).await.unwrap();
+    assert!(
+        matches!(ended.end, EndReason::HangupLocal),
+        "{:?}",
+        ended.end
+    );
+    let report = tokio::time::timeout(step(), calling)
+        .await
+        .unwrap()
+        .unwrap();
+    let call = report.call.expect("a call report");
+    assert!(
+        matches!(call.end, EndReason::HangupRemote),
+        "{:?}",
+        call.end
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_reconnects_after_the_path_drops_briefly() {
+    let world = LocalWorld::start().await.unwrap();
+    let timeouts = CallTimeouts {
+        ice_disconnected: Duration::from_millis(800),
+        ice_failed: Duration::from_millis(1500),
+        ice_keepalive: Duration::from_millis(200),
+        ..CallTimeouts::default()
+    };
+    let mut callee = manual_callee(&world, timeouts).await;
+    let registered =
+        client::connect_and_register(&world.relay_url(), &Default::default(), None, step())
+            .await
+            .unwrap();
+    let mut caller = PhoneLine::start(
+        "caller",
+        registered.session,
+        registered.code,
+        CallConfig {
+            timeouts,
+            ..CallConfig::loopback()
+        },
+        false,
+    );
+    caller.pair_with(callee.code, step()).await.unwrap();
+    caller.phone.engine.place_call(false).await.unwrap();
+    callee
+        .phone
+        .wait_for(step(), "incoming", |e| {
+            matches!(e, CallEvent::Incoming { .. }).then_some(())
+        })
+        .await
+        .unwrap();
+    callee.phone.engine.accept().await.unwrap();
+    let tone = |e: &CallEvent| matches!(e, CallEvent::ToneDetected { .. }).then_some(());
+    caller.phone.wait_for(step(), "tone", tone).await.unwrap();
+    caller.phone.engine.cut_path(true).await.unwrap();
+    caller
+        .phone
+        .wait_for(step(), "reconnecting", |e| {
+            matches!(e, CallEvent::Reconnecting { .. }).then_some(())
+        })
+        .await
+        .unwrap();
+    caller.phone.engine.cut_path(false).await.unwrap();
+    caller
+        .phone
+        .wait_for(step(), "reconnected", |e| {
+            matches!(e, CallEvent::Reconnected { .. }).then_some(())
+        })
+        .await
+        .unwrap();
+    caller.phone.engine.hangup().await.unwrap();
+    let report = caller.phone.ended(step()).await.unwrap();
+    assert!(report.ice.reconnects >= 1, "{:?}", report.ice);
+    assert!(report.ice.ice_restarts >= 1, "{:?}", report.ice);
+    let callee_report = callee.phone.ended(step()).await.unwrap();
+    assert!(matches!(callee_report.end, EndReason::HangupRemote));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn check_finds_the_server_and_every_call_path() {
+    let world = LocalWorld::start().await.unwrap();
+    let key = zajel_wire::keys::public_key_to_base64(&world.registry_key.verifying_key());
+    let registry = world.registry_url.to_string();
+    let ca_file = tempfile_with(&world.ca.ca_pem());
+    let ca = ca_file.to_string_lossy().to_string();
+    let doh = world.addresses.doh.clone();
+    let (status, stdout, stderr) = run(&[
+        "check",
+        "--json",
+        "--registry",
+        &registry,
+        "--registry-key",
+        &key,
+        "--doh",
+        &doh,
+        "--domain",
+        "zajel.test",
+        "--allow-private",
+        "--no-cache",
+        "--ca-file",
+        &ca,
+    ])
+    .await;
+    assert_eq!(status, 0, "{stderr}\n{stdout}");
+    let report = json(&stdout);
+    assert_eq!(report["verdict"], "call_paths_exist");
+    let paths = &report["paths"];
+    for path in ["direct_udp", "turn_udp", "turn_tcp", "turn_tls"] {
+        assert_eq!(paths[path], true, "{path}: {report:#}");
+    }
+    assert!(report["stun"]["mapped_address"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    let signaling = &report["signaling"];
+    assert!(signaling["tcp_connect_ms"].as_f64().is_some());
+    assert!(signaling["round_trip_ms"].as_f64().is_some());
+    assert_eq!(signaling["server_id"], world.relay.server_id());
+    let found_by = report["server"]["found_by"].as_array().unwrap();
+    assert!(found_by.iter().any(|l| l == "registry") && found_by.iter().any(|l| l == "doh"));
+    // The human table says the same.
+    let (status, stdout, _) = run(&[
+        "check",
+        "--registry",
+        &registry,
+        "--registry-key",
+        &key,
+        "--allow-private",
+        "--no-cache",
+    ])
+    .await;
+    assert_eq!(status, 0);
+    assert!(
+        stdout.contains("direct UDP yes, TURN/UDP yes, TURN/TCP yes"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_file(ca_file);
+}
+
+fn tempfile_with(text: &str) -> std::path::PathBuf {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).unwrap();
+    let path = std::env::temp_dir().join(format!(
+        "call-probe-ca-{}.pem",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_exit_codes_say_no_server_and_signaling_blocked() {
+    // Nothing listens on the port: no server found.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let (status, stdout, _) = run(&[
+        "check",
+        "--json",
+        "--server",
+        &url,
+        "--allow-private",
+        "--no-cache",
+        "--layer-timeout-ms",
+        "1000",
+    ])
+    .await;
+    assert_eq!(status, 3, "{stdout}");
+    assert_eq!(json(&stdout)["verdict"], "no_server_found");
+
+    // A server that greets and answers ping (so discovery accepts it) but never registers.
+    let stub = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", stub.local_addr().unwrap());
+    tokio::spawn(async move {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        while let Ok((tcp, _)) = stub.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                let hello = r#"{"type":"server_info","serverId":"ed25519:stub","endpoint":"ws://stub","region":"x"}"#;
+                let _ = ws.send(Message::text(hello)).await;
+                while let Some(Ok(frame)) = ws.next().await {
+                    if let Message::Text(text) = frame {
+                        if text.contains("\"ping\"") {
+                            let _ = ws.send(Message::text(r#"{"type":"pong"}"#)).await;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let (status, stdout, _) = run(&[
+        "check",
+        "--json",
+        "--server",
+        &url,
+        "--allow-private",
+        "--no-cache",
+        "--step-timeout",
+        "1",
+    ])
+    .await;
+    assert_eq!(status, 4, "{stdout}");
+    let report = json(&stdout);
+    assert_eq!(report["verdict"], "signaling_blocked");
+    assert!(report["signaling"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("registration"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_says_no_media_path_when_the_relay_offers_no_turn() {
+    let relay = relay_lite::Relay::start(relay_lite::RelayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let url = format!("ws://{}", relay.local_addr());
+    let (status, stdout, _) = run(&[
+        "check",
+        "--json",
+        "--server",
+        &url,
+        "--allow-private",
+        "--no-cache",
+    ])
+    .await;
+    assert_eq!(status, 5, "{stdout}");
+    let report = json(&stdout);
+    assert_eq!(report["verdict"], "no_media_path");
+    assert_eq!(report["signaling"]["ok"], true);
+    relay.shutdown().await;
+}
+
+#[test]
+fn bad_flags_are_refused_clearly() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (status, _, stderr) =
+            run(&["call", "NOT-A-CODE!", "--server", "ws://127.0.0.1:9"]).await;
+        assert_eq!(status, 2, "{stderr}");
+        let (status, _, stderr) = run(&["call", "ABC234", "--duration", "0"]).await;
+        assert_eq!(status, 2, "{stderr}");
+        assert!(stderr.contains("--duration"));
+        let (status, _, stderr) =
+            run(&["answer", "--code", "lower", "--server", "ws://127.0.0.1:9"]).await;
+        assert_eq!(status, 2, "{stderr}");
+        let (status, _, stderr) = run(&["call", "ABC234", "--no-cache"]).await;
+        assert_eq!(status, 2, "{stderr}");
+        assert!(stderr.contains("no server"), "{stderr}");
+    });
+}
