@@ -207,6 +207,7 @@ class Peer:
         self.ice_received = 0
         self.ice_refused = 0
         self.server_info: dict = {}
+        self.pair: dict | None = None  # the nominated pair, read once DTLS is up
 
     # ---- signaling ----
 
@@ -314,6 +315,7 @@ class Peer:
             log.info("connection %s", pc.connectionState)
             if pc.connectionState == "connected":
                 self.clock.mark("dtls_connected")
+                self.pair = self.pair or self.selected_pair()
             elif pc.connectionState == "failed":
                 self.end = self.end or "failed"
                 self.remote_ended.set()
@@ -505,7 +507,7 @@ class Peer:
             "ice": {
                 "remote_candidates_trickled": self.ice_received,
                 "remote_candidates_refused": self.ice_refused,
-                "selected_pair": self.selected_pair() if self.pc else None,
+                "selected_pair": self.pair or (self.selected_pair() if self.pc else None),
             },
             "timings_ms": self.clock.marks,
         }

@@ -187,7 +187,7 @@ impl ProbePeer {
         let forward = tokio::spawn(async move {
             while let Some(payload) = from_engine.recv().await {
                 if sender
-                    .send(ClientMessage::call(peer, &payload))
+                    .send(ClientMessage::call(peer, &payload).to_text())
                     .await
                     .is_err()
                 {

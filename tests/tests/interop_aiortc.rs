@@ -14,6 +14,7 @@ use call_probe::{CallConfig, CallReport, EndReason, Role};
 use serde_json::Value;
 use tests::interop::{AiortcOptions, AiortcPeer, AiortcRole, RelayChild};
 use tests::probe_peer::{ProbePeer, ProbeRole};
+use tests::process::ChildProcess;
 use zajel_wire::call::is_uuid_v4;
 use zajel_wire::pairing::PairingCode;
 
@@ -277,4 +278,123 @@ fn the_aiortc_peer_reports_an_unreachable_relay() {
     );
     let status = peer.process.wait(step()).expect("exits");
     assert_eq!(status.code(), Some(1));
+}
+
+/// `call-probe` (the binary) with `--server <relay> --allow-private --no-cache --loopback
+/// --no-stun --json` after `args`, logs off.
+fn call_probe_command(args: &[&str], relay: &RelayChild) -> std::process::Command {
+    let mut command = std::process::Command::new(
+        tests::registry_host::binary("call-probe").expect("cargo build -p call-probe"),
+    );
+    command.args(args).args([
+        "--server",
+        &relay.url(),
+        "--allow-private",
+        "--no-cache",
+        "--loopback",
+        "--no-stun",
+        "--json",
+        "--step-timeout",
+        &step().as_secs().max(1).to_string(),
+    ]);
+    command.env("RUST_LOG", "off");
+    command
+}
+
+#[test]
+fn aiortc_calls_call_probe_answer_once() {
+    let relay = relay();
+    let mut answerer = ChildProcess::spawn(
+        "call-probe answer",
+        call_probe_command(&["answer", "--once", "--tone-hz", "440"], &relay),
+    )
+    .expect("start call-probe answer");
+    let code = answerer
+        .wait_for(step(), |line| {
+            let value: Value = serde_json::from_str(line).ok()?;
+            (value["event"] == "registered")
+                .then(|| value["code"].as_str().map(str::to_string))
+                .flatten()
+        })
+        .expect("call-probe answer prints its code");
+
+    let mut call = AiortcOptions::new(AiortcRole::Call { peer: code.clone() }, &relay.url());
+    call.tone_hz = 520.0;
+    call.expect_hz = Some(440.0);
+    call.step_timeout = step();
+    let mut caller = AiortcPeer::spawn(&call).expect("spawn aiortc caller");
+    let result = caller.result(step() * 4).expect("aiortc result");
+    let ended = answerer
+        .wait_for(step() * 2, |line| {
+            let value: Value = serde_json::from_str(line).ok()?;
+            (value["event"] == "call_ended").then_some(value)
+        })
+        .expect("call-probe answer reports the call");
+    let status = answerer.wait(step()).expect("answer --once exits");
+
+    assert_aiortc_heard(&result, 440.0, &caller.output());
+    let report: CallReport =
+        serde_json::from_value(ended["report"].clone()).expect("a call report");
+    assert_probe_heard(&report, 520.0);
+    assert_eq!(report.role, Role::Callee);
+    assert_eq!(result["call_id"], report.call_id.as_str());
+    assert_eq!(result["peer_code"], code.as_str());
+    assert!(
+        matches!(report.end, EndReason::HangupRemote),
+        "{:?}",
+        report.end
+    );
+    assert!(report.dtls.srtp_profile_is_aes_gcm, "{:?}", report.dtls);
+    assert_eq!(status.code(), Some(0), "{}", answerer.output());
+}
+
+#[test]
+fn call_probe_call_calls_aiortc() {
+    let relay = relay();
+    let mut answer = AiortcOptions::new(AiortcRole::Answer, &relay.url());
+    answer.tone_hz = 660.0;
+    answer.expect_hz = Some(440.0);
+    answer.step_timeout = step();
+    let mut callee = AiortcPeer::spawn(&answer).expect("spawn aiortc callee");
+    let code = callee.registered(step()).expect("aiortc registered a code");
+
+    let mut caller = ChildProcess::spawn(
+        "call-probe call",
+        call_probe_command(
+            &["call", &code, "--tone-hz", "440", "--duration", "2"],
+            &relay,
+        ),
+    )
+    .expect("start call-probe call");
+    let status = caller.wait(step() * 4).expect("call-probe call ends");
+    let result = callee.result(step() * 2).expect("aiortc result");
+    // With logs off, stdout is the pretty-printed JSON report and nothing else.
+    let output = caller.output();
+    let json_start = output
+        .find("{\n")
+        .unwrap_or_else(|| panic!("no JSON in:\n{output}"));
+    let printed: Value = serde_json::from_str(&output[json_start..])
+        .unwrap_or_else(|error| panic!("{error}: {output}"));
+    assert_eq!(status.code(), Some(0), "{output}");
+
+    let probe = &printed["call"];
+    assert_eq!(probe["media_both_ways"], true, "{probe}");
+    assert!(
+        (probe["heard_hz"].as_f64().unwrap() - 660.0).abs() <= TOLERANCE_HZ,
+        "{probe}"
+    );
+    let report: CallReport = serde_json::from_value(probe["call"].clone()).expect("a report");
+    assert_probe_heard(&report, 660.0);
+    assert_eq!(report.role, Role::Caller);
+    assert!(
+        matches!(report.end, EndReason::HangupLocal),
+        "{:?}",
+        report.end
+    );
+    assert!(report.dtls.srtp_profile_is_aes_gcm, "{:?}", report.dtls);
+
+    assert_aiortc_heard(&result, 440.0, &callee.output());
+    assert_eq!(result["call_id"], report.call_id.as_str());
+    assert_eq!(result["end"], "hangup_remote", "{result}");
+    assert!(result["ice"]["remote_candidates_trickled"].as_u64() >= Some(1));
 }
