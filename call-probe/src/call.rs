@@ -142,6 +142,7 @@ impl CallEngine {
         incoming: mpsc::Receiver<CallPayload>,
         outgoing: mpsc::Sender<CallPayload>,
     ) -> (Self, mpsc::UnboundedReceiver<CallEvent>) {
+        crate::ensure_crypto_provider();
         let (commands, command_rx) = mpsc::channel(16);
         let (events, event_rx) = mpsc::unbounded_channel();
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();

@@ -138,6 +138,7 @@ fn ms(d: Duration) -> f64 {
 
 /// Runs the whole check.
 pub async fn run_check(options: &CheckOptions) -> Result<CheckReport, String> {
+    crate::ensure_crypto_provider();
     let start = Instant::now();
     let choice = ServerChoice::discover(options.discovery.clone()).await?;
     let finish =
@@ -424,9 +425,25 @@ async fn turn_allocation(
         .await
         .map_err(|e| e.to_string())?;
         client.listen().await.map_err(|e| e.to_string())?;
+        let bridge_failed = |bridge: &Option<StreamBridge>| {
+            bridge
+                .as_ref()
+                .is_some_and(|b| b.stats().streams_failed > 0 && b.stats().streams_opened == 0)
+        };
         let result = tokio::time::timeout(limit, client.allocate())
             .await
-            .map_err(|_| format!("no allocation within {limit:?}"))
+            .map_err(|_| {
+                if bridge_failed(&_bridge) {
+                    let what = if kind == "turn/tls" {
+                        "TCP connect or TLS handshake"
+                    } else {
+                        "TCP connect"
+                    };
+                    format!("no allocation within {limit:?}: the {what} to {server} failed")
+                } else {
+                    format!("no allocation within {limit:?}")
+                }
+            })
             .and_then(|r| r.map_err(|e| e.to_string()))
             .and_then(|relay| {
                 relay

@@ -16,6 +16,14 @@ pub struct BlockedLayer {
     pub detail: String,
 }
 
+/// A server a layer named that did not answer the check.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct UnreachableServer {
+    pub url: String,
+    pub outcome: String,
+    pub detail: String,
+}
+
 /// The server chosen and how.
 #[derive(Debug, Clone, Serialize)]
 pub struct ServerChoice {
@@ -27,6 +35,8 @@ pub struct ServerChoice {
     pub found_by: Vec<String>,
     /// Layers that failed (timed out, refused, TLS failure, bad signature…).
     pub blocked: Vec<BlockedLayer>,
+    /// Servers the layers named that did not answer the check.
+    pub unreachable: Vec<UnreachableServer>,
     /// The whole discovery report, when discovery ran.
     pub discovery: Option<DiscoveryReport>,
 }
@@ -46,6 +56,7 @@ impl ServerChoice {
             how: "share_link".into(),
             found_by: vec!["qr".into()],
             blocked: Vec::new(),
+            unreachable: Vec::new(),
             discovery: None,
         })
     }
@@ -73,6 +84,16 @@ impl ServerChoice {
                 detail: l.detail.clone(),
             })
             .collect();
+        let unreachable = report
+            .candidates
+            .iter()
+            .filter(|c| !c.outcome.is_ok())
+            .map(|c| UnreachableServer {
+                url: c.url.clone(),
+                outcome: c.outcome.as_str().into(),
+                detail: c.detail.clone(),
+            })
+            .collect();
         let (server, found_by) = match &report.best {
             Some(best) => (
                 Some(best.url.clone()),
@@ -88,6 +109,7 @@ impl ServerChoice {
             how: "discovery".into(),
             found_by,
             blocked,
+            unreachable,
             discovery: Some(report),
         }
     }

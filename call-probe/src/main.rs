@@ -65,14 +65,13 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| {
                     tracing_subscriber::EnvFilter::new(
-                        "warn,webrtc=error,webrtc_ice=error,webrtc_dtls=error,webrtc_srtp=error,turn=error",
+                        "warn,webrtc=error,webrtc_ice=error,webrtc_dtls=error,webrtc_srtp=error,turn=off",
                     )
                 }),
         )
         .with_writer(std::io::stderr)
         .init();
-    // Both rustls providers are compiled in (reqwest brings aws-lc-rs); ring is ours.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    call_probe::ensure_crypto_provider();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

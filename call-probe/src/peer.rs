@@ -65,6 +65,13 @@ impl Peer {
         settings.set_srtp_protection_profiles(SRTP_PROFILES.to_vec());
         settings.set_include_loopback_candidate(config.include_loopback);
         settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+        // A peer's check often arrives before its trickled candidate, so the pair's remote
+        // candidate is peer-reflexive; webrtc-rs would wait 1 s before nominating it.
+        settings.set_prflx_acceptance_min_wait(Some(std::time::Duration::ZERO));
+        if config.relay_only {
+            // Only relay candidates exist: nothing better to wait for (webrtc-rs waits 2 s).
+            settings.set_relay_acceptance_min_wait(Some(std::time::Duration::ZERO));
+        }
         let t = config.timeouts;
         settings.set_ice_timeouts(
             Some(t.ice_disconnected),

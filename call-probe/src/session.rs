@@ -127,6 +127,7 @@ impl SignalingSession {
         trust: &TrustAnchors,
         step_timeout: Duration,
     ) -> Result<Self, SessionError> {
+        crate::ensure_crypto_provider();
         let secure = match url.scheme() {
             "wss" => true,
             "ws" => false,

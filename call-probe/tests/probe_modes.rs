@@ -258,20 +258,29 @@ async fn call_and_answer_clis_talk_through_the_relay() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn relay_only_calls_go_through_turn_over_udp_and_tcp() {
+async fn relay_only_calls_go_through_turn_over_udp_tcp_and_tls() {
     let world = LocalWorld::start().await.unwrap();
     let relay = world.relay_url().to_string();
-    for transport in ["udp", "tcp"] {
+    let ca_file = tempfile_with(&world.ca.ca_pem());
+    let ca = ca_file.to_string_lossy().to_string();
+    for transport in ["udp", "tcp", "tls"] {
         let (_answerer, code) = start_answerer(&world, &[]).await;
         let (status, stdout, stderr) = run(&call_args(
             &relay,
             &code,
-            &["--relay-only", "--turn-transport", transport],
+            &[
+                "--relay-only",
+                "--turn-transport",
+                transport,
+                "--ca-file",
+                &ca,
+            ],
         ))
         .await;
         assert_eq!(status, 0, "{transport}: {stderr}\n{stdout}");
         let out = json(&stdout);
         assert_media_both_ways(&out["call"], 660.0);
+        assert_eq!(out["call"]["turn_transport"], transport);
         let ice = &out["call"]["call"]["ice"];
         assert_eq!(ice["relay_only"], true);
         assert_eq!(
@@ -279,7 +288,8 @@ async fn relay_only_calls_go_through_turn_over_udp_and_tcp() {
             "{transport}: {ice}"
         );
     }
-    assert!(world.turn.stats().total_allocations >= 2);
+    assert!(world.turn.stats().total_allocations >= 3);
+    let _ = std::fs::remove_file(ca_file);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -531,11 +541,18 @@ async fn check_finds_the_server_and_every_call_path() {
         &key,
         "--allow-private",
         "--no-cache",
+        "--step-timeout",
+        "2",
     ])
     .await;
     assert_eq!(status, 0);
     assert!(
         stdout.contains("direct UDP yes, TURN/UDP yes, TURN/TCP yes"),
+        "{stdout}"
+    );
+    // Without the demo CA the TURN/TLS handshake fails, and the report says so.
+    assert!(
+        stdout.contains("TURN/TLS no") && stdout.contains("TLS handshake to"),
         "{stdout}"
     );
     let _ = std::fs::remove_file(ca_file);
@@ -570,7 +587,12 @@ async fn check_exit_codes_say_no_server_and_signaling_blocked() {
     ])
     .await;
     assert_eq!(status, 3, "{stdout}");
-    assert_eq!(json(&stdout)["verdict"], "no_server_found");
+    let report = json(&stdout);
+    assert_eq!(report["verdict"], "no_server_found");
+    // The report says which server was tried and how it failed.
+    let unreachable = &report["server"]["unreachable"];
+    assert_eq!(unreachable[0]["url"], format!("{url}/"), "{unreachable}");
+    assert_ne!(unreachable[0]["outcome"], "ok");
 
     // A server that greets and answers ping (so discovery accepts it) but never registers.
     let stub = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -657,4 +679,51 @@ fn bad_flags_are_refused_clearly() {
         assert_eq!(status, 2, "{stderr}");
         assert!(stderr.contains("no server"), "{stderr}");
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answer_prints_its_code_link_and_qr_code() {
+    let world = LocalWorld::start().await.unwrap();
+    let relay = world.relay_url().to_string();
+    let args = [
+        "answer",
+        "--server",
+        &relay,
+        "--allow-private",
+        "--no-cache",
+        "--loopback",
+        "--code",
+        "ABC234",
+    ];
+    let mut child = command(&args).spawn().expect("answerer runs");
+    let stdout = child.stdout.take().expect("stdout");
+    let _running = Running(child);
+    let (done, read) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            text.push_str(&line);
+            text.push('\n');
+            if line.starts_with("waiting for calls") {
+                break;
+            }
+        }
+        let _ = done.send(text);
+    });
+    let text = tokio::time::timeout(step(), read).await.unwrap().unwrap();
+    assert!(text.contains("pairing code ABC234"), "{text}");
+    let link = format!(
+        "link zajel://ABC234?server={}",
+        zajel_wire::pairing::percent_encode(&relay)
+    );
+    assert!(text.contains(&link), "{text}");
+    // The QR code: lines of Unicode half blocks.
+    assert!(
+        text.lines()
+            .filter(|l| l.contains('\u{2580}') || l.contains('\u{2584}') || l.contains('\u{2588}'))
+            .count()
+            > 10,
+        "{text}"
+    );
+    assert!(text.contains("waiting for calls"));
 }
