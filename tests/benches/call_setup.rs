@@ -107,6 +107,17 @@ fn probe_to_probe(rt: &Runtime, relay: &Url, relay_only: bool) -> Result<Sample,
         if let Some(error) = report.error {
             return Err(error);
         }
+        if relay_only {
+            // Relay-only must mean it: the caller's selected local candidate is a TURN relay one.
+            let kind = report
+                .call
+                .as_ref()
+                .and_then(|call| call.ice.selected_pair.as_ref())
+                .map(|pair| pair.local.kind.clone());
+            if kind.as_deref() != Some("relay") {
+                return Err(format!("relay-only call used a {kind:?} candidate"));
+            }
+        }
         let m = report.milestones;
         let origin = m.signaling_ready_ms.ok_or("no signaling_ready")?;
         let since = |t: Option<f64>| t.map(|t| t - origin);
