@@ -1,14 +1,17 @@
 //! Shared harness for the end-to-end tests: child processes that are always
 //! cleaned up, and the registry hosts (native and under workerd) started
 //! with a chosen configuration; a test CA, a real DoH server (unbound) and a
-//! stand-in signaling server for the discovery tests.
+//! stand-in signaling server for the discovery tests; the interop parts (relay-lite
+//! and the aiortc peer as children, call-probe's engine as a relay client).
 
 pub mod blackhole;
 pub mod censorship_world;
 pub mod discovery_world;
 pub mod doh_inprocess;
+pub mod interop;
 pub mod netem;
 pub mod netns;
+pub mod probe_peer;
 pub mod process;
 pub mod registry_host;
 pub mod test_ca;

@@ -1,0 +1,169 @@
+//! The parts of an interop call that run as child processes: `relay-lite` on
+//! loopback, and the aiortc Zajel peer (`tests/interop/zajel_peer.py`, run by
+//! the venv that `scripts/py-interop` builds in `target/py-interop`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::process::ChildProcess;
+use crate::registry_host::binary;
+
+/// The workspace root (the `tests` crate's parent).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate lives in the workspace")
+        .to_path_buf()
+}
+
+/// The Python that has aiortc: `$ZAJEL_PYTHON`, else `target/py-interop/bin/python`.
+pub fn python() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("ZAJEL_PYTHON") {
+        return Ok(PathBuf::from(path));
+    }
+    let path = workspace_root().join("target/py-interop/bin/python");
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} does not exist: run `bash scripts/py-interop` first (scripts/test does), \
+             or point ZAJEL_PYTHON at a Python with tests/interop/requirements.txt installed",
+            path.display()
+        ))
+    }
+}
+
+/// The aiortc peer's script.
+pub fn peer_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/zajel_peer.py")
+}
+
+/// `relay-lite` as a child on 127.0.0.1 (a free port).
+pub struct RelayChild {
+    pub process: ChildProcess,
+    pub addr: SocketAddr,
+}
+
+impl RelayChild {
+    /// Starts `relay-lite --listen 127.0.0.1:0 <args>` and waits for its listening line.
+    pub fn start(args: &[&str], timeout: Duration) -> Result<Self, String> {
+        let mut command = Command::new(binary("relay-lite")?);
+        command.args(["--listen", "127.0.0.1:0"]).args(args);
+        let mut process = ChildProcess::spawn("relay-lite", command)?;
+        let addr = process.wait_for(timeout, |line| {
+            line.strip_prefix("listening on ws://")
+                .and_then(|addr| addr.trim().parse().ok())
+        })?;
+        Ok(Self { process, addr })
+    }
+
+    /// The relay's WebSocket URL.
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+}
+
+/// Which side of the call the aiortc peer takes.
+#[derive(Clone, Debug)]
+pub enum AiortcRole {
+    /// Pairs with this code and places the call.
+    Call { peer: String },
+    /// Waits for a pair request and answers the call.
+    Answer,
+}
+
+/// Options of one aiortc peer run.
+#[derive(Clone, Debug)]
+pub struct AiortcOptions {
+    pub role: AiortcRole,
+    pub server: String,
+    /// The code to register (random when `None`).
+    pub code: Option<String>,
+    pub tone_hz: f64,
+    /// The tone the other side sends; the peer exits 1 unless it hears it within 5 Hz.
+    pub expect_hz: Option<f64>,
+    /// Caller: keep talking this long after hearing the other side's tone.
+    pub hold: Duration,
+    /// Each wait of the peer (pairing, ringing, tone, hangup).
+    pub step_timeout: Duration,
+}
+
+impl AiortcOptions {
+    pub fn new(role: AiortcRole, server: &str) -> Self {
+        Self {
+            role,
+            server: server.to_string(),
+            code: None,
+            tone_hz: 520.0,
+            expect_hz: None,
+            hold: Duration::from_millis(1500),
+            step_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// A running aiortc peer.
+pub struct AiortcPeer {
+    pub process: ChildProcess,
+}
+
+impl AiortcPeer {
+    /// Starts the peer (loopback candidates only).
+    pub fn spawn(options: &AiortcOptions) -> Result<Self, String> {
+        let mut command = Command::new(python()?);
+        command.arg(peer_script());
+        match &options.role {
+            AiortcRole::Call { peer } => command.args(["call", "--peer", peer]),
+            AiortcRole::Answer => command.arg("answer"),
+        };
+        let step = format!("{}", options.step_timeout.as_secs_f64());
+        command
+            .args(["--server", &options.server, "--loopback"])
+            .args(["--tone-hz", &options.tone_hz.to_string()])
+            .args(["--hold", &options.hold.as_secs_f64().to_string()])
+            .args(["--step-timeout", &step, "--pair-timeout", &step])
+            .args(["--ring-timeout", &step, "--tone-timeout", &step])
+            .args(["--hangup-timeout", &step]);
+        if let Some(code) = &options.code {
+            command.args(["--code", code]);
+        }
+        if let Some(hz) = options.expect_hz {
+            command.args(["--expect-hz", &hz.to_string()]);
+        }
+        let process = ChildProcess::spawn("aiortc peer", command)?;
+        Ok(Self { process })
+    }
+
+    /// Waits for the `registered` line; returns the peer's pairing code.
+    pub fn registered(&mut self, timeout: Duration) -> Result<String, String> {
+        self.process.wait_for(timeout, |line| {
+            let value: Value = serde_json::from_str(line).ok()?;
+            (value["event"] == "registered")
+                .then(|| value["code"].as_str().map(str::to_string))
+                .flatten()
+        })
+    }
+
+    /// Waits for the final `result` line (the JSON object described in the script).
+    pub fn result(&mut self, timeout: Duration) -> Result<Value, String> {
+        self.process.wait_for(timeout, |line| {
+            let value: Value = serde_json::from_str(line).ok()?;
+            (value["event"] == "result").then_some(value)
+        })
+    }
+
+    /// Everything the peer printed (its logs are on stderr).
+    pub fn output(&self) -> String {
+        self.process.output()
+    }
+}
+
+/// A milestone of an aiortc result, in ms since `origin` (another milestone).
+pub fn aiortc_since(result: &Value, origin: &str, mark: &str) -> Option<f64> {
+    let timings = &result["timings_ms"];
+    Some(timings[mark].as_f64()? - timings[origin].as_f64()?)
+}
