@@ -80,7 +80,7 @@ impl ServerChoice {
             })
             .map(|l| BlockedLayer {
                 layer: l.layer.as_str().into(),
-                outcome: l.outcome.as_str().into(),
+                outcome: outcome_name(l.outcome),
                 detail: l.detail.clone(),
             })
             .collect();
@@ -90,7 +90,7 @@ impl ServerChoice {
             .filter(|c| !c.outcome.is_ok())
             .map(|c| UnreachableServer {
                 url: c.url.clone(),
-                outcome: c.outcome.as_str().into(),
+                outcome: outcome_name(c.outcome),
                 detail: c.detail.clone(),
             })
             .collect();
@@ -145,4 +145,12 @@ impl ServerChoice {
         ));
         out
     }
+}
+
+/// An outcome as its JSON name (`tls_failure`, `timed_out`…).
+fn outcome_name(outcome: Outcome) -> String {
+    serde_json::to_value(outcome)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| outcome.as_str().to_string())
 }

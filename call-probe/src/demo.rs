@@ -17,7 +17,7 @@ use crate::answer::{AnswerOptions, Answerer};
 use crate::client::TurnTransport;
 use crate::probe_call::{media_flowed_both_ways, run_call, CallOptions, ProbeCallReport};
 use crate::report::CallReport;
-use crate::world::{LocalWorld, WorldAddresses, WorldTimings};
+use crate::world::{LocalWorld, WorldAddresses, WorldOptions, WorldTimings};
 
 /// What `demo` does.
 #[derive(Debug, Clone)]
@@ -30,6 +30,8 @@ pub struct DemoOptions {
     pub step_timeout: Duration,
     pub caller_hz: f64,
     pub answerer_hz: f64,
+    /// Serve the relay on plain `ws://` instead of `wss://`.
+    pub plain_ws: bool,
 }
 
 impl Default for DemoOptions {
@@ -42,6 +44,7 @@ impl Default for DemoOptions {
             step_timeout: Duration::from_secs(15),
             caller_hz: 440.0,
             answerer_hz: 660.0,
+            plain_ws: false,
         }
     }
 }
@@ -151,7 +154,10 @@ fn heard(report: Option<&CallReport>, hz: f64) -> bool {
 /// Runs the demo. `Err` only when the world could not be started.
 pub async fn run_demo(options: &DemoOptions) -> Result<DemoReport, String> {
     let start = Instant::now();
-    let world = LocalWorld::start().await?;
+    let world = LocalWorld::start_with(WorldOptions {
+        relay_tls: !options.plain_ws,
+    })
+    .await?;
 
     let mut answer_options = AnswerOptions::new(world.relay_url());
     answer_options.loopback = true;
@@ -160,6 +166,7 @@ pub async fn run_demo(options: &DemoOptions) -> Result<DemoReport, String> {
     answer_options.relay_only = options.relay_only;
     answer_options.turn_transport = options.turn_transport;
     answer_options.extra_roots = vec![world.ca.ca_der.clone()];
+    answer_options.trust = world.trust();
     answer_options.step_timeout = options.step_timeout;
     let answerer = Answerer::start(answer_options).await?;
     let answerer_code = answerer.code;
@@ -194,6 +201,7 @@ pub async fn run_demo(options: &DemoOptions) -> Result<DemoReport, String> {
     call_options.relay_only = options.relay_only;
     call_options.turn_transport = options.turn_transport;
     call_options.extra_roots = vec![world.ca.ca_der.clone()];
+    call_options.trust = world.trust();
     call_options.tone_hz = options.caller_hz;
     call_options.step_timeout = options.step_timeout;
     let call = run_call(&call_options).await;

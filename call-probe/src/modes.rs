@@ -187,6 +187,9 @@ pub struct DemoArgs {
     /// Also negotiate a video track.
     #[arg(long)]
     video: bool,
+    /// Serve the relay on plain ws:// instead of wss:// (TLS with a throwaway CA).
+    #[arg(long)]
+    plain_ws: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -276,6 +279,7 @@ pub async fn demo(args: DemoArgs) -> ExitCode {
         relay_only: args.relay_only,
         turn_transport: args.turn_transport,
         with_video: args.video,
+        plain_ws: args.plain_ws,
         ..DemoOptions::default()
     };
     match run_demo(&options).await {

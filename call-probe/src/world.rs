@@ -1,7 +1,7 @@
 //! A complete Zajel world in this process, on 127.0.0.1 only, for `call-probe demo` (and
 //! tests): a throwaway CA (rcgen), the native registry (bootstrap-worker, in-memory store,
-//! fresh signing key), relay-lite registered with it, relay-lite's embedded TURN server (UDP,
-//! TCP and TLS) whose credentials the relay hands out, the registry's list signed as `_zajel`
+//! fresh signing key), relay-lite registered with it, running its embedded TURN server (UDP,
+//! TCP and TLS) whose URLs and credentials it hands out, the registry's list signed as `_zajel`
 //! TXT records (discovery-client's publisher) and served by an in-process DoH server
 //! (hickory). [`LocalWorld::discovery_config`] is a discovery configuration that finds the
 //! relay through the registry and DoH layers.
@@ -18,8 +18,8 @@ use discovery_client::doh_server::InProcessDoh;
 use discovery_client::publish::{self, PublishRequest};
 use ed25519_dalek::SigningKey;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use relay_lite::turn::{TurnConfig, TurnServer, TurnTls};
-use relay_lite::{IceConfig, MembershipConfig, Relay, RelayConfig, RunningRelay};
+use relay_lite::turn::{TurnConfig, TurnTls};
+use relay_lite::{MembershipConfig, Relay, RelayConfig, RunningRelay};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use url::Url;
 
@@ -96,7 +96,6 @@ impl DemoCa {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct WorldTimings {
     pub registry_ms: f64,
-    pub turn_ms: f64,
     pub relay_ms: f64,
     pub relay_registered_ms: f64,
     pub published_ms: f64,
@@ -122,12 +121,30 @@ pub struct LocalWorld {
     pub ca: DemoCa,
     pub registry_key: SigningKey,
     pub registry_url: Url,
+    /// relay-lite, with its embedded TURN server (`relay.turn()`).
     pub relay: RunningRelay,
-    pub turn: TurnServer,
     pub doh: InProcessDoh,
     pub addresses: WorldAddresses,
     pub timings: WorldTimings,
     registry_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The relay's PEM files (wss), removed on drop.
+    pem_dir: Option<PemDir>,
+}
+
+/// A directory holding the relay's certificate and key as PEM files; removed when dropped.
+struct PemDir(std::path::PathBuf);
+
+impl Drop for PemDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What [`LocalWorld::start_with`] sets up.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WorldOptions {
+    /// Serve the relay over TLS (`wss://`, the demo CA's certificate for 127.0.0.1).
+    pub relay_tls: bool,
 }
 
 /// A random Ed25519 key.
@@ -142,9 +159,14 @@ fn ms(since: Instant) -> f64 {
 }
 
 impl LocalWorld {
+    /// Starts every part on 127.0.0.1 (free ports), the relay on plain `ws://`.
+    pub async fn start() -> Result<Self, String> {
+        Self::start_with(WorldOptions::default()).await
+    }
+
     /// Starts every part on 127.0.0.1 (free ports) and waits until the relay is registered
     /// and its record published.
-    pub async fn start() -> Result<Self, String> {
+    pub async fn start_with(options: WorldOptions) -> Result<Self, String> {
         crate::ensure_crypto_provider();
         let mut timings = WorldTimings::default();
         let ca = DemoCa::new()?;
@@ -177,36 +199,35 @@ impl LocalWorld {
             Url::parse(&format!("http://{registry_addr}")).map_err(|e| e.to_string())?;
         timings.registry_ms = ms(started);
 
-        let started = Instant::now();
         let mut secret = vec![0u8; 32];
         getrandom::fill(&mut secret).map_err(|e| format!("no randomness: {e}"))?;
-        let mut turn_config = TurnConfig::new(secret.clone());
+        let mut turn_config = TurnConfig::new(secret);
         let loopback_any: SocketAddr = "127.0.0.1:0".parse().map_err(|_| "address")?;
         turn_config.listen_udp = Some(loopback_any);
         turn_config.listen_tcp = Some(loopback_any);
         turn_config.listen_tls = Some(loopback_any);
         turn_config.tls = Some(ca.turn_tls()?);
-        let turn = TurnServer::start(turn_config)
-            .await
-            .map_err(|e| format!("TURN server: {e}"))?;
-        timings.turn_ms = ms(started);
-        let (turn_udp, turn_tcp, turn_tls) = (turn.udp_addr(), turn.tcp_addr(), turn.tls_addr());
-        let mut turn_urls = Vec::new();
-        if let Some(a) = turn_udp {
-            turn_urls.push(format!("turn:{a}?transport=udp"));
-        }
-        if let Some(a) = turn_tcp {
-            turn_urls.push(format!("turn:{a}?transport=tcp"));
-        }
-        if let Some(a) = turn_tls {
-            turn_urls.push(format!("turns:localhost:{}?transport=tcp", a.port()));
-        }
-        let stun_urls = turn_udp
-            .map(|a| vec![format!("stun:{a}")])
-            .unwrap_or_default();
 
+        let pem_dir = if options.relay_tls {
+            let mut tag = [0u8; 8];
+            getrandom::fill(&mut tag).map_err(|e| format!("no randomness: {e}"))?;
+            let name: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+            let dir = std::env::temp_dir().join(format!("call-probe-world-{name}"));
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let dir = PemDir(dir);
+            std::fs::write(dir.0.join("relay.pem"), &ca.cert_pem)
+                .and_then(|_| std::fs::write(dir.0.join("relay.key"), &ca.key_pem))
+                .map_err(|e| format!("writing the relay's PEM files: {e}"))?;
+            Some(dir)
+        } else {
+            None
+        };
         let started = Instant::now();
         let relay = Relay::start(RelayConfig {
+            tls: pem_dir.as_ref().map(|dir| relay_lite::TlsFiles {
+                cert: dir.0.join("relay.pem"),
+                key: dir.0.join("relay.key"),
+            }),
             listen: loopback_any,
             region: Some("demo".into()),
             identity: Some(random_signing_key()?),
@@ -216,17 +237,18 @@ impl LocalWorld {
                 retry_max: Duration::from_millis(500),
                 ..MembershipConfig::default()
             },
-            ice: Some(IceConfig {
-                turn_urls,
-                stun_urls,
-                secret,
-                ttl: Duration::from_secs(3600),
-            }),
+            // relay-lite starts its embedded TURN server and hands out its listeners' URLs
+            // (turn: over UDP and TCP, turns: over TLS) with fresh credentials.
+            turn: Some(turn_config),
             ..RelayConfig::default()
         })
         .await
         .map_err(|e| format!("relay-lite: {e}"))?;
         timings.relay_ms = ms(started);
+        let turn = relay
+            .turn()
+            .ok_or("relay-lite did not start its TURN server")?;
+        let (turn_udp, turn_tcp, turn_tls) = (turn.udp_addr(), turn.tcp_addr(), turn.tls_addr());
 
         // The relay registers in the background; its metrics say when it has.
         let started = Instant::now();
@@ -263,7 +285,7 @@ impl LocalWorld {
 
         let addresses = WorldAddresses {
             registry: registry_url.to_string(),
-            relay: format!("ws://{}", relay.local_addr()),
+            relay: relay.endpoint().to_string(),
             relay_server_id: relay.server_id().to_string(),
             turn_udp,
             turn_tcp,
@@ -277,17 +299,22 @@ impl LocalWorld {
             registry_key,
             registry_url,
             relay,
-            turn,
             doh,
             addresses,
             timings,
             registry_stop: Some(registry_stop),
+            pem_dir,
         })
     }
 
-    /// The relay's WebSocket URL.
+    /// The relay's WebSocket URL (`ws://` or `wss://`).
     pub fn relay_url(&self) -> Url {
-        Url::parse(&format!("ws://{}", self.relay.local_addr())).expect("a socket address URL")
+        Url::parse(self.relay.endpoint()).expect("the relay's endpoint is a URL")
+    }
+
+    /// What a `wss://` session to the relay must trust (the demo CA).
+    pub fn trust(&self) -> crate::session::TrustAnchors {
+        crate::session::TrustAnchors::Only(vec![self.ca.ca_der.clone()])
     }
 
     /// Discovery through the registry (key pinned) and DoH layers, the demo CA trusted,
@@ -305,11 +332,11 @@ impl LocalWorld {
         })
     }
 
-    /// Stops the relay (signed unregister), the TURN server, the DoH server and the registry.
+    /// Stops the relay (signed unregister) with its TURN server, the DoH server and the registry.
     pub async fn stop(mut self) {
         // (Dropping the world also stops the registry: its stop channel closes.)
+        let _pem_dir = self.pem_dir.take();
         self.relay.shutdown().await;
-        self.turn.close().await;
         if let Some(stop) = self.registry_stop.take() {
             let _ = stop.send(());
         }

@@ -14,7 +14,7 @@ use call_probe::config::{AnswerPolicy, CallConfig, CallTimeouts};
 use call_probe::line::PhoneLine;
 use call_probe::probe_call::{run_call, CallOptions};
 use call_probe::report::EndReason;
-use call_probe::world::LocalWorld;
+use call_probe::world::{LocalWorld, WorldOptions};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command};
@@ -248,11 +248,14 @@ async fn call_and_answer_clis_talk_through_the_relay() {
         "1",
         "--tone-hz",
         "880",
+        "--video",
     ];
     let (status, stdout, stderr) = run(&args).await;
     assert_eq!(status, 0, "{stderr}\n{stdout}");
     let out = json(&stdout);
     assert_eq!(out["server"]["how"], "share_link");
+    assert_eq!(out["call"]["call"]["with_video"], true);
+    assert_eq!(out["call"]["call"]["video_negotiated"], true);
     // The caller hears its own tone echoed back.
     assert_media_both_ways(&out["call"], 880.0);
 }
@@ -288,7 +291,15 @@ async fn relay_only_calls_go_through_turn_over_udp_tcp_and_tls() {
             "{transport}: {ice}"
         );
     }
-    assert!(world.turn.stats().total_allocations >= 3);
+    assert!(
+        world
+            .relay
+            .turn()
+            .expect("embedded TURN")
+            .stats()
+            .total_allocations
+            >= 3
+    );
     let _ = std::fs::remove_file(ca_file);
 }
 
@@ -492,7 +503,10 @@ async fn a_call_reconnects_after_the_path_drops_briefly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn check_finds_the_server_and_every_call_path() {
-    let world = LocalWorld::start().await.unwrap();
+    // The relay on wss:// (the demo CA), so the TLS handshake is measured.
+    let world = LocalWorld::start_with(WorldOptions { relay_tls: true })
+        .await
+        .unwrap();
     let key = zajel_wire::keys::public_key_to_base64(&world.registry_key.verifying_key());
     let registry = world.registry_url.to_string();
     let ca_file = tempfile_with(&world.ca.ca_pem());
@@ -527,12 +541,39 @@ async fn check_finds_the_server_and_every_call_path() {
         .unwrap()
         .starts_with("127.0.0.1:"));
     let signaling = &report["signaling"];
+    assert!(signaling["url"]
+        .as_str()
+        .unwrap()
+        .starts_with("wss://127.0.0.1:"));
     assert!(signaling["tcp_connect_ms"].as_f64().is_some());
+    assert!(
+        signaling["tls_handshake_ms"].as_f64().is_some(),
+        "{signaling}"
+    );
     assert!(signaling["round_trip_ms"].as_f64().is_some());
     assert_eq!(signaling["server_id"], world.relay.server_id());
     let found_by = report["server"]["found_by"].as_array().unwrap();
     assert!(found_by.iter().any(|l| l == "registry") && found_by.iter().any(|l| l == "doh"));
-    // The human table says the same.
+    // Without the CA the wss:// relay is not trusted: discovery finds no usable server.
+    let (status, stdout, _) = run(&[
+        "check",
+        "--json",
+        "--registry",
+        &registry,
+        "--registry-key",
+        &key,
+        "--allow-private",
+        "--no-cache",
+    ])
+    .await;
+    assert_eq!(status, 3, "{stdout}");
+    let report = json(&stdout);
+    assert_eq!(report["server"]["unreachable"][0]["outcome"], "tls_failure");
+
+    // A plain ws:// relay, checked without the CA: the table, where TURN/TLS fails.
+    let plain = LocalWorld::start().await.unwrap();
+    let key = zajel_wire::keys::public_key_to_base64(&plain.registry_key.verifying_key());
+    let registry = plain.registry_url.to_string();
     let (status, stdout, _) = run(&[
         "check",
         "--registry",

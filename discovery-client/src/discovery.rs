@@ -355,7 +355,7 @@ impl State {
         }
         let detail = if outcome == Outcome::Pending {
             "still running".to_string()
-        } else if outcome == Outcome::Ok {
+        } else if outcome == Outcome::Ok || outcome == Outcome::NotConfigured {
             String::new()
         } else {
             state

@@ -4,10 +4,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use zajel_wire::signaling;
+
+use crate::metrics::Metrics;
 
 /// Everything [`crate::Relay::start`] needs.
 #[derive(Clone)]
@@ -29,8 +32,16 @@ pub struct RelayConfig {
     pub membership: MembershipConfig,
     pub limits: Limits,
     pub timeouts: Timeouts,
-    /// STUN/TURN servers handed to registered clients that ask.
+    /// STUN/TURN servers handed to registered clients that ask. With an
+    /// embedded TURN server ([`Self::turn`]) and no TURN URLs here, the
+    /// URLs of its listeners are handed out, with its secret.
     pub ice: Option<IceConfig>,
+    /// An embedded TURN server to start with the relay (and stop with it);
+    /// its counters appear in the relay's metrics.
+    pub turn: Option<crate::turn::TurnConfig>,
+    /// Metrics to record into (e.g. shared with a TURN server started
+    /// first); `None` creates fresh ones, see [`crate::RunningRelay::metrics`].
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl Default for RelayConfig {
@@ -46,6 +57,8 @@ impl Default for RelayConfig {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             ice: None,
+            turn: None,
+            metrics: None,
         }
     }
 }
@@ -63,6 +76,8 @@ impl std::fmt::Debug for RelayConfig {
             .field("limits", &self.limits)
             .field("timeouts", &self.timeouts)
             .field("ice", &self.ice)
+            .field("turn", &self.turn)
+            .field("metrics", &self.metrics.is_some())
             .finish()
     }
 }
@@ -167,6 +182,9 @@ impl Default for Timeouts {
         }
     }
 }
+
+/// How long issued TURN credentials stay valid unless configured (`--turn-ttl`).
+pub const DEFAULT_ICE_TTL: Duration = Duration::from_secs(3_600);
 
 /// STUN/TURN servers for the `ice_servers` extension.
 #[derive(Clone)]

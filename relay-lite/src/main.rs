@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use relay_lite::turn::TurnArgs;
 use relay_lite::{IceConfig, Relay, RelayConfig, TlsFiles};
 
 /// A lightweight Zajel signaling relay (WebSocket, with GET /health and GET /metrics on the same port).
@@ -42,15 +43,9 @@ struct Cli {
     /// PEM private key for --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// TURN URL handed to clients in ice_servers (repeatable), e.g. turn:host:3478?transport=udp.
-    #[arg(long = "turn-url", value_name = "URL", requires = "turn_secret_file")]
-    turn_urls: Vec<String>,
     /// STUN URL handed to clients in ice_servers (repeatable).
     #[arg(long = "stun-url", value_name = "URL")]
     stun_urls: Vec<String>,
-    /// File holding the TURN shared secret (coturn static-auth-secret).
-    #[arg(long, value_name = "FILE")]
-    turn_secret_file: Option<PathBuf>,
     /// Seconds TURN credentials stay valid.
     #[arg(long, default_value_t = 3_600, value_name = "SECS")]
     turn_ttl: u64,
@@ -87,6 +82,9 @@ struct Cli {
     /// Bytes of forwarded frames queued for one connection before it is dropped.
     #[arg(long, default_value_t = 1 << 20)]
     outbound_queue_bytes: usize,
+    /// The embedded TURN server, or an external one (coturn) to issue credentials for.
+    #[command(flatten)]
+    turn: TurnArgs,
 }
 
 impl Cli {
@@ -102,21 +100,18 @@ impl Cli {
             ),
             _ => {}
         }
-        let ice = match &self.turn_secret_file {
-            Some(path) => {
-                let secret = std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read TURN secret file {}: {e}", path.display()))?;
-                let secret = secret.trim();
-                if secret.is_empty() {
-                    return Err(format!("TURN secret file {} is empty", path.display()));
-                }
-                if self.turn_urls.is_empty() {
-                    return Err("--turn-secret-file needs at least one --turn-url".into());
+        let turn = self.turn.to_config().map_err(|e| e.to_string())?;
+        let ice = match self.turn.secret().map_err(|e| e.to_string())? {
+            Some(secret) => {
+                if self.turn.turn_urls.is_empty() && turn.is_none() {
+                    return Err(
+                        "--turn-secret-file without a --turn-listen-* flag describes an external TURN server: give its --turn-url".into(),
+                    );
                 }
                 Some(IceConfig {
-                    turn_urls: self.turn_urls.clone(),
+                    turn_urls: self.turn.turn_urls.clone(),
                     stun_urls: self.stun_urls.clone(),
-                    secret: secret.as_bytes().to_vec(),
+                    secret,
                     ttl: Duration::from_secs(self.turn_ttl),
                 })
             }
@@ -140,6 +135,7 @@ impl Cli {
             },
             bootstrap: self.bootstrap,
             ice,
+            turn,
             ..RelayConfig::default()
         };
         config.membership.heartbeat_interval = ms(self.heartbeat_ms.max(1));
@@ -196,6 +192,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let signals = StopSignals::install();
         let scheme = if relay.endpoint().starts_with("wss") {
             "wss"
         } else {
@@ -208,7 +205,7 @@ fn main() -> ExitCode {
             endpoint = relay.endpoint(),
             "relay started"
         );
-        wait_for_signal().await;
+        signals.wait().await;
         tracing::info!("shutting down: closing clients with 1001 and unregistering");
         relay.shutdown().await;
         tracing::info!("stopped");
@@ -216,24 +213,50 @@ fn main() -> ExitCode {
     })
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT (Ctrl-C), registered before the relay announces
+/// itself, so a signal sent right after the "listening on" line is not lost.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Self {
+                term: signal(SignalKind::terminate()).ok(),
+                interrupt: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        {
+            Self {}
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn wait(self) {
+        #[cfg(unix)]
+        {
+            async fn next(signal: Option<tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(mut signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = next(self.term) => {}
+                () = next(self.interrupt) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

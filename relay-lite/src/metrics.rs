@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Forwarded message types, in the order they are rendered.
 pub const FORWARDED_TYPES: [&str; 8] = [
@@ -108,31 +108,26 @@ pub struct Metrics {
     turn: TurnMetrics,
 }
 
-/// The TURN server's hook: allocation counts rendered with the relay's metrics.
+/// The embedded TURN server's counters, rendered with the relay's metrics
+/// once [attached](TurnMetrics::attach); all zero without a TURN server.
 #[derive(Debug, Default)]
 pub struct TurnMetrics {
-    allocations_active: AtomicI64,
-    allocations_total: AtomicU64,
-    bytes_relayed: AtomicU64,
+    counters: OnceLock<Arc<crate::turn::Counters>>,
 }
 
 impl TurnMetrics {
-    /// A new allocation was created.
-    pub fn allocation_opened(&self) {
-        self.allocations_active.fetch_add(1, Ordering::Relaxed);
-        self.allocations_total.fetch_add(1, Ordering::Relaxed);
+    /// Reports `counters` (the running TURN server's) from now on; only the
+    /// first call takes effect.
+    pub fn attach(&self, counters: Arc<crate::turn::Counters>) {
+        let _ = self.counters.set(counters);
     }
-    /// An allocation ended (expired, refreshed to 0, or its client left).
-    pub fn allocation_closed(&self) {
-        self.allocations_active.fetch_sub(1, Ordering::Relaxed);
-    }
-    /// Relayed payload bytes (either direction).
-    pub fn add_relayed_bytes(&self, bytes: u64) {
-        self.bytes_relayed.fetch_add(bytes, Ordering::Relaxed);
-    }
-    /// Allocations open now.
-    pub fn allocations_active(&self) -> i64 {
-        self.allocations_active.load(Ordering::Relaxed)
+
+    /// The TURN server's counters now.
+    pub fn snapshot(&self) -> crate::turn::TurnStats {
+        self.counters
+            .get()
+            .map(|counters| counters.snapshot())
+            .unwrap_or_default()
     }
 }
 
@@ -291,23 +286,36 @@ impl Metrics {
             "Failed registry requests (network errors and refusals).",
             load_u(&self.registry_failures).to_string(),
         );
+        let turn = self.turn.snapshot();
         single(
             "relay_turn_allocations",
             "gauge",
             "Open TURN allocations.",
-            load_i(&self.turn.allocations_active).to_string(),
+            turn.current_allocations.to_string(),
         );
         single(
             "relay_turn_allocations_total",
             "counter",
             "TURN allocations created.",
-            load_u(&self.turn.allocations_total).to_string(),
+            turn.total_allocations.to_string(),
         );
         single(
-            "relay_turn_relayed_bytes_total",
+            "relay_turn_refused_over_cap_total",
             "counter",
-            "Bytes relayed by TURN.",
-            load_u(&self.turn.bytes_relayed).to_string(),
+            "TURN allocations refused because the cap was reached (508).",
+            turn.refused_over_cap.to_string(),
+        );
+        single(
+            "relay_turn_refused_auth_total",
+            "counter",
+            "TURN requests refused for a wrong, malformed or expired credential (401).",
+            turn.refused_auth.to_string(),
+        );
+        single(
+            "relay_turn_dropped_challenges_total",
+            "counter",
+            "TURN requests without credentials ignored over the challenge rate.",
+            turn.dropped_challenges.to_string(),
         );
         let _ = writeln!(
             out,
@@ -346,18 +354,16 @@ mod tests {
         metrics.forwarded("call_ice");
         metrics.forwarded("call_ice");
         metrics.refused(Refusal::SlowConsumer);
-        metrics.turn().allocation_opened();
         let text = metrics.render();
         assert!(text.contains("relay_messages_forwarded_total{type=\"call_ice\"} 2\n"));
         assert!(text.contains("relay_messages_forwarded_total{type=\"offer\"} 0\n"));
         assert!(text.contains("relay_refusals_total{reason=\"slow_consumer\"} 1\n"));
-        assert!(text.contains("relay_turn_allocations 1\n"));
+        assert!(text.contains("relay_turn_allocations 0\n"));
+        assert!(text.contains("relay_turn_refused_auth_total 0\n"));
         assert!(text.contains("# TYPE relay_connections gauge\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();
             value.parse::<i64>().unwrap();
         }
-        metrics.turn().allocation_closed();
-        assert_eq!(metrics.turn().allocations_active(), 0);
     }
 }

@@ -10,7 +10,7 @@ use std::time::Instant as StdInstant;
 
 use ed25519_dalek::SigningKey;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -18,7 +18,7 @@ use tokio_tungstenite::WebSocketStream;
 use zajel_wire::entry::UNKNOWN_REGION;
 use zajel_wire::signaling::ServerMessage;
 
-use crate::config::RelayConfig;
+use crate::config::{IceConfig, RelayConfig};
 use crate::http::{self, Route};
 use crate::hub::{Hub, PairingSettings};
 use crate::identity;
@@ -27,6 +27,7 @@ use crate::membership::Membership;
 use crate::metrics::{Metrics, Refusal};
 use crate::session;
 use crate::tls;
+use crate::turn::TurnServer;
 
 /// Why a relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +47,27 @@ pub enum Error {
     Registry { url: String, reason: String },
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(String),
+    #[error(transparent)]
+    Turn(#[from] crate::turn::TurnError),
 }
+
+/// The listen backlog (the kernel caps it at `net.core.somaxconn`): large,
+/// so that a burst of reconnecting clients is not dropped into SYN retries.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Over-limit connections answered with 503/429 at once; more are closed unanswered.
+pub const MAX_REFUSALS_IN_FLIGHT: usize = 256;
 
 /// State every connection shares.
 pub(crate) struct Shared {
@@ -82,11 +103,12 @@ pub struct RunningRelay {
     memberships: Vec<JoinHandle<()>>,
     connections: Arc<Semaphore>,
     max_connections: u32,
+    turn: Option<TurnServer>,
 }
 
 impl Relay {
     /// Binds the listener, starts serving and joins the registries.
-    pub async fn start(config: RelayConfig) -> Result<RunningRelay, Error> {
+    pub async fn start(mut config: RelayConfig) -> Result<RunningRelay, Error> {
         tls::install_crypto_provider();
         let key = match &config.identity {
             Some(key) => key.clone(),
@@ -100,12 +122,10 @@ impl Relay {
             )?)),
             None => None,
         };
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| Error::Listen {
-                address: config.listen,
-                source,
-            })?;
+        let listener = listen(config.listen).map_err(|source| Error::Listen {
+            address: config.listen,
+            source,
+        })?;
         let local_addr = listener.local_addr().map_err(|source| Error::Listen {
             address: config.listen,
             source,
@@ -131,7 +151,27 @@ impl Relay {
                 });
             }
         }
-        let metrics = Metrics::new();
+        if !config.bootstrap.is_empty() && config.public_endpoint.is_none() {
+            tracing::warn!(
+                %endpoint,
+                "no --public-endpoint: registering the listen address; clients elsewhere may not reach it"
+            );
+        }
+        let metrics = config.metrics.clone().unwrap_or_default();
+        let turn = match &config.turn {
+            Some(turn_config) => {
+                let server = TurnServer::start(turn_config.clone()).await?;
+                metrics.turn().attach(server.counters());
+                config.ice = Some(ice_for_embedded_turn(
+                    config.ice.take(),
+                    turn_config,
+                    &server,
+                ));
+                tracing::info!(udp = ?server.udp_addr(), tcp = ?server.tcp_addr(), tls = ?server.tls_addr(), "embedded TURN server started");
+                Some(server)
+            }
+            None => None,
+        };
         let hub = Hub::new(
             PairingSettings {
                 timeout: config.timeouts.pair_request,
@@ -199,8 +239,48 @@ impl Relay {
             memberships,
             connections,
             max_connections,
+            turn,
         })
     }
+}
+
+/// What registered clients are told about an embedded TURN server: the
+/// URLs given, or else one per listener (`turn:` over UDP and TCP,
+/// `turns:` over TLS, at the listener's address, or at the advertised
+/// address when it listens on every interface), with its secret.
+fn ice_for_embedded_turn(
+    ice: Option<IceConfig>,
+    turn: &crate::turn::TurnConfig,
+    server: &TurnServer,
+) -> IceConfig {
+    let advertised = |address: SocketAddr| {
+        let ip = if address.ip().is_unspecified() {
+            turn.external_ip.unwrap_or(turn.relay_ip)
+        } else {
+            address.ip()
+        };
+        SocketAddr::new(ip, address.port())
+    };
+    let mut ice = ice.unwrap_or_else(|| IceConfig {
+        turn_urls: Vec::new(),
+        stun_urls: Vec::new(),
+        secret: turn.secret.clone(),
+        ttl: crate::config::DEFAULT_ICE_TTL,
+    });
+    if ice.turn_urls.is_empty() {
+        let listeners = [
+            ("turn", server.udp_addr(), "udp"),
+            ("turn", server.tcp_addr(), "tcp"),
+            ("turns", server.tls_addr(), "tcp"),
+        ];
+        ice.turn_urls = listeners
+            .into_iter()
+            .filter_map(|(scheme, address, transport)| {
+                address.map(|a| format!("{scheme}:{}?transport={transport}", advertised(a)))
+            })
+            .collect();
+    }
+    ice
 }
 
 impl RunningRelay {
@@ -224,6 +304,11 @@ impl RunningRelay {
         self.metrics.clone()
     }
 
+    /// The embedded TURN server, when [`RelayConfig::turn`] asked for one.
+    pub fn turn(&self) -> Option<&TurnServer> {
+        self.turn.as_ref()
+    }
+
     /// Codes registered now.
     pub fn registered_codes(&self) -> usize {
         self.shared.hub.registered()
@@ -234,6 +319,9 @@ impl RunningRelay {
     /// do not answer are dropped after the shutdown grace period).
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
+        if let Some(turn) = self.turn.take() {
+            turn.close().await;
+        }
         if let Some(accept) = self.accept.take() {
             let _ = accept.await;
         }
@@ -260,6 +348,9 @@ async fn accept_loop(
     addresses: AddressCounter,
 ) {
     let mut shutdown = shared.shutdown.clone();
+    // Refusals are answered by short-lived tasks; past this many at once,
+    // further over-limit connections are just closed.
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
     loop {
         let (stream, peer) = tokio::select! {
             () = crate::relay::stopping(&mut shutdown) => return,
@@ -277,21 +368,27 @@ async fn accept_loop(
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             shared.metrics.refused(Refusal::ConnectionLimit);
             tracing::debug!(%peer, "connection limit reached");
-            tokio::spawn(refuse(
-                stream,
-                "503 Service Unavailable",
-                "Too many connections",
-            ));
+            if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                tokio::spawn(refuse(
+                    stream,
+                    permit,
+                    "503 Service Unavailable",
+                    "Too many connections",
+                ));
+            }
             continue;
         };
         let Some(slot) = addresses.acquire(peer.ip()) else {
             shared.metrics.refused(Refusal::AddressLimit);
             tracing::debug!(%peer, "per-address connection limit reached");
-            tokio::spawn(refuse(
-                stream,
-                "429 Too Many Requests",
-                "Too many connections from this address",
-            ));
+            if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                tokio::spawn(refuse(
+                    stream,
+                    permit,
+                    "429 Too Many Requests",
+                    "Too many connections from this address",
+                ));
+            }
             continue;
         };
         tokio::spawn(connection(
@@ -305,7 +402,12 @@ async fn accept_loop(
     }
 }
 
-async fn refuse(mut stream: TcpStream, status: &'static str, message: &'static str) {
+async fn refuse(
+    mut stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+    status: &'static str,
+    message: &'static str,
+) {
     let _ = tokio::time::timeout(
         std::time::Duration::from_secs(2),
         http::respond(
@@ -481,7 +583,7 @@ fn health_body(shared: &Shared) -> String {
         "connections": metrics.websocket_sessions(),
         "registeredCodes": metrics.registered_codes(),
         "registries": metrics.registries_registered(),
-        "turnAllocations": metrics.turn().allocations_active(),
+        "turnAllocations": metrics.turn().snapshot().current_allocations,
         "uptimeSeconds": shared.started.elapsed().as_secs(),
     })
     .to_string()

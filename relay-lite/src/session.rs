@@ -59,9 +59,8 @@ where
     let mut shutdown = shared.shutdown.clone();
     let mut close: Option<(u16, &'static str)> = None;
     let mut idle_deadline = Instant::now() + timeouts.idle;
-    if !session.reply(shared.server_info.clone()).await {
-        close = None;
-    } else {
+    // The greeting; a client that cannot take even that is simply dropped.
+    if session.reply(shared.server_info.clone()).await {
         loop {
             tokio::select! {
                 biased;
@@ -81,17 +80,8 @@ where
                     idle_deadline = Instant::now() + timeouts.idle;
                     let text = match frame {
                         Ok(Message::Text(text)) => text.as_str().to_owned(),
-                        Ok(Message::Binary(bytes)) => match String::from_utf8(bytes.to_vec()) {
-                            // Zajel's server reads binary frames as text too.
-                            Ok(text) => text,
-                            Err(_) => {
-                                shared.metrics.refused(Refusal::InvalidMessage);
-                                if !session.reply(SignalingError::Json.to_server_message().to_text()).await {
-                                    break;
-                                }
-                                continue;
-                            }
-                        },
+                        // Zajel's server reads binary frames as text too (lossily).
+                        Ok(Message::Binary(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
                         Ok(_) => continue, // ping/pong/close: tungstenite answers them
                         Err(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
                             shared.metrics.refused(Refusal::FrameTooLarge);
@@ -130,7 +120,7 @@ where
         Some((code, reason)) if !outbox.is_killed() => {
             drop(session);
             // Best effort: a peer that reads gets its close frame.
-            if outbox_close(&outbox, code, reason) {
+            if outbox.close(code, reason) {
                 let grace = tokio::time::sleep(timeouts.shutdown_grace);
                 tokio::select! {
                     _ = &mut writer => {}
@@ -147,10 +137,6 @@ where
         }
         _ => writer.abort(),
     }
-}
-
-fn outbox_close(outbox: &Outbox, code: u16, reason: &'static str) -> bool {
-    outbox.close(code, reason)
 }
 
 async fn write_loop<S>(

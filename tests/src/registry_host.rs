@@ -131,7 +131,30 @@ pub fn start_in_process_on_disk(profile: Profile) -> RunningRegistry {
 /// The native registry in this process, in memory, signing with `key` (for
 /// tests that also need the seed, e.g. to publish signed TXT records).
 pub fn start_in_process_with_key(profile: Profile, key: SigningKey) -> RunningRegistry {
-    in_process_keyed(profile, SqliteStore::in_memory().expect("store"), None, key)
+    let listener = StdListener::bind("127.0.0.1:0").expect("bind loopback");
+    in_process_keyed(
+        listener,
+        profile,
+        SqliteStore::in_memory().expect("store"),
+        None,
+        key,
+    )
+}
+
+/// The native registry in this process, in memory, signing with `key`,
+/// serving on a listener the caller bound (e.g. inside a network namespace).
+pub fn start_in_process_on(
+    listener: StdListener,
+    profile: Profile,
+    key: SigningKey,
+) -> RunningRegistry {
+    in_process_keyed(
+        listener,
+        profile,
+        SqliteStore::in_memory().expect("store"),
+        None,
+        key,
+    )
 }
 
 fn in_process(
@@ -139,16 +162,17 @@ fn in_process(
     store: SqliteStore,
     data: Option<tempfile::TempDir>,
 ) -> RunningRegistry {
-    in_process_keyed(profile, store, data, random_key())
+    let listener = StdListener::bind("127.0.0.1:0").expect("bind loopback");
+    in_process_keyed(listener, profile, store, data, random_key())
 }
 
 fn in_process_keyed(
+    listener: StdListener,
     profile: Profile,
     store: SqliteStore,
     data: Option<tempfile::TempDir>,
     key: SigningKey,
 ) -> RunningRegistry {
-    let listener = StdListener::bind("127.0.0.1:0").expect("bind loopback");
     listener.set_nonblocking(true).expect("nonblocking");
     let address = listener.local_addr().expect("address");
     let registry = Registry::new(store, config(profile, &key));

@@ -21,14 +21,34 @@ impl UnboundDoh {
     /// Serves `zone` (e.g. `example.test`) as a static local zone holding
     /// `records`, each a zone-file line (`<name> <ttl> IN TXT "…" "…"`).
     pub fn start(ca: &TestCa, zone: &str, records: &[String]) -> Result<Self, String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let port = {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
             listener.local_addr().map_err(|e| e.to_string())?.port()
         };
+        Self::start_at(
+            ca,
+            zone,
+            records,
+            "127.0.0.1".parse().expect("ip"),
+            port,
+            None,
+        )
+    }
+
+    /// The same, listening on `address:port`, inside `namespace` when given
+    /// (run through `ip netns exec`).
+    pub fn start_at(
+        ca: &TestCa,
+        zone: &str,
+        records: &[String],
+        address: std::net::IpAddr,
+        port: u16,
+        namespace: Option<&crate::netns::Namespace>,
+    ) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let mut config = format!(
             "server:\n\
-             \tinterface: 127.0.0.1@{port}\n\
+             \tinterface: {address}@{port}\n\
              \thttps-port: {port}\n\
              \ttls-service-key: \"{key}\"\n\
              \ttls-service-pem: \"{cert}\"\n\
@@ -42,7 +62,7 @@ impl UnboundDoh {
              \tpidfile: \"{dir}/unbound.pid\"\n\
              \tdo-ip6: no\n\
              \tdo-udp: no\n\
-             \taccess-control: 127.0.0.0/8 allow\n\
+             \taccess-control: 0.0.0.0/0 allow\n\
              \tmodule-config: \"iterator\"\n\
              \tlocal-zone: \"{zone}.\" static\n",
             key = ca.key_file.display(),
@@ -69,7 +89,10 @@ impl UnboundDoh {
                 String::from_utf8_lossy(&check.stderr)
             ));
         }
-        let mut command = std::process::Command::new("unbound");
+        let mut command = match namespace {
+            Some(namespace) => namespace.command("unbound"),
+            None => std::process::Command::new("unbound"),
+        };
         command.arg("-d").arg("-c").arg(&path);
         let mut process = ChildProcess::spawn("unbound", command)?;
         process.wait_for(Duration::from_secs(20), |line| {
@@ -77,7 +100,7 @@ impl UnboundDoh {
         })?;
         Ok(Self {
             port,
-            url: format!("https://127.0.0.1:{port}/dns-query"),
+            url: format!("https://{address}:{port}/dns-query"),
             process,
             _dir: dir,
         })

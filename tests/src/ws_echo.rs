@@ -39,8 +39,21 @@ impl WsEcho {
         Self::spawn(server_id, Some(Arc::new(tls)))
     }
 
+    /// Plain `ws://` on a listener the caller bound (e.g. inside a network namespace).
+    pub fn start_on(listener: std::net::TcpListener, server_id: &str) -> Self {
+        Self::spawn_on(listener, server_id, None)
+    }
+
     fn spawn(server_id: &str, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        Self::spawn_on(listener, server_id, tls)
+    }
+
+    fn spawn_on(
+        listener: std::net::TcpListener,
+        server_id: &str,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Self {
         listener.set_nonblocking(true).expect("nonblocking");
         let address = listener.local_addr().expect("address");
         let url = match tls {

@@ -637,3 +637,137 @@ async fn the_in_process_hickory_doh_server_serves_published_records_too() {
     assert_eq!(report.verdict, Verdict::Verified);
     assert_eq!(report.best.unwrap().url, world.relay.url);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_failure_at_once_still_finds_a_verified_server_and_says_why_each_failed() {
+    let world = DiscoveryWorld::new().await;
+    // A registry listing the relay but signing with a key nobody pinned.
+    let impostor = registry_host::start_in_process(registry_host::Profile::SIGNED);
+    let evil = tests::ws_echo::WsEcho::start("ed25519:evil");
+    let request = zajel_wire::entry::RegisterRequest::signed(
+        &registry_host::random_key(),
+        &evil.url,
+        None,
+        discovery_client::now_ms(),
+    );
+    let status = reqwest::Client::new()
+        .post(impostor.url("/servers"))
+        .header("content-type", "application/json")
+        .body(serde_json::to_string(&request).unwrap())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(status.is_success());
+    let silent = AcceptsSilently::start();
+    let never = NeverAccepts::start();
+    let refused = blackhole::refused_address();
+    // One resolver serves forged records, another the genuine ones.
+    let forged = world.publish_with(&registry_host::random_key()).await;
+    let forged_doh = world.start_doh(&DiscoveryWorld::zone_lines(&forged));
+    let genuine = world.publish_with(&world.registry_key).await;
+    let genuine_doh = world.start_doh(&DiscoveryWorld::zone_lines(&genuine));
+    // A cache truncated mid-write.
+    let cache = seeded_cache(&world, "cache.json");
+    let full = std::fs::read(&cache).unwrap();
+    std::fs::write(&cache, &full[..full.len() - 7]).unwrap();
+    let doh_spec = |port: u16| format!("https://localhost:{port}/dns-query,ip=127.0.0.1");
+    let ca = world.ca.ca_file.to_str().unwrap().to_string();
+    let args: Vec<String> = [
+        "discover",
+        "--registry",
+        &impostor.base_url,
+        "--registry",
+        &format!("http://{}", silent.address),
+        "--registry",
+        &format!("http://{}", never.address),
+        "--registry",
+        &format!("http://{refused}"),
+        "--registry-key",
+        &world.registry_key_base64(),
+        "--doh",
+        &doh_spec(forged_doh.port),
+        "--doh",
+        &doh_spec(genuine_doh.port),
+        "--domain",
+        DOMAIN,
+        "--ca-file",
+        &ca,
+        "--cache-file",
+        cache.to_str().unwrap(),
+        "--allow-private",
+        "--layer-timeout-ms",
+        "800",
+        "--json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = cli(&args);
+    assert_eq!(code, 0, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["verdict"], "verified");
+    assert_eq!(report["best"]["url"], world.relay.url.as_str());
+    let layer = |name: &str| {
+        report["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["layer"] == name)
+            .unwrap()
+            .clone()
+    };
+    let source_outcome = |layer: &serde_json::Value, needle: &str| {
+        layer["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["source"].as_str().unwrap().contains(needle))
+            .map(|s| s["outcome"].as_str().unwrap().to_string())
+    };
+    let registry = layer("registry");
+    assert_eq!(registry["outcome"], "invalid_signature", "{registry}");
+    let impostor_host = impostor.base_url.trim_start_matches("http://").to_string();
+    assert_eq!(
+        source_outcome(&registry, &impostor_host).as_deref(),
+        Some("invalid_signature")
+    );
+    assert_eq!(
+        source_outcome(&registry, &silent.address.to_string()).as_deref(),
+        Some("timed_out")
+    );
+    assert_eq!(
+        source_outcome(&registry, &never.address.to_string()).as_deref(),
+        Some("timed_out")
+    );
+    assert_eq!(
+        source_outcome(&registry, &refused.to_string()).as_deref(),
+        Some("refused")
+    );
+    let doh = layer("doh");
+    assert_eq!(doh["outcome"], "ok");
+    assert_eq!(
+        source_outcome(&doh, &format!(":{}/", forged_doh.port)).as_deref(),
+        Some("invalid_signature")
+    );
+    assert_eq!(
+        source_outcome(&doh, &format!(":{}/", genuine_doh.port)).as_deref(),
+        Some("ok")
+    );
+    let cache_layer = layer("cache");
+    assert_eq!(cache_layer["outcome"], "empty");
+    assert!(
+        cache_layer["detail"]
+            .as_str()
+            .unwrap()
+            .contains("moved aside"),
+        "{cache_layer}"
+    );
+    assert_eq!(
+        report["candidates"].as_array().unwrap().len(),
+        1,
+        "{}",
+        report["candidates"]
+    );
+}

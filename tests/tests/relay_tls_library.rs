@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
 use relay_common::{key, Client, Ended, RelayProcess, WAIT};
+use relay_lite::turn::TurnConfig;
 use relay_lite::{Relay, RelayConfig};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -109,32 +110,66 @@ async fn serves_wss_and_https_with_a_pem_certificate() {
 }
 
 #[tokio::test]
-async fn in_process_relay_with_turn_hook_and_graceful_shutdown() {
+async fn in_process_relay_with_embedded_turn_and_graceful_shutdown() {
+    // Metrics handed in are the ones the relay records into.
+    let shared_metrics = relay_lite::Metrics::new();
+    let mut turn = TurnConfig::new(b"lab secret".to_vec());
+    turn.listen_udp = Some("127.0.0.1:0".parse().unwrap());
+    turn.listen_tcp = Some("127.0.0.1:0".parse().unwrap());
     let relay = Relay::start(RelayConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         region: Some("lab".into()),
+        metrics: Some(shared_metrics.clone()),
+        turn: Some(turn),
         ..RelayConfig::default()
     })
     .await
     .unwrap();
     let url = format!("ws://{}", relay.local_addr());
     assert_eq!(relay.endpoint(), url);
-    let mut client = Client::registered(&url, "ABC234", 1).await;
+    let server = relay.turn().expect("the embedded TURN server runs");
+    let (udp, tcp) = (server.udp_addr().unwrap(), server.tcp_addr().unwrap());
+
+    // A client that asks is told the embedded server's listeners, with a
+    // credential made from its secret.
+    let mut client = Client::connect(&url).await;
+    let reply = client
+        .request(json!({"type": "register", "pairingCode": "ABC234", "publicKey": key(1), "iceServers": true}))
+        .await;
+    assert_eq!(reply["type"], "registered", "{reply}");
+    let ice = client.recv().await;
+    assert_eq!(ice["type"], "ice_servers", "{ice}");
+    let server_entry = &ice["iceServers"][0];
+    let urls: Vec<&str> = server_entry["urls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|url| url.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        urls,
+        [
+            format!("turn:{udp}?transport=udp"),
+            format!("turn:{tcp}?transport=tcp")
+        ]
+    );
+    let username = server_entry["username"].as_str().unwrap();
+    assert_eq!(
+        server_entry["credential"].as_str().unwrap(),
+        relay_lite::credentials::password_for(b"lab secret", username)
+    );
+
     assert_eq!(client.server_info["serverId"], relay.server_id());
     assert_eq!(client.server_info["region"], "lab");
     assert_eq!(relay.registered_codes(), 1);
     let metrics = relay.metrics();
+    assert!(Arc::ptr_eq(&metrics, &shared_metrics));
     assert_eq!(metrics.registered_codes(), 1);
-    metrics.turn().allocation_opened();
-    metrics.turn().add_relayed_bytes(1200);
     let (_, body) = relay_common::http_get(relay.local_addr(), "/metrics").await;
-    assert!(body.contains("relay_turn_allocations 1\n"), "{body}");
-    assert!(
-        body.contains("relay_turn_relayed_bytes_total 1200\n"),
-        "{body}"
-    );
+    assert!(body.contains("relay_turn_allocations 0\n"), "{body}");
+    assert!(body.contains("relay_turn_refused_auth_total 0\n"), "{body}");
     let (_, health) = relay_common::http_get(relay.local_addr(), "/health").await;
-    assert!(health.contains("\"turnAllocations\":1"), "{health}");
+    assert!(health.contains("\"turnAllocations\":0"), "{health}");
 
     let addr = relay.local_addr();
     let stopping = tokio::spawn(relay.shutdown());
@@ -142,4 +177,7 @@ async fn in_process_relay_with_turn_hook_and_graceful_shutdown() {
     tokio::time::timeout(WAIT, stopping).await.unwrap().unwrap();
     assert!(TcpStream::connect(addr).await.is_err());
     assert_eq!(metrics.registered_codes(), 0);
+    // The TURN server stopped with the relay: its ports are free again.
+    std::net::UdpSocket::bind(udp).expect("the TURN UDP port is released");
+    std::net::TcpListener::bind(tcp).expect("the TURN TCP port is released");
 }

@@ -584,3 +584,127 @@ async fn stream_listeners_enforce_their_limits() {
     closed_by_server(&mut no_handshake).await;
     server.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_carries_only_stun_and_channel_data() {
+    let mut config = config();
+    config.listen_tcp = Some("127.0.0.1:0".parse().unwrap());
+    let server = TurnServer::start(config).await.unwrap();
+    let bridge = StreamBridge::start(server.tcp_addr().unwrap(), None)
+        .await
+        .unwrap();
+    let local = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // Neither STUN nor ChannelData, and a STUN header whose length lies.
+    local
+        .send_to(&[0xFF; 24], bridge.local_addr())
+        .await
+        .unwrap();
+    let mut lying = vec![0x00, 0x01, 0x00, 0x40, 0x21, 0x12, 0xA4, 0x42];
+    lying.extend_from_slice(&[9u8; 12]);
+    local.send_to(&lying, bridge.local_addr()).await.unwrap();
+    // A Binding request is carried, and its answer comes back.
+    let mut binding = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+    binding.extend_from_slice(&[7u8; 12]);
+    local.send_to(&binding, bridge.local_addr()).await.unwrap();
+    let mut answer = [0u8; 1500];
+    let (n, _) = tokio::time::timeout(step_timeout(), local.recv_from(&mut answer))
+        .await
+        .expect("no Binding answer through the bridge")
+        .unwrap();
+    assert_eq!(&answer[..2], &[0x01, 0x01], "a Binding success response");
+    assert_eq!(&answer[8..20], &[7u8; 12], "for our transaction");
+    assert!(n > 20);
+    let stats = bridge.stats();
+    assert_eq!(
+        (stats.streams_opened, stats.frames_up, stats.frames_down),
+        (1, 1, 1),
+        "{stats:?}"
+    );
+    server.close().await;
+}
+
+/// coturn's own TURN client (`turnutils_uclient`, from the `coturn` package)
+/// against our server: an independent implementation of the TCP and TLS
+/// framing (ChannelData included: it relays through channels), with two
+/// clients relaying 20 messages each to the other.
+async fn uclient_through(port: u16, transport_flags: &[&str]) {
+    let credential = credentials::issue(SECRET, "uclient", now_secs(), 600);
+    let mut command = Command::new("turnutils_uclient");
+    command
+        .args(transport_flags)
+        .args(["-y", "-c", "-m", "2", "-n", "20", "-l", "160", "-z", "5"])
+        .args(["-p", &port.to_string()])
+        .args(["-u", &credential.username, "-w", &credential.credential])
+        .arg("127.0.0.1");
+    let mut uclient = ChildProcess::spawn("turnutils_uclient", command).unwrap_or_else(|error| {
+        panic!("turnutils_uclient (Debian package `coturn`) is needed: {error}")
+    });
+    let timeout = step_timeout();
+    let (status, output) = tokio::task::spawn_blocking(move || {
+        let status = uclient.wait(timeout);
+        (status, uclient.output())
+    })
+    .await
+    .unwrap();
+    assert!(
+        status.as_ref().is_ok_and(|s| s.success()),
+        "{status:?}\n{output}"
+    );
+    assert!(
+        output.contains("tot_send_msgs=40, tot_recv_msgs=40"),
+        "not every message came back:\n{output}"
+    );
+    assert!(output.contains("Total lost packets 0 "), "{output}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coturn_client_relays_over_our_tcp_and_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = test_pki("Zajel TURN test CA");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    let mut config = config();
+    config.listen_tcp = Some("127.0.0.1:0".parse().unwrap());
+    config.listen_tls = Some("127.0.0.1:0".parse().unwrap());
+    config.tls = Some(
+        TurnTls::from_pem(
+            pki.server_cert_pem.as_bytes(),
+            pki.server_key_pem.as_bytes(),
+        )
+        .unwrap(),
+    );
+    let server = TurnServer::start(config).await.unwrap();
+    // Both at once (uclient paces itself in whole seconds). It makes a few
+    // allocations per client beyond the one it relays through.
+    let tls_flags = ["-t", "-S", "-E", ca_file.to_str().unwrap()];
+    tokio::join!(
+        uclient_through(server.tcp_addr().unwrap().port(), &["-t"]),
+        uclient_through(server.tls_addr().unwrap().port(), &tls_flags),
+    );
+    let after_tls = server.stats();
+    assert!(after_tls.total_allocations >= 4, "{after_tls:?}");
+    assert_eq!(after_tls.refused_auth, 0, "{after_tls:?}");
+    server.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_external_ip_is_advertised_for_relays() {
+    let mut config = config();
+    config.listen_udp = Some("127.0.0.1:0".parse().unwrap());
+    config.external_ip = Some("127.0.0.2".parse().unwrap());
+    let server = TurnServer::start(config).await.unwrap();
+    let client = RawTurnClient::new(server.udp_addr().unwrap(), step_timeout()).await;
+    let credential = credentials::issue(SECRET, "peer", now_secs(), 600);
+    match client
+        .allocate(&credential.username, &credential.credential)
+        .await
+        .unwrap()
+    {
+        AllocateOutcome::Relayed(relay) => {
+            assert_eq!(relay.ip(), "127.0.0.2".parse::<std::net::IpAddr>().unwrap());
+            assert_ne!(relay.port(), 0);
+        }
+        other => panic!("{other:?}"),
+    }
+    server.close().await;
+}

@@ -105,9 +105,9 @@ pub struct BridgeStats {
     pub streams_opened: u64,
     /// Streams that could not be opened (connect or TLS handshake failed).
     pub streams_failed: u64,
-    /// Frames written towards the server.
+    /// Frames sent towards the server.
     pub frames_up: u64,
-    /// Frames read from the server and handed to local clients.
+    /// Frames read from the server and sent on to local clients.
     pub frames_down: u64,
 }
 
@@ -345,10 +345,12 @@ async fn pump<S: AsyncRead + AsyncWrite>(
         loop {
             match tokio::time::timeout(limits.idle_timeout, outbound.recv()).await {
                 Ok(Some(frame)) => {
+                    // Counted before the write, so the count is there
+                    // by the time an answer can come back.
+                    counters.frames_up.fetch_add(1, Ordering::Relaxed);
                     if writer.write_all(&frame).await.is_err() {
                         break;
                     }
-                    counters.frames_up.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(None) => break,
                 Err(_) => {
@@ -363,9 +365,8 @@ async fn pump<S: AsyncRead + AsyncWrite>(
         loop {
             match read_frame(&mut reader).await {
                 Ok(Some(frame)) => {
-                    if socket.send_to(&frame, client).await.is_ok() {
-                        counters.frames_down.fetch_add(1, Ordering::Relaxed);
-                    }
+                    counters.frames_down.fetch_add(1, Ordering::Relaxed);
+                    let _ = socket.send_to(&frame, client).await;
                 }
                 Ok(None) => break,
                 Err(error) => {

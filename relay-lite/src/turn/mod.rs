@@ -6,6 +6,7 @@
 //! counters for a metrics endpoint. `bridge` is the client-side half that
 //! lets a UDP-only TURN client (webrtc-rs's ICE agent) allocate over TCP/TLS.
 
+mod args;
 mod auth;
 pub mod bridge;
 mod framing;
@@ -28,6 +29,7 @@ use tokio_rustls::TlsAcceptor;
 use turn::server::config::{ConnConfig, ServerConfig};
 use util::Conn;
 
+pub use args::TurnArgs;
 pub use bridge::{BridgeLimits, BridgeStats, BridgeTls, StreamBridge};
 pub use framing::{frame_for_stream, read_frame, MAX_FRAME};
 /// The rustls this module builds on, for callers that make `BridgeTls` or `TurnTls` values.

@@ -119,10 +119,13 @@ pub enum Ended {
 impl Client {
     /// Connects and reads the `server_info` greeting.
     pub async fn connect(url: &str) -> Self {
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
-            .await
-            .expect("connect in time")
-            .expect("connect");
+        let (ws, _) = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::connect_async_with_config(url, None, true),
+        )
+        .await
+        .expect("connect in time")
+        .expect("connect");
         let mut client = Self {
             ws,
             server_info: Value::Null,

@@ -75,6 +75,7 @@ pub fn free_port() -> u16 {
 /// A test CA and a server certificate it signed for `turn.test` and 127.0.0.1.
 pub struct TestPki {
     pub ca: CertificateDer<'static>,
+    pub ca_pem: String,
     pub server_cert_pem: String,
     pub server_key_pem: String,
 }
@@ -97,6 +98,7 @@ pub fn test_pki(ca_name: &str) -> TestPki {
     let server = server_params.signed_by(&server_key, &issuer).unwrap();
     TestPki {
         ca: ca.der().clone(),
+        ca_pem: ca.pem(),
         server_cert_pem: server.pem(),
         server_key_pem: server_key.serialize_pem(),
     }
