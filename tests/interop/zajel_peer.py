@@ -263,6 +263,8 @@ class Peer:
             log.info("ignoring %s while waiting for %s", kind, what)
 
     async def on_call_ice(self, payload: dict) -> None:
+        log.info("call_ice for %s (call %s, remote description %s)", payload.get("callId"),
+                 self.call_id, "set" if self.remote_set.is_set() else "not set")
         if payload.get("callId") != self.call_id or self.call_id is None:
             if self.call_id is None:
                 self.pending_ice.append(payload)  # arrived before the offer was handled
@@ -287,7 +289,8 @@ class Peer:
                 candidate.sdpMLineIndex = 0
             await self.pc.addIceCandidate(candidate)
             self.ice_received += 1
-        except (KeyError, ValueError, TypeError, IndexError) as error:
+            log.info("added remote candidate %s", text)
+        except Exception as error:  # noqa: BLE001 - counted and reported, the call goes on
             self.ice_refused += 1
             log.warning("refused a call_ice candidate: %s (%r)", error, payload)
 
