@@ -215,7 +215,11 @@ class Peer:
         await self.ws.send(json.dumps(message, separators=(",", ":")))
 
     async def send_call(self, kind: str, payload: dict) -> None:
-        await self.send({"type": kind, "target": self.peer_code, "payload": payload})
+        if self.args.flat:
+            # Zajel's web client form: the call fields at the top level, targetId.
+            await self.send({"type": kind, "targetId": self.peer_code, **payload})
+        else:
+            await self.send({"type": kind, "target": self.peer_code, "payload": payload})
 
     async def reader(self) -> None:
         async for text in self.ws:
@@ -540,6 +544,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--tone-timeout", type=float, default=15.0, help="waiting for the tone (s)")
     parser.add_argument("--hold", type=float, default=1.5, help="caller: talk this long after hearing the tone (s)")
     parser.add_argument("--hangup-timeout", type=float, default=15.0, help="callee: wait for the hangup (s)")
+    parser.add_argument("--flat", action="store_true",
+                        help="send call messages in the web client's flat form (targetId, no payload)")
     parser.add_argument("--verbose", action="store_true", help="aiortc debug logs on stderr")
     args = parser.parse_args(argv)
     if not args.server.startswith(("ws://", "wss://")):

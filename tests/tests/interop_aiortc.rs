@@ -455,3 +455,47 @@ async fn aiortc_calls_call_probe_relay_only_through_turn() {
     );
     world.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flat_form_aiortc_client_calls_the_call_probe_engine() {
+    // Zajel's web client sends call messages flat (targetId, call fields at the top level);
+    // relay-lite delivers them with the envelope, so call-probe answers such a client too.
+    let relay = relay();
+    let probe = ProbePeer::connect(&relay.url(), step())
+        .await
+        .expect("call-probe registers");
+    let mut call = AiortcOptions::new(
+        AiortcRole::Call {
+            peer: probe.code().to_string(),
+        },
+        &relay.url(),
+    );
+    call.tone_hz = 520.0;
+    call.expect_hz = Some(440.0);
+    call.step_timeout = step();
+    call.flat = true;
+    let caller = AiortcPeer::spawn(&call).expect("spawn aiortc caller");
+    let config = CallConfig {
+        tone_hz: 440.0,
+        ..CallConfig::loopback()
+    };
+    let probe_run = tokio::spawn(probe.run(
+        ProbeRole::Answer,
+        config,
+        Duration::from_millis(1500),
+        step(),
+    ));
+    let (result, caller) = aiortc_result(caller).await;
+    let outcome = probe_run
+        .await
+        .expect("join")
+        .unwrap_or_else(|error| panic!("call-probe side: {error}\naiortc: {}", caller.output()));
+    assert_aiortc_heard(&result, 440.0, &caller.output());
+    assert_probe_heard(&outcome.report, 520.0);
+    assert_eq!(result["call_id"], outcome.report.call_id.as_str());
+    assert!(
+        matches!(outcome.report.end, EndReason::HangupRemote),
+        "{:?}",
+        outcome.report.end
+    );
+}
