@@ -15,6 +15,7 @@
 //! peers through `call_probe::answer`/`call_probe::probe_call` (what `call-probe
 //! answer`/`call` run), the aiortc peers as child processes.
 //!
+//! A call counts only when audio flowed both ways (each side heard the other's tone).
 //! Every milestone is in ms since the caller asked to pair (call-probe: registered and
 //! signaling ready, then `pair_request`; aiortc: `pair_request` sent): pair matched,
 //! ICE connected, DTLS connected (the peer connection `connected`), and first RTP
@@ -22,7 +23,7 @@
 
 use std::time::Duration;
 
-use call_probe::answer::{AnswerOptions, Answerer};
+use call_probe::answer::{AnswerOptions, AnsweredCall, Answerer};
 use call_probe::client::TurnTransport;
 use call_probe::probe_call::{run_call, CallOptions};
 use call_probe::world::LocalWorld;
@@ -103,10 +104,17 @@ fn probe_to_probe(rt: &Runtime, relay: &Url, relay_only: bool) -> Result<Sample,
         call.duration = Duration::from_millis(500);
         call.step_timeout = STEP;
         let report = run_call(&call).await;
-        let _ = tokio::time::timeout(STEP, serving).await;
         if let Some(error) = report.error {
             return Err(error);
         }
+        if !report.media_both_ways {
+            return Err("audio did not flow both ways".into());
+        }
+        let answered = tokio::time::timeout(STEP, serving)
+            .await
+            .map_err(|_| "the answerer did not finish".to_string())?
+            .map_err(|e| e.to_string())??;
+        answerer_heard(&answered)?;
         if relay_only {
             // Relay-only must mean it: the caller's selected local candidate is a TURN relay one.
             let kind = report
@@ -128,6 +136,15 @@ fn probe_to_probe(rt: &Runtime, relay: &Url, relay_only: bool) -> Result<Sample,
             first_rtp: since(m.first_rtp_ms),
         })
     })
+}
+
+/// The call-probe answerer's one call heard the caller's tone.
+fn answerer_heard(calls: &[AnsweredCall]) -> Result<(), String> {
+    match calls {
+        [call] if call.report.tone.detected.is_some() => Ok(()),
+        [_] => Err("the call-probe answerer heard no tone".into()),
+        _ => Err(format!("the answerer took {} calls", calls.len())),
+    }
 }
 
 fn aiortc_sample(result: &serde_json::Value) -> Sample {
@@ -160,7 +177,10 @@ fn aiortc_to_aiortc(relay: &Url) -> Result<Sample, String> {
     let mut callee = AiortcPeer::spawn(&answer)?;
     let code = callee.registered(STEP)?;
     let result = aiortc_caller(relay, code)?;
-    callee.result(STEP)?;
+    let heard = callee.result(STEP)?;
+    if heard["ok"] != true {
+        return Err(format!("aiortc callee: {heard}"));
+    }
     Ok(aiortc_sample(&result))
 }
 
@@ -177,9 +197,13 @@ fn aiortc_to_probe(rt: &Runtime, relay: &Url) -> Result<Sample, String> {
         Ok::<_, String>((code, tokio::spawn(answerer.serve(|_| {}))))
     })?;
     let result = aiortc_caller(relay, code.to_string())?;
-    rt.block_on(async {
-        let _ = tokio::time::timeout(STEP, serving).await;
-    });
+    let answered = rt.block_on(async {
+        tokio::time::timeout(STEP, serving)
+            .await
+            .map_err(|_| "the answerer did not finish".to_string())?
+            .map_err(|e| e.to_string())?
+    })?;
+    answerer_heard(&answered)?;
     Ok(aiortc_sample(&result))
 }
 

@@ -215,7 +215,11 @@ class Peer:
         await self.ws.send(json.dumps(message, separators=(",", ":")))
 
     async def send_call(self, kind: str, payload: dict) -> None:
-        await self.send({"type": kind, "target": self.peer_code, "payload": payload})
+        if self.args.flat:
+            # Zajel's web client form: the call fields at the top level, targetId.
+            await self.send({"type": kind, "targetId": self.peer_code, **payload})
+        else:
+            await self.send({"type": kind, "target": self.peer_code, "payload": payload})
 
     async def reader(self) -> None:
         async for text in self.ws:
@@ -263,6 +267,8 @@ class Peer:
             log.info("ignoring %s while waiting for %s", kind, what)
 
     async def on_call_ice(self, payload: dict) -> None:
+        log.info("call_ice for %s (call %s, remote description %s)", payload.get("callId"),
+                 self.call_id, "set" if self.remote_set.is_set() else "not set")
         if payload.get("callId") != self.call_id or self.call_id is None:
             if self.call_id is None:
                 self.pending_ice.append(payload)  # arrived before the offer was handled
@@ -287,7 +293,8 @@ class Peer:
                 candidate.sdpMLineIndex = 0
             await self.pc.addIceCandidate(candidate)
             self.ice_received += 1
-        except (KeyError, ValueError, TypeError, IndexError) as error:
+            log.info("added remote candidate %s", text)
+        except Exception as error:  # noqa: BLE001 - counted and reported, the call goes on
             self.ice_refused += 1
             log.warning("refused a call_ice candidate: %s (%r)", error, payload)
 
@@ -537,6 +544,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--tone-timeout", type=float, default=15.0, help="waiting for the tone (s)")
     parser.add_argument("--hold", type=float, default=1.5, help="caller: talk this long after hearing the tone (s)")
     parser.add_argument("--hangup-timeout", type=float, default=15.0, help="callee: wait for the hangup (s)")
+    parser.add_argument("--flat", action="store_true",
+                        help="send call messages in the web client's flat form (targetId, no payload)")
     parser.add_argument("--verbose", action="store_true", help="aiortc debug logs on stderr")
     args = parser.parse_args(argv)
     if not args.server.startswith(("ws://", "wss://")):

@@ -90,6 +90,8 @@ pub struct AiortcOptions {
     pub hold: Duration,
     /// Each wait of the peer (pairing, ringing, tone, hangup).
     pub step_timeout: Duration,
+    /// Send call messages in Zajel's web client form (`targetId`, fields at the top level).
+    pub flat: bool,
 }
 
 impl AiortcOptions {
@@ -102,6 +104,7 @@ impl AiortcOptions {
             expect_hz: None,
             hold: Duration::from_millis(1500),
             step_timeout: Duration::from_secs(15),
+            flat: false,
         }
     }
 }
@@ -130,6 +133,9 @@ impl AiortcPeer {
             .args(["--hangup-timeout", &step]);
         if let Some(code) = &options.code {
             command.args(["--code", code]);
+        }
+        if options.flat {
+            command.arg("--flat");
         }
         if let Some(hz) = options.expect_hz {
             command.args(["--expect-hz", &hz.to_string()]);
