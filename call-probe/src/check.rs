@@ -138,7 +138,7 @@ fn ms(d: Duration) -> f64 {
 
 /// Runs the whole check.
 pub async fn run_check(options: &CheckOptions) -> Result<CheckReport, String> {
-    crate::ensure_crypto_provider();
+    relay_lite::tls::install_crypto_provider();
     let start = Instant::now();
     let choice = ServerChoice::discover(options.discovery.clone()).await?;
     let finish =

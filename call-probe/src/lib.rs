@@ -37,13 +37,3 @@ pub mod world;
 pub use call::{CallEngine, CallEvent, EngineError};
 pub use config::{AnswerPolicy, CallConfig, CallTimeouts, IceServer};
 pub use report::{CallReport, EndReason, Role};
-
-/// Makes ring the process's default rustls provider unless one is installed already. Both
-/// providers are compiled into builds that include reqwest (aws-lc-rs), and then rustls cannot
-/// pick one by itself (webrtc-rs's DTLS asks for the default); the engine, the session and the
-/// demo world call this first.
-pub fn ensure_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
-}

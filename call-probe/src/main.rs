@@ -71,7 +71,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    call_probe::ensure_crypto_provider();
+    relay_lite::tls::install_crypto_provider();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

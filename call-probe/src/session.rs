@@ -127,7 +127,7 @@ impl SignalingSession {
         trust: &TrustAnchors,
         step_timeout: Duration,
     ) -> Result<Self, SessionError> {
-        crate::ensure_crypto_provider();
+        relay_lite::tls::install_crypto_provider();
         let secure = match url.scheme() {
             "wss" => true,
             "ws" => false,

@@ -167,7 +167,7 @@ impl LocalWorld {
     /// Starts every part on 127.0.0.1 (free ports) and waits until the relay is registered
     /// and its record published.
     pub async fn start_with(options: WorldOptions) -> Result<Self, String> {
-        crate::ensure_crypto_provider();
+        relay_lite::tls::install_crypto_provider();
         let mut timings = WorldTimings::default();
         let ca = DemoCa::new()?;
 
