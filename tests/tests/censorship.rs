@@ -697,7 +697,26 @@ fn poisoned_answers(kind: Client) -> Result<Vec<Row>, String> {
     Ok(vec![row("7 poisoned registry + DoH", &result, started)])
 }
 
+/// The degraded path gets a second attempt, reported in the matrix: about
+/// one run in a dozen, the call connects (ICE and DTLS) but no RTP ever
+/// arrives — the drop pattern seems to take a packet webrtc-rs's DTLS-SRTP
+/// start does not recover from (not yet understood; see tests/README.md).
 fn degraded_path(kind: Client) -> Result<Vec<Row>, String> {
+    match degraded_path_once(kind) {
+        Ok(rows) => Ok(rows),
+        Err(first) => {
+            let reason = first.lines().next().unwrap_or("").to_string();
+            eprintln!("degraded_path: attempt 1 failed, trying once more:\n{first}");
+            let mut rows = degraded_path_once(kind)?;
+            for row in &mut rows {
+                row.result = format!("{} (attempt 2; attempt 1: {reason})", row.result);
+            }
+            Ok(rows)
+        }
+    }
+}
+
+fn degraded_path_once(kind: Client) -> Result<Vec<Row>, String> {
     let started = Instant::now();
     let world = standard_world(kind)?;
     // 150 ms each way and every 20th packet dropped (5 %), deterministic.
