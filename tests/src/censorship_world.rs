@@ -33,13 +33,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use zajel_wire::entry::RegisterRequest;
 use zajel_wire::keys;
 
 use crate::netns::{internet_host, Namespace, Topology};
 use crate::process::ChildProcess;
 use crate::registry_host::{binary, random_key};
+use crate::test_ca::TestCa;
+use crate::unbound_doh::UnboundDoh;
 
 /// The zone whose `_zajel` records the DoH resolver serves.
 pub const DOMAIN: &str = "zajel.test";
@@ -73,49 +74,6 @@ pub fn relay_b_address() -> Ipv4Addr {
 }
 /// Hosts the topology needs for all of the above.
 pub const HOSTS: u8 = 7;
-
-/// A CA and one server certificate for every internet address and the DoH name.
-pub struct Pki {
-    pub ca_file: PathBuf,
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-}
-
-impl Pki {
-    pub fn new(dir: &Path) -> Result<Self, String> {
-        let ca_key = KeyPair::generate().map_err(|e| e.to_string())?;
-        let mut ca_params =
-            CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "zajel censorship test CA");
-        let ca_cert = ca_params.self_signed(&ca_key).map_err(|e| e.to_string())?;
-        let issuer = Issuer::new(ca_params, &ca_key);
-        let mut names = vec![DOH_NAME.to_string(), "localhost".to_string()];
-        names.extend((0..HOSTS).map(|n| internet_host(n).to_string()));
-        let leaf_key = KeyPair::generate().map_err(|e| e.to_string())?;
-        let mut leaf_params = CertificateParams::new(names).map_err(|e| e.to_string())?;
-        leaf_params
-            .distinguished_name
-            .push(DnType::CommonName, DOH_NAME);
-        let leaf = leaf_params
-            .signed_by(&leaf_key, &issuer)
-            .map_err(|e| e.to_string())?;
-        let pki = Self {
-            ca_file: dir.join("ca.pem"),
-            cert_file: dir.join("server.pem"),
-            key_file: dir.join("server.key"),
-        };
-        let write = |path: &Path, text: String| {
-            std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
-        };
-        write(&pki.ca_file, ca_cert.pem())?;
-        write(&pki.cert_file, leaf.pem())?;
-        write(&pki.key_file, leaf_key.serialize_pem())?;
-        Ok(pki)
-    }
-}
 
 /// What a finished command printed.
 #[derive(Debug)]
@@ -305,7 +263,7 @@ pub fn relay_endpoint(address: Ipv4Addr) -> String {
 
 pub fn start_relay(
     namespace: &Namespace,
-    pki: &Pki,
+    pki: &TestCa,
     settings: &RelaySettings<'_>,
 ) -> Result<ChildProcess, String> {
     let mut command = tool(namespace, "relay-lite")?;
@@ -353,52 +311,11 @@ pub fn start_relay(
 /// DoH on `address:443` inside `namespace`.
 pub fn start_doh(
     namespace: &Namespace,
-    dir: &Path,
-    pki: &Pki,
+    pki: &TestCa,
     address: Ipv4Addr,
     records: &[String],
-) -> Result<ChildProcess, String> {
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let mut config = format!(
-        "server:\n\
-         \tinterface: {address}@443\n\
-         \thttps-port: 443\n\
-         \ttls-service-key: \"{key}\"\n\
-         \ttls-service-pem: \"{cert}\"\n\
-         \tdo-daemonize: no\n\
-         \tuse-syslog: no\n\
-         \tlogfile: \"\"\n\
-         \tverbosity: 1\n\
-         \tchroot: \"\"\n\
-         \tusername: \"\"\n\
-         \tdirectory: \"{dir}\"\n\
-         \tpidfile: \"{dir}/unbound.pid\"\n\
-         \tdo-ip6: no\n\
-         \tdo-udp: no\n\
-         \taccess-control: 0.0.0.0/0 allow\n\
-         \tmodule-config: \"iterator\"\n\
-         \tlocal-zone: \"{DOMAIN}.\" static\n",
-        key = pki.key_file.display(),
-        cert = pki.cert_file.display(),
-        dir = dir.display(),
-    );
-    for record in records {
-        if record.contains('\'') {
-            return Err(format!("record line has a single quote: {record}"));
-        }
-        config.push_str(&format!("\tlocal-data: '{record}'\n"));
-    }
-    config.push_str("remote-control:\n\tcontrol-enable: no\n");
-    let path = dir.join("unbound.conf");
-    std::fs::write(&path, &config).map_err(|e| e.to_string())?;
-    let mut command = namespace.command("unbound");
-    command.arg("-d").arg("-c").arg(&path);
-    let mut child = ChildProcess::spawn(&format!("unbound {address}"), command)
-        .map_err(|e| format!("{e} (apt-get install unbound)"))?;
-    child.wait_for(Duration::from_secs(20), |line| {
-        line.contains("start of service").then_some(())
-    })?;
-    Ok(child)
+) -> Result<UnboundDoh, String> {
+    UnboundDoh::start_at(pki, DOMAIN, records, address.into(), 443, Some(namespace))
 }
 
 /// `zajel-discover txt publish` run in `namespace` against `registry` with
@@ -440,10 +357,11 @@ pub struct World {
     pub answerer: Option<ChildProcess>,
     pub relays: Vec<(String, ChildProcess)>,
     pub extra: Vec<ChildProcess>,
-    pub doh: Option<ChildProcess>,
+    pub doh: Option<UnboundDoh>,
+    pub lying_doh: Option<UnboundDoh>,
     pub registry: Option<ChildProcess>,
     pub registry_key: SigningKey,
-    pub pki: Pki,
+    pub pki: TestCa,
     pub turn_secret_file: PathBuf,
     pub dir: tempfile::TempDir,
     pub topology: Topology,
@@ -454,7 +372,9 @@ impl World {
     pub fn new() -> Result<Self, String> {
         let topology = Topology::new(HOSTS)?;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let pki = Pki::new(dir.path())?;
+        let mut names = vec![DOH_NAME.to_string(), "localhost".to_string()];
+        names.extend((0..HOSTS).map(|n| internet_host(n).to_string()));
+        let pki = TestCa::for_names(&names);
         let registry_key = random_key();
         let turn_secret_file = dir.path().join("turn.secret");
         let mut secret = [0u8; 16];
@@ -466,6 +386,7 @@ impl World {
             relays: Vec::new(),
             extra: Vec::new(),
             doh: None,
+            lying_doh: None,
             registry: None,
             registry_key,
             pki,
@@ -533,7 +454,6 @@ impl World {
         let records = publish_records(&self.topology.internet, &Self::registry_url(), &key_file)?;
         self.doh = Some(start_doh(
             &self.topology.internet,
-            &self.dir.path().join("doh"),
             &self.pki,
             doh_address(),
             &records,
@@ -557,14 +477,12 @@ impl World {
         let url = format!("http://{}:{REGISTRY_PORT}", fake_registry_address());
         register_endpoint(&self.topology.internet, &url, endpoint)?;
         let records = publish_records(&self.topology.internet, &url, &dir.join("registry.seed"))?;
-        let doh = start_doh(
+        self.lying_doh = Some(start_doh(
             &self.topology.internet,
-            &self.dir.path().join("lying-doh"),
             &self.pki,
             lying_doh_address(),
             &records,
-        )?;
-        self.extra.push(doh);
+        )?);
         Ok(())
     }
 

@@ -23,6 +23,12 @@ pub struct TestCa {
 impl TestCa {
     /// A new CA and a server certificate for `localhost` and `127.0.0.1`.
     pub fn new() -> Self {
+        Self::for_names(&["localhost".to_string(), "127.0.0.1".to_string()])
+    }
+
+    /// A new CA and a server certificate for `names` (DNS names or IP
+    /// addresses; the first is also the common name).
+    pub fn for_names(names: &[String]) -> Self {
         let ca_key = KeyPair::generate().expect("CA key");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -32,12 +38,10 @@ impl TestCa {
         let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
         let issuer = Issuer::new(ca_params, &ca_key);
         let leaf_key = KeyPair::generate().expect("server key");
-        let mut leaf_params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-                .expect("server params");
+        let mut leaf_params = CertificateParams::new(names.to_vec()).expect("server params");
         leaf_params
             .distinguished_name
-            .push(DnType::CommonName, "localhost");
+            .push(DnType::CommonName, names.first().map_or("localhost", |n| n));
         let leaf = leaf_params
             .signed_by(&leaf_key, &issuer)
             .expect("server certificate");
