@@ -119,18 +119,8 @@ impl ServerChoice {
         let mut out = String::new();
         if let Some(report) = &self.discovery {
             for layer in &report.layers {
-                out.push_str(&format!(
-                    "{:<20}{:<16}{} candidate(s) in {:.1} ms{}\n",
-                    layer.layer.as_str(),
-                    layer.outcome.as_str(),
-                    layer.candidates,
-                    layer.finished_ms - layer.started_ms,
-                    if layer.detail.is_empty() {
-                        String::new()
-                    } else {
-                        format!("  ({})", layer.detail)
-                    }
-                ));
+                out.push_str(&layer.table_row());
+                out.push('\n');
             }
         }
         out.push_str(&format!(

@@ -94,18 +94,8 @@ impl DemoReport {
         ));
         out.push_str("== discovery ==\n");
         for layer in &self.discovery.layers {
-            out.push_str(&format!(
-                "{:<20}{:<16}{} candidate(s) in {:.1} ms{}\n",
-                layer.layer.as_str(),
-                layer.outcome.as_str(),
-                layer.candidates,
-                layer.finished_ms - layer.started_ms,
-                if layer.detail.is_empty() {
-                    String::new()
-                } else {
-                    format!("  ({})", layer.detail)
-                }
-            ));
+            out.push_str(&layer.table_row());
+            out.push('\n');
         }
         out.push_str(&format!(
             "verdict             {:?}, first verified server after {}\n",

@@ -174,6 +174,25 @@ pub struct LayerReport {
     pub finished_ms: f64,
 }
 
+impl LayerReport {
+    /// One line for a text table: layer, outcome, candidates, time and the
+    /// reason when there is one.
+    pub fn table_row(&self) -> String {
+        let detail = if self.detail.is_empty() {
+            String::new()
+        } else {
+            format!("  ({})", self.detail)
+        };
+        format!(
+            "{:<20}{:<16}{} candidate(s) in {:.1} ms{detail}",
+            self.layer.as_str(),
+            self.outcome.as_str(),
+            self.candidates,
+            self.finished_ms - self.started_ms,
+        )
+    }
+}
+
 /// One candidate server: where it came from and whether it answered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CandidateReport {
