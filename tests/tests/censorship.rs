@@ -406,6 +406,46 @@ fn standard_world(kind: Client) -> Result<World, String> {
 
 // ---- the scenarios -------------------------------------------------------
 
+/// `call-probe check --json` in the client namespace: its exit code and
+/// which call paths it found (`direct_udp`, `turn_udp`, `turn_tcp`, `turn_tls`).
+fn run_check(world: &World) -> Result<(Option<i32>, Value), String> {
+    let mut command = tool(&world.topology.client, "call-probe")?;
+    command
+        .arg("check")
+        .args(world.discovery_flags(None))
+        .args(["--layer-timeout-ms", LAYER_TIMEOUT_MS])
+        .args(["--step-timeout", "2", "--json"]);
+    let finished = run_to_end(command, Duration::from_secs(60))?;
+    let json: Value = serde_json::from_str(&finished.stdout).map_err(|e| {
+        format!(
+            "check output is not JSON ({e}):\nstdout:\n{}\nstderr:\n{}",
+            finished.stdout, finished.stderr
+        )
+    })?;
+    Ok((finished.code, json))
+}
+
+/// Asserts the paths `call-probe check` found, by name.
+fn expect_paths(
+    world: &World,
+    (code, report): &(Option<i32>, Value),
+    expected: &[(&str, bool)],
+) -> Result<(), String> {
+    let wrong: Vec<String> = expected
+        .iter()
+        .filter(|(path, exists)| report["paths"][*path].as_bool() != Some(*exists))
+        .map(|(path, exists)| format!("{path} should be {exists}"))
+        .collect();
+    if *code == Some(0) && wrong.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "call-probe check: exit {code:?}, {}\nreport:\n{report:#}\n{}",
+        wrong.join(", "),
+        world.outputs()
+    ))
+}
+
 fn open_network(kind: Client) -> Result<Vec<Row>, String> {
     let started = Instant::now();
     let world = standard_world(kind)?;
@@ -429,6 +469,13 @@ fn open_network(kind: Client) -> Result<Vec<Row>, String> {
             "media should flow directly over UDP",
             &result,
             &world,
+        )?;
+        // From the same network, `check` finds every path.
+        let check = run_check(&world)?;
+        expect_paths(
+            &world,
+            &check,
+            &[("direct_udp", true), ("turn_udp", true), ("turn_tcp", true)],
         )?;
     }
     Ok(vec![row("1 open network", &result, started)])
@@ -587,6 +634,17 @@ fn udp_blocked(kind: Client) -> Result<Vec<Row>, String> {
             "media should go through TURN over TCP",
             &result,
             &world,
+        )?;
+        // `check` says the same without a peer: no UDP path, TURN over TCP.
+        let check = run_check(&world)?;
+        expect_paths(
+            &world,
+            &check,
+            &[
+                ("direct_udp", false),
+                ("turn_udp", false),
+                ("turn_tcp", true),
+            ],
         )?;
     }
     Ok(vec![row("5 all UDP blocked", &result, started)])
