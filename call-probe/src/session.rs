@@ -296,24 +296,7 @@ impl SignalingSession {
             "iceServers": true,
         });
         self.send_text(frame.to_string()).await?;
-        let wanted = code.as_str().to_string();
-        let server_id = self
-            .recv_until(
-                limit,
-                "registration",
-                |message| match message {
-                    ServerMessage::Registered {
-                        pairing_code,
-                        server_id,
-                    } if *pairing_code == wanted => Some(Ok(server_id.clone())),
-                    ServerMessage::CodeCollision { message } => {
-                        Some(Err(SessionError::Refused(message.clone())))
-                    }
-                    _ => None,
-                },
-                |_| {},
-            )
-            .await??;
+        let server_id = self.registered(code, limit).await?;
         self.send(ClientMessage::Ping).await?;
         let mut servers = Vec::new();
         self.recv_until(
@@ -372,6 +355,15 @@ impl SignalingSession {
             public_key: public_key.to_string(),
         })
         .await?;
+        self.registered(code, limit).await
+    }
+
+    /// Waits for `registered` for `code` (its `serverId`), or a `code_collision`.
+    async fn registered(
+        &mut self,
+        code: PairingCode,
+        limit: Duration,
+    ) -> Result<String, SessionError> {
         let wanted = code.as_str().to_string();
         self.recv_until(
             limit,
