@@ -1,7 +1,7 @@
 //! A complete Zajel world in this process, on 127.0.0.1 only, for `call-probe demo` (and
 //! tests): a throwaway CA (rcgen), the native registry (bootstrap-worker, in-memory store,
-//! fresh signing key), relay-lite registered with it, relay-lite's embedded TURN server (UDP,
-//! TCP and TLS) whose credentials the relay hands out, the registry's list signed as `_zajel`
+//! fresh signing key), relay-lite registered with it, running its embedded TURN server (UDP,
+//! TCP and TLS) whose URLs and credentials it hands out, the registry's list signed as `_zajel`
 //! TXT records (discovery-client's publisher) and served by an in-process DoH server
 //! (hickory). [`LocalWorld::discovery_config`] is a discovery configuration that finds the
 //! relay through the registry and DoH layers.
@@ -18,8 +18,8 @@ use discovery_client::doh_server::InProcessDoh;
 use discovery_client::publish::{self, PublishRequest};
 use ed25519_dalek::SigningKey;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use relay_lite::turn::{TurnConfig, TurnServer, TurnTls};
-use relay_lite::{IceConfig, MembershipConfig, Relay, RelayConfig, RunningRelay};
+use relay_lite::turn::{TurnConfig, TurnTls};
+use relay_lite::{MembershipConfig, Relay, RelayConfig, RunningRelay};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use url::Url;
 
@@ -96,7 +96,6 @@ impl DemoCa {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct WorldTimings {
     pub registry_ms: f64,
-    pub turn_ms: f64,
     pub relay_ms: f64,
     pub relay_registered_ms: f64,
     pub published_ms: f64,
@@ -122,8 +121,8 @@ pub struct LocalWorld {
     pub ca: DemoCa,
     pub registry_key: SigningKey,
     pub registry_url: Url,
+    /// relay-lite, with its embedded TURN server (`relay.turn()`).
     pub relay: RunningRelay,
-    pub turn: TurnServer,
     pub doh: InProcessDoh,
     pub addresses: WorldAddresses,
     pub timings: WorldTimings,
@@ -200,33 +199,14 @@ impl LocalWorld {
             Url::parse(&format!("http://{registry_addr}")).map_err(|e| e.to_string())?;
         timings.registry_ms = ms(started);
 
-        let started = Instant::now();
         let mut secret = vec![0u8; 32];
         getrandom::fill(&mut secret).map_err(|e| format!("no randomness: {e}"))?;
-        let mut turn_config = TurnConfig::new(secret.clone());
+        let mut turn_config = TurnConfig::new(secret);
         let loopback_any: SocketAddr = "127.0.0.1:0".parse().map_err(|_| "address")?;
         turn_config.listen_udp = Some(loopback_any);
         turn_config.listen_tcp = Some(loopback_any);
         turn_config.listen_tls = Some(loopback_any);
         turn_config.tls = Some(ca.turn_tls()?);
-        let turn = TurnServer::start(turn_config)
-            .await
-            .map_err(|e| format!("TURN server: {e}"))?;
-        timings.turn_ms = ms(started);
-        let (turn_udp, turn_tcp, turn_tls) = (turn.udp_addr(), turn.tcp_addr(), turn.tls_addr());
-        let mut turn_urls = Vec::new();
-        if let Some(a) = turn_udp {
-            turn_urls.push(format!("turn:{a}?transport=udp"));
-        }
-        if let Some(a) = turn_tcp {
-            turn_urls.push(format!("turn:{a}?transport=tcp"));
-        }
-        if let Some(a) = turn_tls {
-            turn_urls.push(format!("turns:localhost:{}?transport=tcp", a.port()));
-        }
-        let stun_urls = turn_udp
-            .map(|a| vec![format!("stun:{a}")])
-            .unwrap_or_default();
 
         let pem_dir = if options.relay_tls {
             let mut tag = [0u8; 8];
@@ -257,17 +237,18 @@ impl LocalWorld {
                 retry_max: Duration::from_millis(500),
                 ..MembershipConfig::default()
             },
-            ice: Some(IceConfig {
-                turn_urls,
-                stun_urls,
-                secret,
-                ttl: Duration::from_secs(3600),
-            }),
+            // relay-lite starts its embedded TURN server and hands out its listeners' URLs
+            // (turn: over UDP and TCP, turns: over TLS) with fresh credentials.
+            turn: Some(turn_config),
             ..RelayConfig::default()
         })
         .await
         .map_err(|e| format!("relay-lite: {e}"))?;
         timings.relay_ms = ms(started);
+        let turn = relay
+            .turn()
+            .ok_or("relay-lite did not start its TURN server")?;
+        let (turn_udp, turn_tcp, turn_tls) = (turn.udp_addr(), turn.tcp_addr(), turn.tls_addr());
 
         // The relay registers in the background; its metrics say when it has.
         let started = Instant::now();
@@ -318,7 +299,6 @@ impl LocalWorld {
             registry_key,
             registry_url,
             relay,
-            turn,
             doh,
             addresses,
             timings,
@@ -352,12 +332,11 @@ impl LocalWorld {
         })
     }
 
-    /// Stops the relay (signed unregister), the TURN server, the DoH server and the registry.
+    /// Stops the relay (signed unregister) with its TURN server, the DoH server and the registry.
     pub async fn stop(mut self) {
         // (Dropping the world also stops the registry: its stop channel closes.)
         let _pem_dir = self.pem_dir.take();
         self.relay.shutdown().await;
-        self.turn.close().await;
         if let Some(stop) = self.registry_stop.take() {
             let _ = stop.send(());
         }

@@ -248,11 +248,14 @@ async fn call_and_answer_clis_talk_through_the_relay() {
         "1",
         "--tone-hz",
         "880",
+        "--video",
     ];
     let (status, stdout, stderr) = run(&args).await;
     assert_eq!(status, 0, "{stderr}\n{stdout}");
     let out = json(&stdout);
     assert_eq!(out["server"]["how"], "share_link");
+    assert_eq!(out["call"]["call"]["with_video"], true);
+    assert_eq!(out["call"]["call"]["video_negotiated"], true);
     // The caller hears its own tone echoed back.
     assert_media_both_ways(&out["call"], 880.0);
 }
@@ -288,7 +291,15 @@ async fn relay_only_calls_go_through_turn_over_udp_tcp_and_tls() {
             "{transport}: {ice}"
         );
     }
-    assert!(world.turn.stats().total_allocations >= 3);
+    assert!(
+        world
+            .relay
+            .turn()
+            .expect("embedded TURN")
+            .stats()
+            .total_allocations
+            >= 3
+    );
     let _ = std::fs::remove_file(ca_file);
 }
 
