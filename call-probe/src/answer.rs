@@ -93,11 +93,7 @@ impl Answerer {
         .map_err(|e| format!("signaling: {e}"))?;
         let (ice_servers, bridge) = client::engine_ice_servers(
             &registered.ice_servers,
-            if options.relay_only {
-                options.turn_transport
-            } else {
-                TurnTransport::Udp
-            },
+            client::media_transport(options.relay_only, options.turn_transport),
             options.with_stun && !options.loopback,
             &options.extra_roots,
         )

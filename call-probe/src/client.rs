@@ -155,6 +155,16 @@ pub fn describe_ice_servers(servers: &[WireIceServer]) -> Vec<String> {
         .collect()
 }
 
+/// The TURN transport a call uses: the one asked for when the call is
+/// relay-only, else TURN over UDP (the bridge for TCP/TLS runs only then).
+pub fn media_transport(relay_only: bool, requested: TurnTransport) -> TurnTransport {
+    if relay_only {
+        requested
+    } else {
+        TurnTransport::Udp
+    }
+}
+
 /// The engine's ICE servers for calls through `transport`, and the bridge that carries TURN
 /// over TCP/TLS (keep it alive for the call). `with_stun` keeps `stun:` URLs (srflx
 /// candidates; the engine then leaves its own tapped socket, see the README).

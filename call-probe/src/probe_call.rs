@@ -230,11 +230,7 @@ async fn call_steps(
 
     let (ice_servers, _bridge) = client::engine_ice_servers(
         &registered.ice_servers,
-        if options.relay_only {
-            options.turn_transport
-        } else {
-            TurnTransport::Udp
-        },
+        client::media_transport(options.relay_only, options.turn_transport),
         options.with_stun && !options.loopback,
         &options.extra_roots,
     )

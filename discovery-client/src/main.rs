@@ -111,6 +111,22 @@ impl StoreArgs {
                     .to_string()
             })
     }
+
+    /// The store at [`Self::path`].
+    fn open(&self) -> Result<Store, String> {
+        Ok(Store::new(self.path()?))
+    }
+
+    /// The store and what it holds now, with its warnings (a file moved
+    /// aside, say) printed to stderr.
+    fn load(&self) -> Result<(Store, store::StoreData), String> {
+        let store = self.open()?;
+        let (data, warnings) = store.load(discovery_client::now_ms());
+        for warning in warnings {
+            eprintln!("warning: {warning}");
+        }
+        Ok((store, data))
+    }
 }
 
 #[derive(Args)]
@@ -597,11 +613,7 @@ fn qr_decode(args: QrDecodeArgs) -> Result<u8, String> {
 fn cache(command: CacheCommand) -> Result<u8, String> {
     match command {
         CacheCommand::List { store, json } => {
-            let store = Store::new(store.path()?);
-            let (data, warnings) = store.load(discovery_client::now_ms());
-            for warning in warnings {
-                eprintln!("warning: {warning}");
-            }
+            let (store, data) = store.load()?;
             if json {
                 println!(
                     "{}",
@@ -624,7 +636,7 @@ fn cache(command: CacheCommand) -> Result<u8, String> {
             }
         }
         CacheCommand::Clear { store } => {
-            let store = Store::new(store.path()?);
+            let store = store.open()?;
             store.update(discovery_client::now_ms(), |data| data.servers.clear())?;
             println!("cleared cached servers in {}", store.path().display());
         }
@@ -652,7 +664,7 @@ fn referral(command: ReferralCommand) -> Result<u8, String> {
             if link.servers.is_empty() {
                 return Err("the referral names no server".into());
             }
-            let store = Store::new(store.path()?);
+            let store = store.open()?;
             let now = discovery_client::now_ms();
             store.update(now, |data| {
                 for server in &link.servers {
@@ -666,11 +678,7 @@ fn referral(command: ReferralCommand) -> Result<u8, String> {
             );
         }
         ReferralCommand::List { store, json } => {
-            let store = Store::new(store.path()?);
-            let (data, warnings) = store.load(discovery_client::now_ms());
-            for warning in warnings {
-                eprintln!("warning: {warning}");
-            }
+            let (store, data) = store.load()?;
             if json {
                 println!(
                     "{}",
