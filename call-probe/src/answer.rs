@@ -11,7 +11,7 @@ use url::Url;
 use zajel_wire::pairing::PairingCode;
 
 use crate::call::CallEvent;
-use crate::client::{self, TurnTransport};
+use crate::client::{self, TurnBridges, TurnTransport};
 use crate::config::{AnswerPolicy, CallConfig, CallTimeouts};
 use crate::line::{LineEvent, PhoneLine};
 use crate::report::CallReport;
@@ -52,7 +52,7 @@ impl AnswerOptions {
             echo: false,
             tone_hz: 660.0,
             relay_only: false,
-            turn_transport: TurnTransport::Udp,
+            turn_transport: TurnTransport::Auto,
             loopback: false,
             with_stun: true,
             decline: false,
@@ -70,7 +70,7 @@ pub struct Answerer {
     pub share_uri: String,
     line: PhoneLine,
     options: AnswerOptions,
-    _bridge: Option<relay_lite::turn::StreamBridge>,
+    bridges: TurnBridges,
 }
 
 /// One answered (or declined) call.
@@ -78,6 +78,8 @@ pub struct Answerer {
 pub struct AnsweredCall {
     pub number: u32,
     pub report: CallReport,
+    /// How our media reached TURN, when ICE selected one of our relay candidates.
+    pub relayed_media: Option<TurnTransport>,
 }
 
 impl Answerer {
@@ -91,9 +93,9 @@ impl Answerer {
         )
         .await
         .map_err(|e| format!("signaling: {e}"))?;
-        let (ice_servers, bridge) = client::engine_ice_servers(
+        let (ice_servers, bridges) = client::engine_ice_servers(
             &registered.ice_servers,
-            client::media_transport(options.relay_only, options.turn_transport),
+            options.turn_transport,
             options.with_stun && !options.loopback,
             &options.extra_roots,
         )
@@ -129,7 +131,7 @@ impl Answerer {
             share_uri,
             line,
             options,
-            _bridge: bridge,
+            bridges,
         })
     }
 
@@ -158,7 +160,8 @@ impl Answerer {
                 ended = self.line.phone.ended(forever) => {
                     let report = ended?;
                     self.line.phone.clear_history();
-                    let call = AnsweredCall { number: calls.len() as u32 + 1, report };
+                    let relayed_media = self.bridges.relayed_media(&report);
+                    let call = AnsweredCall { number: calls.len() as u32 + 1, report, relayed_media };
                     on_call(&call);
                     calls.push(call);
                 }

@@ -344,6 +344,7 @@ impl Call {
                 packets_received: c.packets_received,
                 bytes_received: c.bytes_received,
                 packets_withheld: c.packets_withheld,
+                dtls_final_flight_resends: c.dtls_final_flight_resends,
             }
         });
         CallReport {
@@ -373,6 +374,7 @@ fn candidate_info(candidate: &RTCIceCandidate) -> CandidateInfo {
         protocol: candidate.protocol.to_string(),
         address: candidate.address.clone(),
         port: candidate.port,
+        related_port: (candidate.related_port != 0).then_some(candidate.related_port),
     }
 }
 

@@ -1,7 +1,8 @@
 //! What `call`, `answer` and `check` share: opening a registered session on a relay (with
 //! the relay's `ice_servers`), a random pairing code and X25519-shaped public key, turning the
 //! relay's ICE servers into the engine's (TURN over TCP/TLS through relay-lite's stream
-//! bridge), and descriptions of ICE servers without their credentials.
+//! bridges, and which of them a call's media took), and descriptions of ICE servers without
+//! their credentials.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use zajel_wire::pairing::{encode_x25519_public_key, PairingCode};
 use zajel_wire::signaling::IceServer as WireIceServer;
 
 use crate::config::IceServer;
+use crate::report::CallReport;
 use crate::session::{ConnectTimings, SessionError, SignalingSession, TrustAnchors};
 
 /// A random pairing code.
@@ -70,12 +72,16 @@ pub async fn connect_and_register(
     })
 }
 
-/// How media reaches the TURN server.
+/// How media may reach the TURN server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum TurnTransport {
-    /// `turn:…?transport=udp` as the relay hands it out.
+    /// Every transport the relay offers, at once: `turn:…?transport=udp` directly, TCP and
+    /// TLS through stream bridges. ICE keeps what works, so a network that blocks UDP falls
+    /// back to TURN over TCP or TLS by itself.
     #[default]
+    Auto,
+    /// `turn:…?transport=udp` as the relay hands it out.
     Udp,
     /// `turn:…?transport=tcp` through a stream bridge on 127.0.0.1.
     Tcp,
@@ -83,14 +89,23 @@ pub enum TurnTransport {
     Tls,
 }
 
+impl TurnTransport {
+    fn allows(self, wanted: TurnTransport) -> bool {
+        self == TurnTransport::Auto || self == wanted
+    }
+}
+
 impl std::str::FromStr for TurnTransport {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         match text {
+            "auto" => Ok(Self::Auto),
             "udp" => Ok(Self::Udp),
             "tcp" => Ok(Self::Tcp),
             "tls" => Ok(Self::Tls),
-            other => Err(format!("TURN transport {other:?} is not udp, tcp or tls")),
+            other => Err(format!(
+                "TURN transport {other:?} is not auto, udp, tcp or tls"
+            )),
         }
     }
 }
@@ -155,68 +170,119 @@ pub fn describe_ice_servers(servers: &[WireIceServer]) -> Vec<String> {
         .collect()
 }
 
-/// The TURN transport a call uses: the one asked for when the call is
-/// relay-only, else TURN over UDP (the bridge for TCP/TLS runs only then).
-pub fn media_transport(relay_only: bool, requested: TurnTransport) -> TurnTransport {
-    if relay_only {
-        requested
-    } else {
-        TurnTransport::Udp
+/// The stream bridges that carry a call's TURN traffic over TCP and TLS; keep them for as
+/// long as the call lasts.
+#[derive(Debug, Default)]
+pub struct TurnBridges {
+    pub tcp: Option<StreamBridge>,
+    pub tls: Option<StreamBridge>,
+}
+
+impl TurnBridges {
+    /// How the TURN client whose local UDP socket has port `port` reached its server: through
+    /// one of these bridges, or else directly over UDP.
+    pub fn transport_of(&self, port: u16) -> TurnTransport {
+        let carried = |bridge: &Option<StreamBridge>| {
+            bridge
+                .as_ref()
+                .is_some_and(|bridge| bridge.has_carried_for(port))
+        };
+        if carried(&self.tcp) {
+            TurnTransport::Tcp
+        } else if carried(&self.tls) {
+            TurnTransport::Tls
+        } else {
+            TurnTransport::Udp
+        }
+    }
+
+    /// How our media reached TURN in `call`, if ICE selected one of our relay candidates.
+    pub fn relayed_media(&self, call: &CallReport) -> Option<TurnTransport> {
+        let local = &call.ice.selected_pair.as_ref()?.local;
+        (local.kind == "relay").then(|| self.transport_of(local.related_port.unwrap_or(0)))
     }
 }
 
-/// The engine's ICE servers for calls through `transport`, and the bridge that carries TURN
-/// over TCP/TLS (keep it alive for the call). `with_stun` keeps `stun:` URLs (srflx
-/// candidates; the engine then leaves its own tapped socket, see the README).
+/// The engine's ICE servers for calls through `transport`, and the bridges that carry TURN
+/// over TCP/TLS. `with_stun` keeps `stun:` URLs (srflx candidates; the engine then leaves its
+/// own tapped socket, see the README). With [`TurnTransport::Auto`] a transport that cannot
+/// be set up (its host does not resolve) is left out with a warning; asked for by name, it is
+/// an error.
 pub async fn engine_ice_servers(
     servers: &[WireIceServer],
     transport: TurnTransport,
     with_stun: bool,
     extra_roots: &[rustls::pki_types::CertificateDer<'static>],
-) -> Result<(Vec<IceServer>, Option<StreamBridge>), String> {
+) -> Result<(Vec<IceServer>, TurnBridges), String> {
     let mut out = Vec::new();
-    let mut bridge = None;
+    let mut bridges = TurnBridges::default();
     for server in servers {
-        let username = server.username.clone().unwrap_or_default();
-        let credential = server.credential.clone().unwrap_or_default();
         let mut urls = Vec::new();
         for url in &server.urls {
             let Some((scheme, parsed)) = parse_ice_url(url) else {
                 continue;
             };
-            match (scheme.as_str(), transport) {
-                ("stun", _) if with_stun => urls.push(url.clone()),
-                ("turn", TurnTransport::Udp) if parsed.transport == "udp" => urls.push(url.clone()),
-                ("turn", TurnTransport::Tcp) if parsed.transport == "tcp" && bridge.is_none() => {
-                    let address = resolve(&parsed.host, parsed.port).await?;
-                    let started = StreamBridge::start(address, None)
-                        .await
-                        .map_err(|e| format!("TURN/TCP bridge: {e}"))?;
-                    urls.push(started.turn_url());
-                    bridge = Some(started);
+            let wanted = match (scheme.as_str(), parsed.transport.as_str()) {
+                ("stun", _) => {
+                    if with_stun {
+                        urls.push(url.clone());
+                    }
+                    continue;
                 }
-                ("turns", TurnTransport::Tls) if bridge.is_none() => {
-                    let address = resolve(&parsed.host, parsed.port).await?;
-                    let tls = BridgeTls::new(&parsed.host, root_store(extra_roots)?)
-                        .map_err(|e| format!("TURN/TLS bridge: {e}"))?;
-                    let started = StreamBridge::start(address, Some(tls))
-                        .await
-                        .map_err(|e| format!("TURN/TLS bridge: {e}"))?;
-                    urls.push(started.turn_url());
-                    bridge = Some(started);
+                ("turn", "udp") => TurnTransport::Udp,
+                ("turn", "tcp") if bridges.tcp.is_none() => TurnTransport::Tcp,
+                ("turns", _) if bridges.tls.is_none() => TurnTransport::Tls,
+                _ => continue,
+            };
+            if !transport.allows(wanted) {
+                continue;
+            }
+            if wanted == TurnTransport::Udp {
+                urls.push(url.clone());
+                continue;
+            }
+            match start_bridge(&parsed, wanted, extra_roots).await {
+                Ok(bridge) => {
+                    urls.push(bridge.turn_url());
+                    match wanted {
+                        TurnTransport::Tcp => bridges.tcp = Some(bridge),
+                        _ => bridges.tls = Some(bridge),
+                    }
                 }
-                _ => {}
+                Err(error) if transport == TurnTransport::Auto => {
+                    tracing::warn!("leaving out {url}: {error}");
+                }
+                Err(error) => return Err(error),
             }
         }
         if !urls.is_empty() {
             out.push(IceServer {
                 urls,
-                username: username.clone(),
-                credential: credential.clone(),
+                username: server.username.clone().unwrap_or_default(),
+                credential: server.credential.clone().unwrap_or_default(),
             });
         }
     }
-    Ok((out, bridge))
+    Ok((out, bridges))
+}
+
+/// A stream bridge to the TURN server of `url` (TCP, or TLS for `Tls`).
+async fn start_bridge(
+    url: &TurnUrl,
+    transport: TurnTransport,
+    extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+) -> Result<StreamBridge, String> {
+    let address = resolve(&url.host, url.port).await?;
+    let tls = match transport {
+        TurnTransport::Tls => Some(
+            BridgeTls::new(&url.host, root_store(extra_roots)?)
+                .map_err(|e| format!("TURN/TLS bridge: {e}"))?,
+        ),
+        _ => None,
+    };
+    StreamBridge::start(address, tls)
+        .await
+        .map_err(|e| format!("TURN/{transport:?} bridge: {e}"))
 }
 
 /// The web PKI roots plus `extra`.
@@ -268,5 +334,96 @@ mod tests {
         let (_, url) = parse_ice_url("stun:[::1]:3478").unwrap();
         assert_eq!((url.host.as_str(), url.port), ("::1", 3478));
         assert!(parse_ice_url("nonsense").is_none());
+    }
+
+    fn relay_servers() -> Vec<WireIceServer> {
+        vec![WireIceServer {
+            urls: vec![
+                "stun:127.0.0.1:3478".into(),
+                "turn:127.0.0.1:3478?transport=udp".into(),
+                "turn:127.0.0.1:3478?transport=tcp".into(),
+                "turns:localhost:5349?transport=tcp".into(),
+            ],
+            username: Some("1700000000:probe".into()),
+            credential: Some("secret".into()),
+        }]
+    }
+
+    #[tokio::test]
+    async fn auto_offers_every_turn_transport_at_once() {
+        let (servers, bridges) =
+            engine_ice_servers(&relay_servers(), TurnTransport::Auto, false, &[])
+                .await
+                .unwrap();
+        let urls = &servers[0].urls;
+        assert_eq!(urls.len(), 3, "{urls:?}");
+        assert_eq!(urls[0], "turn:127.0.0.1:3478?transport=udp");
+        let (tcp, tls) = (bridges.tcp.unwrap(), bridges.tls.unwrap());
+        assert!(urls.contains(&tcp.turn_url()) && urls.contains(&tls.turn_url()));
+        assert_eq!(servers[0].credential, "secret");
+        // Nothing has gone through either bridge yet.
+        let bridges = TurnBridges {
+            tcp: Some(tcp),
+            tls: Some(tls),
+        };
+        assert_eq!(bridges.transport_of(40000), TurnTransport::Udp);
+    }
+
+    #[tokio::test]
+    async fn a_named_transport_offers_only_that_one() {
+        for (transport, with_stun) in [
+            (TurnTransport::Udp, true),
+            (TurnTransport::Tcp, false),
+            (TurnTransport::Tls, false),
+        ] {
+            let (servers, bridges) =
+                engine_ice_servers(&relay_servers(), transport, with_stun, &[])
+                    .await
+                    .unwrap();
+            let urls = &servers[0].urls;
+            match transport {
+                TurnTransport::Udp => {
+                    assert_eq!(
+                        urls[..],
+                        ["stun:127.0.0.1:3478", "turn:127.0.0.1:3478?transport=udp"]
+                    );
+                    assert!(bridges.tcp.is_none() && bridges.tls.is_none());
+                }
+                TurnTransport::Tcp => {
+                    assert_eq!(urls[..], [bridges.tcp.as_ref().unwrap().turn_url()]);
+                    assert!(bridges.tls.is_none());
+                }
+                _ => {
+                    assert_eq!(urls[..], [bridges.tls.as_ref().unwrap().turn_url()]);
+                    assert!(bridges.tcp.is_none());
+                }
+            }
+        }
+        assert_eq!("auto".parse(), Ok(TurnTransport::Auto));
+        assert!("quic"
+            .parse::<TurnTransport>()
+            .unwrap_err()
+            .contains("auto, udp, tcp or tls"));
+    }
+
+    #[tokio::test]
+    async fn auto_leaves_out_a_transport_it_cannot_set_up_but_a_named_one_fails() {
+        let servers = vec![WireIceServer {
+            urls: vec![
+                "turn:127.0.0.1:3478?transport=udp".into(),
+                "turns::443?transport=tcp".into(),
+            ],
+            username: None,
+            credential: None,
+        }];
+        let (auto, bridges) = engine_ice_servers(&servers, TurnTransport::Auto, false, &[])
+            .await
+            .unwrap();
+        assert_eq!(auto[0].urls, ["turn:127.0.0.1:3478?transport=udp"]);
+        assert!(bridges.tls.is_none());
+        let error = engine_ice_servers(&servers, TurnTransport::Tls, false, &[])
+            .await
+            .unwrap_err();
+        assert!(error.contains("cannot resolve"), "{error}");
     }
 }

@@ -39,7 +39,7 @@ impl Default for DemoOptions {
         Self {
             duration: Duration::from_secs(2),
             relay_only: false,
-            turn_transport: TurnTransport::Udp,
+            turn_transport: TurnTransport::Auto,
             with_video: false,
             step_timeout: Duration::from_secs(15),
             caller_hz: 440.0,

@@ -5,7 +5,8 @@
 //! - [`config`]: ICE servers, policy, address filters, timeouts, tone.
 //! - [`peer`]: the webrtc-rs peer connection setup.
 //! - [`media`]: tone, Opus, Goertzel detection, receive-side RTP figures.
-//! - [`tap`]: the engine's own UDP socket (wire counters, SRTP profile, path cut).
+//! - [`tap`]: the engine's own UDP socket (wire counters, SRTP profile, path cut);
+//!   [`last_flight`]: the DTLS final-flight retransmission webrtc-rs lacks.
 //! - [`stats`]: timeline and RTP/RTCP figures.
 //! - [`report`]: the call report and its table.
 //! - [`selftest`]: one in-process loopback call between two engines.
@@ -23,6 +24,7 @@ pub mod choose;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod last_flight;
 pub mod line;
 pub mod media;
 pub mod peer;

@@ -120,9 +120,10 @@ pub struct MediaArgs {
     /// Force TURN: relay candidates only (through the ICE servers the relay hands out).
     #[arg(long)]
     relay_only: bool,
-    /// How media reaches TURN with --relay-only: udp, or tcp/tls through a local stream
-    /// bridge (for networks that block UDP).
-    #[arg(long, default_value = "udp")]
+    /// How media may reach TURN: auto (every transport the relay offers at once, so a network
+    /// that blocks UDP falls back to TCP or TLS), or only udp, tcp or tls (TCP and TLS run
+    /// through a local stream bridge).
+    #[arg(long, default_value = "auto")]
     turn_transport: TurnTransport,
     /// Use loopback addresses only (tests on one machine).
     #[arg(long)]
@@ -181,8 +182,8 @@ pub struct DemoArgs {
     /// Force TURN (relay candidates only).
     #[arg(long)]
     relay_only: bool,
-    /// With --relay-only: TURN over udp, tcp or tls (through the stream bridge).
-    #[arg(long, default_value = "udp")]
+    /// TURN over auto (all at once), udp, tcp or tls (TCP/TLS through a stream bridge).
+    #[arg(long, default_value = "auto")]
     turn_transport: TurnTransport,
     /// Also negotiate a video track.
     #[arg(long)]

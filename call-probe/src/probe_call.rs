@@ -13,7 +13,7 @@ use url::Url;
 use zajel_wire::pairing::PairingCode;
 
 use crate::call::CallEvent;
-use crate::client::{self, TurnTransport};
+use crate::client::{self, TurnBridges, TurnTransport};
 use crate::config::{CallConfig, CallTimeouts};
 use crate::line::PhoneLine;
 use crate::report::CallReport;
@@ -56,7 +56,7 @@ impl CallOptions {
             duration: Duration::from_secs(3),
             with_video: false,
             relay_only: false,
-            turn_transport: TurnTransport::Udp,
+            turn_transport: TurnTransport::Auto,
             loopback: false,
             with_stun: true,
             tone_hz: 440.0,
@@ -94,7 +94,11 @@ pub struct ProbeCallReport {
     /// ICE server URLs the relay handed out (credentials not shown).
     pub ice_servers: Vec<String>,
     pub relay_only: bool,
+    /// The TURN transports allowed (`--turn-transport`).
     pub turn_transport: TurnTransport,
+    /// How our media reached TURN, when ICE selected one of our relay candidates: `tcp` or
+    /// `tls` here on a network that blocks UDP is the fallback at work.
+    pub relayed_media: Option<TurnTransport>,
     pub milestones: Milestones,
     /// The tone heard from the peer (Hz), if any.
     pub heard_hz: Option<f64>,
@@ -141,14 +145,19 @@ impl ProbeCallReport {
             }
         ));
         out.push_str(&format!(
-            "policy              {}{}\n",
+            "policy              {}, TURN over {}\n",
             if self.relay_only { "relay only" } else { "all" },
-            if self.relay_only {
-                format!(", TURN over {:?}", self.turn_transport).to_lowercase()
-            } else {
-                String::new()
+            match self.turn_transport {
+                TurnTransport::Auto => "any of udp/tcp/tls".to_string(),
+                other => format!("{other:?}").to_lowercase(),
             }
         ));
+        if let Some(transport) = self.relayed_media {
+            out.push_str(&format!(
+                "media relayed       through TURN over {}\n",
+                format!("{transport:?}").to_lowercase()
+            ));
+        }
         let m = &self.milestones;
         for (name, value) in [
             ("signaling ready", m.signaling_ready_ms),
@@ -201,6 +210,7 @@ pub async fn run_call(options: &CallOptions) -> ProbeCallReport {
         ice_servers: Vec::new(),
         relay_only: options.relay_only,
         turn_transport: options.turn_transport,
+        relayed_media: None,
         milestones: Milestones::default(),
         heard_hz: None,
         media_both_ways: false,
@@ -228,9 +238,9 @@ async fn call_steps(
     report.signaling = Some(registered.timings.clone());
     report.ice_servers = client::describe_ice_servers(&registered.ice_servers);
 
-    let (ice_servers, _bridge) = client::engine_ice_servers(
+    let (ice_servers, bridges) = client::engine_ice_servers(
         &registered.ice_servers,
-        client::media_transport(options.relay_only, options.turn_transport),
+        options.turn_transport,
         options.with_stun && !options.loopback,
         &options.extra_roots,
     )
@@ -287,7 +297,7 @@ async fn call_steps(
         Err(error) => {
             let _ = phone.engine.hangup().await;
             report.call = phone.ended(step).await.ok();
-            fill_from_call(report, placed_at);
+            fill_from_call(report, placed_at, &bridges);
             return Err(error);
         }
     };
@@ -313,7 +323,7 @@ async fn call_steps(
     }
     let call = phone.ended(step).await?;
     report.call = Some(call);
-    fill_from_call(report, placed_at);
+    fill_from_call(report, placed_at, &bridges);
     if !connected {
         return Err(format!(
             "the call ended before media flowed: {}",
@@ -331,8 +341,9 @@ async fn call_steps(
 }
 
 /// Copies the engine's milestones (ms from `place_call`) into the run's timeline.
-fn fill_from_call(report: &mut ProbeCallReport, placed_at: f64) {
+fn fill_from_call(report: &mut ProbeCallReport, placed_at: f64, bridges: &TurnBridges) {
     let Some(call) = &report.call else { return };
+    report.relayed_media = bridges.relayed_media(call);
     let shift = |v: Option<f64>| v.map(|v| v + placed_at);
     let t = &call.timeline;
     let m = &mut report.milestones;

@@ -69,6 +69,10 @@ pub struct CandidateInfo {
     pub protocol: String,
     pub address: String,
     pub port: u16,
+    /// The related port (RFC 8839 `rport`): for our relay candidates, the local port of the
+    /// TURN client's socket, which tells which TURN transport carried them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub related_port: Option<u16>,
 }
 
 /// The candidate pair ICE selected.
@@ -130,6 +134,10 @@ pub struct WireReport {
     pub packets_received: u64,
     pub bytes_received: u64,
     pub packets_withheld: u64,
+    /// Times this side, as DTLS server, sent its final handshake flight again because the
+    /// peer repeated its own (RFC 6347 §4.2.4; see [`crate::last_flight`]).
+    #[serde(default)]
+    pub dtls_final_flight_resends: u64,
 }
 
 /// Everything one side learnt about one call.

@@ -2,7 +2,8 @@
 //! what crosses the wire, reads the DTLS ServerHello (plaintext in DTLS 1.2) to learn the
 //! negotiated SRTP protection profile and cipher suite — webrtc-rs keeps those private — and
 //! can withhold every packet in both directions (a "path cut") so tests can drop the path
-//! deterministically and watch the call reconnect.
+//! deterministically and watch the call reconnect. It also does the DTLS server's duty
+//! webrtc-rs leaves undone, answering a repeated final flight ([`crate::last_flight`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,6 +13,8 @@ use async_trait::async_trait;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use webrtc::util::{Conn, Error as UtilError};
+
+use crate::last_flight::{records, LastFlight};
 
 /// What the DTLS handshake negotiated, read from the ServerHello on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,19 +54,10 @@ pub fn cipher_suite_name(id: u16) -> String {
 /// Finds a ServerHello in a UDP datagram of DTLS records and reads its cipher suite and
 /// `use_srtp` profile. Returns `None` for anything else, including truncated input.
 pub fn parse_server_hello(datagram: &[u8]) -> Option<DtlsNegotiation> {
-    let mut rest = datagram;
-    while rest.len() >= 13 {
-        let content_type = rest[0];
-        let epoch = u16::from_be_bytes([rest[3], rest[4]]);
-        let length = usize::from(u16::from_be_bytes([rest[11], rest[12]]));
-        let record = rest.get(13..13 + length)?;
-        // Handshake records of epoch 0 are plaintext; ServerHello is msg_type 2.
-        if content_type == 22 && epoch == 0 && record.first() == Some(&2) {
-            return parse_server_hello_body(record.get(12..)?);
-        }
-        rest = &rest[13 + length..];
-    }
-    None
+    // Handshake records of epoch 0 are plaintext; ServerHello is msg_type 2.
+    records(datagram)
+        .find(|r| r.content_type == 22 && r.epoch == 0 && r.fragment.first() == Some(&2))
+        .and_then(|r| parse_server_hello_body(r.fragment.get(12..)?))
 }
 
 fn parse_server_hello_body(body: &[u8]) -> Option<DtlsNegotiation> {
@@ -104,7 +98,9 @@ pub struct TapState {
     bytes_received: AtomicU64,
     packets_withheld: AtomicU64,
     cut: AtomicBool,
+    lose_next_change_cipher_spec: AtomicBool,
     negotiation: Mutex<Option<DtlsNegotiation>>,
+    last_flight: Mutex<LastFlight>,
 }
 
 /// Wire figures of the tapped socket.
@@ -114,8 +110,10 @@ pub struct TapCounters {
     pub bytes_sent: u64,
     pub packets_received: u64,
     pub bytes_received: u64,
-    /// Packets dropped while the path was cut (both directions).
+    /// Packets dropped while the path was cut (both directions), or lost on purpose.
     pub packets_withheld: u64,
+    /// Times our final DTLS flight went out again because the peer repeated its own.
+    pub dtls_final_flight_resends: u64,
 }
 
 impl TapState {
@@ -126,6 +124,14 @@ impl TapState {
 
     pub fn is_cut(&self) -> bool {
         self.cut.load(Ordering::SeqCst)
+    }
+
+    /// Loses the next datagram this side sends that carries a DTLS ChangeCipherSpec (part of
+    /// either side's final handshake flight), as a lossy path would: for tests of the
+    /// handshake's recovery.
+    pub fn lose_next_change_cipher_spec(&self) {
+        self.lose_next_change_cipher_spec
+            .store(true, Ordering::SeqCst);
     }
 
     /// The DTLS negotiation seen on the wire, once the ServerHello passed.
@@ -140,17 +146,28 @@ impl TapState {
             packets_received: self.packets_received.load(Ordering::Relaxed),
             bytes_received: self.bytes_received.load(Ordering::Relaxed),
             packets_withheld: self.packets_withheld.load(Ordering::Relaxed),
+            dtls_final_flight_resends: self.last_flight().resends(),
         }
     }
 
+    fn last_flight(&self) -> std::sync::MutexGuard<'_, LastFlight> {
+        self.last_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn inspect(&self, datagram: &[u8]) {
-        // DTLS records start with a content type in 20..=63 (RFC 7983).
-        if matches!(datagram.first(), Some(20..=63)) {
-            if let Some(found) = parse_server_hello(datagram) {
-                let mut slot = self.negotiation.lock().unwrap_or_else(|e| e.into_inner());
-                slot.get_or_insert(found);
-            }
+        if let Some(found) = parse_server_hello(datagram) {
+            let mut slot = self.negotiation.lock().unwrap_or_else(|e| e.into_inner());
+            slot.get_or_insert(found);
         }
+    }
+
+    /// Whether to lose `datagram` on the way out (see `lose_next_change_cipher_spec`).
+    fn loses(&self, datagram: &[u8]) -> bool {
+        self.lose_next_change_cipher_spec.load(Ordering::SeqCst)
+            && records(datagram).any(|r| r.content_type == 20)
+            && self
+                .lose_next_change_cipher_spec
+                .swap(false, Ordering::SeqCst)
     }
 }
 
@@ -175,6 +192,16 @@ impl TappedUdp {
             },
             state,
         ))
+    }
+}
+
+impl TappedUdp {
+    /// Sends one datagram and counts it.
+    async fn transmit(&self, datagram: &[u8], target: SocketAddr) -> std::io::Result<usize> {
+        let n = self.socket.send_to(datagram, target).await?;
+        self.state.packets_sent.fetch_add(1, Ordering::Relaxed);
+        self.state.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
 }
 
@@ -213,6 +240,11 @@ impl Conn for TappedUdp {
                 .bytes_received
                 .fetch_add(n as u64, Ordering::Relaxed);
             self.state.inspect(&buf[..n]);
+            let again = self.state.last_flight().on_received(from, &buf[..n]);
+            for datagram in again {
+                tracing::debug!(peer = %from, "the peer repeated its final DTLS flight: sending ours again (RFC 6347 §4.2.4)");
+                self.transmit(&datagram, from).await?;
+            }
             return Ok((n, from));
         }
     }
@@ -233,10 +265,12 @@ impl Conn for TappedUdp {
             return Ok(buf.len());
         }
         self.state.inspect(buf);
-        let n = self.socket.send_to(buf, target).await?;
-        self.state.packets_sent.fetch_add(1, Ordering::Relaxed);
-        self.state.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
+        self.state.last_flight().on_sent(target, buf);
+        if self.state.loses(buf) {
+            self.state.packets_withheld.fetch_add(1, Ordering::Relaxed);
+            return Ok(buf.len());
+        }
+        Ok(self.transmit(buf, target).await?)
     }
 
     fn local_addr(&self) -> webrtc::util::Result<SocketAddr> {

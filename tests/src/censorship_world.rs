@@ -144,10 +144,13 @@ pub fn run_to_end(mut command: Command, timeout: Duration) -> Result<Finished, S
     Ok(finished)
 }
 
-/// A command that runs one of the workspace's binaries inside `namespace`.
+/// A command that runs one of the workspace's binaries inside `namespace`,
+/// logging at `warn` (or at `ZAJEL_CENSORSHIP_LOG`, a `RUST_LOG` filter, to
+/// see why a scenario failed).
 pub fn tool(namespace: &Namespace, name: &str) -> Result<Command, String> {
     let mut command = namespace.command(binary(name)?);
-    command.env("RUST_LOG", "warn");
+    let filter = std::env::var("ZAJEL_CENSORSHIP_LOG").unwrap_or_else(|_| "warn".into());
+    command.env("RUST_LOG", filter);
     Ok(command)
 }
 
