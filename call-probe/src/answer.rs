@@ -11,7 +11,7 @@ use url::Url;
 use zajel_wire::pairing::PairingCode;
 
 use crate::call::CallEvent;
-use crate::client::{self, TurnBridges, TurnTransport};
+use crate::client::{self, TurnPaths, TurnTransport};
 use crate::config::{AnswerPolicy, CallConfig, CallTimeouts};
 use crate::line::{LineEvent, PhoneLine};
 use crate::report::CallReport;
@@ -70,7 +70,7 @@ pub struct Answerer {
     pub share_uri: String,
     line: PhoneLine,
     options: AnswerOptions,
-    bridges: TurnBridges,
+    turn_paths: TurnPaths,
 }
 
 /// One answered (or declined) call.
@@ -93,7 +93,7 @@ impl Answerer {
         )
         .await
         .map_err(|e| format!("signaling: {e}"))?;
-        let (ice_servers, bridges) = client::engine_ice_servers(
+        let (ice_servers, turn_paths) = client::engine_ice_servers(
             &registered.ice_servers,
             options.turn_transport,
             options.with_stun && !options.loopback,
@@ -131,7 +131,7 @@ impl Answerer {
             share_uri,
             line,
             options,
-            bridges,
+            turn_paths,
         })
     }
 
@@ -160,7 +160,7 @@ impl Answerer {
                 ended = self.line.phone.ended(forever) => {
                     let report = ended?;
                     self.line.phone.clear_history();
-                    let relayed_media = self.bridges.relayed_media(&report);
+                    let relayed_media = self.turn_paths.relayed_media(&report);
                     let call = AnsweredCall { number: calls.len() as u32 + 1, report, relayed_media };
                     on_call(&call);
                     calls.push(call);

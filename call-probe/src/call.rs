@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use webrtc::dtls_transport::dtls_transport_state::RTCDtlsTransportState;
 use webrtc::ice_transport::ice_candidate::{RTCIceCandidate, RTCIceCandidateInit};
+use webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType;
 use webrtc::ice_transport::ice_connection_state::RTCIceConnectionState;
 use webrtc::media::Sample;
 use webrtc::peer_connection::offer_answer_options::RTCOfferOptions;
@@ -961,6 +962,9 @@ impl Actor {
         match event {
             Internal::LocalCandidate(_, Some(candidate)) => {
                 call.ice.local_candidates += 1;
+                if candidate.typ == RTCIceCandidateType::Relay {
+                    call.ice.local_relays.push(candidate.related_port);
+                }
                 match candidate.to_json() {
                     Ok(init) => {
                         let wire = IceCandidateInit::new(

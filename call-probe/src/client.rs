@@ -170,15 +170,42 @@ pub fn describe_ice_servers(servers: &[WireIceServer]) -> Vec<String> {
         .collect()
 }
 
-/// The stream bridges that carry a call's TURN traffic over TCP and TLS; keep them for as
-/// long as the call lasts.
+/// The ways a call's media may reach TURN: directly over UDP, and the stream bridges that
+/// carry it over TCP and TLS (keep them for as long as the call lasts).
 #[derive(Debug, Default)]
-pub struct TurnBridges {
+pub struct TurnPaths {
+    /// A `turn:…?transport=udp` URL is among the engine's ICE servers.
+    pub udp: bool,
     pub tcp: Option<StreamBridge>,
     pub tls: Option<StreamBridge>,
 }
 
-impl TurnBridges {
+impl TurnPaths {
+    /// The transports the engine was given, in order udp, tcp, tls.
+    pub fn offered(&self) -> Vec<TurnTransport> {
+        [
+            (self.udp, TurnTransport::Udp),
+            (self.tcp.is_some(), TurnTransport::Tcp),
+            (self.tls.is_some(), TurnTransport::Tls),
+        ]
+        .into_iter()
+        .filter_map(|(offered, transport)| offered.then_some(transport))
+        .collect()
+    }
+
+    /// Which offered transports gave the call a relay candidate, and which did not.
+    pub fn allocations(&self, call: &CallReport) -> (Vec<TurnTransport>, Vec<TurnTransport>) {
+        let got: Vec<TurnTransport> = call
+            .ice
+            .local_relays
+            .iter()
+            .map(|port| self.transport_of(*port))
+            .collect();
+        self.offered()
+            .into_iter()
+            .partition(|transport| got.contains(transport))
+    }
+
     /// How the TURN client whose local UDP socket has port `port` reached its server: through
     /// one of these bridges, or else directly over UDP.
     pub fn transport_of(&self, port: u16) -> TurnTransport {
@@ -213,9 +240,9 @@ pub async fn engine_ice_servers(
     transport: TurnTransport,
     with_stun: bool,
     extra_roots: &[rustls::pki_types::CertificateDer<'static>],
-) -> Result<(Vec<IceServer>, TurnBridges), String> {
+) -> Result<(Vec<IceServer>, TurnPaths), String> {
     let mut out = Vec::new();
-    let mut bridges = TurnBridges::default();
+    let mut paths = TurnPaths::default();
     for server in servers {
         let mut urls = Vec::new();
         for url in &server.urls {
@@ -230,8 +257,8 @@ pub async fn engine_ice_servers(
                     continue;
                 }
                 ("turn", "udp") => TurnTransport::Udp,
-                ("turn", "tcp") if bridges.tcp.is_none() => TurnTransport::Tcp,
-                ("turns", _) if bridges.tls.is_none() => TurnTransport::Tls,
+                ("turn", "tcp") if paths.tcp.is_none() => TurnTransport::Tcp,
+                ("turns", _) if paths.tls.is_none() => TurnTransport::Tls,
                 _ => continue,
             };
             if !transport.allows(wanted) {
@@ -239,14 +266,15 @@ pub async fn engine_ice_servers(
             }
             if wanted == TurnTransport::Udp {
                 urls.push(url.clone());
+                paths.udp = true;
                 continue;
             }
             match start_bridge(&parsed, wanted, extra_roots).await {
                 Ok(bridge) => {
                     urls.push(bridge.turn_url());
                     match wanted {
-                        TurnTransport::Tcp => bridges.tcp = Some(bridge),
-                        _ => bridges.tls = Some(bridge),
+                        TurnTransport::Tcp => paths.tcp = Some(bridge),
+                        _ => paths.tls = Some(bridge),
                     }
                 }
                 Err(error) if transport == TurnTransport::Auto => {
@@ -263,7 +291,7 @@ pub async fn engine_ice_servers(
             });
         }
     }
-    Ok((out, bridges))
+    Ok((out, paths))
 }
 
 /// A stream bridge to the TURN server of `url` (TCP, or TLS for `Tls`).
@@ -362,11 +390,16 @@ mod tests {
         assert!(urls.contains(&tcp.turn_url()) && urls.contains(&tls.turn_url()));
         assert_eq!(servers[0].credential, "secret");
         // Nothing has gone through either bridge yet.
-        let bridges = TurnBridges {
+        let bridges = TurnPaths {
+            udp: true,
             tcp: Some(tcp),
             tls: Some(tls),
         };
         assert_eq!(bridges.transport_of(40000), TurnTransport::Udp);
+        assert_eq!(
+            bridges.offered(),
+            [TurnTransport::Udp, TurnTransport::Tcp, TurnTransport::Tls]
+        );
     }
 
     #[tokio::test]
@@ -388,6 +421,7 @@ mod tests {
                         ["stun:127.0.0.1:3478", "turn:127.0.0.1:3478?transport=udp"]
                     );
                     assert!(bridges.tcp.is_none() && bridges.tls.is_none());
+                    assert_eq!(bridges.offered(), [TurnTransport::Udp]);
                 }
                 TurnTransport::Tcp => {
                     assert_eq!(urls[..], [bridges.tcp.as_ref().unwrap().turn_url()]);

@@ -13,7 +13,7 @@ use url::Url;
 use zajel_wire::pairing::PairingCode;
 
 use crate::call::CallEvent;
-use crate::client::{self, TurnBridges, TurnTransport};
+use crate::client::{self, TurnPaths, TurnTransport};
 use crate::config::{CallConfig, CallTimeouts};
 use crate::line::PhoneLine;
 use crate::report::CallReport;
@@ -99,6 +99,11 @@ pub struct ProbeCallReport {
     /// How our media reached TURN, when ICE selected one of our relay candidates: `tcp` or
     /// `tls` here on a network that blocks UDP is the fallback at work.
     pub relayed_media: Option<TurnTransport>,
+    /// The TURN transports that gave us a relay candidate (an allocation).
+    pub relay_candidates: Vec<TurnTransport>,
+    /// TURN transports the call offered ICE that gave no relay candidate: they did not get
+    /// through (on a network that blocks UDP: `udp`).
+    pub turn_without_allocation: Vec<TurnTransport>,
     pub milestones: Milestones,
     /// The tone heard from the peer (Hz), if any.
     pub heard_hz: Option<f64>,
@@ -152,6 +157,23 @@ impl ProbeCallReport {
                 other => format!("{other:?}").to_lowercase(),
             }
         ));
+        let lower = |t: &TurnTransport| format!("{t:?}").to_lowercase();
+        out.push_str(&format!(
+            "relay candidates    {}\n",
+            if self.relay_candidates.is_empty() {
+                "none".to_string()
+            } else {
+                let over: Vec<String> = self.relay_candidates.iter().map(lower).collect();
+                format!("over {}", over.join(", "))
+            }
+        ));
+        if !self.turn_without_allocation.is_empty() {
+            let missing: Vec<String> = self.turn_without_allocation.iter().map(lower).collect();
+            out.push_str(&format!(
+                "no allocation over  {} (blocked?)\n",
+                missing.join(", ")
+            ));
+        }
         if let Some(transport) = self.relayed_media {
             out.push_str(&format!(
                 "media relayed       through TURN over {}\n",
@@ -211,6 +233,8 @@ pub async fn run_call(options: &CallOptions) -> ProbeCallReport {
         relay_only: options.relay_only,
         turn_transport: options.turn_transport,
         relayed_media: None,
+        relay_candidates: Vec::new(),
+        turn_without_allocation: Vec::new(),
         milestones: Milestones::default(),
         heard_hz: None,
         media_both_ways: false,
@@ -238,7 +262,7 @@ async fn call_steps(
     report.signaling = Some(registered.timings.clone());
     report.ice_servers = client::describe_ice_servers(&registered.ice_servers);
 
-    let (ice_servers, bridges) = client::engine_ice_servers(
+    let (ice_servers, turn_paths) = client::engine_ice_servers(
         &registered.ice_servers,
         options.turn_transport,
         options.with_stun && !options.loopback,
@@ -297,7 +321,7 @@ async fn call_steps(
         Err(error) => {
             let _ = phone.engine.hangup().await;
             report.call = phone.ended(step).await.ok();
-            fill_from_call(report, placed_at, &bridges);
+            fill_from_call(report, placed_at, &turn_paths);
             return Err(error);
         }
     };
@@ -323,7 +347,7 @@ async fn call_steps(
     }
     let call = phone.ended(step).await?;
     report.call = Some(call);
-    fill_from_call(report, placed_at, &bridges);
+    fill_from_call(report, placed_at, &turn_paths);
     if !connected {
         return Err(format!(
             "the call ended before media flowed: {}",
@@ -341,9 +365,10 @@ async fn call_steps(
 }
 
 /// Copies the engine's milestones (ms from `place_call`) into the run's timeline.
-fn fill_from_call(report: &mut ProbeCallReport, placed_at: f64, bridges: &TurnBridges) {
+fn fill_from_call(report: &mut ProbeCallReport, placed_at: f64, turn_paths: &TurnPaths) {
     let Some(call) = &report.call else { return };
-    report.relayed_media = bridges.relayed_media(call);
+    report.relayed_media = turn_paths.relayed_media(call);
+    (report.relay_candidates, report.turn_without_allocation) = turn_paths.allocations(call);
     let shift = |v: Option<f64>| v.map(|v| v + placed_at);
     let t = &call.timeline;
     let m = &mut report.milestones;

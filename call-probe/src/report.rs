@@ -88,6 +88,10 @@ pub struct IceReport {
     pub relay_only: bool,
     pub local_candidates: u32,
     pub remote_candidates: u32,
+    /// Our relay candidates, each by its related port (the local port of the TURN client
+    /// that allocated it: which TURN transport it came through).
+    #[serde(default)]
+    pub local_relays: Vec<u16>,
     /// Gathering was still running when its timeout passed (the call went on with what it had).
     pub gathering_timed_out: bool,
     pub selected_pair: Option<CandidatePair>,

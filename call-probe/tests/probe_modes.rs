@@ -284,6 +284,7 @@ async fn relay_only_calls_go_through_turn_over_udp_tcp_and_tls() {
         let out = json(&stdout);
         assert_media_both_ways(&out["call"], 660.0);
         assert_eq!(out["call"]["turn_transport"], transport);
+        assert_eq!(out["call"]["relayed_media"], transport, "{stdout}");
         let ice = &out["call"]["call"]["ice"];
         assert_eq!(ice["relay_only"], true);
         assert_eq!(

@@ -101,6 +101,7 @@ fn probe_to_probe(rt: &Runtime, relay: &Url, relay_only: bool) -> Result<Sample,
         call.loopback = true;
         call.with_stun = false;
         call.relay_only = relay_only;
+        call.turn_transport = TurnTransport::Udp;
         call.duration = Duration::from_millis(500);
         call.step_timeout = STEP;
         let report = run_call(&call).await;

@@ -273,6 +273,28 @@ fn read_call(json: &Value, result: &mut ClientResult) {
         None if remote == "relay" => format!("TURN, the answerer's allocation ({local}→{remote})"),
         None => format!("direct UDP ({local}→{remote})"),
     };
+    // What the media side found blocked: TURN transports offered that gave no relay candidate.
+    for transport in call["turn_without_allocation"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        result.blocked.push((
+            format!("TURN/{}", transport.as_str().unwrap_or("?")),
+            "no allocation".into(),
+            String::new(),
+        ));
+    }
+    let resends = engine["wire"]["dtls_final_flight_resends"]
+        .as_u64()
+        .unwrap_or(0);
+    if resends > 0 {
+        // The path lost our final DTLS flight and the tap sent it again (call_probe::last_flight).
+        result.media_path = format!(
+            "{}, final DTLS flight sent again {resends}×",
+            result.media_path
+        );
+    }
     let rtp = &engine["rtp"];
     result.packets_lost = rtp["packets_lost"].as_u64();
     if let (Some(lost), Some(jitter)) = (rtp["packets_lost"].as_u64(), rtp["jitter_ms"].as_f64()) {
@@ -625,6 +647,12 @@ fn udp_blocked(kind: Client) -> Result<Vec<Row>, String> {
             &result,
             &world,
         )?;
+        expect(
+            result.blocked_outcome("TURN/udp") == Some("no allocation"),
+            "the report should say TURN over UDP got no allocation",
+            &result,
+            &world,
+        )?;
         // `check` says the same without a peer: no UDP path, TURN over TCP.
         let check = run_check(&world)?;
         expect_paths(
@@ -669,6 +697,14 @@ fn only_tcp_443(kind: Client) -> Result<Vec<Row>, String> {
         expect(
             result.media_path.starts_with("TURN/tls"),
             "media should fall back to TURN over TLS on 443 by itself",
+            &result,
+            &world,
+        )?;
+        expect(
+            result.blocked_outcome("TURN/udp").is_some()
+                && result.blocked_outcome("TURN/tcp").is_some()
+                && result.blocked_outcome("TURN/tls").is_none(),
+            "the report should say TURN over UDP and TCP (3478) got no allocation, TLS did",
             &result,
             &world,
         )?;
