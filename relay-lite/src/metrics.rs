@@ -317,6 +317,12 @@ impl Metrics {
             "TURN requests without credentials ignored over the challenge rate.",
             turn.dropped_challenges.to_string(),
         );
+        single(
+            "relay_turn_replayed_allocates_total",
+            "counter",
+            "Retransmitted TURN Allocates answered with the success response already sent.",
+            turn.replayed_allocates.to_string(),
+        );
         let _ = writeln!(
             out,
             "# HELP relay_messages_forwarded_total Messages forwarded between peers, by type.\n# TYPE relay_messages_forwarded_total counter"

@@ -708,3 +708,36 @@ async fn the_external_ip_is_advertised_for_relays() {
     }
     server.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retransmitted_allocate_gets_the_allocation_it_already_made() {
+    // On a lossy path the Allocate success response can be lost; the client then sends the
+    // same request again. Without the replay, the server's answer would be 437 (Allocation
+    // Mismatch): the first request already allocated for this 5-tuple.
+    let mut config = config();
+    config.listen_udp = Some("127.0.0.1:0".parse().unwrap());
+    let server = TurnServer::start(config).await.unwrap();
+    let client = RawTurnClient::new(server.udp_addr().unwrap(), step_timeout()).await;
+    let credential = credentials::issue(SECRET, "peer", now_secs(), 600);
+    let (first, again) = client
+        .allocate_with_lost_answer(&credential.username, &credential.credential)
+        .await
+        .unwrap();
+    assert!(matches!(first, AllocateOutcome::Relayed(_)), "{first:?}");
+    assert_eq!(
+        again, first,
+        "the retransmission gets the same relayed address"
+    );
+    let stats = server.stats();
+    assert_eq!(stats.replayed_allocates, 1, "{stats:?}");
+    assert_eq!(stats.total_allocations, 1, "{stats:?}");
+    // A new Allocate (new transaction) from the same 5-tuple is still a mismatch.
+    assert_eq!(
+        client
+            .allocate(&credential.username, &credential.credential)
+            .await
+            .unwrap(),
+        AllocateOutcome::Refused(437)
+    );
+    server.close().await;
+}

@@ -24,6 +24,7 @@ use stun::textattrs::TextAttribute;
 use util::Conn;
 
 use super::relay::StreamAllocations;
+use super::replay::AllocateReplay;
 use super::Counters;
 use crate::credentials::check_username;
 
@@ -224,6 +225,8 @@ impl turn::auth::AuthHandler for SharedSecret {
 pub(crate) struct GuardedConn {
     pub inner: Arc<dyn Conn + Send + Sync>,
     pub auth: Arc<SharedSecret>,
+    /// Answers retransmitted Allocates (shared by every listener).
+    pub replay: Arc<AllocateReplay>,
     /// For stream listeners: where to record whose message is handled.
     pub streams: Option<Arc<StreamAllocations>>,
 }
@@ -241,6 +244,14 @@ impl Conn for GuardedConn {
     async fn recv_from(&self, buf: &mut [u8]) -> util::Result<(usize, SocketAddr)> {
         loop {
             let (n, from) = self.inner.recv_from(buf).await?;
+            if let Some(response) = self.replay.replay(from, &buf[..n]) {
+                self.auth
+                    .counters
+                    .replayed_allocates
+                    .fetch_add(1, Ordering::Relaxed);
+                let _ = self.inner.send_to(&response, from).await;
+                continue;
+            }
             match self.auth.verdict(&buf[..n], from) {
                 Verdict::Refuse(refusal) => {
                     let _ = self.inner.send_to(&refusal, from).await;
@@ -261,6 +272,7 @@ impl Conn for GuardedConn {
     }
 
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> util::Result<usize> {
+        self.replay.remember(target, buf);
         self.inner.send_to(buf, target).await
     }
 

@@ -11,6 +11,7 @@ mod auth;
 pub mod bridge;
 mod framing;
 mod relay;
+mod replay;
 mod stream_listener;
 
 use std::fs;
@@ -38,6 +39,7 @@ pub use tokio_rustls::rustls;
 pub use auth::ChallengeRate;
 use auth::{ChallengeLimiter, GuardedConn, SharedSecret};
 use relay::{CappedRelays, StreamAllocations};
+use replay::AllocateReplay;
 use stream_listener::{StreamLimits, StreamListener};
 
 /// A certificate chain and its private key for TURN over TLS.
@@ -251,6 +253,7 @@ pub struct Counters {
     refused_over_cap: AtomicU64,
     refused_auth: AtomicU64,
     dropped_challenges: AtomicU64,
+    replayed_allocates: AtomicU64,
 }
 
 impl Default for Counters {
@@ -261,6 +264,7 @@ impl Default for Counters {
             refused_over_cap: AtomicU64::new(0),
             refused_auth: AtomicU64::new(0),
             dropped_challenges: AtomicU64::new(0),
+            replayed_allocates: AtomicU64::new(0),
         }
     }
 }
@@ -274,6 +278,7 @@ impl Counters {
             refused_over_cap: self.refused_over_cap.load(Ordering::Relaxed),
             refused_auth: self.refused_auth.load(Ordering::Relaxed),
             dropped_challenges: self.dropped_challenges.load(Ordering::Relaxed),
+            replayed_allocates: self.replayed_allocates.load(Ordering::Relaxed),
         }
     }
 }
@@ -291,6 +296,9 @@ pub struct TurnStats {
     pub refused_auth: u64,
     /// Requests without credentials ignored over the challenge rate.
     pub dropped_challenges: u64,
+    /// Retransmitted Allocate requests answered with the success response already sent
+    /// (the first one was lost on the way back; see `replay`).
+    pub replayed_allocates: u64,
 }
 
 /// A listener as the webrtc-rs server takes it.
@@ -363,12 +371,14 @@ impl TurnServer {
             listeners.push((stream, Some(allocations)));
         }
 
+        let replay = Arc::new(AllocateReplay::default());
         let conn_configs = listeners
             .into_iter()
             .map(|(inner, allocations)| ConnConfig {
                 conn: Arc::new(GuardedConn {
                     inner,
                     auth: auth.clone(),
+                    replay: replay.clone(),
                     streams: allocations.clone(),
                 }),
                 relay_addr_generator: Box::new(CappedRelays {

@@ -341,6 +341,11 @@ impl RawTurnClient {
     async fn exchange(&self, setters: Vec<Box<dyn Setter>>) -> Result<Message, BoxError> {
         let mut request = Message::new();
         request.build(&setters)?;
+        self.send_and_receive(&request).await
+    }
+
+    /// Sends `request` (again, when called twice: a retransmission) and reads its answer.
+    async fn send_and_receive(&self, request: &Message) -> Result<Message, BoxError> {
         self.socket.send_to(&request.raw, self.server).await?;
         let mut buf = vec![0u8; 1500];
         loop {
@@ -384,37 +389,61 @@ impl RawTurnClient {
         username: &str,
         password: &str,
     ) -> Result<AllocateOutcome, BoxError> {
+        let request = self.allocate_request(username, password).await?;
+        outcome(&self.send_and_receive(&request).await?)
+    }
+
+    /// An authenticated Allocate whose answer is lost on the way back: the client sends the
+    /// same request again, byte for byte (a STUN retransmission). Both answers.
+    pub async fn allocate_with_lost_answer(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<(AllocateOutcome, AllocateOutcome), BoxError> {
+        let request = self.allocate_request(username, password).await?;
+        let lost = outcome(&self.send_and_receive(&request).await?)?;
+        let retransmitted = outcome(&self.send_and_receive(&request).await?)?;
+        Ok((lost, retransmitted))
+    }
+
+    /// An Allocate with the long-term credential, after fetching the challenge.
+    async fn allocate_request(&self, username: &str, password: &str) -> Result<Message, BoxError> {
         let (realm, nonce) = self.challenge().await?;
-        let response = self
-            .exchange(vec![
-                Box::new(TransactionId::new()),
-                Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
-                Box::new(RequestedTransport {
-                    protocol: PROTO_UDP,
-                }),
-                Box::new(TextAttribute::new(ATTR_USERNAME, username.to_owned())),
-                Box::new(TextAttribute::new(ATTR_REALM, realm.clone())),
-                Box::new(TextAttribute::new(ATTR_NONCE, nonce)),
-                Box::new(MessageIntegrity::new_long_term_integrity(
-                    username.to_owned(),
-                    realm,
-                    password.to_owned(),
-                )),
-                Box::new(FINGERPRINT),
-            ])
-            .await?;
-        if response.typ.class == CLASS_SUCCESS_RESPONSE {
-            let mut relayed = RelayedAddress::default();
-            relayed.get_from(&response)?;
-            return Ok(AllocateOutcome::Relayed(SocketAddr::new(
-                relayed.ip,
-                relayed.port,
-            )));
-        }
-        match error_code(&response) {
-            Some(code) => Ok(AllocateOutcome::Refused(code)),
-            None => Err(format!("unexpected answer {:?}", response.typ).into()),
-        }
+        let setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+            Box::new(RequestedTransport {
+                protocol: PROTO_UDP,
+            }),
+            Box::new(TextAttribute::new(ATTR_USERNAME, username.to_owned())),
+            Box::new(TextAttribute::new(ATTR_REALM, realm.clone())),
+            Box::new(TextAttribute::new(ATTR_NONCE, nonce)),
+            Box::new(MessageIntegrity::new_long_term_integrity(
+                username.to_owned(),
+                realm,
+                password.to_owned(),
+            )),
+            Box::new(FINGERPRINT),
+        ];
+        let mut request = Message::new();
+        request.build(&setters)?;
+        Ok(request)
+    }
+}
+
+/// How an Allocate answer ended.
+fn outcome(response: &Message) -> Result<AllocateOutcome, BoxError> {
+    if response.typ.class == CLASS_SUCCESS_RESPONSE {
+        let mut relayed = RelayedAddress::default();
+        relayed.get_from(response)?;
+        return Ok(AllocateOutcome::Relayed(SocketAddr::new(
+            relayed.ip,
+            relayed.port,
+        )));
+    }
+    match error_code(response) {
+        Some(code) => Ok(AllocateOutcome::Refused(code)),
+        None => Err(format!("unexpected answer {:?}", response.typ).into()),
     }
 }
 
