@@ -7,16 +7,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// Forwarded message types, in the order they are rendered.
-pub const FORWARDED_TYPES: [&str; 8] = [
-    "offer",
-    "answer",
-    "ice_candidate",
-    "call_offer",
-    "call_answer",
-    "call_reject",
-    "call_hangup",
-    "call_ice",
-];
+pub use zajel_wire::signaling::FORWARDED_MESSAGE_TYPES as FORWARDED_TYPES;
 
 /// Why the relay refused something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

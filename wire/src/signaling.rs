@@ -136,6 +136,19 @@ pub const CLIENT_MESSAGE_TYPES: [&str; 12] = [
     "ping",
 ];
 
+/// The client message types a server forwards to the peer named in `target` (WebRTC
+/// signaling and calls); a subset of [`CLIENT_MESSAGE_TYPES`].
+pub const FORWARDED_MESSAGE_TYPES: [&str; 8] = [
+    "offer",
+    "answer",
+    "ice_candidate",
+    "call_offer",
+    "call_answer",
+    "call_reject",
+    "call_hangup",
+    "call_ice",
+];
+
 /// The message types servers send (`ice_servers` is our extension).
 pub const SERVER_MESSAGE_TYPES: [&str; 20] = [
     "server_info",
@@ -1032,6 +1045,13 @@ mod tests {
 
     const ID: &str = "3f2504e0-4f89-41d3-9a0c-0305e82c3301";
     const KEY: &str = "CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk=";
+
+    #[test]
+    fn forwarded_types_are_client_types() {
+        for type_name in FORWARDED_MESSAGE_TYPES {
+            assert!(CLIENT_MESSAGE_TYPES.contains(&type_name), "{type_name}");
+        }
+    }
 
     fn code(text: &str) -> PairingCode {
         PairingCode::parse(text).unwrap()
