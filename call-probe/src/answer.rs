@@ -158,7 +158,8 @@ impl Answerer {
             }
             tokio::select! {
                 ended = self.line.phone.ended(forever) => {
-                    let report = ended?;
+                    let mut report = ended?;
+                    self.turn_paths.complete(&mut report);
                     self.line.phone.clear_history();
                     let relayed_media = self.turn_paths.relayed_media(&report);
                     let call = AnsweredCall { number: calls.len() as u32 + 1, report, relayed_media };

@@ -52,7 +52,7 @@ use crate::report::{
     WireReport,
 };
 use crate::stats::{mark, RtpFigures, Timeline};
-use crate::tap::{cipher_suite_name, srtp_profile_name};
+use crate::tap::srtp_profile_name;
 
 /// What the engine announces.
 #[derive(Debug, Clone, PartialEq)]
@@ -321,22 +321,16 @@ impl Call {
         let shared = lock(&self.shared);
         rtp.apply_receive(&shared.receive);
         let tap = self.peer.as_ref().and_then(|p| p.tap.clone());
-        let negotiation = tap.as_ref().and_then(|t| t.negotiation());
-        let srtp_profile = negotiation.and_then(|n| n.srtp_profile);
-        let dtls = DtlsReport {
-            srtp_profile: srtp_profile.map(srtp_profile_name),
-            srtp_profile_is_aes_gcm: matches!(srtp_profile, Some(0x0007 | 0x0008)),
-            cipher_suite: negotiation.map(|n| cipher_suite_name(n.cipher_suite)),
-            source: if negotiation.is_some() {
-                "ServerHello on the wire".into()
-            } else {
-                String::new()
-            },
+        let mut dtls = DtlsReport {
             profiles_offered: SRTP_PROFILES
                 .iter()
                 .map(|p| srtp_profile_name(*p as u16))
                 .collect(),
+            ..DtlsReport::default()
         };
+        if let Some(negotiation) = tap.as_ref().and_then(|t| t.negotiation()) {
+            dtls.observe(negotiation, "ServerHello on the wire");
+        }
         let wire = tap.map(|t| {
             let c = t.counters();
             WireReport {

@@ -17,6 +17,7 @@ use zajel_wire::signaling::IceServer as WireIceServer;
 use crate::config::IceServer;
 use crate::report::CallReport;
 use crate::session::{ConnectTimings, SessionError, SignalingSession, TrustAnchors};
+use crate::turn_tap::TurnTap;
 
 /// A random pairing code.
 pub fn random_code() -> Result<PairingCode, String> {
@@ -170,27 +171,53 @@ pub fn describe_ice_servers(servers: &[WireIceServer]) -> Vec<String> {
         .collect()
 }
 
-/// The ways a call's media may reach TURN: directly over UDP, and the stream bridges that
-/// carry it over TCP and TLS (keep them for as long as the call lasts).
+/// One way a call's media may reach TURN: the [`TurnTap`] the engine's TURN client talks to,
+/// and, for TCP and TLS, the stream bridge behind it.
+#[derive(Debug)]
+pub struct TurnRoute {
+    pub tap: TurnTap,
+    pub bridge: Option<StreamBridge>,
+}
+
+/// The ways a call's media may reach TURN (keep them for as long as the call lasts).
 #[derive(Debug, Default)]
 pub struct TurnPaths {
-    /// A `turn:…?transport=udp` URL is among the engine's ICE servers.
-    pub udp: bool,
-    pub tcp: Option<StreamBridge>,
-    pub tls: Option<StreamBridge>,
+    pub udp: Option<TurnRoute>,
+    pub tcp: Option<TurnRoute>,
+    pub tls: Option<TurnRoute>,
 }
 
 impl TurnPaths {
-    /// The transports the engine was given, in order udp, tcp, tls.
-    pub fn offered(&self) -> Vec<TurnTransport> {
+    fn routes(&self) -> impl Iterator<Item = (TurnTransport, &TurnRoute)> {
         [
-            (self.udp, TurnTransport::Udp),
-            (self.tcp.is_some(), TurnTransport::Tcp),
-            (self.tls.is_some(), TurnTransport::Tls),
+            (TurnTransport::Udp, &self.udp),
+            (TurnTransport::Tcp, &self.tcp),
+            (TurnTransport::Tls, &self.tls),
         ]
         .into_iter()
-        .filter_map(|(offered, transport)| offered.then_some(transport))
-        .collect()
+        .filter_map(|(transport, route)| route.as_ref().map(|route| (transport, route)))
+    }
+
+    /// The transports the engine was given, in order udp, tcp, tls.
+    pub fn offered(&self) -> Vec<TurnTransport> {
+        self.routes().map(|(transport, _)| transport).collect()
+    }
+
+    /// How the TURN client whose local UDP socket has port `port` reached its server, if it
+    /// went through one of these routes.
+    pub fn transport_of(&self, port: u16) -> Option<TurnTransport> {
+        self.routes()
+            .find(|(_, route)| route.tap.has_carried_for(port))
+            .map(|(transport, _)| transport)
+    }
+
+    /// How our media reached TURN in `call`, if ICE selected one of our relay candidates.
+    pub fn relayed_media(&self, call: &CallReport) -> Option<TurnTransport> {
+        let local = &call.ice.selected_pair.as_ref()?.local;
+        if local.kind != "relay" {
+            return None;
+        }
+        self.transport_of(local.related_port?)
     }
 
     /// Which offered transports gave the call a relay candidate, and which did not.
@@ -199,42 +226,35 @@ impl TurnPaths {
             .ice
             .local_relays
             .iter()
-            .map(|port| self.transport_of(*port))
+            .filter_map(|port| self.transport_of(*port))
             .collect();
         self.offered()
             .into_iter()
             .partition(|transport| got.contains(transport))
     }
 
-    /// How the TURN client whose local UDP socket has port `port` reached its server: through
-    /// one of these bridges, or else directly over UDP.
-    pub fn transport_of(&self, port: u16) -> TurnTransport {
-        let carried = |bridge: &Option<StreamBridge>| {
-            bridge
-                .as_ref()
-                .is_some_and(|bridge| bridge.has_carried_for(port))
-        };
-        if carried(&self.tcp) {
-            TurnTransport::Tcp
-        } else if carried(&self.tls) {
-            TurnTransport::Tls
-        } else {
-            TurnTransport::Udp
+    /// Adds to `call`'s report what the TURN taps saw: the DTLS negotiation of a relayed call
+    /// (when the engine's own socket did not see it) and final DTLS flights sent again.
+    pub fn complete(&self, call: &mut CallReport) {
+        if call.dtls.srtp_profile.is_none() {
+            if let Some(negotiation) = self.routes().find_map(|(_, route)| route.tap.negotiation())
+            {
+                call.dtls.observe(negotiation, "ServerHello through TURN");
+            }
         }
-    }
-
-    /// How our media reached TURN in `call`, if ICE selected one of our relay candidates.
-    pub fn relayed_media(&self, call: &CallReport) -> Option<TurnTransport> {
-        let local = &call.ice.selected_pair.as_ref()?.local;
-        (local.kind == "relay").then(|| self.transport_of(local.related_port.unwrap_or(0)))
+        call.dtls.final_flight_resends_through_turn = self
+            .routes()
+            .map(|(_, route)| route.tap.final_flight_resends())
+            .sum();
     }
 }
 
-/// The engine's ICE servers for calls through `transport`, and the bridges that carry TURN
-/// over TCP/TLS. `with_stun` keeps `stun:` URLs (srflx candidates; the engine then leaves its
-/// own tapped socket, see the README). With [`TurnTransport::Auto`] a transport that cannot
-/// be set up (its host does not resolve) is left out with a warning; asked for by name, it is
-/// an error.
+/// The engine's ICE servers for calls through `transport`, and the routes to TURN behind
+/// them: every TURN URL the engine gets points at a [`TurnTap`] on 127.0.0.1, carrying to the
+/// relay's server directly (UDP) or through a stream bridge (TCP, TLS). `with_stun` keeps
+/// `stun:` URLs (srflx candidates; the engine then leaves its own tapped socket, see the
+/// README). With [`TurnTransport::Auto`] a transport that cannot be set up (its host does
+/// not resolve) is left out with a warning; asked for by name, it is an error.
 pub async fn engine_ice_servers(
     servers: &[WireIceServer],
     transport: TurnTransport,
@@ -256,7 +276,7 @@ pub async fn engine_ice_servers(
                     }
                     continue;
                 }
-                ("turn", "udp") => TurnTransport::Udp,
+                ("turn", "udp") if paths.udp.is_none() => TurnTransport::Udp,
                 ("turn", "tcp") if paths.tcp.is_none() => TurnTransport::Tcp,
                 ("turns", _) if paths.tls.is_none() => TurnTransport::Tls,
                 _ => continue,
@@ -264,18 +284,15 @@ pub async fn engine_ice_servers(
             if !transport.allows(wanted) {
                 continue;
             }
-            if wanted == TurnTransport::Udp {
-                urls.push(url.clone());
-                paths.udp = true;
-                continue;
-            }
-            match start_bridge(&parsed, wanted, extra_roots).await {
-                Ok(bridge) => {
-                    urls.push(bridge.turn_url());
-                    match wanted {
-                        TurnTransport::Tcp => paths.tcp = Some(bridge),
-                        _ => paths.tls = Some(bridge),
-                    }
+            match start_route(&parsed, wanted, extra_roots).await {
+                Ok(route) => {
+                    urls.push(route.tap.turn_url());
+                    let slot = match wanted {
+                        TurnTransport::Udp => &mut paths.udp,
+                        TurnTransport::Tcp => &mut paths.tcp,
+                        _ => &mut paths.tls,
+                    };
+                    *slot = Some(route);
                 }
                 Err(error) if transport == TurnTransport::Auto => {
                     tracing::warn!("leaving out {url}: {error}");
@@ -294,23 +311,36 @@ pub async fn engine_ice_servers(
     Ok((out, paths))
 }
 
-/// A stream bridge to the TURN server of `url` (TCP, or TLS for `Tls`).
-async fn start_bridge(
+/// A tap towards the TURN server of `url`: directly for `Udp`, through a stream bridge (TCP,
+/// or TLS for `Tls`) otherwise.
+async fn start_route(
     url: &TurnUrl,
     transport: TurnTransport,
     extra_roots: &[rustls::pki_types::CertificateDer<'static>],
-) -> Result<StreamBridge, String> {
+) -> Result<TurnRoute, String> {
     let address = resolve(&url.host, url.port).await?;
-    let tls = match transport {
-        TurnTransport::Tls => Some(
-            BridgeTls::new(&url.host, root_store(extra_roots)?)
-                .map_err(|e| format!("TURN/TLS bridge: {e}"))?,
+    let bridge = match transport {
+        TurnTransport::Udp => None,
+        TurnTransport::Tls => {
+            let tls = BridgeTls::new(&url.host, root_store(extra_roots)?)
+                .map_err(|e| format!("TURN/TLS bridge: {e}"))?;
+            Some(
+                StreamBridge::start(address, Some(tls))
+                    .await
+                    .map_err(|e| format!("TURN/TLS bridge: {e}"))?,
+            )
+        }
+        _ => Some(
+            StreamBridge::start(address, None)
+                .await
+                .map_err(|e| format!("TURN/TCP bridge: {e}"))?,
         ),
-        _ => None,
     };
-    StreamBridge::start(address, tls)
+    let upstream = bridge.as_ref().map_or(address, StreamBridge::local_addr);
+    let tap = TurnTap::start(upstream)
         .await
-        .map_err(|e| format!("TURN/{transport:?} bridge: {e}"))
+        .map_err(|e| format!("TURN tap: {e}"))?;
+    Ok(TurnRoute { tap, bridge })
 }
 
 /// The web PKI roots plus `extra`.
@@ -379,25 +409,39 @@ mod tests {
 
     #[tokio::test]
     async fn auto_offers_every_turn_transport_at_once() {
-        let (servers, bridges) =
+        let (servers, paths) =
             engine_ice_servers(&relay_servers(), TurnTransport::Auto, false, &[])
                 .await
                 .unwrap();
         let urls = &servers[0].urls;
         assert_eq!(urls.len(), 3, "{urls:?}");
-        assert_eq!(urls[0], "turn:127.0.0.1:3478?transport=udp");
-        let (tcp, tls) = (bridges.tcp.unwrap(), bridges.tls.unwrap());
-        assert!(urls.contains(&tcp.turn_url()) && urls.contains(&tls.turn_url()));
         assert_eq!(servers[0].credential, "secret");
-        // Nothing has gone through either bridge yet.
-        let bridges = TurnPaths {
-            udp: true,
-            tcp: Some(tcp),
-            tls: Some(tls),
-        };
-        assert_eq!(bridges.transport_of(40000), TurnTransport::Udp);
+        let (udp, tcp, tls) = (
+            paths.udp.as_ref().unwrap(),
+            paths.tcp.as_ref().unwrap(),
+            paths.tls.as_ref().unwrap(),
+        );
+        // Every URL points at a tap; UDP's carries to the server, TCP's and TLS's to a bridge.
+        for route in [udp, tcp, tls] {
+            assert!(urls.contains(&route.tap.turn_url()), "{urls:?}");
+        }
         assert_eq!(
-            bridges.offered(),
+            udp.tap.upstream(),
+            "127.0.0.1:3478".parse::<SocketAddr>().unwrap()
+        );
+        assert!(udp.bridge.is_none());
+        assert_eq!(
+            tcp.tap.upstream(),
+            tcp.bridge.as_ref().unwrap().local_addr()
+        );
+        assert_eq!(
+            tls.tap.upstream(),
+            tls.bridge.as_ref().unwrap().local_addr()
+        );
+        // Nothing has gone through yet.
+        assert_eq!(paths.transport_of(40000), None);
+        assert_eq!(
+            paths.offered(),
             [TurnTransport::Udp, TurnTransport::Tcp, TurnTransport::Tls]
         );
     }
@@ -409,28 +453,19 @@ mod tests {
             (TurnTransport::Tcp, false),
             (TurnTransport::Tls, false),
         ] {
-            let (servers, bridges) =
-                engine_ice_servers(&relay_servers(), transport, with_stun, &[])
-                    .await
-                    .unwrap();
+            let (servers, paths) = engine_ice_servers(&relay_servers(), transport, with_stun, &[])
+                .await
+                .unwrap();
             let urls = &servers[0].urls;
-            match transport {
-                TurnTransport::Udp => {
-                    assert_eq!(
-                        urls[..],
-                        ["stun:127.0.0.1:3478", "turn:127.0.0.1:3478?transport=udp"]
-                    );
-                    assert!(bridges.tcp.is_none() && bridges.tls.is_none());
-                    assert_eq!(bridges.offered(), [TurnTransport::Udp]);
-                }
-                TurnTransport::Tcp => {
-                    assert_eq!(urls[..], [bridges.tcp.as_ref().unwrap().turn_url()]);
-                    assert!(bridges.tls.is_none());
-                }
-                _ => {
-                    assert_eq!(urls[..], [bridges.tls.as_ref().unwrap().turn_url()]);
-                    assert!(bridges.tcp.is_none());
-                }
+            assert_eq!(paths.offered(), [transport]);
+            let route = paths.routes().next().unwrap().1;
+            if with_stun {
+                assert_eq!(
+                    urls[..],
+                    ["stun:127.0.0.1:3478".to_string(), route.tap.turn_url()]
+                );
+            } else {
+                assert_eq!(urls[..], [route.tap.turn_url()]);
             }
         }
         assert_eq!("auto".parse(), Ok(TurnTransport::Auto));
@@ -450,11 +485,11 @@ mod tests {
             username: None,
             credential: None,
         }];
-        let (auto, bridges) = engine_ice_servers(&servers, TurnTransport::Auto, false, &[])
+        let (auto, paths) = engine_ice_servers(&servers, TurnTransport::Auto, false, &[])
             .await
             .unwrap();
-        assert_eq!(auto[0].urls, ["turn:127.0.0.1:3478?transport=udp"]);
-        assert!(bridges.tls.is_none());
+        assert_eq!(auto[0].urls, [paths.udp.as_ref().unwrap().tap.turn_url()]);
+        assert!(paths.tls.is_none());
         let error = engine_ice_servers(&servers, TurnTransport::Tls, false, &[])
             .await
             .unwrap_err();

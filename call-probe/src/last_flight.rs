@@ -11,13 +11,14 @@
 //! call carries no media at all, with no error anywhere. On a lossy path (the censorship
 //! suite's degraded path drops one packet in twenty) this is about one call in fifteen.
 //!
-//! [`LastFlight`] sits where the tap sees every datagram of the call's socket: it keeps the
+//! [`LastFlight`] sits where a tap sees every datagram of the call — the engine's own socket
+//! ([`crate::tap`]) and the hop in front of each TURN server ([`crate::turn_tap`]): it keeps the
 //! datagrams of the final flight this side sent as DTLS server, per peer address, and when a
 //! datagram from that peer carries a ChangeCipherSpec again (the client only repeats it when it
 //! never got ours) it hands back those datagrams to be sent again, byte for byte. Resending the
 //! same records is what the peer needs: it never processed them, and if it had, its replay
-//! window drops the copy. Paths that bypass the tap (relayed candidates, whose TURN client has
-//! its own socket inside webrtc-rs) do not get this help.
+//! window drops the copy. Through TURN the kept bytes are the TURN messages that carried the
+//! flight (ChannelData or Send indications), sent again as they were.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -88,6 +89,12 @@ pub struct LastFlight {
 impl LastFlight {
     /// Notes a datagram this side sends to `to`.
     pub fn on_sent(&mut self, to: SocketAddr, datagram: &[u8]) {
+        self.on_sent_carried(to, datagram, datagram);
+    }
+
+    /// Notes DTLS `datagram` this side sends to `to` inside `carrier` (the bytes on the wire,
+    /// e.g. a TURN ChannelData message); a resend sends `carrier` again.
+    pub fn on_sent_carried(&mut self, to: SocketAddr, datagram: &[u8], carrier: &[u8]) {
         let mut records = records(datagram).peekable();
         let Some(first) = records.peek().copied() else {
             return;
@@ -111,12 +118,12 @@ impl LastFlight {
             };
         }
         if change_cipher_spec {
-            peer.flight = vec![datagram.to_vec()];
+            peer.flight = vec![carrier.to_vec()];
             peer.collecting = true;
         } else if peer.collecting {
             let encrypted_handshake = first.content_type == HANDSHAKE && first.epoch > 0;
             if encrypted_handshake && peer.flight.len() < MAX_FLIGHT_DATAGRAMS {
-                peer.flight.push(datagram.to_vec());
+                peer.flight.push(carrier.to_vec());
             } else if matches!(first.content_type, APPLICATION_DATA | ALERT) || encrypted_handshake
             {
                 peer.collecting = false;

@@ -6,6 +6,7 @@
 //! - [`peer`]: the webrtc-rs peer connection setup.
 //! - [`media`]: tone, Opus, Goertzel detection, receive-side RTP figures.
 //! - [`tap`]: the engine's own UDP socket (wire counters, SRTP profile, path cut);
+//!   [`turn_tap`]: the same for relayed calls, a hop in front of each TURN server;
 //!   [`last_flight`]: the DTLS final-flight retransmission webrtc-rs lacks.
 //! - [`stats`]: timeline and RTP/RTCP figures.
 //! - [`report`]: the call report and its table.
@@ -34,6 +35,7 @@ pub mod selftest;
 pub mod session;
 pub mod stats;
 pub mod tap;
+pub mod turn_tap;
 pub mod world;
 
 pub use call::{CallEngine, CallEvent, EngineError};

@@ -366,6 +366,9 @@ async fn call_steps(
 
 /// Copies the engine's milestones (ms from `place_call`) into the run's timeline.
 fn fill_from_call(report: &mut ProbeCallReport, placed_at: f64, turn_paths: &TurnPaths) {
+    if let Some(call) = &mut report.call {
+        turn_paths.complete(call);
+    }
     let Some(call) = &report.call else { return };
     report.relayed_media = turn_paths.relayed_media(call);
     (report.relay_candidates, report.turn_without_allocation) = turn_paths.allocations(call);

@@ -7,6 +7,7 @@ use zajel_wire::call::RejectReason;
 
 use crate::media::ToneReading;
 use crate::stats::{RtpFigures, Timeline};
+use crate::tap::{cipher_suite_name, srtp_profile_name, DtlsNegotiation};
 
 /// Which end of the call this side was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,11 +111,26 @@ pub struct DtlsReport {
     pub srtp_profile_is_aes_gcm: bool,
     /// The DTLS cipher suite.
     pub cipher_suite: Option<String>,
-    /// Where the two above came from: `ServerHello on the wire`, or empty when they were not
-    /// observed (host candidates were not on the engine's socket, e.g. with STUN or relayed).
+    /// Where the two above came from: `ServerHello on the wire` (the engine's socket),
+    /// `ServerHello through TURN` (a relayed call, seen by a TURN tap), or empty when they were
+    /// not observed (e.g. with a STUN server, whose srflx candidates use webrtc-rs's sockets).
     pub source: String,
     /// The profiles this side offered, most preferred first.
     pub profiles_offered: Vec<String>,
+    /// Times our final DTLS flight went out again through TURN because the peer repeated its
+    /// own (`crate::turn_tap`; on the engine's socket: `wire.dtls_final_flight_resends`).
+    #[serde(default)]
+    pub final_flight_resends_through_turn: u64,
+}
+
+impl DtlsReport {
+    /// Fills the negotiated profile and suite from a ServerHello seen at `source`.
+    pub fn observe(&mut self, negotiation: DtlsNegotiation, source: &str) {
+        self.srtp_profile = negotiation.srtp_profile.map(srtp_profile_name);
+        self.srtp_profile_is_aes_gcm = matches!(negotiation.srtp_profile, Some(0x0007 | 0x0008));
+        self.cipher_suite = Some(cipher_suite_name(negotiation.cipher_suite));
+        self.source = source.into();
+    }
 }
 
 /// Tone facts.
@@ -281,6 +297,14 @@ impl CallReport {
                     w.bytes_received,
                     w.packets_withheld
                 ),
+            );
+        }
+        let resent = self.wire.map_or(0, |w| w.dtls_final_flight_resends)
+            + self.dtls.final_flight_resends_through_turn;
+        if resent > 0 {
+            row(
+                "DTLS final flight",
+                format!("sent again {resent} time(s): the peer had not received it"),
             );
         }
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);

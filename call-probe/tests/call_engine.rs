@@ -8,6 +8,7 @@ use std::net::UdpSocket;
 use std::time::Duration;
 
 use call_probe::selftest::{Phone, Switchboard};
+use call_probe::turn_tap::TurnTap;
 use call_probe::{
     AnswerPolicy, CallConfig, CallEngine, CallEvent, CallReport, CallTimeouts, EndReason,
     EngineError, IceServer, Role,
@@ -645,6 +646,56 @@ async fn a_relay_only_call_goes_through_a_turn_server() {
     assert_eq!(caller.dtls.source, "");
     assert!(callee.dtls.srtp_profile_is_aes_gcm);
     assert!(caller.tone.detected.is_some() && callee.tone.detected.is_some());
+    server.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_call_recovers_a_lost_final_dtls_flight_through_the_turn_taps() {
+    // Both sides relay-only through TURN taps (as `call` and `answer` set them up), each tap
+    // losing its side's first ChangeCipherSpec on the way to the TURN server: the DTLS
+    // client's final flight (it retransmits it itself) and the server's (only the tap's
+    // answer to the client's repeat brings it back; webrtc-rs's DTLS server never resends).
+    let (server, port) = loopback_turn_server().await;
+    let upstream = format!("127.0.0.1:{port}").parse().unwrap();
+    let (caller_tap, callee_tap) = (
+        TurnTap::start(upstream).await.unwrap(),
+        TurnTap::start(upstream).await.unwrap(),
+    );
+    caller_tap.lose_next_change_cipher_spec();
+    callee_tap.lose_next_change_cipher_spec();
+    let through = |tap: &TurnTap, tone_hz, policy| CallConfig {
+        relay_only: true,
+        ice_servers: vec![IceServer {
+            urls: vec![tap.turn_url()],
+            username: "probe".into(),
+            credential: "secret".into(),
+        }],
+        ..config(tone_hz, policy)
+    };
+    let (_board, mut a, mut b) = connected_pair(
+        through(&caller_tap, 440.0, AnswerPolicy::Manual),
+        through(&callee_tap, 660.0, AnswerPolicy::Accept),
+    )
+    .await;
+    a.engine.hangup().await.unwrap();
+    let caller = a.ended(STEP).await.unwrap();
+    let callee = b.ended(STEP).await.unwrap();
+    for report in [&caller, &callee] {
+        assert_eq!(
+            report.ice.selected_pair.as_ref().unwrap().local.kind,
+            "relay"
+        );
+    }
+    assert_eq!(
+        caller_tap.final_flight_resends() + callee_tap.final_flight_resends(),
+        1,
+        "the DTLS server's tap answered the client's repeated flight once"
+    );
+    // The taps saw the ServerHello of the relayed call (the engines' own sockets did not).
+    for tap in [&caller_tap, &callee_tap] {
+        let negotiation = tap.negotiation().expect("ServerHello through TURN");
+        assert_eq!(negotiation.srtp_profile, Some(0x0007), "{negotiation:?}");
+    }
     server.close().await.unwrap();
 }
 

@@ -117,8 +117,6 @@ struct Counters {
     streams_failed: AtomicU64,
     frames_up: AtomicU64,
     frames_down: AtomicU64,
-    /// Every local client that sent through the bridge (up to `max_clients`).
-    clients_seen: std::sync::Mutex<Vec<SocketAddr>>,
 }
 
 /// A running bridge; dropping or closing it ends every stream.
@@ -194,16 +192,6 @@ impl StreamBridge {
         }
     }
 
-    /// Whether the local UDP port `port` (a TURN client's socket) has sent through this
-    /// bridge: tells which transport a relayed ICE candidate's TURN traffic took.
-    pub fn has_carried_for(&self, port: u16) -> bool {
-        self.counters
-            .clients_seen
-            .lock()
-            .map(|seen| seen.iter().any(|client| client.port() == port))
-            .unwrap_or(false)
-    }
-
     /// Stops the bridge and closes every stream.
     pub fn close(self) {}
 }
@@ -271,11 +259,6 @@ async fn run(
                 let (sender, receiver) = mpsc::channel(512);
                 if let Ok(mut c) = clients.lock() {
                     c.insert(client, sender.clone());
-                }
-                if let Ok(mut seen) = shared.counters.clients_seen.lock() {
-                    if seen.len() < limits.max_clients && !seen.contains(&client) {
-                        seen.push(client);
-                    }
                 }
                 streams.spawn(carry(shared.clone(), client, receiver));
                 sender
