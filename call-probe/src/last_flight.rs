@@ -22,6 +22,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// DTLS record content types (RFC 6347 §4.1).
 const CHANGE_CIPHER_SPEC: u8 = 20;
@@ -153,6 +154,24 @@ impl LastFlight {
     /// How many times our final flight went out again.
     pub fn resends(&self) -> u64 {
         self.resends
+    }
+}
+
+/// A test switch: once armed, loses the next datagram whose DTLS carries a ChangeCipherSpec
+/// (part of a final handshake flight), as a lossy path would.
+#[derive(Debug, Default)]
+pub struct LoseNextChangeCipherSpec(AtomicBool);
+
+impl LoseNextChangeCipherSpec {
+    pub fn arm(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether `datagram` is the one to lose (disarming the switch when it is).
+    pub fn takes(&self, datagram: &[u8]) -> bool {
+        self.0.load(Ordering::SeqCst)
+            && records(datagram).any(|r| r.content_type == CHANGE_CIPHER_SPEC)
+            && self.0.swap(false, Ordering::SeqCst)
     }
 }
 

@@ -14,7 +14,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use webrtc::util::{Conn, Error as UtilError};
 
-use crate::last_flight::{records, LastFlight};
+use crate::last_flight::{records, LastFlight, LoseNextChangeCipherSpec};
 
 /// What the DTLS handshake negotiated, read from the ServerHello on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,8 +98,8 @@ pub struct TapState {
     bytes_received: AtomicU64,
     packets_withheld: AtomicU64,
     cut: AtomicBool,
-    lose_next_change_cipher_spec: AtomicBool,
-    negotiation: Mutex<Option<DtlsNegotiation>>,
+    lose_next_change_cipher_spec: LoseNextChangeCipherSpec,
+    negotiation: NegotiationSlot,
     last_flight: Mutex<LastFlight>,
 }
 
@@ -130,13 +130,12 @@ impl TapState {
     /// either side's final handshake flight), as a lossy path would: for tests of the
     /// handshake's recovery.
     pub fn lose_next_change_cipher_spec(&self) {
-        self.lose_next_change_cipher_spec
-            .store(true, Ordering::SeqCst);
+        self.lose_next_change_cipher_spec.arm();
     }
 
     /// The DTLS negotiation seen on the wire, once the ServerHello passed.
     pub fn negotiation(&self) -> Option<DtlsNegotiation> {
-        *self.negotiation.lock().unwrap_or_else(|e| e.into_inner())
+        self.negotiation.get()
     }
 
     pub fn counters(&self) -> TapCounters {
@@ -155,19 +154,30 @@ impl TapState {
     }
 
     fn inspect(&self, datagram: &[u8]) {
-        if let Some(found) = parse_server_hello(datagram) {
-            let mut slot = self.negotiation.lock().unwrap_or_else(|e| e.into_inner());
-            slot.get_or_insert(found);
-        }
+        self.negotiation.note(datagram);
     }
 
     /// Whether to lose `datagram` on the way out (see `lose_next_change_cipher_spec`).
     fn loses(&self, datagram: &[u8]) -> bool {
-        self.lose_next_change_cipher_spec.load(Ordering::SeqCst)
-            && records(datagram).any(|r| r.content_type == 20)
-            && self
-                .lose_next_change_cipher_spec
-                .swap(false, Ordering::SeqCst)
+        self.lose_next_change_cipher_spec.takes(datagram)
+    }
+}
+
+/// The first DTLS negotiation seen in the datagrams shown to it.
+#[derive(Debug, Default)]
+pub struct NegotiationSlot(Mutex<Option<DtlsNegotiation>>);
+
+impl NegotiationSlot {
+    /// Keeps the negotiation of the first ServerHello in `datagram`, if it has one.
+    pub fn note(&self, datagram: &[u8]) {
+        if let Some(found) = parse_server_hello(datagram) {
+            let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            slot.get_or_insert(found);
+        }
+    }
+
+    pub fn get(&self) -> Option<DtlsNegotiation> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

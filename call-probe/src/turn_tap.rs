@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::net::UdpSocket;
@@ -30,8 +30,8 @@ use webrtc::turn::proto::channum::ChannelNumber;
 use webrtc::turn::proto::data::Data;
 use webrtc::turn::proto::peeraddr::PeerAddress;
 
-use crate::last_flight::{records, LastFlight};
-use crate::tap::{parse_server_hello, DtlsNegotiation};
+use crate::last_flight::{LastFlight, LoseNextChangeCipherSpec};
+use crate::tap::{DtlsNegotiation, NegotiationSlot};
 
 /// TURN clients carried at once (a call has one per TURN URL; ICE restarts add a few).
 const MAX_CLIENTS: usize = 32;
@@ -120,30 +120,14 @@ fn peer_and_data(message: &Message) -> Option<(SocketAddr, Vec<u8>)> {
 struct Seen {
     clients: Mutex<Vec<SocketAddr>>,
     last_flight: Mutex<LastFlight>,
-    negotiation: Mutex<Option<DtlsNegotiation>>,
+    negotiation: NegotiationSlot,
     datagrams: AtomicU64,
-    lose_next_change_cipher_spec: AtomicBool,
+    lose_next_change_cipher_spec: LoseNextChangeCipherSpec,
 }
 
 impl Seen {
     fn last_flight(&self) -> std::sync::MutexGuard<'_, LastFlight> {
         self.last_flight.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Whether to lose `payload`'s carrier on the way out (see `lose_next_change_cipher_spec`).
-    fn loses(&self, payload: &[u8]) -> bool {
-        self.lose_next_change_cipher_spec.load(Ordering::SeqCst)
-            && records(payload).any(|r| r.content_type == 20)
-            && self
-                .lose_next_change_cipher_spec
-                .swap(false, Ordering::SeqCst)
-    }
-
-    fn note_server_hello(&self, payload: &[u8]) {
-        if let Some(found) = parse_server_hello(payload) {
-            let mut slot = self.negotiation.lock().unwrap_or_else(|e| e.into_inner());
-            slot.get_or_insert(found);
-        }
     }
 }
 
@@ -200,11 +184,7 @@ impl TurnTap {
 
     /// The DTLS negotiation of a relayed call, once a ServerHello went through.
     pub fn negotiation(&self) -> Option<DtlsNegotiation> {
-        *self
-            .seen
-            .negotiation
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.seen.negotiation.get()
     }
 
     /// Times our final DTLS flight went out again through this tap.
@@ -215,9 +195,7 @@ impl TurnTap {
     /// Loses the next datagram a TURN client sends through this tap whose DTLS carries a
     /// ChangeCipherSpec (part of a final handshake flight), as a lossy path would: for tests.
     pub fn lose_next_change_cipher_spec(&self) {
-        self.seen
-            .lose_next_change_cipher_spec
-            .store(true, Ordering::SeqCst);
+        self.seen.lose_next_change_cipher_spec.arm();
     }
 
     /// Datagrams carried, both ways.
@@ -287,9 +265,9 @@ async fn run(socket: Arc<UdpSocket>, upstream: SocketAddr, seen: Arc<Seen>) {
             .unwrap_or_else(|e| e.into_inner())
             .outgoing(datagram);
         if let Some((peer, payload)) = carried {
-            seen.note_server_hello(&payload);
+            seen.negotiation.note(&payload);
             seen.last_flight().on_sent_carried(peer, &payload, datagram);
-            if seen.loses(&payload) {
+            if seen.lose_next_change_cipher_spec.takes(&payload) {
                 continue;
             }
         }
@@ -323,7 +301,7 @@ async fn carry_back(
             .unwrap_or_else(|e| e.into_inner())
             .incoming(datagram);
         if let Some((peer, payload)) = carried {
-            seen.note_server_hello(&payload);
+            seen.negotiation.note(&payload);
             let again = seen.last_flight().on_received(peer, &payload);
             for carrier in again {
                 tracing::debug!(%peer, "the peer repeated its final DTLS flight: sending ours again through TURN (RFC 6347 §4.2.4)");
