@@ -147,6 +147,7 @@ impl Answerer {
         mut on_call: impl FnMut(&AnsweredCall),
     ) -> Result<Vec<AnsweredCall>, String> {
         let mut calls = Vec::new();
+        let mut resends_before = 0;
         let forever = Duration::from_secs(365 * 24 * 3600);
         loop {
             if self
@@ -159,7 +160,11 @@ impl Answerer {
             tokio::select! {
                 ended = self.line.phone.ended(forever) => {
                     let mut report = ended?;
+                    // The taps serve every call; their resend count is since the start.
                     self.turn_paths.complete(&mut report);
+                    let resends = report.dtls.final_flight_resends_through_turn;
+                    report.dtls.final_flight_resends_through_turn = resends - resends_before;
+                    resends_before = resends;
                     self.line.phone.clear_history();
                     let relayed_media = self.turn_paths.relayed_media(&report);
                     let call = AnsweredCall { number: calls.len() as u32 + 1, report, relayed_media };

@@ -1,8 +1,8 @@
 //! What `call`, `answer` and `check` share: opening a registered session on a relay (with
 //! the relay's `ice_servers`), a random pairing code and X25519-shaped public key, turning the
-//! relay's ICE servers into the engine's (TURN over TCP/TLS through relay-lite's stream
-//! bridges, and which of them a call's media took), and descriptions of ICE servers without
-//! their credentials.
+//! relay's ICE servers into the engine's (every TURN server behind a TURN tap, TCP/TLS through
+//! relay-lite's stream bridges, and which of them a call's media took), and descriptions of ICE
+//! servers without their credentials.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -82,7 +82,7 @@ pub enum TurnTransport {
     /// back to TURN over TCP or TLS by itself.
     #[default]
     Auto,
-    /// `turn:…?transport=udp` as the relay hands it out.
+    /// `turn:…?transport=udp`.
     Udp,
     /// `turn:…?transport=tcp` through a stream bridge on 127.0.0.1.
     Tcp,
