@@ -287,9 +287,12 @@ fn read_call(json: &Value, result: &mut ClientResult) {
     }
     let resends = engine["wire"]["dtls_final_flight_resends"]
         .as_u64()
-        .unwrap_or(0);
+        .unwrap_or(0)
+        + engine["dtls"]["final_flight_resends_through_turn"]
+            .as_u64()
+            .unwrap_or(0);
     if resends > 0 {
-        // The path lost our final DTLS flight and the tap sent it again (call_probe::last_flight).
+        // The path lost our final DTLS flight and a tap sent it again (call_probe::last_flight).
         result.media_path = format!(
             "{}, final DTLS flight sent again {resends}×",
             result.media_path
