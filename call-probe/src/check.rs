@@ -18,14 +18,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use discovery_client::discovery::Config as DiscoveryConfig;
-use relay_lite::turn::{BridgeTls, StreamBridge};
+use relay_lite::turn::StreamBridge;
 use serde::Serialize;
 use tokio::net::UdpSocket;
 use webrtc::turn::client::{Client as TurnClient, ClientConfig as TurnClientConfig};
 use webrtc::util::Conn;
 
 use crate::choose::ServerChoice;
-use crate::client::{self, parse_ice_url};
+use crate::client::{self, parse_ice_url, TurnTransport};
 use crate::session::TrustAnchors;
 
 /// At least one call path exists.
@@ -375,29 +375,13 @@ async fn turn_allocation(
     let started = Instant::now();
     let result: Result<String, String> = async {
         let (_, parsed) = parse_ice_url(url).ok_or("not a TURN URL")?;
-        let server = client::resolve(&parsed.host, parsed.port).await?;
-        let mut _bridge = None;
-        let target = match kind {
-            "turn/udp" => server,
-            "turn/tcp" => {
-                let bridge = StreamBridge::start(server, None)
-                    .await
-                    .map_err(|e| format!("bridge: {e}"))?;
-                let address = bridge.local_addr();
-                _bridge = Some(bridge);
-                address
-            }
-            _ => {
-                let tls = BridgeTls::new(&parsed.host, client::root_store(extra_roots)?)
-                    .map_err(|e| format!("bridge TLS: {e}"))?;
-                let bridge = StreamBridge::start(server, Some(tls))
-                    .await
-                    .map_err(|e| format!("bridge: {e}"))?;
-                let address = bridge.local_addr();
-                _bridge = Some(bridge);
-                address
-            }
+        let transport = match kind {
+            "turn/udp" => TurnTransport::Udp,
+            "turn/tcp" => TurnTransport::Tcp,
+            _ => TurnTransport::Tls,
         };
+        let (target, bridge) = client::turn_target(&parsed, transport, extra_roots).await?;
+        let server = bridge.as_ref().map_or(target, StreamBridge::server_addr);
         let bind = if target.is_ipv4() {
             "0.0.0.0:0"
         } else {
@@ -425,15 +409,14 @@ async fn turn_allocation(
         .await
         .map_err(|e| e.to_string())?;
         client.listen().await.map_err(|e| e.to_string())?;
-        let bridge_failed = |bridge: &Option<StreamBridge>| {
-            bridge
-                .as_ref()
-                .is_some_and(|b| b.stats().streams_failed > 0 && b.stats().streams_opened == 0)
-        };
         let result = tokio::time::timeout(limit, client.allocate())
             .await
             .map_err(|_| {
-                if bridge_failed(&_bridge) {
+                // Read once the allocation timed out: did the bridge never get its stream up?
+                let bridge_failed = bridge
+                    .as_ref()
+                    .is_some_and(|b| b.stats().streams_failed > 0 && b.stats().streams_opened == 0);
+                if bridge_failed {
                     let what = if kind == "turn/tls" {
                         "TCP connect or TLS handshake"
                     } else {

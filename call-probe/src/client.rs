@@ -311,36 +311,40 @@ pub async fn engine_ice_servers(
     Ok((out, paths))
 }
 
-/// A tap towards the TURN server of `url`: directly for `Udp`, through a stream bridge (TCP,
-/// or TLS for `Tls`) otherwise.
+/// A tap towards the TURN server of `url` (see [`turn_target`]).
 async fn start_route(
     url: &TurnUrl,
     transport: TurnTransport,
     extra_roots: &[rustls::pki_types::CertificateDer<'static>],
 ) -> Result<TurnRoute, String> {
-    let address = resolve(&url.host, url.port).await?;
-    let bridge = match transport {
-        TurnTransport::Udp => None,
-        TurnTransport::Tls => {
-            let tls = BridgeTls::new(&url.host, root_store(extra_roots)?)
-                .map_err(|e| format!("TURN/TLS bridge: {e}"))?;
-            Some(
-                StreamBridge::start(address, Some(tls))
-                    .await
-                    .map_err(|e| format!("TURN/TLS bridge: {e}"))?,
-            )
-        }
-        _ => Some(
-            StreamBridge::start(address, None)
-                .await
-                .map_err(|e| format!("TURN/TCP bridge: {e}"))?,
-        ),
-    };
-    let upstream = bridge.as_ref().map_or(address, StreamBridge::local_addr);
-    let tap = TurnTap::start(upstream)
+    let (target, bridge) = turn_target(url, transport, extra_roots).await?;
+    let tap = TurnTap::start(target)
         .await
         .map_err(|e| format!("TURN tap: {e}"))?;
     Ok(TurnRoute { tap, bridge })
+}
+
+/// Where a UDP TURN client sends to reach the TURN server of `url` over `transport`: the
+/// server itself for `Udp`, else a stream bridge on 127.0.0.1 carrying to it over TCP (or TLS
+/// for `Tls`), returned to be kept alive as long as it is used.
+pub async fn turn_target(
+    url: &TurnUrl,
+    transport: TurnTransport,
+    extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+) -> Result<(SocketAddr, Option<StreamBridge>), String> {
+    let address = resolve(&url.host, url.port).await?;
+    let tls = match transport {
+        TurnTransport::Udp | TurnTransport::Auto => return Ok((address, None)),
+        TurnTransport::Tcp => None,
+        TurnTransport::Tls => Some(
+            BridgeTls::new(&url.host, root_store(extra_roots)?)
+                .map_err(|e| format!("TURN/TLS bridge: {e}"))?,
+        ),
+    };
+    let bridge = StreamBridge::start(address, tls)
+        .await
+        .map_err(|e| format!("TURN/{transport:?} bridge: {e}"))?;
+    Ok((bridge.local_addr(), Some(bridge)))
 }
 
 /// The web PKI roots plus `extra`.

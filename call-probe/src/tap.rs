@@ -152,15 +152,6 @@ impl TapState {
     fn last_flight(&self) -> std::sync::MutexGuard<'_, LastFlight> {
         self.last_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
-
-    fn inspect(&self, datagram: &[u8]) {
-        self.negotiation.note(datagram);
-    }
-
-    /// Whether to lose `datagram` on the way out (see `lose_next_change_cipher_spec`).
-    fn loses(&self, datagram: &[u8]) -> bool {
-        self.lose_next_change_cipher_spec.takes(datagram)
-    }
 }
 
 /// The first DTLS negotiation seen in the datagrams shown to it.
@@ -249,7 +240,7 @@ impl Conn for TappedUdp {
             self.state
                 .bytes_received
                 .fetch_add(n as u64, Ordering::Relaxed);
-            self.state.inspect(&buf[..n]);
+            self.state.negotiation.note(&buf[..n]);
             let again = self.state.last_flight().on_received(from, &buf[..n]);
             for datagram in again {
                 tracing::debug!(peer = %from, "the peer repeated its final DTLS flight: sending ours again (RFC 6347 §4.2.4)");
@@ -274,9 +265,9 @@ impl Conn for TappedUdp {
             self.state.packets_withheld.fetch_add(1, Ordering::Relaxed);
             return Ok(buf.len());
         }
-        self.state.inspect(buf);
+        self.state.negotiation.note(buf);
         self.state.last_flight().on_sent(target, buf);
-        if self.state.loses(buf) {
+        if self.state.lose_next_change_cipher_spec.takes(buf) {
             self.state.packets_withheld.fetch_add(1, Ordering::Relaxed);
             return Ok(buf.len());
         }
