@@ -285,6 +285,10 @@ async fn relay_only_calls_go_through_turn_over_udp_tcp_and_tls() {
         assert_media_both_ways(&out["call"], 660.0);
         assert_eq!(out["call"]["turn_transport"], transport);
         assert_eq!(out["call"]["relayed_media"], transport, "{stdout}");
+        // The caller's DTLS ran on the TURN client's socket; its TURN tap read the ServerHello.
+        let dtls = &out["call"]["call"]["dtls"];
+        assert_eq!(dtls["source"], "ServerHello through TURN", "{dtls}");
+        assert_eq!(dtls["srtp_profile_is_aes_gcm"], true, "{dtls}");
         let ice = &out["call"]["call"]["ice"];
         assert_eq!(ice["relay_only"], true);
         assert_eq!(
