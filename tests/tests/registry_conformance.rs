@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bootstrap_worker::registry::errors;
+use discovery_client::net::error_chain;
 use ed25519_dalek::SigningKey;
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::{json, Value};
@@ -92,7 +93,9 @@ fn send(
             .header("Content-Type", "application/json")
             .body(body);
     }
-    let response = request.send().map_err(|e| format!("{url}: {e}"))?;
+    let response = request
+        .send()
+        .map_err(|e| format!("{url}: {}", error_chain(&e)))?;
     let status = response.status().as_u16();
     let headers = response
         .headers()
@@ -1091,6 +1094,60 @@ fn native_restart_durability(http: &Http) -> Result<(), String> {
     Ok(())
 }
 
+/// The native host ends the connection after refusing an oversize body, and
+/// says so: it reads the rest of the body (so the client, still writing, reads
+/// the 413 rather than a broken pipe), answers with `Connection: close`, then
+/// closes. Without the header a client pooled the connection hyper was closing
+/// and its next request failed ("connection closed before message completed").
+fn native_oversize_body_closes_the_connection(registry: &RunningRegistry) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let address = registry
+        .base_url
+        .strip_prefix("http://")
+        .ok_or("not an http:// registry")?;
+    let mut stream = std::net::TcpStream::connect(address).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let body = vec![b' '; 1 << 20];
+    let head = format!(
+        "POST /servers HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(&body))
+        .map_err(|e| format!("the server stopped reading the body: {e}"))?;
+    // read_to_end returns only when the server closes (or the timeout fails it).
+    let mut reply = Vec::new();
+    stream
+        .read_to_end(&mut reply)
+        .map_err(|e| format!("the connection was not closed after the 413: {e}"))?;
+    let reply = String::from_utf8_lossy(&reply).to_ascii_lowercase();
+    ensure!(reply.starts_with("http/1.1 413"), "reply: {reply}");
+    ensure!(
+        reply.contains("\r\nconnection: close\r\n"),
+        "the 413 should say Connection: close: {reply}"
+    );
+
+    // Through a pooling client, every request after a refused oversize body succeeds.
+    let http = reqwest::blocking::Client::builder()
+        .pool_max_idle_per_host(1)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .map_err(|e| e.to_string())?;
+    for round in 0..20 {
+        let reply = post(&http, registry, "/servers", body.clone())
+            .map_err(|e| format!("round {round}, oversize: {e}"))?;
+        expect_error(&reply, 413, errors::TOO_LARGE)?;
+        let reply = post(&http, registry, "/servers", b"[1,2]".to_vec())
+            .map_err(|e| format!("round {round}, the request after: {e}"))?;
+        expect_error(&reply, 400, "Request body must be a JSON object")?;
+    }
+    Ok(())
+}
+
 /// Headers that belong to the HTTP server rather than the registry, which
 /// the two hosts may legitimately set differently.
 const TRANSPORT_HEADERS: &[&str] = &[
@@ -1311,6 +1368,14 @@ fn main() {
         Arc::new(registry_host::start_in_process(LIMITS)),
     ));
 
+    let oversize_native = native.clone();
+    trials.push(Trial::test(
+        "native::oversize_body_closes_the_connection",
+        move || {
+            native_oversize_body_closes_the_connection(&oversize_native.signed)
+                .map_err(Failed::from)
+        },
+    ));
     let child_http = http.clone();
     trials.push(Trial::test("native::restart_durability", move || {
         native_restart_durability(&child_http).map_err(Failed::from)

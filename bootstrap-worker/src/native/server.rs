@@ -4,6 +4,14 @@
 //! oversize body is refused without being buffered), handed to the registry
 //! on the blocking pool (SQLite writes wait for fsync), and the registry's
 //! response is written back unchanged.
+//!
+//! An oversize body is the one case where the connection ends with the
+//! response: the rest of the body is read and thrown away (up to
+//! [`MAX_DRAINED_BYTES`]) so the client, still writing, gets to read the 413
+//! instead of a broken pipe, and the response says `Connection: close`, so
+//! the client does not send its next request on a connection the server is
+//! closing (hyper closes a connection whose request body was not read to the
+//! end, without telling the client).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,6 +37,9 @@ pub const MAX_CONNECTIONS: usize = 4096;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client must send its whole body within this time.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much of an oversize body is read and thrown away before the 413
+/// goes out; beyond this the client may see its write fail instead.
+pub const MAX_DRAINED_BYTES: usize = 1024 * 1024 + 64 * 1024;
 
 /// The registry shared by every connection.
 pub type SharedRegistry = Arc<Mutex<Registry<SqliteStore>>>;
@@ -98,25 +109,30 @@ async fn answer(
         .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
         .collect();
     let read = tokio::time::timeout(BODY_TIMEOUT, async {
-        while core.body.len() <= MAX_BODY_BYTES {
-            match body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Some(data) = frame.data_ref() {
-                        core.body.extend_from_slice(data);
-                    }
-                }
-                Some(Err(error)) => return Err(error.to_string()),
-                None => break,
+        let mut drained = 0;
+        loop {
+            let Some(frame) = body.frame().await else {
+                return Ok::<(), String>(());
+            };
+            let frame = frame.map_err(|error| error.to_string())?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            let kept = (MAX_BODY_BYTES + 1 - core.body.len()).min(data.len());
+            core.body.extend_from_slice(&data[..kept]);
+            drained += data.len() - kept;
+            if drained > MAX_DRAINED_BYTES {
+                return Ok(());
             }
         }
-        Ok(())
     })
     .await;
     match read {
         Ok(Ok(())) => {}
         Ok(Err(error)) => return Ok(plain(400, &format!("could not read body: {error}"))),
-        Err(_) => return Ok(plain(408, "body not received in time")),
+        Err(_) => return Ok(closing(plain(408, "body not received in time"))),
     }
+    let oversize = core.body.len() > MAX_BODY_BYTES;
     let handled = tokio::task::spawn_blocking(move || {
         let mut registry = registry
             .lock()
@@ -134,7 +150,21 @@ async fn answer(
     if let Some(line) = &response.refusal {
         tracing::warn!("{line}");
     }
-    Ok(to_hyper(response))
+    let response = to_hyper(response);
+    Ok(if oversize {
+        closing(response)
+    } else {
+        response
+    })
+}
+
+/// `response` with `Connection: close`: the connection ends once it is written.
+fn closing(mut response: hyper::Response<Full<Bytes>>) -> hyper::Response<Full<Bytes>> {
+    response.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 fn to_hyper(response: Response) -> hyper::Response<Full<Bytes>> {
