@@ -130,7 +130,7 @@ async fn answer(
     match read {
         Ok(Ok(())) => {}
         Ok(Err(error)) => return Ok(plain(400, &format!("could not read body: {error}"))),
-        Err(_) => return Ok(closing(plain(408, "body not received in time"))),
+        Err(_) => return Ok(plain(408, "body not received in time")),
     }
     let oversize = core.body.len() > MAX_BODY_BYTES;
     let handled = tokio::task::spawn_blocking(move || {
