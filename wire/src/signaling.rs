@@ -258,8 +258,9 @@ impl SignalingError {
 /// fields of its flat form); it is a `ForwardKind::Call` at once. To add a
 /// forwarded message that is not a call message, add a variant here with its
 /// arm in [`Self::type_name`] (the compiler asks for it) and its place in
-/// [`Self::ALL`]. Nothing else: the type lists, [`ClientMessage`],
-/// [`ServerMessage`] and the relay's forwarding and metrics follow.
+/// `SIGNALING` below. Nothing else: [`Self::ALL`], the type lists,
+/// [`ClientMessage`], [`ServerMessage`] and the relay's forwarding and
+/// metrics follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ForwardKind {
     /// `offer` (WebRTC signaling; envelope form only).
@@ -273,17 +274,19 @@ pub enum ForwardKind {
 }
 
 impl ForwardKind {
+    /// The kinds that are not call messages, in protocol order.
+    const SIGNALING: &'static [ForwardKind] = &[Self::Offer, Self::Answer, Self::IceCandidate];
+
     /// Every kind, in protocol order: the WebRTC signaling kinds, then
     /// [`CallKind::ALL`].
-    pub const ALL: [ForwardKind; 3 + CallKind::ALL.len()] = {
-        let signaling = [Self::Offer, Self::Answer, Self::IceCandidate];
-        let mut all = [Self::Offer; 3 + CallKind::ALL.len()];
+    pub const ALL: [ForwardKind; Self::SIGNALING.len() + CallKind::ALL.len()] = {
+        let mut all = [Self::Offer; Self::SIGNALING.len() + CallKind::ALL.len()];
         let mut i = 0;
         while i < all.len() {
-            all[i] = if i < signaling.len() {
-                signaling[i]
+            all[i] = if i < Self::SIGNALING.len() {
+                Self::SIGNALING[i]
             } else {
-                Self::Call(CallKind::ALL[i - signaling.len()])
+                Self::Call(CallKind::ALL[i - Self::SIGNALING.len()])
             };
             i += 1;
         }
@@ -1377,7 +1380,7 @@ mod tests {
             ClientMessage::parse_for_connection(&pair, true),
             Err(SignalingError::InvalidTargetCode)
         );
-        for type_name in &CLIENT_MESSAGE_TYPES[1..11] {
+        for type_name in &CLIENT_MESSAGE_TYPES[1..CLIENT_MESSAGE_TYPES.len() - 1] {
             let text = json!({"type": type_name}).to_string();
             assert_eq!(
                 ClientMessage::parse_for_connection(&text, false),
@@ -2010,18 +2013,14 @@ mod tests {
             FORWARDED_MESSAGE_TYPES,
             ForwardKind::ALL.map(ForwardKind::type_name)
         );
+        // Today's eight, WebRTC signaling first, then the call kinds.
         assert_eq!(
-            FORWARDED_MESSAGE_TYPES,
-            [
-                "offer",
-                "answer",
-                "ice_candidate",
-                "call_offer",
-                "call_answer",
-                "call_reject",
-                "call_hangup",
-                "call_ice",
-            ]
+            FORWARDED_MESSAGE_TYPES[..3],
+            ["offer", "answer", "ice_candidate"]
+        );
+        assert_eq!(
+            FORWARDED_MESSAGE_TYPES[3..],
+            CallKind::ALL.map(CallKind::type_name)
         );
         for kind in ForwardKind::ALL {
             assert_eq!(ForwardKind::from_type(kind.type_name()), Some(kind));
@@ -2031,48 +2030,28 @@ mod tests {
             assert!(ForwardKind::ALL.contains(&ForwardKind::from(kind)));
         }
         assert_eq!(ForwardKind::from_type("ping"), None);
-        assert_eq!(
-            CLIENT_MESSAGE_TYPES,
-            [
-                "register",
-                "pair_request",
-                "pair_response",
-                "offer",
-                "answer",
-                "ice_candidate",
-                "call_offer",
-                "call_answer",
-                "call_reject",
-                "call_hangup",
-                "call_ice",
-                "ping",
-            ]
-        );
-        assert_eq!(
-            SERVER_MESSAGE_TYPES,
-            [
-                "server_info",
-                "registered",
-                "code_collision",
-                "pair_incoming",
-                "pair_matched",
-                "pair_rejected",
-                "pair_error",
-                "pair_expiring",
-                "pair_timeout",
-                "offer",
-                "answer",
-                "ice_candidate",
-                "call_offer",
-                "call_answer",
-                "call_reject",
-                "call_hangup",
-                "call_ice",
-                "ice_servers",
-                "pong",
-                "error",
-            ]
-        );
+        let client: Vec<&str> = ["register", "pair_request", "pair_response"]
+            .into_iter()
+            .chain(FORWARDED_MESSAGE_TYPES)
+            .chain(["ping"])
+            .collect();
+        assert_eq!(CLIENT_MESSAGE_TYPES.to_vec(), client);
+        let server: Vec<&str> = [
+            "server_info",
+            "registered",
+            "code_collision",
+            "pair_incoming",
+            "pair_matched",
+            "pair_rejected",
+            "pair_error",
+            "pair_expiring",
+            "pair_timeout",
+        ]
+        .into_iter()
+        .chain(FORWARDED_MESSAGE_TYPES)
+        .chain(["ice_servers", "pong", "error"])
+        .collect();
+        assert_eq!(SERVER_MESSAGE_TYPES.to_vec(), server);
     }
 
     #[test]
