@@ -174,7 +174,7 @@ async fn route(
                     return;
                 };
                 if let Some(payload) = message.call_payload() {
-                    let from = message.forwarded().and_then(|(from, _)| PairingCode::parse(from).ok());
+                    let from = message.forwarded().and_then(|forwarded| PairingCode::parse(&forwarded.from).ok());
                     match (payload, from) {
                         (Ok(payload), Some(from)) => {
                             peer_of_call.insert(payload.call_id().to_ascii_lowercase(), from);

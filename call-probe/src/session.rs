@@ -264,8 +264,7 @@ impl SignalingSession {
         self.send_text(message.to_text()).await
     }
 
-    /// Queues a frame given as JSON text (for fields the wire types do not carry, such as
-    /// relay-lite's `"iceServers": true` on `register`).
+    /// Queues a frame given as JSON text (for fields the wire types do not carry).
     pub async fn send_text(&self, text: String) -> Result<(), SessionError> {
         self.outgoing
             .send(text)
@@ -289,13 +288,12 @@ impl SignalingSession {
         public_key: &str,
         limit: Duration,
     ) -> Result<(String, Vec<IceServer>), SessionError> {
-        let frame = serde_json::json!({
-            "type": "register",
-            "pairingCode": code.as_str(),
-            "publicKey": public_key,
-            "iceServers": true,
-        });
-        self.send_text(frame.to_string()).await?;
+        self.send(ClientMessage::Register {
+            pairing_code: code,
+            public_key: public_key.to_string(),
+            ice_servers: true,
+        })
+        .await?;
         let server_id = self.registered(code, limit).await?;
         self.send(ClientMessage::Ping).await?;
         let mut servers = Vec::new();
@@ -304,7 +302,7 @@ impl SignalingSession {
             "ice_servers",
             |message| matches!(message, ServerMessage::Pong).then_some(()),
             |message| {
-                if let ServerMessage::IceServers { ice_servers } = message {
+                if let ServerMessage::IceServers { ice_servers, .. } = message {
                     servers = ice_servers;
                 }
             },
@@ -353,6 +351,7 @@ impl SignalingSession {
         self.send(ClientMessage::Register {
             pairing_code: code,
             public_key: public_key.to_string(),
+            ice_servers: false,
         })
         .await?;
         self.registered(code, limit).await

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use zajel_wire::pairing::PairingCode;
-use zajel_wire::signaling::{self, ClientMessage, ServerMessage};
+use zajel_wire::signaling::{self, Forward, ServerMessage};
 
 use crate::metrics::{Metrics, Refusal};
 use crate::outbox::Outbox;
@@ -296,25 +296,24 @@ impl Hub {
         }
     }
 
-    /// Forwards `offer`/`answer`/`ice_candidate`/`call_*` from `from`.
+    /// Forwards a message (any `ForwardKind`) from `from` to its target.
     /// Returns the error reply, if any. Call messages carry the web
     /// client's flat fields too.
-    pub fn forward(&self, from: PairingCode, message: &ClientMessage) -> Option<ServerMessage> {
-        let (Some(target), Some(delivered)) = (message.target(), message.forward_from(from)) else {
-            return None;
-        };
+    pub fn forward(&self, from: PairingCode, forward: &Forward) -> Option<ServerMessage> {
+        let target = forward.target;
         let outbox = self.lock().codes.get(&target).map(|m| m.outbox.clone());
         let Some(outbox) = outbox else {
             self.metrics.refused(Refusal::PeerNotFound);
             return Some(ServerMessage::peer_not_found(target.as_str()));
         };
-        let type_name = message.type_name();
+        let delivered = ServerMessage::Forwarded(forward.delivered_from(from));
         if outbox.deliver(delivered.to_text_with_flat_call_fields()) {
-            self.metrics.forwarded(type_name);
+            self.metrics.forwarded(forward.kind);
             None
         } else {
             Some(ServerMessage::error(format!(
-                "Failed to forward {type_name} to {target}"
+                "Failed to forward {} to {target}",
+                forward.kind.type_name()
             )))
         }
     }

@@ -1,28 +1,17 @@
 //! The `ice_servers` extension: STUN/TURN servers with fresh time-limited
 //! TURN credentials ([`crate::credentials`]) for registered clients that
-//! asked by sending `"iceServers": true` in their `register` frame.
+//! asked by sending `"iceServers": true` in their `register` frame
+//! (`ClientMessage::Register`'s `ice_servers`).
 //!
 //! Sent frame: `{"type":"ice_servers","iceServers":[{"urls":[…],"username",
 //! "credential"}],"ttl":<seconds>}` (`ttl` is ours, additive).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::Value;
 use zajel_wire::signaling::{IceServer, ServerMessage};
 
 use crate::config::IceConfig;
 use crate::credentials;
-
-/// The `register` field a client sets to `true` to get `ice_servers`.
-pub const REGISTER_FIELD: &str = "iceServers";
-
-/// Whether a `register` frame (already validated) asks for ICE servers.
-pub fn register_asks(frame: &str) -> bool {
-    serde_json::from_str::<Value>(frame)
-        .ok()
-        .and_then(|value| value.get(REGISTER_FIELD).cloned())
-        == Some(Value::Bool(true))
-}
 
 /// The `ice_servers` frame with a credential issued now.
 pub fn frame(config: &IceConfig) -> String {
@@ -57,20 +46,17 @@ pub fn frame_at(config: &IceConfig, now_secs: u64, tag: &str) -> String {
             credential: Some(issued.credential),
         });
     }
-    let text = ServerMessage::IceServers {
+    ServerMessage::IceServers {
         ice_servers: servers,
+        ttl: Some(ttl),
     }
-    .to_text();
-    // Append `ttl` after the wire type's fields (the text ends with `}`).
-    match text.strip_suffix('}') {
-        Some(head) => format!("{head},\"ttl\":{ttl}}}"),
-        None => text,
-    }
+    .to_text()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
     use std::time::Duration;
 
     #[test]
@@ -92,12 +78,10 @@ mod tests {
             turn["credential"].as_str().unwrap(),
             credentials::check_username(b"s3cret", "1600:tag", 1_000).unwrap()
         );
+        assert!(text.ends_with(r#"],"ttl":600}"#), "{text}");
         assert!(matches!(
             ServerMessage::parse(&text).unwrap(),
-            ServerMessage::IceServers { .. }
+            ServerMessage::IceServers { ttl: Some(600), .. }
         ));
-        assert!(register_asks(r#"{"type":"register","iceServers":true}"#));
-        assert!(!register_asks(r#"{"type":"register","iceServers":"yes"}"#));
-        assert!(!register_asks(r#"{"type":"register"}"#));
     }
 }

@@ -6,7 +6,9 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-/// Forwarded message types, in the order they are rendered.
+use zajel_wire::signaling::ForwardKind;
+
+/// Forwarded message types, in the order they are rendered ([`ForwardKind::ALL`]'s).
 pub use zajel_wire::signaling::FORWARDED_MESSAGE_TYPES as FORWARDED_TYPES;
 
 /// Why the relay refused something.
@@ -89,7 +91,8 @@ pub struct Metrics {
     websocket_sessions: AtomicI64,
     registered_codes: AtomicI64,
     messages_received: AtomicU64,
-    forwarded: [AtomicU64; 8],
+    /// Per [`ForwardKind`], in [`FORWARDED_TYPES`] order.
+    forwarded: [AtomicU64; FORWARDED_TYPES.len()],
     refusals: [AtomicU64; 13],
     pair_requests: AtomicU64,
     pair_matched: AtomicU64,
@@ -154,8 +157,8 @@ impl Metrics {
     pub(crate) fn message_received(&self) {
         self.messages_received.fetch_add(1, Ordering::Relaxed);
     }
-    pub(crate) fn forwarded(&self, type_name: &str) {
-        if let Some(index) = FORWARDED_TYPES.iter().position(|t| *t == type_name) {
+    pub(crate) fn forwarded(&self, kind: ForwardKind) {
+        if let Some(index) = ForwardKind::ALL.iter().position(|k| *k == kind) {
             self.forwarded[index].fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -344,12 +347,13 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zajel_wire::call::CallKind;
 
     #[test]
     fn renders_every_series_with_help_and_type() {
         let metrics = Metrics::new();
-        metrics.forwarded("call_ice");
-        metrics.forwarded("call_ice");
+        metrics.forwarded(ForwardKind::Call(CallKind::Ice));
+        metrics.forwarded(ForwardKind::Call(CallKind::Ice));
         metrics.refused(Refusal::SlowConsumer);
         let text = metrics.render();
         assert!(text.contains("relay_messages_forwarded_total{type=\"call_ice\"} 2\n"));

@@ -215,8 +215,9 @@ impl Session {
             ClientMessage::Register {
                 pairing_code,
                 public_key,
+                ice_servers,
             } => {
-                return self.register(text, *pairing_code, public_key);
+                return self.register(*pairing_code, public_key, *ice_servers);
             }
             ClientMessage::PairRequest {
                 target_code,
@@ -237,15 +238,21 @@ impl Session {
                 let from = self.code.expect("registered: checked by the parser");
                 hub.pair_response(from, *target_code, *accepted)
             }
-            _ => {
+            ClientMessage::Forward(forward) => {
                 let from = self.code.expect("registered: checked by the parser");
-                hub.forward(from, &message)
+                hub.forward(from, forward)
             }
         };
         reply.map(|r| vec![r.to_text()]).unwrap_or_default()
     }
 
-    fn register(&mut self, frame: &str, code: PairingCode, public_key: &str) -> Vec<String> {
+    /// `register`; `asks_ice_servers` is its `"iceServers": true`.
+    fn register(
+        &mut self,
+        code: PairingCode,
+        public_key: &str,
+        asks_ice_servers: bool,
+    ) -> Vec<String> {
         let shared = &self.shared;
         match shared
             .hub
@@ -262,11 +269,12 @@ impl Session {
                     server_id: shared.server_id.clone(),
                 }
                 .to_text()];
-                if let Some(config) = &shared.config.ice {
-                    if ice::register_asks(frame) {
+                match &shared.config.ice {
+                    Some(config) if asks_ice_servers => {
                         shared.metrics.ice_credential_issued();
                         replies.push(ice::frame(config));
                     }
+                    _ => {}
                 }
                 replies
             }

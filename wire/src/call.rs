@@ -84,7 +84,7 @@ impl CallKind {
     ];
 
     /// The message `type`: `call_offer`, `call_answer`, `call_reject`, `call_hangup`, `call_ice`.
-    pub fn type_name(self) -> &'static str {
+    pub const fn type_name(self) -> &'static str {
         match self {
             Self::Offer => "call_offer",
             Self::Answer => "call_answer",

@@ -4,6 +4,22 @@
 //! clients send, [`ServerMessage`] what a relay sends; field names are
 //! Zajel's camelCase ones, type names snake_case.
 //!
+//! # Forwarded messages
+//!
+//! WebRTC signaling (`offer`, `answer`, `ice_candidate`) and the call
+//! messages (`call_*`) go from one client to another through the relay.
+//! They share one model: a [`ForwardKind`] (the one list of forwarded
+//! kinds, with each kind's type name and the fields of its flat form) plus
+//! the peer and the payload. A client sends a [`Forward`]
+//! (`{"type","target","payload":{…}}`, [`ClientMessage::Forward`]); the
+//! target gets a [`Forwarded`] (`{"type","from","payload":{…}}`,
+//! [`ServerMessage::Forwarded`]). [`FORWARDED_MESSAGE_TYPES`],
+//! [`CLIENT_MESSAGE_TYPES`] and [`SERVER_MESSAGE_TYPES`] are derived from
+//! [`ForwardKind::ALL`], so a new call message is one edit to
+//! [`CallKind`] and a new non-call forwarded kind one variant of
+//! [`ForwardKind`] (with its type name and its place in `ALL`); parsing,
+//! writing, forwarding and the relay's metrics follow.
+//!
 //! # Reading client frames (relay side)
 //!
 //! A relay handles a text frame in this order, which is Zajel's:
@@ -25,7 +41,7 @@
 //!    [`PAIR_REQUEST_WINDOW_MS`], [`MAX_PENDING_PER_TARGET`], expiry after
 //!    [`PAIR_REQUEST_TIMEOUT_MS`] with `pair_expiring` [`PAIR_EXPIRING_WARNING_MS`]
 //!    before, `Peer not found: <code>` ([`peer_not_found`]) for an unknown
-//!    target, and forwarding with [`ClientMessage::forward_from`].
+//!    target, and forwarding with [`Forward::delivered_from`].
 //!
 //! [`ClientMessage::parse`] does the same without the registration check.
 //! Codes (`pairingCode`, `targetCode`, `target`) must be valid
@@ -36,11 +52,12 @@
 //!
 //! Zajel's web client sends call messages flat:
 //! `{"type":"call_offer","callId","targetId","sdp","withVideo"}` (no
-//! `payload`, `targetId` instead of `target`). A call message without
+//! `payload`, `targetId` instead of `target`). A message of a kind with a
+//! flat form ([`ForwardKind::flat_fields`], the call kinds) without
 //! `payload` but with `targetId` is read that way: the target is `targetId`
 //! and the payload is every remaining field (all but `type`, `target` and
-//! `targetId`). The result is the same [`ClientMessage`], marked
-//! [`CallForm::Flat`]; serialising it writes the flat form again.
+//! `targetId`). The result is the same [`Forward`] with
+//! [`ForwardForm::Flat`]; writing it writes the flat form again.
 //!
 //! # Flat fields on delivered call messages (our extension)
 //!
@@ -48,18 +65,20 @@
 //! the Flutter app reads; Zajel's web client reads `callId`, `sdp`,
 //! `withVideo`, `candidate` and `reason` at the top level next to `from`.
 //! [`ServerMessage::to_text_with_flat_call_fields`] writes the envelope
-//! *and* copies those fields of the payload (only the ones the call kind
-//! defines, see [`CallKind::fields`]) to the top level. Readers of the
-//! envelope ignore the extra fields, so it is safe to send to everyone; it
-//! does roughly double the size of an offer or answer, so clients must not
-//! hold *received* frames to [`MAX_FRAME_BYTES`].
+//! *and* copies those fields of the payload (only the ones the kind's flat
+//! form defines, see [`ForwardKind::flat_fields`]) to the top level.
+//! Readers of the envelope ignore the extra fields, so it is safe to send
+//! to everyone; it does roughly double the size of an offer or answer, so
+//! clients must not hold *received* frames to [`MAX_FRAME_BYTES`].
 //!
 //! # `ice_servers` (our extension)
 //!
-//! `{"type":"ice_servers","iceServers":[{"urls":[…],"username"?,"credential"?}]}`
-//! hands a registered client STUN/TURN servers. Old clients do not know the
-//! type, so a relay sends it only to clients that asked for it; how they ask
-//! is the relay's choice.
+//! `{"type":"ice_servers","iceServers":[{"urls":[…],"username"?,"credential"?}],"ttl"?}`
+//! hands a registered client STUN/TURN servers, `ttl` being how many
+//! seconds the credential is valid. Old clients do not know the type, so a
+//! relay sends it only to clients that asked for it: a client asks with
+//! `"iceServers": true` on `register` ([`ClientMessage::Register`]'s
+//! `ice_servers`; servers that do not know the field ignore it).
 //!
 //! # Reading server frames (client side)
 //!
@@ -121,60 +140,66 @@ pub fn peer_not_found(code: &str) -> String {
 }
 
 /// The client message types a server forwards to the peer named in `target` (WebRTC
-/// signaling and calls); part of [`CLIENT_MESSAGE_TYPES`].
-pub const FORWARDED_MESSAGE_TYPES: [&str; 8] = [
-    "offer",
-    "answer",
-    "ice_candidate",
-    "call_offer",
-    "call_answer",
-    "call_reject",
-    "call_hangup",
-    "call_ice",
-];
-
-/// The message types clients send.
-pub const CLIENT_MESSAGE_TYPES: [&str; 12] = {
-    let f = FORWARDED_MESSAGE_TYPES;
-    [
-        "register",
-        "pair_request",
-        "pair_response",
-        f[0],
-        f[1],
-        f[2],
-        f[3],
-        f[4],
-        f[5],
-        f[6],
-        f[7],
-        "ping",
-    ]
+/// signaling and calls), in [`ForwardKind::ALL`] order; part of [`CLIENT_MESSAGE_TYPES`]
+/// and of [`SERVER_MESSAGE_TYPES`].
+pub const FORWARDED_MESSAGE_TYPES: [&str; ForwardKind::ALL.len()] = {
+    let mut names = [""; ForwardKind::ALL.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = ForwardKind::ALL[i].type_name();
+        i += 1;
+    }
+    names
 };
 
+/// The message types clients send.
+pub const CLIENT_MESSAGE_TYPES: [&str; 3 + FORWARDED_MESSAGE_TYPES.len() + 1] =
+    around_forwarded(&["register", "pair_request", "pair_response"], &["ping"]);
+
 /// The message types servers send (`ice_servers` is our extension).
-pub const SERVER_MESSAGE_TYPES: [&str; 20] = [
-    "server_info",
-    "registered",
-    "code_collision",
-    "pair_incoming",
-    "pair_matched",
-    "pair_rejected",
-    "pair_error",
-    "pair_expiring",
-    "pair_timeout",
-    "offer",
-    "answer",
-    "ice_candidate",
-    "call_offer",
-    "call_answer",
-    "call_reject",
-    "call_hangup",
-    "call_ice",
-    "ice_servers",
-    "pong",
-    "error",
-];
+pub const SERVER_MESSAGE_TYPES: [&str; 9 + FORWARDED_MESSAGE_TYPES.len() + 3] = around_forwarded(
+    &[
+        "server_info",
+        "registered",
+        "code_collision",
+        "pair_incoming",
+        "pair_matched",
+        "pair_rejected",
+        "pair_error",
+        "pair_expiring",
+        "pair_timeout",
+    ],
+    &["ice_servers", "pong", "error"],
+);
+
+/// `before`, then [`FORWARDED_MESSAGE_TYPES`], then `after` (`N` must be their total length).
+const fn around_forwarded<const N: usize>(
+    before: &[&'static str],
+    after: &[&'static str],
+) -> [&'static str; N] {
+    let mut names = [""; N];
+    let mut n = 0;
+    let mut i = 0;
+    while i < before.len() {
+        names[n] = before[i];
+        n += 1;
+        i += 1;
+    }
+    i = 0;
+    while i < FORWARDED_MESSAGE_TYPES.len() {
+        names[n] = FORWARDED_MESSAGE_TYPES[i];
+        n += 1;
+        i += 1;
+    }
+    i = 0;
+    while i < after.len() {
+        names[n] = after[i];
+        n += 1;
+        i += 1;
+    }
+    assert!(n == N, "the list's length is not its parts' total");
+    names
+}
 
 /// Why a frame was refused. The Display text is the `message` of the
 /// `{"type":"error"}` frame a relay answers with.
@@ -226,27 +251,259 @@ impl SignalingError {
     }
 }
 
-/// Which form a call message arrived in.
+/// A kind of message the relay forwards from one client to another: the one
+/// list of them.
+///
+/// To add a call message, add it to [`CallKind`] (its type name and the
+/// fields of its flat form); it is a `ForwardKind::Call` at once. To add a
+/// forwarded message that is not a call message, add a variant here with its
+/// arm in [`Self::type_name`] (the compiler asks for it) and its place in
+/// `SIGNALING` below. Nothing else: [`Self::ALL`], the type lists,
+/// [`ClientMessage`], [`ServerMessage`] and the relay's forwarding and
+/// metrics follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ForwardKind {
+    /// `offer` (WebRTC signaling; envelope form only).
+    Offer,
+    /// `answer`.
+    Answer,
+    /// `ice_candidate`.
+    IceCandidate,
+    /// A call message (`call_*`), with the web client's flat form too.
+    Call(CallKind),
+}
+
+impl ForwardKind {
+    /// The kinds that are not call messages, in protocol order.
+    const SIGNALING: &'static [ForwardKind] = &[Self::Offer, Self::Answer, Self::IceCandidate];
+
+    /// Every kind, in protocol order: the WebRTC signaling kinds, then
+    /// [`CallKind::ALL`].
+    pub const ALL: [ForwardKind; Self::SIGNALING.len() + CallKind::ALL.len()] = {
+        let mut all = [Self::Offer; Self::SIGNALING.len() + CallKind::ALL.len()];
+        let mut i = 0;
+        while i < all.len() {
+            all[i] = if i < Self::SIGNALING.len() {
+                Self::SIGNALING[i]
+            } else {
+                Self::Call(CallKind::ALL[i - Self::SIGNALING.len()])
+            };
+            i += 1;
+        }
+        all
+    };
+
+    /// The message `type`.
+    pub const fn type_name(self) -> &'static str {
+        match self {
+            Self::Offer => "offer",
+            Self::Answer => "answer",
+            Self::IceCandidate => "ice_candidate",
+            Self::Call(kind) => kind.type_name(),
+        }
+    }
+
+    /// The kind for a message `type`, if it is forwarded.
+    pub fn from_type(type_name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.type_name() == type_name)
+    }
+
+    /// The call kind of a `call_*` kind.
+    pub fn call_kind(self) -> Option<CallKind> {
+        match self {
+            Self::Call(kind) => Some(kind),
+            _ => None,
+        }
+    }
+
+    /// The top-level fields of this kind's flat form (what the web client
+    /// sends and reads next to `targetId`/`from`), or `None` for a kind that
+    /// has only the envelope form.
+    pub fn flat_fields(self) -> Option<&'static [&'static str]> {
+        self.call_kind().map(CallKind::fields)
+    }
+}
+
+impl From<CallKind> for ForwardKind {
+    fn from(kind: CallKind) -> Self {
+        Self::Call(kind)
+    }
+}
+
+impl Serialize for ForwardKind {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.type_name())
+    }
+}
+
+impl<'de> Deserialize<'de> for ForwardKind {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let type_name = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Self::from_type(&type_name)
+            .ok_or_else(|| D::Error::custom(format!("{type_name} is not a forwarded type")))
+    }
+}
+
+/// Which form a forwarded client message arrived in, and is written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum CallForm {
+pub enum ForwardForm {
     /// `{"type","target","payload":{…}}`, Zajel's server form.
     #[default]
     Envelope,
-    /// `{"type","targetId",…call fields}`, Zajel's web client form.
+    /// `{"type","targetId",…fields}`, Zajel's web client form; only for
+    /// kinds with [`ForwardKind::flat_fields`] (others are written as
+    /// envelopes).
     Flat,
+}
+
+/// A message a client sends for the relay to forward to `target`
+/// ([`ClientMessage::Forward`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub kind: ForwardKind,
+    /// The peer it goes to.
+    pub target: PairingCode,
+    /// Forwarded untouched; a call kind's payload has passed
+    /// [`crate::call::validate_call_payload`] when it was parsed.
+    pub payload: Map<String, Value>,
+    /// How it was read and how it is written.
+    pub form: ForwardForm,
+}
+
+impl Forward {
+    /// A message of `kind` in the envelope form (the payload is not checked here).
+    pub fn new(kind: ForwardKind, target: PairingCode, payload: Map<String, Value>) -> Self {
+        Self {
+            kind,
+            target,
+            payload,
+            form: ForwardForm::Envelope,
+        }
+    }
+
+    /// A call message in the envelope form for a typed payload.
+    pub fn call(target: PairingCode, payload: &CallPayload) -> Self {
+        Self::new(payload.kind().into(), target, payload.to_map())
+    }
+
+    /// Reads the fields of a frame of `kind` (its `type` removed).
+    fn read(kind: ForwardKind, mut object: Map<String, Value>) -> Result<Self, SignalingError> {
+        let flat = kind.flat_fields().is_some()
+            && !object.contains_key("payload")
+            && object.contains_key("targetId");
+        let (target, payload, form) = if flat {
+            let target = code_field(&object, "targetId", SignalingError::InvalidTargetCode)?;
+            object.remove("targetId");
+            object.remove("target");
+            (target, object, ForwardForm::Flat)
+        } else {
+            let target = code_field(&object, "target", SignalingError::InvalidTargetCode)?;
+            (target, payload_field(&mut object)?, ForwardForm::Envelope)
+        };
+        if let Some(call_kind) = kind.call_kind() {
+            call::validate_call_map(call_kind, &payload)?;
+        }
+        Ok(Self {
+            kind,
+            target,
+            payload,
+            form,
+        })
+    }
+
+    /// The typed payload of a `call_*` message.
+    pub fn call_payload(&self) -> Option<Result<CallPayload, CallPayloadError>> {
+        Some(CallPayload::from_map(self.kind.call_kind()?, &self.payload))
+    }
+
+    /// What the relay delivers to the target:
+    /// `{"type":<same>,"from":<sender code>,"payload":<same>}`.
+    pub fn delivered_from(&self, from: PairingCode) -> Forwarded {
+        Forwarded::new(self.kind, from.to_string(), self.payload.clone())
+    }
+}
+
+impl Serialize for Forward {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("type", &self.kind)?;
+        if self.form == ForwardForm::Flat && self.kind.flat_fields().is_some() {
+            if let Some(call_id) = self.payload.get("callId") {
+                map.serialize_entry("callId", call_id)?;
+            }
+            map.serialize_entry("targetId", &self.target)?;
+            for (key, value) in &self.payload {
+                if !matches!(key.as_str(), "type" | "target" | "targetId" | "callId") {
+                    map.serialize_entry(key, value)?;
+                }
+            }
+        } else {
+            map.serialize_entry("target", &self.target)?;
+            map.serialize_entry("payload", &self.payload)?;
+        }
+        map.end()
+    }
+}
+
+/// A forwarded message as its target gets it ([`ServerMessage::Forwarded`]):
+/// `{"type","from","payload":{…}}`.
+///
+/// `from` is a plain string so that clients can read frames from any server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forwarded {
+    #[serde(rename = "type")]
+    pub kind: ForwardKind,
+    /// The sender's code.
+    pub from: String,
+    pub payload: Map<String, Value>,
+}
+
+impl Forwarded {
+    /// A forwarded message of `kind` from `from`.
+    pub fn new(kind: ForwardKind, from: impl Into<String>, payload: Map<String, Value>) -> Self {
+        Self {
+            kind,
+            from: from.into(),
+            payload,
+        }
+    }
+
+    /// The typed, validated payload of a `call_*` message.
+    pub fn call_payload(&self) -> Option<Result<CallPayload, CallPayloadError>> {
+        Some(CallPayload::from_map(self.kind.call_kind()?, &self.payload))
+    }
+
+    /// The fields of the payload that a delivery repeats at the top level
+    /// for Zajel's web client ([`flat_call_fields`]).
+    pub fn flat_fields(&self) -> Map<String, Value> {
+        flat_call_fields(self.kind, &self.payload)
+    }
+
+    fn flat_delivery(&self) -> FlatDelivery<'_> {
+        FlatDelivery {
+            forwarded: self,
+            flat: self.flat_fields(),
+        }
+    }
 }
 
 /// A frame a client sends.
 ///
-/// Serialises to Zajel's JSON (call messages in the form they carry) and
-/// deserialises with the same checks as [`ClientMessage::parse`].
+/// Serialises to Zajel's JSON (forwarded messages in the form they carry)
+/// and deserialises with the same checks as [`ClientMessage::parse`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientMessage {
-    /// `{"type":"register","pairingCode","publicKey"}`.
+    /// `{"type":"register","pairingCode","publicKey","iceServers"?}`.
     Register {
         pairing_code: PairingCode,
         /// Standard base64 of a 32-byte X25519 key, as sent.
         public_key: String,
+        /// `"iceServers": true`: the client asks for `ice_servers` (our
+        /// extension). Read as `false` when absent or anything but `true`;
+        /// written only when `true`.
+        ice_servers: bool,
     },
     /// `{"type":"pair_request","targetCode","proposedName"?}`; an empty name reads as `None`.
     PairRequest {
@@ -258,51 +515,9 @@ pub enum ClientMessage {
         target_code: PairingCode,
         accepted: bool,
     },
-    /// `{"type":"offer","target","payload":{…}}`.
-    Offer {
-        target: PairingCode,
-        payload: Map<String, Value>,
-    },
-    /// `{"type":"answer","target","payload":{…}}`.
-    Answer {
-        target: PairingCode,
-        payload: Map<String, Value>,
-    },
-    /// `{"type":"ice_candidate","target","payload":{…}}`.
-    IceCandidate {
-        target: PairingCode,
-        payload: Map<String, Value>,
-    },
-    /// `call_offer`; the payload has passed [`crate::call::validate_call_payload`].
-    CallOffer {
-        target: PairingCode,
-        payload: Map<String, Value>,
-        form: CallForm,
-    },
-    /// `call_answer`.
-    CallAnswer {
-        target: PairingCode,
-        payload: Map<String, Value>,
-        form: CallForm,
-    },
-    /// `call_reject`.
-    CallReject {
-        target: PairingCode,
-        payload: Map<String, Value>,
-        form: CallForm,
-    },
-    /// `call_hangup`.
-    CallHangup {
-        target: PairingCode,
-        payload: Map<String, Value>,
-        form: CallForm,
-    },
-    /// `call_ice`.
-    CallIce {
-        target: PairingCode,
-        payload: Map<String, Value>,
-        form: CallForm,
-    },
+    /// A message for the relay to forward (`offer`, `answer`,
+    /// `ice_candidate`, `call_*`: every [`ForwardKind`]).
+    Forward(Forward),
     /// `{"type":"ping"}`.
     Ping,
 }
@@ -348,8 +563,8 @@ impl ClientMessage {
         if registered == Some(false) && type_requires_registration(&type_name) {
             return Err(SignalingError::NotRegistered);
         }
-        if let Some(kind) = CallKind::from_type(&type_name) {
-            return Self::read_call(kind, object);
+        if let Some(kind) = ForwardKind::from_type(&type_name) {
+            return Forward::read(kind, object).map(Self::Forward);
         }
         Ok(match type_name.as_str() {
             "register" => {
@@ -362,6 +577,7 @@ impl ClientMessage {
                 Self::Register {
                     pairing_code,
                     public_key,
+                    ice_servers: object.get("iceServers") == Some(&Value::Bool(true)),
                 }
             }
             "pair_request" => Self::PairRequest {
@@ -393,73 +609,13 @@ impl ClientMessage {
                     }
                 },
             },
-            "offer" | "answer" | "ice_candidate" => {
-                let target = code_field(&object, "target", SignalingError::InvalidTargetCode)?;
-                let payload = payload_field(&mut object)?;
-                match type_name.as_str() {
-                    "offer" => Self::Offer { target, payload },
-                    "answer" => Self::Answer { target, payload },
-                    _ => Self::IceCandidate { target, payload },
-                }
-            }
             _ => Self::Ping,
         })
     }
 
-    fn read_call(kind: CallKind, mut object: Map<String, Value>) -> Result<Self, SignalingError> {
-        let flat = !object.contains_key("payload") && object.contains_key("targetId");
-        let (target, payload, form) = if flat {
-            let target = code_field(&object, "targetId", SignalingError::InvalidTargetCode)?;
-            object.remove("targetId");
-            object.remove("target");
-            (target, object, CallForm::Flat)
-        } else {
-            let target = code_field(&object, "target", SignalingError::InvalidTargetCode)?;
-            (target, payload_field(&mut object)?, CallForm::Envelope)
-        };
-        call::validate_call_map(kind, &payload)?;
-        Ok(Self::call_message(kind, target, payload, form))
-    }
-
-    /// A call message of `kind` (the payload is not checked here).
-    pub fn call_message(
-        kind: CallKind,
-        target: PairingCode,
-        payload: Map<String, Value>,
-        form: CallForm,
-    ) -> Self {
-        match kind {
-            CallKind::Offer => Self::CallOffer {
-                target,
-                payload,
-                form,
-            },
-            CallKind::Answer => Self::CallAnswer {
-                target,
-                payload,
-                form,
-            },
-            CallKind::Reject => Self::CallReject {
-                target,
-                payload,
-                form,
-            },
-            CallKind::Hangup => Self::CallHangup {
-                target,
-                payload,
-                form,
-            },
-            CallKind::Ice => Self::CallIce {
-                target,
-                payload,
-                form,
-            },
-        }
-    }
-
     /// A call message in the envelope form for a typed payload.
     pub fn call(target: PairingCode, payload: &CallPayload) -> Self {
-        Self::call_message(payload.kind(), target, payload.to_map(), CallForm::Envelope)
+        Self::Forward(Forward::call(target, payload))
     }
 
     /// The message `type`.
@@ -468,11 +624,8 @@ impl ClientMessage {
             Self::Register { .. } => "register",
             Self::PairRequest { .. } => "pair_request",
             Self::PairResponse { .. } => "pair_response",
-            Self::Offer { .. } => "offer",
-            Self::Answer { .. } => "answer",
-            Self::IceCandidate { .. } => "ice_candidate",
+            Self::Forward(forward) => forward.kind.type_name(),
             Self::Ping => "ping",
-            _ => self.call_kind().map_or("", CallKind::type_name),
         }
     }
 
@@ -481,83 +634,40 @@ impl ClientMessage {
         type_requires_registration(self.type_name())
     }
 
+    /// The message to forward, if this is one.
+    pub fn forward(&self) -> Option<&Forward> {
+        match self {
+            Self::Forward(forward) => Some(forward),
+            _ => None,
+        }
+    }
+
     /// The call kind of a `call_*` message.
     pub fn call_kind(&self) -> Option<CallKind> {
-        match self {
-            Self::CallOffer { .. } => Some(CallKind::Offer),
-            Self::CallAnswer { .. } => Some(CallKind::Answer),
-            Self::CallReject { .. } => Some(CallKind::Reject),
-            Self::CallHangup { .. } => Some(CallKind::Hangup),
-            Self::CallIce { .. } => Some(CallKind::Ice),
-            _ => None,
-        }
+        self.forward()?.kind.call_kind()
     }
 
-    /// The form a `call_*` message came in.
-    pub fn call_form(&self) -> Option<CallForm> {
-        match self {
-            Self::CallOffer { form, .. }
-            | Self::CallAnswer { form, .. }
-            | Self::CallReject { form, .. }
-            | Self::CallHangup { form, .. }
-            | Self::CallIce { form, .. } => Some(*form),
-            _ => None,
-        }
-    }
-
-    /// The peer a forwarded message (`offer`, `answer`, `ice_candidate`, `call_*`) goes to.
+    /// The peer a forwarded message goes to.
     pub fn target(&self) -> Option<PairingCode> {
-        self.forwarded().map(|(target, _)| target)
+        self.forward().map(|forward| forward.target)
     }
 
     /// The payload of a forwarded message.
     pub fn payload(&self) -> Option<&Map<String, Value>> {
-        self.forwarded().map(|(_, payload)| payload)
+        self.forward().map(|forward| &forward.payload)
     }
 
     /// The typed payload of a `call_*` message.
     pub fn call_payload(&self) -> Option<Result<CallPayload, CallPayloadError>> {
-        let kind = self.call_kind()?;
-        Some(CallPayload::from_map(kind, self.payload()?))
+        self.forward()?.call_payload()
     }
 
-    fn forwarded(&self) -> Option<(PairingCode, &Map<String, Value>)> {
-        match self {
-            Self::Offer { target, payload }
-            | Self::Answer { target, payload }
-            | Self::IceCandidate { target, payload }
-            | Self::CallOffer {
-                target, payload, ..
-            }
-            | Self::CallAnswer {
-                target, payload, ..
-            }
-            | Self::CallReject {
-                target, payload, ..
-            }
-            | Self::CallHangup {
-                target, payload, ..
-            }
-            | Self::CallIce {
-                target, payload, ..
-            } => Some((*target, payload)),
-            _ => None,
-        }
-    }
-
-    /// What the relay delivers to the target of a forwarded message:
-    /// `{"type":<same>,"from":<sender code>,"payload":<same>}`.
-    /// `None` for messages that are not forwarded.
+    /// What the relay delivers to the target of a forwarded message
+    /// ([`Forward::delivered_from`]); `None` for messages that are not forwarded.
     pub fn forward_from(&self, from: PairingCode) -> Option<ServerMessage> {
-        let (_, payload) = self.forwarded()?;
-        let from = from.to_string();
-        let payload = payload.clone();
-        Some(match self {
-            Self::Offer { .. } => ServerMessage::Offer { from, payload },
-            Self::Answer { .. } => ServerMessage::Answer { from, payload },
-            Self::IceCandidate { .. } => ServerMessage::IceCandidate { from, payload },
-            _ => ServerMessage::call(self.call_kind()?, from, payload),
-        })
+        Some(ServerMessage::Forwarded(
+            self.forward()?.delivered_from(from),
+        ))
     }
 
     /// The frame as a JSON value.
@@ -579,15 +689,22 @@ impl fmt::Display for ClientMessage {
 
 impl Serialize for ClientMessage {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if let Self::Forward(forward) = self {
+            return forward.serialize(serializer);
+        }
         let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("type", self.type_name())?;
         match self {
             Self::Register {
                 pairing_code,
                 public_key,
+                ice_servers,
             } => {
                 map.serialize_entry("pairingCode", pairing_code)?;
                 map.serialize_entry("publicKey", public_key)?;
+                if *ice_servers {
+                    map.serialize_entry("iceServers", &true)?;
+                }
             }
             Self::PairRequest {
                 target_code,
@@ -605,25 +722,7 @@ impl Serialize for ClientMessage {
                 map.serialize_entry("targetCode", target_code)?;
                 map.serialize_entry("accepted", accepted)?;
             }
-            Self::Ping => {}
-            _ => {
-                if let Some((target, payload)) = self.forwarded() {
-                    if self.call_form() == Some(CallForm::Flat) {
-                        if let Some(call_id) = payload.get("callId") {
-                            map.serialize_entry("callId", call_id)?;
-                        }
-                        map.serialize_entry("targetId", &target)?;
-                        for (key, value) in payload {
-                            if !matches!(key.as_str(), "type" | "target" | "targetId" | "callId") {
-                                map.serialize_entry(key, value)?;
-                            }
-                        }
-                    } else {
-                        map.serialize_entry("target", &target)?;
-                        map.serialize_entry("payload", payload)?;
-                    }
-                }
-            }
+            Self::Forward(_) | Self::Ping => {}
         }
         map.end()
     }
@@ -750,52 +849,21 @@ pub enum ServerMessage {
     },
     /// To the requester when its request expired.
     PairTimeout { peer_code: String },
-    /// A forwarded `offer`.
-    Offer {
-        from: String,
-        payload: Map<String, Value>,
-    },
-    /// A forwarded `answer`.
-    Answer {
-        from: String,
-        payload: Map<String, Value>,
-    },
-    /// A forwarded `ice_candidate`.
-    IceCandidate {
-        from: String,
-        payload: Map<String, Value>,
-    },
-    /// A forwarded `call_offer`.
-    CallOffer {
-        from: String,
-        payload: Map<String, Value>,
-    },
-    /// A forwarded `call_answer`.
-    CallAnswer {
-        from: String,
-        payload: Map<String, Value>,
-    },
-    /// A forwarded `call_reject`.
-    CallReject {
-        from: String,
-        payload: Map<String, Value>,
-    },
-    /// A forwarded `call_hangup`.
-    CallHangup {
-        from: String,
-        payload: Map<String, Value>,
-    },
-    /// A forwarded `call_ice`.
-    CallIce {
-        from: String,
-        payload: Map<String, Value>,
-    },
     /// STUN/TURN servers (our extension; only to clients that asked).
-    IceServers { ice_servers: Vec<IceServer> },
+    /// `ttl`: seconds the TURN credential is valid for (ours too), written
+    /// after `iceServers` and omitted when `None`.
+    IceServers {
+        ice_servers: Vec<IceServer>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl: Option<u64>,
+    },
     /// Answer to `ping`.
     Pong,
     /// A refusal.
     Error { message: String },
+    /// A forwarded message of any [`ForwardKind`], its `type` the kind's.
+    #[serde(untagged)]
+    Forwarded(Forwarded),
     /// A type this crate does not know, kept whole.
     #[serde(untagged)]
     Unknown(UnknownMessage),
@@ -859,16 +927,18 @@ impl ServerMessage {
         }
     }
 
+    /// A forwarded message of `kind`.
+    pub fn forwarded_message(
+        kind: impl Into<ForwardKind>,
+        from: impl Into<String>,
+        payload: Map<String, Value>,
+    ) -> Self {
+        Self::Forwarded(Forwarded::new(kind.into(), from, payload))
+    }
+
     /// A forwarded call message of `kind`.
     pub fn call(kind: CallKind, from: impl Into<String>, payload: Map<String, Value>) -> Self {
-        let from = from.into();
-        match kind {
-            CallKind::Offer => Self::CallOffer { from, payload },
-            CallKind::Answer => Self::CallAnswer { from, payload },
-            CallKind::Reject => Self::CallReject { from, payload },
-            CallKind::Hangup => Self::CallHangup { from, payload },
-            CallKind::Ice => Self::CallIce { from, payload },
-        }
+        Self::forwarded_message(kind, from, payload)
     }
 
     /// The message `type` (an unknown message's own type).
@@ -883,53 +953,30 @@ impl ServerMessage {
             Self::PairError { .. } => "pair_error",
             Self::PairExpiring { .. } => "pair_expiring",
             Self::PairTimeout { .. } => "pair_timeout",
-            Self::Offer { .. } => "offer",
-            Self::Answer { .. } => "answer",
-            Self::IceCandidate { .. } => "ice_candidate",
-            Self::CallOffer { .. } => "call_offer",
-            Self::CallAnswer { .. } => "call_answer",
-            Self::CallReject { .. } => "call_reject",
-            Self::CallHangup { .. } => "call_hangup",
-            Self::CallIce { .. } => "call_ice",
             Self::IceServers { .. } => "ice_servers",
             Self::Pong => "pong",
             Self::Error { .. } => "error",
+            Self::Forwarded(forwarded) => forwarded.kind.type_name(),
             Self::Unknown(unknown) => &unknown.type_name,
+        }
+    }
+
+    /// The forwarded message, if this is one.
+    pub fn forwarded(&self) -> Option<&Forwarded> {
+        match self {
+            Self::Forwarded(forwarded) => Some(forwarded),
+            _ => None,
         }
     }
 
     /// The call kind of a forwarded `call_*` message.
     pub fn call_kind(&self) -> Option<CallKind> {
-        match self {
-            Self::CallOffer { .. }
-            | Self::CallAnswer { .. }
-            | Self::CallReject { .. }
-            | Self::CallHangup { .. }
-            | Self::CallIce { .. } => CallKind::from_type(self.type_name()),
-            _ => None,
-        }
-    }
-
-    /// The sender and payload of a forwarded message.
-    pub fn forwarded(&self) -> Option<(&str, &Map<String, Value>)> {
-        match self {
-            Self::Offer { from, payload }
-            | Self::Answer { from, payload }
-            | Self::IceCandidate { from, payload }
-            | Self::CallOffer { from, payload }
-            | Self::CallAnswer { from, payload }
-            | Self::CallReject { from, payload }
-            | Self::CallHangup { from, payload }
-            | Self::CallIce { from, payload } => Some((from, payload)),
-            _ => None,
-        }
+        self.forwarded()?.kind.call_kind()
     }
 
     /// The typed, validated payload of a forwarded `call_*` message.
     pub fn call_payload(&self) -> Option<Result<CallPayload, CallPayloadError>> {
-        let kind = self.call_kind()?;
-        let (_, payload) = self.forwarded()?;
-        Some(CallPayload::from_map(kind, payload))
+        self.forwarded()?.call_payload()
     }
 
     /// The frame as a JSON value.
@@ -947,29 +994,22 @@ impl ServerMessage {
     /// (our extension, see the module documentation):
     /// `{"type","from","payload":{…},"callId",…}`.
     pub fn to_text_with_flat_call_fields(&self) -> String {
-        match self.flat_delivery() {
-            Some(delivery) => serde_json::to_string(&delivery).unwrap_or_default(),
-            None => self.to_text(),
+        match self {
+            Self::Forwarded(forwarded) => {
+                serde_json::to_string(&forwarded.flat_delivery()).unwrap_or_default()
+            }
+            _ => self.to_text(),
         }
     }
 
     /// [`Self::to_text_with_flat_call_fields`] as a JSON value.
     pub fn to_json_with_flat_call_fields(&self) -> Value {
-        match self.flat_delivery() {
-            Some(delivery) => serde_json::to_value(&delivery).unwrap_or_default(),
-            None => self.to_json(),
+        match self {
+            Self::Forwarded(forwarded) => {
+                serde_json::to_value(forwarded.flat_delivery()).unwrap_or_default()
+            }
+            _ => self.to_json(),
         }
-    }
-
-    fn flat_delivery(&self) -> Option<FlatDelivery<'_>> {
-        let kind = self.call_kind()?;
-        let (from, payload) = self.forwarded()?;
-        Some(FlatDelivery {
-            type_name: kind.type_name(),
-            from,
-            payload,
-            flat: flat_call_fields(kind, payload),
-        })
     }
 }
 
@@ -979,12 +1019,17 @@ impl fmt::Display for ServerMessage {
     }
 }
 
-/// The fields of `payload` that a delivered call message of `kind` repeats
-/// at the top level for Zajel's web client: those of [`CallKind::fields`]
-/// that are present. Nothing else is copied, so a payload can never
-/// overwrite `type`, `from` or `payload`.
-pub fn flat_call_fields(kind: CallKind, payload: &Map<String, Value>) -> Map<String, Value> {
-    kind.fields()
+/// The fields of `payload` that a delivered message of `kind` repeats at the
+/// top level for Zajel's web client: those of [`ForwardKind::flat_fields`]
+/// that are present (none for a kind without a flat form). Nothing else is
+/// copied, so a payload can never overwrite `type`, `from` or `payload`.
+pub fn flat_call_fields(
+    kind: impl Into<ForwardKind>,
+    payload: &Map<String, Value>,
+) -> Map<String, Value> {
+    kind.into()
+        .flat_fields()
+        .unwrap_or_default()
         .iter()
         .filter_map(|field| Some((field.to_string(), payload.get(*field)?.clone())))
         .collect()
@@ -992,10 +1037,8 @@ pub fn flat_call_fields(kind: CallKind, payload: &Map<String, Value>) -> Map<Str
 
 #[derive(Serialize)]
 struct FlatDelivery<'a> {
-    #[serde(rename = "type")]
-    type_name: &'static str,
-    from: &'a str,
-    payload: &'a Map<String, Value>,
+    #[serde(flatten)]
+    forwarded: &'a Forwarded,
     #[serde(flatten)]
     flat: Map<String, Value>,
 }
@@ -1162,6 +1205,7 @@ mod tests {
             ClientMessage::Register {
                 pairing_code: code("ABC234"),
                 public_key: KEY.into(),
+                ice_servers: false,
             }
         );
         assert_eq!(
@@ -1336,7 +1380,7 @@ mod tests {
             ClientMessage::parse_for_connection(&pair, true),
             Err(SignalingError::InvalidTargetCode)
         );
-        for type_name in &CLIENT_MESSAGE_TYPES[1..11] {
+        for type_name in &CLIENT_MESSAGE_TYPES[1..CLIENT_MESSAGE_TYPES.len() - 1] {
             let text = json!({"type": type_name}).to_string();
             assert_eq!(
                 ClientMessage::parse_for_connection(&text, false),
@@ -1373,7 +1417,10 @@ mod tests {
         let offer = json!({"type": "call_offer", "target": "ABC234", "payload": {"callId": ID, "sdp": "v=0", "withVideo": true}});
         let message = parse(offer.clone()).unwrap();
         assert_eq!(message.call_kind(), Some(CallKind::Offer));
-        assert_eq!(message.call_form(), Some(CallForm::Envelope));
+        assert_eq!(
+            message.forward().map(|f| f.form),
+            Some(ForwardForm::Envelope)
+        );
         assert_eq!(message.to_json(), offer);
         assert!(message
             .to_text()
@@ -1460,11 +1507,12 @@ mod tests {
         let message = parse(flat.clone()).unwrap();
         assert_eq!(
             message,
-            ClientMessage::CallOffer {
+            ClientMessage::Forward(Forward {
+                kind: ForwardKind::Call(CallKind::Offer),
                 target: code("ABC234"),
                 payload: map(json!({"callId": ID, "sdp": "v=0", "withVideo": true})),
-                form: CallForm::Flat,
-            }
+                form: ForwardForm::Flat,
+            })
         );
         assert_eq!(message.to_json(), flat);
         assert!(message.to_text().starts_with(&format!(
@@ -1474,7 +1522,7 @@ mod tests {
 
         let ice = parse(json!({"type": "call_ice", "callId": ID, "targetId": "ABC234", "candidate": "{\"candidate\":\"c\"}"}))
             .unwrap();
-        assert_eq!(ice.call_form(), Some(CallForm::Flat));
+        assert_eq!(ice.forward().map(|f| f.form), Some(ForwardForm::Flat));
         assert_eq!(
             ice.payload(),
             Some(&map(
@@ -1636,17 +1684,19 @@ mod tests {
                 r#"{"type":"pair_timeout","peerCode":"XYZ789"}"#,
             ),
             (
-                ServerMessage::Offer {
-                    from: "ABC234".into(),
-                    payload: map(json!({"sdp": "v=0"})),
-                },
+                ServerMessage::forwarded_message(
+                    ForwardKind::Offer,
+                    "ABC234",
+                    map(json!({"sdp": "v=0"})),
+                ),
                 r#"{"type":"offer","from":"ABC234","payload":{"sdp":"v=0"}}"#,
             ),
             (
-                ServerMessage::IceCandidate {
-                    from: "ABC234".into(),
-                    payload: map(json!({"candidate": "c"})),
-                },
+                ServerMessage::forwarded_message(
+                    ForwardKind::IceCandidate,
+                    "ABC234",
+                    map(json!({"candidate": "c"})),
+                ),
                 r#"{"type":"ice_candidate","from":"ABC234","payload":{"candidate":"c"}}"#,
             ),
             (ServerMessage::Pong, r#"{"type":"pong"}"#),
@@ -1675,6 +1725,7 @@ mod tests {
                             credential: Some("p".into()),
                         },
                     ],
+                    ttl: None,
                 },
                 r#"{"type":"ice_servers","iceServers":[{"urls":["stun:stun.example:3478"]},{"urls":["turn:t.example:3478?transport=udp","turns:t.example:5349"],"username":"u","credential":"p"}]}"#,
             ),
@@ -1737,10 +1788,11 @@ mod tests {
             ServerMessage::Pong.to_text_with_flat_call_fields(),
             r#"{"type":"pong"}"#
         );
-        let offer = ServerMessage::Offer {
-            from: "ABC234".into(),
-            payload: map(json!({"callId": ID})),
-        };
+        let offer = ServerMessage::forwarded_message(
+            ForwardKind::Offer,
+            "ABC234",
+            map(json!({"callId": ID})),
+        );
         assert_eq!(offer.to_text_with_flat_call_fields(), offer.to_text());
     }
 
@@ -1812,7 +1864,8 @@ mod tests {
                     urls: vec!["stun:s".into()],
                     username: None,
                     credential: None
-                }]
+                }],
+                ttl: None
             }
         );
 
@@ -1852,6 +1905,211 @@ mod tests {
         assert_eq!(
             SignalingError::InvalidFields("registered".into()).to_string(),
             "Invalid message format: registered has missing or invalid fields"
+        );
+    }
+
+    /// A payload every check accepts, for each forwarded kind.
+    fn valid_payload(kind: ForwardKind) -> Map<String, Value> {
+        map(match kind.call_kind() {
+            None => json!({"sdp": "v=0", "type": "offer"}),
+            Some(CallKind::Offer) => json!({"callId": ID, "sdp": "v=0", "withVideo": true, "x": 1}),
+            Some(CallKind::Answer) => json!({"callId": ID, "sdp": "v=0"}),
+            Some(CallKind::Reject) => json!({"callId": ID, "reason": "busy"}),
+            Some(CallKind::Hangup) => json!({"callId": ID}),
+            Some(CallKind::Ice) => json!({"callId": ID, "candidate": "{\"candidate\":\"c\"}"}),
+        })
+    }
+
+    #[test]
+    fn every_forwarded_kind_round_trips_in_envelope_and_flat_form() {
+        for kind in ForwardKind::ALL {
+            let payload = valid_payload(kind);
+            let envelope =
+                ClientMessage::Forward(Forward::new(kind, code("XYZ789"), payload.clone()));
+            assert_eq!(envelope.type_name(), kind.type_name());
+            assert_eq!(
+                envelope.to_json(),
+                json!({"type": kind.type_name(), "target": "XYZ789", "payload": payload})
+            );
+            assert!(envelope.to_text().starts_with(&format!(
+                r#"{{"type":"{}","target":"XYZ789","payload":{{"#,
+                kind.type_name()
+            )));
+            assert_eq!(ClientMessage::parse(&envelope.to_text()).unwrap(), envelope);
+            assert_eq!(envelope.call_kind(), kind.call_kind());
+
+            let flat = ClientMessage::Forward(Forward {
+                form: ForwardForm::Flat,
+                ..Forward::new(kind, code("XYZ789"), payload.clone())
+            });
+            match kind.flat_fields() {
+                Some(fields) => {
+                    assert!(fields.contains(&"callId"), "{kind:?}");
+                    let mut expected = payload.clone();
+                    expected.insert("type".into(), json!(kind.type_name()));
+                    expected.insert("targetId".into(), json!("XYZ789"));
+                    assert_eq!(flat.to_json(), Value::Object(expected), "{kind:?}");
+                    assert!(flat.to_text().starts_with(&format!(
+                        r#"{{"type":"{}","callId":"{ID}","targetId":"XYZ789""#,
+                        kind.type_name()
+                    )));
+                    assert_eq!(ClientMessage::parse(&flat.to_text()).unwrap(), flat);
+                }
+                // A kind without a flat form is written as an envelope.
+                None => assert_eq!(flat.to_text(), envelope.to_text()),
+            }
+
+            let delivered = envelope.forward_from(code("ABC234")).unwrap();
+            assert_eq!(flat.forward_from(code("ABC234")), Some(delivered.clone()));
+            assert_eq!(
+                delivered,
+                ServerMessage::Forwarded(Forwarded::new(kind, "ABC234", payload.clone()))
+            );
+            assert_eq!(delivered.type_name(), kind.type_name());
+            assert_eq!(
+                delivered.to_text(),
+                format!(
+                    r#"{{"type":"{}","from":"ABC234","payload":{}}}"#,
+                    kind.type_name(),
+                    Value::Object(payload.clone())
+                )
+            );
+            assert_eq!(
+                ServerMessage::parse(&delivered.to_text()).unwrap(),
+                delivered
+            );
+            let with_flat = delivered.to_json_with_flat_call_fields();
+            let mut top_level: Vec<&str> = with_flat
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .filter(|key| !matches!(*key, "type" | "from" | "payload"))
+                .collect();
+            let mut flat_fields: Vec<&str> = kind
+                .flat_fields()
+                .unwrap_or_default()
+                .iter()
+                .copied()
+                .filter(|field| payload.contains_key(*field))
+                .collect();
+            top_level.sort_unstable();
+            flat_fields.sort_unstable();
+            assert_eq!(top_level, flat_fields, "{kind:?}");
+            assert_eq!(
+                ServerMessage::parse(&delivered.to_text_with_flat_call_fields()).unwrap(),
+                delivered
+            );
+            assert_eq!(
+                delivered.call_payload().map(|typed| typed.is_ok()),
+                kind.call_kind().map(|_| true)
+            );
+        }
+    }
+
+    #[test]
+    fn type_lists_are_derived_from_the_forwarded_kinds() {
+        assert_eq!(
+            FORWARDED_MESSAGE_TYPES,
+            ForwardKind::ALL.map(ForwardKind::type_name)
+        );
+        // Today's eight, WebRTC signaling first, then the call kinds.
+        assert_eq!(
+            FORWARDED_MESSAGE_TYPES[..3],
+            ["offer", "answer", "ice_candidate"]
+        );
+        assert_eq!(
+            FORWARDED_MESSAGE_TYPES[3..],
+            CallKind::ALL.map(CallKind::type_name)
+        );
+        for kind in ForwardKind::ALL {
+            assert_eq!(ForwardKind::from_type(kind.type_name()), Some(kind));
+            assert_eq!(serde_json::to_value(kind).unwrap(), json!(kind.type_name()));
+        }
+        for kind in CallKind::ALL {
+            assert!(ForwardKind::ALL.contains(&ForwardKind::from(kind)));
+        }
+        assert_eq!(ForwardKind::from_type("ping"), None);
+        let client: Vec<&str> = ["register", "pair_request", "pair_response"]
+            .into_iter()
+            .chain(FORWARDED_MESSAGE_TYPES)
+            .chain(["ping"])
+            .collect();
+        assert_eq!(CLIENT_MESSAGE_TYPES.to_vec(), client);
+        let server: Vec<&str> = [
+            "server_info",
+            "registered",
+            "code_collision",
+            "pair_incoming",
+            "pair_matched",
+            "pair_rejected",
+            "pair_error",
+            "pair_expiring",
+            "pair_timeout",
+        ]
+        .into_iter()
+        .chain(FORWARDED_MESSAGE_TYPES)
+        .chain(["ice_servers", "pong", "error"])
+        .collect();
+        assert_eq!(SERVER_MESSAGE_TYPES.to_vec(), server);
+    }
+
+    #[test]
+    fn register_asks_for_ice_servers_only_with_true() {
+        let asking = parse(
+            json!({"type": "register", "pairingCode": "ABC234", "publicKey": KEY, "iceServers": true}),
+        )
+        .unwrap();
+        assert_eq!(
+            asking,
+            ClientMessage::Register {
+                pairing_code: code("ABC234"),
+                public_key: KEY.into(),
+                ice_servers: true,
+            }
+        );
+        assert_eq!(
+            asking.to_text(),
+            format!(
+                r#"{{"type":"register","pairingCode":"ABC234","publicKey":"{KEY}","iceServers":true}}"#
+            )
+        );
+        assert_eq!(ClientMessage::parse(&asking.to_text()).unwrap(), asking);
+        for other in [json!(false), json!("yes"), json!(1), json!(null)] {
+            let message = parse(
+                json!({"type": "register", "pairingCode": "ABC234", "publicKey": KEY, "iceServers": other}),
+            )
+            .unwrap();
+            assert!(
+                matches!(
+                    message,
+                    ClientMessage::Register {
+                        ice_servers: false,
+                        ..
+                    }
+                ),
+                "{other}"
+            );
+            assert!(!message.to_text().contains("iceServers"));
+        }
+    }
+
+    #[test]
+    fn ice_servers_carry_an_optional_ttl_last() {
+        let message = ServerMessage::IceServers {
+            ice_servers: vec![IceServer {
+                urls: vec!["stun:s".into()],
+                username: None,
+                credential: None,
+            }],
+            ttl: Some(600),
+        };
+        let text = r#"{"type":"ice_servers","iceServers":[{"urls":["stun:s"]}],"ttl":600}"#;
+        assert_eq!(message.to_text(), text);
+        assert_eq!(ServerMessage::parse(text).unwrap(), message);
+        assert_eq!(
+            ServerMessage::parse(r#"{"type":"ice_servers","iceServers":[],"ttl":"x"}"#),
+            Err(SignalingError::InvalidFields("ice_servers".into()))
         );
     }
 
