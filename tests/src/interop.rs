@@ -1,8 +1,8 @@
-//! The parts of an interop call that run as child processes: `relay-lite` on
-//! loopback, and the aiortc Zajel peer (`tests/interop/zajel_peer.py`, run by
-//! the venv that `scripts/py-interop` builds in `target/py-interop`).
+//! The aiortc side of an interop call: the Zajel peer
+//! (`tests/interop/zajel_peer.py`, run by the venv that `scripts/py-interop`
+//! builds in `target/py-interop`) as a child process. relay-lite, the other
+//! child of an interop call, is `crate::relay_child`.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -10,7 +10,6 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::process::ChildProcess;
-use crate::registry_host::binary;
 
 /// The workspace root (the `tests` crate's parent).
 pub fn workspace_root() -> PathBuf {
@@ -40,31 +39,6 @@ pub fn python() -> Result<PathBuf, String> {
 /// The aiortc peer's script.
 pub fn peer_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/zajel_peer.py")
-}
-
-/// `relay-lite` as a child on 127.0.0.1 (a free port).
-pub struct RelayChild {
-    pub process: ChildProcess,
-    pub addr: SocketAddr,
-}
-
-impl RelayChild {
-    /// Starts `relay-lite --listen 127.0.0.1:0 <args>` and waits for its listening line.
-    pub fn start(args: &[&str], timeout: Duration) -> Result<Self, String> {
-        let mut command = Command::new(binary("relay-lite")?);
-        command.args(["--listen", "127.0.0.1:0"]).args(args);
-        let mut process = ChildProcess::spawn("relay-lite", command)?;
-        let addr = process.wait_for(timeout, |line| {
-            line.strip_prefix("listening on ws://")
-                .and_then(|addr| addr.trim().parse().ok())
-        })?;
-        Ok(Self { process, addr })
-    }
-
-    /// The relay's WebSocket URL.
-    pub fn url(&self) -> String {
-        format!("ws://{}", self.addr)
-    }
 }
 
 /// Which side of the call the aiortc peer takes.

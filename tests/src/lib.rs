@@ -1,8 +1,9 @@
 //! Shared harness for the end-to-end tests: child processes that are always
 //! cleaned up, and the registry hosts (native and under workerd) started
 //! with a chosen configuration; a test CA, a real DoH server (unbound) and a
-//! stand-in signaling server for the discovery tests; the interop parts (relay-lite
-//! and the aiortc peer as children, call-probe's engine as a relay client).
+//! stand-in signaling server for the discovery tests; relay-lite as a child; the
+//! interop parts (the aiortc peer as a child, call-probe's engine as a relay
+//! client). Suites that test one part alone live beside that part.
 
 pub mod blackhole;
 pub mod censorship_world;
@@ -14,6 +15,7 @@ pub mod netns;
 pub mod probe_peer;
 pub mod process;
 pub mod registry_host;
+pub mod relay_child;
 pub mod test_ca;
 pub mod unbound_doh;
 pub mod ws_echo;

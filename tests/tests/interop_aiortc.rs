@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use call_probe::{CallConfig, CallReport, EndReason, Role};
 use serde_json::Value;
-use tests::interop::{AiortcOptions, AiortcPeer, AiortcRole, RelayChild};
+use tests::interop::{AiortcOptions, AiortcPeer, AiortcRole};
 use tests::probe_peer::{ProbePeer, ProbeRole};
 use tests::process::ChildProcess;
+use tests::relay_child::RelayChild;
 use zajel_wire::call::is_uuid_v4;
 use zajel_wire::pairing::PairingCode;
 

@@ -4,17 +4,15 @@
 //! and the signed unregister on SIGTERM. Also against an `open` registry.
 //! Needs `cargo build -p relay-lite -p bootstrap-worker`.
 
-mod relay_common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use relay_common::RelayProcess;
 use tests::process::ChildProcess;
 use tests::registry_host::{self, binary, Profile};
+use tests::relay_child::RelayChild;
 use zajel_wire::entry::ServerEntry;
 use zajel_wire::signature::{verify_server_list, LIST_SIGNATURE_HEADER};
 
@@ -114,22 +112,26 @@ fn registers_heartbeats_survives_a_registry_restart_and_unregisters() {
     let listen = base_url.trim_start_matches("http://").to_string();
 
     let identity = dir.path().join("relay.key");
-    let mut relay = RelayProcess::start(&[
-        "--bootstrap",
-        &base_url,
-        "--public-endpoint",
-        "wss://relay.example.test",
-        "--region",
-        "test-region",
-        "--identity",
-        identity.to_str().unwrap(),
-        "--heartbeat-ms",
-        "300",
-        "--registry-retry-min-ms",
-        "100",
-        "--registry-retry-max-ms",
-        "400",
-    ]);
+    let mut relay = RelayChild::start(
+        &[
+            "--bootstrap",
+            &base_url,
+            "--public-endpoint",
+            "wss://relay.example.test",
+            "--region",
+            "test-region",
+            "--identity",
+            identity.to_str().unwrap(),
+            "--heartbeat-ms",
+            "300",
+            "--registry-retry-min-ms",
+            "100",
+            "--registry-retry-max-ms",
+            "400",
+        ],
+        WAIT,
+    )
+    .expect("start relay-lite");
 
     // The identity: created 0600, its key is the serverId, the seed is never logged.
     let seed = std::fs::read_to_string(&identity).unwrap();
@@ -197,8 +199,11 @@ fn registers_heartbeats_survives_a_registry_restart_and_unregisters() {
 #[test]
 fn an_open_registry_takes_the_signed_relay_too() {
     let registry = registry_host::start_in_process(Profile::OPEN);
-    let mut relay =
-        RelayProcess::start(&["--bootstrap", &registry.base_url, "--heartbeat-ms", "200"]);
+    let mut relay = RelayChild::start(
+        &["--bootstrap", &registry.base_url, "--heartbeat-ms", "200"],
+        WAIT,
+    )
+    .expect("start relay-lite");
     let entry_now = eventually("the relay in the open registry", || {
         entry(&registry.base_url, &registry.list_key, &relay.server_id)
     });
@@ -218,14 +223,18 @@ fn an_unreachable_registry_is_retried_while_clients_are_served() {
         .unwrap()
         .port();
     let url = format!("http://127.0.0.1:{port}");
-    let relay = RelayProcess::start(&[
-        "--bootstrap",
-        &url,
-        "--registry-retry-min-ms",
-        "50",
-        "--registry-retry-max-ms",
-        "200",
-    ]);
+    let relay = RelayChild::start(
+        &[
+            "--bootstrap",
+            &url,
+            "--registry-retry-min-ms",
+            "50",
+            "--registry-retry-max-ms",
+            "200",
+        ],
+        WAIT,
+    )
+    .expect("start relay-lite");
     eventually("several retries", || {
         (metric(relay.addr, "relay_registry_failures_total") >= 3.0).then_some(())
     });

@@ -6,20 +6,20 @@
 //! `coturn` package (UDP, TCP and TLS) with credentials from
 //! `relay_lite::credentials`. `TURN_TEST_TIMEOUT_SECS` sets each step's deadline.
 
-mod turn_support;
+mod common;
 
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use relay_lite::credentials;
-use relay_lite::turn::rustls::RootCertStore;
-use relay_lite::turn::{BridgeTls, StreamBridge, TurnConfig, TurnServer, TurnTls};
-use tests::process::ChildProcess;
-use turn_support::{
+use common::child_process::ChildProcess;
+use common::turn::{
     free_port, now_secs, relayed_call, step_timeout, test_pki, AllocateOutcome, CallOutcome,
     RawTurnClient,
 };
+use relay_lite::credentials;
+use relay_lite::turn::rustls::RootCertStore;
+use relay_lite::turn::{BridgeTls, StreamBridge, TurnConfig, TurnServer, TurnTls};
 use webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType;
 use webrtc::ice_transport::ice_server::RTCIceServer;
 
@@ -305,7 +305,7 @@ async fn bad_configurations_are_refused() {
 fn start_coturn(
     port: u16,
     tls_port: u16,
-    pki: &turn_support::TestPki,
+    pki: &common::turn::TestPki,
     dir: &std::path::Path,
 ) -> ChildProcess {
     let (cert, key) = (dir.join("turn.pem"), dir.join("turn.key"));

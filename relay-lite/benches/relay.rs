@@ -4,8 +4,7 @@
 //! Prints a Markdown table.
 //!
 //! ```sh
-//! cargo build --release -p relay-lite
-//! cargo bench -p tests --bench relay
+//! cargo bench -p relay-lite --bench relay
 //! ```
 //!
 //! Environment: `BENCH_CONNECTIONS` (default 50000), `BENCH_PAIRS` (64),
@@ -15,16 +14,16 @@
 //! sockets are spread over 127.0.2.1, 127.0.2.2, … (2,000 each), so bind()
 //! finds a free ephemeral port at once. RLIMIT_NOFILE is raised for this process and the relay.
 
-#[path = "../tests/relay_common/mod.rs"]
-mod relay_common;
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::relay::{key, Client, RelayProcess};
 use futures_util::{SinkExt, StreamExt};
-use relay_common::{key, Client, RelayProcess};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -360,8 +359,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let binary =
-        tests::registry_host::binary("relay-lite").expect("cargo build --release -p relay-lite");
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_relay-lite"));
     println!(
         "relay-lite benchmark: {} as a child process, clients in this process, loopback, {} cores\n",
         binary.display(),

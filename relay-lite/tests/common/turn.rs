@@ -2,8 +2,6 @@
 //! audio call between two in-process webrtc-rs peers, a raw TURN client
 //! that reports error codes, a test CA, and free loopback ports.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

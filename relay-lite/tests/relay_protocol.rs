@@ -1,14 +1,14 @@
 //! relay-lite speaks Zajel's signaling protocol (reference §2): every
 //! message row, every error text, every limit, hostile frames, the web
 //! client's flat call form, the ice_servers extension, and shutdown.
-//! Each test runs the `relay-lite` binary on loopback (`cargo build -p relay-lite` first).
+//! Each test runs the `relay-lite` binary on loopback (cargo builds it for this suite).
 
-mod relay_common;
+mod common;
 
 use std::time::Duration;
 
+use common::relay::{key, Client, Ended, RelayProcess, WAIT};
 use futures_util::SinkExt;
-use relay_common::{key, Client, Ended, RelayProcess, WAIT};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -724,7 +724,7 @@ async fn connection_caps_refuse_with_503_and_429() {
     let _b = Client::connect(&relay.url()).await;
     let (status, body) = relay.get("/health").await;
     assert_eq!(status, 503, "{body}");
-    assert_eq!(relay_common::http_get(relay.addr, "/x").await.0, 503);
+    assert_eq!(common::relay::http_get(relay.addr, "/x").await.0, 503);
     drop(_a);
     let mut freed = false;
     for _ in 0..100 {

@@ -1,7 +1,6 @@
-//! Shared by the relay test suites: the `relay-lite` binary as a child
-//! process on loopback, and a WebSocket client that reads JSON frames.
-
-#![allow(dead_code)]
+//! Shared by the relay test suites and the relay benchmark: the `relay-lite`
+//! binary (the one cargo builds for these targets) as a child process on
+//! loopback, and a WebSocket client that reads JSON frames.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -11,11 +10,11 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tests::process::ChildProcess;
-use tests::registry_host::binary;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::child_process::ChildProcess;
 
 /// How long any single expected event may take.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -30,8 +29,7 @@ pub struct RelayProcess {
 impl RelayProcess {
     /// Starts `relay-lite --listen 127.0.0.1:0 <args>` and waits for its listening line.
     pub fn start(args: &[&str]) -> Self {
-        let mut command =
-            Command::new(binary("relay-lite").expect("cargo build -p relay-lite first"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_relay-lite"));
         command.args(["--listen", "127.0.0.1:0"]).args(args);
         command.env("RUST_LOG", "relay_lite=debug");
         let mut process = ChildProcess::spawn("relay-lite", command).expect("start relay-lite");

@@ -2,12 +2,12 @@
 //! and the library API that other parts start in-process (`Relay::start`,
 //! the TURN metrics hook, graceful `shutdown`).
 
-mod relay_common;
+mod common;
 
 use std::sync::Arc;
 
+use common::relay::{key, Client, Ended, RelayProcess, WAIT};
 use futures_util::{SinkExt, StreamExt};
-use relay_common::{key, Client, Ended, RelayProcess, WAIT};
 use relay_lite::turn::TurnConfig;
 use relay_lite::{Relay, RelayConfig};
 use serde_json::{json, Value};
@@ -165,10 +165,10 @@ async fn in_process_relay_with_embedded_turn_and_graceful_shutdown() {
     let metrics = relay.metrics();
     assert!(Arc::ptr_eq(&metrics, &shared_metrics));
     assert_eq!(metrics.registered_codes(), 1);
-    let (_, body) = relay_common::http_get(relay.local_addr(), "/metrics").await;
+    let (_, body) = common::relay::http_get(relay.local_addr(), "/metrics").await;
     assert!(body.contains("relay_turn_allocations 0\n"), "{body}");
     assert!(body.contains("relay_turn_refused_auth_total 0\n"), "{body}");
-    let (_, health) = relay_common::http_get(relay.local_addr(), "/health").await;
+    let (_, health) = common::relay::http_get(relay.local_addr(), "/health").await;
     assert!(health.contains("\"turnAllocations\":0"), "{health}");
 
     let addr = relay.local_addr();

@@ -6,25 +6,25 @@
 //! interleaved across the paths; "added" is a path's percentile minus direct
 //! loopback's. Prints a Markdown table.
 //!
-//! `cargo bench -p tests --bench turn_relay`. Options through the
+//! `cargo bench -p relay-lite --bench turn_relay`. Options through the
 //! environment: `BENCH_SECONDS` (throughput run per path, default 3),
 //! `BENCH_PINGS` (round trips per path, default 2000), `BENCH_PAYLOAD`
 //! (bytes per throughput packet, default 1200), `BENCH_WINDOW` (packets in
 //! flight, default 32).
 
-#[path = "../tests/turn_support/mod.rs"]
-mod turn_support;
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::turn::{now_secs, test_pki};
 use paths::Channel;
 use relay_lite::credentials;
 use relay_lite::turn::rustls::RootCertStore;
 use relay_lite::turn::{BridgeTls, StreamBridge, TurnConfig, TurnServer, TurnTls};
 use tokio::net::UdpSocket;
-use turn_support::{now_secs, test_pki};
 use webrtc::turn::client::{Client, ClientConfig};
 use webrtc::util::Conn;
 
