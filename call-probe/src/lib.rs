@@ -13,7 +13,9 @@
 //! - [`selftest`]: one in-process loopback call between two engines.
 //! - [`session`]: the client side of a signaling session with a relay.
 //! - [`client`]: registering on a relay, ICE servers from the relay, TURN bridges.
-//! - [`line`]: a registered session wired to an engine (pairing, call routing).
+//! - [`line`]: a registered session wired to an engine (pairing, call routing);
+//!   [`line_options`]: what `call`, `answer` and `demo` share, and the one builder of their
+//!   [`CallConfig`].
 //! - [`probe_call`]: `call` (pair, call, report); [`answer`]: `answer`.
 //! - [`choose`]: where the relay comes from; [`check`]: `check`.
 //! - [`world`]: registry + relay + TURN + DoH in-process; [`demo`]: `demo`.
@@ -27,6 +29,7 @@ pub mod config;
 pub mod demo;
 pub mod last_flight;
 pub mod line;
+pub mod line_options;
 pub mod media;
 pub mod peer;
 pub mod probe_call;

@@ -14,35 +14,24 @@ use zajel_wire::pairing::PairingCode;
 
 use crate::call::CallEvent;
 use crate::client::{self, TurnPaths, TurnTransport};
-use crate::config::{CallConfig, CallTimeouts};
+use crate::config::CallConfig;
 use crate::line::PhoneLine;
+use crate::line_options::LineOptions;
 use crate::report::CallReport;
-use crate::session::{ConnectTimings, TrustAnchors};
+use crate::session::ConnectTimings;
 
 /// What `call` does.
 #[derive(Debug, Clone)]
 pub struct CallOptions {
     /// The relay's WebSocket URL.
     pub server: Url,
-    pub trust: TrustAnchors,
-    /// Extra CAs (for `turns:` through the bridge).
-    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// The answerer's pairing code.
     pub target: PairingCode,
     /// How long audio flows once the call is connected.
     pub duration: Duration,
     pub with_video: bool,
-    /// ICE transport policy relay (TURN only).
-    pub relay_only: bool,
-    pub turn_transport: TurnTransport,
-    /// Loopback addresses only (tests, demo).
-    pub loopback: bool,
-    /// Keep `stun:` servers (srflx candidates).
-    pub with_stun: bool,
-    pub tone_hz: f64,
-    /// Each signaling step and each call step may take this long.
-    pub step_timeout: Duration,
-    pub timeouts: CallTimeouts,
+    /// Trust, TURN, addresses, tone (440 Hz by default) and timeouts.
+    pub line: LineOptions,
 }
 
 impl CallOptions {
@@ -50,18 +39,10 @@ impl CallOptions {
     pub fn new(server: Url, target: PairingCode) -> Self {
         Self {
             server,
-            trust: TrustAnchors::WebPki,
-            extra_roots: Vec::new(),
             target,
             duration: Duration::from_secs(3),
             with_video: false,
-            relay_only: false,
-            turn_transport: TurnTransport::Auto,
-            loopback: false,
-            with_stun: true,
-            tone_hz: 440.0,
-            step_timeout: Duration::from_secs(15),
-            timeouts: CallTimeouts::default(),
+            line: LineOptions::new(440.0),
         }
     }
 }
@@ -230,8 +211,8 @@ pub async fn run_call(options: &CallOptions) -> ProbeCallReport {
         peer_code: options.target.as_str().to_string(),
         signaling: None,
         ice_servers: Vec::new(),
-        relay_only: options.relay_only,
-        turn_transport: options.turn_transport,
+        relay_only: options.line.relay_only,
+        turn_transport: options.line.turn_transport,
         relayed_media: None,
         relay_candidates: Vec::new(),
         turn_without_allocation: Vec::new(),
@@ -252,8 +233,10 @@ async fn call_steps(
     start: Instant,
     report: &mut ProbeCallReport,
 ) -> Result<(), String> {
-    let step = options.step_timeout;
-    let registered = client::connect_and_register(&options.server, &options.trust, None, step)
+    let step = options.line.step_timeout;
+    let registered = options
+        .line
+        .register(&options.server, None)
         .await
         .map_err(|e| format!("signaling: {e}"))?;
     report.milestones.signaling_ready_ms = Some(ms_since(start));
@@ -262,35 +245,23 @@ async fn call_steps(
     report.signaling = Some(registered.timings.clone());
     report.ice_servers = client::describe_ice_servers(&registered.ice_servers);
 
-    let (ice_servers, turn_paths) = client::engine_ice_servers(
-        &registered.ice_servers,
-        options.turn_transport,
-        options.with_stun && !options.loopback,
-        &options.extra_roots,
-    )
-    .await?;
-    if options.relay_only
+    let (ice_servers, turn_paths) = options
+        .line
+        .engine_ice_servers(&registered.ice_servers)
+        .await?;
+    if options.line.relay_only
         && !ice_servers
             .iter()
             .any(|s| s.urls.iter().any(|u| u.starts_with("turn")))
     {
         return Err(format!(
             "--relay-only needs a TURN server for {:?}, and the relay handed out none",
-            options.turn_transport
+            options.line.turn_transport
         ));
     }
-    let base = if options.loopback {
-        CallConfig::loopback()
-    } else {
-        CallConfig::default()
-    };
     let config = CallConfig {
-        ice_servers,
-        relay_only: options.relay_only,
-        tone_hz: options.tone_hz,
-        timeouts: options.timeouts,
         allow_video: options.with_video,
-        ..base
+        ..options.line.call_config(ice_servers)
     };
     let mut line = PhoneLine::start("caller", registered.session, registered.code, config, false);
     line.pair_with(options.target, step).await?;
@@ -307,7 +278,7 @@ async fn call_steps(
     // Connected, or the end of the call (rejected, timed out…).
     let connected = phone
         .wait_for(
-            options.timeouts.ringing + step,
+            options.line.timeouts.ringing + step,
             "connection",
             |event| match event {
                 CallEvent::FirstRtp { .. } => Some(true),
