@@ -9,7 +9,7 @@
 //!   [`turn_tap`]: the same for relayed calls, a hop in front of each TURN server;
 //!   [`last_flight`]: the DTLS final-flight retransmission webrtc-rs lacks.
 //! - [`stats`]: timeline and RTP/RTCP figures.
-//! - [`report`]: the call report and its table.
+//! - [`report`]: the call report and its table; [`table`]: the rows of the modes' tables.
 //! - [`selftest`]: one in-process loopback call between two engines.
 //! - [`session`]: the client side of a signaling session with a relay.
 //! - [`client`]: registering on a relay, ICE servers from the relay, TURN bridges.
@@ -37,6 +37,7 @@ pub mod report;
 pub mod selftest;
 pub mod session;
 pub mod stats;
+pub mod table;
 pub mod tap;
 pub mod turn_tap;
 pub mod world;

@@ -19,6 +19,7 @@ use crate::line::PhoneLine;
 use crate::line_options::LineOptions;
 use crate::report::CallReport;
 use crate::session::ConnectTimings;
+use crate::table::{list, ms, ms_rows, row};
 
 /// What `call` does.
 #[derive(Debug, Clone)]
@@ -99,90 +100,99 @@ pub struct ProbeCallReport {
 impl ProbeCallReport {
     /// The report as a table.
     pub fn to_table(&self) -> String {
-        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
         let mut out = String::new();
-        out.push_str(&format!("server              {}\n", self.server));
+        row(&mut out, "server", &self.server);
         if let Some(id) = &self.server_id {
-            out.push_str(&format!("server id           {id}\n"));
+            row(&mut out, "server id", id);
         }
-        out.push_str(&format!(
-            "codes               {} -> {}\n",
-            self.own_code.as_deref().unwrap_or("-"),
-            self.peer_code
-        ));
+        row(
+            &mut out,
+            "codes",
+            format!(
+                "{} -> {}",
+                self.own_code.as_deref().unwrap_or("-"),
+                self.peer_code
+            ),
+        );
         if let Some(t) = &self.signaling {
-            out.push_str(&format!(
-                "signaling connect   tcp {:.1} ms, tls {}, upgrade {:.1} ms, greeting {:.1} ms\n",
-                t.tcp_connect.as_secs_f64() * 1000.0,
-                t.tls_handshake.map_or("-".into(), |d| format!(
-                    "{:.1} ms",
-                    d.as_secs_f64() * 1000.0
-                )),
-                t.websocket_upgrade.as_secs_f64() * 1000.0,
-                t.greeting.as_secs_f64() * 1000.0
-            ));
+            row(
+                &mut out,
+                "signaling connect",
+                format!(
+                    "tcp {:.1} ms, tls {}, upgrade {:.1} ms, greeting {:.1} ms",
+                    t.tcp_connect.as_secs_f64() * 1000.0,
+                    ms(t.tls_handshake.map(|d| d.as_secs_f64() * 1000.0)),
+                    t.websocket_upgrade.as_secs_f64() * 1000.0,
+                    t.greeting.as_secs_f64() * 1000.0
+                ),
+            );
         }
-        out.push_str(&format!(
-            "ice servers         {}\n",
-            if self.ice_servers.is_empty() {
-                "-".into()
-            } else {
-                self.ice_servers.join(", ")
-            }
-        ));
-        out.push_str(&format!(
-            "policy              {}, TURN over {}\n",
-            if self.relay_only { "relay only" } else { "all" },
-            match self.turn_transport {
-                TurnTransport::Auto => "any of udp/tcp/tls".to_string(),
-                other => format!("{other:?}").to_lowercase(),
-            }
-        ));
+        row(&mut out, "ice servers", list(&self.ice_servers));
+        row(
+            &mut out,
+            "policy",
+            format!(
+                "{}, TURN over {}",
+                if self.relay_only { "relay only" } else { "all" },
+                match self.turn_transport {
+                    TurnTransport::Auto => "any of udp/tcp/tls".to_string(),
+                    other => format!("{other:?}").to_lowercase(),
+                }
+            ),
+        );
         let lower = |t: &TurnTransport| format!("{t:?}").to_lowercase();
-        out.push_str(&format!(
-            "relay candidates    {}\n",
+        row(
+            &mut out,
+            "relay candidates",
             if self.relay_candidates.is_empty() {
                 "none".to_string()
             } else {
                 let over: Vec<String> = self.relay_candidates.iter().map(lower).collect();
                 format!("over {}", over.join(", "))
-            }
-        ));
+            },
+        );
         if !self.turn_without_allocation.is_empty() {
             let missing: Vec<String> = self.turn_without_allocation.iter().map(lower).collect();
-            out.push_str(&format!(
-                "no allocation over  {} (blocked?)\n",
-                missing.join(", ")
-            ));
+            row(
+                &mut out,
+                "no allocation over",
+                format!("{} (blocked?)", missing.join(", ")),
+            );
         }
-        if let Some(transport) = self.relayed_media {
-            out.push_str(&format!(
-                "media relayed       through TURN over {}\n",
-                format!("{transport:?}").to_lowercase()
-            ));
+        if let Some(transport) = &self.relayed_media {
+            row(
+                &mut out,
+                "media relayed",
+                format!("through TURN over {}", lower(transport)),
+            );
         }
         let m = &self.milestones;
-        for (name, value) in [
-            ("signaling ready", m.signaling_ready_ms),
-            ("pair matched", m.pair_matched_ms),
-            ("call placed", m.call_placed_ms),
-            ("answer received", m.answer_received_ms),
-            ("ICE connected", m.ice_connected_ms),
-            ("DTLS connected", m.dtls_connected_ms),
-            ("first RTP", m.first_rtp_ms),
-            ("tone detected", m.tone_detected_ms),
-            ("hung up", m.hangup_ms),
-        ] {
-            out.push_str(&format!("{name:<20}{}\n", ms(value)));
-        }
-        out.push_str(&format!(
-            "media both ways     {}{}\n",
-            if self.media_both_ways { "yes" } else { "no" },
-            self.heard_hz
-                .map_or(String::new(), |hz| format!(" (heard {hz:.0} Hz)"))
-        ));
+        ms_rows(
+            &mut out,
+            [
+                ("signaling ready", m.signaling_ready_ms),
+                ("pair matched", m.pair_matched_ms),
+                ("call placed", m.call_placed_ms),
+                ("answer received", m.answer_received_ms),
+                ("ICE connected", m.ice_connected_ms),
+                ("DTLS connected", m.dtls_connected_ms),
+                ("first RTP", m.first_rtp_ms),
+                ("tone detected", m.tone_detected_ms),
+                ("hung up", m.hangup_ms),
+            ],
+        );
+        row(
+            &mut out,
+            "media both ways",
+            format!(
+                "{}{}",
+                if self.media_both_ways { "yes" } else { "no" },
+                self.heard_hz
+                    .map_or(String::new(), |hz| format!(" (heard {hz:.0} Hz)"))
+            ),
+        );
         if let Some(error) = &self.error {
-            out.push_str(&format!("error               {error}\n"));
+            row(&mut out, "error", error);
         }
         if let Some(call) = &self.call {
             out.push_str("-- call --\n");
