@@ -43,8 +43,8 @@ pub enum ArgsError {
 /// Whom to trust: pinned registry keys and extra TLS roots.
 #[derive(Args, Debug, Clone, Default)]
 pub struct TrustArgs {
-    /// Pinned registry public key (standard base64, 32 bytes); repeatable (env
-    /// ZAJEL_REGISTRY_KEY, comma-separated).
+    /// Pinned registry public key (standard base64, 32 bytes); repeatable, comma-separated in
+    /// the environment.
     #[arg(
         long = "registry-key",
         env = "ZAJEL_REGISTRY_KEY",
@@ -88,8 +88,8 @@ impl TrustArgs {
 /// Where the cache and referrals live.
 #[derive(Args, Debug, Clone, Default)]
 pub struct StoreArgs {
-    /// The cache and referral file (env ZAJEL_DISCOVERY_CACHE) [default:
-    /// $XDG_DATA_HOME/zajel/discovery.json, else ~/.local/share/zajel/discovery.json].
+    /// The cache and referral file [default: $XDG_DATA_HOME/zajel/discovery.json, else
+    /// ~/.local/share/zajel/discovery.json].
     #[arg(long = "cache-file", env = store::PATH_ENV)]
     pub cache_file: Option<PathBuf>,
 }
@@ -113,8 +113,7 @@ impl StoreArgs {
 /// call-probe's `call`, `answer` and `check` share.
 #[derive(Args, Debug, Clone)]
 pub struct DiscoveryArgs {
-    /// Registry base URL (GET <url>/servers); repeatable (env ZAJEL_REGISTRY_URL,
-    /// comma-separated).
+    /// Registry base URL (GET <url>/servers); repeatable, comma-separated in the environment.
     #[arg(long = "registry", env = "ZAJEL_REGISTRY_URL", value_delimiter = ',')]
     pub registries: Vec<Url>,
     /// DNS-over-HTTPS server: https://host[:port]/path, or that URL followed by ,ip=ADDRESS;
