@@ -159,7 +159,9 @@ mod tests {
         assert!(matches!(plain.trust, TrustAnchors::WebPki));
         let root = CertificateDer::from(vec![1, 2, 3]);
         let pinned = LineOptions::new(440.0).trusting(vec![root.clone()]);
-        assert!(matches!(&pinned.trust, TrustAnchors::Only(roots) if roots == &[root.clone()]));
+        assert!(
+            matches!(&pinned.trust, TrustAnchors::Only(roots) if roots == std::slice::from_ref(&root))
+        );
         assert_eq!(pinned.extra_roots, [root]);
     }
 }

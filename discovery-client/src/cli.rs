@@ -145,6 +145,8 @@ impl DiscoveryArgs {
     /// The discovery configuration these flags ask for, with `share_links` as the QR layer
     /// and the `--ca-file` roots as `extra_roots`. A server's pong may take as long as a
     /// layer (`zajel-discover` sets its own `--probe-timeout-ms` and `--stagger-ms` on top).
+    /// Without `--cache-file` and a data directory there is no cache layer (`zajel-discover`
+    /// refuses that case first, see [`StoreArgs::path`]).
     pub fn config(&self, share_links: Vec<String>) -> Result<Config, ArgsError> {
         let layer_timeout = Duration::from_millis(self.layer_timeout_ms);
         Ok(Config {
@@ -155,7 +157,7 @@ impl DiscoveryArgs {
             store_path: if self.no_cache {
                 None
             } else {
-                Some(self.store.path()?)
+                self.store.path().ok()
             },
             share_links,
             manual: self.servers.clone(),

@@ -262,6 +262,10 @@ async fn discover(args: DiscoverArgs) -> Result<u8, String> {
     for path in &args.share_images {
         share_links.push(share::decode_image_file(path)?);
     }
+    if !args.discovery.no_cache {
+        // The cache is part of every run: say where it cannot be rather than go without it.
+        args.discovery.store.path().map_err(|e| e.to_string())?;
+    }
     let config = Config {
         probe_timeout: Duration::from_millis(args.probe_timeout_ms),
         stagger: Duration::from_millis(args.stagger_ms),
