@@ -5,10 +5,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use call_probe::answer::{AnswerOptions, Answerer};
-use call_probe::check::{run_check, CheckOptions};
+use call_probe::check::{run_check, CheckOptions, CheckReport};
 use call_probe::choose::ServerChoice;
 use call_probe::client::{self, TurnTransport};
-use call_probe::demo::{run_demo, DemoOptions};
+use call_probe::demo::{run_demo, DemoOptions, DemoReport};
 use call_probe::line_options::LineOptions;
 use call_probe::probe_call::{run_call, CallOptions};
 use clap::Args;
@@ -184,6 +184,15 @@ fn print_json(value: &impl serde::Serialize) {
     );
 }
 
+/// Prints `report` as JSON, or as its table for a person.
+fn print_report<R: serde::Serialize>(json: bool, report: &R, table: fn(&R) -> String) {
+    if json {
+        print_json(report);
+    } else {
+        print!("{}", table(report));
+    }
+}
+
 pub async fn demo(args: DemoArgs) -> ExitCode {
     let duration = match seconds(args.duration, "--duration") {
         Ok(d) => d,
@@ -199,11 +208,7 @@ pub async fn demo(args: DemoArgs) -> ExitCode {
     options.line.turn_transport = args.turn.turn_transport;
     match run_demo(&options).await {
         Ok(report) => {
-            if args.json {
-                print_json(&report);
-            } else {
-                print!("{}", report.to_table());
-            }
+            print_report(args.json, &report, DemoReport::to_table);
             if report.media_both_ways {
                 ExitCode::SUCCESS
             } else {
@@ -385,11 +390,7 @@ pub async fn check(args: CheckArgs) -> ExitCode {
     };
     match run_check(&options).await {
         Ok(report) => {
-            if args.json {
-                print_json(&report);
-            } else {
-                print!("{}", report.to_table());
-            }
+            print_report(args.json, &report, CheckReport::to_table);
             ExitCode::from(report.exit_code)
         }
         Err(e) => {
