@@ -11,53 +11,38 @@ use url::Url;
 use zajel_wire::pairing::PairingCode;
 
 use crate::call::CallEvent;
-use crate::client::{self, TurnPaths, TurnTransport};
-use crate::config::{AnswerPolicy, CallConfig, CallTimeouts};
+use crate::client::{TurnPaths, TurnTransport};
+use crate::config::{AnswerPolicy, CallConfig};
 use crate::line::{LineEvent, PhoneLine};
+use crate::line_options::LineOptions;
 use crate::report::CallReport;
-use crate::session::TrustAnchors;
 
 /// What `answer` does.
 #[derive(Debug, Clone)]
 pub struct AnswerOptions {
+    /// The relay's WebSocket URL.
     pub server: Url,
-    pub trust: TrustAnchors,
-    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// The code to register (random when `None`).
     pub code: Option<PairingCode>,
     /// Stop after this many calls ended (`None`: never).
     pub max_calls: Option<u32>,
     /// Send back what is heard instead of a tone.
     pub echo: bool,
-    pub tone_hz: f64,
-    /// Force TURN (relay candidates only).
-    pub relay_only: bool,
-    pub turn_transport: TurnTransport,
-    pub loopback: bool,
-    pub with_stun: bool,
     /// Decline calls instead of answering them (tests, `--decline`).
     pub decline: bool,
-    pub step_timeout: Duration,
-    pub timeouts: CallTimeouts,
+    /// Trust, TURN, addresses, tone (660 Hz by default) and timeouts.
+    pub line: LineOptions,
 }
 
 impl AnswerOptions {
     pub fn new(server: Url) -> Self {
         Self {
             server,
-            trust: TrustAnchors::WebPki,
-            extra_roots: Vec::new(),
             code: None,
             max_calls: None,
             echo: false,
-            tone_hz: 660.0,
-            relay_only: false,
-            turn_transport: TurnTransport::Auto,
-            loopback: false,
-            with_stun: true,
             decline: false,
-            step_timeout: Duration::from_secs(15),
-            timeouts: CallTimeouts::default(),
+            line: LineOptions::new(660.0),
         }
     }
 }
@@ -85,30 +70,16 @@ pub struct AnsweredCall {
 impl Answerer {
     /// Connects, registers and wires the engine.
     pub async fn start(options: AnswerOptions) -> Result<Self, String> {
-        let registered = client::connect_and_register(
-            &options.server,
-            &options.trust,
-            options.code,
-            options.step_timeout,
-        )
-        .await
-        .map_err(|e| format!("signaling: {e}"))?;
-        let (ice_servers, turn_paths) = client::engine_ice_servers(
-            &registered.ice_servers,
-            options.turn_transport,
-            options.with_stun && !options.loopback,
-            &options.extra_roots,
-        )
-        .await?;
-        let base = if options.loopback {
-            CallConfig::loopback()
-        } else {
-            CallConfig::default()
-        };
+        let registered = options
+            .line
+            .register(&options.server, options.code)
+            .await
+            .map_err(|e| format!("signaling: {e}"))?;
+        let (ice_servers, turn_paths) = options
+            .line
+            .engine_ice_servers(&registered.ice_servers)
+            .await?;
         let config = CallConfig {
-            ice_servers,
-            relay_only: options.relay_only,
-            tone_hz: options.tone_hz,
             echo: options.echo,
             answer_policy: if options.decline {
                 AnswerPolicy::Decline
@@ -116,8 +87,7 @@ impl Answerer {
                 AnswerPolicy::Accept
             },
             allow_video: true,
-            timeouts: options.timeouts,
-            ..base
+            ..options.line.call_config(ice_servers)
         };
         let share_uri = ShareLink::new(registered.code, &[options.server.to_string()], None)
             .map(|link| link.to_uri())

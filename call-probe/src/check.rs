@@ -27,6 +27,7 @@ use webrtc::util::Conn;
 use crate::choose::ServerChoice;
 use crate::client::{self, parse_ice_url, TurnTransport};
 use crate::session::TrustAnchors;
+use crate::table::{self, list, ms_rows, row};
 
 /// At least one call path exists.
 pub const EXIT_OK: u8 = 0;
@@ -452,61 +453,57 @@ async fn turn_allocation(
 impl CheckReport {
     /// The report as a table.
     pub fn to_table(&self) -> String {
-        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
         let yes = |b: bool| if b { "yes" } else { "no" };
         let mut out = String::new();
         out.push_str("== discovery ==\n");
         out.push_str(&self.server.to_table());
         if let Some(s) = &self.signaling {
             out.push_str("== signaling ==\n");
-            out.push_str(&format!("url                 {}\n", s.url));
+            row(&mut out, "url", &s.url);
             if let Some(id) = &s.server_id {
-                out.push_str(&format!("server id           {id}\n"));
+                row(&mut out, "server id", id);
             }
-            for (name, value) in [
-                ("TCP connect", s.tcp_connect_ms),
-                ("TLS handshake", s.tls_handshake_ms),
-                ("WebSocket upgrade", s.websocket_upgrade_ms),
-                ("server_info", s.greeting_ms),
-                ("register", s.register_ms),
-                ("ping round trip", s.round_trip_ms),
-            ] {
-                out.push_str(&format!("{name:<20}{}\n", ms(value)));
-            }
-            out.push_str(&format!(
-                "ice servers         {}\n",
-                if s.ice_servers.is_empty() {
-                    "-".into()
-                } else {
-                    s.ice_servers.join(", ")
-                }
-            ));
+            ms_rows(
+                &mut out,
+                [
+                    ("TCP connect", s.tcp_connect_ms),
+                    ("TLS handshake", s.tls_handshake_ms),
+                    ("WebSocket upgrade", s.websocket_upgrade_ms),
+                    ("server_info", s.greeting_ms),
+                    ("register", s.register_ms),
+                    ("ping round trip", s.round_trip_ms),
+                ],
+            );
+            row(&mut out, "ice servers", list(&s.ice_servers));
             if let Some(error) = &s.error {
-                out.push_str(&format!("error               {error}\n"));
+                row(&mut out, "error", error);
             }
         }
         if self.stun.is_some() || !self.turn.is_empty() {
             out.push_str("== media ==\n");
         }
         for check in self.stun.iter().chain(self.turn.iter()) {
-            out.push_str(&format!(
-                "{:<20}{:<4}{}{}\n",
-                check.kind,
-                yes(check.ok),
-                check
-                    .mapped_address
-                    .as_deref()
-                    .map(|a| format!("mapped {a}, "))
-                    .or_else(|| check
-                        .relayed_address
+            row(
+                &mut out,
+                &check.kind,
+                format_args!(
+                    "{:<4}{}{}",
+                    yes(check.ok),
+                    check
+                        .mapped_address
                         .as_deref()
-                        .map(|a| format!("relayed {a}, ")))
-                    .unwrap_or_default(),
-                match (&check.error, check.time_ms) {
-                    (Some(error), _) => error.clone(),
-                    (None, time) => ms(time),
-                }
-            ));
+                        .map(|a| format!("mapped {a}, "))
+                        .or_else(|| check
+                            .relayed_address
+                            .as_deref()
+                            .map(|a| format!("relayed {a}, ")))
+                        .unwrap_or_default(),
+                    match (&check.error, check.time_ms) {
+                        (Some(error), _) => error.clone(),
+                        (None, time) => table::ms(time),
+                    }
+                ),
+            );
         }
         out.push_str("== call paths ==\n");
         out.push_str(&format!(
@@ -516,16 +513,20 @@ impl CheckReport {
             yes(self.paths.turn_tcp),
             yes(self.paths.turn_tls)
         ));
-        out.push_str(&format!(
-            "verdict             {} (exit {})\n",
-            match self.verdict {
-                CheckVerdict::CallPathsExist => "calls can be made",
-                CheckVerdict::NoServerFound => "no server found",
-                CheckVerdict::SignalingBlocked => "signaling blocked",
-                CheckVerdict::NoMediaPath => "no media path",
-            },
-            self.exit_code
-        ));
+        row(
+            &mut out,
+            "verdict",
+            format!(
+                "{} (exit {})",
+                match self.verdict {
+                    CheckVerdict::CallPathsExist => "calls can be made",
+                    CheckVerdict::NoServerFound => "no server found",
+                    CheckVerdict::SignalingBlocked => "signaling blocked",
+                    CheckVerdict::NoMediaPath => "no media path",
+                },
+                self.exit_code
+            ),
+        );
         out
     }
 }

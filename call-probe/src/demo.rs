@@ -14,7 +14,7 @@ use serde::Serialize;
 use url::Url;
 
 use crate::answer::{AnswerOptions, Answerer};
-use crate::client::TurnTransport;
+use crate::line_options::LineOptions;
 use crate::probe_call::{media_flowed_both_ways, run_call, CallOptions, ProbeCallReport};
 use crate::report::CallReport;
 use crate::world::{LocalWorld, WorldAddresses, WorldOptions, WorldTimings};
@@ -24,27 +24,28 @@ use crate::world::{LocalWorld, WorldAddresses, WorldOptions, WorldTimings};
 pub struct DemoOptions {
     /// How long audio flows.
     pub duration: Duration,
-    pub relay_only: bool,
-    pub turn_transport: TurnTransport,
     pub with_video: bool,
-    pub step_timeout: Duration,
-    pub caller_hz: f64,
-    pub answerer_hz: f64,
     /// Serve the relay on plain `ws://` instead of `wss://`.
     pub plain_ws: bool,
+    /// The caller's line: TURN, addresses (loopback by default), tone (440 Hz) and timeouts;
+    /// the world's throwaway CA is trusted besides its `extra_roots`. The answerer's line is
+    /// the same but for its tone.
+    pub line: LineOptions,
+    /// The tone the answerer sends, in Hz.
+    pub answerer_hz: f64,
 }
 
 impl Default for DemoOptions {
     fn default() -> Self {
         Self {
             duration: Duration::from_secs(2),
-            relay_only: false,
-            turn_transport: TurnTransport::Auto,
             with_video: false,
-            step_timeout: Duration::from_secs(15),
-            caller_hz: 440.0,
-            answerer_hz: 660.0,
             plain_ws: false,
+            line: LineOptions {
+                loopback: true,
+                ..LineOptions::new(440.0)
+            },
+            answerer_hz: 660.0,
         }
     }
 }
@@ -149,15 +150,15 @@ pub async fn run_demo(options: &DemoOptions) -> Result<DemoReport, String> {
     })
     .await?;
 
+    let mut roots = options.line.extra_roots.clone();
+    roots.push(world.ca.ca_der.clone());
+    let caller_line = options.line.clone().trusting(roots);
     let mut answer_options = AnswerOptions::new(world.relay_url());
-    answer_options.loopback = true;
     answer_options.max_calls = Some(1);
-    answer_options.tone_hz = options.answerer_hz;
-    answer_options.relay_only = options.relay_only;
-    answer_options.turn_transport = options.turn_transport;
-    answer_options.extra_roots = vec![world.ca.ca_der.clone()];
-    answer_options.trust = world.trust();
-    answer_options.step_timeout = options.step_timeout;
+    answer_options.line = LineOptions {
+        tone_hz: options.answerer_hz,
+        ..caller_line.clone()
+    };
     let answerer = Answerer::start(answer_options).await?;
     let answerer_code = answerer.code;
     let share_uri = answerer.share_uri.clone();
@@ -185,18 +186,12 @@ pub async fn run_demo(options: &DemoOptions) -> Result<DemoReport, String> {
     };
 
     let mut call_options = CallOptions::new(server, answerer_code);
-    call_options.loopback = true;
     call_options.duration = options.duration;
     call_options.with_video = options.with_video;
-    call_options.relay_only = options.relay_only;
-    call_options.turn_transport = options.turn_transport;
-    call_options.extra_roots = vec![world.ca.ca_der.clone()];
-    call_options.trust = world.trust();
-    call_options.tone_hz = options.caller_hz;
-    call_options.step_timeout = options.step_timeout;
+    call_options.line = caller_line;
     let call = run_call(&call_options).await;
 
-    let answerer_report = match tokio::time::timeout(options.step_timeout, answering).await {
+    let answerer_report = match tokio::time::timeout(options.line.step_timeout, answering).await {
         Ok(Ok(Ok(mut calls))) => calls.pop().map(|c| c.report),
         Ok(Ok(Err(error))) => {
             tracing::warn!(%error, "answerer");
@@ -209,7 +204,7 @@ pub async fn run_demo(options: &DemoOptions) -> Result<DemoReport, String> {
     world.stop().await;
 
     let caller_heard = heard(call.call.as_ref(), options.answerer_hz);
-    let answerer_heard = heard(answerer_report.as_ref(), options.caller_hz);
+    let answerer_heard = heard(answerer_report.as_ref(), options.line.tone_hz);
     let media_both_ways = call.media_both_ways
         && answerer_report.as_ref().is_some_and(media_flowed_both_ways)
         && caller_heard

@@ -9,11 +9,13 @@
 //!   [`turn_tap`]: the same for relayed calls, a hop in front of each TURN server;
 //!   [`last_flight`]: the DTLS final-flight retransmission webrtc-rs lacks.
 //! - [`stats`]: timeline and RTP/RTCP figures.
-//! - [`report`]: the call report and its table.
+//! - [`report`]: the call report and its table; [`table`]: the rows of the modes' tables.
 //! - [`selftest`]: one in-process loopback call between two engines.
 //! - [`session`]: the client side of a signaling session with a relay.
 //! - [`client`]: registering on a relay, ICE servers from the relay, TURN bridges.
-//! - [`line`]: a registered session wired to an engine (pairing, call routing).
+//! - [`line`]: a registered session wired to an engine (pairing, call routing);
+//!   [`line_options`]: what `call`, `answer` and `demo` share, and the one builder of their
+//!   [`CallConfig`].
 //! - [`probe_call`]: `call` (pair, call, report); [`answer`]: `answer`.
 //! - [`choose`]: where the relay comes from; [`check`]: `check`.
 //! - [`world`]: registry + relay + TURN + DoH in-process; [`demo`]: `demo`.
@@ -27,6 +29,7 @@ pub mod config;
 pub mod demo;
 pub mod last_flight;
 pub mod line;
+pub mod line_options;
 pub mod media;
 pub mod peer;
 pub mod probe_call;
@@ -34,6 +37,7 @@ pub mod report;
 pub mod selftest;
 pub mod session;
 pub mod stats;
+pub mod table;
 pub mod tap;
 pub mod turn_tap;
 pub mod world;

@@ -1,122 +1,27 @@
 //! The command-line side of `demo`, `call`, `answer` and `check`: flags, where the server
 //! comes from, printing, exit codes. The work is in the library.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use call_probe::answer::{AnswerOptions, Answerer};
-use call_probe::check::{run_check, CheckOptions};
+use call_probe::check::{run_check, CheckOptions, CheckReport};
 use call_probe::choose::ServerChoice;
 use call_probe::client::{self, TurnTransport};
-use call_probe::demo::{run_demo, DemoOptions};
+use call_probe::demo::{run_demo, DemoOptions, DemoReport};
+use call_probe::line_options::LineOptions;
 use call_probe::probe_call::{run_call, CallOptions};
-use call_probe::CallTimeouts;
 use clap::Args;
-use discovery_client::discovery::Config as DiscoveryConfig;
+use discovery_client::cli::DiscoveryArgs;
 use discovery_client::share::ShareLink;
-use url::Url;
 use zajel_wire::pairing::PairingCode;
 
 /// Exit code for bad flags.
 const EXIT_USAGE: u8 = 2;
 
-/// Where the relay comes from (discovery-client's layers, or `--server`).
+/// How media may reach TURN: `demo`, `call` and `answer`.
 #[derive(Args, Debug, Clone)]
-pub struct ServerArgs {
-    /// Registry base URL (repeatable; env ZAJEL_REGISTRY_URL, comma-separated).
-    #[arg(long = "registry", env = "ZAJEL_REGISTRY_URL", value_delimiter = ',')]
-    registries: Vec<Url>,
-    /// Pinned registry public key, standard base64 (repeatable; env ZAJEL_REGISTRY_KEY).
-    #[arg(
-        long = "registry-key",
-        env = "ZAJEL_REGISTRY_KEY",
-        value_delimiter = ','
-    )]
-    registry_keys: Vec<String>,
-    /// DoH server `https://host[:port]/path[,ip=ADDRESS]` (repeatable).
-    #[arg(long = "doh")]
-    doh: Vec<String>,
-    /// Domain whose `_zajel.<domain>` TXT records list servers (repeatable).
-    #[arg(long = "domain")]
-    domains: Vec<String>,
-    /// A signaling server URL typed by hand (repeatable; discovery's manual layer).
-    #[arg(long = "server")]
-    servers: Vec<String>,
-    /// The discovery cache/referral file (default: discovery-client's).
-    #[arg(long = "cache-file", env = "ZAJEL_DISCOVERY_CACHE")]
-    cache_file: Option<PathBuf>,
-    /// Neither read nor write the discovery cache.
-    #[arg(long)]
-    no_cache: bool,
-    /// Accept loopback and private addresses (tests, LAN relays).
-    #[arg(long)]
-    allow_private: bool,
-    /// Extra CA certificate (PEM) to trust for registry, DoH, wss:// and turns:.
-    /// For wss:// it replaces the web PKI.
-    #[arg(long = "ca-file")]
-    ca_files: Vec<PathBuf>,
-    /// Longest wait per discovery layer and per server check, in ms.
-    #[arg(long, default_value_t = 3000)]
-    layer_timeout_ms: u64,
-}
-
-impl ServerArgs {
-    fn roots(&self) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
-        let mut roots = Vec::new();
-        for path in &self.ca_files {
-            roots.extend(client::read_ca_file(path)?);
-        }
-        Ok(roots)
-    }
-
-    fn discovery(&self, share_links: Vec<String>) -> Result<DiscoveryConfig, String> {
-        let mut keys = Vec::new();
-        for key in &self.registry_keys {
-            keys.push(
-                zajel_wire::keys::public_key_from_base64(key.trim())
-                    .map_err(|e| format!("--registry-key {key}: {e}"))?,
-            );
-        }
-        let mut doh = Vec::new();
-        for spec in &self.doh {
-            doh.push(spec.parse()?);
-        }
-        let store_path = if self.no_cache {
-            None
-        } else {
-            self.cache_file
-                .clone()
-                .or_else(discovery_client::store::default_path)
-        };
-        Ok(DiscoveryConfig {
-            registries: self.registries.clone(),
-            registry_keys: keys,
-            doh_servers: doh,
-            domains: self.domains.clone(),
-            store_path,
-            share_links,
-            manual: self.servers.clone(),
-            allow_private: self.allow_private,
-            extra_roots: self.roots()?,
-            layer_timeout: Duration::from_millis(self.layer_timeout_ms),
-            probe_timeout: Duration::from_millis(self.layer_timeout_ms),
-            write_cache: !self.no_cache,
-            ..DiscoveryConfig::default()
-        })
-    }
-
-    fn nothing_configured(&self) -> bool {
-        self.registries.is_empty()
-            && self.doh.is_empty()
-            && self.servers.is_empty()
-            && self.cache_file.is_none()
-    }
-}
-
-/// Call settings shared by `call` and `answer`.
-#[derive(Args, Debug, Clone)]
-pub struct MediaArgs {
+pub struct TurnArgs {
     /// Force TURN: relay candidates only (through the ICE servers the relay hands out).
     #[arg(long)]
     relay_only: bool,
@@ -125,6 +30,13 @@ pub struct MediaArgs {
     /// through a local stream bridge).
     #[arg(long, default_value = "auto")]
     turn_transport: TurnTransport,
+}
+
+/// Call settings shared by `call` and `answer`.
+#[derive(Args, Debug, Clone)]
+pub struct MediaArgs {
+    #[command(flatten)]
+    turn: TurnArgs,
     /// Use loopback addresses only (tests on one machine).
     #[arg(long)]
     loopback: bool,
@@ -162,15 +74,21 @@ impl MediaArgs {
         Ok(())
     }
 
-    fn timeouts(&self) -> CallTimeouts {
-        let mut timeouts = CallTimeouts::default();
+    /// The line these flags ask for, sending `default_tone_hz` unless `--tone-hz` is given.
+    fn line_options(&self, default_tone_hz: f64) -> LineOptions {
+        let mut line = LineOptions::new(self.tone_hz.unwrap_or(default_tone_hz));
+        line.relay_only = self.turn.relay_only;
+        line.turn_transport = self.turn.turn_transport;
+        line.loopback = self.loopback;
+        line.with_stun = !self.no_stun;
+        line.step_timeout = Duration::from_secs(self.step_timeout);
         if let Some(ms) = self.ringing_timeout_ms {
-            timeouts.ringing = Duration::from_millis(ms);
+            line.timeouts.ringing = Duration::from_millis(ms);
         }
         if let Some(ms) = self.reconnect_timeout_ms {
-            timeouts.reconnect = Duration::from_millis(ms);
+            line.timeouts.reconnect = Duration::from_millis(ms);
         }
-        timeouts
+        line
     }
 }
 
@@ -179,12 +97,8 @@ pub struct DemoArgs {
     /// Seconds of audio once the call is connected.
     #[arg(long, default_value_t = 2.0)]
     duration: f64,
-    /// Force TURN (relay candidates only).
-    #[arg(long)]
-    relay_only: bool,
-    /// TURN over auto (all at once), udp, tcp or tls (TCP/TLS through a stream bridge).
-    #[arg(long, default_value = "auto")]
-    turn_transport: TurnTransport,
+    #[command(flatten)]
+    turn: TurnArgs,
     /// Also negotiate a video track.
     #[arg(long)]
     video: bool,
@@ -209,7 +123,7 @@ pub struct CallArgs {
     #[command(flatten)]
     media: MediaArgs,
     #[command(flatten)]
-    server: ServerArgs,
+    discovery: DiscoveryArgs,
 }
 
 #[derive(Args, Debug)]
@@ -235,7 +149,7 @@ pub struct AnswerArgs {
     #[command(flatten)]
     media: MediaArgs,
     #[command(flatten)]
-    server: ServerArgs,
+    discovery: DiscoveryArgs,
 }
 
 #[derive(Args, Debug)]
@@ -247,7 +161,7 @@ pub struct CheckArgs {
     #[arg(long, default_value_t = 5)]
     step_timeout: u64,
     #[command(flatten)]
-    server: ServerArgs,
+    discovery: DiscoveryArgs,
 }
 
 fn usage(error: impl std::fmt::Display) -> ExitCode {
@@ -270,26 +184,31 @@ fn print_json(value: &impl serde::Serialize) {
     );
 }
 
+/// Prints `report` as JSON, or as its table for a person.
+fn print_report<R: serde::Serialize>(json: bool, report: &R, table: fn(&R) -> String) {
+    if json {
+        print_json(report);
+    } else {
+        print!("{}", table(report));
+    }
+}
+
 pub async fn demo(args: DemoArgs) -> ExitCode {
     let duration = match seconds(args.duration, "--duration") {
         Ok(d) => d,
         Err(e) => return usage(e),
     };
-    let options = DemoOptions {
+    let mut options = DemoOptions {
         duration,
-        relay_only: args.relay_only,
-        turn_transport: args.turn_transport,
         with_video: args.video,
         plain_ws: args.plain_ws,
         ..DemoOptions::default()
     };
+    options.line.relay_only = args.turn.relay_only;
+    options.line.turn_transport = args.turn.turn_transport;
     match run_demo(&options).await {
         Ok(report) => {
-            if args.json {
-                print_json(&report);
-            } else {
-                print!("{}", report.to_table());
-            }
+            print_report(args.json, &report, DemoReport::to_table);
             if report.media_both_ways {
                 ExitCode::SUCCESS
             } else {
@@ -305,11 +224,11 @@ pub async fn demo(args: DemoArgs) -> ExitCode {
 
 /// Picks the server: the one in a link, else discovery (with the link as its QR source).
 async fn choose_server(
-    server: &ServerArgs,
+    discovery: &DiscoveryArgs,
     link: Option<&ShareLink>,
 ) -> Result<ServerChoice, String> {
     if let Some(first) = link.and_then(|l| l.servers.first()) {
-        if server.nothing_configured() {
+        if discovery.nothing_configured() {
             return ServerChoice::from_link(first);
         }
     }
@@ -317,13 +236,14 @@ async fn choose_server(
         .filter(|l| !l.servers.is_empty())
         .map(|l| vec![l.to_uri()])
         .unwrap_or_default();
-    if server.nothing_configured() && links.is_empty() && server.no_cache {
+    if discovery.nothing_configured() && links.is_empty() && discovery.no_cache {
         return Err(
             "no server: give --server, --registry/--registry-key, --doh/--domain, or a zajel:// link with ?server="
                 .into(),
         );
     }
-    ServerChoice::discover(server.discovery(links)?).await
+    let config = discovery.config(links).map_err(|e| e.to_string())?;
+    ServerChoice::discover(config).await
 }
 
 pub async fn call(args: CallArgs) -> ExitCode {
@@ -338,11 +258,11 @@ pub async fn call(args: CallArgs) -> ExitCode {
         Ok(link) => link,
         Err(e) => return usage(format!("{}: {e}", args.target)),
     };
-    let roots = match args.server.roots() {
+    let roots = match args.discovery.trust.roots() {
         Ok(r) => r,
         Err(e) => return usage(e),
     };
-    let choice = match choose_server(&args.server, Some(&link)).await {
+    let choice = match choose_server(&args.discovery, Some(&link)).await {
         Ok(choice) => choice,
         Err(e) => return usage(e),
     };
@@ -356,17 +276,9 @@ pub async fn call(args: CallArgs) -> ExitCode {
         return ExitCode::from(call_probe::check::EXIT_NO_SERVER);
     };
     let mut options = CallOptions::new(url, link.code);
-    options.trust = client::trust_anchors(&roots);
-    options.extra_roots = roots;
     options.duration = duration;
     options.with_video = args.video;
-    options.relay_only = args.media.relay_only;
-    options.turn_transport = args.media.turn_transport;
-    options.loopback = args.media.loopback;
-    options.with_stun = !args.media.no_stun;
-    options.tone_hz = args.media.tone_hz.unwrap_or(440.0);
-    options.step_timeout = Duration::from_secs(args.media.step_timeout);
-    options.timeouts = args.media.timeouts();
+    options.line = args.media.line_options(440.0).trusting(roots);
     let report = run_call(&options).await;
     if args.media.json {
         print_json(&serde_json::json!({"server": choice, "call": report}));
@@ -392,11 +304,11 @@ pub async fn answer(args: AnswerArgs) -> ExitCode {
         Ok(code) => code,
         Err(e) => return usage(format!("--code: {e}")),
     };
-    let roots = match args.server.roots() {
+    let roots = match args.discovery.trust.roots() {
         Ok(r) => r,
         Err(e) => return usage(e),
     };
-    let choice = match choose_server(&args.server, None).await {
+    let choice = match choose_server(&args.discovery, None).await {
         Ok(choice) => choice,
         Err(e) => return usage(e),
     };
@@ -406,19 +318,11 @@ pub async fn answer(args: AnswerArgs) -> ExitCode {
         return ExitCode::from(call_probe::check::EXIT_NO_SERVER);
     };
     let mut options = AnswerOptions::new(url);
-    options.trust = client::trust_anchors(&roots);
-    options.extra_roots = roots;
     options.code = code;
     options.max_calls = if args.once { Some(1) } else { args.max_calls };
     options.echo = args.echo;
     options.decline = args.decline;
-    options.tone_hz = args.media.tone_hz.unwrap_or(660.0);
-    options.relay_only = args.media.relay_only;
-    options.turn_transport = args.media.turn_transport;
-    options.loopback = args.media.loopback;
-    options.with_stun = !args.media.no_stun;
-    options.step_timeout = Duration::from_secs(args.media.step_timeout);
-    options.timeouts = args.media.timeouts();
+    options.line = args.media.line_options(660.0).trusting(roots);
     let answerer = match Answerer::start(options).await {
         Ok(a) => a,
         Err(e) => {
@@ -470,11 +374,11 @@ pub async fn check(args: CheckArgs) -> ExitCode {
     if args.step_timeout == 0 {
         return usage("--step-timeout must be at least 1 second");
     }
-    let roots = match args.server.roots() {
+    let roots = match args.discovery.trust.roots() {
         Ok(r) => r,
         Err(e) => return usage(e),
     };
-    let discovery = match args.server.discovery(Vec::new()) {
+    let discovery = match args.discovery.config(Vec::new()) {
         Ok(d) => d,
         Err(e) => return usage(e),
     };
@@ -486,11 +390,7 @@ pub async fn check(args: CheckArgs) -> ExitCode {
     };
     match run_check(&options).await {
         Ok(report) => {
-            if args.json {
-                print_json(&report);
-            } else {
-                print!("{}", report.to_table());
-            }
+            print_report(args.json, &report, CheckReport::to_table);
             ExitCode::from(report.exit_code)
         }
         Err(e) => {

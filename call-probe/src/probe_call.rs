@@ -14,35 +14,25 @@ use zajel_wire::pairing::PairingCode;
 
 use crate::call::CallEvent;
 use crate::client::{self, TurnPaths, TurnTransport};
-use crate::config::{CallConfig, CallTimeouts};
+use crate::config::CallConfig;
 use crate::line::PhoneLine;
+use crate::line_options::LineOptions;
 use crate::report::CallReport;
-use crate::session::{ConnectTimings, TrustAnchors};
+use crate::session::ConnectTimings;
+use crate::table::{list, ms, ms_rows, row};
 
 /// What `call` does.
 #[derive(Debug, Clone)]
 pub struct CallOptions {
     /// The relay's WebSocket URL.
     pub server: Url,
-    pub trust: TrustAnchors,
-    /// Extra CAs (for `turns:` through the bridge).
-    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// The answerer's pairing code.
     pub target: PairingCode,
     /// How long audio flows once the call is connected.
     pub duration: Duration,
     pub with_video: bool,
-    /// ICE transport policy relay (TURN only).
-    pub relay_only: bool,
-    pub turn_transport: TurnTransport,
-    /// Loopback addresses only (tests, demo).
-    pub loopback: bool,
-    /// Keep `stun:` servers (srflx candidates).
-    pub with_stun: bool,
-    pub tone_hz: f64,
-    /// Each signaling step and each call step may take this long.
-    pub step_timeout: Duration,
-    pub timeouts: CallTimeouts,
+    /// Trust, TURN, addresses, tone (440 Hz by default) and timeouts.
+    pub line: LineOptions,
 }
 
 impl CallOptions {
@@ -50,18 +40,10 @@ impl CallOptions {
     pub fn new(server: Url, target: PairingCode) -> Self {
         Self {
             server,
-            trust: TrustAnchors::WebPki,
-            extra_roots: Vec::new(),
             target,
             duration: Duration::from_secs(3),
             with_video: false,
-            relay_only: false,
-            turn_transport: TurnTransport::Auto,
-            loopback: false,
-            with_stun: true,
-            tone_hz: 440.0,
-            step_timeout: Duration::from_secs(15),
-            timeouts: CallTimeouts::default(),
+            line: LineOptions::new(440.0),
         }
     }
 }
@@ -118,90 +100,99 @@ pub struct ProbeCallReport {
 impl ProbeCallReport {
     /// The report as a table.
     pub fn to_table(&self) -> String {
-        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
         let mut out = String::new();
-        out.push_str(&format!("server              {}\n", self.server));
+        row(&mut out, "server", &self.server);
         if let Some(id) = &self.server_id {
-            out.push_str(&format!("server id           {id}\n"));
+            row(&mut out, "server id", id);
         }
-        out.push_str(&format!(
-            "codes               {} -> {}\n",
-            self.own_code.as_deref().unwrap_or("-"),
-            self.peer_code
-        ));
+        row(
+            &mut out,
+            "codes",
+            format!(
+                "{} -> {}",
+                self.own_code.as_deref().unwrap_or("-"),
+                self.peer_code
+            ),
+        );
         if let Some(t) = &self.signaling {
-            out.push_str(&format!(
-                "signaling connect   tcp {:.1} ms, tls {}, upgrade {:.1} ms, greeting {:.1} ms\n",
-                t.tcp_connect.as_secs_f64() * 1000.0,
-                t.tls_handshake.map_or("-".into(), |d| format!(
-                    "{:.1} ms",
-                    d.as_secs_f64() * 1000.0
-                )),
-                t.websocket_upgrade.as_secs_f64() * 1000.0,
-                t.greeting.as_secs_f64() * 1000.0
-            ));
+            row(
+                &mut out,
+                "signaling connect",
+                format!(
+                    "tcp {:.1} ms, tls {}, upgrade {:.1} ms, greeting {:.1} ms",
+                    t.tcp_connect.as_secs_f64() * 1000.0,
+                    ms(t.tls_handshake.map(|d| d.as_secs_f64() * 1000.0)),
+                    t.websocket_upgrade.as_secs_f64() * 1000.0,
+                    t.greeting.as_secs_f64() * 1000.0
+                ),
+            );
         }
-        out.push_str(&format!(
-            "ice servers         {}\n",
-            if self.ice_servers.is_empty() {
-                "-".into()
-            } else {
-                self.ice_servers.join(", ")
-            }
-        ));
-        out.push_str(&format!(
-            "policy              {}, TURN over {}\n",
-            if self.relay_only { "relay only" } else { "all" },
-            match self.turn_transport {
-                TurnTransport::Auto => "any of udp/tcp/tls".to_string(),
-                other => format!("{other:?}").to_lowercase(),
-            }
-        ));
+        row(&mut out, "ice servers", list(&self.ice_servers));
+        row(
+            &mut out,
+            "policy",
+            format!(
+                "{}, TURN over {}",
+                if self.relay_only { "relay only" } else { "all" },
+                match self.turn_transport {
+                    TurnTransport::Auto => "any of udp/tcp/tls".to_string(),
+                    other => format!("{other:?}").to_lowercase(),
+                }
+            ),
+        );
         let lower = |t: &TurnTransport| format!("{t:?}").to_lowercase();
-        out.push_str(&format!(
-            "relay candidates    {}\n",
+        row(
+            &mut out,
+            "relay candidates",
             if self.relay_candidates.is_empty() {
                 "none".to_string()
             } else {
                 let over: Vec<String> = self.relay_candidates.iter().map(lower).collect();
                 format!("over {}", over.join(", "))
-            }
-        ));
+            },
+        );
         if !self.turn_without_allocation.is_empty() {
             let missing: Vec<String> = self.turn_without_allocation.iter().map(lower).collect();
-            out.push_str(&format!(
-                "no allocation over  {} (blocked?)\n",
-                missing.join(", ")
-            ));
+            row(
+                &mut out,
+                "no allocation over",
+                format!("{} (blocked?)", missing.join(", ")),
+            );
         }
-        if let Some(transport) = self.relayed_media {
-            out.push_str(&format!(
-                "media relayed       through TURN over {}\n",
-                format!("{transport:?}").to_lowercase()
-            ));
+        if let Some(transport) = &self.relayed_media {
+            row(
+                &mut out,
+                "media relayed",
+                format!("through TURN over {}", lower(transport)),
+            );
         }
         let m = &self.milestones;
-        for (name, value) in [
-            ("signaling ready", m.signaling_ready_ms),
-            ("pair matched", m.pair_matched_ms),
-            ("call placed", m.call_placed_ms),
-            ("answer received", m.answer_received_ms),
-            ("ICE connected", m.ice_connected_ms),
-            ("DTLS connected", m.dtls_connected_ms),
-            ("first RTP", m.first_rtp_ms),
-            ("tone detected", m.tone_detected_ms),
-            ("hung up", m.hangup_ms),
-        ] {
-            out.push_str(&format!("{name:<20}{}\n", ms(value)));
-        }
-        out.push_str(&format!(
-            "media both ways     {}{}\n",
-            if self.media_both_ways { "yes" } else { "no" },
-            self.heard_hz
-                .map_or(String::new(), |hz| format!(" (heard {hz:.0} Hz)"))
-        ));
+        ms_rows(
+            &mut out,
+            [
+                ("signaling ready", m.signaling_ready_ms),
+                ("pair matched", m.pair_matched_ms),
+                ("call placed", m.call_placed_ms),
+                ("answer received", m.answer_received_ms),
+                ("ICE connected", m.ice_connected_ms),
+                ("DTLS connected", m.dtls_connected_ms),
+                ("first RTP", m.first_rtp_ms),
+                ("tone detected", m.tone_detected_ms),
+                ("hung up", m.hangup_ms),
+            ],
+        );
+        row(
+            &mut out,
+            "media both ways",
+            format!(
+                "{}{}",
+                if self.media_both_ways { "yes" } else { "no" },
+                self.heard_hz
+                    .map_or(String::new(), |hz| format!(" (heard {hz:.0} Hz)"))
+            ),
+        );
         if let Some(error) = &self.error {
-            out.push_str(&format!("error               {error}\n"));
+            row(&mut out, "error", error);
         }
         if let Some(call) = &self.call {
             out.push_str("-- call --\n");
@@ -230,8 +221,8 @@ pub async fn run_call(options: &CallOptions) -> ProbeCallReport {
         peer_code: options.target.as_str().to_string(),
         signaling: None,
         ice_servers: Vec::new(),
-        relay_only: options.relay_only,
-        turn_transport: options.turn_transport,
+        relay_only: options.line.relay_only,
+        turn_transport: options.line.turn_transport,
         relayed_media: None,
         relay_candidates: Vec::new(),
         turn_without_allocation: Vec::new(),
@@ -252,8 +243,10 @@ async fn call_steps(
     start: Instant,
     report: &mut ProbeCallReport,
 ) -> Result<(), String> {
-    let step = options.step_timeout;
-    let registered = client::connect_and_register(&options.server, &options.trust, None, step)
+    let step = options.line.step_timeout;
+    let registered = options
+        .line
+        .register(&options.server, None)
         .await
         .map_err(|e| format!("signaling: {e}"))?;
     report.milestones.signaling_ready_ms = Some(ms_since(start));
@@ -262,35 +255,23 @@ async fn call_steps(
     report.signaling = Some(registered.timings.clone());
     report.ice_servers = client::describe_ice_servers(&registered.ice_servers);
 
-    let (ice_servers, turn_paths) = client::engine_ice_servers(
-        &registered.ice_servers,
-        options.turn_transport,
-        options.with_stun && !options.loopback,
-        &options.extra_roots,
-    )
-    .await?;
-    if options.relay_only
+    let (ice_servers, turn_paths) = options
+        .line
+        .engine_ice_servers(&registered.ice_servers)
+        .await?;
+    if options.line.relay_only
         && !ice_servers
             .iter()
             .any(|s| s.urls.iter().any(|u| u.starts_with("turn")))
     {
         return Err(format!(
             "--relay-only needs a TURN server for {:?}, and the relay handed out none",
-            options.turn_transport
+            options.line.turn_transport
         ));
     }
-    let base = if options.loopback {
-        CallConfig::loopback()
-    } else {
-        CallConfig::default()
-    };
     let config = CallConfig {
-        ice_servers,
-        relay_only: options.relay_only,
-        tone_hz: options.tone_hz,
-        timeouts: options.timeouts,
         allow_video: options.with_video,
-        ..base
+        ..options.line.call_config(ice_servers)
     };
     let mut line = PhoneLine::start("caller", registered.session, registered.code, config, false);
     line.pair_with(options.target, step).await?;
@@ -307,7 +288,7 @@ async fn call_steps(
     // Connected, or the end of the call (rejected, timed out…).
     let connected = phone
         .wait_for(
-            options.timeouts.ringing + step,
+            options.line.timeouts.ringing + step,
             "connection",
             |event| match event {
                 CallEvent::FirstRtp { .. } => Some(true),

@@ -324,9 +324,9 @@ async fn a_declined_call_is_reported_as_rejected() {
 
 fn options_for(world: &LocalWorld, code: zajel_wire::pairing::PairingCode) -> CallOptions {
     let mut options = CallOptions::new(world.relay_url(), code);
-    options.loopback = true;
+    options.line.loopback = true;
     options.duration = Duration::from_millis(800);
-    options.step_timeout = step();
+    options.line.step_timeout = step();
     options
 }
 
@@ -349,7 +349,7 @@ async fn manual_callee(world: &LocalWorld, timeouts: CallTimeouts) -> PhoneLine 
 async fn a_busy_callee_rejects_a_second_call() {
     let world = LocalWorld::start().await.unwrap();
     let mut answer = AnswerOptions::new(world.relay_url());
-    answer.loopback = true;
+    answer.line.loopback = true;
     answer.max_calls = Some(1);
     let answerer = Answerer::start(answer).await.unwrap();
     let code = answerer.code;
@@ -388,7 +388,7 @@ async fn an_unanswered_call_times_out_ringing() {
     };
     let mut callee = manual_callee(&world, CallTimeouts::default()).await;
     let mut options = options_for(&world, callee.code);
-    options.timeouts = timeouts;
+    options.line.timeouts = timeouts;
     let report = run_call(&options).await;
     let call = report.call.expect("a call report");
     assert!(

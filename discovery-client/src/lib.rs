@@ -11,8 +11,10 @@
 //!
 //! [`discovery::Discovery`] merges them, checks each candidate with a WebSocket
 //! `ping`/`pong` ([`probe`]), ranks them, streams [`discovery::Event`]s and
-//! ends every run with a serde-serialisable [`report::Report`].
+//! ends every run with a serde-serialisable [`report::Report`]. [`cli`] holds the discovery
+//! flags both command lines (`zajel-discover`, call-probe) flatten.
 
+pub mod cli;
 pub mod discovery;
 pub mod doh;
 pub mod doh_server;

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use discovery_client::cli::{DiscoveryArgs, StoreArgs, TrustArgs};
 use discovery_client::discovery::{Config, Discovery, Event};
 use discovery_client::doh::DohServer;
 use discovery_client::publish::{self, PublishRequest};
@@ -19,7 +20,6 @@ use discovery_client::report::{Report, Verdict};
 use discovery_client::share::{self, ShareLink};
 use discovery_client::store::{self, Store};
 use discovery_client::{tls, txt};
-use ed25519_dalek::VerifyingKey;
 use url::Url;
 use zajel_wire::pairing::PairingCode;
 
@@ -59,109 +59,16 @@ enum Command {
     Referral(ReferralCommand),
 }
 
-#[derive(Args, Clone)]
-struct TrustArgs {
-    /// Pinned registry public key (standard base64, 32 bytes); repeatable.
-    #[arg(
-        long = "registry-key",
-        env = "ZAJEL_REGISTRY_KEY",
-        value_delimiter = ','
-    )]
-    registry_keys: Vec<String>,
-    /// Extra CA certificate (PEM) to trust for TLS; repeatable.
-    #[arg(long = "ca-file")]
-    ca_files: Vec<PathBuf>,
-}
-
-impl TrustArgs {
-    fn keys(&self) -> Result<Vec<VerifyingKey>, String> {
-        self.registry_keys
-            .iter()
-            .filter(|k| !k.trim().is_empty())
-            .map(|k| {
-                zajel_wire::keys::public_key_from_base64(k.trim())
-                    .map_err(|e| format!("--registry-key {k}: {e}"))
-            })
-            .collect()
-    }
-
-    fn roots(&self) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
-        let mut roots = Vec::new();
-        for path in &self.ca_files {
-            roots.extend(tls::read_pem_certificates(path)?);
-        }
-        Ok(roots)
-    }
-}
-
-#[derive(Args, Clone)]
-struct StoreArgs {
-    /// The cache and referral file [default: $XDG_DATA_HOME/zajel/discovery.json].
-    #[arg(long = "cache-file", env = store::PATH_ENV)]
-    cache_file: Option<PathBuf>,
-}
-
-impl StoreArgs {
-    fn path(&self) -> Result<PathBuf, String> {
-        self.cache_file
-            .clone()
-            .or_else(store::default_path)
-            .ok_or_else(|| {
-                "no data directory: set --cache-file, ZAJEL_DISCOVERY_CACHE, XDG_DATA_HOME or HOME"
-                    .to_string()
-            })
-    }
-
-    /// The store at [`Self::path`].
-    fn open(&self) -> Result<Store, String> {
-        Ok(Store::new(self.path()?))
-    }
-
-    /// The store and what it holds now, with its warnings (a file moved
-    /// aside, say) printed to stderr.
-    fn load(&self) -> Result<(Store, store::StoreData), String> {
-        let store = self.open()?;
-        let (data, warnings) = store.load(discovery_client::now_ms());
-        for warning in warnings {
-            eprintln!("warning: {warning}");
-        }
-        Ok((store, data))
-    }
-}
-
 #[derive(Args)]
 struct DiscoverArgs {
-    /// Registry base URL (GET <url>/servers); repeatable.
-    #[arg(long = "registry", env = "ZAJEL_REGISTRY_URL", value_delimiter = ',')]
-    registries: Vec<Url>,
-    /// DNS-over-HTTPS server: URL, or URL,ip=ADDRESS; repeatable.
-    #[arg(long = "doh")]
-    doh: Vec<DohServer>,
-    /// Domain whose _zajel.<domain> TXT records list servers; repeatable.
-    #[arg(long = "domain")]
-    domains: Vec<String>,
-    /// A server URL typed by hand; repeatable.
-    #[arg(long = "server")]
-    servers: Vec<String>,
+    #[command(flatten)]
+    discovery: DiscoveryArgs,
     /// A sharing link (zajel://…) read from a QR code; repeatable.
     #[arg(long = "share")]
     shares: Vec<String>,
     /// An image file (PNG) holding a sharing QR code; repeatable.
     #[arg(long = "share-image")]
     share_images: Vec<PathBuf>,
-    #[command(flatten)]
-    trust: TrustArgs,
-    #[command(flatten)]
-    store: StoreArgs,
-    /// Neither read nor write the cache.
-    #[arg(long)]
-    no_cache: bool,
-    /// Accept loopback and private addresses (refused by default).
-    #[arg(long)]
-    allow_private: bool,
-    /// Longest wait for a registry or DoH answer, ms.
-    #[arg(long, default_value_t = 3000)]
-    layer_timeout_ms: u64,
     /// Longest wait for a server's pong, ms.
     #[arg(long, default_value_t = 3000)]
     probe_timeout_ms: u64,
@@ -355,24 +262,17 @@ async fn discover(args: DiscoverArgs) -> Result<u8, String> {
     for path in &args.share_images {
         share_links.push(share::decode_image_file(path)?);
     }
+    if !args.discovery.no_cache {
+        // The cache is part of every run: say where it cannot be rather than go without it.
+        args.discovery.store.path().map_err(|e| e.to_string())?;
+    }
     let config = Config {
-        registries: args.registries.clone(),
-        registry_keys: args.trust.keys()?,
-        doh_servers: args.doh.clone(),
-        domains: args.domains.clone(),
-        store_path: if args.no_cache {
-            None
-        } else {
-            Some(args.store.path()?)
-        },
-        share_links,
-        manual: args.servers.clone(),
-        allow_private: args.allow_private,
-        extra_roots: args.trust.roots()?,
-        layer_timeout: Duration::from_millis(args.layer_timeout_ms),
         probe_timeout: Duration::from_millis(args.probe_timeout_ms),
         stagger: Duration::from_millis(args.stagger_ms),
-        ..Config::default()
+        ..args
+            .discovery
+            .config(share_links)
+            .map_err(|e| e.to_string())?
     };
     let discovery = Discovery::new(config)?;
     let progress = std::io::stderr().is_terminal();
@@ -480,10 +380,10 @@ async fn txt_publish(args: PublishArgs) -> Result<u8, String> {
         return Err("--valid-hours must be between 1 and 744".into());
     }
     let key = bootstrap_worker::native::keyfile::read(&args.key_file)?;
-    let tls = tls::client_config(&args.trust.roots()?)?;
+    let tls = tls::client_config(&args.trust.roots().map_err(|e| e.to_string())?)?;
     let request = PublishRequest {
         registry: args.registry.clone(),
-        extra_registry_keys: args.trust.keys()?,
+        extra_registry_keys: args.trust.keys().map_err(|e| e.to_string())?,
         domain: args.domain.clone(),
         ttl: args.ttl,
         valid_for: Duration::from_secs(args.valid_hours * 3600),
@@ -507,11 +407,11 @@ async fn txt_publish(args: PublishArgs) -> Result<u8, String> {
 }
 
 async fn txt_verify(args: VerifyArgs) -> Result<u8, String> {
-    let keys = args.trust.keys()?;
+    let keys = args.trust.keys().map_err(|e| e.to_string())?;
     if keys.is_empty() {
         return Err("--registry-key is needed to verify records".into());
     }
-    let tls = tls::client_config(&args.trust.roots()?)?;
+    let tls = tls::client_config(&args.trust.roots().map_err(|e| e.to_string())?)?;
     let checks = publish::verify(
         &args.domain,
         &args.doh,
@@ -610,10 +510,21 @@ fn qr_decode(args: QrDecodeArgs) -> Result<u8, String> {
     Ok(0)
 }
 
+/// Prints the store's warnings (a file moved aside, say) to stderr and returns the store with
+/// what it holds now.
+fn load_store(args: &StoreArgs) -> Result<(Store, store::StoreData), String> {
+    let store = args.open().map_err(|e| e.to_string())?;
+    let (data, warnings) = store.load(discovery_client::now_ms());
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
+    Ok((store, data))
+}
+
 fn cache(command: CacheCommand) -> Result<u8, String> {
     match command {
         CacheCommand::List { store, json } => {
-            let (store, data) = store.load()?;
+            let (store, data) = load_store(&store)?;
             if json {
                 println!(
                     "{}",
@@ -636,7 +547,7 @@ fn cache(command: CacheCommand) -> Result<u8, String> {
             }
         }
         CacheCommand::Clear { store } => {
-            let store = store.open()?;
+            let store = store.open().map_err(|e| e.to_string())?;
             store.update(discovery_client::now_ms(), |data| data.servers.clear())?;
             println!("cleared cached servers in {}", store.path().display());
         }
@@ -664,7 +575,7 @@ fn referral(command: ReferralCommand) -> Result<u8, String> {
             if link.servers.is_empty() {
                 return Err("the referral names no server".into());
             }
-            let store = store.open()?;
+            let store = store.open().map_err(|e| e.to_string())?;
             let now = discovery_client::now_ms();
             store.update(now, |data| {
                 for server in &link.servers {
@@ -678,7 +589,7 @@ fn referral(command: ReferralCommand) -> Result<u8, String> {
             );
         }
         ReferralCommand::List { store, json } => {
-            let (store, data) = store.load()?;
+            let (store, data) = load_store(&store)?;
             if json {
                 println!(
                     "{}",

@@ -87,23 +87,23 @@ fn cell(samples: &[Sample], row: Milestone) -> String {
 fn probe_to_probe(rt: &Runtime, relay: &Url, relay_only: bool) -> Result<Sample, String> {
     rt.block_on(async {
         let mut answer = AnswerOptions::new(relay.clone());
-        answer.loopback = true;
-        answer.with_stun = false;
-        answer.relay_only = relay_only;
-        answer.turn_transport = TurnTransport::Udp;
+        answer.line.loopback = true;
+        answer.line.with_stun = false;
+        answer.line.relay_only = relay_only;
+        answer.line.turn_transport = TurnTransport::Udp;
         answer.max_calls = Some(1);
-        answer.step_timeout = STEP;
+        answer.line.step_timeout = STEP;
         let answerer = Answerer::start(answer).await?;
         let code = answerer.code;
         let serving = tokio::spawn(answerer.serve(|_| {}));
 
         let mut call = CallOptions::new(relay.clone(), code);
-        call.loopback = true;
-        call.with_stun = false;
-        call.relay_only = relay_only;
-        call.turn_transport = TurnTransport::Udp;
+        call.line.loopback = true;
+        call.line.with_stun = false;
+        call.line.relay_only = relay_only;
+        call.line.turn_transport = TurnTransport::Udp;
         call.duration = Duration::from_millis(500);
-        call.step_timeout = STEP;
+        call.line.step_timeout = STEP;
         let report = run_call(&call).await;
         if let Some(error) = report.error {
             return Err(error);
@@ -189,10 +189,10 @@ fn aiortc_to_aiortc(relay: &Url) -> Result<Sample, String> {
 fn aiortc_to_probe(rt: &Runtime, relay: &Url) -> Result<Sample, String> {
     let (code, serving) = rt.block_on(async {
         let mut answer = AnswerOptions::new(relay.clone());
-        answer.loopback = true;
-        answer.with_stun = false;
+        answer.line.loopback = true;
+        answer.line.with_stun = false;
         answer.max_calls = Some(1);
-        answer.step_timeout = STEP;
+        answer.line.step_timeout = STEP;
         let answerer = Answerer::start(answer).await?;
         let code = answerer.code;
         Ok::<_, String>((code, tokio::spawn(answerer.serve(|_| {}))))

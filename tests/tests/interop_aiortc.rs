@@ -415,12 +415,12 @@ async fn aiortc_calls_call_probe_relay_only_through_turn() {
         .expect("the local world");
     let relay = world.relay_url();
     let mut options = call_probe::answer::AnswerOptions::new(relay.clone());
-    options.loopback = true;
-    options.with_stun = false;
-    options.relay_only = true;
+    options.line.loopback = true;
+    options.line.with_stun = false;
+    options.line.relay_only = true;
     options.max_calls = Some(1);
-    options.tone_hz = 440.0;
-    options.step_timeout = step();
+    options.line.tone_hz = 440.0;
+    options.line.step_timeout = step();
     let answerer = call_probe::answer::Answerer::start(options)
         .await
         .expect("call-probe answers relay-only");
