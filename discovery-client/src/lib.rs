@@ -12,6 +12,12 @@
 //! [`discovery::Discovery`] merges them, checks each candidate with a WebSocket
 //! `ping`/`pong` ([`probe`]), ranks them, streams [`discovery::Event`]s and
 //! ends every run with a serde-serialisable [`report::Report`].
+//!
+//! What needs no I/O lives in `zajel_discovery_core` (it builds for the
+//! browser) and is re-exported here: the TXT format ([`txt`]), the registry
+//! list checks (used by [`registry`]), sharing links (in [`share`]), the
+//! report ([`report`]) and the discovery state machine that
+//! [`discovery`] drives.
 
 pub mod discovery;
 pub mod doh;
@@ -20,11 +26,11 @@ pub mod net;
 pub mod probe;
 pub mod publish;
 pub mod registry;
-pub mod report;
 pub mod share;
 pub mod store;
 pub mod tls;
-pub mod txt;
+
+pub use zajel_discovery_core::{report, txt};
 
 pub use discovery::{Candidate, Config, Discovery, Event, Run};
 pub use report::{Layer, Outcome, Report, Verdict};
