@@ -254,94 +254,153 @@ type Sender = mpsc::UnboundedSender<Input>;
 /// Runs the I/O the machine asks for until it emits [`Event::Finished`].
 async fn drive(inner: Arc<Inner>, shared: Arc<Shared>, events: mpsc::UnboundedSender<Event>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Input>();
-    let config = &inner.config;
-    let (store, store_warnings) = match &config.store_path {
+    let store = match &inner.config.store_path {
         Some(path) => {
             let (data, warnings) = Store::new(path).load(crate::now_ms());
-            (Some((path.clone(), data)), warnings)
+            for warning in &warnings {
+                shared.lock().warn(warning.clone());
+            }
+            Some(LoadedStore {
+                path: path.clone(),
+                data,
+                warnings,
+            })
         }
-        None => (None, Vec::new()),
+        None => None,
     };
-    for warning in &store_warnings {
-        shared.lock().warn(warning.clone());
-    }
+    let driver = Driver {
+        inner,
+        shared,
+        tx,
+        events,
+        store,
+    };
     loop {
         let outputs: Vec<Output> = {
-            let mut state = shared.lock();
+            let mut state = driver.shared.lock();
             std::iter::from_fn(|| state.poll_output()).collect()
         };
         if outputs.is_empty() {
-            let timeout = shared.lock().poll_timeout();
-            let wake = timeout.map(|t| tokio::time::Instant::from_std(shared.started + t));
-            tokio::select! {
-                input = rx.recv() => {
-                    if let Some(input) = input {
-                        shared.handle(input);
-                    }
-                }
-                _ = async { tokio::time::sleep_until(wake.expect("a timer is set")).await },
-                    if wake.is_some() => {
-                    let now = shared.now();
-                    shared.lock().handle_timeout(now);
-                }
-            }
+            driver.wait(&mut rx).await;
             continue;
         }
         for output in outputs {
-            match output {
-                Output::StartLayer(Layer::Registry) => {
-                    spawn_registry_layer(inner.clone(), tx.clone(), shared.clone());
+            if driver.carry_out(output) == Finished::Yes {
+                return;
+            }
+        }
+    }
+}
+
+/// The store as the run found it.
+struct LoadedStore {
+    path: PathBuf,
+    data: StoreData,
+    /// Why it could not be read as it was (a corrupt file moved aside, …).
+    warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Finished {
+    Yes,
+    No,
+}
+
+/// What one run's driver holds.
+struct Driver {
+    inner: Arc<Inner>,
+    shared: Arc<Shared>,
+    /// Where the layers' tasks and the checks send their results.
+    tx: Sender,
+    events: mpsc::UnboundedSender<Event>,
+    store: Option<LoadedStore>,
+}
+
+impl Driver {
+    /// Waits for the next input or the machine's next timer, and feeds it.
+    async fn wait(&self, rx: &mut mpsc::UnboundedReceiver<Input>) {
+        let timeout = self.shared.lock().poll_timeout();
+        let timer = async {
+            match timeout {
+                Some(t) => {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(
+                        self.shared.started + t,
+                    ))
+                    .await
                 }
-                Output::StartLayer(Layer::Doh) => {
-                    spawn_doh_layer(inner.clone(), tx.clone(), shared.clone());
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            input = rx.recv() => {
+                if let Some(input) = input {
+                    self.shared.handle(input);
                 }
-                Output::StartLayer(layer) => {
-                    for input in local_layer(layer, config, &store, &store_warnings, &shared) {
-                        shared.handle(input);
-                    }
+            }
+            () = timer => {
+                let now = self.shared.now();
+                self.shared.lock().handle_timeout(now);
+            }
+        }
+    }
+
+    /// Runs what one output asks for.
+    fn carry_out(&self, output: Output) -> Finished {
+        let config = &self.inner.config;
+        match output {
+            Output::StartLayer(Layer::Registry) => {
+                spawn_registry_layer(self.inner.clone(), self.tx.clone(), self.shared.clone());
+            }
+            Output::StartLayer(Layer::Doh) => {
+                spawn_doh_layer(self.inner.clone(), self.tx.clone(), self.shared.clone());
+            }
+            Output::StartLayer(layer) => {
+                for input in local_layer(layer, config, self.store.as_ref(), &self.shared) {
+                    self.shared.handle(input);
                 }
-                Output::Check { candidate, url } => {
-                    let tls = inner.tls.clone();
-                    let tx = tx.clone();
-                    let allow = config.allow_private;
-                    let timeout = config.probe_timeout;
-                    tokio::spawn(async move {
-                        let result = probe::probe(&url, tls, allow, timeout).await;
-                        let _ = tx.send(Input::Checked {
-                            candidate,
-                            result: CheckResult {
-                                outcome: result.outcome,
-                                detail: result.detail,
-                                rtt_ms: result.rtt_ms,
-                                announced_server_id: result.announced_server_id,
-                            },
-                        });
+            }
+            Output::Check { candidate, url } => {
+                let tls = self.inner.tls.clone();
+                let tx = self.tx.clone();
+                let allow = config.allow_private;
+                let timeout = config.probe_timeout;
+                tokio::spawn(async move {
+                    let result = probe::probe(&url, tls, allow, timeout).await;
+                    let _ = tx.send(Input::Checked {
+                        candidate,
+                        result: CheckResult {
+                            outcome: result.outcome,
+                            detail: result.detail,
+                            rtt_ms: result.rtt_ms,
+                            announced_server_id: result.announced_server_id,
+                        },
                     });
-                }
-                Output::Remember(checked) => {
-                    let Some(path) = config.store_path.clone() else {
-                        shared.handle(Input::Remembered(Ok(())));
-                        continue;
-                    };
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        let written =
-                            tokio::task::spawn_blocking(move || remember(&path, checked)).await;
-                        let _ = tx.send(Input::Remembered(match written {
-                            Ok(result) => result,
-                            Err(e) => Err(e.to_string()),
-                        }));
-                    });
-                }
-                Output::Event(event) => {
-                    let finished = matches!(event, Event::Finished(_));
-                    let _ = events.send(event);
-                    if finished {
-                        return;
-                    }
+                });
+            }
+            Output::Remember(checked) => {
+                let Some(path) = config.store_path.clone() else {
+                    self.shared.handle(Input::Remembered(Ok(())));
+                    return Finished::No;
+                };
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let written =
+                        tokio::task::spawn_blocking(move || remember(&path, checked)).await;
+                    let _ = tx.send(Input::Remembered(match written {
+                        Ok(result) => result,
+                        Err(e) => Err(e.to_string()),
+                    }));
+                });
+            }
+            Output::Event(event) => {
+                let finished = matches!(event, Event::Finished(_));
+                let _ = self.events.send(event);
+                if finished {
+                    return Finished::Yes;
                 }
             }
         }
+        Finished::No
     }
 }
 
@@ -372,8 +431,7 @@ fn remember(path: &std::path::Path, checked: Vec<CheckedServer>) -> Result<(), S
 fn local_layer(
     layer: Layer,
     config: &Config,
-    store: &Option<(PathBuf, StoreData)>,
-    store_warnings: &[String],
+    store: Option<&LoadedStore>,
     shared: &Shared,
 ) -> Vec<Input> {
     let mut inputs = Vec::new();
@@ -386,11 +444,11 @@ fn local_layer(
     };
     match layer {
         Layer::Cache | Layer::Referral => {
-            if let Some((path, data)) = store {
+            if let Some(store) = store {
                 let t = shared.ms();
                 add(
-                    path.display().to_string(),
-                    store_source(layer, data, store_warnings),
+                    store.path.display().to_string(),
+                    store_source(layer, &store.data, &store.warnings),
                     t,
                 );
             }
