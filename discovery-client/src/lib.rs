@@ -13,6 +13,12 @@
 //! `ping`/`pong` ([`probe`]), ranks them, streams [`discovery::Event`]s and
 //! ends every run with a serde-serialisable [`report::Report`]. [`cli`] holds the discovery
 //! flags both command lines (`zajel-discover`, call-probe) flatten.
+//!
+//! What needs no I/O lives in `zajel_discovery_core` (it builds for the
+//! browser) and is re-exported here: the TXT format ([`txt`]), the registry
+//! list checks (used by [`registry`]), sharing links (in [`share`]), the
+//! report ([`report`]) and the discovery state machine that
+//! [`discovery`] drives.
 
 pub mod cli;
 pub mod discovery;
@@ -22,11 +28,11 @@ pub mod net;
 pub mod probe;
 pub mod publish;
 pub mod registry;
-pub mod report;
 pub mod share;
 pub mod store;
 pub mod tls;
-pub mod txt;
+
+pub use zajel_discovery_core::{report, txt};
 
 pub use discovery::{Candidate, Config, Discovery, Event, Run};
 pub use report::{Layer, Outcome, Report, Verdict};

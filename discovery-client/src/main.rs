@@ -468,7 +468,7 @@ fn qr_encode(args: QrEncodeArgs) -> Result<u8, String> {
             zajel_wire::keys::public_key_from_base64(k).map_err(|e| format!("--registry-key: {e}"))
         })
         .transpose()?;
-    let link = ShareLink::new(code, &args.servers, key.as_ref())?;
+    let link = ShareLink::new(code, &args.servers, key.as_ref()).map_err(|e| e.to_string())?;
     let uri = link.to_uri();
     println!("{uri}");
     if !args.no_terminal {
@@ -492,7 +492,7 @@ fn qr_decode(args: QrDecodeArgs) -> Result<u8, String> {
         (None, Some(path)) => share::decode_image_file(path)?,
         _ => return Err("give the link text or --image FILE".into()),
     };
-    let link = ShareLink::parse(&text)?;
+    let link = ShareLink::parse(&text).map_err(|e| e.to_string())?;
     if args.json {
         println!(
             "{}",
@@ -564,12 +564,13 @@ fn referral(command: ReferralCommand) -> Result<u8, String> {
             store,
         } => {
             let link = match (link, code) {
-                (Some(text), None) => ShareLink::parse(&text)?,
+                (Some(text), None) => ShareLink::parse(&text).map_err(|e| e.to_string())?,
                 (None, Some(code)) => ShareLink::new(
                     PairingCode::parse(&code).map_err(|e| e.to_string())?,
                     &servers,
                     None,
-                )?,
+                )
+                .map_err(|e| e.to_string())?,
                 _ => return Err("give a sharing link, or --code with --server".into()),
             };
             if link.servers.is_empty() {

@@ -53,6 +53,7 @@ pub async fn publish(
     }
     let expires = now / 1000 + request.valid_for.as_secs().max(60);
     txt::build_records(key, &request.domain, &result.servers, request.ttl, expires)
+        .map_err(|e| e.to_string())
 }
 
 /// JSON for a DNS provider's API: one object per record.

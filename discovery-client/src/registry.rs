@@ -1,45 +1,20 @@
 //! Layer 1: `GET /servers` from a registry, verified against the pinned
 //! registry keys (signature over the exact body, `timestamp` within 5
 //! minutes). With a key pinned, an unsigned or badly signed list is refused
-//! and none of its servers is used.
+//! and none of its servers is used. The checks themselves are
+//! `zajel_discovery_core::registry_list`; this module fetches.
 
 use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
 use url::Url;
-use zajel_wire::entry::{ServerEntry, ServerList};
-use zajel_wire::signature::{verify_server_list, ListError, LIST_SIGNATURE_HEADER};
+use zajel_discovery_core::registry_list;
+use zajel_wire::signature::LIST_SIGNATURE_HEADER;
 
 use crate::net;
 use crate::report::Outcome;
 
-/// Largest list body read (1,000 entries are about 250 KB).
-pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
-
-/// What one registry returned.
-#[derive(Debug, Clone)]
-pub struct RegistryResult {
-    pub outcome: Outcome,
-    pub detail: String,
-    /// Servers of a list that passed the checks.
-    pub servers: Vec<ServerEntry>,
-    /// Whether the list was verified with a pinned key.
-    pub verified: bool,
-    /// The raw signed body and its signature, for re-publication.
-    pub list: Option<ServerList>,
-}
-
-impl RegistryResult {
-    fn failed(outcome: Outcome, detail: impl Into<String>) -> Self {
-        Self {
-            outcome,
-            detail: detail.into(),
-            servers: Vec::new(),
-            verified: false,
-            list: None,
-        }
-    }
-}
+pub use zajel_discovery_core::registry_list::{RegistryResult, MAX_BODY_BYTES};
 
 /// The `/servers` URL of a registry given by its base URL (or the full URL).
 pub fn servers_url(registry: &Url) -> Url {
@@ -94,44 +69,7 @@ pub async fn fetch(
         Ok(body) => body,
         Err(result) => return result,
     };
-    if pinned.is_empty() {
-        // Nothing pinned: the list is used, but nothing from it is verified.
-        return match serde_json::from_slice::<ServerList>(&body) {
-            Ok(list) => RegistryResult {
-                outcome: if list.servers.is_empty() {
-                    Outcome::Empty
-                } else {
-                    Outcome::Ok
-                },
-                detail: "no registry key pinned: list not verified".into(),
-                servers: list.servers.clone(),
-                verified: false,
-                list: Some(list),
-            },
-            Err(e) => RegistryResult::failed(Outcome::Protocol, format!("not a server list: {e}")),
-        };
-    }
-    match verify_server_list(&body, signature.as_deref(), pinned, now_ms) {
-        Ok(list) => RegistryResult {
-            outcome: if list.servers.is_empty() {
-                Outcome::Empty
-            } else {
-                Outcome::Ok
-            },
-            detail: String::new(),
-            servers: list.servers.clone(),
-            verified: true,
-            list: Some(list),
-        },
-        Err(error) => {
-            let outcome = match error {
-                ListError::Unsigned | ListError::InvalidSignature => Outcome::InvalidSignature,
-                ListError::Stale => Outcome::Stale,
-                ListError::Malformed(_) => Outcome::Protocol,
-            };
-            RegistryResult::failed(outcome, error.to_string())
-        }
-    }
+    registry_list::check_list(signature.as_deref(), &body, pinned, now_ms)
 }
 
 async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, RegistryResult> {

@@ -15,16 +15,22 @@
 //! the registry key over
 //! `zajel-txt-v1\n<domain>\n<serverId>\n<endpoint>\n<region>\n<exp>`
 //! (domain lower-case, without `_zajel.` and without a trailing dot).
+//!
+//! [`check_answer`] turns the records one resolver answered for a name into
+//! what the DoH layer reports (servers, refused records with the reason, and
+//! the layer outcome). The DNS-over-HTTPS transport is not here.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde::Serialize;
-use zajel_wire::endpoint;
+use zajel_wire::endpoint::{self, EndpointError};
 use zajel_wire::entry::ServerEntry;
-use zajel_wire::keys;
+use zajel_wire::keys::{self, KeyError};
 use zajel_wire::pairing::{percent_decode, percent_encode};
 use zajel_wire::signature::decode_signature;
+
+use crate::report::Outcome;
 
 /// The version tag every record starts with.
 pub const VERSION_TAG: &str = "v=zajel1";
@@ -71,6 +77,24 @@ pub enum TxtError {
     TooFarAhead(u64),
 }
 
+/// Why a record could not be built for publication.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    #[error("serverId {server_id}: {reason}")]
+    ServerId { server_id: String, reason: KeyError },
+    #[error("endpoint {endpoint}: {reason}")]
+    Endpoint {
+        endpoint: String,
+        reason: EndpointError,
+    },
+    #[error("region longer than {MAX_REGION_BYTES} bytes")]
+    RegionTooLong,
+    #[error("record for {0} is longer than {MAX_RECORD_BYTES} bytes")]
+    RecordTooLong(String),
+    #[error("{0} servers: clients read at most {MAX_RECORDS} records under one name")]
+    TooManyRecords(usize),
+}
+
 /// The name records live under: `_zajel.<domain>.`.
 pub fn record_name(domain: &str) -> String {
     format!("{LABEL}.{}.", normalise_domain(domain))
@@ -94,13 +118,23 @@ pub fn signed_message(domain: &str, entry: &TxtEntry) -> String {
 }
 
 /// Signs an entry and writes its record text (one line).
-pub fn sign_record(key: &SigningKey, domain: &str, entry: &TxtEntry) -> Result<String, String> {
-    let public = keys::public_key_from_server_id(&entry.server_id)
-        .map_err(|e| format!("serverId {}: {e}", entry.server_id))?;
-    endpoint::validate_endpoint(&entry.endpoint)
-        .map_err(|e| format!("endpoint {}: {e}", entry.endpoint))?;
+pub fn sign_record(
+    key: &SigningKey,
+    domain: &str,
+    entry: &TxtEntry,
+) -> Result<String, PublishError> {
+    let public = keys::public_key_from_server_id(&entry.server_id).map_err(|reason| {
+        PublishError::ServerId {
+            server_id: entry.server_id.clone(),
+            reason,
+        }
+    })?;
+    endpoint::validate_endpoint(&entry.endpoint).map_err(|reason| PublishError::Endpoint {
+        endpoint: entry.endpoint.clone(),
+        reason,
+    })?;
     if entry.region.len() > MAX_REGION_BYTES {
-        return Err(format!("region longer than {MAX_REGION_BYTES} bytes"));
+        return Err(PublishError::RegionTooLong);
     }
     let signature = key.sign(signed_message(domain, entry).as_bytes());
     let text = format!(
@@ -112,10 +146,7 @@ pub fn sign_record(key: &SigningKey, domain: &str, entry: &TxtEntry) -> Result<S
         STANDARD.encode(signature.to_bytes())
     );
     if text.len() > MAX_RECORD_BYTES {
-        return Err(format!(
-            "record for {} is longer than {MAX_RECORD_BYTES} bytes",
-            entry.endpoint
-        ));
+        return Err(PublishError::RecordTooLong(entry.endpoint.clone()));
     }
     Ok(text)
 }
@@ -228,7 +259,7 @@ pub fn build_records(
     servers: &[ServerEntry],
     ttl: u32,
     expires: u64,
-) -> Result<Vec<PublishedRecord>, String> {
+) -> Result<Vec<PublishedRecord>, PublishError> {
     let name = record_name(domain);
     let mut records = Vec::new();
     for server in servers {
@@ -258,10 +289,7 @@ pub fn build_records(
         });
     }
     if records.len() > MAX_RECORDS {
-        return Err(format!(
-            "{} servers: clients read at most {MAX_RECORDS} records under one name",
-            records.len()
-        ));
+        return Err(PublishError::TooManyRecords(records.len()));
     }
     Ok(records)
 }
@@ -276,6 +304,82 @@ pub fn zone_snippet(records: &[PublishedRecord]) -> String {
         ));
     }
     out
+}
+
+/// What one resolver's answer for one name amounts to, once every record
+/// is verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnswerCheck {
+    /// `Ok` when a record verified; otherwise the most telling refusal, or
+    /// `Empty` when no record was ours.
+    pub outcome: Outcome,
+    pub detail: String,
+    /// Entries of the records that verified, in answer order.
+    pub entries: Vec<TxtEntry>,
+    /// Records refused (and records beyond [`MAX_RECORDS`]), with the reason.
+    pub refused: Vec<String>,
+}
+
+/// Verifies the records (strings concatenated) a resolver answered for
+/// `_zajel.<domain>`: at most [`MAX_RECORDS`] are looked at, records that are
+/// not ours are skipped, and the others are kept or refused with the reason.
+pub fn check_answer(
+    domain: &str,
+    records: &[Vec<u8>],
+    pinned: &[VerifyingKey],
+    now_secs: u64,
+) -> AnswerCheck {
+    let mut entries = Vec::new();
+    let mut refused = Vec::new();
+    let mut failures = Vec::new();
+    for record in records.iter().take(MAX_RECORDS) {
+        match verify_record(domain, record, pinned, now_secs) {
+            Ok(entry) => entries.push(entry),
+            Err(TxtError::NotOurs) => {}
+            Err(e) => {
+                failures.push(match e {
+                    TxtError::InvalidSignature => Outcome::InvalidSignature,
+                    TxtError::Expired(_) | TxtError::TooFarAhead(_) => Outcome::Stale,
+                    _ => Outcome::Protocol,
+                });
+                let preview: String = String::from_utf8_lossy(record).chars().take(80).collect();
+                refused.push(format!("{e}: {preview}"));
+            }
+        }
+    }
+    if records.len() > MAX_RECORDS {
+        refused.push(format!(
+            "{} records beyond the first {} ignored",
+            records.len() - MAX_RECORDS,
+            MAX_RECORDS
+        ));
+    }
+    let (outcome, detail) = if !entries.is_empty() {
+        let detail = if refused.is_empty() {
+            String::new()
+        } else {
+            format!("{} record(s) refused", refused.len())
+        };
+        (Outcome::Ok, detail)
+    } else if failures.is_empty() {
+        (Outcome::Empty, "no zajel records".into())
+    } else if pinned.is_empty() {
+        (
+            Outcome::summarise(failures),
+            "no registry key pinned: TXT records cannot be verified".to_string(),
+        )
+    } else {
+        (
+            Outcome::summarise(failures),
+            format!("every record refused: {}", refused.join("; ")),
+        )
+    };
+    AnswerCheck {
+        outcome,
+        detail,
+        entries,
+        refused,
+    }
 }
 
 #[cfg(test)]
@@ -425,5 +529,62 @@ mod tests {
             verify_record("example.org", &good, &[], NOW),
             Err(TxtError::InvalidSignature)
         );
+    }
+
+    fn signed(signer: &SigningKey, endpoint: &str, expires: u64) -> Vec<u8> {
+        let entry = TxtEntry {
+            server_id: keys::server_id_for(&SigningKey::from_bytes(&[1u8; 32]).verifying_key()),
+            endpoint: endpoint.into(),
+            region: String::new(),
+            expires,
+        };
+        sign_record(signer, "example.org", &entry)
+            .unwrap()
+            .into_bytes()
+    }
+
+    #[test]
+    fn an_answer_keeps_genuine_records_and_says_why_others_were_refused() {
+        let later = NOW + 600;
+        let pinned = [registry_key().verifying_key()];
+        let genuine = signed(&registry_key(), "wss://good.example", later);
+        let forged = signed(
+            &SigningKey::from_bytes(&[9u8; 32]),
+            "wss://evil.example",
+            later,
+        );
+        let check = check_answer(
+            "example.org",
+            &[genuine.clone(), forged.clone(), b"v=spf1 -all".to_vec()],
+            &pinned,
+            NOW,
+        );
+        assert_eq!(check.outcome, Outcome::Ok);
+        assert_eq!(check.entries.len(), 1);
+        assert_eq!(check.entries[0].endpoint, "wss://good.example");
+        assert_eq!(check.refused.len(), 1, "{:?}", check.refused);
+        assert!(check.detail.contains("1 record(s) refused"));
+        let check = check_answer("example.org", &[forged], &pinned, NOW);
+        assert_eq!(check.outcome, Outcome::InvalidSignature);
+        assert!(check.entries.is_empty());
+        assert!(check.detail.starts_with("every record refused"));
+        let stale = signed(&registry_key(), "wss://good.example", NOW - 1);
+        assert_eq!(
+            check_answer("example.org", &[stale], &pinned, NOW).outcome,
+            Outcome::Stale
+        );
+        let unpinned = check_answer("example.org", std::slice::from_ref(&genuine), &[], NOW);
+        assert_eq!(unpinned.outcome, Outcome::InvalidSignature);
+        assert!(unpinned.detail.contains("no registry key pinned"));
+        assert_eq!(
+            check_answer("example.org", &[b"v=spf1".to_vec()], &pinned, NOW).outcome,
+            Outcome::Empty
+        );
+        // Only the first MAX_RECORDS records are looked at.
+        let mut many = vec![b"v=spf1".to_vec(); MAX_RECORDS];
+        many.push(genuine);
+        let check = check_answer("example.org", &many, &pinned, NOW);
+        assert_eq!(check.outcome, Outcome::Empty);
+        assert_eq!(check.refused, ["1 records beyond the first 32 ignored"]);
     }
 }

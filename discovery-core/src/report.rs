@@ -1,6 +1,7 @@
 //! The report every discovery run produces: per layer what it returned and how
 //! it ended, per candidate where it came from and whether it answered.
-//! Everything here is plain serde data (JSON for `zajel-discover --json`).
+//! Everything here is plain serde data (JSON for `zajel-discover --json`),
+//! including [`Candidate`], a server found by discovery.
 
 use serde::{Deserialize, Serialize};
 
@@ -217,6 +218,26 @@ pub struct CandidateReport {
     pub checked_ms: Option<f64>,
 }
 
+/// A server found by discovery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// The WebSocket URL to connect to.
+    pub url: String,
+    /// Layers that named it.
+    pub sources: Vec<Layer>,
+    /// Named by a source signed with a pinned registry key (registry, DoH, or
+    /// a cache entry first learned from one).
+    pub verified: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_id: Option<String>,
+    /// `ping` → `pong` round trip when checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+    /// When it last worked, from the cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ok_ms: Option<u64>,
+}
+
 /// What a run found overall (also the CLI's exit code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -241,7 +262,7 @@ pub struct Report {
     pub verdict: Verdict,
     /// The best usable server, ranked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub best: Option<crate::discovery::Candidate>,
+    pub best: Option<Candidate>,
     /// Milliseconds to the first usable server from a signed source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_verified_ms: Option<f64>,

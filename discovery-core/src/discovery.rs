@@ -1,0 +1,1417 @@
+//! The discovery state as a sans-IO machine: [`DiscoveryState`] decides which
+//! layers start when, merges what their sources name into one list of
+//! candidates, decides which candidates are checked, ranks the ones that
+//! answered, says when the run is over and writes the [`Report`]. It never
+//! touches the network, the disk or a clock: a driver (discovery-client's
+//! `discovery` module) runs the I/O it asks for and feeds back what happened,
+//! with `now` measured from the start of the run.
+//!
+//! Driving it: call [`DiscoveryState::handle_timeout`] at
+//! [`DiscoveryState::poll_timeout`], [`DiscoveryState::handle`] with every
+//! [`Input`], and after each call drain [`DiscoveryState::poll_output`].
+//!
+//! The rules (each has a unit test below):
+//! 1. **Staggered start**: the local layers (cache, referral, QR, manual) and
+//!    the registry layer start at once; the DoH layer starts `stagger` later
+//!    (happy eyeballs).
+//! 2. **Layer end**: a local layer ends when the driver says it is done; a
+//!    network layer (registry, DoH) ends when every source it was given has
+//!    answered, or at `layer_timeout` after its start, when each source still
+//!    silent is reported `timed_out`. A network layer with no source ends at
+//!    its start, not configured. Anything a source sends after its layer
+//!    ended is ignored.
+//! 3. **Merging**: candidates are keyed by their normalised signaling URL; a
+//!    URL named again adds the layer to its sources, becomes verified if the
+//!    new source is signed, keeps the first `serverId` and cache time, and is
+//!    never checked twice.
+//! 4. **Admission**: a URL that is not a signaling URL is refused as
+//!    `invalid` and a loopback or private host as `private_address` (unless
+//!    private addresses are allowed), both without a check; every other new
+//!    candidate is checked, verified or not.
+//! 5. **Check limit**: at most `max_parallel_checks` checks run at once; the
+//!    others wait in admission order.
+//! 6. **Usable**: a check that answered makes the candidate usable (an
+//!    [`Event::Usable`]); a usable unverified candidate later named by a
+//!    signed source is announced again, verified. The report keeps the time
+//!    to the first usable and the first verified usable server.
+//! 7. **Ranking**: verified before unverified, then worked in the last 24 h
+//!    (from the cache), then the shortest round trip.
+//! 8. **Handover** ([`handover`]): a verified usable server is handed over as
+//!    soon as it is known; when the run ends first, its best server (possibly
+//!    unverified, possibly none).
+//! 9. **Run end**: once every layer ended and no check is running or
+//!    waiting, the checked servers are handed to the driver to remember (when
+//!    `remember` is set) and then the run finishes with a complete report
+//!    ([`Event::Finished`]); a failed write becomes a warning.
+//! 10. **Report**: a layer still running shows `pending` unless a source was
+//!     already ok; its outcome is otherwise the most telling of its sources'
+//!     ([`Outcome::summarise`]); the verdict is that of the best candidate.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use ed25519_dalek::VerifyingKey;
+use url::Url;
+use zajel_wire::endpoint;
+
+use crate::address;
+use crate::report::{
+    Candidate, CandidateReport, Layer, LayerReport, Outcome, Report, SourceReport, Verdict,
+};
+use crate::share::ShareLink;
+
+/// How long a server that worked counts as recently working in ranking.
+pub const RECENT_MS: u64 = 24 * 3600 * 1000;
+
+/// The rules of one run.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// Accept loopback and private addresses (tests, LANs).
+    pub allow_private: bool,
+    /// Most candidate checks at once (0 counts as 1).
+    pub max_parallel_checks: usize,
+    /// Delay between starting the registry layer and the DoH layer.
+    pub stagger: Duration,
+    /// Longest wait for a network layer's sources, from the layer's start.
+    pub layer_timeout: Duration,
+    /// The registry layer's sources, as their [`SourceReport::source`] will
+    /// name them.
+    pub registry_sources: Vec<String>,
+    /// The DoH layer's sources (one per resolver and name).
+    pub doh_sources: Vec<String>,
+    /// Hand the checked servers to the driver to remember before finishing.
+    pub remember: bool,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self {
+            allow_private: false,
+            max_parallel_checks: 16,
+            stagger: Duration::from_millis(50),
+            layer_timeout: Duration::from_secs(3),
+            registry_sources: Vec::new(),
+            doh_sources: Vec::new(),
+            remember: false,
+        }
+    }
+}
+
+/// A server named by a source, before merging.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    pub url: String,
+    /// Named by a source signed with a pinned registry key.
+    pub verified: bool,
+    pub server_id: Option<String>,
+    /// When it last worked, from the cache.
+    pub last_ok_ms: Option<u64>,
+}
+
+impl Found {
+    /// A server from an unsigned source (referral, QR, manual).
+    pub fn unverified(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            verified: false,
+            server_id: None,
+            last_ok_ms: None,
+        }
+    }
+}
+
+/// How a candidate check ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckResult {
+    pub outcome: Outcome,
+    pub detail: String,
+    pub rtt_ms: Option<f64>,
+    /// The `serverId` the server announced in `server_info`.
+    pub announced_server_id: Option<String>,
+}
+
+/// Which candidate a check is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CandidateId(pub usize);
+
+/// A checked candidate as the cache records it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedServer {
+    pub url: String,
+    pub verified: bool,
+    pub server_id: Option<String>,
+    pub rtt_ms: Option<f64>,
+    /// Whether it answered.
+    pub answered: bool,
+}
+
+/// What the driver tells the machine.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// One source of a layer answered (or failed), naming these servers.
+    Source {
+        layer: Layer,
+        report: SourceReport,
+        found: Vec<Found>,
+    },
+    /// A local layer gave all its sources.
+    LayerDone(Layer),
+    /// A check asked with [`Output::Check`] ended.
+    Checked {
+        candidate: CandidateId,
+        result: CheckResult,
+    },
+    /// The servers of [`Output::Remember`] were written (or why not).
+    Remembered(Result<(), String>),
+}
+
+/// What the machine asks of the driver, or tells its listeners.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// Start this layer's I/O (feed back [`Input::Source`]s; for a local
+    /// layer, then [`Input::LayerDone`]).
+    StartLayer(Layer),
+    /// Check this candidate (feed back [`Input::Checked`]).
+    Check { candidate: CandidateId, url: Url },
+    /// Write these servers to the cache (feed back [`Input::Remembered`]).
+    Remember(Vec<CheckedServer>),
+    /// Something the run learned, for the listeners.
+    Event(Event),
+}
+
+/// Something a run learned.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A layer ended (with everything it returned).
+    LayerFinished(LayerReport),
+    /// A candidate was checked (or refused without a check).
+    CandidateChecked(CandidateReport),
+    /// A candidate answered (sent again when a signed source later names an
+    /// already usable unverified candidate, now with `verified: true`).
+    Usable(Candidate),
+    /// The run is over.
+    Finished(Box<Report>),
+}
+
+/// What a caller waiting for "the best server within a time limit" does
+/// with an event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Handover {
+    /// A verified usable server: take it now.
+    Verified(Candidate),
+    /// The run ended: its best server, if any.
+    RunOver(Option<Candidate>),
+}
+
+/// Rule 8: whether an event ends a wait for the best server. When the time
+/// limit passes first, the caller takes the report's `best`.
+pub fn handover(event: &Event) -> Option<Handover> {
+    match event {
+        Event::Usable(candidate) if candidate.verified => {
+            Some(Handover::Verified(candidate.clone()))
+        }
+        Event::Finished(report) => Some(Handover::RunOver(report.best.clone())),
+        _ => None,
+    }
+}
+
+/// Rule 7: the sort key of a usable candidate (smaller ranks first).
+pub fn rank_key(candidate: &Candidate, now_ms: u64) -> (u8, u8, f64) {
+    let recent = candidate
+        .last_ok_ms
+        .is_some_and(|t| now_ms.saturating_sub(t) < RECENT_MS);
+    (
+        u8::from(!candidate.verified),
+        u8::from(!recent),
+        candidate.rtt_ms.unwrap_or(f64::MAX),
+    )
+}
+
+/// A source report for servers found between `started_ms` and `finished_ms`.
+pub fn source_report(
+    source: String,
+    outcome: Outcome,
+    detail: String,
+    found: &[Found],
+    started_ms: f64,
+    finished_ms: f64,
+) -> SourceReport {
+    SourceReport {
+        source,
+        outcome,
+        detail,
+        candidates: found.iter().map(|f| f.url.clone()).collect(),
+        refused: Vec::new(),
+        started_ms,
+        finished_ms,
+    }
+}
+
+/// What one source of a local layer amounts to: its outcome, the reason in
+/// words, and the servers it names.
+pub type SourceFindings = (Outcome, String, Vec<Found>);
+
+/// The QR layer's reading of one sharing link: its servers (unverified),
+/// and whether the registry key it carries is one of the pinned keys.
+pub fn share_link_source(text: &str, pinned: &[VerifyingKey]) -> SourceFindings {
+    let link = match ShareLink::parse(text) {
+        Ok(link) => link,
+        Err(e) => return (Outcome::Invalid, e.to_string(), Vec::new()),
+    };
+    let found: Vec<Found> = link.servers.iter().map(Found::unverified).collect();
+    let mut detail = format!("contact code {}", link.code);
+    if let Some(key) = &link.registry_key {
+        let matches = pinned
+            .iter()
+            .any(|k| zajel_wire::keys::public_key_to_base64(k) == *key);
+        detail.push_str(if matches {
+            "; registry key matches the pinned key"
+        } else {
+            "; registry key differs from the pinned keys"
+        });
+    }
+    let outcome = if found.is_empty() {
+        Outcome::Empty
+    } else {
+        Outcome::Ok
+    };
+    (outcome, detail, found)
+}
+
+/// The manual layer's reading of one typed URL.
+pub fn manual_source(text: &str) -> SourceFindings {
+    match endpoint::signaling_url(text) {
+        Ok(_) => (
+            Outcome::Ok,
+            String::new(),
+            vec![Found::unverified(text.trim())],
+        ),
+        Err(e) => (
+            Outcome::Invalid,
+            format!("not a server URL: {e}"),
+            Vec::new(),
+        ),
+    }
+}
+
+fn ms(now: Duration) -> f64 {
+    now.as_secs_f64() * 1000.0
+}
+
+fn is_network(layer: Layer) -> bool {
+    matches!(layer, Layer::Registry | Layer::Doh)
+}
+
+struct CandidateState {
+    url: String,
+    sources: Vec<Layer>,
+    verified: bool,
+    server_id: Option<String>,
+    last_ok_ms: Option<u64>,
+    outcome: Option<Outcome>,
+    detail: String,
+    check: Option<CheckResult>,
+    checked_ms: Option<f64>,
+}
+
+impl CandidateState {
+    fn candidate(&self) -> Candidate {
+        Candidate {
+            url: self.url.clone(),
+            sources: self.sources.clone(),
+            verified: self.verified,
+            server_id: self.server_id.clone(),
+            rtt_ms: self.check.as_ref().and_then(|c| c.rtt_ms),
+            last_ok_ms: self.last_ok_ms,
+        }
+    }
+
+    fn usable(&self) -> bool {
+        self.outcome == Some(Outcome::Ok)
+    }
+
+    fn report(&self) -> CandidateReport {
+        CandidateReport {
+            url: self.url.clone(),
+            sources: self.sources.clone(),
+            verified: self.verified,
+            server_id: self.server_id.clone(),
+            announced_server_id: self
+                .check
+                .as_ref()
+                .and_then(|c| c.announced_server_id.clone()),
+            outcome: self.outcome.unwrap_or(Outcome::Pending),
+            detail: match self.outcome {
+                None => "check still running".into(),
+                Some(_) => self.detail.clone(),
+            },
+            rtt_ms: self.check.as_ref().and_then(|c| c.rtt_ms),
+            checked_ms: self.checked_ms,
+        }
+    }
+}
+
+struct LayerState {
+    layer: Layer,
+    /// When the layer is due to start, from the start of the run.
+    starts_at: Duration,
+    started_ms: Option<f64>,
+    finished_ms: Option<f64>,
+    sources: Vec<SourceReport>,
+    /// Network layers: sources not heard from yet.
+    silent: Vec<String>,
+    /// Network layers: when silent sources count as timed out.
+    deadline: Option<Duration>,
+}
+
+impl LayerState {
+    fn started(&self) -> bool {
+        self.started_ms.is_some()
+    }
+
+    fn finished(&self) -> bool {
+        self.finished_ms.is_some()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Remembering,
+    Finished,
+}
+
+/// One discovery run's state (see the module header for its rules).
+pub struct DiscoveryState {
+    rules: Rules,
+    started_at_ms: u64,
+    layers: Vec<LayerState>,
+    candidates: Vec<CandidateState>,
+    index: HashMap<String, usize>,
+    waiting: VecDeque<(usize, Url)>,
+    checks_running: usize,
+    warnings: Vec<String>,
+    first_verified_ms: Option<f64>,
+    first_usable_ms: Option<f64>,
+    phase: Phase,
+    outputs: VecDeque<Output>,
+}
+
+impl DiscoveryState {
+    /// A run that started at `started_at_ms` (ms since the Unix epoch, for
+    /// the report and for ranking by cache age). Nothing starts before the
+    /// first [`handle_timeout`](Self::handle_timeout).
+    pub fn new(rules: Rules, started_at_ms: u64) -> Self {
+        let layers = Layer::ALL
+            .iter()
+            .map(|&layer| LayerState {
+                layer,
+                starts_at: if layer == Layer::Doh {
+                    rules.stagger
+                } else {
+                    Duration::ZERO
+                },
+                started_ms: None,
+                finished_ms: None,
+                sources: Vec::new(),
+                silent: match layer {
+                    Layer::Registry => rules.registry_sources.clone(),
+                    Layer::Doh => rules.doh_sources.clone(),
+                    _ => Vec::new(),
+                },
+                deadline: None,
+            })
+            .collect();
+        Self {
+            rules,
+            started_at_ms,
+            layers,
+            candidates: Vec::new(),
+            index: HashMap::new(),
+            waiting: VecDeque::new(),
+            checks_running: 0,
+            warnings: Vec::new(),
+            first_verified_ms: None,
+            first_usable_ms: None,
+            phase: Phase::Running,
+            outputs: VecDeque::new(),
+        }
+    }
+
+    /// Adds a warning to the report (a corrupt cache moved aside, …).
+    pub fn warn(&mut self, warning: impl Into<String>) {
+        self.warnings.push(warning.into());
+    }
+
+    /// Whether [`Event::Finished`] has been emitted.
+    pub fn is_finished(&self) -> bool {
+        self.phase == Phase::Finished
+    }
+
+    /// The next output, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is due next (from the
+    /// start of the run): a layer start or a network layer's timeout.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        if self.phase != Phase::Running {
+            return None;
+        }
+        self.layers
+            .iter()
+            .filter(|l| !l.finished())
+            .filter_map(|l| {
+                if l.started() {
+                    l.deadline
+                } else {
+                    Some(l.starts_at)
+                }
+            })
+            .min()
+    }
+
+    /// Rules 1 and 2: starts the layers that are due and times out network
+    /// layers whose deadline passed.
+    pub fn handle_timeout(&mut self, now: Duration) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        for i in 0..self.layers.len() {
+            let layer = &mut self.layers[i];
+            if layer.started() || layer.starts_at > now {
+                continue;
+            }
+            layer.started_ms = Some(ms(now));
+            if !is_network(layer.layer) {
+                let layer = layer.layer;
+                self.outputs.push_back(Output::StartLayer(layer));
+            } else if layer.silent.is_empty() {
+                let layer = layer.layer;
+                self.finish_layer(layer, now);
+            } else {
+                layer.deadline = Some(now + self.rules.layer_timeout);
+                let layer = layer.layer;
+                self.outputs.push_back(Output::StartLayer(layer));
+            }
+        }
+        let timeout_ms = self.rules.layer_timeout.as_millis();
+        for i in 0..self.layers.len() {
+            let layer = &mut self.layers[i];
+            if layer.finished() || layer.deadline.is_none_or(|d| d > now) {
+                continue;
+            }
+            let started_ms = layer.started_ms.unwrap_or(0.0);
+            for source in std::mem::take(&mut layer.silent) {
+                layer.sources.push(source_report(
+                    source,
+                    Outcome::TimedOut,
+                    format!("no answer within {timeout_ms} ms"),
+                    &[],
+                    started_ms,
+                    ms(now),
+                ));
+            }
+            let layer = layer.layer;
+            self.finish_layer(layer, now);
+        }
+        self.settle(now);
+    }
+
+    /// Takes one input at `now` (from the start of the run).
+    pub fn handle(&mut self, now: Duration, input: Input) {
+        match input {
+            Input::Source {
+                layer,
+                report,
+                found,
+            } => self.source(now, layer, report, found),
+            Input::LayerDone(layer) => {
+                if !self.layer(layer).finished() {
+                    self.finish_layer(layer, now);
+                }
+            }
+            Input::Checked { candidate, result } => self.checked(now, candidate.0, result),
+            Input::Remembered(written) => {
+                if self.phase == Phase::Remembering {
+                    if let Err(e) = written {
+                        self.warnings.push(format!("cache not written: {e}"));
+                    }
+                    self.finish(now);
+                }
+                return;
+            }
+        }
+        self.settle(now);
+    }
+
+    /// The report as it stands at `now`.
+    pub fn report(&self, now: Duration) -> Report {
+        let best = self.best(now);
+        let verdict = match &best {
+            Some(c) if c.verified => Verdict::Verified,
+            Some(_) => Verdict::UnverifiedOnly,
+            None => Verdict::Nothing,
+        };
+        Report {
+            started_at_ms: self.started_at_ms,
+            duration_ms: ms(now),
+            complete: self.phase == Phase::Finished,
+            verdict,
+            best,
+            first_verified_ms: self.first_verified_ms,
+            first_usable_ms: self.first_usable_ms,
+            layers: self
+                .layers
+                .iter()
+                .map(|l| self.layer_report(l, now))
+                .collect(),
+            candidates: self.candidates.iter().map(CandidateState::report).collect(),
+            warnings: self.warnings.clone(),
+        }
+    }
+
+    fn layer(&self, layer: Layer) -> &LayerState {
+        self.layers
+            .iter()
+            .find(|l| l.layer == layer)
+            .expect("every layer has a state")
+    }
+
+    fn layer_mut(&mut self, layer: Layer) -> &mut LayerState {
+        self.layers
+            .iter_mut()
+            .find(|l| l.layer == layer)
+            .expect("every layer has a state")
+    }
+
+    fn source(&mut self, now: Duration, layer: Layer, report: SourceReport, found: Vec<Found>) {
+        let state = self.layer_mut(layer);
+        if state.finished() {
+            return;
+        }
+        if let Some(i) = state.silent.iter().position(|s| *s == report.source) {
+            state.silent.remove(i);
+        }
+        state.sources.push(report);
+        let network_done = is_network(layer) && state.silent.is_empty();
+        for item in found {
+            self.admit(now, layer, item);
+        }
+        if network_done {
+            self.finish_layer(layer, now);
+        }
+        self.start_checks();
+    }
+
+    fn finish_layer(&mut self, layer: Layer, now: Duration) {
+        let state = self.layer_mut(layer);
+        state.finished_ms = Some(ms(now));
+        if state.started_ms.is_none() {
+            state.started_ms = Some(ms(now));
+        }
+        let report = self.layer_report(self.layer(layer), now);
+        self.outputs
+            .push_back(Output::Event(Event::LayerFinished(report)));
+    }
+
+    /// Rules 3 and 4: merges one found server; queues a check when new.
+    fn admit(&mut self, now: Duration, layer: Layer, item: Found) {
+        let now_ms = ms(now);
+        let parsed = endpoint::signaling_url(&item.url);
+        let key = match &parsed {
+            Ok(url) => url.to_string(),
+            Err(_) => item.url.clone(),
+        };
+        if let Some(&index) = self.index.get(&key) {
+            let c = &mut self.candidates[index];
+            if !c.sources.contains(&layer) {
+                c.sources.push(layer);
+            }
+            let newly_verified = item.verified && !c.verified;
+            c.verified |= item.verified;
+            if c.server_id.is_none() {
+                c.server_id = item.server_id;
+            }
+            if c.last_ok_ms.is_none() {
+                c.last_ok_ms = item.last_ok_ms;
+            }
+            if newly_verified && c.usable() {
+                let candidate = c.candidate();
+                if self.first_verified_ms.is_none() {
+                    self.first_verified_ms = Some(now_ms);
+                }
+                self.outputs
+                    .push_back(Output::Event(Event::Usable(candidate)));
+            }
+            return;
+        }
+        let mut candidate = CandidateState {
+            url: key.clone(),
+            sources: vec![layer],
+            verified: item.verified,
+            server_id: item.server_id,
+            last_ok_ms: item.last_ok_ms,
+            outcome: None,
+            detail: String::new(),
+            check: None,
+            checked_ms: None,
+        };
+        let index = self.candidates.len();
+        match parsed {
+            Err(e) => {
+                candidate.outcome = Some(Outcome::Invalid);
+                candidate.detail = format!("not a signaling URL: {e}");
+                candidate.checked_ms = Some(now_ms);
+                self.outputs
+                    .push_back(Output::Event(Event::CandidateChecked(candidate.report())));
+            }
+            Ok(url) => {
+                let private = url.host().is_some_and(|h| address::host_is_private(&h));
+                if private && !self.rules.allow_private {
+                    candidate.outcome = Some(Outcome::PrivateAddress);
+                    candidate.detail =
+                        "loopback or private address (refused unless private addresses are allowed)"
+                            .into();
+                    candidate.checked_ms = Some(now_ms);
+                    self.outputs
+                        .push_back(Output::Event(Event::CandidateChecked(candidate.report())));
+                } else {
+                    self.waiting.push_back((index, url));
+                }
+            }
+        }
+        self.candidates.push(candidate);
+        self.index.insert(key, index);
+    }
+
+    /// Rule 5: starts waiting checks while there is room.
+    fn start_checks(&mut self) {
+        while self.checks_running < self.rules.max_parallel_checks.max(1) {
+            let Some((index, url)) = self.waiting.pop_front() else {
+                break;
+            };
+            self.checks_running += 1;
+            self.outputs.push_back(Output::Check {
+                candidate: CandidateId(index),
+                url,
+            });
+        }
+    }
+
+    /// Rule 6: records a check's result.
+    fn checked(&mut self, now: Duration, index: usize, result: CheckResult) {
+        let Some(c) = self.candidates.get_mut(index) else {
+            return;
+        };
+        if c.outcome.is_some() {
+            return;
+        }
+        self.checks_running = self.checks_running.saturating_sub(1);
+        let now_ms = ms(now);
+        let usable = result.outcome.is_ok();
+        c.outcome = Some(result.outcome);
+        c.detail = result.detail.clone();
+        c.check = Some(result);
+        c.checked_ms = Some(now_ms);
+        let report = c.report();
+        let candidate = c.candidate();
+        self.outputs
+            .push_back(Output::Event(Event::CandidateChecked(report)));
+        if usable {
+            if candidate.verified && self.first_verified_ms.is_none() {
+                self.first_verified_ms = Some(now_ms);
+            }
+            if self.first_usable_ms.is_none() {
+                self.first_usable_ms = Some(now_ms);
+            }
+            self.outputs
+                .push_back(Output::Event(Event::Usable(candidate)));
+        }
+        self.start_checks();
+    }
+
+    /// Rule 9: moves on once every layer ended and every check is done.
+    fn settle(&mut self, now: Duration) {
+        if self.phase != Phase::Running
+            || self.checks_running > 0
+            || !self.waiting.is_empty()
+            || self.layers.iter().any(|l| !l.finished())
+        {
+            return;
+        }
+        if self.rules.remember {
+            self.phase = Phase::Remembering;
+            let checked = self
+                .candidates
+                .iter()
+                .filter(|c| c.check.is_some())
+                .map(|c| CheckedServer {
+                    url: c.url.clone(),
+                    verified: c.verified,
+                    server_id: c.server_id.clone(),
+                    rtt_ms: c.check.as_ref().and_then(|p| p.rtt_ms),
+                    answered: c.usable(),
+                })
+                .collect();
+            self.outputs.push_back(Output::Remember(checked));
+        } else {
+            self.finish(now);
+        }
+    }
+
+    fn finish(&mut self, now: Duration) {
+        self.phase = Phase::Finished;
+        let report = self.report(now);
+        self.outputs
+            .push_back(Output::Event(Event::Finished(Box::new(report))));
+    }
+
+    fn best(&self, now: Duration) -> Option<Candidate> {
+        let now_ms = self.started_at_ms + now.as_millis() as u64;
+        self.candidates
+            .iter()
+            .filter(|c| c.usable())
+            .map(CandidateState::candidate)
+            .min_by(|a, b| {
+                rank_key(a, now_ms)
+                    .partial_cmp(&rank_key(b, now_ms))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
+    }
+
+    /// Rule 10.
+    fn layer_report(&self, state: &LayerState, now: Duration) -> LayerReport {
+        let running = !state.finished() && state.started();
+        let mut outcome = Outcome::summarise(state.sources.iter().map(|s| s.outcome));
+        if running && outcome != Outcome::Ok {
+            outcome = Outcome::Pending;
+        }
+        let detail = if outcome == Outcome::Pending {
+            "still running".to_string()
+        } else if outcome == Outcome::Ok || outcome == Outcome::NotConfigured {
+            String::new()
+        } else {
+            state
+                .sources
+                .iter()
+                .find(|s| s.outcome == outcome)
+                .map(|s| format!("{}: {}", s.source, s.detail))
+                .unwrap_or_else(|| "not configured".into())
+        };
+        let mut urls: Vec<&String> = state.sources.iter().flat_map(|s| &s.candidates).collect();
+        urls.sort();
+        urls.dedup();
+        LayerReport {
+            layer: state.layer,
+            outcome,
+            detail,
+            sources: state.sources.clone(),
+            candidates: urls.len(),
+            started_ms: state.started_ms.unwrap_or(0.0),
+            finished_ms: state.finished_ms.unwrap_or_else(|| ms(now)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STARTED_AT_MS: u64 = 1_790_000_000_000;
+
+    fn at(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
+    fn rules() -> Rules {
+        Rules {
+            allow_private: false,
+            max_parallel_checks: 2,
+            stagger: at(50),
+            layer_timeout: at(1000),
+            registry_sources: vec!["r1".into(), "r2".into()],
+            doh_sources: vec!["d1".into()],
+            remember: false,
+        }
+    }
+
+    /// A run with every layer started (at 0, DoH at 50).
+    fn started(rules: Rules) -> DiscoveryState {
+        let mut state = DiscoveryState::new(rules, STARTED_AT_MS);
+        state.handle_timeout(at(0));
+        state.handle_timeout(at(50));
+        drain(&mut state);
+        state
+    }
+
+    fn drain(state: &mut DiscoveryState) -> Vec<Output> {
+        std::iter::from_fn(|| state.poll_output()).collect()
+    }
+
+    fn layers_started(outputs: &[Output]) -> Vec<Layer> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::StartLayer(layer) => Some(*layer),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn checks(outputs: &[Output]) -> Vec<(CandidateId, String)> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Check { candidate, url } => Some((*candidate, url.to_string())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn events(outputs: Vec<Output>) -> Vec<Event> {
+        outputs
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Event(event) => Some(event),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn finished_layers(outputs: Vec<Output>) -> Vec<LayerReport> {
+        events(outputs)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::LayerFinished(report) => Some(report),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn source(layer: Layer, name: &str, outcome: Outcome, found: Vec<Found>) -> Input {
+        Input::Source {
+            layer,
+            report: source_report(name.into(), outcome, String::new(), &found, 0.0, 0.0),
+            found,
+        }
+    }
+
+    fn signed(url: &str) -> Found {
+        Found {
+            url: url.into(),
+            verified: true,
+            server_id: Some(format!("ed25519:{url}")),
+            last_ok_ms: None,
+        }
+    }
+
+    fn answered(rtt_ms: f64) -> CheckResult {
+        CheckResult {
+            outcome: Outcome::Ok,
+            detail: String::new(),
+            rtt_ms: Some(rtt_ms),
+            announced_server_id: None,
+        }
+    }
+
+    fn refused() -> CheckResult {
+        CheckResult {
+            outcome: Outcome::Refused,
+            detail: "connection refused".into(),
+            rtt_ms: None,
+            announced_server_id: None,
+        }
+    }
+
+    fn end_local_layers(state: &mut DiscoveryState, now: Duration) {
+        for layer in [Layer::Cache, Layer::Referral, Layer::Qr, Layer::Manual] {
+            state.handle(now, Input::LayerDone(layer));
+        }
+    }
+
+    #[test]
+    fn rule_1_local_layers_and_the_registry_start_at_once_and_doh_after_the_stagger() {
+        let mut state = DiscoveryState::new(rules(), STARTED_AT_MS);
+        assert!(
+            drain(&mut state).is_empty(),
+            "nothing before the first timer"
+        );
+        assert_eq!(state.poll_timeout(), Some(at(0)));
+        state.handle_timeout(at(0));
+        assert_eq!(
+            layers_started(&drain(&mut state)),
+            [
+                Layer::Registry,
+                Layer::Cache,
+                Layer::Referral,
+                Layer::Qr,
+                Layer::Manual
+            ]
+        );
+        assert_eq!(state.poll_timeout(), Some(at(50)));
+        state.handle_timeout(at(49));
+        assert!(layers_started(&drain(&mut state)).is_empty());
+        state.handle_timeout(at(50));
+        assert_eq!(layers_started(&drain(&mut state)), [Layer::Doh]);
+        // Next: the registry's timeout (started at 0), then DoH's.
+        assert_eq!(state.poll_timeout(), Some(at(1000)));
+    }
+
+    #[test]
+    fn rule_2_a_network_layer_ends_when_every_source_answered() {
+        let mut state = started(rules());
+        state.handle(
+            at(10),
+            source(Layer::Registry, "r1", Outcome::Refused, vec![]),
+        );
+        assert!(finished_layers(drain(&mut state)).is_empty());
+        state.handle(
+            at(20),
+            source(Layer::Registry, "r2", Outcome::Empty, vec![]),
+        );
+        let finished = finished_layers(drain(&mut state));
+        assert_eq!(finished.len(), 1);
+        assert_eq!(finished[0].layer, Layer::Registry);
+        assert_eq!(finished[0].outcome, Outcome::Refused);
+        assert_eq!(finished[0].finished_ms, 20.0);
+    }
+
+    #[test]
+    fn rule_2_silent_sources_time_out_at_the_layer_timeout_and_late_answers_are_ignored() {
+        let mut state = started(rules());
+        state.handle(
+            at(100),
+            source(Layer::Registry, "r1", Outcome::Empty, vec![]),
+        );
+        state.handle_timeout(at(999));
+        assert!(finished_layers(drain(&mut state)).is_empty());
+        state.handle_timeout(at(1000));
+        let finished = finished_layers(drain(&mut state));
+        assert_eq!(finished.len(), 1);
+        let registry = &finished[0];
+        assert_eq!(registry.layer, Layer::Registry);
+        assert_eq!(registry.outcome, Outcome::TimedOut);
+        assert_eq!(registry.sources[1].source, "r2");
+        assert_eq!(registry.sources[1].outcome, Outcome::TimedOut);
+        assert_eq!(registry.sources[1].detail, "no answer within 1000 ms");
+        // r2 answers too late: not in the report, its server not admitted.
+        state.handle(
+            at(1200),
+            source(
+                Layer::Registry,
+                "r2",
+                Outcome::Ok,
+                vec![signed("wss://late.example")],
+            ),
+        );
+        assert!(drain(&mut state).is_empty());
+        let report = state.report(at(1200));
+        assert_eq!(report.layer(Layer::Registry).unwrap().sources.len(), 2);
+        assert!(report.candidates.is_empty());
+        // DoH started at 50: its timeout is at 1050.
+        assert_eq!(state.poll_timeout(), Some(at(1050)));
+    }
+
+    #[test]
+    fn rule_2_a_network_layer_without_sources_ends_at_its_start_not_configured() {
+        let mut state = DiscoveryState::new(
+            Rules {
+                registry_sources: Vec::new(),
+                ..rules()
+            },
+            STARTED_AT_MS,
+        );
+        state.handle_timeout(at(0));
+        let outputs = drain(&mut state);
+        assert!(!layers_started(&outputs).contains(&Layer::Registry));
+        let finished = finished_layers(outputs);
+        assert_eq!(finished.len(), 1);
+        assert_eq!(finished[0].layer, Layer::Registry);
+        assert_eq!(finished[0].outcome, Outcome::NotConfigured);
+    }
+
+    #[test]
+    fn rule_3_the_same_server_named_twice_is_one_candidate_checked_once() {
+        let mut state = started(rules());
+        state.handle(
+            at(5),
+            source(
+                Layer::Manual,
+                "typed",
+                Outcome::Ok,
+                vec![Found::unverified("wss://a.example:443")],
+            ),
+        );
+        let first = checks(&drain(&mut state));
+        assert_eq!(first, [(CandidateId(0), "wss://a.example/".to_string())]);
+        state.handle(
+            at(6),
+            source(
+                Layer::Registry,
+                "r1",
+                Outcome::Ok,
+                vec![signed("wss://a.example")],
+            ),
+        );
+        state.handle(
+            at(7),
+            source(
+                Layer::Cache,
+                "cache",
+                Outcome::Ok,
+                vec![Found {
+                    url: "wss://A.example/".into(),
+                    verified: false,
+                    server_id: Some("ed25519:other".into()),
+                    last_ok_ms: Some(STARTED_AT_MS - 1000),
+                }],
+            ),
+        );
+        assert!(checks(&drain(&mut state)).is_empty(), "checked once");
+        let report = state.report(at(8));
+        assert_eq!(report.candidates.len(), 1);
+        let c = &report.candidates[0];
+        assert_eq!(c.sources, [Layer::Manual, Layer::Registry, Layer::Cache]);
+        assert!(c.verified);
+        assert_eq!(c.server_id.as_deref(), Some("ed25519:wss://a.example"));
+    }
+
+    #[test]
+    fn rule_4_invalid_and_private_urls_are_refused_without_a_check() {
+        let urls = vec![
+            Found::unverified("ftp://x.example"),
+            Found::unverified("ws://127.0.0.1:9/"),
+            Found::unverified("wss://localhost/"),
+            Found::unverified("ws://10.0.0.1/"),
+        ];
+        let mut state = started(rules());
+        state.handle(
+            at(5),
+            source(Layer::Manual, "typed", Outcome::Ok, urls.clone()),
+        );
+        let outputs = drain(&mut state);
+        assert!(checks(&outputs).is_empty());
+        let report = state.report(at(5));
+        assert_eq!(report.candidates[0].outcome, Outcome::Invalid);
+        for c in &report.candidates[1..] {
+            assert_eq!(c.outcome, Outcome::PrivateAddress, "{c:?}");
+            assert_eq!(c.checked_ms, Some(5.0));
+        }
+        // Allowed: checked (two at once, the rest wait).
+        let mut state = started(Rules {
+            allow_private: true,
+            max_parallel_checks: 8,
+            ..rules()
+        });
+        state.handle(at(5), source(Layer::Manual, "typed", Outcome::Ok, urls));
+        assert_eq!(checks(&drain(&mut state)).len(), 3);
+    }
+
+    #[test]
+    fn rule_5_at_most_the_limit_of_checks_run_at_once() {
+        let mut state = started(rules());
+        let found = ["wss://a.example", "wss://b.example", "wss://c.example"]
+            .map(Found::unverified)
+            .to_vec();
+        state.handle(at(5), source(Layer::Manual, "typed", Outcome::Ok, found));
+        let first = checks(&drain(&mut state));
+        assert_eq!(first.iter().map(|(id, _)| id.0).collect::<Vec<_>>(), [0, 1]);
+        state.handle(
+            at(9),
+            Input::Checked {
+                candidate: CandidateId(1),
+                result: refused(),
+            },
+        );
+        assert_eq!(
+            checks(&drain(&mut state)),
+            [(CandidateId(2), "wss://c.example/".to_string())]
+        );
+    }
+
+    #[test]
+    fn rule_6_an_answer_makes_a_candidate_usable_and_a_later_signed_source_verifies_it() {
+        let mut state = started(rules());
+        state.handle(
+            at(5),
+            source(
+                Layer::Manual,
+                "typed",
+                Outcome::Ok,
+                vec![
+                    Found::unverified("wss://a.example"),
+                    Found::unverified("wss://b.example"),
+                ],
+            ),
+        );
+        drain(&mut state);
+        state.handle(
+            at(30),
+            Input::Checked {
+                candidate: CandidateId(1),
+                result: refused(),
+            },
+        );
+        let outputs = events(drain(&mut state));
+        assert!(
+            matches!(&outputs[..], [Event::CandidateChecked(c)] if c.outcome == Outcome::Refused)
+        );
+        state.handle(
+            at(40),
+            Input::Checked {
+                candidate: CandidateId(0),
+                result: answered(12.0),
+            },
+        );
+        let outputs = events(drain(&mut state));
+        assert!(
+            matches!(&outputs[..], [Event::CandidateChecked(_), Event::Usable(c)] if !c.verified && c.rtt_ms == Some(12.0))
+        );
+        let report = state.report(at(40));
+        assert_eq!(report.first_usable_ms, Some(40.0));
+        assert_eq!(report.first_verified_ms, None);
+        assert_eq!(report.verdict, Verdict::UnverifiedOnly);
+        state.handle(
+            at(70),
+            source(
+                Layer::Registry,
+                "r1",
+                Outcome::Ok,
+                vec![signed("wss://a.example")],
+            ),
+        );
+        let outputs = events(drain(&mut state));
+        assert!(matches!(&outputs[..], [Event::Usable(c)] if c.verified));
+        let report = state.report(at(70));
+        assert_eq!(report.first_verified_ms, Some(70.0));
+        assert_eq!(report.verdict, Verdict::Verified);
+    }
+
+    #[test]
+    fn rule_7_verified_servers_rank_before_recent_ones_before_faster_ones() {
+        let candidate = |verified, rtt, last_ok_ms| Candidate {
+            url: String::new(),
+            sources: Vec::new(),
+            verified,
+            server_id: None,
+            rtt_ms: Some(rtt),
+            last_ok_ms,
+        };
+        let now = STARTED_AT_MS;
+        assert!(
+            rank_key(&candidate(true, 90.0, None), now)
+                < rank_key(&candidate(false, 1.0, None), now)
+        );
+        assert!(
+            rank_key(&candidate(true, 1.0, None), now) < rank_key(&candidate(true, 2.0, None), now)
+        );
+        let recent = candidate(true, 50.0, Some(now - RECENT_MS + 1));
+        let old = candidate(true, 50.0, Some(now - RECENT_MS));
+        assert!(rank_key(&recent, now) < rank_key(&candidate(true, 1.0, None), now));
+        assert!(rank_key(&old, now) > rank_key(&candidate(true, 1.0, None), now));
+        // The report's best follows the ranking.
+        let mut state = started(rules());
+        state.handle(
+            at(5),
+            source(
+                Layer::Manual,
+                "typed",
+                Outcome::Ok,
+                vec![Found::unverified("wss://fast.example")],
+            ),
+        );
+        state.handle(
+            at(5),
+            source(
+                Layer::Registry,
+                "r1",
+                Outcome::Ok,
+                vec![signed("wss://slow.example")],
+            ),
+        );
+        drain(&mut state);
+        for (id, rtt) in [(0, 1.0), (1, 80.0)] {
+            state.handle(
+                at(50),
+                Input::Checked {
+                    candidate: CandidateId(id),
+                    result: answered(rtt),
+                },
+            );
+        }
+        let best = state.report(at(50)).best.unwrap();
+        assert_eq!(best.url, "wss://slow.example/");
+    }
+
+    #[test]
+    fn rule_8_a_verified_server_is_handed_over_at_once_otherwise_the_best_at_the_end() {
+        let unverified = Candidate {
+            url: "wss://u.example/".into(),
+            sources: vec![Layer::Manual],
+            verified: false,
+            server_id: None,
+            rtt_ms: Some(1.0),
+            last_ok_ms: None,
+        };
+        let verified = Candidate {
+            verified: true,
+            ..unverified.clone()
+        };
+        assert_eq!(handover(&Event::Usable(unverified.clone())), None);
+        assert_eq!(
+            handover(&Event::Usable(verified.clone())),
+            Some(Handover::Verified(verified))
+        );
+        let mut report = started(rules()).report(at(1));
+        report.best = Some(unverified.clone());
+        assert_eq!(
+            handover(&Event::Finished(Box::new(report.clone()))),
+            Some(Handover::RunOver(Some(unverified)))
+        );
+        let layer = report.layers[0].clone();
+        assert_eq!(handover(&Event::LayerFinished(layer)), None);
+    }
+
+    #[test]
+    fn rule_9_the_run_ends_after_every_layer_and_check_and_the_cache_write() {
+        let mut state = started(Rules {
+            remember: true,
+            ..rules()
+        });
+        state.handle(
+            at(5),
+            source(
+                Layer::Manual,
+                "typed",
+                Outcome::Ok,
+                vec![
+                    Found::unverified("wss://a.example"),
+                    Found::unverified("wss://b.example"),
+                ],
+            ),
+        );
+        end_local_layers(&mut state, at(6));
+        state.handle(at(7), source(Layer::Registry, "r1", Outcome::Empty, vec![]));
+        state.handle(at(7), source(Layer::Registry, "r2", Outcome::Empty, vec![]));
+        state.handle(at(8), source(Layer::Doh, "d1", Outcome::Empty, vec![]));
+        state.handle(
+            at(9),
+            Input::Checked {
+                candidate: CandidateId(0),
+                result: answered(3.0),
+            },
+        );
+        let outputs = drain(&mut state);
+        assert!(!outputs.iter().any(|o| matches!(o, Output::Remember(_))));
+        assert!(!state.report(at(9)).complete);
+        state.handle(
+            at(10),
+            Input::Checked {
+                candidate: CandidateId(1),
+                result: refused(),
+            },
+        );
+        let outputs = drain(&mut state);
+        let remembered: Vec<&Vec<CheckedServer>> = outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Remember(list) => Some(list),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(remembered.len(), 1);
+        let answered_flags: Vec<(&str, bool)> = remembered[0]
+            .iter()
+            .map(|s| (s.url.as_str(), s.answered))
+            .collect();
+        assert_eq!(
+            answered_flags,
+            [("wss://a.example/", true), ("wss://b.example/", false)]
+        );
+        assert!(!state.is_finished(), "waits for the cache write");
+        assert_eq!(state.poll_timeout(), None);
+        state.handle(at(12), Input::Remembered(Err("disk full".into())));
+        let finished: Vec<Report> = events(drain(&mut state))
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Finished(report) => Some(*report),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(finished.len(), 1);
+        assert!(finished[0].complete);
+        assert_eq!(finished[0].warnings, ["cache not written: disk full"]);
+        assert!(state.is_finished());
+    }
+
+    #[test]
+    fn rule_9_without_a_cache_the_run_finishes_when_the_last_layer_times_out() {
+        let mut state = started(rules());
+        end_local_layers(&mut state, at(1));
+        state.handle_timeout(at(1000));
+        assert!(!state.is_finished(), "DoH still running");
+        state.handle_timeout(at(1050));
+        let outputs = drain(&mut state);
+        assert!(!outputs.iter().any(|o| matches!(o, Output::Remember(_))));
+        assert!(
+            matches!(events(outputs).last(), Some(Event::Finished(r)) if r.complete && r.verdict == Verdict::Nothing)
+        );
+        assert!(state.is_finished());
+    }
+
+    #[test]
+    fn rule_10_a_running_layer_is_pending_unless_a_source_was_ok() {
+        let mut state = started(rules());
+        state.handle(
+            at(5),
+            source(Layer::Registry, "r1", Outcome::Refused, vec![]),
+        );
+        let report = state.report(at(6));
+        let registry = report.layer(Layer::Registry).unwrap();
+        assert_eq!(registry.outcome, Outcome::Pending);
+        assert_eq!(registry.detail, "still running");
+        assert_eq!(registry.finished_ms, 6.0);
+        state.handle(at(7), source(Layer::Doh, "d1", Outcome::Ok, vec![]));
+        let report = state.report(at(8));
+        assert_eq!(report.layer(Layer::Doh).unwrap().outcome, Outcome::Ok);
+        // Ended: the most telling source, with its words.
+        state.handle(
+            at(9),
+            source(Layer::Registry, "r2", Outcome::TimedOut, vec![]),
+        );
+        let registry = state.report(at(10)).layer(Layer::Registry).unwrap().clone();
+        assert_eq!(registry.outcome, Outcome::Refused);
+        assert_eq!(registry.detail, "r1: ");
+        assert!(!state.report(at(10)).complete);
+    }
+
+    #[test]
+    fn local_sources_read_links_and_typed_urls() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[5u8; 32]).verifying_key();
+        let code = zajel_wire::pairing::PairingCode::parse("ABC234").unwrap();
+        let link = ShareLink::new(code, &["wss://a.example/ws".into()], Some(&key))
+            .unwrap()
+            .to_uri();
+        let (outcome, detail, found) = share_link_source(&link, &[key]);
+        assert_eq!(outcome, Outcome::Ok);
+        assert_eq!(found, [Found::unverified("wss://a.example/ws")]);
+        assert!(
+            detail.ends_with("registry key matches the pinned key"),
+            "{detail}"
+        );
+        let (_, detail, _) = share_link_source(&link, &[]);
+        assert!(detail.ends_with("registry key differs from the pinned keys"));
+        assert_eq!(share_link_source("zajel://ABC234", &[]).0, Outcome::Empty);
+        assert_eq!(share_link_source("nonsense", &[]).0, Outcome::Invalid);
+        assert_eq!(
+            manual_source(" wss://b.example ").2,
+            [Found::unverified("wss://b.example")]
+        );
+        let (outcome, detail, found) = manual_source("ftp://b.example");
+        assert_eq!(outcome, Outcome::Invalid);
+        assert!(detail.starts_with("not a server URL"));
+        assert!(found.is_empty());
+    }
+}
