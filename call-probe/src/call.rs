@@ -56,7 +56,8 @@ pub enum CallEvent {
         call_id: String,
         state: CallState,
     },
-    /// A call is ringing here (with [`AnswerPolicy::Manual`], accept or decline it).
+    /// A call is ringing here (with [`crate::config::AnswerPolicy::Manual`], accept or decline
+    /// it).
     Incoming {
         call_id: String,
         with_video: bool,
