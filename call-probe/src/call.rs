@@ -9,13 +9,13 @@
 //! Candidates trickle through `call_ice`. What happens is announced as [`CallEvent`]s; a
 //! finished call yields a [`CallReport`].
 //!
-//! Rules: an offer while a call is active gets `call_reject` reason `busy`; ringing stops after
-//! the ringing timeout with `call_reject` reason `timeout` (on either side); a call with no
-//! local ICE candidate when the gathering timeout passes fails; a connection that drops
-//! (ICE `disconnected`/`failed`) goes back to `connecting` and the caller restarts ICE (a new
-//! `call_offer` with the same `callId`, answered by `call_answer`) until the reconnect window
-//! closes. A `call_offer` carrying the active call's `callId` is such a renegotiation, never a
-//! new call.
+//! The rules (busy, ringing, gathering and reconnect timeouts, ICE restarts, renegotiation,
+//! who may send what when) live in [`machine`], a sans-IO [`CallMachine`] unit-tested on a
+//! fake clock; this module is its driver: a tokio actor that feeds it commands, signaling and
+//! webrtc-rs's callbacks, carries out its actions on the peer connection, sleeps until its
+//! next deadline, and runs the media (tone or echo, Opus, RTCP, statistics, the report).
+
+pub mod machine;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,27 +32,21 @@ use webrtc::media::Sample;
 use webrtc::peer_connection::offer_answer_options::RTCOfferOptions;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
-use webrtc::peer_connection::signaling_state::RTCSignalingState;
 use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
 use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
 use webrtc::track::track_remote::TrackRemote;
-use zajel_wire::call::{
-    call_id_from_random_bytes, CallAnswer, CallHangup, CallIce, CallOffer, CallPayload, CallReject,
-    CallState, IceCandidateInit, RejectReason,
-};
+use zajel_wire::call::{call_id_from_random_bytes, CallPayload, CallState};
 
-use crate::config::{AnswerPolicy, CallConfig};
+use crate::config::CallConfig;
 use crate::media::{
     OpusDecoder, OpusEncoder, ReceiveStats, ToneDetector, ToneGenerator, ToneReading, FRAME_SAMPLES,
 };
 use crate::peer::{Peer, SRTP_PROFILES};
-use crate::report::{
-    CallReport, CandidateInfo, CandidatePair, DtlsReport, EndReason, IceReport, Role, ToneReport,
-    WireReport,
-};
-use crate::stats::{mark, RtpFigures, Timeline};
+use crate::report::{CallReport, CandidateInfo, CandidatePair, DtlsReport, ToneReport, WireReport};
+use crate::stats::RtpFigures;
 use crate::tap::srtp_profile_name;
+use machine::{Action, CallMachine, CallSummary, IceConnection, Input, MachineConfig, Output};
 
 /// What the engine announces.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,7 +56,8 @@ pub enum CallEvent {
         call_id: String,
         state: CallState,
     },
-    /// A call is ringing here (with [`AnswerPolicy::Manual`], accept or decline it).
+    /// A call is ringing here (with [`crate::config::AnswerPolicy::Manual`], accept or decline
+    /// it).
     Incoming {
         call_id: String,
         with_video: bool,
@@ -149,11 +144,13 @@ impl CallEngine {
         let (events, event_rx) = mpsc::unbounded_channel();
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         let actor = Actor {
+            machine: CallMachine::new(MachineConfig::from(&config)),
             config: Arc::new(config),
             outgoing,
             events,
             internal_tx,
-            call: None,
+            media: None,
+            setup_error: None,
         };
         tokio::spawn(actor.run(command_rx, incoming, internal_rx));
         (Self { commands }, event_rx)
@@ -236,130 +233,94 @@ fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, MediaShared> {
     shared.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-struct Call {
-    id: String,
-    role: Role,
-    state: CallState,
-    with_video: bool,
-    started: Instant,
-    timeline: Timeline,
-    peer: Option<Peer>,
-    remote_offer: Option<String>,
-    remote_description_set: bool,
-    pending_candidates: Vec<RTCIceCandidateInit>,
-    candidate_mid: String,
-    ringing_until: Option<Instant>,
-    gathering_until: Option<Instant>,
-    reconnect_until: Option<Instant>,
-    ice: IceReport,
+/// The media side of the active call: the peer connection and what runs on it.
+struct Media {
+    peer: Peer,
     shared: Shared,
     tasks: Vec<JoinHandle<()>>,
-    rtt_announced: bool,
+    /// With `echo`, the decoded frames to send back once media starts.
     echo_frames: Option<mpsc::Receiver<Vec<i16>>>,
+    /// The pair ICE selected when it last connected.
+    selected_pair: Option<CandidatePair>,
 }
 
-impl Call {
-    fn new(id: String, role: Role, with_video: bool, relay_only: bool) -> Self {
-        Self {
-            id,
-            role,
-            state: CallState::Idle,
-            with_video,
-            started: Instant::now(),
-            timeline: Timeline::default(),
-            peer: None,
-            remote_offer: None,
-            remote_description_set: false,
-            pending_candidates: Vec::new(),
-            candidate_mid: "0".into(),
-            ringing_until: None,
-            gathering_until: None,
-            reconnect_until: None,
-            ice: IceReport {
-                relay_only,
-                ..IceReport::default()
-            },
-            shared: Shared::default(),
-            tasks: Vec::new(),
-            rtt_announced: false,
-            echo_frames: None,
-        }
+impl Media {
+    async fn current_pair(&self) -> Option<CandidatePair> {
+        self.peer
+            .pc
+            .dtls_transport()
+            .ice_transport()
+            .get_selected_candidate_pair()
+            .await
+            .map(|pair| candidate_pair(&pair.local, &pair.remote))
     }
+}
 
-    fn next_deadline(&self) -> Option<Instant> {
-        [
-            self.ringing_until,
-            self.gathering_until,
-            self.reconnect_until,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-    }
-
-    async fn report(&self, end: EndReason, config: &CallConfig) -> CallReport {
-        let mut rtp = lock(&self.shared).rtcp.clone();
-        let mut ice = self.ice.clone();
-        let mut video_negotiated = false;
-        if let Some(peer) = &self.peer {
-            rtp.apply_stats(&peer.pc.get_stats().await);
-            if let Some(pair) = peer
-                .pc
-                .dtls_transport()
-                .ice_transport()
-                .get_selected_candidate_pair()
-                .await
-            {
-                ice.selected_pair = Some(candidate_pair(&pair.local, &pair.remote));
-            }
-            let has_vp8 = |sdp: Option<RTCSessionDescription>| {
-                sdp.is_some_and(|d| d.sdp.contains("m=video") && d.sdp.contains("VP8/90000"))
-            };
-            video_negotiated = has_vp8(peer.pc.local_description().await)
-                && has_vp8(peer.pc.remote_description().await);
+/// The report of a call: the machine's summary (timeline, ICE counters, how it ended) and
+/// what the media side measured.
+async fn build_report(
+    summary: CallSummary,
+    media: Option<&Media>,
+    config: &CallConfig,
+) -> CallReport {
+    let shared = media.map(|m| m.shared.clone()).unwrap_or_default();
+    let mut rtp = lock(&shared).rtcp.clone();
+    let mut ice = summary.ice;
+    let mut video_negotiated = false;
+    if let Some(media) = media {
+        ice.selected_pair = media.selected_pair.clone();
+        let pc = &media.peer.pc;
+        rtp.apply_stats(&pc.get_stats().await);
+        if let Some(pair) = media.current_pair().await {
+            ice.selected_pair = Some(pair);
         }
-        let shared = lock(&self.shared);
-        rtp.apply_receive(&shared.receive);
-        let tap = self.peer.as_ref().and_then(|p| p.tap.clone());
-        let mut dtls = DtlsReport {
-            profiles_offered: SRTP_PROFILES
-                .iter()
-                .map(|p| srtp_profile_name(*p as u16))
-                .collect(),
-            ..DtlsReport::default()
+        let has_vp8 = |sdp: Option<RTCSessionDescription>| {
+            sdp.is_some_and(|d| d.sdp.contains("m=video") && d.sdp.contains("VP8/90000"))
         };
-        if let Some(negotiation) = tap.as_ref().and_then(|t| t.negotiation()) {
-            dtls.observe(negotiation, "ServerHello on the wire");
+        video_negotiated =
+            has_vp8(pc.local_description().await) && has_vp8(pc.remote_description().await);
+    }
+    let shared = lock(&shared);
+    rtp.apply_receive(&shared.receive);
+    let tap = media.and_then(|m| m.peer.tap.clone());
+    let mut dtls = DtlsReport {
+        profiles_offered: SRTP_PROFILES
+            .iter()
+            .map(|p| srtp_profile_name(*p as u16))
+            .collect(),
+        ..DtlsReport::default()
+    };
+    if let Some(negotiation) = tap.as_ref().and_then(|t| t.negotiation()) {
+        dtls.observe(negotiation, "ServerHello on the wire");
+    }
+    let wire = tap.map(|t| {
+        let c = t.counters();
+        WireReport {
+            packets_sent: c.packets_sent,
+            bytes_sent: c.bytes_sent,
+            packets_received: c.packets_received,
+            bytes_received: c.bytes_received,
+            packets_withheld: c.packets_withheld,
+            dtls_final_flight_resends: c.dtls_final_flight_resends,
         }
-        let wire = tap.map(|t| {
-            let c = t.counters();
-            WireReport {
-                packets_sent: c.packets_sent,
-                bytes_sent: c.bytes_sent,
-                packets_received: c.packets_received,
-                bytes_received: c.bytes_received,
-                packets_withheld: c.packets_withheld,
-                dtls_final_flight_resends: c.dtls_final_flight_resends,
-            }
-        });
-        CallReport {
-            call_id: self.id.clone(),
-            role: self.role,
-            with_video: self.with_video,
-            video_negotiated,
-            end,
-            timeline: self.timeline,
-            ice,
-            dtls,
-            rtp,
-            tone: ToneReport {
-                sent_hz: (!config.echo).then_some(config.tone_hz),
-                detected: shared.tone,
-                frames_sent: shared.frames_sent,
-                frames_decoded: shared.frames_decoded,
-            },
-            wire,
-        }
+    });
+    CallReport {
+        call_id: summary.call_id,
+        role: summary.role,
+        with_video: summary.with_video,
+        video_negotiated,
+        end: summary.end,
+        timeline: summary.timeline,
+        ice,
+        dtls,
+        rtp,
+        tone: ToneReport {
+            sent_hz: (!config.echo).then_some(config.tone_hz),
+            detected: shared.tone,
+            frames_sent: shared.frames_sent,
+            frames_decoded: shared.frames_decoded,
+        },
+        wire,
     }
 }
 
@@ -387,12 +348,17 @@ fn new_call_id() -> Result<String, EngineError> {
     Ok(call_id_from_random_bytes(bytes))
 }
 
+/// The driver: feeds commands, signaling and the peer connection's events into the
+/// [`CallMachine`], carries out its outputs on the webrtc-rs peer, sleeps until its deadline.
 struct Actor {
     config: Arc<CallConfig>,
     outgoing: mpsc::Sender<CallPayload>,
     events: mpsc::UnboundedSender<CallEvent>,
     internal_tx: mpsc::UnboundedSender<Internal>,
-    call: Option<Call>,
+    machine: CallMachine,
+    media: Option<Media>,
+    /// Why the last setup step failed (read after `place_call` and `accept`).
+    setup_error: Option<EngineError>,
 }
 
 impl Actor {
@@ -406,26 +372,25 @@ impl Actor {
         stats_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut incoming_open = true;
         loop {
-            let deadline = self.call.as_ref().and_then(Call::next_deadline);
-            let connected = self
-                .call
-                .as_ref()
-                .is_some_and(|c| c.state == CallState::Connected);
+            let deadline = self.machine.poll_timeout();
+            let connected = self.machine.state().1 == CallState::Connected;
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(command) => self.command(command).await,
                     None => {
-                        self.hangup().await;
+                        let _ = self.feed(Input::Hangup).await;
                         break;
                     }
                 },
                 payload = incoming.recv(), if incoming_open => match payload {
-                    Some(payload) => self.signal(payload).await,
+                    Some(payload) => {
+                        let _ = self.feed(Input::Signal(payload)).await;
+                    }
                     None => incoming_open = false,
                 },
                 Some(event) = internal.recv() => self.internal(event).await,
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
-                    self.timeout().await;
+                    let _ = self.feed(Input::Timeout).await;
                 }
                 _ = stats_tick.tick(), if connected => self.poll_stats().await,
             }
@@ -436,8 +401,7 @@ impl Actor {
         let _ = self.events.send(event);
     }
 
-    async fn send(&self, payload: impl Into<CallPayload>) {
-        let payload = payload.into();
+    async fn send(&self, payload: CallPayload) {
         if let Err(err) = payload.validate() {
             tracing::warn!(
                 "not sending an invalid {}: {err}",
@@ -450,62 +414,67 @@ impl Actor {
         }
     }
 
-    fn set_state(&mut self, state: CallState) {
-        if let Some(call) = &mut self.call {
-            if call.state != state {
-                call.state = state;
-                let event = CallEvent::State {
-                    call_id: call.id.clone(),
-                    state,
-                };
-                self.emit(event);
+    /// Hands `input` to the machine now and carries out everything it asks for.
+    async fn feed(&mut self, input: Input) -> Result<(), EngineError> {
+        let result = self.machine.handle(Instant::now(), input);
+        self.drive().await;
+        result
+    }
+
+    /// Carries out the machine's outputs until there are none; an action's result goes back
+    /// to the machine at once (its outputs join the queue).
+    async fn drive(&mut self) {
+        while let Some(output) = self.machine.poll_output() {
+            match output {
+                Output::Send(payload) => self.send(payload).await,
+                Output::Event(event) => self.emit(event),
+                Output::Do(action) => {
+                    if let Some(result) = self.perform(action).await {
+                        let _ = self.machine.handle(Instant::now(), result);
+                    }
+                }
+                Output::Ended(summary) => self.finish(*summary).await,
             }
         }
+    }
+
+    /// Runs a setup command (`place_call`, `accept`): refused, failed in a setup step, or done.
+    async fn setup(&mut self, input: Input) -> Result<(), EngineError> {
+        self.setup_error = None;
+        self.feed(input).await?;
+        self.setup_error.take().map_or(Ok(()), Err)
     }
 
     async fn command(&mut self, command: Command) {
         match command {
             Command::Place(with_video, reply) => {
-                let result = self.place_call(with_video).await;
+                let result = match new_call_id() {
+                    Ok(call_id) => self
+                        .setup(Input::PlaceCall {
+                            call_id: call_id.clone(),
+                            with_video,
+                        })
+                        .await
+                        .map(|()| call_id),
+                    Err(err) => Err(err),
+                };
                 let _ = reply.send(result);
             }
             Command::Accept(reply) => {
-                let result = self.accept().await;
-                let _ = reply.send(result);
+                let _ = reply.send(self.setup(Input::Accept).await);
             }
             Command::Decline(reply) => {
-                let result = match &self.call {
-                    Some(call) if call.state == CallState::Incoming => {
-                        self.decline().await;
-                        Ok(())
-                    }
-                    Some(_) => Err(EngineError::NotRinging),
-                    None => Err(EngineError::NoCall),
-                };
-                let _ = reply.send(result);
+                let _ = reply.send(self.feed(Input::Decline).await);
             }
             Command::Hangup(reply) => {
-                let result = if self.call.is_some() {
-                    self.hangup().await;
-                    Ok(())
-                } else {
-                    Err(EngineError::NoCall)
-                };
-                let _ = reply.send(result);
+                let _ = reply.send(self.feed(Input::Hangup).await);
             }
             Command::State(reply) => {
-                let _ = reply.send(match &self.call {
-                    Some(call) => (Some(call.id.clone()), call.state),
-                    None => (None, CallState::Idle),
-                });
+                let _ = reply.send(self.machine.state());
             }
             Command::CutPath(cut, reply) => {
-                let tap = self
-                    .call
-                    .as_ref()
-                    .and_then(|c| c.peer.as_ref())
-                    .and_then(|p| p.tap.clone());
-                let result = match (&self.call, tap) {
+                let tap = self.media.as_ref().and_then(|m| m.peer.tap.clone());
+                let result = match (self.machine.call_id(), tap) {
                     (None, _) => Err(EngineError::NoCall),
                     (Some(_), None) => Err(EngineError::NoTap),
                     (Some(_), Some(tap)) => {
@@ -516,8 +485,10 @@ impl Actor {
                 let _ = reply.send(result);
             }
             Command::Snapshot(reply) => {
-                let report = match &self.call {
-                    Some(call) => Some(call.report(EndReason::InProgress, &self.config).await),
+                let report = match self.machine.snapshot() {
+                    Some(summary) => {
+                        Some(build_report(summary, self.media.as_ref(), &self.config).await)
+                    }
                     None => None,
                 };
                 let _ = reply.send(report);
@@ -525,48 +496,166 @@ impl Actor {
         }
     }
 
-    /// Creates the peer connection, wires its callbacks to the engine and starts the media.
-    async fn open_peer(&mut self) -> Result<(), EngineError> {
-        let call = self.call.as_mut().ok_or(EngineError::NoCall)?;
-        let with_video = call.with_video && self.config.allow_video;
+    /// Carries out one action; returns the result the machine waits for, if any.
+    async fn perform(&mut self, action: Action) -> Option<Input> {
+        match action {
+            Action::CreatePeer {
+                call_id,
+                with_video,
+            } => Some(match self.open_peer(call_id, with_video).await {
+                Ok(()) => Input::PeerCreated,
+                Err(err) => {
+                    let detail = err.to_string();
+                    self.setup_error = Some(err);
+                    Input::ActionFailed { detail }
+                }
+            }),
+            Action::CreateOffer { ice_restart } => {
+                Some(self.local_description(Some(ice_restart)).await)
+            }
+            Action::CreateAnswer => Some(self.local_description(None).await),
+            Action::SetRemoteOffer { sdp } => Some(
+                self.remote_description(RTCSessionDescription::offer(sdp), "remote offer refused")
+                    .await,
+            ),
+            Action::SetRemoteAnswer { sdp } => Some(
+                self.remote_description(
+                    RTCSessionDescription::answer(sdp),
+                    "remote answer refused",
+                )
+                .await,
+            ),
+            Action::AddRemoteCandidate(init) => {
+                if let Some(media) = &self.media {
+                    let init = RTCIceCandidateInit {
+                        candidate: init.candidate,
+                        sdp_mid: init.sdp_mid,
+                        sdp_mline_index: init.sdp_m_line_index,
+                        username_fragment: init.username_fragment,
+                    };
+                    if let Err(err) = media.peer.pc.add_ice_candidate(init).await {
+                        tracing::warn!("remote candidate refused: {err}");
+                    }
+                }
+                None
+            }
+            Action::StartMedia => {
+                if let Some(media) = &mut self.media {
+                    let source = match media.echo_frames.take() {
+                        Some(frames) => AudioSource::Echo(frames),
+                        None => AudioSource::Tone(ToneGenerator::new(
+                            self.config.tone_hz,
+                            self.config.tone_level_dbfs,
+                        )),
+                    };
+                    media.tasks.push(tokio::spawn(send_audio(
+                        Arc::clone(&media.peer.audio),
+                        source,
+                        media.shared.clone(),
+                    )));
+                }
+                None
+            }
+        }
+    }
+
+    /// A failed setup step: remembered for the command that ran it, reported to the machine.
+    fn failed(&mut self, detail: String) -> Input {
+        self.setup_error = Some(EngineError::Setup(detail.clone()));
+        Input::ActionFailed { detail }
+    }
+
+    /// Creates and applies a local offer (`Some(ice_restart)`) or answer (`None`).
+    async fn local_description(&mut self, offer: Option<bool>) -> Input {
+        let Some(pc) = self.media.as_ref().map(|m| Arc::clone(&m.peer.pc)) else {
+            return self.failed("no peer connection".into());
+        };
+        let description = match offer {
+            Some(ice_restart) => {
+                let options = ice_restart.then(|| RTCOfferOptions {
+                    ice_restart: true,
+                    ..Default::default()
+                });
+                pc.create_offer(options).await
+            }
+            None => pc.create_answer(None).await,
+        };
+        let description = match description {
+            Ok(description) => description,
+            Err(err) => return self.failed(err.to_string()),
+        };
+        let sdp = description.sdp.clone();
+        if let Err(err) = pc.set_local_description(description).await {
+            return self.failed(err.to_string());
+        }
+        let mid = pc
+            .get_transceivers()
+            .await
+            .first()
+            .and_then(|t| t.mid())
+            .map(|mid| mid.to_string());
+        Input::LocalDescription { sdp, mid }
+    }
+
+    /// Applies a remote description; `refused` starts the failure's text.
+    async fn remote_description(
+        &mut self,
+        description: Result<RTCSessionDescription, webrtc::Error>,
+        refused: &str,
+    ) -> Input {
+        let Some(pc) = self.media.as_ref().map(|m| Arc::clone(&m.peer.pc)) else {
+            return self.failed("no peer connection".into());
+        };
+        let result = match description {
+            Ok(description) => pc.set_remote_description(description).await,
+            Err(err) => Err(err),
+        };
+        match result {
+            Ok(()) => Input::RemoteDescriptionSet,
+            Err(err) => self.failed(format!("{refused}: {err}")),
+        }
+    }
+
+    /// Creates the peer connection, wires its callbacks to the engine and starts reading RTCP.
+    async fn open_peer(&mut self, call_id: String, with_video: bool) -> Result<(), EngineError> {
         let peer = Peer::new(&self.config, with_video)
             .await
             .map_err(|e| EngineError::Setup(e.to_string()))?;
-        let id = call.id.clone();
+        let shared = Shared::default();
         let pc = &peer.pc;
 
-        let (tx, cid) = (self.internal_tx.clone(), id.clone());
+        let (tx, cid) = (self.internal_tx.clone(), call_id.clone());
         pc.on_ice_candidate(Box::new(move |candidate| {
             let _ = tx.send(Internal::LocalCandidate(cid.clone(), candidate));
             Box::pin(async {})
         }));
-        let (tx, cid) = (self.internal_tx.clone(), id.clone());
+        let (tx, cid) = (self.internal_tx.clone(), call_id.clone());
         pc.on_ice_connection_state_change(Box::new(move |state| {
             let _ = tx.send(Internal::Ice(cid.clone(), state));
             Box::pin(async {})
         }));
-        let (tx, cid) = (self.internal_tx.clone(), id.clone());
+        let (tx, cid) = (self.internal_tx.clone(), call_id.clone());
         pc.on_peer_connection_state_change(Box::new(move |state| {
             let _ = tx.send(Internal::Pc(cid.clone(), state));
             Box::pin(async {})
         }));
-        let (tx, cid) = (self.internal_tx.clone(), id.clone());
+        let (tx, cid) = (self.internal_tx.clone(), call_id.clone());
         pc.dtls_transport().on_state_change(Box::new(move |state| {
             let _ = tx.send(Internal::Dtls(cid.clone(), state));
             Box::pin(async {})
         }));
-        let (tx, cid, shared) = (self.internal_tx.clone(), id.clone(), call.shared.clone());
+        let (tx, cid, track_shared) = (self.internal_tx.clone(), call_id, shared.clone());
         pc.on_track(Box::new(move |track, receiver, _transceiver| {
             tokio::spawn(receive_track(
                 track,
                 cid.clone(),
                 tx.clone(),
-                shared.clone(),
+                track_shared.clone(),
             ));
             // Incoming RTCP (the peer's sender reports) only reaches webrtc-rs's interceptors
             // when someone reads it; without this no receiver report carries LSR/DLSR and no
             // round-trip time is ever computed.
-            let shared = shared.clone();
+            let shared = track_shared.clone();
             tokio::spawn(async move {
                 while let Ok((packets, _)) = receiver.read_rtcp().await {
                     let mut figures = lock(&shared);
@@ -578,365 +667,49 @@ impl Actor {
             Box::pin(async {})
         }));
 
+        let mut echo_frames = None;
         if self.config.echo {
             // A second of audio at most waits to be echoed; more is dropped.
             let (tx, rx) = mpsc::channel(50);
-            lock(&call.shared).echo = Some(tx);
-            call.echo_frames = Some(rx);
+            lock(&shared).echo = Some(tx);
+            echo_frames = Some(rx);
         }
-        call.tasks.push(tokio::spawn(read_rtcp(
+        let mut tasks = vec![tokio::spawn(read_rtcp(
             Arc::clone(&peer.audio_sender),
-            Some(call.shared.clone()),
-        )));
+            Some(shared.clone()),
+        ))];
         if let Some((_, sender)) = &peer.video {
-            call.tasks
-                .push(tokio::spawn(read_rtcp(Arc::clone(sender), None)));
+            tasks.push(tokio::spawn(read_rtcp(Arc::clone(sender), None)));
         }
-        call.peer = Some(peer);
-        Ok(())
-    }
-
-    async fn place_call(&mut self, with_video: bool) -> Result<String, EngineError> {
-        if self.call.is_some() {
-            return Err(EngineError::Busy);
-        }
-        let id = new_call_id()?;
-        self.call = Some(Call::new(
-            id.clone(),
-            Role::Caller,
-            with_video,
-            self.config.relay_only,
-        ));
-        if let Err(err) = self.open_peer().await {
-            self.end(EndReason::Failed {
-                detail: err.to_string(),
-            })
-            .await;
-            return Err(err);
-        }
-        match self.make_offer(false).await {
-            Ok(sdp) => {
-                let call = self.call.as_mut().ok_or(EngineError::NoCall)?;
-                call.ringing_until = Some(Instant::now() + self.config.timeouts.ringing);
-                mark(&mut call.timeline.offer_sent_ms, call.started);
-                self.send(CallOffer {
-                    call_id: id.clone(),
-                    sdp,
-                    with_video,
-                })
-                .await;
-                self.set_state(CallState::Outgoing);
-                Ok(id)
-            }
-            Err(detail) => {
-                self.end(EndReason::Failed {
-                    detail: detail.clone(),
-                })
-                .await;
-                Err(EngineError::Setup(detail))
-            }
-        }
-    }
-
-    /// Creates and applies a local offer (an ICE restart with `restart`); returns its SDP.
-    async fn make_offer(&mut self, restart: bool) -> Result<String, String> {
-        let timeout = self.config.timeouts.ice_gathering;
-        let call = self.call.as_mut().ok_or("no call")?;
-        let pc = &call.peer.as_ref().ok_or("no peer connection")?.pc;
-        let options = restart.then(|| RTCOfferOptions {
-            ice_restart: true,
-            ..Default::default()
+        self.media = Some(Media {
+            peer,
+            shared,
+            tasks,
+            echo_frames,
+            selected_pair: None,
         });
-        let offer = pc.create_offer(options).await.map_err(|e| e.to_string())?;
-        let sdp = offer.sdp.clone();
-        pc.set_local_description(offer)
-            .await
-            .map_err(|e| e.to_string())?;
-        call.gathering_until = Some(Instant::now() + timeout);
-        if let Some(mid) = pc.get_transceivers().await.first().and_then(|t| t.mid()) {
-            call.candidate_mid = mid.to_string();
-        }
-        Ok(sdp)
-    }
-
-    async fn accept(&mut self) -> Result<(), EngineError> {
-        match &self.call {
-            Some(call) if call.state == CallState::Incoming => {}
-            Some(_) => return Err(EngineError::NotRinging),
-            None => return Err(EngineError::NoCall),
-        }
-        if let Err(err) = self.open_peer().await {
-            self.send(CallReject {
-                call_id: self.call_id(),
-                reason: None,
-            })
-            .await;
-            self.end(EndReason::Failed {
-                detail: err.to_string(),
-            })
-            .await;
-            return Err(err);
-        }
-        let offer = self
-            .call
-            .as_mut()
-            .and_then(|c| c.remote_offer.take())
-            .unwrap_or_default();
-        match self.answer_offer(offer).await {
-            Ok(()) => {
-                if let Some(call) = &mut self.call {
-                    call.ringing_until = None;
-                }
-                self.set_state(CallState::Connecting);
-                Ok(())
-            }
-            Err(detail) => {
-                self.send(CallHangup {
-                    call_id: self.call_id(),
-                })
-                .await;
-                self.end(EndReason::Failed {
-                    detail: detail.clone(),
-                })
-                .await;
-                Err(EngineError::Setup(detail))
-            }
-        }
-    }
-
-    /// Applies a remote offer, answers it and sends `call_answer`.
-    async fn answer_offer(&mut self, sdp: String) -> Result<(), String> {
-        let timeout = self.config.timeouts.ice_gathering;
-        let call = self.call.as_mut().ok_or("no call")?;
-        let pc = Arc::clone(&call.peer.as_ref().ok_or("no peer connection")?.pc);
-        let offer =
-            RTCSessionDescription::offer(sdp).map_err(|e| format!("remote offer refused: {e}"))?;
-        pc.set_remote_description(offer)
-            .await
-            .map_err(|e| format!("remote offer refused: {e}"))?;
-        call.remote_description_set = true;
-        for candidate in std::mem::take(&mut call.pending_candidates) {
-            if let Err(err) = pc.add_ice_candidate(candidate).await {
-                tracing::warn!("remote candidate refused: {err}");
-            }
-        }
-        let answer = pc.create_answer(None).await.map_err(|e| e.to_string())?;
-        let sdp = answer.sdp.clone();
-        pc.set_local_description(answer)
-            .await
-            .map_err(|e| e.to_string())?;
-        call.gathering_until = Some(Instant::now() + timeout);
-        if let Some(mid) = pc.get_transceivers().await.first().and_then(|t| t.mid()) {
-            call.candidate_mid = mid.to_string();
-        }
-        mark(&mut call.timeline.answer_sent_ms, call.started);
-        let call_id = call.id.clone();
-        self.send(CallAnswer { call_id, sdp }).await;
         Ok(())
     }
 
-    fn call_id(&self) -> String {
-        self.call.as_ref().map(|c| c.id.clone()).unwrap_or_default()
-    }
-
-    async fn decline(&mut self) {
-        self.send(CallReject {
-            call_id: self.call_id(),
-            reason: Some(RejectReason::Declined),
-        })
-        .await;
-        self.end(EndReason::DeclinedLocally).await;
-    }
-
-    async fn hangup(&mut self) {
-        let Some(call) = &self.call else {
-            return;
-        };
-        if call.state == CallState::Incoming {
-            self.decline().await;
-            return;
+    /// The call is over: final report, peer connection closed, state `ended`.
+    async fn finish(&mut self, summary: CallSummary) {
+        let media = self.media.take();
+        let report = build_report(summary, media.as_ref(), &self.config).await;
+        if let Some(mut media) = media {
+            for task in media.tasks.drain(..) {
+                task.abort();
+            }
+            media.peer.close().await;
         }
-        self.send(CallHangup {
-            call_id: call.id.clone(),
-        })
-        .await;
-        self.end(EndReason::HangupLocal).await;
-    }
-
-    /// Ends the active call: final report, peer connection closed, state `ended`, engine idle.
-    async fn end(&mut self, reason: EndReason) {
-        let Some(mut call) = self.call.take() else {
-            return;
-        };
-        mark(&mut call.timeline.ended_ms, call.started);
-        let report = call.report(reason, &self.config).await;
-        for task in call.tasks.drain(..) {
-            task.abort();
-        }
-        if let Some(peer) = &call.peer {
-            peer.close().await;
-        }
-        tracing::info!(call_id = %call.id, "call ended: {}", report.end.describe());
+        tracing::info!(call_id = %report.call_id, "call ended: {}", report.end.describe());
         self.emit(CallEvent::State {
-            call_id: call.id.clone(),
+            call_id: report.call_id.clone(),
             state: CallState::Ended,
         });
         self.emit(CallEvent::Ended(Box::new(report)));
     }
 
-    async fn signal(&mut self, payload: CallPayload) {
-        if let Err(err) = payload.validate() {
-            tracing::warn!("ignoring an invalid {}: {err}", payload.kind().type_name());
-            return;
-        }
-        let ours = self
-            .call
-            .as_ref()
-            .is_some_and(|c| c.id.eq_ignore_ascii_case(payload.call_id()));
-        match payload {
-            CallPayload::Offer(offer) => self.on_offer(offer, ours).await,
-            _ if !ours => {
-                tracing::debug!("ignoring a {} for another call", payload.kind().type_name());
-            }
-            CallPayload::Answer(answer) => self.on_answer(answer).await,
-            CallPayload::Reject(reject) => {
-                self.end(EndReason::RejectedByRemote {
-                    reason: reject.reason,
-                })
-                .await;
-            }
-            CallPayload::Hangup(_) => self.end(EndReason::HangupRemote).await,
-            CallPayload::Ice(ice) => self.on_remote_candidate(ice).await,
-        }
-    }
-
-    async fn on_offer(&mut self, offer: CallOffer, ours: bool) {
-        if ours {
-            // A renegotiation (ICE restart) of the active call, from the caller.
-            let is_callee_with_peer = self
-                .call
-                .as_ref()
-                .is_some_and(|c| c.role == Role::Callee && c.peer.is_some());
-            if is_callee_with_peer {
-                if let Err(detail) = self.answer_offer(offer.sdp).await {
-                    tracing::warn!("restart offer refused: {detail}");
-                }
-            }
-            return;
-        }
-        if self.call.is_some() {
-            self.send(CallReject {
-                call_id: offer.call_id.clone(),
-                reason: Some(RejectReason::Busy),
-            })
-            .await;
-            self.emit(CallEvent::RejectedBusy {
-                call_id: offer.call_id,
-            });
-            return;
-        }
-        let mut call = Call::new(
-            offer.call_id.clone(),
-            Role::Callee,
-            offer.with_video,
-            self.config.relay_only,
-        );
-        mark(&mut call.timeline.offer_received_ms, call.started);
-        call.remote_offer = Some(offer.sdp);
-        call.ringing_until = Some(Instant::now() + self.config.timeouts.ringing);
-        self.call = Some(call);
-        self.set_state(CallState::Incoming);
-        self.emit(CallEvent::Incoming {
-            call_id: offer.call_id,
-            with_video: offer.with_video,
-        });
-        match self.config.answer_policy {
-            AnswerPolicy::Manual => {}
-            AnswerPolicy::Accept => {
-                if let Err(err) = self.accept().await {
-                    tracing::warn!("could not accept the call: {err}");
-                }
-            }
-            AnswerPolicy::Decline => self.decline().await,
-        }
-    }
-
-    async fn on_answer(&mut self, answer: CallAnswer) {
-        let Some(call) = &self.call else {
-            return;
-        };
-        if call.role != Role::Caller {
-            return;
-        }
-        let Some(peer) = &call.peer else {
-            return;
-        };
-        let pc = Arc::clone(&peer.pc);
-        if pc.signaling_state() != RTCSignalingState::HaveLocalOffer {
-            // A repeated answer (a relay that delivers twice): nothing is waiting for it.
-            tracing::debug!("ignoring a call_answer with no offer outstanding");
-            return;
-        }
-        let call_id = call.id.clone();
-        let result = match RTCSessionDescription::answer(answer.sdp) {
-            Ok(desc) => pc.set_remote_description(desc).await,
-            Err(err) => Err(err),
-        };
-        if let Err(err) = result {
-            self.send(CallHangup { call_id }).await;
-            self.end(EndReason::Failed {
-                detail: format!("remote answer refused: {err}"),
-            })
-            .await;
-            return;
-        }
-        let Some(call) = &mut self.call else {
-            return;
-        };
-        call.remote_description_set = true;
-        for candidate in std::mem::take(&mut call.pending_candidates) {
-            if let Err(err) = pc.add_ice_candidate(candidate).await {
-                tracing::warn!("remote candidate refused: {err}");
-            }
-        }
-        if call.state == CallState::Outgoing {
-            mark(&mut call.timeline.answer_received_ms, call.started);
-            call.ringing_until = None;
-            self.set_state(CallState::Connecting);
-        }
-    }
-
-    async fn on_remote_candidate(&mut self, ice: CallIce) {
-        let Some(call) = &mut self.call else {
-            return;
-        };
-        let init = match ice.candidate_init() {
-            Ok(init) => init,
-            Err(err) => {
-                tracing::warn!("ignoring a call_ice: {err}");
-                return;
-            }
-        };
-        if init.candidate.is_empty() {
-            return; // end of candidates
-        }
-        call.ice.remote_candidates += 1;
-        let init = RTCIceCandidateInit {
-            candidate: init.candidate,
-            sdp_mid: init.sdp_mid,
-            sdp_mline_index: init.sdp_m_line_index,
-            username_fragment: init.username_fragment,
-        };
-        match &call.peer {
-            Some(peer) if call.remote_description_set => {
-                if let Err(err) = peer.pc.add_ice_candidate(init).await {
-                    tracing::warn!("remote candidate refused: {err}");
-                }
-            }
-            _ => call.pending_candidates.push(init),
-        }
-    }
-
+    /// Turns a peer connection event of the active call into the machine's input.
     async fn internal(&mut self, event: Internal) {
         let event_call = match &event {
             Internal::LocalCandidate(id, _)
@@ -944,223 +717,62 @@ impl Actor {
             | Internal::Pc(id, _)
             | Internal::Dtls(id, _)
             | Internal::FirstRtp(id)
-            | Internal::Tone(id, _) => id.clone(),
+            | Internal::Tone(id, _) => id.as_str(),
         };
-        let Some(call) = &mut self.call else {
-            return;
-        };
-        if call.id != event_call {
+        if self.machine.call_id() != Some(event_call) {
             return; // from a call that already ended
         }
-        let id = call.id.clone();
-        match event {
-            Internal::LocalCandidate(_, Some(candidate)) => {
-                call.ice.local_candidates += 1;
-                if candidate.typ == RTCIceCandidateType::Relay {
-                    call.ice.local_relays.push(candidate.related_port);
-                }
-                match candidate.to_json() {
-                    Ok(init) => {
-                        let wire = IceCandidateInit::new(
-                            init.candidate,
-                            Some(call.candidate_mid.clone()),
-                            Some(0),
-                        );
-                        self.send(CallIce::new(id, &wire)).await;
-                    }
-                    Err(err) => tracing::warn!("could not serialise a local candidate: {err}"),
-                }
-            }
-            Internal::LocalCandidate(_, None) => {
-                mark(&mut call.timeline.ice_gathering_complete_ms, call.started);
-                call.gathering_until = None;
-            }
-            Internal::Ice(_, state) => self.on_ice_state(state).await,
-            Internal::Pc(_, RTCPeerConnectionState::Connected) => {
-                if call.timeline.connected_ms.is_none() {
-                    // Media starts once ICE and DTLS are up: samples written earlier would be
-                    // counted by webrtc-rs's outbound stats but never reach the wire.
-                    if let Some(peer) = &call.peer {
-                        let source = match call.echo_frames.take() {
-                            Some(frames) => AudioSource::Echo(frames),
-                            None => AudioSource::Tone(ToneGenerator::new(
-                                self.config.tone_hz,
-                                self.config.tone_level_dbfs,
-                            )),
-                        };
-                        call.tasks.push(tokio::spawn(send_audio(
-                            Arc::clone(&peer.audio),
-                            source,
-                            call.shared.clone(),
-                        )));
-                    }
-                }
-                mark(&mut call.timeline.connected_ms, call.started);
-                if call.reconnect_until.is_none() {
-                    self.set_state(CallState::Connected);
-                }
-            }
-            Internal::Pc(_, _) => {}
-            Internal::Dtls(_, RTCDtlsTransportState::Connected) => {
-                mark(&mut call.timeline.dtls_connected_ms, call.started);
-                self.emit(CallEvent::DtlsConnected { call_id: id });
-            }
-            Internal::Dtls(_, RTCDtlsTransportState::Failed) => {
-                self.send(CallHangup { call_id: id }).await;
-                self.end(EndReason::Failed {
-                    detail: "DTLS handshake failed".into(),
-                })
-                .await;
-            }
-            Internal::Dtls(_, _) => {}
-            Internal::FirstRtp(_) => {
-                mark(&mut call.timeline.first_rtp_ms, call.started);
-                self.emit(CallEvent::FirstRtp { call_id: id });
-            }
-            Internal::Tone(_, reading) => {
-                mark(&mut call.timeline.tone_detected_ms, call.started);
-                self.emit(CallEvent::ToneDetected {
-                    call_id: id,
-                    reading,
-                });
-            }
-        }
-    }
-
-    async fn on_ice_state(&mut self, state: RTCIceConnectionState) {
-        let reconnect = self.config.timeouts.reconnect;
-        let Some(call) = &mut self.call else {
-            return;
-        };
-        let id = call.id.clone();
-        match state {
-            RTCIceConnectionState::Connected | RTCIceConnectionState::Completed => {
-                let first = call.timeline.ice_connected_ms.is_none();
-                mark(&mut call.timeline.ice_connected_ms, call.started);
-                if let Some(peer) = &call.peer {
-                    if let Some(pair) = peer
-                        .pc
-                        .dtls_transport()
-                        .ice_transport()
-                        .get_selected_candidate_pair()
-                        .await
-                    {
-                        call.ice.selected_pair = Some(candidate_pair(&pair.local, &pair.remote));
-                    }
-                }
-                let reconnected = call.reconnect_until.take().is_some();
-                if reconnected {
-                    call.ice.reconnects += 1;
-                }
-                if first {
-                    self.emit(CallEvent::IceConnected {
-                        call_id: id.clone(),
-                    });
-                }
-                if reconnected {
-                    self.set_state(CallState::Connected);
-                    self.emit(CallEvent::Reconnected { call_id: id });
-                }
-            }
-            RTCIceConnectionState::Disconnected | RTCIceConnectionState::Failed => {
-                let was_up =
-                    matches!(call.state, CallState::Connected) || call.reconnect_until.is_some();
-                if !was_up {
-                    if state == RTCIceConnectionState::Failed {
-                        self.send(CallHangup { call_id: id }).await;
-                        self.end(EndReason::Failed {
-                            detail: "ICE failed before the call connected".into(),
-                        })
-                        .await;
-                    }
+        let input = match event {
+            Internal::LocalCandidate(_, Some(candidate)) => match candidate.to_json() {
+                Ok(init) => Input::LocalCandidate {
+                    candidate: init.candidate,
+                    relay_related_port: (candidate.typ == RTCIceCandidateType::Relay)
+                        .then_some(candidate.related_port),
+                },
+                Err(err) => {
+                    tracing::warn!("could not serialise a local candidate: {err}");
                     return;
                 }
-                let opening = call.reconnect_until.is_none();
-                if opening {
-                    call.reconnect_until = Some(Instant::now() + reconnect);
-                    self.set_state(CallState::Connecting);
-                    self.emit(CallEvent::Reconnecting {
-                        call_id: id.clone(),
-                    });
+            },
+            Internal::LocalCandidate(_, None) => Input::GatheringComplete,
+            Internal::Ice(
+                _,
+                RTCIceConnectionState::Connected | RTCIceConnectionState::Completed,
+            ) => {
+                if let Some(media) = &mut self.media {
+                    if let Some(pair) = media.current_pair().await {
+                        media.selected_pair = Some(pair);
+                    }
                 }
-                let is_caller = self.call.as_ref().is_some_and(|c| c.role == Role::Caller);
-                // The caller restarts ICE when the window opens and again if ICE fails in it.
-                if is_caller && (opening || state == RTCIceConnectionState::Failed) {
-                    self.restart_ice().await;
-                }
+                Input::Ice(IceConnection::Connected)
             }
-            _ => {}
-        }
-    }
-
-    async fn restart_ice(&mut self) {
-        match self.make_offer(true).await {
-            Ok(sdp) => {
-                let Some(call) = &mut self.call else {
-                    return;
-                };
-                call.ice.ice_restarts += 1;
-                let offer = CallOffer {
-                    call_id: call.id.clone(),
-                    sdp,
-                    with_video: call.with_video,
-                };
-                self.send(offer).await;
+            Internal::Ice(_, RTCIceConnectionState::Disconnected) => {
+                Input::Ice(IceConnection::Disconnected)
             }
-            Err(detail) => tracing::warn!("ICE restart failed: {detail}"),
-        }
-    }
-
-    async fn timeout(&mut self) {
-        let now = Instant::now();
-        let Some(call) = &mut self.call else {
-            return;
+            Internal::Ice(_, RTCIceConnectionState::Failed) => Input::Ice(IceConnection::Failed),
+            Internal::Ice(_, _) => return,
+            Internal::Pc(_, RTCPeerConnectionState::Connected) => Input::PeerConnected,
+            Internal::Pc(_, _) => return,
+            Internal::Dtls(_, RTCDtlsTransportState::Connected) => Input::DtlsConnected,
+            Internal::Dtls(_, RTCDtlsTransportState::Failed) => Input::DtlsFailed,
+            Internal::Dtls(_, _) => return,
+            Internal::FirstRtp(_) => Input::FirstRtp,
+            Internal::Tone(_, reading) => Input::Tone(reading),
         };
-        let id = call.id.clone();
-        if call.ringing_until.is_some_and(|t| t <= now) {
-            call.ringing_until = None;
-            self.send(CallReject {
-                call_id: id,
-                reason: Some(RejectReason::Timeout),
-            })
-            .await;
-            self.end(EndReason::RingingTimeout).await;
-            return;
-        }
-        if call.gathering_until.is_some_and(|t| t <= now) {
-            call.gathering_until = None;
-            if call.ice.local_candidates == 0 {
-                self.send(CallHangup { call_id: id }).await;
-                self.end(EndReason::IceGatheringTimeout).await;
-            } else {
-                call.ice.gathering_timed_out = true;
-            }
-            return;
-        }
-        if call.reconnect_until.is_some_and(|t| t <= now) {
-            call.reconnect_until = None;
-            self.send(CallHangup { call_id: id }).await;
-            self.end(EndReason::ReconnectTimeout).await;
-        }
+        let _ = self.feed(input).await;
     }
 
     async fn poll_stats(&mut self) {
-        let Some(call) = &mut self.call else {
-            return;
-        };
-        if call.rtt_announced {
+        if !self.machine.wants_rtt() {
             return;
         }
-        let Some(peer) = &call.peer else {
+        let Some(media) = &self.media else {
             return;
         };
         let mut figures = RtpFigures::default();
-        figures.apply_stats(&peer.pc.get_stats().await);
+        figures.apply_stats(&media.peer.pc.get_stats().await);
         if let Some(rtt_ms) = figures.rtt_ms {
-            call.rtt_announced = true;
-            mark(&mut call.timeline.first_rtt_ms, call.started);
-            let call_id = call.id.clone();
-            self.emit(CallEvent::RttAvailable { call_id, rtt_ms });
+            let _ = self.feed(Input::Rtt(rtt_ms)).await;
         }
     }
 }

@@ -1,7 +1,8 @@
 //! call-probe: a WebRTC audio call engine (webrtc-rs, Opus over DTLS-SRTP) driven by Zajel's
 //! call messages, with a report of everything a call learnt.
 //!
-//! - [`call`]: the engine and its state machine ([`call::CallEngine`]).
+//! - [`call`]: the engine ([`call::CallEngine`]), a tokio/webrtc-rs driver of the call rules,
+//!   which live sans-IO in [`call::machine`] ([`call::machine::CallMachine`]).
 //! - [`config`]: ICE servers, policy, address filters, timeouts, tone.
 //! - [`peer`]: the webrtc-rs peer connection setup.
 //! - [`media`]: tone, Opus, Goertzel detection, receive-side RTP figures.

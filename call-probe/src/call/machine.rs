@@ -1,0 +1,1865 @@
+//! The call rules as a sans-IO state machine: [`CallMachine`] holds at most one call and owns
+//! its state (reference §3: idle, outgoing, incoming, connecting, connected, ended), its
+//! deadlines, its timeline and its ICE counters. It reads no clock and touches no socket:
+//! the driver ([`super::CallEngine`]'s actor) feeds it [`Input`]s with the time they happened
+//! ([`CallMachine::handle`]), carries out what [`CallMachine::poll_output`] asks (payloads to
+//! send, [`Action`]s on the peer connection, [`CallEvent`]s, the end of a call) and feeds
+//! each action's result back at once, and calls again with [`Input::Timeout`] at
+//! [`CallMachine::poll_timeout`]. An action that needs a result is always the last output of
+//! the input that asked for it, so results never overtake what came before them.
+//!
+//! Rules (each has a unit test below, named after it):
+//! 1. Placing a call while a call is active is refused ([`EngineError::Busy`]).
+//! 2. An offer with another `callId` while a call is active (in any state) gets `call_reject`
+//!    reason `busy` and a [`CallEvent::RejectedBusy`]; the active call is untouched.
+//! 3. An offer with the active call's `callId` is a renegotiation, never a new call: a callee
+//!    whose peer exists applies it and answers with `call_answer` (same `callId`, state
+//!    unchanged); a caller, or a callee still ringing, ignores it.
+//! 4. Ringing (outgoing or incoming) stops after the ringing timeout with `call_reject` reason
+//!    `timeout`, on either side ([`EndReason::RingingTimeout`]).
+//! 5. When the ICE gathering timeout passes with no local candidate the call fails
+//!    (`call_hangup`, [`EndReason::IceGatheringTimeout`]); with candidates it goes on and the
+//!    report notes that gathering timed out. The timer runs from each local description.
+//! 6. ICE `disconnected`/`failed` on a call that was up sends it back to `connecting` and opens
+//!    the reconnect window ([`CallEvent::Reconnecting`]); the caller restarts ICE (a new
+//!    `call_offer` with the same `callId`, answered by `call_answer`) when the window opens and
+//!    again each time ICE fails in it; the callee never does. ICE connected again within the
+//!    window brings back `connected` ([`CallEvent::Reconnected`], a reconnect counted).
+//! 7. When the reconnect window closes the call ends (`call_hangup`,
+//!    [`EndReason::ReconnectTimeout`]).
+//! 8. ICE `failed` before the call was ever up ends it (`call_hangup`, failed); a
+//!    `disconnected` then is left to ICE.
+//! 9. Hangup: no call → [`EngineError::NoCall`]; an incoming call is declined instead; from
+//!    outgoing, connecting or connected it sends `call_hangup` ([`EndReason::HangupLocal`]).
+//! 10. Decline and accept only while an incoming call rings ([`EngineError::NotRinging`],
+//!     [`EngineError::NoCall`] otherwise); decline sends `call_reject` reason `declined`.
+//!     The answer policy accepts or declines at once.
+//! 11. A remote `call_hangup` or `call_reject` of the active call ends it
+//!     ([`EndReason::HangupRemote`], [`EndReason::RejectedByRemote`] with its reason).
+//! 12. Payloads that fail validation, and answers, rejects, hangups and candidates for a
+//!     `callId` other than the active call's (or with no call), are ignored: nothing is sent.
+//!     `callId`s compare case-insensitively.
+//! 13. A `call_answer` is applied only while our offer is outstanding (a relay that delivers
+//!     twice cannot apply it twice), and only by the caller.
+//! 14. Remote candidates that arrive before the remote description wait and are added, in
+//!     order, once it is set; an empty candidate (end of candidates) is not counted.
+//! 15. Each local candidate trickles out as `call_ice` with the media section's mid.
+//! 16. A setup step that fails ends the call as failed: the caller's peer or offer (nothing
+//!     sent), the callee's peer (`call_reject` without reason), the remote offer or the answer
+//!     (`call_hangup`), the remote answer (`call_hangup`); a failed ICE-restart offer or
+//!     renegotiation is only logged. DTLS `failed` ends the call (`call_hangup`).
+//! 17. The peer connection's first `connected` starts the media once; it moves the call to
+//!     `connected` unless the reconnect window is open (ICE decides then).
+//! 18. The timeline counts milliseconds from the call's start on this side (placing it, or the
+//!     offer's arrival); each moment is kept the first time only; the first RTT is announced
+//!     once.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use zajel_wire::call::{
+    CallAnswer, CallHangup, CallIce, CallOffer, CallPayload, CallReject, CallState,
+    IceCandidateInit, RejectReason,
+};
+
+use super::{CallEvent, EngineError};
+use crate::config::{AnswerPolicy, CallConfig, CallTimeouts};
+use crate::media::ToneReading;
+use crate::report::{EndReason, IceReport, Role};
+use crate::stats::Timeline;
+
+/// What the machine needs to know of the engine's configuration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MachineConfig {
+    /// Ringing, ICE gathering and reconnect timeouts (the ICE ones are webrtc-rs's business).
+    pub timeouts: CallTimeouts,
+    pub answer_policy: AnswerPolicy,
+    /// Offer or accept video when a call asks for it.
+    pub allow_video: bool,
+    /// Reported in [`IceReport::relay_only`].
+    pub relay_only: bool,
+}
+
+impl From<&CallConfig> for MachineConfig {
+    fn from(config: &CallConfig) -> Self {
+        Self {
+            timeouts: config.timeouts,
+            answer_policy: config.answer_policy,
+            allow_video: config.allow_video,
+            relay_only: config.relay_only,
+        }
+    }
+}
+
+/// The ICE connection states the rules care about (`completed` counts as connected).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IceConnection {
+    Connected,
+    Disconnected,
+    Failed,
+}
+
+/// What happens to the machine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// Command: place a call with this (fresh, UUID v4) id.
+    PlaceCall {
+        call_id: String,
+        with_video: bool,
+    },
+    /// Command: accept the ringing call.
+    Accept,
+    /// Command: decline the ringing call.
+    Decline,
+    /// Command: hang up (cancel, or decline an incoming call).
+    Hangup,
+    /// A call payload addressed to this side, not yet validated.
+    Signal(CallPayload),
+    /// A deadline from [`CallMachine::poll_timeout`] may have passed.
+    Timeout,
+    /// [`Action::CreatePeer`] succeeded.
+    PeerCreated,
+    /// [`Action::CreateOffer`] or [`Action::CreateAnswer`] succeeded: the local description
+    /// is set; `mid` is the first media section's.
+    LocalDescription {
+        sdp: String,
+        mid: Option<String>,
+    },
+    /// [`Action::SetRemoteOffer`] or [`Action::SetRemoteAnswer`] succeeded.
+    RemoteDescriptionSet,
+    /// The last action that needed a result failed.
+    ActionFailed {
+        detail: String,
+    },
+    /// ICE gathered a local candidate (`candidate` is its SDP attribute value);
+    /// `relay_related_port` is set for relay candidates.
+    LocalCandidate {
+        candidate: String,
+        relay_related_port: Option<u16>,
+    },
+    /// ICE gathering finished.
+    GatheringComplete,
+    /// The ICE connection state changed.
+    Ice(IceConnection),
+    /// The peer connection reached `connected` (ICE and DTLS up).
+    PeerConnected,
+    DtlsConnected,
+    DtlsFailed,
+    /// The first RTP packet arrived.
+    FirstRtp,
+    /// The incoming audio carries a stable tone.
+    Tone(ToneReading),
+    /// The statistics give an RTCP round-trip time.
+    Rtt(f64),
+}
+
+/// What the driver does to the peer connection. Those marked "→" need their result fed back
+/// at once ([`Input::ActionFailed`] on failure).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// → [`Input::PeerCreated`]: create the peer connection (with a video track when asked)
+    /// and report its events tagged with `call_id`.
+    CreatePeer { call_id: String, with_video: bool },
+    /// → [`Input::LocalDescription`]: create an offer (restarting ICE when asked) and set it.
+    CreateOffer { ice_restart: bool },
+    /// → [`Input::RemoteDescriptionSet`].
+    SetRemoteOffer { sdp: String },
+    /// → [`Input::LocalDescription`]: create an answer and set it.
+    CreateAnswer,
+    /// → [`Input::RemoteDescriptionSet`].
+    SetRemoteAnswer { sdp: String },
+    /// Add a remote candidate (a refusal is only logged).
+    AddRemoteCandidate(IceCandidateInit),
+    /// Start sending audio.
+    StartMedia,
+}
+
+/// The end of a call, for the driver to turn into a report and close the peer connection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallSummary {
+    pub call_id: String,
+    pub role: Role,
+    pub with_video: bool,
+    pub end: EndReason,
+    pub timeline: Timeline,
+    /// Counters; `selected_pair` is the driver's to fill.
+    pub ice: IceReport,
+}
+
+/// What the machine asks for, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Send this payload to the other side.
+    Send(CallPayload),
+    Do(Action),
+    /// Announce this (never [`CallEvent::Ended`]: see [`Output::Ended`]).
+    Event(CallEvent),
+    /// The call is over and the machine idle: build the report, close the peer connection,
+    /// announce `ended` and the report.
+    Ended(Box<CallSummary>),
+}
+
+/// The setup step whose result the machine waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Peer,
+    Offer { restart: bool },
+    RemoteOffer { renegotiation: bool },
+    Answer { renegotiation: bool },
+    RemoteAnswer,
+}
+
+#[derive(Debug)]
+struct Call {
+    id: String,
+    role: Role,
+    /// `idle` while the caller's peer and offer are being made.
+    state: CallState,
+    with_video: bool,
+    started: Instant,
+    timeline: Timeline,
+    ice: IceReport,
+    peer_ready: bool,
+    pending: Option<Step>,
+    remote_offer: Option<String>,
+    remote_description_set: bool,
+    /// Our offer awaits its answer (webrtc's `have-local-offer`).
+    offer_outstanding: bool,
+    pending_candidates: Vec<IceCandidateInit>,
+    candidate_mid: String,
+    ringing_until: Option<Instant>,
+    gathering_until: Option<Instant>,
+    reconnect_until: Option<Instant>,
+    rtt_announced: bool,
+}
+
+impl Call {
+    fn new(id: String, role: Role, with_video: bool, relay_only: bool, now: Instant) -> Self {
+        Self {
+            id,
+            role,
+            state: CallState::Idle,
+            with_video,
+            started: now,
+            timeline: Timeline::default(),
+            ice: IceReport {
+                relay_only,
+                ..IceReport::default()
+            },
+            peer_ready: false,
+            pending: None,
+            remote_offer: None,
+            remote_description_set: false,
+            offer_outstanding: false,
+            pending_candidates: Vec::new(),
+            candidate_mid: "0".into(),
+            ringing_until: None,
+            gathering_until: None,
+            reconnect_until: None,
+            rtt_announced: false,
+        }
+    }
+
+    fn summary(&self, end: EndReason) -> CallSummary {
+        CallSummary {
+            call_id: self.id.clone(),
+            role: self.role,
+            with_video: self.with_video,
+            end,
+            timeline: self.timeline,
+            ice: self.ice.clone(),
+        }
+    }
+}
+
+/// Sets `slot` to the ms from `started` to `now` unless it is already set.
+fn mark(slot: &mut Option<f64>, started: Instant, now: Instant) {
+    if slot.is_none() {
+        *slot = Some(now.saturating_duration_since(started).as_secs_f64() * 1000.0);
+    }
+}
+
+/// The call rules of one phone; see the module header.
+#[derive(Debug)]
+pub struct CallMachine {
+    config: MachineConfig,
+    call: Option<Call>,
+    outputs: VecDeque<Output>,
+}
+
+impl CallMachine {
+    pub fn new(config: MachineConfig) -> Self {
+        Self {
+            config,
+            call: None,
+            outputs: VecDeque::new(),
+        }
+    }
+
+    /// The active call's id and state (`idle` with no call).
+    pub fn state(&self) -> (Option<String>, CallState) {
+        match &self.call {
+            Some(call) => (Some(call.id.clone()), call.state),
+            None => (None, CallState::Idle),
+        }
+    }
+
+    /// The active call's id.
+    pub fn call_id(&self) -> Option<&str> {
+        self.call.as_ref().map(|call| call.id.as_str())
+    }
+
+    /// Whether the driver should read the statistics for the first RTT: connected, and not
+    /// yet announced.
+    pub fn wants_rtt(&self) -> bool {
+        self.call
+            .as_ref()
+            .is_some_and(|c| c.state == CallState::Connected && !c.rtt_announced)
+    }
+
+    /// The active call as a summary ending [`EndReason::InProgress`].
+    pub fn snapshot(&self) -> Option<CallSummary> {
+        self.call.as_ref().map(|c| c.summary(EndReason::InProgress))
+    }
+
+    /// The next output, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// The earliest deadline of the active call (ringing, gathering, reconnect window).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let call = self.call.as_ref()?;
+        [
+            call.ringing_until,
+            call.gathering_until,
+            call.reconnect_until,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Applies one input at `now`. Commands that are refused return why; everything else
+    /// returns `Ok`.
+    pub fn handle(&mut self, now: Instant, input: Input) -> Result<(), EngineError> {
+        match input {
+            Input::PlaceCall {
+                call_id,
+                with_video,
+            } => return self.place_call(now, call_id, with_video),
+            Input::Accept => {
+                self.ringing()?;
+                self.accept();
+            }
+            Input::Decline => {
+                self.ringing()?;
+                self.decline(now);
+            }
+            Input::Hangup => {
+                if self.call.is_none() {
+                    return Err(EngineError::NoCall);
+                }
+                self.hangup(now);
+            }
+            Input::Signal(payload) => self.signal(now, payload),
+            Input::Timeout => self.timeout(now),
+            Input::PeerCreated => self.peer_created(),
+            Input::LocalDescription { sdp, mid } => self.local_description(now, sdp, mid),
+            Input::RemoteDescriptionSet => self.remote_description_set(now),
+            Input::ActionFailed { detail } => self.action_failed(now, detail),
+            Input::LocalCandidate {
+                candidate,
+                relay_related_port,
+            } => self.local_candidate(candidate, relay_related_port),
+            Input::GatheringComplete => {
+                if let Some(call) = &mut self.call {
+                    mark(
+                        &mut call.timeline.ice_gathering_complete_ms,
+                        call.started,
+                        now,
+                    );
+                    call.gathering_until = None;
+                }
+            }
+            Input::Ice(state) => self.ice(now, state),
+            Input::PeerConnected => self.peer_connected(now),
+            Input::DtlsConnected => {
+                if let Some(call) = &mut self.call {
+                    mark(&mut call.timeline.dtls_connected_ms, call.started, now);
+                    let call_id = call.id.clone();
+                    self.emit(CallEvent::DtlsConnected { call_id });
+                }
+            }
+            Input::DtlsFailed => {
+                if let Some(call) = &self.call {
+                    self.send(CallHangup {
+                        call_id: call.id.clone(),
+                    });
+                    self.end(
+                        now,
+                        EndReason::Failed {
+                            detail: "DTLS handshake failed".into(),
+                        },
+                    );
+                }
+            }
+            Input::FirstRtp => {
+                if let Some(call) = &mut self.call {
+                    mark(&mut call.timeline.first_rtp_ms, call.started, now);
+                    let call_id = call.id.clone();
+                    self.emit(CallEvent::FirstRtp { call_id });
+                }
+            }
+            Input::Tone(reading) => {
+                if let Some(call) = &mut self.call {
+                    mark(&mut call.timeline.tone_detected_ms, call.started, now);
+                    let call_id = call.id.clone();
+                    self.emit(CallEvent::ToneDetected { call_id, reading });
+                }
+            }
+            Input::Rtt(rtt_ms) => {
+                if let Some(call) = self.call.as_mut().filter(|c| !c.rtt_announced) {
+                    call.rtt_announced = true;
+                    mark(&mut call.timeline.first_rtt_ms, call.started, now);
+                    let call_id = call.id.clone();
+                    self.emit(CallEvent::RttAvailable { call_id, rtt_ms });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, event: CallEvent) {
+        self.outputs.push_back(Output::Event(event));
+    }
+
+    fn send(&mut self, payload: impl Into<CallPayload>) {
+        self.outputs.push_back(Output::Send(payload.into()));
+    }
+
+    fn act(&mut self, step: Option<Step>, action: Action) {
+        if let (Some(step), Some(call)) = (step, &mut self.call) {
+            call.pending = Some(step);
+        }
+        self.outputs.push_back(Output::Do(action));
+    }
+
+    fn set_state(&mut self, state: CallState) {
+        if let Some(call) = &mut self.call {
+            if call.state != state {
+                call.state = state;
+                let call_id = call.id.clone();
+                self.emit(CallEvent::State { call_id, state });
+            }
+        }
+    }
+
+    /// Ends the active call: the machine is idle again.
+    fn end(&mut self, now: Instant, reason: EndReason) {
+        let Some(mut call) = self.call.take() else {
+            return;
+        };
+        mark(&mut call.timeline.ended_ms, call.started, now);
+        self.outputs
+            .push_back(Output::Ended(Box::new(call.summary(reason))));
+    }
+
+    fn ringing(&self) -> Result<(), EngineError> {
+        match &self.call {
+            Some(call) if call.state == CallState::Incoming => Ok(()),
+            Some(_) => Err(EngineError::NotRinging),
+            None => Err(EngineError::NoCall),
+        }
+    }
+
+    fn create_peer(&mut self) {
+        let Some(call) = &self.call else {
+            return;
+        };
+        let action = Action::CreatePeer {
+            call_id: call.id.clone(),
+            with_video: call.with_video && self.config.allow_video,
+        };
+        self.act(Some(Step::Peer), action);
+    }
+
+    fn place_call(
+        &mut self,
+        now: Instant,
+        call_id: String,
+        with_video: bool,
+    ) -> Result<(), EngineError> {
+        if self.call.is_some() {
+            return Err(EngineError::Busy);
+        }
+        let relay_only = self.config.relay_only;
+        self.call = Some(Call::new(
+            call_id,
+            Role::Caller,
+            with_video,
+            relay_only,
+            now,
+        ));
+        self.create_peer();
+        Ok(())
+    }
+
+    fn accept(&mut self) {
+        self.create_peer();
+    }
+
+    fn decline(&mut self, now: Instant) {
+        let Some(call) = &self.call else {
+            return;
+        };
+        self.send(CallReject {
+            call_id: call.id.clone(),
+            reason: Some(RejectReason::Declined),
+        });
+        self.end(now, EndReason::DeclinedLocally);
+    }
+
+    fn hangup(&mut self, now: Instant) {
+        let Some(call) = &self.call else {
+            return;
+        };
+        if call.state == CallState::Incoming {
+            self.decline(now);
+            return;
+        }
+        self.send(CallHangup {
+            call_id: call.id.clone(),
+        });
+        self.end(now, EndReason::HangupLocal);
+    }
+
+    fn peer_created(&mut self) {
+        let Some(call) = self.call.as_mut().filter(|c| c.pending == Some(Step::Peer)) else {
+            return;
+        };
+        call.pending = None;
+        call.peer_ready = true;
+        match call.role {
+            Role::Caller => self.act(
+                Some(Step::Offer { restart: false }),
+                Action::CreateOffer { ice_restart: false },
+            ),
+            Role::Callee => {
+                let sdp = call.remote_offer.take().unwrap_or_default();
+                self.act(
+                    Some(Step::RemoteOffer {
+                        renegotiation: false,
+                    }),
+                    Action::SetRemoteOffer { sdp },
+                );
+            }
+        }
+    }
+
+    fn local_description(&mut self, now: Instant, sdp: String, mid: Option<String>) {
+        let gathering = self.config.timeouts.ice_gathering;
+        let ringing = self.config.timeouts.ringing;
+        let Some(call) = &mut self.call else {
+            return;
+        };
+        let step = call.pending;
+        if !matches!(step, Some(Step::Offer { .. } | Step::Answer { .. })) {
+            return;
+        }
+        call.pending = None;
+        call.gathering_until = Some(now + gathering);
+        if let Some(mid) = mid {
+            call.candidate_mid = mid;
+        }
+        let call_id = call.id.clone();
+        match step {
+            Some(Step::Offer { restart }) => {
+                call.offer_outstanding = true;
+                let with_video = call.with_video;
+                if restart {
+                    call.ice.ice_restarts += 1;
+                } else {
+                    call.ringing_until = Some(now + ringing);
+                    mark(&mut call.timeline.offer_sent_ms, call.started, now);
+                }
+                self.send(CallOffer {
+                    call_id,
+                    sdp,
+                    with_video,
+                });
+                if !restart {
+                    self.set_state(CallState::Outgoing);
+                }
+            }
+            Some(Step::Answer { renegotiation }) => {
+                mark(&mut call.timeline.answer_sent_ms, call.started, now);
+                if !renegotiation {
+                    call.ringing_until = None;
+                }
+                self.send(CallAnswer { call_id, sdp });
+                if !renegotiation {
+                    self.set_state(CallState::Connecting);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn remote_description_set(&mut self, now: Instant) {
+        let Some(call) = &mut self.call else {
+            return;
+        };
+        let step = call.pending;
+        if !matches!(step, Some(Step::RemoteOffer { .. } | Step::RemoteAnswer)) {
+            return;
+        }
+        call.pending = None;
+        call.remote_description_set = true;
+        let waiting = std::mem::take(&mut call.pending_candidates);
+        for candidate in waiting {
+            self.act(None, Action::AddRemoteCandidate(candidate));
+        }
+        match step {
+            Some(Step::RemoteOffer { renegotiation }) => {
+                self.act(Some(Step::Answer { renegotiation }), Action::CreateAnswer);
+            }
+            Some(Step::RemoteAnswer) => {
+                let Some(call) = self
+                    .call
+                    .as_mut()
+                    .filter(|c| c.state == CallState::Outgoing)
+                else {
+                    return;
+                };
+                mark(&mut call.timeline.answer_received_ms, call.started, now);
+                call.ringing_until = None;
+                self.set_state(CallState::Connecting);
+            }
+            _ => {}
+        }
+    }
+
+    fn action_failed(&mut self, now: Instant, detail: String) {
+        let Some(call) = &mut self.call else {
+            return;
+        };
+        let Some(step) = call.pending.take() else {
+            return;
+        };
+        let call_id = call.id.clone();
+        let role = call.role;
+        match step {
+            Step::Offer { restart: true } => {
+                tracing::warn!("ICE restart failed: {detail}");
+                return;
+            }
+            Step::RemoteOffer {
+                renegotiation: true,
+            }
+            | Step::Answer {
+                renegotiation: true,
+            } => {
+                tracing::warn!("restart offer refused: {detail}");
+                return;
+            }
+            Step::Peer if role == Role::Callee => self.send(CallReject {
+                call_id,
+                reason: None,
+            }),
+            Step::Peer | Step::Offer { restart: false } => {}
+            Step::RemoteOffer { .. } | Step::Answer { .. } | Step::RemoteAnswer => {
+                self.send(CallHangup { call_id })
+            }
+        }
+        self.end(now, EndReason::Failed { detail });
+    }
+
+    fn local_candidate(&mut self, candidate: String, relay_related_port: Option<u16>) {
+        let Some(call) = &mut self.call else {
+            return;
+        };
+        call.ice.local_candidates += 1;
+        if let Some(port) = relay_related_port {
+            call.ice.local_relays.push(port);
+        }
+        let init = IceCandidateInit::new(candidate, Some(call.candidate_mid.clone()), Some(0));
+        let call_id = call.id.clone();
+        self.send(CallIce::new(call_id, &init));
+    }
+
+    fn signal(&mut self, now: Instant, payload: CallPayload) {
+        if let Err(err) = payload.validate() {
+            tracing::warn!("ignoring an invalid {}: {err}", payload.kind().type_name());
+            return;
+        }
+        let ours = self
+            .call
+            .as_ref()
+            .is_some_and(|c| c.id.eq_ignore_ascii_case(payload.call_id()));
+        match payload {
+            CallPayload::Offer(offer) => self.on_offer(now, offer, ours),
+            _ if !ours => {
+                tracing::debug!("ignoring a {} for another call", payload.kind().type_name());
+            }
+            CallPayload::Answer(answer) => self.on_answer(answer),
+            CallPayload::Reject(reject) => self.end(
+                now,
+                EndReason::RejectedByRemote {
+                    reason: reject.reason,
+                },
+            ),
+            CallPayload::Hangup(_) => self.end(now, EndReason::HangupRemote),
+            CallPayload::Ice(ice) => self.on_remote_candidate(ice),
+        }
+    }
+
+    fn on_offer(&mut self, now: Instant, offer: CallOffer, ours: bool) {
+        if ours {
+            // A renegotiation (ICE restart) of the active call, from the caller.
+            if self
+                .call
+                .as_ref()
+                .is_some_and(|c| c.role == Role::Callee && c.peer_ready)
+            {
+                self.act(
+                    Some(Step::RemoteOffer {
+                        renegotiation: true,
+                    }),
+                    Action::SetRemoteOffer { sdp: offer.sdp },
+                );
+            }
+            return;
+        }
+        if self.call.is_some() {
+            self.send(CallReject {
+                call_id: offer.call_id.clone(),
+                reason: Some(RejectReason::Busy),
+            });
+            self.emit(CallEvent::RejectedBusy {
+                call_id: offer.call_id,
+            });
+            return;
+        }
+        let mut call = Call::new(
+            offer.call_id.clone(),
+            Role::Callee,
+            offer.with_video,
+            self.config.relay_only,
+            now,
+        );
+        mark(&mut call.timeline.offer_received_ms, call.started, now);
+        call.remote_offer = Some(offer.sdp);
+        call.ringing_until = Some(now + self.config.timeouts.ringing);
+        self.call = Some(call);
+        self.set_state(CallState::Incoming);
+        self.emit(CallEvent::Incoming {
+            call_id: offer.call_id,
+            with_video: offer.with_video,
+        });
+        match self.config.answer_policy {
+            AnswerPolicy::Manual => {}
+            AnswerPolicy::Accept => self.accept(),
+            AnswerPolicy::Decline => self.decline(now),
+        }
+    }
+
+    fn on_answer(&mut self, answer: CallAnswer) {
+        let Some(call) = &mut self.call else {
+            return;
+        };
+        if call.role != Role::Caller || !call.peer_ready {
+            return;
+        }
+        if !call.offer_outstanding {
+            // A repeated answer (a relay that delivers twice): nothing is waiting for it.
+            tracing::debug!("ignoring a call_answer with no offer outstanding");
+            return;
+        }
+        call.offer_outstanding = false;
+        self.act(
+            Some(Step::RemoteAnswer),
+            Action::SetRemoteAnswer { sdp: answer.sdp },
+        );
+    }
+
+    fn on_remote_candidate(&mut self, ice: CallIce) {
+        let Some(call) = &mut self.call else {
+            return;
+        };
+        let init = match ice.candidate_init() {
+            Ok(init) => init,
+            Err(err) => {
+                tracing::warn!("ignoring a call_ice: {err}");
+                return;
+            }
+        };
+        if init.candidate.is_empty() {
+            return; // end of candidates
+        }
+        call.ice.remote_candidates += 1;
+        if call.peer_ready && call.remote_description_set {
+            self.act(None, Action::AddRemoteCandidate(init));
+        } else {
+            call.pending_candidates.push(init);
+        }
+    }
+
+    fn ice(&mut self, now: Instant, state: IceConnection) {
+        let reconnect = self.config.timeouts.reconnect;
+        let Some(call) = &mut self.call else {
+            return;
+        };
+        let call_id = call.id.clone();
+        match state {
+            IceConnection::Connected => {
+                let first = call.timeline.ice_connected_ms.is_none();
+                mark(&mut call.timeline.ice_connected_ms, call.started, now);
+                let reconnected = call.reconnect_until.take().is_some();
+                if reconnected {
+                    call.ice.reconnects += 1;
+                }
+                if first {
+                    self.emit(CallEvent::IceConnected {
+                        call_id: call_id.clone(),
+                    });
+                }
+                if reconnected {
+                    self.set_state(CallState::Connected);
+                    self.emit(CallEvent::Reconnected { call_id });
+                }
+            }
+            IceConnection::Disconnected | IceConnection::Failed => {
+                let failed = state == IceConnection::Failed;
+                let was_up = call.state == CallState::Connected || call.reconnect_until.is_some();
+                if !was_up {
+                    if failed {
+                        self.send(CallHangup { call_id });
+                        self.end(
+                            now,
+                            EndReason::Failed {
+                                detail: "ICE failed before the call connected".into(),
+                            },
+                        );
+                    }
+                    return;
+                }
+                let opening = call.reconnect_until.is_none();
+                let is_caller = call.role == Role::Caller;
+                if opening {
+                    call.reconnect_until = Some(now + reconnect);
+                    self.set_state(CallState::Connecting);
+                    self.emit(CallEvent::Reconnecting { call_id });
+                }
+                // The caller restarts ICE when the window opens and again if ICE fails in it.
+                if is_caller && (opening || failed) {
+                    self.act(
+                        Some(Step::Offer { restart: true }),
+                        Action::CreateOffer { ice_restart: true },
+                    );
+                }
+            }
+        }
+    }
+
+    fn peer_connected(&mut self, now: Instant) {
+        let Some(call) = &mut self.call else {
+            return;
+        };
+        // Media starts once ICE and DTLS are up: samples written earlier would be counted by
+        // webrtc-rs's outbound stats but never reach the wire.
+        let start_media = call.timeline.connected_ms.is_none() && call.peer_ready;
+        mark(&mut call.timeline.connected_ms, call.started, now);
+        let reconnecting = call.reconnect_until.is_some();
+        if start_media {
+            self.act(None, Action::StartMedia);
+        }
+        if !reconnecting {
+            self.set_state(CallState::Connected);
+        }
+    }
+
+    fn timeout(&mut self, now: Instant) {
+        let Some(call) = &mut self.call else {
+            return;
+        };
+        let call_id = call.id.clone();
+        if call.ringing_until.is_some_and(|t| t <= now) {
+            call.ringing_until = None;
+            self.send(CallReject {
+                call_id,
+                reason: Some(RejectReason::Timeout),
+            });
+            self.end(now, EndReason::RingingTimeout);
+            return;
+        }
+        if call.gathering_until.is_some_and(|t| t <= now) {
+            call.gathering_until = None;
+            if call.ice.local_candidates == 0 {
+                self.send(CallHangup { call_id });
+                self.end(now, EndReason::IceGatheringTimeout);
+                return;
+            }
+            call.ice.gathering_timed_out = true;
+        }
+        if call.reconnect_until.is_some_and(|t| t <= now) {
+            call.reconnect_until = None;
+            self.send(CallHangup { call_id });
+            self.end(now, EndReason::ReconnectTimeout);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const ID: &str = "3f2504e0-4f89-41d3-9a0c-0305e82c3301";
+    const OTHER: &str = "9b2c1d3e-5f60-4a71-8b92-a3b4c5d6e7f8";
+    const RINGING_MS: u64 = 60_000;
+    const GATHERING_MS: u64 = 10_000;
+    const RECONNECT_MS: u64 = 30_000;
+
+    fn config(answer_policy: AnswerPolicy) -> MachineConfig {
+        MachineConfig {
+            timeouts: CallTimeouts::default(),
+            answer_policy,
+            allow_video: true,
+            relay_only: false,
+        }
+    }
+
+    /// A machine on a fake clock: `now` only moves when a test moves it.
+    struct Phone {
+        machine: CallMachine,
+        start: Instant,
+        now: Instant,
+    }
+
+    impl Phone {
+        fn new(config: MachineConfig) -> Self {
+            let start = Instant::now();
+            Self {
+                machine: CallMachine::new(config),
+                start,
+                now: start,
+            }
+        }
+
+        /// Moves the clock to `ms` after the phone's start.
+        fn at(&mut self, ms: u64) -> &mut Self {
+            self.now = self.start + Duration::from_millis(ms);
+            self
+        }
+
+        /// Handles `input` now; returns the outputs.
+        fn input(&mut self, input: Input) -> Vec<Output> {
+            self.machine
+                .handle(self.now, input)
+                .expect("the input is accepted");
+            self.drain()
+        }
+
+        /// Handles a command now; returns its result and the outputs.
+        fn command(&mut self, input: Input) -> (Result<(), EngineError>, Vec<Output>) {
+            let result = self.machine.handle(self.now, input);
+            (result, self.drain())
+        }
+
+        fn signal(&mut self, payload: impl Into<CallPayload>) -> Vec<Output> {
+            self.input(Input::Signal(payload.into()))
+        }
+
+        fn drain(&mut self) -> Vec<Output> {
+            std::iter::from_fn(|| self.machine.poll_output()).collect()
+        }
+
+        fn state(&self) -> CallState {
+            self.machine.state().1
+        }
+
+        fn ice(&self) -> IceReport {
+            self.machine.snapshot().expect("a call").ice
+        }
+
+        fn timeline(&self) -> Timeline {
+            self.machine.snapshot().expect("a call").timeline
+        }
+
+        fn deadline_ms(&self) -> Option<u64> {
+            self.machine
+                .poll_timeout()
+                .map(|t| (t - self.start).as_millis() as u64)
+        }
+    }
+
+    fn offer(call_id: &str, sdp: &str) -> CallOffer {
+        CallOffer {
+            call_id: call_id.into(),
+            sdp: sdp.into(),
+            with_video: false,
+        }
+    }
+
+    fn answer(call_id: &str, sdp: &str) -> CallAnswer {
+        CallAnswer {
+            call_id: call_id.into(),
+            sdp: sdp.into(),
+        }
+    }
+
+    fn hangup(call_id: &str) -> CallPayload {
+        CallHangup {
+            call_id: call_id.into(),
+        }
+        .into()
+    }
+
+    fn reject(call_id: &str, reason: Option<RejectReason>) -> CallPayload {
+        CallReject {
+            call_id: call_id.into(),
+            reason,
+        }
+        .into()
+    }
+
+    fn candidate(text: &str) -> IceCandidateInit {
+        IceCandidateInit::new(text, Some("0".into()), Some(0))
+    }
+
+    fn ice(call_id: &str, text: &str) -> CallPayload {
+        CallIce::new(call_id, &candidate(text)).into()
+    }
+
+    fn state(state: CallState) -> Output {
+        Output::Event(CallEvent::State {
+            call_id: ID.into(),
+            state,
+        })
+    }
+
+    fn send(payload: impl Into<CallPayload>) -> Output {
+        Output::Send(payload.into())
+    }
+
+    /// How the outputs end the call, if they do (and then as the last output).
+    fn ended(outputs: &[Output]) -> Option<EndReason> {
+        let position = outputs.iter().position(|o| matches!(o, Output::Ended(_)))?;
+        assert_eq!(
+            position,
+            outputs.len() - 1,
+            "the end comes last: {outputs:?}"
+        );
+        match &outputs[position] {
+            Output::Ended(summary) => Some(summary.end.clone()),
+            _ => None,
+        }
+    }
+
+    fn sent(outputs: &[Output]) -> Vec<CallPayload> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send(payload) => Some(payload.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn failed(detail: &str) -> EndReason {
+        EndReason::Failed {
+            detail: detail.into(),
+        }
+    }
+
+    /// A caller whose offer is out (sent at 0 ms, mid `0`).
+    fn outgoing(config: MachineConfig) -> Phone {
+        let mut phone = Phone::new(config);
+        let (result, outputs) = phone.command(Input::PlaceCall {
+            call_id: ID.into(),
+            with_video: false,
+        });
+        assert_eq!(result, Ok(()));
+        assert_eq!(
+            outputs,
+            [Output::Do(Action::CreatePeer {
+                call_id: ID.into(),
+                with_video: false
+            })]
+        );
+        assert_eq!(
+            phone.input(Input::PeerCreated),
+            [Output::Do(Action::CreateOffer { ice_restart: false })]
+        );
+        let outputs = phone.input(Input::LocalDescription {
+            sdp: "offer".into(),
+            mid: Some("0".into()),
+        });
+        assert_eq!(
+            outputs,
+            [send(offer(ID, "offer")), state(CallState::Outgoing)]
+        );
+        phone
+    }
+
+    /// A caller whose offer was answered.
+    fn caller_connecting() -> Phone {
+        let mut phone = outgoing(config(AnswerPolicy::Manual));
+        assert_eq!(
+            phone.signal(answer(ID, "answer")),
+            [Output::Do(Action::SetRemoteAnswer {
+                sdp: "answer".into()
+            })]
+        );
+        assert_eq!(
+            phone.input(Input::RemoteDescriptionSet),
+            [state(CallState::Connecting)]
+        );
+        phone
+    }
+
+    /// A caller in a connected call.
+    fn caller_connected() -> Phone {
+        let mut phone = caller_connecting();
+        phone.input(Input::LocalCandidate {
+            candidate: "candidate:1 1 udp 1 127.0.0.1 9 typ host".into(),
+            relay_related_port: None,
+        });
+        phone.input(Input::GatheringComplete);
+        phone.input(Input::Ice(IceConnection::Connected));
+        phone.input(Input::PeerConnected);
+        assert_eq!(phone.state(), CallState::Connected);
+        assert_eq!(phone.deadline_ms(), None);
+        phone
+    }
+
+    /// A callee ringing with the offer `ID`.
+    fn incoming(config: MachineConfig) -> Phone {
+        let mut phone = Phone::new(config);
+        let outputs = phone.signal(offer(ID, "offer"));
+        assert_eq!(
+            outputs[..2],
+            [
+                state(CallState::Incoming),
+                Output::Event(CallEvent::Incoming {
+                    call_id: ID.into(),
+                    with_video: false
+                })
+            ]
+        );
+        phone
+    }
+
+    /// A callee that accepted and answered.
+    fn callee_connecting() -> Phone {
+        let mut phone = incoming(config(AnswerPolicy::Manual));
+        let (result, outputs) = phone.command(Input::Accept);
+        assert_eq!(result, Ok(()));
+        assert_eq!(
+            outputs,
+            [Output::Do(Action::CreatePeer {
+                call_id: ID.into(),
+                with_video: false
+            })]
+        );
+        assert_eq!(
+            phone.input(Input::PeerCreated),
+            [Output::Do(Action::SetRemoteOffer {
+                sdp: "offer".into()
+            })]
+        );
+        assert_eq!(
+            phone.input(Input::RemoteDescriptionSet),
+            [Output::Do(Action::CreateAnswer)]
+        );
+        let outputs = phone.input(Input::LocalDescription {
+            sdp: "answer".into(),
+            mid: Some("0".into()),
+        });
+        assert_eq!(
+            outputs,
+            [send(answer(ID, "answer")), state(CallState::Connecting)]
+        );
+        phone
+    }
+
+    fn callee_connected() -> Phone {
+        let mut phone = callee_connecting();
+        phone.input(Input::LocalCandidate {
+            candidate: "candidate:1 1 udp 1 127.0.0.1 9 typ host".into(),
+            relay_related_port: None,
+        });
+        phone.input(Input::GatheringComplete);
+        phone.input(Input::Ice(IceConnection::Connected));
+        phone.input(Input::PeerConnected);
+        assert_eq!(phone.state(), CallState::Connected);
+        assert_eq!(phone.deadline_ms(), None);
+        phone
+    }
+
+    /// One phone in each state a call goes through.
+    fn phones_in_a_call() -> Vec<Phone> {
+        vec![
+            outgoing(config(AnswerPolicy::Manual)),
+            incoming(config(AnswerPolicy::Manual)),
+            caller_connecting(),
+            callee_connecting(),
+            caller_connected(),
+            callee_connected(),
+        ]
+    }
+
+    #[test]
+    fn rule_1_placing_a_call_during_a_call_is_refused_busy() {
+        for mut phone in phones_in_a_call() {
+            let before = phone.machine.state();
+            let (result, outputs) = phone.command(Input::PlaceCall {
+                call_id: OTHER.into(),
+                with_video: false,
+            });
+            assert_eq!(result, Err(EngineError::Busy));
+            assert_eq!(outputs, []);
+            assert_eq!(phone.machine.state(), before);
+        }
+    }
+
+    #[test]
+    fn rule_2_an_offer_for_another_call_during_a_call_gets_busy() {
+        for mut phone in phones_in_a_call() {
+            let before = phone.machine.state();
+            let outputs = phone.signal(offer(OTHER, "second"));
+            assert_eq!(
+                outputs,
+                [
+                    send(reject(OTHER, Some(RejectReason::Busy))),
+                    Output::Event(CallEvent::RejectedBusy {
+                        call_id: OTHER.into()
+                    })
+                ]
+            );
+            assert_eq!(
+                phone.machine.state(),
+                before,
+                "the active call is untouched"
+            );
+        }
+    }
+
+    #[test]
+    fn rule_3_an_offer_with_the_active_call_id_is_a_renegotiation() {
+        // The callee applies it and answers with the same callId, staying connected.
+        let mut callee = callee_connected();
+        assert_eq!(
+            callee.signal(offer(&ID.to_uppercase(), "restart")),
+            [Output::Do(Action::SetRemoteOffer {
+                sdp: "restart".into()
+            })]
+        );
+        assert_eq!(
+            callee.input(Input::RemoteDescriptionSet),
+            [Output::Do(Action::CreateAnswer)]
+        );
+        let outputs = callee.input(Input::LocalDescription {
+            sdp: "answer 2".into(),
+            mid: Some("0".into()),
+        });
+        assert_eq!(outputs, [send(answer(ID, "answer 2"))]);
+        assert_eq!(
+            callee.machine.state(),
+            (Some(ID.into()), CallState::Connected)
+        );
+        // A caller, and a callee still ringing, ignore it.
+        let mut caller = caller_connected();
+        assert_eq!(caller.signal(offer(ID, "restart")), []);
+        assert_eq!(caller.state(), CallState::Connected);
+        let mut ringing = incoming(config(AnswerPolicy::Manual));
+        assert_eq!(ringing.signal(offer(ID, "again")), []);
+        assert_eq!(ringing.state(), CallState::Incoming);
+    }
+
+    #[test]
+    fn rule_4_ringing_stops_with_a_timeout_reject_on_either_side() {
+        // The caller rings from its offer.
+        let mut caller = outgoing(config(AnswerPolicy::Manual));
+        caller.input(Input::LocalCandidate {
+            candidate: "candidate:1 1 udp 1 127.0.0.1 9 typ host".into(),
+            relay_related_port: None,
+        });
+        caller.input(Input::GatheringComplete);
+        assert_eq!(caller.deadline_ms(), Some(RINGING_MS));
+        assert_eq!(caller.at(RINGING_MS - 1).input(Input::Timeout), []);
+        let outputs = caller.at(RINGING_MS).input(Input::Timeout);
+        assert_eq!(sent(&outputs), [reject(ID, Some(RejectReason::Timeout))]);
+        assert_eq!(ended(&outputs), Some(EndReason::RingingTimeout));
+        assert_eq!(caller.machine.state(), (None, CallState::Idle));
+        // The callee rings from the offer's arrival.
+        let mut callee = Phone::new(config(AnswerPolicy::Manual));
+        callee.at(500).signal(offer(ID, "offer"));
+        assert_eq!(callee.deadline_ms(), Some(500 + RINGING_MS));
+        let outputs = callee.at(500 + RINGING_MS).input(Input::Timeout);
+        assert_eq!(sent(&outputs), [reject(ID, Some(RejectReason::Timeout))]);
+        assert_eq!(ended(&outputs), Some(EndReason::RingingTimeout));
+        // Answered calls no longer ring.
+        for mut phone in [caller_connecting(), callee_connecting()] {
+            phone.input(Input::GatheringComplete);
+            assert_eq!(phone.deadline_ms(), None);
+        }
+    }
+
+    #[test]
+    fn rule_5_gathering_with_no_candidate_by_its_timeout_fails_the_call() {
+        let mut phone = outgoing(config(AnswerPolicy::Manual));
+        assert_eq!(phone.deadline_ms(), Some(GATHERING_MS));
+        assert_eq!(phone.at(GATHERING_MS - 1).input(Input::Timeout), []);
+        let outputs = phone.at(GATHERING_MS).input(Input::Timeout);
+        assert_eq!(sent(&outputs), [hangup(ID)]);
+        assert_eq!(ended(&outputs), Some(EndReason::IceGatheringTimeout));
+        // With a candidate the call goes on, and the report says gathering timed out.
+        let mut phone = caller_connecting();
+        phone.input(Input::LocalCandidate {
+            candidate: "candidate:1 1 udp 1 127.0.0.1 9 typ host".into(),
+            relay_related_port: None,
+        });
+        assert_eq!(phone.at(GATHERING_MS).input(Input::Timeout), []);
+        assert_eq!(phone.state(), CallState::Connecting);
+        assert!(phone.ice().gathering_timed_out);
+        assert_eq!(phone.deadline_ms(), None);
+        // Gathering that completes in time stops the timer.
+        let mut phone = callee_connecting();
+        phone.at(20).input(Input::GatheringComplete);
+        assert_eq!(phone.deadline_ms(), None);
+        assert!(!phone.ice().gathering_timed_out);
+    }
+
+    #[test]
+    fn rule_6_a_dropped_call_reconnects_and_only_the_caller_restarts_ice() {
+        let mut caller = caller_connected();
+        let outputs = caller
+            .at(1_000)
+            .input(Input::Ice(IceConnection::Disconnected));
+        assert_eq!(
+            outputs,
+            [
+                state(CallState::Connecting),
+                Output::Event(CallEvent::Reconnecting { call_id: ID.into() }),
+                Output::Do(Action::CreateOffer { ice_restart: true }),
+            ]
+        );
+        assert_eq!(caller.deadline_ms(), Some(1_000 + RECONNECT_MS));
+        // The restart offer carries the same callId and is answered by call_answer.
+        let outputs = caller.input(Input::LocalDescription {
+            sdp: "restart".into(),
+            mid: Some("0".into()),
+        });
+        assert_eq!(outputs, [send(offer(ID, "restart"))]);
+        assert_eq!(caller.ice().ice_restarts, 1);
+        assert_eq!(
+            caller.signal(answer(ID, "answer 2")),
+            [Output::Do(Action::SetRemoteAnswer {
+                sdp: "answer 2".into()
+            })]
+        );
+        assert_eq!(caller.input(Input::RemoteDescriptionSet), []);
+        // Disconnected again within the window: no new restart; failed: another one.
+        assert_eq!(caller.input(Input::Ice(IceConnection::Disconnected)), []);
+        assert_eq!(
+            caller.input(Input::Ice(IceConnection::Failed)),
+            [Output::Do(Action::CreateOffer { ice_restart: true })]
+        );
+        caller.input(Input::LocalDescription {
+            sdp: "restart 2".into(),
+            mid: None,
+        });
+        assert_eq!(caller.ice().ice_restarts, 2);
+        // The peer connection coming back does not decide; ICE connected does.
+        assert_eq!(caller.input(Input::PeerConnected), []);
+        assert_eq!(caller.state(), CallState::Connecting);
+        let outputs = caller.at(2_000).input(Input::Ice(IceConnection::Connected));
+        assert_eq!(
+            outputs,
+            [
+                state(CallState::Connected),
+                Output::Event(CallEvent::Reconnected { call_id: ID.into() }),
+            ]
+        );
+        assert_eq!(caller.ice().reconnects, 1);
+        assert_eq!(caller.at(1_000 + RECONNECT_MS).input(Input::Timeout), []);
+        // The callee reconnects too, but never restarts ICE.
+        let mut callee = callee_connected();
+        assert_eq!(
+            callee.input(Input::Ice(IceConnection::Disconnected)),
+            [
+                state(CallState::Connecting),
+                Output::Event(CallEvent::Reconnecting { call_id: ID.into() }),
+            ]
+        );
+        assert_eq!(callee.input(Input::Ice(IceConnection::Failed)), []);
+        assert_eq!(
+            callee.input(Input::Ice(IceConnection::Connected)),
+            [
+                state(CallState::Connected),
+                Output::Event(CallEvent::Reconnected { call_id: ID.into() }),
+            ]
+        );
+        assert_eq!((callee.ice().ice_restarts, callee.ice().reconnects), (0, 1));
+    }
+
+    #[test]
+    fn rule_7_the_call_ends_when_the_reconnect_window_closes() {
+        let mut phone = callee_connected();
+        phone
+            .at(1_000)
+            .input(Input::Ice(IceConnection::Disconnected));
+        assert_eq!(phone.deadline_ms(), Some(1_000 + RECONNECT_MS));
+        assert_eq!(phone.at(RECONNECT_MS).input(Input::Timeout), []);
+        let outputs = phone.at(1_000 + RECONNECT_MS).input(Input::Timeout);
+        assert_eq!(sent(&outputs), [hangup(ID)]);
+        assert_eq!(ended(&outputs), Some(EndReason::ReconnectTimeout));
+    }
+
+    #[test]
+    fn rule_8_ice_failing_before_the_call_was_up_ends_it() {
+        for mut phone in [caller_connecting(), callee_connecting()] {
+            assert_eq!(phone.input(Input::Ice(IceConnection::Disconnected)), []);
+            assert_eq!(phone.state(), CallState::Connecting);
+            let outputs = phone.input(Input::Ice(IceConnection::Failed));
+            assert_eq!(sent(&outputs), [hangup(ID)]);
+            assert_eq!(
+                ended(&outputs),
+                Some(failed("ICE failed before the call connected"))
+            );
+        }
+    }
+
+    #[test]
+    fn rule_9_hangup_from_each_state() {
+        let mut idle = Phone::new(config(AnswerPolicy::Manual));
+        assert_eq!(
+            idle.command(Input::Hangup),
+            (Err(EngineError::NoCall), vec![])
+        );
+        for mut phone in phones_in_a_call() {
+            let was_incoming = phone.state() == CallState::Incoming;
+            let (result, outputs) = phone.at(700).command(Input::Hangup);
+            assert_eq!(result, Ok(()));
+            if was_incoming {
+                assert_eq!(sent(&outputs), [reject(ID, Some(RejectReason::Declined))]);
+                assert_eq!(ended(&outputs), Some(EndReason::DeclinedLocally));
+            } else {
+                assert_eq!(sent(&outputs), [hangup(ID)]);
+                assert_eq!(ended(&outputs), Some(EndReason::HangupLocal));
+            }
+            let Some(Output::Ended(summary)) = outputs.last() else {
+                unreachable!()
+            };
+            assert_eq!(summary.timeline.ended_ms, Some(700.0));
+            assert_eq!(phone.machine.state(), (None, CallState::Idle));
+            assert_eq!(phone.deadline_ms(), None);
+            assert_eq!(phone.command(Input::Hangup).0, Err(EngineError::NoCall));
+        }
+    }
+
+    #[test]
+    fn rule_10_accept_and_decline_only_while_ringing() {
+        let mut idle = Phone::new(config(AnswerPolicy::Manual));
+        for command in [Input::Accept, Input::Decline] {
+            assert_eq!(idle.command(command), (Err(EngineError::NoCall), vec![]));
+        }
+        for mut phone in phones_in_a_call() {
+            if phone.state() == CallState::Incoming {
+                continue;
+            }
+            for command in [Input::Accept, Input::Decline] {
+                assert_eq!(
+                    phone.command(command),
+                    (Err(EngineError::NotRinging), vec![])
+                );
+            }
+        }
+        let mut phone = incoming(config(AnswerPolicy::Manual));
+        let (result, outputs) = phone.command(Input::Decline);
+        assert_eq!(result, Ok(()));
+        assert_eq!(sent(&outputs), [reject(ID, Some(RejectReason::Declined))]);
+        assert_eq!(ended(&outputs), Some(EndReason::DeclinedLocally));
+        // The policy accepts or declines at once.
+        let mut phone = Phone::new(config(AnswerPolicy::Accept));
+        let outputs = phone.signal(offer(ID, "offer"));
+        assert_eq!(
+            outputs[2..],
+            [Output::Do(Action::CreatePeer {
+                call_id: ID.into(),
+                with_video: false
+            })]
+        );
+        let mut phone = Phone::new(config(AnswerPolicy::Decline));
+        let outputs = phone.signal(offer(ID, "offer"));
+        assert_eq!(sent(&outputs), [reject(ID, Some(RejectReason::Declined))]);
+        assert_eq!(ended(&outputs), Some(EndReason::DeclinedLocally));
+        // Video is accepted only where the configuration allows it.
+        for (allow_video, expected) in [(true, true), (false, false)] {
+            let mut phone = Phone::new(MachineConfig {
+                allow_video,
+                ..config(AnswerPolicy::Accept)
+            });
+            let outputs = phone.signal(CallOffer {
+                with_video: true,
+                ..offer(ID, "offer")
+            });
+            assert_eq!(
+                outputs.last(),
+                Some(&Output::Do(Action::CreatePeer {
+                    call_id: ID.into(),
+                    with_video: expected
+                }))
+            );
+        }
+    }
+
+    #[test]
+    fn rule_11_a_remote_hangup_or_reject_ends_the_call() {
+        let mut phone = caller_connected();
+        let outputs = phone.signal(hangup(ID));
+        assert_eq!(ended(&outputs), Some(EndReason::HangupRemote));
+        assert_eq!(sent(&outputs), []);
+        for reason in [None, Some(RejectReason::Busy), Some(RejectReason::Timeout)] {
+            let mut phone = outgoing(config(AnswerPolicy::Manual));
+            let outputs = phone.signal(reject(ID, reason));
+            assert_eq!(
+                ended(&outputs),
+                Some(EndReason::RejectedByRemote { reason })
+            );
+            assert_eq!(sent(&outputs), []);
+        }
+        // The caller cancelling an incoming call.
+        let mut phone = incoming(config(AnswerPolicy::Manual));
+        assert_eq!(
+            ended(&phone.signal(hangup(ID))),
+            Some(EndReason::HangupRemote)
+        );
+    }
+
+    #[test]
+    fn rule_12_invalid_payloads_and_other_call_ids_are_ignored() {
+        let for_id = |id: &str| -> Vec<CallPayload> {
+            vec![
+                answer(id, "answer").into(),
+                reject(id, Some(RejectReason::Busy)),
+                hangup(id),
+                ice(id, "candidate:1 1 udp 1 127.0.0.1 9 typ host"),
+            ]
+        };
+        let mut idle = Phone::new(config(AnswerPolicy::Accept));
+        for payload in for_id(ID) {
+            assert_eq!(idle.signal(payload), []);
+        }
+        // An offer whose callId is not a UUID v4 makes no call.
+        assert_eq!(idle.signal(offer("not-a-uuid", "offer")), []);
+        assert_eq!(idle.machine.state(), (None, CallState::Idle));
+        for mut phone in phones_in_a_call() {
+            let before = phone.machine.state();
+            for payload in for_id(OTHER) {
+                assert_eq!(phone.signal(payload), [], "{before:?}");
+            }
+            assert_eq!(
+                phone.signal(CallHangup {
+                    call_id: "x".into()
+                }),
+                []
+            );
+            assert_eq!(phone.machine.state(), before);
+            assert_eq!(phone.ice().remote_candidates, 0);
+            // The active callId in capitals is the same call.
+            let outputs = phone.signal(hangup(&ID.to_uppercase()));
+            assert_eq!(ended(&outputs), Some(EndReason::HangupRemote));
+        }
+    }
+
+    #[test]
+    fn rule_13_an_answer_is_applied_once_and_only_by_the_caller() {
+        let mut caller = outgoing(config(AnswerPolicy::Manual));
+        assert_eq!(
+            caller.signal(answer(ID, "answer")),
+            [Output::Do(Action::SetRemoteAnswer {
+                sdp: "answer".into()
+            })]
+        );
+        caller.input(Input::RemoteDescriptionSet);
+        assert_eq!(caller.signal(answer(ID, "answer")), []);
+        assert_eq!(caller.state(), CallState::Connecting);
+        let mut callee = callee_connected();
+        assert_eq!(callee.signal(answer(ID, "answer")), []);
+        // A caller whose peer is still being made has nothing to apply it to.
+        let mut early = Phone::new(config(AnswerPolicy::Manual));
+        early.input(Input::PlaceCall {
+            call_id: ID.into(),
+            with_video: false,
+        });
+        assert_eq!(early.signal(answer(ID, "answer")), []);
+    }
+
+    #[test]
+    fn rule_14_remote_candidates_wait_for_the_remote_description() {
+        let mut phone = outgoing(config(AnswerPolicy::Manual));
+        let first = "candidate:1 1 udp 1 127.0.0.1 9 typ host";
+        let second = "candidate:2 1 udp 1 127.0.0.1 10 typ host";
+        assert_eq!(phone.signal(ice(ID, first)), []);
+        assert_eq!(phone.signal(ice(ID, second)), []);
+        assert_eq!(phone.signal(ice(ID, "")), [], "end of candidates");
+        phone.signal(answer(ID, "answer"));
+        assert_eq!(
+            phone.input(Input::RemoteDescriptionSet),
+            [
+                Output::Do(Action::AddRemoteCandidate(candidate(first))),
+                Output::Do(Action::AddRemoteCandidate(candidate(second))),
+                state(CallState::Connecting),
+            ]
+        );
+        let third = "candidate:3 1 udp 1 127.0.0.1 11 typ host";
+        assert_eq!(
+            phone.signal(ice(ID, third)),
+            [Output::Do(Action::AddRemoteCandidate(candidate(third)))]
+        );
+        assert_eq!(phone.ice().remote_candidates, 3);
+        // A candidate string that is not an RTCIceCandidateInit is dropped.
+        let garbled = CallIce {
+            call_id: ID.into(),
+            candidate: "candidate:4 1 udp".into(),
+        };
+        assert_eq!(phone.signal(garbled), []);
+        assert_eq!(phone.ice().remote_candidates, 3);
+        // The callee keeps the caller's early candidates for its answer.
+        let mut callee = incoming(config(AnswerPolicy::Manual));
+        callee.signal(ice(ID, first));
+        callee.input(Input::Accept);
+        callee.input(Input::PeerCreated);
+        assert_eq!(
+            callee.input(Input::RemoteDescriptionSet),
+            [
+                Output::Do(Action::AddRemoteCandidate(candidate(first))),
+                Output::Do(Action::CreateAnswer),
+            ]
+        );
+    }
+
+    #[test]
+    fn rule_15_local_candidates_trickle_with_the_media_section_mid() {
+        let mut phone = Phone::new(config(AnswerPolicy::Manual));
+        phone.input(Input::PlaceCall {
+            call_id: ID.into(),
+            with_video: false,
+        });
+        phone.input(Input::PeerCreated);
+        phone.input(Input::LocalDescription {
+            sdp: "offer".into(),
+            mid: Some("audio".into()),
+        });
+        let host = "candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host";
+        let relay = "candidate:2 1 udp 16777215 10.0.0.1 6000 typ relay raddr 0.0.0.0 rport 41000";
+        let outputs = phone.input(Input::LocalCandidate {
+            candidate: host.into(),
+            relay_related_port: None,
+        });
+        let wire = IceCandidateInit::new(host, Some("audio".into()), Some(0));
+        assert_eq!(outputs, [send(CallIce::new(ID, &wire))]);
+        phone.input(Input::LocalCandidate {
+            candidate: relay.into(),
+            relay_related_port: Some(41_000),
+        });
+        let report = phone.ice();
+        assert_eq!(
+            (report.local_candidates, report.local_relays),
+            (2, vec![41_000])
+        );
+    }
+
+    #[test]
+    fn rule_16_a_failed_setup_step_ends_the_call() {
+        let fail = |phone: &mut Phone| {
+            phone.input(Input::ActionFailed {
+                detail: "broken".into(),
+            })
+        };
+        // The caller's peer or offer: nothing was sent, nothing is.
+        let mut phone = Phone::new(config(AnswerPolicy::Manual));
+        phone.input(Input::PlaceCall {
+            call_id: ID.into(),
+            with_video: false,
+        });
+        let outputs = fail(&mut phone);
+        assert_eq!(
+            (sent(&outputs), ended(&outputs)),
+            (vec![], Some(failed("broken")))
+        );
+        let mut phone = Phone::new(config(AnswerPolicy::Manual));
+        phone.input(Input::PlaceCall {
+            call_id: ID.into(),
+            with_video: false,
+        });
+        phone.input(Input::PeerCreated);
+        let outputs = fail(&mut phone);
+        assert_eq!(
+            (sent(&outputs), ended(&outputs)),
+            (vec![], Some(failed("broken")))
+        );
+        // The callee's peer: call_reject without a reason.
+        let mut phone = incoming(config(AnswerPolicy::Manual));
+        phone.input(Input::Accept);
+        let outputs = fail(&mut phone);
+        assert_eq!(sent(&outputs), [reject(ID, None)]);
+        assert_eq!(ended(&outputs), Some(failed("broken")));
+        // The remote offer, the answer, the remote answer: call_hangup.
+        let mut phone = incoming(config(AnswerPolicy::Manual));
+        phone.input(Input::Accept);
+        phone.input(Input::PeerCreated);
+        let outputs = fail(&mut phone);
+        assert_eq!(
+            (sent(&outputs), ended(&outputs)),
+            (vec![hangup(ID)], Some(failed("broken")))
+        );
+        let mut phone = incoming(config(AnswerPolicy::Manual));
+        phone.input(Input::Accept);
+        phone.input(Input::PeerCreated);
+        phone.input(Input::RemoteDescriptionSet);
+        let outputs = fail(&mut phone);
+        assert_eq!(
+            (sent(&outputs), ended(&outputs)),
+            (vec![hangup(ID)], Some(failed("broken")))
+        );
+        let mut phone = outgoing(config(AnswerPolicy::Manual));
+        phone.signal(answer(ID, "answer"));
+        let outputs = fail(&mut phone);
+        assert_eq!(
+            (sent(&outputs), ended(&outputs)),
+            (vec![hangup(ID)], Some(failed("broken")))
+        );
+        // A failed ICE restart or renegotiation is only logged.
+        let mut phone = caller_connected();
+        phone.input(Input::Ice(IceConnection::Disconnected));
+        assert_eq!(fail(&mut phone), []);
+        assert_eq!(phone.state(), CallState::Connecting);
+        let mut phone = callee_connected();
+        phone.signal(offer(ID, "restart"));
+        assert_eq!(fail(&mut phone), []);
+        assert_eq!(phone.state(), CallState::Connected);
+        // A failure nobody waits for changes nothing.
+        assert_eq!(fail(&mut phone), []);
+        assert_eq!(phone.state(), CallState::Connected);
+        // DTLS failing ends the call.
+        let outputs = phone.input(Input::DtlsFailed);
+        assert_eq!(sent(&outputs), [hangup(ID)]);
+        assert_eq!(ended(&outputs), Some(failed("DTLS handshake failed")));
+    }
+
+    #[test]
+    fn rule_17_the_first_peer_connected_starts_media_once() {
+        let mut phone = caller_connecting();
+        assert_eq!(
+            phone.input(Input::PeerConnected),
+            [Output::Do(Action::StartMedia), state(CallState::Connected)]
+        );
+        assert_eq!(phone.input(Input::PeerConnected), []);
+        let mut phone = callee_connecting();
+        phone.input(Input::Ice(IceConnection::Connected));
+        assert_eq!(
+            phone.input(Input::PeerConnected),
+            [Output::Do(Action::StartMedia), state(CallState::Connected)]
+        );
+        phone.input(Input::Ice(IceConnection::Disconnected));
+        assert_eq!(phone.input(Input::PeerConnected), []);
+        assert_eq!(phone.state(), CallState::Connecting);
+    }
+
+    #[test]
+    fn rule_18_the_timeline_counts_from_this_sides_start() {
+        let mut caller = Phone::new(config(AnswerPolicy::Manual));
+        caller.input(Input::PlaceCall {
+            call_id: ID.into(),
+            with_video: false,
+        });
+        caller.at(5).input(Input::PeerCreated);
+        caller.at(8).input(Input::LocalDescription {
+            sdp: "offer".into(),
+            mid: None,
+        });
+        caller.at(100).signal(answer(ID, "answer"));
+        caller.at(120).input(Input::RemoteDescriptionSet);
+        caller.at(150).input(Input::GatheringComplete);
+        caller.at(200).input(Input::Ice(IceConnection::Connected));
+        let outputs = caller.at(210).input(Input::DtlsConnected);
+        assert_eq!(
+            outputs,
+            [Output::Event(CallEvent::DtlsConnected {
+                call_id: ID.into()
+            })]
+        );
+        caller.at(220).input(Input::PeerConnected);
+        caller.at(230).input(Input::FirstRtp);
+        caller.at(235).input(Input::FirstRtp);
+        let reading = ToneReading {
+            frequency_hz: 660.0,
+            level_dbfs: -12.0,
+            purity: 0.99,
+        };
+        let outputs = caller.at(300).input(Input::Tone(reading));
+        assert_eq!(
+            outputs,
+            [Output::Event(CallEvent::ToneDetected {
+                call_id: ID.into(),
+                reading
+            })]
+        );
+        assert!(caller.machine.wants_rtt());
+        assert_eq!(
+            caller.at(400).input(Input::Rtt(12.5)),
+            [Output::Event(CallEvent::RttAvailable {
+                call_id: ID.into(),
+                rtt_ms: 12.5
+            })]
+        );
+        assert!(!caller.machine.wants_rtt());
+        assert_eq!(caller.at(450).input(Input::Rtt(13.0)), [], "announced once");
+        let outputs = caller.at(1_000).command(Input::Hangup).1;
+        let Some(Output::Ended(summary)) = outputs.last() else {
+            panic!("{outputs:?}")
+        };
+        assert_eq!(
+            summary.timeline,
+            Timeline {
+                offer_sent_ms: Some(8.0),
+                offer_received_ms: None,
+                answer_sent_ms: None,
+                answer_received_ms: Some(120.0),
+                ice_gathering_complete_ms: Some(150.0),
+                ice_connected_ms: Some(200.0),
+                dtls_connected_ms: Some(210.0),
+                connected_ms: Some(220.0),
+                first_rtp_ms: Some(230.0),
+                tone_detected_ms: Some(300.0),
+                first_rtt_ms: Some(400.0),
+                ended_ms: Some(1_000.0),
+            }
+        );
+        assert_eq!((summary.role, summary.call_id.as_str()), (Role::Caller, ID));
+        // The callee's clock starts when the offer arrives.
+        let mut callee = Phone::new(config(AnswerPolicy::Manual));
+        callee.at(1_000).signal(offer(ID, "offer"));
+        callee.at(1_250).input(Input::Accept);
+        callee.input(Input::PeerCreated);
+        callee.input(Input::RemoteDescriptionSet);
+        callee.input(Input::LocalDescription {
+            sdp: "answer".into(),
+            mid: None,
+        });
+        let timeline = callee.timeline();
+        assert_eq!(
+            (timeline.offer_received_ms, timeline.answer_sent_ms),
+            (Some(0.0), Some(250.0))
+        );
+        assert_eq!(
+            callee.machine.snapshot().unwrap().end,
+            EndReason::InProgress
+        );
+    }
+}
