@@ -8,6 +8,7 @@ use std::time::Duration;
 use discovery_client::share::{self, ShareLink};
 use serde::Serialize;
 use url::Url;
+use zajel_client_net::signaling::TrustAnchors;
 use zajel_wire::pairing::PairingCode;
 
 use crate::call::CallEvent;
@@ -15,7 +16,6 @@ use crate::client::{self, TurnPaths, TurnTransport};
 use crate::config::{AnswerPolicy, CallConfig, CallTimeouts};
 use crate::line::{LineEvent, PhoneLine};
 use crate::report::CallReport;
-use crate::session::TrustAnchors;
 
 /// What `answer` does.
 #[derive(Debug, Clone)]

@@ -9,6 +9,7 @@ use call_probe::answer::{AnswerOptions, Answerer};
 use call_probe::check::{run_check, CheckOptions};
 use call_probe::choose::ServerChoice;
 use call_probe::client::{self, TurnTransport};
+#[cfg(feature = "demo")]
 use call_probe::demo::{run_demo, DemoOptions};
 use call_probe::probe_call::{run_call, CallOptions};
 use call_probe::CallTimeouts;
@@ -174,6 +175,7 @@ impl MediaArgs {
     }
 }
 
+#[cfg(feature = "demo")]
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Seconds of audio once the call is connected.
@@ -270,6 +272,7 @@ fn print_json(value: &impl serde::Serialize) {
     );
 }
 
+#[cfg(feature = "demo")]
 pub async fn demo(args: DemoArgs) -> ExitCode {
     let duration = match seconds(args.duration, "--duration") {
         Ok(d) => d,

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use url::Url;
+use zajel_client_net::signaling::{ConnectTimings, TrustAnchors};
 use zajel_wire::pairing::PairingCode;
 
 use crate::call::CallEvent;
@@ -17,7 +18,6 @@ use crate::client::{self, TurnPaths, TurnTransport};
 use crate::config::{CallConfig, CallTimeouts};
 use crate::line::PhoneLine;
 use crate::report::CallReport;
-use crate::session::{ConnectTimings, TrustAnchors};
 
 /// What `call` does.
 #[derive(Debug, Clone)]

@@ -20,16 +20,18 @@ use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
 use url::Url;
+use zajel_client_net::registry_http::RegistryHttp;
+use zajel_client_net::tls;
 use zajel_wire::endpoint;
 
 use crate::doh::{self, DohServer};
+use crate::net;
 use crate::probe::{self, ProbeResult};
 use crate::registry;
 use crate::report::{CandidateReport, Layer, LayerReport, Outcome, Report, SourceReport, Verdict};
 use crate::share::ShareLink;
 use crate::store::Store;
 use crate::txt::{self, TxtError};
-use crate::{net, tls};
 
 /// What to look in, and how long to wait.
 #[derive(Debug, Clone)]
@@ -128,13 +130,13 @@ pub struct Discovery {
 struct Inner {
     config: Config,
     tls: Arc<rustls::ClientConfig>,
-    http: reqwest::Client,
+    http: RegistryHttp,
 }
 
 impl Discovery {
     /// Checks the configuration and sets up TLS and HTTP.
     pub fn new(config: Config) -> Result<Self, String> {
-        let tls = tls::client_config(&config.extra_roots)?;
+        let tls = tls::client_config(&config.extra_roots).map_err(|e| e.to_string())?;
         let http = registry::http_client(tls.clone(), config.layer_timeout)?;
         Ok(Self {
             inner: Arc::new(Inner {

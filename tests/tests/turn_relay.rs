@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use relay_lite::credentials;
 use relay_lite::turn::rustls::RootCertStore;
-use relay_lite::turn::{BridgeTls, StreamBridge, TurnConfig, TurnServer, TurnTls};
+use relay_lite::turn::{TurnConfig, TurnServer, TurnTls};
 use tests::process::ChildProcess;
 use turn_support::{
     free_port, now_secs, relayed_call, step_timeout, test_pki, AllocateOutcome, CallOutcome,
@@ -22,6 +22,7 @@ use turn_support::{
 };
 use webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType;
 use webrtc::ice_transport::ice_server::RTCIceServer;
+use zajel_client_net::turn_bridge::{BridgeTls, StreamBridge};
 
 const SECRET: &[u8] = b"zajel-test-shared-secret";
 const PACKETS: usize = 25;
