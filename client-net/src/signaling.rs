@@ -547,3 +547,113 @@ async fn pump(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the fake relay sends first.
+    #[derive(Clone, Copy)]
+    enum First {
+        Greeting,
+        Pong,
+        Garbage,
+    }
+
+    /// A one-connection fake relay on 127.0.0.1: sends `first`, then answers
+    /// every `ping` with a `pong`.
+    async fn fake_relay(first: First) -> Url {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("ws://{}/", listener.local_addr().unwrap())).unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut socket = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            let text = match first {
+                First::Greeting => ServerMessage::ServerInfo {
+                    server_id: "ed25519:AAAA".into(),
+                    endpoint: "ws://relay.test".into(),
+                    region: "test".into(),
+                }
+                .to_text(),
+                First::Pong => ServerMessage::Pong.to_text(),
+                First::Garbage => "not json".into(),
+            };
+            socket.send(Message::text(text)).await.unwrap();
+            while let Some(Ok(frame)) = socket.next().await {
+                if let Message::Text(text) = frame {
+                    if matches!(ClientMessage::parse(&text), Ok(ClientMessage::Ping)) {
+                        let pong = Message::text(ServerMessage::Pong.to_text());
+                        if socket.send(pong).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        url
+    }
+
+    const STEP: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn a_session_opens_on_the_greeting_and_round_trips_a_ping() {
+        let url = fake_relay(First::Greeting).await;
+        let mut session = SignalingSession::connect(&url, &TrustAnchors::WebPki, STEP)
+            .await
+            .unwrap();
+        assert_eq!(session.server_info().server_id, "ed25519:AAAA");
+        assert_eq!(session.server_info().region, "test");
+        assert_eq!(session.timings().tls_handshake, None);
+        assert!(session.round_trip(STEP).await.unwrap() < STEP);
+    }
+
+    #[tokio::test]
+    async fn a_relay_that_does_not_greet_first_is_refused() {
+        let url = fake_relay(First::Pong).await;
+        let error = SignalingSession::connect(&url, &TrustAnchors::WebPki, STEP)
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&error, SessionError::NoGreeting(text) if text.contains("pong")),
+            "{error}"
+        );
+        let url = Url::parse("http://127.0.0.1:9/").unwrap();
+        let error = SignalingSession::connect(&url, &TrustAnchors::WebPki, STEP)
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(error, SessionError::Url(_)), "{error}");
+    }
+
+    #[tokio::test]
+    async fn the_socket_steps_read_messages_and_tell_garbage_apart() {
+        let url = fake_relay(First::Garbage).await;
+        let tcp = TcpStream::connect((url.host_str().unwrap(), url.port().unwrap()))
+            .await
+            .unwrap();
+        let mut socket =
+            SignalingSocket::upgrade(&url, MaybeTlsStream::Plain(tcp), MAX_FRAME_BYTES)
+                .await
+                .unwrap();
+        let error = socket.next_message().await.unwrap_err();
+        assert!(
+            matches!(&error, ReceiveError::NotZajel { text, .. } if text == "not json"),
+            "{error}"
+        );
+        socket.send(&ClientMessage::Ping).await.unwrap();
+        assert!(matches!(
+            socket.next_message().await.unwrap(),
+            ServerMessage::Pong
+        ));
+        socket.close().await;
+    }
+
+    #[test]
+    fn ipv6_hosts_lose_their_brackets() {
+        let url = Url::parse("wss://[::1]:8443/").unwrap();
+        assert_eq!(url_host(&url).as_deref(), Some("::1"));
+        let url = Url::parse("ws://relay.example/").unwrap();
+        assert_eq!(url_host(&url).as_deref(), Some("relay.example"));
+    }
+}
