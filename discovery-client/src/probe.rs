@@ -171,6 +171,11 @@ async fn upgrade(
 ) -> Result<SignalingSocket, tungstenite::Error> {
     let stream = if url.scheme() == "wss" {
         let host = signaling::url_host(url).unwrap_or_default();
+        if rustls::pki_types::ServerName::try_from(host.as_str()).is_err() {
+            return Err(tungstenite::Error::Tls(
+                tungstenite::error::TlsError::InvalidDnsName,
+            ));
+        }
         signaling::tls_handshake(&host, tcp, tls)
             .await
             .map_err(tungstenite::Error::Io)?
