@@ -15,9 +15,10 @@ mod cli {
     use std::process::ExitCode;
 
     use bootstrap_worker::config::{Config, Policy};
-    use bootstrap_worker::native::{keyfile, server, sqlite::SqliteStore};
+    use bootstrap_worker::native::{server, sqlite::SqliteStore};
     use bootstrap_worker::registry::Registry;
     use clap::{Parser, Subcommand};
+    use zajel_client_net::keyfile;
     use zajel_wire::keys;
 
     /// The Zajel server registry, self-hosted.
@@ -91,13 +92,17 @@ mod cli {
             .init();
         let result = match Cli::parse().command {
             Command::Serve(args) => serve(args),
-            Command::Keygen { out } => keyfile::generate(&out).map(|key| {
-                eprintln!("wrote a new signing key to {} (mode 0600)", out.display());
-                println!("{}", keys::public_key_to_base64(&key.verifying_key()));
-            }),
-            Command::Pubkey { key_file } => keyfile::read(&key_file).map(|key| {
-                println!("{}", keys::public_key_to_base64(&key.verifying_key()));
-            }),
+            Command::Keygen { out } => keyfile::generate(&out)
+                .map(|key| {
+                    eprintln!("wrote a new signing key to {} (mode 0600)", out.display());
+                    println!("{}", keys::public_key_to_base64(&key.verifying_key()));
+                })
+                .map_err(|error| error.to_string()),
+            Command::Pubkey { key_file } => keyfile::read(&key_file)
+                .map(|key| {
+                    println!("{}", keys::public_key_to_base64(&key.verifying_key()));
+                })
+                .map_err(|error| error.to_string()),
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -109,7 +114,7 @@ mod cli {
     }
 
     fn serve(args: ServeArgs) -> Result<(), String> {
-        let key = keyfile::read(&args.signing_key_file)?;
+        let key = keyfile::read(&args.signing_key_file).map_err(|error| error.to_string())?;
         let store = if args.memory {
             SqliteStore::in_memory()
         } else {

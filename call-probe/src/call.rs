@@ -139,7 +139,7 @@ impl CallEngine {
         outgoing: mpsc::Sender<CallPayload>,
     ) -> (Self, mpsc::UnboundedReceiver<CallEvent>) {
         // Builds with reqwest hold two rustls providers, and webrtc-rs's DTLS asks for the default.
-        relay_lite::tls::install_crypto_provider();
+        zajel_client_net::tls::install_crypto_provider();
         let (commands, command_rx) = mpsc::channel(16);
         let (events, event_rx) = mpsc::unbounded_channel();
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();

@@ -18,15 +18,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use discovery_client::discovery::Config as DiscoveryConfig;
-use relay_lite::turn::StreamBridge;
 use serde::Serialize;
 use tokio::net::UdpSocket;
 use webrtc::turn::client::{Client as TurnClient, ClientConfig as TurnClientConfig};
 use webrtc::util::Conn;
+use zajel_client_net::signaling::TrustAnchors;
+use zajel_client_net::turn_bridge::StreamBridge;
 
 use crate::choose::ServerChoice;
 use crate::client::{self, parse_ice_url, TurnTransport};
-use crate::session::TrustAnchors;
 use crate::table::{self, list, ms_rows, row};
 
 /// At least one call path exists.
@@ -139,7 +139,7 @@ fn ms(d: Duration) -> f64 {
 
 /// Runs the whole check.
 pub async fn run_check(options: &CheckOptions) -> Result<CheckReport, String> {
-    relay_lite::tls::install_crypto_provider();
+    zajel_client_net::tls::install_crypto_provider();
     let start = Instant::now();
     let choice = ServerChoice::discover(options.discovery.clone()).await?;
     let finish =

@@ -1,22 +1,22 @@
 //! What `call`, `answer` and `check` share: opening a registered session on a relay (with
 //! the relay's `ice_servers`), a random pairing code and X25519-shaped public key, turning the
 //! relay's ICE servers into the engine's (every TURN server behind a TURN tap, TCP/TLS through
-//! relay-lite's stream bridges, and which of them a call's media took), and descriptions of ICE
+//! the client-side stream bridges of `zajel_client_net::turn_bridge`, and which of them a call's media took), and descriptions of ICE
 //! servers without their credentials.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use relay_lite::turn::rustls::RootCertStore;
-use relay_lite::turn::{BridgeTls, StreamBridge};
 use serde::Serialize;
 use url::Url;
+use zajel_client_net::signaling::{ConnectTimings, SessionError, SignalingSession, TrustAnchors};
+use zajel_client_net::tls;
+use zajel_client_net::turn_bridge::{BridgeTls, StreamBridge};
 use zajel_wire::pairing::{encode_x25519_public_key, PairingCode};
 use zajel_wire::signaling::IceServer as WireIceServer;
 
 use crate::config::IceServer;
 use crate::report::CallReport;
-use crate::session::{ConnectTimings, SessionError, SignalingSession, TrustAnchors};
 use crate::turn_tap::TurnTap;
 
 /// A random pairing code.
@@ -337,8 +337,14 @@ pub async fn turn_target(
         TurnTransport::Udp | TurnTransport::Auto => return Ok((address, None)),
         TurnTransport::Tcp => None,
         TurnTransport::Tls => Some(
-            BridgeTls::new(&url.host, root_store(extra_roots)?)
-                .map_err(|e| format!("TURN/TLS bridge: {e}"))?,
+            BridgeTls::with_config(
+                &url.host,
+                std::sync::Arc::new(
+                    tls::client_config(extra_roots)
+                        .map_err(|e| format!("a trusted certificate: {e}"))?,
+                ),
+            )
+            .map_err(|e| format!("TURN/TLS bridge: {e}"))?,
         ),
     };
     let bridge = StreamBridge::start(address, tls)
@@ -347,25 +353,11 @@ pub async fn turn_target(
     Ok((bridge.local_addr(), Some(bridge)))
 }
 
-/// The web PKI roots plus `extra`.
-pub fn root_store(
-    extra: &[rustls::pki_types::CertificateDer<'static>],
-) -> Result<RootCertStore, String> {
-    let mut roots = RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    for certificate in extra {
-        roots
-            .add(certificate.clone())
-            .map_err(|e| format!("a trusted certificate: {e}"))?;
-    }
-    Ok(roots)
-}
-
 /// Reads PEM certificates to trust (`--ca-file`).
 pub fn read_ca_file(
     path: &std::path::Path,
 ) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
-    discovery_client::tls::read_pem_certificates(path)
+    tls::read_pem_certificates(path).map_err(|e| e.to_string())
 }
 
 /// What `wss://` sessions trust: the web PKI, or only `extra` when given (`--ca-file`).

@@ -12,14 +12,16 @@
 //! - [`stats`]: timeline and RTP/RTCP figures.
 //! - [`report`]: the call report and its table; [`table`]: the rows of the modes' tables.
 //! - [`selftest`]: one in-process loopback call between two engines.
-//! - [`session`]: the client side of a signaling session with a relay.
 //! - [`client`]: registering on a relay, ICE servers from the relay, TURN bridges.
 //! - [`line`]: a registered session wired to an engine (pairing, call routing);
 //!   [`line_options`]: what `call`, `answer` and `demo` share, and the one builder of their
 //!   [`CallConfig`].
 //! - [`probe_call`]: `call` (pair, call, report); [`answer`]: `answer`.
 //! - [`choose`]: where the relay comes from; [`check`]: `check`.
-//! - [`world`]: registry + relay + TURN + DoH in-process; [`demo`]: `demo`.
+//! - `world`: registry + relay + TURN + DoH in-process; `demo`: `demo` (both behind the
+//!   default-on cargo feature `demo`, the one place this crate depends on the servers).
+//!
+//! The signaling session, TLS settings and TURN stream bridges come from `zajel_client_net`.
 
 pub mod answer;
 pub mod call;
@@ -27,6 +29,7 @@ pub mod check;
 pub mod choose;
 pub mod client;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod last_flight;
 pub mod line;
@@ -36,11 +39,11 @@ pub mod peer;
 pub mod probe_call;
 pub mod report;
 pub mod selftest;
-pub mod session;
 pub mod stats;
 pub mod table;
 pub mod tap;
 pub mod turn_tap;
+#[cfg(feature = "demo")]
 pub mod world;
 
 pub use call::{CallEngine, CallEvent, EngineError};

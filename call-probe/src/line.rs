@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use zajel_client_net::signaling::SignalingSession;
 use zajel_wire::call::CallPayload;
 use zajel_wire::pairing::PairingCode;
 use zajel_wire::signaling::{ClientMessage, ServerMessage};
@@ -21,7 +22,6 @@ use zajel_wire::signaling::{ClientMessage, ServerMessage};
 use crate::call::CallEngine;
 use crate::config::CallConfig;
 use crate::selftest::Phone;
-use crate::session::SignalingSession;
 
 /// What happened on the signaling side of a line.
 #[derive(Debug, Clone, PartialEq, Eq)]

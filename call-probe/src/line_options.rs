@@ -13,7 +13,7 @@ use zajel_wire::signaling::IceServer as WireIceServer;
 
 use crate::client::{self, Registered, TurnPaths, TurnTransport};
 use crate::config::{CallConfig, CallTimeouts, IceServer};
-use crate::session::{SessionError, TrustAnchors};
+use zajel_client_net::signaling::{SessionError, TrustAnchors};
 
 /// How one phone line on a relay sets up its calls.
 #[derive(Debug, Clone)]

@@ -24,6 +24,7 @@ struct Cli {
 enum Command {
     /// Start a registry, a DoH server, relay-lite with TURN and an answerer in this process
     /// (127.0.0.1 only, offline), discover the relay, place a real call and print the report.
+    #[cfg(feature = "demo")]
     Demo(modes::DemoArgs),
     /// Pair with an answerer (pairing code or zajel:// link) and place one call.
     Call(modes::CallArgs),
@@ -71,7 +72,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    relay_lite::tls::install_crypto_provider();
+    zajel_client_net::tls::install_crypto_provider();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -81,6 +82,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        #[cfg(feature = "demo")]
         Command::Demo(args) => runtime.block_on(modes::demo(args)),
         Command::Call(args) => runtime.block_on(modes::call(args)),
         Command::Answer(args) => runtime.block_on(modes::answer(args)),

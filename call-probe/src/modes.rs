@@ -8,6 +8,7 @@ use call_probe::answer::{AnswerOptions, Answerer};
 use call_probe::check::{run_check, CheckOptions, CheckReport};
 use call_probe::choose::ServerChoice;
 use call_probe::client::{self, TurnTransport};
+#[cfg(feature = "demo")]
 use call_probe::demo::{run_demo, DemoOptions, DemoReport};
 use call_probe::line_options::LineOptions;
 use call_probe::probe_call::{run_call, CallOptions};
@@ -92,6 +93,7 @@ impl MediaArgs {
     }
 }
 
+#[cfg(feature = "demo")]
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Seconds of audio once the call is connected.
@@ -193,6 +195,7 @@ fn print_report<R: serde::Serialize>(json: bool, report: &R, table: fn(&R) -> St
     }
 }
 
+#[cfg(feature = "demo")]
 pub async fn demo(args: DemoArgs) -> ExitCode {
     let duration = match seconds(args.duration, "--duration") {
         Ok(d) => d,

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use url::Url;
+use zajel_client_net::signaling::ConnectTimings;
 use zajel_wire::pairing::PairingCode;
 
 use crate::call::CallEvent;
@@ -18,7 +19,6 @@ use crate::config::CallConfig;
 use crate::line::PhoneLine;
 use crate::line_options::LineOptions;
 use crate::report::CallReport;
-use crate::session::ConnectTimings;
 use crate::table::{list, ms, ms_rows, row};
 
 /// What `call` does.

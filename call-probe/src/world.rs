@@ -7,7 +7,6 @@
 //! relay through the registry and DoH layers.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bootstrap_worker::config::{Config as RegistryConfig, Policy};
@@ -22,6 +21,8 @@ use relay_lite::turn::{TurnConfig, TurnTls};
 use relay_lite::{MembershipConfig, Relay, RelayConfig, RunningRelay};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use url::Url;
+use zajel_client_net::signaling::TrustAnchors;
+use zajel_client_net::{keyfile, tls};
 
 /// The zone the DoH server serves `_zajel` records for.
 pub const DEMO_DOMAIN: &str = "zajel.test";
@@ -73,9 +74,7 @@ impl DemoCa {
 
     /// A rustls server configuration presenting the server certificate.
     pub fn server_config(&self) -> Result<rustls::ServerConfig, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+        tls::server_config_builder()
             .map_err(|e| e.to_string())?
             .with_no_client_auth()
             .with_single_cert(
@@ -149,9 +148,7 @@ pub struct WorldOptions {
 
 /// A random Ed25519 key.
 pub fn random_signing_key() -> Result<SigningKey, String> {
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|e| format!("no randomness: {e}"))?;
-    Ok(SigningKey::from_bytes(&seed))
+    keyfile::random_key().map_err(|e| e.to_string())
 }
 
 fn ms(since: Instant) -> f64 {
@@ -167,7 +164,7 @@ impl LocalWorld {
     /// Starts every part on 127.0.0.1 (free ports) and waits until the relay is registered
     /// and its record published.
     pub async fn start_with(options: WorldOptions) -> Result<Self, String> {
-        relay_lite::tls::install_crypto_provider();
+        tls::install_crypto_provider();
         let mut timings = WorldTimings::default();
         let ca = DemoCa::new()?;
 
@@ -271,7 +268,7 @@ impl LocalWorld {
             valid_for: Duration::from_secs(3600),
             timeout: Duration::from_secs(5),
         };
-        let tls = discovery_client::tls::client_config(&[])?;
+        let tls = tls::client_config(&[]).map_err(|e| e.to_string())?;
         let records = publish::publish(&request, &registry_key, tls).await?;
         timings.published_ms = ms(started);
 
@@ -313,8 +310,8 @@ impl LocalWorld {
     }
 
     /// What a `wss://` session to the relay must trust (the demo CA).
-    pub fn trust(&self) -> crate::session::TrustAnchors {
-        crate::session::TrustAnchors::Only(vec![self.ca.ca_der.clone()])
+    pub fn trust(&self) -> TrustAnchors {
+        TrustAnchors::Only(vec![self.ca.ca_der.clone()])
     }
 
     /// Discovery through the registry (key pinned) and DoH layers, the demo CA trusted,

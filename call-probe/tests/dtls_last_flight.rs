@@ -28,7 +28,7 @@ fn config() -> Config {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_final_flight_of_the_server_is_sent_again_when_the_client_repeats_its_own() {
-    relay_lite::tls::install_crypto_provider();
+    zajel_client_net::tls::install_crypto_provider();
     let any = "127.0.0.1:0".parse().unwrap();
     let (server_socket, server_tap) = TappedUdp::bind(any).await.unwrap();
     let (client_socket, client_tap) = TappedUdp::bind(any).await.unwrap();

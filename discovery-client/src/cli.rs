@@ -17,7 +17,7 @@ use zajel_wire::keys::KeyError;
 use crate::discovery::Config;
 use crate::doh::DohServer;
 use crate::store::{self, Store};
-use crate::tls;
+use zajel_client_net::tls;
 
 /// Why the discovery flags do not make a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -30,8 +30,8 @@ pub enum ArgsError {
         source: KeyError,
     },
     /// A `--ca-file` could not be read or holds no certificate.
-    #[error("{0}")]
-    CaFile(String),
+    #[error(transparent)]
+    CaFile(#[from] zajel_client_net::tls::TlsError),
     /// No `--cache-file` and no directory to put the default one in.
     #[error(
         "no data directory: set --cache-file, {}, XDG_DATA_HOME or HOME",
@@ -79,7 +79,7 @@ impl TrustArgs {
     pub fn roots(&self) -> Result<Vec<CertificateDer<'static>>, ArgsError> {
         let mut roots = Vec::new();
         for path in &self.ca_files {
-            roots.extend(tls::read_pem_certificates(path).map_err(ArgsError::CaFile)?);
+            roots.extend(tls::read_pem_certificates(path)?);
         }
         Ok(roots)
     }

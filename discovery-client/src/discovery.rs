@@ -21,6 +21,8 @@ use ed25519_dalek::VerifyingKey;
 use rustls::pki_types::CertificateDer;
 use tokio::sync::mpsc;
 use url::Url;
+use zajel_client_net::registry_http::RegistryHttp;
+use zajel_client_net::tls;
 use zajel_discovery_core::discovery::{
     handover, manual_source, share_link_source, source_report, CheckResult, CheckedServer,
     DiscoveryState, Found, Handover, Input, Output, Rules, SourceFindings,
@@ -31,7 +33,6 @@ use crate::probe;
 use crate::registry;
 use crate::report::{Layer, Outcome, Report};
 use crate::store::{Store, StoreData};
-use crate::tls;
 use crate::txt;
 
 pub use zajel_discovery_core::discovery::Event;
@@ -100,13 +101,13 @@ pub struct Discovery {
 struct Inner {
     config: Config,
     tls: Arc<rustls::ClientConfig>,
-    http: reqwest::Client,
+    http: RegistryHttp,
 }
 
 impl Discovery {
     /// Checks the configuration and sets up TLS and HTTP.
     pub fn new(config: Config) -> Result<Self, String> {
-        let tls = tls::client_config(&config.extra_roots)?;
+        let tls = tls::client_config(&config.extra_roots).map_err(|e| e.to_string())?;
         let http = registry::http_client(tls.clone(), config.layer_timeout)?;
         Ok(Self {
             inner: Arc::new(Inner {

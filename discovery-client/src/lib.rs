@@ -10,7 +10,7 @@
 //! 6. manual URLs typed by the user.
 //!
 //! [`discovery::Discovery`] merges them, checks each candidate with a WebSocket
-//! `ping`/`pong` ([`probe`]), ranks them, streams [`discovery::Event`]s and
+//! `ping`/`pong` ([`probe`], on `zajel_client_net::signaling`), ranks them, streams [`discovery::Event`]s and
 //! ends every run with a serde-serialisable [`report::Report`]. [`cli`] holds the discovery
 //! flags both command lines (`zajel-discover`, call-probe) flatten.
 //!
@@ -30,17 +30,11 @@ pub mod publish;
 pub mod registry;
 pub mod share;
 pub mod store;
-pub mod tls;
 
 pub use zajel_discovery_core::{report, txt};
 
 pub use discovery::{Candidate, Config, Discovery, Event, Run};
 pub use report::{Layer, Outcome, Report, Verdict};
 
-/// Milliseconds since the Unix epoch, from the system clock.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+/// Milliseconds since the Unix epoch (the toolkit's one clock reader).
+pub use zajel_client_net::now_ms;

@@ -19,8 +19,9 @@ use discovery_client::publish::{self, PublishRequest};
 use discovery_client::report::{Report, Verdict};
 use discovery_client::share::{self, ShareLink};
 use discovery_client::store::{self, Store};
-use discovery_client::{tls, txt};
+use discovery_client::txt;
 use url::Url;
+use zajel_client_net::{keyfile, tls};
 use zajel_wire::pairing::PairingCode;
 
 /// Exit code: only unverified servers answered.
@@ -379,8 +380,9 @@ async fn txt_publish(args: PublishArgs) -> Result<u8, String> {
     if args.valid_hours == 0 || args.valid_hours * 3600 > txt::MAX_VALIDITY_SECS {
         return Err("--valid-hours must be between 1 and 744".into());
     }
-    let key = bootstrap_worker::native::keyfile::read(&args.key_file)?;
-    let tls = tls::client_config(&args.trust.roots().map_err(|e| e.to_string())?)?;
+    let key = keyfile::read(&args.key_file).map_err(|e| e.to_string())?;
+    let tls = tls::client_config(&args.trust.roots().map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
     let request = PublishRequest {
         registry: args.registry.clone(),
         extra_registry_keys: args.trust.keys().map_err(|e| e.to_string())?,
@@ -411,7 +413,8 @@ async fn txt_verify(args: VerifyArgs) -> Result<u8, String> {
     if keys.is_empty() {
         return Err("--registry-key is needed to verify records".into());
     }
-    let tls = tls::client_config(&args.trust.roots().map_err(|e| e.to_string())?)?;
+    let tls = tls::client_config(&args.trust.roots().map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
     let checks = publish::verify(
         &args.domain,
         &args.doh,

@@ -4,8 +4,11 @@
 
 use std::error::Error as StdError;
 
+use zajel_client_net::registry_http::RegistryHttpError;
+
 use crate::report::Outcome;
 
+pub use zajel_client_net::errors::error_chain;
 pub use zajel_discovery_core::address::{host_is_private, is_private};
 
 /// Classifies a failed connection or request by walking its error chain.
@@ -25,8 +28,8 @@ pub fn classify(error: &(dyn StdError + 'static)) -> Outcome {
         if e.downcast_ref::<rustls::Error>().is_some() {
             return Outcome::TlsFailure;
         }
-        if let Some(reqwest) = e.downcast_ref::<reqwest::Error>() {
-            if reqwest.is_timeout() {
+        if let Some(http) = e.downcast_ref::<RegistryHttpError>() {
+            if http.is_timeout() {
                 return Outcome::TimedOut;
             }
         }
@@ -60,20 +63,6 @@ pub fn classify_text(text: &str) -> Outcome {
     } else {
         Outcome::Error
     }
-}
-
-/// The whole error chain in one line (`a: b: c`).
-pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
-    while let Some(e) = current {
-        let text = e.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        current = e.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]

@@ -1,19 +1,18 @@
 //! Candidate checks: connect, WebSocket upgrade (over TLS for `wss://`), wait
 //! for the `server_info` greeting, send `{"type":"ping"}` and time the
-//! `{"type":"pong"}` (Zajel's keep-alive, reference §2). Names are resolved
-//! here so that a host resolving to a private address is refused unless
-//! allowed.
+//! `{"type":"pong"}` (Zajel's keep-alive, reference §2), with the steps of
+//! the shared signaling client (`zajel_client_net::signaling`). Names are
+//! resolved here so that a host resolving to a private address is refused
+//! unless allowed, and failures are classified into report [`Outcome`]s here.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::Connector;
+use tokio_tungstenite::{tungstenite, MaybeTlsStream};
 use url::Url;
+use zajel_client_net::signaling::{self, ReceiveError, SignalingSocket};
 use zajel_wire::signaling::{ClientMessage, ServerMessage, MAX_FRAME_BYTES};
 
 use crate::net;
@@ -117,23 +116,8 @@ async fn probe_inner(
         return ProbeResult::failed(net::classify(&error), format!("connect: {error}"));
     };
     let _ = stream.set_nodelay(true);
-    let connector = if url.scheme() == "wss" {
-        Connector::Rustls(tls)
-    } else {
-        Connector::Plain
-    };
-    let mut config = WebSocketConfig::default();
-    config.max_message_size = Some(MAX_FRAME_BYTES);
-    config.max_frame_size = Some(MAX_FRAME_BYTES);
-    let (mut socket, _) = match tokio_tungstenite::client_async_tls_with_config(
-        url.as_str(),
-        stream,
-        Some(config),
-        Some(connector),
-    )
-    .await
-    {
-        Ok(connected) => connected,
+    let mut socket = match upgrade(url, stream, tls).await {
+        Ok(socket) => socket,
         Err(error) => {
             let outcome = match net::classify(&error) {
                 Outcome::Error => Outcome::Protocol,
@@ -157,17 +141,14 @@ async fn probe_inner(
         Err(result) => return result,
     };
     let sent = Instant::now();
-    if let Err(e) = socket
-        .send(Message::text(ClientMessage::Ping.to_text()))
-        .await
-    {
+    if let Err(e) = socket.send(&ClientMessage::Ping).await {
         return ProbeResult::failed(net::classify(&e), format!("sending ping: {e}"));
     }
     loop {
         match next_server_message(&mut socket).await {
             Ok(ServerMessage::Pong) => {
                 let rtt = sent.elapsed().as_secs_f64() * 1000.0;
-                let _ = socket.close(None).await;
+                socket.close().await;
                 return ProbeResult {
                     outcome: Outcome::Ok,
                     detail: String::new(),
@@ -181,35 +162,43 @@ async fn probe_inner(
     }
 }
 
-async fn next_server_message<S>(
-    socket: &mut tokio_tungstenite::WebSocketStream<S>,
-) -> Result<ServerMessage, ProbeResult>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    loop {
-        match socket.next().await {
-            Some(Ok(Message::Text(text))) => {
-                return ServerMessage::parse(text.as_str()).map_err(|e| {
-                    ProbeResult::failed(Outcome::Protocol, format!("not a Zajel message: {e}"))
-                })
-            }
-            Some(Ok(Message::Close(_))) | None => {
-                return Err(ProbeResult::failed(
-                    Outcome::Protocol,
-                    "the server closed the connection",
-                ))
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => {
-                return Err(ProbeResult::failed(
-                    match net::classify(&e) {
-                        Outcome::Error => Outcome::Protocol,
-                        other => other,
-                    },
-                    net::error_chain(&e),
-                ))
-            }
+/// TLS for `wss://`, then the WebSocket upgrade; a failure of either is an
+/// error of the upgrade (as when the WebSocket library does the TLS itself).
+async fn upgrade(
+    url: &Url,
+    tcp: TcpStream,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<SignalingSocket, tungstenite::Error> {
+    let stream = if url.scheme() == "wss" {
+        let host = signaling::url_host(url).unwrap_or_default();
+        if rustls::pki_types::ServerName::try_from(host.as_str()).is_err() {
+            return Err(tungstenite::Error::Tls(
+                tungstenite::error::TlsError::InvalidDnsName,
+            ));
         }
-    }
+        signaling::tls_handshake(&host, tcp, tls)
+            .await
+            .map_err(tungstenite::Error::Io)?
+    } else {
+        MaybeTlsStream::Plain(tcp)
+    };
+    SignalingSocket::upgrade(url, stream, MAX_FRAME_BYTES).await
+}
+
+async fn next_server_message(socket: &mut SignalingSocket) -> Result<ServerMessage, ProbeResult> {
+    socket.next_message().await.map_err(|error| match error {
+        ReceiveError::NotZajel { reason, .. } => {
+            ProbeResult::failed(Outcome::Protocol, format!("not a Zajel message: {reason}"))
+        }
+        ReceiveError::Closed => {
+            ProbeResult::failed(Outcome::Protocol, "the server closed the connection")
+        }
+        ReceiveError::Socket(e) => ProbeResult::failed(
+            match net::classify(&e) {
+                Outcome::Error => Outcome::Protocol,
+                other => other,
+            },
+            net::error_chain(&e),
+        ),
+    })
 }

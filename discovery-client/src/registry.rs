@@ -2,12 +2,14 @@
 //! registry keys (signature over the exact body, `timestamp` within 5
 //! minutes). With a key pinned, an unsigned or badly signed list is refused
 //! and none of its servers is used. The checks themselves are
-//! `zajel_discovery_core::registry_list`; this module fetches.
+//! `zajel_discovery_core::registry_list`; this module fetches, through the
+//! shared registry client `zajel_client_net::registry_http`.
 
 use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
 use url::Url;
+use zajel_client_net::registry_http::{RegistryHttp, RegistryHttpConfig, RegistryHttpError};
 use zajel_discovery_core::registry_list;
 use zajel_wire::signature::LIST_SIGNATURE_HEADER;
 
@@ -28,72 +30,49 @@ pub fn servers_url(registry: &Url) -> Url {
 }
 
 /// An HTTP client for registries (rustls, no proxy from the environment).
-pub fn http_client(
-    tls: rustls::ClientConfig,
-    timeout: Duration,
-) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .no_proxy()
-        .user_agent(concat!("zajel-discover/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| format!("HTTP client: {}", net::error_chain(&e)))
+pub fn http_client(tls: rustls::ClientConfig, timeout: Duration) -> Result<RegistryHttp, String> {
+    RegistryHttp::new(RegistryHttpConfig::new(
+        tls,
+        timeout,
+        concat!("zajel-discover/", env!("CARGO_PKG_VERSION")),
+    ))
+    .map_err(|e| net::error_chain(&e))
 }
 
 /// Fetches and checks one registry's list.
 pub async fn fetch(
-    client: &reqwest::Client,
+    client: &RegistryHttp,
     registry: &Url,
     pinned: &[VerifyingKey],
     now_ms: u64,
 ) -> RegistryResult {
     let url = servers_url(registry);
-    let response = match client.get(url.clone()).send().await {
-        Ok(response) => response,
+    let answer = match client.get(&url).await {
+        Ok(answer) => answer,
         Err(error) => {
             return RegistryResult::failed(net::classify(&error), net::error_chain(&error));
         }
     };
-    let status = response.status();
-    if !status.is_success() {
-        return RegistryResult::failed(Outcome::Protocol, format!("HTTP status {status}"));
+    if !(200..300).contains(&answer.status()) {
+        return RegistryResult::failed(
+            Outcome::Protocol,
+            format!("HTTP status {}", answer.status_line()),
+        );
     }
-    let signature = response
-        .headers()
-        .get(LIST_SIGNATURE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let body = match read_limited(response).await {
+    let signature = answer.header(LIST_SIGNATURE_HEADER).map(str::to_string);
+    let body = match answer.body(MAX_BODY_BYTES).await {
         Ok(body) => body,
-        Err(result) => return result,
+        Err(RegistryHttpError::TooLarge { .. }) => {
+            return RegistryResult::failed(
+                Outcome::Protocol,
+                format!("list larger than {MAX_BODY_BYTES} bytes"),
+            )
+        }
+        Err(error) => {
+            return RegistryResult::failed(net::classify(&error), net::error_chain(&error))
+        }
     };
     registry_list::check_list(signature.as_deref(), &body, pinned, now_ms)
-}
-
-async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, RegistryResult> {
-    let mut body = Vec::new();
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > MAX_BODY_BYTES {
-                    return Err(RegistryResult::failed(
-                        Outcome::Protocol,
-                        format!("list larger than {MAX_BODY_BYTES} bytes"),
-                    ));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(body),
-            Err(error) => {
-                return Err(RegistryResult::failed(
-                    net::classify(&error),
-                    net::error_chain(&error),
-                ))
-            }
-        }
-    }
 }
 
 #[cfg(test)]

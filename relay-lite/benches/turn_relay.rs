@@ -23,10 +23,11 @@ use common::turn::{now_secs, test_pki};
 use paths::Channel;
 use relay_lite::credentials;
 use relay_lite::turn::rustls::RootCertStore;
-use relay_lite::turn::{BridgeTls, StreamBridge, TurnConfig, TurnServer, TurnTls};
+use relay_lite::turn::{TurnConfig, TurnServer, TurnTls};
 use tokio::net::UdpSocket;
 use webrtc::turn::client::{Client, ClientConfig};
 use webrtc::util::Conn;
+use zajel_client_net::turn_bridge::{BridgeTls, StreamBridge};
 
 const SECRET: &[u8] = b"bench-secret";
 

@@ -2,21 +2,27 @@
 //! using signed requests (proof of possession), heartbeats, registers again
 //! when a heartbeat gets 404, retries with exponential backoff and jitter
 //! while a registry is unreachable (clients are served meanwhile), and
-//! sends a signed `DELETE` on shutdown.
+//! sends a signed `DELETE` on shutdown. Requests go through the shared
+//! registry client (`zajel_client_net::registry_http`), one connection per
+//! request, each answer read to at most [`MAX_ANSWER_BYTES`].
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use url::Url;
+use zajel_client_net::now_ms;
+use zajel_client_net::registry_http::{RegistryHttp, RegistryHttpConfig};
+use zajel_client_net::tls;
 use zajel_wire::entry::{HeartbeatRequest, RegisterRequest};
+use zajel_wire::keys;
 use zajel_wire::pairing::percent_encode;
 use zajel_wire::signature::{self, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 
 use crate::config::MembershipConfig;
 use crate::metrics::Metrics;
-use crate::registry_http::{Answer, RegistryClient};
 
 /// What one registry is told about this relay.
 #[derive(Clone)]
@@ -27,7 +33,34 @@ pub(crate) struct Membership {
     pub region: Option<String>,
     pub config: MembershipConfig,
     pub metrics: Arc<Metrics>,
-    pub http: RegistryClient,
+    pub http: RegistryHttp,
+}
+
+/// Largest answer body read from a registry.
+pub const MAX_ANSWER_BYTES: usize = 1 << 20;
+
+/// The registry client of a relay: the Mozilla roots, `timeout` on each
+/// whole exchange, a fresh connection per request.
+pub(crate) fn registry_http(timeout: Duration) -> Result<RegistryHttp, String> {
+    let tls = tls::client_config(&[]).map_err(|error| error.to_string())?;
+    RegistryHttp::new(RegistryHttpConfig {
+        reuse_connections: false,
+        ..RegistryHttpConfig::new(
+            tls,
+            timeout,
+            concat!("relay-lite/", env!("CARGO_PKG_VERSION")),
+        )
+    })
+    .map_err(|error| error.to_string())
+}
+
+/// A registry's answer, read whole.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    /// `Retry-After` in seconds, when given.
+    retry_after: Option<u64>,
+    body: String,
 }
 
 #[derive(Debug)]
@@ -36,12 +69,6 @@ enum Failure {
     NotRegistered,
     /// Refused or unreachable; retry after the given wait, or the backoff.
     Retry(String, Option<Duration>),
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 /// Exponential backoff with ±25 % jitter.
@@ -81,9 +108,36 @@ impl Membership {
         format!("{}{path}", self.registry.trim_end_matches('/'))
     }
 
+    /// Sends one request and reads the whole answer.
+    async fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        json_body: Option<String>,
+    ) -> Result<Answer, String> {
+        let url = self.url(path);
+        let url = Url::parse(&url).map_err(|e| format!("bad URL {url}: {e}"))?;
+        let answer = self
+            .http
+            .send(method, &url, headers, json_body)
+            .await
+            .map_err(|e| e.detail())?;
+        let status = answer.status();
+        let retry_after = answer.retry_after();
+        let body = answer
+            .body(MAX_ANSWER_BYTES)
+            .await
+            .map_err(|e| format!("reading the answer: {}", e.detail()))?;
+        Ok(Answer {
+            status,
+            retry_after,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+
     async fn post(&self, path: &str, body: String) -> Result<Answer, Failure> {
-        self.http
-            .send("POST", &self.url(path), &[], Some(body))
+        self.exchange("POST", path, &[], Some(body))
             .await
             .map_err(|error| Failure::Retry(format!("unreachable: {error}"), None))
     }
@@ -123,13 +177,12 @@ impl Membership {
     }
 
     async fn unregister(&self) -> Result<(), String> {
-        let server_id = crate::identity::server_id(&self.key);
+        let server_id = keys::server_id_for(&self.key.verifying_key());
         let (timestamp, signature) = signature::sign_unregister(&self.key, now_ms());
-        let url = self.url(&format!("/servers/{}", percent_encode(&server_id)));
+        let path = format!("/servers/{}", percent_encode(&server_id));
         let headers = [(TIMESTAMP_HEADER, timestamp), (SIGNATURE_HEADER, signature)];
         let answer = self
-            .http
-            .send("DELETE", &url, &headers, None)
+            .exchange("DELETE", &path, &headers, None)
             .await
             .map_err(|error| format!("unreachable: {error}"))?;
         if (200..300).contains(&answer.status) {

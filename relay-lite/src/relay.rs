@@ -15,13 +15,14 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
+use zajel_client_net::keyfile;
 use zajel_wire::entry::UNKNOWN_REGION;
+use zajel_wire::keys;
 use zajel_wire::signaling::ServerMessage;
 
 use crate::config::{IceConfig, RelayConfig};
 use crate::http::{self, Route};
 use crate::hub::{Hub, PairingSettings};
-use crate::identity;
 use crate::limits::{AddressCounter, AddressSlot};
 use crate::membership::Membership;
 use crate::metrics::{Metrics, Refusal};
@@ -40,7 +41,7 @@ pub enum Error {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
-    Identity(#[from] identity::IdentityError),
+    Identity(#[from] keyfile::KeyFileError),
     #[error("invalid public endpoint {endpoint:?}: {reason}")]
     Endpoint { endpoint: String, reason: String },
     #[error("invalid registry URL {url:?}: {reason}")]
@@ -109,12 +110,12 @@ pub struct RunningRelay {
 impl Relay {
     /// Binds the listener, starts serving and joins the registries.
     pub async fn start(mut config: RelayConfig) -> Result<RunningRelay, Error> {
-        tls::install_crypto_provider();
+        zajel_client_net::tls::install_crypto_provider();
         let key = match &config.identity {
             Some(key) => key.clone(),
-            None => identity::random_key()?,
+            None => keyfile::random_key()?,
         };
-        let server_id = identity::server_id(&key);
+        let server_id = keys::server_id_for(&key.verifying_key());
         let acceptor = match &config.tls {
             Some(files) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
                 &files.cert,
@@ -213,7 +214,7 @@ impl Relay {
         ));
         let mut memberships = Vec::new();
         if !config.bootstrap.is_empty() {
-            let http = crate::registry_http::RegistryClient::new(config.membership.request_timeout)
+            let http = crate::membership::registry_http(config.membership.request_timeout)
                 .map_err(Error::HttpClient)?;
             for registry in &config.bootstrap {
                 let membership = Membership {
@@ -597,7 +598,7 @@ pub(crate) async fn stopping(shutdown: &mut watch::Receiver<bool>) {
 /// Reads an identity file if given (creating it), else draws a throwaway key.
 pub fn identity_from(path: Option<&std::path::Path>) -> Result<(SigningKey, bool), Error> {
     Ok(match path {
-        Some(path) => identity::load_or_create(path)?,
-        None => (identity::random_key()?, true),
+        Some(path) => keyfile::load_or_create(path)?,
+        None => (keyfile::random_key()?, true),
     })
 }

@@ -1,5 +1,6 @@
-//! TLS for `wss://` and `https://`: a rustls server configuration (ring
-//! provider) from PEM certificate-chain and private-key files.
+//! TLS for `wss://` and `https://`: a rustls server configuration (the ring
+//! provider of `zajel_client_net::tls`) from PEM certificate-chain and
+//! private-key files.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,11 +19,6 @@ pub enum TlsError {
     Key { path: String, reason: String },
     #[error("TLS certificate and key do not fit together: {0}")]
     Config(String),
-}
-
-/// Installs ring as the process's default rustls provider (once; harmless if set).
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// A server configuration serving `cert` (PEM chain) with `key` (PEM).
@@ -45,14 +41,11 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         path: key.display().to_string(),
         reason: e.to_string(),
     })?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| TlsError::Config(e.to_string()))?
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut config = zajel_client_net::tls::server_config_builder()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

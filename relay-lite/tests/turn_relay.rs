@@ -19,9 +19,10 @@ use common::turn::{
 };
 use relay_lite::credentials;
 use relay_lite::turn::rustls::RootCertStore;
-use relay_lite::turn::{BridgeTls, StreamBridge, TurnConfig, TurnServer, TurnTls};
+use relay_lite::turn::{TurnConfig, TurnServer, TurnTls};
 use webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType;
 use webrtc::ice_transport::ice_server::RTCIceServer;
+use zajel_client_net::turn_bridge::{BridgeTls, StreamBridge};
 
 const SECRET: &[u8] = b"zajel-test-shared-secret";
 const PACKETS: usize = 25;

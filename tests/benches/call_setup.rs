@@ -224,7 +224,7 @@ fn main() {
             std::process::exit(1);
         }
     }
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    zajel_client_net::tls::install_crypto_provider();
     let rt = Runtime::new().expect("tokio runtime");
     let world = rt
         .block_on(LocalWorld::start())

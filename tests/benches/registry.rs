@@ -10,20 +10,14 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use tests::registry_host::{self, Profile, RunningRegistry};
+use zajel_client_net::now_ms;
 use zajel_wire::entry::{HeartbeatRequest, RegisterRequest};
 
 const ENTRIES: usize = 1_000;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name)

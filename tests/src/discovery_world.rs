@@ -98,7 +98,7 @@ impl DiscoveryWorld {
             valid_for: Duration::from_secs(3600),
             timeout: Duration::from_secs(5),
         };
-        let tls = discovery_client::tls::client_config(&[]).expect("tls");
+        let tls = zajel_client_net::tls::client_config(&[]).expect("tls");
         publish::publish(&request, key, tls).await.expect("publish")
     }
 

@@ -1,5 +1,5 @@
 //! call-probe's call engine as a Zajel client of a relay, in-process: a
-//! [`call_probe::session::SignalingSession`] that registers a code, pairs
+//! [`zajel_client_net::signaling::SignalingSession`] that registers a code, pairs
 //! (requesting or accepting), then carries the engine's call messages both
 //! ways, recording the caller-side milestones the benchmark reports.
 //!
@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use call_probe::session::{SignalingSession, TrustAnchors};
 use call_probe::{AnswerPolicy, CallConfig, CallEngine, CallEvent, CallReport, EndReason};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use url::Url;
+use zajel_client_net::signaling::{SignalingSession, TrustAnchors};
 use zajel_wire::call::CallPayload;
 use zajel_wire::pairing::PairingCode;
 use zajel_wire::signaling::{ClientMessage, ServerMessage};
@@ -71,7 +71,7 @@ impl ProbePeer {
         // This crate links rustls with both ring and aws-lc-rs (through other parts), so
         // webrtc-rs's DTLS cannot pick a process-wide provider by itself: choose ring, as
         // call-probe's own binary has. An already installed provider is fine too.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        zajel_client_net::tls::install_crypto_provider();
         let url = Url::parse(url).map_err(|error| error.to_string())?;
         let opened = Instant::now();
         let mut session = SignalingSession::connect(&url, &TrustAnchors::WebPki, step)

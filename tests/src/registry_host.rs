@@ -228,7 +228,7 @@ pub fn start_child(
     key_file: &Path,
     data: &Path,
 ) -> Result<RunningRegistry, String> {
-    let key = bootstrap_worker::native::keyfile::read(key_file)?;
+    let key = zajel_client_net::keyfile::read(key_file).map_err(|e| e.to_string())?;
     let mut command = Command::new(binary("bootstrap-worker")?);
     command
         .arg("serve")

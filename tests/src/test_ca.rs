@@ -65,9 +65,7 @@ impl TestCa {
 
     /// A rustls server configuration presenting the server certificate.
     pub fn server_config(&self, alpn: &[&[u8]]) -> rustls::ServerConfig {
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+        let mut config = zajel_client_net::tls::server_config_builder()
             .expect("protocol versions")
             .with_no_client_auth()
             .with_single_cert(

@@ -100,7 +100,7 @@ fn a_censored_registry_is_routed_around_through_doh_then_the_cache() {
                         valid_for: Duration::from_secs(3600),
                         timeout: Duration::from_secs(5),
                     };
-                    let tls = discovery_client::tls::client_config(&[]).unwrap();
+                    let tls = zajel_client_net::tls::client_config(&[]).unwrap();
                     discovery_client::publish::publish(&publish, &registry_key, tls)
                         .await
                         .expect("publish")

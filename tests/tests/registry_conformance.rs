@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -19,6 +19,7 @@ use ed25519_dalek::SigningKey;
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::{json, Value};
 use tests::registry_host::{self, Profile, RunningRegistry};
+use zajel_client_net::now_ms;
 use zajel_wire::entry::{
     HeartbeatRequest, RegisterRequest, MISSING_REGISTER_FIELDS, MISSING_SERVER_ID,
 };
@@ -67,13 +68,6 @@ macro_rules! ensure {
             return Err(format!($($arg)+));
         }
     };
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 fn send(

@@ -8,22 +8,16 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tests::process::ChildProcess;
 use tests::registry_host::{self, binary, Profile};
 use tests::relay_child::RelayChild;
+use zajel_client_net::now_ms;
 use zajel_wire::entry::ServerEntry;
 use zajel_wire::signature::{verify_server_list, LIST_SIGNATURE_HEADER};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 /// Polls `check` until it returns something (the registry and relay have no
 /// push channel to await; the poll interval is not a synchronisation guess).

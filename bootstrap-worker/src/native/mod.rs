@@ -1,5 +1,5 @@
-//! The native, self-hosted registry: SQLite storage, a hyper server and key files.
+//! The native, self-hosted registry: SQLite storage and a hyper server (its
+//! signing-key file is `zajel_client_net::keyfile`).
 
-pub mod keyfile;
 pub mod server;
 pub mod sqlite;

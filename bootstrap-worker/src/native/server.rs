@@ -17,7 +17,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -26,6 +26,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use zajel_client_net::now_ms;
 
 use super::sqlite::SqliteStore;
 use crate::config::MAX_BODY_BYTES;
@@ -43,14 +44,6 @@ pub const MAX_DRAINED_BYTES: usize = 1024 * 1024 + 64 * 1024;
 
 /// The registry shared by every connection.
 pub type SharedRegistry = Arc<Mutex<Registry<SqliteStore>>>;
-
-/// Milliseconds since the Unix epoch, from the system clock.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Serves `registry` on `listener` until `shutdown` completes.
 pub async fn serve(

@@ -3,13 +3,13 @@
 //! long-term credentials in the shared-secret scheme of `credentials` (the
 //! same scheme as coturn's `use-auth-secret`, so an external coturn can
 //! stand in), a cap on allocations, a hard maximum allocation age, and
-//! counters for a metrics endpoint. `bridge` is the client-side half that
-//! lets a UDP-only TURN client (webrtc-rs's ICE agent) allocate over TCP/TLS.
+//! counters for a metrics endpoint. The client-side half that lets a UDP-only
+//! TURN client (webrtc-rs's ICE agent) allocate over TCP/TLS, and the stream
+//! framing both halves share, live in `zajel_client_net::turn_bridge` and
+//! `zajel_client_net::turn_framing`.
 
 mod args;
 mod auth;
-pub mod bridge;
-mod framing;
 mod relay;
 mod replay;
 mod stream_listener;
@@ -31,9 +31,7 @@ use turn::server::config::{ConnConfig, ServerConfig};
 use util::Conn;
 
 pub use args::TurnArgs;
-pub use bridge::{BridgeLimits, BridgeStats, BridgeTls, StreamBridge};
-pub use framing::{frame_for_stream, read_frame, MAX_FRAME};
-/// The rustls this module builds on, for callers that make `BridgeTls` or `TurnTls` values.
+/// The rustls this module builds on, for callers that make `TurnTls` values.
 pub use tokio_rustls::rustls;
 
 pub use auth::ChallengeRate;
@@ -85,14 +83,11 @@ impl TurnTls {
     }
 
     fn acceptor(&self) -> Result<TlsAcceptor, TurnError> {
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TurnError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(self.cert_chain.clone(), self.key.clone_key())
-        .map_err(|e| TurnError::Tls(format!("certificate and key do not fit: {e}")))?;
+        let config = zajel_client_net::tls::server_config_builder()
+            .map_err(|e| TurnError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(self.cert_chain.clone(), self.key.clone_key())
+            .map_err(|e| TurnError::Tls(format!("certificate and key do not fit: {e}")))?;
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 }

@@ -20,8 +20,8 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use util::Conn;
 
-use super::framing::{frame_for_stream, read_frame};
 use super::relay::StreamAllocations;
+use zajel_client_net::turn_framing::{frame_for_stream, read_frame};
 
 /// Frames queued towards one connection before further ones are dropped
 /// (as a congested UDP path would drop them), so one slow client never

@@ -105,7 +105,7 @@ pub fn test_pki(ca_name: &str) -> TestPki {
 fn peer_api() -> Result<API, BoxError> {
     // This build holds two rustls providers (reqwest brings aws-lc-rs) and
     // webrtc-rs's DTLS asks for the process default.
-    relay_lite::tls::install_crypto_provider();
+    zajel_client_net::tls::install_crypto_provider();
     let mut media = MediaEngine::default();
     media.register_default_codecs()?;
     let registry = register_default_interceptors(Registry::new(), &mut media)?;

@@ -1,8 +1,8 @@
 //! TURN framing over a byte stream (RFC 5766 §2.1, RFC 8656 §12.5): STUN
 //! messages carry their own length; ChannelData messages are a 4-byte header
 //! (channel number, data length) and, over TCP and TLS, are padded to a
-//! multiple of 4 bytes. Shared by the server's stream listeners and the
-//! client-side bridge, so both ends agree byte for byte.
+//! multiple of 4 bytes. Shared by relay-lite's stream listeners and the
+//! client-side [`crate::turn_bridge`], so both ends agree byte for byte.
 
 use std::io;
 

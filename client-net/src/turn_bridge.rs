@@ -4,13 +4,13 @@
 //! ICE agent at this bridge instead: a UDP socket on 127.0.0.1 whose every
 //! local client gets its own TCP (or TLS) connection to the real TURN
 //! server, carrying the client's datagrams both ways with RFC 5766 §2.1
-//! stream framing (see `framing`). The allocation is then made over the
+//! stream framing (see [`crate::turn_framing`]). The allocation is then made over the
 //! stream; the network sees only TCP or TLS to the TURN server. Works with
-//! any TURN server that accepts TCP/TLS (this crate's, coturn).
+//! any TURN server that accepts TCP/TLS (relay-lite's, coturn).
 //!
 //! ```no_run
 //! # async fn demo(server: std::net::SocketAddr) -> std::io::Result<()> {
-//! use relay_lite::turn::StreamBridge;
+//! use zajel_client_net::turn_bridge::StreamBridge;
 //! let bridge = StreamBridge::start(server, None).await?;
 //! let url = bridge.turn_url(); // "turn:127.0.0.1:<port>?transport=udp"
 //! # Ok(()) }
@@ -23,15 +23,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rustls_pki_types::ServerName;
+use rustls::pki_types::ServerName;
+use rustls::RootCertStore;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
-use tokio_rustls::rustls::{self, RootCertStore};
 use tokio_rustls::TlsConnector;
 
-use super::framing::{frame_for_stream, read_frame, MAX_FRAME};
+use crate::turn_framing::{frame_for_stream, read_frame, MAX_FRAME};
 
 /// How the bridge reaches the TURN server over TLS.
 #[derive(Clone)]
@@ -52,13 +52,7 @@ impl BridgeTls {
     /// TLS to a server whose certificate chains to one of `roots` and
     /// names `server_name` (a DNS name or an IP address).
     pub fn new(server_name: &str, roots: RootCertStore) -> io::Result<Self> {
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(io::Error::other)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let config = crate::tls::client_config_with_roots(roots).map_err(io::Error::other)?;
         Self::with_config(server_name, Arc::new(config))
     }
 

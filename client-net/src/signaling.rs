@@ -1,13 +1,21 @@
-//! A client's signaling session with a relay: one WebSocket connection that
-//! speaks Zajel's protocol (reference §2) from the client side.
+//! The one signaling client: a WebSocket that speaks Zajel's protocol
+//! (reference §2) from the client side.
 //!
-//! [`SignalingSession::connect`] opens the connection step by step — TCP,
-//! then TLS when the URL is `wss://`, then the WebSocket upgrade, then the
-//! relay's `server_info` greeting — and records how long each step took in
-//! a [`ConnectTimings`], which is what `call-probe check` reports for the
-//! signaling path. After that the session is a pair of typed queues: frames
-//! to send are [`ClientMessage`]s, frames received are [`ServerMessage`]s.
-//! Pings keep the connection alive while it is idle.
+//! Two levels share the same steps:
+//!
+//! - The steps themselves, for a caller that keeps its own policy (which
+//!   addresses it may dial, how failures are classified):
+//!   [`tls_handshake`], then [`SignalingSocket::upgrade`], then
+//!   [`SignalingSocket::next_message`] for the `server_info` greeting and
+//!   [`SignalingSocket::send`]. discovery-client's candidate check
+//!   (connect, upgrade, `server_info`, `ping`/`pong`) is built on them.
+//! - [`SignalingSession::connect`] opens the connection step by step — name
+//!   resolution, TCP, then TLS when the URL is `wss://`, then the WebSocket
+//!   upgrade, then the relay's `server_info` greeting — and records how long
+//!   each step took in a [`ConnectTimings`], which is what `call-probe check`
+//!   reports for the signaling path. After that the session is a pair of
+//!   typed queues: frames to send are [`ClientMessage`]s, frames received are
+//!   [`ServerMessage`]s. Pings keep the connection alive while it is idle.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,12 +23,12 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use url::Url;
 use zajel_wire::pairing::PairingCode;
 use zajel_wire::signaling::{
@@ -41,25 +49,108 @@ pub enum TrustAnchors {
 }
 
 impl TrustAnchors {
-    fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, SessionError> {
-        let mut roots = rustls::RootCertStore::empty();
-        match self {
-            TrustAnchors::WebPki => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    /// The client TLS configuration for these anchors (see [`crate::tls`]).
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, crate::tls::TlsError> {
+        let config = match self {
+            TrustAnchors::WebPki => crate::tls::client_config(&[])?,
             TrustAnchors::Only(certificates) => {
-                for certificate in certificates {
-                    roots
-                        .add(certificate.clone())
-                        .map_err(|error| SessionError::Tls(error.to_string()))?;
-                }
+                crate::tls::client_config_trusting_only(certificates)?
+            }
+        };
+        Ok(Arc::new(config))
+    }
+}
+
+/// The host of a `ws://` or `wss://` URL as TLS and name resolution want it
+/// (an IPv6 literal without its brackets).
+pub fn url_host(url: &Url) -> Option<String> {
+    Some(
+        url.host_str()?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+    )
+}
+
+/// The TLS handshake of a `wss://` connection with `host` over `tcp`.
+pub async fn tls_handshake(
+    host: &str,
+    tcp: TcpStream,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<MaybeTlsStream<TcpStream>> {
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error))?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await?;
+    Ok(MaybeTlsStream::Rustls(tls))
+}
+
+/// Why a frame could not be read from a [`SignalingSocket`].
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    /// The server closed the connection (a close frame or the end of the stream).
+    #[error("the server closed the connection")]
+    Closed,
+    /// A text frame that is not a server message.
+    #[error("not a Zajel message: {reason}")]
+    NotZajel { text: String, reason: String },
+    /// The WebSocket failed.
+    #[error("{0}")]
+    Socket(#[source] tungstenite::Error),
+}
+
+/// A signaling WebSocket after the upgrade, before any session: frames one at a time.
+#[derive(Debug)]
+pub struct SignalingSocket {
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl SignalingSocket {
+    /// The WebSocket upgrade of `url` over `stream` (plain, or TLS from
+    /// [`tls_handshake`]), accepting frames of up to `max_frame_bytes`.
+    pub async fn upgrade(
+        url: &Url,
+        stream: MaybeTlsStream<TcpStream>,
+        max_frame_bytes: usize,
+    ) -> Result<Self, tungstenite::Error> {
+        let mut config = WebSocketConfig::default();
+        config.max_message_size = Some(max_frame_bytes);
+        config.max_frame_size = Some(max_frame_bytes);
+        let (socket, _response) =
+            tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config)).await?;
+        Ok(Self { socket })
+    }
+
+    /// The next text frame (other frames are skipped).
+    pub async fn next_text(&mut self) -> Result<String, ReceiveError> {
+        loop {
+            match self.socket.next().await {
+                Some(Ok(Message::Text(text))) => return Ok(text.to_string()),
+                Some(Ok(Message::Close(_))) | None => return Err(ReceiveError::Closed),
+                Some(Ok(_)) => continue,
+                Some(Err(error)) => return Err(ReceiveError::Socket(error)),
             }
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|error| SessionError::Tls(error.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Ok(Arc::new(config))
+    }
+
+    /// The next server message.
+    pub async fn next_message(&mut self) -> Result<ServerMessage, ReceiveError> {
+        let text = self.next_text().await?;
+        ServerMessage::parse(&text).map_err(|error| ReceiveError::NotZajel {
+            reason: error.to_string(),
+            text,
+        })
+    }
+
+    /// Sends one message.
+    pub async fn send(&mut self, message: &ClientMessage) -> Result<(), tungstenite::Error> {
+        self.socket.send(Message::text(message.to_text())).await
+    }
+
+    /// Closes the connection (best effort).
+    pub async fn close(mut self) {
+        let _ = self.socket.close(None).await;
     }
 }
 
@@ -127,7 +218,7 @@ impl SignalingSession {
         trust: &TrustAnchors,
         step_timeout: Duration,
     ) -> Result<Self, SessionError> {
-        relay_lite::tls::install_crypto_provider();
+        crate::tls::install_crypto_provider();
         let secure = match url.scheme() {
             "wss" => true,
             "ws" => false,
@@ -137,12 +228,7 @@ impl SignalingSession {
                 )))
             }
         };
-        let host = url
-            .host_str()
-            .ok_or_else(|| SessionError::Url("no host".into()))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
+        let host = url_host(url).ok_or_else(|| SessionError::Url("no host".into()))?;
         let port = url.port_or_known_default().unwrap_or(443);
         let mut timings = ConnectTimings::default();
 
@@ -162,78 +248,67 @@ impl SignalingSession {
         timings.tcp_connect = started.elapsed();
         let _ = tcp.set_nodelay(true);
 
-        if secure {
-            let config = trust.client_config()?;
-            let name = ServerName::try_from(host.clone())
+        let stream = if secure {
+            let config = trust
+                .client_config()
                 .map_err(|error| SessionError::Tls(error.to_string()))?;
             let started = Instant::now();
             let tls = step(
                 step_timeout,
                 "the TLS handshake",
-                tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+                tls_handshake(&host, tcp, config),
             )
             .await?
             .map_err(|error| SessionError::Tls(error.to_string()))?;
             timings.tls_handshake = Some(started.elapsed());
-            Self::upgrade(url, tls, timings, step_timeout).await
+            tls
         } else {
-            Self::upgrade(url, tcp, timings, step_timeout).await
-        }
+            MaybeTlsStream::Plain(tcp)
+        };
+        Self::upgrade(url, stream, timings, step_timeout).await
     }
 
-    async fn upgrade<S>(
+    async fn upgrade(
         url: &Url,
-        stream: S,
+        stream: MaybeTlsStream<TcpStream>,
         mut timings: ConnectTimings,
         step_timeout: Duration,
-    ) -> Result<Self, SessionError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let mut config = WebSocketConfig::default();
-        // Received call frames carry flat fields too, so they may exceed what we may send.
-        config.max_message_size = Some(4 * MAX_FRAME_BYTES);
-        config.max_frame_size = Some(4 * MAX_FRAME_BYTES);
+    ) -> Result<Self, SessionError> {
         let started = Instant::now();
-        let (mut socket, _response) = step(
+        // Received call frames carry flat fields too, so they may exceed what we may send.
+        let mut socket = step(
             step_timeout,
             "the WebSocket upgrade",
-            tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config)),
+            SignalingSocket::upgrade(url, stream, 4 * MAX_FRAME_BYTES),
         )
         .await?
         .map_err(|error| SessionError::Upgrade(error.to_string()))?;
         timings.websocket_upgrade = started.elapsed();
 
         let started = Instant::now();
-        let info = loop {
-            let frame = step(step_timeout, "the server_info greeting", socket.next())
-                .await?
-                .ok_or(SessionError::Closed)?
-                .map_err(|error| SessionError::Upgrade(error.to_string()))?;
-            match frame {
-                Message::Text(text) => match ServerMessage::parse(&text) {
-                    Ok(ServerMessage::ServerInfo {
-                        server_id,
-                        endpoint,
-                        region,
-                    }) => {
-                        break ServerInfo {
-                            server_id,
-                            endpoint,
-                            region,
-                        }
-                    }
-                    _ => return Err(SessionError::NoGreeting(text.to_string())),
-                },
-                Message::Close(_) => return Err(SessionError::Closed),
-                _ => continue,
-            }
+        let text = step(step_timeout, "the server_info greeting", socket.next_text())
+            .await?
+            .map_err(|error| match error {
+                ReceiveError::Closed => SessionError::Closed,
+                other => SessionError::Upgrade(other.to_string()),
+            })?;
+        let info = match ServerMessage::parse(&text) {
+            Ok(ServerMessage::ServerInfo {
+                server_id,
+                endpoint,
+                region,
+            }) => ServerInfo {
+                server_id,
+                endpoint,
+                region,
+            },
+            _ => return Err(SessionError::NoGreeting(text)),
         };
         timings.greeting = started.elapsed();
 
         let (outgoing, to_send) = mpsc::channel(QUEUE_FRAMES);
         let (received, incoming) = mpsc::channel(QUEUE_FRAMES);
-        let pump = tokio::spawn(pump(socket, to_send, received));
+        let pump = tokio::spawn(pump(socket.socket, to_send, received));
         Ok(Self {
             url: url.clone(),
             info,
@@ -432,13 +507,11 @@ async fn connect_any(
 
 /// Moves frames between the socket and the session's queues, and pings
 /// the relay when nothing was sent for [`PING_INTERVAL_MS`].
-async fn pump<S>(
-    socket: tokio_tungstenite::WebSocketStream<S>,
+async fn pump(
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
     mut to_send: mpsc::Receiver<String>,
     received: mpsc::Sender<ServerMessage>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+) {
     let (mut sink, mut stream) = socket.split();
     let keepalive = Duration::from_millis(PING_INTERVAL_MS);
     loop {
@@ -471,5 +544,115 @@ async fn pump<S>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the fake relay sends first.
+    #[derive(Clone, Copy)]
+    enum First {
+        Greeting,
+        Pong,
+        Garbage,
+    }
+
+    /// A one-connection fake relay on 127.0.0.1: sends `first`, then answers
+    /// every `ping` with a `pong`.
+    async fn fake_relay(first: First) -> Url {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("ws://{}/", listener.local_addr().unwrap())).unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut socket = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            let text = match first {
+                First::Greeting => ServerMessage::ServerInfo {
+                    server_id: "ed25519:AAAA".into(),
+                    endpoint: "ws://relay.test".into(),
+                    region: "test".into(),
+                }
+                .to_text(),
+                First::Pong => ServerMessage::Pong.to_text(),
+                First::Garbage => "not json".into(),
+            };
+            socket.send(Message::text(text)).await.unwrap();
+            while let Some(Ok(frame)) = socket.next().await {
+                if let Message::Text(text) = frame {
+                    if matches!(ClientMessage::parse(&text), Ok(ClientMessage::Ping)) {
+                        let pong = Message::text(ServerMessage::Pong.to_text());
+                        if socket.send(pong).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        url
+    }
+
+    const STEP: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn a_session_opens_on_the_greeting_and_round_trips_a_ping() {
+        let url = fake_relay(First::Greeting).await;
+        let mut session = SignalingSession::connect(&url, &TrustAnchors::WebPki, STEP)
+            .await
+            .unwrap();
+        assert_eq!(session.server_info().server_id, "ed25519:AAAA");
+        assert_eq!(session.server_info().region, "test");
+        assert_eq!(session.timings().tls_handshake, None);
+        assert!(session.round_trip(STEP).await.unwrap() < STEP);
+    }
+
+    #[tokio::test]
+    async fn a_relay_that_does_not_greet_first_is_refused() {
+        let url = fake_relay(First::Pong).await;
+        let error = SignalingSession::connect(&url, &TrustAnchors::WebPki, STEP)
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&error, SessionError::NoGreeting(text) if text.contains("pong")),
+            "{error}"
+        );
+        let url = Url::parse("http://127.0.0.1:9/").unwrap();
+        let error = SignalingSession::connect(&url, &TrustAnchors::WebPki, STEP)
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(error, SessionError::Url(_)), "{error}");
+    }
+
+    #[tokio::test]
+    async fn the_socket_steps_read_messages_and_tell_garbage_apart() {
+        let url = fake_relay(First::Garbage).await;
+        let tcp = TcpStream::connect((url.host_str().unwrap(), url.port().unwrap()))
+            .await
+            .unwrap();
+        let mut socket =
+            SignalingSocket::upgrade(&url, MaybeTlsStream::Plain(tcp), MAX_FRAME_BYTES)
+                .await
+                .unwrap();
+        let error = socket.next_message().await.unwrap_err();
+        assert!(
+            matches!(&error, ReceiveError::NotZajel { text, .. } if text == "not json"),
+            "{error}"
+        );
+        socket.send(&ClientMessage::Ping).await.unwrap();
+        assert!(matches!(
+            socket.next_message().await.unwrap(),
+            ServerMessage::Pong
+        ));
+        socket.close().await;
+    }
+
+    #[test]
+    fn ipv6_hosts_lose_their_brackets() {
+        let url = Url::parse("wss://[::1]:8443/").unwrap();
+        assert_eq!(url_host(&url).as_deref(), Some("::1"));
+        let url = Url::parse("ws://relay.example/").unwrap();
+        assert_eq!(url_host(&url).as_deref(), Some("relay.example"));
     }
 }
