@@ -9,6 +9,11 @@
 //!   peer of its `callId` (or, for a new call, to the last paired peer).
 //!
 //! Callers use [`PhoneLine::pair_with`] then the engine; answerers wait for calls.
+//!
+//! A line ends gracefully: when it is closed ([`PhoneLine::close`]) or dropped, the task sends
+//! every payload the engine has already produced (the `call_hangup` of a call that just ended)
+//! and closes the WebSocket, within [`CLOSE_WAIT`], instead of cutting the connection with
+//! frames still queued.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -22,6 +27,9 @@ use zajel_wire::signaling::{ClientMessage, ServerMessage};
 use crate::call::CallEngine;
 use crate::config::CallConfig;
 use crate::selftest::Phone;
+
+/// How long a closing line may take to send what is queued and close its WebSocket.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// What happened on the signaling side of a line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,10 +158,62 @@ impl PhoneLine {
     }
 }
 
-impl Drop for PhoneLine {
-    fn drop(&mut self) {
-        self.task.abort();
+impl PhoneLine {
+    /// Ends the line: every payload the engine has produced goes out, then the WebSocket is
+    /// closed; returns when that is done (at most [`CLOSE_WAIT`] and a little). Dropping the
+    /// line does the same in the background.
+    pub async fn close(self) {
+        let PhoneLine {
+            phone,
+            commands,
+            task,
+            ..
+        } = self;
+        drop(commands);
+        let _ = tokio::time::timeout(CLOSE_WAIT + Duration::from_millis(500), task).await;
+        drop(phone);
     }
+}
+
+/// The peer a payload goes to: the one its `callId` came from, or (a new call) the last paired
+/// peer, which is then remembered for that call.
+fn target_of(
+    payload: &CallPayload,
+    peer: Option<PairingCode>,
+    peer_of_call: &mut HashMap<String, PairingCode>,
+) -> Option<PairingCode> {
+    let call_id = payload.call_id().to_ascii_lowercase();
+    match peer_of_call.get(&call_id) {
+        Some(target) => Some(*target),
+        None => {
+            if let Some(target) = peer {
+                peer_of_call.insert(call_id, target);
+            }
+            peer
+        }
+    }
+}
+
+/// The end of a line that is closing (not one whose relay went away): what the engine has
+/// already produced is sent, then the WebSocket is closed.
+async fn hang_up(
+    session: SignalingSession,
+    mut from_engine: mpsc::Receiver<CallPayload>,
+    peer: Option<PairingCode>,
+    mut peer_of_call: HashMap<String, PairingCode>,
+) {
+    while let Ok(payload) = from_engine.try_recv() {
+        if let Some(target) = target_of(&payload, peer, &mut peer_of_call) {
+            if session
+                .send(ClientMessage::call(target, &payload))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+    session.close(CLOSE_WAIT).await;
 }
 
 async fn route(
@@ -214,18 +274,10 @@ async fn route(
                 let _ = events.send(event);
             }
             payload = from_engine.recv() => {
-                let Some(payload) = payload else { return };
-                let call_id = payload.call_id().to_ascii_lowercase();
-                let target = match peer_of_call.get(&call_id) {
-                    Some(target) => Some(*target),
-                    None => {
-                        if let Some(target) = peer {
-                            peer_of_call.insert(call_id, target);
-                        }
-                        peer
-                    }
+                let Some(payload) = payload else {
+                    return hang_up(session, from_engine, peer, peer_of_call).await;
                 };
-                match target {
+                match target_of(&payload, peer, &mut peer_of_call) {
                     Some(target) => {
                         if session.send(ClientMessage::call(target, &payload)).await.is_err() {
                             let _ = events.send(LineEvent::Closed);
@@ -236,7 +288,9 @@ async fn route(
                 }
             }
             command = commands.recv() => {
-                let Some(command) = command else { return };
+                let Some(command) = command else {
+                    return hang_up(session, from_engine, peer, peer_of_call).await;
+                };
                 if session.send(command).await.is_err() {
                     let _ = events.send(LineEvent::Closed);
                     return;

@@ -327,6 +327,8 @@ async fn call_steps(
         let _ = phone.engine.hangup().await;
     }
     let call = phone.ended(step).await?;
+    // The hang-up is queued: send it before the connection goes (dropping would cut it).
+    line.close().await;
     report.call = Some(call);
     fill_from_call(report, placed_at, &turn_paths);
     if !connected {

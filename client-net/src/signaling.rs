@@ -24,7 +24,7 @@ use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde::Serialize;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -207,7 +207,10 @@ pub struct SignalingSession {
     timings: ConnectTimings,
     outgoing: mpsc::Sender<String>,
     incoming: mpsc::Receiver<ServerMessage>,
-    pump: JoinHandle<()>,
+    /// `None` once [`SignalingSession::close`] has taken it.
+    pump: Option<JoinHandle<()>>,
+    /// Tells the pump to send what is queued, close the socket and stop.
+    stop: Option<oneshot::Sender<()>>,
 }
 
 impl SignalingSession {
@@ -308,7 +311,13 @@ impl SignalingSession {
 
         let (outgoing, to_send) = mpsc::channel(QUEUE_FRAMES);
         let (received, incoming) = mpsc::channel(QUEUE_FRAMES);
-        let pump = tokio::spawn(pump(socket.socket, to_send, received));
+        let (stop, stopped) = oneshot::channel();
+        let pump = Some(tokio::spawn(pump(
+            socket.socket,
+            to_send,
+            received,
+            stopped,
+        )));
         Ok(Self {
             url: url.clone(),
             info,
@@ -316,6 +325,7 @@ impl SignalingSession {
             outgoing,
             incoming,
             pump,
+            stop: Some(stop),
         })
     }
 
@@ -345,6 +355,32 @@ impl SignalingSession {
             .send(text)
             .await
             .map_err(|_| SessionError::Closed)
+    }
+
+    /// Sends every frame queued so far, then a WebSocket close, and waits up to `limit` for
+    /// that (frames arriving meanwhile are dropped). Dropping the session instead stops it at
+    /// once and loses what is still queued — a `call_hangup` queued just before, say.
+    pub async fn close(mut self, limit: Duration) {
+        let Some(mut pump) = self.pump.take() else {
+            return;
+        };
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let finished = tokio::time::timeout(limit, async {
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = &mut pump => return,
+                    // Keep the pump from blocking on a full receive queue.
+                    _ = self.incoming.recv() => {}
+                }
+            }
+        })
+        .await;
+        if finished.is_err() {
+            pump.abort();
+        }
     }
 
     /// A handle that can send frames (as JSON text) from another task.
@@ -473,8 +509,11 @@ impl SignalingSession {
 }
 
 impl Drop for SignalingSession {
+    /// Stops at once: frames still queued are lost ([`SignalingSession::close`] sends them).
     fn drop(&mut self) {
-        self.pump.abort();
+        if let Some(pump) = &self.pump {
+            pump.abort();
+        }
     }
 }
 
@@ -511,11 +550,22 @@ async fn pump(
     socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
     mut to_send: mpsc::Receiver<String>,
     received: mpsc::Sender<ServerMessage>,
+    mut stop: oneshot::Receiver<()>,
 ) {
     let (mut sink, mut stream) = socket.split();
     let keepalive = Duration::from_millis(PING_INTERVAL_MS);
     loop {
         tokio::select! {
+            _ = &mut stop => {
+                // Everything queued before the stop goes out first, then the close frame.
+                while let Ok(message) = to_send.try_recv() {
+                    if sink.send(Message::text(message)).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = sink.send(Message::Close(None)).await;
+                return;
+            }
             message = to_send.recv() => {
                 let Some(message) = message else {
                     let _ = sink.send(Message::Close(None)).await;
@@ -593,6 +643,66 @@ mod tests {
     }
 
     const STEP: Duration = Duration::from_secs(5);
+
+    /// A one-connection fake relay that greets, then hands every text frame it receives, and
+    /// whether the client closed the WebSocket (`None`), to the returned channel.
+    async fn recording_relay() -> (Url, mpsc::UnboundedReceiver<Option<String>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("ws://{}/", listener.local_addr().unwrap())).unwrap();
+        let (frames, heard) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut socket = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            let greeting = ServerMessage::ServerInfo {
+                server_id: "ed25519:AAAA".into(),
+                endpoint: "ws://relay.test".into(),
+                region: "test".into(),
+            };
+            socket
+                .send(Message::text(greeting.to_text()))
+                .await
+                .unwrap();
+            while let Some(Ok(frame)) = socket.next().await {
+                match frame {
+                    Message::Text(text) => {
+                        let _ = frames.send(Some(text.to_string()));
+                    }
+                    Message::Close(_) => {
+                        let _ = frames.send(None);
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        });
+        (url, heard)
+    }
+
+    #[tokio::test]
+    async fn close_sends_every_queued_frame_then_the_close() {
+        let (url, mut heard) = recording_relay().await;
+        let session = SignalingSession::connect(&url, &TrustAnchors::WebPki, STEP)
+            .await
+            .unwrap();
+        let sent: Vec<String> = (0..QUEUE_FRAMES / 2)
+            .map(|n| format!("{{\"type\":\"ping\",\"n\":{n}}}"))
+            .collect();
+        for text in &sent {
+            session.send_text(text.clone()).await.unwrap();
+        }
+        session.close(STEP).await;
+        let mut received = Vec::new();
+        while let Some(frame) = tokio::time::timeout(STEP, heard.recv()).await.unwrap() {
+            match frame {
+                Some(text) => received.push(text),
+                None => break,
+            }
+        }
+        assert_eq!(
+            received, sent,
+            "every queued frame, in order, before the close"
+        );
+    }
 
     #[tokio::test]
     async fn a_session_opens_on_the_greeting_and_round_trips_a_ping() {
