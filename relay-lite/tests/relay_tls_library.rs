@@ -18,15 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 fn tls_connector(
     cert_der: rustls::pki_types::CertificateDer<'static>,
 ) -> tokio_rustls::TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert_der).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = zajel_client_net::tls::client_config_trusting_only(&[cert_der]).unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 

@@ -27,9 +27,8 @@
 
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
@@ -87,18 +86,7 @@ pub struct Finished {
 /// Runs `command` to its end (its whole process group is killed after
 /// `timeout`), keeping stdout and stderr apart.
 pub fn run_to_end(mut command: Command, timeout: Duration) -> Result<Finished, String> {
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    // SAFETY: prctl only sets a flag on the child.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    crate::process::contain(&mut command);
     let started = Instant::now();
     let mut child = command
         .spawn()

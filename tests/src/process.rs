@@ -9,6 +9,24 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Sets `command` up as every child of the harness runs: no stdin, stdout and stderr piped,
+/// in a process group of its own (so the whole group can be killed), and killed by the kernel
+/// if the test process dies first.
+pub fn contain(command: &mut Command) {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe; it only sets a flag on the child.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
 /// A running child process and everything it has printed so far.
 pub struct ChildProcess {
     name: String,
@@ -20,18 +38,7 @@ pub struct ChildProcess {
 impl ChildProcess {
     /// Starts `command` in a new process group, capturing stdout and stderr.
     pub fn spawn(name: &str, mut command: Command) -> Result<Self, String> {
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        // SAFETY: prctl is async-signal-safe; it only sets a flag on the child.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        contain(&mut command);
         let mut child = command
             .spawn()
             .map_err(|error| format!("cannot start {name}: {error}"))?;
