@@ -196,3 +196,31 @@ impl Answerer {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_answerer_on_a_refused_relay_says_signaling() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = Url::parse(&format!("ws://{}", listener.local_addr().unwrap())).unwrap();
+        drop(listener);
+        let mut options = AnswerOptions::new(url);
+        options.line.step_timeout = Duration::from_secs(5);
+        let Err(error) = Answerer::start(options).await else {
+            panic!("nothing listens there");
+        };
+        assert_eq!(error.kind(), ErrorKind::SignalingTcp);
+        assert!(
+            error
+                .to_string()
+                .starts_with("signaling: TCP connection failed: "),
+            "{error}"
+        );
+        assert_eq!(
+            AnswerError::Closed.to_string(),
+            "the relay closed the connection"
+        );
+    }
+}

@@ -616,3 +616,64 @@ impl CheckReport {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_check_whose_discovery_cannot_be_set_up_fails_with_its_kind() {
+        let options = CheckOptions {
+            discovery: DiscoveryConfig {
+                extra_roots: vec![rustls::pki_types::CertificateDer::from(vec![1, 2, 3])],
+                ..DiscoveryConfig::default()
+            },
+            trust: TrustAnchors::WebPki,
+            extra_roots: Vec::new(),
+            step_timeout: Duration::from_secs(1),
+        };
+        let error = run_check(&options).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::DiscoveryConfig);
+        assert!(!error.to_string().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_url_that_is_no_ice_url_is_reported_with_its_kind() {
+        let check = stun_binding("nonsense", Duration::from_secs(1)).await;
+        assert!(!check.ok);
+        assert_eq!(check.error.as_deref(), Some("not a STUN/TURN URL"));
+        assert_eq!(check.error_kind, Some(ErrorKind::NotAnIceUrl));
+        let json = serde_json::to_value(&check).unwrap();
+        assert_eq!(json["error"], "not a STUN/TURN URL");
+        assert_eq!(json["error_kind"], "not_an_ice_url");
+    }
+
+    #[tokio::test]
+    async fn turn_over_tcp_to_a_closed_port_says_the_stream_failed() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = listener.local_addr().unwrap();
+        drop(listener);
+        let url = format!("turn:{server}?transport=tcp");
+        let limit = Duration::from_millis(1500);
+        let check = turn_allocation("turn/tcp", &url, "u", "p", &[], limit).await;
+        assert!(!check.ok);
+        assert_eq!(check.error_kind, Some(ErrorKind::TurnStreamFailed));
+        assert_eq!(
+            check.error.as_deref(),
+            Some(
+                format!("no allocation within {limit:?}: the TCP connect to {server} failed")
+                    .as_str()
+            )
+        );
+    }
+
+    #[test]
+    fn a_check_that_could_not_be_tried_says_so() {
+        let check = MediaCheck::not_tried("turn/tls", MediaCheckError::NotOffered);
+        let json = serde_json::to_value(&check).unwrap();
+        assert_eq!(json["error"], "not offered by the relay");
+        assert_eq!(json["error_kind"], "not_offered");
+        let ok = serde_json::to_value(MediaCheck::default()).unwrap();
+        assert!(ok.get("error_kind").is_none(), "{ok}");
+    }
+}

@@ -178,3 +178,31 @@ fn outcome_name(outcome: Outcome) -> String {
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_else(|| outcome.as_str().to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_server_that_is_no_url_is_a_bad_server() {
+        let error = ServerChoice::from_link("not a url at all").unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::BadServer);
+        let source = zajel_wire::endpoint::signaling_url("not a url at all").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("server not a url at all: {source}")
+        );
+    }
+
+    #[tokio::test]
+    async fn discovery_that_cannot_be_set_up_is_a_discovery_config_error() {
+        let config = DiscoveryConfig {
+            extra_roots: vec![rustls::pki_types::CertificateDer::from(vec![1, 2, 3])],
+            ..DiscoveryConfig::default()
+        };
+        let message = Discovery::new(config.clone()).err().unwrap().to_string();
+        let error = ServerChoice::discover(config).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::DiscoveryConfig);
+        assert_eq!(error.to_string(), message);
+    }
+}

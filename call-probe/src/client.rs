@@ -541,4 +541,24 @@ mod tests {
         assert_eq!(error.kind(), ErrorKind::Resolve);
         assert!(error.to_string().contains("cannot resolve"), "{error}");
     }
+
+    #[tokio::test]
+    async fn a_refused_extra_root_is_a_tls_setup_error() {
+        let url = TurnUrl {
+            host: "127.0.0.1".into(),
+            port: 5349,
+            transport: "tcp".into(),
+            secure: true,
+        };
+        let bogus = rustls::pki_types::CertificateDer::from(vec![1, 2, 3]);
+        let error = turn_target(&url, TurnTransport::Tls, std::slice::from_ref(&bogus))
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::TlsSetup);
+        let source = tls::client_config(&[bogus]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("a trusted certificate: {source}")
+        );
+    }
 }

@@ -407,3 +407,77 @@ fn fill_from_call(report: &mut ProbeCallReport, placed_at: f64, turn_paths: &Tur
     }
     report.media_both_ways = media_flowed_both_ways(call);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `ws://` URL on a loopback port nothing listens on (bound, then closed).
+    fn closed_relay() -> Url {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = Url::parse(&format!("ws://{}", listener.local_addr().unwrap())).unwrap();
+        drop(listener);
+        url
+    }
+
+    #[tokio::test]
+    async fn a_refused_relay_is_a_signaling_tcp_error_beside_its_message() {
+        let mut options = CallOptions::new(closed_relay(), PairingCode::parse("ABC234").unwrap());
+        options.line.step_timeout = Duration::from_secs(5);
+        let report = run_call(&options).await;
+        assert_eq!(report.error_kind, Some(ErrorKind::SignalingTcp));
+        let error = report.error.as_deref().unwrap();
+        assert!(
+            error.starts_with("signaling: TCP connection failed: "),
+            "{error}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["error"], error);
+        assert_eq!(json["error_kind"], "signaling_tcp");
+    }
+
+    #[test]
+    fn a_report_without_an_error_has_no_error_kind() {
+        let report = ProbeCallReport {
+            server: "ws://127.0.0.1:1/".into(),
+            server_id: None,
+            own_code: None,
+            peer_code: "ABC234".into(),
+            signaling: None,
+            ice_servers: Vec::new(),
+            relay_only: false,
+            turn_transport: TurnTransport::Auto,
+            relayed_media: None,
+            relay_candidates: Vec::new(),
+            turn_without_allocation: Vec::new(),
+            milestones: Milestones::default(),
+            heard_hz: None,
+            media_both_ways: true,
+            error: None,
+            error_kind: None,
+            call: None,
+        };
+        let json = serde_json::to_value(&report).unwrap();
+        assert!(json["error"].is_null());
+        assert!(json.get("error_kind").is_none(), "{json}");
+    }
+
+    #[test]
+    fn call_errors_keep_their_messages() {
+        let error = CallError::NoTurnServer(TurnTransport::Tcp);
+        assert_eq!(
+            error.to_string(),
+            "--relay-only needs a TURN server for Tcp, and the relay handed out none"
+        );
+        assert_eq!(error.kind(), ErrorKind::NoTurnServer);
+        assert_eq!(
+            CallError::OneWayAudio.to_string(),
+            "audio did not flow both ways"
+        );
+        let error = CallError::from(LineError::PairRejected);
+        assert_eq!(
+            (error.to_string().as_str(), error.kind()),
+            ("the peer rejected pairing", ErrorKind::PairRejected)
+        );
+    }
+}

@@ -305,3 +305,38 @@ pub async fn run_selftest(
     let callee_report = callee.ended(step).await?;
     Ok((caller_report, callee_report))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_wait_that_sees_nothing_times_out_naming_the_phone() {
+        let board = Switchboard::new();
+        let mut phone = board.add_phone("caller", CallConfig::loopback());
+        let within = Duration::from_millis(20);
+        let error = phone
+            .wait_for(within, "tone", |_| None::<()>)
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Timeout);
+        assert_eq!(
+            error.to_string(),
+            format!("caller: no tone within {within:?}; events: []")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_selftest_with_no_time_for_a_step_fails_as_a_timeout() {
+        let options = SelftestOptions {
+            step_timeout: Duration::from_millis(1),
+            ..SelftestOptions::default()
+        };
+        let error = run_selftest(&options).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Timeout);
+        assert!(
+            error.to_string().starts_with("caller: no tone within 1ms"),
+            "{error}"
+        );
+    }
+}
