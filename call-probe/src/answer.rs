@@ -8,14 +8,46 @@ use std::time::Duration;
 use discovery_client::share::{self, ShareLink};
 use serde::Serialize;
 use url::Url;
+use zajel_client_net::signaling::SessionError;
 use zajel_wire::pairing::PairingCode;
 
 use crate::call::CallEvent;
-use crate::client::{TurnPaths, TurnTransport};
+use crate::client::{TurnPaths, TurnRouteError, TurnTransport};
 use crate::config::{AnswerPolicy, CallConfig};
+use crate::error::{session_kind, ErrorKind};
 use crate::line::{LineEvent, PhoneLine};
 use crate::line_options::LineOptions;
 use crate::report::CallReport;
+use crate::selftest::PhoneError;
+
+/// Why the answerer could not start or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerError {
+    #[error("signaling: {0}")]
+    Signaling(#[source] SessionError),
+    #[error(transparent)]
+    Turn(#[from] TurnRouteError),
+    /// The sharing link as a QR code (discovery-client's message).
+    #[error("{0}")]
+    QrCode(String),
+    #[error(transparent)]
+    Phone(#[from] PhoneError),
+    #[error("the relay closed the connection")]
+    Closed,
+}
+
+impl AnswerError {
+    /// The machine-readable kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Signaling(error) => session_kind(error),
+            Self::Turn(error) => error.kind(),
+            Self::QrCode(_) => ErrorKind::QrCode,
+            Self::Phone(error) => error.kind(),
+            Self::Closed => ErrorKind::RelayClosed,
+        }
+    }
+}
 
 /// What `answer` does.
 #[derive(Debug, Clone)]
@@ -69,12 +101,12 @@ pub struct AnsweredCall {
 
 impl Answerer {
     /// Connects, registers and wires the engine.
-    pub async fn start(options: AnswerOptions) -> Result<Self, String> {
+    pub async fn start(options: AnswerOptions) -> Result<Self, AnswerError> {
         let registered = options
             .line
             .register(&options.server, options.code)
             .await
-            .map_err(|e| format!("signaling: {e}"))?;
+            .map_err(AnswerError::Signaling)?;
         let (ice_servers, turn_paths) = options
             .line
             .engine_ice_servers(&registered.ice_servers)
@@ -106,8 +138,8 @@ impl Answerer {
     }
 
     /// The sharing link as a QR code for a terminal.
-    pub fn qr_terminal(&self) -> Result<String, String> {
-        share::render_terminal(&self.share_uri)
+    pub fn qr_terminal(&self) -> Result<String, AnswerError> {
+        share::render_terminal(&self.share_uri).map_err(|e| AnswerError::QrCode(e.to_string()))
     }
 
     /// Answers calls until `max_calls` have ended (or forever), calling `on_call` with each
@@ -115,7 +147,7 @@ impl Answerer {
     pub async fn serve(
         mut self,
         mut on_call: impl FnMut(&AnsweredCall),
-    ) -> Result<Vec<AnsweredCall>, String> {
+    ) -> Result<Vec<AnsweredCall>, AnswerError> {
         let mut calls = Vec::new();
         let mut resends_before = 0;
         let forever = Duration::from_secs(365 * 24 * 3600);
@@ -143,7 +175,7 @@ impl Answerer {
                 }
                 event = self.line.events.recv() => match event {
                     Some(LineEvent::Closed) | None => {
-                        return Err("the relay closed the connection".into());
+                        return Err(AnswerError::Closed);
                     }
                     Some(LineEvent::PairIncoming { from_code }) => {
                         tracing::info!(%from_code, "pair request accepted");
@@ -155,12 +187,40 @@ impl Answerer {
     }
 
     /// Waits for a call to be connected (tests).
-    pub async fn wait_connected(&mut self, limit: Duration) -> Result<(), String> {
+    pub async fn wait_connected(&mut self, limit: Duration) -> Result<(), PhoneError> {
         self.line
             .phone
             .wait_for(limit, "a connected call", |e| {
                 matches!(e, CallEvent::FirstRtp { .. }).then_some(())
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_answerer_on_a_refused_relay_says_signaling() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = Url::parse(&format!("ws://{}", listener.local_addr().unwrap())).unwrap();
+        drop(listener);
+        let mut options = AnswerOptions::new(url);
+        options.line.step_timeout = Duration::from_secs(5);
+        let Err(error) = Answerer::start(options).await else {
+            panic!("nothing listens there");
+        };
+        assert_eq!(error.kind(), ErrorKind::SignalingTcp);
+        assert!(
+            error
+                .to_string()
+                .starts_with("signaling: TCP connection failed: "),
+            "{error}"
+        );
+        assert_eq!(
+            AnswerError::Closed.to_string(),
+            "the relay closed the connection"
+        );
     }
 }

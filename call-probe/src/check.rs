@@ -25,8 +25,9 @@ use webrtc::util::Conn;
 use zajel_client_net::signaling::TrustAnchors;
 use zajel_client_net::turn_bridge::StreamBridge;
 
-use crate::choose::ServerChoice;
-use crate::client::{self, parse_ice_url, TurnTransport};
+use crate::choose::{ChooseError, ServerChoice};
+use crate::client::{self, parse_ice_url, TurnRouteError, TurnTransport};
+use crate::error::{session_kind, ErrorKind};
 use crate::table::{self, list, ms_rows, row};
 
 /// At least one call path exists.
@@ -37,6 +38,69 @@ pub const EXIT_NO_SERVER: u8 = 3;
 pub const EXIT_SIGNALING_BLOCKED: u8 = 4;
 /// Signaling works but no media path does (no UDP, no TURN of any kind).
 pub const EXIT_NO_MEDIA_PATH: u8 = 5;
+
+/// Why `check` could not run at all (a blocked path is a verdict, not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Choose(#[from] ChooseError),
+}
+
+impl CheckError {
+    /// The machine-readable kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Choose(error) => error.kind(),
+        }
+    }
+}
+
+/// Why one STUN binding or TURN allocation failed (its Display is the check's `error`).
+#[derive(Debug, thiserror::Error)]
+pub enum MediaCheckError {
+    /// `what`: "STUN/TURN" or "TURN".
+    #[error("not a {0} URL")]
+    NotAnIceUrl(&'static str),
+    #[error("the relay hands out no STUN or TURN/UDP server")]
+    NoStunServer,
+    #[error("not offered by the relay")]
+    NotOffered,
+    #[error(transparent)]
+    Route(#[from] TurnRouteError),
+    #[error("UDP socket: {0}")]
+    Socket(#[source] std::io::Error),
+    #[error("{0}")]
+    Turn(#[source] webrtc::turn::Error),
+    #[error("{0}")]
+    RelayedAddress(#[source] webrtc::util::Error),
+    #[error("no answer within {0:?} (UDP blocked?)")]
+    NoStunAnswer(Duration),
+    #[error("no allocation within {0:?}")]
+    NoAllocation(Duration),
+    /// `what`: "TCP connect" or "TCP connect or TLS handshake".
+    #[error("no allocation within {limit:?}: the {what} to {server} failed")]
+    StreamFailed {
+        limit: Duration,
+        what: &'static str,
+        server: SocketAddr,
+    },
+}
+
+impl MediaCheckError {
+    /// The machine-readable kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::NotAnIceUrl(_) => ErrorKind::NotAnIceUrl,
+            Self::NoStunServer | Self::NotOffered => ErrorKind::NotOffered,
+            Self::Route(error) => error.kind(),
+            Self::Socket(_) => ErrorKind::UdpSocket,
+            Self::Turn(_) | Self::RelayedAddress(_) => ErrorKind::TurnClient,
+            Self::NoStunAnswer(_) => ErrorKind::NoStunAnswer,
+            Self::NoAllocation(_) => ErrorKind::NoAllocation,
+            Self::StreamFailed { .. } => ErrorKind::TurnStreamFailed,
+        }
+    }
+}
 
 /// What `check` does.
 #[derive(Debug, Clone)]
@@ -64,6 +128,9 @@ pub struct SignalingCheck {
     /// ICE server URLs the relay handed out (credentials not shown).
     pub ice_servers: Vec<String>,
     pub error: Option<String>,
+    /// What failed, machine-readable (absent when nothing did).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<ErrorKind>,
 }
 
 /// One STUN binding or TURN allocation attempt.
@@ -80,6 +147,27 @@ pub struct MediaCheck {
     pub relayed_address: Option<String>,
     pub time_ms: Option<f64>,
     pub error: Option<String>,
+    /// What failed, machine-readable (absent when nothing did).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<ErrorKind>,
+}
+
+impl MediaCheck {
+    /// Records `error` (its message and kind).
+    fn failed(&mut self, error: &MediaCheckError) {
+        self.error = Some(error.to_string());
+        self.error_kind = Some(error.kind());
+    }
+
+    /// A check of `kind` that could not be tried.
+    fn not_tried(kind: &str, error: MediaCheckError) -> Self {
+        let mut check = Self {
+            kind: kind.into(),
+            ..Self::default()
+        };
+        check.failed(&error);
+        check
+    }
 }
 
 /// Which call paths exist.
@@ -138,7 +226,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Runs the whole check.
-pub async fn run_check(options: &CheckOptions) -> Result<CheckReport, String> {
+pub async fn run_check(options: &CheckOptions) -> Result<CheckReport, CheckError> {
     zajel_client_net::tls::install_crypto_provider();
     let start = Instant::now();
     let choice = ServerChoice::discover(options.discovery.clone()).await?;
@@ -172,6 +260,7 @@ pub async fn run_check(options: &CheckOptions) -> Result<CheckReport, String> {
         Ok(registered) => registered,
         Err(error) => {
             signaling.error = Some(error.to_string());
+            signaling.error_kind = Some(session_kind(&error));
             return Ok(finish(
                 CheckVerdict::SignalingBlocked,
                 choice,
@@ -199,6 +288,7 @@ pub async fn run_check(options: &CheckOptions) -> Result<CheckReport, String> {
         }
         Err(error) => {
             signaling.error = Some(format!("ping: {error}"));
+            signaling.error_kind = Some(session_kind(&error));
             return Ok(finish(
                 CheckVerdict::SignalingBlocked,
                 choice,
@@ -249,11 +339,7 @@ pub async fn run_check(options: &CheckOptions) -> Result<CheckReport, String> {
     }
     let stun = match &stun_target {
         Some(url) => stun_binding(url, step).await,
-        None => MediaCheck {
-            kind: "stun".into(),
-            error: Some("the relay hands out no STUN or TURN/UDP server".into()),
-            ..MediaCheck::default()
-        },
+        None => MediaCheck::not_tried("stun", MediaCheckError::NoStunServer),
     };
     let mut turn = Vec::new();
     for kind in ["turn/udp", "turn/tcp", "turn/tls"] {
@@ -261,11 +347,7 @@ pub async fn run_check(options: &CheckOptions) -> Result<CheckReport, String> {
             Some((_, url, user, pass)) => {
                 turn_allocation(kind, url, user, pass, &options.extra_roots, step).await
             }
-            None => MediaCheck {
-                kind: kind.into(),
-                error: Some("not offered by the relay".into()),
-                ..MediaCheck::default()
-            },
+            None => MediaCheck::not_tried(kind, MediaCheckError::NotOffered),
         };
         turn.push(check);
     }
@@ -319,8 +401,8 @@ async fn stun_binding(url: &str, limit: Duration) -> MediaCheck {
         ..MediaCheck::default()
     };
     let started = Instant::now();
-    let result: Result<SocketAddr, String> = async {
-        let (_, parsed) = parse_ice_url(url).ok_or("not a STUN/TURN URL")?;
+    let result: Result<SocketAddr, MediaCheckError> = async {
+        let (_, parsed) = parse_ice_url(url).ok_or(MediaCheckError::NotAnIceUrl("STUN/TURN"))?;
         let server = client::resolve(&parsed.host, parsed.port).await?;
         let bind = if server.is_ipv4() {
             "0.0.0.0:0"
@@ -329,7 +411,7 @@ async fn stun_binding(url: &str, limit: Duration) -> MediaCheck {
         };
         let socket = UdpSocket::bind(bind)
             .await
-            .map_err(|e| format!("UDP socket: {e}"))?;
+            .map_err(MediaCheckError::Socket)?;
         let client = TurnClient::new(turn_client_config(
             Arc::new(socket),
             server.to_string(),
@@ -338,12 +420,12 @@ async fn stun_binding(url: &str, limit: Duration) -> MediaCheck {
             "",
         ))
         .await
-        .map_err(|e| e.to_string())?;
-        client.listen().await.map_err(|e| e.to_string())?;
+        .map_err(MediaCheckError::Turn)?;
+        client.listen().await.map_err(MediaCheckError::Turn)?;
         let result = tokio::time::timeout(limit, client.send_binding_request())
             .await
-            .map_err(|_| format!("no answer within {limit:?} (UDP blocked?)"))
-            .and_then(|r| r.map_err(|e| e.to_string()));
+            .map_err(|_| MediaCheckError::NoStunAnswer(limit))
+            .and_then(|r| r.map_err(MediaCheckError::Turn));
         let _ = client.close().await;
         result
     }
@@ -354,7 +436,7 @@ async fn stun_binding(url: &str, limit: Duration) -> MediaCheck {
             check.ok = true;
             check.mapped_address = Some(mapped.to_string());
         }
-        Err(error) => check.error = Some(error),
+        Err(error) => check.failed(&error),
     }
     check
 }
@@ -374,8 +456,8 @@ async fn turn_allocation(
         ..MediaCheck::default()
     };
     let started = Instant::now();
-    let result: Result<String, String> = async {
-        let (_, parsed) = parse_ice_url(url).ok_or("not a TURN URL")?;
+    let result: Result<String, MediaCheckError> = async {
+        let (_, parsed) = parse_ice_url(url).ok_or(MediaCheckError::NotAnIceUrl("TURN"))?;
         let transport = match kind {
             "turn/udp" => TurnTransport::Udp,
             "turn/tcp" => TurnTransport::Tcp,
@@ -399,7 +481,7 @@ async fn turn_allocation(
         };
         let socket = UdpSocket::bind(bind)
             .await
-            .map_err(|e| format!("UDP socket: {e}"))?;
+            .map_err(MediaCheckError::Socket)?;
         let client = TurnClient::new(turn_client_config(
             Arc::new(socket),
             target.to_string(),
@@ -408,8 +490,8 @@ async fn turn_allocation(
             password,
         ))
         .await
-        .map_err(|e| e.to_string())?;
-        client.listen().await.map_err(|e| e.to_string())?;
+        .map_err(MediaCheckError::Turn)?;
+        client.listen().await.map_err(MediaCheckError::Turn)?;
         let result = tokio::time::timeout(limit, client.allocate())
             .await
             .map_err(|_| {
@@ -423,17 +505,21 @@ async fn turn_allocation(
                     } else {
                         "TCP connect"
                     };
-                    format!("no allocation within {limit:?}: the {what} to {server} failed")
+                    MediaCheckError::StreamFailed {
+                        limit,
+                        what,
+                        server,
+                    }
                 } else {
-                    format!("no allocation within {limit:?}")
+                    MediaCheckError::NoAllocation(limit)
                 }
             })
-            .and_then(|r| r.map_err(|e| e.to_string()))
+            .and_then(|r| r.map_err(MediaCheckError::Turn))
             .and_then(|relay| {
                 relay
                     .local_addr()
                     .map(|a| a.to_string())
-                    .map_err(|e| e.to_string())
+                    .map_err(MediaCheckError::RelayedAddress)
             });
         let _ = client.close().await;
         result
@@ -445,7 +531,7 @@ async fn turn_allocation(
             check.ok = true;
             check.relayed_address = Some(relayed);
         }
-        Err(error) => check.error = Some(error),
+        Err(error) => check.failed(&error),
     }
     check
 }
@@ -528,5 +614,66 @@ impl CheckReport {
             ),
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_check_whose_discovery_cannot_be_set_up_fails_with_its_kind() {
+        let options = CheckOptions {
+            discovery: DiscoveryConfig {
+                extra_roots: vec![rustls::pki_types::CertificateDer::from(vec![1, 2, 3])],
+                ..DiscoveryConfig::default()
+            },
+            trust: TrustAnchors::WebPki,
+            extra_roots: Vec::new(),
+            step_timeout: Duration::from_secs(1),
+        };
+        let error = run_check(&options).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::DiscoveryConfig);
+        assert!(!error.to_string().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_url_that_is_no_ice_url_is_reported_with_its_kind() {
+        let check = stun_binding("nonsense", Duration::from_secs(1)).await;
+        assert!(!check.ok);
+        assert_eq!(check.error.as_deref(), Some("not a STUN/TURN URL"));
+        assert_eq!(check.error_kind, Some(ErrorKind::NotAnIceUrl));
+        let json = serde_json::to_value(&check).unwrap();
+        assert_eq!(json["error"], "not a STUN/TURN URL");
+        assert_eq!(json["error_kind"], "not_an_ice_url");
+    }
+
+    #[tokio::test]
+    async fn turn_over_tcp_to_a_closed_port_says_the_stream_failed() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = listener.local_addr().unwrap();
+        drop(listener);
+        let url = format!("turn:{server}?transport=tcp");
+        let limit = Duration::from_millis(1500);
+        let check = turn_allocation("turn/tcp", &url, "u", "p", &[], limit).await;
+        assert!(!check.ok);
+        assert_eq!(check.error_kind, Some(ErrorKind::TurnStreamFailed));
+        assert_eq!(
+            check.error.as_deref(),
+            Some(
+                format!("no allocation within {limit:?}: the TCP connect to {server} failed")
+                    .as_str()
+            )
+        );
+    }
+
+    #[test]
+    fn a_check_that_could_not_be_tried_says_so() {
+        let check = MediaCheck::not_tried("turn/tls", MediaCheckError::NotOffered);
+        let json = serde_json::to_value(&check).unwrap();
+        assert_eq!(json["error"], "not offered by the relay");
+        assert_eq!(json["error_kind"], "not_offered");
+        let ok = serde_json::to_value(MediaCheck::default()).unwrap();
+        assert!(ok.get("error_kind").is_none(), "{ok}");
     }
 }

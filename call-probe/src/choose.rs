@@ -7,6 +7,34 @@ use discovery_client::discovery::{Config as DiscoveryConfig, Discovery};
 use discovery_client::report::{Outcome, Report as DiscoveryReport};
 use serde::Serialize;
 use url::Url;
+use zajel_wire::endpoint::EndpointError;
+
+use crate::error::ErrorKind;
+
+/// Why no server could be chosen.
+#[derive(Debug, thiserror::Error)]
+pub enum ChooseError {
+    /// The server in a link is not a relay address.
+    #[error("server {server}: {source}")]
+    BadServer {
+        server: String,
+        #[source]
+        source: EndpointError,
+    },
+    /// Discovery could not be set up (discovery-client's message).
+    #[error("{0}")]
+    Discovery(String),
+}
+
+impl ChooseError {
+    /// The machine-readable kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::BadServer { .. } => ErrorKind::BadServer,
+            Self::Discovery(_) => ErrorKind::DiscoveryConfig,
+        }
+    }
+}
 
 /// A layer that did not work, and why.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -48,9 +76,13 @@ impl ServerChoice {
     }
 
     /// The choice for a server given in a sharing link.
-    pub fn from_link(server: &str) -> Result<Self, String> {
-        let url = zajel_wire::endpoint::signaling_url(server)
-            .map_err(|e| format!("server {server}: {e}"))?;
+    pub fn from_link(server: &str) -> Result<Self, ChooseError> {
+        let url = zajel_wire::endpoint::signaling_url(server).map_err(|source| {
+            ChooseError::BadServer {
+                server: server.into(),
+                source,
+            }
+        })?;
         Ok(Self {
             server: Some(url.to_string()),
             how: "share_link".into(),
@@ -62,8 +94,10 @@ impl ServerChoice {
     }
 
     /// Runs discovery to the end and takes its best server.
-    pub async fn discover(config: DiscoveryConfig) -> Result<Self, String> {
-        let report = Discovery::new(config)?.run().finish().await;
+    pub async fn discover(config: DiscoveryConfig) -> Result<Self, ChooseError> {
+        let discovery =
+            Discovery::new(config).map_err(|e| ChooseError::Discovery(e.to_string()))?;
+        let report = discovery.run().finish().await;
         Ok(Self::from_report(report))
     }
 
@@ -143,4 +177,32 @@ fn outcome_name(outcome: Outcome) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_else(|| outcome.as_str().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_server_that_is_no_url_is_a_bad_server() {
+        let error = ServerChoice::from_link("not a url at all").unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::BadServer);
+        let source = zajel_wire::endpoint::signaling_url("not a url at all").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("server not a url at all: {source}")
+        );
+    }
+
+    #[tokio::test]
+    async fn discovery_that_cannot_be_set_up_is_a_discovery_config_error() {
+        let config = DiscoveryConfig {
+            extra_roots: vec![rustls::pki_types::CertificateDer::from(vec![1, 2, 3])],
+            ..DiscoveryConfig::default()
+        };
+        let message = Discovery::new(config.clone()).err().unwrap().to_string();
+        let error = ServerChoice::discover(config).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::DiscoveryConfig);
+        assert_eq!(error.to_string(), message);
+    }
 }

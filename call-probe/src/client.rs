@@ -16,21 +16,70 @@ use zajel_wire::pairing::{encode_x25519_public_key, PairingCode};
 use zajel_wire::signaling::IceServer as WireIceServer;
 
 use crate::config::IceServer;
+use crate::error::ErrorKind;
 use crate::report::CallReport;
 use crate::turn_tap::TurnTap;
 
+/// The system gave no random bytes.
+#[derive(Debug, thiserror::Error)]
+#[error("no randomness: {0}")]
+pub struct NoRandomness(#[from] pub getrandom::Error);
+
+impl NoRandomness {
+    /// Always [`ErrorKind::NoRandomness`].
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::NoRandomness
+    }
+}
+
+/// Why a route to a TURN server (a resolved address, a stream bridge, a tap) could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TurnRouteError {
+    #[error("cannot resolve {host}: {source}")]
+    Resolve {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{host} has no address")]
+    NoAddress { host: String },
+    #[error("a trusted certificate: {0}")]
+    TrustedCertificate(#[source] tls::TlsError),
+    #[error("TURN/TLS bridge: {0}")]
+    BridgeTls(#[source] std::io::Error),
+    #[error("TURN/{transport:?} bridge: {source}")]
+    Bridge {
+        transport: TurnTransport,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TURN tap: {0}")]
+    Tap(#[source] std::io::Error),
+}
+
+impl TurnRouteError {
+    /// The machine-readable kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Resolve { .. } | Self::NoAddress { .. } => ErrorKind::Resolve,
+            Self::TrustedCertificate(_) | Self::BridgeTls(_) => ErrorKind::TlsSetup,
+            Self::Bridge { .. } | Self::Tap(_) => ErrorKind::TurnBridge,
+        }
+    }
+}
+
 /// A random pairing code.
-pub fn random_code() -> Result<PairingCode, String> {
+pub fn random_code() -> Result<PairingCode, NoRandomness> {
     let mut bytes = [0u8; 6];
-    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness: {e}"))?;
+    getrandom::fill(&mut bytes)?;
     Ok(PairingCode::from_random_bytes(bytes))
 }
 
 /// A random 32-byte public key in Zajel's encoding (the probe does no end-to-end messaging,
 /// so the key only has to have the right shape).
-pub fn random_public_key() -> Result<String, String> {
+pub fn random_public_key() -> Result<String, NoRandomness> {
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness: {e}"))?;
+    getrandom::fill(&mut bytes)?;
     Ok(encode_x25519_public_key(&bytes))
 }
 
@@ -56,9 +105,9 @@ pub async fn connect_and_register(
     let mut session = SignalingSession::connect(url, trust, step_timeout).await?;
     let code = match code {
         Some(code) => code,
-        None => random_code().map_err(SessionError::Refused)?,
+        None => random_code().map_err(|e| SessionError::Refused(e.to_string()))?,
     };
-    let key = random_public_key().map_err(SessionError::Refused)?;
+    let key = random_public_key().map_err(|e| SessionError::Refused(e.to_string()))?;
     let started = Instant::now();
     let (server_id, ice_servers) = session
         .register_asking_ice_servers(code, &key, step_timeout)
@@ -155,12 +204,15 @@ pub fn parse_ice_url(text: &str) -> Option<(String, TurnUrl)> {
 }
 
 /// Resolves `host:port` to one address.
-pub async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+pub async fn resolve(host: &str, port: u16) -> Result<SocketAddr, TurnRouteError> {
     tokio::net::lookup_host((host, port))
         .await
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .map_err(|source| TurnRouteError::Resolve {
+            host: host.into(),
+            source,
+        })?
         .next()
-        .ok_or_else(|| format!("{host} has no address"))
+        .ok_or_else(|| TurnRouteError::NoAddress { host: host.into() })
 }
 
 /// The relay's ICE servers, credentials left out (for reports).
@@ -260,7 +312,7 @@ pub async fn engine_ice_servers(
     transport: TurnTransport,
     with_stun: bool,
     extra_roots: &[rustls::pki_types::CertificateDer<'static>],
-) -> Result<(Vec<IceServer>, TurnPaths), String> {
+) -> Result<(Vec<IceServer>, TurnPaths), TurnRouteError> {
     let mut out = Vec::new();
     let mut paths = TurnPaths::default();
     for server in servers {
@@ -316,11 +368,9 @@ async fn start_route(
     url: &TurnUrl,
     transport: TurnTransport,
     extra_roots: &[rustls::pki_types::CertificateDer<'static>],
-) -> Result<TurnRoute, String> {
+) -> Result<TurnRoute, TurnRouteError> {
     let (target, bridge) = turn_target(url, transport, extra_roots).await?;
-    let tap = TurnTap::start(target)
-        .await
-        .map_err(|e| format!("TURN tap: {e}"))?;
+    let tap = TurnTap::start(target).await.map_err(TurnRouteError::Tap)?;
     Ok(TurnRoute { tap, bridge })
 }
 
@@ -331,7 +381,7 @@ pub async fn turn_target(
     url: &TurnUrl,
     transport: TurnTransport,
     extra_roots: &[rustls::pki_types::CertificateDer<'static>],
-) -> Result<(SocketAddr, Option<StreamBridge>), String> {
+) -> Result<(SocketAddr, Option<StreamBridge>), TurnRouteError> {
     let address = resolve(&url.host, url.port).await?;
     let tls = match transport {
         TurnTransport::Udp | TurnTransport::Auto => return Ok((address, None)),
@@ -340,24 +390,23 @@ pub async fn turn_target(
             BridgeTls::with_config(
                 &url.host,
                 std::sync::Arc::new(
-                    tls::client_config(extra_roots)
-                        .map_err(|e| format!("a trusted certificate: {e}"))?,
+                    tls::client_config(extra_roots).map_err(TurnRouteError::TrustedCertificate)?,
                 ),
             )
-            .map_err(|e| format!("TURN/TLS bridge: {e}"))?,
+            .map_err(TurnRouteError::BridgeTls)?,
         ),
     };
     let bridge = StreamBridge::start(address, tls)
         .await
-        .map_err(|e| format!("TURN/{transport:?} bridge: {e}"))?;
+        .map_err(|source| TurnRouteError::Bridge { transport, source })?;
     Ok((bridge.local_addr(), Some(bridge)))
 }
 
 /// Reads PEM certificates to trust (`--ca-file`).
 pub fn read_ca_file(
     path: &std::path::Path,
-) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
-    tls::read_pem_certificates(path).map_err(|e| e.to_string())
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, tls::TlsError> {
+    tls::read_pem_certificates(path)
 }
 
 /// What `wss://` sessions trust: the web PKI, or only `extra` when given (`--ca-file`).
@@ -489,6 +538,27 @@ mod tests {
         let error = engine_ice_servers(&servers, TurnTransport::Tls, false, &[])
             .await
             .unwrap_err();
-        assert!(error.contains("cannot resolve"), "{error}");
+        assert_eq!(error.kind(), ErrorKind::Resolve);
+        assert!(error.to_string().contains("cannot resolve"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_extra_root_is_a_tls_setup_error() {
+        let url = TurnUrl {
+            host: "127.0.0.1".into(),
+            port: 5349,
+            transport: "tcp".into(),
+            secure: true,
+        };
+        let bogus = rustls::pki_types::CertificateDer::from(vec![1, 2, 3]);
+        let error = turn_target(&url, TurnTransport::Tls, std::slice::from_ref(&bogus))
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::TlsSetup);
+        let source = tls::client_config(&[bogus]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("a trusted certificate: {source}")
+        );
     }
 }

@@ -13,7 +13,8 @@ use discovery_client::report::Report as DiscoveryReport;
 use serde::Serialize;
 use url::Url;
 
-use crate::answer::{AnswerOptions, Answerer};
+use crate::answer::{AnswerError, AnswerOptions, Answerer};
+use crate::error::ErrorKind;
 use crate::line_options::LineOptions;
 use crate::probe_call::{media_flowed_both_ways, run_call, CallOptions, ProbeCallReport};
 use crate::report::CallReport;
@@ -70,6 +71,44 @@ pub struct DemoReport {
     pub answerer_heard_hz: Option<f64>,
     pub total_ms: f64,
     pub error: Option<String>,
+    /// What failed, machine-readable (absent when nothing did).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<ErrorKind>,
+}
+
+/// Why the demo could not run (a failed call is in the report instead).
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The local world did not start (`world`'s message).
+    #[error("{0}")]
+    World(String),
+    #[error(transparent)]
+    Answer(#[from] AnswerError),
+    /// Discovery could not be set up (discovery-client's message).
+    #[error("{0}")]
+    Discovery(String),
+    #[error("discovered URL {url}: {source}")]
+    DiscoveredUrl {
+        url: String,
+        #[source]
+        source: url::ParseError,
+    },
+    /// `layers`: the discovery layers as JSON.
+    #[error("discovery found no server: {layers}")]
+    NothingFound { layers: String },
+}
+
+impl DemoError {
+    /// The machine-readable kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::World(_) => ErrorKind::World,
+            Self::Answer(error) => error.kind(),
+            Self::Discovery(_) => ErrorKind::DiscoveryConfig,
+            Self::DiscoveredUrl { .. } => ErrorKind::BadServer,
+            Self::NothingFound { .. } => ErrorKind::NoServerFound,
+        }
+    }
 }
 
 impl DemoReport {
@@ -143,12 +182,13 @@ fn heard(report: Option<&CallReport>, hz: f64) -> bool {
 }
 
 /// Runs the demo. `Err` only when the world could not be started.
-pub async fn run_demo(options: &DemoOptions) -> Result<DemoReport, String> {
+pub async fn run_demo(options: &DemoOptions) -> Result<DemoReport, DemoError> {
     let start = Instant::now();
     let world = LocalWorld::start_with(WorldOptions {
         relay_tls: !options.plain_ws,
     })
-    .await?;
+    .await
+    .map_err(DemoError::World)?;
 
     let mut roots = options.line.extra_roots.clone();
     roots.push(world.ca.ca_der.clone());
@@ -164,12 +204,16 @@ pub async fn run_demo(options: &DemoOptions) -> Result<DemoReport, String> {
     let share_uri = answerer.share_uri.clone();
     let answering = tokio::spawn(answerer.serve(|_| {}));
 
-    let discovery = Discovery::new(world.discovery_config()?)?;
+    let discovery = Discovery::new(world.discovery_config().map_err(DemoError::World)?)
+        .map_err(|e| DemoError::Discovery(e.to_string()))?;
     let discovery_report = discovery.run().finish().await;
     let best = discovery_report.best.clone();
     let (server, found_by) = match &best {
         Some(best) => (
-            Url::parse(&best.url).map_err(|e| format!("discovered URL {}: {e}", best.url))?,
+            Url::parse(&best.url).map_err(|source| DemoError::DiscoveredUrl {
+                url: best.url.clone(),
+                source,
+            })?,
             best.sources
                 .iter()
                 .map(|l| l.as_str().to_string())
@@ -178,10 +222,9 @@ pub async fn run_demo(options: &DemoOptions) -> Result<DemoReport, String> {
         None => {
             answering.abort();
             world.stop().await;
-            return Err(format!(
-                "discovery found no server: {}",
-                serde_json::to_string(&discovery_report.layers).unwrap_or_default()
-            ));
+            return Err(DemoError::NothingFound {
+                layers: serde_json::to_string(&discovery_report.layers).unwrap_or_default(),
+            });
         }
     };
 
@@ -209,12 +252,15 @@ pub async fn run_demo(options: &DemoOptions) -> Result<DemoReport, String> {
         && answerer_report.as_ref().is_some_and(media_flowed_both_ways)
         && caller_heard
         && answerer_heard;
-    let error = if let Some(error) = &call.error {
-        Some(error.clone())
+    let (error, error_kind) = if let Some(error) = &call.error {
+        (Some(error.clone()), call.error_kind)
     } else if !media_both_ways {
-        Some("media did not flow both ways (see the tones heard)".into())
+        (
+            Some("media did not flow both ways (see the tones heard)".into()),
+            Some(ErrorKind::OneWayAudio),
+        )
     } else {
-        None
+        (None, None)
     };
     Ok(DemoReport {
         world: world_addresses,
@@ -237,5 +283,6 @@ pub async fn run_demo(options: &DemoOptions) -> Result<DemoReport, String> {
         media_both_ways,
         total_ms: start.elapsed().as_secs_f64() * 1000.0,
         error,
+        error_kind,
     })
 }

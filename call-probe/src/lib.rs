@@ -3,6 +3,7 @@
 //!
 //! - [`call`]: the engine ([`call::CallEngine`]), a tokio/webrtc-rs driver of the call rules,
 //!   which live sans-IO in [`call::machine`] ([`call::machine::CallMachine`]).
+//! - [`error`]: [`error::ErrorKind`], the machine-readable name of every failure.
 //! - [`config`]: ICE servers, policy, address filters, timeouts, tone.
 //! - [`peer`]: the webrtc-rs peer connection setup.
 //! - [`media`]: tone, Opus, Goertzel detection, receive-side RTP figures.
@@ -31,6 +32,7 @@ pub mod client;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod error;
 pub mod last_flight;
 pub mod line;
 pub mod line_options;
@@ -48,4 +50,5 @@ pub mod world;
 
 pub use call::{CallEngine, CallEvent, EngineError};
 pub use config::{AnswerPolicy, CallConfig, CallTimeouts, IceServer};
+pub use error::ErrorKind;
 pub use report::{CallReport, EndReason, Role};

@@ -26,10 +26,46 @@ use zajel_wire::signaling::{ClientMessage, ServerMessage};
 
 use crate::call::CallEngine;
 use crate::config::CallConfig;
+use crate::error::ErrorKind;
 use crate::selftest::Phone;
 
 /// How long a closing line may take to send what is queued and close its WebSocket.
 pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// Why pairing, or a wait on the line, failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    /// The routing task is gone (a command could not be sent).
+    #[error("the relay connection is gone")]
+    Gone,
+    #[error("the peer rejected pairing")]
+    PairRejected,
+    #[error("pairing refused: {0}")]
+    PairRefused(String),
+    #[error("the pair request timed out")]
+    PairTimeout,
+    #[error("relay error: {0}")]
+    Relay(String),
+    #[error("the relay closed the connection")]
+    Closed,
+    #[error("the line stopped before {0}")]
+    Stopped(String),
+    #[error("no {what} within {limit:?}")]
+    TimedOut { what: String, limit: Duration },
+}
+
+impl LineError {
+    /// The machine-readable kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Gone | Self::Closed | Self::Stopped(_) => ErrorKind::RelayClosed,
+            Self::PairRejected => ErrorKind::PairRejected,
+            Self::PairRefused(_) => ErrorKind::PairRefused,
+            Self::PairTimeout => ErrorKind::PairTimeout,
+            Self::Relay(_) => ErrorKind::RelayError,
+            Self::TimedOut { .. } => ErrorKind::Timeout,
+        }
+    }
+}
 
 /// What happened on the signaling side of a line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,22 +141,26 @@ impl PhoneLine {
 
     /// Sends `pair_request` to `target` and waits for the outcome (`pair_matched` gives
     /// `Ok`, `pair_rejected`/`pair_error`/`pair_timeout`/closing give `Err`).
-    pub async fn pair_with(&mut self, target: PairingCode, limit: Duration) -> Result<(), String> {
+    pub async fn pair_with(
+        &mut self,
+        target: PairingCode,
+        limit: Duration,
+    ) -> Result<(), LineError> {
         self.commands
             .send(ClientMessage::PairRequest {
                 target_code: target,
                 proposed_name: Some("call-probe".into()),
             })
             .await
-            .map_err(|_| "the relay connection is gone".to_string())?;
+            .map_err(|_| LineError::Gone)?;
         let wanted = target.as_str().to_string();
         self.wait_for(limit, "pair_matched", |event| match event {
             LineEvent::PairMatched { peer_code, .. } if *peer_code == wanted => Some(Ok(())),
-            LineEvent::PairRejected { .. } => Some(Err("the peer rejected pairing".to_string())),
-            LineEvent::PairError { error } => Some(Err(format!("pairing refused: {error}"))),
-            LineEvent::PairTimeout { .. } => Some(Err("the pair request timed out".into())),
-            LineEvent::RelayError { message } => Some(Err(format!("relay error: {message}"))),
-            LineEvent::Closed => Some(Err("the relay closed the connection".into())),
+            LineEvent::PairRejected { .. } => Some(Err(LineError::PairRejected)),
+            LineEvent::PairError { error } => Some(Err(LineError::PairRefused(error.clone()))),
+            LineEvent::PairTimeout { .. } => Some(Err(LineError::PairTimeout)),
+            LineEvent::RelayError { message } => Some(Err(LineError::Relay(message.clone()))),
+            LineEvent::Closed => Some(Err(LineError::Closed)),
             _ => None,
         })
         .await?
@@ -132,7 +172,7 @@ impl PhoneLine {
         limit: Duration,
         what: &str,
         mut pick: impl FnMut(&LineEvent) -> Option<T>,
-    ) -> Result<T, String> {
+    ) -> Result<T, LineError> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
@@ -141,8 +181,13 @@ impl PhoneLine {
                         return Ok(found);
                     }
                 }
-                Ok(None) => return Err(format!("the line stopped before {what}")),
-                Err(_) => return Err(format!("no {what} within {limit:?}")),
+                Ok(None) => return Err(LineError::Stopped(what.into())),
+                Err(_) => {
+                    return Err(LineError::TimedOut {
+                        what: what.into(),
+                        limit,
+                    })
+                }
             }
         }
     }

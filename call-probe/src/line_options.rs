@@ -81,7 +81,7 @@ impl LineOptions {
     pub async fn engine_ice_servers(
         &self,
         offered: &[WireIceServer],
-    ) -> Result<(Vec<IceServer>, TurnPaths), String> {
+    ) -> Result<(Vec<IceServer>, TurnPaths), client::TurnRouteError> {
         client::engine_ice_servers(
             offered,
             self.turn_transport,

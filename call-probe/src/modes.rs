@@ -232,7 +232,7 @@ async fn choose_server(
 ) -> Result<ServerChoice, String> {
     if let Some(first) = link.and_then(|l| l.servers.first()) {
         if discovery.nothing_configured() {
-            return ServerChoice::from_link(first);
+            return ServerChoice::from_link(first).map_err(|e| e.to_string());
         }
     }
     let links: Vec<String> = link
@@ -246,7 +246,9 @@ async fn choose_server(
         );
     }
     let config = discovery.config(links).map_err(|e| e.to_string())?;
-    ServerChoice::discover(config).await
+    ServerChoice::discover(config)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 pub async fn call(args: CallArgs) -> ExitCode {

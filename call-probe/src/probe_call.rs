@@ -10,15 +10,17 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use url::Url;
-use zajel_client_net::signaling::ConnectTimings;
+use zajel_client_net::signaling::{ConnectTimings, SessionError};
 use zajel_wire::pairing::PairingCode;
 
-use crate::call::CallEvent;
-use crate::client::{self, TurnPaths, TurnTransport};
+use crate::call::{CallEvent, EngineError};
+use crate::client::{self, TurnPaths, TurnRouteError, TurnTransport};
 use crate::config::CallConfig;
-use crate::line::PhoneLine;
+use crate::error::{session_kind, ErrorKind};
+use crate::line::{LineError, PhoneLine};
 use crate::line_options::LineOptions;
 use crate::report::CallReport;
+use crate::selftest::PhoneError;
 use crate::table::{list, ms, ms_rows, row};
 
 /// What `call` does.
@@ -63,6 +65,44 @@ pub struct Milestones {
     pub hangup_ms: Option<f64>,
 }
 
+/// Why a `call` run failed (its Display is the report's `error`).
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("signaling: {0}")]
+    Signaling(#[source] SessionError),
+    #[error(transparent)]
+    Turn(#[from] TurnRouteError),
+    #[error("--relay-only needs a TURN server for {0:?}, and the relay handed out none")]
+    NoTurnServer(TurnTransport),
+    #[error(transparent)]
+    Pairing(#[from] LineError),
+    #[error("placing the call: {0}")]
+    Place(#[source] EngineError),
+    #[error(transparent)]
+    Phone(#[from] PhoneError),
+    /// `end`: the call's end as JSON.
+    #[error("the call ended before media flowed: {end}")]
+    EndedEarly { end: String },
+    #[error("audio did not flow both ways")]
+    OneWayAudio,
+}
+
+impl CallError {
+    /// The machine-readable kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Signaling(error) => session_kind(error),
+            Self::Turn(error) => error.kind(),
+            Self::NoTurnServer(_) => ErrorKind::NoTurnServer,
+            Self::Pairing(error) => error.kind(),
+            Self::Place(_) => ErrorKind::PlaceCall,
+            Self::Phone(error) => error.kind(),
+            Self::EndedEarly { .. } => ErrorKind::CallEndedEarly,
+            Self::OneWayAudio => ErrorKind::OneWayAudio,
+        }
+    }
+}
+
 /// Everything `call` learnt.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProbeCallReport {
@@ -93,6 +133,9 @@ pub struct ProbeCallReport {
     pub media_both_ways: bool,
     /// Why the run failed, if it did.
     pub error: Option<String>,
+    /// What failed, machine-readable (absent when nothing did).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<ErrorKind>,
     /// The engine's report of the call.
     pub call: Option<CallReport>,
 }
@@ -230,10 +273,12 @@ pub async fn run_call(options: &CallOptions) -> ProbeCallReport {
         heard_hz: None,
         media_both_ways: false,
         error: None,
+        error_kind: None,
         call: None,
     };
     if let Err(error) = call_steps(options, start, &mut report).await {
-        report.error = Some(error);
+        report.error = Some(error.to_string());
+        report.error_kind = Some(error.kind());
     }
     report
 }
@@ -242,13 +287,13 @@ async fn call_steps(
     options: &CallOptions,
     start: Instant,
     report: &mut ProbeCallReport,
-) -> Result<(), String> {
+) -> Result<(), CallError> {
     let step = options.line.step_timeout;
     let registered = options
         .line
         .register(&options.server, None)
         .await
-        .map_err(|e| format!("signaling: {e}"))?;
+        .map_err(CallError::Signaling)?;
     report.milestones.signaling_ready_ms = Some(ms_since(start));
     report.server_id = Some(registered.server_id.clone());
     report.own_code = Some(registered.code.as_str().to_string());
@@ -264,10 +309,7 @@ async fn call_steps(
             .iter()
             .any(|s| s.urls.iter().any(|u| u.starts_with("turn")))
     {
-        return Err(format!(
-            "--relay-only needs a TURN server for {:?}, and the relay handed out none",
-            options.line.turn_transport
-        ));
+        return Err(CallError::NoTurnServer(options.line.turn_transport));
     }
     let config = CallConfig {
         allow_video: options.with_video,
@@ -282,7 +324,7 @@ async fn call_steps(
         .engine
         .place_call(options.with_video)
         .await
-        .map_err(|e| format!("placing the call: {e}"))?;
+        .map_err(CallError::Place)?;
     report.milestones.call_placed_ms = Some(placed_at);
     let phone = &mut line.phone;
     // Connected, or the end of the call (rejected, timed out…).
@@ -303,7 +345,7 @@ async fn call_steps(
             let _ = phone.engine.hangup().await;
             report.call = phone.ended(step).await.ok();
             fill_from_call(report, placed_at, &turn_paths);
-            return Err(error);
+            return Err(error.into());
         }
     };
     if connected {
@@ -332,17 +374,16 @@ async fn call_steps(
     report.call = Some(call);
     fill_from_call(report, placed_at, &turn_paths);
     if !connected {
-        return Err(format!(
-            "the call ended before media flowed: {}",
-            report
+        return Err(CallError::EndedEarly {
+            end: report
                 .call
                 .as_ref()
                 .map(|c| serde_json::to_string(&c.end).unwrap_or_default())
-                .unwrap_or_default()
-        ));
+                .unwrap_or_default(),
+        });
     }
     if !report.media_both_ways {
-        return Err("audio did not flow both ways".into());
+        return Err(CallError::OneWayAudio);
     }
     Ok(())
 }
@@ -367,4 +408,78 @@ fn fill_from_call(report: &mut ProbeCallReport, placed_at: f64, turn_paths: &Tur
         report.heard_hz = call.tone.detected.map(|d| d.frequency_hz);
     }
     report.media_both_ways = media_flowed_both_ways(call);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `ws://` URL on a loopback port nothing listens on (bound, then closed).
+    fn closed_relay() -> Url {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = Url::parse(&format!("ws://{}", listener.local_addr().unwrap())).unwrap();
+        drop(listener);
+        url
+    }
+
+    #[tokio::test]
+    async fn a_refused_relay_is_a_signaling_tcp_error_beside_its_message() {
+        let mut options = CallOptions::new(closed_relay(), PairingCode::parse("ABC234").unwrap());
+        options.line.step_timeout = Duration::from_secs(5);
+        let report = run_call(&options).await;
+        assert_eq!(report.error_kind, Some(ErrorKind::SignalingTcp));
+        let error = report.error.as_deref().unwrap();
+        assert!(
+            error.starts_with("signaling: TCP connection failed: "),
+            "{error}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["error"], error);
+        assert_eq!(json["error_kind"], "signaling_tcp");
+    }
+
+    #[test]
+    fn a_report_without_an_error_has_no_error_kind() {
+        let report = ProbeCallReport {
+            server: "ws://127.0.0.1:1/".into(),
+            server_id: None,
+            own_code: None,
+            peer_code: "ABC234".into(),
+            signaling: None,
+            ice_servers: Vec::new(),
+            relay_only: false,
+            turn_transport: TurnTransport::Auto,
+            relayed_media: None,
+            relay_candidates: Vec::new(),
+            turn_without_allocation: Vec::new(),
+            milestones: Milestones::default(),
+            heard_hz: None,
+            media_both_ways: true,
+            error: None,
+            error_kind: None,
+            call: None,
+        };
+        let json = serde_json::to_value(&report).unwrap();
+        assert!(json["error"].is_null());
+        assert!(json.get("error_kind").is_none(), "{json}");
+    }
+
+    #[test]
+    fn call_errors_keep_their_messages() {
+        let error = CallError::NoTurnServer(TurnTransport::Tcp);
+        assert_eq!(
+            error.to_string(),
+            "--relay-only needs a TURN server for Tcp, and the relay handed out none"
+        );
+        assert_eq!(error.kind(), ErrorKind::NoTurnServer);
+        assert_eq!(
+            CallError::OneWayAudio.to_string(),
+            "audio did not flow both ways"
+        );
+        let error = CallError::from(LineError::PairRejected);
+        assert_eq!(
+            (error.to_string().as_str(), error.kind()),
+            ("the peer rejected pairing", ErrorKind::PairRejected)
+        );
+    }
 }

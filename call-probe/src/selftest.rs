@@ -9,9 +9,58 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use zajel_wire::call::CallPayload;
 
-use crate::call::{CallEngine, CallEvent};
+use crate::call::{CallEngine, CallEvent, EngineError};
 use crate::config::{AnswerPolicy, CallConfig};
+use crate::error::ErrorKind;
 use crate::report::CallReport;
+
+/// Why a wait on a [`Phone`]'s events failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PhoneError {
+    /// The engine's event stream ended.
+    #[error("{phone}: engine stopped before {what}")]
+    EngineStopped { phone: String, what: String },
+    /// The event did not come in time (`events`: what came, as [`event_name`]s).
+    #[error("{phone}: no {what} within {within:?}; events: {events:?}")]
+    TimedOut {
+        phone: String,
+        what: String,
+        within: Duration,
+        events: Vec<String>,
+    },
+}
+
+impl PhoneError {
+    /// The machine-readable kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::EngineStopped { .. } => ErrorKind::EngineStopped,
+            Self::TimedOut { .. } => ErrorKind::Timeout,
+        }
+    }
+}
+
+/// Why [`run_selftest`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SelftestError {
+    #[error("placing the call: {0}")]
+    Place(#[source] EngineError),
+    #[error("hanging up: {0}")]
+    Hangup(#[source] EngineError),
+    #[error(transparent)]
+    Phone(#[from] PhoneError),
+}
+
+impl SelftestError {
+    /// The machine-readable kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Place(_) => ErrorKind::PlaceCall,
+            Self::Hangup(_) => ErrorKind::Hangup,
+            Self::Phone(error) => error.kind(),
+        }
+    }
+}
 
 /// An engine with its events, remembering every event it has seen.
 pub struct Phone {
@@ -38,7 +87,7 @@ impl Phone {
         within: Duration,
         what: &str,
         mut pick: impl FnMut(&CallEvent) -> Option<T>,
-    ) -> Result<T, String> {
+    ) -> Result<T, PhoneError> {
         if let Some(found) = self.history.iter().find_map(&mut pick) {
             return Ok(found);
         }
@@ -52,20 +101,26 @@ impl Phone {
                         return Ok(found);
                     }
                 }
-                Ok(None) => return Err(format!("{}: engine stopped before {what}", self.name)),
+                Ok(None) => {
+                    return Err(PhoneError::EngineStopped {
+                        phone: self.name.clone(),
+                        what: what.into(),
+                    })
+                }
                 Err(_) => {
-                    return Err(format!(
-                        "{}: no {what} within {within:?}; events: {:?}",
-                        self.name,
-                        self.history.iter().map(event_name).collect::<Vec<_>>()
-                    ))
+                    return Err(PhoneError::TimedOut {
+                        phone: self.name.clone(),
+                        what: what.into(),
+                        within,
+                        events: self.history.iter().map(event_name).collect(),
+                    })
                 }
             }
         }
     }
 
     /// Waits for the end of a call and returns its report.
-    pub async fn ended(&mut self, within: Duration) -> Result<CallReport, String> {
+    pub async fn ended(&mut self, within: Duration) -> Result<CallReport, PhoneError> {
         self.wait_for(within, "end of the call", |e| match e {
             CallEvent::Ended(report) => Some((**report).clone()),
             _ => None,
@@ -203,7 +258,9 @@ impl Default for SelftestOptions {
 /// One in-process loopback call: the caller sends `caller_hz`, the callee (auto-accepting)
 /// `callee_hz`; once both heard the other's tone (and the RTT is known), the caller hangs up.
 /// Returns the caller's and the callee's reports.
-pub async fn run_selftest(options: &SelftestOptions) -> Result<(CallReport, CallReport), String> {
+pub async fn run_selftest(
+    options: &SelftestOptions,
+) -> Result<(CallReport, CallReport), SelftestError> {
     let board = Switchboard::new();
     let mut caller = board.add_phone(
         "caller",
@@ -227,7 +284,7 @@ pub async fn run_selftest(options: &SelftestOptions) -> Result<(CallReport, Call
         .engine
         .place_call(options.with_video)
         .await
-        .map_err(|e| format!("placing the call: {e}"))?;
+        .map_err(SelftestError::Place)?;
     let tone = |e: &CallEvent| match e {
         CallEvent::ToneDetected { reading, .. } => Some(*reading),
         _ => None,
@@ -243,8 +300,43 @@ pub async fn run_selftest(options: &SelftestOptions) -> Result<(CallReport, Call
         .engine
         .hangup()
         .await
-        .map_err(|e| format!("hanging up: {e}"))?;
+        .map_err(SelftestError::Hangup)?;
     let caller_report = caller.ended(step).await?;
     let callee_report = callee.ended(step).await?;
     Ok((caller_report, callee_report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_wait_that_sees_nothing_times_out_naming_the_phone() {
+        let board = Switchboard::new();
+        let mut phone = board.add_phone("caller", CallConfig::loopback());
+        let within = Duration::from_millis(20);
+        let error = phone
+            .wait_for(within, "tone", |_| None::<()>)
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Timeout);
+        assert_eq!(
+            error.to_string(),
+            format!("caller: no tone within {within:?}; events: []")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_selftest_with_no_time_for_a_step_fails_as_a_timeout() {
+        let options = SelftestOptions {
+            step_timeout: Duration::from_millis(1),
+            ..SelftestOptions::default()
+        };
+        let error = run_selftest(&options).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Timeout);
+        assert!(
+            error.to_string().starts_with("caller: no tone within 1ms"),
+            "{error}"
+        );
+    }
 }

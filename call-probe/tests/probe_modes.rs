@@ -15,6 +15,7 @@ use call_probe::line::PhoneLine;
 use call_probe::probe_call::{run_call, CallOptions};
 use call_probe::report::EndReason;
 use call_probe::world::{LocalWorld, WorldOptions};
+use call_probe::ErrorKind;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command};
@@ -183,6 +184,7 @@ async fn demo_runs_the_whole_chain_with_media_both_ways() {
     assert_eq!(code, 0, "stderr: {stderr}\nstdout: {stdout}");
     let report = json(&stdout);
     assert_eq!(report["media_both_ways"], true);
+    assert!(report["error"].is_null() && report.get("error_kind").is_none());
     assert!((report["caller_heard_hz"].as_f64().unwrap() - 660.0).abs() <= 5.0);
     assert!((report["answerer_heard_hz"].as_f64().unwrap() - 440.0).abs() <= 5.0);
     let layers = report["discovery"]["layers"].as_array().unwrap();
@@ -320,6 +322,27 @@ async fn a_declined_call_is_reported_as_rejected() {
     assert_eq!(end["kind"], "rejected_by_remote", "{end}");
     assert_eq!(end["reason"], "declined");
     assert_eq!(out["call"]["media_both_ways"], false);
+    // The human message and, beside it, what failed for a machine.
+    assert!(out["call"]["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("the call ended before media flowed: "));
+    assert_eq!(out["call"]["error_kind"], "call_ended_early");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairing_with_a_code_nobody_holds_is_refused_by_the_relay() {
+    let world = LocalWorld::start().await.unwrap();
+    let nobody = client::random_code().unwrap();
+    let report = run_call(&options_for(&world, nobody)).await;
+    assert_eq!(
+        report.error_kind,
+        Some(ErrorKind::PairRefused),
+        "{report:?}"
+    );
+    let error = report.error.as_deref().unwrap();
+    assert!(error.starts_with("pairing refused: "), "{error}");
+    assert!(report.call.is_none());
 }
 
 fn options_for(world: &LocalWorld, code: zajel_wire::pairing::PairingCode) -> CallOptions {
@@ -390,6 +413,7 @@ async fn an_unanswered_call_times_out_ringing() {
     let mut options = options_for(&world, callee.code);
     options.line.timeouts = timeouts;
     let report = run_call(&options).await;
+    assert_eq!(report.error_kind, Some(ErrorKind::CallEndedEarly));
     let call = report.call.expect("a call report");
     assert!(
         matches!(call.end, EndReason::RingingTimeout),
@@ -681,6 +705,7 @@ async fn check_exit_codes_say_no_server_and_signaling_blocked() {
         .as_str()
         .unwrap()
         .contains("registration"));
+    assert_eq!(report["signaling"]["error_kind"], "signaling_timeout");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -705,6 +730,16 @@ async fn check_says_no_media_path_when_the_relay_offers_no_turn() {
     let report = json(&stdout);
     assert_eq!(report["verdict"], "no_media_path");
     assert_eq!(report["signaling"]["ok"], true);
+    assert!(report["signaling"].get("error_kind").is_none());
+    assert_eq!(
+        report["stun"]["error_kind"], "not_offered",
+        "{}",
+        report["stun"]
+    );
+    for turn in report["turn"].as_array().unwrap() {
+        assert_eq!(turn["error"], "not offered by the relay");
+        assert_eq!(turn["error_kind"], "not_offered");
+    }
     relay.shutdown().await;
 }
 

@@ -93,7 +93,7 @@ fn probe_to_probe(rt: &Runtime, relay: &Url, relay_only: bool) -> Result<Sample,
         answer.line.turn_transport = TurnTransport::Udp;
         answer.max_calls = Some(1);
         answer.line.step_timeout = STEP;
-        let answerer = Answerer::start(answer).await?;
+        let answerer = Answerer::start(answer).await.map_err(|e| e.to_string())?;
         let code = answerer.code;
         let serving = tokio::spawn(answerer.serve(|_| {}));
 
@@ -114,7 +114,8 @@ fn probe_to_probe(rt: &Runtime, relay: &Url, relay_only: bool) -> Result<Sample,
         let answered = tokio::time::timeout(STEP, serving)
             .await
             .map_err(|_| "the answerer did not finish".to_string())?
-            .map_err(|e| e.to_string())??;
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
         answerer_heard(&answered)?;
         if relay_only {
             // Relay-only must mean it: the caller's selected local candidate is a TURN relay one.
@@ -193,7 +194,7 @@ fn aiortc_to_probe(rt: &Runtime, relay: &Url) -> Result<Sample, String> {
         answer.line.with_stun = false;
         answer.max_calls = Some(1);
         answer.line.step_timeout = STEP;
-        let answerer = Answerer::start(answer).await?;
+        let answerer = Answerer::start(answer).await.map_err(|e| e.to_string())?;
         let code = answerer.code;
         Ok::<_, String>((code, tokio::spawn(answerer.serve(|_| {}))))
     })?;
@@ -203,6 +204,7 @@ fn aiortc_to_probe(rt: &Runtime, relay: &Url) -> Result<Sample, String> {
             .await
             .map_err(|_| "the answerer did not finish".to_string())?
             .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
     })?;
     answerer_heard(&answered)?;
     Ok(aiortc_sample(&result))
