@@ -107,7 +107,7 @@ impl Answerer {
 
     /// The sharing link as a QR code for a terminal.
     pub fn qr_terminal(&self) -> Result<String, String> {
-        share::render_terminal(&self.share_uri)
+        share::render_terminal(&self.share_uri).map_err(|e| e.to_string())
     }
 
     /// Answers calls until `max_calls` have ended (or forever), calling `on_call` with each

@@ -63,7 +63,11 @@ impl ServerChoice {
 
     /// Runs discovery to the end and takes its best server.
     pub async fn discover(config: DiscoveryConfig) -> Result<Self, String> {
-        let report = Discovery::new(config)?.run().finish().await;
+        let report = Discovery::new(config)
+            .map_err(|e| e.to_string())?
+            .run()
+            .finish()
+            .await;
         Ok(Self::from_report(report))
     }
 

@@ -164,7 +164,7 @@ pub async fn run_demo(options: &DemoOptions) -> Result<DemoReport, String> {
     let share_uri = answerer.share_uri.clone();
     let answering = tokio::spawn(answerer.serve(|_| {}));
 
-    let discovery = Discovery::new(world.discovery_config()?)?;
+    let discovery = Discovery::new(world.discovery_config()?).map_err(|e| e.to_string())?;
     let discovery_report = discovery.run().finish().await;
     let best = discovery_report.best.clone();
     let (server, found_by) = match &best {

@@ -40,6 +40,17 @@ pub enum ArgsError {
     NoDataDirectory,
 }
 
+impl ArgsError {
+    /// A stable machine-readable name of the failure.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::RegistryKey { .. } => "registry_key",
+            Self::CaFile(_) => "ca_file",
+            Self::NoDataDirectory => "no_data_directory",
+        }
+    }
+}
+
 /// Whom to trust: pinned registry keys and extra TLS roots.
 #[derive(Args, Debug, Clone, Default)]
 pub struct TrustArgs {
