@@ -695,6 +695,22 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_root_that_is_not_a_certificate_stops_the_setup_with_its_kind() {
+        let garbage = CertificateDer::from(vec![0x30, 0x03, 0x01, 0x02, 0x03]);
+        let config = Config {
+            extra_roots: vec![garbage.clone()],
+            ..Config::default()
+        };
+        let error = match Discovery::new(config) {
+            Ok(_) => panic!("a garbage root was trusted"),
+            Err(error) => error,
+        };
+        assert_eq!(error.kind(), "tls_config");
+        let direct = tls::client_config(&[garbage]).unwrap_err();
+        assert_eq!(error.to_string(), direct.to_string());
+    }
+
     #[tokio::test]
     async fn private_addresses_are_refused_before_any_connection() {
         let config = Config {

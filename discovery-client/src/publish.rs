@@ -186,3 +186,43 @@ pub async fn verify(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_registry_that_refuses_the_connection_refuses_the_list() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let request = PublishRequest {
+            registry: Url::parse(&format!("http://127.0.0.1:{port}")).unwrap(),
+            extra_registry_keys: Vec::new(),
+            domain: "zajel.test".into(),
+            ttl: 300,
+            valid_for: Duration::from_secs(3600),
+            timeout: Duration::from_secs(5),
+        };
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let tls = zajel_client_net::tls::client_config(&[]).unwrap();
+        let error = publish(&request, &key, tls).await.unwrap_err();
+        assert_eq!(error.kind(), "registry_list_refused");
+        assert!(
+            matches!(
+                &error,
+                PublishError::ListRefused {
+                    outcome: Outcome::Refused,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(
+            error
+                .to_string()
+                .starts_with("registry list refused (refused): "),
+            "{error}"
+        );
+    }
+}
