@@ -658,3 +658,44 @@ fn referral(command: ReferralCommand) -> Result<u8, CliError> {
     }
     Ok(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_keeps_its_messages_and_passes_the_library_kinds_through() {
+        let neither = qr_decode(QrDecodeArgs {
+            text: None,
+            image: None,
+            json: false,
+        })
+        .unwrap_err();
+        assert_eq!(neither.kind(), "no_link_text");
+        assert_eq!(neither.to_string(), "give the link text or --image FILE");
+
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.png");
+        let unread = qr_decode(QrDecodeArgs {
+            text: None,
+            image: Some(missing.clone()),
+            json: false,
+        })
+        .unwrap_err();
+        assert_eq!(unread.kind(), "qr_read_image");
+        assert!(
+            unread
+                .to_string()
+                .starts_with(&format!("cannot read image {}: ", missing.display())),
+            "{unread}"
+        );
+
+        let bad_code = qr_decode(QrDecodeArgs {
+            text: Some("zajel://!!".into()),
+            image: None,
+            json: false,
+        })
+        .unwrap_err();
+        assert_eq!(bad_code.kind(), "share_link");
+    }
+}
