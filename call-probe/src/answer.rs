@@ -27,9 +27,9 @@ pub enum AnswerError {
     Signaling(#[source] SessionError),
     #[error(transparent)]
     Turn(#[from] TurnRouteError),
-    /// The sharing link as a QR code (discovery-client's message).
-    #[error("{0}")]
-    QrCode(String),
+    /// The sharing link as a QR code.
+    #[error(transparent)]
+    QrCode(#[from] discovery_client::share::QrError),
     #[error(transparent)]
     Phone(#[from] PhoneError),
     #[error("the relay closed the connection")]
@@ -139,7 +139,7 @@ impl Answerer {
 
     /// The sharing link as a QR code for a terminal.
     pub fn qr_terminal(&self) -> Result<String, AnswerError> {
-        share::render_terminal(&self.share_uri).map_err(|e| AnswerError::QrCode(e.to_string()))
+        Ok(share::render_terminal(&self.share_uri)?)
     }
 
     /// Answers calls until `max_calls` have ended (or forever), calling `on_call` with each

@@ -21,9 +21,9 @@ pub enum ChooseError {
         #[source]
         source: EndpointError,
     },
-    /// Discovery could not be set up (discovery-client's message).
-    #[error("{0}")]
-    Discovery(String),
+    /// Discovery could not be set up.
+    #[error(transparent)]
+    Discovery(#[from] discovery_client::discovery::DiscoveryError),
 }
 
 impl ChooseError {
@@ -95,8 +95,7 @@ impl ServerChoice {
 
     /// Runs discovery to the end and takes its best server.
     pub async fn discover(config: DiscoveryConfig) -> Result<Self, ChooseError> {
-        let discovery =
-            Discovery::new(config).map_err(|e| ChooseError::Discovery(e.to_string()))?;
+        let discovery = Discovery::new(config)?;
         let report = discovery.run().finish().await;
         Ok(Self::from_report(report))
     }

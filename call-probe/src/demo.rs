@@ -84,9 +84,9 @@ pub enum DemoError {
     World(String),
     #[error(transparent)]
     Answer(#[from] AnswerError),
-    /// Discovery could not be set up (discovery-client's message).
-    #[error("{0}")]
-    Discovery(String),
+    /// Discovery could not be set up.
+    #[error(transparent)]
+    Discovery(#[from] discovery_client::discovery::DiscoveryError),
     #[error("discovered URL {url}: {source}")]
     DiscoveredUrl {
         url: String,
@@ -204,8 +204,7 @@ pub async fn run_demo(options: &DemoOptions) -> Result<DemoReport, DemoError> {
     let share_uri = answerer.share_uri.clone();
     let answering = tokio::spawn(answerer.serve(|_| {}));
 
-    let discovery = Discovery::new(world.discovery_config().map_err(DemoError::World)?)
-        .map_err(|e| DemoError::Discovery(e.to_string()))?;
+    let discovery = Discovery::new(world.discovery_config().map_err(DemoError::World)?)?;
     let discovery_report = discovery.run().finish().await;
     let best = discovery_report.best.clone();
     let (server, found_by) = match &best {

@@ -269,7 +269,9 @@ impl LocalWorld {
             timeout: Duration::from_secs(5),
         };
         let tls = tls::client_config(&[]).map_err(|e| e.to_string())?;
-        let records = publish::publish(&request, &registry_key, tls).await?;
+        let records = publish::publish(&request, &registry_key, tls)
+            .await
+            .map_err(|e| e.to_string())?;
         timings.published_ms = ms(started);
 
         let started = Instant::now();
@@ -277,7 +279,8 @@ impl LocalWorld {
             .iter()
             .map(|r| (r.name.clone(), r.strings.clone()))
             .collect();
-        let doh = InProcessDoh::start(ca.server_config()?, DEMO_DOMAIN, &served)?;
+        let doh = InProcessDoh::start(ca.server_config()?, DEMO_DOMAIN, &served)
+            .map_err(|e| e.to_string())?;
         timings.doh_ms = ms(started);
 
         let addresses = WorldAddresses {
@@ -320,7 +323,11 @@ impl LocalWorld {
         Ok(DiscoveryConfig {
             registries: vec![self.registry_url.clone()],
             registry_keys: vec![self.registry_key.verifying_key()],
-            doh_servers: vec![self.addresses.doh.parse()?],
+            doh_servers: vec![self
+                .addresses
+                .doh
+                .parse::<discovery_client::doh::DohServer>()
+                .map_err(|e| e.to_string())?],
             domains: vec![DEMO_DOMAIN.into()],
             allow_private: true,
             extra_roots: vec![self.ca.ca_der.clone()],

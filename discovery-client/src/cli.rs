@@ -40,6 +40,17 @@ pub enum ArgsError {
     NoDataDirectory,
 }
 
+impl ArgsError {
+    /// A stable machine-readable name of the failure.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::RegistryKey { .. } => "registry_key",
+            Self::CaFile(_) => "ca_file",
+            Self::NoDataDirectory => "no_data_directory",
+        }
+    }
+}
+
 /// Whom to trust: pinned registry keys and extra TLS roots.
 #[derive(Args, Debug, Clone, Default)]
 pub struct TrustArgs {
@@ -261,10 +272,29 @@ mod tests {
         };
         let error = bad.keys().unwrap_err();
         assert!(matches!(error, ArgsError::RegistryKey { .. }));
+        assert_eq!(error.kind(), "registry_key");
         assert!(
             error.to_string().starts_with("--registry-key nope:"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_missing_ca_file_is_named_with_its_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing-ca.pem");
+        let trust = TrustArgs {
+            registry_keys: Vec::new(),
+            ca_files: vec![missing.clone()],
+        };
+        let error = trust.roots().unwrap_err();
+        assert_eq!(error.kind(), "ca_file");
+        let message = match tls::read_pem_certificates(&missing) {
+            Err(direct) => direct.to_string(),
+            Ok(_) => panic!("a missing file was read"),
+        };
+        assert_eq!(error.to_string(), message);
+        assert!(error.to_string().contains("missing-ca.pem"), "{error}");
     }
 
     #[test]

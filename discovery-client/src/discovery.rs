@@ -38,6 +38,27 @@ use crate::txt;
 pub use zajel_discovery_core::discovery::Event;
 pub use zajel_discovery_core::report::Candidate;
 
+/// Why a discovery could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// The TLS client configuration (web PKI plus the extra roots) could not be made.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The registry HTTP client could not be built.
+    #[error(transparent)]
+    RegistryClient(#[from] registry::RegistryClientError),
+}
+
+impl DiscoveryError {
+    /// A stable machine-readable name of the failure.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Tls(_) => "tls_config",
+            Self::RegistryClient(e) => e.kind(),
+        }
+    }
+}
+
 /// What to look in, and how long to wait.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -106,8 +127,8 @@ struct Inner {
 
 impl Discovery {
     /// Checks the configuration and sets up TLS and HTTP.
-    pub fn new(config: Config) -> Result<Self, String> {
-        let tls = tls::client_config(&config.extra_roots).map_err(|e| e.to_string())?;
+    pub fn new(config: Config) -> Result<Self, DiscoveryError> {
+        let tls = tls::client_config(&config.extra_roots)?;
         let http = registry::http_client(tls.clone(), config.layer_timeout)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -425,6 +446,7 @@ fn remember(path: &std::path::Path, checked: Vec<CheckedServer>) -> Result<(), S
             }
         })
         .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// The inputs of a local layer (cache, referral, QR, manual): one source
@@ -671,6 +693,22 @@ mod tests {
             "{}",
             manual.detail
         );
+    }
+
+    #[test]
+    fn a_root_that_is_not_a_certificate_stops_the_setup_with_its_kind() {
+        let garbage = CertificateDer::from(vec![0x30, 0x03, 0x01, 0x02, 0x03]);
+        let config = Config {
+            extra_roots: vec![garbage.clone()],
+            ..Config::default()
+        };
+        let error = match Discovery::new(config) {
+            Ok(_) => panic!("a garbage root was trusted"),
+            Err(error) => error,
+        };
+        assert_eq!(error.kind(), "tls_config");
+        let direct = tls::client_config(&[garbage]).unwrap_err();
+        assert_eq!(error.to_string(), direct.to_string());
     }
 
     #[tokio::test]

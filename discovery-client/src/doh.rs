@@ -31,28 +31,66 @@ pub struct DohServer {
     pub ip: Option<IpAddr>,
 }
 
+/// Why a `--doh` value is not a DoH server.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DohServerParseError {
+    /// The `ip=` part is not an IP address.
+    #[error("DoH server {text:?}: ip= is not an IP address")]
+    Ip { text: String },
+    /// The URL part does not parse.
+    #[error("DoH server {text:?}: not a URL ({source})")]
+    Url {
+        text: String,
+        #[source]
+        source: url::ParseError,
+    },
+    /// The URL is not `https://`.
+    #[error("DoH server {text:?}: must be an https:// URL")]
+    NotHttps { text: String },
+    /// The URL names no host.
+    #[error("DoH server {text:?}: no host")]
+    NoHost { text: String },
+}
+
+impl DohServerParseError {
+    /// A stable machine-readable name of the failure.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Ip { .. } => "doh_server_ip",
+            Self::Url { .. } => "doh_server_url",
+            Self::NotHttps { .. } => "doh_server_not_https",
+            Self::NoHost { .. } => "doh_server_no_host",
+        }
+    }
+}
+
 impl FromStr for DohServer {
-    type Err = String;
+    type Err = DohServerParseError;
 
     /// `URL` or `URL,ip=ADDRESS`.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let (url_text, ip) = match text.trim().split_once(",ip=") {
             Some((url, ip)) => (
                 url,
-                Some(
-                    ip.parse::<IpAddr>()
-                        .map_err(|_| format!("DoH server {text:?}: ip= is not an IP address"))?,
-                ),
+                Some(ip.parse::<IpAddr>().map_err(|_| DohServerParseError::Ip {
+                    text: text.to_string(),
+                })?),
             ),
             None => (text.trim(), None),
         };
-        let url =
-            Url::parse(url_text).map_err(|e| format!("DoH server {text:?}: not a URL ({e})"))?;
+        let url = Url::parse(url_text).map_err(|source| DohServerParseError::Url {
+            text: text.to_string(),
+            source,
+        })?;
         if url.scheme() != "https" {
-            return Err(format!("DoH server {text:?}: must be an https:// URL"));
+            return Err(DohServerParseError::NotHttps {
+                text: text.to_string(),
+            });
         }
         if url.host_str().is_none_or(str::is_empty) {
-            return Err(format!("DoH server {text:?}: no host"));
+            return Err(DohServerParseError::NoHost {
+                text: text.to_string(),
+            });
         }
         Ok(Self { url, ip })
     }
@@ -270,5 +308,30 @@ mod tests {
             .parse::<DohServer>()
             .is_err());
         assert!("dns.example".parse::<DohServer>().is_err());
+    }
+
+    #[test]
+    fn each_bad_doh_server_names_its_kind_and_keeps_its_message() {
+        let cases = [
+            (
+                "http://dns.example/q",
+                "doh_server_not_https",
+                r#"DoH server "http://dns.example/q": must be an https:// URL"#,
+            ),
+            (
+                "https://dns.example/q,ip=nope",
+                "doh_server_ip",
+                r#"DoH server "https://dns.example/q,ip=nope": ip= is not an IP address"#,
+            ),
+            (
+                "dns.example",
+                "doh_server_url",
+                r#"DoH server "dns.example": not a URL (relative URL without a base)"#,
+            ),
+        ];
+        for (text, kind, message) in cases {
+            let error = text.parse::<DohServer>().unwrap_err();
+            assert_eq!((error.kind(), error.to_string().as_str()), (kind, message));
+        }
     }
 }

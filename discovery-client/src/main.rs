@@ -12,22 +12,92 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use discovery_client::cli::{DiscoveryArgs, StoreArgs, TrustArgs};
-use discovery_client::discovery::{Config, Discovery, Event};
+use discovery_client::cli::{ArgsError, DiscoveryArgs, StoreArgs, TrustArgs};
+use discovery_client::discovery::{Config, Discovery, DiscoveryError, Event};
 use discovery_client::doh::DohServer;
-use discovery_client::publish::{self, PublishRequest};
+use discovery_client::publish::{self, PublishError, PublishRequest};
 use discovery_client::report::{Report, Verdict};
-use discovery_client::share::{self, ShareLink};
-use discovery_client::store::{self, Store};
+use discovery_client::share::{self, QrError, ShareError, ShareLink};
+use discovery_client::store::{self, Store, StoreError};
 use discovery_client::txt;
 use url::Url;
 use zajel_client_net::{keyfile, tls};
-use zajel_wire::pairing::PairingCode;
+use zajel_wire::keys::KeyError;
+use zajel_wire::pairing::{PairingCode, PairingCodeError};
 
 /// Exit code: only unverified servers answered.
 const EXIT_UNVERIFIED: u8 = 3;
 /// Exit code: nothing answered.
 const EXIT_NOTHING: u8 = 4;
+
+/// Why a command failed (printed as `error: <message>`, exit code 1).
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Args(#[from] ArgsError),
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error(transparent)]
+    Qr(#[from] QrError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    KeyFile(#[from] keyfile::KeyFileError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    ShareLink(#[from] ShareError),
+    #[error(transparent)]
+    PairingCode(#[from] PairingCodeError),
+    /// `qr encode --registry-key` is not a public key.
+    #[error("--registry-key: {0}")]
+    RegistryKey(#[source] KeyError),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("cannot write {}: {source}", path.display())]
+    WriteSvg {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--valid-hours must be between 1 and 744")]
+    ValidHours,
+    #[error("--registry-key is needed to verify records")]
+    NoRegistryKey,
+    #[error("give the link text or --image FILE")]
+    NoLinkText,
+    #[error("give a sharing link, or --code with --server")]
+    NoReferral,
+    #[error("the referral names no server")]
+    EmptyReferral,
+}
+
+impl CliError {
+    /// A stable machine-readable name of the failure (the library's kind where it has one).
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Args(e) => e.kind(),
+            Self::Discovery(e) => e.kind(),
+            Self::Publish(e) => e.kind(),
+            Self::Qr(e) => e.kind(),
+            Self::Store(e) => e.kind(),
+            Self::KeyFile(_) => "key_file",
+            Self::Tls(_) => "tls_config",
+            Self::ShareLink(_) => "share_link",
+            Self::PairingCode(_) => "pairing_code",
+            Self::RegistryKey(_) => "registry_key",
+            Self::Json(_) => "json",
+            Self::WriteSvg { .. } => "svg_write",
+            Self::ValidHours => "valid_hours",
+            Self::NoRegistryKey => "no_registry_key",
+            Self::NoLinkText => "no_link_text",
+            Self::NoReferral => "no_referral",
+            Self::EmptyReferral => "empty_referral",
+        }
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -240,13 +310,14 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
+            tracing::debug!(kind = e.kind(), "command failed");
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run(cli: Cli) -> Result<u8, String> {
+async fn run(cli: Cli) -> Result<u8, CliError> {
     match cli.command {
         Command::Discover(args) => discover(args).await,
         Command::Txt(TxtCommand::Publish(args)) => txt_publish(args).await,
@@ -258,22 +329,19 @@ async fn run(cli: Cli) -> Result<u8, String> {
     }
 }
 
-async fn discover(args: DiscoverArgs) -> Result<u8, String> {
+async fn discover(args: DiscoverArgs) -> Result<u8, CliError> {
     let mut share_links = args.shares.clone();
     for path in &args.share_images {
         share_links.push(share::decode_image_file(path)?);
     }
     if !args.discovery.no_cache {
         // The cache is part of every run: say where it cannot be rather than go without it.
-        args.discovery.store.path().map_err(|e| e.to_string())?;
+        args.discovery.store.path()?;
     }
     let config = Config {
         probe_timeout: Duration::from_millis(args.probe_timeout_ms),
         stagger: Duration::from_millis(args.stagger_ms),
-        ..args
-            .discovery
-            .config(share_links)
-            .map_err(|e| e.to_string())?
+        ..args.discovery.config(share_links)?
     };
     let discovery = Discovery::new(config)?;
     let progress = std::io::stderr().is_terminal();
@@ -309,10 +377,7 @@ async fn discover(args: DiscoverArgs) -> Result<u8, String> {
     }
     let report = report.unwrap_or_else(|| run.report());
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
-        );
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report);
     }
@@ -376,16 +441,15 @@ fn print_report(report: &Report) {
     }
 }
 
-async fn txt_publish(args: PublishArgs) -> Result<u8, String> {
+async fn txt_publish(args: PublishArgs) -> Result<u8, CliError> {
     if args.valid_hours == 0 || args.valid_hours * 3600 > txt::MAX_VALIDITY_SECS {
-        return Err("--valid-hours must be between 1 and 744".into());
+        return Err(CliError::ValidHours);
     }
-    let key = keyfile::read(&args.key_file).map_err(|e| e.to_string())?;
-    let tls = tls::client_config(&args.trust.roots().map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())?;
+    let key = keyfile::read(&args.key_file)?;
+    let tls = tls::client_config(&args.trust.roots()?)?;
     let request = PublishRequest {
         registry: args.registry.clone(),
-        extra_registry_keys: args.trust.keys().map_err(|e| e.to_string())?,
+        extra_registry_keys: args.trust.keys()?,
         domain: args.domain.clone(),
         ttl: args.ttl,
         valid_for: Duration::from_secs(args.valid_hours * 3600),
@@ -396,8 +460,7 @@ async fn txt_publish(args: PublishArgs) -> Result<u8, String> {
         Format::Zone => print!("{}", txt::zone_snippet(&records)),
         Format::Json => println!(
             "{}",
-            serde_json::to_string_pretty(&publish::provider_json(&records))
-                .map_err(|e| e.to_string())?
+            serde_json::to_string_pretty(&publish::provider_json(&records))?
         ),
     }
     eprintln!(
@@ -408,13 +471,12 @@ async fn txt_publish(args: PublishArgs) -> Result<u8, String> {
     Ok(0)
 }
 
-async fn txt_verify(args: VerifyArgs) -> Result<u8, String> {
-    let keys = args.trust.keys().map_err(|e| e.to_string())?;
+async fn txt_verify(args: VerifyArgs) -> Result<u8, CliError> {
+    let keys = args.trust.keys()?;
     if keys.is_empty() {
-        return Err("--registry-key is needed to verify records".into());
+        return Err(CliError::NoRegistryKey);
     }
-    let tls = tls::client_config(&args.trust.roots().map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())?;
+    let tls = tls::client_config(&args.trust.roots()?)?;
     let checks = publish::verify(
         &args.domain,
         &args.doh,
@@ -424,10 +486,7 @@ async fn txt_verify(args: VerifyArgs) -> Result<u8, String> {
     )
     .await;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&checks).map_err(|e| e.to_string())?
-        );
+        println!("{}", serde_json::to_string_pretty(&checks)?);
     } else {
         for check in &checks {
             println!(
@@ -462,16 +521,14 @@ async fn txt_verify(args: VerifyArgs) -> Result<u8, String> {
     })
 }
 
-fn qr_encode(args: QrEncodeArgs) -> Result<u8, String> {
-    let code = PairingCode::parse(&args.code).map_err(|e| e.to_string())?;
+fn qr_encode(args: QrEncodeArgs) -> Result<u8, CliError> {
+    let code = PairingCode::parse(&args.code)?;
     let key = args
         .registry_key
         .as_deref()
-        .map(|k| {
-            zajel_wire::keys::public_key_from_base64(k).map_err(|e| format!("--registry-key: {e}"))
-        })
+        .map(|k| zajel_wire::keys::public_key_from_base64(k).map_err(CliError::RegistryKey))
         .transpose()?;
-    let link = ShareLink::new(code, &args.servers, key.as_ref()).map_err(|e| e.to_string())?;
+    let link = ShareLink::new(code, &args.servers, key.as_ref())?;
     let uri = link.to_uri();
     println!("{uri}");
     if !args.no_terminal {
@@ -482,25 +539,24 @@ fn qr_encode(args: QrEncodeArgs) -> Result<u8, String> {
         eprintln!("wrote {}", path.display());
     }
     if let Some(path) = &args.svg {
-        std::fs::write(path, share::render_svg(&uri)?)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        std::fs::write(path, share::render_svg(&uri)?).map_err(|source| CliError::WriteSvg {
+            path: path.clone(),
+            source,
+        })?;
         eprintln!("wrote {}", path.display());
     }
     Ok(0)
 }
 
-fn qr_decode(args: QrDecodeArgs) -> Result<u8, String> {
+fn qr_decode(args: QrDecodeArgs) -> Result<u8, CliError> {
     let text = match (&args.text, &args.image) {
         (Some(text), None) => text.clone(),
         (None, Some(path)) => share::decode_image_file(path)?,
-        _ => return Err("give the link text or --image FILE".into()),
+        _ => return Err(CliError::NoLinkText),
     };
-    let link = ShareLink::parse(&text).map_err(|e| e.to_string())?;
+    let link = ShareLink::parse(&text)?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&link).map_err(|e| e.to_string())?
-        );
+        println!("{}", serde_json::to_string_pretty(&link)?);
     } else {
         println!("code: {}", link.code);
         for server in &link.servers {
@@ -515,8 +571,8 @@ fn qr_decode(args: QrDecodeArgs) -> Result<u8, String> {
 
 /// Prints the store's warnings (a file moved aside, say) to stderr and returns the store with
 /// what it holds now.
-fn load_store(args: &StoreArgs) -> Result<(Store, store::StoreData), String> {
-    let store = args.open().map_err(|e| e.to_string())?;
+fn load_store(args: &StoreArgs) -> Result<(Store, store::StoreData), CliError> {
+    let store = args.open()?;
     let (data, warnings) = store.load(discovery_client::now_ms());
     for warning in warnings {
         eprintln!("warning: {warning}");
@@ -524,15 +580,12 @@ fn load_store(args: &StoreArgs) -> Result<(Store, store::StoreData), String> {
     Ok((store, data))
 }
 
-fn cache(command: CacheCommand) -> Result<u8, String> {
+fn cache(command: CacheCommand) -> Result<u8, CliError> {
     match command {
         CacheCommand::List { store, json } => {
             let (store, data) = load_store(&store)?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&data.servers).map_err(|e| e.to_string())?
-                );
+                println!("{}", serde_json::to_string_pretty(&data.servers)?);
             } else if data.servers.is_empty() {
                 println!("no cached servers ({})", store.path().display());
             } else {
@@ -550,7 +603,7 @@ fn cache(command: CacheCommand) -> Result<u8, String> {
             }
         }
         CacheCommand::Clear { store } => {
-            let store = store.open().map_err(|e| e.to_string())?;
+            let store = store.open()?;
             store.update(discovery_client::now_ms(), |data| data.servers.clear())?;
             println!("cleared cached servers in {}", store.path().display());
         }
@@ -558,7 +611,7 @@ fn cache(command: CacheCommand) -> Result<u8, String> {
     Ok(0)
 }
 
-fn referral(command: ReferralCommand) -> Result<u8, String> {
+fn referral(command: ReferralCommand) -> Result<u8, CliError> {
     match command {
         ReferralCommand::Add {
             link,
@@ -567,19 +620,14 @@ fn referral(command: ReferralCommand) -> Result<u8, String> {
             store,
         } => {
             let link = match (link, code) {
-                (Some(text), None) => ShareLink::parse(&text).map_err(|e| e.to_string())?,
-                (None, Some(code)) => ShareLink::new(
-                    PairingCode::parse(&code).map_err(|e| e.to_string())?,
-                    &servers,
-                    None,
-                )
-                .map_err(|e| e.to_string())?,
-                _ => return Err("give a sharing link, or --code with --server".into()),
+                (Some(text), None) => ShareLink::parse(&text)?,
+                (None, Some(code)) => ShareLink::new(PairingCode::parse(&code)?, &servers, None)?,
+                _ => return Err(CliError::NoReferral),
             };
             if link.servers.is_empty() {
-                return Err("the referral names no server".into());
+                return Err(CliError::EmptyReferral);
             }
-            let store = store.open().map_err(|e| e.to_string())?;
+            let store = store.open()?;
             let now = discovery_client::now_ms();
             store.update(now, |data| {
                 for server in &link.servers {
@@ -595,10 +643,7 @@ fn referral(command: ReferralCommand) -> Result<u8, String> {
         ReferralCommand::List { store, json } => {
             let (store, data) = load_store(&store)?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&data.referrals).map_err(|e| e.to_string())?
-                );
+                println!("{}", serde_json::to_string_pretty(&data.referrals)?);
             } else if data.referrals.is_empty() {
                 println!("no referrals ({})", store.path().display());
             } else {
@@ -612,4 +657,45 @@ fn referral(command: ReferralCommand) -> Result<u8, String> {
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_keeps_its_messages_and_passes_the_library_kinds_through() {
+        let neither = qr_decode(QrDecodeArgs {
+            text: None,
+            image: None,
+            json: false,
+        })
+        .unwrap_err();
+        assert_eq!(neither.kind(), "no_link_text");
+        assert_eq!(neither.to_string(), "give the link text or --image FILE");
+
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.png");
+        let unread = qr_decode(QrDecodeArgs {
+            text: None,
+            image: Some(missing.clone()),
+            json: false,
+        })
+        .unwrap_err();
+        assert_eq!(unread.kind(), "qr_read_image");
+        assert!(
+            unread
+                .to_string()
+                .starts_with(&format!("cannot read image {}: ", missing.display())),
+            "{unread}"
+        );
+
+        let bad_code = qr_decode(QrDecodeArgs {
+            text: Some("zajel://!!".into()),
+            image: None,
+            json: false,
+        })
+        .unwrap_err();
+        assert_eq!(bad_code.kind(), "share_link");
+    }
 }

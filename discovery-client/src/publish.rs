@@ -13,6 +13,39 @@ use crate::registry;
 use crate::report::Outcome;
 use crate::txt::{self, PublishedRecord, TxtEntry};
 
+/// Why the TXT records could not be published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The registry HTTP client could not be built.
+    #[error(transparent)]
+    RegistryClient(#[from] registry::RegistryClientError),
+    /// The registry did not answer within the request's timeout.
+    #[error("registry {registry} did not answer in time")]
+    Timeout { registry: Url },
+    /// The registry's list did not verify (unsigned, badly signed, stale, unreachable, …).
+    #[error("registry list refused ({outcome}): {detail}")]
+    ListRefused { outcome: Outcome, detail: String },
+    /// The verified list names no server.
+    #[error("the registry lists no servers: nothing to publish")]
+    NoServers,
+    /// The records could not be built (bad domain, a record too long, …).
+    #[error(transparent)]
+    Records(#[from] txt::PublishError),
+}
+
+impl PublishError {
+    /// A stable machine-readable name of the failure.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::RegistryClient(e) => e.kind(),
+            Self::Timeout { .. } => "registry_timeout",
+            Self::ListRefused { .. } => "registry_list_refused",
+            Self::NoServers => "registry_list_empty",
+            Self::Records(_) => "txt_records",
+        }
+    }
+}
+
 /// What to publish.
 #[derive(Debug, Clone)]
 pub struct PublishRequest {
@@ -31,7 +64,7 @@ pub async fn publish(
     request: &PublishRequest,
     key: &SigningKey,
     tls: rustls::ClientConfig,
-) -> Result<Vec<PublishedRecord>, String> {
+) -> Result<Vec<PublishedRecord>, PublishError> {
     let client = registry::http_client(tls, request.timeout)?;
     let mut pinned = vec![key.verifying_key()];
     pinned.extend(request.extra_registry_keys.iter().copied());
@@ -41,19 +74,26 @@ pub async fn publish(
         registry::fetch(&client, &request.registry, &pinned, now),
     )
     .await
-    .map_err(|_| format!("registry {} did not answer in time", request.registry))?;
+    .map_err(|_| PublishError::Timeout {
+        registry: request.registry.clone(),
+    })?;
     if !result.verified {
-        return Err(format!(
-            "registry list refused ({}): {}",
-            result.outcome, result.detail
-        ));
+        return Err(PublishError::ListRefused {
+            outcome: result.outcome,
+            detail: result.detail,
+        });
     }
     if result.servers.is_empty() {
-        return Err("the registry lists no servers: nothing to publish".into());
+        return Err(PublishError::NoServers);
     }
     let expires = now / 1000 + request.valid_for.as_secs().max(60);
-    txt::build_records(key, &request.domain, &result.servers, request.ttl, expires)
-        .map_err(|e| e.to_string())
+    Ok(txt::build_records(
+        key,
+        &request.domain,
+        &result.servers,
+        request.ttl,
+        expires,
+    )?)
 }
 
 /// JSON for a DNS provider's API: one object per record.
@@ -145,4 +185,44 @@ pub async fn verify(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_registry_that_refuses_the_connection_refuses_the_list() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let request = PublishRequest {
+            registry: Url::parse(&format!("http://127.0.0.1:{port}")).unwrap(),
+            extra_registry_keys: Vec::new(),
+            domain: "zajel.test".into(),
+            ttl: 300,
+            valid_for: Duration::from_secs(3600),
+            timeout: Duration::from_secs(5),
+        };
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let tls = zajel_client_net::tls::client_config(&[]).unwrap();
+        let error = publish(&request, &key, tls).await.unwrap_err();
+        assert_eq!(error.kind(), "registry_list_refused");
+        assert!(
+            matches!(
+                &error,
+                PublishError::ListRefused {
+                    outcome: Outcome::Refused,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(
+            error
+                .to_string()
+                .starts_with("registry list refused (refused): "),
+            "{error}"
+        );
+    }
 }

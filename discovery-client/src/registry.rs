@@ -29,14 +29,34 @@ pub fn servers_url(registry: &Url) -> Url {
     url
 }
 
+/// Why the registry HTTP client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryClientError {
+    /// The HTTP client refused its configuration (the message is the whole chain).
+    #[error("{}", net::error_chain(.0))]
+    Build(#[source] RegistryHttpError),
+}
+
+impl RegistryClientError {
+    /// A stable machine-readable name of the failure.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Build(_) => "registry_client",
+        }
+    }
+}
+
 /// An HTTP client for registries (rustls, no proxy from the environment).
-pub fn http_client(tls: rustls::ClientConfig, timeout: Duration) -> Result<RegistryHttp, String> {
+pub fn http_client(
+    tls: rustls::ClientConfig,
+    timeout: Duration,
+) -> Result<RegistryHttp, RegistryClientError> {
     RegistryHttp::new(RegistryHttpConfig::new(
         tls,
         timeout,
         concat!("zajel-discover/", env!("CARGO_PKG_VERSION")),
     ))
-    .map_err(|e| net::error_chain(&e))
+    .map_err(RegistryClientError::Build)
 }
 
 /// Fetches and checks one registry's list.

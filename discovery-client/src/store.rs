@@ -29,6 +29,39 @@ pub const REFERRAL_EXPIRY_MS: u64 = 180 * 24 * 3600 * 1000;
 /// Largest store file read; a larger one is treated as corrupt.
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
+/// Why the store could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store's directory could not be created.
+    #[error("cannot create {}: {source}", dir.display())]
+    CreateDirectory {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store could not be serialised as JSON.
+    #[error(transparent)]
+    Serialize(#[from] serde_json::Error),
+    /// The temporary file could not be written, synced or renamed over the store.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// A stable machine-readable name of the failure.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::CreateDirectory { .. } => "store_create_directory",
+            Self::Serialize(_) => "store_serialize",
+            Self::Write { .. } => "store_write",
+        }
+    }
+}
+
 /// A server that worked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CachedServer {
@@ -160,15 +193,17 @@ impl Store {
 
     /// Writes the store atomically: temporary file in the same directory,
     /// fsync, rename over the old file, fsync of the directory.
-    pub fn save(&self, data: &StoreData) -> Result<(), String> {
+    pub fn save(&self, data: &StoreData) -> Result<(), StoreError> {
         let dir = self
             .path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let mut bytes = serde_json::to_vec_pretty(data).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDirectory {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        let mut bytes = serde_json::to_vec_pretty(data)?;
         bytes.push(b'\n');
         let mut suffix = [0u8; 6];
         let _ = getrandom::fill(&mut suffix);
@@ -199,9 +234,12 @@ impl Store {
             }
             Ok::<(), std::io::Error>(())
         })();
-        if let Err(e) = result {
+        if let Err(source) = result {
             let _ = std::fs::remove_file(&tmp);
-            return Err(format!("cannot write {}: {e}", self.path.display()));
+            return Err(StoreError::Write {
+                path: self.path.clone(),
+                source,
+            });
         }
         Ok(())
     }
@@ -211,7 +249,7 @@ impl Store {
         &self,
         now_ms: u64,
         change: impl FnOnce(&mut StoreData),
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, StoreError> {
         let (mut data, warnings) = self.load(now_ms);
         change(&mut data);
         prune(&mut data, now_ms);
@@ -286,6 +324,37 @@ mod tests {
     use super::*;
 
     const NOW: u64 = 1_790_000_000_000;
+
+    #[test]
+    fn a_store_under_a_file_cannot_be_written_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plain-file");
+        std::fs::write(&file, b"not a directory").unwrap();
+        let under_file = Store::new(file.join("discovery.json"));
+        let error = under_file.update(NOW, |_| {}).unwrap_err();
+        assert_eq!(error.kind(), "store_create_directory");
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("cannot create {}: ", file.display())),
+            "{error}"
+        );
+
+        // The store's path is a directory: the rename over it fails.
+        let occupied = dir.path().join("occupied");
+        std::fs::create_dir(&occupied).unwrap();
+        std::fs::write(occupied.join("keep"), b"x").unwrap();
+        let error = Store::new(&occupied)
+            .save(&StoreData::default())
+            .unwrap_err();
+        assert_eq!(error.kind(), "store_write");
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("cannot write {}: ", occupied.display())),
+            "{error}"
+        );
+    }
 
     #[test]
     fn saves_and_loads_and_prunes() {

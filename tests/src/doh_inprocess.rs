@@ -23,11 +23,9 @@ impl InProcessDoh {
         zone: &str,
         records: &[(String, Vec<String>)],
     ) -> Result<Self, String> {
-        let server = discovery_client::doh_server::InProcessDoh::start(
-            ca.server_config(&[]),
-            zone,
-            records,
-        )?;
+        let server =
+            discovery_client::doh_server::InProcessDoh::start(ca.server_config(&[]), zone, records)
+                .map_err(|e| e.to_string())?;
         Ok(Self {
             address: server.address,
             url: server.url.clone(),
