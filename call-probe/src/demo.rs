@@ -79,9 +79,9 @@ pub struct DemoReport {
 /// Why the demo could not run (a failed call is in the report instead).
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
-    /// The local world did not start (`world`'s message).
-    #[error("{0}")]
-    World(String),
+    /// The local world did not start.
+    #[error(transparent)]
+    World(#[from] crate::world::WorldError),
     #[error(transparent)]
     Answer(#[from] AnswerError),
     /// Discovery could not be set up.
@@ -187,8 +187,7 @@ pub async fn run_demo(options: &DemoOptions) -> Result<DemoReport, DemoError> {
     let world = LocalWorld::start_with(WorldOptions {
         relay_tls: !options.plain_ws,
     })
-    .await
-    .map_err(DemoError::World)?;
+    .await?;
 
     let mut roots = options.line.extra_roots.clone();
     roots.push(world.ca.ca_der.clone());
@@ -204,7 +203,7 @@ pub async fn run_demo(options: &DemoOptions) -> Result<DemoReport, DemoError> {
     let share_uri = answerer.share_uri.clone();
     let answering = tokio::spawn(answerer.serve(|_| {}));
 
-    let discovery = Discovery::new(world.discovery_config().map_err(DemoError::World)?)?;
+    let discovery = Discovery::new(world.discovery_config()?)?;
     let discovery_report = discovery.run().finish().await;
     let best = discovery_report.best.clone();
     let (server, found_by) = match &best {

@@ -24,6 +24,47 @@ use url::Url;
 use zajel_client_net::signaling::TrustAnchors;
 use zajel_client_net::{keyfile, tls};
 
+/// Why the in-process world could not start. The messages are the ones the demo prints.
+#[derive(Debug, thiserror::Error)]
+pub enum WorldError {
+    #[error("making the demo CA: {0}")]
+    Ca(#[from] rcgen::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Certificate(#[from] rustls::Error),
+    #[error(transparent)]
+    TurnTls(relay_lite::turn::TurnError),
+    #[error(transparent)]
+    Key(#[from] keyfile::KeyFileError),
+    #[error("registry store: {0}")]
+    RegistryStore(#[source] bootstrap_worker::store::StoreError),
+    #[error("registry listener: {0}")]
+    RegistryListener(#[source] std::io::Error),
+    #[error("no randomness: {0}")]
+    NoRandomness(#[from] getrandom::Error),
+    #[error("{path}: {source}")]
+    PemDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing the relay's PEM files: {0}")]
+    PemFiles(#[source] std::io::Error),
+    #[error("relay-lite: {0}")]
+    Relay(#[from] relay_lite::Error),
+    #[error("relay-lite did not start its TURN server")]
+    NoTurn,
+    #[error("relay-lite did not register with the registry within 10 s")]
+    NotRegistered,
+    #[error(transparent)]
+    Publish(#[from] publish::PublishError),
+    #[error(transparent)]
+    Doh(#[from] discovery_client::doh_server::DohServerError),
+    #[error(transparent)]
+    DohAddress(#[from] discovery_client::doh::DohServerParseError),
+}
+
 /// The zone the DoH server serves `_zajel` records for.
 pub const DEMO_DOMAIN: &str = "zajel.test";
 
@@ -39,24 +80,22 @@ pub struct DemoCa {
 
 impl DemoCa {
     /// Makes a new CA and server certificate.
-    pub fn new() -> Result<Self, String> {
-        let error = |e: rcgen::Error| format!("making the demo CA: {e}");
-        let ca_key = KeyPair::generate().map_err(error)?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(error)?;
+    pub fn new() -> Result<Self, WorldError> {
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params
             .distinguished_name
             .push(DnType::CommonName, "call-probe demo CA");
-        let ca_cert = ca_params.self_signed(&ca_key).map_err(error)?;
+        let ca_cert = ca_params.self_signed(&ca_key)?;
         let issuer = Issuer::new(ca_params, &ca_key);
-        let leaf_key = KeyPair::generate().map_err(error)?;
+        let leaf_key = KeyPair::generate()?;
         let mut leaf_params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-                .map_err(error)?;
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
         leaf_params
             .distinguished_name
             .push(DnType::CommonName, "localhost");
-        let leaf = leaf_params.signed_by(&leaf_key, &issuer).map_err(error)?;
+        let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
         Ok(Self {
             ca_der: ca_cert.der().clone(),
             ca_pem: ca_cert.pem(),
@@ -73,21 +112,19 @@ impl DemoCa {
     }
 
     /// A rustls server configuration presenting the server certificate.
-    pub fn server_config(&self) -> Result<rustls::ServerConfig, String> {
-        tls::server_config_builder()
-            .map_err(|e| e.to_string())?
+    pub fn server_config(&self) -> Result<rustls::ServerConfig, WorldError> {
+        Ok(tls::server_config_builder()?
             .with_no_client_auth()
             .with_single_cert(
                 vec![self.cert_der.clone()],
                 PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone())),
-            )
-            .map_err(|e| e.to_string())
+            )?)
     }
 
     /// The certificate and key for the TURN server's TLS listener.
-    pub fn turn_tls(&self) -> Result<TurnTls, String> {
+    pub fn turn_tls(&self) -> Result<TurnTls, WorldError> {
         TurnTls::from_pem(self.cert_pem.as_bytes(), self.key_pem.as_bytes())
-            .map_err(|e| e.to_string())
+            .map_err(WorldError::TurnTls)
     }
 }
 
@@ -147,8 +184,8 @@ pub struct WorldOptions {
 }
 
 /// A random Ed25519 key.
-pub fn random_signing_key() -> Result<SigningKey, String> {
-    keyfile::random_key().map_err(|e| e.to_string())
+pub fn random_signing_key() -> Result<SigningKey, WorldError> {
+    Ok(keyfile::random_key()?)
 }
 
 fn ms(since: Instant) -> f64 {
@@ -157,20 +194,20 @@ fn ms(since: Instant) -> f64 {
 
 impl LocalWorld {
     /// Starts every part on 127.0.0.1 (free ports), the relay on plain `ws://`.
-    pub async fn start() -> Result<Self, String> {
+    pub async fn start() -> Result<Self, WorldError> {
         Self::start_with(WorldOptions::default()).await
     }
 
     /// Starts every part on 127.0.0.1 (free ports) and waits until the relay is registered
     /// and its record published.
-    pub async fn start_with(options: WorldOptions) -> Result<Self, String> {
+    pub async fn start_with(options: WorldOptions) -> Result<Self, WorldError> {
         tls::install_crypto_provider();
         let mut timings = WorldTimings::default();
         let ca = DemoCa::new()?;
 
         let started = Instant::now();
         let registry_key = random_signing_key()?;
-        let store = SqliteStore::in_memory().map_err(|e| format!("registry store: {e}"))?;
+        let store = SqliteStore::in_memory().map_err(WorldError::RegistryStore)?;
         let registry = Registry::new(
             store,
             RegistryConfig {
@@ -183,8 +220,10 @@ impl LocalWorld {
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
-            .map_err(|e| format!("registry listener: {e}"))?;
-        let registry_addr = listener.local_addr().map_err(|e| e.to_string())?;
+            .map_err(WorldError::RegistryListener)?;
+        let registry_addr = listener
+            .local_addr()
+            .map_err(WorldError::RegistryListener)?;
         let (registry_stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             let _ = server::serve(listener, registry, async {
@@ -192,14 +231,14 @@ impl LocalWorld {
             })
             .await;
         });
-        let registry_url =
-            Url::parse(&format!("http://{registry_addr}")).map_err(|e| e.to_string())?;
+        let registry_url = Url::parse(&format!("http://{registry_addr}"))
+            .expect("a socket address makes an http URL");
         timings.registry_ms = ms(started);
 
         let mut secret = vec![0u8; 32];
-        getrandom::fill(&mut secret).map_err(|e| format!("no randomness: {e}"))?;
+        getrandom::fill(&mut secret)?;
         let mut turn_config = TurnConfig::new(secret);
-        let loopback_any: SocketAddr = "127.0.0.1:0".parse().map_err(|_| "address")?;
+        let loopback_any = SocketAddr::from(([127, 0, 0, 1], 0));
         turn_config.listen_udp = Some(loopback_any);
         turn_config.listen_tcp = Some(loopback_any);
         turn_config.listen_tls = Some(loopback_any);
@@ -207,14 +246,17 @@ impl LocalWorld {
 
         let pem_dir = if options.relay_tls {
             let mut tag = [0u8; 8];
-            getrandom::fill(&mut tag).map_err(|e| format!("no randomness: {e}"))?;
+            getrandom::fill(&mut tag)?;
             let name: String = tag.iter().map(|b| format!("{b:02x}")).collect();
             let dir = std::env::temp_dir().join(format!("call-probe-world-{name}"));
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::fs::create_dir_all(&dir).map_err(|source| WorldError::PemDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
             let dir = PemDir(dir);
             std::fs::write(dir.0.join("relay.pem"), &ca.cert_pem)
                 .and_then(|_| std::fs::write(dir.0.join("relay.key"), &ca.key_pem))
-                .map_err(|e| format!("writing the relay's PEM files: {e}"))?;
+                .map_err(WorldError::PemFiles)?;
             Some(dir)
         } else {
             None
@@ -239,12 +281,9 @@ impl LocalWorld {
             turn: Some(turn_config),
             ..RelayConfig::default()
         })
-        .await
-        .map_err(|e| format!("relay-lite: {e}"))?;
+        .await?;
         timings.relay_ms = ms(started);
-        let turn = relay
-            .turn()
-            .ok_or("relay-lite did not start its TURN server")?;
+        let turn = relay.turn().ok_or(WorldError::NoTurn)?;
         let (turn_udp, turn_tcp, turn_tls) = (turn.udp_addr(), turn.tcp_addr(), turn.tls_addr());
 
         // The relay registers in the background; its metrics say when it has.
@@ -253,7 +292,7 @@ impl LocalWorld {
         let deadline = Instant::now() + Duration::from_secs(10);
         while metrics.registries_registered() < 1 {
             if Instant::now() > deadline {
-                return Err("relay-lite did not register with the registry within 10 s".into());
+                return Err(WorldError::NotRegistered);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -268,10 +307,8 @@ impl LocalWorld {
             valid_for: Duration::from_secs(3600),
             timeout: Duration::from_secs(5),
         };
-        let tls = tls::client_config(&[]).map_err(|e| e.to_string())?;
-        let records = publish::publish(&request, &registry_key, tls)
-            .await
-            .map_err(|e| e.to_string())?;
+        let tls = tls::client_config(&[])?;
+        let records = publish::publish(&request, &registry_key, tls).await?;
         timings.published_ms = ms(started);
 
         let started = Instant::now();
@@ -279,8 +316,7 @@ impl LocalWorld {
             .iter()
             .map(|r| (r.name.clone(), r.strings.clone()))
             .collect();
-        let doh = InProcessDoh::start(ca.server_config()?, DEMO_DOMAIN, &served)
-            .map_err(|e| e.to_string())?;
+        let doh = InProcessDoh::start(ca.server_config()?, DEMO_DOMAIN, &served)?;
         timings.doh_ms = ms(started);
 
         let addresses = WorldAddresses {
@@ -319,15 +355,14 @@ impl LocalWorld {
 
     /// Discovery through the registry (key pinned) and DoH layers, the demo CA trusted,
     /// loopback allowed, no cache file.
-    pub fn discovery_config(&self) -> Result<DiscoveryConfig, String> {
+    pub fn discovery_config(&self) -> Result<DiscoveryConfig, WorldError> {
         Ok(DiscoveryConfig {
             registries: vec![self.registry_url.clone()],
             registry_keys: vec![self.registry_key.verifying_key()],
             doh_servers: vec![self
                 .addresses
                 .doh
-                .parse::<discovery_client::doh::DohServer>()
-                .map_err(|e| e.to_string())?],
+                .parse::<discovery_client::doh::DohServer>()?],
             domains: vec![DEMO_DOMAIN.into()],
             allow_private: true,
             extra_roots: vec![self.ca.ca_der.clone()],
