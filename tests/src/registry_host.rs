@@ -44,9 +44,7 @@ impl Profile {
 
 /// A fresh random signing key.
 pub fn random_key() -> SigningKey {
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).expect("randomness");
-    SigningKey::from_bytes(&seed)
+    zajel_client_net::keyfile::random_key().expect("randomness")
 }
 
 /// A running registry: where it listens and the key that signs its lists.

@@ -1122,7 +1122,11 @@ mod tests {
 
     /// A caller in a connected call.
     fn caller_connected() -> Phone {
-        let mut phone = caller_connecting();
+        connected(caller_connecting())
+    }
+
+    /// A connecting call brought up: a host candidate, gathering done, ICE and the peer connected.
+    fn connected(mut phone: Phone) -> Phone {
         phone.input(Input::LocalCandidate {
             candidate: "candidate:1 1 udp 1 127.0.0.1 9 typ host".into(),
             relay_related_port: None,
@@ -1186,17 +1190,7 @@ mod tests {
     }
 
     fn callee_connected() -> Phone {
-        let mut phone = callee_connecting();
-        phone.input(Input::LocalCandidate {
-            candidate: "candidate:1 1 udp 1 127.0.0.1 9 typ host".into(),
-            relay_related_port: None,
-        });
-        phone.input(Input::GatheringComplete);
-        phone.input(Input::Ice(IceConnection::Connected));
-        phone.input(Input::PeerConnected);
-        assert_eq!(phone.state(), CallState::Connected);
-        assert_eq!(phone.deadline_ms(), None);
-        phone
+        connected(callee_connecting())
     }
 
     /// One phone in each state a call goes through.

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use relay_lite::turn::rustls::pki_types::CertificateDer;
@@ -53,10 +53,7 @@ pub fn step_timeout() -> Duration {
 }
 
 pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    zajel_client_net::now_ms() / 1000
 }
 
 /// A port that was free on 127.0.0.1 a moment ago (for child processes).
