@@ -1,5 +1,5 @@
-//! Audio content of a call: the test tone (a sine), Opus encoding and decoding through libopus
-//! (the `opus` crate), tone detection with a Goertzel filter bank, and the receive-side RTP
+//! Audio content of a call: the test tone (a sine), Opus encoding and decoding (the pure-Rust
+//! `opus-rs` port of libopus 1.6, so building needs no system library), tone detection with a Goertzel filter bank, and the receive-side RTP
 //! figures (interarrival jitter and loss, RFC 3550 §6.4.1 and appendix A.3) that the engine
 //! computes itself because webrtc-rs's inbound-rtp stats carry neither.
 
@@ -19,8 +19,9 @@ const MAX_OPUS_PACKET: usize = 1_500;
 /// Errors from the codec.
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {
+    /// The codec refused a frame or a packet (its own message).
     #[error("opus: {0}")]
-    Opus(#[from] opus::Error),
+    Opus(&'static str),
 }
 
 /// A continuous sine at a fixed frequency, cut into 20 ms frames.
@@ -53,45 +54,62 @@ impl ToneGenerator {
     }
 }
 
-/// libopus encoder for 48 kHz mono VoIP frames.
+/// Samples in the longest Opus packet (120 ms at 48 kHz, mono).
+const MAX_PACKET_SAMPLES: usize = FRAME_SAMPLES * 6;
+
+/// Opus encoder for 48 kHz mono VoIP frames.
 pub struct OpusEncoder {
-    inner: opus::Encoder,
+    inner: Box<opus_rs::OpusEncoder>,
     buffer: Vec<u8>,
 }
 
 impl OpusEncoder {
     pub fn new() -> Result<Self, MediaError> {
+        let inner = opus_rs::OpusEncoder::new(SAMPLE_RATE as i32, 1, opus_rs::Application::Voip)
+            .map_err(MediaError::Opus)?;
         Ok(Self {
-            inner: opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)?,
+            inner: Box::new(inner),
             buffer: vec![0; MAX_OPUS_PACKET],
         })
     }
 
     /// Encodes one 20 ms frame into an Opus packet.
     pub fn encode(&mut self, frame: &[i16; FRAME_SAMPLES]) -> Result<Vec<u8>, MediaError> {
-        let len = self.inner.encode(frame, &mut self.buffer)?;
+        let len = self
+            .inner
+            .encode_i16(frame, FRAME_SAMPLES, &mut self.buffer)
+            .map_err(MediaError::Opus)?;
         Ok(self.buffer[..len].to_vec())
     }
 }
 
-/// libopus decoder for 48 kHz mono.
+/// Opus decoder for 48 kHz mono.
 pub struct OpusDecoder {
-    inner: opus::Decoder,
+    inner: Box<opus_rs::OpusDecoder>,
+    decoded: Vec<f32>,
     buffer: Vec<i16>,
 }
 
 impl OpusDecoder {
     pub fn new() -> Result<Self, MediaError> {
+        let inner = opus_rs::OpusDecoder::new(SAMPLE_RATE as i32, 1).map_err(MediaError::Opus)?;
         Ok(Self {
-            inner: opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)?,
-            // 120 ms is the longest Opus packet.
-            buffer: vec![0; FRAME_SAMPLES * 6],
+            inner: Box::new(inner),
+            decoded: vec![0.0; MAX_PACKET_SAMPLES],
+            buffer: vec![0; MAX_PACKET_SAMPLES],
         })
     }
 
-    /// Decodes one Opus packet into PCM samples.
+    /// Decodes one Opus packet into PCM samples (a malformed packet is an error, never a
+    /// panic: packets come from the peer).
     pub fn decode(&mut self, packet: &[u8]) -> Result<&[i16], MediaError> {
-        let samples = self.inner.decode(packet, &mut self.buffer, false)?;
+        let samples = self
+            .inner
+            .decode(packet, MAX_PACKET_SAMPLES, &mut self.decoded)
+            .map_err(MediaError::Opus)?;
+        for (out, sample) in self.buffer.iter_mut().zip(&self.decoded[..samples]) {
+            *out = (sample * 32768.0).round().clamp(-32768.0, 32767.0) as i16;
+        }
         Ok(&self.buffer[..samples])
     }
 }
@@ -312,6 +330,50 @@ impl ReceiveStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Packets come from the peer: garbage, truncated and every-ToC packets give an error or
+    /// samples, never a panic, and the decoder still decodes a good packet afterwards.
+    #[test]
+    fn hostile_packets_never_panic_the_decoder() {
+        let mut encoder = OpusEncoder::new().unwrap();
+        let mut decoder = OpusDecoder::new().unwrap();
+        let good = encoder
+            .encode(&ToneGenerator::new(440.0, -12.0).next_frame())
+            .unwrap();
+        // A small xorshift: deterministic junk without a dependency.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut refused = 0;
+        for round in 0..4_000usize {
+            let len = match round % 4 {
+                0 => round % 8,
+                1 => good.len(),
+                _ => (next() % 1_400) as usize,
+            };
+            let mut packet: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if round < 256 && !packet.is_empty() {
+                // Every ToC byte once, followed by junk.
+                packet[0] = round as u8;
+            }
+            if round % 4 == 1 {
+                // A good packet with bytes flipped.
+                packet = good.clone();
+                let at = (next() as usize) % packet.len();
+                packet[at] ^= next() as u8 | 1;
+            }
+            if decoder.decode(&packet).is_err() {
+                refused += 1;
+            }
+        }
+        assert!(refused > 0, "some junk must be refused");
+        let pcm = decoder.decode(&good).unwrap();
+        assert_eq!(pcm.len(), FRAME_SAMPLES);
+    }
 
     #[test]
     fn goertzel_finds_the_tone_through_opus() {
