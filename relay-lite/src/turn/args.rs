@@ -39,11 +39,14 @@ pub struct TurnArgs {
     /// (coturn: use-auth-secret with the same static-auth-secret).
     #[arg(long, value_name = "FILE")]
     pub turn_secret_file: Option<PathBuf>,
-    /// Address relay sockets bind to (coturn: relay-ip).
-    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
-    pub turn_relay_ip: IpAddr,
-    /// Address advertised for relay sockets, if not the relay IP (1:1 NAT;
-    /// coturn: external-ip).
+    /// Address relay sockets bind to (coturn: relay-ip) [default: the TURN
+    /// listeners' address; when they listen on every interface, every
+    /// interface too, advertised as --turn-external-ip].
+    #[arg(long, value_name = "IP")]
+    pub turn_relay_ip: Option<IpAddr>,
+    /// Address clients are told to send media to (the relayed address), if
+    /// not the relay IP: the server's public address when it listens on
+    /// 0.0.0.0 or sits behind 1:1 NAT (coturn: external-ip).
     #[arg(long, value_name = "IP")]
     pub turn_external_ip: Option<IpAddr>,
     /// Allocations that may exist at once (coturn: total-quota).
@@ -94,6 +97,47 @@ impl TurnArgs {
         Ok(())
     }
 
+    /// Where relay sockets bind: `--turn-relay-ip`, else the listeners'
+    /// address when they all name the same one, else (listeners on every
+    /// interface) every interface of the advertised address's family, which
+    /// then must be given (`--turn-external-ip`): a relay told nothing would
+    /// advertise an address no client can reach.
+    fn relay_ip(&self) -> Result<IpAddr, TurnError> {
+        if let Some(ip) = self.turn_relay_ip {
+            return Ok(ip);
+        }
+        let listening: Vec<IpAddr> = [
+            self.turn_listen_udp,
+            self.turn_listen_tcp,
+            self.turn_listen_tls,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|address| address.ip())
+        .collect();
+        let specific: Vec<IpAddr> = listening
+            .iter()
+            .copied()
+            .filter(|ip| !ip.is_unspecified())
+            .collect();
+        if !specific.is_empty() && specific.len() == listening.len() {
+            if specific.iter().all(|ip| *ip == specific[0]) {
+                return Ok(specific[0]);
+            }
+            return Err(TurnError::Config(format!(
+                "the TURN listeners use different addresses ({}): say where relay sockets bind with --turn-relay-ip",
+                specific.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        match self.turn_external_ip {
+            Some(IpAddr::V4(_)) => Ok(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+            Some(IpAddr::V6(_)) => Ok(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
+            None => Err(TurnError::Config(
+                "TURN listens on every interface but was not told the address clients reach it at: give --turn-external-ip PUBLIC_IP (or listen on that address)".into(),
+            )),
+        }
+    }
+
     /// The shared secret, if a secret file was given.
     pub fn secret(&self) -> Result<Option<Vec<u8>>, TurnError> {
         self.turn_secret_file
@@ -120,10 +164,11 @@ impl TurnArgs {
             config.tls = Some(TurnTls::from_pem_files(cert, key)?);
         }
         config.realm = self.turn_realm.clone();
-        config.relay_ip = self.turn_relay_ip;
+        config.relay_ip = self.relay_ip()?;
         config.external_ip = self.turn_external_ip;
         config.max_allocations = self.turn_max_allocations;
         config.allocation_lifetime = Duration::from_secs(self.turn_allocation_lifetime);
+        config.validate()?;
         Ok(Some(config))
     }
 }
@@ -224,5 +269,112 @@ mod tests {
         .unwrap_err();
         assert!(error.to_string().contains("/nonexistent/secret"), "{error}");
         assert!(parse(&["--turn-listen-udp", "not-an-address"]).is_err());
+    }
+
+    /// The flags an operator gives for the embedded server, with `extra` added.
+    fn operator_flags(secret: &std::path::Path, extra: &[&str]) -> Result<TurnConfig, TurnError> {
+        let mut args = vec![
+            "--turn-listen-udp",
+            "0.0.0.0:3478",
+            "--turn-listen-tcp",
+            "0.0.0.0:3478",
+            "--turn-secret-file",
+            secret.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        parse(&args).unwrap().to_config().map(Option::unwrap)
+    }
+
+    fn secret_file(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("turn-args-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        secret
+    }
+
+    #[test]
+    fn the_relayed_address_follows_the_external_or_listening_address() {
+        let secret = secret_file("follow");
+        // Listening everywhere with the public address given: relay sockets on
+        // every interface, advertised at the public address.
+        let config = operator_flags(&secret, &["--turn-external-ip", "203.0.113.7"]).unwrap();
+        assert_eq!(config.relay_ip, "0.0.0.0".parse::<IpAddr>().unwrap());
+        assert_eq!(config.external_ip, Some("203.0.113.7".parse().unwrap()));
+        // Listening on one address: relay sockets there too.
+        let args = parse(&[
+            "--turn-listen-udp",
+            "198.51.100.4:3478",
+            "--turn-listen-tls",
+            "198.51.100.4:5349",
+            "--turn-tls-cert",
+            "/nonexistent",
+            "--turn-tls-key",
+            "/nonexistent",
+            "--turn-secret-file",
+            secret.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(
+            args.relay_ip().unwrap(),
+            "198.51.100.4".parse::<IpAddr>().unwrap()
+        );
+        // Loopback listeners (tests, the demo) relay on loopback as before.
+        let args = parse(&[
+            "--turn-listen-udp",
+            "127.0.0.1:0",
+            "--turn-secret-file",
+            secret.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(
+            args.to_config().unwrap().unwrap().relay_ip,
+            IpAddr::from([127, 0, 0, 1])
+        );
+    }
+
+    #[test]
+    fn an_unreachable_relayed_address_is_refused_at_start() {
+        let secret = secret_file("refuse");
+        // Every interface and no public address: nothing to advertise.
+        let error = operator_flags(&secret, &[]).unwrap_err().to_string();
+        assert!(error.contains("--turn-external-ip"), "{error}");
+        // The measured deployment: relay sockets on loopback while the public
+        // address is advertised.
+        let error = operator_flags(
+            &secret,
+            &[
+                "--turn-relay-ip",
+                "127.0.0.1",
+                "--turn-external-ip",
+                "203.0.113.7",
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("loopback") && error.contains("203.0.113.7"),
+            "{error}"
+        );
+        // Loopback relay sockets behind listeners on every interface.
+        let error = operator_flags(&secret, &["--turn-relay-ip", "127.0.0.1"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("0.0.0.0:3478"), "{error}");
+        // Listeners on different addresses need to be told where to relay.
+        let args = parse(&[
+            "--turn-listen-udp",
+            "198.51.100.4:3478",
+            "--turn-listen-tcp",
+            "198.51.100.5:3478",
+            "--turn-secret-file",
+            secret.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert!(args
+            .to_config()
+            .unwrap_err()
+            .to_string()
+            .contains("--turn-relay-ip"));
     }
 }

@@ -222,6 +222,39 @@ impl TurnConfig {
                 ));
             }
         }
+        self.validate_relayed_address()
+    }
+
+    /// The relayed address clients are told must be one they can reach
+    /// where the relay sockets are: never 0.0.0.0, never loopback sockets
+    /// behind a non-loopback address or listener (clients elsewhere would
+    /// allocate, then send media into nothing).
+    fn validate_relayed_address(&self) -> Result<(), TurnError> {
+        let advertised = self.external_ip.unwrap_or(self.relay_ip);
+        if advertised.is_unspecified() {
+            return Err(TurnError::Config(format!(
+                "TURN relay sockets bind on {} and no external IP is set: clients would be told an address they cannot reach (give the public address: --turn-external-ip)",
+                self.relay_ip
+            )));
+        }
+        if self.relay_ip.is_loopback() {
+            if !advertised.is_loopback() {
+                return Err(TurnError::Config(format!(
+                    "TURN relay sockets bind on loopback ({}) but {advertised} is advertised: clients sending media there reach nothing (set --turn-relay-ip to an address of this host, or leave it out)",
+                    self.relay_ip
+                )));
+            }
+            let outside = [self.listen_udp, self.listen_tcp, self.listen_tls]
+                .into_iter()
+                .flatten()
+                .find(|address| !address.ip().is_loopback());
+            if let Some(listener) = outside {
+                return Err(TurnError::Config(format!(
+                    "TURN listens on {listener} but relays from loopback ({}): clients that reach the listener cannot reach their relayed address (set --turn-relay-ip and --turn-external-ip, or leave --turn-relay-ip out)",
+                    self.relay_ip
+                )));
+            }
+        }
         Ok(())
     }
 }
