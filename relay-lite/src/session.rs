@@ -206,6 +206,11 @@ impl Session {
     async fn handle(&mut self, text: &str) -> Vec<String> {
         let metrics = &self.shared.metrics;
         metrics.message_received();
+        if self.outbox.is_killed() {
+            // Dropped (slow, or its code was taken back by its owner's new
+            // connection): it no longer speaks for its code.
+            return Vec::new();
+        }
         if !self.rate.allow(Instant::now()) {
             metrics.refused(Refusal::RateLimit);
             return vec![ServerMessage::error(signaling::RATE_LIMIT_EXCEEDED).to_text()];
