@@ -5,6 +5,10 @@
 //! the owner were still connected. Plain data taking `now` (sans-IO):
 //! [`crate::hub`] holds it under its lock.
 //!
+//! At most `capacity` codes are held at once (the relay's connection cap):
+//! past that the oldest hold ends early, so churning connections cannot grow
+//! the table without bound.
+//!
 //! `register` carries no proof of possession of the key, so a hold keeps
 //! the code from anyone who has not seen the owner's public key; the
 //! owner's paired peers (and anyone the owner sent a pair request to) have
@@ -38,6 +42,7 @@ struct Hold {
 #[derive(Debug)]
 pub(crate) struct CodeHolds {
     grace: Duration,
+    capacity: usize,
     holds: HashMap<PairingCode, Hold>,
     /// Every hold in the order it was made; with one grace period for all,
     /// that is also the order they expire in, so purging is amortised O(1).
@@ -45,9 +50,10 @@ pub(crate) struct CodeHolds {
 }
 
 impl CodeHolds {
-    pub fn new(grace: Duration) -> Self {
+    pub fn new(grace: Duration, capacity: usize) -> Self {
         Self {
             grace,
+            capacity: capacity.max(1),
             holds: HashMap::new(),
             expiries: VecDeque::new(),
         }
@@ -63,6 +69,18 @@ impl CodeHolds {
         let until = now + self.grace;
         self.holds.insert(code, Hold { key, until });
         self.expiries.push_back((until, code));
+        while self.holds.len() > self.capacity {
+            let Some((until, oldest)) = self.expiries.pop_front() else {
+                break;
+            };
+            if self
+                .holds
+                .get(&oldest)
+                .is_some_and(|hold| hold.until == until)
+            {
+                self.holds.remove(&oldest);
+            }
+        }
     }
 
     /// Whether `key` may register `code` at `now`; a hold for `key` is used up.
@@ -113,7 +131,7 @@ mod tests {
     #[test]
     fn a_held_code_refuses_other_keys_until_the_grace_ends() {
         let start = Instant::now();
-        let mut holds = CodeHolds::new(GRACE);
+        let mut holds = CodeHolds::new(GRACE, 100);
         holds.hold(code("PWNER2"), Arc::from("owner-key"), start);
         let almost = start + GRACE - Duration::from_millis(1);
         assert_eq!(
@@ -138,7 +156,7 @@ mod tests {
     #[test]
     fn the_owners_key_takes_the_code_back_once() {
         let start = Instant::now();
-        let mut holds = CodeHolds::new(GRACE);
+        let mut holds = CodeHolds::new(GRACE, 100);
         holds.hold(code("PWNER2"), Arc::from("owner-key"), start);
         let later = start + Duration::from_secs(30);
         assert_eq!(
@@ -156,7 +174,7 @@ mod tests {
     #[test]
     fn a_second_drop_restarts_the_grace_and_expired_holds_are_purged() {
         let start = Instant::now();
-        let mut holds = CodeHolds::new(GRACE);
+        let mut holds = CodeHolds::new(GRACE, 100);
         holds.hold(code("PWNER2"), Arc::from("owner-key"), start);
         holds.hold(code("ZTHER2"), Arc::from("other-key"), start);
         let second = start + Duration::from_secs(50);
@@ -172,9 +190,24 @@ mod tests {
     }
 
     #[test]
+    fn past_the_capacity_the_oldest_hold_ends_early() {
+        let start = Instant::now();
+        let mut holds = CodeHolds::new(GRACE, 2);
+        holds.hold(code("AAAAAA"), Arc::from("a"), start);
+        holds.hold(code("BBBBBB"), Arc::from("b"), start);
+        holds.hold(code("CCCCCC"), Arc::from("c"), start);
+        assert_eq!(holds.len(start), 2);
+        assert_eq!(holds.claim(code("AAAAAA"), "x", start), Claim::Free);
+        assert_eq!(
+            holds.claim(code("CCCCCC"), "x", start),
+            Claim::HeldForAnotherKey
+        );
+    }
+
+    #[test]
     fn a_zero_grace_holds_nothing() {
         let start = Instant::now();
-        let mut holds = CodeHolds::new(Duration::ZERO);
+        let mut holds = CodeHolds::new(Duration::ZERO, 100);
         holds.hold(code("PWNER2"), Arc::from("owner-key"), start);
         assert_eq!(
             holds.claim(code("PWNER2"), "squatter-key", start),

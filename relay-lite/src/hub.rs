@@ -37,6 +37,8 @@ pub(crate) struct PairingSettings {
     pub max_pending_per_requester: usize,
     /// How long a dropped code stays held for its key.
     pub code_grace: Duration,
+    /// Most codes held at once (the relay's connection cap).
+    pub max_held_codes: usize,
 }
 
 struct Member {
@@ -76,7 +78,7 @@ impl Hub {
         Arc::new_cyclic(|me| Self {
             state: Mutex::new(State {
                 codes: HashMap::new(),
-                holds: CodeHolds::new(settings.code_grace),
+                holds: CodeHolds::new(settings.code_grace, settings.max_held_codes),
                 pending: PendingRequests::default(),
             }),
             settings,
@@ -446,6 +448,7 @@ mod tests {
             max_pending_per_target_per_address: 2,
             max_pending_per_requester: 20,
             code_grace: Duration::from_secs(60),
+            max_held_codes: 1_000,
         }
     }
 

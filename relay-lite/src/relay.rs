@@ -183,6 +183,7 @@ impl Relay {
                     .max_pending_per_target_per_address,
                 max_pending_per_requester: config.limits.max_pending_per_requester,
                 code_grace: config.timeouts.code_grace,
+                max_held_codes: config.limits.max_connections,
             },
             metrics.clone(),
         );
