@@ -129,6 +129,14 @@ pub struct Limits {
     pub pair_request_window: Duration,
     /// Pending pair requests per target (Zajel: 10).
     pub max_pending_per_target: usize,
+    /// Pending pair requests per target from one client address (IPv6 per
+    /// /64), so one address cannot fill a target's slots. Zajel has none.
+    pub max_pending_per_target_per_address: usize,
+    /// Pair requests one connection may have open at once, answerable or
+    /// not (bounds the relay's memory for requests nobody will answer).
+    /// The default is what Zajel's rate allows anyway (10 per 60 s, each
+    /// living 120 s).
+    pub max_pending_per_requester: usize,
     /// Frames waiting to be written to one connection; a peer that lets
     /// more pile up is disconnected.
     pub outbound_queue_frames: usize,
@@ -147,11 +155,22 @@ impl Default for Limits {
             pair_request_limit: signaling::PAIR_REQUEST_LIMIT,
             pair_request_window: Duration::from_millis(signaling::PAIR_REQUEST_WINDOW_MS),
             max_pending_per_target: signaling::MAX_PENDING_PER_TARGET,
+            max_pending_per_target_per_address: DEFAULT_MAX_PENDING_PER_TARGET_PER_ADDRESS,
+            max_pending_per_requester: DEFAULT_MAX_PENDING_PER_REQUESTER,
             outbound_queue_frames: 256,
             outbound_queue_bytes: 1 << 20,
         }
     }
 }
+
+/// Default of [`Limits::max_pending_per_target_per_address`].
+pub const DEFAULT_MAX_PENDING_PER_TARGET_PER_ADDRESS: usize = 2;
+/// Default of [`Limits::max_pending_per_requester`].
+pub const DEFAULT_MAX_PENDING_PER_REQUESTER: usize = 20;
+/// Default of [`Timeouts::code_grace`].
+pub const DEFAULT_CODE_GRACE: Duration = Duration::from_secs(60);
+/// Default of [`Timeouts::takeover_probe`].
+pub const DEFAULT_TAKEOVER_PROBE: Duration = Duration::from_secs(2);
 
 /// Timeouts.
 #[derive(Debug, Clone)]
@@ -164,6 +183,14 @@ pub struct Timeouts {
     pub pair_request: Duration,
     /// `pair_expiring` goes out this long before expiry (Zajel: 30 s).
     pub pair_expiring_warning: Duration,
+    /// After a code's connection drops, only the public key that
+    /// registered it can register it again for this long (zero: the code is
+    /// free at once, as in Zajel).
+    pub code_grace: Duration,
+    /// When the key holding a code registers it from a new connection, how
+    /// long the old connection has to show it is alive (answer a ping)
+    /// before the new one takes the code over.
+    pub takeover_probe: Duration,
     /// How long a reply to a client may wait for room in its own queue.
     pub outbound_stall: Duration,
     /// How long shutdown waits for clients to take their close frames.
@@ -177,6 +204,8 @@ impl Default for Timeouts {
             handshake: Duration::from_secs(10),
             pair_request: Duration::from_millis(signaling::PAIR_REQUEST_TIMEOUT_MS),
             pair_expiring_warning: Duration::from_millis(signaling::PAIR_EXPIRING_WARNING_MS),
+            code_grace: DEFAULT_CODE_GRACE,
+            takeover_probe: DEFAULT_TAKEOVER_PROBE,
             outbound_stall: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
         }

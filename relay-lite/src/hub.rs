@@ -1,19 +1,31 @@
 //! The directory of registered codes (code → connection) and the pairing
-//! flow between them: registration and collisions, pair requests with their
-//! limits and timers, responses, and forwarding. One mutex guards the
-//! state; frames are handed to outboxes after it is released.
+//! flow between them: registration, collisions and the codes held for
+//! their key after a drop ([`crate::bindings`]), pair requests with their
+//! limits and timers (answerable or not, see [`crate::pairing`]),
+//! responses, and forwarding. One mutex guards the state; frames are
+//! handed to outboxes after it is released.
+//!
+//! A requester cannot tell a live target from a dead one: a request to an
+//! unknown code, to itself, to a code held after a drop, to a target whose
+//! pending slots are full, or over the per-(target, address) cap is kept
+//! as a ghost that runs the same timer as a request to a live target that
+//! never answers (`pair_expiring`, then `pair_timeout`), and a request
+//! whose target leaves becomes such a ghost.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use tokio::time::Instant;
 use zajel_wire::pairing::PairingCode;
 use zajel_wire::signaling::{self, Forward, ServerMessage};
 
+use crate::bindings::{Claim, CodeHolds};
 use crate::metrics::{Metrics, Refusal};
 use crate::outbox::Outbox;
-use crate::pairing::{PendingRequest, PendingRequests};
+use crate::pairing::{Delivery, PendingRequest, PendingRequests};
 
 /// Pairing settings.
 #[derive(Debug, Clone)]
@@ -21,6 +33,12 @@ pub(crate) struct PairingSettings {
     pub timeout: Duration,
     pub warning: Duration,
     pub max_pending_per_target: usize,
+    pub max_pending_per_target_per_address: usize,
+    pub max_pending_per_requester: usize,
+    /// How long a dropped code stays held for its key.
+    pub code_grace: Duration,
+    /// Most codes held at once (the relay's connection cap).
+    pub max_held_codes: usize,
 }
 
 struct Member {
@@ -28,9 +46,9 @@ struct Member {
     public_key: Arc<str>,
 }
 
-#[derive(Default)]
 struct State {
     codes: HashMap<PairingCode, Member>,
+    holds: CodeHolds,
     pending: PendingRequests,
 }
 
@@ -44,17 +62,25 @@ pub(crate) struct Hub {
 }
 
 /// What `register` did.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Registration {
     Registered,
-    /// The code is bound to another live connection.
+    /// The code is bound to another live connection, or held for another key.
     Collision,
+    /// The same key holds the code on this other connection, which looks
+    /// alive: probe it, then call `register` again with its id as
+    /// `replaceable` if it did not answer.
+    HeldBySameKey(Arc<Outbox>),
 }
 
 impl Hub {
     pub fn new(settings: PairingSettings, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
-            state: Mutex::default(),
+            state: Mutex::new(State {
+                codes: HashMap::new(),
+                holds: CodeHolds::new(settings.code_grace, settings.max_held_codes),
+                pending: PendingRequests::default(),
+            }),
             settings,
             metrics,
             next_request: AtomicU64::new(1),
@@ -66,32 +92,54 @@ impl Hub {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Binds `code` to `outbox`'s connection. A connection that held
-    /// another code (`previous`) gives it up.
+    /// Binds `code` (with `public_key`) to `outbox`'s connection. A
+    /// connection that held another code (`previous`) gives it up (no hold:
+    /// it let go of it itself). A code bound to another connection is a
+    /// collision, unless that connection registered it with the same key:
+    /// then it is [`Registration::HeldBySameKey`] while that connection looks
+    /// alive, and is taken over (that connection is disconnected) when it is
+    /// dying or is `replaceable` (it did not answer the probe). A code held
+    /// after a drop goes only to the key it is held for.
     pub fn register(
         &self,
         outbox: &Arc<Outbox>,
         previous: Option<PairingCode>,
         code: PairingCode,
         public_key: &str,
+        replaceable: Option<u64>,
     ) -> Registration {
+        let now = Instant::now();
         let mut state = self.lock();
         if let Some(existing) = state.codes.get_mut(&code) {
-            if existing.outbox.id != outbox.id && !existing.outbox.is_killed() {
-                self.metrics.refused(Refusal::CodeCollision);
-                return Registration::Collision;
-            }
             if existing.outbox.id == outbox.id {
                 existing.public_key = Arc::from(public_key);
                 return Registration::Registered;
             }
-            // A dying connection still held it: take it over.
-            state.codes.remove(&code);
+            if *existing.public_key != *public_key {
+                // Another key: a collision while the holder lives, and a held
+                // code once it is dying.
+                self.metrics.refused(if existing.outbox.is_killed() {
+                    Refusal::CodeHeld
+                } else {
+                    Refusal::CodeCollision
+                });
+                return Registration::Collision;
+            }
+            let replace = existing.outbox.is_killed() || replaceable == Some(existing.outbox.id);
+            if !replace {
+                return Registration::HeldBySameKey(existing.outbox.clone());
+            }
+            // The owner's new connection takes the code from its dead one.
+            let old = state.codes.remove(&code).expect("present");
+            old.outbox.kill_replaced();
             state.pending.drop_code(code);
             self.metrics.code_released();
+        } else if state.holds.claim(code, public_key, now) == Claim::HeldForAnotherKey {
+            self.metrics.refused(Refusal::CodeHeld);
+            return Registration::Collision;
         }
         if let Some(previous) = previous.filter(|p| *p != code) {
-            Self::release_locked(&mut state, &self.metrics, previous, outbox.id);
+            Self::release_locked(&mut state, &self.metrics, previous, outbox.id, None);
         }
         state.codes.insert(
             code,
@@ -104,21 +152,41 @@ impl Hub {
         Registration::Registered
     }
 
-    /// Drops `code` if `connection` still holds it, with every pair request
-    /// it made or received.
-    pub fn release(&self, code: PairingCode, connection: u64) {
-        let mut state = self.lock();
-        Self::release_locked(&mut state, &self.metrics, code, connection);
+    /// The old connection of a [`Registration::HeldBySameKey`] answered the
+    /// probe: the new one gets a collision.
+    pub fn refuse_same_key(&self) -> Registration {
+        self.metrics.refused(Refusal::CodeCollision);
+        Registration::Collision
     }
 
-    fn release_locked(state: &mut State, metrics: &Metrics, code: PairingCode, connection: u64) {
+    /// `connection` closed: drops `code` if it still holds it, with the
+    /// requests it made (the requests it received become ghosts), and holds
+    /// the code for its key for the grace period.
+    pub fn release(&self, code: PairingCode, connection: u64) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        Self::release_locked(&mut state, &self.metrics, code, connection, Some(now));
+    }
+
+    /// Drops `code` if `connection` holds it; `hold_from`: hold it for its
+    /// key from then on.
+    fn release_locked(
+        state: &mut State,
+        metrics: &Metrics,
+        code: PairingCode,
+        connection: u64,
+        hold_from: Option<Instant>,
+    ) {
         if state
             .codes
             .get(&code)
             .is_some_and(|m| m.outbox.id == connection)
         {
-            state.codes.remove(&code);
+            let member = state.codes.remove(&code).expect("present");
             state.pending.drop_code(code);
+            if let Some(now) = hold_from {
+                state.holds.hold(code, member.public_key, now);
+            }
             metrics.code_released();
         }
     }
@@ -128,37 +196,60 @@ impl Hub {
         self.lock().codes.len()
     }
 
-    /// `pair_request` from `from` (registered) to `target`. Returns the
-    /// reply to the requester, if any.
+    /// `pair_request` from `from` (its code and connection id) at client
+    /// address `source` to `target`. Returns the reply to the requester, if
+    /// any: none unless the requester itself is over a limit, whatever the
+    /// target (see the module docs).
     pub fn pair_request(
         &self,
-        from: PairingCode,
+        from: (PairingCode, u64),
+        source: IpAddr,
         target: PairingCode,
         proposed_name: Option<String>,
     ) -> Option<ServerMessage> {
-        let refuse = || {
-            self.metrics.refused(Refusal::PairError);
-            Some(ServerMessage::pair_request_failed())
-        };
-        if from == target {
-            return refuse();
-        }
+        let (from, connection) = from;
         let mut state = self.lock();
-        let Some(requester_key) = state.codes.get(&from).map(|m| m.public_key.clone()) else {
-            return refuse();
-        };
-        let Some(target_outbox) = state.codes.get(&target).map(|m| m.outbox.clone()) else {
+        let Some(requester_key) = state
+            .codes
+            .get(&from)
+            .filter(|m| m.outbox.id == connection)
+            .map(|m| m.public_key.clone())
+        else {
             drop(state);
-            return refuse();
+            self.metrics.refused(Refusal::PairError);
+            return Some(ServerMessage::pair_request_failed());
         };
-        // A repeated request replaces the earlier one (Zajel).
+        // A repeated request replaces the earlier one (Zajel), answerable or not.
         if let Some(previous) = state.pending.take(from, target, None) {
             previous.cancel();
         }
-        if state.pending.count_for(target) >= self.settings.max_pending_per_target {
+        if state.pending.open_by(from) >= self.settings.max_pending_per_requester {
             drop(state);
-            return refuse();
+            self.metrics.refused(Refusal::PairRequesterLimit);
+            return Some(ServerMessage::pair_request_failed());
         }
+        let target_outbox = match state.codes.get(&target) {
+            None => {
+                self.metrics.refused(Refusal::PairUnanswerable);
+                None
+            }
+            Some(_) if target == from => {
+                self.metrics.refused(Refusal::PairUnanswerable);
+                None
+            }
+            Some(_) if state.pending.count_for(target) >= self.settings.max_pending_per_target => {
+                self.metrics.refused(Refusal::PairUnanswerable);
+                None
+            }
+            Some(_)
+                if state.pending.count_for_source(target, source)
+                    >= self.settings.max_pending_per_target_per_address =>
+            {
+                self.metrics.refused(Refusal::PairAddressLimit);
+                None
+            }
+            Some(member) => Some(member.outbox.clone()),
+        };
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let timer = tokio::spawn(Self::request_timer(
             self.me.clone(),
@@ -167,15 +258,18 @@ impl Hub {
             id,
             self.settings.clone(),
         ));
-        state.pending.insert(
-            target,
-            PendingRequest {
-                requester: from,
-                requester_key: requester_key.clone(),
-                id,
-                timer: Some(timer.abort_handle()),
-            },
-        );
+        let request = PendingRequest {
+            requester: from,
+            requester_key: requester_key.clone(),
+            source,
+            id,
+            timer: Some(timer.abort_handle()),
+        };
+        let Some(target_outbox) = target_outbox else {
+            state.pending.insert_ghost(target, request);
+            return None;
+        };
+        state.pending.insert(target, request);
         drop(state);
         let incoming = ServerMessage::PairIncoming {
             from_code: from.to_string(),
@@ -189,6 +283,8 @@ impl Hub {
         None
     }
 
+    /// Warns and expires one request; a ghost's requester hears the same
+    /// frames at the same times (its target hears nothing).
     async fn request_timer(
         hub: Weak<Hub>,
         requester: PairingCode,
@@ -202,11 +298,15 @@ impl Hub {
             let remaining = settings.warning.as_millis().div_ceil(1000) as u64;
             let outboxes = {
                 let state = hub.lock();
-                if !state.pending.contains(requester, target, id) {
+                let Some(delivery) = state.pending.delivery(requester, target, id) else {
                     return;
-                }
+                };
                 let outbox = |code| state.codes.get(&code).map(|m| m.outbox.clone());
-                (outbox(requester), outbox(target))
+                let target_outbox = match delivery {
+                    Delivery::Live => outbox(target),
+                    Delivery::Ghost => None,
+                };
+                (outbox(requester), target_outbox)
             };
             let expiring = |peer: PairingCode| {
                 ServerMessage::PairExpiring {
@@ -253,7 +353,7 @@ impl Hub {
         accepted: bool,
     ) -> Option<ServerMessage> {
         let mut state = self.lock();
-        let Some(request) = state.pending.take(requester, responder, None) else {
+        let Some(request) = state.pending.take_live(requester, responder) else {
             drop(state);
             self.metrics.refused(Refusal::PairError);
             return Some(ServerMessage::PairError {
@@ -333,20 +433,27 @@ mod tests {
     use crate::outbox::Outbound;
 
     const KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    const OTHER_KEY: &str = "BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB=";
+    const HERE: [u8; 4] = [10, 0, 0, 1];
 
     fn code(text: &str) -> PairingCode {
         PairingCode::parse(text).unwrap()
     }
 
+    fn settings(timeout_ms: u64, warning_ms: u64) -> PairingSettings {
+        PairingSettings {
+            timeout: Duration::from_millis(timeout_ms),
+            warning: Duration::from_millis(warning_ms),
+            max_pending_per_target: 2,
+            max_pending_per_target_per_address: 2,
+            max_pending_per_requester: 20,
+            code_grace: Duration::from_secs(60),
+            max_held_codes: 1_000,
+        }
+    }
+
     fn hub(timeout_ms: u64, warning_ms: u64) -> Arc<Hub> {
-        Hub::new(
-            PairingSettings {
-                timeout: Duration::from_millis(timeout_ms),
-                warning: Duration::from_millis(warning_ms),
-                max_pending_per_target: 2,
-            },
-            Metrics::new(),
-        )
+        Hub::new(settings(timeout_ms, warning_ms), Metrics::new())
     }
 
     fn connection(id: u64) -> (Arc<Outbox>, Receiver<Outbound>) {
@@ -357,6 +464,38 @@ mod tests {
         match receiver.recv().await.unwrap() {
             Outbound::Text(text) => ServerMessage::parse(&text).unwrap(),
             other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn register(hub: &Hub, outbox: &Arc<Outbox>, name: &str, key: &str) -> Registration {
+        hub.register(outbox, None, code(name), key, None)
+    }
+
+    fn request(
+        hub: &Hub,
+        from: (&str, u64),
+        source: [u8; 4],
+        target: &str,
+    ) -> Option<ServerMessage> {
+        hub.pair_request(
+            (code(from.0), from.1),
+            IpAddr::from(source),
+            code(target),
+            None,
+        )
+    }
+
+    /// The frames a requester hears for one request, each with when it came
+    /// (on the paused clock), until `pair_timeout`.
+    async fn heard(receiver: &mut Receiver<Outbound>, start: Instant) -> Vec<(Duration, String)> {
+        let mut frames = Vec::new();
+        loop {
+            let message = next(receiver).await;
+            let done = matches!(message, ServerMessage::PairTimeout { .. });
+            frames.push((start.elapsed(), message.to_text()));
+            if done {
+                return frames;
+            }
         }
     }
 
@@ -373,21 +512,19 @@ mod tests {
             (&b, "BBBBBB"),
             (&c, "CCCCCC"),
         ] {
-            assert_eq!(
-                hub.register(outbox, None, code(name), KEY),
+            assert!(matches!(
+                register(&hub, outbox, name, KEY),
                 Registration::Registered
-            );
+            ));
         }
-        assert_eq!(
-            hub.register(&a, None, code("TARGET"), KEY),
+        assert!(matches!(
+            register(&hub, &a, "TARGET", OTHER_KEY),
             Registration::Collision
-        );
-        assert_eq!(hub.pair_request(code("AAAAAA"), code("TARGET"), None), None);
-        assert_eq!(hub.pair_request(code("BBBBBB"), code("TARGET"), None), None);
-        assert_eq!(
-            hub.pair_request(code("CCCCCC"), code("TARGET"), None),
-            Some(ServerMessage::pair_request_failed())
-        );
+        ));
+        assert_eq!(request(&hub, ("AAAAAA", 2), HERE, "TARGET"), None);
+        assert_eq!(request(&hub, ("BBBBBB", 3), [10, 0, 0, 2], "TARGET"), None);
+        // The third is over the cap: no reply now either, and TARGET never sees it.
+        assert_eq!(request(&hub, ("CCCCCC", 4), [10, 0, 0, 3], "TARGET"), None);
         assert!(matches!(
             next(&mut target_rx).await,
             ServerMessage::PairIncoming {
@@ -399,22 +536,219 @@ mod tests {
             next(&mut target_rx).await,
             ServerMessage::PairIncoming { .. }
         ));
-        assert_eq!(
-            next(&mut a_rx).await,
-            ServerMessage::PairExpiring {
-                peer_code: "TARGET".into(),
-                remaining_seconds: 1
-            }
-        );
-        assert_eq!(
-            next(&mut a_rx).await,
-            ServerMessage::PairTimeout {
-                peer_code: "TARGET".into()
-            }
-        );
+        let expiring = ServerMessage::PairExpiring {
+            peer_code: "TARGET".into(),
+            remaining_seconds: 1,
+        };
+        let timeout = ServerMessage::PairTimeout {
+            peer_code: "TARGET".into(),
+        };
+        assert_eq!(next(&mut a_rx).await, expiring);
+        assert_eq!(next(&mut c_rx).await, expiring);
+        assert_eq!(next(&mut a_rx).await, timeout);
+        assert_eq!(next(&mut c_rx).await, timeout);
         assert_eq!(hub.pending(), 0);
-        assert!(c_rx.try_recv().is_err());
         hub.release(code("TARGET"), 1);
         assert_eq!(hub.registered(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn live_dead_self_held_and_full_targets_sound_the_same() {
+        let hub = hub(1_000, 400);
+        let (live, mut live_rx) = connection(1);
+        let (gone, _gone_rx) = connection(2);
+        assert!(matches!(
+            register(&hub, &live, "LYVE22", KEY),
+            Registration::Registered
+        ));
+        assert!(matches!(
+            register(&hub, &gone, "HELD22", KEY),
+            Registration::Registered
+        ));
+        hub.release(code("HELD22"), 2);
+        // Two requests from one address fill LYVE22's per-address share.
+        let mut requesters = Vec::new();
+        for (id, name) in (10..).zip(["REQAA2", "REQBB2", "REQCC2", "REQDD2", "REQEE2", "REQFF2"]) {
+            let (outbox, rx) = connection(id);
+            assert!(matches!(
+                register(&hub, &outbox, name, OTHER_KEY),
+                Registration::Registered
+            ));
+            requesters.push((name, id, outbox, rx));
+        }
+        let targets = ["LYVE22", "LYVE22", "LYVE22", "DEAD22", "REQEE2", "HELD22"];
+        let start = Instant::now();
+        for ((name, id, _, _), target) in requesters.iter().zip(targets) {
+            assert_eq!(
+                request(&hub, (name, *id), HERE, target),
+                None,
+                "{name} → {target}"
+            );
+        }
+        for _ in 0..2 {
+            assert!(matches!(
+                next(&mut live_rx).await,
+                ServerMessage::PairIncoming { .. }
+            ));
+        }
+        // Every requester listens at once, so each frame is timed when it comes.
+        let listeners: Vec<_> = requesters
+            .into_iter()
+            .zip(targets)
+            .map(|((name, _, outbox, mut rx), target)| {
+                tokio::spawn(async move {
+                    let frames = heard(&mut rx, start).await;
+                    drop(outbox);
+                    // The same frames at the same times, but for the peer code.
+                    let frames: Vec<_> = frames
+                        .into_iter()
+                        .map(|(at, text)| (at, text.replace(target, "PEER")))
+                        .collect();
+                    (name, frames)
+                })
+            })
+            .collect();
+        let mut heard_by = Vec::new();
+        for listener in listeners {
+            heard_by.push(listener.await.unwrap());
+        }
+        let expected = vec![
+            (
+                Duration::from_millis(600),
+                r#"{"type":"pair_expiring","peerCode":"PEER","remainingSeconds":1}"#.to_string(),
+            ),
+            (
+                Duration::from_millis(1_000),
+                r#"{"type":"pair_timeout","peerCode":"PEER"}"#.to_string(),
+            ),
+        ];
+        for (name, frames) in heard_by {
+            assert_eq!(frames, expected, "{name}");
+        }
+        // The live target saw two requests, and heard them expire.
+        for _ in 0..2 {
+            assert!(matches!(
+                next(&mut live_rx).await,
+                ServerMessage::PairExpiring { .. }
+            ));
+        }
+        assert!(live_rx.try_recv().is_err());
+        assert_eq!(hub.pending(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_whose_target_leaves_still_times_out() {
+        let hub = hub(1_000, 400);
+        let (target, _target_rx) = connection(1);
+        let (a, mut a_rx) = connection(2);
+        register(&hub, &target, "TARGET", KEY);
+        register(&hub, &a, "AAAAAA", OTHER_KEY);
+        let start = Instant::now();
+        assert_eq!(request(&hub, ("AAAAAA", 2), HERE, "TARGET"), None);
+        hub.release(code("TARGET"), 1);
+        let frames = heard(&mut a_rx, start).await;
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[1].0, Duration::from_millis(1_000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ghosts_count_against_their_requester() {
+        let hub = Hub::new(
+            PairingSettings {
+                max_pending_per_requester: 3,
+                ..settings(1_000, 400)
+            },
+            Metrics::new(),
+        );
+        let (a, _a_rx) = connection(1);
+        register(&hub, &a, "AAAAAA", KEY);
+        for target in ["DEADAA", "DEADBB", "DEADCC"] {
+            assert_eq!(request(&hub, ("AAAAAA", 1), HERE, target), None);
+        }
+        // Repeating one replaces it; a fourth target is over the cap.
+        assert_eq!(request(&hub, ("AAAAAA", 1), HERE, "DEADCC"), None);
+        assert_eq!(
+            request(&hub, ("AAAAAA", 1), HERE, "DEADDD"),
+            Some(ServerMessage::pair_request_failed())
+        );
+        assert_eq!(hub.pending(), 3);
+        hub.release(code("AAAAAA"), 1);
+        assert_eq!(hub.pending(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_code_is_held_for_its_key_during_the_grace() {
+        let hub = hub(1_000, 400);
+        let (owner, _owner_rx) = connection(1);
+        let (squatter, _squatter_rx) = connection(2);
+        let (back, _back_rx) = connection(3);
+        register(&hub, &owner, "PWNER2", KEY);
+        hub.release(code("PWNER2"), 1);
+        assert!(matches!(
+            register(&hub, &squatter, "PWNER2", OTHER_KEY),
+            Registration::Collision
+        ));
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(matches!(
+            register(&hub, &squatter, "PWNER2", OTHER_KEY),
+            Registration::Collision
+        ));
+        assert!(matches!(
+            register(&hub, &back, "PWNER2", KEY),
+            Registration::Registered
+        ));
+        // Back with its owner: live again, so a collision for everyone else.
+        hub.release(code("PWNER2"), 3);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        // The grace is over: the code is free.
+        assert!(matches!(
+            register(&hub, &squatter, "PWNER2", OTHER_KEY),
+            Registration::Registered
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_same_key_on_a_new_connection_probes_then_takes_over() {
+        let hub = hub(1_000, 400);
+        let (old, _old_rx) = connection(1);
+        let (new, _new_rx) = connection(2);
+        register(&hub, &old, "PWNER2", KEY);
+        let Registration::HeldBySameKey(held) = register(&hub, &new, "PWNER2", KEY) else {
+            panic!("expected a probe first");
+        };
+        assert_eq!(held.id, 1);
+        // It did not answer: the new connection takes over, the old one is disconnected.
+        assert!(matches!(
+            hub.register(&new, None, code("PWNER2"), KEY, Some(1)),
+            Registration::Registered
+        ));
+        assert!(old.is_killed());
+        // The old connection's close does not release the new one's code.
+        hub.release(code("PWNER2"), 1);
+        assert_eq!(hub.registered(), 1);
+        let (squatter, _squatter_rx) = connection(3);
+        assert!(matches!(
+            register(&hub, &squatter, "PWNER2", OTHER_KEY),
+            Registration::Collision
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_grace_frees_the_code_at_once() {
+        let hub = Hub::new(
+            PairingSettings {
+                code_grace: Duration::ZERO,
+                ..settings(1_000, 400)
+            },
+            Metrics::new(),
+        );
+        let (owner, _owner_rx) = connection(1);
+        let (other, _other_rx) = connection(2);
+        register(&hub, &owner, "PWNER2", KEY);
+        hub.release(code("PWNER2"), 1);
+        assert!(matches!(
+            register(&hub, &other, "PWNER2", OTHER_KEY),
+            Registration::Registered
+        ));
     }
 }

@@ -16,6 +16,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bindings;
 pub mod config;
 pub mod credentials;
 pub mod http;

@@ -61,6 +61,18 @@ struct Cli {
     /// pair_expiring goes out this long before a pair request expires.
     #[arg(long, default_value_t = 30_000, value_name = "MS")]
     pair_warning_ms: u64,
+    /// After a code's connection drops, only the key that registered it may register it again for this long (0: free at once).
+    #[arg(long, default_value_t = 60_000, value_name = "MS")]
+    code_grace_ms: u64,
+    /// When a code's key registers it from a new connection, how long the old connection has to answer a ping before the new one takes over.
+    #[arg(long, default_value_t = 2_000, value_name = "MS")]
+    takeover_probe_ms: u64,
+    /// Most pending pair requests to one target from one client address (IPv6 per /64).
+    #[arg(long, default_value_t = 2)]
+    max_pending_per_target_per_ip: usize,
+    /// Most pair requests one connection may have open at once (answerable or not).
+    #[arg(long, default_value_t = 20)]
+    max_pending_per_requester: usize,
     /// How long shutdown waits for clients to take their close frame.
     #[arg(long, default_value_t = 5_000, value_name = "MS")]
     shutdown_grace_ms: u64,
@@ -146,6 +158,10 @@ impl Cli {
         config.timeouts.pair_request = ms(self.pair_timeout_ms);
         config.timeouts.pair_expiring_warning = ms(self.pair_warning_ms);
         config.timeouts.shutdown_grace = ms(self.shutdown_grace_ms);
+        config.timeouts.code_grace = ms(self.code_grace_ms);
+        config.timeouts.takeover_probe = ms(self.takeover_probe_ms);
+        config.limits.max_pending_per_target_per_address = self.max_pending_per_target_per_ip;
+        config.limits.max_pending_per_requester = self.max_pending_per_requester;
         config.limits.max_connections = self.max_connections;
         config.limits.max_connections_per_address = self.max_connections_per_ip;
         config.limits.rate_limit_messages = self.rate_limit_messages;

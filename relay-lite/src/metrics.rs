@@ -26,10 +26,21 @@ pub enum Refusal {
     NotRegistered,
     /// `Peer not found`.
     PeerNotFound,
-    /// A refused pair request or response (`pair_error`).
+    /// A refused pair response (`pair_error`), or a pair request refused
+    /// for its requester's own state (not registered here any more).
     PairError,
-    /// `code_collision`.
+    /// A pair request nobody will answer (unknown, self, held or full
+    /// target): kept as a ghost that times out like an unanswered one.
+    PairUnanswerable,
+    /// A pair request over the per-(target, address) cap (kept as a ghost).
+    PairAddressLimit,
+    /// A pair request over its connection's cap of open requests (`pair_error`).
+    PairRequesterLimit,
+    /// `code_collision`: the code is bound to a live connection.
     CodeCollision,
+    /// `code_collision`: the code is held for the key of a connection that
+    /// dropped, within its grace period.
+    CodeHeld,
     /// The relay's connection cap (503).
     ConnectionLimit,
     /// The per-address connection cap (429).
@@ -43,7 +54,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 13] = [
+    pub const ALL: [Refusal; 17] = [
         Refusal::RateLimit,
         Refusal::PairRateLimit,
         Refusal::FrameTooLarge,
@@ -51,7 +62,11 @@ impl Refusal {
         Refusal::NotRegistered,
         Refusal::PeerNotFound,
         Refusal::PairError,
+        Refusal::PairUnanswerable,
+        Refusal::PairAddressLimit,
+        Refusal::PairRequesterLimit,
         Refusal::CodeCollision,
+        Refusal::CodeHeld,
         Refusal::ConnectionLimit,
         Refusal::AddressLimit,
         Refusal::SlowConsumer,
@@ -69,7 +84,11 @@ impl Refusal {
             Self::NotRegistered => "not_registered",
             Self::PeerNotFound => "peer_not_found",
             Self::PairError => "pair_error",
+            Self::PairUnanswerable => "pair_unanswerable",
+            Self::PairAddressLimit => "pair_address_limit",
+            Self::PairRequesterLimit => "pair_requester_limit",
             Self::CodeCollision => "code_collision",
+            Self::CodeHeld => "code_held",
             Self::ConnectionLimit => "connection_limit",
             Self::AddressLimit => "address_limit",
             Self::SlowConsumer => "slow_consumer",
@@ -93,7 +112,7 @@ pub struct Metrics {
     messages_received: AtomicU64,
     /// Per [`ForwardKind`], in [`FORWARDED_TYPES`] order.
     forwarded: [AtomicU64; FORWARDED_TYPES.len()],
-    refusals: [AtomicU64; 13],
+    refusals: [AtomicU64; Refusal::ALL.len()],
     pair_requests: AtomicU64,
     pair_matched: AtomicU64,
     ice_credentials_issued: AtomicU64,

@@ -1,9 +1,12 @@
 //! A connection's bounded outbound queue and its kill switch. Frames for a
 //! peer are queued without waiting; a peer whose queue is full (it stopped
 //! reading) is disconnected, so relay memory per connection stays bounded.
+//! Also the liveness probe (a WebSocket ping, answered by anything the peer
+//! sends) used before a code's connection is replaced by its owner's new one.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify};
 
@@ -13,6 +16,8 @@ use crate::metrics::{Metrics, Refusal};
 #[derive(Debug)]
 pub(crate) enum Outbound {
     Text(String),
+    /// A WebSocket ping (the liveness probe).
+    Ping,
     /// Close with this code and reason, then stop.
     Close(u16, &'static str),
 }
@@ -26,6 +31,8 @@ pub(crate) struct Outbox {
     byte_budget: usize,
     killed: AtomicBool,
     kill: Notify,
+    /// Notified whenever the peer sends anything (see [`Outbox::heard`]).
+    heard: Notify,
     metrics: Arc<Metrics>,
 }
 
@@ -45,6 +52,7 @@ impl Outbox {
                 byte_budget,
                 killed: AtomicBool::new(false),
                 kill: Notify::new(),
+                heard: Notify::new(),
                 metrics,
             }),
             receiver,
@@ -94,6 +102,37 @@ impl Outbox {
     /// The writer took a frame of `len` bytes off the queue.
     pub fn dequeued(&self, len: usize) {
         self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+    }
+
+    /// Disconnects the peer because another connection took its code over.
+    pub fn kill_replaced(&self) {
+        if !self.killed.swap(true, Ordering::AcqRel) {
+            tracing::info!(
+                connection = self.id,
+                "its code was taken back by a new connection with the same key: disconnecting it"
+            );
+            self.kill.notify_one();
+        }
+    }
+
+    /// The peer sent a frame (any frame, pongs included).
+    pub fn heard(&self) {
+        self.heard.notify_waiters();
+    }
+
+    /// Whether the peer shows it is alive: pings it and waits up to `limit`
+    /// for any frame from it. False at once if it is gone or not reading.
+    pub async fn probe(&self, limit: Duration) -> bool {
+        if self.is_killed() {
+            return false;
+        }
+        let heard = self.heard.notified();
+        tokio::pin!(heard);
+        heard.as_mut().enable();
+        if self.sender.try_send(Outbound::Ping).is_err() {
+            return false;
+        }
+        tokio::time::timeout(limit, heard).await.is_ok()
     }
 
     fn kill_slow(&self) {

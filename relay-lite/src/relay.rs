@@ -178,6 +178,12 @@ impl Relay {
                 timeout: config.timeouts.pair_request,
                 warning: config.timeouts.pair_expiring_warning,
                 max_pending_per_target: config.limits.max_pending_per_target,
+                max_pending_per_target_per_address: config
+                    .limits
+                    .max_pending_per_target_per_address,
+                max_pending_per_requester: config.limits.max_pending_per_requester,
+                code_grace: config.timeouts.code_grace,
+                max_held_codes: config.limits.max_connections,
             },
             metrics.clone(),
         );
@@ -508,7 +514,7 @@ where
             let ws =
                 WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(ws_config))
                     .await;
-            session::run(ws, shared.clone()).await;
+            session::run(ws, shared.clone(), peer).await;
             return;
         }
         Route::Health => {

@@ -3,6 +3,7 @@
 //! writer task draining the bounded outbox, the idle timeout, the close
 //! codes (1009 too big, 1007 bad UTF-8, 1001 shutdown), and cleanup.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
@@ -19,7 +20,7 @@ use zajel_wire::signaling::{self, ClientMessage, ServerMessage, SignalingError};
 
 use crate::hub::Registration;
 use crate::ice;
-use crate::limits::FixedWindow;
+use crate::limits::{address_key, FixedWindow};
 use crate::metrics::Refusal;
 use crate::outbox::{Outbound, Outbox};
 use crate::relay::Shared;
@@ -32,8 +33,8 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_INVALID_PAYLOAD: u16 = 1007;
 pub const CLOSE_NORMAL: u16 = 1000;
 
-/// Runs a session until the client leaves, is dropped, or the relay stops.
-pub(crate) async fn run<S>(ws: WebSocketStream<S>, shared: Arc<Shared>)
+/// Runs a session for the client at `peer` until it leaves, is dropped, or the relay stops.
+pub(crate) async fn run<S>(ws: WebSocketStream<S>, shared: Arc<Shared>, peer: SocketAddr)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -53,6 +54,7 @@ where
         shared: shared.clone(),
         outbox: outbox.clone(),
         code: None,
+        address: address_key(peer.ip()),
         rate: FixedWindow::new(limits.rate_limit_messages, limits.rate_window),
         pair_rate: FixedWindow::new(limits.pair_request_limit, limits.pair_request_window),
     };
@@ -78,6 +80,9 @@ where
                 frame = stream.next() => {
                     let Some(frame) = frame else { break };
                     idle_deadline = Instant::now() + timeouts.idle;
+                    if frame.is_ok() {
+                        outbox.heard();
+                    }
                     let text = match frame {
                         Ok(Message::Text(text)) => text.as_str().to_owned(),
                         // Zajel's server reads binary frames as text too (lossily).
@@ -99,7 +104,7 @@ where
                         }
                     };
                     let mut ok = true;
-                    for reply in session.handle(&text) {
+                    for reply in session.handle(&text).await {
                         if !session.reply(reply).await {
                             ok = false;
                             break;
@@ -157,6 +162,11 @@ async fn write_loop<S>(
                     return;
                 }
             }
+            Outbound::Ping => {
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    return;
+                }
+            }
             Outbound::Close(code, reason) => {
                 let frame = CloseFrame {
                     code: CloseCode::from(code),
@@ -173,6 +183,8 @@ struct Session {
     shared: Arc<Shared>,
     outbox: Arc<Outbox>,
     code: Option<PairingCode>,
+    /// The client's address as the per-address limits count it.
+    address: IpAddr,
     rate: FixedWindow,
     pair_rate: FixedWindow,
 }
@@ -191,9 +203,14 @@ impl Session {
     }
 
     /// Handles one text frame; returns the replies to this client, in order.
-    fn handle(&mut self, text: &str) -> Vec<String> {
+    async fn handle(&mut self, text: &str) -> Vec<String> {
         let metrics = &self.shared.metrics;
         metrics.message_received();
+        if self.outbox.is_killed() {
+            // Dropped (slow, or its code was taken back by its owner's new
+            // connection): it no longer speaks for its code.
+            return Vec::new();
+        }
         if !self.rate.allow(Instant::now()) {
             metrics.refused(Refusal::RateLimit);
             return vec![ServerMessage::error(signaling::RATE_LIMIT_EXCEEDED).to_text()];
@@ -217,7 +234,7 @@ impl Session {
                 public_key,
                 ice_servers,
             } => {
-                return self.register(*pairing_code, public_key, *ice_servers);
+                return self.register(*pairing_code, public_key, *ice_servers).await;
             }
             ClientMessage::PairRequest {
                 target_code,
@@ -228,7 +245,12 @@ impl Session {
                     Some(ServerMessage::error(PAIR_RATE_LIMIT_EXCEEDED))
                 } else {
                     let from = self.code.expect("registered: checked by the parser");
-                    hub.pair_request(from, *target_code, proposed_name.clone())
+                    hub.pair_request(
+                        (from, self.outbox.id),
+                        self.address,
+                        *target_code,
+                        proposed_name.clone(),
+                    )
                 }
             }
             ClientMessage::PairResponse {
@@ -246,22 +268,38 @@ impl Session {
         reply.map(|r| vec![r.to_text()]).unwrap_or_default()
     }
 
-    /// `register`; `asks_ice_servers` is its `"iceServers": true`.
-    fn register(
+    /// `register`; `asks_ice_servers` is its `"iceServers": true`. When
+    /// the same key holds the code on another connection, that connection
+    /// is probed first: if it answers, this is a collision; if not (the
+    /// owner reconnected before the relay noticed the old socket died),
+    /// this connection takes the code over and the old one is closed.
+    async fn register(
         &mut self,
         code: PairingCode,
         public_key: &str,
         asks_ice_servers: bool,
     ) -> Vec<String> {
-        let shared = &self.shared;
-        match shared
+        let shared = self.shared.clone();
+        let mut registration = shared
             .hub
-            .register(&self.outbox, self.code, code, public_key)
-        {
-            Registration::Collision => vec![ServerMessage::CodeCollision {
-                message: signaling::CODE_COLLISION.to_string(),
+            .register(&self.outbox, self.code, code, public_key, None);
+        if let Registration::HeldBySameKey(old) = registration {
+            let probe = shared.config.timeouts.takeover_probe;
+            registration = if old.probe(probe).await {
+                shared.hub.refuse_same_key()
+            } else {
+                shared
+                    .hub
+                    .register(&self.outbox, self.code, code, public_key, Some(old.id))
+            };
+        }
+        match registration {
+            Registration::Collision | Registration::HeldBySameKey(_) => {
+                vec![ServerMessage::CodeCollision {
+                    message: signaling::CODE_COLLISION.to_string(),
+                }
+                .to_text()]
             }
-            .to_text()],
             Registration::Registered => {
                 self.code = Some(code);
                 let mut replies = vec![ServerMessage::Registered {

@@ -127,7 +127,9 @@ pub const JSON_PARSE_ERROR: &str = "Invalid message format: JSON parse error";
 pub const RATE_LIMIT_EXCEEDED: &str = "Rate limit exceeded. Please slow down.";
 /// `error` text for forwarding or pairing before `register`.
 pub const NOT_REGISTERED: &str = "Not registered. Send register message first.";
-/// `pair_error` text for every refused pair request (no enumeration).
+/// `pair_error` text for every refused pair request (Zajel's server answers
+/// unknown, self and over-limit targets with it at once, which tells them
+/// from live targets; relay-lite answers those like a silent live target).
 pub const PAIR_REQUEST_FAILED: &str = "Pair request could not be processed";
 /// `pair_error` text for a `pair_response` with no matching pending request (Zajel's text).
 pub const NO_PENDING_REQUEST: &str = "No pending request from this peer";

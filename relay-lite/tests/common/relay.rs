@@ -2,7 +2,7 @@
 //! binary (the one cargo builds for these targets) as a child process on
 //! loopback, and a WebSocket client that reads JSON frames.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::Duration;
 
@@ -131,6 +131,41 @@ impl Client {
         client.server_info = client.recv().await;
         assert_eq!(client.server_info["type"], "server_info");
         client
+    }
+
+    /// Connects to the relay at `relay` from the local address `local`
+    /// (e.g. 127.0.0.2, to be another client address on loopback) and
+    /// reads the greeting.
+    pub async fn connect_from(relay: SocketAddr, local: IpAddr) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(local, 0))
+            .expect("bind the local address");
+        let stream = tokio::time::timeout(WAIT, socket.connect(relay))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let _ = stream.set_nodelay(true);
+        let (ws, _) = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::client_async(format!("ws://{relay}"), MaybeTlsStream::Plain(stream)),
+        )
+        .await
+        .expect("handshake in time")
+        .expect("handshake");
+        let mut client = Self {
+            ws,
+            server_info: Value::Null,
+        };
+        client.server_info = client.recv().await;
+        assert_eq!(client.server_info["type"], "server_info");
+        client
+    }
+
+    /// Sends `register` for `code` with key `n`; the reply.
+    pub async fn register(&mut self, code: &str, n: u8) -> Value {
+        self.request(json!({"type": "register", "pairingCode": code, "publicKey": key(n)}))
+            .await
     }
 
     /// Connects and registers `code` with key `n`.
