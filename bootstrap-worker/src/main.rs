@@ -19,12 +19,20 @@ mod cli {
     use bootstrap_worker::registry::Registry;
     use clap::{Parser, Subcommand};
     use zajel_client_net::keyfile;
+    use zajel_client_net::logging::{self, LogFormat};
     use zajel_wire::keys;
 
     /// The Zajel server registry, self-hosted.
+    ///
+    /// Every `serve` flag can also be given as an environment variable (shown as [env: …]),
+    /// which is how the systemd unit in deploy/ configures it.
     #[derive(Parser)]
-    #[command(version, about, long_about = None)]
+    #[command(version, about)]
     struct Cli {
+        /// Log lines on stderr as `text` (colour only on a terminal) or `json` (one object per
+        /// line).
+        #[arg(long, global = true, value_name = "FORMAT", default_value_t = LogFormat::Text, env = "ZAJEL_REGISTRY_LOG_FORMAT")]
+        log_format: LogFormat,
         #[command(subcommand)]
         command: Command,
     }
@@ -49,32 +57,33 @@ mod cli {
     #[derive(clap::Args)]
     struct ServeArgs {
         /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8787")]
+        #[arg(long, default_value = "127.0.0.1:8787", env = "ZAJEL_REGISTRY_LISTEN")]
         listen: SocketAddr,
         /// Key that signs `GET /servers` (64 hex characters; see `keygen`).
-        #[arg(long)]
+        #[arg(long, env = "ZAJEL_REGISTRY_SIGNING_KEY_FILE")]
         signing_key_file: PathBuf,
         /// SQLite file holding the entries (created if missing).
         #[arg(
             long,
             default_value = "zajel-registry.sqlite3",
-            conflicts_with = "memory"
+            conflicts_with = "memory",
+            env = "ZAJEL_REGISTRY_DATA"
         )]
         data: PathBuf,
         /// Keep entries in memory only; they vanish when the server stops.
-        #[arg(long)]
+        #[arg(long, env = "ZAJEL_REGISTRY_MEMORY")]
         memory: bool,
         /// Who may register: `signed` (proof of possession) or `open` (Zajel's servers too).
-        #[arg(long, default_value = "signed", value_parser = parse_policy)]
+        #[arg(long, default_value = "signed", value_parser = parse_policy, env = "ZAJEL_REGISTRY_POLICY")]
         policy: Policy,
         /// Entries not heard from for this many ms are dropped.
-        #[arg(long, default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1..), env = "ZAJEL_REGISTRY_TTL_MS")]
         ttl_ms: u64,
         /// Most entries held at once.
-        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..), env = "ZAJEL_REGISTRY_MAX_ENTRIES")]
         max_entries: u64,
         /// Mutations per minute allowed from one client address (also the burst).
-        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..), env = "ZAJEL_REGISTRY_RATE_LIMIT")]
         rate_limit: u32,
     }
 
@@ -83,14 +92,9 @@ mod cli {
     }
 
     pub fn main() -> ExitCode {
-        tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "info".into()),
-            )
-            .with_writer(std::io::stderr)
-            .init();
-        let result = match Cli::parse().command {
+        let cli = Cli::parse();
+        logging::init("info", cli.log_format);
+        let result = match cli.command {
             Command::Serve(args) => serve(args),
             Command::Keygen { out } => keyfile::generate(&out)
                 .map(|key| {
@@ -133,7 +137,10 @@ mod cli {
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await
-                .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
+                .map_err(|error| {
+                    let hint = logging::listen_hint(args.listen, &error);
+                    format!("cannot listen on {}: {error}{hint}", args.listen)
+                })?;
             let address = listener.local_addr().map_err(|error| error.to_string())?;
             tracing::info!(
                 storage = %if args.memory { "memory".to_string() } else { args.data.display().to_string() },
@@ -167,5 +174,35 @@ mod cli {
         }
         #[cfg(not(unix))]
         interrupt.await.unwrap_or(());
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use clap::CommandFactory;
+
+        /// An operator can configure `serve` from the environment (systemd units, containers).
+        #[test]
+        fn every_serve_flag_is_also_an_environment_variable() {
+            let command = Cli::command();
+            let serve = command.find_subcommand("serve").expect("serve");
+            let mut checked = 0;
+            for argument in serve.get_arguments().chain(command.get_arguments()) {
+                let Some(long) = argument.get_long() else {
+                    continue;
+                };
+                if ["help", "version"].contains(&long) {
+                    continue;
+                }
+                let wanted = format!("ZAJEL_REGISTRY_{}", long.to_uppercase().replace('-', "_"));
+                assert_eq!(
+                    argument.get_env().and_then(|env| env.to_str()),
+                    Some(wanted.as_str()),
+                    "--{long}"
+                );
+                checked += 1;
+            }
+            assert!(checked >= 8, "only {checked} flags seen");
+        }
     }
 }

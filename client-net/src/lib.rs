@@ -10,6 +10,9 @@
 //!   configurations (webpki roots plus extra PEM CAs).
 //! - [`keyfile`]: the Ed25519 key (seed) file, read and written; the registry's
 //!   signing key and the relay's identity use the same format.
+//! - [`logging`] (feature `logging`): the one logger setup of every binary (text
+//!   without colour off a terminal, or JSON lines) and the hint for a port that
+//!   cannot be bound.
 //! - [`signaling`] (feature `signaling`): the one signaling client — a
 //!   WebSocket speaking Zajel's protocol from the client side, opened step by
 //!   step with timings ([`signaling::SignalingSession`]), and the steps
@@ -23,6 +26,8 @@
 pub mod clock;
 pub mod errors;
 pub mod keyfile;
+#[cfg(feature = "logging")]
+pub mod logging;
 #[cfg(feature = "registry-http")]
 pub mod registry_http;
 #[cfg(feature = "signaling")]

@@ -8,91 +8,186 @@ use std::time::Duration;
 use clap::Parser;
 use relay_lite::turn::TurnArgs;
 use relay_lite::{IceConfig, Relay, RelayConfig, TlsFiles};
+use zajel_client_net::logging::{self, LogFormat};
 
 /// A lightweight Zajel signaling relay (WebSocket, with GET /health and GET /metrics on the same port).
+///
+/// Every flag can also be given as an environment variable (shown as [env: …]; repeatable flags
+/// take a comma-separated list there), which is how the systemd unit in deploy/ configures it.
 #[derive(Debug, Parser)]
 #[command(name = "relay-lite", version)]
 struct Cli {
+    /// Log lines on stderr as `text` (colour only on a terminal) or `json` (one object per line).
+    #[arg(long, value_name = "FORMAT", default_value_t = LogFormat::Text, env = "RELAY_LITE_LOG_FORMAT")]
+    log_format: LogFormat,
     /// Address to listen on (port 0 picks a free one).
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, default_value = "127.0.0.1:8080", env = "RELAY_LITE_LISTEN")]
     listen: SocketAddr,
     /// URL clients use to reach this relay (sent in server_info, registered). Default: ws(s)://<listen address>.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", env = "RELAY_LITE_PUBLIC_ENDPOINT")]
     public_endpoint: Option<String>,
     /// Region name for server_info and the registry.
-    #[arg(long)]
+    #[arg(long, env = "RELAY_LITE_REGION")]
     region: Option<String>,
     /// Ed25519 identity file (64 hex characters), created with mode 0600 if missing. Without it the relay gets a new serverId each run.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "RELAY_LITE_IDENTITY")]
     identity: Option<PathBuf>,
     /// Registry base URL to register with (repeatable).
-    #[arg(long = "bootstrap", value_name = "URL")]
+    #[arg(
+        long = "bootstrap",
+        value_name = "URL",
+        env = "RELAY_LITE_BOOTSTRAP",
+        value_delimiter = ','
+    )]
     bootstrap: Vec<String>,
     /// Milliseconds between registry heartbeats.
-    #[arg(long, default_value_t = 60_000, value_name = "MS")]
+    #[arg(
+        long,
+        default_value_t = 60_000,
+        value_name = "MS",
+        env = "RELAY_LITE_HEARTBEAT_MS"
+    )]
     heartbeat_ms: u64,
     /// First retry wait after a failed registry request (doubles, with jitter).
-    #[arg(long, default_value_t = 1_000, value_name = "MS")]
+    #[arg(
+        long,
+        default_value_t = 1_000,
+        value_name = "MS",
+        env = "RELAY_LITE_REGISTRY_RETRY_MIN_MS"
+    )]
     registry_retry_min_ms: u64,
     /// Longest retry wait for registry requests.
-    #[arg(long, default_value_t = 60_000, value_name = "MS")]
+    #[arg(
+        long,
+        default_value_t = 60_000,
+        value_name = "MS",
+        env = "RELAY_LITE_REGISTRY_RETRY_MAX_MS"
+    )]
     registry_retry_max_ms: u64,
     /// PEM certificate chain: serve wss:// and https:// (needs --tls-key).
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        env = "RELAY_LITE_TLS_CERT"
+    )]
     tls_cert: Option<PathBuf>,
     /// PEM private key for --tls-cert.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert",
+        env = "RELAY_LITE_TLS_KEY"
+    )]
     tls_key: Option<PathBuf>,
     /// STUN URL handed to clients in ice_servers (repeatable).
-    #[arg(long = "stun-url", value_name = "URL")]
+    #[arg(
+        long = "stun-url",
+        value_name = "URL",
+        env = "RELAY_LITE_STUN_URL",
+        value_delimiter = ','
+    )]
     stun_urls: Vec<String>,
     /// Seconds TURN credentials stay valid.
-    #[arg(long, default_value_t = 3_600, value_name = "SECS")]
+    #[arg(
+        long,
+        default_value_t = 3_600,
+        value_name = "SECS",
+        env = "RELAY_LITE_TURN_TTL"
+    )]
     turn_ttl: u64,
     /// Drop connections that send nothing for this long.
-    #[arg(long, default_value_t = 90_000, value_name = "MS")]
+    #[arg(
+        long,
+        default_value_t = 90_000,
+        value_name = "MS",
+        env = "RELAY_LITE_IDLE_TIMEOUT_MS"
+    )]
     idle_timeout_ms: u64,
     /// Time for the TLS handshake and HTTP request head.
-    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    #[arg(
+        long,
+        default_value_t = 10_000,
+        value_name = "MS",
+        env = "RELAY_LITE_HANDSHAKE_TIMEOUT_MS"
+    )]
     handshake_timeout_ms: u64,
     /// Pair request lifetime (expiresIn).
-    #[arg(long, default_value_t = 120_000, value_name = "MS")]
+    #[arg(
+        long,
+        default_value_t = 120_000,
+        value_name = "MS",
+        env = "RELAY_LITE_PAIR_TIMEOUT_MS"
+    )]
     pair_timeout_ms: u64,
     /// pair_expiring goes out this long before a pair request expires.
-    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    #[arg(
+        long,
+        default_value_t = 30_000,
+        value_name = "MS",
+        env = "RELAY_LITE_PAIR_WARNING_MS"
+    )]
     pair_warning_ms: u64,
     /// After a code's connection drops, only the key that registered it may register it again for this long (0: free at once).
-    #[arg(long, default_value_t = 60_000, value_name = "MS")]
+    #[arg(
+        long,
+        default_value_t = 60_000,
+        value_name = "MS",
+        env = "RELAY_LITE_CODE_GRACE_MS"
+    )]
     code_grace_ms: u64,
     /// When a code's key registers it from a new connection, how long the old connection has to answer a ping before the new one takes over.
-    #[arg(long, default_value_t = 2_000, value_name = "MS")]
+    #[arg(
+        long,
+        default_value_t = 2_000,
+        value_name = "MS",
+        env = "RELAY_LITE_TAKEOVER_PROBE_MS"
+    )]
     takeover_probe_ms: u64,
     /// Most pending pair requests to one target from one client address (IPv6 per /64).
-    #[arg(long, default_value_t = 2)]
+    #[arg(
+        long,
+        default_value_t = 2,
+        env = "RELAY_LITE_MAX_PENDING_PER_TARGET_PER_IP"
+    )]
     max_pending_per_target_per_ip: usize,
     /// Most pair requests one connection may have open at once (answerable or not).
-    #[arg(long, default_value_t = 20)]
+    #[arg(
+        long,
+        default_value_t = 20,
+        env = "RELAY_LITE_MAX_PENDING_PER_REQUESTER"
+    )]
     max_pending_per_requester: usize,
     /// How long shutdown waits for clients to take their close frame.
-    #[arg(long, default_value_t = 5_000, value_name = "MS")]
+    #[arg(
+        long,
+        default_value_t = 5_000,
+        value_name = "MS",
+        env = "RELAY_LITE_SHUTDOWN_GRACE_MS"
+    )]
     shutdown_grace_ms: u64,
     /// Most open connections.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 100_000, env = "RELAY_LITE_MAX_CONNECTIONS")]
     max_connections: usize,
     /// Most open connections per client address (IPv6 per /64).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, env = "RELAY_LITE_MAX_CONNECTIONS_PER_IP")]
     max_connections_per_ip: usize,
     /// Frames per rate window per connection.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, env = "RELAY_LITE_RATE_LIMIT_MESSAGES")]
     rate_limit_messages: u32,
     /// Rate window.
-    #[arg(long, default_value_t = 60_000, value_name = "MS")]
+    #[arg(
+        long,
+        default_value_t = 60_000,
+        value_name = "MS",
+        env = "RELAY_LITE_RATE_WINDOW_MS"
+    )]
     rate_window_ms: u64,
     /// Frames queued for one connection before it counts as not reading and is dropped.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, env = "RELAY_LITE_OUTBOUND_QUEUE")]
     outbound_queue: usize,
     /// Bytes of forwarded frames queued for one connection before it is dropped.
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = 1 << 20, env = "RELAY_LITE_OUTBOUND_QUEUE_BYTES")]
     outbound_queue_bytes: usize,
     /// The embedded TURN server, or an external one (coturn) to issue credentials for.
     #[command(flatten)]
@@ -173,14 +268,8 @@ impl Cli {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "relay_lite=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    logging::init("relay_lite=info", cli.log_format);
     let config = match cli.config() {
         Ok(config) => config,
         Err(error) => {
@@ -273,6 +362,32 @@ impl StopSignals {
         #[cfg(not(unix))]
         {
             let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// An operator can configure everything from the environment (systemd units, containers).
+    #[test]
+    fn every_flag_is_also_an_environment_variable() {
+        let command = Cli::command();
+        for argument in command.get_arguments() {
+            let Some(long) = argument.get_long() else {
+                continue;
+            };
+            if ["help", "version"].contains(&long) {
+                continue;
+            }
+            let wanted = format!("RELAY_LITE_{}", long.to_uppercase().replace('-', "_"));
+            assert_eq!(
+                argument.get_env().and_then(|env| env.to_str()),
+                Some(wanted.as_str()),
+                "--{long}"
+            );
         }
     }
 }

@@ -33,7 +33,7 @@ use crate::turn::TurnServer;
 /// Why a relay could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot listen on {address}: {source}")]
+    #[error("cannot listen on {address}: {source}{}", zajel_client_net::logging::listen_hint(*address, source))]
     Listen {
         address: SocketAddr,
         source: std::io::Error,

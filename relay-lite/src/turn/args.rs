@@ -17,47 +17,62 @@ use super::{TurnConfig, TurnError, TurnTls};
 #[derive(Debug, Clone, Args)]
 pub struct TurnArgs {
     /// Serve TURN over UDP on this address (e.g. 0.0.0.0:3478).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "RELAY_LITE_TURN_LISTEN_UDP")]
     pub turn_listen_udp: Option<SocketAddr>,
     /// Serve TURN over TCP on this address (e.g. 0.0.0.0:3478).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "RELAY_LITE_TURN_LISTEN_TCP")]
     pub turn_listen_tcp: Option<SocketAddr>,
     /// Serve TURN over TLS on this address (e.g. 0.0.0.0:443); needs
     /// --turn-tls-cert and --turn-tls-key.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "RELAY_LITE_TURN_LISTEN_TLS")]
     pub turn_listen_tls: Option<SocketAddr>,
     /// PEM certificate chain for TURN over TLS.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "RELAY_LITE_TURN_TLS_CERT")]
     pub turn_tls_cert: Option<PathBuf>,
     /// PEM private key for TURN over TLS.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "RELAY_LITE_TURN_TLS_KEY")]
     pub turn_tls_key: Option<PathBuf>,
     /// TURN realm (coturn: realm).
-    #[arg(long, value_name = "NAME", default_value = "zajel")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "zajel",
+        env = "RELAY_LITE_TURN_REALM"
+    )]
     pub turn_realm: String,
     /// File holding the shared secret for time-limited credentials
     /// (coturn: use-auth-secret with the same static-auth-secret).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "RELAY_LITE_TURN_SECRET_FILE")]
     pub turn_secret_file: Option<PathBuf>,
     /// Address relay sockets bind to (coturn: relay-ip) [default: the TURN
     /// listeners' address; when they listen on every interface, every
     /// interface too, advertised as --turn-external-ip].
-    #[arg(long, value_name = "IP")]
+    #[arg(long, value_name = "IP", env = "RELAY_LITE_TURN_RELAY_IP")]
     pub turn_relay_ip: Option<IpAddr>,
     /// Address clients are told to send media to (the relayed address), if
     /// not the relay IP: the server's public address when it listens on
     /// 0.0.0.0 or sits behind 1:1 NAT (coturn: external-ip).
-    #[arg(long, value_name = "IP")]
+    #[arg(long, value_name = "IP", env = "RELAY_LITE_TURN_EXTERNAL_IP")]
     pub turn_external_ip: Option<IpAddr>,
     /// Allocations that may exist at once (coturn: total-quota).
-    #[arg(long, value_name = "N", default_value_t = 1000)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1000,
+        env = "RELAY_LITE_TURN_MAX_ALLOCATIONS"
+    )]
     pub turn_max_allocations: usize,
     /// Hard maximum age of one allocation, in seconds, refreshed or not.
-    #[arg(long, value_name = "SECS", default_value_t = 3 * 3600)]
+    #[arg(long, value_name = "SECS", default_value_t = 3 * 3600, env = "RELAY_LITE_TURN_ALLOCATION_LIFETIME")]
     pub turn_allocation_lifetime: u64,
     /// TURN/STUN URL handed to clients with their credentials (repeatable),
     /// e.g. turn:turn.example.org:3478?transport=udp or turns:turn.example.org:443?transport=tcp.
-    #[arg(long = "turn-url", value_name = "URL")]
+    #[arg(
+        long = "turn-url",
+        value_name = "URL",
+        env = "RELAY_LITE_TURN_URL",
+        value_delimiter = ','
+    )]
     pub turn_urls: Vec<String>,
 }
 

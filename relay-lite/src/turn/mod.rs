@@ -266,7 +266,7 @@ pub enum TurnError {
     Config(String),
     #[error("TURN TLS: {0}")]
     Tls(String),
-    #[error("cannot listen for TURN on {addr}: {source}")]
+    #[error("cannot listen for TURN on {addr}: {source}{}", zajel_client_net::logging::listen_hint(*addr, source))]
     Listen { addr: SocketAddr, source: io::Error },
     #[error("TURN server: {0}")]
     Server(#[from] turn::Error),
