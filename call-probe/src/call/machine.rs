@@ -53,6 +53,28 @@
 //! 18. The timeline counts milliseconds from the call's start on this side (placing it, or the
 //!     offer's arrival); each moment is kept the first time only; the first RTT is announced
 //!     once.
+//!
+//! Call authentication (the `auth` member of `call_offer`/`call_answer`, see
+//! `zajel_wire::call`) and the peers calls may come from:
+//!
+//! 19. Every offer and answer this side sends (first offer, ICE restart, renegotiation, answer)
+//!     carries `auth` when the call's peer is known ([`PeerAuth`]): the MAC of its own SDP's
+//!     fingerprints, role, `callId` and both keys.
+//! 20. An incoming offer or answer is checked before its SDP is applied: `auth` present and
+//!     verified makes the call authenticated (its fingerprints remembered); `auth` present but
+//!     wrong, of an unknown version, unreadable, or from a peer whose key is unknown ends the
+//!     call (`call_hangup`, [`EndReason::MediaNotAuthenticated`]). `auth` absent leaves the
+//!     call unauthenticated, except that it ends the call the same way with
+//!     [`MachineConfig::require_authenticated`], from a contact that authenticated before (a
+//!     downgrade), and on a call that is already authenticated (a renegotiation without it).
+//!     A new offer refused so still becomes a call, so that its report says why.
+//! 21. Once DTLS is up ([`Input::RemoteCertificate`]), an authenticated call checks that the
+//!     certificate the peer presented (SHA-256 of its DER) is one of the authenticated
+//!     fingerprints; if not, or if none was presented, the call ends the same way. Media
+//!     never starts on an authenticated call whose certificate was not checked.
+//! 22. Remote candidates on loopback, link-local, unspecified or multicast addresses (in
+//!     `call_ice`, or `a=candidate` lines of a remote SDP) are dropped unless
+//!     [`MachineConfig::allow_loopback_candidates`].
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -62,8 +84,11 @@ use zajel_wire::call::{
     IceCandidateInit, RejectReason,
 };
 
+use zajel_wire::call::{sdp_fingerprints, CallAuth, CallAuthRole};
+
 use super::{CallEvent, EngineError};
 use crate::config::{AnswerPolicy, CallConfig, CallTimeouts};
+use crate::identity::PeerAuth;
 use crate::media::ToneReading;
 use crate::report::{EndReason, IceReport, Role};
 use crate::stats::Timeline;
@@ -78,6 +103,10 @@ pub struct MachineConfig {
     pub allow_video: bool,
     /// Reported in [`IceReport::relay_only`].
     pub relay_only: bool,
+    /// Refuse calls whose peer sends no `auth` (rule 20).
+    pub require_authenticated: bool,
+    /// Keep remote candidates on loopback and other local-only addresses (rule 22).
+    pub allow_loopback_candidates: bool,
 }
 
 impl From<&CallConfig> for MachineConfig {
@@ -87,6 +116,8 @@ impl From<&CallConfig> for MachineConfig {
             answer_policy: config.answer_policy,
             allow_video: config.allow_video,
             relay_only: config.relay_only,
+            require_authenticated: config.require_authenticated,
+            allow_loopback_candidates: config.allow_loopback_candidates,
         }
     }
 }
@@ -102,10 +133,11 @@ pub enum IceConnection {
 /// What happens to the machine.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
-    /// Command: place a call with this (fresh, UUID v4) id.
+    /// Command: place a call with this (fresh, UUID v4) id, to `peer` when it is known.
     PlaceCall {
         call_id: String,
         with_video: bool,
+        peer: Option<PeerAuth>,
     },
     /// Command: accept the ringing call.
     Accept,
@@ -113,8 +145,19 @@ pub enum Input {
     Decline,
     /// Command: hang up (cancel, or decline an incoming call).
     Hangup,
-    /// A call payload addressed to this side, not yet validated.
+    /// A call payload addressed to this side, not yet validated, from a peer whose key is
+    /// unknown.
     Signal(CallPayload),
+    /// A call payload addressed to this side, not yet validated, from the paired peer `peer`.
+    SignalFrom {
+        payload: CallPayload,
+        peer: PeerAuth,
+    },
+    /// DTLS is up: the SHA-256 fingerprint of the certificate the peer presented
+    /// (`sha-256 AB:…`), `None` when none could be read.
+    RemoteCertificate {
+        fingerprint: Option<String>,
+    },
     /// A deadline from [`CallMachine::poll_timeout`] may have passed.
     Timeout,
     /// [`Action::CreatePeer`] succeeded.
@@ -184,6 +227,10 @@ pub struct CallSummary {
     pub timeline: Timeline,
     /// Counters; `selected_pair` is the driver's to fill.
     pub ice: IceReport,
+    /// The peer's `auth` verified (and, once DTLS was up, its certificate matched).
+    pub authenticated: bool,
+    /// The peer's public key (standard base64), when it is known.
+    pub peer_key: Option<String>,
 }
 
 /// What the machine asks for, in order.
@@ -231,6 +278,14 @@ struct Call {
     gathering_until: Option<Instant>,
     reconnect_until: Option<Instant>,
     rtt_announced: bool,
+    /// The paired peer, when its key is known.
+    peer: Option<PeerAuth>,
+    /// The peer's `auth` verified (rule 20).
+    authenticated: bool,
+    /// The fingerprints its verified `auth` covered.
+    authenticated_fingerprints: Vec<String>,
+    /// The DTLS certificate was checked against them (rule 21).
+    certificate_checked: bool,
 }
 
 impl Call {
@@ -257,6 +312,10 @@ impl Call {
             gathering_until: None,
             reconnect_until: None,
             rtt_announced: false,
+            peer: None,
+            authenticated: false,
+            authenticated_fingerprints: Vec::new(),
+            certificate_checked: false,
         }
     }
 
@@ -268,6 +327,8 @@ impl Call {
             end,
             timeline: self.timeline,
             ice: self.ice.clone(),
+            authenticated: self.authenticated,
+            peer_key: self.peer.as_ref().map(PeerAuth::peer_key_base64),
         }
     }
 }
@@ -347,7 +408,8 @@ impl CallMachine {
             Input::PlaceCall {
                 call_id,
                 with_video,
-            } => return self.place_call(now, call_id, with_video),
+                peer,
+            } => return self.place_call(now, call_id, with_video, peer),
             Input::Accept => {
                 self.ringing()?;
                 self.accept();
@@ -362,7 +424,9 @@ impl CallMachine {
                 }
                 self.hangup(now);
             }
-            Input::Signal(payload) => self.signal(now, payload),
+            Input::Signal(payload) => self.signal(now, payload, None),
+            Input::SignalFrom { payload, peer } => self.signal(now, payload, Some(peer)),
+            Input::RemoteCertificate { fingerprint } => self.remote_certificate(now, fingerprint),
             Input::Timeout => self.timeout(now),
             Input::PeerCreated => self.peer_created(),
             Input::LocalDescription { sdp, mid } => self.local_description(now, sdp, mid),
@@ -489,18 +553,15 @@ impl CallMachine {
         now: Instant,
         call_id: String,
         with_video: bool,
+        peer: Option<PeerAuth>,
     ) -> Result<(), EngineError> {
         if self.call.is_some() {
             return Err(EngineError::Busy);
         }
         let relay_only = self.config.relay_only;
-        self.call = Some(Call::new(
-            call_id,
-            Role::Caller,
-            with_video,
-            relay_only,
-            now,
-        ));
+        let mut call = Call::new(call_id, Role::Caller, with_video, relay_only, now);
+        call.peer = peer;
+        self.call = Some(call);
         self.create_peer();
         Ok(())
     }
@@ -583,10 +644,12 @@ impl CallMachine {
                     call.ringing_until = Some(now + ringing);
                     mark(&mut call.timeline.offer_sent_ms, call.started, now);
                 }
+                let auth = sign(call.peer.as_ref(), CallAuthRole::Offer, &call_id, &sdp);
                 self.send(CallOffer {
                     call_id,
                     sdp,
                     with_video,
+                    auth,
                 });
                 if !restart {
                     self.set_state(CallState::Outgoing);
@@ -597,7 +660,8 @@ impl CallMachine {
                 if !renegotiation {
                     call.ringing_until = None;
                 }
-                self.send(CallAnswer { call_id, sdp });
+                let auth = sign(call.peer.as_ref(), CallAuthRole::Answer, &call_id, &sdp);
+                self.send(CallAnswer { call_id, sdp, auth });
                 if !renegotiation {
                     self.set_state(CallState::Connecting);
                 }
@@ -688,7 +752,7 @@ impl CallMachine {
         self.send(CallIce::new(call_id, &init));
     }
 
-    fn signal(&mut self, now: Instant, payload: CallPayload) {
+    fn signal(&mut self, now: Instant, payload: CallPayload, peer: Option<PeerAuth>) {
         if let Err(err) = payload.validate() {
             tracing::warn!("ignoring an invalid {}: {err}", payload.kind().type_name());
             return;
@@ -698,11 +762,11 @@ impl CallMachine {
             .as_ref()
             .is_some_and(|c| c.id.eq_ignore_ascii_case(payload.call_id()));
         match payload {
-            CallPayload::Offer(offer) => self.on_offer(now, offer, ours),
+            CallPayload::Offer(offer) => self.on_offer(now, offer, ours, peer),
             _ if !ours => {
                 tracing::debug!("ignoring a {} for another call", payload.kind().type_name());
             }
-            CallPayload::Answer(answer) => self.on_answer(answer),
+            CallPayload::Answer(answer) => self.on_answer(now, answer),
             CallPayload::Reject(reject) => self.end(
                 now,
                 EndReason::RejectedByRemote {
@@ -714,7 +778,7 @@ impl CallMachine {
         }
     }
 
-    fn on_offer(&mut self, now: Instant, offer: CallOffer, ours: bool) {
+    fn on_offer(&mut self, now: Instant, offer: CallOffer, ours: bool, peer: Option<PeerAuth>) {
         if ours {
             // A renegotiation (ICE restart) of the active call, from the caller.
             if self
@@ -722,11 +786,15 @@ impl CallMachine {
                 .as_ref()
                 .is_some_and(|c| c.role == Role::Callee && c.peer_ready)
             {
+                if !self.accept_auth(now, CallAuthRole::Offer, &offer.sdp, offer.auth.as_ref()) {
+                    return;
+                }
+                let sdp = self.without_local_only_candidates(offer.sdp);
                 self.act(
                     Some(Step::RemoteOffer {
                         renegotiation: true,
                     }),
-                    Action::SetRemoteOffer { sdp: offer.sdp },
+                    Action::SetRemoteOffer { sdp },
                 );
             }
             return;
@@ -749,9 +817,17 @@ impl CallMachine {
             now,
         );
         mark(&mut call.timeline.offer_received_ms, call.started, now);
-        call.remote_offer = Some(offer.sdp);
-        call.ringing_until = Some(now + self.config.timeouts.ringing);
+        call.peer = peer;
         self.call = Some(call);
+        if !self.accept_auth(now, CallAuthRole::Offer, &offer.sdp, offer.auth.as_ref()) {
+            return;
+        }
+        let sdp = self.without_local_only_candidates(offer.sdp);
+        let ringing = self.config.timeouts.ringing;
+        if let Some(call) = &mut self.call {
+            call.remote_offer = Some(sdp);
+            call.ringing_until = Some(now + ringing);
+        }
         self.set_state(CallState::Incoming);
         self.emit(CallEvent::Incoming {
             call_id: offer.call_id,
@@ -764,7 +840,7 @@ impl CallMachine {
         }
     }
 
-    fn on_answer(&mut self, answer: CallAnswer) {
+    fn on_answer(&mut self, now: Instant, answer: CallAnswer) {
         let Some(call) = &mut self.call else {
             return;
         };
@@ -777,10 +853,146 @@ impl CallMachine {
             return;
         }
         call.offer_outstanding = false;
-        self.act(
-            Some(Step::RemoteAnswer),
-            Action::SetRemoteAnswer { sdp: answer.sdp },
-        );
+        if !self.accept_auth(now, CallAuthRole::Answer, &answer.sdp, answer.auth.as_ref()) {
+            return;
+        }
+        let sdp = self.without_local_only_candidates(answer.sdp);
+        self.act(Some(Step::RemoteAnswer), Action::SetRemoteAnswer { sdp });
+    }
+
+    /// Rule 20: checks the `auth` of an incoming offer or answer of the active call (whose
+    /// SDP is `sdp`) before it is applied. Verified: the call is authenticated (a first
+    /// offer or answer) and its fingerprints remembered. Refused: the call ends
+    /// ([`EndReason::MediaNotAuthenticated`]) and `false` is returned.
+    fn accept_auth(
+        &mut self,
+        now: Instant,
+        role: CallAuthRole,
+        sdp: &str,
+        auth: Option<&CallAuth>,
+    ) -> bool {
+        let require = self.config.require_authenticated;
+        let Some(call) = &mut self.call else {
+            return false;
+        };
+        // The first offer (callee) or the first answer (caller) decides whether the call is
+        // authenticated; later ones may only keep it so.
+        let first = match role {
+            CallAuthRole::Offer => call.state == CallState::Idle,
+            CallAuthRole::Answer => call.state == CallState::Outgoing,
+        };
+        let verdict = match (auth, &call.peer) {
+            (Some(_), None) => Err("the peer sent auth but its key is unknown (not paired)".into()),
+            (Some(auth), Some(peer)) => {
+                if auth.verify(
+                    &peer.mac_key,
+                    role,
+                    &call.id,
+                    sdp,
+                    &peer.peer_key,
+                    &peer.own_key,
+                ) {
+                    Ok(Some(sdp_fingerprints(sdp)))
+                } else {
+                    Err(format!(
+                        "the peer's {} auth does not verify (its fingerprints, call or keys were changed)",
+                        role.as_str()
+                    ))
+                }
+            }
+            (None, _) if call.authenticated => {
+                Err("no auth on a call that was authenticated (a downgrade)".into())
+            }
+            (None, Some(peer)) if peer.authenticated_before => {
+                Err("no auth from a contact that authenticated before (a downgrade)".into())
+            }
+            (None, _) if require => {
+                Err("the peer sent no auth and authentication is required".into())
+            }
+            (None, _) => Ok(None),
+        };
+        match verdict {
+            Ok(Some(fingerprints)) => {
+                if first {
+                    call.authenticated = true;
+                }
+                if call.authenticated {
+                    call.authenticated_fingerprints.extend(fingerprints);
+                    call.authenticated_fingerprints.sort();
+                    call.authenticated_fingerprints.dedup();
+                }
+                true
+            }
+            Ok(None) => true,
+            Err(detail) => {
+                self.refuse_unauthenticated(now, detail);
+                false
+            }
+        }
+    }
+
+    /// Ends the active call as not authenticated: `call_hangup`, then the end.
+    fn refuse_unauthenticated(&mut self, now: Instant, detail: String) {
+        let Some(call) = &self.call else {
+            return;
+        };
+        tracing::warn!(call_id = %call.id, "refusing the call: {detail}");
+        self.send(CallHangup {
+            call_id: call.id.clone(),
+        });
+        self.end(now, EndReason::MediaNotAuthenticated { detail });
+    }
+
+    /// Rule 21: an authenticated call's DTLS peer must have presented an authenticated
+    /// certificate.
+    fn remote_certificate(&mut self, now: Instant, fingerprint: Option<String>) {
+        let Some(call) = &mut self.call else {
+            return;
+        };
+        if !call.authenticated || call.certificate_checked {
+            return;
+        }
+        match fingerprint {
+            Some(presented) if call.authenticated_fingerprints.contains(&presented) => {
+                call.certificate_checked = true;
+            }
+            Some(presented) => self.refuse_unauthenticated(
+                now,
+                format!(
+                    "the DTLS certificate the peer presented ({presented}) is not the one its auth covered"
+                ),
+            ),
+            None => self.refuse_unauthenticated(
+                now,
+                "the peer presented no DTLS certificate to check".into(),
+            ),
+        }
+    }
+
+    /// Rule 22: `sdp` without `a=candidate` lines on local-only addresses (unless allowed).
+    fn without_local_only_candidates(&mut self, sdp: String) -> String {
+        if self.config.allow_loopback_candidates {
+            return sdp;
+        }
+        let mut dropped = 0;
+        let kept: String = sdp
+            .split_inclusive('\n')
+            .filter(|line| {
+                let local = line
+                    .trim()
+                    .strip_prefix("a=")
+                    .is_some_and(|attribute| candidate_is_local_only(attribute));
+                dropped += u32::from(local);
+                !local
+            })
+            .collect();
+        if dropped > 0 {
+            tracing::debug!(dropped, "dropped SDP candidates on local-only addresses");
+            if let Some(call) = &mut self.call {
+                call.ice.remote_candidates_dropped += dropped;
+            }
+        }
+        kept
     }
 
     fn on_remote_candidate(&mut self, ice: CallIce) {
@@ -796,6 +1008,11 @@ impl CallMachine {
         };
         if init.candidate.is_empty() {
             return; // end of candidates
+        }
+        if !self.config.allow_loopback_candidates && candidate_is_local_only(&init.candidate) {
+            tracing::debug!("dropped a remote candidate on a local-only address");
+            call.ice.remote_candidates_dropped += 1;
+            return;
         }
         call.ice.remote_candidates += 1;
         if call.peer_ready && call.remote_description_set {
@@ -866,6 +1083,12 @@ impl CallMachine {
         let Some(call) = &mut self.call else {
             return;
         };
+        if call.authenticated && !call.certificate_checked {
+            return self.refuse_unauthenticated(
+                now,
+                "DTLS came up before the peer's certificate was checked".into(),
+            );
+        }
         // Media starts once ICE and DTLS are up: samples written earlier would be counted by
         // webrtc-rs's outbound stats but never reach the wire.
         let start_media = call.timeline.connected_ms.is_none() && call.peer_ready;
@@ -910,6 +1133,65 @@ impl CallMachine {
     }
 }
 
+/// The `auth` of an outgoing payload of `role`, when the peer is known (rule 19).
+fn sign(peer: Option<&PeerAuth>, role: CallAuthRole, call_id: &str, sdp: &str) -> Option<CallAuth> {
+    peer.map(|peer| {
+        CallAuth::sign(
+            &peer.mac_key,
+            role,
+            call_id,
+            sdp,
+            &peer.own_key,
+            &peer.peer_key,
+        )
+    })
+}
+
+/// Whether an ICE candidate attribute (`candidate:… <address> <port> typ …`, with or without
+/// `a=`) names a loopback, link-local, unspecified, multicast or broadcast address (rule 22).
+/// Host names (mDNS `….local`) are not addresses and are kept.
+pub fn candidate_is_local_only(candidate: &str) -> bool {
+    let text = candidate.trim();
+    let text = text.strip_prefix("a=").unwrap_or(text);
+    let Some(fields) = text.strip_prefix("candidate:") else {
+        return false;
+    };
+    fields
+        .split_whitespace()
+        .nth(4)
+        .is_some_and(is_local_only_address)
+}
+
+/// Whether `text` is an IP address only this host or its link can use.
+pub fn is_local_only_address(text: &str) -> bool {
+    use std::net::IpAddr;
+    let text = text.trim_start_matches('[').trim_end_matches(']');
+    if text.contains('%') {
+        return true; // a scoped (link-local) IPv6 address
+    }
+    let v4 = |ip: std::net::Ipv4Addr| {
+        ip.is_loopback()
+            || ip.is_link_local()
+            || ip.is_unspecified()
+            || ip.is_multicast()
+            || ip.is_broadcast()
+            || ip.octets()[0] == 0
+    };
+    match text.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => v4(ip),
+        Ok(IpAddr::V6(ip)) => match ip.to_ipv4_mapped() {
+            Some(mapped) => v4(mapped),
+            None => {
+                ip.is_loopback()
+                    || ip.is_unspecified()
+                    || ip.is_multicast()
+                    || (ip.segments()[0] & 0xffc0) == 0xfe80
+            }
+        },
+        Err(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -928,6 +1210,8 @@ mod tests {
             answer_policy,
             allow_video: true,
             relay_only: false,
+            require_authenticated: false,
+            allow_loopback_candidates: true,
         }
     }
 
@@ -1000,6 +1284,7 @@ mod tests {
             call_id: call_id.into(),
             sdp: sdp.into(),
             with_video: false,
+            auth: None,
         }
     }
 
@@ -1007,6 +1292,7 @@ mod tests {
         CallAnswer {
             call_id: call_id.into(),
             sdp: sdp.into(),
+            auth: None,
         }
     }
 
@@ -1080,6 +1366,7 @@ mod tests {
         let (result, outputs) = phone.command(Input::PlaceCall {
             call_id: ID.into(),
             with_video: false,
+            peer: None,
         });
         assert_eq!(result, Ok(()));
         assert_eq!(
@@ -1212,6 +1499,7 @@ mod tests {
             let (result, outputs) = phone.command(Input::PlaceCall {
                 call_id: OTHER.into(),
                 with_video: false,
+                peer: None,
             });
             assert_eq!(result, Err(EngineError::Busy));
             assert_eq!(outputs, []);
@@ -1589,6 +1877,7 @@ mod tests {
         early.input(Input::PlaceCall {
             call_id: ID.into(),
             with_video: false,
+            peer: None,
         });
         assert_eq!(early.signal(answer(ID, "answer")), []);
     }
@@ -1643,6 +1932,7 @@ mod tests {
         phone.input(Input::PlaceCall {
             call_id: ID.into(),
             with_video: false,
+            peer: None,
         });
         phone.input(Input::PeerCreated);
         phone.input(Input::LocalDescription {
@@ -1680,6 +1970,7 @@ mod tests {
         phone.input(Input::PlaceCall {
             call_id: ID.into(),
             with_video: false,
+            peer: None,
         });
         let outputs = fail(&mut phone);
         assert_eq!(
@@ -1690,6 +1981,7 @@ mod tests {
         phone.input(Input::PlaceCall {
             call_id: ID.into(),
             with_video: false,
+            peer: None,
         });
         phone.input(Input::PeerCreated);
         let outputs = fail(&mut phone);
@@ -1771,6 +2063,7 @@ mod tests {
         caller.input(Input::PlaceCall {
             call_id: ID.into(),
             with_video: false,
+            peer: None,
         });
         caller.at(5).input(Input::PeerCreated);
         caller.at(8).input(Input::LocalDescription {
