@@ -2149,4 +2149,366 @@ mod tests {
             EndReason::InProgress
         );
     }
+
+    // Call authentication (rules 19-22).
+
+    use crate::identity::Identity;
+
+    const CALLER_SDP: &str = "v=0\r\na=fingerprint:sha-256 AA:AA\r\n";
+    const CALLEE_SDP: &str = "v=0\r\na=fingerprint:sha-256 BB:BB\r\n";
+    const RELAY_SDP: &str = "v=0\r\na=fingerprint:sha-256 EE:EE\r\n";
+
+    /// Each side's keys for the other: (the caller's, the callee's).
+    fn pair() -> (PeerAuth, PeerAuth) {
+        let caller = Identity::from_secret([1u8; 32]);
+        let callee = Identity::from_secret([2u8; 32]);
+        (
+            caller.peer_auth(callee.public_key(), false).unwrap(),
+            callee.peer_auth(caller.public_key(), false).unwrap(),
+        )
+    }
+
+    fn signed_offer(peer: &PeerAuth, sdp: &str) -> CallOffer {
+        CallOffer {
+            auth: sign(Some(peer), CallAuthRole::Offer, ID, sdp),
+            ..offer(ID, sdp)
+        }
+    }
+
+    fn signed_answer(peer: &PeerAuth, sdp: &str) -> CallAnswer {
+        CallAnswer {
+            auth: sign(Some(peer), CallAuthRole::Answer, ID, sdp),
+            ..answer(ID, sdp)
+        }
+    }
+
+    fn from(phone: &mut Phone, payload: impl Into<CallPayload>, peer: &PeerAuth) -> Vec<Output> {
+        phone.input(Input::SignalFrom {
+            payload: payload.into(),
+            peer: peer.clone(),
+        })
+    }
+
+    fn not_authenticated(outputs: &[Output]) -> bool {
+        matches!(
+            ended(outputs),
+            Some(EndReason::MediaNotAuthenticated { .. })
+        ) && sent(outputs) == [hangup(ID)]
+            && !outputs.iter().any(|o| {
+                matches!(
+                    o,
+                    Output::Do(Action::SetRemoteOffer { .. } | Action::SetRemoteAnswer { .. })
+                )
+            })
+    }
+
+    fn summary(outputs: &[Output]) -> CallSummary {
+        match outputs.last() {
+            Some(Output::Ended(summary)) => (**summary).clone(),
+            other => panic!("not ended: {other:?}"),
+        }
+    }
+
+    /// A caller to the paired callee whose signed offer (CALLER_SDP) is out.
+    fn signed_caller(config: MachineConfig, peer: &PeerAuth) -> (Phone, CallOffer) {
+        let mut phone = Phone::new(config);
+        phone.input(Input::PlaceCall {
+            call_id: ID.into(),
+            with_video: false,
+            peer: Some(peer.clone()),
+        });
+        phone.input(Input::PeerCreated);
+        let outputs = phone.input(Input::LocalDescription {
+            sdp: CALLER_SDP.into(),
+            mid: None,
+        });
+        let [CallPayload::Offer(offer)] = &sent(&outputs)[..] else {
+            panic!("an offer: {outputs:?}");
+        };
+        (phone, offer.clone())
+    }
+
+    /// A callee that accepted the caller's signed offer and sent its signed answer.
+    fn signed_callee(peer: &PeerAuth, offer: CallOffer) -> (Phone, CallAnswer) {
+        let mut phone = Phone::new(config(AnswerPolicy::Accept));
+        let outputs = from(&mut phone, offer, peer);
+        assert!(ended(&outputs).is_none(), "{outputs:?}");
+        phone.input(Input::PeerCreated);
+        phone.input(Input::RemoteDescriptionSet);
+        let outputs = phone.input(Input::LocalDescription {
+            sdp: CALLEE_SDP.into(),
+            mid: None,
+        });
+        let [CallPayload::Answer(answer)] = &sent(&outputs)[..] else {
+            panic!("an answer: {outputs:?}");
+        };
+        (phone, answer.clone())
+    }
+
+    #[test]
+    fn rule_19_offers_and_answers_to_a_known_peer_carry_auth() {
+        let (at_caller, at_callee) = pair();
+        let (mut caller, offer) = signed_caller(config(AnswerPolicy::Manual), &at_caller);
+        let auth = offer.auth.clone().expect("the offer carries auth");
+        assert!(auth.verify(
+            &at_callee.mac_key,
+            CallAuthRole::Offer,
+            ID,
+            CALLER_SDP,
+            &at_callee.peer_key,
+            &at_callee.own_key
+        ));
+        let (_callee, answer) = signed_callee(&at_callee, offer);
+        assert!(answer.auth.expect("the answer carries auth").verify(
+            &at_caller.mac_key,
+            CallAuthRole::Answer,
+            ID,
+            CALLEE_SDP,
+            &at_caller.peer_key,
+            &at_caller.own_key
+        ));
+        // An ICE restart offer is signed too.
+        let answer = signed_answer(&at_callee, CALLEE_SDP);
+        from(&mut caller, answer, &at_caller);
+        caller.input(Input::RemoteDescriptionSet);
+        caller.input(Input::RemoteCertificate {
+            fingerprint: Some("sha-256 BB:BB".into()),
+        });
+        let mut caller = connected(caller);
+        caller.input(Input::Ice(IceConnection::Disconnected));
+        let outputs = caller.input(Input::LocalDescription {
+            sdp: CALLER_SDP.into(),
+            mid: None,
+        });
+        assert!(
+            matches!(&sent(&outputs)[..], [CallPayload::Offer(o)] if o.auth.is_some()),
+            "{outputs:?}"
+        );
+        // A call with no known peer sends none (`outgoing` asserts the exact offer).
+        outgoing(config(AnswerPolicy::Manual));
+    }
+
+    #[test]
+    fn rule_20_a_tampered_offer_is_refused_before_its_sdp_is_applied() {
+        let (at_caller, at_callee) = pair();
+        let (_, offer) = signed_caller(config(AnswerPolicy::Manual), &at_caller);
+        // A relay swapped the fingerprint for its own and kept the caller's auth.
+        let tampered = CallOffer {
+            sdp: RELAY_SDP.into(),
+            ..offer.clone()
+        };
+        let mut callee = Phone::new(config(AnswerPolicy::Accept));
+        let outputs = from(&mut callee, tampered, &at_callee);
+        assert!(not_authenticated(&outputs), "{outputs:?}");
+        assert!(!outputs
+            .iter()
+            .any(|o| matches!(o, Output::Do(Action::CreatePeer { .. }))));
+        let summary = summary(&outputs);
+        assert!(!summary.authenticated);
+        assert_eq!(summary.peer_key, Some(at_callee.peer_key_base64()));
+        assert_eq!(callee.state(), CallState::Idle);
+        // A MAC that was changed, and one under another pair's key.
+        let mut bad = offer.clone();
+        bad.auth.as_mut().unwrap().mac = "AAAA".into();
+        assert!(not_authenticated(&from(
+            &mut Phone::new(config(AnswerPolicy::Accept)),
+            bad,
+            &at_callee
+        )));
+        let stranger = Identity::from_secret([9u8; 32])
+            .peer_auth(at_callee.peer_key, false)
+            .unwrap();
+        let forged = signed_offer(&stranger, RELAY_SDP);
+        assert!(not_authenticated(&from(
+            &mut Phone::new(config(AnswerPolicy::Accept)),
+            forged,
+            &at_callee
+        )));
+        // The untouched offer goes through.
+        let mut callee = Phone::new(config(AnswerPolicy::Accept));
+        let outputs = from(&mut callee, offer, &at_callee);
+        assert_eq!(ended(&outputs), None);
+        assert_eq!(callee.state(), CallState::Incoming);
+    }
+
+    #[test]
+    fn rule_20_a_tampered_answer_is_refused_by_the_caller() {
+        let (at_caller, at_callee) = pair();
+        let (mut caller, _) = signed_caller(config(AnswerPolicy::Manual), &at_caller);
+        let tampered = CallAnswer {
+            sdp: RELAY_SDP.into(),
+            ..signed_answer(&at_callee, CALLEE_SDP)
+        };
+        let outputs = from(&mut caller, tampered, &at_caller);
+        assert!(not_authenticated(&outputs), "{outputs:?}");
+        // With the right answer the call goes on, authenticated.
+        let (mut caller, _) = signed_caller(config(AnswerPolicy::Manual), &at_caller);
+        let outputs = from(
+            &mut caller,
+            signed_answer(&at_callee, CALLEE_SDP),
+            &at_caller,
+        );
+        assert_eq!(
+            outputs,
+            [Output::Do(Action::SetRemoteAnswer {
+                sdp: CALLEE_SDP.into()
+            })]
+        );
+        assert!(caller.machine.snapshot().unwrap().authenticated);
+    }
+
+    #[test]
+    fn rule_20_no_auth_is_unauthenticated_unless_required_or_a_downgrade() {
+        let (_, at_callee) = pair();
+        // A peer without call authentication (Zajel's apps, browsers, aiortc) gets its call.
+        let mut callee = Phone::new(config(AnswerPolicy::Accept));
+        let outputs = from(&mut callee, offer(ID, CALLER_SDP), &at_callee);
+        assert_eq!(ended(&outputs), None);
+        assert!(!callee.machine.snapshot().unwrap().authenticated);
+        // Refused when authentication is required…
+        let required = MachineConfig {
+            require_authenticated: true,
+            ..config(AnswerPolicy::Accept)
+        };
+        assert!(not_authenticated(&from(
+            &mut Phone::new(required),
+            offer(ID, CALLER_SDP),
+            &at_callee
+        )));
+        let outputs = Phone::new(required).input(Input::Signal(offer(ID, CALLER_SDP).into()));
+        assert!(not_authenticated(&outputs));
+        // …and from a contact that authenticated before.
+        let before = PeerAuth {
+            authenticated_before: true,
+            ..at_callee.clone()
+        };
+        let outputs = from(
+            &mut Phone::new(config(AnswerPolicy::Accept)),
+            offer(ID, CALLER_SDP),
+            &before,
+        );
+        assert!(not_authenticated(&outputs));
+        // auth from a sender whose key is unknown cannot be verified: refused.
+        let signed = signed_offer(&pair().0, CALLER_SDP);
+        let outputs = Phone::new(config(AnswerPolicy::Accept)).input(Input::Signal(signed.into()));
+        assert!(not_authenticated(&outputs));
+    }
+
+    #[test]
+    fn rule_20_a_renegotiation_without_auth_of_an_authenticated_call_is_refused() {
+        let (at_caller, at_callee) = pair();
+        let (_, first) = signed_caller(config(AnswerPolicy::Manual), &at_caller);
+        let (mut callee, _) = signed_callee(&at_callee, first);
+        callee.input(Input::RemoteCertificate {
+            fingerprint: Some("sha-256 AA:AA".into()),
+        });
+        let mut callee = connected(callee);
+        // A signed restart offer is applied.
+        let outputs = from(
+            &mut callee,
+            signed_offer(&at_callee_signer(), CALLER_SDP),
+            &at_callee,
+        );
+        assert!(
+            matches!(&outputs[..], [Output::Do(Action::SetRemoteOffer { .. })]),
+            "{outputs:?}"
+        );
+        callee.input(Input::RemoteDescriptionSet);
+        callee.input(Input::LocalDescription {
+            sdp: CALLEE_SDP.into(),
+            mid: None,
+        });
+        // One without auth is a downgrade.
+        let outputs = from(&mut callee, offer(ID, RELAY_SDP), &at_callee);
+        assert!(not_authenticated(&outputs), "{outputs:?}");
+    }
+
+    /// The caller's keys (the restart offer's signer).
+    fn at_callee_signer() -> PeerAuth {
+        pair().0
+    }
+
+    #[test]
+    fn rule_21_the_dtls_certificate_must_be_the_authenticated_one() {
+        let (at_caller, at_callee) = pair();
+        let (_, offer) = signed_caller(config(AnswerPolicy::Manual), &at_caller);
+        // The certificate the offer's auth covered: the call comes up, authenticated.
+        let (mut callee, _) = signed_callee(&at_callee, offer.clone());
+        callee.input(Input::RemoteCertificate {
+            fingerprint: Some("sha-256 AA:AA".into()),
+        });
+        let callee = connected(callee);
+        assert!(callee.machine.snapshot().unwrap().authenticated);
+        // Another certificate (a relay's DTLS peer), or none: refused.
+        for presented in [Some("sha-256 EE:EE".to_string()), None] {
+            let (mut callee, _) = signed_callee(&at_callee, offer.clone());
+            let outputs = callee.input(Input::RemoteCertificate {
+                fingerprint: presented,
+            });
+            assert!(not_authenticated(&outputs), "{outputs:?}");
+        }
+        // Connected without a certificate check: refused, no media.
+        let (mut callee, _) = signed_callee(&at_callee, offer);
+        let outputs = callee.input(Input::PeerConnected);
+        assert!(not_authenticated(&outputs), "{outputs:?}");
+        assert!(!outputs.contains(&Output::Do(Action::StartMedia)));
+        // An unauthenticated call is not checked.
+        let mut plain = callee_connecting();
+        assert_eq!(
+            plain.input(Input::RemoteCertificate { fingerprint: None }),
+            []
+        );
+    }
+
+    #[test]
+    fn rule_22_local_only_remote_candidates_are_dropped_unless_allowed() {
+        let strict = MachineConfig {
+            allow_loopback_candidates: false,
+            ..config(AnswerPolicy::Manual)
+        };
+        let mut phone = incoming(strict);
+        for address in [
+            "127.0.0.1",
+            "127.8.9.10",
+            "169.254.1.2",
+            "0.0.0.0",
+            "224.0.0.251",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fe80::1",
+            "fe80::1%eth0",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+        ] {
+            let text = format!("candidate:1 1 udp 2130706431 {address} 9 typ host");
+            assert!(candidate_is_local_only(&text), "{text}");
+            assert_eq!(phone.signal(ice(ID, &text)), [], "{text}");
+        }
+        for address in ["192.0.2.7", "10.0.0.2", "2001:db8::1", "abcd.local"] {
+            let text = format!("candidate:1 1 udp 2130706431 {address} 9 typ host");
+            assert!(!candidate_is_local_only(&text), "{text}");
+            phone.signal(ice(ID, &text));
+        }
+        assert_eq!(phone.ice().remote_candidates_dropped, 12);
+        assert_eq!(phone.ice().remote_candidates, 4);
+        // In a remote SDP too.
+        let sdp = "v=0\r\na=candidate:1 1 udp 1 127.0.0.1 9 typ host\r\na=candidate:2 1 udp 1 192.0.2.7 9 typ host\r\nm=audio 9 UDP 0\r\n";
+        let mut callee = Phone::new(MachineConfig {
+            answer_policy: AnswerPolicy::Accept,
+            ..strict
+        });
+        callee.signal(offer(ID, sdp));
+        assert_eq!(
+            callee.input(Input::PeerCreated),
+            [Output::Do(Action::SetRemoteOffer {
+                sdp: "v=0\r\na=candidate:2 1 udp 1 192.0.2.7 9 typ host\r\nm=audio 9 UDP 0\r\n"
+                    .into()
+            })]
+        );
+        // Allowed (loopback tests, the demo): kept.
+        let mut open = incoming(config(AnswerPolicy::Manual));
+        open.signal(ice(ID, "candidate:1 1 udp 1 127.0.0.1 9 typ host"));
+        assert_eq!(open.ice().remote_candidates, 1);
+    }
 }
