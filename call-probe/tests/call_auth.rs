@@ -13,7 +13,7 @@ use call_probe::call::CallEvent;
 use call_probe::client::{self, Registered};
 use call_probe::config::{AnswerPolicy, CallConfig};
 use call_probe::line::PhoneLine;
-use call_probe::probe_call::{run_call, CallOptions};
+use call_probe::probe_call::{run_call, run_call_moving_on, CallOptions, ServerTried};
 use call_probe::report::{CallReport, EndReason};
 use call_probe::world::LocalWorld;
 use call_probe::ErrorKind;
@@ -183,13 +183,9 @@ async fn a_fingerprint_swapped_in_the_offer_ends_media_not_authenticated_at_the_
     world.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_fingerprint_swapped_in_the_answer_ends_media_not_authenticated_at_the_caller() {
-    let world = LocalWorld::start().await.unwrap();
-    let mut mallory = mallory(&world).await;
-    let code = mallory.code;
-    let caller = tokio::spawn(async move { run_call(&caller_options(&world, code)).await });
-    // Mallory answers like an answerer: accepts the pairing, then the call.
+/// Mallory answers like an answerer (accepts the pairing, then the call), with its own DTLS
+/// fingerprint in the answer under an `auth` made for another.
+async fn answer_with_a_swapped_fingerprint(mut mallory: Registered) {
     let (from, caller_key) = mallory
         .session
         .recv_until(
@@ -238,6 +234,20 @@ async fn a_fingerprint_swapped_in_the_answer_ends_media_not_authenticated_at_the
         .send(ClientMessage::call(from, &answer.into()))
         .await
         .unwrap();
+    // Keep the session until the caller hangs up (its candidates may come first).
+    while !matches!(
+        next_call(&mut mallory.session).await,
+        CallPayload::Hangup(_)
+    ) {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fingerprint_swapped_in_the_answer_ends_media_not_authenticated_at_the_caller() {
+    let world = LocalWorld::start().await.unwrap();
+    let mallory = mallory(&world).await;
+    let options = caller_options(&world, mallory.code);
+    let caller = tokio::spawn(async move { run_call(&options).await });
+    answer_with_a_swapped_fingerprint(mallory).await;
     let report = tokio::time::timeout(step() * 2, caller)
         .await
         .unwrap()
@@ -250,6 +260,45 @@ async fn a_fingerprint_swapped_in_the_answer_ends_media_not_authenticated_at_the
     let call = report.call.as_ref().unwrap();
     assert!(matches!(call.end, EndReason::MediaNotAuthenticated { .. }));
     assert!(!report.authenticated && !report.media_both_ways);
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_that_fails_authentication_moves_on_to_the_next_server() {
+    // On the first relay the code is held by mallory, on the second by the real answerer.
+    let hostile = LocalWorld::start().await.unwrap();
+    let honest = LocalWorld::start().await.unwrap();
+    let mallory = mallory(&hostile).await;
+    let code = mallory.code;
+    let (_, answer_key, serving) = answerer(&honest, |o| o.code = Some(code)).await;
+    let mallory_answers = tokio::spawn(answer_with_a_swapped_fingerprint(mallory));
+    let servers = [hostile.relay_url(), honest.relay_url()];
+    let options = caller_options(&hostile, code);
+    let (report, tried) = run_call_moving_on(&options, &servers).await;
+    assert_eq!(
+        tried,
+        [ServerTried {
+            server: hostile.relay_url().to_string(),
+            error_kind: Some(ErrorKind::MediaNotAuthenticated),
+        }]
+    );
+    assert_eq!(report.error, None, "{report:?}");
+    assert_eq!(report.server, honest.relay_url().to_string());
+    assert!(report.authenticated && report.media_both_ways);
+    assert_eq!(report.peer_key.as_deref(), Some(answer_key.as_str()));
+    assert!(served(serving).await.authenticated);
+    mallory_answers.await.unwrap();
+    // A failure of another kind does not move on.
+    let nobody = PairingCode::parse("ZZZ222").unwrap();
+    let (report, tried) = run_call_moving_on(&caller_options(&honest, nobody), &servers).await;
+    assert_eq!(
+        report.error_kind,
+        Some(ErrorKind::PairRefused),
+        "{report:?}"
+    );
+    assert!(tried.is_empty());
+    hostile.stop().await;
+    honest.stop().await;
 }
 
 /// A line with no identity (like Zajel's apps, browsers and aiortc: no `auth`) calling `code`.
