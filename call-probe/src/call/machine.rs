@@ -989,7 +989,7 @@ impl CallMachine {
                 let local = line
                     .trim()
                     .strip_prefix("a=")
-                    .is_some_and(|attribute| candidate_is_local_only(attribute));
+                    .is_some_and(candidate_is_local_only);
                 dropped += u32::from(local);
                 !local
             })
