@@ -203,6 +203,15 @@ mod tests {
         assert!(!again.authenticated_before("KEY-B"));
         assert!(!again.authenticated_before("KEY-C"));
         assert_eq!(again.all().count(), 2);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(CONTACTS_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
         // No temporary file is left behind.
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
