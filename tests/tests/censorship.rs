@@ -222,6 +222,7 @@ fn run_client(world: &World, kind: Client, run: &Run) -> Result<ClientResult, St
                 "--step-timeout",
                 "20",
                 "--json",
+                "--ephemeral-identity",
             ]);
             command
         }
@@ -322,6 +323,7 @@ fn start_answerer(world: &mut World, kind: Client, endpoint: &str) -> Result<(),
     command
         .args(["answer", "--code", CODE, "--server", endpoint])
         .args([
+            "--ephemeral-identity",
             "--allow-private",
             "--no-cache",
             "--no-qr",
