@@ -26,8 +26,8 @@ use tests::test_ca::TestCa;
 const CODE: &str = "VPSK7Q";
 
 /// The test network's "public" address is private (10.77.2.10), which discovery refuses by
-/// default; no cache file is read or written.
-const PRIVATE_NETWORK_FLAGS: [&str; 2] = ["--allow-private", "--no-cache"];
+/// default; no cache file, identity or contact list is read or written.
+const PRIVATE_NETWORK_FLAGS: [&str; 3] = ["--allow-private", "--no-cache", "--ephemeral-identity"];
 
 /// The pieces of the deployment, dropped processes first, namespaces last.
 struct Deployment {
