@@ -7,8 +7,10 @@
 //!   addresses it may dial, how failures are classified):
 //!   [`tls_handshake`], then [`SignalingSocket::upgrade`], then
 //!   [`SignalingSocket::next_message`] for the `server_info` greeting and
-//!   [`SignalingSocket::send`]. discovery-client's candidate check
-//!   (connect, upgrade, `server_info`, `ping`/`pong`) is built on them.
+//!   [`SignalingSocket::send`] (with [`identity_challenge`] for a fresh
+//!   `identity_challenge`). discovery-client's candidate check (connect,
+//!   upgrade, `server_info`, `identity_challenge`/`identity_proof`,
+//!   `ping`/`pong`) is built on them.
 //! - [`SignalingSession::connect`] opens the connection step by step — name
 //!   resolution, TCP, then TLS when the URL is `wss://`, then the WebSocket
 //!   upgrade, then the relay's `server_info` greeting — and records how long
@@ -34,6 +36,16 @@ use zajel_wire::pairing::PairingCode;
 use zajel_wire::signaling::{
     ClientMessage, IceServer, ServerMessage, MAX_FRAME_BYTES, PING_INTERVAL_MS,
 };
+use zajel_wire::signature::{IdentityNonce, IDENTITY_NONCE_BYTES};
+
+/// A fresh `identity_challenge`: 32 bytes from the operating system's random
+/// source, and the message carrying them. Keep the nonce to check the
+/// `identity_proof` with (`zajel_wire::signaling::IdentityProof::verify`).
+pub fn identity_challenge() -> Result<(IdentityNonce, ClientMessage), getrandom::Error> {
+    let mut nonce = [0u8; IDENTITY_NONCE_BYTES];
+    getrandom::fill(&mut nonce)?;
+    Ok((nonce, ClientMessage::IdentityChallenge { nonce }))
+}
 
 /// How many frames may wait in either direction before the session pushes back.
 const QUEUE_FRAMES: usize = 256;
@@ -756,6 +768,14 @@ mod tests {
             ServerMessage::Pong
         ));
         socket.close().await;
+    }
+
+    #[test]
+    fn identity_challenges_carry_a_fresh_nonce_each() {
+        let (first, message) = identity_challenge().unwrap();
+        assert_eq!(message, ClientMessage::IdentityChallenge { nonce: first });
+        let (second, _) = identity_challenge().unwrap();
+        assert_ne!(first, second);
     }
 
     #[test]
