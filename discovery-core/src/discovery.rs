@@ -201,10 +201,12 @@ pub enum Output {
 pub enum Event {
     /// A layer ended (with everything it returned).
     LayerFinished(LayerReport),
-    /// A candidate was checked (or refused without a check).
+    /// A candidate was checked (or refused without a check; sent again when
+    /// a signed source later names a checked candidate that proved another key).
     CandidateChecked(CandidateReport),
-    /// A candidate answered (sent again when a signed source later names an
-    /// already usable unverified candidate, now with `verified: true`).
+    /// A candidate answered and did not prove to be another server (sent
+    /// again when a signed source later names an already usable unverified
+    /// candidate that proved that source's key, now with `verified: true`).
     Usable(Candidate),
     /// The run is over.
     Finished(Box<Report>),
