@@ -17,7 +17,7 @@ use ed25519_dalek::SigningKey;
 use futures_util::{SinkExt, StreamExt};
 use relay_lite::{Relay, RelayConfig};
 use serde_json::Value;
-use tests::discovery_world::DiscoveryWorld;
+use tests::discovery_world::{DiscoveryWorld, DOMAIN};
 use tests::registry_host::{self, binary};
 use tests::ws_echo::{Identity, Proof, WsEcho};
 use zajel_wire::keys;
@@ -61,6 +61,39 @@ async fn server_info_naming_another_server_than_the_signed_entry_is_a_mismatch_n
     let best = serde_json::to_value(report.best.as_ref().unwrap()).unwrap();
     assert_eq!(best["url"], world.relay.url.as_str(), "{best}");
     assert_eq!(best["verified"], true, "{best}");
+}
+
+/// The same through DoH, as the issue measured it: a TXT record signed by
+/// the registry key names one server id, the server announces another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_doh_record_signed_for_another_server_than_the_one_answering_is_a_mismatch() {
+    let world = DiscoveryWorld::new().await;
+    let signed_for = registry_host::random_key();
+    let other = keys::server_id_for(&registry_host::random_key().verifying_key());
+    let impostor = WsEcho::start(&other);
+    world.register(&signed_for, &impostor.url).await;
+    let records = world.publish_with(&world.registry_key).await;
+    assert!(records.iter().any(|r| r.endpoint == impostor.url));
+    let doh = tests::doh_inprocess::InProcessDoh::start(
+        &world.ca,
+        DOMAIN,
+        &records
+            .iter()
+            .map(|r| (r.name.clone(), r.strings.clone()))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let mut config = world.config();
+    config.doh_servers = vec![format!("{},ip=127.0.0.1", doh.url).parse().unwrap()];
+    config.domains = vec![DOMAIN.into()];
+    let report = run_to_end(config).await;
+    let json = candidate_json(&report, &impostor.url);
+    assert_eq!(json["sources"], serde_json::json!(["doh"]), "{json}");
+    assert_eq!(json["outcome"], "identity_mismatch", "{json}");
+    assert_eq!(json["verified"], false, "{json}");
+    let relay = candidate_json(&report, &world.relay.url);
+    assert_eq!(relay["verified"], true, "{relay}");
+    assert_eq!(report.best.unwrap().url, world.relay.url);
 }
 
 /// A stand-in announcing `key`'s id and answering the challenge with `proof`.
