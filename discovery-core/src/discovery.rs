@@ -1694,6 +1694,47 @@ mod tests {
     }
 
     #[test]
+    fn rule_3_a_signed_sources_server_id_wins_over_an_unsigned_ones() {
+        let mut state = started(rules());
+        // An unsigned cache entry names an attacker's key first.
+        state.handle(
+            at(5),
+            source(
+                Layer::Cache,
+                "cache",
+                Outcome::Ok,
+                vec![Found {
+                    url: "wss://a.example".into(),
+                    verified: false,
+                    server_id: Some("ed25519:attacker".into()),
+                    last_ok_ms: None,
+                }],
+            ),
+        );
+        state.handle(
+            at(6),
+            source(
+                Layer::Registry,
+                "r1",
+                Outcome::Ok,
+                vec![signed("wss://a.example")],
+            ),
+        );
+        drain(&mut state);
+        // A server proving the attacker's key is not the one the registry signed.
+        state.handle(
+            at(10),
+            Input::Checked {
+                candidate: CandidateId(0),
+                result: proved_by("ed25519:attacker", "wss://a.example", 2.0),
+            },
+        );
+        let c = &state.report(at(10)).candidates[0];
+        assert_eq!(c.server_id.as_deref(), Some("ed25519:wss://a.example"));
+        assert_eq!(c.outcome, Outcome::IdentityMismatch, "{c:?}");
+    }
+
+    #[test]
     fn local_sources_read_links_and_typed_urls() {
         let key = ed25519_dalek::SigningKey::from_bytes(&[5u8; 32]).verifying_key();
         let code = zajel_wire::pairing::PairingCode::parse("ABC234").unwrap();
