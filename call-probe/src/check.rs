@@ -3,7 +3,10 @@
 //!
 //! 1. Discovery (every configured layer, with its report) picks a relay.
 //! 2. Signaling: TCP connect, TLS handshake (`wss://`), WebSocket upgrade, `server_info`,
-//!    `register` (asking for `ice_servers`), and a `ping` → `pong` round trip.
+//!    `register` (asking for `ice_servers`), an `identity_challenge` on that same connection
+//!    (judged against the key discovery's entry named: `ok`, `identity_unproven`,
+//!    `identity_mismatch`, reported, not a failure of the check), and a `ping` → `pong` round
+//!    trip.
 //! 3. STUN binding over UDP to the relay's STUN server (or its TURN server, which answers
 //!    binding requests too): the server-reflexive address, and whether UDP works at all.
 //! 4. TURN allocations over UDP, over TCP and over TLS (the last two through relay-lite's
@@ -23,7 +26,7 @@ use serde::Serialize;
 use tokio::net::UdpSocket;
 use webrtc::turn::client::{Client as TurnClient, ClientConfig as TurnClientConfig};
 use webrtc::util::Conn;
-use zajel_client_net::signaling::TrustAnchors;
+use zajel_client_net::signaling::{IdentityAnswer, TrustAnchors};
 use zajel_client_net::turn_bridge::StreamBridge;
 
 use crate::choose::{ChooseError, ServerChoice};
@@ -140,10 +143,76 @@ pub struct SignalingCheck {
     pub round_trip_ms: Option<f64>,
     /// ICE server URLs the relay handed out (credentials not shown).
     pub ice_servers: Vec<String>,
+    /// Who the relay proved to be on this connection (its answer to an
+    /// `identity_challenge`, judged like discovery judges it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<SignalingIdentity>,
     pub error: Option<String>,
     /// What failed, machine-readable (absent when nothing did).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_kind: Option<ErrorKind>,
+}
+
+/// The relay's identity as the signaling session showed it.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct SignalingIdentity {
+    /// `ok` (a valid proof), `identity_unproven` or `identity_mismatch`.
+    pub outcome: String,
+    /// The key the discovery entry named for this server (absent: none did).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_id: Option<String>,
+    /// The key of its valid proof.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proven_server_id: Option<String>,
+    pub detail: String,
+}
+
+impl SignalingIdentity {
+    /// Judges the relay at `url`'s answer with discovery's identity rules
+    /// (`zajel_discovery_core::identity`): against `expected` (the key its
+    /// entry named) and `announced` (its `server_info`).
+    pub fn judge(
+        url: &str,
+        expected: Option<&str>,
+        announced: &str,
+        answer: Result<IdentityAnswer, String>,
+    ) -> Self {
+        use discovery_client::identity::{self, Identity, IdentityCheck};
+        let check = match answer {
+            Ok(IdentityAnswer::Proof {
+                server_id,
+                endpoint,
+            }) => IdentityCheck::Proof {
+                server_id,
+                endpoint,
+            },
+            Ok(IdentityAnswer::Invalid { reason }) => IdentityCheck::Invalid(reason),
+            Ok(IdentityAnswer::Refused { message }) => IdentityCheck::Unanswered(message),
+            Err(error) => IdentityCheck::Unanswered(error),
+        };
+        let judged = identity::judge(url, expected, Some(announced), &check);
+        let (outcome, detail) = match &judged {
+            Identity::Proven { .. } => ("ok", String::new()),
+            Identity::Learnt { .. } => ("ok", "no entry names a key to check it against".into()),
+            Identity::Unproven(why) => ("identity_unproven", why.clone()),
+            Identity::Mismatch(why) => ("identity_mismatch", why.clone()),
+        };
+        Self {
+            outcome: outcome.into(),
+            server_id: expected.map(str::to_string),
+            proven_server_id: judged.proven_server_id().map(str::to_string),
+            detail,
+        }
+    }
+
+    /// One line for the table.
+    fn summary(&self) -> String {
+        match (&self.proven_server_id, &self.server_id) {
+            (Some(id), Some(_)) => format!("proven {id}"),
+            (Some(id), None) => format!("learnt {id} ({})", self.detail),
+            (None, _) => format!("{}: {}", self.outcome.replace('_', " "), self.detail),
+        }
+    }
 }
 
 /// One STUN binding or TURN allocation attempt.
@@ -294,6 +363,21 @@ pub async fn run_check(options: &CheckOptions) -> Result<CheckReport, CheckError
     signaling.register_ms = Some(registered.register_ms);
     signaling.ice_servers = client::describe_ice_servers(&registered.ice_servers);
     let mut session = registered.session;
+    let expected = choice
+        .discovery
+        .as_ref()
+        .and_then(|report| report.candidate(url.as_str()))
+        .and_then(|candidate| candidate.server_id.clone());
+    let answer = session
+        .prove_identity(step)
+        .await
+        .map_err(|error| error.to_string());
+    signaling.identity = Some(SignalingIdentity::judge(
+        url.as_str(),
+        expected.as_deref(),
+        &session.server_info().server_id,
+        answer,
+    ));
     match session.round_trip(step).await {
         Ok(rtt) => {
             signaling.round_trip_ms = Some(ms(rtt));
@@ -574,6 +658,9 @@ impl CheckReport {
                 ],
             );
             row(&mut out, "ice servers", list(&s.ice_servers));
+            if let Some(identity) = &s.identity {
+                row(&mut out, "identity", identity.summary());
+            }
             if let Some(error) = &s.error {
                 row(&mut out, "error", error);
             }
@@ -678,6 +765,42 @@ mod tests {
                     .as_str()
             )
         );
+    }
+
+    #[test]
+    fn the_signaling_identity_is_judged_like_discovery_judges_it() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]);
+        let id = zajel_wire::keys::server_id_for(&key.verifying_key());
+        let url = "ws://127.0.0.1:9/";
+        let proof = |endpoint: &str| {
+            Ok(IdentityAnswer::Proof {
+                server_id: id.clone(),
+                endpoint: endpoint.into(),
+            })
+        };
+        let proven = SignalingIdentity::judge(url, Some(&id), &id, proof("ws://127.0.0.1:9"));
+        assert_eq!(proven.outcome, "ok");
+        assert_eq!(proven.proven_server_id.as_deref(), Some(id.as_str()));
+        assert_eq!(proven.summary(), format!("proven {id}"));
+        let proxied = SignalingIdentity::judge(url, Some(&id), &id, proof("ws://elsewhere:9"));
+        assert_eq!(proxied.outcome, "identity_mismatch");
+        let zajel = SignalingIdentity::judge(
+            url,
+            Some(&id),
+            &id,
+            Ok(IdentityAnswer::Refused {
+                message: "Unknown message type: identity_challenge".into(),
+            }),
+        );
+        assert_eq!(zajel.outcome, "identity_unproven");
+        assert_eq!(
+            zajel.summary(),
+            "identity unproven: Unknown message type: identity_challenge"
+        );
+        let other = SignalingIdentity::judge(url, Some("ed25519:other"), &id, proof(url));
+        assert_eq!(other.outcome, "identity_mismatch");
+        let json = serde_json::to_value(&proven).unwrap();
+        assert_eq!(json["outcome"], "ok");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Where the relay comes from: the server inside a `zajel://…?server=` link, or a discovery
 //! run (discovery-client: registry, DoH, cache, referral, QR, manual layers). The result says
 //! which layer named the chosen server and which layers were blocked, for the reports (and for
-//! the censorship suite, which reads them).
+//! the censorship suite, which reads them), and who each checked server proved to be (the
+//! identity challenge: verified, proven or learnt, `identity_unproven`, `identity_mismatch`).
 
 use discovery_client::discovery::{Config as DiscoveryConfig, Discovery};
 use discovery_client::report::{Outcome, Report as DiscoveryReport};
@@ -44,6 +45,33 @@ pub struct BlockedLayer {
     pub detail: String,
 }
 
+/// Who a checked server proved to be (discovery's identity challenge).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ServerIdentity {
+    pub url: String,
+    /// The check's outcome (`ok`, `identity_unproven`, `identity_mismatch`, …).
+    pub outcome: String,
+    /// Named by a signed source and proven by that same key.
+    pub verified: bool,
+    /// The key a signed source named for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_id: Option<String>,
+    /// The key of its valid identity proof.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proven_server_id: Option<String>,
+}
+
+impl ServerIdentity {
+    /// The identity in a few words.
+    pub fn summary(&self) -> String {
+        match (&self.proven_server_id, self.verified) {
+            (Some(id), true) => format!("verified: proved {id}"),
+            (Some(id), false) => format!("learnt {id} (no signed entry names a key)"),
+            (None, _) => self.outcome.replace('_', " "),
+        }
+    }
+}
+
 /// A server a layer named that did not answer the check.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct UnreachableServer {
@@ -63,8 +91,11 @@ pub struct ServerChoice {
     pub found_by: Vec<String>,
     /// Layers that failed (timed out, refused, TLS failure, bad signature…).
     pub blocked: Vec<BlockedLayer>,
-    /// Servers the layers named that did not answer the check.
+    /// Servers the layers named that did not answer the check (or proved to be another server).
     pub unreachable: Vec<UnreachableServer>,
+    /// Who each server that answered proved to be.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<ServerIdentity>,
     /// The whole discovery report, when discovery ran.
     pub discovery: Option<DiscoveryReport>,
 }
@@ -89,6 +120,7 @@ impl ServerChoice {
             found_by: vec!["qr".into()],
             blocked: Vec::new(),
             unreachable: Vec::new(),
+            identities: Vec::new(),
             discovery: None,
         })
     }
@@ -120,11 +152,23 @@ impl ServerChoice {
         let unreachable = report
             .candidates
             .iter()
-            .filter(|c| !c.outcome.is_ok())
+            .filter(|c| !c.outcome.is_usable())
             .map(|c| UnreachableServer {
                 url: c.url.clone(),
                 outcome: outcome_name(c.outcome),
                 detail: c.detail.clone(),
+            })
+            .collect();
+        let identities = report
+            .candidates
+            .iter()
+            .filter(|c| c.outcome.is_usable() || matches!(c.outcome, Outcome::IdentityMismatch))
+            .map(|c| ServerIdentity {
+                url: c.url.clone(),
+                outcome: outcome_name(c.outcome),
+                verified: c.verified,
+                server_id: c.server_id.clone(),
+                proven_server_id: c.proven_server_id.clone(),
             })
             .collect();
         let (server, found_by) = match &report.best {
@@ -143,6 +187,7 @@ impl ServerChoice {
             found_by,
             blocked,
             unreachable,
+            identities,
             discovery: Some(report),
         }
     }
@@ -199,6 +244,13 @@ impl ServerChoice {
                 out.push('\n');
             }
         }
+        for identity in &self.identities {
+            out.push_str(&format!(
+                "identity            {} {}\n",
+                identity.url,
+                identity.summary()
+            ));
+        }
         out.push_str(&format!(
             "chosen server       {} ({} via {})\n",
             self.server.as_deref().unwrap_or("none"),
@@ -234,6 +286,62 @@ mod tests {
             error.to_string(),
             format!("server not a url at all: {source}")
         );
+    }
+
+    #[test]
+    fn the_choice_reports_who_each_server_proved_to_be() {
+        use discovery_client::report::{CandidateReport, Layer, Verdict};
+        let candidate = |url: &str, outcome, verified, proven: Option<&str>| CandidateReport {
+            url: url.into(),
+            sources: vec![Layer::Registry],
+            verified,
+            signed: true,
+            server_id: Some("ed25519:signed".into()),
+            announced_server_id: None,
+            proven_server_id: proven.map(str::to_string),
+            outcome,
+            detail: String::new(),
+            rtt_ms: Some(1.0),
+            checked_ms: Some(1.0),
+        };
+        let report = DiscoveryReport {
+            started_at_ms: 0,
+            duration_ms: 1.0,
+            complete: true,
+            verdict: Verdict::Verified,
+            best: None,
+            first_verified_ms: None,
+            first_usable_ms: None,
+            layers: Vec::new(),
+            candidates: vec![
+                candidate("wss://lite/", Outcome::Ok, true, Some("ed25519:signed")),
+                candidate("wss://zajel/", Outcome::IdentityUnproven, false, None),
+                candidate("wss://evil/", Outcome::IdentityMismatch, false, None),
+                candidate("wss://down/", Outcome::Refused, false, None),
+            ],
+            warnings: Vec::new(),
+        };
+        let choice = ServerChoice::from_report(report);
+        let unreachable: Vec<&str> = choice.unreachable.iter().map(|u| u.url.as_str()).collect();
+        assert_eq!(unreachable, ["wss://evil/", "wss://down/"]);
+        let identities: Vec<(&str, String)> = choice
+            .identities
+            .iter()
+            .map(|i| (i.url.as_str(), i.summary()))
+            .collect();
+        assert_eq!(
+            identities,
+            [
+                ("wss://lite/", "verified: proved ed25519:signed".to_string()),
+                ("wss://zajel/", "identity unproven".to_string()),
+                ("wss://evil/", "identity mismatch".to_string()),
+            ]
+        );
+        assert!(choice
+            .to_table()
+            .contains("identity            wss://evil/ identity mismatch"));
+        let json = serde_json::to_value(&choice).unwrap();
+        assert_eq!(json["identities"][1]["outcome"], "identity_unproven");
     }
 
     #[tokio::test]

@@ -604,6 +604,19 @@ async fn check_finds_the_server_and_every_call_path() {
     );
     assert!(signaling["round_trip_ms"].as_f64().is_some());
     assert_eq!(signaling["server_id"], world.relay.server_id());
+    // The relay proved the key its signed entry names, in discovery and on this connection.
+    assert_eq!(signaling["identity"]["outcome"], "ok", "{signaling}");
+    assert_eq!(
+        signaling["identity"]["proven_server_id"],
+        world.relay.server_id()
+    );
+    let identities = report["server"]["identities"].as_array().unwrap();
+    assert!(
+        identities
+            .iter()
+            .any(|i| i["verified"] == true && i["proven_server_id"] == world.relay.server_id()),
+        "{identities:?}"
+    );
     let found_by = report["server"]["found_by"].as_array().unwrap();
     assert!(found_by.iter().any(|l| l == "registry") && found_by.iter().any(|l| l == "doh"));
     // Without the CA the wss:// relay is not trusted: discovery finds no usable server.
@@ -641,6 +654,10 @@ async fn check_finds_the_server_and_every_call_path() {
     assert_eq!(status, 0);
     assert!(
         stdout.contains("direct UDP yes, TURN/UDP yes, TURN/TCP yes"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("proven {}", plain.relay.server_id())),
         "{stdout}"
     );
     // Without the demo CA the TURN/TLS handshake fails, and the report says so.

@@ -7,8 +7,10 @@
 //!   addresses it may dial, how failures are classified):
 //!   [`tls_handshake`], then [`SignalingSocket::upgrade`], then
 //!   [`SignalingSocket::next_message`] for the `server_info` greeting and
-//!   [`SignalingSocket::send`]. discovery-client's candidate check
-//!   (connect, upgrade, `server_info`, `ping`/`pong`) is built on them.
+//!   [`SignalingSocket::send`] (with [`identity_challenge`] for a fresh
+//!   `identity_challenge`). discovery-client's candidate check (connect,
+//!   upgrade, `server_info`, `identity_challenge`/`identity_proof`,
+//!   `ping`/`pong`) is built on them.
 //! - [`SignalingSession::connect`] opens the connection step by step — name
 //!   resolution, TCP, then TLS when the URL is `wss://`, then the WebSocket
 //!   upgrade, then the relay's `server_info` greeting — and records how long
@@ -16,6 +18,8 @@
 //!   reports for the signaling path. After that the session is a pair of
 //!   typed queues: frames to send are [`ClientMessage`]s, frames received are
 //!   [`ServerMessage`]s. Pings keep the connection alive while it is idle.
+//!   [`SignalingSession::prove_identity`] asks the relay on that very
+//!   connection to prove its key ([`IdentityAnswer`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +38,16 @@ use zajel_wire::pairing::PairingCode;
 use zajel_wire::signaling::{
     ClientMessage, IceServer, ServerMessage, MAX_FRAME_BYTES, PING_INTERVAL_MS,
 };
+use zajel_wire::signature::{IdentityNonce, IDENTITY_NONCE_BYTES};
+
+/// A fresh `identity_challenge`: 32 bytes from the operating system's random
+/// source, and the message carrying them. Keep the nonce to check the
+/// `identity_proof` with (`zajel_wire::signaling::IdentityProof::verify`).
+pub fn identity_challenge() -> Result<(IdentityNonce, ClientMessage), getrandom::Error> {
+    let mut nonce = [0u8; IDENTITY_NONCE_BYTES];
+    getrandom::fill(&mut nonce)?;
+    Ok((nonce, ClientMessage::IdentityChallenge { nonce }))
+}
 
 /// How many frames may wait in either direction before the session pushes back.
 const QUEUE_FRAMES: usize = 256;
@@ -198,6 +212,20 @@ pub struct ServerInfo {
     pub server_id: String,
     pub endpoint: String,
     pub region: String,
+}
+
+/// What a relay answered to an `identity_challenge`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "answer")]
+pub enum IdentityAnswer {
+    /// A proof for our nonce whose signature verifies by the key of
+    /// `server_id` over `endpoint` (whether those are the expected ones is
+    /// the caller's to judge).
+    Proof { server_id: String, endpoint: String },
+    /// A proof that does not hold (another nonce, a bad signature, malformed).
+    Invalid { reason: String },
+    /// An `error` instead (Zajel's server: `Unknown message type: identity_challenge`).
+    Refused { message: String },
 }
 
 /// An open signaling session.
@@ -493,6 +521,40 @@ impl SignalingSession {
         .await?
     }
 
+    /// Sends a fresh `identity_challenge` ([`identity_challenge`]) and waits
+    /// up to `limit` for the `identity_proof` (checked against the nonce and
+    /// the key inside its `serverId`) or an `error`; other frames meanwhile
+    /// are dropped.
+    pub async fn prove_identity(
+        &mut self,
+        limit: Duration,
+    ) -> Result<IdentityAnswer, SessionError> {
+        let (nonce, challenge) =
+            identity_challenge().map_err(|error| SessionError::Refused(error.to_string()))?;
+        self.send(challenge).await?;
+        self.recv_until(
+            limit,
+            "identity_proof",
+            |message| match message {
+                ServerMessage::IdentityProof(proof) => Some(match proof.verify(&nonce) {
+                    Ok(_) => IdentityAnswer::Proof {
+                        server_id: proof.server_id.clone(),
+                        endpoint: proof.endpoint.clone(),
+                    },
+                    Err(error) => IdentityAnswer::Invalid {
+                        reason: error.to_string(),
+                    },
+                }),
+                ServerMessage::Error { message } => Some(IdentityAnswer::Refused {
+                    message: message.clone(),
+                }),
+                _ => None,
+            },
+            |_| {},
+        )
+        .await
+    }
+
     /// Sends a `ping` and waits for the `pong`: the signaling round trip.
     pub async fn round_trip(&mut self, limit: Duration) -> Result<Duration, SessionError> {
         let started = Instant::now();
@@ -610,7 +672,8 @@ mod tests {
     }
 
     /// A one-connection fake relay on 127.0.0.1: sends `first`, then answers
-    /// every `ping` with a `pong`.
+    /// every `ping` with a `pong` and `identity_challenge` as Zajel's server
+    /// does (`Unknown message type`).
     async fn fake_relay(first: First) -> Url {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = Url::parse(&format!("ws://{}/", listener.local_addr().unwrap())).unwrap();
@@ -630,11 +693,15 @@ mod tests {
             socket.send(Message::text(text)).await.unwrap();
             while let Some(Ok(frame)) = socket.next().await {
                 if let Message::Text(text) = frame {
-                    if matches!(ClientMessage::parse(&text), Ok(ClientMessage::Ping)) {
-                        let pong = Message::text(ServerMessage::Pong.to_text());
-                        if socket.send(pong).await.is_err() {
-                            return;
+                    let reply = match ClientMessage::parse(&text) {
+                        Ok(ClientMessage::Ping) => ServerMessage::Pong,
+                        Ok(ClientMessage::IdentityChallenge { .. }) => {
+                            ServerMessage::error("Unknown message type: identity_challenge")
                         }
+                        _ => continue,
+                    };
+                    if socket.send(Message::text(reply.to_text())).await.is_err() {
+                        return;
                     }
                 }
             }
@@ -756,6 +823,83 @@ mod tests {
             ServerMessage::Pong
         ));
         socket.close().await;
+    }
+
+    #[tokio::test]
+    async fn prove_identity_verifies_the_answer_against_its_own_nonce() {
+        use zajel_wire::signaling::IdentityProof;
+        let key = ed25519_dalek::SigningKey::from_bytes(&[6u8; 32]);
+        // A relay that proves honestly, then one replaying that first proof.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("ws://{}/", listener.local_addr().unwrap())).unwrap();
+        let relay_key = key.clone();
+        tokio::spawn(async move {
+            let mut recorded: Option<IdentityProof> = None;
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let mut socket = tokio_tungstenite::accept_async(tcp).await.unwrap();
+                let greeting = ServerMessage::ServerInfo {
+                    server_id: "ed25519:x".into(),
+                    endpoint: "ws://relay.test".into(),
+                    region: "test".into(),
+                };
+                socket
+                    .send(Message::text(greeting.to_text()))
+                    .await
+                    .unwrap();
+                while let Some(Ok(Message::Text(text))) = socket.next().await {
+                    let Ok(ClientMessage::IdentityChallenge { nonce }) =
+                        ClientMessage::parse(&text)
+                    else {
+                        continue;
+                    };
+                    let proof = recorded.clone().unwrap_or_else(|| {
+                        IdentityProof::sign(&relay_key, &nonce, "ws://relay.test")
+                    });
+                    recorded = Some(proof.clone());
+                    let answer = ServerMessage::IdentityProof(proof).to_text();
+                    socket.send(Message::text(answer)).await.unwrap();
+                }
+            }
+        });
+        let mut session = SignalingSession::connect(&url, &TrustAnchors::WebPki, STEP)
+            .await
+            .unwrap();
+        assert_eq!(
+            session.prove_identity(STEP).await.unwrap(),
+            IdentityAnswer::Proof {
+                server_id: zajel_wire::keys::server_id_for(&key.verifying_key()),
+                endpoint: "ws://relay.test".into()
+            }
+        );
+        session.close(STEP).await;
+        let mut replayed = SignalingSession::connect(&url, &TrustAnchors::WebPki, STEP)
+            .await
+            .unwrap();
+        assert!(matches!(
+            replayed.prove_identity(STEP).await.unwrap(),
+            IdentityAnswer::Invalid { reason } if reason.contains("another nonce")
+        ));
+        // Zajel's server answers with an error.
+        let url = fake_relay(First::Greeting).await;
+        let mut zajel = SignalingSession::connect(&url, &TrustAnchors::WebPki, STEP)
+            .await
+            .unwrap();
+        assert_eq!(
+            zajel.prove_identity(STEP).await.unwrap(),
+            IdentityAnswer::Refused {
+                message: "Unknown message type: identity_challenge".into()
+            }
+        );
+        assert!(zajel.round_trip(STEP).await.is_ok(), "the session goes on");
+    }
+
+    #[test]
+    fn identity_challenges_carry_a_fresh_nonce_each() {
+        let (first, message) = identity_challenge().unwrap();
+        assert_eq!(message, ClientMessage::IdentityChallenge { nonce: first });
+        let (second, _) = identity_challenge().unwrap();
+        assert_ne!(first, second);
     }
 
     #[test]

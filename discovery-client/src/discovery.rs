@@ -395,6 +395,7 @@ impl Driver {
                             detail: result.detail,
                             rtt_ms: result.rtt_ms,
                             announced_server_id: result.announced_server_id,
+                            identity: result.identity,
                         },
                     });
                 });

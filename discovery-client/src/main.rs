@@ -16,7 +16,7 @@ use discovery_client::cli::{ArgsError, DiscoveryArgs, StoreArgs, TrustArgs};
 use discovery_client::discovery::{Config, Discovery, DiscoveryError, Event};
 use discovery_client::doh::DohServer;
 use discovery_client::publish::{self, PublishError, PublishRequest};
-use discovery_client::report::{Report, Verdict};
+use discovery_client::report::{CandidateReport, Outcome, Report, Verdict};
 use discovery_client::share::{self, QrError, ShareError, ShareLink};
 use discovery_client::store::{self, Store, StoreError};
 use discovery_client::txt;
@@ -392,6 +392,18 @@ fn verdict_code(verdict: Verdict) -> u8 {
     }
 }
 
+/// The identity part of a candidate's row: who it proved to be, or why not.
+fn identity_column(c: &CandidateReport) -> String {
+    match (&c.proven_server_id, c.outcome) {
+        (Some(id), _) if c.verified => format!(" identity proven {id}"),
+        (Some(id), _) => format!(" identity learnt {id} (no signed entry names a key)"),
+        (None, Outcome::IdentityMismatch | Outcome::IdentityUnproven) => {
+            format!(" ({})", c.detail)
+        }
+        (None, _) => String::new(),
+    }
+}
+
 fn print_report(report: &Report) {
     println!("layers:");
     for layer in &report.layers {
@@ -412,11 +424,12 @@ fn print_report(report: &Report) {
     for c in &report.candidates {
         let sources: Vec<&str> = c.sources.iter().map(|s| s.as_str()).collect();
         println!(
-            "  {} [{}] {} {}{}",
+            "  {} [{}] {} {}{}{}",
             c.url,
             sources.join(","),
             if c.verified { "verified" } else { "unverified" },
             c.outcome,
+            identity_column(c),
             match c.rtt_ms {
                 Some(rtt) => format!(" rtt {rtt:.1} ms"),
                 None if c.detail.is_empty() => String::new(),

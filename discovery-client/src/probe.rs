@@ -1,9 +1,19 @@
 //! Candidate checks: connect, WebSocket upgrade (over TLS for `wss://`), wait
-//! for the `server_info` greeting, send `{"type":"ping"}` and time the
-//! `{"type":"pong"}` (Zajel's keep-alive, reference §2), with the steps of
-//! the shared signaling client (`zajel_client_net::signaling`). Names are
-//! resolved here so that a host resolving to a private address is refused
-//! unless allowed, and failures are classified into report [`Outcome`]s here.
+//! for the `server_info` greeting, send `identity_challenge` with a fresh
+//! nonce and then `{"type":"ping"}`, and time the `{"type":"pong"}` (Zajel's
+//! keep-alive, reference §2), with the steps of the shared signaling client
+//! (`zajel_client_net::signaling`). Names are resolved here so that a host
+//! resolving to a private address is refused unless allowed, and failures are
+//! classified into report [`Outcome`]s here.
+//!
+//! The identity challenge goes out before the `ping`, so a server answers it
+//! before the `pong` (a relay handles one connection's frames in order). An
+//! `identity_proof` is verified here against our nonce and the key inside
+//! its `serverId` ([`IdentityCheck::Proof`] or [`IdentityCheck::Invalid`]);
+//! an `error` (Zajel's server: `Unknown message type: identity_challenge`)
+//! or nothing before the `pong` is [`IdentityCheck::Unanswered`]. Whether the
+//! key and endpoint are the ones the candidate's entry names is the discovery
+//! state's rule ([`zajel_discovery_core::identity`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::{tungstenite, MaybeTlsStream};
 use url::Url;
 use zajel_client_net::signaling::{self, ReceiveError, SignalingSocket};
+use zajel_discovery_core::identity::IdentityCheck;
 use zajel_wire::signaling::{ClientMessage, ServerMessage, MAX_FRAME_BYTES};
 
 use crate::net;
@@ -26,6 +37,8 @@ pub struct ProbeResult {
     pub rtt_ms: Option<f64>,
     /// The `serverId` from `server_info`.
     pub announced_server_id: Option<String>,
+    /// What the identity challenge showed.
+    pub identity: IdentityCheck,
 }
 
 impl ProbeResult {
@@ -35,6 +48,7 @@ impl ProbeResult {
             detail: detail.into(),
             rtt_ms: None,
             announced_server_id: None,
+            identity: IdentityCheck::Unanswered("the check did not get that far".into()),
         }
     }
 }
@@ -140,10 +154,21 @@ async fn probe_inner(
         }
         Err(result) => return result,
     };
+    let (nonce, challenge) = match signaling::identity_challenge() {
+        Ok(challenge) => challenge,
+        Err(e) => return ProbeResult::failed(Outcome::Error, format!("no random nonce: {e}")),
+    };
+    if let Err(e) = socket.send(&challenge).await {
+        return ProbeResult::failed(
+            net::classify(&e),
+            format!("sending identity_challenge: {e}"),
+        );
+    }
     let sent = Instant::now();
     if let Err(e) = socket.send(&ClientMessage::Ping).await {
         return ProbeResult::failed(net::classify(&e), format!("sending ping: {e}"));
     }
+    let mut identity = None;
     loop {
         match next_server_message(&mut socket).await {
             Ok(ServerMessage::Pong) => {
@@ -154,7 +179,22 @@ async fn probe_inner(
                     detail: String::new(),
                     rtt_ms: Some(rtt),
                     announced_server_id: announced,
+                    identity: identity.unwrap_or_else(|| {
+                        IdentityCheck::Unanswered("no identity_proof before the pong".into())
+                    }),
                 };
+            }
+            Ok(ServerMessage::IdentityProof(proof)) if identity.is_none() => {
+                identity = Some(match proof.verify(&nonce) {
+                    Ok(_) => IdentityCheck::Proof {
+                        server_id: proof.server_id,
+                        endpoint: proof.endpoint,
+                    },
+                    Err(e) => IdentityCheck::Invalid(e.to_string()),
+                });
+            }
+            Ok(ServerMessage::Error { message }) if identity.is_none() => {
+                identity = Some(IdentityCheck::Unanswered(message));
             }
             Ok(_) => continue,
             Err(result) => return result,

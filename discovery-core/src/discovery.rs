@@ -21,9 +21,9 @@
 //!    its start, not configured. Anything a source sends after its layer
 //!    ended is ignored.
 //! 3. **Merging**: candidates are keyed by their normalised signaling URL; a
-//!    URL named again adds the layer to its sources, becomes verified if the
-//!    new source is signed, keeps the first `serverId` and cache time, and is
-//!    never checked twice.
+//!    URL named again adds the layer to its sources, becomes signed if the
+//!    new source is signed, keeps the first `serverId` (a signed source's
+//!    over an unsigned one's) and cache time, and is never checked twice.
 //! 4. **Admission**: a URL that is not a signaling URL is refused as
 //!    `invalid` and a loopback or private host as `private_address` (unless
 //!    private addresses are allowed), both without a check; every other new
@@ -31,11 +31,15 @@
 //! 5. **Check limit**: at most `max_parallel_checks` checks run at once; the
 //!    others wait in admission order.
 //! 6. **Usable**: a check that answered makes the candidate usable (an
-//!    [`Event::Usable`]); a usable unverified candidate later named by a
-//!    signed source is announced again, verified. The report keeps the time
-//!    to the first usable and the first verified usable server.
-//! 7. **Ranking**: verified before unverified, then worked in the last 24 h
-//!    (from the cache), then the shortest round trip.
+//!    [`Event::Usable`]) unless its identity is a mismatch (rule 11); a
+//!    usable unverified candidate later named by a signed source is judged
+//!    again against that source's `serverId`: announced again when it is now
+//!    verified, reported again when it is now a mismatch. The report keeps
+//!    the time to the first usable and the first verified usable server.
+//! 7. **Ranking**: verified (signed and proven) first, then servers with a
+//!    valid identity proof before unproven ones, then signed before
+//!    unsigned, then worked in the last 24 h (from the cache), then the
+//!    shortest round trip.
 //! 8. **Handover** ([`handover`]): a verified usable server is handed over as
 //!    soon as it is known; when the run ends first, its best server (possibly
 //!    unverified, possibly none).
@@ -46,6 +50,13 @@
 //! 10. **Report**: a layer still running shows `pending` unless a source was
 //!     already ok; its outcome is otherwise the most telling of its sources'
 //!     ([`Outcome::summarise`]); the verdict is that of the best candidate.
+//! 11. **Identity** ([`crate::identity`]): a check that answered is judged on
+//!     its identity challenge against the candidate's `serverId`: proven (or
+//!     learnt, when nothing named a key) stays [`Outcome::Ok`]; no proof is
+//!     [`Outcome::IdentityUnproven`] (usable, never verified); another key,
+//!     endpoint or nonce, a bad signature or a `server_info` naming another
+//!     server is [`Outcome::IdentityMismatch`] (not used). A candidate is
+//!     *verified* only when signed AND proven by that same key.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -55,6 +66,7 @@ use url::Url;
 use zajel_wire::endpoint;
 
 use crate::address;
+use crate::identity::{self, Identity, IdentityCheck};
 use crate::report::{
     Candidate, CandidateReport, Layer, LayerReport, Outcome, Report, SourceReport, Verdict,
 };
@@ -101,8 +113,10 @@ impl Default for Rules {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Found {
     pub url: String,
-    /// Named by a source signed with a pinned registry key.
+    /// Named by a source signed with a pinned registry key (the candidate
+    /// is *signed*; verified once it also proves that `server_id`).
     pub verified: bool,
+    /// The key the server must prove (rule 11).
     pub server_id: Option<String>,
     /// When it last worked, from the cache.
     pub last_ok_ms: Option<u64>,
@@ -128,6 +142,8 @@ pub struct CheckResult {
     pub rtt_ms: Option<f64>,
     /// The `serverId` the server announced in `server_info`.
     pub announced_server_id: Option<String>,
+    /// What the identity challenge showed (meaningful when `outcome` is ok).
+    pub identity: IdentityCheck,
 }
 
 /// Which candidate a check is for.
@@ -138,6 +154,7 @@ pub struct CandidateId(pub usize);
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckedServer {
     pub url: String,
+    /// Named by a signed source (what the next run's cache layer says).
     pub verified: bool,
     pub server_id: Option<String>,
     pub rtt_ms: Option<f64>,
@@ -184,10 +201,12 @@ pub enum Output {
 pub enum Event {
     /// A layer ended (with everything it returned).
     LayerFinished(LayerReport),
-    /// A candidate was checked (or refused without a check).
+    /// A candidate was checked (or refused without a check; sent again when
+    /// a signed source later names a checked candidate that proved another key).
     CandidateChecked(CandidateReport),
-    /// A candidate answered (sent again when a signed source later names an
-    /// already usable unverified candidate, now with `verified: true`).
+    /// A candidate answered and did not prove to be another server (sent
+    /// again when a signed source later names an already usable unverified
+    /// candidate that proved that source's key, now with `verified: true`).
     Usable(Candidate),
     /// The run is over.
     Finished(Box<Report>),
@@ -216,12 +235,14 @@ pub fn handover(event: &Event) -> Option<Handover> {
 }
 
 /// Rule 7: the sort key of a usable candidate (smaller ranks first).
-pub fn rank_key(candidate: &Candidate, now_ms: u64) -> (u8, u8, f64) {
+pub fn rank_key(candidate: &Candidate, now_ms: u64) -> (u8, u8, u8, u8, f64) {
     let recent = candidate
         .last_ok_ms
         .is_some_and(|t| now_ms.saturating_sub(t) < RECENT_MS);
     (
         u8::from(!candidate.verified),
+        u8::from(candidate.proven_server_id.is_none()),
+        u8::from(!candidate.signed),
         u8::from(!recent),
         candidate.rtt_ms.unwrap_or(f64::MAX),
     )
@@ -305,12 +326,15 @@ fn is_network(layer: Layer) -> bool {
 struct CandidateState {
     url: String,
     sources: Vec<Layer>,
-    verified: bool,
+    /// Named by a signed source.
+    signed: bool,
     server_id: Option<String>,
     last_ok_ms: Option<u64>,
     outcome: Option<Outcome>,
     detail: String,
     check: Option<CheckResult>,
+    /// Rule 11's judgement of a check that answered.
+    identity: Option<Identity>,
     checked_ms: Option<f64>,
 }
 
@@ -319,23 +343,73 @@ impl CandidateState {
         Candidate {
             url: self.url.clone(),
             sources: self.sources.clone(),
-            verified: self.verified,
+            verified: self.verified(),
+            signed: self.signed,
             server_id: self.server_id.clone(),
+            proven_server_id: self.proven_server_id(),
             rtt_ms: self.check.as_ref().and_then(|c| c.rtt_ms),
             last_ok_ms: self.last_ok_ms,
         }
     }
 
+    /// Signed and proven by that same key.
+    fn verified(&self) -> bool {
+        self.signed && matches!(self.identity, Some(Identity::Proven { .. }))
+    }
+
+    fn proven_server_id(&self) -> Option<String> {
+        self.identity
+            .as_ref()
+            .and_then(|i| i.proven_server_id().map(str::to_string))
+    }
+
     fn usable(&self) -> bool {
-        self.outcome == Some(Outcome::Ok)
+        self.outcome.is_some_and(Outcome::is_usable)
+    }
+
+    /// Rule 11: the outcome of the check, judged on its identity against
+    /// the `serverId` the candidate's sources named so far.
+    fn judge(&mut self) {
+        let Some(check) = &self.check else {
+            return;
+        };
+        if !check.outcome.is_ok() {
+            self.outcome = Some(check.outcome);
+            self.detail = check.detail.clone();
+            self.identity = None;
+            return;
+        }
+        let identity = identity::judge(
+            &self.url,
+            self.server_id.as_deref(),
+            check.announced_server_id.as_deref(),
+            &check.identity,
+        );
+        let (outcome, detail) = match &identity {
+            Identity::Proven { .. } => (Outcome::Ok, check.detail.clone()),
+            Identity::Learnt { server_id } => (
+                Outcome::Ok,
+                format!("proved {server_id}; no signed entry names a key to check it against"),
+            ),
+            Identity::Unproven(why) => (
+                Outcome::IdentityUnproven,
+                format!("no identity proof: {why}"),
+            ),
+            Identity::Mismatch(why) => (Outcome::IdentityMismatch, why.clone()),
+        };
+        self.outcome = Some(outcome);
+        self.detail = detail;
+        self.identity = Some(identity);
     }
 
     fn report(&self) -> CandidateReport {
         CandidateReport {
             url: self.url.clone(),
             sources: self.sources.clone(),
-            verified: self.verified,
+            verified: self.verified(),
+            signed: self.signed,
             server_id: self.server_id.clone(),
+            proven_server_id: self.proven_server_id(),
             announced_server_id: self
                 .check
                 .as_ref()
@@ -629,33 +703,42 @@ impl DiscoveryState {
             if !c.sources.contains(&layer) {
                 c.sources.push(layer);
             }
-            let newly_verified = item.verified && !c.verified;
-            c.verified |= item.verified;
-            if c.server_id.is_none() {
+            let newly_signed = item.verified && !c.signed;
+            let was_usable = c.usable();
+            c.signed |= item.verified;
+            if c.server_id.is_none() || (newly_signed && item.server_id.is_some()) {
                 c.server_id = item.server_id;
             }
             if c.last_ok_ms.is_none() {
                 c.last_ok_ms = item.last_ok_ms;
             }
-            if newly_verified && c.usable() {
-                let candidate = c.candidate();
-                if self.first_verified_ms.is_none() {
-                    self.first_verified_ms = Some(now_ms);
+            if newly_signed && c.check.is_some() {
+                c.judge();
+                if c.verified() {
+                    let candidate = c.candidate();
+                    if self.first_verified_ms.is_none() {
+                        self.first_verified_ms = Some(now_ms);
+                    }
+                    self.outputs
+                        .push_back(Output::Event(Event::Usable(candidate)));
+                } else if was_usable && !c.usable() {
+                    let report = c.report();
+                    self.outputs
+                        .push_back(Output::Event(Event::CandidateChecked(report)));
                 }
-                self.outputs
-                    .push_back(Output::Event(Event::Usable(candidate)));
             }
             return;
         }
         let mut candidate = CandidateState {
             url: key.clone(),
             sources: vec![layer],
-            verified: item.verified,
+            signed: item.verified,
             server_id: item.server_id,
             last_ok_ms: item.last_ok_ms,
             outcome: None,
             detail: String::new(),
             check: None,
+            identity: None,
             checked_ms: None,
         };
         let index = self.candidates.len();
@@ -700,7 +783,7 @@ impl DiscoveryState {
         }
     }
 
-    /// Rule 6: records a check's result.
+    /// Rules 6 and 11: records a check's result, judged on its identity.
     fn checked(&mut self, now: Duration, index: usize, result: CheckResult) {
         let Some(c) = self.candidates.get_mut(index) else {
             return;
@@ -710,11 +793,10 @@ impl DiscoveryState {
         }
         self.checks_running = self.checks_running.saturating_sub(1);
         let now_ms = ms(now);
-        let usable = result.outcome.is_ok();
-        c.outcome = Some(result.outcome);
-        c.detail = result.detail.clone();
         c.check = Some(result);
+        c.judge();
         c.checked_ms = Some(now_ms);
+        let usable = c.usable();
         let report = c.report();
         let candidate = c.candidate();
         self.outputs
@@ -749,7 +831,7 @@ impl DiscoveryState {
                 .filter(|c| c.check.is_some())
                 .map(|c| CheckedServer {
                     url: c.url.clone(),
-                    verified: c.verified,
+                    verified: c.signed,
                     server_id: c.server_id.clone(),
                     rtt_ms: c.check.as_ref().and_then(|p| p.rtt_ms),
                     answered: c.usable(),
@@ -907,12 +989,34 @@ mod tests {
         }
     }
 
-    fn answered(rtt_ms: f64) -> CheckResult {
+    /// A check of the server at `url` that answered and proved the key
+    /// [`signed`] names for it.
+    fn answered(url: &str, rtt_ms: f64) -> CheckResult {
+        proved_by(&format!("ed25519:{url}"), url, rtt_ms)
+    }
+
+    /// A check that answered with a valid proof by `server_id` for `endpoint`.
+    fn proved_by(server_id: &str, endpoint: &str, rtt_ms: f64) -> CheckResult {
+        CheckResult {
+            outcome: Outcome::Ok,
+            detail: String::new(),
+            rtt_ms: Some(rtt_ms),
+            announced_server_id: Some(server_id.into()),
+            identity: IdentityCheck::Proof {
+                server_id: server_id.into(),
+                endpoint: endpoint.into(),
+            },
+        }
+    }
+
+    /// A check that answered `ping` but not the challenge (Zajel's server).
+    fn unproven(rtt_ms: f64) -> CheckResult {
         CheckResult {
             outcome: Outcome::Ok,
             detail: String::new(),
             rtt_ms: Some(rtt_ms),
             announced_server_id: None,
+            identity: IdentityCheck::Unanswered("Unknown message type: identity_challenge".into()),
         }
     }
 
@@ -922,6 +1026,7 @@ mod tests {
             detail: "connection refused".into(),
             rtt_ms: None,
             announced_server_id: None,
+            identity: IdentityCheck::Unanswered("no connection".into()),
         }
     }
 
@@ -1074,7 +1179,8 @@ mod tests {
         assert_eq!(report.candidates.len(), 1);
         let c = &report.candidates[0];
         assert_eq!(c.sources, [Layer::Manual, Layer::Registry, Layer::Cache]);
-        assert!(c.verified);
+        assert!(c.signed);
+        assert!(!c.verified, "not verified before it proves its identity");
         assert_eq!(c.server_id.as_deref(), Some("ed25519:wss://a.example"));
     }
 
@@ -1162,7 +1268,7 @@ mod tests {
             at(40),
             Input::Checked {
                 candidate: CandidateId(0),
-                result: answered(12.0),
+                result: answered("wss://a.example", 12.0),
             },
         );
         let outputs = events(drain(&mut state));
@@ -1195,7 +1301,9 @@ mod tests {
             url: String::new(),
             sources: Vec::new(),
             verified,
+            signed: verified,
             server_id: None,
+            proven_server_id: Some("ed25519:k".into()),
             rtt_ms: Some(rtt),
             last_ok_ms,
         };
@@ -1232,12 +1340,15 @@ mod tests {
             ),
         );
         drain(&mut state);
-        for (id, rtt) in [(0, 1.0), (1, 80.0)] {
+        for (id, url, rtt) in [
+            (0, "wss://fast.example", 1.0),
+            (1, "wss://slow.example", 80.0),
+        ] {
             state.handle(
                 at(50),
                 Input::Checked {
                     candidate: CandidateId(id),
-                    result: answered(rtt),
+                    result: answered(url, rtt),
                 },
             );
         }
@@ -1251,7 +1362,9 @@ mod tests {
             url: "wss://u.example/".into(),
             sources: vec![Layer::Manual],
             verified: false,
+            signed: false,
             server_id: None,
+            proven_server_id: None,
             rtt_ms: Some(1.0),
             last_ok_ms: None,
         };
@@ -1300,7 +1413,7 @@ mod tests {
             at(9),
             Input::Checked {
                 candidate: CandidateId(0),
-                result: answered(3.0),
+                result: answered("wss://a.example", 3.0),
             },
         );
         let outputs = drain(&mut state);
@@ -1385,6 +1498,240 @@ mod tests {
         assert_eq!(registry.outcome, Outcome::Refused);
         assert_eq!(registry.detail, "r1: ");
         assert!(!state.report(at(10)).complete);
+    }
+
+    #[test]
+    fn rule_7_proven_servers_rank_before_unproven_ones_even_slower() {
+        let mut state = started(rules());
+        state.handle(
+            at(5),
+            source(
+                Layer::Registry,
+                "r1",
+                Outcome::Ok,
+                vec![signed("wss://zajel.example"), signed("wss://lite.example")],
+            ),
+        );
+        state.handle(
+            at(5),
+            source(
+                Layer::Manual,
+                "typed",
+                Outcome::Ok,
+                vec![Found::unverified("wss://typed.example")],
+            ),
+        );
+        assert_eq!(checks(&drain(&mut state)).len(), 2);
+        // Zajel's server answers ping fast but cannot prove who it is.
+        state.handle(
+            at(20),
+            Input::Checked {
+                candidate: CandidateId(0),
+                result: unproven(1.0),
+            },
+        );
+        let outputs = events(drain(&mut state));
+        assert!(
+            matches!(&outputs[..], [Event::CandidateChecked(c), Event::Usable(u)]
+                if c.outcome == Outcome::IdentityUnproven && c.signed && !c.verified && !u.verified),
+            "{outputs:?}"
+        );
+        assert!(handover(&outputs[1]).is_none(), "unproven: not handed over");
+        let report = state.report(at(20));
+        assert_eq!(report.verdict, Verdict::UnverifiedOnly);
+        assert_eq!(report.first_verified_ms, None);
+        // An unsigned server that proves some key ranks before it.
+        state.handle(
+            at(25),
+            Input::Checked {
+                candidate: CandidateId(2),
+                result: proved_by("ed25519:typed", "wss://typed.example", 30.0),
+            },
+        );
+        let typed = state.report(at(25));
+        assert_eq!(typed.best.as_ref().unwrap().url, "wss://typed.example/");
+        let checked = typed.candidate("wss://typed.example/").unwrap();
+        assert_eq!(checked.outcome, Outcome::Ok);
+        assert_eq!(checked.proven_server_id.as_deref(), Some("ed25519:typed"));
+        assert!(!checked.verified, "learnt, not proven against anything");
+        // The relay that proves the signed key is best, though slowest.
+        state.handle(
+            at(40),
+            Input::Checked {
+                candidate: CandidateId(1),
+                result: answered("wss://lite.example", 90.0),
+            },
+        );
+        let outputs = events(drain(&mut state));
+        assert!(
+            matches!(outputs.last(), Some(e) if matches!(handover(e), Some(Handover::Verified(c)) if c.url == "wss://lite.example/")),
+            "{outputs:?}"
+        );
+        let report = state.report(at(40));
+        assert_eq!(report.best.unwrap().url, "wss://lite.example/");
+        assert_eq!(report.verdict, Verdict::Verified);
+        assert_eq!(report.first_verified_ms, Some(40.0));
+        let ranked = |url: &str| {
+            let c = state.candidates[state.index[url]].candidate();
+            rank_key(&c, STARTED_AT_MS)
+        };
+        assert!(ranked("wss://lite.example/") < ranked("wss://typed.example/"));
+        assert!(ranked("wss://typed.example/") < ranked("wss://zajel.example/"));
+    }
+
+    #[test]
+    fn rule_11_a_server_that_is_not_the_one_signed_is_a_mismatch_and_not_used() {
+        let mut state = started(Rules {
+            max_parallel_checks: 8,
+            ..rules()
+        });
+        let urls = [
+            "wss://other-key.example",
+            "wss://proxy.example",
+            "wss://replay.example",
+            "wss://announces.example",
+        ];
+        state.handle(
+            at(5),
+            source(
+                Layer::Doh,
+                "d1",
+                Outcome::Ok,
+                urls.iter().map(|u| signed(u)).collect(),
+            ),
+        );
+        assert_eq!(checks(&drain(&mut state)).len(), 4);
+        let results = [
+            // Proves, but with its own key.
+            proved_by("ed25519:attacker", "wss://other-key.example", 1.0),
+            // Passes on the real server's proof, which names the real endpoint.
+            proved_by("ed25519:wss://proxy.example", "wss://real.example", 1.0),
+            // An old proof for another nonce.
+            CheckResult {
+                identity: IdentityCheck::Invalid(
+                    "the proof answers another nonce (a replayed proof)".into(),
+                ),
+                ..answered("wss://replay.example", 1.0)
+            },
+            // server_info names another server than the signed record.
+            CheckResult {
+                announced_server_id: Some("ed25519:someone-else".into()),
+                ..unproven(1.0)
+            },
+        ];
+        for (id, result) in results.into_iter().enumerate() {
+            state.handle(
+                at(10),
+                Input::Checked {
+                    candidate: CandidateId(id),
+                    result,
+                },
+            );
+        }
+        let outputs = events(drain(&mut state));
+        assert!(
+            !outputs.iter().any(|e| matches!(e, Event::Usable(_))),
+            "{outputs:?}"
+        );
+        let report = state.report(at(10));
+        for c in &report.candidates {
+            assert_eq!(c.outcome, Outcome::IdentityMismatch, "{c:?}");
+            assert!(c.signed && !c.verified, "{c:?}");
+        }
+        assert!(report.candidates[1].detail.contains("wss://real.example"));
+        assert_eq!(report.best, None);
+        assert_eq!(report.verdict, Verdict::Nothing);
+    }
+
+    #[test]
+    fn rule_11_a_signed_source_naming_a_checked_server_judges_it_again() {
+        let mut state = started(rules());
+        state.handle(
+            at(5),
+            source(
+                Layer::Manual,
+                "typed",
+                Outcome::Ok,
+                vec![
+                    Found::unverified("wss://a.example"),
+                    Found::unverified("wss://b.example"),
+                ],
+            ),
+        );
+        drain(&mut state);
+        for (id, server_id, url) in [
+            (0, "ed25519:wss://a.example", "wss://a.example"),
+            (1, "ed25519:impostor", "wss://b.example"),
+        ] {
+            state.handle(
+                at(10),
+                Input::Checked {
+                    candidate: CandidateId(id),
+                    result: proved_by(server_id, url, 5.0),
+                },
+            );
+        }
+        drain(&mut state);
+        // The registry names both, with their keys: a is now verified, b is
+        // not the server the registry names.
+        state.handle(
+            at(30),
+            source(
+                Layer::Registry,
+                "r1",
+                Outcome::Ok,
+                vec![signed("wss://a.example"), signed("wss://b.example")],
+            ),
+        );
+        let outputs = events(drain(&mut state));
+        assert!(
+            matches!(&outputs[..], [Event::Usable(a), Event::CandidateChecked(b)]
+                if a.verified && a.url == "wss://a.example/"
+                && b.outcome == Outcome::IdentityMismatch && b.url == "wss://b.example/"),
+            "{outputs:?}"
+        );
+        assert_eq!(state.report(at(30)).best.unwrap().url, "wss://a.example/");
+    }
+
+    #[test]
+    fn rule_3_a_signed_sources_server_id_wins_over_an_unsigned_ones() {
+        let mut state = started(rules());
+        // An unsigned cache entry names an attacker's key first.
+        state.handle(
+            at(5),
+            source(
+                Layer::Cache,
+                "cache",
+                Outcome::Ok,
+                vec![Found {
+                    url: "wss://a.example".into(),
+                    verified: false,
+                    server_id: Some("ed25519:attacker".into()),
+                    last_ok_ms: None,
+                }],
+            ),
+        );
+        state.handle(
+            at(6),
+            source(
+                Layer::Registry,
+                "r1",
+                Outcome::Ok,
+                vec![signed("wss://a.example")],
+            ),
+        );
+        drain(&mut state);
+        // A server proving the attacker's key is not the one the registry signed.
+        state.handle(
+            at(10),
+            Input::Checked {
+                candidate: CandidateId(0),
+                result: proved_by("ed25519:attacker", "wss://a.example", 2.0),
+            },
+        );
+        let c = &state.report(at(10)).candidates[0];
+        assert_eq!(c.server_id.as_deref(), Some("ed25519:wss://a.example"));
+        assert_eq!(c.outcome, Outcome::IdentityMismatch, "{c:?}");
     }
 
     #[test]

@@ -11,12 +11,15 @@
 //! - [`share`]: `zajel://` sharing links (parse and format);
 //! - [`address`]: which hosts a candidate may point at;
 //! - [`report`]: the serde report of a run, and [`report::Candidate`];
+//! - [`identity`]: judging a server's identity proof against the key its
+//!   entry names (proven, learnt, unproven, mismatch);
 //! - [`discovery`]: the discovery state as a sans-IO machine (layer
 //!   stagger and timeouts, merging, admission, check limit, ranking,
 //!   handover, run end, report), driven by discovery-client's tokio driver.
 
 pub mod address;
 pub mod discovery;
+pub mod identity;
 pub mod registry_list;
 pub mod report;
 pub mod share;

@@ -81,6 +81,15 @@ pub enum Outcome {
     Error,
     /// Still running (only in a report taken before the run ended).
     Pending,
+    /// A candidate that answered but is not the server its entry names: its
+    /// identity proof is by another key, for another endpoint, for another
+    /// nonce (a replay) or does not verify, or its `server_info` names
+    /// another server. Not used.
+    IdentityMismatch,
+    /// A candidate that answered `ping` but not the identity challenge (an
+    /// `error`, as from Zajel's server, or no proof before the `pong`).
+    /// Usable, ranked after every proven server, never verified.
+    IdentityUnproven,
 }
 
 impl Outcome {
@@ -88,11 +97,19 @@ impl Outcome {
         self == Outcome::Ok
     }
 
+    /// Whether a candidate check with this outcome leaves a server that may
+    /// be used: it answered, and did not prove to be another server
+    /// ([`Outcome::Ok`] or [`Outcome::IdentityUnproven`]).
+    pub fn is_usable(self) -> bool {
+        matches!(self, Outcome::Ok | Outcome::IdentityUnproven)
+    }
+
     /// Which of two failures says more about why a layer failed (used to
     /// summarise several sources in one layer outcome).
     fn weight(self) -> u8 {
         match self {
             Outcome::Ok => 100,
+            Outcome::IdentityMismatch => 95,
             Outcome::InvalidSignature => 90,
             Outcome::Stale => 85,
             Outcome::TlsFailure => 80,
@@ -104,6 +121,7 @@ impl Outcome {
             Outcome::Invalid => 50,
             Outcome::Error => 45,
             Outcome::Empty => 40,
+            Outcome::IdentityUnproven => 35,
             Outcome::Pending => 1,
             Outcome::NotConfigured => 0,
         }
@@ -133,6 +151,8 @@ impl Outcome {
             Outcome::Invalid => "invalid input",
             Outcome::Error => "error",
             Outcome::Pending => "still running",
+            Outcome::IdentityMismatch => "identity mismatch",
+            Outcome::IdentityUnproven => "identity unproven",
         }
     }
 }
@@ -194,20 +214,32 @@ impl LayerReport {
     }
 }
 
-/// One candidate server: where it came from and whether it answered.
+/// One candidate server: where it came from, whether it answered and
+/// whether it proved to be the server its entry names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CandidateReport {
     /// The WebSocket URL checked.
     pub url: String,
     pub sources: Vec<Layer>,
-    /// Named by a source signed with a pinned registry key.
+    /// Named by a source signed with a pinned registry key ([`Self::signed`])
+    /// AND proved by that same key on this endpoint (the identity challenge).
     pub verified: bool,
-    /// The `serverId` a signed source gave for it.
+    /// Named by a source signed with a pinned registry key (registry, DoH,
+    /// or a cache entry first learned from one).
+    #[serde(default)]
+    pub signed: bool,
+    /// The `serverId` a signed source (or the entry) gave for it: the key
+    /// the server must prove.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_id: Option<String>,
     /// The `serverId` the server announced in `server_info`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announced_server_id: Option<String>,
+    /// The `serverId` of a valid identity proof the server gave for our
+    /// nonce and this endpoint. Without a [`Self::server_id`] to check it
+    /// against it is only learnt, not proven to be anyone in particular.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proven_server_id: Option<String>,
     pub outcome: Outcome,
     pub detail: String,
     /// `ping` → `pong` round trip.
@@ -226,10 +258,17 @@ pub struct Candidate {
     /// Layers that named it.
     pub sources: Vec<Layer>,
     /// Named by a source signed with a pinned registry key (registry, DoH, or
-    /// a cache entry first learned from one).
+    /// a cache entry first learned from one) AND proved by that same key.
     pub verified: bool,
+    /// Named by a source signed with a pinned registry key.
+    #[serde(default)]
+    pub signed: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_id: Option<String>,
+    /// The `serverId` of its valid identity proof (`None`: it did not prove,
+    /// `identity_unproven`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proven_server_id: Option<String>,
     /// `ping` → `pong` round trip when checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtt_ms: Option<f64>,
@@ -242,9 +281,10 @@ pub struct Candidate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
-    /// A server named by a signed source answered.
+    /// A server named by a signed source answered and proved it is that server.
     Verified,
-    /// Only servers from unsigned sources (referral, QR, manual) answered.
+    /// Only servers from unsigned sources (referral, QR, manual), or servers
+    /// that did not prove their identity, answered.
     UnverifiedOnly,
     /// No server answered.
     Nothing,
@@ -307,5 +347,16 @@ mod tests {
             serde_json::to_string(&Outcome::TlsFailure).unwrap(),
             "\"tls_failure\""
         );
+        assert_eq!(
+            serde_json::to_string(&Outcome::IdentityMismatch).unwrap(),
+            "\"identity_mismatch\""
+        );
+        assert_eq!(
+            serde_json::to_string(&Outcome::IdentityUnproven).unwrap(),
+            "\"identity_unproven\""
+        );
+        assert!(Outcome::IdentityUnproven.is_usable());
+        assert!(!Outcome::IdentityMismatch.is_usable());
+        assert!(!Outcome::IdentityUnproven.is_ok());
     }
 }

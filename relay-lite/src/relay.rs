@@ -76,6 +76,10 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     pub config: RelayConfig,
     pub server_id: String,
+    /// The key behind `server_id`: signs `identity_proof`s (never logged).
+    pub identity: SigningKey,
+    /// The endpoint sent in `server_info` and registered: what proofs sign.
+    pub endpoint: String,
     pub server_info: String,
     pub shutdown: watch::Receiver<bool>,
     next_connection: AtomicU64,
@@ -206,6 +210,8 @@ impl Relay {
             metrics: metrics.clone(),
             config: config.clone(),
             server_id: server_id.clone(),
+            identity: key.clone(),
+            endpoint: endpoint.clone(),
             server_info,
             shutdown: stopped.clone(),
             next_connection: AtomicU64::new(1),

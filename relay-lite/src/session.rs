@@ -1,5 +1,6 @@
 //! One client's WebSocket session: the `server_info` greeting, reading
-//! frames in Zajel's order (size, rate limit, parse, then the hub), the
+//! frames in Zajel's order (size, rate limit, parse, then the hub or, for
+//! `identity_challenge`, a proof signed with the server key), the
 //! writer task draining the bounded outbox, the idle timeout, the close
 //! codes (1009 too big, 1007 bad UTF-8, 1001 shutdown), and cleanup.
 
@@ -16,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use zajel_wire::pairing::PairingCode;
-use zajel_wire::signaling::{self, ClientMessage, ServerMessage, SignalingError};
+use zajel_wire::signaling::{self, ClientMessage, IdentityProof, ServerMessage, SignalingError};
 
 use crate::hub::Registration;
 use crate::ice;
@@ -229,6 +230,9 @@ impl Session {
         let hub = &self.shared.hub;
         let reply = match &message {
             ClientMessage::Ping => Some(ServerMessage::Pong),
+            ClientMessage::IdentityChallenge { nonce } => Some(ServerMessage::IdentityProof(
+                IdentityProof::sign(&self.shared.identity, nonce, &self.shared.endpoint),
+            )),
             ClientMessage::Register {
                 pairing_code,
                 public_key,

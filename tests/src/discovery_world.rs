@@ -39,7 +39,7 @@ impl DiscoveryWorld {
         let registry =
             registry_host::start_in_process_with_key(Profile::SIGNED, registry_key.clone());
         let server_key = registry_host::random_key();
-        let relay = WsEcho::start(&keys::server_id_for(&server_key.verifying_key()));
+        let relay = WsEcho::start(&server_key);
         let world = Self {
             ca,
             registry_key,

@@ -533,10 +533,8 @@ async fn the_cli_exit_codes_tell_verified_from_unverified_from_nothing() {
 async fn wss_servers_are_checked_over_tls_and_an_untrusted_certificate_fails() {
     let world = DiscoveryWorld::new().await;
     let server_key = registry_host::random_key();
-    let secure = tests::ws_echo::WsEcho::start_tls(
-        &zajel_wire::keys::server_id_for(&server_key.verifying_key()),
-        world.ca.server_config(&[b"http/1.1"]),
-    );
+    let secure =
+        tests::ws_echo::WsEcho::start_tls(&server_key, world.ca.server_config(&[b"http/1.1"]));
     assert!(secure.url.starts_with("wss://localhost:"));
     world.register(&server_key, &secure.url).await;
     let mut config = world.config();

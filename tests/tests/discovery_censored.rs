@@ -19,7 +19,6 @@ use tests::unbound_doh::UnboundDoh;
 use tests::ws_echo::WsEcho;
 use url::Url;
 use zajel_wire::entry::RegisterRequest;
-use zajel_wire::keys;
 
 /// Runs one discovery from inside the client namespace.
 fn discover_from_client(topology: &Topology, config: Config) -> Report {
@@ -62,7 +61,7 @@ fn a_censored_registry_is_routed_around_through_doh_then_the_cache() {
     let server_key = registry_host::random_key();
     let relay = WsEcho::start_on(
         bind_in_internet(&topology, SocketAddr::from((relay_ip, 80))),
-        &keys::server_id_for(&server_key.verifying_key()),
+        &server_key,
     );
     let registry_url = Url::parse(&registry.base_url).unwrap();
     let records = {

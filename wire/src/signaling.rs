@@ -80,6 +80,23 @@
 //! `"iceServers": true` on `register` ([`ClientMessage::Register`]'s
 //! `ice_servers`; servers that do not know the field ignore it).
 //!
+//! # `identity_challenge` / `identity_proof` (our extension)
+//!
+//! A client may ask a server to prove it holds the key of its `serverId`:
+//! `{"type":"identity_challenge","nonce":<standard base64 of 32 random bytes>}`
+//! ([`ClientMessage::IdentityChallenge`]; allowed before `register`, counted
+//! by the rate limit like every frame). The server answers
+//! `{"type":"identity_proof","serverId","endpoint","nonce","signature"}`
+//! ([`IdentityProof`]): `endpoint` is the URL it registers, `nonce` the
+//! challenge's, `signature` standard base64 of its Ed25519 signature over
+//! `zajel-server-identity-v1` ‖ 0x00 ‖ the 32 nonce bytes ‖ 0x00 ‖ endpoint
+//! (see [`crate::signature`] for the bytes and why). A nonce that is not
+//! standard base64 of 32 bytes gets `{"type":"error","message":"Invalid nonce
+//! format"}` ([`SignalingError::InvalidNonce`]); a missing one the usual
+//! missing-field error. Zajel's server answers `Unknown message type:
+//! identity_challenge`, which is how a client learns a server cannot prove
+//! who it is. Zajel's clients never send it.
+//!
 //! # Reading server frames (client side)
 //!
 //! [`ServerMessage`] is `Deserialize`; a frame of a type this crate does not
@@ -96,6 +113,7 @@ use serde_json::{Map, Value};
 
 use crate::call::{self, CallKind, CallPayload, CallPayloadError};
 use crate::pairing::{self, PairingCode};
+use crate::signature::{self, IdentityError, IdentityNonce};
 
 /// Largest client frame, in bytes (64 KiB). Larger frames close the
 /// connection with [`CLOSE_MESSAGE_TOO_BIG`].
@@ -154,12 +172,14 @@ pub const FORWARDED_MESSAGE_TYPES: [&str; ForwardKind::ALL.len()] = {
     names
 };
 
-/// The message types clients send.
-pub const CLIENT_MESSAGE_TYPES: [&str; 3 + FORWARDED_MESSAGE_TYPES.len() + 1] =
-    around_forwarded(&["register", "pair_request", "pair_response"], &["ping"]);
+/// The message types clients send (`identity_challenge` is our extension).
+pub const CLIENT_MESSAGE_TYPES: [&str; 3 + FORWARDED_MESSAGE_TYPES.len() + 2] = around_forwarded(
+    &["register", "pair_request", "pair_response"],
+    &["ping", "identity_challenge"],
+);
 
-/// The message types servers send (`ice_servers` is our extension).
-pub const SERVER_MESSAGE_TYPES: [&str; 9 + FORWARDED_MESSAGE_TYPES.len() + 3] = around_forwarded(
+/// The message types servers send (`ice_servers` and `identity_proof` are our extensions).
+pub const SERVER_MESSAGE_TYPES: [&str; 9 + FORWARDED_MESSAGE_TYPES.len() + 4] = around_forwarded(
     &[
         "server_info",
         "registered",
@@ -171,7 +191,7 @@ pub const SERVER_MESSAGE_TYPES: [&str; 9 + FORWARDED_MESSAGE_TYPES.len() + 3] = 
         "pair_expiring",
         "pair_timeout",
     ],
-    &["ice_servers", "pong", "error"],
+    &["ice_servers", "identity_proof", "pong", "error"],
 );
 
 /// `before`, then [`FORWARDED_MESSAGE_TYPES`], then `after` (`N` must be their total length).
@@ -234,6 +254,9 @@ pub enum SignalingError {
     /// `publicKey` is not standard base64 of 32 bytes (Zajel's text).
     #[error("Invalid public key format")]
     InvalidPublicKey,
+    /// An `identity_challenge`'s `nonce` is not standard base64 of 32 bytes.
+    #[error("Invalid nonce format")]
+    InvalidNonce,
     /// A call payload failed validation.
     #[error(transparent)]
     CallPayload(#[from] CallPayloadError),
@@ -522,6 +545,9 @@ pub enum ClientMessage {
     Forward(Forward),
     /// `{"type":"ping"}`.
     Ping,
+    /// `{"type":"identity_challenge","nonce"}` (our extension): asks the
+    /// server for an [`IdentityProof`]; allowed before `register`.
+    IdentityChallenge { nonce: IdentityNonce },
 }
 
 impl ClientMessage {
@@ -611,6 +637,10 @@ impl ClientMessage {
                     }
                 },
             },
+            "identity_challenge" => Self::IdentityChallenge {
+                nonce: signature::decode_identity_nonce(&string_field(&object, "nonce")?)
+                    .map_err(|_| SignalingError::InvalidNonce)?,
+            },
             _ => Self::Ping,
         })
     }
@@ -628,10 +658,12 @@ impl ClientMessage {
             Self::PairResponse { .. } => "pair_response",
             Self::Forward(forward) => forward.kind.type_name(),
             Self::Ping => "ping",
+            Self::IdentityChallenge { .. } => "identity_challenge",
         }
     }
 
-    /// Whether the sender must have registered first (all but `register` and `ping`).
+    /// Whether the sender must have registered first (all but `register`,
+    /// `ping` and `identity_challenge`).
     pub fn requires_registration(&self) -> bool {
         type_requires_registration(self.type_name())
     }
@@ -724,6 +756,9 @@ impl Serialize for ClientMessage {
                 map.serialize_entry("targetCode", target_code)?;
                 map.serialize_entry("accepted", accepted)?;
             }
+            Self::IdentityChallenge { nonce } => {
+                map.serialize_entry("nonce", &signature::encode_identity_nonce(nonce))?;
+            }
             Self::Forward(_) | Self::Ping => {}
         }
         map.end()
@@ -738,7 +773,7 @@ impl<'de> Deserialize<'de> for ClientMessage {
 }
 
 fn type_requires_registration(type_name: &str) -> bool {
-    !matches!(type_name, "register" | "ping")
+    !matches!(type_name, "register" | "ping" | "identity_challenge")
 }
 
 /// A required string field; absent, `null` and `""` count as missing.
@@ -773,6 +808,50 @@ fn payload_field(object: &mut Map<String, Value>) -> Result<Map<String, Value>, 
             field: "payload",
             expected: "an object",
         }),
+    }
+}
+
+/// `{"type":"identity_proof","serverId","endpoint","nonce","signature"}`:
+/// a server's answer to `identity_challenge` (our extension; see the module
+/// documentation and [`crate::signature`] for the signed bytes). Fields are
+/// plain strings so that any server's answer can be read; [`Self::verify`]
+/// checks it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityProof {
+    /// `ed25519:<standard base64 of the public key>`: the key that signed.
+    pub server_id: String,
+    /// The endpoint URL the server registers, as signed.
+    pub endpoint: String,
+    /// The challenge's nonce, standard base64.
+    pub nonce: String,
+    /// Standard base64 of the 64-byte Ed25519 signature.
+    pub signature: String,
+}
+
+impl IdentityProof {
+    /// The proof a server holding `key` and registering `endpoint` gives for `nonce`.
+    pub fn sign(key: &ed25519_dalek::SigningKey, nonce: &IdentityNonce, endpoint: &str) -> Self {
+        Self {
+            server_id: crate::keys::server_id_for(&key.verifying_key()),
+            endpoint: endpoint.to_string(),
+            nonce: signature::encode_identity_nonce(nonce),
+            signature: signature::sign_identity(key, nonce, endpoint),
+        }
+    }
+
+    /// Checks that this answers `nonce` (the challenge the client sent) and
+    /// that the signature verifies by the key inside `serverId` over the
+    /// nonce and `endpoint`; returns that key. The caller still compares
+    /// `serverId` and `endpoint` with the ones it expects.
+    pub fn verify(
+        &self,
+        nonce: &IdentityNonce,
+    ) -> Result<ed25519_dalek::VerifyingKey, IdentityError> {
+        if signature::decode_identity_nonce(&self.nonce)? != *nonce {
+            return Err(IdentityError::WrongNonce);
+        }
+        signature::verify_identity(&self.server_id, nonce, &self.endpoint, &self.signature)
     }
 }
 
@@ -859,6 +938,8 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ttl: Option<u64>,
     },
+    /// Answer to `identity_challenge` (our extension).
+    IdentityProof(IdentityProof),
     /// Answer to `ping`.
     Pong,
     /// A refusal.
@@ -956,6 +1037,7 @@ impl ServerMessage {
             Self::PairExpiring { .. } => "pair_expiring",
             Self::PairTimeout { .. } => "pair_timeout",
             Self::IceServers { .. } => "ice_servers",
+            Self::IdentityProof(_) => "identity_proof",
             Self::Pong => "pong",
             Self::Error { .. } => "error",
             Self::Forwarded(forwarded) => forwarded.kind.type_name(),
@@ -1382,7 +1464,14 @@ mod tests {
             ClientMessage::parse_for_connection(&pair, true),
             Err(SignalingError::InvalidTargetCode)
         );
-        for type_name in &CLIENT_MESSAGE_TYPES[1..CLIENT_MESSAGE_TYPES.len() - 1] {
+        let needing_registration = CLIENT_MESSAGE_TYPES
+            .iter()
+            .filter(|t| !matches!(**t, "register" | "ping" | "identity_challenge"));
+        assert_eq!(
+            needing_registration.clone().count(),
+            3 + FORWARDED_MESSAGE_TYPES.len() - 1
+        );
+        for type_name in needing_registration {
             let text = json!({"type": type_name}).to_string();
             assert_eq!(
                 ClientMessage::parse_for_connection(&text, false),
@@ -2036,7 +2125,7 @@ mod tests {
         let client: Vec<&str> = ["register", "pair_request", "pair_response"]
             .into_iter()
             .chain(FORWARDED_MESSAGE_TYPES)
-            .chain(["ping"])
+            .chain(["ping", "identity_challenge"])
             .collect();
         assert_eq!(CLIENT_MESSAGE_TYPES.to_vec(), client);
         let server: Vec<&str> = [
@@ -2052,7 +2141,7 @@ mod tests {
         ]
         .into_iter()
         .chain(FORWARDED_MESSAGE_TYPES)
-        .chain(["ice_servers", "pong", "error"])
+        .chain(["ice_servers", "identity_proof", "pong", "error"])
         .collect();
         assert_eq!(SERVER_MESSAGE_TYPES.to_vec(), server);
     }
@@ -2113,6 +2202,79 @@ mod tests {
         assert_eq!(
             ServerMessage::parse(r#"{"type":"ice_servers","iceServers":[],"ttl":"x"}"#),
             Err(SignalingError::InvalidFields("ice_servers".into()))
+        );
+    }
+
+    #[test]
+    fn identity_challenges_read_strictly_and_need_no_registration() {
+        let nonce = [3u8; 32];
+        let text = format!(
+            r#"{{"type":"identity_challenge","nonce":"{}"}}"#,
+            signature::encode_identity_nonce(&nonce)
+        );
+        let message = ClientMessage::parse_for_connection(&text, false).unwrap();
+        assert_eq!(message, ClientMessage::IdentityChallenge { nonce });
+        assert!(!message.requires_registration());
+        assert_eq!(message.to_text(), text);
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        for bad in [
+            json!("not base64!"),
+            json!(b64.encode([0u8; 31])),
+            json!(b64.encode([0u8; 33])),
+        ] {
+            let error = parse(json!({"type": "identity_challenge", "nonce": bad})).unwrap_err();
+            assert_eq!(error, SignalingError::InvalidNonce, "{bad}");
+            assert_eq!(
+                error.to_server_message().to_text(),
+                r#"{"type":"error","message":"Invalid nonce format"}"#
+            );
+        }
+        assert_eq!(
+            parse(json!({"type": "identity_challenge"})),
+            Err(SignalingError::MissingField("nonce"))
+        );
+        assert_eq!(
+            parse(json!({"type": "identity_challenge", "nonce": 5})),
+            Err(SignalingError::WrongType {
+                field: "nonce",
+                expected: "a string"
+            })
+        );
+    }
+
+    #[test]
+    fn identity_proofs_have_the_agreed_shape_and_verify_only_their_nonce() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[4u8; 32]);
+        let nonce = [9u8; 32];
+        let proof = IdentityProof::sign(&key, &nonce, "wss://relay.example/ws");
+        let message = ServerMessage::IdentityProof(proof.clone());
+        let text = message.to_text();
+        assert_eq!(
+            text,
+            format!(
+                r#"{{"type":"identity_proof","serverId":"{}","endpoint":"wss://relay.example/ws","nonce":"{}","signature":"{}"}}"#,
+                proof.server_id, proof.nonce, proof.signature
+            )
+        );
+        assert_eq!(ServerMessage::parse(&text).unwrap(), message);
+        assert_eq!(message.type_name(), "identity_proof");
+        assert_eq!(proof.verify(&nonce), Ok(key.verifying_key()));
+        // An old proof replayed to a new challenge.
+        assert_eq!(proof.verify(&[8u8; 32]), Err(IdentityError::WrongNonce));
+        let forged = IdentityProof {
+            endpoint: "wss://proxy.example/ws".into(),
+            ..proof.clone()
+        };
+        assert_eq!(forged.verify(&nonce), Err(IdentityError::Invalid));
+        let garbled = IdentityProof {
+            nonce: "AAAA".into(),
+            ..proof
+        };
+        assert_eq!(garbled.verify(&nonce), Err(IdentityError::NonceEncoding));
+        assert_eq!(
+            ServerMessage::parse(r#"{"type":"identity_proof","serverId":"x"}"#),
+            Err(SignalingError::InvalidFields("identity_proof".into()))
         );
     }
 

@@ -10,6 +10,28 @@
 //! *Lists* (Zajel's scheme): `GET /servers` carries `X-Bootstrap-Signature`,
 //! standard base64 of an Ed25519 signature over the exact body bytes; the body's
 //! `timestamp` must be within [`FRESHNESS_WINDOW_MS`] of the client's clock.
+//!
+//! *Server identity* (our extension, additive): a signed list or record says
+//! which `serverId` (Ed25519 key) serves an endpoint, but only the server
+//! itself can prove it is that one. A client sends
+//! `{"type":"identity_challenge","nonce":<standard base64 of 32 random bytes>}`
+//! on the signaling connection; the server answers
+//! `{"type":"identity_proof","serverId","endpoint","nonce","signature"}`
+//! where `signature` is standard base64 of the 64-byte Ed25519 signature by
+//! the key inside `serverId` over exactly these bytes
+//! ([`identity_message`]):
+//!
+//! ```text
+//! UTF-8 "zajel-server-identity-v1" ‖ 0x00 ‖ the 32 raw nonce bytes ‖ 0x00 ‖ UTF-8 endpoint
+//! ```
+//!
+//! `endpoint` is the URL the server registers (and sends in `server_info`).
+//! The fresh nonce stops replays of old proofs; the endpoint inside the
+//! signature stops a proxy from passing off the real server's proof as its
+//! own (the proof names the real server's endpoint, not the proxy's). The
+//! client checks the nonce is its own, the signature ([`verify_identity`]),
+//! and that `serverId` and `endpoint` are the ones it expects (see the
+//! discovery rules). [`crate::signaling::IdentityProof`] is the message.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -45,6 +67,92 @@ impl MutationAction {
             Self::Unregister => "unregister",
         }
     }
+}
+
+/// Domain separation tag of server identity proofs.
+pub const IDENTITY_DOMAIN: &str = "zajel-server-identity-v1";
+/// Length of an identity challenge's nonce, in bytes.
+pub const IDENTITY_NONCE_BYTES: usize = 32;
+
+/// An identity challenge's nonce (32 random bytes from the client).
+pub type IdentityNonce = [u8; IDENTITY_NONCE_BYTES];
+
+/// Why an identity challenge or proof was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("nonce is not standard base64 of 32 bytes")]
+    NonceEncoding,
+    #[error("the proof answers another nonce (a replayed proof)")]
+    WrongNonce,
+    #[error("serverId: {0}")]
+    Key(#[from] KeyError),
+    #[error("signature is not standard base64 of 64 bytes")]
+    SignatureEncoding,
+    #[error("signature does not verify")]
+    Invalid,
+}
+
+impl IdentityError {
+    /// A stable machine-readable name of the failure.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NonceEncoding => "nonce_encoding",
+            Self::WrongNonce => "wrong_nonce",
+            Self::Key(_) => "server_id",
+            Self::SignatureEncoding => "signature_encoding",
+            Self::Invalid => "invalid_signature",
+        }
+    }
+}
+
+/// The exact bytes an identity proof signs: [`IDENTITY_DOMAIN`], 0x00, the
+/// raw nonce, 0x00, the endpoint (UTF-8).
+pub fn identity_message(nonce: &IdentityNonce, endpoint: &str) -> Vec<u8> {
+    let mut message =
+        Vec::with_capacity(IDENTITY_DOMAIN.len() + 2 + IDENTITY_NONCE_BYTES + endpoint.len());
+    message.extend_from_slice(IDENTITY_DOMAIN.as_bytes());
+    message.push(0);
+    message.extend_from_slice(nonce);
+    message.push(0);
+    message.extend_from_slice(endpoint.as_bytes());
+    message
+}
+
+/// A nonce as it travels: standard base64.
+pub fn encode_identity_nonce(nonce: &IdentityNonce) -> String {
+    STANDARD.encode(nonce)
+}
+
+/// Decodes a nonce strictly (standard base64, exactly 32 bytes).
+pub fn decode_identity_nonce(text: &str) -> Result<IdentityNonce, IdentityError> {
+    let bytes = STANDARD
+        .decode(text)
+        .map_err(|_| IdentityError::NonceEncoding)?;
+    bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| IdentityError::NonceEncoding)
+}
+
+/// Signs an identity proof for `nonce` and `endpoint`; returns standard base64.
+pub fn sign_identity(key: &SigningKey, nonce: &IdentityNonce, endpoint: &str) -> String {
+    STANDARD.encode(key.sign(&identity_message(nonce, endpoint)).to_bytes())
+}
+
+/// Verifies an identity proof's signature by the key inside `server_id`,
+/// strictly, over `nonce` and `endpoint`; returns that key. Whether the
+/// server id and endpoint are the expected ones is the caller's to check.
+pub fn verify_identity(
+    server_id: &str,
+    nonce: &IdentityNonce,
+    endpoint: &str,
+    signature: &str,
+) -> Result<VerifyingKey, IdentityError> {
+    let key = keys::public_key_from_server_id(server_id)?;
+    let signature = decode_signature(signature).map_err(|_| IdentityError::SignatureEncoding)?;
+    key.verify_strict(&identity_message(nonce, endpoint), &signature)
+        .map_err(|_| IdentityError::Invalid)?;
+    Ok(key)
 }
 
 /// Why a signature was refused.
@@ -374,6 +482,75 @@ mod tests {
             verify_server_list(junk, Some(&junk_sig), &pinned, NOW),
             Err(ListError::Malformed(_))
         ));
+    }
+
+    const NONCE: IdentityNonce = [7u8; IDENTITY_NONCE_BYTES];
+
+    #[test]
+    fn the_identity_message_has_the_documented_bytes() {
+        let mut expected = b"zajel-server-identity-v1\0".to_vec();
+        expected.extend_from_slice(&NONCE);
+        expected.extend_from_slice(b"\0wss://a.example/ws");
+        assert_eq!(identity_message(&NONCE, "wss://a.example/ws"), expected);
+    }
+
+    #[test]
+    fn an_identity_proof_verifies_only_for_its_nonce_endpoint_and_key() {
+        let server = key(1);
+        let id = keys::server_id_for(&server.verifying_key());
+        let signature = sign_identity(&server, &NONCE, "wss://a.example");
+        assert_eq!(
+            verify_identity(&id, &NONCE, "wss://a.example", &signature),
+            Ok(server.verifying_key())
+        );
+        let mut other_nonce = NONCE;
+        other_nonce[31] ^= 1;
+        assert_eq!(
+            verify_identity(&id, &other_nonce, "wss://a.example", &signature),
+            Err(IdentityError::Invalid),
+            "wrong nonce"
+        );
+        assert_eq!(
+            verify_identity(&id, &NONCE, "wss://b.example", &signature),
+            Err(IdentityError::Invalid),
+            "wrong endpoint"
+        );
+        let other = keys::server_id_for(&key(2).verifying_key());
+        assert_eq!(
+            verify_identity(&other, &NONCE, "wss://a.example", &signature),
+            Err(IdentityError::Invalid),
+            "wrong key"
+        );
+        assert!(matches!(
+            verify_identity("ed25519:nope", &NONCE, "wss://a.example", &signature),
+            Err(IdentityError::Key(_))
+        ));
+        for bad in ["", "!!!!", &STANDARD.encode([0u8; 63])] {
+            assert_eq!(
+                verify_identity(&id, &NONCE, "wss://a.example", bad),
+                Err(IdentityError::SignatureEncoding),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn identity_nonces_are_strict_base64_of_32_bytes() {
+        let text = encode_identity_nonce(&NONCE);
+        assert_eq!(decode_identity_nonce(&text), Ok(NONCE));
+        for bad in [
+            String::new(),
+            "not base64!".into(),
+            STANDARD.encode([0u8; 31]),
+            STANDARD.encode([0u8; 33]),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0xffu8; 32]),
+        ] {
+            assert_eq!(
+                decode_identity_nonce(&bad),
+                Err(IdentityError::NonceEncoding),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
