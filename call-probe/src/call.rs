@@ -6,6 +6,10 @@
 //! addressed to it) from one and writes outgoing ones to the other, so two engines can be
 //! wired together in-process, or a WebSocket relay session can carry them (wrap each payload
 //! in `{"type": payload.kind().type_name(), "target": peer, "payload": payload.to_json()}`).
+//! A line that knows who sent a payload hands it over as an [`Inbound`] with the sender's
+//! [`PeerAuth`] ([`CallEngine::spawn_with_peers`]), and places calls to a known peer with
+//! [`CallEngine::place_call_to`]: the machine then signs and checks the payloads' `auth`, and
+//! this driver reads the certificate the peer presented in the DTLS handshake for it.
 //! Candidates trickle through `call_ice`. What happens is announced as [`CallEvent`]s; a
 //! finished call yields a [`CallReport`].
 //!
@@ -36,9 +40,12 @@ use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
 use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 use webrtc::track::track_local::track_local_static_sample::TrackLocalStaticSample;
 use webrtc::track::track_remote::TrackRemote;
-use zajel_wire::call::{call_id_from_random_bytes, CallPayload, CallState};
+use zajel_wire::call::{
+    call_id_from_random_bytes, certificate_fingerprint, CallPayload, CallState,
+};
 
 use crate::config::CallConfig;
+use crate::identity::PeerAuth;
 use crate::media::{
     OpusDecoder, OpusEncoder, ReceiveStats, ToneDetector, ToneGenerator, ToneReading, FRAME_SAMPLES,
 };
@@ -114,8 +121,28 @@ pub enum EngineError {
     Stopped,
 }
 
+/// A call payload for the engine, with its sender's keys when the sender is a paired peer.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub payload: CallPayload,
+    pub peer: Option<PeerAuth>,
+}
+
+impl From<CallPayload> for Inbound {
+    fn from(payload: CallPayload) -> Self {
+        Self {
+            payload,
+            peer: None,
+        }
+    }
+}
+
 enum Command {
-    Place(bool, oneshot::Sender<Result<String, EngineError>>),
+    Place(
+        bool,
+        Option<PeerAuth>,
+        oneshot::Sender<Result<String, EngineError>>,
+    ),
     Accept(oneshot::Sender<Result<(), EngineError>>),
     Decline(oneshot::Sender<Result<(), EngineError>>),
     Hangup(oneshot::Sender<Result<(), EngineError>>),
@@ -135,7 +162,24 @@ impl CallEngine {
     /// the handle and the event stream.
     pub fn spawn(
         config: CallConfig,
-        incoming: mpsc::Receiver<CallPayload>,
+        mut incoming: mpsc::Receiver<CallPayload>,
+        outgoing: mpsc::Sender<CallPayload>,
+    ) -> (Self, mpsc::UnboundedReceiver<CallEvent>) {
+        let (inbound, inbound_rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            while let Some(payload) = incoming.recv().await {
+                if inbound.send(Inbound::from(payload)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Self::spawn_with_peers(config, inbound_rx, outgoing)
+    }
+
+    /// [`Self::spawn`] for payloads whose sender may be known (call authentication).
+    pub fn spawn_with_peers(
+        config: CallConfig,
+        incoming: mpsc::Receiver<Inbound>,
         outgoing: mpsc::Sender<CallPayload>,
     ) -> (Self, mpsc::UnboundedReceiver<CallEvent>) {
         // Builds with reqwest hold two rustls providers, and webrtc-rs's DTLS asks for the default.
@@ -170,7 +214,17 @@ impl CallEngine {
 
     /// Places a call; returns its `callId` once the offer is sent.
     pub async fn place_call(&self, with_video: bool) -> Result<String, EngineError> {
-        self.ask(|tx| Command::Place(with_video, tx)).await?
+        self.ask(|tx| Command::Place(with_video, None, tx)).await?
+    }
+
+    /// Places a call to a paired peer: its offers carry `auth` and its answers are checked.
+    pub async fn place_call_to(
+        &self,
+        with_video: bool,
+        peer: PeerAuth,
+    ) -> Result<String, EngineError> {
+        self.ask(|tx| Command::Place(with_video, Some(peer), tx))
+            .await?
     }
 
     /// Accepts the ringing incoming call.
@@ -314,6 +368,8 @@ async fn build_report(
         ice,
         dtls,
         rtp,
+        authenticated: summary.authenticated,
+        peer_key: summary.peer_key,
         tone: ToneReport {
             sent_hz: (!config.echo).then_some(config.tone_hz),
             detected: shared.tone,
@@ -365,7 +421,7 @@ impl Actor {
     async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command>,
-        mut incoming: mpsc::Receiver<CallPayload>,
+        mut incoming: mpsc::Receiver<Inbound>,
         mut internal: mpsc::UnboundedReceiver<Internal>,
     ) {
         let mut stats_tick = tokio::time::interval(self.config.stats_interval);
@@ -383,7 +439,10 @@ impl Actor {
                     }
                 },
                 payload = incoming.recv(), if incoming_open => match payload {
-                    Some(payload) => {
+                    Some(Inbound { payload, peer: Some(peer) }) => {
+                        let _ = self.feed(Input::SignalFrom { payload, peer }).await;
+                    }
+                    Some(Inbound { payload, peer: None }) => {
                         let _ = self.feed(Input::Signal(payload)).await;
                     }
                     None => incoming_open = false,
@@ -447,12 +506,13 @@ impl Actor {
 
     async fn command(&mut self, command: Command) {
         match command {
-            Command::Place(with_video, reply) => {
+            Command::Place(with_video, peer, reply) => {
                 let result = match new_call_id() {
                     Ok(call_id) => self
                         .setup(Input::PlaceCall {
                             call_id: call_id.clone(),
                             with_video,
+                            peer,
                         })
                         .await
                         .map(|()| call_id),
@@ -751,15 +811,37 @@ impl Actor {
             }
             Internal::Ice(_, RTCIceConnectionState::Failed) => Input::Ice(IceConnection::Failed),
             Internal::Ice(_, _) => return,
-            Internal::Pc(_, RTCPeerConnectionState::Connected) => Input::PeerConnected,
+            Internal::Pc(_, RTCPeerConnectionState::Connected) => {
+                self.check_remote_certificate().await;
+                Input::PeerConnected
+            }
             Internal::Pc(_, _) => return,
-            Internal::Dtls(_, RTCDtlsTransportState::Connected) => Input::DtlsConnected,
+            Internal::Dtls(_, RTCDtlsTransportState::Connected) => {
+                self.check_remote_certificate().await;
+                Input::DtlsConnected
+            }
             Internal::Dtls(_, RTCDtlsTransportState::Failed) => Input::DtlsFailed,
             Internal::Dtls(_, _) => return,
             Internal::FirstRtp(_) => Input::FirstRtp,
             Internal::Tone(_, reading) => Input::Tone(reading),
         };
         let _ = self.feed(input).await;
+    }
+
+    /// Hands the machine the fingerprint of the certificate the peer presented in the DTLS
+    /// handshake (SHA-256 of its DER), for rule 21.
+    async fn check_remote_certificate(&mut self) {
+        let Some(media) = &self.media else {
+            return;
+        };
+        let der = media
+            .peer
+            .pc
+            .dtls_transport()
+            .get_remote_certificate()
+            .await;
+        let fingerprint = (!der.is_empty()).then(|| certificate_fingerprint(&der));
+        let _ = self.feed(Input::RemoteCertificate { fingerprint }).await;
     }
 
     async fn poll_stats(&mut self) {

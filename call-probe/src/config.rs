@@ -102,6 +102,12 @@ pub struct CallConfig {
     /// How often webrtc-rs's statistics are read while connected (RTT appears after the
     /// first RTCP sender/receiver report round).
     pub stats_interval: Duration,
+    /// Refuse calls from peers that send no call authentication (`--require-authenticated`).
+    pub require_authenticated: bool,
+    /// Keep remote ICE candidates on loopback, link-local, unspecified and multicast
+    /// addresses (loopback tests and the demo; `--allow-loopback-candidates`). Off by default:
+    /// a stranger's candidates must not make this side probe its own host.
+    pub allow_loopback_candidates: bool,
 }
 
 impl Default for CallConfig {
@@ -120,6 +126,8 @@ impl Default for CallConfig {
             answer_policy: AnswerPolicy::Manual,
             allow_video: true,
             stats_interval: Duration::from_millis(500),
+            require_authenticated: false,
+            allow_loopback_candidates: false,
         }
     }
 }
@@ -132,6 +140,7 @@ impl CallConfig {
             udp_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             include_loopback: true,
             loopback_only: true,
+            allow_loopback_candidates: true,
             ..Self::default()
         }
     }

@@ -83,6 +83,13 @@ pub enum ErrorKind {
     TurnStreamFailed,
     /// `demo`: the local world could not be started.
     World,
+    /// The state folder, the identity key or the contacts file could not be read or written.
+    StateDir,
+    /// The peer's call authentication failed (bad `auth`, a certificate other than the
+    /// authenticated one, a downgrade, or none with `--require-authenticated`): exit code 6.
+    MediaNotAuthenticated,
+    /// Pairing handed a public key other than the one pinned with `--peer-key`: exit code 6.
+    PeerKeyMismatch,
 }
 
 /// The kind of a signaling session failure.

@@ -13,6 +13,8 @@
 //! - [`stats`]: timeline and RTP/RTCP figures.
 //! - [`report`]: the call report and its table; [`table`]: the rows of the modes' tables.
 //! - [`selftest`]: one in-process loopback call between two engines.
+//! - [`identity`]: the X25519 pairing identity (state folder or ephemeral) and the per-peer
+//!   keys; [`contacts`]: the paired contacts (`contacts.json`).
 //! - [`client`]: registering on a relay, ICE servers from the relay, TURN bridges.
 //! - [`line`]: a registered session wired to an engine (pairing, call routing);
 //!   [`line_options`]: what `call`, `answer` and `demo` share, and the one builder of their
@@ -30,9 +32,11 @@ pub mod check;
 pub mod choose;
 pub mod client;
 pub mod config;
+pub mod contacts;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod error;
+pub mod identity;
 pub mod last_flight;
 pub mod line;
 pub mod line_options;

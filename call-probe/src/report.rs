@@ -37,6 +37,10 @@ pub enum EndReason {
     ReconnectTimeout,
     /// Something failed (peer connection failed, an SDP was refused, …).
     Failed { detail: String },
+    /// The peer's `auth` did not verify, was missing where it was required (or had been given
+    /// before), or the DTLS certificate it presented was not the authenticated one: this side
+    /// sent `call_hangup`.
+    MediaNotAuthenticated { detail: String },
     /// The call has not ended: a snapshot of a call in progress.
     InProgress,
 }
@@ -56,6 +60,9 @@ impl EndReason {
             Self::IceGatheringTimeout => "ICE gathering timed out with no candidate".into(),
             Self::ReconnectTimeout => "connection lost (reconnect window passed)".into(),
             Self::Failed { detail } => format!("failed: {detail}"),
+            Self::MediaNotAuthenticated { detail } => {
+                format!("refused, media not authenticated: {detail}")
+            }
             Self::InProgress => "still in progress".into(),
         }
     }
@@ -89,6 +96,10 @@ pub struct IceReport {
     pub relay_only: bool,
     pub local_candidates: u32,
     pub remote_candidates: u32,
+    /// Remote candidates dropped because they named a loopback, link-local, unspecified or
+    /// multicast address.
+    #[serde(default)]
+    pub remote_candidates_dropped: u32,
     /// Our relay candidates, each by its related port (the local port of the TURN client
     /// that allocated it: which TURN transport it came through).
     #[serde(default)]
@@ -175,6 +186,13 @@ pub struct CallReport {
     pub rtp: RtpFigures,
     pub tone: ToneReport,
     pub wire: Option<WireReport>,
+    /// The peer's `auth` verified and the DTLS certificate it presented was the authenticated
+    /// one (`false`: a peer without call authentication, or a refused call).
+    #[serde(default)]
+    pub authenticated: bool,
+    /// The peer's X25519 public key (standard base64), when it was paired.
+    #[serde(default)]
+    pub peer_key: Option<String>,
 }
 
 fn ms(value: Option<f64>) -> String {
@@ -199,6 +217,14 @@ impl CallReport {
             },
         );
         row("ended", self.end.describe());
+        row(
+            "authenticated",
+            format!(
+                "{} (peer key {})",
+                self.authenticated,
+                self.peer_key.as_deref().unwrap_or("unknown")
+            ),
+        );
         row(
             "video",
             format!(

@@ -22,9 +22,41 @@
 //!
 //! Zajel's server checks only `callId`, `sdp` and `candidate`; refusing a
 //! missing `withVideo` or an unknown `reason` is ours.
+//!
+//! ## Call authentication (our extension: `auth`)
+//!
+//! `call_offer` and `call_answer` may carry `"auth":{"v":1,"mac":"<base64>"}`
+//! ([`CallAuth`]); its absence means "unauthenticated peer" (Zajel's clients,
+//! browsers, aiortc send none). Relays forward it untouched like any extra
+//! member; [`validate_call_payload`] does not look at it. `mac` is the
+//! standard base64 of HMAC-SHA256 under the pair's call-auth key
+//! (HKDF-SHA256 of the §5.3 session key, info `"zajel_call_auth_v1"`: see
+//! [`crate::peer_keys`]) over [`call_auth_input`]:
+//!
+//! ```text
+//! len‖"zajel-call-auth-v1"  len‖role ("offer"|"answer")  len‖lowercase callId
+//! count‖(len‖fingerprint)…  len‖sender public key  len‖receiver public key
+//! ```
+//!
+//! (`len`/`count` 4-byte big-endian; public keys the raw 32-byte X25519 keys;
+//! fingerprints those of the payload's own SDP `a=fingerprint` lines,
+//! normalised to `sha-256 AB:CD:…`, sorted, unique: [`sdp_fingerprints`]).
+//! It binds the DTLS certificate(s) the sender will present, the call and
+//! the role to the pair's shared key, so a relay that swaps fingerprints
+//! (to put its own DTLS peer in the middle) cannot produce a valid `auth`.
+//! Senders put it on every offer and answer, including ICE restarts and
+//! renegotiations. A receiver verifies it before applying the SDP and, once
+//! DTLS is up, checks that the certificate the peer presented
+//! ([`certificate_fingerprint`] of its DER) is one of the authenticated
+//! fingerprints. An `auth` that is present but not of this shape, of another
+//! version, or not verifiable (no key for the sender) is a failure, never
+//! "absent".
 
+use base64::Engine;
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 /// Longest `sdp`, in characters.
 pub const MAX_SDP_CHARS: usize = 65_536;
@@ -181,21 +213,207 @@ impl CallState {
     }
 }
 
-/// `call_offer`'s payload.
+/// `call_offer`'s payload; `auth` (our extension) is omitted when `None`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CallOffer {
     pub call_id: String,
     pub sdp: String,
     pub with_video: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<CallAuth>,
 }
 
-/// `call_answer`'s payload.
+/// `call_answer`'s payload; `auth` (our extension) is omitted when `None`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CallAnswer {
     pub call_id: String,
     pub sdp: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<CallAuth>,
+}
+
+/// The version of [`CallAuth`] this crate writes and verifies.
+pub const CALL_AUTH_VERSION: u32 = 1;
+/// The domain-separation string that opens every call-auth MAC input.
+pub const CALL_AUTH_DOMAIN: &str = "zajel-call-auth-v1";
+
+/// `call_offer`'s and `call_answer`'s optional `auth` (our extension; see the
+/// module docs): `{"v":1,"mac":"<standard base64 of 32 bytes>"}`.
+///
+/// An `auth` member that is present but not an object of this shape reads as
+/// version 0 with an empty MAC ([`CallAuth::unreadable`]), which never verifies:
+/// a receiver treats it as "auth present but unverifiable", never as absent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallAuth {
+    pub v: u32,
+    pub mac: String,
+}
+
+/// Which payload a [`CallAuth`] authenticates (part of the MAC input).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallAuthRole {
+    /// A `call_offer` (first offer, ICE restart or renegotiation), sent by the caller.
+    Offer,
+    /// A `call_answer`, sent by the callee.
+    Answer,
+}
+
+impl CallAuthRole {
+    /// `offer` or `answer`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Offer => "offer",
+            Self::Answer => "answer",
+        }
+    }
+}
+
+impl CallAuth {
+    /// What an `auth` member that cannot be read becomes: version 0, no MAC.
+    pub fn unreadable() -> Self {
+        Self {
+            v: 0,
+            mac: String::new(),
+        }
+    }
+
+    /// Reads an `auth` member (see [`CallAuth::unreadable`]).
+    pub fn from_value(value: &Value) -> Self {
+        serde_json::from_value(value.clone()).unwrap_or_else(|_| Self::unreadable())
+    }
+
+    /// The `auth` of a payload of `role` with `call_id` and `sdp`, sent by
+    /// `sender` to `receiver` (raw X25519 public keys), under the pair's
+    /// call-auth key ([`crate::peer_keys::call_auth_key`]).
+    pub fn sign(
+        key: &[u8; 32],
+        role: CallAuthRole,
+        call_id: &str,
+        sdp: &str,
+        sender: &[u8; 32],
+        receiver: &[u8; 32],
+    ) -> Self {
+        let mut mac = call_auth_hmac(key);
+        mac.update(&call_auth_input(
+            role,
+            call_id,
+            &sdp_fingerprints(sdp),
+            sender,
+            receiver,
+        ));
+        Self {
+            v: CALL_AUTH_VERSION,
+            mac: base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()),
+        }
+    }
+
+    /// Whether this `auth` is a version-1 MAC of exactly this payload between
+    /// these keys (compared in constant time).
+    pub fn verify(
+        &self,
+        key: &[u8; 32],
+        role: CallAuthRole,
+        call_id: &str,
+        sdp: &str,
+        sender: &[u8; 32],
+        receiver: &[u8; 32],
+    ) -> bool {
+        if self.v != CALL_AUTH_VERSION {
+            return false;
+        }
+        let Ok(tag) = base64::engine::general_purpose::STANDARD.decode(&self.mac) else {
+            return false;
+        };
+        let mut mac = call_auth_hmac(key);
+        mac.update(&call_auth_input(
+            role,
+            call_id,
+            &sdp_fingerprints(sdp),
+            sender,
+            receiver,
+        ));
+        mac.verify_slice(&tag).is_ok()
+    }
+}
+
+fn call_auth_hmac(key: &[u8; 32]) -> Hmac<Sha256> {
+    Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key")
+}
+
+/// The bytes a call-auth MAC covers: each item as a 4-byte big-endian length
+/// and its bytes — [`CALL_AUTH_DOMAIN`], the role (`offer`/`answer`), the
+/// lowercase `callId`, then the number of fingerprints (4 bytes big-endian)
+/// and each fingerprint ([`sdp_fingerprints`]: normalised, sorted, unique),
+/// then the sender's and the receiver's raw 32-byte public keys.
+pub fn call_auth_input(
+    role: CallAuthRole,
+    call_id: &str,
+    fingerprints: &[String],
+    sender: &[u8; 32],
+    receiver: &[u8; 32],
+) -> Vec<u8> {
+    fn item(out: &mut Vec<u8>, bytes: &[u8]) {
+        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        out.extend_from_slice(bytes);
+    }
+    let mut out = Vec::new();
+    item(&mut out, CALL_AUTH_DOMAIN.as_bytes());
+    item(&mut out, role.as_str().as_bytes());
+    item(&mut out, call_id.to_ascii_lowercase().as_bytes());
+    out.extend_from_slice(&(fingerprints.len() as u32).to_be_bytes());
+    for fingerprint in fingerprints {
+        item(&mut out, fingerprint.as_bytes());
+    }
+    item(&mut out, sender);
+    item(&mut out, receiver);
+    out
+}
+
+/// The DTLS certificate fingerprints of an SDP (every `a=fingerprint:` line,
+/// session or media level), each normalised to the lowercase hash name, one
+/// space and uppercase hex bytes joined by `:` (`sha-256 AB:CD:…`), sorted,
+/// duplicates removed. Lines that do not have that shape are left out.
+pub fn sdp_fingerprints(sdp: &str) -> Vec<String> {
+    let mut found: Vec<String> = sdp
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("a=fingerprint:"))
+        .filter_map(normalise_fingerprint)
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// `sha-256 ab:cd` (any case, any spacing) → `sha-256 AB:CD`; `None` if it is not
+/// a hash name and colon-separated hex bytes.
+pub fn normalise_fingerprint(text: &str) -> Option<String> {
+    let mut parts = text.split_whitespace();
+    let (hash, value) = (parts.next()?, parts.next()?);
+    if parts.next().is_some() || value.is_empty() {
+        return None;
+    }
+    let bytes_ok = value
+        .split(':')
+        .all(|b| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit()));
+    bytes_ok.then(|| {
+        format!(
+            "{} {}",
+            hash.to_ascii_lowercase(),
+            value.to_ascii_uppercase()
+        )
+    })
+}
+
+/// The SHA-256 fingerprint of a DER certificate, normalised as in
+/// [`sdp_fingerprints`] (`sha-256 AB:CD:…`).
+pub fn certificate_fingerprint(der: &[u8]) -> String {
+    let hex: Vec<String> = Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    format!("sha-256 {}", hex.join(":"))
 }
 
 /// `call_reject`'s payload; `reason` is omitted when `None`.
@@ -338,6 +556,13 @@ impl CallPayload {
                 .unwrap_or_default()
                 .to_string()
         };
+        // `null` counts as absent; anything else present is read (or unreadable).
+        let auth = || {
+            payload
+                .get("auth")
+                .filter(|value| !value.is_null())
+                .map(CallAuth::from_value)
+        };
         let call_id = text("callId");
         Ok(match kind {
             CallKind::Offer => Self::Offer(CallOffer {
@@ -347,10 +572,12 @@ impl CallPayload {
                     .get("withVideo")
                     .and_then(Value::as_bool)
                     .unwrap_or_default(),
+                auth: auth(),
             }),
             CallKind::Answer => Self::Answer(CallAnswer {
                 call_id,
                 sdp: text("sdp"),
+                auth: auth(),
             }),
             CallKind::Reject => Self::Reject(CallReject {
                 call_id,
@@ -826,6 +1053,7 @@ mod tests {
             call_id: ID.into(),
             sdp: "v=0".into(),
             with_video: true,
+            auth: None,
         });
         assert_eq!(
             offer.to_json(),
@@ -859,11 +1087,13 @@ mod tests {
         let answer = CallPayload::from(CallAnswer {
             call_id: ID.into(),
             sdp: "v=0".into(),
+            auth: None,
         });
         assert_eq!(answer.to_json(), json!({"callId": ID, "sdp": "v=0"}));
         let bad = CallPayload::from(CallAnswer {
             call_id: "x".into(),
             sdp: "v=0".into(),
+            auth: None,
         });
         assert_eq!(bad.validate(), Err(CallPayloadError::CallId));
         // Parsing drops unknown fields.
@@ -930,6 +1160,112 @@ mod tests {
                 IceCandidateInit::from_candidate_string(bad),
                 Err(CallPayloadError::CandidateInit),
                 "{bad}"
+            );
+        }
+    }
+
+    const SDP: &str = "v=0\r\na=fingerprint:SHA-256 ab:cd:ef\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=fingerprint:sha-256 AB:CD:EF\r\na=fingerprint:sha-1 01:02\r\na=fingerprint:bogus\r\n";
+    const SENDER: [u8; 32] = [7u8; 32];
+    const RECEIVER: [u8; 32] = [9u8; 32];
+    const KEY: [u8; 32] = [3u8; 32];
+
+    #[test]
+    fn sdp_fingerprints_are_normalised_sorted_and_unique() {
+        assert_eq!(sdp_fingerprints(SDP), ["sha-1 01:02", "sha-256 AB:CD:EF"]);
+        assert!(sdp_fingerprints("v=0\r\n").is_empty());
+        assert_eq!(normalise_fingerprint("sha-256 zz:01"), None);
+        assert_eq!(normalise_fingerprint("sha-256"), None);
+        assert_eq!(
+            certificate_fingerprint(b"abc"),
+            "sha-256 BA:78:16:BF:8F:01:CF:EA:41:41:40:DE:5D:AE:22:23:B0:03:61:A3:96:17:7A:9C:B4:10:FF:61:F2:00:15:AD"
+        );
+    }
+
+    #[test]
+    fn the_call_auth_mac_matches_an_independent_implementation() {
+        // Computed with Python's `cryptography` over the documented input
+        // (call-auth key of the peer_keys vectors, one fingerprint, keys A and B).
+        let key: [u8; 32] = [
+            0x03, 0x88, 0x52, 0x04, 0xed, 0x0a, 0xed, 0xdb, 0xd9, 0x47, 0xba, 0xaa, 0x8c, 0x44,
+            0xa5, 0xaa, 0x0e, 0xa3, 0xd5, 0xba, 0x94, 0x7b, 0x7a, 0xb9, 0xdc, 0x87, 0xd5, 0x74,
+            0xc8, 0x21, 0xa0, 0x8a,
+        ];
+        let a = crate::peer_keys::public_key(&std::array::from_fn(|i| i as u8 + 1));
+        let b = crate::peer_keys::public_key(&std::array::from_fn(|i| 0x80 + i as u8));
+        let auth = CallAuth::sign(
+            &key,
+            CallAuthRole::Offer,
+            &ID.to_ascii_uppercase(),
+            "a=fingerprint:sha-256 ab:cd:ef",
+            &a,
+            &b,
+        );
+        assert_eq!(auth.v, 1);
+        assert_eq!(auth.mac, "kODiBMGT9dW43sBIjZRKXRfADbpJEBwjBnbSJ9CPesQ=");
+    }
+
+    #[test]
+    fn a_call_auth_verifies_only_the_payload_it_was_made_for() {
+        let auth = CallAuth::sign(&KEY, CallAuthRole::Offer, ID, SDP, &SENDER, &RECEIVER);
+        assert!(auth.verify(&KEY, CallAuthRole::Offer, ID, SDP, &SENDER, &RECEIVER));
+        // Same fingerprints in another order and case: still the same payload.
+        let reordered = "a=fingerprint:sha-1 01:02\r\na=fingerprint:sha-256 ab:cd:ef\r\n";
+        assert!(auth.verify(&KEY, CallAuthRole::Offer, ID, reordered, &SENDER, &RECEIVER));
+        // A swapped fingerprint, another role, call, key or direction: refused.
+        let swapped = SDP.replace("ab:cd:ef", "ab:cd:ee");
+        assert!(!auth.verify(&KEY, CallAuthRole::Offer, ID, &swapped, &SENDER, &RECEIVER));
+        assert!(!auth.verify(&KEY, CallAuthRole::Answer, ID, SDP, &SENDER, &RECEIVER));
+        let other = "9b2c1d3e-5f60-4a71-8b92-a3b4c5d6e7f8";
+        assert!(!auth.verify(&KEY, CallAuthRole::Offer, other, SDP, &SENDER, &RECEIVER));
+        assert!(!auth.verify(&[4u8; 32], CallAuthRole::Offer, ID, SDP, &SENDER, &RECEIVER));
+        assert!(!auth.verify(&KEY, CallAuthRole::Offer, ID, SDP, &RECEIVER, &SENDER));
+        // Another version, a MAC that is not base64, an unreadable member.
+        let v2 = CallAuth {
+            v: 2,
+            ..auth.clone()
+        };
+        assert!(!v2.verify(&KEY, CallAuthRole::Offer, ID, SDP, &SENDER, &RECEIVER));
+        let garbage = CallAuth {
+            v: 1,
+            mac: "!!".into(),
+        };
+        assert!(!garbage.verify(&KEY, CallAuthRole::Offer, ID, SDP, &SENDER, &RECEIVER));
+        assert!(!CallAuth::unreadable().verify(
+            &KEY,
+            CallAuthRole::Offer,
+            ID,
+            SDP,
+            &SENDER,
+            &RECEIVER
+        ));
+    }
+
+    #[test]
+    fn auth_is_read_and_written_as_an_optional_object() {
+        let auth = CallAuth::sign(&KEY, CallAuthRole::Answer, ID, SDP, &SENDER, &RECEIVER);
+        let with = json!({"callId": ID, "sdp": SDP, "auth": {"v": 1, "mac": auth.mac}});
+        let CallPayload::Answer(answer) = CallPayload::parse(CallKind::Answer, &with).unwrap()
+        else {
+            panic!("an answer");
+        };
+        assert_eq!(answer.auth.as_ref(), Some(&auth));
+        assert_eq!(CallPayload::from(answer).to_json(), with);
+        // Absent or null: none, and none is written.
+        for without in [
+            json!({"callId": ID, "sdp": SDP}),
+            json!({"callId": ID, "sdp": SDP, "auth": null}),
+        ] {
+            let parsed = CallPayload::parse(CallKind::Answer, &without).unwrap();
+            assert!(matches!(&parsed, CallPayload::Answer(a) if a.auth.is_none()));
+            assert!(parsed.to_json().get("auth").is_none());
+        }
+        // Present but not the right shape: unreadable, never absent; still forwarded.
+        for bad in [json!("x"), json!({"v": "1"}), json!([1])] {
+            let payload = json!({"callId": ID, "sdp": SDP, "withVideo": false, "auth": bad});
+            assert_eq!(validate_call_payload(CallKind::Offer, &payload), Ok(()));
+            let parsed = CallPayload::parse(CallKind::Offer, &payload).unwrap();
+            assert!(
+                matches!(parsed, CallPayload::Offer(o) if o.auth == Some(CallAuth::unreadable()))
             );
         }
     }

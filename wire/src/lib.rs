@@ -12,5 +12,6 @@ pub mod endpoint;
 pub mod entry;
 pub mod keys;
 pub mod pairing;
+pub mod peer_keys;
 pub mod signaling;
 pub mod signature;

@@ -1430,7 +1430,8 @@ mod tests {
             CallPayload::Offer(CallOffer {
                 call_id: ID.into(),
                 sdp: "v=0".into(),
-                with_video: true
+                with_video: true,
+                auth: None,
             })
         );
         assert_eq!(

@@ -53,6 +53,28 @@
 //! 18. The timeline counts milliseconds from the call's start on this side (placing it, or the
 //!     offer's arrival); each moment is kept the first time only; the first RTT is announced
 //!     once.
+//!
+//! Call authentication (the `auth` member of `call_offer`/`call_answer`, see
+//! `zajel_wire::call`) and the peers calls may come from:
+//!
+//! 19. Every offer and answer this side sends (first offer, ICE restart, renegotiation, answer)
+//!     carries `auth` when the call's peer is known ([`PeerAuth`]): the MAC of its own SDP's
+//!     fingerprints, role, `callId` and both keys.
+//! 20. An incoming offer or answer is checked before its SDP is applied: `auth` present and
+//!     verified makes the call authenticated (its fingerprints remembered); `auth` present but
+//!     wrong, of an unknown version, unreadable, or from a peer whose key is unknown ends the
+//!     call (`call_hangup`, [`EndReason::MediaNotAuthenticated`]). `auth` absent leaves the
+//!     call unauthenticated, except that it ends the call the same way with
+//!     [`MachineConfig::require_authenticated`], from a contact that authenticated before (a
+//!     downgrade), and on a call that is already authenticated (a renegotiation without it).
+//!     A new offer refused so still becomes a call, so that its report says why.
+//! 21. Once DTLS is up ([`Input::RemoteCertificate`]), an authenticated call checks that the
+//!     certificate the peer presented (SHA-256 of its DER) is one of the authenticated
+//!     fingerprints; if not, or if none was presented, the call ends the same way. Media
+//!     never starts on an authenticated call whose certificate was not checked.
+//! 22. Remote candidates on loopback, link-local, unspecified or multicast addresses (in
+//!     `call_ice`, or `a=candidate` lines of a remote SDP) are dropped unless
+//!     [`MachineConfig::allow_loopback_candidates`].
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -62,8 +84,11 @@ use zajel_wire::call::{
     IceCandidateInit, RejectReason,
 };
 
+use zajel_wire::call::{sdp_fingerprints, CallAuth, CallAuthRole};
+
 use super::{CallEvent, EngineError};
 use crate::config::{AnswerPolicy, CallConfig, CallTimeouts};
+use crate::identity::PeerAuth;
 use crate::media::ToneReading;
 use crate::report::{EndReason, IceReport, Role};
 use crate::stats::Timeline;
@@ -78,6 +103,10 @@ pub struct MachineConfig {
     pub allow_video: bool,
     /// Reported in [`IceReport::relay_only`].
     pub relay_only: bool,
+    /// Refuse calls whose peer sends no `auth` (rule 20).
+    pub require_authenticated: bool,
+    /// Keep remote candidates on loopback and other local-only addresses (rule 22).
+    pub allow_loopback_candidates: bool,
 }
 
 impl From<&CallConfig> for MachineConfig {
@@ -87,6 +116,8 @@ impl From<&CallConfig> for MachineConfig {
             answer_policy: config.answer_policy,
             allow_video: config.allow_video,
             relay_only: config.relay_only,
+            require_authenticated: config.require_authenticated,
+            allow_loopback_candidates: config.allow_loopback_candidates,
         }
     }
 }
@@ -102,10 +133,11 @@ pub enum IceConnection {
 /// What happens to the machine.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
-    /// Command: place a call with this (fresh, UUID v4) id.
+    /// Command: place a call with this (fresh, UUID v4) id, to `peer` when it is known.
     PlaceCall {
         call_id: String,
         with_video: bool,
+        peer: Option<PeerAuth>,
     },
     /// Command: accept the ringing call.
     Accept,
@@ -113,8 +145,19 @@ pub enum Input {
     Decline,
     /// Command: hang up (cancel, or decline an incoming call).
     Hangup,
-    /// A call payload addressed to this side, not yet validated.
+    /// A call payload addressed to this side, not yet validated, from a peer whose key is
+    /// unknown.
     Signal(CallPayload),
+    /// A call payload addressed to this side, not yet validated, from the paired peer `peer`.
+    SignalFrom {
+        payload: CallPayload,
+        peer: PeerAuth,
+    },
+    /// DTLS is up: the SHA-256 fingerprint of the certificate the peer presented
+    /// (`sha-256 AB:…`), `None` when none could be read.
+    RemoteCertificate {
+        fingerprint: Option<String>,
+    },
     /// A deadline from [`CallMachine::poll_timeout`] may have passed.
     Timeout,
     /// [`Action::CreatePeer`] succeeded.
@@ -184,6 +227,10 @@ pub struct CallSummary {
     pub timeline: Timeline,
     /// Counters; `selected_pair` is the driver's to fill.
     pub ice: IceReport,
+    /// The peer's `auth` verified (and, once DTLS was up, its certificate matched).
+    pub authenticated: bool,
+    /// The peer's public key (standard base64), when it is known.
+    pub peer_key: Option<String>,
 }
 
 /// What the machine asks for, in order.
@@ -231,6 +278,14 @@ struct Call {
     gathering_until: Option<Instant>,
     reconnect_until: Option<Instant>,
     rtt_announced: bool,
+    /// The paired peer, when its key is known.
+    peer: Option<PeerAuth>,
+    /// The peer's `auth` verified (rule 20).
+    authenticated: bool,
+    /// The fingerprints its verified `auth` covered.
+    authenticated_fingerprints: Vec<String>,
+    /// The DTLS certificate was checked against them (rule 21).
+    certificate_checked: bool,
 }
 
 impl Call {
@@ -257,6 +312,10 @@ impl Call {
             gathering_until: None,
             reconnect_until: None,
             rtt_announced: false,
+            peer: None,
+            authenticated: false,
+            authenticated_fingerprints: Vec::new(),
+            certificate_checked: false,
         }
     }
 
@@ -268,6 +327,8 @@ impl Call {
             end,
             timeline: self.timeline,
             ice: self.ice.clone(),
+            authenticated: self.authenticated,
+            peer_key: self.peer.as_ref().map(PeerAuth::peer_key_base64),
         }
     }
 }
@@ -347,7 +408,8 @@ impl CallMachine {
             Input::PlaceCall {
                 call_id,
                 with_video,
-            } => return self.place_call(now, call_id, with_video),
+                peer,
+            } => return self.place_call(now, call_id, with_video, peer),
             Input::Accept => {
                 self.ringing()?;
                 self.accept();
@@ -362,7 +424,9 @@ impl CallMachine {
                 }
                 self.hangup(now);
             }
-            Input::Signal(payload) => self.signal(now, payload),
+            Input::Signal(payload) => self.signal(now, payload, None),
+            Input::SignalFrom { payload, peer } => self.signal(now, payload, Some(peer)),
+            Input::RemoteCertificate { fingerprint } => self.remote_certificate(now, fingerprint),
             Input::Timeout => self.timeout(now),
             Input::PeerCreated => self.peer_created(),
             Input::LocalDescription { sdp, mid } => self.local_description(now, sdp, mid),
@@ -489,18 +553,15 @@ impl CallMachine {
         now: Instant,
         call_id: String,
         with_video: bool,
+        peer: Option<PeerAuth>,
     ) -> Result<(), EngineError> {
         if self.call.is_some() {
             return Err(EngineError::Busy);
         }
         let relay_only = self.config.relay_only;
-        self.call = Some(Call::new(
-            call_id,
-            Role::Caller,
-            with_video,
-            relay_only,
-            now,
-        ));
+        let mut call = Call::new(call_id, Role::Caller, with_video, relay_only, now);
+        call.peer = peer;
+        self.call = Some(call);
         self.create_peer();
         Ok(())
     }
@@ -583,10 +644,12 @@ impl CallMachine {
                     call.ringing_until = Some(now + ringing);
                     mark(&mut call.timeline.offer_sent_ms, call.started, now);
                 }
+                let auth = sign(call.peer.as_ref(), CallAuthRole::Offer, &call_id, &sdp);
                 self.send(CallOffer {
                     call_id,
                     sdp,
                     with_video,
+                    auth,
                 });
                 if !restart {
                     self.set_state(CallState::Outgoing);
@@ -597,7 +660,8 @@ impl CallMachine {
                 if !renegotiation {
                     call.ringing_until = None;
                 }
-                self.send(CallAnswer { call_id, sdp });
+                let auth = sign(call.peer.as_ref(), CallAuthRole::Answer, &call_id, &sdp);
+                self.send(CallAnswer { call_id, sdp, auth });
                 if !renegotiation {
                     self.set_state(CallState::Connecting);
                 }
@@ -688,7 +752,7 @@ impl CallMachine {
         self.send(CallIce::new(call_id, &init));
     }
 
-    fn signal(&mut self, now: Instant, payload: CallPayload) {
+    fn signal(&mut self, now: Instant, payload: CallPayload, peer: Option<PeerAuth>) {
         if let Err(err) = payload.validate() {
             tracing::warn!("ignoring an invalid {}: {err}", payload.kind().type_name());
             return;
@@ -698,11 +762,11 @@ impl CallMachine {
             .as_ref()
             .is_some_and(|c| c.id.eq_ignore_ascii_case(payload.call_id()));
         match payload {
-            CallPayload::Offer(offer) => self.on_offer(now, offer, ours),
+            CallPayload::Offer(offer) => self.on_offer(now, offer, ours, peer),
             _ if !ours => {
                 tracing::debug!("ignoring a {} for another call", payload.kind().type_name());
             }
-            CallPayload::Answer(answer) => self.on_answer(answer),
+            CallPayload::Answer(answer) => self.on_answer(now, answer),
             CallPayload::Reject(reject) => self.end(
                 now,
                 EndReason::RejectedByRemote {
@@ -714,7 +778,7 @@ impl CallMachine {
         }
     }
 
-    fn on_offer(&mut self, now: Instant, offer: CallOffer, ours: bool) {
+    fn on_offer(&mut self, now: Instant, offer: CallOffer, ours: bool, peer: Option<PeerAuth>) {
         if ours {
             // A renegotiation (ICE restart) of the active call, from the caller.
             if self
@@ -722,11 +786,15 @@ impl CallMachine {
                 .as_ref()
                 .is_some_and(|c| c.role == Role::Callee && c.peer_ready)
             {
+                if !self.accept_auth(now, CallAuthRole::Offer, &offer.sdp, offer.auth.as_ref()) {
+                    return;
+                }
+                let sdp = self.without_local_only_candidates(offer.sdp);
                 self.act(
                     Some(Step::RemoteOffer {
                         renegotiation: true,
                     }),
-                    Action::SetRemoteOffer { sdp: offer.sdp },
+                    Action::SetRemoteOffer { sdp },
                 );
             }
             return;
@@ -749,9 +817,17 @@ impl CallMachine {
             now,
         );
         mark(&mut call.timeline.offer_received_ms, call.started, now);
-        call.remote_offer = Some(offer.sdp);
-        call.ringing_until = Some(now + self.config.timeouts.ringing);
+        call.peer = peer;
         self.call = Some(call);
+        if !self.accept_auth(now, CallAuthRole::Offer, &offer.sdp, offer.auth.as_ref()) {
+            return;
+        }
+        let sdp = self.without_local_only_candidates(offer.sdp);
+        let ringing = self.config.timeouts.ringing;
+        if let Some(call) = &mut self.call {
+            call.remote_offer = Some(sdp);
+            call.ringing_until = Some(now + ringing);
+        }
         self.set_state(CallState::Incoming);
         self.emit(CallEvent::Incoming {
             call_id: offer.call_id,
@@ -764,7 +840,7 @@ impl CallMachine {
         }
     }
 
-    fn on_answer(&mut self, answer: CallAnswer) {
+    fn on_answer(&mut self, now: Instant, answer: CallAnswer) {
         let Some(call) = &mut self.call else {
             return;
         };
@@ -777,10 +853,146 @@ impl CallMachine {
             return;
         }
         call.offer_outstanding = false;
-        self.act(
-            Some(Step::RemoteAnswer),
-            Action::SetRemoteAnswer { sdp: answer.sdp },
-        );
+        if !self.accept_auth(now, CallAuthRole::Answer, &answer.sdp, answer.auth.as_ref()) {
+            return;
+        }
+        let sdp = self.without_local_only_candidates(answer.sdp);
+        self.act(Some(Step::RemoteAnswer), Action::SetRemoteAnswer { sdp });
+    }
+
+    /// Rule 20: checks the `auth` of an incoming offer or answer of the active call (whose
+    /// SDP is `sdp`) before it is applied. Verified: the call is authenticated (a first
+    /// offer or answer) and its fingerprints remembered. Refused: the call ends
+    /// ([`EndReason::MediaNotAuthenticated`]) and `false` is returned.
+    fn accept_auth(
+        &mut self,
+        now: Instant,
+        role: CallAuthRole,
+        sdp: &str,
+        auth: Option<&CallAuth>,
+    ) -> bool {
+        let require = self.config.require_authenticated;
+        let Some(call) = &mut self.call else {
+            return false;
+        };
+        // The first offer (callee) or the first answer (caller) decides whether the call is
+        // authenticated; later ones may only keep it so.
+        let first = match role {
+            CallAuthRole::Offer => call.state == CallState::Idle,
+            CallAuthRole::Answer => call.state == CallState::Outgoing,
+        };
+        let verdict = match (auth, &call.peer) {
+            (Some(_), None) => Err("the peer sent auth but its key is unknown (not paired)".into()),
+            (Some(auth), Some(peer)) => {
+                if auth.verify(
+                    &peer.mac_key,
+                    role,
+                    &call.id,
+                    sdp,
+                    &peer.peer_key,
+                    &peer.own_key,
+                ) {
+                    Ok(Some(sdp_fingerprints(sdp)))
+                } else {
+                    Err(format!(
+                        "the peer's {} auth does not verify (its fingerprints, call or keys were changed)",
+                        role.as_str()
+                    ))
+                }
+            }
+            (None, _) if call.authenticated => {
+                Err("no auth on a call that was authenticated (a downgrade)".into())
+            }
+            (None, Some(peer)) if peer.authenticated_before => {
+                Err("no auth from a contact that authenticated before (a downgrade)".into())
+            }
+            (None, _) if require => {
+                Err("the peer sent no auth and authentication is required".into())
+            }
+            (None, _) => Ok(None),
+        };
+        match verdict {
+            Ok(Some(fingerprints)) => {
+                if first {
+                    call.authenticated = true;
+                }
+                if call.authenticated {
+                    call.authenticated_fingerprints.extend(fingerprints);
+                    call.authenticated_fingerprints.sort();
+                    call.authenticated_fingerprints.dedup();
+                }
+                true
+            }
+            Ok(None) => true,
+            Err(detail) => {
+                self.refuse_unauthenticated(now, detail);
+                false
+            }
+        }
+    }
+
+    /// Ends the active call as not authenticated: `call_hangup`, then the end.
+    fn refuse_unauthenticated(&mut self, now: Instant, detail: String) {
+        let Some(call) = &self.call else {
+            return;
+        };
+        tracing::warn!(call_id = %call.id, "refusing the call: {detail}");
+        self.send(CallHangup {
+            call_id: call.id.clone(),
+        });
+        self.end(now, EndReason::MediaNotAuthenticated { detail });
+    }
+
+    /// Rule 21: an authenticated call's DTLS peer must have presented an authenticated
+    /// certificate.
+    fn remote_certificate(&mut self, now: Instant, fingerprint: Option<String>) {
+        let Some(call) = &mut self.call else {
+            return;
+        };
+        if !call.authenticated || call.certificate_checked {
+            return;
+        }
+        match fingerprint {
+            Some(presented) if call.authenticated_fingerprints.contains(&presented) => {
+                call.certificate_checked = true;
+            }
+            Some(presented) => self.refuse_unauthenticated(
+                now,
+                format!(
+                    "the DTLS certificate the peer presented ({presented}) is not the one its auth covered"
+                ),
+            ),
+            None => self.refuse_unauthenticated(
+                now,
+                "the peer presented no DTLS certificate to check".into(),
+            ),
+        }
+    }
+
+    /// Rule 22: `sdp` without `a=candidate` lines on local-only addresses (unless allowed).
+    fn without_local_only_candidates(&mut self, sdp: String) -> String {
+        if self.config.allow_loopback_candidates {
+            return sdp;
+        }
+        let mut dropped = 0;
+        let kept: String = sdp
+            .split_inclusive('\n')
+            .filter(|line| {
+                let local = line
+                    .trim()
+                    .strip_prefix("a=")
+                    .is_some_and(|attribute| candidate_is_local_only(attribute));
+                dropped += u32::from(local);
+                !local
+            })
+            .collect();
+        if dropped > 0 {
+            tracing::debug!(dropped, "dropped SDP candidates on local-only addresses");
+            if let Some(call) = &mut self.call {
+                call.ice.remote_candidates_dropped += dropped;
+            }
+        }
+        kept
     }
 
     fn on_remote_candidate(&mut self, ice: CallIce) {
@@ -796,6 +1008,11 @@ impl CallMachine {
         };
         if init.candidate.is_empty() {
             return; // end of candidates
+        }
+        if !self.config.allow_loopback_candidates && candidate_is_local_only(&init.candidate) {
+            tracing::debug!("dropped a remote candidate on a local-only address");
+            call.ice.remote_candidates_dropped += 1;
+            return;
         }
         call.ice.remote_candidates += 1;
         if call.peer_ready && call.remote_description_set {
@@ -866,6 +1083,12 @@ impl CallMachine {
         let Some(call) = &mut self.call else {
             return;
         };
+        if call.authenticated && !call.certificate_checked {
+            return self.refuse_unauthenticated(
+                now,
+                "DTLS came up before the peer's certificate was checked".into(),
+            );
+        }
         // Media starts once ICE and DTLS are up: samples written earlier would be counted by
         // webrtc-rs's outbound stats but never reach the wire.
         let start_media = call.timeline.connected_ms.is_none() && call.peer_ready;
@@ -910,6 +1133,65 @@ impl CallMachine {
     }
 }
 
+/// The `auth` of an outgoing payload of `role`, when the peer is known (rule 19).
+fn sign(peer: Option<&PeerAuth>, role: CallAuthRole, call_id: &str, sdp: &str) -> Option<CallAuth> {
+    peer.map(|peer| {
+        CallAuth::sign(
+            &peer.mac_key,
+            role,
+            call_id,
+            sdp,
+            &peer.own_key,
+            &peer.peer_key,
+        )
+    })
+}
+
+/// Whether an ICE candidate attribute (`candidate:… <address> <port> typ …`, with or without
+/// `a=`) names a loopback, link-local, unspecified, multicast or broadcast address (rule 22).
+/// Host names (mDNS `….local`) are not addresses and are kept.
+pub fn candidate_is_local_only(candidate: &str) -> bool {
+    let text = candidate.trim();
+    let text = text.strip_prefix("a=").unwrap_or(text);
+    let Some(fields) = text.strip_prefix("candidate:") else {
+        return false;
+    };
+    fields
+        .split_whitespace()
+        .nth(4)
+        .is_some_and(is_local_only_address)
+}
+
+/// Whether `text` is an IP address only this host or its link can use.
+pub fn is_local_only_address(text: &str) -> bool {
+    use std::net::IpAddr;
+    let text = text.trim_start_matches('[').trim_end_matches(']');
+    if text.contains('%') {
+        return true; // a scoped (link-local) IPv6 address
+    }
+    let v4 = |ip: std::net::Ipv4Addr| {
+        ip.is_loopback()
+            || ip.is_link_local()
+            || ip.is_unspecified()
+            || ip.is_multicast()
+            || ip.is_broadcast()
+            || ip.octets()[0] == 0
+    };
+    match text.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => v4(ip),
+        Ok(IpAddr::V6(ip)) => match ip.to_ipv4_mapped() {
+            Some(mapped) => v4(mapped),
+            None => {
+                ip.is_loopback()
+                    || ip.is_unspecified()
+                    || ip.is_multicast()
+                    || (ip.segments()[0] & 0xffc0) == 0xfe80
+            }
+        },
+        Err(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -928,6 +1210,8 @@ mod tests {
             answer_policy,
             allow_video: true,
             relay_only: false,
+            require_authenticated: false,
+            allow_loopback_candidates: true,
         }
     }
 
@@ -1000,6 +1284,7 @@ mod tests {
             call_id: call_id.into(),
             sdp: sdp.into(),
             with_video: false,
+            auth: None,
         }
     }
 
@@ -1007,6 +1292,7 @@ mod tests {
         CallAnswer {
             call_id: call_id.into(),
             sdp: sdp.into(),
+            auth: None,
         }
     }
 
@@ -1080,6 +1366,7 @@ mod tests {
         let (result, outputs) = phone.command(Input::PlaceCall {
             call_id: ID.into(),
             with_video: false,
+            peer: None,
         });
         assert_eq!(result, Ok(()));
         assert_eq!(
@@ -1212,6 +1499,7 @@ mod tests {
             let (result, outputs) = phone.command(Input::PlaceCall {
                 call_id: OTHER.into(),
                 with_video: false,
+                peer: None,
             });
             assert_eq!(result, Err(EngineError::Busy));
             assert_eq!(outputs, []);
@@ -1589,6 +1877,7 @@ mod tests {
         early.input(Input::PlaceCall {
             call_id: ID.into(),
             with_video: false,
+            peer: None,
         });
         assert_eq!(early.signal(answer(ID, "answer")), []);
     }
@@ -1643,6 +1932,7 @@ mod tests {
         phone.input(Input::PlaceCall {
             call_id: ID.into(),
             with_video: false,
+            peer: None,
         });
         phone.input(Input::PeerCreated);
         phone.input(Input::LocalDescription {
@@ -1680,6 +1970,7 @@ mod tests {
         phone.input(Input::PlaceCall {
             call_id: ID.into(),
             with_video: false,
+            peer: None,
         });
         let outputs = fail(&mut phone);
         assert_eq!(
@@ -1690,6 +1981,7 @@ mod tests {
         phone.input(Input::PlaceCall {
             call_id: ID.into(),
             with_video: false,
+            peer: None,
         });
         phone.input(Input::PeerCreated);
         let outputs = fail(&mut phone);
@@ -1771,6 +2063,7 @@ mod tests {
         caller.input(Input::PlaceCall {
             call_id: ID.into(),
             with_video: false,
+            peer: None,
         });
         caller.at(5).input(Input::PeerCreated);
         caller.at(8).input(Input::LocalDescription {
@@ -1855,5 +2148,367 @@ mod tests {
             callee.machine.snapshot().unwrap().end,
             EndReason::InProgress
         );
+    }
+
+    // Call authentication (rules 19-22).
+
+    use crate::identity::Identity;
+
+    const CALLER_SDP: &str = "v=0\r\na=fingerprint:sha-256 AA:AA\r\n";
+    const CALLEE_SDP: &str = "v=0\r\na=fingerprint:sha-256 BB:BB\r\n";
+    const RELAY_SDP: &str = "v=0\r\na=fingerprint:sha-256 EE:EE\r\n";
+
+    /// Each side's keys for the other: (the caller's, the callee's).
+    fn pair() -> (PeerAuth, PeerAuth) {
+        let caller = Identity::from_secret([1u8; 32]);
+        let callee = Identity::from_secret([2u8; 32]);
+        (
+            caller.peer_auth(callee.public_key(), false).unwrap(),
+            callee.peer_auth(caller.public_key(), false).unwrap(),
+        )
+    }
+
+    fn signed_offer(peer: &PeerAuth, sdp: &str) -> CallOffer {
+        CallOffer {
+            auth: sign(Some(peer), CallAuthRole::Offer, ID, sdp),
+            ..offer(ID, sdp)
+        }
+    }
+
+    fn signed_answer(peer: &PeerAuth, sdp: &str) -> CallAnswer {
+        CallAnswer {
+            auth: sign(Some(peer), CallAuthRole::Answer, ID, sdp),
+            ..answer(ID, sdp)
+        }
+    }
+
+    fn from(phone: &mut Phone, payload: impl Into<CallPayload>, peer: &PeerAuth) -> Vec<Output> {
+        phone.input(Input::SignalFrom {
+            payload: payload.into(),
+            peer: peer.clone(),
+        })
+    }
+
+    fn not_authenticated(outputs: &[Output]) -> bool {
+        matches!(
+            ended(outputs),
+            Some(EndReason::MediaNotAuthenticated { .. })
+        ) && sent(outputs) == [hangup(ID)]
+            && !outputs.iter().any(|o| {
+                matches!(
+                    o,
+                    Output::Do(Action::SetRemoteOffer { .. } | Action::SetRemoteAnswer { .. })
+                )
+            })
+    }
+
+    fn summary(outputs: &[Output]) -> CallSummary {
+        match outputs.last() {
+            Some(Output::Ended(summary)) => (**summary).clone(),
+            other => panic!("not ended: {other:?}"),
+        }
+    }
+
+    /// A caller to the paired callee whose signed offer (CALLER_SDP) is out.
+    fn signed_caller(config: MachineConfig, peer: &PeerAuth) -> (Phone, CallOffer) {
+        let mut phone = Phone::new(config);
+        phone.input(Input::PlaceCall {
+            call_id: ID.into(),
+            with_video: false,
+            peer: Some(peer.clone()),
+        });
+        phone.input(Input::PeerCreated);
+        let outputs = phone.input(Input::LocalDescription {
+            sdp: CALLER_SDP.into(),
+            mid: None,
+        });
+        let [CallPayload::Offer(offer)] = &sent(&outputs)[..] else {
+            panic!("an offer: {outputs:?}");
+        };
+        (phone, offer.clone())
+    }
+
+    /// A callee that accepted the caller's signed offer and sent its signed answer.
+    fn signed_callee(peer: &PeerAuth, offer: CallOffer) -> (Phone, CallAnswer) {
+        let mut phone = Phone::new(config(AnswerPolicy::Accept));
+        let outputs = from(&mut phone, offer, peer);
+        assert!(ended(&outputs).is_none(), "{outputs:?}");
+        phone.input(Input::PeerCreated);
+        phone.input(Input::RemoteDescriptionSet);
+        let outputs = phone.input(Input::LocalDescription {
+            sdp: CALLEE_SDP.into(),
+            mid: None,
+        });
+        let [CallPayload::Answer(answer)] = &sent(&outputs)[..] else {
+            panic!("an answer: {outputs:?}");
+        };
+        (phone, answer.clone())
+    }
+
+    #[test]
+    fn rule_19_offers_and_answers_to_a_known_peer_carry_auth() {
+        let (at_caller, at_callee) = pair();
+        let (mut caller, offer) = signed_caller(config(AnswerPolicy::Manual), &at_caller);
+        let auth = offer.auth.clone().expect("the offer carries auth");
+        assert!(auth.verify(
+            &at_callee.mac_key,
+            CallAuthRole::Offer,
+            ID,
+            CALLER_SDP,
+            &at_callee.peer_key,
+            &at_callee.own_key
+        ));
+        let (_callee, answer) = signed_callee(&at_callee, offer);
+        assert!(answer.auth.expect("the answer carries auth").verify(
+            &at_caller.mac_key,
+            CallAuthRole::Answer,
+            ID,
+            CALLEE_SDP,
+            &at_caller.peer_key,
+            &at_caller.own_key
+        ));
+        // An ICE restart offer is signed too.
+        let answer = signed_answer(&at_callee, CALLEE_SDP);
+        from(&mut caller, answer, &at_caller);
+        caller.input(Input::RemoteDescriptionSet);
+        caller.input(Input::RemoteCertificate {
+            fingerprint: Some("sha-256 BB:BB".into()),
+        });
+        let mut caller = connected(caller);
+        caller.input(Input::Ice(IceConnection::Disconnected));
+        let outputs = caller.input(Input::LocalDescription {
+            sdp: CALLER_SDP.into(),
+            mid: None,
+        });
+        assert!(
+            matches!(&sent(&outputs)[..], [CallPayload::Offer(o)] if o.auth.is_some()),
+            "{outputs:?}"
+        );
+        // A call with no known peer sends none (`outgoing` asserts the exact offer).
+        outgoing(config(AnswerPolicy::Manual));
+    }
+
+    #[test]
+    fn rule_20_a_tampered_offer_is_refused_before_its_sdp_is_applied() {
+        let (at_caller, at_callee) = pair();
+        let (_, offer) = signed_caller(config(AnswerPolicy::Manual), &at_caller);
+        // A relay swapped the fingerprint for its own and kept the caller's auth.
+        let tampered = CallOffer {
+            sdp: RELAY_SDP.into(),
+            ..offer.clone()
+        };
+        let mut callee = Phone::new(config(AnswerPolicy::Accept));
+        let outputs = from(&mut callee, tampered, &at_callee);
+        assert!(not_authenticated(&outputs), "{outputs:?}");
+        assert!(!outputs
+            .iter()
+            .any(|o| matches!(o, Output::Do(Action::CreatePeer { .. }))));
+        let summary = summary(&outputs);
+        assert!(!summary.authenticated);
+        assert_eq!(summary.peer_key, Some(at_callee.peer_key_base64()));
+        assert_eq!(callee.state(), CallState::Idle);
+        // A MAC that was changed, and one under another pair's key.
+        let mut bad = offer.clone();
+        bad.auth.as_mut().unwrap().mac = "AAAA".into();
+        assert!(not_authenticated(&from(
+            &mut Phone::new(config(AnswerPolicy::Accept)),
+            bad,
+            &at_callee
+        )));
+        let stranger = Identity::from_secret([9u8; 32])
+            .peer_auth(at_callee.peer_key, false)
+            .unwrap();
+        let forged = signed_offer(&stranger, RELAY_SDP);
+        assert!(not_authenticated(&from(
+            &mut Phone::new(config(AnswerPolicy::Accept)),
+            forged,
+            &at_callee
+        )));
+        // The untouched offer goes through.
+        let mut callee = Phone::new(config(AnswerPolicy::Accept));
+        let outputs = from(&mut callee, offer, &at_callee);
+        assert_eq!(ended(&outputs), None);
+        assert_eq!(callee.state(), CallState::Incoming);
+    }
+
+    #[test]
+    fn rule_20_a_tampered_answer_is_refused_by_the_caller() {
+        let (at_caller, at_callee) = pair();
+        let (mut caller, _) = signed_caller(config(AnswerPolicy::Manual), &at_caller);
+        let tampered = CallAnswer {
+            sdp: RELAY_SDP.into(),
+            ..signed_answer(&at_callee, CALLEE_SDP)
+        };
+        let outputs = from(&mut caller, tampered, &at_caller);
+        assert!(not_authenticated(&outputs), "{outputs:?}");
+        // With the right answer the call goes on, authenticated.
+        let (mut caller, _) = signed_caller(config(AnswerPolicy::Manual), &at_caller);
+        let outputs = from(
+            &mut caller,
+            signed_answer(&at_callee, CALLEE_SDP),
+            &at_caller,
+        );
+        assert_eq!(
+            outputs,
+            [Output::Do(Action::SetRemoteAnswer {
+                sdp: CALLEE_SDP.into()
+            })]
+        );
+        assert!(caller.machine.snapshot().unwrap().authenticated);
+    }
+
+    #[test]
+    fn rule_20_no_auth_is_unauthenticated_unless_required_or_a_downgrade() {
+        let (_, at_callee) = pair();
+        // A peer without call authentication (Zajel's apps, browsers, aiortc) gets its call.
+        let mut callee = Phone::new(config(AnswerPolicy::Accept));
+        let outputs = from(&mut callee, offer(ID, CALLER_SDP), &at_callee);
+        assert_eq!(ended(&outputs), None);
+        assert!(!callee.machine.snapshot().unwrap().authenticated);
+        // Refused when authentication is required…
+        let required = MachineConfig {
+            require_authenticated: true,
+            ..config(AnswerPolicy::Accept)
+        };
+        assert!(not_authenticated(&from(
+            &mut Phone::new(required),
+            offer(ID, CALLER_SDP),
+            &at_callee
+        )));
+        let outputs = Phone::new(required).input(Input::Signal(offer(ID, CALLER_SDP).into()));
+        assert!(not_authenticated(&outputs));
+        // …and from a contact that authenticated before.
+        let before = PeerAuth {
+            authenticated_before: true,
+            ..at_callee.clone()
+        };
+        let outputs = from(
+            &mut Phone::new(config(AnswerPolicy::Accept)),
+            offer(ID, CALLER_SDP),
+            &before,
+        );
+        assert!(not_authenticated(&outputs));
+        // auth from a sender whose key is unknown cannot be verified: refused.
+        let signed = signed_offer(&pair().0, CALLER_SDP);
+        let outputs = Phone::new(config(AnswerPolicy::Accept)).input(Input::Signal(signed.into()));
+        assert!(not_authenticated(&outputs));
+    }
+
+    #[test]
+    fn rule_20_a_renegotiation_without_auth_of_an_authenticated_call_is_refused() {
+        let (at_caller, at_callee) = pair();
+        let (_, first) = signed_caller(config(AnswerPolicy::Manual), &at_caller);
+        let (mut callee, _) = signed_callee(&at_callee, first);
+        callee.input(Input::RemoteCertificate {
+            fingerprint: Some("sha-256 AA:AA".into()),
+        });
+        let mut callee = connected(callee);
+        // A signed restart offer is applied.
+        let outputs = from(
+            &mut callee,
+            signed_offer(&at_callee_signer(), CALLER_SDP),
+            &at_callee,
+        );
+        assert!(
+            matches!(&outputs[..], [Output::Do(Action::SetRemoteOffer { .. })]),
+            "{outputs:?}"
+        );
+        callee.input(Input::RemoteDescriptionSet);
+        callee.input(Input::LocalDescription {
+            sdp: CALLEE_SDP.into(),
+            mid: None,
+        });
+        // One without auth is a downgrade.
+        let outputs = from(&mut callee, offer(ID, RELAY_SDP), &at_callee);
+        assert!(not_authenticated(&outputs), "{outputs:?}");
+    }
+
+    /// The caller's keys (the restart offer's signer).
+    fn at_callee_signer() -> PeerAuth {
+        pair().0
+    }
+
+    #[test]
+    fn rule_21_the_dtls_certificate_must_be_the_authenticated_one() {
+        let (at_caller, at_callee) = pair();
+        let (_, offer) = signed_caller(config(AnswerPolicy::Manual), &at_caller);
+        // The certificate the offer's auth covered: the call comes up, authenticated.
+        let (mut callee, _) = signed_callee(&at_callee, offer.clone());
+        callee.input(Input::RemoteCertificate {
+            fingerprint: Some("sha-256 AA:AA".into()),
+        });
+        let callee = connected(callee);
+        assert!(callee.machine.snapshot().unwrap().authenticated);
+        // Another certificate (a relay's DTLS peer), or none: refused.
+        for presented in [Some("sha-256 EE:EE".to_string()), None] {
+            let (mut callee, _) = signed_callee(&at_callee, offer.clone());
+            let outputs = callee.input(Input::RemoteCertificate {
+                fingerprint: presented,
+            });
+            assert!(not_authenticated(&outputs), "{outputs:?}");
+        }
+        // Connected without a certificate check: refused, no media.
+        let (mut callee, _) = signed_callee(&at_callee, offer);
+        let outputs = callee.input(Input::PeerConnected);
+        assert!(not_authenticated(&outputs), "{outputs:?}");
+        assert!(!outputs.contains(&Output::Do(Action::StartMedia)));
+        // An unauthenticated call is not checked.
+        let mut plain = callee_connecting();
+        assert_eq!(
+            plain.input(Input::RemoteCertificate { fingerprint: None }),
+            []
+        );
+    }
+
+    #[test]
+    fn rule_22_local_only_remote_candidates_are_dropped_unless_allowed() {
+        let strict = MachineConfig {
+            allow_loopback_candidates: false,
+            ..config(AnswerPolicy::Manual)
+        };
+        let mut phone = incoming(strict);
+        for address in [
+            "127.0.0.1",
+            "127.8.9.10",
+            "169.254.1.2",
+            "0.0.0.0",
+            "224.0.0.251",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fe80::1",
+            "fe80::1%eth0",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+        ] {
+            let text = format!("candidate:1 1 udp 2130706431 {address} 9 typ host");
+            assert!(candidate_is_local_only(&text), "{text}");
+            assert_eq!(phone.signal(ice(ID, &text)), [], "{text}");
+        }
+        for address in ["192.0.2.7", "10.0.0.2", "2001:db8::1", "abcd.local"] {
+            let text = format!("candidate:1 1 udp 2130706431 {address} 9 typ host");
+            assert!(!candidate_is_local_only(&text), "{text}");
+            phone.signal(ice(ID, &text));
+        }
+        assert_eq!(phone.ice().remote_candidates_dropped, 12);
+        assert_eq!(phone.ice().remote_candidates, 4);
+        // In a remote SDP too.
+        let sdp = "v=0\r\na=candidate:1 1 udp 1 127.0.0.1 9 typ host\r\na=candidate:2 1 udp 1 192.0.2.7 9 typ host\r\nm=audio 9 UDP 0\r\n";
+        let mut callee = Phone::new(MachineConfig {
+            answer_policy: AnswerPolicy::Accept,
+            ..strict
+        });
+        callee.signal(offer(ID, sdp));
+        assert_eq!(
+            callee.input(Input::PeerCreated),
+            [Output::Do(Action::SetRemoteOffer {
+                sdp: "v=0\r\na=candidate:2 1 udp 1 192.0.2.7 9 typ host\r\nm=audio 9 UDP 0\r\n"
+                    .into()
+            })]
+        );
+        // Allowed (loopback tests, the demo): kept.
+        let mut open = incoming(config(AnswerPolicy::Manual));
+        open.signal(ice(ID, "candidate:1 1 udp 1 127.0.0.1 9 typ host"));
+        assert_eq!(open.ice().remote_candidates, 1);
     }
 }
