@@ -54,8 +54,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 use url::Url;
 use zajel_client_net::signaling::{tls_handshake, url_host, TrustAnchors};
-use zajel_wire::call::{CallKind, CallPayload};
-use zajel_wire::keys;
+use zajel_wire::call::{CallAuth, CallAuthRole, CallKind, CallPayload};
+use zajel_wire::{keys, peer_keys};
 
 /// What the relay does to calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -201,7 +201,7 @@ impl Shared {
             getrandom::fill(&mut seed).expect("randomness");
             seed
         });
-        x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(secret)).to_bytes()
+        peer_keys::public_key(&secret)
     }
 
     fn remember_real_key(&self, code: &str, key: &str) {
@@ -211,13 +211,23 @@ impl Shared {
         }
     }
 
-    /// The X25519 shared secret the relay holds with `victim` while standing in for `impersonated`.
-    fn shared_secret(&self, victim: &str, impersonated: &str) -> Option<[u8; 32]> {
+    /// The relay's secret standing in for `impersonated` and `victim`'s real public key.
+    fn forging_keys(&self, victim: &str, impersonated: &str) -> Option<ForgingKeys> {
         let keys = self.pairing.lock().unwrap_or_else(|e| e.into_inner());
-        let secret = x25519_dalek::StaticSecret::from(*keys.standing_in.get(impersonated)?);
-        let victim = x25519_dalek::PublicKey::from(*keys.real.get(victim)?);
-        Some(secret.diffie_hellman(&victim).to_bytes())
+        Some(ForgingKeys {
+            standing_in: *keys.standing_in.get(impersonated)?,
+            victim: *keys.real.get(victim)?,
+        })
     }
+}
+
+/// [`Mode::SwapPairingKeys`]: what the relay needs to MAC a payload for one victim.
+#[derive(Clone, Copy)]
+struct ForgingKeys {
+    /// The relay's X25519 secret the victim takes for its peer's key.
+    standing_in: [u8; 32],
+    /// The victim's real public key.
+    victim: [u8; 32],
 }
 
 /// A running hostile relay; stops accepting when dropped (connections it
@@ -815,8 +825,8 @@ impl Connection {
                 let mut body = payload.to_json();
                 if payload.kind() == CallKind::Offer {
                     let auth = mitm.caller_auth.clone();
-                    let role_key = self.forged_key(&mitm.callee, Side::FacingCallee);
-                    self.dress(&mut body, auth, role_key, "caller");
+                    let keys = self.forging_keys(&mitm.callee, Side::FacingCallee);
+                    self.dress(&mut body, auth, keys, CallAuthRole::Offer);
                 }
                 self.shared.count(|t| t.payloads_rewritten += 1);
                 let callee = mitm.callee.clone();
@@ -835,25 +845,31 @@ impl Connection {
         if payload.kind() == CallKind::Answer {
             // The callee's own auth when it answered; else the only MAC seen for this call.
             let auth = mitm.callee_auth.clone().or(mitm.caller_auth.clone());
-            let key = self.forged_key(&mitm.callee, Side::FacingCaller);
-            self.dress(&mut body, auth, key, "callee");
+            let keys = self.forging_keys(&mitm.callee, Side::FacingCaller);
+            self.dress(&mut body, auth, keys, CallAuthRole::Answer);
         }
         self.shared.count(|t| t.payloads_rewritten += 1);
         self.send_client(json!({"type": payload.kind().type_name(),
             "from": mitm.callee, "payload": body}));
     }
 
-    /// [`Mode::SwapPairingKeys`]: the key the relay shares with the victim of `side`.
-    fn forged_key(&self, callee: &str, side: Side) -> Option<[u8; 32]> {
+    /// [`Mode::SwapPairingKeys`]: the keys to MAC what the engine on `side` sends.
+    fn forging_keys(&self, callee: &str, side: Side) -> Option<ForgingKeys> {
         let caller = self.code.as_deref()?;
         match side {
-            Side::FacingCaller => self.shared.shared_secret(caller, callee),
-            Side::FacingCallee => self.shared.shared_secret(callee, caller),
+            Side::FacingCaller => self.shared.forging_keys(caller, callee),
+            Side::FacingCallee => self.shared.forging_keys(callee, caller),
         }
     }
 
     /// Puts the `auth` member the mode calls for into a forged offer or answer.
-    fn dress(&self, body: &mut Value, original: Option<Value>, key: Option<[u8; 32]>, role: &str) {
+    fn dress(
+        &self,
+        body: &mut Value,
+        original: Option<Value>,
+        keys: Option<ForgingKeys>,
+        role: CallAuthRole,
+    ) {
         let Some(object) = body.as_object_mut() else {
             return;
         };
@@ -873,7 +889,7 @@ impl Connection {
                     self.shared.count(|t| t.auth_stripped += 1);
                 }
             }
-            Mode::SwapPairingKeys => match key.and_then(|k| forge_auth(&k, object, role)) {
+            Mode::SwapPairingKeys => match keys.and_then(|k| forge_auth(k, object, role)) {
                 Some(auth) => {
                     object.insert("auth".into(), auth);
                     self.shared.count(|t| t.auth_forged += 1);
@@ -886,17 +902,27 @@ impl Connection {
     }
 }
 
-/// [`Mode::SwapPairingKeys`]: a valid `auth` member for `payload` under the
-/// X25519 secret the relay shares with its victim.
-///
-/// TODO(call-auth): computed with call-probe's own construction once that
-/// branch is merged; until then no `auth` can be forged and none is sent.
+/// [`Mode::SwapPairingKeys`]: a valid `auth` member for `payload` (its
+/// `callId` and SDP as they go out), made the way call-probe makes its own:
+/// the pair's call-auth key from the relay's standing-in secret and the
+/// victim's key, the standing-in key as sender, the victim as receiver.
 fn forge_auth(
-    _shared_secret: &[u8; 32],
-    _payload: &serde_json::Map<String, Value>,
-    _role: &str,
+    keys: ForgingKeys,
+    payload: &serde_json::Map<String, Value>,
+    role: CallAuthRole,
 ) -> Option<Value> {
-    None
+    let call_id = payload.get("callId")?.as_str()?;
+    let sdp = payload.get("sdp")?.as_str()?;
+    let session = peer_keys::session_key(&keys.standing_in, &keys.victim).ok()?;
+    let auth = CallAuth::sign(
+        &peer_keys::call_auth_key(&session),
+        role,
+        call_id,
+        sdp,
+        &peer_keys::public_key(&keys.standing_in),
+        &keys.victim,
+    );
+    serde_json::to_value(auth).ok()
 }
 
 fn set_call_id(payload: &mut CallPayload, call_id: &str) {
