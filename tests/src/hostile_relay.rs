@@ -170,6 +170,9 @@ pub struct Tally {
     pub auth_stripped: u64,
     /// Forged payloads with an `auth` the relay computed itself.
     pub auth_forged: u64,
+    /// `call_hangup`s of intercepted calls from the caller and from the callee.
+    pub hangups_from_caller: u64,
+    pub hangups_from_callee: u64,
     pub calls: Vec<InterceptedCall>,
 }
 
@@ -754,6 +757,7 @@ impl Connection {
             let _ = mitm.facing_caller_in.send(payload).await;
         }
         if kind == CallKind::Hangup {
+            self.shared.count(|t| t.hangups_from_caller += 1);
             let _ = mitm.facing_callee.hangup().await;
         }
     }
@@ -774,8 +778,10 @@ impl Connection {
         let Ok(mut payload) = CallPayload::parse(kind, &frame["payload"]) else {
             return;
         };
-        if kind == CallKind::Answer {
-            mitm.callee_auth = frame["payload"].get("auth").cloned();
+        match kind {
+            CallKind::Answer => mitm.callee_auth = frame["payload"].get("auth").cloned(),
+            CallKind::Hangup => self.shared.count(|t| t.hangups_from_callee += 1),
+            _ => {}
         }
         self.shared.count(|t| t.payloads_rewritten += 1);
         match mitm.inner_call_id.clone() {

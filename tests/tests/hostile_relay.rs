@@ -59,11 +59,18 @@ async fn stage(mode: Mode) -> Stage {
     Stage { honest, hostile }
 }
 
-/// `call-probe answer --once` on `server`: the process and its pairing code.
-fn start_answerer(server: &str, extra: &[&str]) -> (ChildProcess, String) {
+/// `call-probe answer --once` on `server` (a fresh identity): the process,
+/// its pairing code and its public key.
+fn start_answerer(server: &str, extra: &[&str]) -> (ChildProcess, String, String) {
     let mut command = Command::new(binary("call-probe").expect("cargo build -p call-probe"));
     command
-        .args(["answer", "--once", "--server", server])
+        .args([
+            "answer",
+            "--once",
+            "--server",
+            server,
+            "--ephemeral-identity",
+        ])
         .args(["--allow-private", "--no-cache", "--loopback", "--json"])
         .args(["--step-timeout", &step().as_secs().to_string()])
         .args(extra);
@@ -77,14 +84,15 @@ fn start_answerer(server: &str, extra: &[&str]) -> (ChildProcess, String) {
     })
     .expect("the answerer registers");
     let code = registered["code"].as_str().expect("a code").to_string();
-    (answerer, code)
+    let key = registered["publicKey"].as_str().expect("a key").to_string();
+    (answerer, code, key)
 }
 
 /// `call-probe call CODE --server server` to its end.
 async fn run_caller(server: &str, code: &str, extra: &[&str]) -> (Finished, Value) {
     let mut command = Command::new(binary("call-probe").expect("cargo build -p call-probe"));
     command
-        .args(["call", code, "--server", server])
+        .args(["call", code, "--server", server, "--ephemeral-identity"])
         .args(["--allow-private", "--no-cache", "--loopback", "--json"])
         .args(["--duration", "1", "--step-timeout"])
         .arg(step().as_secs().to_string())
@@ -144,7 +152,7 @@ async fn intercepted_reports(hostile: &HostileRelay) -> Tally {
 async fn strip_auth_intercepts_a_call_whose_ends_do_not_insist_on_authentication() {
     let _serial = SERIAL.lock().await;
     let stage = stage(Mode::StripAuth).await;
-    let (mut answerer, code) = start_answerer(&stage.hostile.url, &[]);
+    let (mut answerer, code, _) = start_answerer(&stage.hostile.url, &[]);
     let (finished, out) = run_caller(&stage.hostile.url, &code, &[]).await;
     let call = &out["call"];
     assert_eq!(
@@ -181,23 +189,11 @@ async fn strip_auth_intercepts_a_call_whose_ends_do_not_insist_on_authentication
         facing_callee["ice"]["selected_pair"]["local"]["port"],
         "{callee:#}"
     );
-    assert_ne!(
-        authenticated(&out),
-        Some(true),
-        "a stripped call must not be reported authenticated: {out:#}"
-    );
+    // What shows it: neither side is authenticated.
+    assert_eq!(call["authenticated"], false, "{call:#}");
+    assert_eq!(callee["report"]["authenticated"], false, "{callee:#}");
+    assert!(tally.auth_stripped >= 2, "{tally:#?}");
     drop(stage.honest);
-}
-
-/// `"authenticated"` of the caller's report, where call-probe puts it.
-fn authenticated(out: &Value) -> Option<bool> {
-    [
-        &out["call"]["authenticated"],
-        &out["authenticated"],
-        &out["call"]["call"]["authenticated"],
-    ]
-    .into_iter()
-    .find_map(Value::as_bool)
 }
 
 /// The honest mode is a pure proxy with a server identity of its own: the
@@ -207,7 +203,7 @@ fn authenticated(out: &Value) -> Option<bool> {
 async fn honest_mode_relays_the_call_untouched() {
     let _serial = SERIAL.lock().await;
     let stage = stage(Mode::Honest).await;
-    let (mut answerer, code) = start_answerer(&stage.hostile.url, &[]);
+    let (mut answerer, code, _) = start_answerer(&stage.hostile.url, &[]);
     let (finished, out) = run_caller(&stage.hostile.url, &code, &[]).await;
     assert_eq!(
         finished.code,
@@ -220,6 +216,8 @@ async fn honest_mode_relays_the_call_untouched() {
     assert!(near(out["call"]["heard_hz"].as_f64(), CALLEE_HZ));
     let callee = answerer_report(&mut answerer);
     assert!(near(heard(&callee["report"]), CALLER_HZ), "{callee:#}");
+    assert_eq!(out["call"]["authenticated"], true, "{out:#}");
+    assert_eq!(callee["report"]["authenticated"], true, "{callee:#}");
     let tally = stage.hostile.tally();
     assert_eq!(tally.calls_intercepted, 0, "{tally:#?}");
     assert_eq!(tally.payloads_rewritten, 0, "{tally:#?}");
@@ -276,4 +274,156 @@ async fn the_relay_proves_its_own_identity() {
     socket.send(Message::text(short.to_string())).await.unwrap();
     assert_eq!(next(socket.next().await)["type"], "error");
     assert_eq!(stage.hostile.tally().identity_proofs, 1);
+}
+
+/// The end of a report (`{"kind":…}`) and the caller's error kind.
+fn end_kind(report: &Value) -> &str {
+    report["end"]["kind"].as_str().unwrap_or_default()
+}
+
+/// The answerer's exit code once it is done (`--once`).
+fn answerer_exit(answerer: &mut ChildProcess) -> Option<i32> {
+    tokio::task::block_in_place(|| answerer.wait(step()))
+        .ok()
+        .and_then(|status| status.code())
+}
+
+/// `SwapFingerprints`: the forged offer carries the caller's MAC and the
+/// forged answer the only MAC the relay has (the callee refused, so the
+/// caller's, replayed). Both ends detect the swap: each reports
+/// `media_not_authenticated`, exits 6, accepted no media from the relay's
+/// peers, and sent `call_hangup`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn swap_fingerprints_is_detected_as_caller_and_as_callee() {
+    let _serial = SERIAL.lock().await;
+    let stage = stage(Mode::SwapFingerprints).await;
+    let (mut answerer, code, _) = start_answerer(&stage.hostile.url, &[]);
+    let (finished, out) = run_caller(&stage.hostile.url, &code, &[]).await;
+    let call = &out["call"];
+    let tally = stage.hostile.tally();
+    assert_eq!(tally.calls_intercepted, 1, "{tally:#?}");
+    assert!(tally.auth_copied >= 2, "offer and answer: {tally:#?}");
+    // The caller.
+    assert_eq!(
+        finished.code,
+        Some(6),
+        "{}\n{}",
+        finished.stdout,
+        finished.stderr
+    );
+    assert_eq!(call["error_kind"], "media_not_authenticated", "{call:#}");
+    assert_eq!(
+        end_kind(&call["call"]),
+        "media_not_authenticated",
+        "{call:#}"
+    );
+    assert_eq!(call["authenticated"], false);
+    assert_eq!(call["media_both_ways"], false);
+    assert_eq!(call["call"]["rtp"]["packets_received"], 0, "{call:#}");
+    // The callee.
+    let callee = answerer_report(&mut answerer);
+    let report = &callee["report"];
+    assert_eq!(end_kind(report), "media_not_authenticated", "{callee:#}");
+    assert_eq!(report["authenticated"], false);
+    assert_eq!(report["rtp"]["packets_received"], 0, "{callee:#}");
+    assert_eq!(
+        answerer_exit(&mut answerer),
+        Some(6),
+        "{}",
+        answerer.output()
+    );
+    // Both hung up on the relay's peers.
+    let tally = stage
+        .hostile
+        .wait_for(step(), |t| {
+            t.hangups_from_caller >= 1 && t.hangups_from_callee >= 1
+        })
+        .await
+        .unwrap_or_else(|t| panic!("both ends should send call_hangup: {t:#?}"));
+    assert_eq!(tally.calls_intercepted, 1);
+}
+
+/// `StripAuth` against ends that insist (`--require-authenticated`): both
+/// refuse the relay's unauthenticated payloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn strip_auth_is_refused_with_require_authenticated() {
+    let _serial = SERIAL.lock().await;
+    let stage = stage(Mode::StripAuth).await;
+    let strict = ["--require-authenticated"];
+    let (mut answerer, code, _) = start_answerer(&stage.hostile.url, &strict);
+    let (finished, out) = run_caller(&stage.hostile.url, &code, &strict).await;
+    let call = &out["call"];
+    let tally = stage.hostile.tally();
+    assert_eq!(tally.calls_intercepted, 1, "{tally:#?}");
+    assert!(tally.auth_stripped >= 1, "{tally:#?}");
+    assert_eq!(
+        finished.code,
+        Some(6),
+        "{}\n{}",
+        finished.stdout,
+        finished.stderr
+    );
+    assert_eq!(call["error_kind"], "media_not_authenticated", "{call:#}");
+    assert_eq!(call["media_both_ways"], false);
+    let callee = answerer_report(&mut answerer);
+    assert_eq!(
+        end_kind(&callee["report"]),
+        "media_not_authenticated",
+        "{callee:#}"
+    );
+    assert_eq!(
+        answerer_exit(&mut answerer),
+        Some(6),
+        "{}",
+        answerer.output()
+    );
+}
+
+/// `SwapPairingKeys`: the relay hands each side its own X25519 key in
+/// pairing and MACs its forged payloads with the keys it shares with each.
+/// Said honestly: after a fresh pairing nothing in the call can tell (the
+/// call is reported authenticated, with the relay's key as the peer's);
+/// only the key check out of band can, which `--peer-key` is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn swap_pairing_keys_passes_fresh_pairing_but_not_a_pinned_key() {
+    let _serial = SERIAL.lock().await;
+    let stage = stage(Mode::SwapPairingKeys).await;
+    let (mut answerer, code, real_key) = start_answerer(&stage.hostile.url, &[]);
+    let (finished, out) = run_caller(&stage.hostile.url, &code, &[]).await;
+    let call = &out["call"];
+    let tally = intercepted_reports(&stage.hostile).await;
+    assert_eq!(tally.calls_intercepted, 1, "{tally:#?}");
+    assert!(tally.pairing_keys_swapped >= 2, "{tally:#?}");
+    assert!(tally.auth_forged >= 2, "{tally:#?}");
+    assert_eq!(
+        finished.code,
+        Some(0),
+        "{}\n{}",
+        finished.stdout,
+        finished.stderr
+    );
+    assert_eq!(call["media_both_ways"], true, "{call:#}");
+    assert_eq!(
+        call["authenticated"], true,
+        "the out-of-band case: {call:#}"
+    );
+    assert_ne!(call["peer_key"], real_key.as_str(), "{call:#}");
+    let callee = answerer_report(&mut answerer);
+    assert_eq!(callee["report"]["authenticated"], true, "{callee:#}");
+    // The caller pins the answerer's real key (learnt out of band).
+    let (_answerer, code, real_key) = start_answerer(&stage.hostile.url, &[]);
+    let (finished, out) = run_caller(&stage.hostile.url, &code, &["--peer-key", &real_key]).await;
+    assert_eq!(
+        finished.code,
+        Some(6),
+        "{}\n{}",
+        finished.stdout,
+        finished.stderr
+    );
+    assert_eq!(out["call"]["error_kind"], "peer_key_mismatch", "{out:#}");
+    assert_eq!(
+        stage.hostile.tally().calls_intercepted,
+        1,
+        "no call is placed to a mismatched key"
+    );
 }
