@@ -2,6 +2,11 @@
 //! a `zajel://` sharing link and its QR code), accepts every pair request, answers every call
 //! (audio, and video when offered), sends a tone (or echoes what it hears), and goes on until
 //! it has answered the number of calls it was told to.
+//!
+//! It registers the probe's identity and shows its public key ([`Answerer::public_key`]) so a
+//! caller can pin it (`call --peer-key`). Calls come only from codes it paired with; a call
+//! whose authentication fails ends `media_not_authenticated` (counted in
+//! [`Answerer::serve`]'s calls like any other); an authenticated call marks its contact so.
 
 use std::time::Duration;
 
@@ -15,14 +20,16 @@ use crate::call::CallEvent;
 use crate::client::{TurnPaths, TurnRouteError, TurnTransport};
 use crate::config::{AnswerPolicy, CallConfig};
 use crate::error::{session_kind, ErrorKind};
-use crate::line::{LineEvent, PhoneLine};
-use crate::line_options::LineOptions;
+use crate::line::{lock_contacts, LineEvent, PhoneLine};
+use crate::line_options::{LineOptions, StateError};
 use crate::report::CallReport;
 use crate::selftest::PhoneError;
 
 /// Why the answerer could not start or stopped serving.
 #[derive(Debug, thiserror::Error)]
 pub enum AnswerError {
+    #[error("state: {0}")]
+    State(#[from] StateError),
     #[error("signaling: {0}")]
     Signaling(#[source] SessionError),
     #[error(transparent)]
@@ -40,6 +47,7 @@ impl AnswerError {
     /// The machine-readable kind.
     pub fn kind(&self) -> ErrorKind {
         match self {
+            Self::State(error) => error.kind(),
             Self::Signaling(error) => session_kind(error),
             Self::Turn(error) => error.kind(),
             Self::QrCode(_) => ErrorKind::QrCode,
@@ -83,6 +91,8 @@ impl AnswerOptions {
 pub struct Answerer {
     pub code: PairingCode,
     pub server_id: String,
+    /// This answerer's X25519 public key (standard base64), as registered: what a caller pins.
+    pub public_key: String,
     /// `zajel://CODE?server=…`
     pub share_uri: String,
     line: PhoneLine,
@@ -102,9 +112,10 @@ pub struct AnsweredCall {
 impl Answerer {
     /// Connects, registers and wires the engine.
     pub async fn start(options: AnswerOptions) -> Result<Self, AnswerError> {
+        let keys = options.line.line_keys()?;
         let registered = options
             .line
-            .register(&options.server, options.code)
+            .register(&options.server, options.code, &keys.identity)
             .await
             .map_err(AnswerError::Signaling)?;
         let (ice_servers, turn_paths) = options
@@ -126,10 +137,19 @@ impl Answerer {
             .unwrap_or_else(|_| format!("zajel://{}", registered.code.as_str()));
         let code = registered.code;
         let server_id = registered.server_id.clone();
-        let line = PhoneLine::start("answerer", registered.session, code, config, true);
+        let public_key = keys.identity.public_base64();
+        let line = PhoneLine::start_keyed(
+            "answerer",
+            registered.session,
+            code,
+            config,
+            true,
+            Some(keys),
+        );
         Ok(Self {
             code,
             server_id,
+            public_key,
             share_uri,
             line,
             options,
@@ -162,6 +182,7 @@ impl Answerer {
             tokio::select! {
                 ended = self.line.phone.ended(forever) => {
                     let mut report = ended?;
+                    self.remember_authenticated(&report);
                     // The taps serve every call; their resend count is since the start.
                     self.turn_paths.complete(&mut report);
                     let resends = report.dtls.final_flight_resends_through_turn;
@@ -183,6 +204,19 @@ impl Answerer {
                     Some(other) => tracing::debug!(?other, "line event"),
                 },
             }
+        }
+    }
+
+    /// Marks the contact of an authenticated call.
+    fn remember_authenticated(&self, report: &CallReport) {
+        let (true, Some(key), Some(keys)) =
+            (report.authenticated, &report.peer_key, self.line.keys())
+        else {
+            return;
+        };
+        let now = zajel_client_net::now_ms();
+        if let Err(error) = lock_contacts(&keys.contacts).authenticated(key, now) {
+            tracing::warn!(%error, "the contact was not saved");
         }
     }
 

@@ -11,7 +11,8 @@
 //! 5. The call paths that exist: direct UDP, TURN/UDP, TURN/TCP, TURN/TLS.
 //!
 //! Exit codes: [`EXIT_OK`], [`EXIT_NO_SERVER`], [`EXIT_SIGNALING_BLOCKED`],
-//! [`EXIT_NO_MEDIA_PATH`].
+//! [`EXIT_NO_MEDIA_PATH`]; `call` and `answer` add [`EXIT_NOT_AUTHENTICATED`] (all listed in
+//! [`EXIT_CODES_HELP`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +39,18 @@ pub const EXIT_NO_SERVER: u8 = 3;
 pub const EXIT_SIGNALING_BLOCKED: u8 = 4;
 /// Signaling works but no media path does (no UDP, no TURN of any kind).
 pub const EXIT_NO_MEDIA_PATH: u8 = 5;
+/// `call`/`answer`: a call failed call authentication (`media_not_authenticated`), or the
+/// answerer's key was not the pinned one (`peer_key_mismatch`).
+pub const EXIT_NOT_AUTHENTICATED: u8 = 6;
+/// Every exit code of `call-probe`, for `--help`.
+pub const EXIT_CODES_HELP: &str = "Exit codes:
+  0  success (check: a call path exists)
+  1  failure (a call failed otherwise, the relay went away, a state file is unusable)
+  2  bad flags
+  3  no server found
+  4  signaling blocked (check; answer: could not register)
+  5  no media path (check)
+  6  call not authenticated (media_not_authenticated) or the peer's key is not the pinned one (peer_key_mismatch)";
 
 /// Why `check` could not run at all (a blocked path is a verdict, not an error).
 #[derive(Debug, thiserror::Error)]

@@ -147,6 +147,49 @@ impl ServerChoice {
         }
     }
 
+    /// The servers a call may use, best first: the chosen one, then every other server
+    /// discovery checked and found usable (signed sources first, then by round trip). A
+    /// `call` moves on to the next when a server turns out hostile.
+    pub fn usable_servers(&self) -> Vec<String> {
+        let mut servers: Vec<String> = self.server.iter().cloned().collect();
+        if let Some(report) = &self.discovery {
+            let mut others: Vec<_> = report
+                .candidates
+                .iter()
+                .filter(|c| c.outcome.is_ok() && !servers.contains(&c.url))
+                .collect();
+            others.sort_by(|a, b| {
+                b.verified.cmp(&a.verified).then(
+                    a.rtt_ms
+                        .unwrap_or(f64::MAX)
+                        .total_cmp(&b.rtt_ms.unwrap_or(f64::MAX)),
+                )
+            });
+            for candidate in others {
+                if !servers.contains(&candidate.url) {
+                    servers.push(candidate.url.clone());
+                }
+            }
+        }
+        servers
+    }
+
+    /// The choice after moving on to `url` (one of [`Self::usable_servers`]): the server and
+    /// the layers that named it.
+    pub fn moved_to(&mut self, url: &str) {
+        if self.server.as_deref() == Some(url) {
+            return;
+        }
+        self.server = Some(url.to_string());
+        if let Some(candidate) = self.discovery.as_ref().and_then(|r| r.candidate(url)) {
+            self.found_by = candidate
+                .sources
+                .iter()
+                .map(|l| l.as_str().to_string())
+                .collect();
+        }
+    }
+
     /// A few lines for a person.
     pub fn to_table(&self) -> String {
         let mut out = String::new();

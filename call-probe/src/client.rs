@@ -1,5 +1,6 @@
 //! What `call`, `answer` and `check` share: opening a registered session on a relay (with
-//! the relay's `ice_servers`), a random pairing code and X25519-shaped public key, turning the
+//! the relay's `ice_servers`), a random pairing code and the real X25519 public key of an
+//! [`Identity`] (a fresh one unless given), turning the
 //! relay's ICE servers into the engine's (every TURN server behind a TURN tap, TCP/TLS through
 //! the client-side stream bridges of `zajel_client_net::turn_bridge`, and which of them a call's media took), and descriptions of ICE
 //! servers without their credentials.
@@ -12,11 +13,12 @@ use url::Url;
 use zajel_client_net::signaling::{ConnectTimings, SessionError, SignalingSession, TrustAnchors};
 use zajel_client_net::tls;
 use zajel_client_net::turn_bridge::{BridgeTls, StreamBridge};
-use zajel_wire::pairing::{encode_x25519_public_key, PairingCode};
+use zajel_wire::pairing::PairingCode;
 use zajel_wire::signaling::IceServer as WireIceServer;
 
 use crate::config::IceServer;
 use crate::error::ErrorKind;
+use crate::identity::Identity;
 use crate::report::CallReport;
 use crate::turn_tap::TurnTap;
 
@@ -75,18 +77,12 @@ pub fn random_code() -> Result<PairingCode, NoRandomness> {
     Ok(PairingCode::from_random_bytes(bytes))
 }
 
-/// A random 32-byte public key in Zajel's encoding (the probe does no end-to-end messaging,
-/// so the key only has to have the right shape).
-pub fn random_public_key() -> Result<String, NoRandomness> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes)?;
-    Ok(encode_x25519_public_key(&bytes))
-}
-
 /// A session registered on a relay.
 pub struct Registered {
     pub session: SignalingSession,
     pub code: PairingCode,
+    /// The identity whose public key was registered.
+    pub identity: Identity,
     pub server_id: String,
     pub ice_servers: Vec<WireIceServer>,
     /// Connect step timings.
@@ -95,11 +91,24 @@ pub struct Registered {
     pub register_ms: f64,
 }
 
-/// Connects to `url`, registers `code` (random when `None`) asking for `ice_servers`.
+/// Connects to `url`, registers `code` (random when `None`) with a fresh identity's public
+/// key, asking for `ice_servers`.
 pub async fn connect_and_register(
     url: &Url,
     trust: &TrustAnchors,
     code: Option<PairingCode>,
+    step_timeout: Duration,
+) -> Result<Registered, SessionError> {
+    let identity = Identity::ephemeral().map_err(|e| SessionError::Refused(e.to_string()))?;
+    connect_and_register_as(url, trust, code, &identity, step_timeout).await
+}
+
+/// [`connect_and_register`] with `identity`'s public key.
+pub async fn connect_and_register_as(
+    url: &Url,
+    trust: &TrustAnchors,
+    code: Option<PairingCode>,
+    identity: &Identity,
     step_timeout: Duration,
 ) -> Result<Registered, SessionError> {
     let mut session = SignalingSession::connect(url, trust, step_timeout).await?;
@@ -107,15 +116,15 @@ pub async fn connect_and_register(
         Some(code) => code,
         None => random_code().map_err(|e| SessionError::Refused(e.to_string()))?,
     };
-    let key = random_public_key().map_err(|e| SessionError::Refused(e.to_string()))?;
     let started = Instant::now();
     let (server_id, ice_servers) = session
-        .register_asking_ice_servers(code, &key, step_timeout)
+        .register_asking_ice_servers(code, &identity.public_base64(), step_timeout)
         .await?;
     Ok(Registered {
         timings: session.timings().clone(),
         session,
         code,
+        identity: identity.clone(),
         server_id,
         ice_servers,
         register_ms: started.elapsed().as_secs_f64() * 1000.0,

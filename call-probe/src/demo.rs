@@ -67,6 +67,9 @@ pub struct DemoReport {
     pub answerer: Option<CallReport>,
     /// Both sides sent and received audio and each heard the other's tone.
     pub media_both_ways: bool,
+    /// Both sides authenticated the call (each verified the other's `auth` and DTLS
+    /// certificate).
+    pub authenticated: bool,
     pub caller_heard_hz: Option<f64>,
     pub answerer_heard_hz: Option<f64>,
     pub total_ms: f64,
@@ -162,10 +165,11 @@ impl DemoReport {
         out.push_str("== result ==\n");
         let hz = |v: Option<f64>| v.map_or("nothing".into(), |v| format!("{v:.0} Hz"));
         out.push_str(&format!(
-            "caller heard        {}\nanswerer heard      {}\nmedia both ways     {}\ntotal               {:.0} ms\n",
+            "caller heard        {}\nanswerer heard      {}\nmedia both ways     {}\nauthenticated       {}\ntotal               {:.0} ms\n",
             hz(self.caller_heard_hz),
             hz(self.answerer_heard_hz),
             if self.media_both_ways { "yes" } else { "NO" },
+            self.authenticated,
             self.total_ms
         ));
         if let Some(error) = &self.error {
@@ -250,6 +254,8 @@ pub async fn run_demo(options: &DemoOptions) -> Result<DemoReport, DemoError> {
         && answerer_report.as_ref().is_some_and(media_flowed_both_ways)
         && caller_heard
         && answerer_heard;
+    let authenticated =
+        call.authenticated && answerer_report.as_ref().is_some_and(|r| r.authenticated);
     let (error, error_kind) = if let Some(error) = &call.error {
         (Some(error.clone()), call.error_kind)
     } else if !media_both_ways {
@@ -279,6 +285,7 @@ pub async fn run_demo(options: &DemoOptions) -> Result<DemoReport, DemoError> {
         call,
         answerer: answerer_report,
         media_both_ways,
+        authenticated,
         total_ms: start.elapsed().as_secs_f64() * 1000.0,
         error,
         error_kind,

@@ -3,8 +3,12 @@
 //! [`PhoneLine::start`] moves the session into a task that
 //! - answers `pair_incoming` (accepts when told to),
 //! - reports pairing outcomes as [`LineEvent`]s,
-//! - hands every valid incoming `call_*` payload to the engine, remembering which peer code
-//!   each `callId` came from,
+//! - remembers the codes it paired with in this session (`pair_matched`) and their public
+//!   keys, and hands a valid incoming `call_*` payload to the engine only when it comes from
+//!   one of them (with that peer's keys, [`PeerAuth`], when the line has an identity:
+//!   [`LineKeys`]); `call_*` from any other code is ignored (logged without its contents),
+//!   remembering which peer code each `callId` came from,
+//! - records each paired peer in the contacts (first/last seen),
 //! - sends every payload the engine produces as a `call_*` message in the envelope form, to the
 //!   peer of its `callId` (or, for a new call, to the last paired peer).
 //!
@@ -16,18 +20,46 @@
 //! frames still queued.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use zajel_client_net::signaling::SignalingSession;
 use zajel_wire::call::CallPayload;
-use zajel_wire::pairing::PairingCode;
+use zajel_wire::pairing::{decode_x25519_public_key, PairingCode};
 use zajel_wire::signaling::{ClientMessage, ServerMessage};
 
-use crate::call::CallEngine;
+use crate::call::{CallEngine, Inbound};
 use crate::config::CallConfig;
+use crate::contacts::Contacts;
 use crate::error::ErrorKind;
+use crate::identity::{Identity, PeerAuth};
 use crate::selftest::Phone;
+
+/// The identity a line registered with and the contacts it records peers in.
+#[derive(Debug, Clone)]
+pub struct LineKeys {
+    pub identity: Identity,
+    pub contacts: Arc<Mutex<Contacts>>,
+}
+
+impl LineKeys {
+    /// The keys for a call with the peer whose public key is `peer_key` (standard base64),
+    /// or `None` when it is not a usable X25519 key.
+    pub fn peer_auth(&self, peer_key: &str) -> Option<PeerAuth> {
+        let key = decode_x25519_public_key(peer_key)?;
+        let before = lock_contacts(&self.contacts).authenticated_before(peer_key);
+        self.identity.peer_auth(key, before).ok()
+    }
+}
+
+/// The contacts, even if a holder panicked.
+pub fn lock_contacts(contacts: &Mutex<Contacts>) -> std::sync::MutexGuard<'_, Contacts> {
+    contacts.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The codes a line paired with in this session, with the public key each was paired under.
+type PairedCodes = Arc<Mutex<HashMap<String, String>>>;
 
 /// How long a closing line may take to send what is queued and close its WebSocket.
 pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -77,6 +109,8 @@ pub enum LineEvent {
     /// Paired (both sides get it): calls without a known peer go here.
     PairMatched {
         peer_code: String,
+        /// The peer's public key as the relay handed it (standard base64).
+        peer_public_key: String,
         is_initiator: bool,
     },
     PairRejected {
@@ -106,10 +140,13 @@ pub struct PhoneLine {
     pub events: mpsc::UnboundedReceiver<LineEvent>,
     commands: mpsc::Sender<ClientMessage>,
     task: tokio::task::JoinHandle<()>,
+    keys: Option<LineKeys>,
+    paired: PairedCodes,
 }
 
 impl PhoneLine {
-    /// Starts the engine and the routing task. `accept_pairs`: accept every pair request.
+    /// Starts the engine and the routing task, with no identity (calls are never
+    /// authenticated). `accept_pairs`: accept every pair request.
     pub fn start(
         name: &str,
         session: SignalingSession,
@@ -117,18 +154,37 @@ impl PhoneLine {
         config: CallConfig,
         accept_pairs: bool,
     ) -> Self {
+        Self::start_keyed(name, session, code, config, accept_pairs, None)
+    }
+
+    /// [`Self::start`] for a line registered with `keys.identity`: calls with paired peers
+    /// are authenticated (`auth` signed and checked).
+    pub fn start_keyed(
+        name: &str,
+        session: SignalingSession,
+        code: PairingCode,
+        config: CallConfig,
+        accept_pairs: bool,
+        keys: Option<LineKeys>,
+    ) -> Self {
         let (to_engine, engine_inbox) = mpsc::channel(256);
         let (engine_out, from_engine) = mpsc::channel(256);
-        let (engine, engine_events) = CallEngine::spawn(config, engine_inbox, engine_out);
+        let (engine, engine_events) =
+            CallEngine::spawn_with_peers(config, engine_inbox, engine_out);
         let (line_events, events) = mpsc::unbounded_channel();
         let (commands, command_rx) = mpsc::channel(16);
+        let paired = PairedCodes::default();
         let task = tokio::spawn(route(
             session,
-            to_engine,
+            Routing {
+                to_engine,
+                events: line_events,
+                accept_pairs,
+                keys: keys.clone(),
+                paired: Arc::clone(&paired),
+            },
             from_engine,
-            line_events,
             command_rx,
-            accept_pairs,
         ));
         Self {
             phone: Phone::new(name, engine, engine_events),
@@ -136,7 +192,30 @@ impl PhoneLine {
             events,
             commands,
             task,
+            keys,
+            paired,
         }
+    }
+
+    /// The public key (standard base64) `code` was paired under in this session.
+    pub fn paired_key(&self, code: PairingCode) -> Option<String> {
+        self.paired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(code.as_str())
+            .cloned()
+    }
+
+    /// The keys for a call with the peer paired as `code`, when this line has an identity
+    /// and the peer's key is usable.
+    pub fn peer_auth(&self, code: PairingCode) -> Option<PeerAuth> {
+        let key = self.paired_key(code)?;
+        self.keys.as_ref()?.peer_auth(&key)
+    }
+
+    /// The identity and contacts of this line, if it has them.
+    pub fn keys(&self) -> Option<&LineKeys> {
+        self.keys.as_ref()
     }
 
     /// Sends `pair_request` to `target` and waits for the outcome (`pair_matched` gives
@@ -261,14 +340,54 @@ async fn hang_up(
     session.close(CLOSE_WAIT).await;
 }
 
+/// What the routing task routes with.
+struct Routing {
+    to_engine: mpsc::Sender<Inbound>,
+    events: mpsc::UnboundedSender<LineEvent>,
+    accept_pairs: bool,
+    keys: Option<LineKeys>,
+    paired: PairedCodes,
+}
+
+impl Routing {
+    /// The public key `from` was paired under, if this line paired with it.
+    fn paired_key(&self, from: &PairingCode) -> Option<String> {
+        self.paired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(from.as_str())
+            .cloned()
+    }
+
+    /// Remembers a pairing and records the contact.
+    fn paired(&self, code: &str, key: &str) {
+        self.paired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(code.to_string(), key.to_string());
+        if let Some(keys) = &self.keys {
+            if decode_x25519_public_key(key).is_some() {
+                let now = zajel_client_net::now_ms();
+                if let Err(error) = lock_contacts(&keys.contacts).paired(key, code, now) {
+                    tracing::warn!(%error, "the contact was not saved");
+                }
+            }
+        }
+    }
+}
+
 async fn route(
     mut session: SignalingSession,
-    to_engine: mpsc::Sender<CallPayload>,
+    routing: Routing,
     mut from_engine: mpsc::Receiver<CallPayload>,
-    events: mpsc::UnboundedSender<LineEvent>,
     mut commands: mpsc::Receiver<ClientMessage>,
-    accept_pairs: bool,
 ) {
+    let Routing {
+        ref to_engine,
+        ref events,
+        accept_pairs,
+        ..
+    } = routing;
     let mut peer: Option<PairingCode> = None;
     let mut peer_of_call: HashMap<String, PairingCode> = HashMap::new();
     loop {
@@ -282,8 +401,14 @@ async fn route(
                     let from = message.forwarded().and_then(|forwarded| PairingCode::parse(&forwarded.from).ok());
                     match (payload, from) {
                         (Ok(payload), Some(from)) => {
+                            let Some(key) = routing.paired_key(&from) else {
+                                tracing::warn!(from = from.as_str(), kind = payload.kind().type_name(),
+                                    "ignoring a call message from a code this line has not paired with");
+                                continue;
+                            };
+                            let auth = routing.keys.as_ref().and_then(|keys| keys.peer_auth(&key));
                             peer_of_call.insert(payload.call_id().to_ascii_lowercase(), from);
-                            if to_engine.send(payload).await.is_err() {
+                            if to_engine.send(Inbound { payload, peer: auth }).await.is_err() {
                                 return;
                             }
                         }
@@ -304,11 +429,12 @@ async fn route(
                         }
                         LineEvent::PairIncoming { from_code }
                     }
-                    ServerMessage::PairMatched { peer_code, is_initiator, .. } => {
+                    ServerMessage::PairMatched { peer_code, peer_public_key, is_initiator } => {
                         if let Ok(code) = PairingCode::parse(&peer_code) {
                             peer = Some(code);
+                            routing.paired(&peer_code, &peer_public_key);
                         }
-                        LineEvent::PairMatched { peer_code, is_initiator }
+                        LineEvent::PairMatched { peer_code, peer_public_key, is_initiator }
                     }
                     ServerMessage::PairRejected { peer_code } => LineEvent::PairRejected { peer_code },
                     ServerMessage::PairError { error } => LineEvent::PairError { error },

@@ -1,9 +1,12 @@
 //! What `call`, `answer` and `demo` share: how a phone line reaches its relay (whom it
 //! trusts), how its calls may reach TURN, which addresses they use, the tone they send and
-//! their timeouts ([`LineOptions`]), and the one place those become the engine's
+//! their timeouts, which identity it pairs with and how strictly it authenticates calls
+//! ([`LineOptions`]), and the one place those become the engine's
 //! [`CallConfig`] ([`LineOptions::call_config`]). Each mode embeds a `LineOptions` and adds
 //! what is its own (the caller's target and video, the answerer's echo and answer policy).
 
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
@@ -13,7 +16,42 @@ use zajel_wire::signaling::IceServer as WireIceServer;
 
 use crate::client::{self, Registered, TurnPaths, TurnTransport};
 use crate::config::{CallConfig, CallTimeouts, IceServer};
+use crate::contacts::{Contacts, ContactsError};
+use crate::error::ErrorKind;
+use crate::identity::{default_state_dir, Identity, IdentityError};
+use crate::line::LineKeys;
 use zajel_client_net::signaling::{SessionError, TrustAnchors};
+
+/// Which pairing identity a line uses.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum IdentityChoice {
+    /// A fresh identity in memory, contacts in memory: nothing read or written
+    /// (`--ephemeral-identity`; the library's default, so tests and the demo keep no state).
+    #[default]
+    Ephemeral,
+    /// The identity and contacts kept in this state folder (`None`: the default folder, see
+    /// [`crate::identity::default_state_dir`]).
+    StateDir(Option<PathBuf>),
+}
+
+/// Why the line's identity or contacts could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Contacts(#[from] ContactsError),
+}
+
+impl StateError {
+    /// The machine-readable kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Identity(error) => error.kind(),
+            Self::Contacts(error) => error.kind(),
+        }
+    }
+}
 
 /// How one phone line on a relay sets up its calls.
 #[derive(Debug, Clone)]
@@ -36,6 +74,13 @@ pub struct LineOptions {
     pub step_timeout: Duration,
     /// The call state machine's timeouts.
     pub timeouts: CallTimeouts,
+    /// The pairing identity and where contacts are kept.
+    pub identity: IdentityChoice,
+    /// Refuse calls from peers that send no call authentication.
+    pub require_authenticated: bool,
+    /// Keep remote candidates on loopback and other local-only addresses (always with
+    /// `loopback`).
+    pub allow_loopback_candidates: bool,
 }
 
 impl LineOptions {
@@ -52,7 +97,32 @@ impl LineOptions {
             tone_hz,
             step_timeout: Duration::from_secs(15),
             timeouts: CallTimeouts::default(),
+            identity: IdentityChoice::Ephemeral,
+            require_authenticated: false,
+            allow_loopback_candidates: false,
         }
+    }
+
+    /// The identity and contacts this line uses (loaded or created, or fresh in memory).
+    pub fn line_keys(&self) -> Result<LineKeys, StateError> {
+        let (identity, contacts) = match &self.identity {
+            IdentityChoice::Ephemeral => (Identity::ephemeral()?, Contacts::in_memory()),
+            IdentityChoice::StateDir(dir) => {
+                let dir = match dir {
+                    Some(dir) => dir.clone(),
+                    None => default_state_dir()?,
+                };
+                let (identity, created) = Identity::load_or_create(&dir)?;
+                if created {
+                    tracing::info!(dir = %dir.display(), "created a new pairing identity");
+                }
+                (identity, Contacts::load(&dir)?)
+            }
+        };
+        Ok(LineKeys {
+            identity,
+            contacts: Arc::new(Mutex::new(contacts)),
+        })
     }
 
     /// Trusts `extra_roots` (`--ca-file`): `wss://` only them when any is given, `turns:`
@@ -65,14 +135,16 @@ impl LineOptions {
         }
     }
 
-    /// Connects to `server` and registers `code` (random when `None`), asking for the relay's
-    /// ICE servers.
+    /// Connects to `server` and registers `code` (random when `None`) with `identity`'s public
+    /// key, asking for the relay's ICE servers.
     pub async fn register(
         &self,
         server: &Url,
         code: Option<PairingCode>,
+        identity: &Identity,
     ) -> Result<Registered, SessionError> {
-        client::connect_and_register(server, &self.trust, code, self.step_timeout).await
+        client::connect_and_register_as(server, &self.trust, code, identity, self.step_timeout)
+            .await
     }
 
     /// The engine's ICE servers for the relay's `offered` ones (TURN over the allowed
@@ -105,6 +177,8 @@ impl LineOptions {
             relay_only: self.relay_only,
             tone_hz: self.tone_hz,
             timeouts: self.timeouts,
+            require_authenticated: self.require_authenticated,
+            allow_loopback_candidates: self.loopback || self.allow_loopback_candidates,
             ..base
         }
     }

@@ -27,10 +27,13 @@ enum Command {
     #[cfg(feature = "demo")]
     Demo(modes::DemoArgs),
     /// Pair with an answerer (pairing code or zajel:// link) and place one call.
+    #[command(after_help = call_probe::check::EXIT_CODES_HELP)]
     Call(modes::CallArgs),
     /// Register a pairing code on a relay and answer calls (tone or echo).
+    #[command(after_help = call_probe::check::EXIT_CODES_HELP)]
     Answer(modes::AnswerArgs),
     /// Check from this network: discovery, signaling, STUN, TURN over UDP/TCP/TLS, call paths.
+    #[command(after_help = call_probe::check::EXIT_CODES_HELP)]
     Check(modes::CheckArgs),
     /// Run one call between two in-process engines over loopback and print both reports.
     Selftest {

@@ -1,17 +1,21 @@
 //! The command-line side of `demo`, `call`, `answer` and `check`: flags, where the server
 //! comes from, printing, exit codes. The work is in the library.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use call_probe::answer::{AnswerOptions, Answerer};
+use call_probe::check::EXIT_NOT_AUTHENTICATED;
 use call_probe::check::{run_check, CheckOptions, CheckReport};
 use call_probe::choose::ServerChoice;
 use call_probe::client::{self, TurnTransport};
 #[cfg(feature = "demo")]
 use call_probe::demo::{run_demo, DemoOptions, DemoReport};
-use call_probe::line_options::LineOptions;
-use call_probe::probe_call::{run_call, CallOptions};
+use call_probe::error::ErrorKind;
+use call_probe::line_options::{IdentityChoice, LineOptions};
+use call_probe::probe_call::{run_call_moving_on, CallOptions};
+use call_probe::report::EndReason;
 use clap::Args;
 use discovery_client::cli::DiscoveryArgs;
 use discovery_client::share::ShareLink;
@@ -60,6 +64,22 @@ pub struct MediaArgs {
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
+    /// Keep the pairing identity (identity.key) and contacts (contacts.json) in this folder
+    /// [default: $CALL_PROBE_STATE_DIR, else $XDG_STATE_HOME/zajel/call-probe, else
+    /// ~/.local/state/zajel/call-probe].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Use a fresh identity in memory: nothing is read from or written to the state folder.
+    #[arg(long)]
+    ephemeral_identity: bool,
+    /// Refuse calls from peers that send no call authentication (Zajel's apps, browsers):
+    /// they end media_not_authenticated (exit 6).
+    #[arg(long)]
+    require_authenticated: bool,
+    /// Tests: keep the peer's ICE candidates on loopback, link-local and other local-only
+    /// addresses (--loopback implies it).
+    #[arg(long, hide = true)]
+    allow_loopback_candidates: bool,
 }
 
 impl MediaArgs {
@@ -89,6 +109,13 @@ impl MediaArgs {
         if let Some(ms) = self.reconnect_timeout_ms {
             line.timeouts.reconnect = Duration::from_millis(ms);
         }
+        line.identity = if self.ephemeral_identity {
+            IdentityChoice::Ephemeral
+        } else {
+            IdentityChoice::StateDir(self.state_dir.clone())
+        };
+        line.require_authenticated = self.require_authenticated;
+        line.allow_loopback_candidates = self.allow_loopback_candidates;
         line
     }
 }
@@ -122,6 +149,10 @@ pub struct CallArgs {
     /// Also negotiate a video track.
     #[arg(long)]
     video: bool,
+    /// The answerer's public key (standard base64, as `answer` prints it), checked out of
+    /// band: if pairing hands another key, no call is placed (exit 6).
+    #[arg(long)]
+    peer_key: Option<String>,
     #[command(flatten)]
     media: MediaArgs,
     #[command(flatten)]
@@ -267,7 +298,12 @@ pub async fn call(args: CallArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return usage(e),
     };
-    let choice = match choose_server(&args.discovery, Some(&link)).await {
+    if let Some(key) = &args.peer_key {
+        if zajel_wire::pairing::decode_x25519_public_key(key.trim()).is_none() {
+            return usage("--peer-key must be a standard base64 32-byte X25519 public key");
+        }
+    }
+    let mut choice = match choose_server(&args.discovery, Some(&link)).await {
         Ok(choice) => choice,
         Err(e) => return usage(e),
     };
@@ -280,15 +316,40 @@ pub async fn call(args: CallArgs) -> ExitCode {
         eprintln!("error: no server found");
         return ExitCode::from(call_probe::check::EXIT_NO_SERVER);
     };
-    let mut options = CallOptions::new(url, link.code);
+    let mut options = CallOptions::new(url.clone(), link.code);
     options.duration = duration;
     options.with_video = args.video;
+    options.peer_key = args.peer_key.clone();
     options.line = args.media.line_options(440.0).trusting(roots);
-    let report = run_call(&options).await;
+    // With discovery, a server that fails call authentication is left for the next one.
+    let servers: Vec<url::Url> = if choice.how == "discovery" {
+        choice
+            .usable_servers()
+            .iter()
+            .filter_map(|s| url::Url::parse(s).ok())
+            .collect()
+    } else {
+        vec![url]
+    };
+    let (report, servers_tried) = run_call_moving_on(&options, &servers).await;
+    choice.moved_to(&report.server);
     if args.media.json {
-        print_json(&serde_json::json!({"server": choice, "call": report}));
+        print_json(
+            &serde_json::json!({"server": choice, "call": report, "servers_tried": servers_tried}),
+        );
     } else {
         print!("{}", choice.to_table());
+        for tried in &servers_tried {
+            println!(
+                "left server        {} ({})",
+                tried.server,
+                tried
+                    .error_kind
+                    .and_then(|k| serde_json::to_value(k).ok())
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            );
+        }
         print!("{}", report.to_table());
     }
     if report.error.is_none() {
@@ -297,7 +358,12 @@ pub async fn call(args: CallArgs) -> ExitCode {
         if let Some(error) = &report.error {
             eprintln!("error: {error}");
         }
-        ExitCode::FAILURE
+        match report.error_kind {
+            Some(ErrorKind::MediaNotAuthenticated | ErrorKind::PeerKeyMismatch) => {
+                ExitCode::from(EXIT_NOT_AUTHENTICATED)
+            }
+            _ => ExitCode::FAILURE,
+        }
     }
 }
 
@@ -330,6 +396,10 @@ pub async fn answer(args: AnswerArgs) -> ExitCode {
     options.line = args.media.line_options(660.0).trusting(roots);
     let answerer = match Answerer::start(options).await {
         Ok(a) => a,
+        Err(e) if e.kind() == ErrorKind::StateDir || e.kind() == ErrorKind::NoRandomness => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(call_probe::check::EXIT_SIGNALING_BLOCKED);
@@ -340,11 +410,13 @@ pub async fn answer(args: AnswerArgs) -> ExitCode {
         println!(
             "{}",
             serde_json::json!({"event": "registered", "code": answerer.code.as_str(),
-                "uri": answerer.share_uri, "serverId": answerer.server_id, "server": choice.server})
+                "uri": answerer.share_uri, "serverId": answerer.server_id, "server": choice.server,
+                "publicKey": answerer.public_key})
         );
     } else {
         print!("{}", choice.to_table());
         println!("pairing code {}", answerer.code.as_str());
+        println!("public key   {}", answerer.public_key);
         println!("link {}", answerer.share_uri);
         if !args.no_qr {
             if let Ok(qr) = answerer.qr_terminal() {
@@ -353,7 +425,9 @@ pub async fn answer(args: AnswerArgs) -> ExitCode {
         }
         println!("waiting for calls");
     }
+    let mut refused = false;
     let serving = answerer.serve(|call| {
+        refused |= matches!(call.report.end, EndReason::MediaNotAuthenticated { .. });
         if json {
             println!(
                 "{}",
@@ -363,15 +437,20 @@ pub async fn answer(args: AnswerArgs) -> ExitCode {
             println!("== call {} ==\n{}", call.number, call.report.to_table());
         }
     });
-    tokio::select! {
-        result = serving => match result {
-            Ok(_) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
+    let result = tokio::select! {
+        result = serving => Some(result),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    match result {
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+        _ if refused => {
+            eprintln!("error: a call was refused: media not authenticated");
+            ExitCode::from(EXIT_NOT_AUTHENTICATED)
+        }
+        _ => ExitCode::SUCCESS,
     }
 }
 

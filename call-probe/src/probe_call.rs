@@ -5,6 +5,12 @@
 //! `callId`, trickled `call_ice`), lets audio flow for the given duration, hangs up with
 //! `call_hangup`, and reports the milestones from the start of the run together with the
 //! engine's [`CallReport`].
+//!
+//! The line registers the probe's identity ([`LineOptions::line_keys`]); the answerer's
+//! public key comes with `pair_matched`. With [`CallOptions::peer_key`] (`--peer-key`, checked
+//! out of band) a different key fails the run before any call is placed
+//! ([`CallError::PeerKeyMismatch`]). A call the engine refuses as not authenticated fails the
+//! run with [`CallError::NotAuthenticated`]; an authenticated call marks the contact so.
 
 use std::time::{Duration, Instant};
 
@@ -17,9 +23,9 @@ use crate::call::{CallEvent, EngineError};
 use crate::client::{self, TurnPaths, TurnRouteError, TurnTransport};
 use crate::config::CallConfig;
 use crate::error::{session_kind, ErrorKind};
-use crate::line::{LineError, PhoneLine};
-use crate::line_options::LineOptions;
-use crate::report::CallReport;
+use crate::line::{lock_contacts, LineError, PhoneLine};
+use crate::line_options::{LineOptions, StateError};
+use crate::report::{CallReport, EndReason};
 use crate::selftest::PhoneError;
 use crate::table::{list, ms, ms_rows, row};
 
@@ -35,6 +41,9 @@ pub struct CallOptions {
     pub with_video: bool,
     /// Trust, TURN, addresses, tone (440 Hz by default) and timeouts.
     pub line: LineOptions,
+    /// The answerer's public key (standard base64), checked out of band: pairing must hand
+    /// exactly this key.
+    pub peer_key: Option<String>,
 }
 
 impl CallOptions {
@@ -46,6 +55,7 @@ impl CallOptions {
             duration: Duration::from_secs(3),
             with_video: false,
             line: LineOptions::new(440.0),
+            peer_key: None,
         }
     }
 }
@@ -68,6 +78,13 @@ pub struct Milestones {
 /// Why a `call` run failed (its Display is the report's `error`).
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
+    #[error("state: {0}")]
+    State(#[from] StateError),
+    #[error("pairing handed the public key {paired}, not the pinned {pinned}")]
+    PeerKeyMismatch { pinned: String, paired: String },
+    /// `detail`: why the engine refused the call.
+    #[error("media not authenticated: {detail}")]
+    NotAuthenticated { detail: String },
     #[error("signaling: {0}")]
     Signaling(#[source] SessionError),
     #[error(transparent)]
@@ -91,6 +108,9 @@ impl CallError {
     /// The machine-readable kind.
     pub fn kind(&self) -> ErrorKind {
         match self {
+            Self::State(error) => error.kind(),
+            Self::PeerKeyMismatch { .. } => ErrorKind::PeerKeyMismatch,
+            Self::NotAuthenticated { .. } => ErrorKind::MediaNotAuthenticated,
             Self::Signaling(error) => session_kind(error),
             Self::Turn(error) => error.kind(),
             Self::NoTurnServer(_) => ErrorKind::NoTurnServer,
@@ -111,6 +131,12 @@ pub struct ProbeCallReport {
     pub server_id: Option<String>,
     pub own_code: Option<String>,
     pub peer_code: String,
+    /// Our public key (standard base64), as registered.
+    pub own_key: Option<String>,
+    /// The answerer's public key as pairing handed it.
+    pub peer_key: Option<String>,
+    /// The answerer's call authentication verified and its DTLS certificate matched.
+    pub authenticated: bool,
     /// Connect step timings (TCP, TLS, upgrade, greeting).
     pub signaling: Option<ConnectTimings>,
     /// ICE server URLs the relay handed out (credentials not shown).
@@ -148,6 +174,15 @@ impl ProbeCallReport {
         if let Some(id) = &self.server_id {
             row(&mut out, "server id", id);
         }
+        row(
+            &mut out,
+            "authenticated",
+            format!(
+                "{} (peer key {})",
+                if self.authenticated { "yes" } else { "no" },
+                self.peer_key.as_deref().unwrap_or("-")
+            ),
+        );
         row(
             &mut out,
             "codes",
@@ -245,6 +280,52 @@ impl ProbeCallReport {
     }
 }
 
+/// A server a `call` left, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerTried {
+    pub server: String,
+    pub error_kind: Option<ErrorKind>,
+}
+
+/// Whether a run that failed so should try the next server: the server (or something
+/// between us and the answerer on it) failed call authentication or handed another key.
+pub fn should_move_on(report: &ProbeCallReport) -> bool {
+    matches!(
+        report.error_kind,
+        Some(ErrorKind::MediaNotAuthenticated | ErrorKind::PeerKeyMismatch)
+    )
+}
+
+/// Runs the call on each of `servers` in turn (pairing again on each) while a run fails
+/// call authentication ([`should_move_on`]), up to all of them. Returns the last run's report
+/// (the successful one, or the last failure) and the servers left before it.
+pub async fn run_call_moving_on(
+    options: &CallOptions,
+    servers: &[Url],
+) -> (ProbeCallReport, Vec<ServerTried>) {
+    let mut tried = Vec::new();
+    let mut options = options.clone();
+    let mut servers = servers.iter().peekable();
+    if servers.peek().is_none() {
+        return (run_call(&options).await, tried);
+    }
+    loop {
+        let Some(server) = servers.next() else {
+            unreachable!("the loop returns at the last server");
+        };
+        options.server = server.clone();
+        let report = run_call(&options).await;
+        if servers.peek().is_none() || !should_move_on(&report) {
+            return (report, tried);
+        }
+        tracing::warn!(server = %server, error = ?report.error, "moving on to the next server");
+        tried.push(ServerTried {
+            server: server.to_string(),
+            error_kind: report.error_kind,
+        });
+    }
+}
+
 fn ms_since(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1000.0
 }
@@ -262,6 +343,9 @@ pub async fn run_call(options: &CallOptions) -> ProbeCallReport {
         server_id: None,
         own_code: None,
         peer_code: options.target.as_str().to_string(),
+        own_key: None,
+        peer_key: None,
+        authenticated: false,
         signaling: None,
         ice_servers: Vec::new(),
         relay_only: options.line.relay_only,
@@ -289,9 +373,11 @@ async fn call_steps(
     report: &mut ProbeCallReport,
 ) -> Result<(), CallError> {
     let step = options.line.step_timeout;
+    let keys = options.line.line_keys()?;
+    report.own_key = Some(keys.identity.public_base64());
     let registered = options
         .line
-        .register(&options.server, None)
+        .register(&options.server, None, &keys.identity)
         .await
         .map_err(CallError::Signaling)?;
     report.milestones.signaling_ready_ms = Some(ms_since(start));
@@ -315,16 +401,39 @@ async fn call_steps(
         allow_video: options.with_video,
         ..options.line.call_config(ice_servers)
     };
-    let mut line = PhoneLine::start("caller", registered.session, registered.code, config, false);
+    let mut line = PhoneLine::start_keyed(
+        "caller",
+        registered.session,
+        registered.code,
+        config,
+        false,
+        Some(keys.clone()),
+    );
     line.pair_with(options.target, step).await?;
     report.milestones.pair_matched_ms = Some(ms_since(start));
+    let paired_key = line.paired_key(options.target).unwrap_or_default();
+    report.peer_key = Some(paired_key.clone());
+    if let Some(pinned) = &options.peer_key {
+        if pinned.trim() != paired_key {
+            line.close().await;
+            return Err(CallError::PeerKeyMismatch {
+                pinned: pinned.trim().to_string(),
+                paired: paired_key,
+            });
+        }
+    }
 
     let placed_at = ms_since(start);
-    line.phone
-        .engine
-        .place_call(options.with_video)
-        .await
-        .map_err(CallError::Place)?;
+    let placed = match line.peer_auth(options.target) {
+        Some(peer) => {
+            line.phone
+                .engine
+                .place_call_to(options.with_video, peer)
+                .await
+        }
+        None => line.phone.engine.place_call(options.with_video).await,
+    };
+    placed.map_err(CallError::Place)?;
     report.milestones.call_placed_ms = Some(placed_at);
     let phone = &mut line.phone;
     // Connected, or the end of the call (rejected, timed out…).
@@ -373,6 +482,20 @@ async fn call_steps(
     line.close().await;
     report.call = Some(call);
     fill_from_call(report, placed_at, &turn_paths);
+    if let Some(call) = &report.call {
+        report.authenticated = call.authenticated;
+        if call.authenticated {
+            let now = zajel_client_net::now_ms();
+            if let Err(error) = lock_contacts(&keys.contacts).authenticated(&paired_key, now) {
+                tracing::warn!(%error, "the contact was not saved");
+            }
+        }
+        if let EndReason::MediaNotAuthenticated { detail } = &call.end {
+            return Err(CallError::NotAuthenticated {
+                detail: detail.clone(),
+            });
+        }
+    }
     if !connected {
         return Err(CallError::EndedEarly {
             end: report
@@ -445,6 +568,9 @@ mod tests {
             server_id: None,
             own_code: None,
             peer_code: "ABC234".into(),
+            own_key: None,
+            peer_key: None,
+            authenticated: false,
             signaling: None,
             ice_servers: Vec::new(),
             relay_only: false,

@@ -525,6 +525,7 @@ async fn hostile_signaling_is_refused_without_harm() {
             call_id: "3f2504e0-4f89-11d3-9a0c-0305e82c3301".into(),
             sdp: "v=0".into(),
             with_video: false,
+            auth: None,
         }),
     ] {
         in_tx.send(payload).await.unwrap();
@@ -537,6 +538,7 @@ async fn hostile_signaling_is_refused_without_harm() {
             call_id: id.clone(),
             sdp: "this is not SDP".into(),
             with_video: false,
+            auth: None,
         }))
         .await
         .unwrap();
