@@ -486,7 +486,12 @@ where
             Some(call_id) = release_rx.recv() => connection.release(&call_id, None),
         }
     }
-    // Dropping the engines hangs their calls up.
+    // The caller is gone: its callees hear so (before the upstream closes); dropping the
+    // engines hangs their calls up.
+    let intercepted: Vec<String> = connection.calls.keys().cloned().collect();
+    for call_id in intercepted {
+        connection.hang_up_callee(&call_id);
+    }
     connection.calls.clear();
     drop(connection);
     let _ = to_client.await;
@@ -634,7 +639,7 @@ impl Connection {
     async fn intercept_offer(&mut self, frame: &Value) -> bool {
         let (Some(callee), Ok(offer)) = (
             text_of(frame, "target"),
-            CallPayload::parse(CallKind::Offer, &frame["payload"]),
+            for_relay_engine(CallKind::Offer, &frame["payload"]),
         ) else {
             return false;
         };
@@ -753,12 +758,24 @@ impl Connection {
         let Some(mitm) = self.calls.get(call_id) else {
             return;
         };
-        if let Ok(payload) = CallPayload::parse(kind, &frame["payload"]) {
+        if let Ok(payload) = for_relay_engine(kind, &frame["payload"]) {
             let _ = mitm.facing_caller_in.send(payload).await;
         }
         if kind == CallKind::Hangup {
             self.shared.count(|t| t.hangups_from_caller += 1);
-            let _ = mitm.facing_callee.hangup().await;
+            // Straight to the callee (queued before the connection may close), then the engine.
+            self.hang_up_callee(call_id);
+            if let Some(mitm) = self.calls.get(call_id) {
+                let _ = mitm.facing_callee.hangup().await;
+            }
+        }
+    }
+
+    /// Tells the callee of an intercepted call that it is over (as the caller would).
+    fn hang_up_callee(&self, call_id: &str) {
+        if let Some(mitm) = self.calls.get(call_id) {
+            self.send_upstream(json!({"type": "call_hangup", "target": mitm.callee,
+                "payload": {"callId": call_id}}));
         }
     }
 
@@ -775,7 +792,7 @@ impl Connection {
         let Some(mitm) = self.calls.get_mut(&call_id) else {
             return;
         };
-        let Ok(mut payload) = CallPayload::parse(kind, &frame["payload"]) else {
+        let Ok(mut payload) = for_relay_engine(kind, &frame["payload"]) else {
             return;
         };
         match kind {
@@ -929,6 +946,19 @@ fn forge_auth(
         &keys.victim,
     );
     serde_json::to_value(auth).ok()
+}
+
+/// A payload for one of the relay's engines, without its `auth` (the relay
+/// checks nothing; an engine given an `auth` it cannot verify refuses the call).
+fn for_relay_engine(
+    kind: CallKind,
+    payload: &Value,
+) -> Result<CallPayload, zajel_wire::call::CallPayloadError> {
+    let mut payload = payload.clone();
+    if let Some(object) = payload.as_object_mut() {
+        object.remove("auth");
+    }
+    CallPayload::parse(kind, &payload)
 }
 
 fn set_call_id(payload: &mut CallPayload, call_id: &str) {
