@@ -548,6 +548,12 @@ impl Connection {
             return;
         };
         let kind = text_of(&frame, "type").unwrap_or_default();
+        if kind.starts_with("call_") {
+            tracing_note(&format!(
+                "{:?} from client: {kind} {}",
+                self.code, frame["payload"]["callId"]
+            ));
+        }
         match kind.as_str() {
             "identity_challenge" => {
                 let config = &self.shared.config;
@@ -593,6 +599,12 @@ impl Connection {
             return;
         };
         let kind = text_of(&frame, "type").unwrap_or_default();
+        if kind.starts_with("call_") {
+            tracing_note(&format!(
+                "{:?} from upstream: {kind} {}",
+                self.code, frame["payload"]["callId"]
+            ));
+        }
         let config = &self.shared.config;
         match kind.as_str() {
             "server_info" => {

@@ -339,7 +339,12 @@ async fn swap_fingerprints_is_detected_as_caller_and_as_callee() {
             t.hangups_from_caller >= 1 && t.hangups_from_callee >= 1
         })
         .await
-        .unwrap_or_else(|t| panic!("both ends should send call_hangup: {t:#?}"));
+        .unwrap_or_else(|t| {
+            panic!(
+                "both ends should send call_hangup: {t:#?}\nanswerer:\n{}",
+                answerer.output()
+            )
+        });
     assert_eq!(tally.calls_intercepted, 1);
 }
 
