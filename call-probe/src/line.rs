@@ -6,7 +6,8 @@
 //! - remembers the codes it paired with in this session (`pair_matched`) and their public
 //!   keys, and hands a valid incoming `call_*` payload to the engine only when it comes from
 //!   one of them (with that peer's keys, [`PeerAuth`], when the line has an identity:
-//!   [`LineKeys`]); `call_*` from any other code is ignored (logged without its contents),
+//!   [`LineKeys`]); `call_*` from any other code, or on a line with an identity from a peer
+//!   paired under a key that is no usable X25519 key, is ignored (logged without contents),
 //!   remembering which peer code each `callId` came from,
 //! - records each paired peer in the contacts (first/last seen),
 //! - sends every payload the engine produces as a `call_*` message in the envelope form, to the
@@ -406,7 +407,17 @@ async fn route(
                                     "ignoring a call message from a code this line has not paired with");
                                 continue;
                             };
-                            let auth = routing.keys.as_ref().and_then(|keys| keys.peer_auth(&key));
+                            let auth = match &routing.keys {
+                                None => None,
+                                Some(keys) => match keys.peer_auth(&key) {
+                                    Some(auth) => Some(auth),
+                                    None => {
+                                        tracing::warn!(from = from.as_str(),
+                                            "ignoring a call message from a peer paired under an unusable key");
+                                        continue;
+                                    }
+                                },
+                            };
                             peer_of_call.insert(payload.call_id().to_ascii_lowercase(), from);
                             if to_engine.send(Inbound { payload, peer: auth }).await.is_err() {
                                 return;

@@ -59,7 +59,10 @@ impl Drop for Running {
 
 fn command(args: &[&str]) -> Command {
     let mut command = Command::new(BIN);
+    // Runs that keep an identity keep it here, never in the user's state folder.
+    let state = std::env::temp_dir().join(format!("call-probe-tests-{}", std::process::id()));
     command
+        .env("CALL_PROBE_STATE_DIR", state)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -96,6 +99,16 @@ async fn run(args: &[&str]) -> (i32, String, String) {
 
 /// Starts `call-probe answer --json …` and waits for its `registered` line (its code).
 async fn start_answerer(world: &LocalWorld, extra: &[&str]) -> (Running, String) {
+    let (running, event, _) = start_answerer_event(world, extra).await;
+    let code = event["code"].as_str().expect("code").to_string();
+    (running, code)
+}
+
+/// Starts `call-probe answer --json …`; returns its `registered` line and its later lines.
+async fn start_answerer_event(
+    world: &LocalWorld,
+    extra: &[&str],
+) -> (Running, Value, tokio::sync::mpsc::UnboundedReceiver<String>) {
     let relay = world.relay_url().to_string();
     let mut args = vec![
         "answer",
@@ -106,16 +119,22 @@ async fn start_answerer(world: &LocalWorld, extra: &[&str]) -> (Running, String)
         "--loopback",
         "--json",
     ];
+    if !extra.contains(&"--state-dir") {
+        args.push("--ephemeral-identity");
+    }
     args.extend_from_slice(extra);
     let mut child = command(&args).spawn().expect("answerer runs");
     let stdout = child.stdout.take().expect("stdout");
     let running = Running(child);
     let (first, rest) = tokio::sync::oneshot::channel();
-    // Read lines on a thread (the pipe must never fill); hand over the first.
+    let (later, later_lines) = tokio::sync::mpsc::unbounded_channel();
+    // Read lines on a thread (the pipe must never fill); hand over the first, then the rest.
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
         let _ = first.send(lines.next().and_then(Result::ok));
-        for _ in lines {}
+        for line in lines.map_while(Result::ok) {
+            let _ = later.send(line);
+        }
     });
     let line = tokio::time::timeout(step(), rest)
         .await
@@ -129,7 +148,7 @@ async fn start_answerer(world: &LocalWorld, extra: &[&str]) -> (Running, String)
         .as_str()
         .unwrap()
         .starts_with(&format!("zajel://{code}?server=")));
-    (running, code)
+    (running, event, later_lines)
 }
 
 fn call_args<'a>(relay: &'a str, target: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
@@ -144,6 +163,7 @@ fn call_args<'a>(relay: &'a str, target: &'a str, extra: &[&'a str]) -> Vec<&'a 
         "--json",
         "--duration",
         "1",
+        "--ephemeral-identity",
     ];
     args.extend_from_slice(extra);
     args
@@ -184,6 +204,7 @@ async fn demo_runs_the_whole_chain_with_media_both_ways() {
     assert_eq!(code, 0, "stderr: {stderr}\nstdout: {stdout}");
     let report = json(&stdout);
     assert_eq!(report["media_both_ways"], true);
+    assert_eq!(report["authenticated"], true, "{report:#}");
     assert!(report["error"].is_null() && report.get("error_kind").is_none());
     assert!((report["caller_heard_hz"].as_f64().unwrap() - 660.0).abs() <= 5.0);
     assert!((report["answerer_heard_hz"].as_f64().unwrap() - 440.0).abs() <= 5.0);
@@ -807,4 +828,75 @@ async fn answer_prints_its_code_link_and_qr_code() {
         "{text}"
     );
     assert!(text.contains("waiting for calls"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn call_pins_the_answerers_key_which_the_answerer_keeps_in_its_state_folder() {
+    let world = LocalWorld::start().await.unwrap();
+    let relay = world.relay_url().to_string();
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().to_str().unwrap();
+    let (answerer, event, _) = start_answerer_event(&world, &["--state-dir", state_dir]).await;
+    let key = event["publicKey"].as_str().expect("publicKey").to_string();
+    let code = event["code"].as_str().unwrap().to_string();
+    assert!(state.path().join("identity.key").exists());
+    drop(answerer);
+    // The same folder gives the same identity.
+    let (_answerer, event, mut lines) =
+        start_answerer_event(&world, &["--state-dir", state_dir, "--max-calls", "2"]).await;
+    assert_eq!(event["publicKey"], key.as_str());
+    let code_again = event["code"].as_str().unwrap().to_string();
+    assert_ne!(code, code_again, "a fresh code each run");
+
+    // A key other than the answerer's: no call, exit 6.
+    let other = zajel_wire::pairing::encode_x25519_public_key(&[7u8; 32]);
+    let (status, stdout, stderr) =
+        run(&call_args(&relay, &code_again, &["--peer-key", &other])).await;
+    assert_eq!(status, 6, "{stderr}\n{stdout}");
+    let out = json(&stdout);
+    assert_eq!(out["call"]["error_kind"], "peer_key_mismatch", "{out:#}");
+    assert_eq!(out["call"]["peer_key"], key.as_str());
+    assert!(out["call"]["call"].is_null(), "no call was placed");
+    assert!(out["call"]["milestones"]["call_placed_ms"].is_null());
+
+    // The right key: an authenticated call, which the answerer records in its contacts.
+    let (status, stdout, stderr) =
+        run(&call_args(&relay, &code_again, &["--peer-key", &key])).await;
+    assert_eq!(status, 0, "{stderr}\n{stdout}");
+    let out = json(&stdout);
+    assert_eq!(out["call"]["authenticated"], true, "{out:#}");
+    assert_eq!(out["call"]["call"]["authenticated"], true);
+    assert_eq!(out["call"]["peer_key"], key.as_str());
+    assert_eq!(out["servers_tried"], serde_json::json!([]));
+    let caller_key = out["call"]["own_key"].as_str().unwrap().to_string();
+    // The answerer records the contact before it reports the call.
+    let ended = tokio::time::timeout(step(), lines.recv())
+        .await
+        .expect("the answerer reports the call")
+        .expect("a line");
+    let ended = json(&ended);
+    assert_eq!(ended["event"], "call_ended");
+    assert_eq!(ended["report"]["authenticated"], true, "{ended:#}");
+    let contacts = json(&std::fs::read_to_string(state.path().join("contacts.json")).unwrap());
+    let entries = contacts["contacts"].as_array().unwrap();
+    let caller = entries
+        .iter()
+        .find(|c| c["key"] == caller_key.as_str())
+        .unwrap_or_else(|| panic!("the caller is a contact: {contacts:#}"));
+    assert_eq!(caller["authenticated"], true, "{contacts:#}");
+    // The run that pinned another key paired, but never authenticated.
+    assert!(
+        entries.iter().any(|c| c["authenticated"] == false),
+        "{contacts:#}"
+    );
+
+    // Every mode documents the exit codes.
+    for mode in ["call", "answer", "check"] {
+        let (status, stdout, _) = run(&[mode, "--help"]).await;
+        assert_eq!(status, 0);
+        assert!(
+            stdout.contains("6  call not authenticated"),
+            "{mode}: {stdout}"
+        );
+    }
 }

@@ -60,13 +60,16 @@
 //! 19. Every offer and answer this side sends (first offer, ICE restart, renegotiation, answer)
 //!     carries `auth` when the call's peer is known ([`PeerAuth`]): the MAC of its own SDP's
 //!     fingerprints, role, `callId` and both keys.
-//! 20. An incoming offer or answer is checked before its SDP is applied: `auth` present and
-//!     verified makes the call authenticated (its fingerprints remembered); `auth` present but
-//!     wrong, of an unknown version, unreadable, or from a peer whose key is unknown ends the
-//!     call (`call_hangup`, [`EndReason::MediaNotAuthenticated`]). `auth` absent leaves the
-//!     call unauthenticated, except that it ends the call the same way with
+//! 20. An incoming offer or answer of a call with a known peer ([`Input::SignalFrom`],
+//!     [`Input::PlaceCall`] with a peer) is checked before its SDP is applied: `auth` present
+//!     and verified makes the call authenticated (its fingerprints remembered); `auth` present
+//!     but wrong, of an unknown version or unreadable ends the call (`call_hangup`,
+//!     [`EndReason::MediaNotAuthenticated`]). `auth` absent leaves the call unauthenticated,
+//!     except that it ends the call the same way with
 //!     [`MachineConfig::require_authenticated`], from a contact that authenticated before (a
 //!     downgrade), and on a call that is already authenticated (a renegotiation without it).
+//!     A side with no key for its peer ([`Input::Signal`]: no identity) ignores `auth`, as
+//!     Zajel's clients do, and with `require_authenticated` refuses every call.
 //!     A new offer refused so still becomes a call, so that its report says why.
 //! 21. Once DTLS is up ([`Input::RemoteCertificate`]), an authenticated call checks that the
 //!     certificate the peer presented (SHA-256 of its DER) is one of the authenticated
@@ -882,7 +885,12 @@ impl CallMachine {
             CallAuthRole::Answer => call.state == CallState::Outgoing,
         };
         let verdict = match (auth, &call.peer) {
-            (Some(_), None) => Err("the peer sent auth but its key is unknown (not paired)".into()),
+            (_, None) if require => Err(
+                "this side has no key to verify the peer with, and authentication is required"
+                    .into(),
+            ),
+            // No identity on this side: `auth` is ignored, as Zajel's clients ignore it.
+            (_, None) => Ok(None),
             (Some(auth), Some(peer)) => {
                 if auth.verify(
                     &peer.mac_key,
@@ -900,16 +908,16 @@ impl CallMachine {
                     ))
                 }
             }
-            (None, _) if call.authenticated => {
+            (None, Some(_)) if call.authenticated => {
                 Err("no auth on a call that was authenticated (a downgrade)".into())
             }
             (None, Some(peer)) if peer.authenticated_before => {
                 Err("no auth from a contact that authenticated before (a downgrade)".into())
             }
-            (None, _) if require => {
+            (None, Some(_)) if require => {
                 Err("the peer sent no auth and authentication is required".into())
             }
-            (None, _) => Ok(None),
+            (None, Some(_)) => Ok(None),
         };
         match verdict {
             Ok(Some(fingerprints)) => {
@@ -981,7 +989,7 @@ impl CallMachine {
                 let local = line
                     .trim()
                     .strip_prefix("a=")
-                    .is_some_and(|attribute| candidate_is_local_only(attribute));
+                    .is_some_and(candidate_is_local_only);
                 dropped += u32::from(local);
                 !local
             })
@@ -2388,9 +2396,16 @@ mod tests {
             &before,
         );
         assert!(not_authenticated(&outputs));
-        // auth from a sender whose key is unknown cannot be verified: refused.
+        // A side with no key for the sender ignores auth (as Zajel's clients do)…
         let signed = signed_offer(&pair().0, CALLER_SDP);
-        let outputs = Phone::new(config(AnswerPolicy::Accept)).input(Input::Signal(signed.into()));
+        let mut keyless = Phone::new(config(AnswerPolicy::Accept));
+        assert_eq!(
+            ended(&keyless.input(Input::Signal(signed.clone().into()))),
+            None
+        );
+        assert!(!keyless.machine.snapshot().unwrap().authenticated);
+        // …and cannot meet --require-authenticated.
+        let outputs = Phone::new(required).input(Input::Signal(signed.into()));
         assert!(not_authenticated(&outputs));
     }
 
