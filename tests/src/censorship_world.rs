@@ -512,9 +512,9 @@ impl World {
             .as_ref()?
             .output()
             .lines()
+            .rev()
             .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .filter(|event| event["event"] == "tally")
-            .last()
+            .find(|event| event["event"] == "tally")
             .map(|event| event["tally"].clone())
     }
 

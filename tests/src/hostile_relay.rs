@@ -473,12 +473,12 @@ where
     loop {
         tokio::select! {
             frame = client_stream.next() => match frame {
-                Some(Ok(Message::Text(text))) => connection.from_client(text.as_str()).await,
+                Some(Ok(Message::Text(text))) => connection.on_client_frame(text.as_str()).await,
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 Some(Ok(_)) => {}
             },
             frame = upstream_stream.next() => match frame {
-                Some(Ok(Message::Text(text))) => connection.from_upstream(text.as_str()).await,
+                Some(Ok(Message::Text(text))) => connection.on_upstream_frame(text.as_str()).await,
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 Some(Ok(_)) => {}
             },
@@ -542,7 +542,7 @@ impl Connection {
     }
 
     /// A frame the client sent (for the relay).
-    async fn from_client(&mut self, text: &str) {
+    async fn on_client_frame(&mut self, text: &str) {
         let Ok(frame) = serde_json::from_str::<Value>(text) else {
             let _ = self.out.upstream.send(text.to_string());
             return;
@@ -575,7 +575,8 @@ impl Connection {
                 }
             }
             "call_offer" if self.shared.config.mode.intercepts_calls() => {
-                if self.intercept_offer(&frame).await {
+                let intercepted = self.intercept_offer(&frame).await;
+                if intercepted {
                     return;
                 }
             }
@@ -593,7 +594,7 @@ impl Connection {
     }
 
     /// A frame the upstream relay sent (for the client).
-    async fn from_upstream(&mut self, text: &str) {
+    async fn on_upstream_frame(&mut self, text: &str) {
         let Ok(mut frame) = serde_json::from_str::<Value>(text) else {
             let _ = self.out.client.send(text.to_string());
             return;
