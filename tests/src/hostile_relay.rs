@@ -93,8 +93,7 @@ impl Mode {
 pub const HOLD_ANSWER: Duration = Duration::from_secs(5);
 
 /// The domain-separation string of the server identity proof (issue 13's
-/// agreed shape). When the `server-identity` work lands on main, switch
-/// [`identity_proof`] to the `zajel_wire` helper that signs this message.
+/// agreed shape; see [`identity_proof`] for the switch to `zajel_wire`'s).
 pub const IDENTITY_DOMAIN: &str = "zajel-server-identity-v1";
 
 /// How the relay is set up.
@@ -344,8 +343,9 @@ fn tracing_note(text: &str) {
 /// The `identity_proof` for `nonce` (standard base64 of 32 bytes), signed
 /// over `zajel-server-identity-v1` ‖ 0x00 ‖ nonce ‖ 0x00 ‖ endpoint.
 ///
-/// TODO(server-identity): once that branch is on main, use its `zajel_wire`
-/// helper for the message and the proof instead of this copy.
+/// TODO(server-identity): once that branch is on main, switch to its
+/// `zajel_wire::signature` helpers (`decode_identity_nonce`, `sign_identity`,
+/// `IDENTITY_DOMAIN`; the bytes are the same) instead of this copy.
 pub fn identity_proof(key: &SigningKey, endpoint: &str, nonce: &str) -> Option<Value> {
     let raw = BASE64.decode(nonce).ok().filter(|n| n.len() == 32)?;
     let mut message = Vec::with_capacity(IDENTITY_DOMAIN.len() + 34 + endpoint.len());
