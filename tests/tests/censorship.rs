@@ -223,6 +223,11 @@ fn run_client(world: &World, kind: Client, run: &Run) -> Result<ClientResult, St
                 "20",
                 "--json",
             ]);
+            // The caller's identity and contacts live with the world (not in root's home,
+            // shared with the answerer and with every earlier run).
+            command
+                .arg("--state-dir")
+                .arg(world.dir.path().join("caller-state"));
             command
         }
     };
@@ -329,7 +334,9 @@ fn start_answerer(world: &mut World, kind: Client, endpoint: &str) -> Result<(),
             "--ca-file",
         ])
         .arg(&world.pki.ca_file)
-        .args(["--step-timeout", "20"]);
+        .args(["--step-timeout", "20"])
+        .arg("--state-dir")
+        .arg(world.dir.path().join("callee-state"));
     let mut child = tests::process::ChildProcess::spawn("call-probe answer", command)?;
     child.wait_for(Duration::from_secs(20), |line| {
         line.contains(CODE).then_some(())
