@@ -984,3 +984,70 @@ fn set_call_id(payload: &mut CallPayload, call_id: &str) {
     };
     *target = call_id.to_string();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `SwapPairingKeys` sends verifies for its victim, who takes the
+    /// relay's standing-in key for its peer's: the victim's own check passes.
+    #[test]
+    fn a_forged_auth_verifies_for_the_victim() {
+        let standing_in = [3u8; 32];
+        let victim_secret = [9u8; 32];
+        let victim = peer_keys::public_key(&victim_secret);
+        let sdp = "v=0\r\na=fingerprint:sha-256 AB:CD\r\n";
+        let call_id = "0f8fad5b-d9cb-469f-a165-70867728950e";
+        let payload = json!({"callId": call_id, "sdp": sdp});
+        let auth = forge_auth(
+            ForgingKeys {
+                standing_in,
+                victim,
+            },
+            payload.as_object().unwrap(),
+            CallAuthRole::Answer,
+        )
+        .expect("an auth");
+        let session =
+            peer_keys::session_key(&victim_secret, &peer_keys::public_key(&standing_in)).unwrap();
+        let auth = CallAuth::from_value(&auth);
+        let key = peer_keys::call_auth_key(&session);
+        let sender = peer_keys::public_key(&standing_in);
+        assert!(auth.verify(&key, CallAuthRole::Answer, call_id, sdp, &sender, &victim));
+        // Not for another role, call or SDP.
+        assert!(!auth.verify(&key, CallAuthRole::Offer, call_id, sdp, &sender, &victim));
+        let other_sdp = "v=0\r\na=fingerprint:sha-256 AB:CE\r\n";
+        assert!(!auth.verify(
+            &key,
+            CallAuthRole::Answer,
+            call_id,
+            other_sdp,
+            &sender,
+            &victim
+        ));
+    }
+
+    #[test]
+    fn modes_have_snake_case_names() {
+        for mode in [
+            Mode::Honest,
+            Mode::SwapFingerprints,
+            Mode::StripAuth,
+            Mode::SwapPairingKeys,
+        ] {
+            let name = serde_json::to_value(mode).unwrap();
+            assert_eq!(Mode::from_name(name.as_str().unwrap()), Some(mode));
+        }
+        assert_eq!(Mode::from_name("evil"), None);
+    }
+
+    #[test]
+    fn an_identity_proof_needs_a_32_byte_nonce() {
+        let key = SigningKey::from_bytes(&[5u8; 32]);
+        assert!(identity_proof(&key, "wss://r.example", &BASE64.encode([1u8; 31])).is_none());
+        assert!(identity_proof(&key, "wss://r.example", "not base64").is_none());
+        let proof = identity_proof(&key, "wss://r.example", &BASE64.encode([1u8; 32])).unwrap();
+        assert_eq!(proof["serverId"], keys::server_id_for(&key.verifying_key()));
+        assert_eq!(proof["endpoint"], "wss://r.example");
+    }
+}
