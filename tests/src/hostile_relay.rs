@@ -483,7 +483,7 @@ where
                 Some(Ok(_)) => {}
             },
             Some(output) = engine_rx.recv() => connection.engine_output(output).await,
-            Some(call_id) = release_rx.recv() => connection.release(&call_id, None),
+            Some(call_id) = release_rx.recv() => connection.release(&call_id),
         }
     }
     // The caller is gone: its callees hear so (before the upstream closes); dropping the
@@ -824,12 +824,12 @@ impl Connection {
         // The callee answered (its auth can be copied) or gave up (it may have
         // detected the attack): the caller gets its answer now.
         if matches!(kind, CallKind::Answer | CallKind::Hangup | CallKind::Reject) {
-            self.release(&call_id, Some(kind));
+            self.release(&call_id);
         }
     }
 
     /// Sends what the engine facing the caller held back.
-    fn release(&mut self, call_id: &str, _why: Option<CallKind>) {
+    fn release(&mut self, call_id: &str) {
         let Some(mitm) = self.calls.get_mut(call_id) else {
             return;
         };
