@@ -3,8 +3,9 @@
 //! authenticated). A contact that once authenticated and later sends a call without `auth` is
 //! a downgrade, refused by the call rules.
 //!
-//! The file is written whole to a temporary file in the same folder, synced, then renamed over
-//! `contacts.json`, so a reader never sees a torn file. A file that cannot be read as contacts
+//! The file (mode 0600) is written whole to a temporary file in the same folder, synced, then
+//! renamed over `contacts.json`, so a reader never sees a torn file (a process killed mid-write
+//! leaves at most a `contacts.json.tmp<pid>` beside it). A file that cannot be read as contacts
 //! is an error ([`ContactsError::Corrupt`]) and is never overwritten. With
 //! `--ephemeral-identity` the contacts live in memory only ([`Contacts::in_memory`]).
 
@@ -160,7 +161,11 @@ impl Contacts {
         let text = serde_json::to_vec_pretty(&file).unwrap_or_default();
         let temp = path.with_extension(format!("json.tmp{}", std::process::id()));
         let write = || -> std::io::Result<()> {
-            let mut out = std::fs::File::create(&temp)?;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut out = options.open(&temp)?;
             out.write_all(&text)?;
             out.write_all(b"\n")?;
             out.sync_all()?;
@@ -198,6 +203,15 @@ mod tests {
         assert!(!again.authenticated_before("KEY-B"));
         assert!(!again.authenticated_before("KEY-C"));
         assert_eq!(again.all().count(), 2);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(CONTACTS_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
         // No temporary file is left behind.
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()

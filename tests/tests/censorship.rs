@@ -222,6 +222,7 @@ fn run_client(world: &World, kind: Client, run: &Run) -> Result<ClientResult, St
                 "--step-timeout",
                 "20",
                 "--json",
+                "--ephemeral-identity",
             ]);
             // The caller's identity and contacts live with the world (not in root's home,
             // shared with the answerer and with every earlier run).
@@ -327,6 +328,7 @@ fn start_answerer(world: &mut World, kind: Client, endpoint: &str) -> Result<(),
     command
         .args(["answer", "--code", CODE, "--server", endpoint])
         .args([
+            "--ephemeral-identity",
             "--allow-private",
             "--no-cache",
             "--no-qr",

@@ -282,7 +282,7 @@ fn the_aiortc_peer_reports_an_unreachable_relay() {
 }
 
 /// `call-probe` (the binary) with `--server <relay> --allow-private --no-cache --loopback
-/// --no-stun --json` after `args`, logs off.
+/// --no-stun --json --ephemeral-identity` after `args`, logs off.
 fn call_probe_command(args: &[&str], relay: &RelayChild) -> std::process::Command {
     let mut command = std::process::Command::new(
         tests::registry_host::binary("call-probe").expect("cargo build -p call-probe"),
@@ -295,6 +295,7 @@ fn call_probe_command(args: &[&str], relay: &RelayChild) -> std::process::Comman
         "--loopback",
         "--no-stun",
         "--json",
+        "--ephemeral-identity",
         "--step-timeout",
         &step().as_secs().max(1).to_string(),
     ]);
@@ -338,6 +339,9 @@ fn aiortc_calls_call_probe_answer_once() {
         serde_json::from_value(ended["report"].clone()).expect("a call report");
     assert_probe_heard(&report, 520.0);
     assert_eq!(report.role, Role::Callee);
+    // aiortc sends no call authentication: the call goes on, reported unauthenticated.
+    assert!(!report.authenticated);
+    assert!(report.peer_key.is_some(), "paired: its key is known");
     assert_eq!(result["call_id"], report.call_id.as_str());
     assert_eq!(result["peer_code"], code.as_str());
     assert!(
@@ -387,6 +391,7 @@ fn call_probe_call_calls_aiortc() {
     let report: CallReport = serde_json::from_value(probe["call"].clone()).expect("a report");
     assert_probe_heard(&report, 660.0);
     assert_eq!(report.role, Role::Caller);
+    assert!(!report.authenticated && probe["authenticated"] == false);
     assert!(
         matches!(report.end, EndReason::HangupLocal),
         "{:?}",

@@ -7,7 +7,8 @@
 //! has no randomness of its own.
 //!
 //! Pairing public keys are standard base64 of 32-byte X25519 keys
-//! ([`decode_x25519_public_key`], [`encode_x25519_public_key`]).
+//! ([`decode_x25519_public_key`], [`encode_x25519_public_key`]); the keys two
+//! paired peers derive from them are in [`crate::peer_keys`].
 //!
 //! Sharing codes ([`SharingCode`]):
 //!
