@@ -224,11 +224,6 @@ fn run_client(world: &World, kind: Client, run: &Run) -> Result<ClientResult, St
                 "--json",
                 "--ephemeral-identity",
             ]);
-            // The caller's identity and contacts live with the world (not in root's home,
-            // shared with the answerer and with every earlier run).
-            command
-                .arg("--state-dir")
-                .arg(world.dir.path().join("caller-state"));
             command
         }
     };
@@ -336,9 +331,7 @@ fn start_answerer(world: &mut World, kind: Client, endpoint: &str) -> Result<(),
             "--ca-file",
         ])
         .arg(&world.pki.ca_file)
-        .args(["--step-timeout", "20"])
-        .arg("--state-dir")
-        .arg(world.dir.path().join("callee-state"));
+        .args(["--step-timeout", "20"]);
     let mut child = tests::process::ChildProcess::spawn("call-probe answer", command)?;
     child.wait_for(Duration::from_secs(20), |line| {
         line.contains(CODE).then_some(())
