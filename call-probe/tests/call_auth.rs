@@ -12,7 +12,9 @@ use call_probe::answer::{AnswerOptions, AnsweredCall, Answerer};
 use call_probe::call::CallEvent;
 use call_probe::client::{self, Registered};
 use call_probe::config::{AnswerPolicy, CallConfig};
+use call_probe::identity::Identity;
 use call_probe::line::PhoneLine;
+use call_probe::line_options::IdentityChoice;
 use call_probe::probe_call::{run_call, run_call_moving_on, CallOptions, ServerTried};
 use call_probe::report::{CallReport, EndReason};
 use call_probe::world::LocalWorld;
@@ -416,5 +418,69 @@ async fn remote_loopback_candidates_are_dropped_when_not_allowed() {
     assert!(report.ice.remote_candidates_dropped > 0, "{:?}", report.ice);
     assert_eq!(report.ice.remote_candidates, 0, "{:?}", report.ice);
     let _ = caller.phone.ended(step()).await;
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_contact_that_authenticated_before_is_refused_without_auth() {
+    let world = LocalWorld::start().await.unwrap();
+    let (answer_state, call_state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let answer_dir = answer_state.path().to_path_buf();
+    let mut options = AnswerOptions::new(world.relay_url());
+    options.line.loopback = true;
+    options.line.step_timeout = step();
+    options.line.identity = IdentityChoice::StateDir(Some(answer_dir));
+    options.max_calls = Some(2);
+    let answerer = Answerer::start(options).await.unwrap();
+    let code = answerer.code;
+    let (reported, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    let serving = tokio::spawn(answerer.serve(move |call| {
+        let _ = reported.send(call.report.authenticated);
+    }));
+    // A first call, authenticated: the caller becomes a contact that authenticated (recorded
+    // before the answerer reports the call).
+    let mut first = caller_options(&world, code);
+    first.line.identity = IdentityChoice::StateDir(Some(call_state.path().to_path_buf()));
+    let report = run_call(&first).await;
+    assert!(report.authenticated, "{report:?}");
+    let first_reported = tokio::time::timeout(step(), reports.recv()).await.unwrap();
+    assert_eq!(first_reported, Some(true));
+    // The same key again (a relay that strips auth would look like this): a downgrade.
+    let (identity, created) = Identity::load_or_create(call_state.path()).unwrap();
+    assert!(!created);
+    let mut again = client::connect_and_register_as(
+        &world.relay_url(),
+        &Default::default(),
+        None,
+        &identity,
+        step(),
+    )
+    .await
+    .unwrap();
+    pair(&mut again.session, code).await;
+    let offer = CallOffer {
+        call_id: CALL_ID.into(),
+        sdp: HONEST_SDP.into(),
+        with_video: false,
+        auth: None,
+    };
+    again
+        .session
+        .send(ClientMessage::call(code, &offer.into()))
+        .await
+        .unwrap();
+    let reply = next_call(&mut again.session).await;
+    assert!(matches!(reply, CallPayload::Hangup(_)), "{reply:?}");
+    let calls = tokio::time::timeout(step(), serving)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(calls[0].report.authenticated);
+    assert!(
+        matches!(&calls[1].report.end, EndReason::MediaNotAuthenticated { detail } if detail.contains("downgrade")),
+        "{:?}",
+        calls[1].report.end
+    );
     world.stop().await;
 }

@@ -272,6 +272,7 @@ async fn call_and_answer_clis_talk_through_the_relay() {
         "--tone-hz",
         "880",
         "--video",
+        "--ephemeral-identity",
     ];
     let (status, stdout, stderr) = run(&args).await;
     assert_eq!(status, 0, "{stderr}\n{stdout}");
@@ -796,6 +797,7 @@ async fn answer_prints_its_code_link_and_qr_code() {
         "--loopback",
         "--code",
         "ABC234",
+        "--ephemeral-identity",
     ];
     let mut child = command(&args).spawn().expect("answerer runs");
     let stdout = child.stdout.take().expect("stdout");
@@ -814,6 +816,15 @@ async fn answer_prints_its_code_link_and_qr_code() {
     });
     let text = tokio::time::timeout(step(), read).await.unwrap().unwrap();
     assert!(text.contains("pairing code ABC234"), "{text}");
+    // Its public key, for a caller to pin.
+    let key = text
+        .lines()
+        .find_map(|l| l.strip_prefix("public key   "))
+        .unwrap_or_else(|| panic!("no public key row: {text}"));
+    assert!(
+        zajel_wire::pairing::decode_x25519_public_key(key).is_some(),
+        "{key}"
+    );
     let link = format!(
         "link zajel://ABC234?server={}",
         zajel_wire::pairing::percent_encode(&relay)
