@@ -177,6 +177,9 @@ impl Answerer {
                 .max_calls
                 .is_some_and(|max| calls.len() as u32 >= max)
             {
+                // What the engine sent last (the `call_hangup` of a refused call) goes out
+                // before the process may exit.
+                self.line.close().await;
                 return Ok(calls);
             }
             tokio::select! {

@@ -23,6 +23,7 @@
 //! | 4 | 10.77.2.14 | a fake registry (poisoning scenario) |
 //! | 5 | 10.77.2.15 | a lying DoH resolver (poisoning scenario) |
 //! | 6 | 10.77.2.16 | relay B `wss://…:443`, its TURN over UDP and TCP `:3478` |
+//! | 7 | 10.77.2.17 | a hostile relay `wss://…:443` in front of relay A (`hostile-relay`, issue 13) |
 //! | callee | 10.77.3.2 | `call-probe answer` (a host of its own, one address) |
 
 use std::io::Read;
@@ -71,8 +72,11 @@ pub fn lying_doh_address() -> Ipv4Addr {
 pub fn relay_b_address() -> Ipv4Addr {
     internet_host(6)
 }
+pub fn hostile_relay_address() -> Ipv4Addr {
+    internet_host(7)
+}
 /// Hosts the topology needs for all of the above.
-pub const HOSTS: u8 = 7;
+pub const HOSTS: u8 = 8;
 
 /// What a finished command printed.
 #[derive(Debug)]
@@ -187,12 +191,18 @@ pub fn register_endpoint(
     registry: &str,
     endpoint: &str,
 ) -> Result<(), String> {
-    let request = RegisterRequest::signed(
-        &random_key(),
-        endpoint,
-        Some("test"),
-        discovery_client::now_ms(),
-    );
+    register_endpoint_as(namespace, registry, endpoint, &random_key())
+}
+
+/// Registers `endpoint` with the registry at `registry` as the server whose
+/// key is `key`, from inside `namespace`.
+pub fn register_endpoint_as(
+    namespace: &Namespace,
+    registry: &str,
+    endpoint: &str,
+    key: &SigningKey,
+) -> Result<(), String> {
+    let request = RegisterRequest::signed(key, endpoint, Some("test"), discovery_client::now_ms());
     let body = serde_json::to_string(&request).map_err(|e| e.to_string())?;
     let url = format!("{registry}/servers");
     namespace.enter(move || {
@@ -298,6 +308,42 @@ pub fn start_relay(
     Ok(child)
 }
 
+/// The hostile relay (`hostile-relay`, see [`crate::hostile_relay`]) at
+/// `wss://address:443` in front of `upstream`, in `mode`, with `key` as its
+/// server identity; its call engines use `address`.
+pub fn start_hostile_relay(
+    namespace: &Namespace,
+    pki: &TestCa,
+    dir: &Path,
+    key: &SigningKey,
+    address: Ipv4Addr,
+    upstream: &str,
+    mode: &str,
+) -> Result<ChildProcess, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let key_file = dir.join("hostile-relay.seed");
+    std::fs::write(&key_file, keys::signing_key_to_hex(key)).map_err(|e| e.to_string())?;
+    let mut command = tool(namespace, "hostile-relay")?;
+    command
+        .args(["--listen", &format!("{address}:443")])
+        .args(["--upstream", upstream, "--mode", mode])
+        .args(["--public-endpoint", &relay_endpoint(address)])
+        .arg("--server-key-file")
+        .arg(&key_file)
+        .arg("--tls-cert")
+        .arg(&pki.cert_file)
+        .arg("--tls-key")
+        .arg(&pki.key_file)
+        .arg("--ca-file")
+        .arg(&pki.ca_file)
+        .args(["--udp-bind", &address.to_string()]);
+    let mut child = ChildProcess::spawn(&format!("hostile-relay {address}"), command)?;
+    child.wait_for(Duration::from_secs(20), |line| {
+        line.starts_with("listening on ").then_some(())
+    })?;
+    Ok(child)
+}
+
 /// Debian's unbound serving `records` (zone-file lines) for [`DOMAIN`] over
 /// DoH on `address:443` inside `namespace`.
 pub fn start_doh(
@@ -346,6 +392,8 @@ pub fn publish_records(
 pub struct World {
     /// `call-probe answer` on the callee host, when a scenario starts one.
     pub answerer: Option<ChildProcess>,
+    /// The hostile relay, when a scenario starts one.
+    pub hostile: Option<ChildProcess>,
     pub relays: Vec<(String, ChildProcess)>,
     pub extra: Vec<ChildProcess>,
     pub doh: Option<UnboundDoh>,
@@ -374,6 +422,7 @@ impl World {
         std::fs::write(&turn_secret_file, &secret).map_err(|e| e.to_string())?;
         let mut world = Self {
             answerer: None,
+            hostile: None,
             relays: Vec::new(),
             extra: Vec::new(),
             doh: None,
@@ -428,6 +477,45 @@ impl World {
         )?;
         self.relays.push((endpoint.clone(), child));
         Ok(endpoint)
+    }
+
+    /// Starts the hostile relay at [`hostile_relay_address`] in front of
+    /// relay A, in `mode`, registered with the registry under its own server
+    /// key (a compromised operator's listed server); waits until listed.
+    pub fn add_hostile_relay(&mut self, mode: &str) -> Result<String, String> {
+        let key = random_key();
+        let child = start_hostile_relay(
+            &self.topology.internet,
+            &self.pki,
+            &self.dir.path().join("hostile"),
+            &key,
+            hostile_relay_address(),
+            &relay_endpoint(relay_a_address()),
+            mode,
+        )?;
+        self.hostile = Some(child);
+        let registry = Self::registry_url();
+        let endpoint = relay_endpoint(hostile_relay_address());
+        register_endpoint_as(&self.topology.internet, &registry, &endpoint, &key)?;
+        wait_listed(
+            &self.topology.internet,
+            &registry,
+            &endpoint,
+            Duration::from_secs(20),
+        )?;
+        Ok(endpoint)
+    }
+
+    /// The hostile relay's last tally line (`{"event":"tally","tally":…}`).
+    pub fn hostile_tally(&self) -> Option<serde_json::Value> {
+        self.hostile
+            .as_ref()?
+            .output()
+            .lines()
+            .rev()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|event| event["event"] == "tally")
+            .map(|event| event["tally"].clone())
     }
 
     /// Kills the relay serving `endpoint` (SIGKILL: no unregister, so the
@@ -526,6 +614,9 @@ impl World {
         }
         for (name, child) in &self.relays {
             out.push_str(&format!("--- relay {name}\n{}", child.output()));
+        }
+        if let Some(hostile) = &self.hostile {
+            out.push_str(&format!("--- hostile relay\n{}", hostile.output()));
         }
         if let Some(registry) = &self.registry {
             out.push_str(&format!("--- registry\n{}", registry.output()));

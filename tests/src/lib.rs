@@ -3,12 +3,14 @@
 //! with a chosen configuration; a test CA, a real DoH server (unbound) and a
 //! stand-in signaling server for the discovery tests; relay-lite as a child; the
 //! interop parts (the aiortc peer as a child, call-probe's engine as a relay
-//! client). Suites that test one part alone live beside that part.
+//! client); a hostile relay that attacks calls (issue 13). Suites that test
+//! one part alone live beside that part.
 
 pub mod blackhole;
 pub mod censorship_world;
 pub mod discovery_world;
 pub mod doh_inprocess;
+pub mod hostile_relay;
 pub mod interop;
 pub mod netem;
 pub mod netns;

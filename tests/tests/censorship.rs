@@ -1,7 +1,7 @@
-//! End-to-end proof under censorship (issue 6): nine scenarios, each in its
-//! own network namespaces (client ── censor ── internet, see
-//! `tests::censorship_world`), with the real registry, relay-lite, TURN,
-//! unbound over DoH and the client binaries. The censor's nftables rules
+//! End-to-end proof under censorship (issue 6; the tenth, a hostile relay,
+//! issue 13): ten scenarios, each in its own network namespaces (client ──
+//! censor ── internet, see `tests::censorship_world`), with the real
+//! registry, relay-lite, TURN, unbound over DoH and the client binaries. The censor's nftables rules
 //! (and, for the degraded path, the NFQUEUE path emulator, since this
 //! kernel has no `sch_netem`) block what each scenario says.
 //!
@@ -21,7 +21,7 @@
 //! first RTP, result) and writes it as Markdown to
 //! `target/censorship-matrix.md`; with `ZAJEL_CENSORSHIP_RECORD=1`, also to
 //! the committed `tests/censorship-matrix.md` (which the README shows) when
-//! all nine scenarios ran with `call-probe call`.
+//! all ten scenarios ran with `call-probe call`.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::Value;
 use tests::censorship_world::{
-    doh_address, registry_address, relay_a_address, relay_b_address, relay_endpoint, run_to_end,
-    tool, World,
+    doh_address, hostile_relay_address, registry_address, relay_a_address, relay_b_address,
+    relay_endpoint, run_to_end, tool, World,
 };
 use tests::netem::PathEmulator;
 use tests::netns::rules;
@@ -914,6 +914,148 @@ fn relay_dies(kind: Client) -> Result<Vec<Row>, String> {
     Ok(vec![row("9 first relay dies", &result, started)])
 }
 
+/// The first server discovery hands over is hostile (issue 13): a listed
+/// server with its own key (a compromised operator), in front of relay A,
+/// that answers calls with its own WebRTC peers and copies the endpoints'
+/// `auth` MACs into its forged offers and answers (`swap_fingerprints`).
+/// An earlier run, while the censor kept the client from relay A, left the
+/// hostile relay first in the client's cache (both are verified; the recent
+/// one ranks first). The call must refuse it (`media_not_authenticated`),
+/// move on to relay A and complete an authenticated call there; the
+/// answerer (on relay A) reports the refused call too.
+fn hostile_relay_first(kind: Client) -> Result<Vec<Row>, String> {
+    let started = Instant::now();
+    let mut world = World::new()?;
+    let hostile = world.add_hostile_relay("swap_fingerprints")?;
+    world.start_doh()?;
+    start_answerer(&mut world, kind, &relay_endpoint(relay_a_address()))?;
+    let cache = world.dir.path().join("client-cache.json");
+    world.topology.censor(&format!(
+        "ip daddr {} tcp dport 443 drop",
+        relay_a_address()
+    ))?;
+    let earlier = run_client(
+        &world,
+        Client::Discover,
+        &Run {
+            cache: Some(cache.clone()),
+            ..Run::default()
+        },
+    )?;
+    world.topology.censor("")?;
+    expect(
+        earlier.server.as_deref() == Some(hostile.as_str())
+            || earlier.server.as_deref() == Some(&format!("{hostile}/")),
+        "the earlier run should find only the hostile relay",
+        &earlier,
+        &world,
+    )?;
+    let result = run_client(
+        &world,
+        kind,
+        &Run {
+            cache: Some(cache),
+            ..Run::default()
+        },
+    )?;
+    let host = |url: &Value| url.as_str().unwrap_or_default().to_string();
+    if kind == Client::Discover {
+        // Discovery alone cannot tell: the hostile relay is listed, signed and
+        // proves its own key. It is the best server; only the call refuses it.
+        expect(
+            result
+                .server
+                .as_deref()
+                .is_some_and(|s| s.contains(&hostile_relay_address().to_string())),
+            "discovery should hand over the hostile relay first",
+            &result,
+            &world,
+        )?;
+        return Ok(vec![row("10 hostile relay first", &result, started)]);
+    }
+    let tried = result.json["servers_tried"]
+        .as_array()
+        .or_else(|| result.json["call"]["servers_tried"].as_array())
+        .cloned()
+        .unwrap_or_default();
+    // `servers_tried` lists the servers the call left, and why; the call's own
+    // `server` is where it completed.
+    let refused = tried.iter().any(|t| {
+        host(&t["server"]).contains(&hostile_relay_address().to_string())
+            && t["error_kind"] == "media_not_authenticated"
+    });
+    let completed_on = host(&result.json["call"]["server"]);
+    expect(
+        refused && tried.len() == 1,
+        "servers_tried should show the hostile relay left with media_not_authenticated",
+        &result,
+        &world,
+    )?;
+    expect(
+        completed_on.contains(&relay_a_address().to_string()),
+        "the call should complete on relay A",
+        &result,
+        &world,
+    )?;
+    expect(
+        result.json["call"]["authenticated"] == true,
+        "the call on relay A should be authenticated",
+        &result,
+        &world,
+    )?;
+    let tally = world.hostile_tally().unwrap_or_default();
+    expect(
+        tally["calls_intercepted"].as_u64() >= Some(1) && tally["auth_copied"].as_u64() >= Some(1),
+        &format!("the hostile relay should have intercepted the call: {tally}"),
+        &result,
+        &world,
+    )?;
+    check_answerer_refused_then_heard(&result, &world)?;
+    expect(
+        result.exit == Some(0) && result.media_both_ways,
+        "the call on relay A should carry media both ways",
+        &result,
+        &world,
+    )?;
+    let mut row = row("10 hostile relay first", &result, started);
+    row.blocked = format!("{hostile}: media_not_authenticated (refused by the call)");
+    Ok(vec![row])
+}
+
+/// The answerer's reports: the intercepted call ended `media_not_authenticated`,
+/// the next one heard the caller's tone.
+fn check_answerer_refused_then_heard(result: &ClientResult, world: &World) -> Result<(), String> {
+    let answerer = world.answerer.as_ref().ok_or("no answerer running")?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ended: Vec<Value> = answerer
+            .output()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|event| event["event"] == "call_ended")
+            .collect();
+        if ended.len() >= 2 {
+            let refused = ended[0].to_string().contains("media_not_authenticated");
+            let heard = ended[1]["report"]["tone"]["detected"]["frequency_hz"].as_f64();
+            return expect(
+                refused && heard.is_some_and(|hz| (hz - CALLER_TONE_HZ).abs() <= 5.0),
+                &format!(
+                    "the answerer should report the refused call, then hear the caller:\n{ended:#?}"
+                ),
+                result,
+                world,
+            );
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the answerer did not report two calls\n{}",
+                world.outputs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits until the censor's counting rule has held at least one packet.
 fn wait_for_held_packet(world: &World, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
@@ -939,7 +1081,7 @@ fn wait_for_held_packet(world: &World, timeout: Duration) -> Result<(), String> 
 
 type Scenario = fn(Client) -> Result<Vec<Row>, String>;
 
-const SCENARIOS: [(&str, Scenario); 9] = [
+const SCENARIOS: [(&str, Scenario); 10] = [
     ("open_network", open_network),
     ("registry_blocked", registry_blocked),
     ("registry_and_doh_blocked", registry_and_doh_blocked),
@@ -949,6 +1091,7 @@ const SCENARIOS: [(&str, Scenario); 9] = [
     ("poisoned_answers", poisoned_answers),
     ("degraded_path", degraded_path),
     ("relay_dies", relay_dies),
+    ("hostile_relay_first", hostile_relay_first),
 ];
 
 fn matrix_markdown(rows: &[Row], kind: Client, total: Duration) -> String {
