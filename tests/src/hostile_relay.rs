@@ -39,12 +39,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
 use call_probe::call::{CallEngine, CallEvent};
 use call_probe::config::{AnswerPolicy, CallConfig};
 use call_probe::report::CallReport;
-use ed25519_dalek::{Signer, SigningKey};
+use ed25519_dalek::SigningKey;
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -55,6 +53,7 @@ use tokio_tungstenite::tungstenite::Message;
 use url::Url;
 use zajel_client_net::signaling::{tls_handshake, url_host, TrustAnchors};
 use zajel_wire::call::{CallAuth, CallAuthRole, CallKind, CallPayload};
+use zajel_wire::signaling::ServerMessage;
 use zajel_wire::{keys, peer_keys};
 
 /// What the relay does to calls.
@@ -91,10 +90,6 @@ impl Mode {
 /// How long the answer facing the caller waits for the callee's (to copy
 /// its `auth`) in [`Mode::SwapFingerprints`].
 pub const HOLD_ANSWER: Duration = Duration::from_secs(5);
-
-/// The domain-separation string of the server identity proof (issue 13's
-/// agreed shape; see [`identity_proof`] for the switch to `zajel_wire`'s).
-pub const IDENTITY_DOMAIN: &str = "zajel-server-identity-v1";
 
 /// How the relay is set up.
 #[derive(Debug, Clone)]
@@ -340,28 +335,12 @@ fn tracing_note(text: &str) {
     }
 }
 
-/// The `identity_proof` for `nonce` (standard base64 of 32 bytes), signed
-/// over `zajel-server-identity-v1` ‖ 0x00 ‖ nonce ‖ 0x00 ‖ endpoint.
-///
-/// TODO(server-identity): once that branch is on main, switch to its
-/// `zajel_wire::signature` helpers (`decode_identity_nonce`, `sign_identity`,
-/// `IDENTITY_DOMAIN`; the bytes are the same) instead of this copy.
+/// The `identity_proof` for `nonce` (standard base64 of 32 bytes) under the hostile relay's own
+/// key: a listed server proves itself like any other (`zajel_wire`'s signature helpers).
 pub fn identity_proof(key: &SigningKey, endpoint: &str, nonce: &str) -> Option<Value> {
-    let raw = BASE64.decode(nonce).ok().filter(|n| n.len() == 32)?;
-    let mut message = Vec::with_capacity(IDENTITY_DOMAIN.len() + 34 + endpoint.len());
-    message.extend_from_slice(IDENTITY_DOMAIN.as_bytes());
-    message.push(0);
-    message.extend_from_slice(&raw);
-    message.push(0);
-    message.extend_from_slice(endpoint.as_bytes());
-    let signature = key.sign(&message);
-    Some(json!({
-        "type": "identity_proof",
-        "serverId": keys::server_id_for(&key.verifying_key()),
-        "endpoint": endpoint,
-        "nonce": nonce,
-        "signature": BASE64.encode(signature.to_bytes()),
-    }))
+    let nonce = zajel_wire::signature::decode_identity_nonce(nonce).ok()?;
+    let proof = zajel_wire::signaling::IdentityProof::sign(key, &nonce, endpoint);
+    Some(ServerMessage::IdentityProof(proof).to_json())
 }
 
 // ---- one client connection ------------------------------------------------
@@ -1043,6 +1022,8 @@ mod tests {
 
     #[test]
     fn an_identity_proof_needs_a_32_byte_nonce() {
+        use base64::engine::general_purpose::STANDARD as BASE64;
+        use base64::Engine as _;
         let key = SigningKey::from_bytes(&[5u8; 32]);
         assert!(identity_proof(&key, "wss://r.example", &BASE64.encode([1u8; 31])).is_none());
         assert!(identity_proof(&key, "wss://r.example", "not base64").is_none());

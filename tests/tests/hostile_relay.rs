@@ -19,12 +19,13 @@ use ed25519_dalek::{Signature, Verifier};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tests::censorship_world::{run_to_end, Finished};
-use tests::hostile_relay::{HostileRelay, HostileRelayConfig, Mode, Tally, IDENTITY_DOMAIN};
+use tests::hostile_relay::{HostileRelay, HostileRelayConfig, Mode, Tally};
 use tests::process::ChildProcess;
 use tests::registry_host::binary;
 use tests::relay_child::RelayChild;
 use tokio_tungstenite::tungstenite::Message;
 use url::Url;
+use zajel_wire::signature::IDENTITY_DOMAIN;
 
 /// The tone `call-probe call` sends, and the one `call-probe answer` sends (Hz).
 const CALLER_HZ: f64 = 440.0;
