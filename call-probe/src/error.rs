@@ -90,6 +90,9 @@ pub enum ErrorKind {
     MediaNotAuthenticated,
     /// Pairing handed a public key other than the one pinned with `--peer-key`: exit code 6.
     PeerKeyMismatch,
+    /// The relay the call connected to did not prove the key discovery verified for it (another
+    /// server answered at that address since discovery checked it): `call` moves on.
+    IdentityMismatch,
 }
 
 /// The kind of a signaling session failure.

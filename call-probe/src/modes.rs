@@ -320,6 +320,12 @@ pub async fn call(args: CallArgs) -> ExitCode {
     options.duration = duration;
     options.with_video = args.video;
     options.peer_key = args.peer_key.clone();
+    options.proven_servers = choice
+        .identities
+        .iter()
+        .filter(|identity| identity.verified)
+        .filter_map(|identity| Some((identity.url.clone(), identity.proven_server_id.clone()?)))
+        .collect();
     options.line = args.media.line_options(440.0).trusting(roots);
     // With discovery, a server that fails call authentication is left for the next one.
     let servers: Vec<url::Url> = if choice.how == "discovery" {

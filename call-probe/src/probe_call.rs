@@ -14,9 +14,10 @@
 
 use std::time::{Duration, Instant};
 
+use discovery_client::identity::{self, Identity, IdentityCheck};
 use serde::Serialize;
 use url::Url;
-use zajel_client_net::signaling::{ConnectTimings, SessionError};
+use zajel_client_net::signaling::{ConnectTimings, IdentityAnswer, SessionError};
 use zajel_wire::pairing::PairingCode;
 
 use crate::call::{CallEvent, EngineError};
@@ -44,6 +45,10 @@ pub struct CallOptions {
     /// The answerer's public key (standard base64), checked out of band: pairing must hand
     /// exactly this key.
     pub peer_key: Option<String>,
+    /// Servers discovery verified, as (URL, serverId): a call on one of them first has the
+    /// relay prove that key again on the call's own connection (what answers at an address can
+    /// change between discovery's check and the call).
+    pub proven_servers: Vec<(String, String)>,
 }
 
 impl CallOptions {
@@ -56,6 +61,7 @@ impl CallOptions {
             with_video: false,
             line: LineOptions::new(440.0),
             peer_key: None,
+            proven_servers: Vec::new(),
         }
     }
 }
@@ -82,6 +88,9 @@ pub enum CallError {
     State(#[from] StateError),
     #[error("pairing handed the public key {paired}, not the pinned {pinned}")]
     PeerKeyMismatch { pinned: String, paired: String },
+    /// `detail`: what the relay proved (or did not) instead.
+    #[error("the relay is not the server discovery verified ({expected}): {detail}")]
+    IdentityMismatch { expected: String, detail: String },
     /// `detail`: why the engine refused the call.
     #[error("media not authenticated: {detail}")]
     NotAuthenticated { detail: String },
@@ -110,6 +119,7 @@ impl CallError {
         match self {
             Self::State(error) => error.kind(),
             Self::PeerKeyMismatch { .. } => ErrorKind::PeerKeyMismatch,
+            Self::IdentityMismatch { .. } => ErrorKind::IdentityMismatch,
             Self::NotAuthenticated { .. } => ErrorKind::MediaNotAuthenticated,
             Self::Signaling(error) => session_kind(error),
             Self::Turn(error) => error.kind(),
@@ -129,6 +139,9 @@ pub struct ProbeCallReport {
     /// The relay used.
     pub server: String,
     pub server_id: Option<String>,
+    /// The serverId the relay proved on the call's own connection, when discovery had
+    /// verified it (`None`: not asked).
+    pub server_proven: Option<String>,
     pub own_code: Option<String>,
     pub peer_code: String,
     /// Our public key (standard base64), as registered.
@@ -173,6 +186,13 @@ impl ProbeCallReport {
         row(&mut out, "server", &self.server);
         if let Some(id) = &self.server_id {
             row(&mut out, "server id", id);
+        }
+        if let Some(id) = &self.server_proven {
+            row(
+                &mut out,
+                "server proven",
+                format!("{id} (again, on this connection)"),
+            );
         }
         row(
             &mut out,
@@ -292,8 +312,70 @@ pub struct ServerTried {
 pub fn should_move_on(report: &ProbeCallReport) -> bool {
     matches!(
         report.error_kind,
-        Some(ErrorKind::MediaNotAuthenticated | ErrorKind::PeerKeyMismatch)
+        Some(
+            ErrorKind::MediaNotAuthenticated
+                | ErrorKind::PeerKeyMismatch
+                | ErrorKind::IdentityMismatch
+        )
     )
+}
+
+impl CallOptions {
+    /// The serverId discovery verified for `server`, if any.
+    pub fn proven_server_for(&self, server: &Url) -> Option<&str> {
+        let wanted = zajel_wire::endpoint::signaling_url(server.as_str()).ok();
+        self.proven_servers.iter().find_map(|(url, server_id)| {
+            let same = match (&wanted, zajel_wire::endpoint::signaling_url(url)) {
+                (Some(wanted), Ok(url)) => *wanted == url,
+                _ => url == server.as_str(),
+            };
+            same.then_some(server_id.as_str())
+        })
+    }
+}
+
+/// Has the relay on `registered`'s connection prove `expected` again (the identity rules of
+/// discovery, `discovery_client::identity::judge`, with the entry's key and the greeting's
+/// serverId); the proven serverId, or why not.
+async fn reprove(
+    registered: &mut client::Registered,
+    server: &Url,
+    expected: &str,
+    step: Duration,
+) -> Result<String, CallError> {
+    let answer = registered
+        .session
+        .prove_identity(step)
+        .await
+        .map_err(CallError::Signaling)?;
+    let check = match answer {
+        IdentityAnswer::Proof {
+            server_id,
+            endpoint,
+        } => IdentityCheck::Proof {
+            server_id,
+            endpoint,
+        },
+        IdentityAnswer::Invalid { reason } => IdentityCheck::Invalid(reason),
+        IdentityAnswer::Refused { message } => IdentityCheck::Unanswered(message),
+    };
+    match identity::judge(
+        server.as_str(),
+        Some(expected),
+        Some(&registered.server_id),
+        &check,
+    ) {
+        Identity::Proven { server_id } => Ok(server_id),
+        Identity::Learnt { server_id } => Ok(server_id),
+        Identity::Unproven(why) => Err(CallError::IdentityMismatch {
+            expected: expected.to_string(),
+            detail: format!("it proved no key this time ({why})"),
+        }),
+        Identity::Mismatch(why) => Err(CallError::IdentityMismatch {
+            expected: expected.to_string(),
+            detail: why,
+        }),
+    }
 }
 
 /// Runs the call on each of `servers` in turn (pairing again on each) while a run fails
@@ -341,6 +423,7 @@ pub async fn run_call(options: &CallOptions) -> ProbeCallReport {
     let mut report = ProbeCallReport {
         server: options.server.to_string(),
         server_id: None,
+        server_proven: None,
         own_code: None,
         peer_code: options.target.as_str().to_string(),
         own_key: None,
@@ -375,13 +458,17 @@ async fn call_steps(
     let step = options.line.step_timeout;
     let keys = options.line.line_keys()?;
     report.own_key = Some(keys.identity.public_base64());
-    let registered = options
+    let mut registered = options
         .line
         .register(&options.server, None, &keys.identity)
         .await
         .map_err(CallError::Signaling)?;
-    report.milestones.signaling_ready_ms = Some(ms_since(start));
     report.server_id = Some(registered.server_id.clone());
+    if let Some(expected) = options.proven_server_for(&options.server) {
+        report.server_proven =
+            Some(reprove(&mut registered, &options.server, expected, step).await?);
+    }
+    report.milestones.signaling_ready_ms = Some(ms_since(start));
     report.own_code = Some(registered.code.as_str().to_string());
     report.signaling = Some(registered.timings.clone());
     report.ice_servers = client::describe_ice_servers(&registered.ice_servers);
@@ -566,6 +653,7 @@ mod tests {
         let report = ProbeCallReport {
             server: "ws://127.0.0.1:1/".into(),
             server_id: None,
+            server_proven: None,
             own_code: None,
             peer_code: "ABC234".into(),
             own_key: None,

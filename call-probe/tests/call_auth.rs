@@ -483,3 +483,44 @@ async fn a_contact_that_authenticated_before_is_refused_without_auth() {
     );
     world.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_that_is_not_the_verified_server_on_the_calls_connection_is_left() {
+    // Discovery verified a key for the first address; what answers there on the call's own
+    // connection proves another (the first relay's own key): the call leaves it before pairing.
+    let swapped = LocalWorld::start().await.unwrap();
+    let honest = LocalWorld::start().await.unwrap();
+    let (code, answer_key, serving) = answerer(&honest, |_| {}).await;
+    let verified_elsewhere = zajel_wire::keys::server_id_for(
+        &call_probe::world::random_signing_key()
+            .unwrap()
+            .verifying_key(),
+    );
+    let mut options = caller_options(&swapped, code);
+    options.proven_servers = vec![
+        (swapped.relay_url().to_string(), verified_elsewhere),
+        (
+            honest.relay_url().to_string(),
+            honest.relay.server_id().to_string(),
+        ),
+    ];
+    let servers = [swapped.relay_url(), honest.relay_url()];
+    let (report, tried) = run_call_moving_on(&options, &servers).await;
+    assert_eq!(
+        tried,
+        [ServerTried {
+            server: swapped.relay_url().to_string(),
+            error_kind: Some(ErrorKind::IdentityMismatch),
+        }]
+    );
+    assert_eq!(report.error, None, "{report:?}");
+    assert_eq!(
+        report.server_proven.as_deref(),
+        Some(honest.relay.server_id())
+    );
+    assert!(report.authenticated && report.media_both_ways);
+    assert_eq!(report.peer_key.as_deref(), Some(answer_key.as_str()));
+    served(serving).await;
+    swapped.stop().await;
+    honest.stop().await;
+}
