@@ -22,13 +22,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use turn::server::config::{ConnConfig, ServerConfig};
 use util::Conn;
+
+use crate::tls::ServedCertificate;
 
 pub use args::TurnArgs;
 /// The rustls this module builds on, for callers that make `TurnTls` values.
@@ -40,55 +40,42 @@ use relay::{CappedRelays, StreamAllocations};
 use replay::AllocateReplay;
 use stream_listener::{StreamLimits, StreamListener};
 
-/// A certificate chain and its private key for TURN over TLS.
-#[derive(Clone)]
+/// The certificate TURN over TLS serves: read from files (reloadable, see
+/// [`crate::tls::ServedCertificate`]) or given as PEM text.
+#[derive(Clone, Debug)]
 pub struct TurnTls {
-    pub cert_chain: Vec<CertificateDer<'static>>,
-    pub key: Arc<PrivateKeyDer<'static>>,
-}
-
-impl std::fmt::Debug for TurnTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TurnTls")
-            .field("cert_chain", &self.cert_chain.len())
-            .field("key", &"<hidden>")
-            .finish()
-    }
+    certificate: Arc<ServedCertificate>,
 }
 
 impl TurnTls {
-    /// Reads a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or SEC1).
+    /// Reads a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or
+    /// SEC1); [`Self::certificate`] re-reads them on demand.
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TurnError> {
-        let cert_pem =
-            fs::read(cert).map_err(|e| TurnError::Tls(format!("{}: {e}", cert.display())))?;
-        let key_pem =
-            fs::read(key).map_err(|e| TurnError::Tls(format!("{}: {e}", key.display())))?;
-        Self::from_pem(&cert_pem, &key_pem)
+        Ok(Self {
+            certificate: ServedCertificate::from_files(cert, key)
+                .map_err(|e| TurnError::Tls(e.to_string()))?,
+        })
     }
 
     /// Parses a PEM certificate chain and a PEM private key.
     pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, TurnError> {
-        let cert_chain = CertificateDer::pem_slice_iter(cert_pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| TurnError::Tls(format!("bad certificate PEM: {e}")))?;
-        if cert_chain.is_empty() {
-            return Err(TurnError::Tls("no certificate in the PEM".into()));
-        }
-        let key = PrivateKeyDer::from_pem_slice(key_pem)
-            .map_err(|e| TurnError::Tls(format!("bad private key PEM: {e}")))?;
         Ok(Self {
-            cert_chain,
-            key: Arc::new(key),
+            certificate: ServedCertificate::from_pem(cert_pem, key_pem)
+                .map_err(|e| TurnError::Tls(e.to_string()))?,
         })
     }
 
+    /// The certificate served, to reload it.
+    pub fn certificate(&self) -> &Arc<ServedCertificate> {
+        &self.certificate
+    }
+
     fn acceptor(&self) -> Result<TlsAcceptor, TurnError> {
-        let config = zajel_client_net::tls::server_config_builder()
-            .map_err(|e| TurnError::Tls(e.to_string()))?
-            .with_no_client_auth()
-            .with_single_cert(self.cert_chain.clone(), self.key.clone_key())
-            .map_err(|e| TurnError::Tls(format!("certificate and key do not fit: {e}")))?;
-        Ok(TlsAcceptor::from(Arc::new(config)))
+        let config = self
+            .certificate
+            .server_config(&[])
+            .map_err(|e| TurnError::Tls(e.to_string()))?;
+        Ok(TlsAcceptor::from(config))
     }
 }
 
