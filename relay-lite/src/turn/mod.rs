@@ -269,6 +269,66 @@ pub struct Counters {
     refused_auth: AtomicU64,
     dropped_challenges: AtomicU64,
     replayed_allocates: AtomicU64,
+    /// Relayed traffic by the transport of the allocation's client.
+    relayed: [RelayedCounters; 3],
+}
+
+/// Traffic through the relay sockets of allocations made over one client transport.
+#[derive(Debug, Default)]
+pub(crate) struct RelayedCounters {
+    pub to_peer_bytes: AtomicU64,
+    pub to_peer_packets: AtomicU64,
+    pub from_peer_bytes: AtomicU64,
+    pub from_peer_packets: AtomicU64,
+}
+
+impl RelayedCounters {
+    fn snapshot(&self) -> RelayedStats {
+        RelayedStats {
+            to_peer_bytes: self.to_peer_bytes.load(Ordering::Relaxed),
+            to_peer_packets: self.to_peer_packets.load(Ordering::Relaxed),
+            from_peer_bytes: self.from_peer_bytes.load(Ordering::Relaxed),
+            from_peer_packets: self.from_peer_packets.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The transport a TURN client reaches the server over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientTransport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl ClientTransport {
+    pub const ALL: [ClientTransport; 3] = [Self::Udp, Self::Tcp, Self::Tls];
+
+    /// The metrics label: `udp`, `tcp`, `tls`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+            Self::Tls => "tls",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Relayed traffic of one client transport, counted at the relay sockets
+/// (payload bytes of UDP datagrams to and from peers; STUN/TURN framing not
+/// included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RelayedStats {
+    /// From clients to their peers (sent from relay sockets).
+    pub to_peer_bytes: u64,
+    pub to_peer_packets: u64,
+    /// From peers to clients (received on relay sockets).
+    pub from_peer_bytes: u64,
+    pub from_peer_packets: u64,
 }
 
 impl Default for Counters {
@@ -280,11 +340,16 @@ impl Default for Counters {
             refused_auth: AtomicU64::new(0),
             dropped_challenges: AtomicU64::new(0),
             replayed_allocates: AtomicU64::new(0),
+            relayed: Default::default(),
         }
     }
 }
 
 impl Counters {
+    fn relayed(&self, transport: ClientTransport) -> &RelayedCounters {
+        &self.relayed[transport.index()]
+    }
+
     /// A consistent-enough copy of the counters.
     pub fn snapshot(&self) -> TurnStats {
         TurnStats {
@@ -294,6 +359,11 @@ impl Counters {
             refused_auth: self.refused_auth.load(Ordering::Relaxed),
             dropped_challenges: self.dropped_challenges.load(Ordering::Relaxed),
             replayed_allocates: self.replayed_allocates.load(Ordering::Relaxed),
+            relayed_by_transport: [
+                self.relayed[0].snapshot(),
+                self.relayed[1].snapshot(),
+                self.relayed[2].snapshot(),
+            ],
         }
     }
 }
@@ -314,6 +384,16 @@ pub struct TurnStats {
     /// Retransmitted Allocate requests answered with the success response already sent
     /// (the first one was lost on the way back; see `replay`).
     pub replayed_allocates: u64,
+    /// Relayed traffic by client transport, indexed as [`ClientTransport::ALL`];
+    /// see [`TurnStats::relayed`].
+    pub relayed_by_transport: [RelayedStats; 3],
+}
+
+impl TurnStats {
+    /// Relayed traffic of allocations made over `transport`.
+    pub fn relayed(&self, transport: ClientTransport) -> RelayedStats {
+        self.relayed_by_transport[transport.index()]
+    }
 }
 
 /// A listener as the webrtc-rs server takes it.
@@ -346,7 +426,8 @@ impl TurnServer {
             handshake_timeout: config.tls_handshake_timeout,
             idle_timeout: config.stream_idle_timeout,
         };
-        let mut listeners: Vec<(Listener, Option<Arc<StreamAllocations>>)> = Vec::new();
+        let mut listeners: Vec<(Listener, Option<Arc<StreamAllocations>>, ClientTransport)> =
+            Vec::new();
         let mut streams = Vec::new();
         let (mut udp_addr, mut tcp_addr, mut tls_addr) = (None, None, None);
 
@@ -359,7 +440,7 @@ impl TurnServer {
                     .local_addr()
                     .map_err(|source| TurnError::Listen { addr, source })?,
             );
-            listeners.push((Arc::new(socket), None));
+            listeners.push((Arc::new(socket), None, ClientTransport::Udp));
         }
         if let Some(addr) = config.listen_tcp {
             let listener = TcpListener::bind(addr)
@@ -370,7 +451,7 @@ impl TurnServer {
                 .map_err(|source| TurnError::Listen { addr, source })?;
             tcp_addr = Some(stream.local_addr().map_err(turn::Error::from)?);
             streams.push(stream.clone());
-            listeners.push((stream, Some(allocations)));
+            listeners.push((stream, Some(allocations), ClientTransport::Tcp));
         }
         if let (Some(addr), Some(tls)) = (config.listen_tls, &config.tls) {
             let acceptor = tls.acceptor()?;
@@ -383,13 +464,13 @@ impl TurnServer {
                     .map_err(|source| TurnError::Listen { addr, source })?;
             tls_addr = Some(stream.local_addr().map_err(turn::Error::from)?);
             streams.push(stream.clone());
-            listeners.push((stream, Some(allocations)));
+            listeners.push((stream, Some(allocations), ClientTransport::Tls));
         }
 
         let replay = Arc::new(AllocateReplay::default());
         let conn_configs = listeners
             .into_iter()
-            .map(|(inner, allocations)| ConnConfig {
+            .map(|(inner, allocations, transport)| ConnConfig {
                 conn: Arc::new(GuardedConn {
                     inner,
                     auth: auth.clone(),
@@ -403,6 +484,7 @@ impl TurnServer {
                     max_lifetime: config.allocation_lifetime,
                     counters: counters.clone(),
                     streams: allocations,
+                    transport,
                 }),
             })
             .collect();
