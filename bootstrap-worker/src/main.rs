@@ -15,6 +15,7 @@ mod cli {
     use std::process::ExitCode;
 
     use bootstrap_worker::config::{Config, Policy};
+    use bootstrap_worker::native::forwarded::{AddressBlock, TrustedProxies};
     use bootstrap_worker::native::{server, sqlite::SqliteStore};
     use bootstrap_worker::registry::Registry;
     use clap::{Parser, Subcommand};
@@ -85,6 +86,16 @@ mod cli {
         /// Mutations per minute allowed from one client address (also the burst).
         #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..), env = "ZAJEL_REGISTRY_RATE_LIMIT")]
         rate_limit: u32,
+        /// Reverse proxies (addresses or CIDR blocks, comma-separated or repeated) whose
+        /// X-Forwarded-For / Forwarded name the client; the rate limit then keys on the rightmost
+        /// hop that is not one of them. Without it those headers are ignored.
+        #[arg(
+            long,
+            value_name = "ADDRESS[/PREFIX]",
+            value_delimiter = ',',
+            env = "ZAJEL_REGISTRY_TRUSTED_PROXY"
+        )]
+        trusted_proxy: Vec<AddressBlock>,
     }
 
     fn parse_policy(text: &str) -> Result<Policy, String> {
@@ -150,7 +161,16 @@ mod cli {
             );
             // Test harnesses wait for this line.
             println!("listening on http://{address}");
-            server::serve(listener, Registry::new(store, config), shutdown_signal())
+            if !args.trusted_proxy.is_empty() {
+                tracing::info!(
+                    proxies = ?args.trusted_proxy,
+                    "rate limits key on the client named by these proxies' forwarding headers"
+                );
+            }
+            let options = server::HostOptions {
+                trusted_proxies: TrustedProxies::new(args.trusted_proxy),
+            };
+            server::serve_with(listener, Registry::new(store, config), options, shutdown_signal())
                 .await
                 .map_err(|error| error.to_string())?;
             tracing::info!("shut down");

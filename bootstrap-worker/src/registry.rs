@@ -69,6 +69,9 @@ pub struct Response {
     pub body: Vec<u8>,
     /// Why a mutation was refused, for the host's log (never key material).
     pub refusal: Option<String>,
+    /// Why any request was refused, as a machine-readable reason (see
+    /// [`refusal_reason`]), for the host's metrics; `None` when answered.
+    pub refused: Option<&'static str>,
 }
 
 impl Response {
@@ -108,6 +111,38 @@ pub mod errors {
     pub const BAD_TIMESTAMP_HEADER: &str =
         "Invalid X-Zajel-Timestamp: must be ms since the Unix epoch";
 }
+
+/// The machine-readable reason of a refusal with `status` and error text
+/// `error`: one of `rate_limited`, `too_large`, `full`, `internal`,
+/// `signature_required`, `entry_is_signed`, `invalid_signature`,
+/// `stale_timestamp`, `replayed`, `half_signed`, `invalid_server_id`,
+/// `key_mismatch`, `region_too_long`, `bad_timestamp_header`,
+/// `not_registered`, `invalid_endpoint`, `invalid_request`.
+pub fn refusal_reason(status: u16, error: &str) -> &'static str {
+    match error {
+        errors::RATE_LIMITED => "rate_limited",
+        errors::TOO_LARGE => "too_large",
+        errors::FULL => "full",
+        errors::INTERNAL => "internal",
+        errors::SIGNATURE_REQUIRED => "signature_required",
+        errors::ENTRY_IS_SIGNED => "entry_is_signed",
+        errors::INVALID_SIGNATURE => "invalid_signature",
+        errors::STALE_TIMESTAMP => "stale_timestamp",
+        errors::REPLAYED => "replayed",
+        errors::HALF_SIGNED => "half_signed",
+        errors::INVALID_SERVER_ID => "invalid_server_id",
+        errors::KEY_MISMATCH => "key_mismatch",
+        errors::REGION_TOO_LONG => "region_too_long",
+        errors::BAD_TIMESTAMP_HEADER => "bad_timestamp_header",
+        errors::SERVER_NOT_REGISTERED => "not_registered",
+        _ if error.starts_with("Invalid endpoint") => "invalid_endpoint",
+        _ if status >= 500 => "internal",
+        _ => "invalid_request",
+    }
+}
+
+/// Reasons that mean a signature was presented and did not prove possession.
+pub const SIGNATURE_FAILURES: [&str; 3] = ["invalid_signature", "stale_timestamp", "replayed"];
 
 /// The registry core: one per host, owning its store and rate limiter.
 pub struct Registry<S: Store> {
@@ -192,12 +227,14 @@ impl<S: Store> Registry<S> {
         match outcome {
             Ok(response) => response,
             Err(refusal) => {
+                let reason = refusal_reason(refusal.status, &refusal.error);
                 let mut response = json_response(
                     refusal.status,
                     &ErrorBody {
                         error: refusal.error,
                     },
                 );
+                response.refused = Some(reason);
                 if let Some(seconds) = refusal.retry_after {
                     response.headers.push(("Retry-After", seconds.to_string()));
                 }
@@ -247,6 +284,11 @@ impl<S: Store> Registry<S> {
                 &json!({"error": errors::NOT_FOUND, "hint": errors::NOT_FOUND_HINT}),
             )),
         }
+    }
+
+    /// How many entries are fresh at `now_ms` (for the host's metrics).
+    pub fn fresh_entries(&self, now_ms: u64) -> Result<u64, StoreError> {
+        Ok(self.store.list_fresh(self.fresh_since(now_ms))?.len() as u64)
     }
 
     /// Entries seen at or after this instant are fresh.
@@ -529,6 +571,7 @@ fn preflight() -> Response {
         headers: cors(),
         body: Vec::new(),
         refusal: None,
+        refused: None,
     }
 }
 
@@ -540,6 +583,7 @@ fn raw_json_response(status: u16, body: Vec<u8>) -> Response {
         headers,
         body,
         refusal: None,
+        refused: None,
     }
 }
 

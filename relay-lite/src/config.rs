@@ -195,6 +195,10 @@ pub struct Timeouts {
     pub outbound_stall: Duration,
     /// How long shutdown waits for clients to take their close frames.
     pub shutdown_grace: Duration,
+    /// How often the TLS certificate files (`wss:` and `turns:`) are checked
+    /// for a change and reloaded (zero: only on SIGHUP, see
+    /// [`crate::RunningRelay::reload_certificates`]).
+    pub certificate_check: Duration,
 }
 
 impl Default for Timeouts {
@@ -208,6 +212,7 @@ impl Default for Timeouts {
             takeover_probe: DEFAULT_TAKEOVER_PROBE,
             outbound_stall: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
+            certificate_check: Duration::from_secs(60),
         }
     }
 }

@@ -80,6 +80,16 @@ struct Cli {
         env = "RELAY_LITE_TLS_KEY"
     )]
     tls_key: Option<PathBuf>,
+    /// How often the certificate files of --tls-cert and --turn-tls-cert are
+    /// checked for a change and reloaded (0: only on SIGHUP, which always
+    /// reloads them). A bad new certificate is logged and the old one kept.
+    #[arg(
+        long,
+        default_value_t = 60_000,
+        value_name = "MS",
+        env = "RELAY_LITE_CERTIFICATE_CHECK_MS"
+    )]
+    certificate_check_ms: u64,
     /// STUN URL handed to clients in ice_servers (repeatable).
     #[arg(
         long = "stun-url",
@@ -253,6 +263,7 @@ impl Cli {
         config.timeouts.pair_request = ms(self.pair_timeout_ms);
         config.timeouts.pair_expiring_warning = ms(self.pair_warning_ms);
         config.timeouts.shutdown_grace = ms(self.shutdown_grace_ms);
+        config.timeouts.certificate_check = ms(self.certificate_check_ms);
         config.timeouts.code_grace = ms(self.code_grace_ms);
         config.timeouts.takeover_probe = ms(self.takeover_probe_ms);
         config.limits.max_pending_per_target_per_address = self.max_pending_per_target_per_ip;
@@ -298,6 +309,7 @@ fn main() -> ExitCode {
             }
         };
         let signals = StopSignals::install();
+        let mut reloads = ReloadSignal::install();
         let scheme = if relay.endpoint().starts_with("wss") {
             "wss"
         } else {
@@ -310,12 +322,55 @@ fn main() -> ExitCode {
             endpoint = relay.endpoint(),
             "relay started"
         );
-        signals.wait().await;
+        let stop = signals.wait();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                () = reloads.next() => {
+                    tracing::info!("SIGHUP: reloading the TLS certificates");
+                    relay.reload_certificates();
+                }
+            }
+        }
         tracing::info!("shutting down: closing clients with 1001 and unregistering");
         relay.shutdown().await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// SIGHUP: reload the TLS certificates (systemd's `ExecReload`, certbot's
+/// deploy hook through `systemctl reload`).
+struct ReloadSignal {
+    #[cfg(unix)]
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl ReloadSignal {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Self {
+                hangup: signal(SignalKind::hangup()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            Self {}
+        }
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(hangup) = &mut self.hangup {
+            if hangup.recv().await.is_some() {
+                return;
+            }
+        }
+        std::future::pending().await
+    }
 }
 
 /// SIGTERM and SIGINT (Ctrl-C), registered before the relay announces

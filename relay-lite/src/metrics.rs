@@ -336,6 +336,29 @@ impl Metrics {
             "Retransmitted TURN Allocates answered with the success response already sent.",
             turn.replayed_allocates.to_string(),
         );
+        for (name, help, value) in [
+            (
+                "relay_turn_relayed_bytes_total",
+                "Payload bytes relayed between TURN clients and their peers, by the client's transport and direction.",
+                (|r: crate::turn::RelayedStats| (r.to_peer_bytes, r.from_peer_bytes))
+                    as fn(crate::turn::RelayedStats) -> (u64, u64),
+            ),
+            (
+                "relay_turn_relayed_packets_total",
+                "Datagrams relayed between TURN clients and their peers, by the client's transport and direction.",
+                |r: crate::turn::RelayedStats| (r.to_peer_packets, r.from_peer_packets),
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for transport in crate::turn::ClientTransport::ALL {
+                let (to_peer, from_peer) = value(turn.relayed(transport));
+                let label = transport.label();
+                let _ = writeln!(
+                    out,
+                    "{name}{{transport=\"{label}\",direction=\"to_peer\"}} {to_peer}\n{name}{{transport=\"{label}\",direction=\"from_peer\"}} {from_peer}"
+                );
+            }
+        }
         let _ = writeln!(
             out,
             "# HELP relay_messages_forwarded_total Messages forwarded between peers, by type.\n# TYPE relay_messages_forwarded_total counter"
@@ -380,6 +403,12 @@ mod tests {
         assert!(text.contains("relay_refusals_total{reason=\"slow_consumer\"} 1\n"));
         assert!(text.contains("relay_turn_allocations 0\n"));
         assert!(text.contains("relay_turn_refused_auth_total 0\n"));
+        assert!(text.contains(
+            "relay_turn_relayed_bytes_total{transport=\"tls\",direction=\"from_peer\"} 0\n"
+        ));
+        assert!(text.contains(
+            "relay_turn_relayed_packets_total{transport=\"udp\",direction=\"to_peer\"} 0\n"
+        ));
         assert!(text.contains("# TYPE relay_connections gauge\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant as StdInstant;
+use std::time::{Duration, Instant as StdInstant};
 
 use ed25519_dalek::SigningKey;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -109,6 +109,9 @@ pub struct RunningRelay {
     connections: Arc<Semaphore>,
     max_connections: u32,
     turn: Option<TurnServer>,
+    /// The certificates of `wss:` and `turns:`, by listener, to reload.
+    certificates: Vec<(&'static str, Arc<tls::ServedCertificate>)>,
+    certificate_watch: Option<JoinHandle<()>>,
 }
 
 impl Relay {
@@ -120,13 +123,18 @@ impl Relay {
             None => keyfile::random_key()?,
         };
         let server_id = keys::server_id_for(&key.verifying_key());
+        let mut certificates = Vec::new();
         let acceptor = match &config.tls {
-            Some(files) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
-                &files.cert,
-                &files.key,
-            )?)),
+            Some(files) => {
+                let (server_config, served) = tls::server_config(&files.cert, &files.key)?;
+                certificates.push(("wss", served));
+                Some(tokio_rustls::TlsAcceptor::from(server_config))
+            }
             None => None,
         };
+        if let Some(turn_tls) = config.turn.as_ref().and_then(|turn| turn.tls.as_ref()) {
+            certificates.push(("turns", turn_tls.certificate().clone()));
+        }
         let listener = listen(config.listen).map_err(|source| Error::Listen {
             address: config.listen,
             source,
@@ -224,6 +232,18 @@ impl Relay {
             connections.clone(),
             AddressCounter::new(config.limits.max_connections_per_address),
         ));
+        let certificate_check = config.timeouts.certificate_check;
+        let certificate_watch = (!certificate_check.is_zero()
+            && certificates
+                .iter()
+                .any(|(_, served)| served.files().is_some()))
+        .then(|| {
+            tokio::spawn(watch_certificates(
+                certificates.clone(),
+                certificate_check,
+                stopped.clone(),
+            ))
+        });
         let mut memberships = Vec::new();
         if !config.bootstrap.is_empty() {
             let http = crate::membership::registry_http(config.membership.request_timeout)
@@ -253,6 +273,8 @@ impl Relay {
             connections,
             max_connections,
             turn,
+            certificates,
+            certificate_watch,
         })
     }
 }
@@ -327,11 +349,27 @@ impl RunningRelay {
         self.shared.hub.registered()
     }
 
+    /// Re-reads the TLS certificate files of `wss:` and `turns:` (SIGHUP):
+    /// new handshakes get the new certificates, established connections
+    /// keep theirs; a certificate that cannot be loaded is logged and the
+    /// old one kept. Returns each listener's outcome.
+    pub fn reload_certificates(&self) -> Vec<(&'static str, Result<bool, tls::TlsError>)> {
+        self.certificates
+            .iter()
+            .filter_map(|(listener, served)| {
+                Some((*listener, served.reload_logged(listener, false)?))
+            })
+            .collect()
+    }
+
     /// Stops accepting, closes every client with 1001, unregisters from
     /// every registry, and returns once all of that is done (clients that
     /// do not answer are dropped after the shutdown grace period).
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
+        if let Some(watch) = self.certificate_watch.take() {
+            watch.abort();
+        }
         if let Some(turn) = self.turn.take() {
             turn.close().await;
         }
@@ -350,6 +388,26 @@ impl RunningRelay {
 impl Drop for RunningRelay {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+    }
+}
+
+/// Reloads each certificate whose files changed, every `every`, until stopped.
+async fn watch_certificates(
+    certificates: Vec<(&'static str, Arc<tls::ServedCertificate>)>,
+    every: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        for (listener, served) in &certificates {
+            let _ = served.reload_logged(listener, true);
+        }
     }
 }
 

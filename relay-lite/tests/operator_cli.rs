@@ -40,18 +40,22 @@ fn configured_from_the_environment_alone_with_json_log_lines() {
         .env("RELAY_LITE_REGION", "env-region")
         .env("RELAY_LITE_LOG_FORMAT", "json");
     let mut relay = ChildProcess::spawn("relay-lite", command).expect("start relay-lite");
+    // stdout ("listening on") and stderr (the log) are read by two threads, so the two lines
+    // arrive in either order: wait for both in one pass.
+    let mut listening = false;
+    let mut started = None;
     relay
         .wait_for(WAIT, |line| {
-            line.strip_prefix("listening on ws://127.0.0.1:")
-                .map(str::to_string)
+            listening |= line.starts_with("listening on ws://127.0.0.1:");
+            if let Ok(json) = serde_json::from_str::<serde_json::Value>(line) {
+                if json["fields"]["message"] == "relay started" {
+                    started = Some(json);
+                }
+            }
+            (listening && started.is_some()).then_some(())
         })
-        .expect("listening on the address from RELAY_LITE_LISTEN");
-    let started = relay
-        .wait_for(WAIT, |line| {
-            let json: serde_json::Value = serde_json::from_str(line).ok()?;
-            (json["fields"]["message"] == "relay started").then_some(json)
-        })
-        .expect("a JSON 'relay started' line");
+        .expect("listening on the address from RELAY_LITE_LISTEN, and a JSON 'relay started' line");
+    let started = started.unwrap();
     assert_eq!(
         started["fields"]["endpoint"], "ws://relay.test:8080",
         "{started}"

@@ -19,7 +19,7 @@ use common::turn::{
 };
 use relay_lite::credentials;
 use relay_lite::turn::rustls::RootCertStore;
-use relay_lite::turn::{TurnConfig, TurnServer, TurnTls};
+use relay_lite::turn::{ClientTransport, TurnConfig, TurnServer, TurnTls};
 use webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType;
 use webrtc::ice_transport::ice_server::RTCIceServer;
 use zajel_client_net::turn_bridge::{BridgeTls, StreamBridge};
@@ -61,8 +61,14 @@ fn assert_relayed(outcome: &CallOutcome) {
 }
 
 /// A call where each peer's TURN traffic goes to `url_of(peer)`, checked
-/// to be relayed, and to have made two allocations on `server`.
-async fn call_through(server: &TurnServer, offerer_url: String, answerer_url: String) {
+/// to be relayed, to have made two allocations on `server`, and to be
+/// counted as relayed traffic of `transport` (and of no other) both ways.
+async fn call_through(
+    server: &TurnServer,
+    transport: ClientTransport,
+    offerer_url: String,
+    answerer_url: String,
+) {
     let before = server.stats();
     let outcome = relayed_call(
         ice_server(offerer_url, "offerer"),
@@ -79,6 +85,22 @@ async fn call_through(server: &TurnServer, offerer_url: String, answerer_url: St
         "{before:?} -> {after:?}"
     );
     assert_eq!(after.refused_auth, before.refused_auth);
+    for other in ClientTransport::ALL {
+        let (was, now) = (before.relayed(other), after.relayed(other));
+        if other == transport {
+            // Each peer's media leaves through its relay socket and arrives
+            // at the other's: both directions carry at least the audio.
+            assert!(
+                now.to_peer_packets >= was.to_peer_packets + PACKETS as u64
+                    && now.from_peer_packets >= was.from_peer_packets + PACKETS as u64
+                    && now.to_peer_bytes > was.to_peer_bytes + PACKETS as u64 * 12
+                    && now.from_peer_bytes > was.from_peer_bytes + PACKETS as u64 * 12,
+                "{other:?}: {was:?} -> {now:?}"
+            );
+        } else {
+            assert_eq!(was, now, "{other:?} carried nothing");
+        }
+    }
     // Closing the peers releases their allocations (Refresh with lifetime 0).
     server
         .wait_for_allocations(step_timeout(), |n| *n == 0)
@@ -92,7 +114,7 @@ async fn audio_is_relayed_over_udp() {
     config.listen_udp = Some("127.0.0.1:0".parse().unwrap());
     let server = TurnServer::start(config).await.unwrap();
     let url = format!("turn:{}?transport=udp", server.udp_addr().unwrap());
-    call_through(&server, url.clone(), url).await;
+    call_through(&server, ClientTransport::Udp, url.clone(), url).await;
     server.close().await;
 }
 
@@ -107,6 +129,7 @@ async fn audio_is_relayed_over_tcp_through_the_bridge() {
     let answerer_bridge = StreamBridge::start(tcp, None).await.unwrap();
     call_through(
         &server,
+        ClientTransport::Tcp,
         offerer_bridge.turn_url(),
         answerer_bridge.turn_url(),
     )
@@ -138,6 +161,7 @@ async fn audio_is_relayed_over_tls_through_the_bridge() {
     let answerer_bridge = StreamBridge::start(tls_addr, Some(tls)).await.unwrap();
     call_through(
         &server,
+        ClientTransport::Tls,
         offerer_bridge.turn_url(),
         answerer_bridge.turn_url(),
     )

@@ -12,6 +12,11 @@
 //! the client does not send its next request on a connection the server is
 //! closing (hyper closes a connection whose request body was not read to the
 //! end, without telling the client).
+//!
+//! The host also answers `GET /metrics` itself ([`super::metrics`]; the
+//! Worker does not have it) and decides which address a request's rate
+//! limit keys on: the peer's, or behind a trusted proxy the client's from
+//! its forwarding headers ([`super::forwarded`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,6 +33,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use zajel_client_net::now_ms;
 
+use super::forwarded::TrustedProxies;
+use super::metrics::{self, RegistryMetrics};
 use super::sqlite::SqliteStore;
 use crate::config::MAX_BODY_BYTES;
 use crate::registry::{Registry, Request, Response};
@@ -45,13 +52,35 @@ pub const MAX_DRAINED_BYTES: usize = 1024 * 1024 + 64 * 1024;
 /// The registry shared by every connection.
 pub type SharedRegistry = Arc<Mutex<Registry<SqliteStore>>>;
 
+/// How the host treats requests, beyond the registry's own [`crate::config::Config`].
+#[derive(Debug, Clone, Default)]
+pub struct HostOptions {
+    /// Proxies whose `X-Forwarded-For`/`Forwarded` are believed
+    /// (`--trusted-proxy`); empty: the peer address is the client's.
+    pub trusted_proxies: TrustedProxies,
+}
+
 /// Serves `registry` on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
     registry: Registry<SqliteStore>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    serve_with(listener, registry, HostOptions::default(), shutdown).await
+}
+
+/// [`serve`] with `options`.
+pub async fn serve_with(
+    listener: TcpListener,
+    registry: Registry<SqliteStore>,
+    options: HostOptions,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let registry: SharedRegistry = Arc::new(Mutex::new(registry));
+    let host = Arc::new(Host {
+        options,
+        metrics: RegistryMetrics::default(),
+    });
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
@@ -70,8 +99,10 @@ pub async fn serve(
             },
         };
         let registry = registry.clone();
+        let host = host.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| answer(registry.clone(), peer, request));
+            let service =
+                service_fn(move |request| counted(registry.clone(), host.clone(), peer, request));
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
@@ -84,23 +115,76 @@ pub async fn serve(
     }
 }
 
-async fn answer(
+/// What every connection shares besides the registry.
+struct Host {
+    options: HostOptions,
+    metrics: RegistryMetrics,
+}
+
+/// [`answer`], counted in the metrics.
+async fn counted(
     registry: SharedRegistry,
+    host: Arc<Host>,
     peer: SocketAddr,
     request: hyper::Request<Incoming>,
 ) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let method = request.method().as_str().to_ascii_uppercase();
+    let path = request.uri().path().to_string();
+    let (response, refused) = if method == "GET" && path == "/metrics" {
+        (metrics_response(&registry, &host).await, None)
+    } else {
+        answer(registry, &host, peer, request).await
+    };
+    host.metrics
+        .record(&method, &path, response.status().as_u16(), refused);
+    Ok(response)
+}
+
+async fn metrics_response(
+    registry: &SharedRegistry,
+    host: &Arc<Host>,
+) -> hyper::Response<Full<Bytes>> {
+    let registry = registry.clone();
+    let entries = tokio::task::spawn_blocking(move || {
+        let registry = registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        registry.fresh_entries(now_ms()).ok()
+    })
+    .await
+    .ok()
+    .flatten();
+    let mut response = hyper::Response::new(Full::new(Bytes::from(host.metrics.render(entries))));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(metrics::CONTENT_TYPE),
+    );
+    response
+}
+
+async fn answer(
+    registry: SharedRegistry,
+    host: &Host,
+    peer: SocketAddr,
+    request: hyper::Request<Incoming>,
+) -> (hyper::Response<Full<Bytes>>, Option<&'static str>) {
     let (parts, mut body) = request.into_parts();
     let path = parts
         .uri
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let mut core = Request::new(parts.method.as_str(), path, &peer.ip().to_string());
-    core.headers = parts
+    let headers: Vec<(String, String)> = parts
         .headers
         .iter()
         .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
         .collect();
+    let client = host
+        .options
+        .trusted_proxies
+        .client_address(peer.ip(), &headers);
+    let mut core = Request::new(parts.method.as_str(), path, &client.to_string());
+    core.headers = headers;
     let read = tokio::time::timeout(BODY_TIMEOUT, async {
         let mut drained = 0;
         loop {
@@ -122,8 +206,18 @@ async fn answer(
     .await;
     match read {
         Ok(Ok(())) => {}
-        Ok(Err(error)) => return Ok(plain(400, &format!("could not read body: {error}"))),
-        Err(_) => return Ok(plain(408, "body not received in time")),
+        Ok(Err(error)) => {
+            return (
+                plain(400, &format!("could not read body: {error}")),
+                Some("unreadable_body"),
+            )
+        }
+        Err(_) => {
+            return (
+                plain(408, "body not received in time"),
+                Some("body_timeout"),
+            )
+        }
     }
     let oversize = core.body.len() > MAX_BODY_BYTES;
     let handled = tokio::task::spawn_blocking(move || {
@@ -137,18 +231,20 @@ async fn answer(
         Ok(response) => response,
         Err(error) => {
             tracing::error!(%error, "registry task failed");
-            return Ok(plain(500, "internal error"));
+            return (plain(500, "internal error"), Some("internal"));
         }
     };
+    let refused = response.refused;
     if let Some(line) = &response.refusal {
         tracing::warn!("{line}");
     }
     let response = to_hyper(response);
-    Ok(if oversize {
+    let response = if oversize {
         closing(response)
     } else {
         response
-    })
+    };
+    (response, refused)
 }
 
 /// `response` with `Connection: close`: the connection ends once it is written.

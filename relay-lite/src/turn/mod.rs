@@ -22,13 +22,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use turn::server::config::{ConnConfig, ServerConfig};
 use util::Conn;
+
+use crate::tls::ServedCertificate;
 
 pub use args::TurnArgs;
 /// The rustls this module builds on, for callers that make `TurnTls` values.
@@ -40,55 +40,42 @@ use relay::{CappedRelays, StreamAllocations};
 use replay::AllocateReplay;
 use stream_listener::{StreamLimits, StreamListener};
 
-/// A certificate chain and its private key for TURN over TLS.
-#[derive(Clone)]
+/// The certificate TURN over TLS serves: read from files (reloadable, see
+/// [`crate::tls::ServedCertificate`]) or given as PEM text.
+#[derive(Clone, Debug)]
 pub struct TurnTls {
-    pub cert_chain: Vec<CertificateDer<'static>>,
-    pub key: Arc<PrivateKeyDer<'static>>,
-}
-
-impl std::fmt::Debug for TurnTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TurnTls")
-            .field("cert_chain", &self.cert_chain.len())
-            .field("key", &"<hidden>")
-            .finish()
-    }
+    certificate: Arc<ServedCertificate>,
 }
 
 impl TurnTls {
-    /// Reads a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or SEC1).
+    /// Reads a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or
+    /// SEC1); [`Self::certificate`] re-reads them on demand.
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TurnError> {
-        let cert_pem =
-            fs::read(cert).map_err(|e| TurnError::Tls(format!("{}: {e}", cert.display())))?;
-        let key_pem =
-            fs::read(key).map_err(|e| TurnError::Tls(format!("{}: {e}", key.display())))?;
-        Self::from_pem(&cert_pem, &key_pem)
+        Ok(Self {
+            certificate: ServedCertificate::from_files(cert, key)
+                .map_err(|e| TurnError::Tls(e.to_string()))?,
+        })
     }
 
     /// Parses a PEM certificate chain and a PEM private key.
     pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, TurnError> {
-        let cert_chain = CertificateDer::pem_slice_iter(cert_pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| TurnError::Tls(format!("bad certificate PEM: {e}")))?;
-        if cert_chain.is_empty() {
-            return Err(TurnError::Tls("no certificate in the PEM".into()));
-        }
-        let key = PrivateKeyDer::from_pem_slice(key_pem)
-            .map_err(|e| TurnError::Tls(format!("bad private key PEM: {e}")))?;
         Ok(Self {
-            cert_chain,
-            key: Arc::new(key),
+            certificate: ServedCertificate::from_pem(cert_pem, key_pem)
+                .map_err(|e| TurnError::Tls(e.to_string()))?,
         })
     }
 
+    /// The certificate served, to reload it.
+    pub fn certificate(&self) -> &Arc<ServedCertificate> {
+        &self.certificate
+    }
+
     fn acceptor(&self) -> Result<TlsAcceptor, TurnError> {
-        let config = zajel_client_net::tls::server_config_builder()
-            .map_err(|e| TurnError::Tls(e.to_string()))?
-            .with_no_client_auth()
-            .with_single_cert(self.cert_chain.clone(), self.key.clone_key())
-            .map_err(|e| TurnError::Tls(format!("certificate and key do not fit: {e}")))?;
-        Ok(TlsAcceptor::from(Arc::new(config)))
+        let config = self
+            .certificate
+            .server_config(&[])
+            .map_err(|e| TurnError::Tls(e.to_string()))?;
+        Ok(TlsAcceptor::from(config))
     }
 }
 
@@ -282,6 +269,66 @@ pub struct Counters {
     refused_auth: AtomicU64,
     dropped_challenges: AtomicU64,
     replayed_allocates: AtomicU64,
+    /// Relayed traffic by the transport of the allocation's client.
+    relayed: [RelayedCounters; 3],
+}
+
+/// Traffic through the relay sockets of allocations made over one client transport.
+#[derive(Debug, Default)]
+pub(crate) struct RelayedCounters {
+    pub to_peer_bytes: AtomicU64,
+    pub to_peer_packets: AtomicU64,
+    pub from_peer_bytes: AtomicU64,
+    pub from_peer_packets: AtomicU64,
+}
+
+impl RelayedCounters {
+    fn snapshot(&self) -> RelayedStats {
+        RelayedStats {
+            to_peer_bytes: self.to_peer_bytes.load(Ordering::Relaxed),
+            to_peer_packets: self.to_peer_packets.load(Ordering::Relaxed),
+            from_peer_bytes: self.from_peer_bytes.load(Ordering::Relaxed),
+            from_peer_packets: self.from_peer_packets.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The transport a TURN client reaches the server over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientTransport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl ClientTransport {
+    pub const ALL: [ClientTransport; 3] = [Self::Udp, Self::Tcp, Self::Tls];
+
+    /// The metrics label: `udp`, `tcp`, `tls`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+            Self::Tls => "tls",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Relayed traffic of one client transport, counted at the relay sockets
+/// (payload bytes of UDP datagrams to and from peers; STUN/TURN framing not
+/// included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RelayedStats {
+    /// From clients to their peers (sent from relay sockets).
+    pub to_peer_bytes: u64,
+    pub to_peer_packets: u64,
+    /// From peers to clients (received on relay sockets).
+    pub from_peer_bytes: u64,
+    pub from_peer_packets: u64,
 }
 
 impl Default for Counters {
@@ -293,11 +340,16 @@ impl Default for Counters {
             refused_auth: AtomicU64::new(0),
             dropped_challenges: AtomicU64::new(0),
             replayed_allocates: AtomicU64::new(0),
+            relayed: Default::default(),
         }
     }
 }
 
 impl Counters {
+    fn relayed(&self, transport: ClientTransport) -> &RelayedCounters {
+        &self.relayed[transport.index()]
+    }
+
     /// A consistent-enough copy of the counters.
     pub fn snapshot(&self) -> TurnStats {
         TurnStats {
@@ -307,6 +359,11 @@ impl Counters {
             refused_auth: self.refused_auth.load(Ordering::Relaxed),
             dropped_challenges: self.dropped_challenges.load(Ordering::Relaxed),
             replayed_allocates: self.replayed_allocates.load(Ordering::Relaxed),
+            relayed_by_transport: [
+                self.relayed[0].snapshot(),
+                self.relayed[1].snapshot(),
+                self.relayed[2].snapshot(),
+            ],
         }
     }
 }
@@ -327,6 +384,16 @@ pub struct TurnStats {
     /// Retransmitted Allocate requests answered with the success response already sent
     /// (the first one was lost on the way back; see `replay`).
     pub replayed_allocates: u64,
+    /// Relayed traffic by client transport, indexed as [`ClientTransport::ALL`];
+    /// see [`TurnStats::relayed`].
+    pub relayed_by_transport: [RelayedStats; 3],
+}
+
+impl TurnStats {
+    /// Relayed traffic of allocations made over `transport`.
+    pub fn relayed(&self, transport: ClientTransport) -> RelayedStats {
+        self.relayed_by_transport[transport.index()]
+    }
 }
 
 /// A listener as the webrtc-rs server takes it.
@@ -359,7 +426,8 @@ impl TurnServer {
             handshake_timeout: config.tls_handshake_timeout,
             idle_timeout: config.stream_idle_timeout,
         };
-        let mut listeners: Vec<(Listener, Option<Arc<StreamAllocations>>)> = Vec::new();
+        let mut listeners: Vec<(Listener, Option<Arc<StreamAllocations>>, ClientTransport)> =
+            Vec::new();
         let mut streams = Vec::new();
         let (mut udp_addr, mut tcp_addr, mut tls_addr) = (None, None, None);
 
@@ -372,7 +440,7 @@ impl TurnServer {
                     .local_addr()
                     .map_err(|source| TurnError::Listen { addr, source })?,
             );
-            listeners.push((Arc::new(socket), None));
+            listeners.push((Arc::new(socket), None, ClientTransport::Udp));
         }
         if let Some(addr) = config.listen_tcp {
             let listener = TcpListener::bind(addr)
@@ -383,7 +451,7 @@ impl TurnServer {
                 .map_err(|source| TurnError::Listen { addr, source })?;
             tcp_addr = Some(stream.local_addr().map_err(turn::Error::from)?);
             streams.push(stream.clone());
-            listeners.push((stream, Some(allocations)));
+            listeners.push((stream, Some(allocations), ClientTransport::Tcp));
         }
         if let (Some(addr), Some(tls)) = (config.listen_tls, &config.tls) {
             let acceptor = tls.acceptor()?;
@@ -396,13 +464,13 @@ impl TurnServer {
                     .map_err(|source| TurnError::Listen { addr, source })?;
             tls_addr = Some(stream.local_addr().map_err(turn::Error::from)?);
             streams.push(stream.clone());
-            listeners.push((stream, Some(allocations)));
+            listeners.push((stream, Some(allocations), ClientTransport::Tls));
         }
 
         let replay = Arc::new(AllocateReplay::default());
         let conn_configs = listeners
             .into_iter()
-            .map(|(inner, allocations)| ConnConfig {
+            .map(|(inner, allocations, transport)| ConnConfig {
                 conn: Arc::new(GuardedConn {
                     inner,
                     auth: auth.clone(),
@@ -416,6 +484,7 @@ impl TurnServer {
                     max_lifetime: config.allocation_lifetime,
                     counters: counters.clone(),
                     streams: allocations,
+                    transport,
                 }),
             })
             .collect();

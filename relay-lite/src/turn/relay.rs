@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use turn::relay::RelayAddressGenerator;
 use util::Conn;
 
-use super::Counters;
+use super::{ClientTransport, Counters};
 
 /// Hands out relay sockets while fewer than `max` allocations exist.
 pub(crate) struct CappedRelays {
@@ -30,6 +30,8 @@ pub(crate) struct CappedRelays {
     pub counters: Arc<Counters>,
     /// For a TCP or TLS listener: which connection each allocation is on.
     pub streams: Option<Arc<StreamAllocations>>,
+    /// The listener's transport, under which relayed traffic is counted.
+    pub transport: ClientTransport,
 }
 
 /// The allocations made over one stream listener, by client connection.
@@ -133,6 +135,8 @@ impl RelayAddressGenerator for CappedRelays {
         let (closed, _) = watch::channel(false);
         let conn = Arc::new(RelaySocket {
             socket,
+            counters: self.counters.clone(),
+            transport: self.transport,
             closed,
             slot: Mutex::new(Some(slot)),
         });
@@ -162,6 +166,8 @@ impl RelayAddressGenerator for CappedRelays {
 /// The relay socket of one allocation.
 pub(crate) struct RelaySocket {
     socket: UdpSocket,
+    counters: Arc<Counters>,
+    transport: ClientTransport,
     closed: watch::Sender<bool>,
     slot: Mutex<Option<Slot>>,
 }
@@ -172,6 +178,10 @@ impl RelaySocket {
         if let Ok(mut slot) = self.slot.lock() {
             slot.take();
         }
+    }
+
+    fn relayed(&self) -> &super::RelayedCounters {
+        self.counters.relayed(self.transport)
     }
 
     fn closed_error() -> util::Error {
@@ -195,7 +205,13 @@ impl Conn for RelaySocket {
             return Err(Self::closed_error());
         }
         tokio::select! {
-            received = self.socket.recv_from(buf) => Ok(received?),
+            received = self.socket.recv_from(buf) => {
+                let (length, from) = received?;
+                let relayed = self.relayed();
+                relayed.from_peer_packets.fetch_add(1, Ordering::Relaxed);
+                relayed.from_peer_bytes.fetch_add(length as u64, Ordering::Relaxed);
+                Ok((length, from))
+            }
             _ = closed.wait_for(|closed| *closed) => Err(Self::closed_error()),
         }
     }
@@ -208,7 +224,13 @@ impl Conn for RelaySocket {
         if *self.closed.borrow() {
             return Err(Self::closed_error());
         }
-        Ok(self.socket.send_to(buf, target).await?)
+        let sent = self.socket.send_to(buf, target).await?;
+        let relayed = self.relayed();
+        relayed.to_peer_packets.fetch_add(1, Ordering::Relaxed);
+        relayed
+            .to_peer_bytes
+            .fetch_add(sent as u64, Ordering::Relaxed);
+        Ok(sent)
     }
 
     fn local_addr(&self) -> util::Result<SocketAddr> {
