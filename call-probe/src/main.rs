@@ -13,7 +13,8 @@ mod modes;
 #[command(
     name = "call-probe",
     version,
-    about = "Places real WebRTC audio calls (Opus over DTLS-SRTP) driven by Zajel's call messages"
+    about = "Places real WebRTC audio calls (Opus over DTLS-SRTP) driven by Zajel's call messages",
+    after_help = call_probe::check::EXIT_CODES_HELP
 )]
 struct Cli {
     #[command(subcommand)]

@@ -2,9 +2,10 @@
 //! checks the signed TXT records, makes and reads sharing QR codes, and
 //! manages the cache and friend referrals. See README.md for every flag.
 //!
-//! Exit codes of `discover` (and `txt verify`): 0 a verified server was found
-//! (or a verified record is served), 3 only unverified servers answered, 4
-//! nothing was found; 1 is any other error, 2 a usage error.
+//! Exit codes: the table both CLIs share ([`discovery_client::exit`]): `discover` exits 0
+//! when a verified server was found, 7 when only unverified servers answered, 3 when nothing
+//! was found; `txt verify` 0 when a verified record is served, else 3; 1 is any other error,
+//! 2 a usage error.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use discovery_client::cli::{ArgsError, DiscoveryArgs, StoreArgs, TrustArgs};
 use discovery_client::discovery::{Config, Discovery, DiscoveryError, Event};
 use discovery_client::doh::DohServer;
+use discovery_client::exit;
 use discovery_client::publish::{self, PublishError, PublishRequest};
 use discovery_client::report::{CandidateReport, Outcome, Report, Verdict};
 use discovery_client::share::{self, QrError, ShareError, ShareLink};
@@ -24,11 +26,6 @@ use url::Url;
 use zajel_client_net::{keyfile, tls};
 use zajel_wire::keys::KeyError;
 use zajel_wire::pairing::{PairingCode, PairingCodeError};
-
-/// Exit code: only unverified servers answered.
-const EXIT_UNVERIFIED: u8 = 3;
-/// Exit code: nothing answered.
-const EXIT_NOTHING: u8 = 4;
 
 /// Why a command failed (printed as `error: <message>`, exit code 1).
 #[derive(Debug, thiserror::Error)]
@@ -104,8 +101,7 @@ impl CliError {
     name = "zajel-discover",
     version,
     about = "Find working Zajel signaling servers when the registry is blocked",
-    after_help = "Exit codes (discover, txt verify): 0 verified server found, 3 only unverified \
-                  servers found, 4 nothing found, 1 other error, 2 usage error."
+    after_help = exit::HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -115,9 +111,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run every layer at once and report the best working server.
+    #[command(after_help = exit::HELP)]
     Discover(DiscoverArgs),
     /// Publish or check the signed `_zajel.<domain>` TXT records.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = exit::HELP)]
     Txt(TxtCommand),
     /// Make or read sharing QR codes (`zajel://CODE?server=…`).
     #[command(subcommand)]
@@ -386,9 +383,9 @@ async fn discover(args: DiscoverArgs) -> Result<u8, CliError> {
 
 fn verdict_code(verdict: Verdict) -> u8 {
     match verdict {
-        Verdict::Verified => 0,
-        Verdict::UnverifiedOnly => EXIT_UNVERIFIED,
-        Verdict::Nothing => EXIT_NOTHING,
+        Verdict::Verified => exit::OK,
+        Verdict::UnverifiedOnly => exit::UNVERIFIED_ONLY,
+        Verdict::Nothing => exit::NO_SERVER,
     }
 }
 
@@ -528,9 +525,9 @@ async fn txt_verify(args: VerifyArgs) -> Result<u8, CliError> {
         }
     }
     Ok(if checks.iter().any(|c| c.verified > 0) {
-        0
+        exit::OK
     } else {
-        EXIT_NOTHING
+        exit::NO_SERVER
     })
 }
 

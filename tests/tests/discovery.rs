@@ -466,7 +466,7 @@ async fn the_cli_exit_codes_tell_verified_from_unverified_from_nothing() {
         cache,
         "--allow-private",
     ]);
-    assert_eq!(code, 3, "{out}{err}");
+    assert_eq!(code, 7, "{out}{err}");
     assert!(out.contains("unverified"), "{out}");
     let refused = blackhole::refused_address();
     let (code, out, err) = cli(&[
@@ -478,7 +478,7 @@ async fn the_cli_exit_codes_tell_verified_from_unverified_from_nothing() {
         "--no-cache",
         "--allow-private",
     ]);
-    assert_eq!(code, 4, "{out}{err}");
+    assert_eq!(code, 3, "{out}{err}");
     assert!(out.contains("refused"), "{out}");
     let (code, _, err) = cli(&["discover", "--registry-key", "not-a-key", "--no-cache"]);
     assert_eq!(code, 1);
