@@ -7,13 +7,18 @@
 //! was found; `txt verify` 0 when a verified record is served, else 3; 1 is any other error,
 //! 2 a usage error.
 
+// Every line to stdout goes through outln!/out!: a closed pipe ends printing quietly.
+#![deny(clippy::print_stdout)]
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use discovery_client::cli::{ArgsError, DiscoveryArgs, StoreArgs, TrustArgs};
+use discovery_client::cli::{
+    existing_file, registry_url, ArgsError, DiscoveryArgs, StoreArgs, TrustArgs,
+};
 use discovery_client::discovery::{Config, Discovery, DiscoveryError, Event};
 use discovery_client::doh::DohServer;
 use discovery_client::exit;
@@ -23,7 +28,7 @@ use discovery_client::share::{self, QrError, ShareError, ShareLink};
 use discovery_client::store::{self, Store, StoreError};
 use discovery_client::txt;
 use url::Url;
-use zajel_client_net::{keyfile, tls};
+use zajel_client_net::{keyfile, out, outln, tls};
 use zajel_wire::keys::KeyError;
 use zajel_wire::pairing::{PairingCode, PairingCodeError};
 
@@ -135,7 +140,7 @@ struct DiscoverArgs {
     #[arg(long = "share")]
     shares: Vec<String>,
     /// An image file (PNG) holding a sharing QR code; repeatable.
-    #[arg(long = "share-image")]
+    #[arg(long = "share-image", value_parser = existing_file)]
     share_images: Vec<PathBuf>,
     /// Longest wait for a server's pong, ms.
     #[arg(long, default_value_t = 3000)]
@@ -167,10 +172,10 @@ enum Format {
 #[derive(Args)]
 struct PublishArgs {
     /// The registry's base URL.
-    #[arg(long)]
+    #[arg(long, value_parser = registry_url)]
     registry: Url,
     /// The registry's seed file (64 hex characters), as `bootstrap-worker keygen` writes it.
-    #[arg(long)]
+    #[arg(long, value_parser = existing_file)]
     key_file: PathBuf,
     /// The domain (records go to _zajel.<domain>).
     #[arg(long)]
@@ -240,7 +245,7 @@ struct QrDecodeArgs {
     /// The link text (zajel://… or a bare code).
     text: Option<String>,
     /// An image file holding the QR code.
-    #[arg(long, conflicts_with = "text")]
+    #[arg(long, conflicts_with = "text", value_parser = existing_file)]
     image: Option<PathBuf>,
     #[arg(long)]
     json: bool,
@@ -374,7 +379,7 @@ async fn discover(args: DiscoverArgs) -> Result<u8, CliError> {
     }
     let report = report.unwrap_or_else(|| run.report());
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report);
     }
@@ -402,9 +407,9 @@ fn identity_column(c: &CandidateReport) -> String {
 }
 
 fn print_report(report: &Report) {
-    println!("layers:");
+    outln!("layers:");
     for layer in &report.layers {
-        println!(
+        outln!(
             "  {:<8} {:<18} {:>3} candidates  {:>7.1} ms{}",
             layer.layer.as_str(),
             layer.outcome.as_str(),
@@ -417,10 +422,10 @@ fn print_report(report: &Report) {
             }
         );
     }
-    println!("candidates:");
+    outln!("candidates:");
     for c in &report.candidates {
         let sources: Vec<&str> = c.sources.iter().map(|s| s.as_str()).collect();
-        println!(
+        outln!(
             "  {} [{}] {} {}{}{}",
             c.url,
             sources.join(","),
@@ -435,10 +440,10 @@ fn print_report(report: &Report) {
         );
     }
     for warning in &report.warnings {
-        println!("warning: {warning}");
+        outln!("warning: {warning}");
     }
     match &report.best {
-        Some(best) => println!(
+        Some(best) => outln!(
             "best: {} ({})",
             best.url,
             if best.verified {
@@ -447,7 +452,7 @@ fn print_report(report: &Report) {
                 "unverified"
             }
         ),
-        None => println!("best: none: no server answered"),
+        None => outln!("best: none: no server answered"),
     }
 }
 
@@ -467,8 +472,8 @@ async fn txt_publish(args: PublishArgs) -> Result<u8, CliError> {
     };
     let records = publish::publish(&request, &key, tls).await?;
     match args.format {
-        Format::Zone => print!("{}", txt::zone_snippet(&records)),
-        Format::Json => println!(
+        Format::Zone => out!("{}", txt::zone_snippet(&records)),
+        Format::Json => outln!(
             "{}",
             serde_json::to_string_pretty(&publish::provider_json(&records))?
         ),
@@ -496,10 +501,10 @@ async fn txt_verify(args: VerifyArgs) -> Result<u8, CliError> {
     )
     .await;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&checks)?);
+        outln!("{}", serde_json::to_string_pretty(&checks)?);
     } else {
         for check in &checks {
-            println!(
+            outln!(
                 "{} → {}: {}{} ({} record(s), {} verified)",
                 check.resolver,
                 check.name,
@@ -514,11 +519,13 @@ async fn txt_verify(args: VerifyArgs) -> Result<u8, CliError> {
             );
             for record in &check.records {
                 match (&record.entry, &record.refused) {
-                    (Some(entry), _) => println!(
+                    (Some(entry), _) => outln!(
                         "  ok       {} {} (expires {})",
-                        entry.endpoint, entry.server_id, entry.expires
+                        entry.endpoint,
+                        entry.server_id,
+                        entry.expires
                     ),
-                    (None, Some(reason)) => println!("  refused  {reason}: {}", record.text),
+                    (None, Some(reason)) => outln!("  refused  {reason}: {}", record.text),
                     _ => {}
                 }
             }
@@ -540,10 +547,7 @@ fn qr_encode(args: QrEncodeArgs) -> Result<u8, CliError> {
         .transpose()?;
     let link = ShareLink::new(code, &args.servers, key.as_ref())?;
     let uri = link.to_uri();
-    println!("{uri}");
-    if !args.no_terminal {
-        println!("{}", share::render_terminal(&uri)?);
-    }
+    // The files first: a closed stdout (`| head`) must not cost them.
     if let Some(path) = &args.png {
         share::write_png(&uri, path)?;
         eprintln!("wrote {}", path.display());
@@ -554,6 +558,10 @@ fn qr_encode(args: QrEncodeArgs) -> Result<u8, CliError> {
             source,
         })?;
         eprintln!("wrote {}", path.display());
+    }
+    outln!("{uri}");
+    if !args.no_terminal {
+        outln!("{}", share::render_terminal(&uri)?);
     }
     Ok(0)
 }
@@ -566,14 +574,14 @@ fn qr_decode(args: QrDecodeArgs) -> Result<u8, CliError> {
     };
     let link = ShareLink::parse(&text)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&link)?);
+        outln!("{}", serde_json::to_string_pretty(&link)?);
     } else {
-        println!("code: {}", link.code);
+        outln!("code: {}", link.code);
         for server in &link.servers {
-            println!("server: {server}");
+            outln!("server: {server}");
         }
         if let Some(key) = &link.registry_key {
-            println!("registry key: {key}");
+            outln!("registry key: {key}");
         }
     }
     Ok(0)
@@ -595,12 +603,12 @@ fn cache(command: CacheCommand) -> Result<u8, CliError> {
         CacheCommand::List { store, json } => {
             let (store, data) = load_store(&store)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&data.servers)?);
+                outln!("{}", serde_json::to_string_pretty(&data.servers)?);
             } else if data.servers.is_empty() {
-                println!("no cached servers ({})", store.path().display());
+                outln!("no cached servers ({})", store.path().display());
             } else {
                 for s in &data.servers {
-                    println!(
+                    outln!(
                         "{} {} last ok {} ms{}",
                         s.url,
                         if s.verified { "verified" } else { "unverified" },
@@ -615,7 +623,7 @@ fn cache(command: CacheCommand) -> Result<u8, CliError> {
         CacheCommand::Clear { store } => {
             let store = store.open()?;
             store.update(discovery_client::now_ms(), |data| data.servers.clear())?;
-            println!("cleared cached servers in {}", store.path().display());
+            outln!("cleared cached servers in {}", store.path().display());
         }
     }
     Ok(0)
@@ -644,7 +652,7 @@ fn referral(command: ReferralCommand) -> Result<u8, CliError> {
                     data.add_referral(server, link.code, now);
                 }
             })?;
-            println!(
+            outln!(
                 "remembered {} server(s) from contact {}",
                 link.servers.len(),
                 link.code
@@ -653,14 +661,16 @@ fn referral(command: ReferralCommand) -> Result<u8, CliError> {
         ReferralCommand::List { store, json } => {
             let (store, data) = load_store(&store)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&data.referrals)?);
+                outln!("{}", serde_json::to_string_pretty(&data.referrals)?);
             } else if data.referrals.is_empty() {
-                println!("no referrals ({})", store.path().display());
+                outln!("no referrals ({})", store.path().display());
             } else {
                 for r in &data.referrals {
-                    println!(
+                    outln!(
                         "{} from contact {} (added {} ms)",
-                        r.url, r.code, r.added_ms
+                        r.url,
+                        r.code,
+                        r.added_ms
                     );
                 }
             }
