@@ -517,7 +517,13 @@ async fn call_steps(
                 .await
                 .unwrap_or(None);
             report.heard_hz = heard;
-            tokio::time::sleep_until(media_until).await;
+            // The rest of the media time, unless the peer hangs up first.
+            let rest = media_until.saturating_duration_since(tokio::time::Instant::now());
+            let _ = phone
+                .wait_for(rest, "the end of the media time", |event| {
+                    matches!(event, CallEvent::Ended(_)).then_some(())
+                })
+                .await;
         };
         tokio::select! {
             () = media => {}
@@ -526,8 +532,11 @@ async fn call_steps(
                 options.progress.say(&format!("{signal}: hanging up"));
             }
         }
-        report.milestones.hangup_ms = Some(ms_since(start));
-        let _ = phone.engine.hangup().await;
+        let hangup_at = ms_since(start);
+        // NoCall when the peer hung up first.
+        if phone.engine.hangup().await.is_ok() {
+            report.milestones.hangup_ms = Some(hangup_at);
+        }
     }
     let call = phone.ended(step).await?;
     // The hang-up is queued: send it before the connection goes (dropping would cut it).
