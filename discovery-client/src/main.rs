@@ -29,6 +29,7 @@ use discovery_client::store::{self, Store, StoreError};
 use discovery_client::txt;
 use url::Url;
 use zajel_client_net::{keyfile, out, outln, tls};
+use zajel_discovery_core::discovery::{handover, Handover};
 use zajel_wire::keys::KeyError;
 use zajel_wire::pairing::{PairingCode, PairingCodeError};
 
@@ -151,6 +152,10 @@ struct DiscoverArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Stop at the first verified server instead of waiting for every layer: the report then
+    /// shows the layers and checks still running as `pending` (and `complete: false`).
+    #[arg(long)]
+    first: bool,
 }
 
 #[derive(Subcommand)]
@@ -350,30 +355,19 @@ async fn discover(args: DiscoverArgs) -> Result<u8, CliError> {
     let mut run = discovery.run();
     let mut report = None;
     while let Some(event) = run.next_event().await {
-        match event {
-            Event::LayerFinished(layer) if progress => eprintln!(
-                "  {:<8} {} ({} candidates, {:.0} ms){}",
-                layer.layer.as_str(),
-                layer.outcome,
-                layer.candidates,
-                layer.finished_ms,
-                if layer.detail.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", layer.detail)
-                }
-            ),
-            Event::Usable(candidate) if progress => eprintln!(
-                "  usable   {} ({}, {:.1} ms)",
-                candidate.url,
-                if candidate.verified {
-                    "verified"
-                } else {
-                    "unverified"
-                },
-                candidate.rtt_ms.unwrap_or_default()
-            ),
-            Event::Finished(done) => report = Some(*done),
+        if progress {
+            show_progress(&event);
+        }
+        match (handover(&event), event) {
+            (Some(Handover::Verified(candidate)), _) if args.first => {
+                // The discovery machine hands the first verified server over: stop there.
+                let mut now = run.report();
+                now.best = Some(candidate);
+                now.verdict = Verdict::Verified;
+                report = Some(now);
+                break;
+            }
+            (_, Event::Finished(done)) => report = Some(*done),
             _ => {}
         }
     }
@@ -384,6 +378,35 @@ async fn discover(args: DiscoverArgs) -> Result<u8, CliError> {
         print_report(&report);
     }
     Ok(verdict_code(report.verdict))
+}
+
+/// A progress line on stderr for a layer that ended or a server that answered.
+fn show_progress(event: &Event) {
+    match event {
+        Event::LayerFinished(layer) => eprintln!(
+            "  {:<8} {} ({} candidates, {:.0} ms){}",
+            layer.layer.as_str(),
+            layer.outcome,
+            layer.candidates,
+            layer.finished_ms,
+            if layer.detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", layer.detail)
+            }
+        ),
+        Event::Usable(candidate) => eprintln!(
+            "  usable   {} ({}, {:.1} ms)",
+            candidate.url,
+            if candidate.verified {
+                "verified"
+            } else {
+                "unverified"
+            },
+            candidate.rtt_ms.unwrap_or_default()
+        ),
+        _ => {}
+    }
 }
 
 fn verdict_code(verdict: Verdict) -> u8 {
@@ -407,6 +430,12 @@ fn identity_column(c: &CandidateReport) -> String {
 }
 
 fn print_report(report: &Report) {
+    if !report.complete {
+        outln!(
+            "stopped at the first verified server after {:.0} ms (--first): what was still running is pending",
+            report.duration_ms
+        );
+    }
     outln!("layers:");
     for layer in &report.layers {
         outln!(
