@@ -28,6 +28,7 @@ use discovery_client::share::{self, QrError, ShareError, ShareLink};
 use discovery_client::store::{self, Store, StoreError};
 use discovery_client::txt;
 use url::Url;
+use zajel_client_net::terminal::human_time;
 use zajel_client_net::{keyfile, out, outln, tls};
 use zajel_discovery_core::discovery::{handover, Handover};
 use zajel_wire::keys::KeyError;
@@ -552,7 +553,10 @@ async fn txt_verify(args: VerifyArgs) -> Result<u8, CliError> {
                         "  ok       {} {} (expires {})",
                         entry.endpoint,
                         entry.server_id,
-                        entry.expires
+                        human_time(
+                            entry.expires.saturating_mul(1000),
+                            discovery_client::now_ms()
+                        )
                     ),
                     (None, Some(reason)) => outln!("  refused  {reason}: {}", record.text),
                     _ => {}
@@ -636,14 +640,15 @@ fn cache(command: CacheCommand) -> Result<u8, CliError> {
             } else if data.servers.is_empty() {
                 outln!("no cached servers ({})", store.path().display());
             } else {
+                let now = discovery_client::now_ms();
                 for s in &data.servers {
                     outln!(
-                        "{} {} last ok {} ms{}",
+                        "{} {} last ok {}{}",
                         s.url,
                         if s.verified { "verified" } else { "unverified" },
-                        s.last_ok_ms,
+                        human_time(s.last_ok_ms, now),
                         s.last_fail_ms
-                            .map(|t| format!(", last failed {t} ms"))
+                            .map(|t| format!(", last failed {}", human_time(t, now)))
                             .unwrap_or_default()
                     );
                 }
@@ -694,12 +699,13 @@ fn referral(command: ReferralCommand) -> Result<u8, CliError> {
             } else if data.referrals.is_empty() {
                 outln!("no referrals ({})", store.path().display());
             } else {
+                let now = discovery_client::now_ms();
                 for r in &data.referrals {
                     outln!(
-                        "{} from contact {} (added {} ms)",
+                        "{} from contact {} (added {})",
                         r.url,
                         r.code,
-                        r.added_ms
+                        human_time(r.added_ms, now)
                     );
                 }
             }

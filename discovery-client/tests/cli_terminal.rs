@@ -132,3 +132,36 @@ fn mistyped_urls_and_missing_files_exit_2_with_a_hint() {
         assert!(stderr.contains(hint), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn tables_show_times_as_dates_with_how_long_ago_and_json_keeps_epoch_ms() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache.json");
+    let cache = cache.to_str().unwrap();
+    let added = run(&[
+        "referral",
+        "add",
+        "--code",
+        "REF234",
+        "--server",
+        "wss://relay.example",
+        "--cache-file",
+        cache,
+    ]);
+    assert_eq!(added.status.code(), Some(0), "{added:?}");
+    let listed = run(&["referral", "list", "--json", "--cache-file", cache]);
+    let json: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("JSON");
+    let added_ms = json[0]["added_ms"].as_u64().expect("added_ms in JSON");
+    let table = run(&["referral", "list", "--cache-file", cache]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    let date = zajel_client_net::terminal::utc(added_ms);
+    assert!(table.contains(&format!("(added {date} (")), "{table}");
+    assert!(
+        table.contains(" ago)") || table.contains("(just now)"),
+        "{table}"
+    );
+    assert!(
+        !table.contains(&added_ms.to_string()),
+        "raw epoch ms: {table}"
+    );
+}
