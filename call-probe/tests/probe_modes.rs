@@ -1040,6 +1040,17 @@ async fn ctrl_c_hangs_up_the_call_prints_the_report_and_exits_130() {
     assert_eq!(call["call"]["end"]["kind"], "hangup_local", "{call:#}");
     assert!(call["call"]["rtp"]["packets_sent"].as_u64().unwrap() > 0);
     assert!(call["milestones"]["hangup_ms"].as_f64().is_some());
+    // Durations in JSON are milliseconds, never {secs, nanos}.
+    let signaling = &call["signaling"];
+    for name in [
+        "resolve_ms",
+        "tcp_connect_ms",
+        "websocket_upgrade_ms",
+        "greeting_ms",
+    ] {
+        assert!(signaling[name].as_f64().is_some(), "{name}: {signaling}");
+    }
+    assert!(!stdout.contains("\"nanos\""), "{stdout}");
     // The answerer got `call_hangup`: its call ended by the peer's hangup.
     let ended = next_call_ended(&mut answerer_lines).await;
     assert_eq!(ended["report"]["end"]["kind"], "hangup_remote", "{ended}");
