@@ -115,9 +115,12 @@ async fn next_signal() -> &'static str {
     "Ctrl-C"
 }
 
+/// Hears one progress line.
+type Say = dyn Fn(&str) + Send + Sync;
+
 /// Where a run says what it is doing while it runs (nowhere by default).
 #[derive(Clone, Default)]
-pub struct Progress(Option<Arc<dyn Fn(&str) + Send + Sync>>);
+pub struct Progress(Option<Arc<Say>>);
 
 impl std::fmt::Debug for Progress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
