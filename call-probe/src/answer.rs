@@ -7,6 +7,7 @@
 //! caller can pin it (`call --peer-key`). Calls come only from codes it paired with; a call
 //! whose authentication fails ends `media_not_authenticated` (counted in
 //! [`Answerer::serve`]'s calls like any other); an authenticated call marks its contact so.
+//! [`Answerer::serve_until`] also stops on Ctrl-C / SIGTERM, hanging up a call in progress.
 
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use crate::call::CallEvent;
 use crate::client::{TurnPaths, TurnRouteError, TurnTransport};
 use crate::config::{AnswerPolicy, CallConfig};
 use crate::error::{session_kind, ErrorKind};
+use crate::interrupt::Interrupt;
 use crate::line::{lock_contacts, LineEvent, PhoneLine};
 use crate::line_options::{LineOptions, StateError};
 use crate::report::CallReport;
@@ -165,7 +167,18 @@ impl Answerer {
     /// Answers calls until `max_calls` have ended (or forever), calling `on_call` with each
     /// call's report. Returns the reports, or an error when the relay goes away.
     pub async fn serve(
+        self,
+        on_call: impl FnMut(&AnsweredCall),
+    ) -> Result<Vec<AnsweredCall>, AnswerError> {
+        self.serve_until(Interrupt::never(), on_call).await
+    }
+
+    /// [`Self::serve`] until `interrupt` fires too: then a call in progress is hung up
+    /// (`call_hangup`; a ringing one declined) and reported through `on_call` like any other,
+    /// the line is closed cleanly, and the reports so far are returned.
+    pub async fn serve_until(
         mut self,
+        mut interrupt: Interrupt,
         mut on_call: impl FnMut(&AnsweredCall),
     ) -> Result<Vec<AnsweredCall>, AnswerError> {
         let mut calls = Vec::new();
@@ -184,16 +197,7 @@ impl Answerer {
             }
             tokio::select! {
                 ended = self.line.phone.ended(forever) => {
-                    let mut report = ended?;
-                    self.remember_authenticated(&report);
-                    // The taps serve every call; their resend count is since the start.
-                    self.turn_paths.complete(&mut report);
-                    let resends = report.dtls.final_flight_resends_through_turn;
-                    report.dtls.final_flight_resends_through_turn = resends - resends_before;
-                    resends_before = resends;
-                    self.line.phone.clear_history();
-                    let relayed_media = self.turn_paths.relayed_media(&report);
-                    let call = AnsweredCall { number: calls.len() as u32 + 1, report, relayed_media };
+                    let call = self.finish_call(ended?, &mut resends_before, calls.len());
                     on_call(&call);
                     calls.push(call);
                 }
@@ -206,7 +210,44 @@ impl Answerer {
                     }
                     Some(other) => tracing::debug!(?other, "line event"),
                 },
+                signal = interrupt.fired() => {
+                    tracing::info!(signal, "interrupted: hanging up");
+                    // No call: NoCall, nothing to report.
+                    if self.line.phone.engine.hangup().await.is_ok() {
+                        let step = self.options.line.step_timeout;
+                        if let Ok(report) = self.line.phone.ended(step).await {
+                            let call = self.finish_call(report, &mut resends_before, calls.len());
+                            on_call(&call);
+                            calls.push(call);
+                        }
+                    }
+                    self.line.close().await;
+                    return Ok(calls);
+                }
             }
+        }
+    }
+
+    /// Completes an ended call's report (TURN paths, this call's own resend count) and
+    /// remembers an authenticated contact.
+    fn finish_call(
+        &mut self,
+        mut report: CallReport,
+        resends_before: &mut u64,
+        calls_before: usize,
+    ) -> AnsweredCall {
+        self.remember_authenticated(&report);
+        // The taps serve every call; their resend count is since the start.
+        self.turn_paths.complete(&mut report);
+        let resends = report.dtls.final_flight_resends_through_turn;
+        report.dtls.final_flight_resends_through_turn = resends - *resends_before;
+        *resends_before = resends;
+        self.line.phone.clear_history();
+        let relayed_media = self.turn_paths.relayed_media(&report);
+        AnsweredCall {
+            number: calls_before as u32 + 1,
+            report,
+            relayed_media,
         }
     }
 

@@ -15,13 +15,14 @@
 //!
 //! Exit codes: [`EXIT_OK`], [`EXIT_NO_SERVER`], [`EXIT_SIGNALING_BLOCKED`],
 //! [`EXIT_NO_MEDIA_PATH`]; `call` and `answer` add [`EXIT_NOT_AUTHENTICATED`] (all listed in
-//! [`EXIT_CODES_HELP`]).
+//! [`EXIT_CODES_HELP`], the table both CLIs share: `discovery_client::exit`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use discovery_client::discovery::Config as DiscoveryConfig;
+use discovery_client::exit;
 use serde::Serialize;
 use tokio::net::UdpSocket;
 use webrtc::turn::client::{Client as TurnClient, ClientConfig as TurnClientConfig};
@@ -35,25 +36,18 @@ use crate::error::{session_kind, ErrorKind};
 use crate::table::{self, list, ms_rows, row};
 
 /// At least one call path exists.
-pub const EXIT_OK: u8 = 0;
+pub const EXIT_OK: u8 = exit::OK;
 /// Discovery found no server that answers.
-pub const EXIT_NO_SERVER: u8 = 3;
+pub const EXIT_NO_SERVER: u8 = exit::NO_SERVER;
 /// A server was found but the signaling session could not be opened or used.
-pub const EXIT_SIGNALING_BLOCKED: u8 = 4;
+pub const EXIT_SIGNALING_BLOCKED: u8 = exit::SIGNALING_BLOCKED;
 /// Signaling works but no media path does (no UDP, no TURN of any kind).
-pub const EXIT_NO_MEDIA_PATH: u8 = 5;
+pub const EXIT_NO_MEDIA_PATH: u8 = exit::NO_MEDIA_PATH;
 /// `call`/`answer`: a call failed call authentication (`media_not_authenticated`), or the
 /// answerer's key was not the pinned one (`peer_key_mismatch`).
-pub const EXIT_NOT_AUTHENTICATED: u8 = 6;
-/// Every exit code of `call-probe`, for `--help`.
-pub const EXIT_CODES_HELP: &str = "Exit codes:
-  0  success (check: a call path exists)
-  1  failure (a call failed otherwise, the relay went away, a state file is unusable)
-  2  bad flags
-  3  no server found
-  4  signaling blocked (check; answer: could not register)
-  5  no media path (check)
-  6  call not authenticated (media_not_authenticated) or the peer's key is not the pinned one (peer_key_mismatch)";
+pub const EXIT_NOT_AUTHENTICATED: u8 = exit::NOT_AUTHENTICATED;
+/// Every exit code of `call-probe` (the table both CLIs share), for `--help`.
+pub const EXIT_CODES_HELP: &str = exit::HELP;
 
 /// Why `check` could not run at all (a blocked path is a verdict, not an error).
 #[derive(Debug, thiserror::Error)]

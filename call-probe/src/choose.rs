@@ -261,6 +261,28 @@ impl ServerChoice {
                 self.found_by.join(", ")
             }
         ));
+        if self.server.is_none() {
+            // Why: each server that was named and did not answer, or that none was named.
+            for server in &self.unreachable {
+                out.push_str(&format!(
+                    "why none            {} {}{}\n",
+                    server.url,
+                    server.outcome,
+                    if server.detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", server.detail)
+                    }
+                ));
+            }
+            if self.unreachable.is_empty() {
+                out.push_str(if self.blocked.is_empty() {
+                    "why none            no layer named a server\n"
+                } else {
+                    "why none            no layer named a server (the failed layers are above)\n"
+                });
+            }
+        }
         out
     }
 }
@@ -342,6 +364,49 @@ mod tests {
             .contains("identity            wss://evil/ identity mismatch"));
         let json = serde_json::to_value(&choice).unwrap();
         assert_eq!(json["identities"][1]["outcome"], "identity_unproven");
+    }
+
+    #[test]
+    fn the_table_says_why_no_server_was_chosen() {
+        use discovery_client::report::{CandidateReport, Layer, Verdict};
+        let mut report = DiscoveryReport {
+            started_at_ms: 0,
+            duration_ms: 1.0,
+            complete: true,
+            verdict: Verdict::Nothing,
+            best: None,
+            first_verified_ms: None,
+            first_usable_ms: None,
+            layers: Vec::new(),
+            candidates: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let table = ServerChoice::from_report(report.clone()).to_table();
+        assert!(table.contains("chosen server       none"), "{table}");
+        assert!(
+            table.contains("why none            no layer named a server\n"),
+            "{table}"
+        );
+        report.candidates.push(CandidateReport {
+            url: "ws://127.0.0.1:8080/".into(),
+            sources: vec![Layer::Manual],
+            verified: false,
+            signed: false,
+            server_id: None,
+            announced_server_id: None,
+            proven_server_id: None,
+            outcome: Outcome::Protocol,
+            detail: "no server_info greeting".into(),
+            rtt_ms: None,
+            checked_ms: Some(1.0),
+        });
+        let table = ServerChoice::from_report(report).to_table();
+        assert!(
+            table.contains(
+                "why none            ws://127.0.0.1:8080/ protocol: no server_info greeting"
+            ),
+            "{table}"
+        );
     }
 
     #[tokio::test]

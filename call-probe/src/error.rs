@@ -59,6 +59,8 @@ pub enum ErrorKind {
     CallEndedEarly,
     /// Media flowed, but not audio both ways.
     OneWayAudio,
+    /// Ctrl-C or SIGTERM: the run hung up (`call_hangup`) and stopped (exit 130).
+    Interrupted,
     /// A server given (link, `--server`) is not a relay address.
     BadServer,
     /// Discovery ran and found no server.

@@ -37,6 +37,7 @@ pub mod contacts;
 pub mod demo;
 pub mod error;
 pub mod identity;
+pub mod interrupt;
 pub mod last_flight;
 pub mod line;
 pub mod line_options;

@@ -1,11 +1,15 @@
 //! call-probe command line: `demo` (the whole chain in one process), `call`, `answer`,
 //! `check`, and `selftest` (two in-process engines).
 
+// Every line to stdout goes through outln!/out!: a closed pipe ends printing quietly.
+#![deny(clippy::print_stdout)]
+
 use std::process::ExitCode;
 use std::time::Duration;
 
 use call_probe::selftest::{run_selftest, SelftestOptions};
 use clap::{Parser, Subcommand};
+use zajel_client_net::outln;
 
 mod modes;
 
@@ -13,7 +17,8 @@ mod modes;
 #[command(
     name = "call-probe",
     version,
-    about = "Places real WebRTC audio calls (Opus over DTLS-SRTP) driven by Zajel's call messages"
+    about = "Places real WebRTC audio calls (Opus over DTLS-SRTP) driven by Zajel's call messages",
+    after_help = call_probe::check::EXIT_CODES_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -121,13 +126,13 @@ fn main() -> ExitCode {
                 Ok((caller, callee)) => {
                     if json {
                         let both = serde_json::json!({"caller": caller, "callee": callee});
-                        println!(
+                        outln!(
                             "{}",
                             serde_json::to_string_pretty(&both).unwrap_or_default()
                         );
                     } else {
-                        println!("== caller ==\n{}", caller.to_table());
-                        println!("== callee ==\n{}", callee.to_table());
+                        outln!("== caller ==\n{}", caller.to_table());
+                        outln!("== callee ==\n{}", callee.to_table());
                     }
                     let heard = |r: &call_probe::CallReport, hz: f64| {
                         r.tone

@@ -13,16 +13,20 @@ use call_probe::client::{self, TurnTransport};
 #[cfg(feature = "demo")]
 use call_probe::demo::{run_demo, DemoOptions, DemoReport};
 use call_probe::error::ErrorKind;
+use call_probe::interrupt::{Interrupt, Progress};
 use call_probe::line_options::{IdentityChoice, LineOptions};
 use call_probe::probe_call::{run_call_moving_on, CallOptions};
 use call_probe::report::EndReason;
 use clap::Args;
 use discovery_client::cli::DiscoveryArgs;
 use discovery_client::share::ShareLink;
+use zajel_client_net::{out, outln};
 use zajel_wire::pairing::PairingCode;
 
 /// Exit code for bad flags.
-const EXIT_USAGE: u8 = 2;
+const EXIT_USAGE: u8 = discovery_client::exit::USAGE;
+/// Exit code after Ctrl-C or SIGTERM (the call hung up, the report printed).
+const EXIT_INTERRUPTED: u8 = discovery_client::exit::INTERRUPTED;
 
 /// How media may reach TURN: `demo`, `call` and `answer`.
 #[derive(Args, Debug, Clone)]
@@ -211,7 +215,7 @@ fn seconds(value: f64, flag: &str) -> Result<Duration, String> {
 }
 
 fn print_json(value: &impl serde::Serialize) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
     );
@@ -222,7 +226,7 @@ fn print_report<R: serde::Serialize>(json: bool, report: &R, table: fn(&R) -> St
     if json {
         print_json(report);
     } else {
-        print!("{}", table(report));
+        out!("{}", table(report));
     }
 }
 
@@ -311,7 +315,7 @@ pub async fn call(args: CallArgs) -> ExitCode {
         if args.media.json {
             print_json(&serde_json::json!({"server": choice, "call": null}));
         } else {
-            print!("{}", choice.to_table());
+            out!("{}", choice.to_table());
         }
         eprintln!("error: no server found");
         return ExitCode::from(call_probe::check::EXIT_NO_SERVER);
@@ -327,6 +331,9 @@ pub async fn call(args: CallArgs) -> ExitCode {
         .filter_map(|identity| Some((identity.url.clone(), identity.proven_server_id.clone()?)))
         .collect();
     options.line = args.media.line_options(440.0).trusting(roots);
+    // From here on Ctrl-C / SIGTERM hang up and print the report rather than kill the process.
+    options.interrupt = Interrupt::from_signals();
+    options.progress = Progress::stderr();
     // With discovery, a server that fails call authentication is left for the next one.
     let servers: Vec<url::Url> = if choice.how == "discovery" {
         choice
@@ -344,9 +351,9 @@ pub async fn call(args: CallArgs) -> ExitCode {
             &serde_json::json!({"server": choice, "call": report, "servers_tried": servers_tried}),
         );
     } else {
-        print!("{}", choice.to_table());
+        out!("{}", choice.to_table());
         for tried in &servers_tried {
-            println!(
+            outln!(
                 "left server        {} ({})",
                 tried.server,
                 tried
@@ -356,7 +363,7 @@ pub async fn call(args: CallArgs) -> ExitCode {
                     .unwrap_or_default()
             );
         }
-        print!("{}", report.to_table());
+        out!("{}", report.to_table());
     }
     if report.error.is_none() {
         ExitCode::SUCCESS
@@ -368,6 +375,7 @@ pub async fn call(args: CallArgs) -> ExitCode {
             Some(ErrorKind::MediaNotAuthenticated | ErrorKind::PeerKeyMismatch) => {
                 ExitCode::from(EXIT_NOT_AUTHENTICATED)
             }
+            Some(ErrorKind::Interrupted) => ExitCode::from(EXIT_INTERRUPTED),
             _ => ExitCode::FAILURE,
         }
     }
@@ -390,7 +398,7 @@ pub async fn answer(args: AnswerArgs) -> ExitCode {
         Err(e) => return usage(e),
     };
     let Some(url) = choice.url() else {
-        print!("{}", choice.to_table());
+        out!("{}", choice.to_table());
         eprintln!("error: no server found");
         return ExitCode::from(call_probe::check::EXIT_NO_SERVER);
     };
@@ -413,50 +421,61 @@ pub async fn answer(args: AnswerArgs) -> ExitCode {
     };
     let json = args.media.json;
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"event": "registered", "code": answerer.code.as_str(),
                 "uri": answerer.share_uri, "serverId": answerer.server_id, "server": choice.server,
                 "publicKey": answerer.public_key})
         );
     } else {
-        print!("{}", choice.to_table());
-        println!("pairing code {}", answerer.code.as_str());
-        println!("public key   {}", answerer.public_key);
-        println!("link {}", answerer.share_uri);
+        out!("{}", choice.to_table());
+        outln!("pairing code {}", answerer.code.as_str());
+        outln!("public key   {}", answerer.public_key);
+        outln!("link {}", answerer.share_uri);
         if !args.no_qr {
             if let Ok(qr) = answerer.qr_terminal() {
-                println!("{qr}");
+                outln!("{qr}");
             }
         }
-        println!("waiting for calls");
+        outln!("waiting for calls");
     }
     let mut refused = false;
-    let serving = answerer.serve(|call| {
+    let interrupt = Interrupt::from_signals();
+    let stopped_by = interrupt.clone();
+    let serving = answerer.serve_until(interrupt, |call| {
         refused |= matches!(call.report.end, EndReason::MediaNotAuthenticated { .. });
         if json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({"event": "call_ended", "number": call.number, "report": call.report})
             );
         } else {
-            println!("== call {} ==\n{}", call.number, call.report.to_table());
+            outln!("== call {} ==\n{}", call.number, call.report.to_table());
         }
     });
-    let result = tokio::select! {
-        result = serving => Some(result),
-        _ = tokio::signal::ctrl_c() => None,
-    };
-    match result {
-        Some(Err(e)) => {
+    match serving.await {
+        Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
-        _ if refused => {
+        Ok(_) if refused => {
             eprintln!("error: a call was refused: media not authenticated");
             ExitCode::from(EXIT_NOT_AUTHENTICATED)
         }
-        _ => ExitCode::SUCCESS,
+        Ok(calls) => match stopped_by.fired_by() {
+            Some(signal) => {
+                if json {
+                    outln!(
+                        "{}",
+                        serde_json::json!({"event": "stopped", "signal": signal, "calls": calls.len()})
+                    );
+                } else {
+                    outln!("stopped by {signal} after {} call(s)", calls.len());
+                }
+                ExitCode::from(EXIT_INTERRUPTED)
+            }
+            None => ExitCode::SUCCESS,
+        },
     }
 }
 

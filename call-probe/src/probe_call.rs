@@ -11,6 +11,12 @@
 //! out of band) a different key fails the run before any call is placed
 //! ([`CallError::PeerKeyMismatch`]). A call the engine refuses as not authenticated fails the
 //! run with [`CallError::NotAuthenticated`]; an authenticated call marks the contact so.
+//!
+//! [`CallOptions::interrupt`] (Ctrl-C, SIGTERM) stops the run at whatever step it is in: the
+//! line is closed cleanly, a call placed or connected is hung up with `call_hangup` first, and
+//! the report is filled as far as it got with [`CallError::Interrupted`]
+//! (`error_kind` `interrupted`). [`CallOptions::progress`] hears a line when the call connects
+//! and when it hangs up.
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +30,7 @@ use crate::call::{CallEvent, EngineError};
 use crate::client::{self, TurnPaths, TurnRouteError, TurnTransport};
 use crate::config::CallConfig;
 use crate::error::{session_kind, ErrorKind};
+use crate::interrupt::{Interrupt, Progress};
 use crate::line::{lock_contacts, LineError, PhoneLine};
 use crate::line_options::{LineOptions, StateError};
 use crate::report::{CallReport, EndReason};
@@ -49,6 +56,10 @@ pub struct CallOptions {
     /// relay prove that key again on the call's own connection (what answers at an address can
     /// change between discovery's check and the call).
     pub proven_servers: Vec<(String, String)>,
+    /// Ctrl-C / SIGTERM: hang up and stop (never, by default).
+    pub interrupt: Interrupt,
+    /// Where to say what the run is doing while it runs (nowhere, by default).
+    pub progress: Progress,
 }
 
 impl CallOptions {
@@ -62,6 +73,8 @@ impl CallOptions {
             line: LineOptions::new(440.0),
             peer_key: None,
             proven_servers: Vec::new(),
+            interrupt: Interrupt::never(),
+            progress: Progress::default(),
         }
     }
 }
@@ -111,6 +124,9 @@ pub enum CallError {
     EndedEarly { end: String },
     #[error("audio did not flow both ways")]
     OneWayAudio,
+    /// `signal`: what stopped the run (`SIGINT`, `SIGTERM`).
+    #[error("interrupted by {signal}: hung up and stopped")]
+    Interrupted { signal: &'static str },
 }
 
 impl CallError {
@@ -129,6 +145,7 @@ impl CallError {
             Self::Phone(error) => error.kind(),
             Self::EndedEarly { .. } => ErrorKind::CallEndedEarly,
             Self::OneWayAudio => ErrorKind::OneWayAudio,
+            Self::Interrupted { .. } => ErrorKind::Interrupted,
         }
     }
 }
@@ -456,17 +473,21 @@ async fn call_steps(
     report: &mut ProbeCallReport,
 ) -> Result<(), CallError> {
     let step = options.line.step_timeout;
+    let mut interrupt = options.interrupt.clone();
     let keys = options.line.line_keys()?;
     report.own_key = Some(keys.identity.public_base64());
-    let mut registered = options
-        .line
-        .register(&options.server, None, &keys.identity)
-        .await
-        .map_err(CallError::Signaling)?;
+    let mut registered = tokio::select! {
+        registered = options.line.register(&options.server, None, &keys.identity) => {
+            registered.map_err(CallError::Signaling)?
+        }
+        signal = interrupt.fired() => return Err(CallError::Interrupted { signal }),
+    };
     report.server_id = Some(registered.server_id.clone());
     if let Some(expected) = options.proven_server_for(&options.server) {
-        report.server_proven =
-            Some(reprove(&mut registered, &options.server, expected, step).await?);
+        report.server_proven = Some(tokio::select! {
+            proven = reprove(&mut registered, &options.server, expected, step) => proven?,
+            signal = interrupt.fired() => return Err(CallError::Interrupted { signal }),
+        });
     }
     report.milestones.signaling_ready_ms = Some(ms_since(start));
     report.own_code = Some(registered.code.as_str().to_string());
@@ -496,7 +517,17 @@ async fn call_steps(
         false,
         Some(keys.clone()),
     );
-    line.pair_with(options.target, step).await?;
+    let paired = tokio::select! {
+        paired = line.pair_with(options.target, step) => Ok(paired),
+        signal = interrupt.fired() => Err(signal),
+    };
+    match paired {
+        Ok(paired) => paired?,
+        Err(signal) => {
+            line.close().await;
+            return Err(CallError::Interrupted { signal });
+        }
+    }
     report.milestones.pair_matched_ms = Some(ms_since(start));
     let paired_key = line.paired_key(options.target).unwrap_or_default();
     report.peer_key = Some(paired_key.clone());
@@ -523,9 +554,10 @@ async fn call_steps(
     placed.map_err(CallError::Place)?;
     report.milestones.call_placed_ms = Some(placed_at);
     let phone = &mut line.phone;
-    // Connected, or the end of the call (rejected, timed out…).
-    let connected = phone
-        .wait_for(
+    // Connected, or the end of the call (rejected, timed out…), or an interrupt while ringing.
+    let mut interrupted = None;
+    let connected = tokio::select! {
+        connected = phone.wait_for(
             options.line.timeouts.ringing + step,
             "connection",
             |event| match event {
@@ -533,8 +565,17 @@ async fn call_steps(
                 CallEvent::Ended(_) => Some(false),
                 _ => None,
             },
-        )
-        .await;
+        ) => connected,
+        signal = interrupt.fired() => {
+            interrupted = Some(signal);
+            Ok(false)
+        }
+    };
+    if let Some(signal) = interrupted {
+        options.progress.say(&format!("{signal}: hanging up"));
+        let _ = phone.engine.hangup().await;
+        report.milestones.hangup_ms = Some(ms_since(start));
+    }
     let connected = match connected {
         Ok(connected) => connected,
         Err(error) => {
@@ -545,24 +586,46 @@ async fn call_steps(
         }
     };
     if connected {
+        options.progress.say(&format!(
+            "connected; audio for {:.1} s, then hangup (Ctrl-C hangs up now)",
+            options.duration.as_secs_f64()
+        ));
         // Let audio flow for the duration (this is the workload, not a synchronisation).
         let media_until = tokio::time::Instant::now() + options.duration;
-        let heard = phone
-            .wait_for(
-                options.duration.max(step),
-                "the peer's tone",
-                |event| match event {
-                    CallEvent::ToneDetected { reading, .. } => Some(Some(reading.frequency_hz)),
-                    CallEvent::Ended(_) => Some(None),
-                    _ => None,
-                },
-            )
-            .await
-            .unwrap_or(None);
-        report.heard_hz = heard;
-        tokio::time::sleep_until(media_until).await;
-        report.milestones.hangup_ms = Some(ms_since(start));
-        let _ = phone.engine.hangup().await;
+        let media = async {
+            let heard = phone
+                .wait_for(
+                    options.duration.max(step),
+                    "the peer's tone",
+                    |event| match event {
+                        CallEvent::ToneDetected { reading, .. } => Some(Some(reading.frequency_hz)),
+                        CallEvent::Ended(_) => Some(None),
+                        _ => None,
+                    },
+                )
+                .await
+                .unwrap_or(None);
+            report.heard_hz = heard;
+            // The rest of the media time, unless the peer hangs up first.
+            let rest = media_until.saturating_duration_since(tokio::time::Instant::now());
+            let _ = phone
+                .wait_for(rest, "the end of the media time", |event| {
+                    matches!(event, CallEvent::Ended(_)).then_some(())
+                })
+                .await;
+        };
+        tokio::select! {
+            () = media => {}
+            signal = interrupt.fired() => {
+                interrupted = Some(signal);
+                options.progress.say(&format!("{signal}: hanging up"));
+            }
+        }
+        let hangup_at = ms_since(start);
+        // NoCall when the peer hung up first.
+        if phone.engine.hangup().await.is_ok() {
+            report.milestones.hangup_ms = Some(hangup_at);
+        }
     }
     let call = phone.ended(step).await?;
     // The hang-up is queued: send it before the connection goes (dropping would cut it).
@@ -582,6 +645,9 @@ async fn call_steps(
                 detail: detail.clone(),
             });
         }
+    }
+    if let Some(signal) = interrupted {
+        return Err(CallError::Interrupted { signal });
     }
     if !connected {
         return Err(CallError::EndedEarly {

@@ -924,8 +924,162 @@ async fn call_pins_the_answerers_key_which_the_answerer_keeps_in_its_state_folde
         let (status, stdout, _) = run(&[mode, "--help"]).await;
         assert_eq!(status, 0);
         assert!(
-            stdout.contains("6  call not authenticated"),
+            stdout.contains("6    call not authenticated"),
             "{mode}: {stdout}"
         );
     }
+}
+
+/// A `call-probe call` child whose stderr lines (its progress) arrive while it runs and whose
+/// stdout is handed over whole when it ends.
+struct RunningCall {
+    running: Running,
+    stderr: tokio::sync::mpsc::UnboundedReceiver<String>,
+    stdout: tokio::sync::oneshot::Receiver<String>,
+}
+
+fn start_call(args: &[&str]) -> RunningCall {
+    let mut child = command(args).spawn().expect("call runs");
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let (stderr_lines, stderr_rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = stderr_lines.send(line);
+        }
+    });
+    let (whole, stdout_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stdout), &mut text);
+        let _ = whole.send(text);
+    });
+    RunningCall {
+        running: Running(child),
+        stderr: stderr_rx,
+        stdout: stdout_rx,
+    }
+}
+
+/// Waits for a line holding `needle`; returns the lines seen up to it.
+async fn line_containing(
+    lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    needle: &str,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(step(), async {
+        while let Some(line) = lines.recv().await {
+            let hit = line.contains(needle);
+            seen.push(line);
+            if hit {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "no line with {needle:?} in {seen:#?}");
+    seen
+}
+
+/// Sends SIGINT, as Ctrl-C at the terminal does.
+fn ctrl_c(running: &Running) {
+    let status = Command::new("kill")
+        .args(["-INT", &running.0.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+/// The next `call_ended` line of an answerer (`answer --json`), as JSON.
+async fn next_call_ended(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Value {
+    let seen = line_containing(lines, "\"call_ended\"").await;
+    json(seen.last().unwrap())
+}
+
+fn long_call_args<'a>(relay: &'a str, code: &'a str) -> Vec<&'a str> {
+    vec![
+        "call",
+        code,
+        "--server",
+        relay,
+        "--allow-private",
+        "--no-cache",
+        "--loopback",
+        "--json",
+        "--duration",
+        "120",
+        "--ephemeral-identity",
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ctrl_c_hangs_up_the_call_prints_the_report_and_exits_130() {
+    let world = LocalWorld::start().await.unwrap();
+    let relay = world.relay_url().to_string();
+    let (answerer, event, mut answerer_lines) = start_answerer_event(&world, &[]).await;
+    let code = event["code"].as_str().unwrap().to_string();
+
+    // `call` interrupted once connected (a 120 s call): it hangs up and reports.
+    let mut caller = start_call(&long_call_args(&relay, &code));
+    line_containing(&mut caller.stderr, "connected;").await;
+    ctrl_c(&caller.running);
+    let status = caller.running.wait(step()).await.expect("call ends");
+    let stdout = tokio::time::timeout(step(), caller.stdout)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "{stdout}");
+    let out = json(&stdout);
+    let call = &out["call"];
+    assert_eq!(call["error_kind"], "interrupted", "{call:#}");
+    assert!(
+        call["error"].as_str().unwrap().contains("SIGINT"),
+        "{call:#}"
+    );
+    assert_eq!(call["call"]["end"]["kind"], "hangup_local", "{call:#}");
+    assert!(call["call"]["rtp"]["packets_sent"].as_u64().unwrap() > 0);
+    assert!(call["milestones"]["hangup_ms"].as_f64().is_some());
+    // Durations in JSON are milliseconds, never {secs, nanos}.
+    let signaling = &call["signaling"];
+    for name in [
+        "resolve_ms",
+        "tcp_connect_ms",
+        "websocket_upgrade_ms",
+        "greeting_ms",
+    ] {
+        assert!(signaling[name].as_f64().is_some(), "{name}: {signaling}");
+    }
+    assert!(!stdout.contains("\"nanos\""), "{stdout}");
+    // The answerer got `call_hangup`: its call ended by the peer's hangup.
+    let ended = next_call_ended(&mut answerer_lines).await;
+    assert_eq!(ended["report"]["end"]["kind"], "hangup_remote", "{ended}");
+
+    // `answer` interrupted during a call: it hangs that call up, reports it, and stops.
+    let mut caller = start_call(&long_call_args(&relay, &code));
+    line_containing(&mut caller.stderr, "connected;").await;
+    ctrl_c(&answerer);
+    let ended = next_call_ended(&mut answerer_lines).await;
+    assert_eq!(ended["report"]["end"]["kind"], "hangup_local", "{ended}");
+    let seen = line_containing(&mut answerer_lines, "\"stopped\"").await;
+    let stopped = json(seen.last().unwrap());
+    assert_eq!(stopped["signal"], "SIGINT");
+    assert_eq!(stopped["calls"], 2, "both calls counted");
+    let mut answerer = answerer;
+    let status = answerer.wait(step()).await.expect("answerer ends");
+    assert_eq!(status.code(), Some(130));
+    // The caller hears the hangup and ends at once, not after its 120 s.
+    let status = caller.running.wait(step()).await.expect("caller ends");
+    let stdout = tokio::time::timeout(step(), caller.stdout)
+        .await
+        .unwrap()
+        .unwrap();
+    let out = json(&stdout);
+    assert_eq!(
+        out["call"]["call"]["end"]["kind"], "hangup_remote",
+        "{out:#}"
+    );
+    assert!(out["call"]["milestones"]["hangup_ms"].is_null(), "{out:#}");
+    // Hung up moments after connecting, maybe before a tone was heard: 0 or 1, not a signal.
+    assert!(matches!(status.code(), Some(0 | 1)), "{status:?} {out:#}");
 }

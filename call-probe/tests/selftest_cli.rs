@@ -120,3 +120,53 @@ fn bad_flags_are_refused_clearly() {
         assert!(stderr.contains(expect), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn a_closed_stdout_ends_quietly_with_the_commands_own_exit_code() {
+    // `check` against a port nothing listens on prints its report and exits 3 (no server):
+    // into a pipe whose reader is gone (`| head`), the same exit code and no panic.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}", closed.local_addr().unwrap());
+    drop(closed);
+    for json in [true, false] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut command = call_probe();
+        command.args([
+            "check",
+            "--server",
+            &url,
+            "--allow-private",
+            "--no-cache",
+            "--layer-timeout-ms",
+            "1000",
+        ]);
+        if json {
+            command.arg("--json");
+        }
+        let output = command
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(3), "json {json}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(!stderr.contains("Broken pipe"), "{stderr}");
+    }
+}
+
+#[test]
+fn every_help_lists_the_shared_exit_codes() {
+    for args in [
+        &["--help"][..],
+        &["call", "--help"],
+        &["answer", "--help"],
+        &["check", "--help"],
+    ] {
+        let output = call_probe().args(args).output().unwrap();
+        let help = String::from_utf8_lossy(&output.stdout);
+        assert!(help.contains("3    no server found"), "{args:?}: {help}");
+        assert!(help.contains("130  interrupted"), "{args:?}: {help}");
+    }
+}

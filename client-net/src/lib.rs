@@ -6,6 +6,8 @@
 //!
 //! - [`clock`]: [`now_ms`], the wall clock in Unix milliseconds.
 //! - [`errors`]: an error and its sources in one line.
+//! - [`terminal`]: printing for the person at the terminal: [`outln!`]/[`out!`] end quietly
+//!   on a closed pipe, [`terminal::human_time`] for times in tables.
 //! - [`tls`]: the one rustls crypto-provider install (ring) and the client TLS
 //!   configurations (webpki roots plus extra PEM CAs).
 //! - [`keyfile`]: the Ed25519 key (seed) file, read and written; the registry's
@@ -32,6 +34,7 @@ pub mod logging;
 pub mod registry_http;
 #[cfg(feature = "signaling")]
 pub mod signaling;
+pub mod terminal;
 pub mod tls;
 #[cfg(feature = "turn-bridge")]
 pub mod turn_bridge;

@@ -191,19 +191,43 @@ pub enum SessionError {
     Closed,
 }
 
-/// How long each step of opening the session took.
+/// How long each step of opening the session took. In JSON each is a float in milliseconds
+/// named with `_ms` (`resolve_ms`, `tcp_connect_ms`, `tls_handshake_ms`,
+/// `websocket_upgrade_ms`, `greeting_ms`), as every duration of the toolkit's reports.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ConnectTimings {
     /// Name resolution of the relay's host (zero for an IP literal).
+    #[serde(rename = "resolve_ms", serialize_with = "duration_ms")]
     pub resolve: Duration,
     /// The TCP handshake.
+    #[serde(rename = "tcp_connect_ms", serialize_with = "duration_ms")]
     pub tcp_connect: Duration,
     /// The TLS handshake, for `wss://`.
+    #[serde(rename = "tls_handshake_ms", serialize_with = "optional_duration_ms")]
     pub tls_handshake: Option<Duration>,
     /// The HTTP upgrade to WebSocket.
+    #[serde(rename = "websocket_upgrade_ms", serialize_with = "duration_ms")]
     pub websocket_upgrade: Duration,
     /// From the upgrade to the relay's `server_info` greeting.
+    #[serde(rename = "greeting_ms", serialize_with = "duration_ms")]
     pub greeting: Duration,
+}
+
+fn duration_ms<S: serde::Serializer>(
+    duration: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(duration.as_secs_f64() * 1000.0)
+}
+
+fn optional_duration_ms<S: serde::Serializer>(
+    duration: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match duration {
+        Some(duration) => duration_ms(duration, serializer),
+        None => serializer.serialize_none(),
+    }
 }
 
 /// The relay's `server_info` greeting.
@@ -662,6 +686,23 @@ async fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connect_timings_are_milliseconds_in_json() {
+        let timings = ConnectTimings {
+            resolve: Duration::ZERO,
+            tcp_connect: Duration::from_micros(1500),
+            tls_handshake: None,
+            websocket_upgrade: Duration::from_millis(3),
+            greeting: Duration::from_millis(40),
+        };
+        let json = serde_json::to_value(&timings).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"resolve_ms": 0.0, "tcp_connect_ms": 1.5,
+                "tls_handshake_ms": null, "websocket_upgrade_ms": 3.0, "greeting_ms": 40.0})
+        );
+    }
 
     /// What the fake relay sends first.
     #[derive(Clone, Copy)]

@@ -4,6 +4,11 @@
 //! [`discovery::Config`](crate::discovery::Config) (with the `--ca-file` roots in its
 //! `extra_roots`). [`TrustArgs`] (`--registry-key`, `--ca-file`) and [`StoreArgs`]
 //! (`--cache-file`) are also flattened on their own where a subcommand takes only them.
+//!
+//! Flags are checked as they are parsed, so a mistyped one is a usage error (exit 2, with what
+//! was expected) rather than a failure at run time: [`registry_url`] (`--registry`: http or
+//! https with a host), [`server_url`] (`--server`: a signaling URL or bare host),
+//! [`existing_file`] (`--ca-file`, and the input files of `zajel-discover`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,6 +56,44 @@ impl ArgsError {
     }
 }
 
+/// `--registry`: an `http://` or `https://` URL with a host (`htp://…` is a usage error).
+pub fn registry_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text.trim()).map_err(|e| {
+        format!("{e} (expected a registry base URL such as https://registry.example)")
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "the scheme {}: is not http: or https: (expected a registry base URL such as \
+             https://registry.example)",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(
+            "no host (expected a registry base URL such as https://registry.example)".into(),
+        );
+    }
+    Ok(url)
+}
+
+/// `--server`: a signaling URL (`wss://`, `ws://`, `https://`, `http://`) or a bare host; kept
+/// as typed (the manual layer reads it).
+pub fn server_url(text: &str) -> Result<String, String> {
+    zajel_wire::endpoint::signaling_url(text)
+        .map(|_| text.to_string())
+        .map_err(|e| format!("{e} (expected a signaling server such as wss://relay.example)"))
+}
+
+/// A file that must exist (read later): a missing one is a usage error.
+pub fn existing_file(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_file() => Ok(path),
+        Ok(_) => Err("not a file".into()),
+        Err(e) => Err(format!("cannot read it: {e}")),
+    }
+}
+
 /// Whom to trust: pinned registry keys and extra TLS roots.
 #[derive(Args, Debug, Clone, Default)]
 pub struct TrustArgs {
@@ -64,7 +107,7 @@ pub struct TrustArgs {
     pub registry_keys: Vec<String>,
     /// Extra CA certificate (PEM) to trust for TLS (registry, DoH, wss://, turns:) besides the
     /// web PKI; repeatable. call-probe's own wss:// sessions trust only these when given.
-    #[arg(long = "ca-file")]
+    #[arg(long = "ca-file", value_parser = existing_file)]
     pub ca_files: Vec<PathBuf>,
 }
 
@@ -125,7 +168,12 @@ impl StoreArgs {
 #[derive(Args, Debug, Clone)]
 pub struct DiscoveryArgs {
     /// Registry base URL (GET <url>/servers); repeatable, comma-separated in the environment.
-    #[arg(long = "registry", env = "ZAJEL_REGISTRY_URL", value_delimiter = ',')]
+    #[arg(
+        long = "registry",
+        env = "ZAJEL_REGISTRY_URL",
+        value_delimiter = ',',
+        value_parser = registry_url
+    )]
     pub registries: Vec<Url>,
     /// DNS-over-HTTPS server: https://host[:port]/path, or that URL followed by ,ip=ADDRESS;
     /// repeatable.
@@ -135,7 +183,7 @@ pub struct DiscoveryArgs {
     #[arg(long = "domain")]
     pub domains: Vec<String>,
     /// A signaling server URL typed by hand (the manual layer); repeatable.
-    #[arg(long = "server")]
+    #[arg(long = "server", value_parser = server_url)]
     pub servers: Vec<String>,
     #[command(flatten)]
     pub trust: TrustArgs,
@@ -295,6 +343,35 @@ mod tests {
         };
         assert_eq!(error.to_string(), message);
         assert!(error.to_string().contains("missing-ca.pem"), "{error}");
+    }
+
+    #[test]
+    fn mistyped_urls_and_missing_files_are_usage_errors() {
+        for args in [
+            &["--registry", "htp://registry.example"][..],
+            &["--registry", "registry.example"],
+            &["--registry", "https://"],
+            &["--server", "ftp://relay.example"],
+            &["--ca-file", "/nonexistent/ca.pem"],
+        ] {
+            let error = Cli::try_parse_from(std::iter::once("test").chain(args.iter().copied()))
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} accepted"));
+            assert_eq!(error.exit_code(), 2, "{args:?}");
+            let text = error.to_string();
+            assert!(text.contains(args[0]), "{args:?}: {text}");
+        }
+        let message = registry_url("htp://registry.example").unwrap_err();
+        assert!(message.contains("https://registry.example"), "{message}");
+        // What was accepted before still is.
+        let args = parse(&[
+            "--registry",
+            "http://127.0.0.1:8080",
+            "--server",
+            "relay.example",
+        ]);
+        assert_eq!(args.registries[0].as_str(), "http://127.0.0.1:8080/");
+        assert_eq!(args.servers, ["relay.example"]);
     }
 
     #[test]

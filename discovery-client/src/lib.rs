@@ -31,7 +31,7 @@ pub mod registry;
 pub mod share;
 pub mod store;
 
-pub use zajel_discovery_core::{identity, report, txt};
+pub use zajel_discovery_core::{exit, identity, report, txt};
 
 pub use discovery::{Candidate, Config, Discovery, Event, Run};
 pub use report::{Layer, Outcome, Report, Verdict};

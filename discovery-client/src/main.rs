@@ -2,9 +2,13 @@
 //! checks the signed TXT records, makes and reads sharing QR codes, and
 //! manages the cache and friend referrals. See README.md for every flag.
 //!
-//! Exit codes of `discover` (and `txt verify`): 0 a verified server was found
-//! (or a verified record is served), 3 only unverified servers answered, 4
-//! nothing was found; 1 is any other error, 2 a usage error.
+//! Exit codes: the table both CLIs share ([`discovery_client::exit`]): `discover` exits 0
+//! when a verified server was found, 7 when only unverified servers answered, 3 when nothing
+//! was found; `txt verify` 0 when a verified record is served, else 3; 1 is any other error,
+//! 2 a usage error.
+
+// Every line to stdout goes through outln!/out!: a closed pipe ends printing quietly.
+#![deny(clippy::print_stdout)]
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -12,23 +16,23 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use discovery_client::cli::{ArgsError, DiscoveryArgs, StoreArgs, TrustArgs};
+use discovery_client::cli::{
+    existing_file, registry_url, ArgsError, DiscoveryArgs, StoreArgs, TrustArgs,
+};
 use discovery_client::discovery::{Config, Discovery, DiscoveryError, Event};
 use discovery_client::doh::DohServer;
+use discovery_client::exit;
 use discovery_client::publish::{self, PublishError, PublishRequest};
 use discovery_client::report::{CandidateReport, Outcome, Report, Verdict};
 use discovery_client::share::{self, QrError, ShareError, ShareLink};
 use discovery_client::store::{self, Store, StoreError};
 use discovery_client::txt;
 use url::Url;
-use zajel_client_net::{keyfile, tls};
+use zajel_client_net::terminal::human_time;
+use zajel_client_net::{keyfile, out, outln, tls};
+use zajel_discovery_core::discovery::{handover, Handover};
 use zajel_wire::keys::KeyError;
 use zajel_wire::pairing::{PairingCode, PairingCodeError};
-
-/// Exit code: only unverified servers answered.
-const EXIT_UNVERIFIED: u8 = 3;
-/// Exit code: nothing answered.
-const EXIT_NOTHING: u8 = 4;
 
 /// Why a command failed (printed as `error: <message>`, exit code 1).
 #[derive(Debug, thiserror::Error)]
@@ -104,8 +108,7 @@ impl CliError {
     name = "zajel-discover",
     version,
     about = "Find working Zajel signaling servers when the registry is blocked",
-    after_help = "Exit codes (discover, txt verify): 0 verified server found, 3 only unverified \
-                  servers found, 4 nothing found, 1 other error, 2 usage error."
+    after_help = exit::HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -115,9 +118,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run every layer at once and report the best working server.
+    #[command(after_help = exit::HELP)]
     Discover(DiscoverArgs),
     /// Publish or check the signed `_zajel.<domain>` TXT records.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = exit::HELP)]
     Txt(TxtCommand),
     /// Make or read sharing QR codes (`zajel://CODE?server=…`).
     #[command(subcommand)]
@@ -138,7 +142,7 @@ struct DiscoverArgs {
     #[arg(long = "share")]
     shares: Vec<String>,
     /// An image file (PNG) holding a sharing QR code; repeatable.
-    #[arg(long = "share-image")]
+    #[arg(long = "share-image", value_parser = existing_file)]
     share_images: Vec<PathBuf>,
     /// Longest wait for a server's pong, ms.
     #[arg(long, default_value_t = 3000)]
@@ -149,6 +153,10 @@ struct DiscoverArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Stop at the first verified server instead of waiting for every layer: the report then
+    /// shows the layers and checks still running as `pending` (and `complete: false`).
+    #[arg(long)]
+    first: bool,
 }
 
 #[derive(Subcommand)]
@@ -170,10 +178,10 @@ enum Format {
 #[derive(Args)]
 struct PublishArgs {
     /// The registry's base URL.
-    #[arg(long)]
+    #[arg(long, value_parser = registry_url)]
     registry: Url,
     /// The registry's seed file (64 hex characters), as `bootstrap-worker keygen` writes it.
-    #[arg(long)]
+    #[arg(long, value_parser = existing_file)]
     key_file: PathBuf,
     /// The domain (records go to _zajel.<domain>).
     #[arg(long)]
@@ -243,7 +251,7 @@ struct QrDecodeArgs {
     /// The link text (zajel://… or a bare code).
     text: Option<String>,
     /// An image file holding the QR code.
-    #[arg(long, conflicts_with = "text")]
+    #[arg(long, conflicts_with = "text", value_parser = existing_file)]
     image: Option<PathBuf>,
     #[arg(long)]
     json: bool,
@@ -348,47 +356,65 @@ async fn discover(args: DiscoverArgs) -> Result<u8, CliError> {
     let mut run = discovery.run();
     let mut report = None;
     while let Some(event) = run.next_event().await {
-        match event {
-            Event::LayerFinished(layer) if progress => eprintln!(
-                "  {:<8} {} ({} candidates, {:.0} ms){}",
-                layer.layer.as_str(),
-                layer.outcome,
-                layer.candidates,
-                layer.finished_ms,
-                if layer.detail.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", layer.detail)
-                }
-            ),
-            Event::Usable(candidate) if progress => eprintln!(
-                "  usable   {} ({}, {:.1} ms)",
-                candidate.url,
-                if candidate.verified {
-                    "verified"
-                } else {
-                    "unverified"
-                },
-                candidate.rtt_ms.unwrap_or_default()
-            ),
-            Event::Finished(done) => report = Some(*done),
+        if progress {
+            show_progress(&event);
+        }
+        match (handover(&event), event) {
+            (Some(Handover::Verified(candidate)), _) if args.first => {
+                // The discovery machine hands the first verified server over: stop there.
+                let mut now = run.report();
+                now.best = Some(candidate);
+                now.verdict = Verdict::Verified;
+                report = Some(now);
+                break;
+            }
+            (_, Event::Finished(done)) => report = Some(*done),
             _ => {}
         }
     }
     let report = report.unwrap_or_else(|| run.report());
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report);
     }
     Ok(verdict_code(report.verdict))
 }
 
+/// A progress line on stderr for a layer that ended or a server that answered.
+fn show_progress(event: &Event) {
+    match event {
+        Event::LayerFinished(layer) => eprintln!(
+            "  {:<8} {} ({} candidates, {:.0} ms){}",
+            layer.layer.as_str(),
+            layer.outcome,
+            layer.candidates,
+            layer.finished_ms,
+            if layer.detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", layer.detail)
+            }
+        ),
+        Event::Usable(candidate) => eprintln!(
+            "  usable   {} ({}, {:.1} ms)",
+            candidate.url,
+            if candidate.verified {
+                "verified"
+            } else {
+                "unverified"
+            },
+            candidate.rtt_ms.unwrap_or_default()
+        ),
+        _ => {}
+    }
+}
+
 fn verdict_code(verdict: Verdict) -> u8 {
     match verdict {
-        Verdict::Verified => 0,
-        Verdict::UnverifiedOnly => EXIT_UNVERIFIED,
-        Verdict::Nothing => EXIT_NOTHING,
+        Verdict::Verified => exit::OK,
+        Verdict::UnverifiedOnly => exit::UNVERIFIED_ONLY,
+        Verdict::Nothing => exit::NO_SERVER,
     }
 }
 
@@ -405,9 +431,15 @@ fn identity_column(c: &CandidateReport) -> String {
 }
 
 fn print_report(report: &Report) {
-    println!("layers:");
+    if !report.complete {
+        outln!(
+            "stopped at the first verified server after {:.0} ms (--first): what was still running is pending",
+            report.duration_ms
+        );
+    }
+    outln!("layers:");
     for layer in &report.layers {
-        println!(
+        outln!(
             "  {:<8} {:<18} {:>3} candidates  {:>7.1} ms{}",
             layer.layer.as_str(),
             layer.outcome.as_str(),
@@ -420,10 +452,10 @@ fn print_report(report: &Report) {
             }
         );
     }
-    println!("candidates:");
+    outln!("candidates:");
     for c in &report.candidates {
         let sources: Vec<&str> = c.sources.iter().map(|s| s.as_str()).collect();
-        println!(
+        outln!(
             "  {} [{}] {} {}{}{}",
             c.url,
             sources.join(","),
@@ -438,10 +470,10 @@ fn print_report(report: &Report) {
         );
     }
     for warning in &report.warnings {
-        println!("warning: {warning}");
+        outln!("warning: {warning}");
     }
     match &report.best {
-        Some(best) => println!(
+        Some(best) => outln!(
             "best: {} ({})",
             best.url,
             if best.verified {
@@ -450,7 +482,7 @@ fn print_report(report: &Report) {
                 "unverified"
             }
         ),
-        None => println!("best: none: no server answered"),
+        None => outln!("best: none: no server answered"),
     }
 }
 
@@ -470,8 +502,8 @@ async fn txt_publish(args: PublishArgs) -> Result<u8, CliError> {
     };
     let records = publish::publish(&request, &key, tls).await?;
     match args.format {
-        Format::Zone => print!("{}", txt::zone_snippet(&records)),
-        Format::Json => println!(
+        Format::Zone => out!("{}", txt::zone_snippet(&records)),
+        Format::Json => outln!(
             "{}",
             serde_json::to_string_pretty(&publish::provider_json(&records))?
         ),
@@ -499,10 +531,10 @@ async fn txt_verify(args: VerifyArgs) -> Result<u8, CliError> {
     )
     .await;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&checks)?);
+        outln!("{}", serde_json::to_string_pretty(&checks)?);
     } else {
         for check in &checks {
-            println!(
+            outln!(
                 "{} → {}: {}{} ({} record(s), {} verified)",
                 check.resolver,
                 check.name,
@@ -517,20 +549,25 @@ async fn txt_verify(args: VerifyArgs) -> Result<u8, CliError> {
             );
             for record in &check.records {
                 match (&record.entry, &record.refused) {
-                    (Some(entry), _) => println!(
+                    (Some(entry), _) => outln!(
                         "  ok       {} {} (expires {})",
-                        entry.endpoint, entry.server_id, entry.expires
+                        entry.endpoint,
+                        entry.server_id,
+                        human_time(
+                            entry.expires.saturating_mul(1000),
+                            discovery_client::now_ms()
+                        )
                     ),
-                    (None, Some(reason)) => println!("  refused  {reason}: {}", record.text),
+                    (None, Some(reason)) => outln!("  refused  {reason}: {}", record.text),
                     _ => {}
                 }
             }
         }
     }
     Ok(if checks.iter().any(|c| c.verified > 0) {
-        0
+        exit::OK
     } else {
-        EXIT_NOTHING
+        exit::NO_SERVER
     })
 }
 
@@ -543,10 +580,7 @@ fn qr_encode(args: QrEncodeArgs) -> Result<u8, CliError> {
         .transpose()?;
     let link = ShareLink::new(code, &args.servers, key.as_ref())?;
     let uri = link.to_uri();
-    println!("{uri}");
-    if !args.no_terminal {
-        println!("{}", share::render_terminal(&uri)?);
-    }
+    // The files first: a closed stdout (`| head`) must not cost them.
     if let Some(path) = &args.png {
         share::write_png(&uri, path)?;
         eprintln!("wrote {}", path.display());
@@ -557,6 +591,10 @@ fn qr_encode(args: QrEncodeArgs) -> Result<u8, CliError> {
             source,
         })?;
         eprintln!("wrote {}", path.display());
+    }
+    outln!("{uri}");
+    if !args.no_terminal {
+        outln!("{}", share::render_terminal(&uri)?);
     }
     Ok(0)
 }
@@ -569,14 +607,14 @@ fn qr_decode(args: QrDecodeArgs) -> Result<u8, CliError> {
     };
     let link = ShareLink::parse(&text)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&link)?);
+        outln!("{}", serde_json::to_string_pretty(&link)?);
     } else {
-        println!("code: {}", link.code);
+        outln!("code: {}", link.code);
         for server in &link.servers {
-            println!("server: {server}");
+            outln!("server: {server}");
         }
         if let Some(key) = &link.registry_key {
-            println!("registry key: {key}");
+            outln!("registry key: {key}");
         }
     }
     Ok(0)
@@ -598,18 +636,19 @@ fn cache(command: CacheCommand) -> Result<u8, CliError> {
         CacheCommand::List { store, json } => {
             let (store, data) = load_store(&store)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&data.servers)?);
+                outln!("{}", serde_json::to_string_pretty(&data.servers)?);
             } else if data.servers.is_empty() {
-                println!("no cached servers ({})", store.path().display());
+                outln!("no cached servers ({})", store.path().display());
             } else {
+                let now = discovery_client::now_ms();
                 for s in &data.servers {
-                    println!(
-                        "{} {} last ok {} ms{}",
+                    outln!(
+                        "{} {} last ok {}{}",
                         s.url,
                         if s.verified { "verified" } else { "unverified" },
-                        s.last_ok_ms,
+                        human_time(s.last_ok_ms, now),
                         s.last_fail_ms
-                            .map(|t| format!(", last failed {t} ms"))
+                            .map(|t| format!(", last failed {}", human_time(t, now)))
                             .unwrap_or_default()
                     );
                 }
@@ -618,7 +657,7 @@ fn cache(command: CacheCommand) -> Result<u8, CliError> {
         CacheCommand::Clear { store } => {
             let store = store.open()?;
             store.update(discovery_client::now_ms(), |data| data.servers.clear())?;
-            println!("cleared cached servers in {}", store.path().display());
+            outln!("cleared cached servers in {}", store.path().display());
         }
     }
     Ok(0)
@@ -647,7 +686,7 @@ fn referral(command: ReferralCommand) -> Result<u8, CliError> {
                     data.add_referral(server, link.code, now);
                 }
             })?;
-            println!(
+            outln!(
                 "remembered {} server(s) from contact {}",
                 link.servers.len(),
                 link.code
@@ -656,14 +695,17 @@ fn referral(command: ReferralCommand) -> Result<u8, CliError> {
         ReferralCommand::List { store, json } => {
             let (store, data) = load_store(&store)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&data.referrals)?);
+                outln!("{}", serde_json::to_string_pretty(&data.referrals)?);
             } else if data.referrals.is_empty() {
-                println!("no referrals ({})", store.path().display());
+                outln!("no referrals ({})", store.path().display());
             } else {
+                let now = discovery_client::now_ms();
                 for r in &data.referrals {
-                    println!(
-                        "{} from contact {} (added {} ms)",
-                        r.url, r.code, r.added_ms
+                    outln!(
+                        "{} from contact {} (added {})",
+                        r.url,
+                        r.code,
+                        human_time(r.added_ms, now)
                     );
                 }
             }

@@ -885,11 +885,24 @@ impl DiscoveryState {
         let mut urls: Vec<&String> = state.sources.iter().flat_map(|s| &s.candidates).collect();
         urls.sort();
         urls.dedup();
+        let mut sources = state.sources.clone();
+        if running {
+            // A snapshot (`discover --first`) names the sources not heard from yet.
+            sources.extend(state.silent.iter().map(|source| SourceReport {
+                source: source.clone(),
+                outcome: Outcome::Pending,
+                detail: "still running".into(),
+                candidates: Vec::new(),
+                refused: Vec::new(),
+                started_ms: state.started_ms.unwrap_or(0.0),
+                finished_ms: ms(now),
+            }));
+        }
         LayerReport {
             layer: state.layer,
             outcome,
             detail,
-            sources: state.sources.clone(),
+            sources,
             candidates: urls.len(),
             started_ms: state.started_ms.unwrap_or(0.0),
             finished_ms: state.finished_ms.unwrap_or_else(|| ms(now)),

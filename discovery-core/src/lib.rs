@@ -19,6 +19,7 @@
 
 pub mod address;
 pub mod discovery;
+pub mod exit;
 pub mod identity;
 pub mod registry_list;
 pub mod report;

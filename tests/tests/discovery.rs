@@ -466,7 +466,7 @@ async fn the_cli_exit_codes_tell_verified_from_unverified_from_nothing() {
         cache,
         "--allow-private",
     ]);
-    assert_eq!(code, 3, "{out}{err}");
+    assert_eq!(code, 7, "{out}{err}");
     assert!(out.contains("unverified"), "{out}");
     let refused = blackhole::refused_address();
     let (code, out, err) = cli(&[
@@ -478,7 +478,7 @@ async fn the_cli_exit_codes_tell_verified_from_unverified_from_nothing() {
         "--no-cache",
         "--allow-private",
     ]);
-    assert_eq!(code, 4, "{out}{err}");
+    assert_eq!(code, 3, "{out}{err}");
     assert!(out.contains("refused"), "{out}");
     let (code, _, err) = cli(&["discover", "--registry-key", "not-a-key", "--no-cache"]);
     assert_eq!(code, 1);
@@ -768,4 +768,67 @@ async fn every_failure_at_once_still_finds_a_verified_server_and_says_why_each_f
         "{}",
         report["candidates"]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discover_first_returns_at_the_first_verified_server_with_the_rest_pending() {
+    let world = DiscoveryWorld::new().await;
+    let silent = AcceptsSilently::start();
+    let key = world.registry_key_base64();
+    let cache = world.cache_path("first.json");
+    let silent_url = format!("http://{}", silent.address);
+    let args = |json: bool| {
+        let mut args = vec![
+            "discover".to_string(),
+            "--registry".into(),
+            world.registry.base_url.clone(),
+            "--registry".into(),
+            silent_url.clone(),
+            "--registry-key".into(),
+            key.clone(),
+            "--cache-file".into(),
+            cache.to_str().unwrap().into(),
+            "--allow-private".into(),
+            // The silent registry would hold a full run for 30 s.
+            "--layer-timeout-ms".into(),
+            "30000".into(),
+            "--first".into(),
+        ];
+        if json {
+            args.push("--json".into());
+        }
+        args
+    };
+    let started = std::time::Instant::now();
+    let json_args = args(true);
+    let (code, out, err) = cli(&json_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let took = started.elapsed();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("JSON report");
+    assert_eq!(report["verdict"], "verified");
+    assert_eq!(report["complete"], false);
+    assert_eq!(report["best"]["url"], world.relay.url.as_str());
+    let registry = report["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["layer"] == "registry")
+        .expect("registry layer");
+    // The silent registry is still running: named, pending.
+    let sources = registry["sources"].as_array().unwrap();
+    let silent_source = sources
+        .iter()
+        .find(|s| s["source"].as_str().unwrap().starts_with(&silent_url))
+        .unwrap_or_else(|| panic!("the silent registry is listed: {registry:#}"));
+    assert_eq!(silent_source["outcome"], "pending", "{registry:#}");
+
+    let text_args = args(false);
+    let (code, out, err) = cli(&text_args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("stopped at the first verified server"),
+        "{out}"
+    );
+    assert!(out.contains("pending"), "{out}");
 }
