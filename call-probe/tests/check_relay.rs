@@ -98,11 +98,7 @@ fn turn_entry<'a>(report: &'a Value, kind: &str) -> &'a Value {
 /// Whether a datagram between a TURN client and server carries relayed data: a Send (0x0016)
 /// or Data (0x0017) indication, or ChannelData (first two bits 01).
 fn is_relayed_data(datagram: &[u8]) -> bool {
-    match datagram {
-        [0x40..=0x7f, ..] => true,
-        [0x00, 0x16 | 0x17, ..] => true,
-        _ => false,
-    }
+    matches!(datagram, [0x40..=0x7f, ..] | [0x00, 0x16 | 0x17, ..])
 }
 
 /// A UDP hop in front of a TURN server that carries everything but relayed data.
