@@ -8,7 +8,10 @@
 //! 2. with the relay host's relayed traffic dropped by nftables (everything UDP it sends from
 //!    a port other than its TURN listener's: allocations still succeed, nothing is relayed),
 //!    `check` says no to each transport with the reason (`not_relayed`) and exits with "no
-//!    media path" — before issue 15 it said "turn/udp yes … calls can be made" here.
+//!    media path" — before issue 15 it said "turn/udp yes … calls can be made" here;
+//! 3. with a second STUN server address (another relay-lite's TURN/UDP listener, named by
+//!    `--stun-url`), the NAT mapping: `yes` without NAT and behind a port-preserving
+//!    `masquerade` in the router, `no` behind `masquerade random` (a symmetric NAT).
 //!
 //! Needs root (network namespaces); CI runs as root. Everything stays inside namespaces the
 //! test creates, removed (with the processes in them) when it ends, also on failure.
@@ -38,13 +41,32 @@ fn endpoint() -> String {
     format!("wss://{}", public_address())
 }
 
-/// relay-lite with the README's TURN flags, in the internet namespace.
-fn start_relay(topology: &Topology, pki: &TestCa, dir: &std::path::Path) -> ChildProcess {
+fn write_secret(dir: &std::path::Path) -> std::path::PathBuf {
     let secret = dir.join("turn.secret");
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).expect("randomness");
     let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     std::fs::write(&secret, text).expect("write the TURN secret");
+    secret
+}
+
+fn wait_listening(mut relay: ChildProcess) -> ChildProcess {
+    relay
+        .wait_for(Duration::from_secs(20), |line| {
+            line.starts_with("listening on ").then_some(())
+        })
+        .expect("relay-lite listening");
+    relay
+}
+
+/// relay-lite with the README's TURN flags, in the internet namespace (`extra`: more flags).
+fn start_relay(
+    topology: &Topology,
+    pki: &TestCa,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> ChildProcess {
+    let secret = write_secret(dir);
     let mut command = tool(&topology.internet, "relay-lite").expect("relay-lite binary");
     command
         .args(["--listen", "0.0.0.0:443"])
@@ -69,14 +91,9 @@ fn start_relay(topology: &Topology, pki: &TestCa, dir: &std::path::Path) -> Chil
         .arg(&pki.key_file)
         .args(["--turn-external-ip", &public_address()])
         .arg("--turn-secret-file")
-        .arg(&secret);
-    let mut relay = ChildProcess::spawn("relay-lite", command).expect("start relay-lite");
-    relay
-        .wait_for(Duration::from_secs(20), |line| {
-            line.starts_with("listening on ").then_some(())
-        })
-        .expect("relay-lite listening");
-    relay
+        .arg(&secret)
+        .args(extra);
+    wait_listening(ChildProcess::spawn("relay-lite", command).expect("start relay-lite"))
 }
 
 /// `call-probe check` from the client namespace: (exit code, JSON report, table).
@@ -120,7 +137,7 @@ fn check_says_yes_to_turn_only_when_the_relay_relays() {
     let topology = Topology::new(1).expect("namespaces (needs root)");
     let dir = tempfile::tempdir().expect("temporary directory");
     let pki = TestCa::for_names(&[public_address()]);
-    let relay = start_relay(&topology, &pki, dir.path());
+    let relay = start_relay(&topology, &pki, dir.path(), &[]);
 
     let (code, report, table) = check(&topology, &pki);
     assert_eq!(code, Some(0), "{report:#}\n{}", relay.output());
@@ -167,4 +184,85 @@ fn check_says_yes_to_turn_only_when_the_relay_relays() {
     );
     assert!(table.contains("relayed nothing"), "{table}");
     assert!(!table.contains("calls can be made"), "{table}");
+}
+
+/// The censor namespace as a NAT router for the client: `masquerade` keeps the client's
+/// source port for every destination (endpoint-independent), `masquerade random` picks a new
+/// one per destination (a symmetric NAT).
+fn nat(topology: &Topology, how: &str) {
+    topology
+        .censor
+        .nft(&format!(
+            "table ip client_nat {{\n\
+               chain postrouting {{\n\
+                 type nat hook postrouting priority 100; policy accept;\n\
+                 oifname \"{}\" {how}\n\
+               }}\n\
+             }}\n",
+            topology.censor_uplink
+        ))
+        .expect("NAT in the router");
+}
+
+#[test]
+fn check_tells_an_endpoint_independent_nat_from_a_symmetric_one() {
+    let topology = Topology::new(2).expect("namespaces (needs root)");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let pki = TestCa::for_names(&[public_address()]);
+    // A second STUN server address: another relay-lite's TURN/UDP listener on the second
+    // internet address (another port: the first listens on 0.0.0.0:3478), named by the
+    // first relay's --stun-url.
+    let second = internet_host(1);
+    let other_dir = dir.path().join("second");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    let mut command = tool(&topology.internet, "relay-lite").expect("relay-lite binary");
+    command
+        .args(["--listen", &format!("{second}:8443")])
+        .args(["--turn-listen-udp", &format!("{second}:3479")])
+        .arg("--turn-secret-file")
+        .arg(write_secret(&other_dir));
+    let _stun = wait_listening(ChildProcess::spawn("second relay-lite", command).unwrap());
+    let stun_url = format!("stun:{second}:3479");
+    let _relay = start_relay(&topology, &pki, dir.path(), &["--stun-url", &stun_url]);
+
+    // No NAT: both servers see the client's own address.
+    let (code, report, _) = check(&topology, &pki);
+    assert_eq!(code, Some(0), "{report:#}");
+    let mapping = &report["network"]["mapping"];
+    assert_eq!(mapping["endpoint_independent"], "yes", "{mapping:#}");
+    let observations = mapping["observations"].as_array().unwrap();
+    assert_eq!(observations.len(), 2, "{mapping:#}");
+    for observation in observations {
+        let mapped = observation["mapped_address"].as_str().unwrap();
+        assert!(mapped.starts_with("10.77.1.2:"), "{mapping:#}");
+    }
+
+    // A port-preserving NAT: the router's address, the same for both servers.
+    nat(&topology, "masquerade");
+    let (code, report, table) = check(&topology, &pki);
+    assert_eq!(code, Some(0), "{report:#}");
+    let mapping = &report["network"]["mapping"];
+    assert_eq!(mapping["endpoint_independent"], "yes", "{mapping:#}");
+    let mapped = mapping["observations"][0]["mapped_address"]
+        .as_str()
+        .unwrap();
+    assert!(mapped.starts_with("10.77.2.1:"), "{mapping:#}");
+    assert!(table.contains("NAT mapping         yes"), "{table}");
+
+    // A symmetric NAT: another mapped port per server. TURN still relays through it.
+    topology
+        .censor
+        .nft("flush table ip client_nat\ndelete table ip client_nat\n")
+        .unwrap();
+    nat(&topology, "masquerade random");
+    let (code, report, table) = check(&topology, &pki);
+    assert_eq!(code, Some(0), "{report:#}");
+    let mapping = &report["network"]["mapping"];
+    assert_eq!(mapping["endpoint_independent"], "no", "{mapping:#}");
+    assert_ne!(
+        mapping["observations"][0]["mapped_address"], mapping["observations"][1]["mapped_address"],
+        "{mapping:#}"
+    );
+    assert!(table.contains("NAT mapping         no"), "{table}");
+    assert_eq!(turn(&report, "turn/udp")["ok"], true, "{report:#}");
 }
