@@ -251,6 +251,14 @@ pub struct MediaCheck {
     /// allocation's → back), when it made one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relay_round_trip_ms: Option<f64>,
+    /// TURN: how the relaying was shown: `two_allocations` (a datagram from our relayed
+    /// address to a second allocation's and back) or `own_address` (to our own UDP socket's
+    /// server-reflexive address and back, tried when the first fails).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_test: Option<String>,
+    /// TURN: why the second way failed too, when neither relayed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_test_detail: Option<String>,
     pub error: Option<String>,
     /// What failed, machine-readable (absent when nothing did).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -274,12 +282,20 @@ impl MediaCheck {
         }
         let relayed = self.relayed_address.as_deref().unwrap_or("-");
         match (&self.error, self.allocated) {
-            (Some(error), Some(true)) => format!("relayed address {relayed}: {error}"),
+            (Some(error), Some(true)) => match &self.relay_test_detail {
+                Some(detail) => format!("relayed address {relayed}: {error}; {detail}"),
+                None => format!("relayed address {relayed}: {error}"),
+            },
             (Some(error), _) => error.clone(),
             (None, _) => format!(
-                "relayed address {relayed}, allocated in {}, relay round trip {}",
+                "relayed address {relayed}, allocated in {}, relay round trip {}{}",
                 table::ms(self.time_ms),
-                table::ms(self.relay_round_trip_ms)
+                table::ms(self.relay_round_trip_ms),
+                if self.relay_test.as_deref() == Some("own_address") {
+                    " (to our own address)"
+                } else {
+                    ""
+                }
             ),
         }
     }
@@ -498,16 +514,6 @@ pub async fn run_check(options: &CheckOptions) -> Result<CheckReport, CheckError
         Some(url) => stun_binding(url, step).await,
         None => MediaCheck::not_tried("stun", MediaCheckError::NoStunServer),
     };
-    let mut turn = Vec::new();
-    for kind in ["turn/udp", "turn/tcp", "turn/tls"] {
-        let check = match turn_targets.iter().find(|(k, ..)| k == kind) {
-            Some((_, url, user, pass)) => {
-                turn_check(kind, url, user, pass, &options.extra_roots, step).await
-            }
-            None => MediaCheck::not_tried(kind, MediaCheckError::NotOffered),
-        };
-        turn.push(check);
-    }
     // Every address of every STUN-capable UDP server the relay named, for IPv6 and the
     // mapping.
     let mut stun_servers = Vec::new();
@@ -525,6 +531,18 @@ pub async fn run_check(options: &CheckOptions) -> Result<CheckReport, CheckError
                 }
             }
         }
+    }
+    let mut turn = Vec::new();
+    for kind in ["turn/udp", "turn/tcp", "turn/tls"] {
+        let check = match turn_targets.iter().find(|(k, ..)| k == kind) {
+            Some((_, url, user, pass)) => {
+                let credentials = (user.as_str(), pass.as_str());
+                let roots = &options.extra_roots;
+                turn_check(kind, url, credentials, roots, &stun_servers, step).await
+            }
+            None => MediaCheck::not_tried(kind, MediaCheckError::NotOffered),
+        };
+        turn.push(check);
     }
     let network = NetworkCheck {
         ipv6: netcheck::check_ipv6(&stun_servers, step).await,
@@ -772,9 +790,9 @@ async fn allocate(
 async fn turn_check(
     kind: &str,
     url: &str,
-    username: &str,
-    password: &str,
+    (username, password): (&str, &str),
     extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+    stun_servers: &[SocketAddr],
     limit: Duration,
 ) -> MediaCheck {
     let mut check = MediaCheck {
@@ -812,16 +830,73 @@ async fn turn_check(
         limit,
     )
     .await;
-    first.close().await;
     peer.close().await;
+    let result = match result {
+        Ok(rtt) => Ok((rtt, "two_allocations")),
+        // Relayed sockets that cannot reach their own public address may still relay to
+        // the rest of the internet: try our own address before saying no.
+        Err(error @ (RelayError::NothingArrived { .. } | RelayError::NoAnswerBack { .. })) => {
+            let stun = stun_servers
+                .iter()
+                .find(|s| s.is_ipv4() == first.relayed.is_ipv4())
+                .copied();
+            match via_own_address(&first, stun, limit).await {
+                Ok(rtt) => Ok((rtt, "own_address")),
+                Err(other) => {
+                    check.relay_test_detail = Some(format!("through our own address: {other}"));
+                    Err(error)
+                }
+            }
+        }
+        Err(error) => Err(error),
+    };
+    first.close().await;
     match result {
-        Ok(rtt) => {
+        Ok((rtt, test)) => {
             check.ok = true;
             check.relay_round_trip_ms = Some(ms(rtt));
+            check.relay_test = Some(test.into());
         }
         Err(error) => check.failed(&MediaCheckError::NotRelayed(error)),
     }
     check
+}
+
+/// The second way to relay-test `first`: a UDP socket of ours learns its server-reflexive
+/// address from `stun` and echoes what `first` relays to it ([`relay_probe::round_trip_via_own_address`]).
+async fn via_own_address(
+    first: &Allocation,
+    stun: Option<SocketAddr>,
+    limit: Duration,
+) -> Result<Duration, String> {
+    let stun = stun.ok_or("no STUN server to learn our address from")?;
+    let bind = match (stun.is_ipv4(), stun.ip().is_loopback()) {
+        (true, false) => "0.0.0.0:0",
+        (true, true) => "127.0.0.1:0",
+        (false, false) => "[::]:0",
+        (false, true) => "[::1]:0",
+    };
+    let own = Arc::new(UdpSocket::bind(bind).await.map_err(|e| e.to_string())?);
+    let client = TurnClient::new(turn_client_config(
+        own.clone(),
+        String::new(),
+        String::new(),
+        "",
+        "",
+    ))
+    .await
+    .map_err(|e| e.to_string())?;
+    client.listen().await.map_err(|e| e.to_string())?;
+    let mapped = tokio::time::timeout(limit, client.send_binding_request_to(&stun.to_string()))
+        .await
+        .map_err(|_| format!("no STUN answer from {stun} within {limit:?}"))
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    // Ends the client's read loop: the socket is ours again.
+    let _ = client.close().await;
+    let mapped = mapped?;
+    relay_probe::round_trip_via_own_address(first.relay.clone(), first.relayed, own, mapped, limit)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 impl CheckReport {
@@ -939,7 +1014,7 @@ mod tests {
         drop(listener);
         let url = format!("turn:{server}?transport=tcp");
         let limit = Duration::from_millis(1500);
-        let check = turn_check("turn/tcp", &url, "u", "p", &[], limit).await;
+        let check = turn_check("turn/tcp", &url, ("u", "p"), &[], &[], limit).await;
         assert!(!check.ok);
         assert_eq!(check.error_kind, Some(ErrorKind::TurnStreamFailed));
         assert_eq!(

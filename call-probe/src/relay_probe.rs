@@ -7,6 +7,12 @@
 //! The second allocation (the "peer") answers every probe it reads with an echo of the same
 //! bytes; the first sends a probe every [`RESEND`] until an echo with its nonce comes back or
 //! the time runs out. The round trip is measured from the send of the probe that came back.
+//!
+//! [`round_trip_via_own_address`] is the other way (RFC 8656 allows either): the peer is a
+//! plain UDP socket of ours at its server-reflexive address, so the datagram leaves the relay
+//! towards the internet and comes back in. `check` uses it when the two-allocation test fails,
+//! for servers whose relayed sockets cannot reach their own public address (a 1:1 NAT without
+//! hairpinning) but relay to everyone else.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,6 +80,43 @@ pub async fn round_trip(
             })
         }
     }
+    probe_with_echo(first, peer, peer_relayed, nonce, deadline, limit).await
+}
+
+/// Sends probes from `first` through the relay to `own`, a UDP socket of ours whose address
+/// as the relay sees it is `own_mapped` (its STUN mapping), which echoes them back to
+/// `first_relayed` through the relay; the round trip of the probe that came back.
+pub async fn round_trip_via_own_address(
+    first: Arc<dyn Conn + Send + Sync>,
+    first_relayed: SocketAddr,
+    own: Arc<dyn Conn + Send + Sync>,
+    own_mapped: SocketAddr,
+    limit: Duration,
+) -> Result<Duration, RelayError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut nonce = [0u8; 8];
+    let _ = getrandom::fill(&mut nonce);
+    // Opens our NAT's filter for datagrams from the relayed address (the relay drops this
+    // one: no permission yet).
+    if let Err(error) = own.send_to(OPENING, first_relayed).await {
+        return Err(RelayError::PeerSend {
+            to: first_relayed,
+            reason: error.to_string(),
+        });
+    }
+    probe_with_echo(first, own, own_mapped, nonce, deadline, limit).await
+}
+
+/// Probes from `first` to `target`, echoed by `peer`, until one comes back or `deadline`.
+async fn probe_with_echo(
+    first: Arc<dyn Conn + Send + Sync>,
+    peer: Arc<dyn Conn + Send + Sync>,
+    target: SocketAddr,
+    nonce: [u8; 8],
+    deadline: tokio::time::Instant,
+    limit: Duration,
+) -> Result<Duration, RelayError> {
+    let peer_relayed = target;
     let arrived = Arc::new(AtomicBool::new(false));
     let echo = tokio::spawn(echo_probes(peer, arrived.clone()));
     let result = probe_until_echo(&first, peer_relayed, nonce, deadline).await;
@@ -203,6 +246,15 @@ mod tests {
     async fn a_path_that_carries_both_ways_gives_a_round_trip() {
         let (a, a_addr, b, b_addr) = pair().await;
         let rtt = round_trip(a, a_addr, b, b_addr, Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert!(rtt < Duration::from_secs(2), "{rtt:?}");
+    }
+
+    #[tokio::test]
+    async fn probes_to_our_own_address_come_back_through_its_echo() {
+        let (a, a_addr, own, own_addr) = pair().await;
+        let rtt = round_trip_via_own_address(a, a_addr, own, own_addr, Duration::from_secs(2))
             .await
             .unwrap();
         assert!(rtt < Duration::from_secs(2), "{rtt:?}");

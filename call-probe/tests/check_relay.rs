@@ -184,6 +184,7 @@ async fn a_turn_server_that_relays_is_yes_with_a_round_trip() {
             "{turn}"
         );
         assert!(turn.get("error_kind").is_none(), "{turn}");
+        assert_eq!(turn["relay_test"], "two_allocations", "{turn}");
     }
     assert_eq!(report["paths"]["turn_udp"], true);
     assert_eq!(report["paths"]["turn_tcp"], true);
@@ -242,6 +243,13 @@ async fn a_turn_server_that_allocates_but_drops_relayed_data_is_no() {
         "{udp}"
     );
     assert!(udp.get("relay_round_trip_ms").is_none(), "{udp}");
+    // The second way (a datagram to our own address) was tried and failed too.
+    assert!(
+        udp["relay_test_detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("through our own address: ")),
+        "{udp}"
+    );
     assert_eq!(report["paths"]["turn_udp"], false);
     // The hop passed the binding: UDP itself works.
     assert_eq!(report["stun"]["ok"], true);

@@ -5,11 +5,14 @@
 //!
 //! 1. as deployed, every TURN transport (UDP, TCP, TLS) relays: `check` says yes to each with
 //!    a relay round trip, and calls can be made;
-//! 2. with the relay host's relayed traffic dropped by nftables (everything UDP it sends from
+//! 2. with what its relayed sockets send to its own public address dropped (a 1:1 NAT
+//!    without hairpinning), the two-allocation test fails and the datagram to our own address
+//!    and back shows each transport relays (`relay_test: own_address`);
+//! 3. with the relay host's relayed traffic dropped by nftables (everything UDP it sends from
 //!    a port other than its TURN listener's: allocations still succeed, nothing is relayed),
 //!    `check` says no to each transport with the reason (`not_relayed`) and exits with "no
 //!    media path" — before issue 15 it said "turn/udp yes … calls can be made" here;
-//! 3. with a second STUN server address (another relay-lite's TURN/UDP listener, named by
+//! 4. with a second STUN server address (another relay-lite's TURN/UDP listener, named by
 //!    `--stun-url`), the NAT mapping: `yes` without NAT and behind a port-preserving
 //!    `masquerade` in the router, `no` behind `masquerade random` (a symmetric NAT).
 //!
@@ -30,6 +33,16 @@ const DROP_RELAYED: &str = "table inet drop_relayed {\n\
        chain output {\n\
          type filter hook output priority 0; policy accept;\n\
          meta l4proto udp udp sport != 3478 drop\n\
+       }\n\
+     }\n";
+
+/// Drops what the relay host's relayed sockets send to its own public address only, as a
+/// 1:1 NAT without hairpinning does: relaying between two allocations fails, relaying to the
+/// rest of the network works.
+const NO_HAIRPIN: &str = "table inet no_hairpin {\n\
+       chain output {\n\
+         type filter hook output priority 0; policy accept;\n\
+         ip daddr 10.77.2.10 meta l4proto udp udp sport != 3478 drop\n\
        }\n\
      }\n";
 
@@ -146,6 +159,7 @@ fn check_says_yes_to_turn_only_when_the_relay_relays() {
         let check = turn(&report, kind);
         assert_eq!(check["ok"], true, "{kind}: {check:#}\n{}", relay.output());
         assert_eq!(check["allocated"], true, "{kind}: {check:#}");
+        assert_eq!(check["relay_test"], "two_allocations", "{kind}: {check:#}");
         assert!(
             check["relay_round_trip_ms"].as_f64().is_some(),
             "{kind}: {check:#}"
@@ -162,7 +176,23 @@ fn check_says_yes_to_turn_only_when_the_relay_relays() {
         "{table}"
     );
 
-    // Now the relay host drops what its relayed sockets send: it still allocates.
+    // Relayed sockets that cannot reach their own public address: the two-allocation test
+    // fails, a datagram to our own address and back shows the relay works.
+    topology.internet.nft(NO_HAIRPIN).expect("nftables");
+    let (code, report, table) = check(&topology, &pki);
+    assert_eq!(code, Some(0), "{report:#}\n{table}");
+    for kind in ["turn/udp", "turn/tcp", "turn/tls"] {
+        let check = turn(&report, kind);
+        assert_eq!(check["ok"], true, "{kind}: {check:#}");
+        assert_eq!(check["relay_test"], "own_address", "{kind}: {check:#}");
+    }
+    assert!(table.contains("(to our own address)"), "{table}");
+    topology
+        .internet
+        .nft("delete table inet no_hairpin\n")
+        .expect("nftables");
+
+    // Now the relay host drops everything its relayed sockets send: it still allocates.
     topology
         .internet
         .nft(DROP_RELAYED)
@@ -175,6 +205,12 @@ fn check_says_yes_to_turn_only_when_the_relay_relays() {
         assert_eq!(check["allocated"], true, "{kind}: {check:#}");
         assert_eq!(check["ok"], false, "{kind}: {check:#}");
         assert_eq!(check["error_kind"], "not_relayed", "{kind}: {check:#}");
+        // Both ways were tried.
+        let detail = check["relay_test_detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.starts_with("through our own address"),
+            "{kind}: {check:#}"
+        );
     }
     // UDP itself still reaches the server (the binding is answered from port 3478).
     assert_eq!(report["paths"]["direct_udp"], true, "{report:#}");
