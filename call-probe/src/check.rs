@@ -12,8 +12,10 @@
 //! 4. TURN over UDP, over TCP and over TLS (the last two through relay-lite's stream bridge,
 //!    which is how calls use them), with the relay's credentials: per transport, two
 //!    allocations and a datagram through the first's relayed address to the second's and
-//!    back ([`crate::relay_probe`]). A transport counts only once that round trip happened: a
-//!    server that allocates but relays nothing is reported `allocated` but not `ok`, with why.
+//!    back ([`crate::relay_probe`]); when that fails, a datagram to our own server-reflexive
+//!    address and back (for relays that cannot reach their own public address). A transport
+//!    counts only once a round trip happened: a server that allocates but relays nothing is
+//!    reported `allocated` but not `ok`, with why (`not_relayed`).
 //! 5. The network ([`crate::netcheck`]): a global IPv6 address, UDP over IPv6 to the relay's
 //!    STUN/TURN server, and whether the NAT mapping is endpoint-independent.
 //! 6. The call paths that exist: direct UDP, TURN/UDP, TURN/TCP, TURN/TLS; calls can be made
