@@ -116,25 +116,21 @@ async fn probe_with_echo(
     deadline: tokio::time::Instant,
     limit: Duration,
 ) -> Result<Duration, RelayError> {
-    let peer_relayed = target;
     let arrived = Arc::new(AtomicBool::new(false));
     let echo = tokio::spawn(echo_probes(peer, arrived.clone()));
-    let result = probe_until_echo(&first, peer_relayed, nonce, deadline).await;
+    let result = probe_until_echo(&first, target, nonce, deadline).await;
     echo.abort();
     match result {
         Ok(rtt) => Ok(rtt),
-        Err(ProbeFailure::Send(reason)) => Err(RelayError::Send {
-            to: peer_relayed,
-            reason,
-        }),
+        Err(ProbeFailure::Send(reason)) => Err(RelayError::Send { to: target, reason }),
         Err(ProbeFailure::TimedOut) if arrived.load(Ordering::Relaxed) => {
             Err(RelayError::NoAnswerBack {
-                peer: peer_relayed,
+                peer: target,
                 limit,
             })
         }
         Err(ProbeFailure::TimedOut) => Err(RelayError::NothingArrived {
-            peer: peer_relayed,
+            peer: target,
             limit,
         }),
     }
@@ -261,9 +257,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_peer_that_never_answers_is_reported_as_one_way() {
-        // The "peer" sends its opening datagram from one socket, but probes go to a socket
-        // that reads them and answers nothing: they arrive, no echo does.
+    async fn probes_that_reach_nobody_who_echoes_say_nothing_arrived() {
+        // Probes go to a socket that reads them and answers nothing; the peer that would
+        // echo never sees them.
         let (a, a_addr, b, _) = pair().await;
         let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let silent_addr = silent.local_addr().unwrap();
@@ -282,5 +278,38 @@ mod tests {
         let mut buf = [0u8; 64];
         let (n, _) = silent.recv_from(&mut buf).await.unwrap();
         assert!(buf[..n].starts_with(PROBE_MAGIC));
+    }
+
+    #[tokio::test]
+    async fn probes_that_arrive_but_whose_echoes_are_lost_say_one_way() {
+        // A hop carries the probes from `a` to the peer and drops the peer's echoes, as a
+        // relay that relays one way only would.
+        let (a, a_addr, peer, peer_addr) = pair().await;
+        let hop = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let hop_addr = hop.local_addr().unwrap();
+        let carrying = tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = hop.recv_from(&mut buf).await {
+                if from == a_addr {
+                    let _ = hop.send_to(&buf[..n], peer_addr).await;
+                }
+            }
+        });
+        let limit = Duration::from_millis(600);
+        let error = round_trip(a, a_addr, peer, hop_addr, limit)
+            .await
+            .unwrap_err();
+        carrying.abort();
+        assert_eq!(
+            error,
+            RelayError::NoAnswerBack {
+                peer: hop_addr,
+                limit
+            }
+        );
+        assert!(
+            error.to_string().contains("relayed one way only"),
+            "{error}"
+        );
     }
 }
