@@ -478,6 +478,7 @@ pub async fn run_check(options: &CheckOptions) -> Result<CheckReport, CheckError
 
     // Pick the URLs to try, with their credentials.
     let mut stun_target: Option<String> = None;
+    let mut stun_urls: Vec<String> = Vec::new();
     let mut turn_targets: Vec<(String, String, String, String)> = Vec::new(); // kind, url, user, pass
     for server in &registered.ice_servers {
         for url in &server.urls {
@@ -487,6 +488,7 @@ pub async fn run_check(options: &CheckOptions) -> Result<CheckReport, CheckError
             let kind = match (scheme.as_str(), parsed.transport.as_str()) {
                 ("stun", _) => {
                     stun_target.get_or_insert(url.clone());
+                    stun_urls.push(url.clone());
                     continue;
                 }
                 ("turn", "udp") => "turn/udp",
@@ -519,7 +521,7 @@ pub async fn run_check(options: &CheckOptions) -> Result<CheckReport, CheckError
     // Every address of every STUN-capable UDP server the relay named, for IPv6 and the
     // mapping.
     let mut stun_servers = Vec::new();
-    let udp_urls = stun_target.iter().chain(
+    let udp_urls = stun_urls.iter().chain(
         turn_targets
             .iter()
             .filter(|(kind, ..)| kind == "turn/udp")

@@ -169,8 +169,16 @@ async fn a_turn_server_that_relays_is_yes_with_a_round_trip() {
     // A second TURN server's UDP listener as the relay's STUN server: two server addresses,
     // so the mapping can be judged (on loopback, without NAT, it is the same for both).
     let other = TurnServer::start(turn_config()).await.unwrap();
-    let stun = format!("stun:{}", other.udp_addr().unwrap());
-    let relay = relay(Some(ice(Vec::new(), vec![stun]))).await;
+    let mut stun_urls = vec![format!("stun:{}", other.udp_addr().unwrap())];
+    // And one on [::1], when this host has IPv6 loopback: UDP over IPv6 is then tried.
+    let mut v6_config = TurnConfig::new(SECRET.to_vec());
+    v6_config.listen_udp = Some("[::1]:0".parse().unwrap());
+    v6_config.relay_ip = "::1".parse().unwrap();
+    let v6 = TurnServer::start(v6_config).await.ok();
+    if let Some(udp) = v6.as_ref().and_then(TurnServer::udp_addr) {
+        stun_urls.push(format!("stun:{udp}"));
+    }
+    let relay = relay(Some(ice(Vec::new(), stun_urls))).await;
     let (status, stdout, stderr) = check(&relay, &["--json"]).await;
     assert_eq!(status, 0, "{stderr}\n{stdout}");
     let report: Value = serde_json::from_str(&stdout).unwrap();
@@ -191,8 +199,21 @@ async fn a_turn_server_that_relays_is_yes_with_a_round_trip() {
     let mapping = &report["network"]["mapping"];
     assert_eq!(mapping["endpoint_independent"], "yes", "{mapping}");
     assert_eq!(mapping["observations"].as_array().unwrap().len(), 2);
-    // The relay's servers are IPv4 only.
-    assert_eq!(report["network"]["ipv6"]["udp"], "unknown");
+    let ipv6 = &report["network"]["ipv6"];
+    match &v6 {
+        Some(server) => {
+            assert_eq!(ipv6["udp"], "yes", "{ipv6}");
+            assert_eq!(ipv6["server"], server.udp_addr().unwrap().to_string());
+            assert!(
+                ipv6["mapped_address"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("[::1]:"),
+                "{ipv6}"
+            );
+        }
+        None => assert_eq!(ipv6["udp"], "unknown", "{ipv6}"),
+    }
 
     let (status, table, _) = check(&relay, &[]).await;
     assert_eq!(status, 0, "{table}");
@@ -206,12 +227,12 @@ async fn a_turn_server_that_relays_is_yes_with_a_round_trip() {
     );
     assert!(table.contains("== network =="), "{table}");
     assert!(table.contains("NAT mapping         yes"), "{table}");
-    assert!(
-        table.contains(
-            "UDP over IPv6       unknown: the relay's STUN/TURN server has no IPv6 address"
-        ),
-        "{table}"
-    );
+    if v6.is_some() {
+        assert!(
+            table.contains("UDP over IPv6       yes (to [::1]:"),
+            "{table}"
+        );
+    }
     relay.shutdown().await;
 }
 
