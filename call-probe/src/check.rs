@@ -9,9 +9,18 @@
 //!    trip.
 //! 3. STUN binding over UDP to the relay's STUN server (or its TURN server, which answers
 //!    binding requests too): the server-reflexive address, and whether UDP works at all.
-//! 4. TURN allocations over UDP, over TCP and over TLS (the last two through relay-lite's
-//!    stream bridge, which is how calls use them), with the relay's credentials.
-//! 5. The call paths that exist: direct UDP, TURN/UDP, TURN/TCP, TURN/TLS.
+//! 4. TURN over UDP, over TCP and over TLS (the last two through relay-lite's stream bridge,
+//!    which is how calls use them), with the relay's credentials: per transport, two
+//!    allocations and a datagram through the first's relayed address to the second's and
+//!    back ([`crate::relay_probe`]); when that fails, a datagram to our own server-reflexive
+//!    address and back (for relays that cannot reach their own public address). A transport
+//!    counts only once a round trip happened: a server that allocates but relays nothing is
+//!    reported `allocated` but not `ok`, with why (`not_relayed`).
+//! 5. The network ([`crate::netcheck`]): a global IPv6 address, UDP over IPv6 to the relay's
+//!    STUN/TURN server, and whether the NAT mapping is endpoint-independent.
+//! 6. The call paths that exist: direct UDP, TURN/UDP, TURN/TCP, TURN/TLS; calls can be made
+//!    when a TURN transport relayed (or, with no TURN offered at all, when UDP works). When
+//!    no server was chosen, the report says why (`no_server_reason`, the `why none` row).
 //!
 //! Exit codes: [`EXIT_OK`], [`EXIT_NO_SERVER`], [`EXIT_SIGNALING_BLOCKED`],
 //! [`EXIT_NO_MEDIA_PATH`]; `call` and `answer` add [`EXIT_NOT_AUTHENTICATED`] (all listed in
@@ -33,6 +42,8 @@ use zajel_client_net::turn_bridge::StreamBridge;
 use crate::choose::{ChooseError, ServerChoice};
 use crate::client::{self, parse_ice_url, TurnRouteError, TurnTransport};
 use crate::error::{session_kind, ErrorKind};
+use crate::netcheck::{self, NetworkCheck};
+use crate::relay_probe::{self, RelayError};
 use crate::table::{self, list, ms_rows, row};
 
 /// At least one call path exists.
@@ -94,6 +105,9 @@ pub enum MediaCheckError {
         what: &'static str,
         server: SocketAddr,
     },
+    /// Allocated, but no datagram went through the relay and back.
+    #[error(transparent)]
+    NotRelayed(#[from] RelayError),
 }
 
 impl MediaCheckError {
@@ -108,6 +122,7 @@ impl MediaCheckError {
             Self::NoStunAnswer(_) => ErrorKind::NoStunAnswer,
             Self::NoAllocation(_) => ErrorKind::NoAllocation,
             Self::StreamFailed { .. } => ErrorKind::TurnStreamFailed,
+            Self::NotRelayed(_) => ErrorKind::NotRelayed,
         }
     }
 }
@@ -209,19 +224,37 @@ impl SignalingIdentity {
     }
 }
 
-/// One STUN binding or TURN allocation attempt.
+/// One STUN binding, or one TURN transport's allocation and relay test.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MediaCheck {
     /// `stun`, `turn/udp`, `turn/tcp`, `turn/tls`.
     pub kind: String,
     /// The URL tried (`None`: the relay offers none of this kind).
     pub url: Option<String>,
+    /// STUN: the server answered. TURN: a datagram went through the relay and back (an
+    /// allocation alone is not enough).
     pub ok: bool,
+    /// TURN: the server granted an allocation (absent for STUN).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allocated: Option<bool>,
     /// STUN: our server-reflexive address as the server saw it.
     pub mapped_address: Option<String>,
     /// TURN: the relayed address allocated for us.
     pub relayed_address: Option<String>,
+    /// STUN: the binding's round trip; TURN: the time to allocate.
     pub time_ms: Option<f64>,
+    /// TURN: a datagram's round trip through the relay (our relayed address → a second
+    /// allocation's → back), when it made one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_round_trip_ms: Option<f64>,
+    /// TURN: how the relaying was shown: `two_allocations` (a datagram from our relayed
+    /// address to a second allocation's and back) or `own_address` (to our own UDP socket's
+    /// server-reflexive address and back, tried when the first fails).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_test: Option<String>,
+    /// TURN: why the second way failed too, when neither relayed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_test_detail: Option<String>,
     pub error: Option<String>,
     /// What failed, machine-readable (absent when nothing did).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -229,6 +262,40 @@ pub struct MediaCheck {
 }
 
 impl MediaCheck {
+    /// The table's words after yes/no.
+    fn summary(&self) -> String {
+        if self.allocated.is_none() {
+            // STUN.
+            let mapped = self
+                .mapped_address
+                .as_deref()
+                .map(|a| format!("mapped {a}, "))
+                .unwrap_or_default();
+            return match &self.error {
+                Some(error) => format!("{mapped}{error}"),
+                None => format!("{mapped}{}", table::ms(self.time_ms)),
+            };
+        }
+        let relayed = self.relayed_address.as_deref().unwrap_or("-");
+        match (&self.error, self.allocated) {
+            (Some(error), Some(true)) => match &self.relay_test_detail {
+                Some(detail) => format!("relayed address {relayed}: {error}; {detail}"),
+                None => format!("relayed address {relayed}: {error}"),
+            },
+            (Some(error), _) => error.clone(),
+            (None, _) => format!(
+                "relayed address {relayed}, allocated in {}, relay round trip {}{}",
+                table::ms(self.time_ms),
+                table::ms(self.relay_round_trip_ms),
+                if self.relay_test.as_deref() == Some("own_address") {
+                    " (to our own address)"
+                } else {
+                    ""
+                }
+            ),
+        }
+    }
+
     /// Records `error` (its message and kind).
     fn failed(&mut self, error: &MediaCheckError) {
         self.error = Some(error.to_string());
@@ -294,6 +361,12 @@ pub struct CheckReport {
     pub stun: Option<MediaCheck>,
     pub turn: Vec<MediaCheck>,
     pub paths: CallPaths,
+    /// IPv6 and the NAT mapping (absent when signaling never got as far as the ICE servers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkCheck>,
+    /// Why no server was chosen (absent when one was).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_server_reason: Option<String>,
     pub duration_ms: f64,
 }
 
@@ -315,17 +388,22 @@ pub async fn run_check(options: &CheckOptions) -> Result<CheckReport, CheckError
             stun,
             turn,
             paths,
+            network: None,
+            no_server_reason: None,
             duration_ms: ms(start.elapsed()),
         };
     let Some(url) = choice.url() else {
-        return Ok(finish(
+        let reason = why_no_server(&choice);
+        let mut report = finish(
             CheckVerdict::NoServerFound,
             choice,
             None,
             None,
             Vec::new(),
             CallPaths::default(),
-        ));
+        );
+        report.no_server_reason = Some(reason);
+        return Ok(report);
     };
     let step = options.step_timeout;
     let mut signaling = SignalingCheck {
@@ -394,6 +472,7 @@ pub async fn run_check(options: &CheckOptions) -> Result<CheckReport, CheckError
 
     // Pick the URLs to try, with their credentials.
     let mut stun_target: Option<String> = None;
+    let mut stun_urls: Vec<String> = Vec::new();
     let mut turn_targets: Vec<(String, String, String, String)> = Vec::new(); // kind, url, user, pass
     for server in &registered.ice_servers {
         for url in &server.urls {
@@ -403,6 +482,7 @@ pub async fn run_check(options: &CheckOptions) -> Result<CheckReport, CheckError
             let kind = match (scheme.as_str(), parsed.transport.as_str()) {
                 ("stun", _) => {
                     stun_target.get_or_insert(url.clone());
+                    stun_urls.push(url.clone());
                     continue;
                 }
                 ("turn", "udp") => "turn/udp",
@@ -432,16 +512,40 @@ pub async fn run_check(options: &CheckOptions) -> Result<CheckReport, CheckError
         Some(url) => stun_binding(url, step).await,
         None => MediaCheck::not_tried("stun", MediaCheckError::NoStunServer),
     };
+    // Every address of every STUN-capable UDP server the relay named, for IPv6 and the
+    // mapping.
+    let mut stun_servers = Vec::new();
+    let udp_urls = stun_urls.iter().chain(
+        turn_targets
+            .iter()
+            .filter(|(kind, ..)| kind == "turn/udp")
+            .map(|(_, url, ..)| url),
+    );
+    for url in udp_urls {
+        if let Some((_, parsed)) = parse_ice_url(url) {
+            for address in netcheck::resolve_all(&parsed.host, parsed.port).await {
+                if !stun_servers.contains(&address) {
+                    stun_servers.push(address);
+                }
+            }
+        }
+    }
     let mut turn = Vec::new();
     for kind in ["turn/udp", "turn/tcp", "turn/tls"] {
         let check = match turn_targets.iter().find(|(k, ..)| k == kind) {
             Some((_, url, user, pass)) => {
-                turn_allocation(kind, url, user, pass, &options.extra_roots, step).await
+                let credentials = (user.as_str(), pass.as_str());
+                let roots = &options.extra_roots;
+                turn_check(kind, url, credentials, roots, &stun_servers, step).await
             }
             None => MediaCheck::not_tried(kind, MediaCheckError::NotOffered),
         };
         turn.push(check);
     }
+    let network = NetworkCheck {
+        ipv6: netcheck::check_ipv6(&stun_servers, step).await,
+        mapping: netcheck::check_mapping(&stun_servers, step).await,
+    };
     let ok = |kind: &str| turn.iter().any(|c| c.kind == kind && c.ok);
     let paths = CallPaths {
         direct_udp: stun.ok,
@@ -449,19 +553,67 @@ pub async fn run_check(options: &CheckOptions) -> Result<CheckReport, CheckError
         turn_tcp: ok("turn/tcp"),
         turn_tls: ok("turn/tls"),
     };
-    let verdict = if paths.any() {
-        CheckVerdict::CallPathsExist
-    } else {
-        CheckVerdict::NoMediaPath
-    };
-    Ok(finish(
-        verdict,
+    let mut report = finish(
+        verdict(&paths, !turn_targets.is_empty()),
         choice,
         Some(signaling),
         Some(stun),
         turn,
         paths,
-    ))
+    );
+    report.network = Some(network);
+    Ok(report)
+}
+
+/// Calls can be made when a TURN transport relayed a datagram there and back, or, when the
+/// relay offers no TURN at all, when UDP reaches its STUN server (direct calls only). A TURN
+/// server that allocates but relays nothing is no call path: relay-only peers would fail.
+fn verdict(paths: &CallPaths, turn_offered: bool) -> CheckVerdict {
+    let relayed = paths.turn_udp || paths.turn_tcp || paths.turn_tls;
+    if relayed || (!turn_offered && paths.direct_udp) {
+        CheckVerdict::CallPathsExist
+    } else {
+        CheckVerdict::NoMediaPath
+    }
+}
+
+/// Why discovery chose no server, in one line: the servers it tried and how each failed,
+/// else the layers that failed, else that no layer named any server.
+pub fn why_no_server(choice: &ServerChoice) -> String {
+    if !choice.unreachable.is_empty() {
+        let servers: Vec<String> = choice
+            .unreachable
+            .iter()
+            .map(|s| {
+                let outcome = s.outcome.replace('_', " ");
+                if s.detail.is_empty() {
+                    format!("{}: {outcome}", s.url)
+                } else {
+                    format!("{}: {outcome} ({})", s.url, s.detail)
+                }
+            })
+            .collect();
+        return format!("no server answered as a relay: {}", servers.join("; "));
+    }
+    if !choice.blocked.is_empty() {
+        let layers: Vec<String> = choice
+            .blocked
+            .iter()
+            .map(|l| {
+                let outcome = l.outcome.replace('_', " ");
+                if l.detail.is_empty() {
+                    format!("{}: {outcome}", l.layer)
+                } else {
+                    format!("{}: {outcome} ({})", l.layer, l.detail)
+                }
+            })
+            .collect();
+        return format!(
+            "no layer named a server; failed layers: {}",
+            layers.join("; ")
+        );
+    }
+    "no discovery layer named any server (configure --registry, --doh, --server…)".into()
 }
 
 fn turn_client_config(
@@ -532,99 +684,217 @@ async fn stun_binding(url: &str, limit: Duration) -> MediaCheck {
     check
 }
 
+/// A TURN allocation held open: its client, its relayed "socket", and the stream bridge it
+/// goes through (TCP/TLS), which must live as long as it.
+struct Allocation {
+    client: TurnClient,
+    relay: Arc<dyn Conn + Send + Sync>,
+    relayed: SocketAddr,
+    _bridge: Option<StreamBridge>,
+}
+
+impl Allocation {
+    async fn close(self) {
+        let _ = self.relay.close().await;
+        let _ = self.client.close().await;
+    }
+}
+
 /// A TURN allocation through `url` (TCP and TLS through a stream bridge on 127.0.0.1).
-async fn turn_allocation(
+async fn allocate(
     kind: &str,
     url: &str,
     username: &str,
     password: &str,
     extra_roots: &[rustls::pki_types::CertificateDer<'static>],
     limit: Duration,
+) -> Result<Allocation, MediaCheckError> {
+    let (_, parsed) = parse_ice_url(url).ok_or(MediaCheckError::NotAnIceUrl("TURN"))?;
+    let transport = match kind {
+        "turn/udp" => TurnTransport::Udp,
+        "turn/tcp" => TurnTransport::Tcp,
+        _ => TurnTransport::Tls,
+    };
+    let (target, bridge) = client::turn_target(&parsed, transport, extra_roots).await?;
+    let server = bridge.as_ref().map_or(target, StreamBridge::server_addr);
+    let bind = match (target.is_ipv4(), target.ip().is_loopback()) {
+        (true, false) => "0.0.0.0:0",
+        (true, true) => "127.0.0.1:0",
+        (false, false) => "[::]:0",
+        (false, true) => "[::1]:0",
+    };
+    let socket = UdpSocket::bind(bind)
+        .await
+        .map_err(MediaCheckError::Socket)?;
+    let client = TurnClient::new(turn_client_config(
+        Arc::new(socket),
+        target.to_string(),
+        target.to_string(),
+        username,
+        password,
+    ))
+    .await
+    .map_err(MediaCheckError::Turn)?;
+    client.listen().await.map_err(MediaCheckError::Turn)?;
+    let relay = tokio::time::timeout(limit, client.allocate())
+        .await
+        .map_err(|_| {
+            // Read once the allocation timed out: did the bridge never get its stream up?
+            let bridge_failed = bridge
+                .as_ref()
+                .is_some_and(|b| b.stats().streams_failed > 0 && b.stats().streams_opened == 0);
+            if bridge_failed {
+                let what = if kind == "turn/tls" {
+                    "TCP connect or TLS handshake"
+                } else {
+                    "TCP connect"
+                };
+                MediaCheckError::StreamFailed {
+                    limit,
+                    what,
+                    server,
+                }
+            } else {
+                MediaCheckError::NoAllocation(limit)
+            }
+        })
+        .and_then(|r| r.map_err(MediaCheckError::Turn));
+    let relay = match relay {
+        Ok(relay) => relay,
+        Err(error) => {
+            let _ = client.close().await;
+            return Err(error);
+        }
+    };
+    let relayed = match relay.local_addr() {
+        Ok(relayed) => relayed,
+        Err(error) => {
+            let _ = relay.close().await;
+            let _ = client.close().await;
+            return Err(MediaCheckError::RelayedAddress(error));
+        }
+    };
+    Ok(Allocation {
+        client,
+        relay: Arc::new(relay),
+        relayed,
+        _bridge: bridge,
+    })
+}
+
+/// A TURN transport, checked: an allocation through `url`, a second one the same way, and
+/// a datagram through the first's relayed address to the second's and back
+/// ([`relay_probe`]). `ok` only when that round trip happened.
+async fn turn_check(
+    kind: &str,
+    url: &str,
+    (username, password): (&str, &str),
+    extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+    stun_servers: &[SocketAddr],
+    limit: Duration,
 ) -> MediaCheck {
     let mut check = MediaCheck {
         kind: kind.into(),
         url: Some(url.into()),
+        allocated: Some(false),
         ..MediaCheck::default()
     };
     let started = Instant::now();
-    let result: Result<String, MediaCheckError> = async {
-        let (_, parsed) = parse_ice_url(url).ok_or(MediaCheckError::NotAnIceUrl("TURN"))?;
-        let transport = match kind {
-            "turn/udp" => TurnTransport::Udp,
-            "turn/tcp" => TurnTransport::Tcp,
-            _ => TurnTransport::Tls,
-        };
-        let (target, bridge) = client::turn_target(&parsed, transport, extra_roots).await?;
-        let server = bridge.as_ref().map_or(target, StreamBridge::server_addr);
-        let bind = if target.is_ipv4() {
-            "0.0.0.0:0"
-        } else {
-            "[::]:0"
-        };
-        let bind = if target.ip().is_loopback() {
-            if target.is_ipv4() {
-                "127.0.0.1:0"
-            } else {
-                "[::1]:0"
-            }
-        } else {
-            bind
-        };
-        let socket = UdpSocket::bind(bind)
-            .await
-            .map_err(MediaCheckError::Socket)?;
-        let client = TurnClient::new(turn_client_config(
-            Arc::new(socket),
-            target.to_string(),
-            target.to_string(),
-            username,
-            password,
-        ))
-        .await
-        .map_err(MediaCheckError::Turn)?;
-        client.listen().await.map_err(MediaCheckError::Turn)?;
-        let result = tokio::time::timeout(limit, client.allocate())
-            .await
-            .map_err(|_| {
-                // Read once the allocation timed out: did the bridge never get its stream up?
-                let bridge_failed = bridge
-                    .as_ref()
-                    .is_some_and(|b| b.stats().streams_failed > 0 && b.stats().streams_opened == 0);
-                if bridge_failed {
-                    let what = if kind == "turn/tls" {
-                        "TCP connect or TLS handshake"
-                    } else {
-                        "TCP connect"
-                    };
-                    MediaCheckError::StreamFailed {
-                        limit,
-                        what,
-                        server,
-                    }
-                } else {
-                    MediaCheckError::NoAllocation(limit)
-                }
-            })
-            .and_then(|r| r.map_err(MediaCheckError::Turn))
-            .and_then(|relay| {
-                relay
-                    .local_addr()
-                    .map(|a| a.to_string())
-                    .map_err(MediaCheckError::RelayedAddress)
-            });
-        let _ = client.close().await;
-        result
-    }
-    .await;
-    check.time_ms = Some(ms(started.elapsed()));
-    match result {
-        Ok(relayed) => {
-            check.ok = true;
-            check.relayed_address = Some(relayed);
+    let first = match allocate(kind, url, username, password, extra_roots, limit).await {
+        Ok(first) => first,
+        Err(error) => {
+            check.time_ms = Some(ms(started.elapsed()));
+            check.failed(&error);
+            return check;
         }
-        Err(error) => check.failed(&error),
+    };
+    check.time_ms = Some(ms(started.elapsed()));
+    check.allocated = Some(true);
+    check.relayed_address = Some(first.relayed.to_string());
+    let peer = match allocate(kind, url, username, password, extra_roots, limit).await {
+        Ok(peer) => peer,
+        Err(error) => {
+            first.close().await;
+            check.error = Some(format!("a second allocation for the relay test: {error}"));
+            check.error_kind = Some(error.kind());
+            return check;
+        }
+    };
+    let result = relay_probe::round_trip(
+        first.relay.clone(),
+        first.relayed,
+        peer.relay.clone(),
+        peer.relayed,
+        limit,
+    )
+    .await;
+    peer.close().await;
+    let result = match result {
+        Ok(rtt) => Ok((rtt, "two_allocations")),
+        // Relayed sockets that cannot reach their own public address may still relay to
+        // the rest of the internet: try our own address before saying no.
+        Err(error @ (RelayError::NothingArrived { .. } | RelayError::NoAnswerBack { .. })) => {
+            let stun = stun_servers
+                .iter()
+                .find(|s| s.is_ipv4() == first.relayed.is_ipv4())
+                .copied();
+            match via_own_address(&first, stun, limit).await {
+                Ok(rtt) => Ok((rtt, "own_address")),
+                Err(other) => {
+                    check.relay_test_detail = Some(format!("through our own address: {other}"));
+                    Err(error)
+                }
+            }
+        }
+        Err(error) => Err(error),
+    };
+    first.close().await;
+    match result {
+        Ok((rtt, test)) => {
+            check.ok = true;
+            check.relay_round_trip_ms = Some(ms(rtt));
+            check.relay_test = Some(test.into());
+        }
+        Err(error) => check.failed(&MediaCheckError::NotRelayed(error)),
     }
     check
+}
+
+/// The second way to relay-test `first`: a UDP socket of ours learns its server-reflexive
+/// address from `stun` and echoes what `first` relays to it ([`relay_probe::round_trip_via_own_address`]).
+async fn via_own_address(
+    first: &Allocation,
+    stun: Option<SocketAddr>,
+    limit: Duration,
+) -> Result<Duration, String> {
+    let stun = stun.ok_or("no STUN server to learn our address from")?;
+    let bind = match (stun.is_ipv4(), stun.ip().is_loopback()) {
+        (true, false) => "0.0.0.0:0",
+        (true, true) => "127.0.0.1:0",
+        (false, false) => "[::]:0",
+        (false, true) => "[::1]:0",
+    };
+    let own = Arc::new(UdpSocket::bind(bind).await.map_err(|e| e.to_string())?);
+    let client = TurnClient::new(turn_client_config(
+        own.clone(),
+        String::new(),
+        String::new(),
+        "",
+        "",
+    ))
+    .await
+    .map_err(|e| e.to_string())?;
+    client.listen().await.map_err(|e| e.to_string())?;
+    let mapped = tokio::time::timeout(limit, client.send_binding_request_to(&stun.to_string()))
+        .await
+        .map_err(|_| format!("no STUN answer from {stun} within {limit:?}"))
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    // Ends the client's read loop: the socket is ours again.
+    let _ = client.close().await;
+    let mapped = mapped?;
+    relay_probe::round_trip_via_own_address(first.relay.clone(), first.relayed, own, mapped, limit)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 impl CheckReport {
@@ -634,6 +904,9 @@ impl CheckReport {
         let mut out = String::new();
         out.push_str("== discovery ==\n");
         out.push_str(&self.server.to_table());
+        if let Some(reason) = &self.no_server_reason {
+            row(&mut out, "why none", reason);
+        }
         if let Some(s) = &self.signaling {
             out.push_str("== signaling ==\n");
             row(&mut out, "url", &s.url);
@@ -666,24 +939,14 @@ impl CheckReport {
             row(
                 &mut out,
                 &check.kind,
-                format_args!(
-                    "{:<4}{}{}",
-                    yes(check.ok),
-                    check
-                        .mapped_address
-                        .as_deref()
-                        .map(|a| format!("mapped {a}, "))
-                        .or_else(|| check
-                            .relayed_address
-                            .as_deref()
-                            .map(|a| format!("relayed {a}, ")))
-                        .unwrap_or_default(),
-                    match (&check.error, check.time_ms) {
-                        (Some(error), _) => error.clone(),
-                        (None, time) => table::ms(time),
-                    }
-                ),
+                format_args!("{:<4}{}", yes(check.ok), check.summary()),
             );
+        }
+        if let Some(network) = &self.network {
+            out.push_str("== network ==\n");
+            for (label, value) in network.rows() {
+                row(&mut out, label, value);
+            }
         }
         out.push_str("== call paths ==\n");
         out.push_str(&format!(
@@ -749,7 +1012,7 @@ mod tests {
         drop(listener);
         let url = format!("turn:{server}?transport=tcp");
         let limit = Duration::from_millis(1500);
-        let check = turn_allocation("turn/tcp", &url, "u", "p", &[], limit).await;
+        let check = turn_check("turn/tcp", &url, ("u", "p"), &[], &[], limit).await;
         assert!(!check.ok);
         assert_eq!(check.error_kind, Some(ErrorKind::TurnStreamFailed));
         assert_eq!(

@@ -83,6 +83,8 @@ pub enum ErrorKind {
     NoAllocation,
     /// `check`: no TURN allocation, and the stream bridge never got its TCP/TLS stream up.
     TurnStreamFailed,
+    /// `check`: a TURN allocation was granted, but no datagram went through the relay and back.
+    NotRelayed,
     /// `demo`: the local world could not be started.
     World,
     /// The state folder, the identity key or the contacts file could not be read or written.

@@ -20,7 +20,8 @@
 //!   [`line_options`]: what `call`, `answer` and `demo` share, and the one builder of their
 //!   [`CallConfig`].
 //! - [`probe_call`]: `call` (pair, call, report); [`answer`]: `answer`.
-//! - [`choose`]: where the relay comes from; [`check`]: `check`.
+//! - [`choose`]: where the relay comes from; [`check`]: `check`, with [`relay_probe`] (a
+//!   datagram through a TURN relay and back) and [`netcheck`] (IPv6, the NAT mapping).
 //! - `world`: registry + relay + TURN + DoH in-process; `demo`: `demo` (both behind the
 //!   default-on cargo feature `demo`, the one place this crate depends on the servers).
 //!
@@ -42,8 +43,10 @@ pub mod last_flight;
 pub mod line;
 pub mod line_options;
 pub mod media;
+pub mod netcheck;
 pub mod peer;
 pub mod probe_call;
+pub mod relay_probe;
 pub mod report;
 pub mod selftest;
 pub mod stats;

@@ -588,6 +588,11 @@ async fn check_finds_the_server_and_every_call_path() {
     for path in ["direct_udp", "turn_udp", "turn_tcp", "turn_tls"] {
         assert_eq!(paths[path], true, "{path}: {report:#}");
     }
+    // Each TURN transport relayed a datagram there and back, not only allocated.
+    for turn in report["turn"].as_array().unwrap() {
+        assert_eq!(turn["allocated"], true, "{turn}");
+        assert!(turn["relay_round_trip_ms"].as_f64().is_some(), "{turn}");
+    }
     assert!(report["stun"]["mapped_address"]
         .as_str()
         .unwrap()
