@@ -20,7 +20,8 @@
 //!    STUN/TURN server, and whether the NAT mapping is endpoint-independent.
 //! 6. The call paths that exist: direct UDP, TURN/UDP, TURN/TCP, TURN/TLS; calls can be made
 //!    when a TURN transport relayed (or, with no TURN offered at all, when UDP works). When
-//!    no server was chosen, the report says why (`no_server_reason`, the `why none` row).
+//!    no server was chosen, the report says why (`no_server_reason`; the table has the server
+//!    choice's `why none` rows).
 //!
 //! Exit codes: [`EXIT_OK`], [`EXIT_NO_SERVER`], [`EXIT_SIGNALING_BLOCKED`],
 //! [`EXIT_NO_MEDIA_PATH`]; `call` and `answer` add [`EXIT_NOT_AUTHENTICATED`] (all listed in
@@ -903,10 +904,9 @@ impl CheckReport {
         let yes = |b: bool| if b { "yes" } else { "no" };
         let mut out = String::new();
         out.push_str("== discovery ==\n");
+        // The server choice's table already says why none was chosen (its `why none` rows);
+        // `no_server_reason` is the same in one line, for the JSON.
         out.push_str(&self.server.to_table());
-        if let Some(reason) = &self.no_server_reason {
-            row(&mut out, "why none", reason);
-        }
         if let Some(s) = &self.signaling {
             out.push_str("== signaling ==\n");
             row(&mut out, "url", &s.url);
