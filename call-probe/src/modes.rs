@@ -286,6 +286,22 @@ async fn choose_server(
         .map_err(|e| e.to_string())
 }
 
+/// `call` stopped by a signal before any call was placed (discovery still running): no call to
+/// hang up; says so (JSON with `--json`) and exits 130.
+fn interrupted_before_the_call(json: bool, signal: &str) -> ExitCode {
+    let error = format!("interrupted by {signal} during discovery, before any call");
+    if json {
+        print_json(&serde_json::json!({
+            "server": null,
+            "call": null,
+            "error": error,
+            "error_kind": call_probe::ErrorKind::Interrupted,
+        }));
+    }
+    eprintln!("error: {error}");
+    ExitCode::from(discovery_client::exit::INTERRUPTED)
+}
+
 pub async fn call(args: CallArgs) -> ExitCode {
     if let Err(e) = args.media.check() {
         return usage(e);
@@ -307,7 +323,16 @@ pub async fn call(args: CallArgs) -> ExitCode {
             return usage("--peer-key must be a standard base64 32-byte X25519 public key");
         }
     }
-    let mut choice = match choose_server(&args.discovery, Some(&link)).await {
+    // From here on Ctrl-C / SIGTERM stop the run with a report: during discovery there is no
+    // call to hang up yet; once a call runs, it is hung up first.
+    let mut interrupt = Interrupt::from_signals();
+    let progress = Progress::stderr();
+    progress.say("discovering servers");
+    let chosen = tokio::select! {
+        chosen = choose_server(&args.discovery, Some(&link)) => chosen,
+        signal = interrupt.fired() => return interrupted_before_the_call(args.media.json, signal),
+    };
+    let mut choice = match chosen {
         Ok(choice) => choice,
         Err(e) => return usage(e),
     };
@@ -331,9 +356,8 @@ pub async fn call(args: CallArgs) -> ExitCode {
         .filter_map(|identity| Some((identity.url.clone(), identity.proven_server_id.clone()?)))
         .collect();
     options.line = args.media.line_options(440.0).trusting(roots);
-    // From here on Ctrl-C / SIGTERM hang up and print the report rather than kill the process.
-    options.interrupt = Interrupt::from_signals();
-    options.progress = Progress::stderr();
+    options.interrupt = interrupt;
+    options.progress = progress;
     // With discovery, a server that fails call authentication is left for the next one.
     let servers: Vec<url::Url> = if choice.how == "discovery" {
         choice

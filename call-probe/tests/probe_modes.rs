@@ -1088,3 +1088,48 @@ async fn ctrl_c_hangs_up_the_call_prints_the_report_and_exits_130() {
     // Hung up moments after connecting, maybe before a tone was heard: 0 or 1, not a signal.
     assert!(matches!(status.code(), Some(0 | 1)), "{status:?} {out:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_discovery_stops_with_a_report_and_exits_130() {
+    // A registry that accepts and never answers keeps discovery running for its 30 s layer
+    // timeout: Ctrl-C then has no call to hang up, and must still end the run with a report.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let registry = format!("http://{}", silent.local_addr().unwrap());
+    let _held = std::thread::spawn(move || {
+        let held: Vec<_> = silent.incoming().take(4).collect();
+        std::thread::sleep(Duration::from_secs(60));
+        drop(held);
+    });
+    let key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let mut caller = start_call(&[
+        "call",
+        "ABC234",
+        "--registry",
+        &registry,
+        "--registry-key",
+        key,
+        "--layer-timeout-ms",
+        "30000",
+        "--no-cache",
+        "--allow-private",
+        "--ephemeral-identity",
+        "--json",
+    ]);
+    line_containing(&mut caller.stderr, "discovering servers").await;
+    let started = std::time::Instant::now();
+    ctrl_c(&caller.running);
+    let status = caller.running.wait(step()).await.expect("call ends");
+    let stdout = tokio::time::timeout(step(), caller.stdout)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "{stdout}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "it waited for discovery"
+    );
+    let out = json(&stdout);
+    assert_eq!(out["error_kind"], "interrupted", "{out:#}");
+    assert!(out["call"].is_null(), "{out:#}");
+    assert!(out["error"].as_str().unwrap().contains("SIGINT"), "{out:#}");
+}
