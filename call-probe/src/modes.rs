@@ -417,7 +417,26 @@ pub async fn answer(args: AnswerArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return usage(e),
     };
-    let choice = match choose_server(&args.discovery, None).await {
+    // Ctrl-C / SIGTERM from here on: before registration nothing is on the line yet, so the
+    // run stops at once and says so; once serving, the call in progress is hung up first.
+    let mut interrupt = Interrupt::from_signals();
+    let json = args.media.json;
+    let stopped_early = |signal: &str, step: &str| {
+        if json {
+            outln!(
+                "{}",
+                serde_json::json!({"event": "stopped", "signal": signal, "calls": 0, "during": step})
+            );
+        }
+        eprintln!("error: interrupted by {signal} during {step}, before any call");
+        ExitCode::from(EXIT_INTERRUPTED)
+    };
+    Progress::stderr().say("discovering servers");
+    let chosen = tokio::select! {
+        chosen = choose_server(&args.discovery, None) => chosen,
+        signal = interrupt.fired() => return stopped_early(signal, "discovery"),
+    };
+    let choice = match chosen {
         Ok(choice) => choice,
         Err(e) => return usage(e),
     };
@@ -432,7 +451,11 @@ pub async fn answer(args: AnswerArgs) -> ExitCode {
     options.echo = args.echo;
     options.decline = args.decline;
     options.line = args.media.line_options(660.0).trusting(roots);
-    let answerer = match Answerer::start(options).await {
+    let started = tokio::select! {
+        started = Answerer::start(options) => started,
+        signal = interrupt.fired() => return stopped_early(signal, "registration"),
+    };
+    let answerer = match started {
         Ok(a) => a,
         Err(e) if e.kind() == ErrorKind::StateDir || e.kind() == ErrorKind::NoRandomness => {
             eprintln!("error: {e}");
@@ -443,7 +466,6 @@ pub async fn answer(args: AnswerArgs) -> ExitCode {
             return ExitCode::from(call_probe::check::EXIT_SIGNALING_BLOCKED);
         }
     };
-    let json = args.media.json;
     if json {
         outln!(
             "{}",
@@ -464,7 +486,6 @@ pub async fn answer(args: AnswerArgs) -> ExitCode {
         outln!("waiting for calls");
     }
     let mut refused = false;
-    let interrupt = Interrupt::from_signals();
     let stopped_by = interrupt.clone();
     let serving = answerer.serve_until(interrupt, |call| {
         refused |= matches!(call.report.end, EndReason::MediaNotAuthenticated { .. });

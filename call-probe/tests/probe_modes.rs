@@ -1089,32 +1089,46 @@ async fn ctrl_c_hangs_up_the_call_prints_the_report_and_exits_130() {
     assert!(matches!(status.code(), Some(0 | 1)), "{status:?} {out:#}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ctrl_c_during_discovery_stops_with_a_report_and_exits_130() {
-    // A registry that accepts and never answers keeps discovery running for its 30 s layer
-    // timeout: Ctrl-C then has no call to hang up, and must still end the run with a report.
+/// A registry address that accepts and never answers (discovery's registry layer then runs to its
+/// layer timeout), held open for a minute.
+fn silent_registry() -> String {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let registry = format!("http://{}", silent.local_addr().unwrap());
-    let _held = std::thread::spawn(move || {
+    std::thread::spawn(move || {
         let held: Vec<_> = silent.incoming().take(4).collect();
         std::thread::sleep(Duration::from_secs(60));
         drop(held);
     });
-    let key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
-    let mut caller = start_call(&[
-        "call",
-        "ABC234",
+    registry
+}
+
+/// Discovery flags that keep discovery waiting on a silent registry for 30 s.
+fn waiting_discovery(registry: &str) -> Vec<String> {
+    [
         "--registry",
-        &registry,
+        registry,
         "--registry-key",
-        key,
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
         "--layer-timeout-ms",
         "30000",
         "--no-cache",
         "--allow-private",
         "--ephemeral-identity",
         "--json",
-    ]);
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_discovery_stops_with_a_report_and_exits_130() {
+    // Ctrl-C while discovery waits: no call to hang up, and the run must still end at once with
+    // a report, for `call` and for `answer`.
+    let registry = silent_registry();
+    let mut args = vec!["call".to_string(), "ABC234".to_string()];
+    args.extend(waiting_discovery(&registry));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut caller = start_call(&args);
     line_containing(&mut caller.stderr, "discovering servers").await;
     let started = std::time::Instant::now();
     ctrl_c(&caller.running);
@@ -1132,4 +1146,23 @@ async fn ctrl_c_during_discovery_stops_with_a_report_and_exits_130() {
     assert_eq!(out["error_kind"], "interrupted", "{out:#}");
     assert!(out["call"].is_null(), "{out:#}");
     assert!(out["error"].as_str().unwrap().contains("SIGINT"), "{out:#}");
+
+    let mut args = vec!["answer".to_string()];
+    args.extend(waiting_discovery(&registry));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut answerer = start_call(&args);
+    line_containing(&mut answerer.stderr, "discovering servers").await;
+    let started = std::time::Instant::now();
+    ctrl_c(&answerer.running);
+    let status = answerer.running.wait(step()).await.expect("answer ends");
+    let stdout = tokio::time::timeout(step(), answerer.stdout)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "{stdout}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let stopped = json(stdout.trim());
+    assert_eq!(stopped["event"], "stopped", "{stopped:#}");
+    assert_eq!(stopped["during"], "discovery", "{stopped:#}");
+    assert_eq!(stopped["signal"], "SIGINT", "{stopped:#}");
 }
