@@ -258,6 +258,56 @@ pub struct RelaySettings<'a> {
     pub turn_tls: Option<Ipv4Addr>,
 }
 
+/// A fresh TURN shared secret (16 random bytes as hex) in `dir/turn.secret`.
+pub fn write_turn_secret(dir: &Path) -> Result<PathBuf, String> {
+    let file = dir.join("turn.secret");
+    let mut secret = [0u8; 16];
+    getrandom::fill(&mut secret).map_err(|e| e.to_string())?;
+    let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&file, secret).map_err(|e| e.to_string())?;
+    Ok(file)
+}
+
+/// relay-lite started as the relay-lite README tells an operator (listeners on every interface,
+/// TLS on signaling and TURN, the public `address` given once with `--turn-external-ip`, no
+/// `--turn-relay-ip` and no `--turn-url`), inside `namespace`, with `pki`'s certificate, its
+/// identity in `dir` and the TURN secret in `secret`. Callers add what their deployment adds
+/// (a registry, a region, more STUN servers).
+pub fn operator_relay_command(
+    namespace: &Namespace,
+    pki: &TestCa,
+    address: Ipv4Addr,
+    dir: &Path,
+    secret: &Path,
+) -> Result<Command, String> {
+    let mut command = tool(namespace, "relay-lite")?;
+    command
+        .args(["--listen", "0.0.0.0:443"])
+        .arg("--tls-cert")
+        .arg(&pki.cert_file)
+        .arg("--tls-key")
+        .arg(&pki.key_file)
+        .args(["--public-endpoint", &relay_endpoint(address)])
+        .arg("--identity")
+        .arg(dir.join("identity.key"))
+        .args([
+            "--turn-listen-udp",
+            "0.0.0.0:3478",
+            "--turn-listen-tcp",
+            "0.0.0.0:3478",
+            "--turn-listen-tls",
+            "0.0.0.0:5349",
+        ])
+        .arg("--turn-tls-cert")
+        .arg(&pki.cert_file)
+        .arg("--turn-tls-key")
+        .arg(&pki.key_file)
+        .args(["--turn-external-ip", &address.to_string()])
+        .arg("--turn-secret-file")
+        .arg(secret);
+    Ok(command)
+}
+
 pub fn relay_endpoint(address: Ipv4Addr) -> String {
     format!("wss://{address}")
 }
@@ -415,11 +465,7 @@ impl World {
         names.extend((0..HOSTS).map(|n| internet_host(n).to_string()));
         let pki = TestCa::for_names(&names);
         let registry_key = random_key();
-        let turn_secret_file = dir.path().join("turn.secret");
-        let mut secret = [0u8; 16];
-        getrandom::fill(&mut secret).map_err(|e| e.to_string())?;
-        let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-        std::fs::write(&turn_secret_file, &secret).map_err(|e| e.to_string())?;
+        let turn_secret_file = write_turn_secret(dir.path())?;
         let mut world = Self {
             answerer: None,
             hostile: None,

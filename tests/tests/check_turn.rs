@@ -22,7 +22,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tests::censorship_world::{run_to_end, tool};
+use tests::censorship_world::{operator_relay_command, run_to_end, tool, write_turn_secret};
 use tests::netns::{internet_host, Topology};
 use tests::process::ChildProcess;
 use tests::test_ca::TestCa;
@@ -54,15 +54,6 @@ fn endpoint() -> String {
     format!("wss://{}", public_address())
 }
 
-fn write_secret(dir: &std::path::Path) -> std::path::PathBuf {
-    let secret = dir.join("turn.secret");
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).expect("randomness");
-    let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(&secret, text).expect("write the TURN secret");
-    secret
-}
-
 fn wait_listening(mut relay: ChildProcess) -> ChildProcess {
     relay
         .wait_for(Duration::from_secs(20), |line| {
@@ -79,33 +70,11 @@ fn start_relay(
     dir: &std::path::Path,
     extra: &[&str],
 ) -> ChildProcess {
-    let secret = write_secret(dir);
-    let mut command = tool(&topology.internet, "relay-lite").expect("relay-lite binary");
-    command
-        .args(["--listen", "0.0.0.0:443"])
-        .arg("--tls-cert")
-        .arg(&pki.cert_file)
-        .arg("--tls-key")
-        .arg(&pki.key_file)
-        .args(["--public-endpoint", &endpoint()])
-        .arg("--identity")
-        .arg(dir.join("identity.key"))
-        .args([
-            "--turn-listen-udp",
-            "0.0.0.0:3478",
-            "--turn-listen-tcp",
-            "0.0.0.0:3478",
-            "--turn-listen-tls",
-            "0.0.0.0:5349",
-        ])
-        .arg("--turn-tls-cert")
-        .arg(&pki.cert_file)
-        .arg("--turn-tls-key")
-        .arg(&pki.key_file)
-        .args(["--turn-external-ip", &public_address()])
-        .arg("--turn-secret-file")
-        .arg(&secret)
-        .args(extra);
+    let secret = write_turn_secret(dir).expect("TURN secret");
+    let mut command =
+        operator_relay_command(&topology.internet, pki, internet_host(0), dir, &secret)
+            .expect("relay-lite binary");
+    command.args(extra);
     wait_listening(ChildProcess::spawn("relay-lite", command).expect("start relay-lite"))
 }
 
@@ -256,7 +225,7 @@ fn check_tells_an_endpoint_independent_nat_from_a_symmetric_one() {
         .args(["--listen", &format!("{second}:8443")])
         .args(["--turn-listen-udp", &format!("{second}:3479")])
         .arg("--turn-secret-file")
-        .arg(write_secret(&other_dir));
+        .arg(write_turn_secret(&other_dir).unwrap());
     let _stun = wait_listening(ChildProcess::spawn("second relay-lite", command).unwrap());
     let stun_url = format!("stun:{second}:3479");
     let _relay = start_relay(&topology, &pki, dir.path(), &["--stun-url", &stun_url]);

@@ -17,7 +17,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use tests::censorship_world::{run_to_end, start_registry, tool, REGISTRY_PORT};
+use tests::censorship_world::{
+    operator_relay_command, run_to_end, start_registry, tool, write_turn_secret, REGISTRY_PORT,
+};
 use tests::netns::{internet_host, Topology};
 use tests::process::ChildProcess;
 use tests::test_ca::TestCa;
@@ -47,16 +49,8 @@ fn endpoint() -> String {
     format!("wss://{}", public_address())
 }
 
-fn write_secret(dir: &Path) -> std::path::PathBuf {
-    let file = dir.join("turn.secret");
-    let mut secret = [0u8; 16];
-    getrandom::fill(&mut secret).expect("randomness");
-    let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(&file, secret).expect("write the TURN secret");
-    file
-}
-
-/// The README's VPS command, with this test's files and addresses.
+/// The README's VPS command, with this test's files and addresses, registered with the
+/// test's registry.
 fn readme_relay_command(
     topology: &Topology,
     pki: &TestCa,
@@ -64,32 +58,10 @@ fn readme_relay_command(
     secret: &Path,
 ) -> std::process::Command {
     let registry = format!("http://{}:{REGISTRY_PORT}", public_address());
-    let mut command = tool(&topology.internet, "relay-lite").expect("relay-lite binary");
-    command
-        .args(["--listen", "0.0.0.0:443"])
-        .arg("--tls-cert")
-        .arg(&pki.cert_file)
-        .arg("--tls-key")
-        .arg(&pki.key_file)
-        .args(["--public-endpoint", &endpoint()])
-        .arg("--identity")
-        .arg(dir.join("identity.key"))
-        .args(["--bootstrap", &registry, "--region", "test"])
-        .args([
-            "--turn-listen-udp",
-            "0.0.0.0:3478",
-            "--turn-listen-tcp",
-            "0.0.0.0:3478",
-            "--turn-listen-tls",
-            "0.0.0.0:5349",
-        ])
-        .arg("--turn-tls-cert")
-        .arg(&pki.cert_file)
-        .arg("--turn-tls-key")
-        .arg(&pki.key_file)
-        .args(["--turn-external-ip", &public_address()])
-        .arg("--turn-secret-file")
-        .arg(secret);
+    let mut command =
+        operator_relay_command(&topology.internet, pki, internet_host(0), dir, secret)
+            .expect("relay-lite binary");
+    command.args(["--bootstrap", &registry, "--region", "test"]);
     command
 }
 
@@ -105,7 +77,7 @@ fn deploy() -> Deployment {
         internet_host(0),
     )
     .expect("registry");
-    let secret = write_secret(dir.path());
+    let secret = write_turn_secret(dir.path()).expect("TURN secret");
     let mut relay = ChildProcess::spawn(
         "relay-lite (README flags)",
         readme_relay_command(&topology, &pki, dir.path(), &secret),
@@ -190,7 +162,7 @@ fn relay_sockets_on_loopback_behind_a_public_address_are_refused_at_start() {
     let topology = Topology::new(1).expect("namespaces (needs root)");
     let dir = tempfile::tempdir().expect("temporary directory");
     let pki = TestCa::for_names(&[public_address()]);
-    let secret = write_secret(dir.path());
+    let secret = write_turn_secret(dir.path()).expect("TURN secret");
     // The measured mistake: the README's flags plus relay sockets on loopback.
     let mut command = readme_relay_command(&topology, &pki, dir.path(), &secret);
     command.args(["--turn-relay-ip", "127.0.0.1"]);
