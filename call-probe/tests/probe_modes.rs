@@ -1120,47 +1120,43 @@ fn waiting_discovery(registry: &str) -> Vec<String> {
     .to_vec()
 }
 
+/// Runs `mode` (with `extra` arguments) against a discovery that waits on `registry`, sends
+/// SIGINT once it says it is discovering, and returns its exit code and stdout; the run must
+/// end well before discovery would have.
+async fn interrupted_during_discovery(mode: &[&str], registry: &str) -> (Option<i32>, String) {
+    let mut args: Vec<String> = mode.iter().map(|s| s.to_string()).collect();
+    args.extend(waiting_discovery(registry));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut run = start_call(&args);
+    line_containing(&mut run.stderr, "discovering servers").await;
+    let started = std::time::Instant::now();
+    ctrl_c(&run.running);
+    let status = run.running.wait(step()).await.expect("the run ends");
+    let stdout = tokio::time::timeout(step(), run.stdout)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{mode:?} waited for discovery"
+    );
+    (status.code(), stdout)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_during_discovery_stops_with_a_report_and_exits_130() {
     // Ctrl-C while discovery waits: no call to hang up, and the run must still end at once with
     // a report, for `call` and for `answer`.
     let registry = silent_registry();
-    let mut args = vec!["call".to_string(), "ABC234".to_string()];
-    args.extend(waiting_discovery(&registry));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut caller = start_call(&args);
-    line_containing(&mut caller.stderr, "discovering servers").await;
-    let started = std::time::Instant::now();
-    ctrl_c(&caller.running);
-    let status = caller.running.wait(step()).await.expect("call ends");
-    let stdout = tokio::time::timeout(step(), caller.stdout)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(130), "{stdout}");
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "it waited for discovery"
-    );
+    let (status, stdout) = interrupted_during_discovery(&["call", "ABC234"], &registry).await;
+    assert_eq!(status, Some(130), "{stdout}");
     let out = json(&stdout);
     assert_eq!(out["error_kind"], "interrupted", "{out:#}");
     assert!(out["call"].is_null(), "{out:#}");
     assert!(out["error"].as_str().unwrap().contains("SIGINT"), "{out:#}");
 
-    let mut args = vec!["answer".to_string()];
-    args.extend(waiting_discovery(&registry));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut answerer = start_call(&args);
-    line_containing(&mut answerer.stderr, "discovering servers").await;
-    let started = std::time::Instant::now();
-    ctrl_c(&answerer.running);
-    let status = answerer.running.wait(step()).await.expect("answer ends");
-    let stdout = tokio::time::timeout(step(), answerer.stdout)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(130), "{stdout}");
-    assert!(started.elapsed() < Duration::from_secs(20));
+    let (status, stdout) = interrupted_during_discovery(&["answer"], &registry).await;
+    assert_eq!(status, Some(130), "{stdout}");
     let stopped = json(stdout.trim());
     assert_eq!(stopped["event"], "stopped", "{stopped:#}");
     assert_eq!(stopped["during"], "discovery", "{stopped:#}");
