@@ -52,13 +52,17 @@ impl Interrupt {
     }
 
     /// Fires on SIGINT (Ctrl-C) or SIGTERM; a second signal exits the process at once with
-    /// exit code 130. Must be called inside a Tokio runtime.
+    /// exit code 130. Must be called inside a Tokio runtime. The handlers are installed before
+    /// this returns, so a signal sent once the caller says it is running is never lost (nor
+    /// ignored, when the process inherited SIGINT ignored, as from a non-interactive shell's
+    /// background job).
     pub fn from_signals() -> Self {
         let (trigger, interrupt) = Self::manual();
+        let mut signals = Signals::install();
         tokio::spawn(async move {
             let mut count = 0;
             loop {
-                let why = next_signal().await;
+                let why = signals.next().await;
                 count += 1;
                 if count > 1 {
                     eprintln!("{why} again: exiting without waiting");
@@ -93,26 +97,55 @@ impl Interrupt {
     }
 }
 
+/// The process's stop signals, listened to from the moment they are installed.
 #[cfg(unix)]
-async fn next_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        std::future::pending::<()>().await;
-        unreachable!()
-    };
-    tokio::select! {
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
+struct Signals {
+    interrupt: Option<tokio::signal::unix::Signal>,
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        Self {
+            interrupt: signal(SignalKind::interrupt()).ok(),
+            terminate: signal(SignalKind::terminate()).ok(),
+        }
+    }
+
+    /// The next SIGINT or SIGTERM (never, if neither could be installed).
+    async fn next(&mut self) -> &'static str {
+        async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) {
+            match signal {
+                Some(signal) => {
+                    if signal.recv().await.is_none() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+        tokio::select! {
+            _ = recv(&mut self.interrupt) => "SIGINT",
+            _ = recv(&mut self.terminate) => "SIGTERM",
+        }
     }
 }
 
 #[cfg(not(unix))]
-async fn next_signal() -> &'static str {
-    let _ = tokio::signal::ctrl_c().await;
-    "Ctrl-C"
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> Self {
+        Self
+    }
+
+    async fn next(&mut self) -> &'static str {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
 }
 
 /// Hears one progress line.
