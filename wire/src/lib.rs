@@ -10,6 +10,7 @@
 pub mod call;
 pub mod endpoint;
 pub mod entry;
+pub mod federation;
 pub mod keys;
 pub mod pairing;
 pub mod peer_keys;
