@@ -30,6 +30,8 @@ pub struct RelayConfig {
     /// Registry base URLs to register with (`http(s)://host[:port]`).
     pub bootstrap: Vec<String>,
     pub membership: MembershipConfig,
+    /// Links with the other servers the registries list (see `federation`).
+    pub federation: crate::federation::FederationConfig,
     pub limits: Limits,
     pub timeouts: Timeouts,
     /// STUN/TURN servers handed to registered clients that ask. With an
@@ -54,6 +56,7 @@ impl Default for RelayConfig {
             tls: None,
             bootstrap: Vec::new(),
             membership: MembershipConfig::default(),
+            federation: crate::federation::FederationConfig::default(),
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             ice: None,

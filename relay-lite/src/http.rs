@@ -15,6 +15,8 @@ pub(crate) enum Route {
     WebSocket {
         key: String,
         rest: Vec<u8>,
+        /// Upgraded on `/federation` or `/server`: a server-to-server link.
+        federation: bool,
     },
     Health,
     Metrics,
@@ -101,6 +103,7 @@ pub(crate) fn route(head: &[u8], rest: Vec<u8>) -> Route {
             Some(key) if !key.is_empty() => Route::WebSocket {
                 key: key.to_string(),
                 rest,
+                federation: zajel_wire::federation::FEDERATION_PATHS.contains(&path),
             },
             _ => Route::BadRequest("missing Sec-WebSocket-Key"),
         };
@@ -159,9 +162,18 @@ mod tests {
             route(upgrade, b"x".to_vec()),
             Route::WebSocket {
                 key: "dGhlIHNhbXBsZSBub25jZQ==".into(),
-                rest: b"x".to_vec()
+                rest: b"x".to_vec(),
+                federation: false,
             }
         );
+        let federation = b"GET /federation HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: k\r\n\r\n";
+        assert!(matches!(
+            route(federation, Vec::new()),
+            Route::WebSocket {
+                federation: true,
+                ..
+            }
+        ));
         let old = b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: k\r\n\r\n";
         assert_eq!(route(old, Vec::new()), Route::UpgradeRequired);
         assert_eq!(

@@ -19,6 +19,7 @@
 pub mod bindings;
 pub mod config;
 pub mod credentials;
+pub mod federation;
 pub mod http;
 pub mod hub;
 pub mod ice;

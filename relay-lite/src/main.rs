@@ -48,6 +48,17 @@ struct Cli {
         env = "RELAY_LITE_HEARTBEAT_MS"
     )]
     heartbeat_ms: u64,
+    /// Do not link with the other servers the registries list (no /federation dialling; links offered to it are refused). See the README's "Federation".
+    #[arg(long, env = "RELAY_LITE_NO_FEDERATION")]
+    no_federation: bool,
+    /// Federation links at once, dialled and accepted together.
+    #[arg(
+        long,
+        default_value_t = 64,
+        value_name = "N",
+        env = "RELAY_LITE_FEDERATION_MAX_LINKS"
+    )]
+    federation_max_links: usize,
     /// First retry wait after a failed registry request (doubles, with jitter).
     #[arg(
         long,
@@ -258,6 +269,8 @@ impl Cli {
         config.membership.heartbeat_interval = ms(self.heartbeat_ms.max(1));
         config.membership.retry_min = ms(self.registry_retry_min_ms.max(1));
         config.membership.retry_max = ms(self.registry_retry_max_ms.max(1));
+        config.federation.enabled = !self.no_federation;
+        config.federation.max_links = self.federation_max_links;
         config.timeouts.idle = ms(self.idle_timeout_ms);
         config.timeouts.handshake = ms(self.handshake_timeout_ms);
         config.timeouts.pair_request = ms(self.pair_timeout_ms);

@@ -16,7 +16,7 @@ use url::Url;
 use zajel_client_net::now_ms;
 use zajel_client_net::registry_http::{RegistryHttp, RegistryHttpConfig};
 use zajel_client_net::tls;
-use zajel_wire::entry::{HeartbeatRequest, RegisterRequest};
+use zajel_wire::entry::{HeartbeatRequest, HeartbeatResponse, RegisterRequest};
 use zajel_wire::keys;
 use zajel_wire::pairing::percent_encode;
 use zajel_wire::signature::{self, SIGNATURE_HEADER, TIMESTAMP_HEADER};
@@ -34,6 +34,8 @@ pub(crate) struct Membership {
     pub config: MembershipConfig,
     pub metrics: Arc<Metrics>,
     pub http: RegistryHttp,
+    /// Where the heartbeat's `peers` go (the federation dials them).
+    pub fleet: Arc<crate::federation::FleetView>,
 }
 
 /// Largest answer body read from a registry.
@@ -170,10 +172,27 @@ impl Membership {
         }
     }
 
+    /// One heartbeat; the answer's `peers` (other servers) go to the fleet view.
     async fn heartbeat(&self) -> Result<(), Failure> {
         let request = HeartbeatRequest::signed(&self.key, now_ms());
         let body = serde_json::to_string(&request).unwrap_or_default();
-        Self::check(self.post("/servers/heartbeat", body).await?)
+        let answer = self.post("/servers/heartbeat", body).await?;
+        let peers = serde_json::from_str::<HeartbeatResponse>(&answer.body)
+            .ok()
+            .map(|response| response.peers);
+        Self::check(answer)?;
+        match peers {
+            Some(peers) => {
+                let servers = peers.len();
+                if self.fleet.update(&self.registry, peers) {
+                    tracing::info!(registry = %self.registry, servers, "fleet listed by the registry changed");
+                }
+            }
+            None => {
+                tracing::debug!(registry = %self.registry, "heartbeat answer without a peer list")
+            }
+        }
+        Ok(())
     }
 
     async fn unregister(&self) -> Result<(), String> {
@@ -212,15 +231,17 @@ impl Membership {
             };
             match result {
                 Ok(()) => {
+                    backoff.reset();
                     if !registered {
                         registered = true;
                         self.metrics.registry_registered(1);
                         tracing::info!(%registry, endpoint = %self.endpoint, "registered with the registry");
+                        // The first heartbeat right away: its answer lists the fleet.
+                        next = Instant::now();
                     } else {
                         tracing::debug!(%registry, "heartbeat");
+                        next = Instant::now() + self.config.heartbeat_interval;
                     }
-                    backoff.reset();
-                    next = Instant::now() + self.config.heartbeat_interval;
                 }
                 Err(Failure::NotRegistered) => {
                     tracing::warn!(%registry, "registry no longer knows this relay (404): registering again");

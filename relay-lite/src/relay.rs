@@ -82,6 +82,8 @@ pub(crate) struct Shared {
     pub endpoint: String,
     pub server_info: String,
     pub shutdown: watch::Receiver<bool>,
+    /// Links with the other servers of the fleet.
+    pub federation: Arc<crate::federation::Federation>,
     next_connection: AtomicU64,
     started: StdInstant,
 }
@@ -213,6 +215,16 @@ impl Relay {
             .unwrap_or(u32::MAX)
             .clamp(1, 1 << 28);
         let connections = Arc::new(Semaphore::new(max_connections as usize));
+        let fleet = Arc::new(crate::federation::FleetView::default());
+        let federation = Arc::new(crate::federation::Federation {
+            key: key.clone(),
+            own_id: server_id.clone(),
+            endpoint: endpoint.clone(),
+            region: config.region.clone(),
+            config: config.federation.clone(),
+            fleet: fleet.clone(),
+            links: Arc::default(),
+        });
         let shared = Arc::new(Shared {
             hub,
             metrics: metrics.clone(),
@@ -222,6 +234,7 @@ impl Relay {
             endpoint: endpoint.clone(),
             server_info,
             shutdown: stopped.clone(),
+            federation: federation.clone(),
             next_connection: AtomicU64::new(1),
             started: StdInstant::now(),
         });
@@ -257,9 +270,11 @@ impl Relay {
                     config: config.membership.clone(),
                     metrics: metrics.clone(),
                     http: http.clone(),
+                    fleet: fleet.clone(),
                 };
                 memberships.push(tokio::spawn(membership.run(stopped.clone())));
             }
+            memberships.push(tokio::spawn(federation.run_dialler(stopped.clone())));
         }
         Ok(RunningRelay {
             local_addr,
@@ -565,8 +580,27 @@ where
     };
     let json = "application/json";
     let result = match route {
-        Route::WebSocket { key, rest } => {
+        Route::WebSocket {
+            key,
+            rest,
+            federation,
+        } => {
             if http::accept_upgrade(&mut stream, &key).await.is_err() {
+                return;
+            }
+            if federation {
+                let ws = WebSocketStream::from_partially_read(
+                    stream,
+                    rest,
+                    Role::Server,
+                    Some(crate::federation::ws_config()),
+                )
+                .await;
+                shared
+                    .federation
+                    .clone()
+                    .serve_accepted(ws, shared.shutdown.clone())
+                    .await;
                 return;
             }
             let limits = &shared.config.limits;
