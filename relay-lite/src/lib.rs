@@ -28,6 +28,8 @@ pub mod metrics;
 mod outbox;
 pub mod pairing;
 pub mod relay;
+pub mod rendezvous;
+mod rendezvous_store;
 pub mod session;
 pub mod tls;
 pub mod turn;

@@ -13,5 +13,6 @@ pub mod entry;
 pub mod keys;
 pub mod pairing;
 pub mod peer_keys;
+pub mod rendezvous;
 pub mod signaling;
 pub mod signature;
