@@ -1123,4 +1123,47 @@ mod tests {
         };
         assert_eq!(RelayReply::parse(&reply.to_text()).unwrap(), reply);
     }
+
+    #[test]
+    fn a_pairing_client_reads_these_replies_as_unknown_and_relay_reply_reads_them() {
+        use crate::signaling::{ClientMessage, ServerMessage};
+        // What Zajel's server sends the app, as a client of this crate reads it.
+        let text = r#"{"type":"rendezvous_match","match":{"peerId":"ABC234","relayId":"r"}}"#;
+        assert!(matches!(
+            ServerMessage::parse(text),
+            Ok(ServerMessage::Unknown(_))
+        ));
+        assert_eq!(
+            RelayReply::parse(text).unwrap(),
+            RelayReply::RendezvousMatch {
+                matched: MatchedPeer {
+                    peer_id: "ABC234".into(),
+                    relay_id: Some("r".into())
+                }
+            }
+        );
+        let result = r#"{"type":"rendezvous_partial","local":{"liveMatches":[{"peerId":"ABC234","relayId":""}],"deadDrops":[]},"redirects":[{"serverId":"s","endpoint":"wss://b","dailyPoints":[],"hourlyTokens":["hr_x"]}]}"#;
+        let RelayReply::RendezvousPartial { local, redirects } = RelayReply::parse(result).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(local.live_matches[0].peer_id, "ABC234");
+        assert_eq!(redirects[0].hourly_tokens, ["hr_x"]);
+        // ClientMessage alone still refuses the types a relay routes here first.
+        for type_name in RELAY_REQUEST_TYPES {
+            assert_eq!(
+                ClientMessage::parse(&json!({"type": type_name}).to_string())
+                    .unwrap_err()
+                    .to_string(),
+                format!("Unknown message type: {type_name}")
+            );
+        }
+        // A pairing register is ClientMessage's, whatever is in it.
+        let register = json!({"type": "register", "pairingCode": "ABC234", "publicKey": "CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk=", "peerId": "x"});
+        assert!(!is_relay_request(&register));
+        assert!(matches!(
+            ClientMessage::from_json_for_connection(register, true),
+            Ok(ClientMessage::Register { .. })
+        ));
+    }
 }
