@@ -101,8 +101,8 @@ impl RelayRequests {
     /// Handles a frame [`wire::is_relay_request`] claimed, from the
     /// connection of `outbox`, registered as `code` if it is. Returns the
     /// replies to it, in order.
-    pub fn handle(
-        &self,
+    pub async fn handle(
+        self: &Arc<Self>,
         outbox: &Arc<Outbox>,
         code: Option<PairingCode>,
         value: Value,
@@ -116,27 +116,36 @@ impl RelayRequests {
         match request {
             RelayRequest::RegisterRendezvous(register) => {
                 let relay_peer = lock(&self.peers).peer_id_of(connection).map(str::to_string);
-                let code_text = code.map(|c| c.to_string());
-                let held: Vec<&str> = code_text
-                    .iter()
-                    .chain(relay_peer.iter())
-                    .map(String::as_str)
+                let held: Vec<String> = code
+                    .map(|c| c.to_string())
+                    .into_iter()
+                    .chain(relay_peer)
                     .collect();
-                let result =
-                    lock(&self.rendezvous).register(unix_ms(), connection, &held, &register);
+                let peer_id = register.peer_id.clone();
+                // SQLite work (up to 1 024 points and tokens) off the async workers.
+                let me = self.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    let held: Vec<&str> = held.iter().map(String::as_str).collect();
+                    lock(&me.rendezvous).register(unix_ms(), connection, &held, &register)
+                })
+                .await;
                 match result {
-                    Ok(registered) => {
-                        lock(&self.peers).touch(now, connection, register.peer_id.as_deref());
+                    Ok(Ok(registered)) => {
+                        lock(&self.peers).touch(now, connection, peer_id.as_deref());
                         for (peer_id, push) in registered.pushes {
                             self.deliver_to_peer(&peer_id, push.to_text());
                         }
                         vec![registered.reply.to_text()]
                     }
-                    Err(refusal) => {
+                    Ok(Err(refusal)) => {
                         if let RendezvousRefusal::Storage(error) = &refusal {
                             tracing::warn!(%error, "register_rendezvous failed");
                         }
                         vec![ServerMessage::error(refusal.to_string()).to_text()]
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "register_rendezvous task failed");
+                        vec![ServerMessage::error(RENDEZVOUS_UNAVAILABLE).to_text()]
                     }
                 }
             }
@@ -256,7 +265,10 @@ impl RelayRequests {
                 () = crate::relay::stopping(&mut shutdown) => return,
                 () = tokio::time::sleep(interval) => {}
             }
-            self.cleanup(Instant::now(), unix_ms());
+            let me = self.clone();
+            // A sweep may delete many rows: off the async workers.
+            let _ =
+                tokio::task::spawn_blocking(move || me.cleanup(Instant::now(), unix_ms())).await;
         }
     }
 
@@ -336,6 +348,9 @@ impl RelayRequests {
         });
     }
 }
+
+/// `error` when the rendezvous work could not run at all.
+const RENDEZVOUS_UNAVAILABLE: &str = "Rendezvous storage unavailable";
 
 fn random() -> u64 {
     getrandom::u64().unwrap_or(0)

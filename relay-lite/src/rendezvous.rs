@@ -24,7 +24,12 @@
 //! pairing code, or its peer-relay `peerId`), at most
 //! [`RendezvousSettings::max_entries_per_peer`] live entries per `peerId`,
 //! and at most [`RendezvousSettings::max_items_per_connection`] points and
-//! tokens over a connection's life. The app writes under its own current
+//! tokens over a connection's life, and at most
+//! [`crate::rendezvous_store::MAX_PEERS_PER_POINT`] (32) other peers read
+//! at one point or token (the latest registered), so a flood of made-up
+//! peerIds at one point cannot multiply every reply and push. The app
+//! sends 9 points and tokens per contact on each connect and again 5 s
+//! later, so the per-connection default covers 227 contacts. The app writes under its own current
 //! pairing code on the connection that registered it, so none of these
 //! costs it anything.
 
@@ -69,7 +74,7 @@ pub struct RendezvousSettings {
 /// Default of [`RendezvousSettings::max_entries_per_peer`].
 pub const DEFAULT_MAX_ENTRIES_PER_PEER: usize = 4_096;
 /// Default of [`RendezvousSettings::max_items_per_connection`].
-pub const DEFAULT_MAX_ITEMS_PER_CONNECTION: usize = 16_384;
+pub const DEFAULT_MAX_ITEMS_PER_CONNECTION: usize = 4_096;
 
 impl Default for RendezvousSettings {
     fn default() -> Self {
@@ -583,6 +588,27 @@ mod tests {
             r#"{"type":"rendezvous_partial","local":{"liveMatches":[],"deadDrops":[]},"redirects":[{"serverId":"ed25519:b","endpoint":"wss://b.example","dailyPoints":["day_b"],"hourlyTokens":["hr_b"]}]}"#
         );
         assert_eq!(machine.row_counts().unwrap(), (1, 1));
+    }
+
+    #[test]
+    fn a_flood_of_peers_at_one_token_yields_only_the_latest_32() {
+        let mut machine = machine();
+        for n in 0..40u64 {
+            register(
+                &mut machine,
+                T0 + n,
+                n,
+                &app(&format!("FLOOD{n}"), &[], &["hr_1"]),
+            );
+        }
+        let late = register(&mut machine, T0 + 100, 99, &app("LATE22", &[], &["hr_1"]));
+        let RelayReply::RendezvousResult { live_matches, .. } = &late.reply else {
+            panic!()
+        };
+        let peers: Vec<_> = live_matches.iter().map(|m| m.peer_id.clone()).collect();
+        let expected: Vec<_> = (8..40).map(|n| format!("FLOOD{n}")).collect();
+        assert_eq!(peers, expected);
+        assert_eq!(late.pushes.len(), 32);
     }
 
     #[test]

@@ -38,6 +38,13 @@ CREATE INDEX IF NOT EXISTS hourly_tokens_peer ON hourly_tokens (peer_id);
 CREATE INDEX IF NOT EXISTS hourly_tokens_expiry ON hourly_tokens (expires_at);
 ";
 
+/// Most other peers read at one point or token: the ones registered most
+/// recently (latest expiry), in first-registration order. Two contacts
+/// share a point; stale entries under the codes of a contact's earlier
+/// app runs add a few more; only a flood of made-up peerIds reaches this,
+/// and it would otherwise multiply every registration's reply and pushes.
+pub(crate) const MAX_PEERS_PER_POINT: usize = 32;
+
 /// Another peer's row at a point or token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StoredEntry {
@@ -126,7 +133,8 @@ pub(crate) struct Tables<'a> {
 }
 
 impl Tables<'_> {
-    /// Other peers' unexpired rows at daily `point`, oldest first.
+    /// Other peers' unexpired rows at daily `point` (at most
+    /// [`MAX_PEERS_PER_POINT`], the latest), oldest first.
     pub fn daily_others(
         &self,
         point: &str,
@@ -134,10 +142,14 @@ impl Tables<'_> {
         now_ms: u64,
     ) -> Result<Vec<StoredEntry>, StoreError> {
         let mut statement = self.tx.prepare_cached(
-            "SELECT peer_id, dead_drop, relay_id FROM daily_points
-             WHERE point = ?1 AND peer_id <> ?2 AND expires_at > ?3 ORDER BY rowid",
+            "SELECT peer_id, dead_drop, relay_id FROM (
+                SELECT rowid AS r, peer_id, dead_drop, relay_id FROM daily_points
+                WHERE point = ?1 AND peer_id <> ?2 AND expires_at > ?3
+                ORDER BY expires_at DESC LIMIT ?4
+             ) ORDER BY r",
         )?;
-        let rows = statement.query_map(params![point, peer_id, now_ms as i64], |row| {
+        let limit = MAX_PEERS_PER_POINT as i64;
+        let rows = statement.query_map(params![point, peer_id, now_ms as i64, limit], |row| {
             Ok(StoredEntry {
                 peer_id: row.get(0)?,
                 dead_drop: row.get(1)?,
@@ -147,7 +159,8 @@ impl Tables<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Other peers' unexpired rows at hourly `token`, oldest first.
+    /// Other peers' unexpired rows at hourly `token` (at most
+    /// [`MAX_PEERS_PER_POINT`], the latest), oldest first.
     pub fn hourly_others(
         &self,
         token: &str,
@@ -155,10 +168,14 @@ impl Tables<'_> {
         now_ms: u64,
     ) -> Result<Vec<StoredEntry>, StoreError> {
         let mut statement = self.tx.prepare_cached(
-            "SELECT peer_id, relay_id FROM hourly_tokens
-             WHERE token = ?1 AND peer_id <> ?2 AND expires_at > ?3 ORDER BY rowid",
+            "SELECT peer_id, relay_id FROM (
+                SELECT rowid AS r, peer_id, relay_id FROM hourly_tokens
+                WHERE token = ?1 AND peer_id <> ?2 AND expires_at > ?3
+                ORDER BY expires_at DESC LIMIT ?4
+             ) ORDER BY r",
         )?;
-        let rows = statement.query_map(params![token, peer_id, now_ms as i64], |row| {
+        let limit = MAX_PEERS_PER_POINT as i64;
+        let rows = statement.query_map(params![token, peer_id, now_ms as i64, limit], |row| {
             Ok(StoredEntry {
                 peer_id: row.get(0)?,
                 dead_drop: String::new(),

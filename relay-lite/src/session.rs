@@ -222,7 +222,8 @@ impl Session {
             return self
                 .shared
                 .relay_requests
-                .handle(&self.outbox, self.code, value);
+                .handle(&self.outbox, self.code, value)
+                .await;
         }
         let message = match ClientMessage::parse_for_connection(text, self.code.is_some()) {
             Ok(message) => message,
