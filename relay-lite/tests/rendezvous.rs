@@ -138,6 +138,33 @@ async fn two_contacts_meet_through_their_derived_points_and_the_earlier_one_is_p
 }
 
 #[tokio::test]
+async fn a_pairing_clients_entries_outlive_its_connection() {
+    let relay = start(|_| {}).await;
+    let url = url(&relay);
+    let (alice, bob) = contacts();
+    let mut a = Client::registered(&url, "ALCE22", 1).await;
+    a.request(alice.register_rendezvous("ALCE22")).await;
+    a.ws.close(None).await.unwrap();
+    a.ended().await;
+    // Bob, later, still meets Alice's entries (her app will reconnect under a
+    // new code and register again; Zajel keeps them until expiry too).
+    let mut b = Client::registered(&url, "BB2222", 2).await;
+    let reply = b.request(bob.register_rendezvous("BB2222")).await;
+    assert_eq!(peers(&reply["liveMatches"]), ["ALCE22"; 6]);
+    // Alice's new run registers a new code: she meets Bob's entries, Bob is
+    // pushed. Her own stale entries under ALCE22 come back too, as from
+    // Zajel's server (different peerIds; the app's pair_request to the old
+    // code goes nowhere).
+    let mut a2 = Client::registered(&url, "ALCE33", 1).await;
+    let reply = a2.request(alice.register_rendezvous("ALCE33")).await;
+    assert_eq!(peers(&reply["liveMatches"]), ["ALCE22", "BB2222"].repeat(6));
+    for _ in 0..6 {
+        assert_eq!(b.recv().await["match"]["peerId"], "ALCE33");
+    }
+    relay.shutdown().await;
+}
+
+#[tokio::test]
 async fn dead_drops_and_relay_ids_in_zajels_shapes() {
     let relay = start(|_| {}).await;
     let url = url(&relay);
