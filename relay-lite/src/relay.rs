@@ -211,6 +211,7 @@ impl Relay {
             &config.rendezvous,
             crate::rendezvous::local_only(),
             hub.clone(),
+            metrics.clone(),
             server_id.clone(),
         )
         .map_err(|source| Error::Rendezvous {

@@ -16,12 +16,13 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use zajel_wire::pairing::PairingCode;
-use zajel_wire::rendezvous::{self as wire, RelayReply, RelayRequest};
+use zajel_wire::rendezvous::{self as wire, RelayReply, RelayRequest, RelayRequestError};
 use zajel_wire::signaling::ServerMessage;
 
 use crate::config::RendezvousConfig;
 use crate::hub::Hub;
 use crate::linking::{LinkReply, Links};
+use crate::metrics::{Metrics, Refusal};
 use crate::outbox::Outbox;
 use crate::peer_relays::{PeerRelays, PEER_ID_IN_USE};
 use crate::rendezvous::{PointOwnership, Rendezvous, RendezvousRefusal, RendezvousSettings};
@@ -66,6 +67,7 @@ pub(crate) struct RelayRequests {
     /// The outboxes of connections holding a peer-relay peerId.
     peer_outboxes: Mutex<HashMap<u64, Arc<Outbox>>>,
     hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
     server_id: String,
     config: RendezvousConfig,
     me: Weak<RelayRequests>,
@@ -77,6 +79,7 @@ impl RelayRequests {
         config: &RendezvousConfig,
         ownership: PointOwnership,
         hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
         server_id: String,
     ) -> Result<Arc<Self>, StoreError> {
         let store = RendezvousStore::open(config.database.as_deref())?;
@@ -92,6 +95,7 @@ impl RelayRequests {
             peers: Mutex::new(PeerRelays::new(config.peer_relay_timeout)),
             peer_outboxes: Mutex::new(HashMap::new()),
             hub,
+            metrics,
             server_id,
             config: config.clone(),
             me: me.clone(),
@@ -109,7 +113,16 @@ impl RelayRequests {
     ) -> Vec<String> {
         let request = match RelayRequest::from_json_for_connection(value, Some(code.is_some())) {
             Ok(request) => request,
-            Err(error) => return vec![error.to_error_frame()],
+            Err(error) => {
+                // Counted like every other refused frame.
+                self.metrics
+                    .refused(if error == RelayRequestError::NotRegistered {
+                        Refusal::NotRegistered
+                    } else {
+                        Refusal::InvalidMessage
+                    });
+                return vec![error.to_error_frame()];
+            }
         };
         let connection = outbox.id;
         let now = Instant::now();

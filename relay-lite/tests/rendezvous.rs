@@ -430,9 +430,27 @@ async fn hostile_link_messages_get_zajels_errors() {
             "Missing required field: accepted",
         ),
     ];
+    let invalid_before = relay
+        .metrics()
+        .refusal_count(relay_lite::Refusal::InvalidMessage);
+    let count = cases.len() as u64;
     for (frame, error) in cases {
         assert_eq!(web.error_for(frame).await, error);
     }
+    // Counted like every refused frame.
+    assert_eq!(
+        relay
+            .metrics()
+            .refusal_count(relay_lite::Refusal::InvalidMessage)
+            - invalid_before,
+        count
+    );
+    assert!(
+        relay
+            .metrics()
+            .refusal_count(relay_lite::Refusal::NotRegistered)
+            >= 2
+    );
     relay.shutdown().await;
 }
 
