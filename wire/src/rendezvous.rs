@@ -177,6 +177,24 @@ pub struct RegisterRendezvous {
 }
 
 impl RegisterRendezvous {
+    /// What Zajel's app sends (reference §5.4) for its contacts' points:
+    /// `daily_points` = the daily points, `hourly_tokens` = the hourly
+    /// tokens followed by the daily points (so daily points also yield live
+    /// matches and pushes), no dead drops, no `relayId`. `peer_id` is the
+    /// sender's current pairing code.
+    pub fn as_the_app_sends(
+        peer_id: &str,
+        daily_points: &[String],
+        hourly_tokens: &[String],
+    ) -> Self {
+        Self {
+            peer_id: Some(peer_id.to_string()),
+            daily_points: daily_points.to_vec(),
+            hourly_tokens: hourly_tokens.iter().chain(daily_points).cloned().collect(),
+            ..Self::default()
+        }
+    }
+
     /// The dead drop stored at `point`: its own entry in `dead_drops`, or
     /// (only when that map is empty) the legacy `deadDrop`.
     pub fn dead_drop_for(&self, point: &str) -> &str {
@@ -792,7 +810,7 @@ mod tests {
     #[test]
     fn the_apps_register_rendezvous_reads_in_snake_case() {
         // connection_manager.dart's frame, as sent.
-        let text = r#"{"type":"register_rendezvous","peerId":"ABC234","daily_points":["day_a","day_b"],"hourly_tokens":["hr_x","day_a"],"dead_drops":{}}"#;
+        let text = r#"{"type":"register_rendezvous","peerId":"ABC234","daily_points":["day_a","day_b"],"hourly_tokens":["hr_x","day_a","day_b"],"dead_drops":{}}"#;
         let RelayRequest::RegisterRendezvous(register) =
             RelayRequest::parse(text).unwrap().unwrap()
         else {
@@ -800,10 +818,18 @@ mod tests {
         };
         assert_eq!(register.peer_id.as_deref(), Some("ABC234"));
         assert_eq!(register.daily_points, ["day_a", "day_b"]);
-        assert_eq!(register.hourly_tokens, ["hr_x", "day_a"]);
+        assert_eq!(register.hourly_tokens, ["hr_x", "day_a", "day_b"]);
         assert!(register.dead_drops.is_empty());
         assert_eq!(register.relay_id, None);
         assert_eq!(register.dead_drop_for("day_a"), "");
+        assert_eq!(
+            RegisterRendezvous::as_the_app_sends(
+                "ABC234",
+                &["day_a".into(), "day_b".into()],
+                &["hr_x".into()]
+            ),
+            register
+        );
         // Written back in the app's spelling, it reads the same.
         let again = RelayRequest::RegisterRendezvous(register.clone()).to_text();
         assert_eq!(
