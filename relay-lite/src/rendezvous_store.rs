@@ -13,8 +13,12 @@ use rusqlite::{params, Connection, Transaction};
 
 /// A storage failure (logged by the caller; clients get a generic error).
 #[derive(Debug, thiserror::Error)]
-#[error("rendezvous storage: {0}")]
-pub struct StoreError(#[from] rusqlite::Error);
+pub enum StoreError {
+    #[error("rendezvous storage: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("rendezvous storage file: {0}")]
+    File(#[from] std::io::Error),
+}
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS daily_points (
@@ -64,6 +68,7 @@ impl RendezvousStore {
     pub fn open(path: Option<&Path>) -> Result<Self, StoreError> {
         let connection = match path {
             Some(path) => {
+                create_private(path)?;
                 let connection = Connection::open(path)?;
                 connection.pragma_update(None, "journal_mode", "WAL")?;
                 connection.pragma_update(None, "synchronous", "NORMAL")?;
@@ -124,6 +129,21 @@ impl RendezvousStore {
                 })? as usize)
         };
         Ok((count("daily_points")?, count("hourly_tokens")?))
+    }
+}
+
+/// Creates the database file readable by its owner only (SQLite gives its
+/// `-wal` and `-shm` files the same mode): it links pairing codes to
+/// meeting points. An existing file is left as it is.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(error.into()),
     }
 }
 
@@ -240,5 +260,29 @@ impl Tables<'_> {
             |row| row.get(0),
         )?;
         Ok(count as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_new_database_file_is_private_to_its_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rendezvous.sqlite3");
+        let store = RendezvousStore::open(Some(&path)).unwrap();
+        assert_eq!(store.row_counts().unwrap(), (0, 0));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Reopening an existing file works and keeps its mode.
+        drop(store);
+        RendezvousStore::open(Some(&path)).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 }

@@ -678,3 +678,33 @@ async fn a_killed_and_restarted_relay_keeps_its_rendezvous_entries() {
     let reply = c.request(bob.register_rendezvous("CC2222")).await;
     assert_eq!(reply["liveMatches"], json!([]));
 }
+
+#[test]
+fn an_unusable_rendezvous_database_stops_the_relay_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-dir").join("rendezvous.sqlite3");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_relay-lite"))
+        .args(["--listen", "127.0.0.1:0", "--rendezvous-db"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "relay-lite: cannot open the rendezvous database {}",
+            missing.display()
+        )),
+        "{stderr}"
+    );
+    // --state-dir creates its directory, and the database is private.
+    let state = dir.path().join("state");
+    let relay = RelayProcess::start(&["--state-dir", state.to_str().unwrap()]);
+    let database = state.join("rendezvous.sqlite3");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&database).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    drop(relay);
+}
