@@ -44,6 +44,8 @@ pub struct RelayConfig {
     /// Metrics to record into (e.g. shared with a TURN server started
     /// first); `None` creates fresh ones, see [`crate::RunningRelay::metrics`].
     pub metrics: Option<Arc<Metrics>>,
+    /// Rendezvous, device linking and peer relays (§5–§7).
+    pub rendezvous: RendezvousConfig,
 }
 
 impl Default for RelayConfig {
@@ -62,6 +64,7 @@ impl Default for RelayConfig {
             ice: None,
             turn: None,
             metrics: None,
+            rendezvous: RendezvousConfig::default(),
         }
     }
 }
@@ -81,7 +84,50 @@ impl std::fmt::Debug for RelayConfig {
             .field("ice", &self.ice)
             .field("turn", &self.turn)
             .field("metrics", &self.metrics.is_some())
+            .field("rendezvous", &self.rendezvous)
             .finish()
+    }
+}
+
+/// Rendezvous storage, lifetimes and limits, and the device-linking and
+/// peer-relay timers; the defaults are Zajel's where Zajel has one.
+#[derive(Debug, Clone)]
+pub struct RendezvousConfig {
+    /// The SQLite file of rendezvous entries (created if missing); `None`
+    /// keeps them in memory, so a restart loses them.
+    pub database: Option<PathBuf>,
+    /// Daily point lifetime from its last registration (Zajel: 48 h).
+    pub daily_ttl: Duration,
+    /// Hourly token lifetime (Zajel: 3 h).
+    pub hourly_ttl: Duration,
+    /// Between sweeps of expired entries and of idle peer relays (Zajel: 5 min).
+    pub cleanup_interval: Duration,
+    /// A peer relay silent this long is closed at the next cleanup (Zajel: 60 s).
+    pub peer_relay_timeout: Duration,
+    /// A link request's lifetime (Zajel: 120 s).
+    pub link_timeout: Duration,
+    /// Live rendezvous entries one peerId may have (Zajel: no limit).
+    pub max_entries_per_peer: usize,
+    /// Points and tokens one connection may register over its life (Zajel: no limit).
+    pub max_items_per_connection: usize,
+}
+
+/// The rendezvous database's file name inside a state directory.
+pub const RENDEZVOUS_DB_FILE: &str = "rendezvous.sqlite3";
+
+impl Default for RendezvousConfig {
+    fn default() -> Self {
+        use zajel_wire::rendezvous as wire;
+        Self {
+            database: None,
+            daily_ttl: Duration::from_millis(wire::DAILY_POINT_TTL_MS),
+            hourly_ttl: Duration::from_millis(wire::HOURLY_TOKEN_TTL_MS),
+            cleanup_interval: Duration::from_millis(wire::CLEANUP_INTERVAL_MS),
+            peer_relay_timeout: Duration::from_millis(wire::HEARTBEAT_TIMEOUT_MS),
+            link_timeout: Duration::from_millis(wire::LINK_REQUEST_TIMEOUT_MS),
+            max_entries_per_peer: crate::rendezvous::DEFAULT_MAX_ENTRIES_PER_PEER,
+            max_items_per_connection: crate::rendezvous::DEFAULT_MAX_ITEMS_PER_CONNECTION,
+        }
     }
 }
 

@@ -191,6 +191,14 @@ impl Hub {
         }
     }
 
+    /// The connection holding `code` and the key it registered with.
+    pub fn member(&self, code: PairingCode) -> Option<(Arc<Outbox>, Arc<str>)> {
+        self.lock()
+            .codes
+            .get(&code)
+            .map(|m| (m.outbox.clone(), m.public_key.clone()))
+    }
+
     /// Codes bound now.
     pub fn registered(&self) -> usize {
         self.lock().codes.len()

@@ -24,15 +24,22 @@ pub mod http;
 pub mod hub;
 pub mod ice;
 pub mod limits;
+mod linking;
 pub mod membership;
 pub mod metrics;
 mod outbox;
 pub mod pairing;
+mod peer_relays;
 pub mod relay;
+mod relay_requests;
+pub mod rendezvous;
+mod rendezvous_store;
 pub mod session;
 pub mod tls;
 pub mod turn;
 
-pub use config::{IceConfig, Limits, MembershipConfig, RelayConfig, Timeouts, TlsFiles};
+pub use config::{
+    IceConfig, Limits, MembershipConfig, RelayConfig, RendezvousConfig, Timeouts, TlsFiles,
+};
 pub use metrics::{Metrics, Refusal, TurnMetrics};
 pub use relay::{Error, Relay, RunningRelay};

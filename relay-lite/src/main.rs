@@ -210,6 +210,47 @@ struct Cli {
     /// Bytes of forwarded frames queued for one connection before it is dropped.
     #[arg(long, default_value_t = 1 << 20, env = "RELAY_LITE_OUTBOUND_QUEUE_BYTES")]
     outbound_queue_bytes: usize,
+    /// Directory for what outlives a restart: the rendezvous database
+    /// (rendezvous.sqlite3), created if missing. Without it and without
+    /// --rendezvous-db, rendezvous entries are kept in memory only and a
+    /// restart loses them.
+    #[arg(long, value_name = "DIR", env = "RELAY_LITE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// The rendezvous SQLite database file (default: rendezvous.sqlite3 in --state-dir).
+    #[arg(long, value_name = "FILE", env = "RELAY_LITE_RENDEZVOUS_DB")]
+    rendezvous_db: Option<PathBuf>,
+    /// Daily meeting point lifetime from its last registration.
+    #[arg(
+        long,
+        default_value_t = 172_800_000,
+        value_name = "MS",
+        env = "RELAY_LITE_DAILY_POINT_TTL_MS"
+    )]
+    daily_point_ttl_ms: u64,
+    /// Hourly token lifetime.
+    #[arg(
+        long,
+        default_value_t = 10_800_000,
+        value_name = "MS",
+        env = "RELAY_LITE_HOURLY_TOKEN_TTL_MS"
+    )]
+    hourly_token_ttl_ms: u64,
+    /// Between sweeps of expired rendezvous entries and of silent peer relays.
+    #[arg(
+        long,
+        default_value_t = 300_000,
+        value_name = "MS",
+        env = "RELAY_LITE_RENDEZVOUS_CLEANUP_MS"
+    )]
+    rendezvous_cleanup_ms: u64,
+    /// A peer relay (register with peerId) silent this long is closed at the next sweep.
+    #[arg(
+        long,
+        default_value_t = 60_000,
+        value_name = "MS",
+        env = "RELAY_LITE_PEER_RELAY_TIMEOUT_MS"
+    )]
+    peer_relay_timeout_ms: u64,
     /// The embedded TURN server, or an external one (coturn) to issue credentials for.
     #[command(flatten)]
     turn: TurnArgs,
@@ -287,6 +328,25 @@ impl Cli {
         config.limits.rate_window = ms(self.rate_window_ms);
         config.limits.outbound_queue_frames = self.outbound_queue;
         config.limits.outbound_queue_bytes = self.outbound_queue_bytes;
+        config.rendezvous.database = match (self.rendezvous_db, self.state_dir) {
+            (Some(file), _) => Some(file),
+            (None, Some(dir)) => {
+                std::fs::create_dir_all(&dir).map_err(|e| {
+                    format!("cannot create the state directory {}: {e}", dir.display())
+                })?;
+                Some(dir.join(relay_lite::config::RENDEZVOUS_DB_FILE))
+            }
+            (None, None) => {
+                tracing::warn!(
+                    "no --state-dir: rendezvous entries are kept in memory, a restart loses them"
+                );
+                None
+            }
+        };
+        config.rendezvous.daily_ttl = ms(self.daily_point_ttl_ms);
+        config.rendezvous.hourly_ttl = ms(self.hourly_token_ttl_ms);
+        config.rendezvous.cleanup_interval = ms(self.rendezvous_cleanup_ms.max(1));
+        config.rendezvous.peer_relay_timeout = ms(self.peer_relay_timeout_ms);
         Ok(config)
     }
 }

@@ -26,6 +26,7 @@ use crate::hub::{Hub, PairingSettings};
 use crate::limits::{AddressCounter, AddressSlot};
 use crate::membership::Membership;
 use crate::metrics::{Metrics, Refusal};
+use crate::relay_requests::RelayRequests;
 use crate::session;
 use crate::tls;
 use crate::turn::TurnServer;
@@ -50,6 +51,11 @@ pub enum Error {
     HttpClient(String),
     #[error(transparent)]
     Turn(#[from] crate::turn::TurnError),
+    #[error("cannot open the rendezvous database {path}: {source}")]
+    Rendezvous {
+        path: String,
+        source: crate::rendezvous_store::StoreError,
+    },
 }
 
 /// The listen backlog (the kernel caps it at `net.core.somaxconn`): large,
@@ -73,6 +79,8 @@ pub const MAX_REFUSALS_IN_FLIGHT: usize = 256;
 /// State every connection shares.
 pub(crate) struct Shared {
     pub hub: Arc<Hub>,
+    /// Rendezvous, device linking and peer relays.
+    pub relay_requests: Arc<RelayRequests>,
     pub metrics: Arc<Metrics>,
     pub config: RelayConfig,
     pub server_id: String,
@@ -201,6 +209,21 @@ impl Relay {
             },
             metrics.clone(),
         );
+        let relay_requests = RelayRequests::open(
+            &config.rendezvous,
+            crate::rendezvous::local_only(),
+            hub.clone(),
+            metrics.clone(),
+            server_id.clone(),
+        )
+        .map_err(|source| Error::Rendezvous {
+            path: config
+                .rendezvous
+                .database
+                .as_ref()
+                .map_or_else(|| ":memory:".to_string(), |path| path.display().to_string()),
+            source,
+        })?;
         let server_info = ServerMessage::ServerInfo {
             server_id: server_id.clone(),
             endpoint: endpoint.clone(),
@@ -225,8 +248,10 @@ impl Relay {
             fleet: fleet.clone(),
             links: Arc::default(),
         });
+        tokio::spawn(relay_requests.clone().run_cleanup(stopped.clone()));
         let shared = Arc::new(Shared {
             hub,
+            relay_requests,
             metrics: metrics.clone(),
             config: config.clone(),
             server_id: server_id.clone(),

@@ -118,9 +118,11 @@ where
             }
         }
     }
-    if let Some(code) = session.code.take() {
+    let code = session.code.take();
+    if let Some(code) = code {
         shared.hub.release(code, id);
     }
+    shared.relay_requests.connection_closed(id, code);
     shared.metrics.session_closed();
     match close {
         Some((code, reason)) if !outbox.is_killed() => {
@@ -215,6 +217,13 @@ impl Session {
         if !self.rate.allow(Instant::now()) {
             metrics.refused(Refusal::RateLimit);
             return vec![ServerMessage::error(signaling::RATE_LIMIT_EXCEEDED).to_text()];
+        }
+        if let Some(value) = crate::relay_requests::claimed(text) {
+            return self
+                .shared
+                .relay_requests
+                .handle(&self.outbox, self.code, value)
+                .await;
         }
         let message = match ClientMessage::parse_for_connection(text, self.code.is_some()) {
             Ok(message) => message,

@@ -14,5 +14,6 @@ pub mod federation;
 pub mod keys;
 pub mod pairing;
 pub mod peer_keys;
+pub mod rendezvous;
 pub mod signaling;
 pub mod signature;

@@ -44,6 +44,14 @@
 //!    target, and forwarding with [`Forward::delivered_from`].
 //!
 //! [`ClientMessage::parse`] does the same without the registration check.
+//!
+//! Rendezvous, device linking, peer relays and `heartbeat` (§5–§7) are in
+//! [`crate::rendezvous`]: a relay hands a parsed frame that
+//! [`crate::rendezvous::is_relay_request`] claims (those types, and
+//! `register` *without* a `pairingCode` key) to
+//! [`crate::rendezvous::RelayRequest`], and every other frame to
+//! [`ClientMessage::from_json_for_connection`]. [`ClientMessage`] alone
+//! answers those types `Unknown message type: <t>`.
 //! Codes (`pairingCode`, `targetCode`, `target`) must be valid
 //! [`PairingCode`]s and `publicKey` standard base64 of 32 bytes; an absent,
 //! `null` or empty field counts as missing, as in Zajel.
@@ -567,6 +575,16 @@ impl ClientMessage {
     /// Reads an already-parsed JSON value with the checks of [`Self::parse`].
     pub fn from_json(value: Value) -> Result<Self, SignalingError> {
         Self::from_value(value, None)
+    }
+
+    /// Reads an already-parsed JSON value with the checks of
+    /// [`Self::parse_for_connection`] (for a relay that first asked
+    /// [`crate::rendezvous::is_relay_request`] about the same value).
+    pub fn from_json_for_connection(
+        value: Value,
+        registered: bool,
+    ) -> Result<Self, SignalingError> {
+        Self::from_value(value, Some(registered))
     }
 
     fn parse_frame(text: &str, registered: Option<bool>) -> Result<Self, SignalingError> {

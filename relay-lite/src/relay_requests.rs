@@ -1,0 +1,372 @@
+//! The §5–§7 requests a session hands over (`register_rendezvous`,
+//! `link_*`, `register` without `pairingCode`, `update_load`,
+//! `get_relays`, `heartbeat`; see [`zajel_wire::rendezvous`]): each goes to
+//! its sans-IO machine ([`crate::rendezvous`], [`crate::linking`],
+//! [`crate::peer_relays`]) with the clock, and what comes out is delivered:
+//! replies to the sender, pushes to the connection holding a pairing code
+//! or a peer-relay peerId. Also the timers: a link request's expiry, and
+//! the periodic cleanup (expired rendezvous rows, idle peer relays closed
+//! with 1000 "Heartbeat timeout").
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use zajel_wire::pairing::PairingCode;
+use zajel_wire::rendezvous::{self as wire, RelayReply, RelayRequest, RelayRequestError};
+use zajel_wire::signaling::ServerMessage;
+
+use crate::config::RendezvousConfig;
+use crate::hub::Hub;
+use crate::linking::{LinkReply, Links};
+use crate::metrics::{Metrics, Refusal};
+use crate::outbox::Outbox;
+use crate::peer_relays::{PeerRelays, PEER_ID_IN_USE};
+use crate::rendezvous::{PointOwnership, Rendezvous, RendezvousRefusal, RendezvousSettings};
+use crate::rendezvous_store::{RendezvousStore, StoreError};
+
+/// The Unix time in ms (what rendezvous rows expire by, so they outlive a restart).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The frame as JSON if [`wire::is_relay_request`] claims it (a cheap
+/// look for the type names first spares other frames a second parse; a
+/// type name spelled with JSON escapes, which no client sends, misses it
+/// and is answered `Unknown message type`).
+pub fn claimed(text: &str) -> Option<Value> {
+    const NAMES: [&str; 5] = [
+        "register",
+        "link_",
+        "update_load",
+        "get_relays",
+        "heartbeat",
+    ];
+    if text.len() > zajel_wire::signaling::MAX_FRAME_BYTES
+        || !NAMES.iter().any(|name| text.contains(name))
+    {
+        return None;
+    }
+    serde_json::from_str(text)
+        .ok()
+        .filter(wire::is_relay_request)
+}
+
+/// The rendezvous, link and peer-relay state of one relay.
+pub(crate) struct RelayRequests {
+    rendezvous: Mutex<Rendezvous>,
+    links: Mutex<Links>,
+    peers: Mutex<PeerRelays>,
+    /// The outboxes of connections holding a peer-relay peerId.
+    peer_outboxes: Mutex<HashMap<u64, Arc<Outbox>>>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    server_id: String,
+    config: RendezvousConfig,
+    me: Weak<RelayRequests>,
+}
+
+impl RelayRequests {
+    /// Opens the rendezvous database of `config` (in memory without one).
+    pub fn open(
+        config: &RendezvousConfig,
+        ownership: PointOwnership,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        server_id: String,
+    ) -> Result<Arc<Self>, StoreError> {
+        let store = RendezvousStore::open(config.database.as_deref())?;
+        let settings = RendezvousSettings {
+            daily_ttl_ms: config.daily_ttl.as_millis() as u64,
+            hourly_ttl_ms: config.hourly_ttl.as_millis() as u64,
+            max_entries_per_peer: config.max_entries_per_peer,
+            max_items_per_connection: config.max_items_per_connection,
+        };
+        Ok(Arc::new_cyclic(|me| Self {
+            rendezvous: Mutex::new(Rendezvous::new(store, settings, ownership)),
+            links: Mutex::new(Links::new(config.link_timeout)),
+            peers: Mutex::new(PeerRelays::new(config.peer_relay_timeout)),
+            peer_outboxes: Mutex::new(HashMap::new()),
+            hub,
+            metrics,
+            server_id,
+            config: config.clone(),
+            me: me.clone(),
+        }))
+    }
+
+    /// Handles a frame [`wire::is_relay_request`] claimed, from the
+    /// connection of `outbox`, registered as `code` if it is. Returns the
+    /// replies to it, in order.
+    pub async fn handle(
+        self: &Arc<Self>,
+        outbox: &Arc<Outbox>,
+        code: Option<PairingCode>,
+        value: Value,
+    ) -> Vec<String> {
+        let request = match RelayRequest::from_json_for_connection(value, Some(code.is_some())) {
+            Ok(request) => request,
+            Err(error) => {
+                // Counted like every other refused frame.
+                self.metrics
+                    .refused(if error == RelayRequestError::NotRegistered {
+                        Refusal::NotRegistered
+                    } else {
+                        Refusal::InvalidMessage
+                    });
+                return vec![error.to_error_frame()];
+            }
+        };
+        let connection = outbox.id;
+        let now = Instant::now();
+        match request {
+            RelayRequest::RegisterRendezvous(register) => {
+                let relay_peer = lock(&self.peers).peer_id_of(connection).map(str::to_string);
+                let held: Vec<String> = code
+                    .map(|c| c.to_string())
+                    .into_iter()
+                    .chain(relay_peer)
+                    .collect();
+                let peer_id = register.peer_id.clone();
+                // SQLite work (up to 1 024 points and tokens) off the async workers.
+                let me = self.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    let held: Vec<&str> = held.iter().map(String::as_str).collect();
+                    lock(&me.rendezvous).register(unix_ms(), connection, &held, &register)
+                })
+                .await;
+                match result {
+                    Ok(Ok(registered)) => {
+                        lock(&self.peers).touch(now, connection, peer_id.as_deref());
+                        for (peer_id, push) in registered.pushes {
+                            self.deliver_to_peer(&peer_id, push.to_text());
+                        }
+                        vec![registered.reply.to_text()]
+                    }
+                    Ok(Err(refusal)) => {
+                        if let RendezvousRefusal::Storage(error) = &refusal {
+                            tracing::warn!(%error, "register_rendezvous failed");
+                        }
+                        vec![ServerMessage::error(refusal.to_string()).to_text()]
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "register_rendezvous task failed");
+                        vec![ServerMessage::error(RENDEZVOUS_UNAVAILABLE).to_text()]
+                    }
+                }
+            }
+            RelayRequest::LinkRequest {
+                link_code,
+                public_key,
+                device_name,
+            } => {
+                let web_code = code.expect("registered: checked by the parser");
+                let mobile_present = self.hub.member(link_code).is_some();
+                let (reply, sends) = lock(&self.links).request(
+                    now,
+                    web_code,
+                    link_code,
+                    public_key,
+                    device_name,
+                    mobile_present,
+                );
+                if !sends.is_empty() {
+                    self.arm_link_timer();
+                }
+                self.link_outcome(reply, sends)
+            }
+            RelayRequest::LinkResponse {
+                link_code,
+                accepted,
+                device_id,
+            } => {
+                let mobile_code = code.expect("registered: checked by the parser");
+                let mobile_key = self
+                    .hub
+                    .member(mobile_code)
+                    .map(|(_, key)| key.to_string())
+                    .unwrap_or_default();
+                let hub = &self.hub;
+                let (reply, sends) = lock(&self.links).respond(
+                    mobile_code,
+                    &mobile_key,
+                    link_code,
+                    accepted,
+                    device_id,
+                    |web| hub.member(web).is_some(),
+                );
+                self.link_outcome(reply, sends)
+            }
+            RelayRequest::RegisterPeer {
+                peer_id,
+                max_connections,
+                public_key,
+            } => {
+                // A pairing code held by another connection is not a peerId
+                // anyone else may take (pushes for it would go astray).
+                let code_of_another = PairingCode::parse(&peer_id)
+                    .ok()
+                    .and_then(|c| self.hub.member(c))
+                    .is_some_and(|(other, _)| other.id != connection);
+                let result = if code_of_another {
+                    Err(PEER_ID_IN_USE)
+                } else {
+                    lock(&self.peers).register(
+                        now,
+                        connection,
+                        &peer_id,
+                        max_connections,
+                        public_key,
+                        &self.server_id,
+                        &mut random,
+                    )
+                };
+                match result {
+                    Ok(reply) => {
+                        lock(&self.peer_outboxes).insert(connection, outbox.clone());
+                        vec![reply.to_text()]
+                    }
+                    Err(text) => vec![ServerMessage::error(text).to_text()],
+                }
+            }
+            RelayRequest::UpdateLoad {
+                peer_id,
+                connected_count,
+            } => vec![lock(&self.peers)
+                .update_load(now, connection, peer_id, connected_count)
+                .to_text()],
+            RelayRequest::GetRelays { peer_id, count } => vec![lock(&self.peers)
+                .get_relays(peer_id.as_deref(), count, &mut random)
+                .to_text()],
+            RelayRequest::Heartbeat { peer_id } => vec![lock(&self.peers)
+                .heartbeat(now, connection, peer_id.as_deref(), unix_ms())
+                .to_text()],
+        }
+    }
+
+    /// The connection `connection` closed; it held `code` (already
+    /// released from the hub) if any.
+    pub fn connection_closed(&self, connection: u64, code: Option<PairingCode>) {
+        lock(&self.rendezvous).connection_closed(connection);
+        lock(&self.peer_outboxes).remove(&connection);
+        if let Some(peer_id) = lock(&self.peers).connection_closed(connection) {
+            self.drop_peer_entries(&peer_id);
+        }
+        // Only when no other connection (the same key's new one) holds the code now.
+        if let Some(code) = code.filter(|c| self.hub.member(*c).is_none()) {
+            let sends = lock(&self.links).code_left(code);
+            self.deliver(sends);
+        }
+    }
+
+    /// Sweeps expired rendezvous rows and closes idle peer relays every
+    /// cleanup interval until the relay stops.
+    pub async fn run_cleanup(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let interval = self
+            .config
+            .cleanup_interval
+            .max(std::time::Duration::from_millis(10));
+        loop {
+            tokio::select! {
+                () = crate::relay::stopping(&mut shutdown) => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+            let me = self.clone();
+            // A sweep may delete many rows: off the async workers.
+            let _ =
+                tokio::task::spawn_blocking(move || me.cleanup(Instant::now(), unix_ms())).await;
+        }
+    }
+
+    /// One cleanup pass.
+    pub fn cleanup(&self, now: Instant, now_ms: u64) {
+        match lock(&self.rendezvous).sweep(now_ms) {
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(removed, "expired rendezvous entries swept"),
+            Err(error) => tracing::warn!(%error, "rendezvous sweep failed"),
+        }
+        let idle = lock(&self.peers).reap(now);
+        for (peer_id, connection) in idle {
+            if let Some(outbox) = lock(&self.peer_outboxes).remove(&connection) {
+                let (code, reason) = wire::HEARTBEAT_TIMEOUT_CLOSE;
+                outbox.close(code, reason);
+            }
+            self.drop_peer_entries(&peer_id);
+            tracing::debug!(
+                connection,
+                "peer relay silent past the heartbeat timeout: closed"
+            );
+        }
+    }
+
+    fn drop_peer_entries(&self, peer_id: &str) {
+        if let Err(error) = lock(&self.rendezvous).drop_peer(peer_id) {
+            tracing::warn!(%error, "dropping a peer relay's rendezvous entries failed");
+        }
+    }
+
+    /// A `rendezvous_match` for `peer_id`: its peer-relay connection, else
+    /// the connection holding it as a pairing code, else dropped.
+    fn deliver_to_peer(&self, peer_id: &str, text: String) {
+        let relay_connection = lock(&self.peers).connection_of(peer_id);
+        let relay_outbox =
+            relay_connection.and_then(|c| lock(&self.peer_outboxes).get(&c).cloned());
+        if let Some(outbox) = relay_outbox {
+            outbox.deliver(text);
+        } else if let Some((outbox, _)) = PairingCode::parse(peer_id)
+            .ok()
+            .and_then(|c| self.hub.member(c))
+        {
+            outbox.deliver(text);
+        }
+    }
+
+    fn deliver(&self, sends: Vec<(PairingCode, RelayReply)>) {
+        for (code, reply) in sends {
+            if let Some((outbox, _)) = self.hub.member(code) {
+                outbox.deliver(reply.to_text());
+            }
+        }
+    }
+
+    fn link_outcome(
+        &self,
+        reply: Option<LinkReply>,
+        sends: Vec<(PairingCode, RelayReply)>,
+    ) -> Vec<String> {
+        self.deliver(sends);
+        match reply {
+            None => Vec::new(),
+            Some(LinkReply::Error(text)) => vec![ServerMessage::error(text).to_text()],
+            Some(LinkReply::Reply(reply)) => vec![reply.to_text()],
+        }
+    }
+
+    /// Expires the link requests due by the time it wakes.
+    fn arm_link_timer(&self) {
+        let me = self.me.clone();
+        let timeout = self.config.link_timeout;
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            let Some(me) = me.upgrade() else { return };
+            let sends = lock(&me.links).expire(Instant::now());
+            me.deliver(sends);
+        });
+    }
+}
+
+/// `error` when the rendezvous work could not run at all.
+const RENDEZVOUS_UNAVAILABLE: &str = "Rendezvous storage unavailable";
+
+fn random() -> u64 {
+    getrandom::u64().unwrap_or(0)
+}

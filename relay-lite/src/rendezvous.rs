@@ -1,0 +1,632 @@
+//! Rendezvous (`shared/reference/zajel-wire.md` §5) as a sans-IO machine:
+//! `register_rendezvous` in (with the caller's Unix time in ms), the reply
+//! and the `rendezvous_match` pushes out; entries in
+//! [`crate::rendezvous_store`] (SQLite), so a restart loses none.
+//!
+//! Exactly Zajel's rules: daily points live [`RendezvousSettings::daily_ttl_ms`]
+//! (48 h) and yield other peers' non-empty dead drops; hourly tokens live
+//! [`RendezvousSettings::hourly_ttl_ms`] (3 h) and yield one live match per
+//! (token, other unexpired peer), duplicates kept, `relayId` `""` when none;
+//! each such match also pushes `{"type":"rendezvous_match","match":{"peerId":
+//! <registrant>,"relayId"?}}` to the other peer (the caller delivers it to
+//! that peerId's peer-relay connection, else its pairing-code connection,
+//! else drops it). Re-registering upserts. Expired rows are swept by
+//! [`Rendezvous::sweep`]; a peer relay's rows go when its connection does
+//! ([`Rendezvous::drop_peer`]).
+//!
+//! Ownership of each point or token is asked of a [`PointOwnership`]
+//! function: today [`local_only`]; federation will plug a hash ring in.
+//! Items owned elsewhere are not stored and come back as `redirects`
+//! (merged per server) in a `rendezvous_partial`.
+//!
+//! Beyond Zajel (each with its own error text, see [`RendezvousRefusal`]):
+//! a connection may write only the entries of a `peerId` it holds (its
+//! pairing code, or its peer-relay `peerId`), at most
+//! [`RendezvousSettings::max_entries_per_peer`] live entries per `peerId`,
+//! and at most [`RendezvousSettings::max_items_per_connection`] points and
+//! tokens over a connection's life, and at most
+//! [`crate::rendezvous_store::MAX_PEERS_PER_POINT`] (32) other peers read
+//! at one point or token (the latest registered), so a flood of made-up
+//! peerIds at one point cannot multiply every reply and push. The app
+//! sends 9 points and tokens per contact on each connect and again 5 s
+//! later, so the per-connection default covers 227 contacts. The app writes under its own current
+//! pairing code on the connection that registered it, so none of these
+//! costs it anything.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use zajel_wire::rendezvous::{
+    self as wire, FoundDeadDrop, LiveMatch, MatchedPeer, Redirect, RegisterRendezvous, RelayReply,
+    RendezvousFound,
+};
+
+use crate::rendezvous_store::{RendezvousStore, StoreError};
+
+/// Who keeps a point or token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PointOwner {
+    /// This relay.
+    Local,
+    /// Another server: the client is redirected there.
+    Remote { server_id: String, endpoint: String },
+}
+
+/// Answers "is this point mine?" for each point or token string.
+pub type PointOwnership = Arc<dyn Fn(&str) -> PointOwner + Send + Sync>;
+
+/// Every point is this relay's (one relay, no federation).
+pub fn local_only() -> PointOwnership {
+    Arc::new(|_| PointOwner::Local)
+}
+
+/// Lifetimes and limits.
+#[derive(Debug, Clone)]
+pub struct RendezvousSettings {
+    pub daily_ttl_ms: u64,
+    pub hourly_ttl_ms: u64,
+    /// Live entries (daily + hourly) one `peerId` may have.
+    pub max_entries_per_peer: usize,
+    /// Points and tokens one connection may register over its life.
+    pub max_items_per_connection: usize,
+}
+
+/// Default of [`RendezvousSettings::max_entries_per_peer`].
+pub const DEFAULT_MAX_ENTRIES_PER_PEER: usize = 4_096;
+/// Default of [`RendezvousSettings::max_items_per_connection`].
+pub const DEFAULT_MAX_ITEMS_PER_CONNECTION: usize = 4_096;
+
+impl Default for RendezvousSettings {
+    fn default() -> Self {
+        Self {
+            daily_ttl_ms: wire::DAILY_POINT_TTL_MS,
+            hourly_ttl_ms: wire::HOURLY_TOKEN_TTL_MS,
+            max_entries_per_peer: DEFAULT_MAX_ENTRIES_PER_PEER,
+            max_items_per_connection: DEFAULT_MAX_ITEMS_PER_CONNECTION,
+        }
+    }
+}
+
+/// A refused `register_rendezvous`; the Display text is the `error` message.
+#[derive(Debug, thiserror::Error)]
+pub enum RendezvousRefusal {
+    /// The `peerId` is not one this connection holds.
+    #[error("peerId must be this connection's registered pairing code (or its peer-relay peerId)")]
+    NotYourPeerId,
+    #[error("Too many rendezvous entries for this peerId: at most {0}")]
+    TooManyForPeer(usize),
+    #[error("Too many rendezvous points and tokens on this connection: at most {0}")]
+    TooManyForConnection(usize),
+    /// The database failed (details logged, not sent).
+    #[error("Rendezvous storage unavailable")]
+    Storage(#[from] StoreError),
+}
+
+/// What one `register_rendezvous` produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registered {
+    /// To the registrant.
+    pub reply: RelayReply,
+    /// `(peerId, rendezvous_match)` for each earlier registrant matched, in order.
+    pub pushes: Vec<(String, RelayReply)>,
+}
+
+/// The rendezvous machine.
+pub struct Rendezvous {
+    store: RendezvousStore,
+    settings: RendezvousSettings,
+    ownership: PointOwnership,
+    /// Points and tokens registered so far, by connection.
+    used: HashMap<u64, usize>,
+}
+
+impl Rendezvous {
+    pub(crate) fn new(
+        store: RendezvousStore,
+        settings: RendezvousSettings,
+        ownership: PointOwnership,
+    ) -> Self {
+        Self {
+            store,
+            settings,
+            ownership,
+            used: HashMap::new(),
+        }
+    }
+
+    /// `register_rendezvous` from `connection`, which holds the peerIds in
+    /// `held` (its pairing code, its peer-relay peerId), at Unix time `now_ms`.
+    pub fn register(
+        &mut self,
+        now_ms: u64,
+        connection: u64,
+        held: &[&str],
+        request: &RegisterRendezvous,
+    ) -> Result<Registered, RendezvousRefusal> {
+        let Some(peer_id) = request.peer_id.as_deref() else {
+            // No peerId and (the parser made sure) nothing to register.
+            return Ok(Registered {
+                reply: RelayReply::RendezvousResult {
+                    live_matches: Vec::new(),
+                    dead_drops: Vec::new(),
+                },
+                pushes: Vec::new(),
+            });
+        };
+        if !held.contains(&peer_id) {
+            return Err(RendezvousRefusal::NotYourPeerId);
+        }
+        let items = request.daily_points.len() + request.hourly_tokens.len();
+        let used = self.used.get(&connection).copied().unwrap_or(0);
+        if used + items > self.settings.max_items_per_connection {
+            return Err(RendezvousRefusal::TooManyForConnection(
+                self.settings.max_items_per_connection,
+            ));
+        }
+        // Split local / redirected, merging redirects per server in first-seen order.
+        let mut redirects: Vec<Redirect> = Vec::new();
+        let mut redirect = |point: &str, daily: bool| -> bool {
+            match (self.ownership)(point) {
+                PointOwner::Local => false,
+                PointOwner::Remote {
+                    server_id,
+                    endpoint,
+                } => {
+                    let index = match redirects.iter().position(|r| r.server_id == server_id) {
+                        Some(index) => index,
+                        None => {
+                            redirects.push(Redirect {
+                                server_id,
+                                endpoint,
+                                daily_points: Vec::new(),
+                                hourly_tokens: Vec::new(),
+                            });
+                            redirects.len() - 1
+                        }
+                    };
+                    let entry = &mut redirects[index];
+                    if daily {
+                        entry.daily_points.push(point.to_string());
+                    } else {
+                        entry.hourly_tokens.push(point.to_string());
+                    }
+                    true
+                }
+            }
+        };
+        let daily: Vec<&String> = request
+            .daily_points
+            .iter()
+            .filter(|p| !redirect(p, true))
+            .collect();
+        let hourly: Vec<&String> = request
+            .hourly_tokens
+            .iter()
+            .filter(|t| !redirect(t, false))
+            .collect();
+        let relay_id = request.relay_id.as_deref();
+        let settings = &self.settings;
+        let found = self.store.transaction(|tables| {
+            let mut found = RendezvousFound::default();
+            let mut pushes = Vec::new();
+            for point in &daily {
+                for other in tables.daily_others(point, peer_id, now_ms)? {
+                    if !other.dead_drop.is_empty() {
+                        found.dead_drops.push(FoundDeadDrop {
+                            peer_id: other.peer_id,
+                            dead_drop: other.dead_drop,
+                            relay_id: other.relay_id.unwrap_or_default(),
+                        });
+                    }
+                }
+                tables.upsert_daily(
+                    point,
+                    peer_id,
+                    request.dead_drop_for(point),
+                    relay_id,
+                    now_ms + settings.daily_ttl_ms,
+                )?;
+            }
+            for token in &hourly {
+                for other in tables.hourly_others(token, peer_id, now_ms)? {
+                    pushes.push((
+                        other.peer_id.clone(),
+                        RelayReply::RendezvousMatch {
+                            matched: MatchedPeer {
+                                peer_id: peer_id.to_string(),
+                                relay_id: request.relay_id.clone(),
+                            },
+                        },
+                    ));
+                    found.live_matches.push(LiveMatch {
+                        peer_id: other.peer_id,
+                        relay_id: other.relay_id.unwrap_or_default(),
+                    });
+                }
+                tables.upsert_hourly(token, peer_id, relay_id, now_ms + settings.hourly_ttl_ms)?;
+            }
+            if tables.live_rows_of(peer_id, now_ms)? > settings.max_entries_per_peer {
+                // Rolled back: nothing of this registration is kept.
+                return Err(RendezvousRefusal::TooManyForPeer(
+                    settings.max_entries_per_peer,
+                ));
+            }
+            Ok((found, pushes))
+        });
+        let (found, pushes) = found?;
+        *self.used.entry(connection).or_default() += items;
+        let reply = if redirects.is_empty() {
+            RelayReply::RendezvousResult {
+                live_matches: found.live_matches,
+                dead_drops: found.dead_drops,
+            }
+        } else {
+            RelayReply::RendezvousPartial {
+                local: found,
+                redirects,
+            }
+        };
+        Ok(Registered { reply, pushes })
+    }
+
+    /// `connection` closed: its per-connection count goes.
+    pub fn connection_closed(&mut self, connection: u64) {
+        self.used.remove(&connection);
+    }
+
+    /// Drops every entry of `peer_id` (its peer-relay connection closed or was reaped).
+    pub fn drop_peer(&mut self, peer_id: &str) -> Result<usize, StoreError> {
+        self.store.delete_peer(peer_id)
+    }
+
+    /// Deletes the rows expired at `now_ms`; returns how many.
+    pub fn sweep(&mut self, now_ms: u64) -> Result<usize, StoreError> {
+        self.store.delete_expired(now_ms)
+    }
+
+    /// Rows stored now, expired or not: (daily points, hourly tokens).
+    pub fn row_counts(&self) -> Result<(usize, usize), StoreError> {
+        self.store.row_counts()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use zajel_wire::rendezvous::RelayRequest;
+
+    const HOUR: u64 = 3_600_000;
+    const T0: u64 = 1_800_000_000_000;
+
+    fn machine() -> Rendezvous {
+        Rendezvous::new(
+            RendezvousStore::open(None).unwrap(),
+            RendezvousSettings::default(),
+            local_only(),
+        )
+    }
+
+    fn request(value: serde_json::Value) -> RegisterRendezvous {
+        match RelayRequest::from_json_for_connection(value, Some(true)).unwrap() {
+            RelayRequest::RegisterRendezvous(register) => register,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn app(peer: &str, daily: &[&str], hourly: &[&str]) -> RegisterRendezvous {
+        request(json!({
+            "type": "register_rendezvous", "peerId": peer,
+            "daily_points": daily, "hourly_tokens": hourly, "dead_drops": {},
+        }))
+    }
+
+    fn register(
+        machine: &mut Rendezvous,
+        now: u64,
+        connection: u64,
+        register: &RegisterRendezvous,
+    ) -> Registered {
+        let peer = register.peer_id.clone().unwrap_or_default();
+        machine
+            .register(now, connection, &[&peer], register)
+            .unwrap()
+    }
+
+    fn text(reply: &RelayReply) -> String {
+        reply.to_text()
+    }
+
+    #[test]
+    fn a_later_registrant_gets_live_matches_and_the_earlier_one_a_push_per_token() {
+        let mut machine = machine();
+        let first = register(
+            &mut machine,
+            T0,
+            1,
+            &app("AAAAAA", &["day_1"], &["hr_1", "hr_2", "day_1"]),
+        );
+        assert_eq!(
+            text(&first.reply),
+            r#"{"type":"rendezvous_result","liveMatches":[],"deadDrops":[]}"#
+        );
+        assert!(first.pushes.is_empty());
+        let second = register(
+            &mut machine,
+            T0 + 1_000,
+            2,
+            &app("BBBBBB", &["day_1"], &["hr_1", "day_1", "hr_9"]),
+        );
+        assert_eq!(
+            text(&second.reply),
+            r#"{"type":"rendezvous_result","liveMatches":[{"peerId":"AAAAAA","relayId":""},{"peerId":"AAAAAA","relayId":""}],"deadDrops":[]}"#
+        );
+        // Once per matching token, to the earlier registrant, no relayId when none was sent.
+        let push = r#"{"type":"rendezvous_match","match":{"peerId":"BBBBBB"}}"#;
+        assert_eq!(second.pushes.len(), 2);
+        for (to, reply) in &second.pushes {
+            assert_eq!(to, "AAAAAA");
+            assert_eq!(text(reply), push);
+        }
+        // Duplicates kept: the same token twice in one message matches twice.
+        let third = register(
+            &mut machine,
+            T0 + 2_000,
+            3,
+            &app("CCCCCC", &[], &["hr_1", "hr_1"]),
+        );
+        let RelayReply::RendezvousResult { live_matches, .. } = &third.reply else {
+            panic!()
+        };
+        let peers: Vec<_> = live_matches.iter().map(|m| m.peer_id.as_str()).collect();
+        assert_eq!(peers, ["AAAAAA", "BBBBBB", "AAAAAA", "BBBBBB"]);
+        assert_eq!(third.pushes.len(), 4);
+    }
+
+    #[test]
+    fn relay_ids_and_dead_drops_follow_zajel() {
+        let mut machine = machine();
+        register(
+            &mut machine,
+            T0,
+            1,
+            &request(json!({
+                "type": "register_rendezvous", "peerId": "AAAAAA",
+                "dailyPoints": ["day_1", "day_2"], "hourlyTokens": ["hr_1"],
+                "deadDrops": {"day_1": "sealed-for-b"}, "relayId": "relay-a",
+            })),
+        );
+        // The legacy drop at every point (the map is empty).
+        register(
+            &mut machine,
+            T0,
+            3,
+            &request(json!({
+                "type": "register_rendezvous", "peerId": "CCCCCC",
+                "dailyPoints": ["day_1"], "deadDrop": "legacy",
+            })),
+        );
+        let b = register(
+            &mut machine,
+            T0 + 1,
+            2,
+            &request(json!({
+                "type": "register_rendezvous", "peerId": "BBBBBB",
+                "dailyPoints": ["day_1", "day_2"], "hourlyTokens": ["hr_1"], "relayId": "relay-b",
+            })),
+        );
+        assert_eq!(
+            text(&b.reply),
+            r#"{"type":"rendezvous_result","liveMatches":[{"peerId":"AAAAAA","relayId":"relay-a"}],"deadDrops":[{"peerId":"AAAAAA","deadDrop":"sealed-for-b","relayId":"relay-a"},{"peerId":"CCCCCC","deadDrop":"legacy","relayId":""}]}"#
+        );
+        assert_eq!(
+            text(&b.pushes[0].1),
+            r#"{"type":"rendezvous_match","match":{"peerId":"BBBBBB","relayId":"relay-b"}}"#
+        );
+    }
+
+    #[test]
+    fn entries_expire_on_the_clock_and_the_sweep_deletes_them() {
+        let mut machine = machine();
+        register(&mut machine, T0, 1, &app("AAAAAA", &["day_1"], &["hr_1"]));
+        let dropped = request(json!({
+            "type": "register_rendezvous", "peerId": "AAAAAA", "daily_points": ["day_1"], "deadDrop": "d",
+        }));
+        register(&mut machine, T0, 1, &dropped);
+        // Just before 3 h the token still matches; at 3 h it does not.
+        let probe = |machine: &mut Rendezvous, now: u64, peer: &str| {
+            let registered = register(machine, now, 9, &app(peer, &["day_1"], &["hr_1"]));
+            let RelayReply::RendezvousResult {
+                live_matches,
+                dead_drops,
+            } = registered.reply
+            else {
+                panic!()
+            };
+            (live_matches.len(), dead_drops.len())
+        };
+        assert_eq!(probe(&mut machine, T0 + 3 * HOUR - 1, "BBBBBB"), (1, 1));
+        assert_eq!(probe(&mut machine, T0 + 3 * HOUR, "CCCCCC"), (1, 1));
+        // (CCCCCC matched BBBBBB's fresh token, not AAAAAA's expired one.)
+        assert_eq!(probe(&mut machine, T0 + 48 * HOUR - 1, "DDDDDD"), (0, 1));
+        // AAAAAA's drop is gone at 48 h; DDDDDD's token (from 48 h − 1 ms) still matches.
+        assert_eq!(probe(&mut machine, T0 + 48 * HOUR, "EEEEEE"), (1, 0));
+        assert_eq!(machine.row_counts().unwrap(), (5, 5));
+        // At 51 h + 1 ms only DDDDDD's and EEEEEE's daily points are live.
+        assert_eq!(machine.sweep(T0 + 51 * HOUR + 1).unwrap(), 8);
+        assert_eq!(machine.row_counts().unwrap(), (2, 0));
+    }
+
+    #[test]
+    fn re_registering_upserts_and_drop_peer_removes_a_peers_rows() {
+        let mut machine = machine();
+        for _ in 0..3 {
+            register(&mut machine, T0, 1, &app("AAAAAA", &["day_1"], &["hr_1"]));
+        }
+        assert_eq!(machine.row_counts().unwrap(), (1, 1));
+        // The upsert renews the expiry.
+        register(
+            &mut machine,
+            T0 + 2 * HOUR,
+            1,
+            &app("AAAAAA", &[], &["hr_1"]),
+        );
+        let later = register(
+            &mut machine,
+            T0 + 4 * HOUR,
+            2,
+            &app("BBBBBB", &[], &["hr_1"]),
+        );
+        assert_eq!(later.pushes.len(), 1);
+        assert_eq!(machine.drop_peer("AAAAAA").unwrap(), 2);
+        let after = register(
+            &mut machine,
+            T0 + 4 * HOUR,
+            3,
+            &app("CCCCCC", &[], &["hr_1"]),
+        );
+        assert_eq!(after.pushes[0].0, "BBBBBB");
+        assert_eq!(after.pushes.len(), 1);
+    }
+
+    #[test]
+    fn only_the_holder_of_a_peer_id_writes_its_entries() {
+        let mut machine = machine();
+        let victim = app("VICTIM", &["day_1"], &["hr_1"]);
+        let refused = machine.register(T0, 7, &["ATTACK"], &victim).unwrap_err();
+        assert!(matches!(refused, RendezvousRefusal::NotYourPeerId));
+        assert_eq!(
+            refused.to_string(),
+            "peerId must be this connection's registered pairing code (or its peer-relay peerId)"
+        );
+        assert_eq!(machine.row_counts().unwrap(), (0, 0));
+        // Not registered at all: nothing held.
+        assert!(machine.register(T0, 8, &[], &victim).is_err());
+        // A peer relay writes under its peerId.
+        assert!(machine
+            .register(
+                T0,
+                9,
+                &["ATTACK", "relay-1"],
+                &app("relay-1", &[], &["hr_1"])
+            )
+            .is_ok());
+    }
+
+    #[test]
+    fn per_peer_and_per_connection_limits_refuse_with_clear_errors() {
+        let mut machine = Rendezvous::new(
+            RendezvousStore::open(None).unwrap(),
+            RendezvousSettings {
+                max_entries_per_peer: 4,
+                max_items_per_connection: 10,
+                ..RendezvousSettings::default()
+            },
+            local_only(),
+        );
+        register(
+            &mut machine,
+            T0,
+            1,
+            &app("AAAAAA", &["day_1", "day_2"], &["hr_1"]),
+        );
+        // Re-registering the same points does not grow the count.
+        register(
+            &mut machine,
+            T0,
+            1,
+            &app("AAAAAA", &["day_1", "day_2"], &["hr_1"]),
+        );
+        let over = app("AAAAAA", &["day_3"], &["hr_2"]);
+        let refused = machine.register(T0, 1, &["AAAAAA"], &over).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "Too many rendezvous entries for this peerId: at most 4"
+        );
+        // Rolled back: the first of the two new items was not kept either.
+        assert_eq!(machine.row_counts().unwrap(), (2, 1));
+        // 6 items so far (+ the refused 2, not counted); 5 more is over 10.
+        let refused = machine
+            .register(T0, 1, &["AAAAAA"], &app("AAAAAA", &["day_1"; 5], &[]))
+            .unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "Too many rendezvous points and tokens on this connection: at most 10"
+        );
+        // A new connection starts from zero.
+        machine.connection_closed(1);
+        assert!(machine
+            .register(T0, 1, &["AAAAAA"], &app("AAAAAA", &["day_1"; 5], &[]))
+            .is_ok());
+    }
+
+    #[test]
+    fn points_owned_elsewhere_come_back_as_merged_redirects_and_are_not_stored() {
+        let ownership: PointOwnership = Arc::new(|point: &str| {
+            if point.ends_with("_b") {
+                PointOwner::Remote {
+                    server_id: "ed25519:b".into(),
+                    endpoint: "wss://b.example".into(),
+                }
+            } else {
+                PointOwner::Local
+            }
+        });
+        let mut machine = Rendezvous::new(
+            RendezvousStore::open(None).unwrap(),
+            RendezvousSettings::default(),
+            ownership,
+        );
+        let registered = register(
+            &mut machine,
+            T0,
+            1,
+            &app("AAAAAA", &["day_a", "day_b"], &["hr_b", "hr_a"]),
+        );
+        assert_eq!(
+            text(&registered.reply),
+            r#"{"type":"rendezvous_partial","local":{"liveMatches":[],"deadDrops":[]},"redirects":[{"serverId":"ed25519:b","endpoint":"wss://b.example","dailyPoints":["day_b"],"hourlyTokens":["hr_b"]}]}"#
+        );
+        assert_eq!(machine.row_counts().unwrap(), (1, 1));
+    }
+
+    #[test]
+    fn a_flood_of_peers_at_one_token_yields_only_the_latest_32() {
+        let mut machine = machine();
+        for n in 0..40u64 {
+            register(
+                &mut machine,
+                T0 + n,
+                n,
+                &app(&format!("FLOOD{n}"), &[], &["hr_1"]),
+            );
+        }
+        let late = register(&mut machine, T0 + 100, 99, &app("LATE22", &[], &["hr_1"]));
+        let RelayReply::RendezvousResult { live_matches, .. } = &late.reply else {
+            panic!()
+        };
+        let peers: Vec<_> = live_matches.iter().map(|m| m.peer_id.clone()).collect();
+        let expected: Vec<_> = (8..40).map(|n| format!("FLOOD{n}")).collect();
+        assert_eq!(peers, expected);
+        assert_eq!(late.pushes.len(), 32);
+    }
+
+    #[test]
+    fn entries_survive_reopening_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rendezvous.sqlite3");
+        let open = || {
+            Rendezvous::new(
+                RendezvousStore::open(Some(&path)).unwrap(),
+                RendezvousSettings::default(),
+                local_only(),
+            )
+        };
+        let mut first = open();
+        register(&mut first, T0, 1, &app("AAAAAA", &[], &["hr_1"]));
+        drop(first);
+        let mut second = open();
+        let later = register(&mut second, T0 + 1, 2, &app("BBBBBB", &[], &["hr_1"]));
+        assert_eq!(later.pushes[0].0, "AAAAAA");
+    }
+}
