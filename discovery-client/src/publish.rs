@@ -56,6 +56,11 @@ pub struct PublishRequest {
     pub ttl: u32,
     /// How long the records stay valid.
     pub valid_for: Duration,
+    /// Retired servers (`serverId`s) to publish a signed revocation for,
+    /// valid for the longest record lifetime ([`txt::MAX_VALIDITY_SECS`]) so
+    /// that it outlives every record signed before it; their own records are
+    /// left out.
+    pub revoke: Vec<String>,
     pub timeout: Duration,
 }
 
@@ -83,17 +88,24 @@ pub async fn publish(
             detail: result.detail,
         });
     }
-    if result.servers.is_empty() {
+    let servers: Vec<_> = result
+        .servers
+        .into_iter()
+        .filter(|s| !request.revoke.contains(&s.server_id))
+        .collect();
+    if servers.is_empty() && request.revoke.is_empty() {
         return Err(PublishError::NoServers);
     }
     let expires = now / 1000 + request.valid_for.as_secs().max(60);
-    Ok(txt::build_records(
+    let mut records = txt::build_records(key, &request.domain, &servers, request.ttl, expires)?;
+    records.extend(txt::build_revocations(
         key,
         &request.domain,
-        &result.servers,
+        &request.revoke,
         request.ttl,
-        expires,
-    )?)
+        now / 1000 + txt::MAX_VALIDITY_SECS,
+    )?);
+    Ok(records)
 }
 
 /// JSON for a DNS provider's API: one object per record.
@@ -160,11 +172,19 @@ pub async fn verify(
                 .iter()
                 .map(|bytes| {
                     let text = String::from_utf8_lossy(bytes).into_owned();
-                    match txt::verify_record(domain, bytes, keys, now_secs) {
-                        Ok(entry) => CheckedRecord {
+                    match txt::verify_any(domain, bytes, keys, now_secs) {
+                        Ok(txt::TxtRecord::Server(entry)) => CheckedRecord {
                             text,
                             entry: Some(entry),
                             refused: None,
+                        },
+                        Ok(txt::TxtRecord::Revocation(revocation)) => CheckedRecord {
+                            text,
+                            entry: None,
+                            refused: Some(format!(
+                                "revocation of {} until {} (verified)",
+                                revocation.server_id, revocation.expires
+                            )),
                         },
                         Err(e) => CheckedRecord {
                             text,
@@ -202,6 +222,7 @@ mod tests {
             domain: "zajel.test".into(),
             ttl: 300,
             valid_for: Duration::from_secs(3600),
+            revoke: Vec::new(),
             timeout: Duration::from_secs(5),
         };
         let key = SigningKey::from_bytes(&[9; 32]);

@@ -217,7 +217,7 @@ pub fn split_strings(text: &str) -> Vec<String> {
 
 /// A signed revocation: the server with this `serverId` is not to be used
 /// until `expires`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Revocation {
     /// `ed25519:` + base64 key of the retired server.
     pub server_id: String,
@@ -452,6 +452,40 @@ pub fn build_records(
         return Err(PublishError::AnswerTooLarge(bytes));
     }
     Ok(records)
+}
+
+/// Signs one revocation record per retired server (`serverId`s), valid
+/// until `expires`; `endpoint` of each says `revoke <serverId>`.
+pub fn build_revocations(
+    key: &SigningKey,
+    domain: &str,
+    server_ids: &[String],
+    ttl: u32,
+    expires: u64,
+) -> Result<Vec<PublishedRecord>, PublishError> {
+    let name = record_name(domain);
+    server_ids
+        .iter()
+        .map(|server_id| {
+            let revocation = Revocation {
+                server_id: server_id.clone(),
+                expires,
+            };
+            let strings = split_strings(&sign_revocation(key, domain, &revocation)?);
+            let content = strings
+                .iter()
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(" ");
+            Ok(PublishedRecord {
+                name: name.clone(),
+                ttl,
+                strings,
+                content,
+                endpoint: format!("revoke {server_id}"),
+            })
+        })
+        .collect()
 }
 
 /// A zone-file snippet (BIND, Knot, NSD all read this form).
