@@ -503,10 +503,9 @@ async fn txt_publish(args: PublishArgs) -> Result<u8, CliError> {
         domain: args.domain.clone(),
         ttl: args.ttl,
         valid_for: Duration::from_secs(args.valid_hours * 3600),
-        revoke: args.revoke.clone(),
         timeout: Duration::from_millis(args.timeout_ms),
     };
-    let records = publish::publish(&request, &key, tls).await?;
+    let records = publish::publish_revoking(&request, &args.revoke, &key, tls).await?;
     match args.format {
         Format::Zone => out!("{}", txt::zone_snippet(&records)),
         Format::Json => outln!(

@@ -56,17 +56,25 @@ pub struct PublishRequest {
     pub ttl: u32,
     /// How long the records stay valid.
     pub valid_for: Duration,
-    /// Retired servers (`serverId`s) to publish a signed revocation for,
-    /// valid for the longest record lifetime ([`txt::MAX_VALIDITY_SECS`]) so
-    /// that it outlives every record signed before it; their own records are
-    /// left out.
-    pub revoke: Vec<String>,
     pub timeout: Duration,
 }
 
 /// Fetches and verifies the registry's list, then signs its servers as TXT records.
 pub async fn publish(
     request: &PublishRequest,
+    key: &SigningKey,
+    tls: rustls::ClientConfig,
+) -> Result<Vec<PublishedRecord>, PublishError> {
+    publish_revoking(request, &[], key, tls).await
+}
+
+/// [`publish`], plus a signed revocation for each retired server in
+/// `revoke` (`serverId`s), valid for the longest record lifetime
+/// ([`txt::MAX_VALIDITY_SECS`]) so that it outlives every record signed
+/// before it; their own records are left out.
+pub async fn publish_revoking(
+    request: &PublishRequest,
+    revoke: &[String],
     key: &SigningKey,
     tls: rustls::ClientConfig,
 ) -> Result<Vec<PublishedRecord>, PublishError> {
@@ -91,9 +99,9 @@ pub async fn publish(
     let servers: Vec<_> = result
         .servers
         .into_iter()
-        .filter(|s| !request.revoke.contains(&s.server_id))
+        .filter(|s| !revoke.contains(&s.server_id))
         .collect();
-    if servers.is_empty() && request.revoke.is_empty() {
+    if servers.is_empty() && revoke.is_empty() {
         return Err(PublishError::NoServers);
     }
     let expires = now / 1000 + request.valid_for.as_secs().max(60);
@@ -101,7 +109,7 @@ pub async fn publish(
     records.extend(txt::build_revocations(
         key,
         &request.domain,
-        &request.revoke,
+        revoke,
         request.ttl,
         now / 1000 + txt::MAX_VALIDITY_SECS,
     )?);
@@ -222,7 +230,6 @@ mod tests {
             domain: "zajel.test".into(),
             ttl: 300,
             valid_for: Duration::from_secs(3600),
-            revoke: Vec::new(),
             timeout: Duration::from_secs(5),
         };
         let key = SigningKey::from_bytes(&[9; 32]);
