@@ -663,12 +663,24 @@ fn spawn_doh_layer(inner: Arc<Inner>, tx: Sender, shared: Arc<Shared>) {
             let (outcome, detail, found, refused) = if answer.outcome != Outcome::Ok {
                 (answer.outcome, answer.detail, Vec::new(), Vec::new())
             } else {
-                let check = txt::check_answer(
-                    &domain,
-                    &answer.records,
-                    &inner.config.registry_keys,
-                    crate::now_ms() / 1000,
-                );
+                // Up to 512 signature checks: off the async workers.
+                let keys = inner.config.registry_keys.clone();
+                let records = answer.records;
+                let for_domain = domain.clone();
+                let check = match tokio::task::spawn_blocking(move || {
+                    txt::check_answer(&for_domain, &records, &keys, crate::now_ms() / 1000)
+                })
+                .await
+                {
+                    Ok(check) => check,
+                    Err(e) => txt::AnswerCheck {
+                        outcome: Outcome::Error,
+                        detail: format!("verifying the answer failed: {e}"),
+                        entries: Vec::new(),
+                        revocations: Vec::new(),
+                        refused: Vec::new(),
+                    },
+                };
                 let found = check
                     .entries
                     .into_iter()
