@@ -1,5 +1,7 @@
 //! Discovery under junk (issue 19, item 5), end to end on loopback with the
-//! real DoH path (the in-process hickory DoH server) and real sockets:
+//! real DoH path (unbound, which serves answers up to 64 KiB in the order
+//! given; the in-process hickory server for the oversized one) and real
+//! sockets:
 //!
 //! - a resolver answer with hundreds of junk `v=zajel1` records before the
 //!   genuine one still yields the genuine server (it used to read 32);
@@ -8,6 +10,11 @@
 //! - 300 signed entries pointing at a port that accepts and never answers
 //!   do not push the first verified server back by the probe timeouts (the
 //!   issue: 0.1 s → 15.1 s). The figures are printed.
+//!
+//! The DoH layer gets 20 s: a debug build checks an Ed25519 signature in
+//! about 10 ms, so 300 records take seconds here (about 15 ms in release).
+//! The dead-entry figure that matters is from the answer to the first
+//! verified server.
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
@@ -19,6 +26,7 @@ use ed25519_dalek::SigningKey;
 use tests::discovery_world::{DiscoveryWorld, DOMAIN};
 use tests::doh_inprocess::InProcessDoh;
 use tests::registry_host::random_key;
+use tests::unbound_doh::UnboundDoh;
 use zajel_wire::keys;
 
 fn expires() -> u64 {
@@ -55,14 +63,27 @@ fn dead_port() -> u16 {
     port
 }
 
-async fn run(world: &DiscoveryWorld, doh: &[&InProcessDoh], domains: &[&str]) -> Report {
-    let mut config = world.config();
-    config.doh_servers = doh
+/// Zone-file lines for unbound.
+fn zone_lines(records: &[(String, Vec<String>)]) -> Vec<String> {
+    records
         .iter()
-        .map(|d| format!("{},ip=127.0.0.1", d.url).parse().unwrap())
-        .collect();
+        .map(|(name, strings)| {
+            let content: Vec<String> = strings.iter().map(|s| format!("\"{s}\"")).collect();
+            format!("{name} 60 IN TXT {}", content.join(" "))
+        })
+        .collect()
+}
+
+/// unbound serving `records` in that order.
+fn unbound(world: &DiscoveryWorld, records: &[(String, Vec<String>)]) -> UnboundDoh {
+    world.start_doh(&zone_lines(records))
+}
+
+async fn run(world: &DiscoveryWorld, doh: &[String], domains: &[&str]) -> Report {
+    let mut config = world.config();
+    config.doh_servers = doh.iter().map(|d| d.parse().unwrap()).collect();
     config.domains = domains.iter().map(|d| d.to_string()).collect();
-    config.layer_timeout = Duration::from_secs(3);
+    config.layer_timeout = Duration::from_secs(20);
     config.probe_timeout = Duration::from_secs(3);
     Discovery::new(config).unwrap().run().finish().await
 }
@@ -91,8 +112,13 @@ async fn hundreds_of_junk_records_before_the_genuine_one_do_not_hide_it() {
         &world.server_key,
         &world.relay.url,
     ));
-    let doh = InProcessDoh::start(&world.ca, DOMAIN, &records).unwrap();
-    let report = run(&world, &[&doh], &[&domain]).await;
+    let doh = unbound(&world, &records);
+    let report = run(
+        &world,
+        &[DiscoveryWorld::doh_server(&doh).to_string()],
+        &[&domain],
+    )
+    .await;
     let layer = report.layer(Layer::Doh).unwrap();
     assert_eq!(layer.outcome, Outcome::Ok, "{layer:?}");
     assert_eq!(
@@ -119,18 +145,24 @@ async fn an_oversized_answer_is_its_resolvers_error_and_breaks_nothing_else() {
         })
         .collect();
     let bomber = InProcessDoh::start(&world.ca, DOMAIN, &bomb).unwrap();
-    let genuine = InProcessDoh::start(
-        &world.ca,
-        DOMAIN,
+    let genuine = unbound(
+        &world,
         &[record(
             &world.registry_key,
             &domain,
             &world.server_key,
             &world.relay.url,
         )],
+    );
+    let report = run(
+        &world,
+        &[
+            format!("{},ip=127.0.0.1", bomber.url),
+            DiscoveryWorld::doh_server(&genuine).to_string(),
+        ],
+        &[&domain],
     )
-    .unwrap();
-    let report = run(&world, &[&bomber, &genuine], &[&domain]).await;
+    .await;
     let layer = report.layer(Layer::Doh).unwrap();
     let bombed = layer
         .sources
@@ -166,11 +198,11 @@ async fn first_verified_behind(world: &DiscoveryWorld, dead: usize) -> (f64, f64
         &world.server_key,
         &world.relay.url,
     ));
-    let doh = InProcessDoh::start(&world.ca, DOMAIN, &records).unwrap();
+    let doh = unbound(world, &records);
     let mut config = world.config();
-    config.doh_servers = vec![format!("{},ip=127.0.0.1", doh.url).parse().unwrap()];
+    config.doh_servers = vec![DiscoveryWorld::doh_server(&doh)];
     config.domains = vec![a.clone(), b.clone()];
-    config.layer_timeout = Duration::from_secs(3);
+    config.layer_timeout = Duration::from_secs(20);
     config.probe_timeout = Duration::from_secs(3);
     config.stagger = Duration::ZERO;
     let started = Instant::now();
@@ -199,6 +231,7 @@ async fn dead_entries_do_not_push_the_first_verified_server_back() {
     // Before: 16 checks at a time, each dead one holding its slot for the
     // 3 s probe timeout: 19 rounds, about 57 s. Now 16 more checks start
     // every 50 ms: the genuine one starts within about a second of the answer.
+    // (The probe timeout stays 3 s, as in the issue's measurement.)
     assert!(
         behind - answered < 2000.0,
         "{behind} ms (answer at {answered} ms)"
