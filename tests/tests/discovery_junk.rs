@@ -238,3 +238,73 @@ async fn dead_entries_do_not_push_the_first_verified_server_back() {
     );
     assert!(alone < 2000.0, "{alone}");
 }
+
+/// A signed revocation (`v=zajel1 revoke=…`) retires a server: refused from
+/// every layer (the registry still lists it), remembered in the cache, and
+/// a later replay of its record without the revocation is still refused.
+/// A forged revocation is ignored with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_server_is_refused_also_from_the_cache_and_a_forged_revocation_is_ignored() {
+    let world = DiscoveryWorld::new().await;
+    let domain = format!("rev.{DOMAIN}");
+    let relay_record = record(
+        &world.registry_key,
+        &domain,
+        &world.server_key,
+        &world.relay.url,
+    );
+    let revocation = |signer: &SigningKey| {
+        let text = txt::sign_revocation(
+            signer,
+            &domain,
+            &txt::Revocation {
+                server_id: keys::server_id_for(&world.server_key.verifying_key()),
+                expires: expires(),
+            },
+        )
+        .unwrap();
+        (txt::record_name(&domain), txt::split_strings(&text))
+    };
+    let cache = world.cache_path("revocations.json");
+    let run_with = |records: Vec<(String, Vec<String>)>| {
+        let doh = unbound(&world, &records);
+        let mut config = world.config();
+        config.registries = vec![world.registry_url()];
+        config.doh_servers = vec![DiscoveryWorld::doh_server(&doh)];
+        config.domains = vec![domain.clone()];
+        config.layer_timeout = Duration::from_secs(20);
+        config.store_path = Some(cache.clone());
+        async move {
+            let report = Discovery::new(config).unwrap().run().finish().await;
+            drop(doh);
+            report
+        }
+    };
+    // A forged revocation (another key): ignored, with the reason.
+    let report = run_with(vec![revocation(&random_key()), relay_record.clone()]).await;
+    let layer = report.layer(Layer::Doh).unwrap();
+    assert!(
+        layer.sources[0].refused[0].starts_with("invalid signature"),
+        "{:?}",
+        layer.sources[0]
+    );
+    assert_eq!(report.verdict, Verdict::Verified);
+    assert_eq!(report.best.as_ref().unwrap().url, world.relay.url);
+    // The genuine revocation: the relay is refused, from DoH and the registry alike.
+    let report = run_with(vec![revocation(&world.registry_key), relay_record.clone()]).await;
+    let relay = report.candidate(&world.relay.url).unwrap();
+    assert_eq!(relay.outcome, Outcome::Revoked, "{relay:?}");
+    assert!(report.best.is_none(), "{:?}", report.best);
+    let stored = std::fs::read_to_string(&cache).unwrap();
+    assert!(stored.contains("\"revocations\""), "{stored}");
+    // The old record replayed without the revocation (a resolver stripping
+    // it), the registry still listing it, the cache naming it: still refused.
+    let report = run_with(vec![relay_record]).await;
+    let relay = report.candidate(&world.relay.url).unwrap();
+    assert_eq!(relay.outcome, Outcome::Revoked, "{relay:?}");
+    assert!(
+        relay.detail.contains("revoked by a signed revocation"),
+        "{relay:?}"
+    );
+    assert!(report.best.is_none(), "{:?}", report.best);
+}
