@@ -564,7 +564,18 @@ async fn txt_verify(args: VerifyArgs) -> Result<u8, CliError> {
                         )
                     ),
                     (None, Some(reason)) => outln!("  refused  {reason}: {}", record.text),
-                    _ => {}
+                    _ => {
+                        if let Some(revocation) = &record.revocation {
+                            outln!(
+                                "  revoke   {} (until {})",
+                                revocation.server_id,
+                                human_time(
+                                    revocation.expires.saturating_mul(1000),
+                                    discovery_client::now_ms()
+                                )
+                            );
+                        }
+                    }
                 }
             }
         }

@@ -140,6 +140,9 @@ pub struct CheckedRecord {
     pub text: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub entry: Option<TxtEntry>,
+    /// A revocation that verified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<txt::Revocation>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
 }
@@ -184,19 +187,19 @@ pub async fn verify(
                         Ok(txt::TxtRecord::Server(entry)) => CheckedRecord {
                             text,
                             entry: Some(entry),
+                            revocation: None,
                             refused: None,
                         },
                         Ok(txt::TxtRecord::Revocation(revocation)) => CheckedRecord {
                             text,
                             entry: None,
-                            refused: Some(format!(
-                                "revocation of {} until {} (verified)",
-                                revocation.server_id, revocation.expires
-                            )),
+                            revocation: Some(revocation),
+                            refused: None,
                         },
                         Err(e) => CheckedRecord {
                             text,
                             entry: None,
+                            revocation: None,
                             refused: Some(e.to_string()),
                         },
                     }

@@ -308,3 +308,41 @@ async fn a_revoked_server_is_refused_also_from_the_cache_and_a_forged_revocation
     );
     assert!(report.best.is_none(), "{:?}", report.best);
 }
+
+/// The operator's path: `txt publish --revoke <serverId>` (here
+/// `publish_revoking`) leaves the retired server's record out and adds its
+/// signed revocation, which clients honour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_with_revoke_retires_the_server() {
+    let world = DiscoveryWorld::new().await;
+    let retired = keys::server_id_for(&world.server_key.verifying_key());
+    let request = discovery_client::publish::PublishRequest {
+        registry: world.registry_url(),
+        extra_registry_keys: Vec::new(),
+        domain: DOMAIN.into(),
+        ttl: 60,
+        valid_for: Duration::from_secs(3600),
+        timeout: Duration::from_secs(5),
+    };
+    let tls = zajel_client_net::tls::client_config(&[]).unwrap();
+    let records = discovery_client::publish::publish_revoking(
+        &request,
+        std::slice::from_ref(&retired),
+        &world.registry_key,
+        tls,
+    )
+    .await
+    .unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].endpoint, format!("revoke {retired}"));
+    assert!(records[0].content.starts_with("\"v=zajel1 revoke="));
+    let doh = world.start_doh(&DiscoveryWorld::zone_lines(&records));
+    let mut config = world.config();
+    config.registries = vec![world.registry_url()];
+    config.doh_servers = vec![DiscoveryWorld::doh_server(&doh)];
+    config.domains = vec![DOMAIN.into()];
+    let report = Discovery::new(config).unwrap().run().finish().await;
+    let relay = report.candidate(&world.relay.url).unwrap();
+    assert_eq!(relay.outcome, Outcome::Revoked, "{relay:?}");
+    assert!(report.best.is_none());
+}
