@@ -474,4 +474,48 @@ mod tests {
                 .exists());
         }
     }
+
+    #[test]
+    fn revocations_are_kept_until_they_expire_and_merge_by_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("discovery.json"));
+        let now_secs = NOW / 1000;
+        let revocation = |id: &str, expires| Revocation {
+            server_id: id.into(),
+            expires,
+        };
+        store
+            .update(NOW, |data| {
+                data.add_revocation(revocation("ed25519:a", now_secs + 60));
+                data.add_revocation(revocation("ed25519:a", now_secs + 600));
+                data.add_revocation(revocation("ed25519:a", now_secs + 30));
+                data.add_revocation(revocation("ed25519:b", now_secs + 10));
+            })
+            .unwrap();
+        let (data, warnings) = store.load(NOW);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(data.revocations.len(), 2);
+        assert_eq!(
+            data.revocations_in_force(NOW),
+            [
+                revocation("ed25519:a", now_secs + 600),
+                revocation("ed25519:b", now_secs + 10)
+            ]
+        );
+        assert_eq!(
+            data.revocations_in_force(NOW + 10_000),
+            [revocation("ed25519:a", now_secs + 600)]
+        );
+        // Expired ones are dropped on the next write; older files without the field load.
+        store.update(NOW + 10_000, |_| {}).unwrap();
+        assert_eq!(store.load(NOW + 10_000).0.revocations.len(), 1);
+        std::fs::write(
+            dir.path().join("old.json"),
+            r#"{"version":1,"servers":[],"referrals":[]}"#,
+        )
+        .unwrap();
+        let (old, warnings) = Store::new(dir.path().join("old.json")).load(NOW);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(old.revocations.is_empty());
+    }
 }
