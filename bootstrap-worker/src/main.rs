@@ -60,6 +60,10 @@ mod cli {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8787", env = "ZAJEL_REGISTRY_LISTEN")]
         listen: SocketAddr,
+        /// Serve GET /metrics on this address of its own and no longer on the public one (which
+        /// then answers /metrics with 404). Unset: /metrics on the public address.
+        #[arg(long, value_name = "ADDR", env = "ZAJEL_REGISTRY_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
         /// Key that signs `GET /servers` (64 hex characters; see `keygen`).
         #[arg(long, env = "ZAJEL_REGISTRY_SIGNING_KEY_FILE")]
         signing_key_file: PathBuf,
@@ -153,6 +157,15 @@ mod cli {
                     format!("cannot listen on {}: {error}{hint}", args.listen)
                 })?;
             let address = listener.local_addr().map_err(|error| error.to_string())?;
+            let metrics_listener = match args.metrics_listen {
+                Some(metrics) => Some(tokio::net::TcpListener::bind(metrics).await.map_err(
+                    |error| {
+                        let hint = logging::listen_hint(metrics, &error);
+                        format!("cannot listen on {metrics}: {error}{hint}")
+                    },
+                )?),
+                None => None,
+            };
             tracing::info!(
                 storage = %if args.memory { "memory".to_string() } else { args.data.display().to_string() },
                 policy = ?config.policy,
@@ -161,6 +174,10 @@ mod cli {
             );
             // Test harnesses wait for this line.
             println!("listening on http://{address}");
+            if let Some(metrics) = &metrics_listener {
+                let metrics = metrics.local_addr().map_err(|error| error.to_string())?;
+                println!("metrics on http://{metrics}/metrics");
+            }
             if !args.trusted_proxy.is_empty() {
                 tracing::info!(
                     proxies = ?args.trusted_proxy,
@@ -170,8 +187,14 @@ mod cli {
             let options = server::HostOptions {
                 trusted_proxies: TrustedProxies::new(args.trusted_proxy),
             };
-            server::serve_with(listener, Registry::new(store, config), options, shutdown_signal())
-                .await
+            server::serve_split(
+                listener,
+                metrics_listener,
+                Registry::new(store, config),
+                options,
+                shutdown_signal(),
+            )
+            .await
                 .map_err(|error| error.to_string())?;
             tracing::info!("shut down");
             Ok(())

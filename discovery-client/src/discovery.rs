@@ -86,8 +86,13 @@ pub struct Config {
     pub probe_timeout: Duration,
     /// Delay between starting the registry layer and the DoH layer.
     pub stagger: Duration,
-    /// Most candidate checks at once.
+    /// Most fresh candidate checks at once (a check silent for
+    /// `stall_after` no longer counts; see the machine's rule 5).
     pub max_parallel_probes: usize,
+    /// How long a check runs before it stops holding a fresh slot.
+    pub stall_after: Duration,
+    /// Most candidate checks at once, stalled ones included.
+    pub max_probes_in_flight: usize,
     /// Write servers that answered to the cache.
     pub write_cache: bool,
 }
@@ -108,6 +113,8 @@ impl Default for Config {
             probe_timeout: Duration::from_secs(3),
             stagger: Duration::from_millis(50),
             max_parallel_probes: 16,
+            stall_after: Duration::from_millis(50),
+            max_probes_in_flight: 512,
             write_cache: true,
         }
     }
@@ -149,6 +156,9 @@ impl Discovery {
         Rules {
             allow_private: config.allow_private,
             max_parallel_checks: config.max_parallel_probes,
+            stall_after: config.stall_after,
+            max_checks_in_flight: config.max_probes_in_flight,
+            revoked: Vec::new(),
             stagger: config.stagger,
             layer_timeout: config.layer_timeout,
             registry_sources: config
@@ -278,9 +288,14 @@ async fn drive(inner: Arc<Inner>, shared: Arc<Shared>, events: mpsc::UnboundedSe
     let (tx, mut rx) = mpsc::unbounded_channel::<Input>();
     let store = match &inner.config.store_path {
         Some(path) => {
-            let (data, warnings) = Store::new(path).load(crate::now_ms());
+            let now_ms = crate::now_ms();
+            let (data, warnings) = Store::new(path).load(now_ms);
             for warning in &warnings {
                 shared.lock().warn(warning.clone());
+            }
+            let revoked = data.revocations_in_force(now_ms);
+            if !revoked.is_empty() {
+                shared.handle(Input::Revoked(revoked));
             }
             Some(LoadedStore {
                 path: path.clone(),
@@ -448,6 +463,26 @@ fn remember(path: &std::path::Path, checked: Vec<CheckedServer>) -> Result<(), S
         })
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// Keeps verified revocations in the store (when the run writes it), so that
+/// later runs refuse the revoked servers even from a resolver that strips
+/// the revocation.
+async fn remember_revocations(config: &Config, revocations: Vec<txt::Revocation>) {
+    let Some(path) = config.store_path.clone().filter(|_| config.write_cache) else {
+        return;
+    };
+    let written = tokio::task::spawn_blocking(move || {
+        Store::new(&path).update(crate::now_ms(), |data| {
+            for revocation in revocations {
+                data.add_revocation(revocation);
+            }
+        })
+    })
+    .await;
+    if let Ok(Err(e)) = written {
+        tracing::warn!("revocations not written to the cache: {e}");
+    }
 }
 
 /// The inputs of a local layer (cache, referral, QR, manual): one source
@@ -628,12 +663,24 @@ fn spawn_doh_layer(inner: Arc<Inner>, tx: Sender, shared: Arc<Shared>) {
             let (outcome, detail, found, refused) = if answer.outcome != Outcome::Ok {
                 (answer.outcome, answer.detail, Vec::new(), Vec::new())
             } else {
-                let check = txt::check_answer(
-                    &domain,
-                    &answer.records,
-                    &inner.config.registry_keys,
-                    crate::now_ms() / 1000,
-                );
+                // Up to 512 signature checks: off the async workers.
+                let keys = inner.config.registry_keys.clone();
+                let records = answer.records;
+                let for_domain = domain.clone();
+                let check = match tokio::task::spawn_blocking(move || {
+                    txt::check_answer(&for_domain, &records, &keys, crate::now_ms() / 1000)
+                })
+                .await
+                {
+                    Ok(check) => check,
+                    Err(e) => txt::AnswerCheck {
+                        outcome: Outcome::Error,
+                        detail: format!("verifying the answer failed: {e}"),
+                        entries: Vec::new(),
+                        revocations: Vec::new(),
+                        refused: Vec::new(),
+                    },
+                };
                 let found = check
                     .entries
                     .into_iter()
@@ -644,6 +691,10 @@ fn spawn_doh_layer(inner: Arc<Inner>, tx: Sender, shared: Arc<Shared>) {
                         last_ok_ms: None,
                     })
                     .collect();
+                if !check.revocations.is_empty() {
+                    let _ = tx.send(Input::Revoked(check.revocations.clone()));
+                    remember_revocations(&inner.config, check.revocations).await;
+                }
                 (check.outcome, check.detail, found, check.refused)
             };
             let mut report = source_report(

@@ -4,6 +4,13 @@
 //! given as a URL (`https://dns.example/dns-query`) or as a URL plus the
 //! address to reach it at (`https://dns.example/dns-query,ip=192.0.2.1`), so a
 //! blocked system resolver does not matter.
+//!
+//! Every record of an answer is returned (no count limit: junk records must
+//! not hide the genuine ones); an answer is one DNS message, at most 65,535
+//! bytes, and hickory's DoH client refuses a larger response body, so a
+//! byte bomb is that resolver's error (a truncated message says so too) and
+//! the other resolvers are unaffected. [`crate::txt::check_answer`] bounds
+//! the verification work.
 
 use std::fmt;
 use std::net::IpAddr;

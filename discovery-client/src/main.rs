@@ -66,7 +66,7 @@ enum CliError {
         #[source]
         source: std::io::Error,
     },
-    #[error("--valid-hours must be between 1 and 744")]
+    #[error("--valid-hours must be between 1 and 168")]
     ValidHours,
     #[error("--registry-key is needed to verify records")]
     NoRegistryKey,
@@ -191,9 +191,14 @@ struct PublishArgs {
     /// TTL of the records, seconds.
     #[arg(long, default_value_t = 300)]
     ttl: u32,
-    /// How long the signed records stay valid, hours (at most 744).
+    /// How long the signed records stay valid, hours (at most 168: clients
+    /// refuse expiries more than 7 days ahead).
     #[arg(long, default_value_t = 72)]
     valid_hours: u64,
+    /// Also publish a signed revocation of this retired server (its
+    /// serverId, `ed25519:…`), valid 7 days; repeatable. Its record is left out.
+    #[arg(long = "revoke")]
+    revoke: Vec<String>,
     #[command(flatten)]
     trust: TrustArgs,
     /// Longest wait for the registry, ms.
@@ -500,7 +505,7 @@ async fn txt_publish(args: PublishArgs) -> Result<u8, CliError> {
         valid_for: Duration::from_secs(args.valid_hours * 3600),
         timeout: Duration::from_millis(args.timeout_ms),
     };
-    let records = publish::publish(&request, &key, tls).await?;
+    let records = publish::publish_revoking(&request, &args.revoke, &key, tls).await?;
     match args.format {
         Format::Zone => out!("{}", txt::zone_snippet(&records)),
         Format::Json => outln!(
@@ -559,7 +564,18 @@ async fn txt_verify(args: VerifyArgs) -> Result<u8, CliError> {
                         )
                     ),
                     (None, Some(reason)) => outln!("  refused  {reason}: {}", record.text),
-                    _ => {}
+                    _ => {
+                        if let Some(revocation) = &record.revocation {
+                            outln!(
+                                "  revoke   {} (until {})",
+                                revocation.server_id,
+                                human_time(
+                                    revocation.expires.saturating_mul(1000),
+                                    discovery_client::now_ms()
+                                )
+                            );
+                        }
+                    }
                 }
             }
         }

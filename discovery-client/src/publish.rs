@@ -65,6 +65,19 @@ pub async fn publish(
     key: &SigningKey,
     tls: rustls::ClientConfig,
 ) -> Result<Vec<PublishedRecord>, PublishError> {
+    publish_revoking(request, &[], key, tls).await
+}
+
+/// [`publish`], plus a signed revocation for each retired server in
+/// `revoke` (`serverId`s), valid for the longest record lifetime
+/// ([`txt::MAX_VALIDITY_SECS`]) so that it outlives every record signed
+/// before it; their own records are left out.
+pub async fn publish_revoking(
+    request: &PublishRequest,
+    revoke: &[String],
+    key: &SigningKey,
+    tls: rustls::ClientConfig,
+) -> Result<Vec<PublishedRecord>, PublishError> {
     let client = registry::http_client(tls, request.timeout)?;
     let mut pinned = vec![key.verifying_key()];
     pinned.extend(request.extra_registry_keys.iter().copied());
@@ -83,17 +96,24 @@ pub async fn publish(
             detail: result.detail,
         });
     }
-    if result.servers.is_empty() {
+    let servers: Vec<_> = result
+        .servers
+        .into_iter()
+        .filter(|s| !revoke.contains(&s.server_id))
+        .collect();
+    if servers.is_empty() && revoke.is_empty() {
         return Err(PublishError::NoServers);
     }
     let expires = now / 1000 + request.valid_for.as_secs().max(60);
-    Ok(txt::build_records(
+    let mut records = txt::build_records(key, &request.domain, &servers, request.ttl, expires)?;
+    records.extend(txt::build_revocations(
         key,
         &request.domain,
-        &result.servers,
+        revoke,
         request.ttl,
-        expires,
-    )?)
+        now / 1000 + txt::MAX_VALIDITY_SECS,
+    )?);
+    Ok(records)
 }
 
 /// JSON for a DNS provider's API: one object per record.
@@ -120,6 +140,9 @@ pub struct CheckedRecord {
     pub text: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub entry: Option<TxtEntry>,
+    /// A revocation that verified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<txt::Revocation>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
 }
@@ -160,15 +183,23 @@ pub async fn verify(
                 .iter()
                 .map(|bytes| {
                     let text = String::from_utf8_lossy(bytes).into_owned();
-                    match txt::verify_record(domain, bytes, keys, now_secs) {
-                        Ok(entry) => CheckedRecord {
+                    match txt::verify_any(domain, bytes, keys, now_secs) {
+                        Ok(txt::TxtRecord::Server(entry)) => CheckedRecord {
                             text,
                             entry: Some(entry),
+                            revocation: None,
+                            refused: None,
+                        },
+                        Ok(txt::TxtRecord::Revocation(revocation)) => CheckedRecord {
+                            text,
+                            entry: None,
+                            revocation: Some(revocation),
                             refused: None,
                         },
                         Err(e) => CheckedRecord {
                             text,
                             entry: None,
+                            revocation: None,
                             refused: Some(e.to_string()),
                         },
                     }

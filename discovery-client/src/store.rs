@@ -12,6 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use zajel_discovery_core::txt::Revocation;
 use zajel_wire::pairing::PairingCode;
 
 /// Environment variable overriding the store's path.
@@ -26,6 +27,8 @@ pub const MAX_REFERRALS: usize = 128;
 pub const SERVER_EXPIRY_MS: u64 = 30 * 24 * 3600 * 1000;
 /// A referral is dropped after this long (180 days).
 pub const REFERRAL_EXPIRY_MS: u64 = 180 * 24 * 3600 * 1000;
+/// Most revocations kept (those expiring last win).
+pub const MAX_REVOCATIONS: usize = 256;
 /// Largest store file read; a larger one is treated as corrupt.
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
@@ -95,6 +98,10 @@ pub struct StoreData {
     pub version: u32,
     pub servers: Vec<CachedServer>,
     pub referrals: Vec<Referral>,
+    /// Signed revocations seen in TXT answers, kept until they expire so
+    /// that a replayed record of a retired server is refused on later runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revocations: Vec<Revocation>,
 }
 
 /// The store at one path.
@@ -293,6 +300,27 @@ impl StoreData {
         }
     }
 
+    /// Adds a revocation (or makes a known one last as long as this one).
+    pub fn add_revocation(&mut self, revocation: Revocation) {
+        match self
+            .revocations
+            .iter_mut()
+            .find(|r| r.server_id == revocation.server_id)
+        {
+            Some(known) => known.expires = known.expires.max(revocation.expires),
+            None => self.revocations.push(revocation),
+        }
+    }
+
+    /// Revocations still in force at `now_ms`.
+    pub fn revocations_in_force(&self, now_ms: u64) -> Vec<Revocation> {
+        self.revocations
+            .iter()
+            .filter(|r| r.expires.saturating_mul(1000) > now_ms)
+            .cloned()
+            .collect()
+    }
+
     /// Adds (or refreshes) a referral.
     pub fn add_referral(&mut self, url: &str, code: PairingCode, now_ms: u64) {
         self.referrals.retain(|r| !(r.url == url && r.code == code));
@@ -317,6 +345,11 @@ pub fn prune(data: &mut StoreData, now_ms: u64) {
     data.referrals
         .sort_by_key(|r| std::cmp::Reverse(r.added_ms));
     data.referrals.truncate(MAX_REFERRALS);
+    data.revocations
+        .retain(|r| r.expires.saturating_mul(1000) > now_ms);
+    data.revocations
+        .sort_by_key(|r| std::cmp::Reverse(r.expires));
+    data.revocations.truncate(MAX_REVOCATIONS);
 }
 
 #[cfg(test)]
@@ -440,5 +473,49 @@ mod tests {
                 .join(format!("discovery.json.corrupt-{}", NOW + i as u64))
                 .exists());
         }
+    }
+
+    #[test]
+    fn revocations_are_kept_until_they_expire_and_merge_by_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("discovery.json"));
+        let now_secs = NOW / 1000;
+        let revocation = |id: &str, expires| Revocation {
+            server_id: id.into(),
+            expires,
+        };
+        store
+            .update(NOW, |data| {
+                data.add_revocation(revocation("ed25519:a", now_secs + 60));
+                data.add_revocation(revocation("ed25519:a", now_secs + 600));
+                data.add_revocation(revocation("ed25519:a", now_secs + 30));
+                data.add_revocation(revocation("ed25519:b", now_secs + 10));
+            })
+            .unwrap();
+        let (data, warnings) = store.load(NOW);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(data.revocations.len(), 2);
+        assert_eq!(
+            data.revocations_in_force(NOW),
+            [
+                revocation("ed25519:a", now_secs + 600),
+                revocation("ed25519:b", now_secs + 10)
+            ]
+        );
+        assert_eq!(
+            data.revocations_in_force(NOW + 10_000),
+            [revocation("ed25519:a", now_secs + 600)]
+        );
+        // Expired ones are dropped on the next write; older files without the field load.
+        store.update(NOW + 10_000, |_| {}).unwrap();
+        assert_eq!(store.load(NOW + 10_000).0.revocations.len(), 1);
+        std::fs::write(
+            dir.path().join("old.json"),
+            r#"{"version":1,"servers":[],"referrals":[]}"#,
+        )
+        .unwrap();
+        let (old, warnings) = Store::new(dir.path().join("old.json")).load(NOW);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(old.revocations.is_empty());
     }
 }

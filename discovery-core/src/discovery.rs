@@ -28,8 +28,14 @@
 //!    `invalid` and a loopback or private host as `private_address` (unless
 //!    private addresses are allowed), both without a check; every other new
 //!    candidate is checked, verified or not.
-//! 5. **Check limit**: at most `max_parallel_checks` checks run at once; the
-//!    others wait in admission order.
+//! 5. **Check limit**: at most `max_parallel_checks` *fresh* checks run at
+//!    once; a check silent for `stall_after` is *stalled* and no longer holds
+//!    a fresh slot (it keeps running until it answers or its own timeout),
+//!    so that entries which accept and never answer cannot hold every slot
+//!    while a good server waits. At most `max_checks_in_flight` checks run
+//!    in all (sockets are bounded). The others wait; the next to start is the
+//!    oldest waiting one of the layer with the fewest checks started, so a
+//!    flooded source cannot starve the others.
 //! 6. **Usable**: a check that answered makes the candidate usable (an
 //!    [`Event::Usable`]) unless its identity is a mismatch (rule 11); a
 //!    usable unverified candidate later named by a signed source is judged
@@ -57,6 +63,12 @@
 //!     endpoint or nonce, a bad signature or a `server_info` naming another
 //!     server is [`Outcome::IdentityMismatch`] (not used). A candidate is
 //!     *verified* only when signed AND proven by that same key.
+//! 12. **Revocation** ([`crate::txt`]): a candidate whose `serverId` (named
+//!     or proven) a signed revocation retired is [`Outcome::Revoked`]: never
+//!     checked, never usable, never handed over, until the revocation
+//!     expires. Revocations come from the rules (the cache) and from
+//!     [`Input::Revoked`] (a DoH answer); one that arrives after a candidate
+//!     was checked withdraws it.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -71,6 +83,7 @@ use crate::report::{
     Candidate, CandidateReport, Layer, LayerReport, Outcome, Report, SourceReport, Verdict,
 };
 use crate::share::ShareLink;
+use crate::txt::Revocation;
 
 /// How long a server that worked counts as recently working in ranking.
 pub const RECENT_MS: u64 = 24 * 3600 * 1000;
@@ -80,8 +93,14 @@ pub const RECENT_MS: u64 = 24 * 3600 * 1000;
 pub struct Rules {
     /// Accept loopback and private addresses (tests, LANs).
     pub allow_private: bool,
-    /// Most candidate checks at once (0 counts as 1).
+    /// Most fresh candidate checks at once (0 counts as 1; rule 5).
     pub max_parallel_checks: usize,
+    /// How long a check runs before it is stalled and frees its fresh slot.
+    pub stall_after: Duration,
+    /// Most candidate checks at once, stalled ones included (0 counts as 1).
+    pub max_checks_in_flight: usize,
+    /// Revocations known at the start (the cache's; rule 12).
+    pub revoked: Vec<Revocation>,
     /// Delay between starting the registry layer and the DoH layer.
     pub stagger: Duration,
     /// Longest wait for a network layer's sources, from the layer's start.
@@ -100,6 +119,9 @@ impl Default for Rules {
         Self {
             allow_private: false,
             max_parallel_checks: 16,
+            stall_after: Duration::from_millis(50),
+            max_checks_in_flight: 512,
+            revoked: Vec::new(),
             stagger: Duration::from_millis(50),
             layer_timeout: Duration::from_secs(3),
             registry_sources: Vec::new(),
@@ -180,6 +202,8 @@ pub enum Input {
     },
     /// The servers of [`Output::Remember`] were written (or why not).
     Remembered(Result<(), String>),
+    /// Signed revocations that verified (rule 12).
+    Revoked(Vec<Revocation>),
 }
 
 /// What the machine asks of the driver, or tells its listeners.
@@ -338,7 +362,28 @@ struct CandidateState {
     checked_ms: Option<f64>,
 }
 
+/// A check the driver is running.
+struct RunningCheck {
+    index: usize,
+    /// When it stalls (rule 5).
+    stalls_at: Duration,
+    stalled: bool,
+}
+
+/// Revoked `serverId`s and until when (unix seconds).
+type RevokedIds = HashMap<String, u64>;
+
 impl CandidateState {
+    /// Until when the revocation of its named or proven `serverId` holds.
+    fn revoked_until(&self, revoked: &RevokedIds, now_secs: u64) -> Option<u64> {
+        [self.server_id.clone(), self.proven_server_id()]
+            .into_iter()
+            .flatten()
+            .filter_map(|id| revoked.get(&id).copied())
+            .filter(|&until| until > now_secs)
+            .max()
+    }
+
     fn candidate(&self) -> Candidate {
         Candidate {
             url: self.url.clone(),
@@ -367,9 +412,18 @@ impl CandidateState {
         self.outcome.is_some_and(Outcome::is_usable)
     }
 
-    /// Rule 11: the outcome of the check, judged on its identity against
-    /// the `serverId` the candidate's sources named so far.
-    fn judge(&mut self) {
+    /// Rules 11 and 12: the outcome of the check, judged on its identity
+    /// against the `serverId` the candidate's sources named so far, and on
+    /// revocations.
+    fn judge(&mut self, revoked: &RevokedIds, now_secs: u64) {
+        self.judge_identity();
+        if let Some(until) = self.revoked_until(revoked, now_secs) {
+            self.outcome = Some(Outcome::Revoked);
+            self.detail = format!("revoked by a signed revocation until {until} (unix seconds)");
+        }
+    }
+
+    fn judge_identity(&mut self) {
         let Some(check) = &self.check else {
             return;
         };
@@ -463,7 +517,11 @@ pub struct DiscoveryState {
     candidates: Vec<CandidateState>,
     index: HashMap<String, usize>,
     waiting: VecDeque<(usize, Url)>,
-    checks_running: usize,
+    /// Checks running.
+    running: Vec<RunningCheck>,
+    /// Checks started per layer (the candidate's first source), for rule 5.
+    started_per_layer: HashMap<Layer, usize>,
+    revoked: RevokedIds,
     warnings: Vec<String>,
     first_verified_ms: Option<f64>,
     first_usable_ms: Option<f64>,
@@ -496,6 +554,11 @@ impl DiscoveryState {
                 deadline: None,
             })
             .collect();
+        let revoked = rules
+            .revoked
+            .iter()
+            .map(|r| (r.server_id.clone(), r.expires))
+            .collect();
         Self {
             rules,
             started_at_ms,
@@ -503,7 +566,9 @@ impl DiscoveryState {
             candidates: Vec::new(),
             index: HashMap::new(),
             waiting: VecDeque::new(),
-            checks_running: 0,
+            running: Vec::new(),
+            started_per_layer: HashMap::new(),
+            revoked,
             warnings: Vec::new(),
             first_verified_ms: None,
             first_usable_ms: None,
@@ -528,11 +593,22 @@ impl DiscoveryState {
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) is due next (from the
-    /// start of the run): a layer start or a network layer's timeout.
+    /// start of the run): a layer start, a network layer's timeout, or the
+    /// moment a running check stalls while others wait (rule 5).
     pub fn poll_timeout(&self) -> Option<Duration> {
         if self.phase != Phase::Running {
             return None;
         }
+        let room = self.running.len() < self.rules.max_checks_in_flight.max(1);
+        let stall = if self.waiting.is_empty() || !room {
+            None
+        } else {
+            self.running
+                .iter()
+                .filter(|check| !check.stalled)
+                .map(|check| check.stalls_at)
+                .min()
+        };
         self.layers
             .iter()
             .filter(|l| !l.finished())
@@ -543,6 +619,7 @@ impl DiscoveryState {
                     Some(l.starts_at)
                 }
             })
+            .chain(stall)
             .min()
     }
 
@@ -590,6 +667,7 @@ impl DiscoveryState {
             let layer = layer.layer;
             self.finish_layer(layer, now);
         }
+        self.start_checks(now);
         self.settle(now);
     }
 
@@ -607,6 +685,7 @@ impl DiscoveryState {
                 }
             }
             Input::Checked { candidate, result } => self.checked(now, candidate.0, result),
+            Input::Revoked(revocations) => self.revoke(now, revocations),
             Input::Remembered(written) => {
                 if self.phase == Phase::Remembering {
                     if let Err(e) = written {
@@ -676,7 +755,7 @@ impl DiscoveryState {
         if network_done {
             self.finish_layer(layer, now);
         }
-        self.start_checks();
+        self.start_checks(now);
     }
 
     fn finish_layer(&mut self, layer: Layer, now: Duration) {
@@ -693,6 +772,7 @@ impl DiscoveryState {
     /// Rules 3 and 4: merges one found server; queues a check when new.
     fn admit(&mut self, now: Duration, layer: Layer, item: Found) {
         let now_ms = ms(now);
+        let now_secs = self.now_secs(now);
         let parsed = endpoint::signaling_url(&item.url);
         let key = match &parsed {
             Ok(url) => url.to_string(),
@@ -713,7 +793,7 @@ impl DiscoveryState {
                 c.last_ok_ms = item.last_ok_ms;
             }
             if newly_signed && c.check.is_some() {
-                c.judge();
+                c.judge(&self.revoked, now_secs);
                 if c.verified() {
                     let candidate = c.candidate();
                     if self.first_verified_ms.is_none() {
@@ -752,7 +832,15 @@ impl DiscoveryState {
             }
             Ok(url) => {
                 let private = url.host().is_some_and(|h| address::host_is_private(&h));
-                if private && !self.rules.allow_private {
+                let revoked_until = candidate.revoked_until(&self.revoked, now_secs);
+                if let Some(until) = revoked_until {
+                    candidate.outcome = Some(Outcome::Revoked);
+                    candidate.detail =
+                        format!("revoked by a signed revocation until {until} (unix seconds)");
+                    candidate.checked_ms = Some(now_ms);
+                    self.outputs
+                        .push_back(Output::Event(Event::CandidateChecked(candidate.report())));
+                } else if private && !self.rules.allow_private {
                     candidate.outcome = Some(Outcome::PrivateAddress);
                     candidate.detail =
                         "loopback or private address (refused unless private addresses are allowed)"
@@ -770,12 +858,33 @@ impl DiscoveryState {
     }
 
     /// Rule 5: starts waiting checks while there is room.
-    fn start_checks(&mut self) {
-        while self.checks_running < self.rules.max_parallel_checks.max(1) {
-            let Some((index, url)) = self.waiting.pop_front() else {
+    fn start_checks(&mut self, now: Duration) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        for check in &mut self.running {
+            check.stalled |= check.stalls_at <= now;
+        }
+        loop {
+            let fresh = self.running.iter().filter(|check| !check.stalled).count();
+            if fresh >= self.rules.max_parallel_checks.max(1)
+                || self.running.len() >= self.rules.max_checks_in_flight.max(1)
+            {
+                break;
+            }
+            let Some(at) = self.next_waiting() else {
                 break;
             };
-            self.checks_running += 1;
+            let Some((index, url)) = self.waiting.remove(at) else {
+                break;
+            };
+            let layer = self.candidates[index].sources[0];
+            *self.started_per_layer.entry(layer).or_default() += 1;
+            self.running.push(RunningCheck {
+                index,
+                stalls_at: now + self.rules.stall_after,
+                stalled: false,
+            });
             self.outputs.push_back(Output::Check {
                 candidate: CandidateId(index),
                 url,
@@ -783,18 +892,70 @@ impl DiscoveryState {
         }
     }
 
+    /// Rule 5: the oldest waiting check of the layer with the fewest checks started.
+    fn next_waiting(&self) -> Option<usize> {
+        let mut best: Option<(usize, usize)> = None;
+        for (at, (index, _)) in self.waiting.iter().enumerate() {
+            let layer = self.candidates[*index].sources[0];
+            let started = self.started_per_layer.get(&layer).copied().unwrap_or(0);
+            if best.is_none_or(|(_, fewest)| started < fewest) {
+                best = Some((at, started));
+            }
+        }
+        best.map(|(at, _)| at)
+    }
+
+    /// Seconds since the Unix epoch at `now`.
+    fn now_secs(&self, now: Duration) -> u64 {
+        (self.started_at_ms + now.as_millis() as u64) / 1000
+    }
+
+    /// Rule 12: takes revocations; withdraws the candidates they name.
+    fn revoke(&mut self, now: Duration, revocations: Vec<Revocation>) {
+        for r in revocations {
+            let until = self.revoked.entry(r.server_id).or_insert(0);
+            *until = (*until).max(r.expires);
+        }
+        let now_secs = self.now_secs(now);
+        let now_ms = ms(now);
+        let mut withdrawn = Vec::new();
+        for (index, c) in self.candidates.iter_mut().enumerate() {
+            if c.outcome == Some(Outcome::Revoked) {
+                continue;
+            }
+            let Some(until) = c.revoked_until(&self.revoked, now_secs) else {
+                continue;
+            };
+            let running = self.running.iter().any(|check| check.index == index);
+            if running {
+                // Judged when its check ends.
+                continue;
+            }
+            c.outcome = Some(Outcome::Revoked);
+            c.detail = format!("revoked by a signed revocation until {until} (unix seconds)");
+            if c.checked_ms.is_none() {
+                c.checked_ms = Some(now_ms);
+            }
+            withdrawn.push(index);
+            self.outputs
+                .push_back(Output::Event(Event::CandidateChecked(c.report())));
+        }
+        self.waiting.retain(|(index, _)| !withdrawn.contains(index));
+    }
+
     /// Rules 6 and 11: records a check's result, judged on its identity.
     fn checked(&mut self, now: Duration, index: usize, result: CheckResult) {
+        let Some(at) = self.running.iter().position(|check| check.index == index) else {
+            return;
+        };
+        self.running.swap_remove(at);
+        let now_ms = ms(now);
+        let now_secs = self.now_secs(now);
         let Some(c) = self.candidates.get_mut(index) else {
             return;
         };
-        if c.outcome.is_some() {
-            return;
-        }
-        self.checks_running = self.checks_running.saturating_sub(1);
-        let now_ms = ms(now);
         c.check = Some(result);
-        c.judge();
+        c.judge(&self.revoked, now_secs);
         c.checked_ms = Some(now_ms);
         let usable = c.usable();
         let report = c.report();
@@ -811,13 +972,13 @@ impl DiscoveryState {
             self.outputs
                 .push_back(Output::Event(Event::Usable(candidate)));
         }
-        self.start_checks();
+        self.start_checks(now);
     }
 
     /// Rule 9: moves on once every layer ended and every check is done.
     fn settle(&mut self, now: Duration) {
         if self.phase != Phase::Running
-            || self.checks_running > 0
+            || !self.running.is_empty()
             || !self.waiting.is_empty()
             || self.layers.iter().any(|l| !l.finished())
         {
@@ -924,6 +1085,9 @@ mod tests {
         Rules {
             allow_private: false,
             max_parallel_checks: 2,
+            stall_after: at(10_000),
+            max_checks_in_flight: 4,
+            revoked: Vec::new(),
             stagger: at(50),
             layer_timeout: at(1000),
             registry_sources: vec!["r1".into(), "r2".into()],
@@ -1773,5 +1937,289 @@ mod tests {
         assert_eq!(outcome, Outcome::Invalid);
         assert!(detail.starts_with("not a server URL"));
         assert!(found.is_empty());
+    }
+    /// Rule 5 under junk: `dead` entries that accept and never answer come
+    /// first in a signed list, the good server last; the checks run on the
+    /// fake clock, the good one answering `rtt` after its check starts. The
+    /// time of the first verified server.
+    fn first_verified_behind(dead: usize, rules: Rules, rtt: u64) -> Option<f64> {
+        let mut state = started(rules);
+        let mut found: Vec<Found> = (0..dead)
+            .map(|i| signed(&format!("wss://dead{i}.example")))
+            .collect();
+        found.push(signed("wss://good.example"));
+        state.handle(at(60), source(Layer::Registry, "r1", Outcome::Ok, found));
+        let mut now = 60;
+        let mut good_answers_at = None;
+        for _ in 0..100_000 {
+            for output in drain(&mut state) {
+                match output {
+                    Output::Check { candidate, url } if url.as_str() == "wss://good.example/" => {
+                        good_answers_at = Some((candidate, now + rtt));
+                    }
+                    Output::Event(Event::Usable(c)) if c.verified => {
+                        return state.report(at(now)).first_verified_ms;
+                    }
+                    _ => {}
+                }
+            }
+            let next = [
+                state.poll_timeout().map(|t| t.as_millis() as u64),
+                good_answers_at.map(|(_, t)| t),
+            ]
+            .into_iter()
+            .flatten()
+            .min()?;
+            now = next.max(now);
+            if let Some((candidate, _)) = good_answers_at.filter(|&(_, t)| t <= now) {
+                good_answers_at = None;
+                state.handle(
+                    at(now),
+                    Input::Checked {
+                        candidate,
+                        result: answered("wss://good.example", rtt as f64),
+                    },
+                );
+            } else {
+                state.handle_timeout(at(now));
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn rule_5_dead_entries_cannot_push_the_first_verified_server_back() {
+        let junk_rules = Rules {
+            max_parallel_checks: 16,
+            stall_after: at(50),
+            max_checks_in_flight: 512,
+            layer_timeout: at(3000),
+            ..rules()
+        };
+        let alone = first_verified_behind(0, junk_rules.clone(), 40).unwrap();
+        assert_eq!(alone, 100.0);
+        // 300 dead entries first: 16 fresh checks per 50 ms reach the last
+        // entry within a second (without stalls: 19 rounds of a 3 s timeout).
+        let behind = first_verified_behind(300, junk_rules.clone(), 40).unwrap();
+        assert!(behind <= 1100.0, "{behind}");
+        // The in-flight cap holds: with room for 64 checks, the good one
+        // waits for dead checks to end (they never do here).
+        let capped = Rules {
+            max_checks_in_flight: 64,
+            ..junk_rules
+        };
+        assert_eq!(first_verified_behind(300, capped, 40), None);
+    }
+
+    #[test]
+    fn rule_5_a_stalled_check_frees_its_slot_and_the_in_flight_cap_still_holds() {
+        let mut state = started(Rules {
+            max_parallel_checks: 2,
+            stall_after: at(100),
+            max_checks_in_flight: 3,
+            ..rules()
+        });
+        let found = [
+            "wss://a.example",
+            "wss://b.example",
+            "wss://c.example",
+            "wss://d.example",
+        ]
+        .map(Found::unverified)
+        .to_vec();
+        state.handle(at(5), source(Layer::Manual, "typed", Outcome::Ok, found));
+        assert_eq!(checks(&drain(&mut state)).len(), 2);
+        assert_eq!(state.poll_timeout(), Some(at(105)));
+        state.handle_timeout(at(104));
+        assert!(checks(&drain(&mut state)).is_empty());
+        state.handle_timeout(at(105));
+        // Both stalled; only one more fits under the in-flight cap of 3.
+        assert_eq!(
+            checks(&drain(&mut state)),
+            [(CandidateId(2), "wss://c.example/".to_string())]
+        );
+        state.handle_timeout(at(500));
+        assert!(checks(&drain(&mut state)).is_empty());
+        state.handle(
+            at(501),
+            Input::Checked {
+                candidate: CandidateId(0),
+                result: refused(),
+            },
+        );
+        assert_eq!(
+            checks(&drain(&mut state)),
+            [(CandidateId(3), "wss://d.example/".to_string())]
+        );
+    }
+
+    #[test]
+    fn rule_5_a_flooded_layer_does_not_starve_the_others() {
+        let mut state = started(Rules {
+            max_parallel_checks: 2,
+            max_checks_in_flight: 2,
+            ..rules()
+        });
+        let flood: Vec<Found> = (0..10)
+            .map(|i| signed(&format!("wss://junk{i}.example")))
+            .collect();
+        state.handle(at(5), source(Layer::Registry, "r1", Outcome::Ok, flood));
+        assert_eq!(checks(&drain(&mut state)).len(), 2);
+        state.handle(
+            at(6),
+            source(
+                Layer::Doh,
+                "d1",
+                Outcome::Ok,
+                vec![signed("wss://genuine.example")],
+            ),
+        );
+        state.handle(
+            at(7),
+            Input::Checked {
+                candidate: CandidateId(0),
+                result: refused(),
+            },
+        );
+        assert_eq!(
+            checks(&drain(&mut state)),
+            [(CandidateId(10), "wss://genuine.example/".to_string())]
+        );
+    }
+
+    fn revocation(url: &str, expires_secs: u64) -> Revocation {
+        Revocation {
+            server_id: format!("ed25519:{url}"),
+            expires: expires_secs,
+        }
+    }
+
+    #[test]
+    fn rule_12_a_revoked_server_is_never_checked_nor_used_until_the_revocation_expires() {
+        let now_secs = STARTED_AT_MS / 1000;
+        // From the cache's revocations: refused at admission, no check.
+        let mut state = started(Rules {
+            revoked: vec![revocation("wss://retired.example", now_secs + 3600)],
+            ..rules()
+        });
+        state.handle(
+            at(5),
+            source(
+                Layer::Registry,
+                "r1",
+                Outcome::Ok,
+                vec![
+                    signed("wss://retired.example"),
+                    signed("wss://live.example"),
+                ],
+            ),
+        );
+        let outputs = drain(&mut state);
+        assert_eq!(
+            checks(&outputs),
+            [(CandidateId(1), "wss://live.example/".to_string())]
+        );
+        let report = state.report(at(5));
+        assert_eq!(report.candidates[0].outcome, Outcome::Revoked);
+        assert!(report.candidates[0]
+            .detail
+            .contains("revoked by a signed revocation"));
+        // An expired revocation no longer holds.
+        let mut state = started(Rules {
+            revoked: vec![revocation("wss://retired.example", now_secs)],
+            ..rules()
+        });
+        state.handle(
+            at(5),
+            source(
+                Layer::Registry,
+                "r1",
+                Outcome::Ok,
+                vec![signed("wss://retired.example")],
+            ),
+        );
+        assert_eq!(checks(&drain(&mut state)).len(), 1);
+    }
+
+    #[test]
+    fn rule_12_a_revocation_arriving_later_withdraws_a_checked_or_waiting_candidate() {
+        let now_secs = STARTED_AT_MS / 1000;
+        let mut state = started(Rules {
+            max_parallel_checks: 1,
+            max_checks_in_flight: 1,
+            ..rules()
+        });
+        state.handle(
+            at(5),
+            source(
+                Layer::Registry,
+                "r1",
+                Outcome::Ok,
+                vec![
+                    signed("wss://retired.example"),
+                    signed("wss://other.example"),
+                ],
+            ),
+        );
+        drain(&mut state);
+        state.handle(
+            at(20),
+            Input::Checked {
+                candidate: CandidateId(0),
+                result: answered("wss://retired.example", 15.0),
+            },
+        );
+        // other.example starts; retired.example is usable and verified.
+        drain(&mut state);
+        assert_eq!(
+            state.report(at(20)).best.unwrap().url,
+            "wss://retired.example/"
+        );
+        state.handle(
+            at(30),
+            Input::Revoked(vec![
+                revocation("wss://retired.example", now_secs + 60),
+                revocation("wss://other.example", now_secs + 60),
+            ]),
+        );
+        let events = events(drain(&mut state));
+        assert_eq!(events.len(), 1, "{events:?}");
+        // other.example's check is running: judged when it ends.
+        state.handle(
+            at(40),
+            Input::Checked {
+                candidate: CandidateId(1),
+                result: answered("wss://other.example", 10.0),
+            },
+        );
+        let report = state.report(at(40));
+        assert!(report.best.is_none(), "{:?}", report.best);
+        assert!(report
+            .candidates
+            .iter()
+            .all(|c| c.outcome == Outcome::Revoked));
+        // A manual candidate that proves a revoked key is refused too.
+        state.handle(
+            at(41),
+            source(
+                Layer::Manual,
+                "typed",
+                Outcome::Ok,
+                vec![Found::unverified("wss://retired2.example")],
+            ),
+        );
+        drain(&mut state);
+        state.handle(
+            at(42),
+            Input::Revoked(vec![revocation("wss://retired2.example", now_secs + 60)]),
+        );
+        state.handle(
+            at(50),
+            Input::Checked {
+                candidate: CandidateId(2),
+                result: answered("wss://retired2.example", 5.0),
+            },
+        );
+        assert_eq!(state.report(at(50)).candidates[2].outcome, Outcome::Revoked);
     }
 }

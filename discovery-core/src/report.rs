@@ -90,6 +90,9 @@ pub enum Outcome {
     /// `error`, as from Zajel's server, or no proof before the `pong`).
     /// Usable, ranked after every proven server, never verified.
     IdentityUnproven,
+    /// A server a signed revocation retired (`v=zajel1 revoke=…`, see
+    /// [`crate::txt`]): never used until the revocation expires.
+    Revoked,
 }
 
 impl Outcome {
@@ -110,6 +113,7 @@ impl Outcome {
         match self {
             Outcome::Ok => 100,
             Outcome::IdentityMismatch => 95,
+            Outcome::Revoked => 92,
             Outcome::InvalidSignature => 90,
             Outcome::Stale => 85,
             Outcome::TlsFailure => 80,
@@ -153,6 +157,7 @@ impl Outcome {
             Outcome::Pending => "still running",
             Outcome::IdentityMismatch => "identity mismatch",
             Outcome::IdentityUnproven => "identity unproven",
+            Outcome::Revoked => "revoked",
         }
     }
 }

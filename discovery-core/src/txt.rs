@@ -16,9 +16,39 @@
 //! `zajel-txt-v1\n<domain>\n<serverId>\n<endpoint>\n<region>\n<exp>`
 //! (domain lower-case, without `_zajel.` and without a trailing dot).
 //!
+//! A **revocation** retires a server before its records expire. It is one
+//! more record under the same name, signed by the same registry key:
+//!
+//! ```text
+//! v=zajel1 revoke=<key> exp=<unix seconds> sig=<signature>
+//! ```
+//!
+//! `revoke` is the base64 key of the retired server (as `id` above), and
+//! `sig` signs `zajel-txt-revoke-v1\n<domain>\n<serverId>\n<exp>`. A client
+//! that verifies one never picks that server (from TXT, the registry, the
+//! cache or a link) until `exp`, and remembers it in its cache so that a
+//! resolver replaying the server's old record without the revocation is
+//! still refused. The publisher keeps serving the revocation until every
+//! record it signed for that server has expired: `exp` at least as late as
+//! the last such record's.
+//!
+//! **Lifetimes**: `exp` at most [`MAX_VALIDITY_SECS`] (7 days) ahead. A
+//! signed record can be replayed by anyone until it expires, so the maximum
+//! is how long a retired server (or one whose revocation a censor strips)
+//! can be pushed to clients; 7 days still lets an operator re-sign weekly
+//! from cron and ride out a few days of publishing outage (the default is
+//! 72 hours; it was 31 days).
+//!
+//! **Junk**: [`check_answer`] considers every record of an answer, bounded
+//! by bytes ([`MAX_ANSWER_BYTES`], the largest DNS message a DoH answer
+//! carries), not by a count that junk records can fill. Cheap checks (tag,
+//! length, fields, expiry, key and endpoint syntax) run before a signature
+//! check, and at most [`MAX_SIGNATURE_CHECKS`] signatures are checked per
+//! answer; records verified before that budget runs out are kept.
+//!
 //! [`check_answer`] turns the records one resolver answered for a name into
-//! what the DoH layer reports (servers, refused records with the reason, and
-//! the layer outcome). The DNS-over-HTTPS transport is not here.
+//! what the DoH layer reports (servers, revocations, refused records with the
+//! reason, and the layer outcome). The DNS-over-HTTPS transport is not here.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -38,14 +68,22 @@ pub const VERSION_TAG: &str = "v=zajel1";
 pub const LABEL: &str = "_zajel";
 /// Domain separation tag of record signatures.
 pub const SIGNATURE_DOMAIN: &str = "zajel-txt-v1";
+/// Domain separation tag of revocation signatures.
+pub const REVOCATION_SIGNATURE_DOMAIN: &str = "zajel-txt-revoke-v1";
 /// Longest character-string in a TXT record (DNS limit).
 pub const MAX_STRING_BYTES: usize = 255;
 /// Longest record (all its strings together) a client accepts.
 pub const MAX_RECORD_BYTES: usize = 1024;
-/// Most records under one name a client looks at.
-pub const MAX_RECORDS: usize = 32;
-/// Longest validity a client accepts (expiry this far ahead at most).
-pub const MAX_VALIDITY_SECS: u64 = 31 * 24 * 3600;
+/// Most bytes of records (strings concatenated) a client looks at in one
+/// answer: the largest DNS message, which is all a DoH answer can carry.
+/// Records past it are ignored and said so.
+pub const MAX_ANSWER_BYTES: usize = 65_535;
+/// Most signature checks spent on one answer (a 64 KiB answer holds fewer
+/// complete records than this; the bound holds whatever the transport).
+pub const MAX_SIGNATURE_CHECKS: usize = 512;
+/// Longest validity a client accepts (expiry this far ahead at most): 7 days
+/// (see the module docs for why).
+pub const MAX_VALIDITY_SECS: u64 = 7 * 24 * 3600;
 /// Longest region carried.
 pub const MAX_REGION_BYTES: usize = 64;
 
@@ -73,8 +111,25 @@ pub enum TxtError {
     InvalidSignature,
     #[error("stale: expired at {0} (unix seconds)")]
     Expired(u64),
-    #[error("expiry {0} is more than 31 days ahead")]
+    #[error("expiry {0} is more than 7 days ahead")]
     TooFarAhead(u64),
+    #[error("server {server_id} is revoked until {until} (unix seconds)")]
+    Revoked { server_id: String, until: u64 },
+}
+
+impl TxtError {
+    /// A stable machine-readable name of the refusal.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NotOurs => "not_ours",
+            Self::TooLong => "too_long",
+            Self::Malformed(_) => "malformed",
+            Self::InvalidSignature => "invalid_signature",
+            Self::Expired(_) => "expired",
+            Self::TooFarAhead(_) => "too_far_ahead",
+            Self::Revoked { .. } => "revoked",
+        }
+    }
 }
 
 /// Why a record could not be built for publication.
@@ -91,8 +146,8 @@ pub enum PublishError {
     RegionTooLong,
     #[error("record for {0} is longer than {MAX_RECORD_BYTES} bytes")]
     RecordTooLong(String),
-    #[error("{0} servers: clients read at most {MAX_RECORDS} records under one name")]
-    TooManyRecords(usize),
+    #[error("{0} bytes of records: clients read at most {MAX_ANSWER_BYTES} bytes under one name")]
+    AnswerTooLarge(usize),
 }
 
 /// The name records live under: `_zajel.<domain>.`.
@@ -160,14 +215,63 @@ pub fn split_strings(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Parses one record (its strings already concatenated) and verifies it for
-/// `domain` with any of the pinned keys at `now_secs`.
-pub fn verify_record(
+/// A signed revocation: the server with this `serverId` is not to be used
+/// until `expires`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Revocation {
+    /// `ed25519:` + base64 key of the retired server.
+    pub server_id: String,
+    /// Until when it holds, seconds since the Unix epoch.
+    pub expires: u64,
+}
+
+/// The bytes a revocation signature covers.
+pub fn revocation_message(domain: &str, revocation: &Revocation) -> String {
+    format!(
+        "{REVOCATION_SIGNATURE_DOMAIN}\n{}\n{}\n{}",
+        normalise_domain(domain),
+        revocation.server_id,
+        revocation.expires
+    )
+}
+
+/// Signs a revocation and writes its record text (one line).
+pub fn sign_revocation(
+    key: &SigningKey,
     domain: &str,
-    record: &[u8],
-    pinned: &[VerifyingKey],
-    now_secs: u64,
-) -> Result<TxtEntry, TxtError> {
+    revocation: &Revocation,
+) -> Result<String, PublishError> {
+    let public = keys::public_key_from_server_id(&revocation.server_id).map_err(|reason| {
+        PublishError::ServerId {
+            server_id: revocation.server_id.clone(),
+            reason,
+        }
+    })?;
+    let signature = key.sign(revocation_message(domain, revocation).as_bytes());
+    Ok(format!(
+        "{VERSION_TAG} revoke={} exp={} sig={}",
+        keys::public_key_to_base64(&public),
+        revocation.expires,
+        STANDARD.encode(signature.to_bytes())
+    ))
+}
+
+/// What a record that verified says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxtRecord {
+    Server(TxtEntry),
+    Revocation(Revocation),
+}
+
+/// A record that passed every check but the signature: what to verify.
+struct Unverified {
+    record: TxtRecord,
+    message: String,
+    signature: ed25519_dalek::Signature,
+}
+
+/// The cheap checks: tag, length, fields, expiry, key and endpoint syntax.
+fn precheck(domain: &str, record: &[u8], now_secs: u64) -> Result<Unverified, TxtError> {
     if !record.starts_with(VERSION_TAG.as_bytes()) {
         return Err(TxtError::NotOurs);
     }
@@ -189,16 +293,44 @@ pub fn verify_record(
     if version != "zajel1" {
         return Err(TxtError::NotOurs);
     }
-    let id = next("id")?;
-    let ep = next("ep")?;
-    let rg = next("rg")?;
+    let revoke = text
+        .split(' ')
+        .nth(1)
+        .is_some_and(|f| f.starts_with("revoke="));
+    let (id, ep, rg) = if revoke {
+        (next("revoke")?, None, None)
+    } else {
+        (next("id")?, Some(next("ep")?), Some(next("rg")?))
+    };
     let exp = next("exp")?;
     let sig = next("sig")?;
     if fields.next().is_some() {
         return Err(TxtError::Malformed("extra fields after sig".into()));
     }
+    if exp.is_empty() || !exp.bytes().all(|b| b.is_ascii_digit()) || exp.len() > 12 {
+        return Err(TxtError::Malformed("exp: not unix seconds".into()));
+    }
+    let expires: u64 = exp
+        .parse()
+        .map_err(|_| TxtError::Malformed("exp: not unix seconds".into()))?;
+    if expires <= now_secs {
+        return Err(TxtError::Expired(expires));
+    }
+    if expires > now_secs + MAX_VALIDITY_SECS {
+        return Err(TxtError::TooFarAhead(expires));
+    }
     let public =
         keys::public_key_from_base64(id).map_err(|e| TxtError::Malformed(format!("id: {e}")))?;
+    let server_id = keys::server_id_for(&public);
+    let signature = decode_signature(sig).map_err(|_| TxtError::InvalidSignature)?;
+    let (Some(ep), Some(rg)) = (ep, rg) else {
+        let revocation = Revocation { server_id, expires };
+        return Ok(Unverified {
+            message: revocation_message(domain, &revocation),
+            record: TxtRecord::Revocation(revocation),
+            signature,
+        });
+    };
     let endpoint_text =
         percent_decode(ep).ok_or_else(|| TxtError::Malformed("ep: bad percent-encoding".into()))?;
     endpoint::validate_endpoint(&endpoint_text)
@@ -208,33 +340,60 @@ pub fn verify_record(
     if region.len() > MAX_REGION_BYTES {
         return Err(TxtError::Malformed("rg: too long".into()));
     }
-    if exp.is_empty() || !exp.bytes().all(|b| b.is_ascii_digit()) || exp.len() > 12 {
-        return Err(TxtError::Malformed("exp: not unix seconds".into()));
-    }
-    let expires: u64 = exp
-        .parse()
-        .map_err(|_| TxtError::Malformed("exp: not unix seconds".into()))?;
-    let signature = decode_signature(sig).map_err(|_| TxtError::InvalidSignature)?;
     let entry = TxtEntry {
-        server_id: keys::server_id_for(&public),
+        server_id,
         endpoint: endpoint_text,
         region,
         expires,
     };
-    let message = signed_message(domain, &entry);
-    if !pinned
-        .iter()
-        .any(|key| key.verify_strict(message.as_bytes(), &signature).is_ok())
-    {
-        return Err(TxtError::InvalidSignature);
+    Ok(Unverified {
+        message: signed_message(domain, &entry),
+        record: TxtRecord::Server(entry),
+        signature,
+    })
+}
+
+/// The signature check (the expensive part).
+fn verify_signature(
+    unverified: Unverified,
+    pinned: &[VerifyingKey],
+) -> Result<TxtRecord, TxtError> {
+    if pinned.iter().any(|key| {
+        key.verify_strict(unverified.message.as_bytes(), &unverified.signature)
+            .is_ok()
+    }) {
+        Ok(unverified.record)
+    } else {
+        Err(TxtError::InvalidSignature)
     }
-    if expires <= now_secs {
-        return Err(TxtError::Expired(expires));
+}
+
+/// Parses one record (its strings already concatenated), server or
+/// revocation, and verifies it for `domain` with any of the pinned keys at
+/// `now_secs`.
+pub fn verify_any(
+    domain: &str,
+    record: &[u8],
+    pinned: &[VerifyingKey],
+    now_secs: u64,
+) -> Result<TxtRecord, TxtError> {
+    verify_signature(precheck(domain, record, now_secs)?, pinned)
+}
+
+/// Parses one server record (its strings already concatenated) and verifies
+/// it for `domain` with any of the pinned keys at `now_secs`.
+pub fn verify_record(
+    domain: &str,
+    record: &[u8],
+    pinned: &[VerifyingKey],
+    now_secs: u64,
+) -> Result<TxtEntry, TxtError> {
+    match verify_any(domain, record, pinned, now_secs)? {
+        TxtRecord::Server(entry) => Ok(entry),
+        TxtRecord::Revocation(_) => Err(TxtError::Malformed(
+            "a revocation, not a server record".into(),
+        )),
     }
-    if expires > now_secs + MAX_VALIDITY_SECS {
-        return Err(TxtError::TooFarAhead(expires));
-    }
-    Ok(entry)
 }
 
 /// One record ready to publish.
@@ -288,10 +447,45 @@ pub fn build_records(
             endpoint: server.endpoint.clone(),
         });
     }
-    if records.len() > MAX_RECORDS {
-        return Err(PublishError::TooManyRecords(records.len()));
+    let bytes: usize = records.iter().map(|r| r.strings.concat().len()).sum();
+    if bytes > MAX_ANSWER_BYTES {
+        return Err(PublishError::AnswerTooLarge(bytes));
     }
     Ok(records)
+}
+
+/// Signs one revocation record per retired server (`serverId`s), valid
+/// until `expires`; `endpoint` of each says `revoke <serverId>`.
+pub fn build_revocations(
+    key: &SigningKey,
+    domain: &str,
+    server_ids: &[String],
+    ttl: u32,
+    expires: u64,
+) -> Result<Vec<PublishedRecord>, PublishError> {
+    let name = record_name(domain);
+    server_ids
+        .iter()
+        .map(|server_id| {
+            let revocation = Revocation {
+                server_id: server_id.clone(),
+                expires,
+            };
+            let strings = split_strings(&sign_revocation(key, domain, &revocation)?);
+            let content = strings
+                .iter()
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(" ");
+            Ok(PublishedRecord {
+                name: name.clone(),
+                ttl,
+                strings,
+                content,
+                endpoint: format!("revoke {server_id}"),
+            })
+        })
+        .collect()
 }
 
 /// A zone-file snippet (BIND, Knot, NSD all read this form).
@@ -314,45 +508,105 @@ pub struct AnswerCheck {
     /// `Empty` when no record was ours.
     pub outcome: Outcome,
     pub detail: String,
-    /// Entries of the records that verified, in answer order.
+    /// Entries of the server records that verified and are not revoked by a
+    /// revocation of the same answer, in answer order.
     pub entries: Vec<TxtEntry>,
-    /// Records refused (and records beyond [`MAX_RECORDS`]), with the reason.
+    /// Revocations that verified.
+    pub revocations: Vec<Revocation>,
+    /// Records refused (and what was left unread past a budget), with the reason.
     pub refused: Vec<String>,
 }
 
 /// Verifies the records (strings concatenated) a resolver answered for
-/// `_zajel.<domain>`: at most [`MAX_RECORDS`] are looked at, records that are
-/// not ours are skipped, and the others are kept or refused with the reason.
+/// `_zajel.<domain>`: every record within [`MAX_ANSWER_BYTES`] is
+/// considered, records that are not ours are skipped, and the others are
+/// kept or refused with the reason. At most [`MAX_SIGNATURE_CHECKS`]
+/// signatures are checked, after the cheap checks. Servers revoked by a
+/// revocation in the same answer are refused.
 pub fn check_answer(
     domain: &str,
     records: &[Vec<u8>],
     pinned: &[VerifyingKey],
     now_secs: u64,
 ) -> AnswerCheck {
+    check_answer_within(domain, records, pinned, now_secs, MAX_SIGNATURE_CHECKS)
+}
+
+fn check_answer_within(
+    domain: &str,
+    records: &[Vec<u8>],
+    pinned: &[VerifyingKey],
+    now_secs: u64,
+    max_signature_checks: usize,
+) -> AnswerCheck {
     let mut entries = Vec::new();
+    let mut revocations: Vec<Revocation> = Vec::new();
     let mut refused = Vec::new();
     let mut failures = Vec::new();
-    for record in records.iter().take(MAX_RECORDS) {
-        match verify_record(domain, record, pinned, now_secs) {
-            Ok(entry) => entries.push(entry),
-            Err(TxtError::NotOurs) => {}
+    let mut bytes = 0usize;
+    let mut signature_checks = 0usize;
+    let mut over_budget = None;
+    let mut refuse = |e: TxtError, record: &[u8], failures: &mut Vec<Outcome>| {
+        failures.push(match e {
+            TxtError::InvalidSignature => Outcome::InvalidSignature,
+            TxtError::Expired(_) | TxtError::TooFarAhead(_) => Outcome::Stale,
+            TxtError::Revoked { .. } => Outcome::Revoked,
+            _ => Outcome::Protocol,
+        });
+        let preview: String = String::from_utf8_lossy(record).chars().take(80).collect();
+        refused.push(format!("{e}: {preview}"));
+    };
+    for (i, record) in records.iter().enumerate() {
+        bytes = bytes.saturating_add(record.len());
+        if bytes > MAX_ANSWER_BYTES {
+            over_budget = Some(format!(
+                "answer over {MAX_ANSWER_BYTES} bytes: {} record(s) from #{} on ignored",
+                records.len() - i,
+                i + 1
+            ));
+            break;
+        }
+        let unverified = match precheck(domain, record, now_secs) {
+            Ok(unverified) => unverified,
+            Err(TxtError::NotOurs) => continue,
             Err(e) => {
-                failures.push(match e {
-                    TxtError::InvalidSignature => Outcome::InvalidSignature,
-                    TxtError::Expired(_) | TxtError::TooFarAhead(_) => Outcome::Stale,
-                    _ => Outcome::Protocol,
-                });
-                let preview: String = String::from_utf8_lossy(record).chars().take(80).collect();
-                refused.push(format!("{e}: {preview}"));
+                refuse(e, record, &mut failures);
+                continue;
             }
+        };
+        if signature_checks == max_signature_checks {
+            over_budget = Some(format!(
+                "{max_signature_checks} signatures checked: {} record(s) from #{} on ignored",
+                records.len() - i,
+                i + 1
+            ));
+            break;
+        }
+        signature_checks += 1;
+        match verify_signature(unverified, pinned) {
+            Ok(TxtRecord::Server(entry)) => entries.push(entry),
+            Ok(TxtRecord::Revocation(revocation)) => revocations.push(revocation),
+            Err(e) => refuse(e, record, &mut failures),
         }
     }
-    if records.len() > MAX_RECORDS {
-        refused.push(format!(
-            "{} records beyond the first {} ignored",
-            records.len() - MAX_RECORDS,
-            MAX_RECORDS
-        ));
+    let mut kept = Vec::new();
+    for entry in entries {
+        match revocations.iter().find(|r| r.server_id == entry.server_id) {
+            Some(revocation) => {
+                let e = TxtError::Revoked {
+                    server_id: entry.server_id.clone(),
+                    until: revocation.expires,
+                };
+                let text = format!("{} {}", entry.endpoint, entry.server_id);
+                refuse(e, text.as_bytes(), &mut failures);
+            }
+            None => kept.push(entry),
+        }
+    }
+    let entries = kept;
+    let oversized = over_budget.is_some();
+    if let Some(note) = over_budget {
+        refused.push(note);
     }
     let (outcome, detail) = if !entries.is_empty() {
         let detail = if refused.is_empty() {
@@ -361,8 +615,15 @@ pub fn check_answer(
             format!("{} record(s) refused", refused.len())
         };
         (Outcome::Ok, detail)
+    } else if oversized && failures.is_empty() {
+        (Outcome::Protocol, refused.join("; "))
     } else if failures.is_empty() {
-        (Outcome::Empty, "no zajel records".into())
+        let detail = if revocations.is_empty() {
+            "no zajel records"
+        } else {
+            "only revocations"
+        };
+        (Outcome::Empty, detail.into())
     } else if pinned.is_empty() {
         (
             Outcome::summarise(failures),
@@ -378,6 +639,7 @@ pub fn check_answer(
         outcome,
         detail,
         entries,
+        revocations,
         refused,
     }
 }
@@ -580,11 +842,184 @@ mod tests {
             check_answer("example.org", &[b"v=spf1".to_vec()], &pinned, NOW).outcome,
             Outcome::Empty
         );
-        // Only the first MAX_RECORDS records are looked at.
-        let mut many = vec![b"v=spf1".to_vec(); MAX_RECORDS];
-        many.push(genuine);
-        let check = check_answer("example.org", &many, &pinned, NOW);
+    }
+
+    fn junk_forged(n: usize) -> Vec<Vec<u8>> {
+        let forger = SigningKey::from_bytes(&[9u8; 32]);
+        (0..n)
+            .map(|i| signed(&forger, &format!("wss://j{i}.example"), NOW + 600))
+            .collect()
+    }
+
+    #[test]
+    fn every_record_is_considered_whatever_junk_comes_first() {
+        let pinned = [registry_key().verifying_key()];
+        let genuine = signed(&registry_key(), "wss://good.example", NOW + 600);
+        // Forged full-size records (the issue: 32 of them hid the genuine one).
+        for junk in [31, 32, 300] {
+            let mut answer = junk_forged(junk);
+            answer.push(genuine.clone());
+            let check = check_answer("example.org", &answer, &pinned, NOW);
+            assert_eq!(check.outcome, Outcome::Ok, "{junk}: {}", check.detail);
+            assert_eq!(check.entries.len(), 1, "{junk}");
+            assert_eq!(check.entries[0].endpoint, "wss://good.example");
+            assert_eq!(check.refused.len(), junk, "{junk}");
+        }
+        // 500 short junk records of ours (all a 64 KiB answer can hold).
+        let mut answer: Vec<Vec<u8>> = (0..500)
+            .map(|i| format!("v=zajel1 id=junk{i}").into_bytes())
+            .collect();
+        answer.push(genuine.clone());
+        let check = check_answer("example.org", &answer, &pinned, NOW);
+        assert_eq!(check.outcome, Outcome::Ok, "{}", check.detail);
+        assert_eq!(check.entries[0].endpoint, "wss://good.example");
+        assert_eq!(check.refused.len(), 500);
+    }
+
+    #[test]
+    fn junk_that_fails_cheap_checks_costs_no_signature_check() {
+        let pinned = [registry_key().verifying_key()];
+        let forger = SigningKey::from_bytes(&[9u8; 32]);
+        // Expired and far-future junk is refused before its signature is looked at.
+        let expired = signed(&forger, "wss://j.example", NOW - 1);
+        let far = signed(&forger, "wss://j.example", NOW + MAX_VALIDITY_SECS + 1);
+        assert!(matches!(
+            precheck("example.org", &expired, NOW),
+            Err(TxtError::Expired(_))
+        ));
+        assert!(matches!(
+            precheck("example.org", &far, NOW),
+            Err(TxtError::TooFarAhead(_))
+        ));
+        assert!(precheck("example.org", &junk_forged(1)[0], NOW).is_ok());
+        // The signature budget: records past it are ignored and said so, and
+        // a genuine record verified before it ran out is kept.
+        let genuine = signed(&registry_key(), "wss://good.example", NOW + 600);
+        let mut answer = vec![genuine];
+        answer.extend(junk_forged(10));
+        let check = check_answer_within("example.org", &answer, &pinned, NOW, 4);
+        assert_eq!(check.outcome, Outcome::Ok);
+        assert_eq!(check.entries.len(), 1);
+        assert_eq!(check.refused.len(), 4, "{:?}", check.refused);
+        assert_eq!(
+            check.refused[3],
+            "4 signatures checked: 7 record(s) from #5 on ignored"
+        );
+        // Within one answer the byte bound binds first: a 64 KiB answer
+        // cannot carry MAX_SIGNATURE_CHECKS records that pass the cheap
+        // checks, so with the real budget every record is considered.
+        let smallest = signed(&registry_key(), "wss://a.bc", NOW + 1).len();
+        assert!(
+            smallest * MAX_SIGNATURE_CHECKS > MAX_ANSWER_BYTES,
+            "{smallest}"
+        );
+    }
+
+    #[test]
+    fn a_byte_bomb_is_a_clear_error_and_breaks_nothing_else() {
+        let pinned = [registry_key().verifying_key()];
+        let bomb: Vec<Vec<u8>> = (0..400).map(|_| vec![b'x'; 1000]).collect();
+        let check = check_answer("example.org", &bomb, &pinned, NOW);
+        assert_eq!(check.outcome, Outcome::Protocol);
+        assert!(
+            check.detail.starts_with("answer over 65535 bytes"),
+            "{}",
+            check.detail
+        );
+        assert!(check.entries.is_empty());
+        // A genuine record before the bomb still counts.
+        let mut answer = vec![signed(&registry_key(), "wss://good.example", NOW + 600)];
+        answer.extend(bomb);
+        let check = check_answer("example.org", &answer, &pinned, NOW);
+        assert_eq!(check.outcome, Outcome::Ok);
+        assert_eq!(check.entries.len(), 1);
+    }
+
+    fn revocation(signer: &SigningKey, expires: u64) -> Vec<u8> {
+        let revoked = Revocation {
+            server_id: keys::server_id_for(&SigningKey::from_bytes(&[1u8; 32]).verifying_key()),
+            expires,
+        };
+        sign_revocation(signer, "example.org", &revoked)
+            .unwrap()
+            .into_bytes()
+    }
+
+    #[test]
+    fn a_signed_revocation_refuses_the_replayed_record_and_a_forged_one_is_ignored() {
+        let pinned = [registry_key().verifying_key()];
+        let record = signed(&registry_key(), "wss://retired.example", NOW + 600);
+        let revoke = revocation(&registry_key(), NOW + 3600);
+        assert!(String::from_utf8_lossy(&revoke).starts_with("v=zajel1 revoke="));
+        // The old record replayed beside the revocation: refused, with the reason.
+        let check = check_answer(
+            "example.org",
+            &[record.clone(), revoke.clone()],
+            &pinned,
+            NOW,
+        );
+        assert!(check.entries.is_empty());
+        assert_eq!(check.outcome, Outcome::Revoked);
+        assert_eq!(check.revocations.len(), 1);
+        assert_eq!(check.revocations[0].expires, NOW + 3600);
+        assert!(
+            check.refused[0].contains("is revoked until"),
+            "{:?}",
+            check.refused
+        );
+        // A forged revocation (another key) is ignored with a reason.
+        let forged = revocation(&SigningKey::from_bytes(&[4u8; 32]), NOW + 3600);
+        let check = check_answer(
+            "example.org",
+            &[forged.clone(), record.clone()],
+            &pinned,
+            NOW,
+        );
+        assert_eq!(check.outcome, Outcome::Ok);
+        assert_eq!(check.entries.len(), 1);
+        assert!(check.revocations.is_empty());
+        assert!(
+            check.refused[0].starts_with("invalid signature"),
+            "{:?}",
+            check.refused
+        );
+        // A revocation for another domain, a tampered one, an expired one.
+        assert_eq!(
+            verify_any("example.net", &revoke, &pinned, NOW),
+            Err(TxtError::InvalidSignature)
+        );
+        let text = String::from_utf8(revoke.clone()).unwrap();
+        let tampered = text.replace(
+            &format!("exp={}", NOW + 3600),
+            &format!("exp={}", NOW + 7200),
+        );
+        assert_eq!(
+            verify_any("example.org", tampered.as_bytes(), &pinned, NOW),
+            Err(TxtError::InvalidSignature)
+        );
+        assert_eq!(
+            verify_any("example.org", &revoke, &pinned, NOW + 3600),
+            Err(TxtError::Expired(NOW + 3600))
+        );
+        // A revocation is not a server record.
+        assert!(matches!(
+            verify_record("example.org", &revoke, &pinned, NOW),
+            Err(TxtError::Malformed(_))
+        ));
+        // Only revocations: nothing to use, nothing wrong.
+        let check = check_answer("example.org", &[revoke], &pinned, NOW);
         assert_eq!(check.outcome, Outcome::Empty);
-        assert_eq!(check.refused, ["1 records beyond the first 32 ignored"]);
+        assert_eq!(check.detail, "only revocations");
+    }
+
+    #[test]
+    fn records_live_at_most_seven_days() {
+        assert_eq!(MAX_VALIDITY_SECS, 7 * 24 * 3600);
+        let pinned = [registry_key().verifying_key()];
+        let eight_days = signed(&registry_key(), "wss://a.example", NOW + 8 * 24 * 3600);
+        assert_eq!(
+            verify_record("example.org", &eight_days, &pinned, NOW),
+            Err(TxtError::TooFarAhead(NOW + 8 * 24 * 3600))
+        );
     }
 }

@@ -17,6 +17,11 @@ use crate::metrics::Metrics;
 pub struct RelayConfig {
     /// Where the WebSocket and HTTP routes listen (port 0 picks one).
     pub listen: SocketAddr,
+    /// Where `GET /metrics` (and `/health`) listen on their own, plain
+    /// HTTP; when set, the public port answers `/metrics` with 404. `None`:
+    /// `/metrics` on the public port, as before (the deploy kit sets a
+    /// loopback address).
+    pub metrics_listen: Option<SocketAddr>,
     /// The URL clients reach this relay at: sent in `server_info` and
     /// registered with the registries. `None`: `ws://<local address>`
     /// (`wss://` with TLS).
@@ -52,6 +57,7 @@ impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics_listen: None,
             public_endpoint: None,
             region: None,
             identity: None,

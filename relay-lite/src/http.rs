@@ -1,9 +1,43 @@
 //! The HTTP side of the listening port: reading one request head, the
 //! WebSocket upgrade (RFC 6455 handshake done here, so `GET /health` and
-//! `GET /metrics` share the port), and the plain JSON/text answers.
+//! `GET /metrics` share the port), the plain JSON/text answers, and which
+//! close frame a WebSocket read error deserves.
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+/// Close code of a frame that breaks RFC 6455 (unmasked client frame,
+/// control frame over 125 bytes or fragmented, reserved opcode or bits, a
+/// continuation out of place).
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+
+/// The close frame (code, reason) a WebSocket read error is answered with,
+/// so that a peer that breaks the protocol gets a close frame rather than a
+/// bare TCP close: 1009 for a message or frame over the limit (also when it
+/// comes in fragments), 1002 for a frame RFC 6455 forbids. `None` when the
+/// connection itself is gone (nothing to tell).
+pub(crate) fn close_for_read_error(error: &WsError) -> Option<(u16, &'static str)> {
+    match error {
+        WsError::Capacity(_) => Some((
+            zajel_wire::signaling::CLOSE_MESSAGE_TOO_BIG,
+            "Message Too Big",
+        )),
+        WsError::Protocol(
+            ProtocolError::UnmaskedFrameFromClient
+            | ProtocolError::ControlFrameTooBig
+            | ProtocolError::FragmentedControlFrame
+            | ProtocolError::UnknownControlFrameType(_)
+            | ProtocolError::UnknownDataFrameType(_)
+            | ProtocolError::NonZeroReservedBits
+            | ProtocolError::UnexpectedContinueFrame
+            | ProtocolError::ExpectedFragment(_)
+            | ProtocolError::InvalidOpcode(_)
+            | ProtocolError::InvalidCloseSequence,
+        ) => Some((CLOSE_PROTOCOL_ERROR, "Protocol error")),
+        _ => None,
+    }
+}
 
 /// Largest request head accepted.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;

@@ -23,6 +23,10 @@ struct Cli {
     /// Address to listen on (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:8080", env = "RELAY_LITE_LISTEN")]
     listen: SocketAddr,
+    /// Serve GET /metrics (and /health) on this address of its own, plain HTTP, and no longer on
+    /// the public port (which then answers /metrics with 404). Unset: /metrics on the public port.
+    #[arg(long, value_name = "ADDR", env = "RELAY_LITE_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// URL clients use to reach this relay (sent in server_info, registered). Default: ws(s)://<listen address>.
     #[arg(long, value_name = "URL", env = "RELAY_LITE_PUBLIC_ENDPOINT")]
     public_endpoint: Option<String>,
@@ -295,6 +299,7 @@ impl Cli {
         let ms = Duration::from_millis;
         let mut config = RelayConfig {
             listen: self.listen,
+            metrics_listen: self.metrics_listen,
             public_endpoint: self.public_endpoint,
             region: self.region,
             identity: Some(key),
@@ -390,6 +395,9 @@ fn main() -> ExitCode {
         };
         println!("server id {}", relay.server_id());
         println!("listening on {scheme}://{}", relay.local_addr());
+        if let Some(address) = relay.metrics_addr() {
+            println!("metrics on http://{address}/metrics");
+        }
         tracing::info!(
             server_id = relay.server_id(),
             endpoint = relay.endpoint(),

@@ -109,6 +109,7 @@ pub struct Relay;
 /// accepting but does not close clients gracefully.
 pub struct RunningRelay {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     server_id: String,
     endpoint: String,
     metrics: Arc<Metrics>,
@@ -153,6 +154,14 @@ impl Relay {
             address: config.listen,
             source,
         })?;
+        let metrics_listener = match config.metrics_listen {
+            Some(address) => Some(
+                listen(address)
+                    .and_then(|listener| Ok((listener.local_addr()?, listener)))
+                    .map_err(|source| Error::Listen { address, source })?,
+            ),
+            None => None,
+        };
         let scheme = if acceptor.is_some() { "wss" } else { "ws" };
         let endpoint = config
             .public_endpoint
@@ -270,6 +279,10 @@ impl Relay {
             connections.clone(),
             AddressCounter::new(config.limits.max_connections_per_address),
         ));
+        let metrics_addr = metrics_listener.map(|(address, listener)| {
+            tokio::spawn(metrics_loop(listener, shared.clone()));
+            address
+        });
         let certificate_check = config.timeouts.certificate_check;
         let certificate_watch = (!certificate_check.is_zero()
             && certificates
@@ -303,6 +316,7 @@ impl Relay {
         }
         Ok(RunningRelay {
             local_addr,
+            metrics_addr,
             server_id,
             endpoint,
             metrics,
@@ -362,6 +376,11 @@ impl RunningRelay {
     /// Where the relay listens.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `/metrics` listens on its own (`RelayConfig::metrics_listen`).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// `ed25519:<base64 public key>`.
@@ -644,6 +663,17 @@ where
             let body = health_body(shared);
             http::respond(&mut stream, "200 OK", json, "", &body).await
         }
+        Route::Metrics if shared.config.metrics_listen.is_some() => {
+            // Metrics have their own address: not on the public port.
+            http::respond(
+                &mut stream,
+                "404 Not Found",
+                json,
+                "",
+                &http::error_body("Not Found"),
+            )
+            .await
+        }
         Route::Metrics => {
             let body = shared.metrics.render();
             http::respond(
@@ -700,6 +730,54 @@ where
     };
     if let Err(error) = result {
         tracing::debug!(%peer, %error, "answer not written");
+    }
+}
+
+/// The metrics listener (`--metrics-listen`): plain HTTP, `GET /metrics`
+/// and `GET /health` only, one request per connection, until the relay stops.
+async fn metrics_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let (mut stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(_) => continue,
+            },
+            () = stopping(&mut shutdown) => return,
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let handshake = shared.config.timeouts.handshake;
+            let route = tokio::time::timeout(handshake, http::read_request(&mut stream)).await;
+            let _ = match route {
+                Ok(Ok(Route::Metrics)) => {
+                    let body = shared.metrics.render();
+                    http::respond(
+                        &mut stream,
+                        "200 OK",
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        "",
+                        &body,
+                    )
+                    .await
+                }
+                Ok(Ok(Route::Health)) => {
+                    let body = health_body(&shared);
+                    http::respond(&mut stream, "200 OK", "application/json", "", &body).await
+                }
+                Ok(Ok(_)) => {
+                    http::respond(
+                        &mut stream,
+                        "404 Not Found",
+                        "application/json",
+                        "",
+                        &http::error_body("Not Found"),
+                    )
+                    .await
+                }
+                _ => Ok(()),
+            };
+        });
     }
 }
 

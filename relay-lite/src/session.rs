@@ -101,6 +101,10 @@ where
                         }
                         Err(error) => {
                             tracing::debug!(connection = id, %error, "connection ended");
+                            close = crate::http::close_for_read_error(&error);
+                            if close.is_some() {
+                                shared.metrics.refused(Refusal::InvalidMessage);
+                            }
                             break;
                         }
                     };

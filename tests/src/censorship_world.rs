@@ -21,7 +21,7 @@
 //! | 2 | 10.77.2.12 | relay A's TURN over TLS `:443` |
 //! | 3 | 10.77.2.13 | DoH `https://doh.zajel.test/dns-query` on `:443` |
 //! | 4 | 10.77.2.14 | a fake registry (poisoning scenario) |
-//! | 5 | 10.77.2.15 | a lying DoH resolver (poisoning scenario) |
+//! | 5 | 10.77.2.15 | a lying DoH resolver (poisoning scenario), or a censor's resolver that prepends junk records (DoH junk scenario) |
 //! | 6 | 10.77.2.16 | relay B `wss://…:443`, its TURN over UDP and TCP `:3478` |
 //! | 7 | 10.77.2.17 | a hostile relay `wss://…:443` in front of relay A (`hostile-relay`, issue 13) |
 //! | callee | 10.77.3.2 | `call-probe answer` (a host of its own, one address) |
@@ -609,6 +609,52 @@ impl World {
             &records,
         )?);
         Ok(())
+    }
+
+    /// A censor-run DoH resolver at [`lying_doh_address`] that serves
+    /// `junk` junk `v=zajel1` records (a third forged: signed by another
+    /// key, valid for an hour, so each costs a signature check; a third
+    /// expired; a third malformed) before the genuine records of this
+    /// world's registry. Returns how many junk records it serves.
+    pub fn start_junk_doh(&mut self, junk: usize) -> Result<usize, String> {
+        use discovery_client::txt;
+        let key_file = self.dir.path().join("registry").join("registry.seed");
+        let genuine = publish_records(&self.topology.internet, &Self::registry_url(), &key_file)?;
+        let forger = random_key();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|e| e.to_string())?
+            .as_secs();
+        let name = txt::record_name(DOMAIN);
+        let mut records = Vec::with_capacity(junk + genuine.len());
+        for i in 0..junk {
+            let text = match i % 3 {
+                2 => format!("v=zajel1 id=junk{i} ep=x"),
+                kind => {
+                    let entry = txt::TxtEntry {
+                        server_id: keys::server_id_for(&random_key().verifying_key()),
+                        endpoint: format!("wss://junk{i}.example"),
+                        region: String::new(),
+                        expires: if kind == 0 { now + 3600 } else { now - 60 },
+                    };
+                    txt::sign_record(&forger, DOMAIN, &entry).map_err(|e| e.to_string())?
+                }
+            };
+            let content = txt::split_strings(&text)
+                .iter()
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(" ");
+            records.push(format!("{name} 60 IN TXT {content}"));
+        }
+        records.extend(genuine);
+        self.lying_doh = Some(start_doh(
+            &self.topology.internet,
+            &self.pki,
+            lying_doh_address(),
+            &records,
+        )?);
+        Ok(junk)
     }
 
     /// The redirects a poisoning censor applies: registry and DoH traffic

@@ -64,6 +64,7 @@ impl UnboundDoh {
              \tdo-udp: no\n\
              \taccess-control: 0.0.0.0/0 allow\n\
              \tmodule-config: \"iterator\"\n\
+             \trrset-roundrobin: no\n\
              \tlocal-zone: \"{zone}.\" static\n",
             key = ca.key_file.display(),
             cert = ca.cert_file.display(),

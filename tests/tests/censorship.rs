@@ -1,5 +1,6 @@
 //! End-to-end proof under censorship (issue 6; the tenth, a hostile relay,
-//! issue 13): ten scenarios, each in its own network namespaces (client ──
+//! issue 13; the eleventh, a censor's DoH resolver prepending junk records,
+//! issue 19): eleven scenarios, each in its own network namespaces (client ──
 //! censor ── internet, see `tests::censorship_world`), with the real
 //! registry, relay-lite, TURN, unbound over DoH and the client binaries. The censor's nftables rules
 //! (and, for the degraded path, the NFQUEUE path emulator, since this
@@ -21,8 +22,9 @@
 //! first RTP, result) and writes it as Markdown to
 //! `target/censorship-matrix.md`; with `ZAJEL_CENSORSHIP_RECORD=1`, also to
 //! the committed `tests/censorship-matrix.md` (which the README shows) when
-//! all ten scenarios ran with `call-probe call`.
+//! all eleven scenarios ran with `call-probe call`.
 
+use std::net::SocketAddrV4;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -30,8 +32,8 @@ use std::time::{Duration, Instant};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::Value;
 use tests::censorship_world::{
-    doh_address, hostile_relay_address, registry_address, relay_a_address, relay_b_address,
-    relay_endpoint, run_to_end, tool, World,
+    doh_address, hostile_relay_address, lying_doh_address, registry_address, relay_a_address,
+    relay_b_address, relay_endpoint, run_to_end, tool, World, DOH_NAME, DOMAIN,
 };
 use tests::netem::PathEmulator;
 use tests::netns::rules;
@@ -1077,11 +1079,104 @@ fn wait_for_held_packet(world: &World, timeout: Duration) -> Result<(), String> 
     }
 }
 
+/// Junk records the censor's resolver prepends in scenario 11 (the
+/// discovery used to read only the first 32).
+const JUNK_RECORDS: usize = 300;
+
+/// 11: the censor blackholes the registry and answers DoH itself, serving
+/// [`JUNK_RECORDS`] junk `v=zajel1` records (forged, expired, malformed)
+/// before the genuine ones (issue 19). Every record is considered, so the
+/// genuine one still verifies and the call gets through.
+fn doh_junk(kind: Client) -> Result<Vec<Row>, String> {
+    let started = Instant::now();
+    let mut world = standard_world(kind)?;
+    let junk = world.start_junk_doh(JUNK_RECORDS)?;
+    world.topology.censor_and_redirect(
+        &rules::blackhole(registry_address()),
+        &[(
+            SocketAddrV4::new(doh_address(), 443),
+            SocketAddrV4::new(lying_doh_address(), 443),
+        )],
+    )?;
+    // The answer as the client's resolver serves it: junk first.
+    let mut verify = tool(&world.topology.client, "zajel-discover")?;
+    verify.args([
+        "txt",
+        "verify",
+        "--domain",
+        DOMAIN,
+        "--doh",
+        &format!("https://{DOH_NAME}/dns-query,ip={}", doh_address()),
+        "--registry-key",
+        &world.registry_key_base64(),
+        "--ca-file",
+        &world.pki.ca_file.display().to_string(),
+        "--json",
+    ]);
+    let finished = run_to_end(verify, Duration::from_secs(30))?;
+    let checks: Value = serde_json::from_str(&finished.stdout)
+        .map_err(|e| format!("txt verify output is not JSON ({e}): {finished:?}"))?;
+    let records = checks[0]["records"].as_array().cloned().unwrap_or_default();
+    let first_genuine = records.iter().position(|r| r.get("entry").is_some());
+    if records.len() <= junk || first_genuine != Some(junk) {
+        return Err(format!(
+            "the censor's resolver should serve {junk} junk records, then the genuine ones; \
+             it served {} records, the first genuine at {first_genuine:?}: {checks}",
+            records.len()
+        ));
+    }
+    // A debug build checks each forged record's signature in about 10 ms
+    // (a release build in about 0.05 ms): the 100 forged ones take about a
+    // second, so the layers get 3 s here.
+    let result = run_client(
+        &world,
+        kind,
+        &Run {
+            layer_timeout_ms: Some("3000"),
+            ..Run::default()
+        },
+    )?;
+    expect(
+        result.layer == "doh",
+        "the DoH layer should win behind the junk",
+        &result,
+        &world,
+    )?;
+    expect(
+        result.blocked_outcome("registry") == Some("timed_out"),
+        "the registry layer should time out",
+        &result,
+        &world,
+    )?;
+    if kind == Client::Discover {
+        let refused = result.json["layers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|l| l["layer"] == "doh")
+            .flat_map(|l| l["sources"].as_array().cloned().unwrap_or_default())
+            .map(|s| s["refused"].as_array().map_or(0, Vec::len))
+            .sum::<usize>();
+        expect(
+            refused == junk,
+            &format!("the DoH source should refuse the {junk} junk records, not {refused}"),
+            &result,
+            &world,
+        )?;
+    }
+    check_media(kind, &result, &world)?;
+    Ok(vec![row(
+        &format!("11 DoH junk ({junk} records first)"),
+        &result,
+        started,
+    )])
+}
+
 // ---- the harness ---------------------------------------------------------
 
 type Scenario = fn(Client) -> Result<Vec<Row>, String>;
 
-const SCENARIOS: [(&str, Scenario); 10] = [
+const SCENARIOS: [(&str, Scenario); 11] = [
     ("open_network", open_network),
     ("registry_blocked", registry_blocked),
     ("registry_and_doh_blocked", registry_and_doh_blocked),
@@ -1092,6 +1187,7 @@ const SCENARIOS: [(&str, Scenario); 10] = [
     ("degraded_path", degraded_path),
     ("relay_dies", relay_dies),
     ("hostile_relay_first", hostile_relay_first),
+    ("doh_junk", doh_junk),
 ];
 
 fn matrix_markdown(rows: &[Row], kind: Client, total: Duration) -> String {

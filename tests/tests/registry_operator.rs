@@ -387,3 +387,47 @@ fn the_strict_parser_rejects_what_promtool_rejects() {
         assert!(parse_exposition(bad).is_err(), "{bad:?}");
     }
 }
+
+/// `--metrics-listen` (and `ZAJEL_REGISTRY_METRICS_LISTEN`): `/metrics` on
+/// an address of its own and no longer on the public one (issue 19).
+#[test]
+fn metrics_can_listen_on_their_own_address_and_leave_the_public_one() {
+    for by_env in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = write_key_file(dir.path(), &random_key());
+        let mut command = Command::new(binary("bootstrap-worker").unwrap());
+        command
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--memory", "--policy", "open"])
+            .arg("--signing-key-file")
+            .arg(&key_file);
+        if by_env {
+            command.env("ZAJEL_REGISTRY_METRICS_LISTEN", "127.0.0.1:0");
+        } else {
+            command.args(["--metrics-listen", "127.0.0.1:0"]);
+        }
+        let mut process = ChildProcess::spawn("bootstrap-worker serve", command).unwrap();
+        let base_url = process
+            .wait_for(Duration::from_secs(20), |line| {
+                line.strip_prefix("listening on ").map(str::to_string)
+            })
+            .unwrap();
+        let metrics_url = process
+            .wait_for(Duration::from_secs(20), |line| {
+                line.strip_prefix("metrics on ").map(str::to_string)
+            })
+            .unwrap();
+        let client = http();
+        let response = client.get(&metrics_url).send().unwrap();
+        assert_eq!(response.status(), 200, "{by_env}");
+        let text = response.text().unwrap();
+        parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let public = client.get(format!("{base_url}/metrics")).send().unwrap();
+        assert_eq!(public.status(), 404, "{by_env}");
+        // The public side is otherwise unchanged; the metrics side serves nothing else.
+        let servers = client.get(format!("{base_url}/servers")).send().unwrap();
+        assert_eq!(servers.status(), 200);
+        let other = metrics_url.replace("/metrics", "/servers");
+        assert_eq!(client.get(other).send().unwrap().status(), 404);
+    }
+}

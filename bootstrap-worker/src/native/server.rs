@@ -14,7 +14,8 @@
 //! end, without telling the client).
 //!
 //! The host also answers `GET /metrics` itself ([`super::metrics`]; the
-//! Worker does not have it) and decides which address a request's rate
+//! Worker does not have it), on the public listener or, with
+//! [`serve_split`] (`--metrics-listen`), only on a listener of its own, and decides which address a request's rate
 //! limit keys on: the peer's, or behind a trusted proxy the client's from
 //! its forwarding headers ([`super::forwarded`]).
 
@@ -76,10 +77,30 @@ pub async fn serve_with(
     options: HostOptions,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    serve_split(listener, None, registry, options, shutdown).await
+}
+
+/// [`serve_with`], with `GET /metrics` served only on `metrics_listener`
+/// when one is given (the public listener then answers `/metrics` with 404).
+pub async fn serve_split(
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    registry: Registry<SqliteStore>,
+    options: HostOptions,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let registry: SharedRegistry = Arc::new(Mutex::new(registry));
     let host = Arc::new(Host {
         options,
         metrics: RegistryMetrics::default(),
+        metrics_elsewhere: metrics_listener.is_some(),
+    });
+    let _metrics_task = metrics_listener.map(|listener| {
+        AbortOnDrop(tokio::spawn(metrics_loop(
+            listener,
+            registry.clone(),
+            host.clone(),
+        )))
     });
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
@@ -119,6 +140,60 @@ pub async fn serve_with(
 struct Host {
     options: HostOptions,
     metrics: RegistryMetrics,
+    /// `/metrics` has a listener of its own: not on the public one.
+    metrics_elsewhere: bool,
+}
+
+/// Stops a task when dropped (the metrics listener ends with the host).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The metrics listener: `GET /metrics` only, everything else 404.
+async fn metrics_loop(listener: TcpListener, registry: SharedRegistry, host: Arc<Host>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let registry = registry.clone();
+        let host = host.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: hyper::Request<Incoming>| {
+                let registry = registry.clone();
+                let host = host.clone();
+                async move {
+                    let response = if request.method() == hyper::Method::GET
+                        && request.uri().path() == "/metrics"
+                    {
+                        metrics_response(&registry, &host).await
+                    } else {
+                        not_found()
+                    };
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn not_found() -> hyper::Response<Full<Bytes>> {
+    let mut response =
+        hyper::Response::new(Full::new(Bytes::from_static(br#"{"error":"Not Found"}"#)));
+    *response.status_mut() = hyper::StatusCode::NOT_FOUND;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// [`answer`], counted in the metrics.
@@ -130,7 +205,9 @@ async fn counted(
 ) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
     let method = request.method().as_str().to_ascii_uppercase();
     let path = request.uri().path().to_string();
-    let (response, refused) = if method == "GET" && path == "/metrics" {
+    let (response, refused) = if method == "GET" && path == "/metrics" && host.metrics_elsewhere {
+        (not_found(), None)
+    } else if method == "GET" && path == "/metrics" {
         (metrics_response(&registry, &host).await, None)
     } else {
         answer(registry, &host, peer, request).await
