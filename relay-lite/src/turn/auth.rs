@@ -23,6 +23,7 @@ use stun::message::{
 use stun::textattrs::TextAttribute;
 use util::Conn;
 
+use super::admission::{Admission, Admit, PendingAllocation};
 use super::relay::StreamAllocations;
 use super::replay::AllocateReplay;
 use super::Counters;
@@ -215,7 +216,8 @@ impl turn::auth::AuthHandler for SharedSecret {
     }
 }
 
-/// A listener `Conn` that answers refused credentials itself and passes
+/// A listener `Conn` that answers refused credentials itself, then what
+/// the peer policy or the quotas refuse (`admission`), and passes
 /// everything else to the server. Its `close` does nothing: the webrtc-rs
 /// server closes the listener when any one allocation closes, so the
 /// listener's life is managed by `TurnServer` instead.
@@ -226,6 +228,10 @@ pub(crate) struct GuardedConn {
     pub replay: Arc<AllocateReplay>,
     /// For stream listeners: where to record whose message is handled.
     pub streams: Option<Arc<StreamAllocations>>,
+    /// The peer policy and the allocation quotas (shared by every listener).
+    pub admission: Arc<Admission>,
+    /// The quota taken by the Allocate this listener handed out last.
+    pub pending: Arc<PendingAllocation>,
 }
 
 #[async_trait]
@@ -254,12 +260,18 @@ impl Conn for GuardedConn {
                     let _ = self.inner.send_to(&refusal, from).await;
                 }
                 Verdict::Drop => {}
-                Verdict::Pass => {
-                    if let Some(streams) = &self.streams {
-                        streams.handling(from);
+                Verdict::Pass => match self.admission.admit(&buf[..n], from, &self.pending) {
+                    Admit::Refuse(refusal) => {
+                        let _ = self.inner.send_to(&refusal, from).await;
                     }
-                    return Ok((n, from));
-                }
+                    Admit::Drop => {}
+                    Admit::Pass => {
+                        if let Some(streams) = &self.streams {
+                            streams.handling(from);
+                        }
+                        return Ok((n, from));
+                    }
+                },
             }
         }
     }
