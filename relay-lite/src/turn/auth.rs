@@ -2,7 +2,12 @@
 //! the `AuthHandler` the webrtc-rs server asks for keys, and `GuardedConn`,
 //! which answers a request carrying a wrong password, a malformed or expired
 //! username or a foreign realm with 401 Unauthorized (RFC 8489 §9.2.4), as
-//! coturn does. (The webrtc-rs server itself would answer 400.) It also
+//! coturn does. (The webrtc-rs server itself would answer 400.) A
+//! credential's expiry bounds when it can make an allocation: Refresh,
+//! CreatePermission and ChannelBind on an allocation made in time keep
+//! working with it (relay-lite's credentials are short-lived and renewed,
+//! and a WebRTC agent keeps refreshing with the one it allocated with); the
+//! allocation still ends at its hard maximum age. It also
 //! rate-limits requests without credentials, per client IP and in total:
 //! the webrtc-rs server keeps the nonce of every 401 challenge it sends
 //! until the nonce is used, so unanswered challenges would pile up.
@@ -18,7 +23,8 @@ use stun::attributes::{ATTR_MESSAGE_INTEGRITY, ATTR_NONCE, ATTR_REALM, ATTR_USER
 use stun::error_code::{ErrorCodeAttribute, CODE_UNAUTHORIZED};
 use stun::integrity::MessageIntegrity;
 use stun::message::{
-    Message, MessageType, Setter, CLASS_ERROR_RESPONSE, CLASS_REQUEST, METHOD_BINDING,
+    Message, MessageType, Setter, CLASS_ERROR_RESPONSE, CLASS_REQUEST, METHOD_ALLOCATE,
+    METHOD_BINDING,
 };
 use stun::textattrs::TextAttribute;
 use util::Conn;
@@ -43,12 +49,15 @@ pub(crate) struct SharedSecret {
 
 impl SharedSecret {
     /// The long-term key (MD5 of `username:realm:password`) for `username`,
-    /// or `None` when the username is malformed, expired, or for another realm.
-    fn key_for(&self, username: &str, realm: &str) -> Option<Vec<u8>> {
+    /// or `None` when the username is malformed, for another realm, or
+    /// (with `allocating`) expired.
+    fn key_for(&self, username: &str, realm: &str, allocating: bool) -> Option<Vec<u8>> {
         if realm != self.realm {
             return None;
         }
-        let password = check_username(&self.secret, username, now_secs()).ok()?;
+        // Expired names are checked as if issued now: format and MAC still count.
+        let now = if allocating { now_secs() } else { 0 };
+        let password = check_username(&self.secret, username, now).ok()?;
         Some(turn::auth::generate_auth_key(username, realm, &password))
     }
 
@@ -80,8 +89,9 @@ impl SharedSecret {
         ) else {
             return Verdict::Pass;
         };
+        let allocating = message.typ.method == METHOD_ALLOCATE;
         let accepted = self
-            .key_for(&username.text, &realm.text)
+            .key_for(&username.text, &realm.text, allocating)
             .is_some_and(|key| MessageIntegrity(key).check(&mut message.clone()).is_ok());
         if accepted {
             return Verdict::Pass;
@@ -209,7 +219,8 @@ impl turn::auth::AuthHandler for SharedSecret {
         realm: &str,
         _src_addr: SocketAddr,
     ) -> Result<Vec<u8>, turn::Error> {
-        self.key_for(username, realm).ok_or_else(|| {
+        // Allocate requests had their expiry checked by `verdict` already.
+        self.key_for(username, realm, false).ok_or_else(|| {
             self.counters.refused_auth.fetch_add(1, Ordering::Relaxed);
             turn::Error::ErrNoSuchUser
         })
