@@ -106,14 +106,11 @@ fn hostile_peers(victim: SocketAddr, own: &[SocketAddr]) -> Vec<SocketAddr> {
     .map(|peer| peer.parse().unwrap())
     .collect();
     peers.push(victim);
-    peers.push(SocketAddr::new(
-        std::net::Ipv6Addr::from(match victim.ip() {
-            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-            std::net::IpAddr::V6(v6) => v6,
-        })
-        .into(),
-        victim.port(),
-    ));
+    let mapped = match victim.ip() {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        std::net::IpAddr::V6(v6) => v6,
+    };
+    peers.push(SocketAddr::new(mapped.into(), victim.port()));
     peers.extend_from_slice(own);
     peers
 }
