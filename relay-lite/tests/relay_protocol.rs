@@ -934,6 +934,47 @@ async fn ice_servers_only_once_paired_and_renewed_only_while_connected() {
     assert!(!relay.process.output().contains("t0p-s3cret"));
 }
 
+/// "(or has a call)": a `call_offer` between two connections that asked
+/// engages both; the caller's credential answers its offer, the callee's
+/// comes before the pong of its next ping.
+#[tokio::test]
+async fn ice_servers_for_a_connection_in_a_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("turn.secret");
+    std::fs::write(&secret, "t0p-s3cret\n").unwrap();
+    let relay = RelayProcess::start(&[
+        "--turn-url",
+        "turn:127.0.0.1:3478?transport=udp",
+        "--turn-secret-file",
+        secret.to_str().unwrap(),
+    ]);
+    let mut caller = Client::connect(&relay.url()).await;
+    let mut callee = Client::connect(&relay.url()).await;
+    for (client, code, n) in [(&mut caller, "ALEXA2", 1), (&mut callee, "BBBBB2", 2)] {
+        let registered = client
+            .request(json!({"type": "register", "pairingCode": code, "publicKey": key(n), "iceServers": true}))
+            .await;
+        assert_eq!(registered["type"], "registered");
+        client.expect_quiet().await;
+    }
+    let ice = caller
+        .request(json!({"type": "call_offer", "target": "BBBBB2", "payload": {"callId": CALL_ID, "sdp": "v=0", "withVideo": false}}))
+        .await;
+    assert_eq!(ice["type"], "ice_servers", "{ice}");
+    assert_eq!(ice["ttl"], 600, "the default lifetime is 10 minutes");
+    assert_eq!(callee.recv().await["type"], "call_offer");
+    let ice = callee.request(json!({"type": "ping"})).await;
+    assert_eq!(ice["type"], "ice_servers", "{ice}");
+    assert_eq!(callee.recv().await, json!({"type": "pong"}));
+    // A second offer gives nothing more.
+    caller
+        .send(json!({"type": "call_offer", "target": "BBBBB2", "payload": {"callId": CALL_ID, "sdp": "v=0", "withVideo": false}}))
+        .await;
+    assert_eq!(callee.recv().await["type"], "call_offer");
+    caller.expect_quiet().await;
+    callee.expect_quiet().await;
+}
+
 #[tokio::test]
 async fn sigterm_closes_clients_with_1001_and_exits() {
     let mut relay = RelayProcess::start(&["--handshake-timeout-ms", "600000"]);

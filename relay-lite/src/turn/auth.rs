@@ -316,6 +316,48 @@ impl Conn for GuardedConn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stun::agent::TransactionId;
+    use stun::message::METHOD_REFRESH;
+
+    fn signed(method: stun::message::Method, username: &str, password: &str) -> Vec<u8> {
+        let setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(method, CLASS_REQUEST)),
+            Box::new(TextAttribute::new(ATTR_USERNAME, username.to_owned())),
+            Box::new(TextAttribute::new(ATTR_REALM, "zajel".to_owned())),
+            Box::new(TextAttribute::new(ATTR_NONCE, "n".to_owned())),
+            Box::new(MessageIntegrity::new_long_term_integrity(
+                username.to_owned(),
+                "zajel".to_owned(),
+                password.to_owned(),
+            )),
+        ];
+        let mut message = Message::new();
+        message.build(&setters).unwrap();
+        message.raw
+    }
+
+    #[test]
+    fn an_expired_credential_cannot_allocate_but_keeps_its_allocation_alive() {
+        let auth = SharedSecret {
+            secret: b"s3cret".to_vec(),
+            realm: "zajel".into(),
+            counters: Arc::new(Counters::default()),
+            challenges: ChallengeLimiter::new(ChallengeRate {
+                per_ip_per_minute: 10,
+                total_per_second: 10,
+            }),
+        };
+        let from: SocketAddr = "198.51.100.1:5000".parse().unwrap();
+        let expired = crate::credentials::issue(b"s3cret", "x", now_secs() - 700, 600);
+        let allocate = signed(METHOD_ALLOCATE, &expired.username, &expired.credential);
+        assert!(matches!(auth.verdict(&allocate, from), Verdict::Refuse(_)));
+        let refresh = signed(METHOD_REFRESH, &expired.username, &expired.credential);
+        assert!(matches!(auth.verdict(&refresh, from), Verdict::Pass));
+        // The MAC still counts.
+        let forged = signed(METHOD_REFRESH, &expired.username, "not the password");
+        assert!(matches!(auth.verdict(&forged, from), Verdict::Refuse(_)));
+    }
 
     #[test]
     fn challenges_are_limited_per_ip_and_in_total() {
