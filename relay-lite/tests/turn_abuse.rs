@@ -2,7 +2,7 @@
 //! TURN client (`webrtc::turn::client`) as the attacker: CreatePermission and
 //! Send to loopback, link-local (the cloud metadata address), RFC 1918,
 //! multicast, broadcast and the server's own ports are answered 403 and
-//! nothing reaches them, over UDP and TCP; another allocation's relayed
+//! nothing reaches them, over UDP, TCP and TLS; another allocation's relayed
 //! address is allowed and delivered to, but its host's other ports are not;
 //! one credential cannot take every allocation (486) while another user
 //! still gets one; one address cannot hold every stream connection, and
@@ -17,13 +17,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::turn::{now_secs, step_timeout, AllocateOutcome, RawTurnClient};
+use common::turn::{now_secs, step_timeout, test_pki, AllocateOutcome, RawTurnClient};
 use relay_lite::credentials;
-use relay_lite::turn::{ClientTransport, TurnConfig, TurnRefusal, TurnServer};
+use relay_lite::turn::rustls::RootCertStore;
+use relay_lite::turn::{ClientTransport, TurnConfig, TurnRefusal, TurnServer, TurnTls};
 use tokio::net::{TcpStream, UdpSocket};
 use webrtc::turn::client::{Client as TurnClient, ClientConfig as TurnClientConfig};
 use webrtc::util::Conn;
-use zajel_client_net::turn_bridge::StreamBridge;
+use zajel_client_net::turn_bridge::{BridgeTls, StreamBridge};
 
 const SECRET: &[u8] = b"zajel-turn-abuse-secret";
 const REALM: &str = "zajel.test";
@@ -116,7 +117,7 @@ fn hostile_peers(victim: SocketAddr, own: &[SocketAddr]) -> Vec<SocketAddr> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn denied_peers_are_refused_with_403_over_udp_and_tcp_and_receive_nothing() {
+async fn denied_peers_are_refused_with_403_over_udp_tcp_and_tls_and_receive_nothing() {
     let victim = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let victim_addr = victim.local_addr().unwrap();
     // Stands in for the signaling port, which the relay passes as an own address.
@@ -124,16 +125,35 @@ async fn denied_peers_are_refused_with_403_over_udp_and_tcp_and_receive_nothing(
     let mut config = config();
     config.listen_udp = Some("127.0.0.1:0".parse().unwrap());
     config.listen_tcp = Some("127.0.0.1:0".parse().unwrap());
+    config.listen_tls = Some("127.0.0.1:0".parse().unwrap());
+    let pki = test_pki("Zajel TURN abuse test CA");
+    config.tls = Some(
+        TurnTls::from_pem(
+            pki.server_cert_pem.as_bytes(),
+            pki.server_key_pem.as_bytes(),
+        )
+        .unwrap(),
+    );
     config.own_addresses = vec![signaling.local_addr().unwrap()];
     let server = TurnServer::start(config).await.unwrap();
-    let (udp, tcp) = (server.udp_addr().unwrap(), server.tcp_addr().unwrap());
-    let own = [udp, tcp, signaling.local_addr().unwrap()];
+    let (udp, tcp, tls) = (
+        server.udp_addr().unwrap(),
+        server.tcp_addr().unwrap(),
+        server.tls_addr().unwrap(),
+    );
+    let own = [udp, tcp, tls, signaling.local_addr().unwrap()];
     let peers = hostile_peers(victim_addr, &own);
 
-    let bridge = StreamBridge::start(tcp, None).await.unwrap();
+    let tcp_bridge = StreamBridge::start(tcp, None).await.unwrap();
+    let mut roots = RootCertStore::empty();
+    roots.add(pki.ca.clone()).unwrap();
+    let tls_bridge = StreamBridge::start(tls, Some(BridgeTls::new("turn.test", roots).unwrap()))
+        .await
+        .unwrap();
     for (transport, through) in [
         (ClientTransport::Udp, udp),
-        (ClientTransport::Tcp, bridge.local_addr()),
+        (ClientTransport::Tcp, tcp_bridge.local_addr()),
+        (ClientTransport::Tls, tls_bridge.local_addr()),
     ] {
         let attacker = allocate(through, "attacker").await;
         for peer in &peers {
@@ -149,7 +169,7 @@ async fn denied_peers_are_refused_with_403_over_udp_and_tcp_and_receive_nothing(
         );
     }
     assert!(
-        server.stats().refused(TurnRefusal::PeerDenied) >= 2 * peers.len() as u64,
+        server.stats().refused(TurnRefusal::PeerDenied) >= 3 * peers.len() as u64,
         "{:?}",
         server.stats()
     );
