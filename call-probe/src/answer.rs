@@ -9,6 +9,7 @@
 //! [`Answerer::serve`]'s calls like any other); an authenticated call marks its contact so.
 //! [`Answerer::serve_until`] also stops on Ctrl-C / SIGTERM, hanging up a call in progress.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use discovery_client::share::{self, ShareLink};
@@ -22,7 +23,7 @@ use crate::client::{TurnPaths, TurnRouteError, TurnTransport};
 use crate::config::{AnswerPolicy, CallConfig};
 use crate::error::{session_kind, ErrorKind};
 use crate::interrupt::Interrupt;
-use crate::line::{lock_contacts, LineEvent, PhoneLine};
+use crate::line::{lock_contacts, IceConverter, IceUpdates, LineEvent, PhoneLine};
 use crate::line_options::{LineOptions, StateError};
 use crate::report::CallReport;
 use crate::selftest::PhoneError;
@@ -99,7 +100,8 @@ pub struct Answerer {
     pub share_uri: String,
     line: PhoneLine,
     options: AnswerOptions,
-    turn_paths: TurnPaths,
+    /// Set when the relay's `ice_servers` are turned into the engine's (once paired).
+    turn_paths: Arc<Mutex<TurnPaths>>,
 }
 
 /// One answered (or declined) call.
@@ -111,6 +113,26 @@ pub struct AnsweredCall {
     pub relayed_media: Option<TurnTransport>,
 }
 
+/// Turns the relay's servers into the engine's with `line`'s options, keeping the routes to
+/// TURN in `paths` (for the reports) for as long as the answerer lives.
+fn converter(line: LineOptions, paths: Arc<Mutex<TurnPaths>>) -> IceConverter {
+    Arc::new(move |offered| {
+        let (line, paths) = (line.clone(), paths.clone());
+        Box::pin(async move {
+            match line.engine_ice_servers(&offered).await {
+                Ok((servers, routes)) => {
+                    *paths.lock().unwrap_or_else(|e| e.into_inner()) = routes;
+                    Some(servers)
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "the relay's TURN servers cannot be used");
+                    None
+                }
+            }
+        })
+    })
+}
+
 impl Answerer {
     /// Connects, registers and wires the engine.
     pub async fn start(options: AnswerOptions) -> Result<Self, AnswerError> {
@@ -120,10 +142,19 @@ impl Answerer {
             .register(&options.server, options.code, &keys.identity)
             .await
             .map_err(AnswerError::Signaling)?;
+        // Servers a relay sent at registration (older relays) are converted now; relay-lite
+        // sends them once a caller paired, and the line converts them then, before that
+        // caller's call_offer reaches the engine.
+        let early = !registered.ice_servers.is_empty();
         let (ice_servers, turn_paths) = options
             .line
             .engine_ice_servers(&registered.ice_servers)
             .await?;
+        let turn_paths = Arc::new(Mutex::new(turn_paths));
+        let ice = IceUpdates {
+            convert: converter(options.line.clone(), turn_paths.clone()),
+            converted: early.then(|| ice_servers.clone()),
+        };
         let config = CallConfig {
             echo: options.echo,
             answer_policy: if options.decline {
@@ -140,13 +171,14 @@ impl Answerer {
         let code = registered.code;
         let server_id = registered.server_id.clone();
         let public_key = keys.identity.public_base64();
-        let line = PhoneLine::start_keyed(
+        let line = PhoneLine::start_with_ice(
             "answerer",
             registered.session,
             code,
             config,
             true,
             Some(keys),
+            Some(ice),
         );
         Ok(Self {
             code,
@@ -238,12 +270,14 @@ impl Answerer {
     ) -> AnsweredCall {
         self.remember_authenticated(&report);
         // The taps serve every call; their resend count is since the start.
-        self.turn_paths.complete(&mut report);
+        let turn_paths = self.turn_paths.lock().unwrap_or_else(|e| e.into_inner());
+        turn_paths.complete(&mut report);
         let resends = report.dtls.final_flight_resends_through_turn;
         report.dtls.final_flight_resends_through_turn = resends - *resends_before;
         *resends_before = resends;
         self.line.phone.clear_history();
-        let relayed_media = self.turn_paths.relayed_media(&report);
+        let relayed_media = turn_paths.relayed_media(&report);
+        drop(turn_paths);
         AnsweredCall {
             number: calls_before as u32 + 1,
             report,

@@ -6,7 +6,8 @@
 //!    `register` (asking for `ice_servers`), an `identity_challenge` on that same connection
 //!    (judged against the key discovery's entry named: `ok`, `identity_unproven`,
 //!    `identity_mismatch`, reported, not a failure of the check), and a `ping` → `pong` round
-//!    trip.
+//!    trip; then, since relay-lite gives TURN credentials only to a paired connection, a
+//!    pairing with a second connection of ours (`client::ice_servers_by_self_pairing`).
 //! 3. STUN binding over UDP to the relay's STUN server (or its TURN server, which answers
 //!    binding requests too): the server-reflexive address, and whether UDP works at all.
 //! 4. TURN over UDP, over TCP and over TLS (the last two through relay-lite's stream bridge,
@@ -469,13 +470,32 @@ pub async fn run_check(options: &CheckOptions) -> Result<CheckReport, CheckError
             ));
         }
     }
+    // relay-lite gives TURN credentials only to a paired connection: pair with ourselves.
+    let mut offered = registered.ice_servers.clone();
+    if offered.is_empty() {
+        match client::ice_servers_by_self_pairing(
+            &mut session,
+            registered.code,
+            &url,
+            &options.trust,
+            step,
+        )
+        .await
+        {
+            Ok(servers) => {
+                signaling.ice_servers = client::describe_ice_servers(&servers);
+                offered = servers;
+            }
+            Err(error) => tracing::info!(%error, "no ice_servers after pairing"),
+        }
+    }
     drop(session);
 
     // Pick the URLs to try, with their credentials.
     let mut stun_target: Option<String> = None;
     let mut stun_urls: Vec<String> = Vec::new();
     let mut turn_targets: Vec<(String, String, String, String)> = Vec::new(); // kind, url, user, pass
-    for server in &registered.ice_servers {
+    for server in &offered {
         for url in &server.urls {
             let Some((scheme, parsed)) = parse_ice_url(url) else {
                 continue;

@@ -14,7 +14,7 @@ use zajel_client_net::signaling::{ConnectTimings, SessionError, SignalingSession
 use zajel_client_net::tls;
 use zajel_client_net::turn_bridge::{BridgeTls, StreamBridge};
 use zajel_wire::pairing::PairingCode;
-use zajel_wire::signaling::IceServer as WireIceServer;
+use zajel_wire::signaling::{ClientMessage, IceServer as WireIceServer, ServerMessage};
 
 use crate::config::IceServer;
 use crate::error::ErrorKind;
@@ -129,6 +129,58 @@ pub async fn connect_and_register_as(
         ice_servers,
         register_ms: started.elapsed().as_secs_f64() * 1000.0,
     })
+}
+
+/// relay-lite hands TURN credentials (`ice_servers`) only to a paired connection: pairs
+/// `session` (registered as `own_code`) with a second connection of ours on the same relay
+/// and returns what the relay then sends `session` (empty from a relay that sends none).
+pub async fn ice_servers_by_self_pairing(
+    session: &mut SignalingSession,
+    own_code: PairingCode,
+    url: &Url,
+    trust: &TrustAnchors,
+    step_timeout: Duration,
+) -> Result<Vec<WireIceServer>, SessionError> {
+    let mut other = SignalingSession::connect(url, trust, step_timeout).await?;
+    let other_code = random_code().map_err(|e| SessionError::Refused(e.to_string()))?;
+    let identity = Identity::ephemeral().map_err(|e| SessionError::Refused(e.to_string()))?;
+    other
+        .register(other_code, &identity.public_base64(), step_timeout)
+        .await?;
+    session
+        .send(ClientMessage::PairRequest {
+            target_code: other_code,
+            proposed_name: Some("call-probe check".into()),
+        })
+        .await?;
+    other
+        .recv_until(
+            step_timeout,
+            "pair_incoming",
+            |message| matches!(message, ServerMessage::PairIncoming { .. }).then_some(()),
+            |_| {},
+        )
+        .await?;
+    other
+        .send(ClientMessage::PairResponse {
+            target_code: own_code,
+            accepted: true,
+        })
+        .await?;
+    let matched = session
+        .recv_until(
+            step_timeout,
+            "pair_matched",
+            |message| matches!(message, ServerMessage::PairMatched { .. }).then_some(()),
+            |_| {},
+        )
+        .await;
+    let servers = match matched {
+        Ok(()) => session.ice_servers_after_pairing(step_timeout).await,
+        Err(error) => Err(error),
+    };
+    other.close(step_timeout).await;
+    servers
 }
 
 /// How media may reach the TURN server.

@@ -3,6 +3,7 @@
 //! sends, and how it answers incoming calls.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,24 @@ impl IceServer {
         self.urls
             .iter()
             .any(|url| url.starts_with("stun:") || url.starts_with("stuns:"))
+    }
+}
+
+/// ICE servers learned after the engine started: relay-lite hands out TURN credentials only
+/// once a connection is paired (and renews them while it lives), so a line sets them here and
+/// every call placed or answered afterwards uses them instead of [`CallConfig::ice_servers`].
+#[derive(Debug, Clone, Default)]
+pub struct LiveIceServers(Arc<RwLock<Option<Vec<IceServer>>>>);
+
+impl LiveIceServers {
+    /// Calls from now on use `servers`.
+    pub fn set(&self, servers: Vec<IceServer>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(servers);
+    }
+
+    /// The servers set last, if any.
+    pub fn get(&self) -> Option<Vec<IceServer>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -75,6 +94,8 @@ impl Default for CallTimeouts {
 pub struct CallConfig {
     /// STUN and TURN servers.
     pub ice_servers: Vec<IceServer>,
+    /// Servers that replace `ice_servers` once set (see [`LiveIceServers`]).
+    pub live_ice_servers: LiveIceServers,
     /// ICE transport policy `relay`: only TURN relay candidates.
     pub relay_only: bool,
     /// Where the call's own UDP socket binds (host candidates go through it; see
@@ -114,6 +135,7 @@ impl Default for CallConfig {
     fn default() -> Self {
         Self {
             ice_servers: Vec::new(),
+            live_ice_servers: LiveIceServers::default(),
             relay_only: false,
             udp_bind: SocketAddr::from(([0, 0, 0, 0], 0)),
             include_loopback: false,
@@ -145,8 +167,15 @@ impl CallConfig {
         }
     }
 
+    /// The servers a call starting now uses: the live ones once set, else `ice_servers`.
+    pub fn current_ice_servers(&self) -> Vec<IceServer> {
+        self.live_ice_servers
+            .get()
+            .unwrap_or_else(|| self.ice_servers.clone())
+    }
+
     /// Whether host candidates go through the engine's own tapped socket.
     pub fn uses_tapped_socket(&self) -> bool {
-        !self.ice_servers.iter().any(IceServer::has_stun)
+        !self.current_ice_servers().iter().any(IceServer::has_stun)
     }
 }

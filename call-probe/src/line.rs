@@ -11,7 +11,10 @@
 //!   remembering which peer code each `callId` came from,
 //! - records each paired peer in the contacts (first/last seen),
 //! - sends every payload the engine produces as a `call_*` message in the envelope form, to the
-//!   peer of its `callId` (or, for a new call, to the last paired peer).
+//!   peer of its `callId` (or, for a new call, to the last paired peer),
+//! - turns the relay's `ice_servers` (relay-lite sends them once the line is paired, then
+//!   renewed) into the engine's servers before it reads the next frame ([`IceUpdates`]), so a
+//!   `call_offer` that follows is answered with them.
 //!
 //! Callers use [`PhoneLine::pair_with`] then the engine; answerers wait for calls.
 //!
@@ -21,6 +24,8 @@
 //! frames still queued.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,10 +33,10 @@ use tokio::sync::mpsc;
 use zajel_client_net::signaling::SignalingSession;
 use zajel_wire::call::CallPayload;
 use zajel_wire::pairing::{decode_x25519_public_key, PairingCode};
-use zajel_wire::signaling::{ClientMessage, ServerMessage};
+use zajel_wire::signaling::{ClientMessage, IceServer as WireIceServer, ServerMessage};
 
 use crate::call::{CallEngine, Inbound};
-use crate::config::CallConfig;
+use crate::config::{CallConfig, IceServer, LiveIceServers};
 use crate::contacts::Contacts;
 use crate::error::ErrorKind;
 use crate::identity::{Identity, PeerAuth};
@@ -127,8 +132,61 @@ pub enum LineEvent {
     RelayError {
         message: String,
     },
+    /// The relay handed out STUN/TURN servers (`ice_servers`), already set for the engine
+    /// when the line has [`IceUpdates`].
+    IceServers {
+        servers: Vec<WireIceServer>,
+    },
+    /// The relay answered a `ping`.
+    Pong,
     /// The relay connection is gone.
     Closed,
+}
+
+/// Turns the relay's servers into the engine's (TURN behind bridges, per the line's
+/// options); `None` when they cannot be used.
+pub type IceConverter = Arc<
+    dyn Fn(Vec<WireIceServer>) -> Pin<Box<dyn Future<Output = Option<Vec<IceServer>>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// How a line keeps the engine's ICE servers current: the first `ice_servers` goes through
+/// `convert` (which may start bridges that must outlive every call using them); renewals only
+/// swap the TURN credential in the servers converted first, so bridges stay put.
+pub struct IceUpdates {
+    pub convert: IceConverter,
+    /// The engine's servers made from the relay's, if some were converted already (a relay
+    /// that sent `ice_servers` at registration).
+    pub converted: Option<Vec<IceServer>>,
+}
+
+impl IceUpdates {
+    async fn apply(&mut self, offered: &[WireIceServer], live: &LiveIceServers) {
+        let credential = offered
+            .iter()
+            .find_map(|s| Some((s.username.clone()?, s.credential.clone()?)));
+        let servers = match (&self.converted, credential) {
+            (Some(previous), Some((username, credential))) => previous
+                .iter()
+                .cloned()
+                .map(|mut server| {
+                    if !server.username.is_empty() {
+                        server.username = username.clone();
+                        server.credential = credential.clone();
+                    }
+                    server
+                })
+                .collect(),
+            (Some(_), None) => return,
+            (None, _) => match (self.convert)(offered.to_vec()).await {
+                Some(servers) => servers,
+                None => return,
+            },
+        };
+        self.converted = Some(servers.clone());
+        live.set(servers);
+    }
 }
 
 /// A registered session wired to a call engine.
@@ -168,6 +226,21 @@ impl PhoneLine {
         accept_pairs: bool,
         keys: Option<LineKeys>,
     ) -> Self {
+        Self::start_with_ice(name, session, code, config, accept_pairs, keys, None)
+    }
+
+    /// [`Self::start_keyed`] that keeps the engine's ICE servers current with the relay's
+    /// `ice_servers` through `ice` (into `config.live_ice_servers`).
+    pub fn start_with_ice(
+        name: &str,
+        session: SignalingSession,
+        code: PairingCode,
+        config: CallConfig,
+        accept_pairs: bool,
+        keys: Option<LineKeys>,
+        ice: Option<IceUpdates>,
+    ) -> Self {
+        let live = config.live_ice_servers.clone();
         let (to_engine, engine_inbox) = mpsc::channel(256);
         let (engine_out, from_engine) = mpsc::channel(256);
         let (engine, engine_events) =
@@ -183,6 +256,7 @@ impl PhoneLine {
                 accept_pairs,
                 keys: keys.clone(),
                 paired: Arc::clone(&paired),
+                ice: ice.map(|updates| (updates, live)),
             },
             from_engine,
             command_rx,
@@ -244,6 +318,31 @@ impl PhoneLine {
             _ => None,
         })
         .await?
+    }
+
+    /// The `ice_servers` the relay sends once this line is paired (relay-lite does; other
+    /// relays send none): a `ping` after `pair_matched` is answered after them. Empty when
+    /// none came. With [`IceUpdates`], the engine already uses them when this returns.
+    pub async fn ice_servers_after_pairing(
+        &mut self,
+        limit: Duration,
+    ) -> Result<Vec<WireIceServer>, LineError> {
+        self.commands
+            .send(ClientMessage::Ping)
+            .await
+            .map_err(|_| LineError::Gone)?;
+        let mut offered = Vec::new();
+        self.wait_for(limit, "pong", |event| match event {
+            LineEvent::IceServers { servers } => {
+                offered = servers.clone();
+                None
+            }
+            LineEvent::Pong => Some(Ok(())),
+            LineEvent::Closed => Some(Err(LineError::Closed)),
+            _ => None,
+        })
+        .await??;
+        Ok(offered)
     }
 
     /// Waits up to `limit` for a line event `pick` accepts.
@@ -348,6 +447,7 @@ struct Routing {
     accept_pairs: bool,
     keys: Option<LineKeys>,
     paired: PairedCodes,
+    ice: Option<(IceUpdates, LiveIceServers)>,
 }
 
 impl Routing {
@@ -379,7 +479,7 @@ impl Routing {
 
 async fn route(
     mut session: SignalingSession,
-    routing: Routing,
+    mut routing: Routing,
     mut from_engine: mpsc::Receiver<CallPayload>,
     mut commands: mpsc::Receiver<ClientMessage>,
 ) {
@@ -389,6 +489,7 @@ async fn route(
         accept_pairs,
         ..
     } = routing;
+    let mut ice = routing.ice.take();
     let mut peer: Option<PairingCode> = None;
     let mut peer_of_call: HashMap<String, PairingCode> = HashMap::new();
     loop {
@@ -451,6 +552,14 @@ async fn route(
                     ServerMessage::PairError { error } => LineEvent::PairError { error },
                     ServerMessage::PairTimeout { peer_code } => LineEvent::PairTimeout { peer_code },
                     ServerMessage::Error { message } => LineEvent::RelayError { message },
+                    ServerMessage::IceServers { ice_servers, .. } => {
+                        // Before the next frame (a call_offer, say) reaches the engine.
+                        if let Some((updates, live)) = ice.as_mut() {
+                            updates.apply(&ice_servers, live).await;
+                        }
+                        LineEvent::IceServers { servers: ice_servers }
+                    }
+                    ServerMessage::Pong => LineEvent::Pong,
                     _ => continue,
                 };
                 let _ = events.send(event);

@@ -105,7 +105,7 @@ impl Peer {
             .build();
         let rtc_config = RTCConfiguration {
             ice_servers: config
-                .ice_servers
+                .current_ice_servers()
                 .iter()
                 .map(|server| RTCIceServer {
                     urls: server.urls.clone(),

@@ -494,21 +494,18 @@ async fn call_steps(
     report.signaling = Some(registered.timings.clone());
     report.ice_servers = client::describe_ice_servers(&registered.ice_servers);
 
-    let (ice_servers, turn_paths) = options
+    // A relay that sends `ice_servers` at registration (before relay-lite 19) gave them
+    // already; relay-lite gives TURN credentials only once paired (below).
+    let (ice_servers, mut turn_paths) = options
         .line
         .engine_ice_servers(&registered.ice_servers)
         .await?;
-    if options.line.relay_only
-        && !ice_servers
-            .iter()
-            .any(|s| s.urls.iter().any(|u| u.starts_with("turn")))
-    {
-        return Err(CallError::NoTurnServer(options.line.turn_transport));
-    }
+    let from_registration = ice_servers.clone();
     let config = CallConfig {
         allow_video: options.with_video,
         ..options.line.call_config(ice_servers)
     };
+    let live = config.live_ice_servers.clone();
     let mut line = PhoneLine::start_keyed(
         "caller",
         registered.session,
@@ -529,6 +526,37 @@ async fn call_steps(
         }
     }
     report.milestones.pair_matched_ms = Some(ms_since(start));
+    // Paired: relay-lite's credentials come now; the call uses them.
+    let offered = match line.ice_servers_after_pairing(step).await {
+        Ok(offered) => offered,
+        Err(error) => {
+            line.close().await;
+            return Err(error.into());
+        }
+    };
+    if !offered.is_empty() {
+        report.ice_servers = client::describe_ice_servers(&offered);
+        match options.line.engine_ice_servers(&offered).await {
+            Ok((servers, paths)) => {
+                live.set(servers);
+                turn_paths = paths;
+            }
+            Err(error) => {
+                line.close().await;
+                return Err(error.into());
+            }
+        }
+    }
+    // Nothing after pairing: the servers from registration, if any.
+    let current = live.get().unwrap_or(from_registration);
+    if options.line.relay_only
+        && !current
+            .iter()
+            .any(|s| s.urls.iter().any(|u| u.starts_with("turn")))
+    {
+        line.close().await;
+        return Err(CallError::NoTurnServer(options.line.turn_transport));
+    }
     let paired_key = line.paired_key(options.target).unwrap_or_default();
     report.peer_key = Some(paired_key.clone());
     if let Some(pinned) = &options.peer_key {

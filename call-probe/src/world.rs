@@ -243,6 +243,9 @@ impl LocalWorld {
         turn_config.listen_tcp = Some(loopback_any);
         turn_config.listen_tls = Some(loopback_any);
         turn_config.tls = Some(ca.turn_tls()?);
+        // Both peers of the demo live on loopback, which the TURN peer policy denies by
+        // default (relay-lite README, TURN peer policy): this world is a lab network.
+        turn_config.allow_peers = vec!["127.0.0.0/8".parse().expect("a CIDR literal parses")];
 
         let pem_dir = if options.relay_tls {
             let mut tag = [0u8; 8];

@@ -441,10 +441,12 @@ impl SignalingSession {
     }
 
     /// Registers `code` like [`Self::register`] and asks for relay-lite's `ice_servers`
-    /// (`"iceServers": true` on `register`, an additive field other relays ignore). A relay
-    /// sends `ice_servers` right after `registered` when it has any, so a `ping` → `pong`
-    /// after the registration tells that none is coming. Returns the `serverId` and the
-    /// servers (empty when the relay has none).
+    /// (`"iceServers": true` on `register`, an additive field other relays ignore).
+    /// relay-lite sends them only once the connection is paired or in a call (see
+    /// [`Self::ice_servers_after_pairing`]); a relay that sends them right after `registered`
+    /// (relay-lite before issue 19) has them returned here: a `ping` → `pong` after the
+    /// registration tells that none is coming now. Returns the `serverId` and those servers
+    /// (empty from relay-lite).
     pub async fn register_asking_ice_servers(
         &mut self,
         code: PairingCode,
@@ -472,6 +474,29 @@ impl SignalingSession {
         )
         .await?;
         Ok((server_id, servers))
+    }
+
+    /// The `ice_servers` relay-lite sends a connection that asked for them once it is paired
+    /// (right before `pair_matched` to the side that accepted, right after to the requester):
+    /// a `ping` sent after `pair_matched` is answered after them. Empty when none came.
+    pub async fn ice_servers_after_pairing(
+        &mut self,
+        limit: Duration,
+    ) -> Result<Vec<IceServer>, SessionError> {
+        self.send(ClientMessage::Ping).await?;
+        let mut servers = Vec::new();
+        self.recv_until(
+            limit,
+            "ice_servers",
+            |message| matches!(message, ServerMessage::Pong).then_some(()),
+            |message| {
+                if let ServerMessage::IceServers { ice_servers, .. } = message {
+                    servers = ice_servers;
+                }
+            },
+        )
+        .await?;
+        Ok(servers)
     }
 
     /// The next frame from the relay, or `None` once the connection is gone.

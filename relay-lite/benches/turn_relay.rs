@@ -184,6 +184,10 @@ async fn main() {
         )
         .unwrap(),
     );
+    // The echo peer is a plain socket on loopback, which the peer policy denies by
+    // default; and this measures the relay, not the per-allocation bandwidth cap.
+    config.allow_peers = vec!["127.0.0.0/8".parse().unwrap()];
+    config.bandwidth_bytes_per_sec = 0;
     let server = TurnServer::start(config).await.unwrap();
     let tcp_bridge = StreamBridge::start(server.tcp_addr().unwrap(), None)
         .await

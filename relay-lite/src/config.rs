@@ -272,8 +272,9 @@ impl Default for Timeouts {
     }
 }
 
-/// How long issued TURN credentials stay valid unless configured (`--turn-ttl`).
-pub const DEFAULT_ICE_TTL: Duration = Duration::from_secs(3_600);
+/// How long issued TURN credentials stay valid unless configured (`--turn-ttl`):
+/// short, since they are renewed while the connection lives (see [`crate::ice`]).
+pub const DEFAULT_ICE_TTL: Duration = Duration::from_secs(600);
 
 /// STUN/TURN servers for the `ice_servers` extension.
 #[derive(Clone)]

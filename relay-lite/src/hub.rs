@@ -376,6 +376,7 @@ impl Hub {
         if accepted {
             let responder_key = responder_key?;
             if let Some(outbox) = requester_outbox {
+                outbox.engage();
                 outbox.deliver(
                     ServerMessage::PairMatched {
                         peer_code: responder.to_string(),
@@ -415,6 +416,9 @@ impl Hub {
             return Some(ServerMessage::peer_not_found(target.as_str()));
         };
         let delivered = ServerMessage::Forwarded(forward.delivered_from(from));
+        if forward.kind == signaling::ForwardKind::Call(zajel_wire::call::CallKind::Offer) {
+            outbox.engage();
+        }
         if outbox.deliver(delivered.to_text_with_flat_call_fields()) {
             self.metrics.forwarded(forward.kind);
             None

@@ -113,10 +113,11 @@ struct Cli {
         value_delimiter = ','
     )]
     stun_urls: Vec<String>,
-    /// Seconds TURN credentials stay valid.
+    /// Seconds TURN credentials stay valid (for new allocations); a fresh one is sent
+    /// after three quarters of that while the connection lives.
     #[arg(
         long,
-        default_value_t = 3_600,
+        default_value_t = 600,
         value_name = "SECS",
         env = "RELAY_LITE_TURN_TTL"
     )]

@@ -336,6 +336,18 @@ impl Metrics {
             "Retransmitted TURN Allocates answered with the success response already sent.",
             turn.replayed_allocates.to_string(),
         );
+        let _ = writeln!(
+            out,
+            "# HELP relay_turn_refusals_total TURN peer policy and quota refusals, by reason (peer_denied: 403 or a datagram dropped; username_quota and source_quota: 486; stream_*: connections closed; bandwidth: datagrams dropped over the cap).\n# TYPE relay_turn_refusals_total counter"
+        );
+        for reason in crate::turn::TurnRefusal::ALL {
+            let _ = writeln!(
+                out,
+                "relay_turn_refusals_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                turn.refused(reason)
+            );
+        }
         for (name, help, value) in [
             (
                 "relay_turn_relayed_bytes_total",
@@ -403,6 +415,8 @@ mod tests {
         assert!(text.contains("relay_refusals_total{reason=\"slow_consumer\"} 1\n"));
         assert!(text.contains("relay_turn_allocations 0\n"));
         assert!(text.contains("relay_turn_refused_auth_total 0\n"));
+        assert!(text.contains("relay_turn_refusals_total{reason=\"peer_denied\"} 0\n"));
+        assert!(text.contains("relay_turn_refusals_total{reason=\"bandwidth\"} 0\n"));
         assert!(text.contains(
             "relay_turn_relayed_bytes_total{transport=\"tls\",direction=\"from_peer\"} 0\n"
         ));

@@ -33,6 +33,10 @@ pub(crate) struct Outbox {
     kill: Notify,
     /// Notified whenever the peer sends anything (see [`Outbox::heard`]).
     heard: Notify,
+    /// Set once the connection is paired or in a call by another
+    /// connection's doing (see [`Outbox::engage`]).
+    engaged: AtomicBool,
+    engage: Notify,
     metrics: Arc<Metrics>,
 }
 
@@ -53,6 +57,8 @@ impl Outbox {
                 killed: AtomicBool::new(false),
                 kill: Notify::new(),
                 heard: Notify::new(),
+                engaged: AtomicBool::new(false),
+                engage: Notify::new(),
                 metrics,
             }),
             receiver,
@@ -79,6 +85,21 @@ impl Outbox {
                 self.kill_slow();
                 false
             }
+        }
+    }
+
+    /// Another connection paired with this one or called it: its session
+    /// may now hand out TURN credentials (`crate::ice`). Call before
+    /// delivering the frame that says so, so the session sees it first.
+    pub fn engage(&self) {
+        self.engaged.store(true, Ordering::Release);
+        self.engage.notify_one();
+    }
+
+    /// Returns once [`Self::engage`] was called.
+    pub async fn engaged(&self) {
+        while !self.engaged.load(Ordering::Acquire) {
+            self.engage.notified().await;
         }
     }
 

@@ -192,11 +192,14 @@ impl Relay {
         let metrics = config.metrics.clone().unwrap_or_default();
         let turn = match &config.turn {
             Some(turn_config) => {
+                // TURN never relays into the signaling port (no loops).
+                let mut turn_config = turn_config.clone();
+                turn_config.own_addresses.push(local_addr);
                 let server = TurnServer::start(turn_config.clone()).await?;
                 metrics.turn().attach(server.counters());
                 config.ice = Some(ice_for_embedded_turn(
                     config.ice.take(),
-                    turn_config,
+                    &turn_config,
                     &server,
                 ));
                 tracing::info!(udp = ?server.udp_addr(), tcp = ?server.tcp_addr(), tls = ?server.tls_addr(), "embedded TURN server started");

@@ -20,7 +20,7 @@ use zajel_wire::pairing::PairingCode;
 use zajel_wire::signaling::{self, ClientMessage, IdentityProof, ServerMessage, SignalingError};
 
 use crate::hub::Registration;
-use crate::ice;
+use crate::ice::{self, IceGrant};
 use crate::limits::{address_key, FixedWindow};
 use crate::metrics::Refusal;
 use crate::outbox::{Outbound, Outbox};
@@ -58,6 +58,7 @@ where
         address: address_key(peer.ip()),
         rate: FixedWindow::new(limits.rate_limit_messages, limits.rate_window),
         pair_rate: FixedWindow::new(limits.pair_request_limit, limits.pair_request_window),
+        ice: IceGrant::default(),
     };
     let mut shutdown = shared.shutdown.clone();
     let mut close: Option<(u16, &'static str)> = None;
@@ -72,6 +73,22 @@ where
                     break;
                 }
                 () = outbox.killed() => break,
+                // Paired or called by another connection: credentials now, before the
+                // frames this connection reads next (a `ping` after `pair_matched`).
+                () = outbox.engaged(), if session.ice.waiting() => {
+                    if let Some(frame) = session.engaged() {
+                        if !session.reply(frame).await {
+                            break;
+                        }
+                    }
+                }
+                () = sleep_until_some(session.ice.renew_at()) => {
+                    if let Some(frame) = session.renewed() {
+                        if !session.reply(frame).await {
+                            break;
+                        }
+                    }
+                }
                 () = tokio::time::sleep_until(idle_deadline) => {
                     shared.metrics.refused(Refusal::IdleTimeout);
                     tracing::debug!(connection = id, "idle timeout");
@@ -151,6 +168,14 @@ where
     }
 }
 
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn write_loop<S>(
     mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
     mut receiver: mpsc::Receiver<Outbound>,
@@ -194,9 +219,31 @@ struct Session {
     address: IpAddr,
     rate: FixedWindow,
     pair_rate: FixedWindow,
+    /// When this connection gets TURN credentials (`ice_servers`).
+    ice: IceGrant,
 }
 
 impl Session {
+    /// The connection is paired or in a call: its first `ice_servers`, if it asked.
+    fn engaged(&mut self) -> Option<String> {
+        let config = self.shared.config.ice.as_ref()?;
+        self.ice
+            .engaged(Instant::now(), config.ttl)
+            .then(|| self.ice_frame(config))
+    }
+
+    /// The renewal timer fired: a fresh `ice_servers`.
+    fn renewed(&mut self) -> Option<String> {
+        let config = self.shared.config.ice.as_ref()?;
+        self.ice.renewed(Instant::now(), config.ttl);
+        Some(self.ice_frame(config))
+    }
+
+    fn ice_frame(&self, config: &crate::config::IceConfig) -> String {
+        self.shared.metrics.ice_credential_issued();
+        ice::frame(config)
+    }
+
     /// Queues a reply to this client, waiting at most the stall timeout for room.
     async fn reply(&self, text: String) -> bool {
         let stall = self.shared.config.timeouts.outbound_stall;
@@ -275,11 +322,25 @@ impl Session {
                 accepted,
             } => {
                 let from = self.code.expect("registered: checked by the parser");
-                hub.pair_response(from, *target_code, *accepted)
+                let reply = hub.pair_response(from, *target_code, *accepted);
+                if let Some(matched @ ServerMessage::PairMatched { .. }) = reply {
+                    // Paired: credentials first, so they are there when the call comes.
+                    let mut replies: Vec<String> = self.engaged().into_iter().collect();
+                    replies.push(matched.to_text());
+                    return replies;
+                }
+                reply
             }
             ClientMessage::Forward(forward) => {
                 let from = self.code.expect("registered: checked by the parser");
-                hub.forward(from, forward)
+                let reply = hub.forward(from, forward);
+                if reply.is_none()
+                    && forward.kind
+                        == signaling::ForwardKind::Call(zajel_wire::call::CallKind::Offer)
+                {
+                    return self.engaged().into_iter().collect();
+                }
+                reply
             }
         };
         reply.map(|r| vec![r.to_text()]).unwrap_or_default()
@@ -319,18 +380,14 @@ impl Session {
             }
             Registration::Registered => {
                 self.code = Some(code);
-                let mut replies = vec![ServerMessage::Registered {
+                let replies = vec![ServerMessage::Registered {
                     pairing_code: code.to_string(),
                     server_id: shared.server_id.clone(),
                 }
                 .to_text()];
-                match &shared.config.ice {
-                    Some(config) if asks_ice_servers => {
-                        shared.metrics.ice_credential_issued();
-                        replies.push(ice::frame(config));
-                    }
-                    _ => {}
-                }
+                // Credentials come once the connection is paired or in a call.
+                self.ice
+                    .registered(asks_ice_servers && shared.config.ice.is_some());
                 replies
             }
         }

@@ -796,39 +796,12 @@ async fn health_metrics_and_unknown_routes() {
     assert_eq!(relay.get("/nope").await.0, 404);
 }
 
-#[tokio::test]
-async fn ice_servers_only_for_registered_clients_that_ask() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("turn.secret");
-    std::fs::write(&secret, "t0p-s3cret\n").unwrap();
-    let relay = RelayProcess::start(&[
-        "--turn-url",
-        "turn:127.0.0.1:3478?transport=udp",
-        "--turn-url",
-        "turns:127.0.0.1:5349?transport=tcp",
-        "--stun-url",
-        "stun:127.0.0.1:3478",
-        "--turn-secret-file",
-        secret.to_str().unwrap(),
-        "--turn-ttl",
-        "600",
-    ]);
-    let mut asking = Client::connect(&relay.url()).await;
-    // Unregistered clients get nothing: a bad register asking for it is just an error.
-    assert_eq!(
-        asking
-            .error_for(json!({"type": "register", "pairingCode": "bad", "publicKey": key(1), "iceServers": true}))
-            .await,
-        "Invalid pairing code format"
-    );
-    asking.expect_quiet().await;
-    let registered = asking
-        .request(json!({"type": "register", "pairingCode": "ALEXA2", "publicKey": key(1), "iceServers": true}))
-        .await;
-    assert_eq!(registered["type"], "registered");
-    let ice = asking.recv().await;
-    assert_eq!(ice["type"], "ice_servers");
-    assert_eq!(ice["ttl"], 600);
+/// Checks one `ice_servers` frame: the configured URLs, a credential for
+/// `ttl` seconds from now that the secret verifies and that does not name
+/// the pairing code. Returns its username.
+fn checked_ice_servers(ice: &Value, ttl: u64) -> String {
+    assert_eq!(ice["type"], "ice_servers", "{ice}");
+    assert_eq!(ice["ttl"], ttl);
     assert_eq!(
         ice["iceServers"][0],
         json!({"urls": ["stun:127.0.0.1:3478"]})
@@ -847,39 +820,159 @@ async fn ice_servers_only_for_registered_clients_that_ask() {
         .unwrap()
         .as_secs();
     let expiry: u64 = username.split_once(':').unwrap().0.parse().unwrap();
-    assert!(expiry >= now + 590 && expiry <= now + 610, "{username}");
+    assert!(expiry + 2 >= now + ttl && expiry <= now + ttl, "{username}");
     assert!(
-        !username.contains("ALEXA2"),
+        !username.contains("ALEXA2") && !username.contains("BBBBB2"),
         "the username must not reveal the code"
     );
     assert_eq!(
         turn["credential"].as_str().unwrap(),
         relay_lite::credentials::check_username(b"t0p-s3cret", username, now).unwrap()
     );
-    // Registering the same code again refreshes the credential.
-    asking
-        .send(json!({"type": "register", "pairingCode": "ALEXA2", "publicKey": key(1), "iceServers": true}))
-        .await;
-    assert_eq!(asking.recv().await["type"], "registered");
-    let refreshed = asking.recv().await;
-    assert_eq!(refreshed["type"], "ice_servers");
-    assert_ne!(refreshed["iceServers"][1]["username"], turn["username"]);
-    // The secret never reaches the logs.
-    assert!(!relay.process.output().contains("t0p-s3cret"));
+    username.to_string()
+}
 
-    // A registered client that did not ask gets none.
+/// Issue 19: anyone may register, so credentials (which let their holder
+/// allocate on the TURN server) come only once the connection is paired,
+/// stay short-lived, are renewed while it lives and never after it closes.
+#[tokio::test]
+async fn ice_servers_only_once_paired_and_renewed_only_while_connected() {
+    const TTL: u64 = 2; // renewed every 1.5 s
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("turn.secret");
+    std::fs::write(&secret, "t0p-s3cret\n").unwrap();
+    let relay = RelayProcess::start(&[
+        "--turn-url",
+        "turn:127.0.0.1:3478?transport=udp",
+        "--turn-url",
+        "turns:127.0.0.1:5349?transport=tcp",
+        "--stun-url",
+        "stun:127.0.0.1:3478",
+        "--turn-secret-file",
+        secret.to_str().unwrap(),
+        "--turn-ttl",
+        &TTL.to_string(),
+    ]);
+    let mut alice = Client::connect(&relay.url()).await;
+    // Unregistered clients get nothing: a bad register asking for it is just an error.
+    assert_eq!(
+        alice
+            .error_for(json!({"type": "register", "pairingCode": "bad", "publicKey": key(1), "iceServers": true}))
+            .await,
+        "Invalid pairing code format"
+    );
+    alice.expect_quiet().await;
+    // Registered and asking, not paired: still nothing (the pong comes next).
+    let registered = alice
+        .request(json!({"type": "register", "pairingCode": "ALEXA2", "publicKey": key(1), "iceServers": true}))
+        .await;
+    assert_eq!(registered["type"], "registered");
+    alice.expect_quiet().await;
+    let mut bob = Client::connect(&relay.url()).await;
+    let registered = bob
+        .request(json!({"type": "register", "pairingCode": "BBBBB2", "publicKey": key(2), "iceServers": true}))
+        .await;
+    assert_eq!(registered["type"], "registered");
+    bob.expect_quiet().await;
+    assert_eq!(
+        relay.metric("relay_ice_credentials_issued_total").await,
+        0.0
+    );
+
+    // Paired: the responder gets its credential just before pair_matched...
+    alice
+        .send(json!({"type": "pair_request", "targetCode": "BBBBB2", "proposedName": "Alice"}))
+        .await;
+    assert_eq!(bob.recv().await["type"], "pair_incoming");
+    let bob_ice = bob
+        .request(json!({"type": "pair_response", "targetCode": "ALEXA2", "accepted": true}))
+        .await;
+    let bob_username = checked_ice_servers(&bob_ice, TTL);
+    assert_eq!(bob.recv().await["type"], "pair_matched");
+    // ...the requester just after, before the pong of a ping sent after pair_matched.
+    assert_eq!(alice.recv().await["type"], "pair_matched");
+    let alice_ice = alice.request(json!({"type": "ping"})).await;
+    let alice_username = checked_ice_servers(&alice_ice, TTL);
+    assert_eq!(alice.recv().await, json!({"type": "pong"}));
+    assert_ne!(alice_username, bob_username);
+
+    // A registered client that did not ask gets none, paired or not.
     let mut plain = Client::connect(&relay.url()).await;
     assert_eq!(
         plain
-            .request(json!({"type": "register", "pairingCode": "BBBBB2", "publicKey": key(2)}))
+            .request(json!({"type": "register", "pairingCode": "CCCCC2", "publicKey": key(3)}))
             .await["type"],
         "registered"
     );
+    plain
+        .send(json!({"type": "pair_request", "targetCode": "BBBBB2", "proposedName": "C"}))
+        .await;
+    assert_eq!(bob.recv().await["type"], "pair_incoming");
+    assert_eq!(
+        bob.request(json!({"type": "pair_response", "targetCode": "CCCCC2", "accepted": true}))
+            .await["type"],
+        "pair_matched",
+        "no second credential for a second pairing"
+    );
+    assert_eq!(plain.recv().await["type"], "pair_matched");
     plain.expect_quiet().await;
+
+    // Bob leaves; Alice stays and gets a fresh credential before hers
+    // expires, twice. By the second, Bob's renewal would have been due once.
+    drop(bob);
+    let renewed = alice.recv().await;
+    let renewed_username = checked_ice_servers(&renewed, TTL);
+    assert_ne!(renewed_username, alice_username);
+    let again = alice.recv().await;
+    checked_ice_servers(&again, TTL);
     assert_eq!(
         relay.metric("relay_ice_credentials_issued_total").await,
-        2.0
+        4.0,
+        "Alice 3, Bob 1: none after Bob closed"
     );
+    // The secret never reaches the logs.
+    assert!(!relay.process.output().contains("t0p-s3cret"));
+}
+
+/// "(or has a call)": a `call_offer` between two connections that asked
+/// engages both; the caller's credential answers its offer, the callee's
+/// comes before the pong of its next ping.
+#[tokio::test]
+async fn ice_servers_for_a_connection_in_a_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("turn.secret");
+    std::fs::write(&secret, "t0p-s3cret\n").unwrap();
+    let relay = RelayProcess::start(&[
+        "--turn-url",
+        "turn:127.0.0.1:3478?transport=udp",
+        "--turn-secret-file",
+        secret.to_str().unwrap(),
+    ]);
+    let mut caller = Client::connect(&relay.url()).await;
+    let mut callee = Client::connect(&relay.url()).await;
+    for (client, code, n) in [(&mut caller, "ALEXA2", 1), (&mut callee, "BBBBB2", 2)] {
+        let registered = client
+            .request(json!({"type": "register", "pairingCode": code, "publicKey": key(n), "iceServers": true}))
+            .await;
+        assert_eq!(registered["type"], "registered");
+        client.expect_quiet().await;
+    }
+    let ice = caller
+        .request(json!({"type": "call_offer", "target": "BBBBB2", "payload": {"callId": CALL_ID, "sdp": "v=0", "withVideo": false}}))
+        .await;
+    assert_eq!(ice["type"], "ice_servers", "{ice}");
+    assert_eq!(ice["ttl"], 600, "the default lifetime is 10 minutes");
+    assert_eq!(callee.recv().await["type"], "call_offer");
+    let ice = callee.request(json!({"type": "ping"})).await;
+    assert_eq!(ice["type"], "ice_servers", "{ice}");
+    assert_eq!(callee.recv().await, json!({"type": "pong"}));
+    // A second offer gives nothing more.
+    caller
+        .send(json!({"type": "call_offer", "target": "BBBBB2", "payload": {"callId": CALL_ID, "sdp": "v=0", "withVideo": false}}))
+        .await;
+    assert_eq!(callee.recv().await["type"], "call_offer");
+    caller.expect_quiet().await;
+    callee.expect_quiet().await;
 }
 
 #[tokio::test]

@@ -123,13 +123,20 @@ async fn in_process_relay_with_embedded_turn_and_graceful_shutdown() {
     let (udp, tcp) = (server.udp_addr().unwrap(), server.tcp_addr().unwrap());
 
     // A client that asks is told the embedded server's listeners, with a
-    // credential made from its secret.
+    // credential made from its secret, once it is paired.
     let mut client = Client::connect(&url).await;
     let reply = client
         .request(json!({"type": "register", "pairingCode": "ABC234", "publicKey": key(1), "iceServers": true}))
         .await;
     assert_eq!(reply["type"], "registered", "{reply}");
-    let ice = client.recv().await;
+    let mut caller = Client::registered(&url, "XYZ789", 2).await;
+    caller
+        .send(json!({"type": "pair_request", "targetCode": "ABC234", "proposedName": "C"}))
+        .await;
+    assert_eq!(client.recv().await["type"], "pair_incoming");
+    let ice = client
+        .request(json!({"type": "pair_response", "targetCode": "XYZ789", "accepted": true}))
+        .await;
     assert_eq!(ice["type"], "ice_servers", "{ice}");
     let server_entry = &ice["iceServers"][0];
     let urls: Vec<&str> = server_entry["urls"]
@@ -151,12 +158,14 @@ async fn in_process_relay_with_embedded_turn_and_graceful_shutdown() {
         relay_lite::credentials::password_for(b"lab secret", username)
     );
 
+    assert_eq!(client.recv().await["type"], "pair_matched");
+
     assert_eq!(client.server_info["serverId"], relay.server_id());
     assert_eq!(client.server_info["region"], "lab");
-    assert_eq!(relay.registered_codes(), 1);
+    assert_eq!(relay.registered_codes(), 2);
     let metrics = relay.metrics();
     assert!(Arc::ptr_eq(&metrics, &shared_metrics));
-    assert_eq!(metrics.registered_codes(), 1);
+    assert_eq!(metrics.registered_codes(), 2);
     let (_, body) = common::relay::http_get(relay.local_addr(), "/metrics").await;
     assert!(body.contains("relay_turn_allocations 0\n"), "{body}");
     assert!(body.contains("relay_turn_refused_auth_total 0\n"), "{body}");
@@ -166,6 +175,7 @@ async fn in_process_relay_with_embedded_turn_and_graceful_shutdown() {
     let addr = relay.local_addr();
     let stopping = tokio::spawn(relay.shutdown());
     assert_eq!(client.ended().await, Ended::Close(1001));
+    assert_eq!(caller.ended().await, Ended::Close(1001));
     tokio::time::timeout(WAIT, stopping).await.unwrap().unwrap();
     assert!(TcpStream::connect(addr).await.is_err());
     assert_eq!(metrics.registered_codes(), 0);

@@ -304,9 +304,16 @@ pub fn operator_relay_command(
         .arg(&pki.key_file)
         .args(["--turn-external-ip", &address.to_string()])
         .arg("--turn-secret-file")
-        .arg(secret);
+        .arg(secret)
+        // Not in the README's command: the namespaces' addresses are RFC 1918 (10.77.0.0/16,
+        // shared by every netns suite), which the TURN peer policy denies by default.
+        .args(["--turn-allow-peer", NAMESPACE_NETWORK]);
     Ok(command)
 }
+
+/// Every address of the netns topology (`crate::netns`): private, so TURN relays to them only
+/// with `--turn-allow-peer` (a lab network, as the relay-lite README says).
+pub const NAMESPACE_NETWORK: &str = "10.77.0.0/16";
 
 pub fn relay_endpoint(address: Ipv4Addr) -> String {
     format!("wss://{address}")
@@ -341,6 +348,7 @@ pub fn start_relay(
         ])
         .arg("--turn-secret-file")
         .arg(settings.turn_secret_file)
+        .args(["--turn-allow-peer", NAMESPACE_NETWORK])
         .args(["--registry-retry-min-ms", "200"]);
     if let Some(tls) = settings.turn_tls {
         command

@@ -88,6 +88,18 @@
 //! `"iceServers": true` on `register` ([`ClientMessage::Register`]'s
 //! `ice_servers`; servers that do not know the field ignore it).
 //!
+//! Asking is not enough: since anyone can register, relay-lite sends
+//! `ice_servers` only once the connection is paired (to the side that
+//! accepted a `pair_request`, just before its `pair_matched`; to the
+//! requester, just after its `pair_matched`, so a `ping` sent after
+//! `pair_matched` is answered after it) or in a call (it sent or was sent a
+//! `call_offer`). The credential is short-lived (10 minutes by default) and
+//! a fresh `ice_servers` follows after three quarters of `ttl` for as long as
+//! the connection lives; none after it closes. The expiry bounds when a
+//! credential can allocate: an allocation made in time keeps refreshing with
+//! it. Relays before this rule sent `ice_servers` right after `registered`;
+//! clients take it there too.
+//!
 //! # `identity_challenge` / `identity_proof` (our extension)
 //!
 //! A client may ask a server to prove it holds the key of its `serverId`:

@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{TurnConfig, TurnError, TurnTls};
+use super::{
+    TurnConfig, TurnError, TurnTls, DEFAULT_BANDWIDTH_BURST, DEFAULT_MAX_BPS, DEFAULT_SOURCE_QUOTA,
+    DEFAULT_STREAMS_PER_SOURCE, DEFAULT_STREAM_UNALLOCATED_SECS, DEFAULT_USER_QUOTA,
+};
 
 /// TURN relay flags.
 #[derive(Debug, Clone, Args)]
@@ -62,6 +65,36 @@ pub struct TurnArgs {
         env = "RELAY_LITE_TURN_MAX_ALLOCATIONS"
     )]
     pub turn_max_allocations: usize,
+    /// Live allocations one TURN credential may hold; over it, 486
+    /// Allocation Quota Reached (coturn: user-quota).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_USER_QUOTA, env = "RELAY_LITE_TURN_USER_QUOTA")]
+    pub turn_user_quota: usize,
+    /// Live allocations one client IP address may hold; over it, 486.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_SOURCE_QUOTA, env = "RELAY_LITE_TURN_SOURCE_QUOTA")]
+    pub turn_source_quota: usize,
+    /// Relayed bytes per second per allocation, each way; datagrams over it
+    /// are dropped; 0 for no cap (coturn: max-bps, in bytes too).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BPS, env = "RELAY_LITE_TURN_MAX_BPS")]
+    pub turn_max_bps: u64,
+    /// Bytes an allocation may relay in a burst above --turn-max-bps.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_BANDWIDTH_BURST, env = "RELAY_LITE_TURN_BANDWIDTH_BURST")]
+    pub turn_bandwidth_burst: u64,
+    /// TCP/TLS connections one client IP address may hold open, per listener.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_STREAMS_PER_SOURCE, env = "RELAY_LITE_TURN_MAX_STREAMS_PER_SOURCE")]
+    pub turn_max_streams_per_source: usize,
+    /// Seconds a TCP/TLS connection may stay open without an allocation.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_STREAM_UNALLOCATED_SECS, env = "RELAY_LITE_TURN_STREAM_UNALLOCATED_TIMEOUT")]
+    pub turn_stream_unallocated_timeout: u64,
+    /// Peer range TURN may relay to although denied by default (loopback,
+    /// private, link-local, CGNAT, ULA...), for lab networks (repeatable;
+    /// coturn: allowed-peer-ip). The server's own ports stay denied.
+    #[arg(
+        long = "turn-allow-peer",
+        value_name = "CIDR",
+        env = "RELAY_LITE_TURN_ALLOW_PEER",
+        value_delimiter = ','
+    )]
+    pub turn_allow_peers: Vec<ipnet::IpNet>,
     /// Hard maximum age of one allocation, in seconds, refreshed or not.
     #[arg(long, value_name = "SECS", default_value_t = 3 * 3600, env = "RELAY_LITE_TURN_ALLOCATION_LIFETIME")]
     pub turn_allocation_lifetime: u64,
@@ -108,6 +141,13 @@ impl TurnArgs {
         }
         if self.turn_max_allocations == 0 || self.turn_allocation_lifetime == 0 {
             return bad("--turn-max-allocations and --turn-allocation-lifetime must be positive");
+        }
+        if self.turn_user_quota == 0
+            || self.turn_source_quota == 0
+            || self.turn_max_streams_per_source == 0
+            || self.turn_stream_unallocated_timeout == 0
+        {
+            return bad("--turn-user-quota, --turn-source-quota, --turn-max-streams-per-source and --turn-stream-unallocated-timeout must be positive");
         }
         Ok(())
     }
@@ -183,6 +223,14 @@ impl TurnArgs {
         config.external_ip = self.turn_external_ip;
         config.max_allocations = self.turn_max_allocations;
         config.allocation_lifetime = Duration::from_secs(self.turn_allocation_lifetime);
+        config.max_allocations_per_username = self.turn_user_quota;
+        config.max_allocations_per_source = self.turn_source_quota;
+        config.bandwidth_bytes_per_sec = self.turn_max_bps;
+        config.bandwidth_burst_bytes = self.turn_bandwidth_burst;
+        config.max_stream_connections_per_source = self.turn_max_streams_per_source;
+        config.stream_unallocated_timeout =
+            Duration::from_secs(self.turn_stream_unallocated_timeout);
+        config.allow_peers = self.turn_allow_peers.clone();
         config.validate()?;
         Ok(Some(config))
     }
@@ -229,6 +277,22 @@ mod tests {
             "600",
             "--turn-url",
             "turn:turn.example.org:3478?transport=udp",
+            "--turn-allow-peer",
+            "127.0.0.0/8",
+            "--turn-allow-peer",
+            "10.1.0.0/16,fd00::/8",
+            "--turn-user-quota",
+            "3",
+            "--turn-source-quota",
+            "4",
+            "--turn-max-bps",
+            "100000",
+            "--turn-bandwidth-burst",
+            "200000",
+            "--turn-max-streams-per-source",
+            "5",
+            "--turn-stream-unallocated-timeout",
+            "7",
         ])
         .unwrap();
         let config = args.to_config().unwrap().unwrap();
@@ -241,6 +305,21 @@ mod tests {
         assert_eq!(config.external_ip, Some("203.0.113.7".parse().unwrap()));
         assert_eq!(config.max_allocations, 50);
         assert_eq!(config.allocation_lifetime, Duration::from_secs(600));
+        assert_eq!(
+            config.allow_peers,
+            ["127.0.0.0/8", "10.1.0.0/16", "fd00::/8"].map(|n| n.parse().unwrap())
+        );
+        assert_eq!(
+            (
+                config.max_allocations_per_username,
+                config.max_allocations_per_source,
+                config.bandwidth_bytes_per_sec,
+                config.bandwidth_burst_bytes,
+                config.max_stream_connections_per_source,
+                config.stream_unallocated_timeout,
+            ),
+            (3, 4, 100_000, 200_000, 5, Duration::from_secs(7))
+        );
         assert_eq!(args.turn_urls.len(), 1);
         assert!(!format!("{config:?}").contains("s3cret"));
         std::fs::remove_dir_all(dir).unwrap();

@@ -2,7 +2,12 @@
 //! the `AuthHandler` the webrtc-rs server asks for keys, and `GuardedConn`,
 //! which answers a request carrying a wrong password, a malformed or expired
 //! username or a foreign realm with 401 Unauthorized (RFC 8489 §9.2.4), as
-//! coturn does. (The webrtc-rs server itself would answer 400.) It also
+//! coturn does. (The webrtc-rs server itself would answer 400.) A
+//! credential's expiry bounds when it can make an allocation: Refresh,
+//! CreatePermission and ChannelBind on an allocation made in time keep
+//! working with it (relay-lite's credentials are short-lived and renewed,
+//! and a WebRTC agent keeps refreshing with the one it allocated with); the
+//! allocation still ends at its hard maximum age. It also
 //! rate-limits requests without credentials, per client IP and in total:
 //! the webrtc-rs server keeps the nonce of every 401 challenge it sends
 //! until the nonce is used, so unanswered challenges would pile up.
@@ -18,11 +23,13 @@ use stun::attributes::{ATTR_MESSAGE_INTEGRITY, ATTR_NONCE, ATTR_REALM, ATTR_USER
 use stun::error_code::{ErrorCodeAttribute, CODE_UNAUTHORIZED};
 use stun::integrity::MessageIntegrity;
 use stun::message::{
-    Message, MessageType, Setter, CLASS_ERROR_RESPONSE, CLASS_REQUEST, METHOD_BINDING,
+    Message, MessageType, Setter, CLASS_ERROR_RESPONSE, CLASS_REQUEST, METHOD_ALLOCATE,
+    METHOD_BINDING,
 };
 use stun::textattrs::TextAttribute;
 use util::Conn;
 
+use super::admission::{Admission, Admit, PendingAllocation};
 use super::relay::StreamAllocations;
 use super::replay::AllocateReplay;
 use super::Counters;
@@ -42,12 +49,15 @@ pub(crate) struct SharedSecret {
 
 impl SharedSecret {
     /// The long-term key (MD5 of `username:realm:password`) for `username`,
-    /// or `None` when the username is malformed, expired, or for another realm.
-    fn key_for(&self, username: &str, realm: &str) -> Option<Vec<u8>> {
+    /// or `None` when the username is malformed, for another realm, or
+    /// (with `allocating`) expired.
+    fn key_for(&self, username: &str, realm: &str, allocating: bool) -> Option<Vec<u8>> {
         if realm != self.realm {
             return None;
         }
-        let password = check_username(&self.secret, username, now_secs()).ok()?;
+        // Expired names are checked as if issued now: format and MAC still count.
+        let now = if allocating { now_secs() } else { 0 };
+        let password = check_username(&self.secret, username, now).ok()?;
         Some(turn::auth::generate_auth_key(username, realm, &password))
     }
 
@@ -79,8 +89,9 @@ impl SharedSecret {
         ) else {
             return Verdict::Pass;
         };
+        let allocating = message.typ.method == METHOD_ALLOCATE;
         let accepted = self
-            .key_for(&username.text, &realm.text)
+            .key_for(&username.text, &realm.text, allocating)
             .is_some_and(|key| MessageIntegrity(key).check(&mut message.clone()).is_ok());
         if accepted {
             return Verdict::Pass;
@@ -208,14 +219,16 @@ impl turn::auth::AuthHandler for SharedSecret {
         realm: &str,
         _src_addr: SocketAddr,
     ) -> Result<Vec<u8>, turn::Error> {
-        self.key_for(username, realm).ok_or_else(|| {
+        // Allocate requests had their expiry checked by `verdict` already.
+        self.key_for(username, realm, false).ok_or_else(|| {
             self.counters.refused_auth.fetch_add(1, Ordering::Relaxed);
             turn::Error::ErrNoSuchUser
         })
     }
 }
 
-/// A listener `Conn` that answers refused credentials itself and passes
+/// A listener `Conn` that answers refused credentials itself, then what
+/// the peer policy or the quotas refuse (`admission`), and passes
 /// everything else to the server. Its `close` does nothing: the webrtc-rs
 /// server closes the listener when any one allocation closes, so the
 /// listener's life is managed by `TurnServer` instead.
@@ -226,6 +239,10 @@ pub(crate) struct GuardedConn {
     pub replay: Arc<AllocateReplay>,
     /// For stream listeners: where to record whose message is handled.
     pub streams: Option<Arc<StreamAllocations>>,
+    /// The peer policy and the allocation quotas (shared by every listener).
+    pub admission: Arc<Admission>,
+    /// The quota taken by the Allocate this listener handed out last.
+    pub pending: Arc<PendingAllocation>,
 }
 
 #[async_trait]
@@ -254,12 +271,18 @@ impl Conn for GuardedConn {
                     let _ = self.inner.send_to(&refusal, from).await;
                 }
                 Verdict::Drop => {}
-                Verdict::Pass => {
-                    if let Some(streams) = &self.streams {
-                        streams.handling(from);
+                Verdict::Pass => match self.admission.admit(&buf[..n], from, &self.pending) {
+                    Admit::Refuse(refusal) => {
+                        let _ = self.inner.send_to(&refusal, from).await;
                     }
-                    return Ok((n, from));
-                }
+                    Admit::Drop => {}
+                    Admit::Pass => {
+                        if let Some(streams) = &self.streams {
+                            streams.handling(from);
+                        }
+                        return Ok((n, from));
+                    }
+                },
             }
         }
     }
@@ -293,6 +316,48 @@ impl Conn for GuardedConn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stun::agent::TransactionId;
+    use stun::message::METHOD_REFRESH;
+
+    fn signed(method: stun::message::Method, username: &str, password: &str) -> Vec<u8> {
+        let setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(method, CLASS_REQUEST)),
+            Box::new(TextAttribute::new(ATTR_USERNAME, username.to_owned())),
+            Box::new(TextAttribute::new(ATTR_REALM, "zajel".to_owned())),
+            Box::new(TextAttribute::new(ATTR_NONCE, "n".to_owned())),
+            Box::new(MessageIntegrity::new_long_term_integrity(
+                username.to_owned(),
+                "zajel".to_owned(),
+                password.to_owned(),
+            )),
+        ];
+        let mut message = Message::new();
+        message.build(&setters).unwrap();
+        message.raw
+    }
+
+    #[test]
+    fn an_expired_credential_cannot_allocate_but_keeps_its_allocation_alive() {
+        let auth = SharedSecret {
+            secret: b"s3cret".to_vec(),
+            realm: "zajel".into(),
+            counters: Arc::new(Counters::default()),
+            challenges: ChallengeLimiter::new(ChallengeRate {
+                per_ip_per_minute: 10,
+                total_per_second: 10,
+            }),
+        };
+        let from: SocketAddr = "198.51.100.1:5000".parse().unwrap();
+        let expired = crate::credentials::issue(b"s3cret", "x", now_secs() - 700, 600);
+        let allocate = signed(METHOD_ALLOCATE, &expired.username, &expired.credential);
+        assert!(matches!(auth.verdict(&allocate, from), Verdict::Refuse(_)));
+        let refresh = signed(METHOD_REFRESH, &expired.username, &expired.credential);
+        assert!(matches!(auth.verdict(&refresh, from), Verdict::Pass));
+        // The MAC still counts.
+        let forged = signed(METHOD_REFRESH, &expired.username, "not the password");
+        assert!(matches!(auth.verdict(&forged, from), Verdict::Refuse(_)));
+    }
 
     #[test]
     fn challenges_are_limited_per_ip_and_in_total() {

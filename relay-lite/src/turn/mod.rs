@@ -2,14 +2,20 @@
 //! the webrtc-rs `turn` server behind listeners for UDP, TCP and TLS, with
 //! long-term credentials in the shared-secret scheme of `credentials` (the
 //! same scheme as coturn's `use-auth-secret`, so an external coturn can
-//! stand in), a cap on allocations, a hard maximum allocation age, and
-//! counters for a metrics endpoint. The client-side half that lets a UDP-only
+//! stand in), a cap on allocations, a hard maximum allocation age, a peer
+//! policy that keeps the relay out of the host and its private networks
+//! (`peer_policy`, enforced by `admission`), quotas per username, per
+//! client address and per allocation (`quota`), and counters for a metrics
+//! endpoint. The client-side half that lets a UDP-only
 //! TURN client (webrtc-rs's ICE agent) allocate over TCP/TLS, and the stream
 //! framing both halves share, live in `zajel_client_net::turn_bridge` and
 //! `zajel_client_net::turn_framing`.
 
+mod admission;
 mod args;
 mod auth;
+pub mod peer_policy;
+mod quota;
 mod relay;
 mod replay;
 mod stream_listener;
@@ -34,9 +40,12 @@ pub use args::TurnArgs;
 /// The rustls this module builds on, for callers that make `TurnTls` values.
 pub use tokio_rustls::rustls;
 
+use admission::{Admission, PendingAllocation};
 pub use auth::ChallengeRate;
 use auth::{ChallengeLimiter, GuardedConn, SharedSecret};
-use relay::{CappedRelays, StreamAllocations};
+use peer_policy::PeerPolicy;
+use quota::AllocationQuotas;
+use relay::{Bandwidth, CappedRelays, StreamAllocations};
 use replay::AllocateReplay;
 use stream_listener::{StreamLimits, StreamListener};
 
@@ -100,13 +109,38 @@ pub struct TurnConfig {
     /// The address advertised for relay sockets when it differs from
     /// `relay_ip`, e.g. behind 1:1 NAT (`--turn-external-ip`).
     pub external_ip: Option<IpAddr>,
-    /// Allocations that may exist at once (`--turn-max-allocations`).
+    /// Allocations that may exist at once (`--turn-max-allocations`); over
+    /// it, 508 Insufficient Capacity.
     pub max_allocations: usize,
+    /// Live allocations one credential (TURN username) may hold
+    /// (`--turn-user-quota`); over it, 486 Allocation Quota Reached.
+    pub max_allocations_per_username: usize,
+    /// Live allocations one client IP address may hold
+    /// (`--turn-source-quota`); over it, 486.
+    pub max_allocations_per_source: usize,
+    /// Relayed payload bytes per second one allocation may send to its
+    /// peers, and as many from them (`--turn-max-bps`, bytes); 0: no cap.
+    pub bandwidth_bytes_per_sec: u64,
+    /// Bytes one allocation may send in a burst above that rate
+    /// (`--turn-bandwidth-burst`).
+    pub bandwidth_burst_bytes: u64,
+    /// Peer ranges allowed although denied by default (`--turn-allow-peer`),
+    /// e.g. `127.0.0.0/8` when both peers of a test run on loopback.
+    pub allow_peers: Vec<ipnet::IpNet>,
+    /// Other listening sockets of this host that peers must never be
+    /// (the signaling port); the TURN listeners are always included.
+    pub own_addresses: Vec<SocketAddr>,
     /// Hard maximum age of one allocation, refreshed or not
     /// (`--turn-allocation-lifetime`, seconds).
     pub allocation_lifetime: Duration,
     /// TCP/TLS connections that may be open at once, per listener.
     pub max_stream_connections: usize,
+    /// TCP/TLS connections one client IP address may hold open at once,
+    /// per listener (`--turn-max-streams-per-source`).
+    pub max_stream_connections_per_source: usize,
+    /// A TCP/TLS connection that holds no allocation is closed after this
+    /// long (`--turn-stream-unallocated-timeout`, seconds).
+    pub stream_unallocated_timeout: Duration,
     /// Time a TLS client has to finish its handshake.
     pub tls_handshake_timeout: Duration,
     /// A TCP/TLS connection that carries nothing for this long is closed
@@ -128,19 +162,55 @@ impl std::fmt::Debug for TurnConfig {
             .field("relay_ip", &self.relay_ip)
             .field("external_ip", &self.external_ip)
             .field("max_allocations", &self.max_allocations)
+            .field(
+                "max_allocations_per_username",
+                &self.max_allocations_per_username,
+            )
+            .field(
+                "max_allocations_per_source",
+                &self.max_allocations_per_source,
+            )
+            .field("bandwidth_bytes_per_sec", &self.bandwidth_bytes_per_sec)
+            .field("bandwidth_burst_bytes", &self.bandwidth_burst_bytes)
+            .field("allow_peers", &self.allow_peers)
+            .field("own_addresses", &self.own_addresses)
             .field("allocation_lifetime", &self.allocation_lifetime)
             .field("max_stream_connections", &self.max_stream_connections)
+            .field(
+                "max_stream_connections_per_source",
+                &self.max_stream_connections_per_source,
+            )
+            .field(
+                "stream_unallocated_timeout",
+                &self.stream_unallocated_timeout,
+            )
             .field("challenge_rate", &self.challenge_rate)
             .finish_non_exhaustive()
     }
 }
 
+/// Default live allocations per TURN username (coturn: `user-quota`).
+pub const DEFAULT_USER_QUOTA: usize = 10;
+/// Default live allocations per client IP address.
+pub const DEFAULT_SOURCE_QUOTA: usize = 32;
+/// Default relayed bytes per second per allocation and direction (coturn: `max-bps`).
+pub const DEFAULT_MAX_BPS: u64 = 512_000;
+/// Default burst above that rate, in bytes.
+pub const DEFAULT_BANDWIDTH_BURST: u64 = 1_024_000;
+/// Default TCP/TLS connections per client IP address, per listener.
+pub const DEFAULT_STREAMS_PER_SOURCE: usize = 32;
+/// Default seconds a TCP/TLS connection may stay open without an allocation.
+pub const DEFAULT_STREAM_UNALLOCATED_SECS: u64 = 30;
+
 impl TurnConfig {
     /// Defaults for everything but the secret and the listeners: realm
     /// `zajel`, relay on 127.0.0.1, 1000 allocations of at most 3 hours,
-    /// 2000 stream connections per listener, 10 s TLS handshakes, 15 minutes
-    /// of stream idleness, 401 challenges for 60 requests per minute per IP
-    /// and 200 per second in total.
+    /// 10 per username and 32 per client IP, 512 kB/s each way per
+    /// allocation (1 MB burst), no peer range allowed beyond the default
+    /// policy, 2000 stream connections per listener and 32 per client IP,
+    /// 10 s TLS handshakes, 30 s for a stream connection without an
+    /// allocation and 15 minutes of stream idleness, 401 challenges for 60
+    /// requests per minute per IP and 200 per second in total.
     pub fn new(secret: impl Into<Vec<u8>>) -> Self {
         Self {
             listen_udp: None,
@@ -152,8 +222,16 @@ impl TurnConfig {
             relay_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             external_ip: None,
             max_allocations: 1000,
+            max_allocations_per_username: DEFAULT_USER_QUOTA,
+            max_allocations_per_source: DEFAULT_SOURCE_QUOTA,
+            bandwidth_bytes_per_sec: DEFAULT_MAX_BPS,
+            bandwidth_burst_bytes: DEFAULT_BANDWIDTH_BURST,
+            allow_peers: Vec::new(),
+            own_addresses: Vec::new(),
             allocation_lifetime: Duration::from_secs(3 * 3600),
             max_stream_connections: 2000,
+            max_stream_connections_per_source: DEFAULT_STREAMS_PER_SOURCE,
+            stream_unallocated_timeout: Duration::from_secs(DEFAULT_STREAM_UNALLOCATED_SECS),
             tls_handshake_timeout: Duration::from_secs(10),
             stream_idle_timeout: Duration::from_secs(15 * 60),
             challenge_rate: ChallengeRate {
@@ -191,11 +269,24 @@ impl TurnConfig {
             return Err(TurnError::Config("the TURN realm is empty".into()));
         }
         if self.max_allocations == 0
+            || self.max_allocations_per_username == 0
+            || self.max_allocations_per_source == 0
             || self.max_stream_connections == 0
+            || self.max_stream_connections_per_source == 0
             || self.challenge_rate.per_ip_per_minute == 0
             || self.challenge_rate.total_per_second == 0
         {
             return Err(TurnError::Config("TURN limits must be at least 1".into()));
+        }
+        if self.bandwidth_bytes_per_sec > 0 && self.bandwidth_burst_bytes < 1500 {
+            return Err(TurnError::Config(
+                "the TURN bandwidth burst must hold at least one 1500-byte datagram".into(),
+            ));
+        }
+        if self.stream_unallocated_timeout.is_zero() {
+            return Err(TurnError::Config(
+                "the TURN stream unallocated timeout must be positive".into(),
+            ));
         }
         if self.allocation_lifetime.is_zero() {
             return Err(TurnError::Config(
@@ -269,8 +360,57 @@ pub struct Counters {
     refused_auth: AtomicU64,
     dropped_challenges: AtomicU64,
     replayed_allocates: AtomicU64,
+    /// Refusals of the peer policy and the quotas, indexed by [`TurnRefusal`].
+    refusals: [AtomicU64; TurnRefusal::ALL.len()],
     /// Relayed traffic by the transport of the allocation's client.
     relayed: [RelayedCounters; 3],
+}
+
+/// Why the TURN server refused a request, a datagram or a connection under
+/// its peer policy or quotas (the `reason` label of
+/// `relay_turn_refusals_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnRefusal {
+    /// A peer address the policy denies: CreatePermission or ChannelBind
+    /// answered 403, or a datagram to or from it dropped.
+    PeerDenied,
+    /// An Allocate over its username's quota (486).
+    UsernameQuota,
+    /// An Allocate over its client IP's quota (486).
+    SourceQuota,
+    /// A TCP/TLS connection over its client IP's cap, closed at once.
+    StreamPerSource,
+    /// A TCP/TLS connection over the listener's cap, closed at once.
+    StreamTotal,
+    /// A TCP/TLS connection closed for holding no allocation.
+    StreamUnallocated,
+    /// A relayed datagram dropped over its allocation's bandwidth cap.
+    Bandwidth,
+}
+
+impl TurnRefusal {
+    pub const ALL: [TurnRefusal; 7] = [
+        Self::PeerDenied,
+        Self::UsernameQuota,
+        Self::SourceQuota,
+        Self::StreamPerSource,
+        Self::StreamTotal,
+        Self::StreamUnallocated,
+        Self::Bandwidth,
+    ];
+
+    /// The metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::PeerDenied => "peer_denied",
+            Self::UsernameQuota => "username_quota",
+            Self::SourceQuota => "source_quota",
+            Self::StreamPerSource => "stream_per_source",
+            Self::StreamTotal => "stream_total",
+            Self::StreamUnallocated => "stream_unallocated",
+            Self::Bandwidth => "bandwidth",
+        }
+    }
 }
 
 /// Traffic through the relay sockets of allocations made over one client transport.
@@ -340,6 +480,7 @@ impl Default for Counters {
             refused_auth: AtomicU64::new(0),
             dropped_challenges: AtomicU64::new(0),
             replayed_allocates: AtomicU64::new(0),
+            refusals: Default::default(),
             relayed: Default::default(),
         }
     }
@@ -359,6 +500,7 @@ impl Counters {
             refused_auth: self.refused_auth.load(Ordering::Relaxed),
             dropped_challenges: self.dropped_challenges.load(Ordering::Relaxed),
             replayed_allocates: self.replayed_allocates.load(Ordering::Relaxed),
+            refusals: std::array::from_fn(|i| self.refusals[i].load(Ordering::Relaxed)),
             relayed_by_transport: [
                 self.relayed[0].snapshot(),
                 self.relayed[1].snapshot(),
@@ -384,6 +526,8 @@ pub struct TurnStats {
     /// Retransmitted Allocate requests answered with the success response already sent
     /// (the first one was lost on the way back; see `replay`).
     pub replayed_allocates: u64,
+    /// Refusals by reason, indexed as [`TurnRefusal::ALL`]; see [`TurnStats::refused`].
+    pub refusals: [u64; TurnRefusal::ALL.len()],
     /// Relayed traffic by client transport, indexed as [`ClientTransport::ALL`];
     /// see [`TurnStats::relayed`].
     pub relayed_by_transport: [RelayedStats; 3],
@@ -393,6 +537,11 @@ impl TurnStats {
     /// Relayed traffic of allocations made over `transport`.
     pub fn relayed(&self, transport: ClientTransport) -> RelayedStats {
         self.relayed_by_transport[transport.index()]
+    }
+
+    /// Refusals for `reason` since start.
+    pub fn refused(&self, reason: TurnRefusal) -> u64 {
+        self.refusals[reason as usize]
     }
 }
 
@@ -423,8 +572,10 @@ impl TurnServer {
         });
         let limits = StreamLimits {
             max_connections: config.max_stream_connections,
+            max_connections_per_source: config.max_stream_connections_per_source,
             handshake_timeout: config.tls_handshake_timeout,
             idle_timeout: config.stream_idle_timeout,
+            unallocated_timeout: config.stream_unallocated_timeout,
         };
         let mut listeners: Vec<(Listener, Option<Arc<StreamAllocations>>, ClientTransport)> =
             Vec::new();
@@ -447,8 +598,14 @@ impl TurnServer {
                 .await
                 .map_err(|source| TurnError::Listen { addr, source })?;
             let allocations = Arc::new(StreamAllocations::default());
-            let stream = StreamListener::start(listener, None, limits, allocations.clone())
-                .map_err(|source| TurnError::Listen { addr, source })?;
+            let stream = StreamListener::start(
+                listener,
+                None,
+                limits,
+                allocations.clone(),
+                counters.clone(),
+            )
+            .map_err(|source| TurnError::Listen { addr, source })?;
             tcp_addr = Some(stream.local_addr().map_err(turn::Error::from)?);
             streams.push(stream.clone());
             listeners.push((stream, Some(allocations), ClientTransport::Tcp));
@@ -459,33 +616,68 @@ impl TurnServer {
                 .await
                 .map_err(|source| TurnError::Listen { addr, source })?;
             let allocations = Arc::new(StreamAllocations::default());
-            let stream =
-                StreamListener::start(listener, Some(acceptor), limits, allocations.clone())
-                    .map_err(|source| TurnError::Listen { addr, source })?;
+            let stream = StreamListener::start(
+                listener,
+                Some(acceptor),
+                limits,
+                allocations.clone(),
+                counters.clone(),
+            )
+            .map_err(|source| TurnError::Listen { addr, source })?;
             tls_addr = Some(stream.local_addr().map_err(turn::Error::from)?);
             streams.push(stream.clone());
             listeners.push((stream, Some(allocations), ClientTransport::Tls));
         }
 
+        // The peer policy never relays into this server's own sockets.
+        let own_listeners: Vec<SocketAddr> = [udp_addr, tcp_addr, tls_addr]
+            .into_iter()
+            .flatten()
+            .chain(config.own_addresses.iter().copied())
+            .collect();
+        let own_ips = [Some(config.relay_ip), config.external_ip]
+            .into_iter()
+            .flatten()
+            .collect();
+        let admission = Arc::new(Admission::new(
+            PeerPolicy::new(config.allow_peers.clone(), own_listeners, own_ips),
+            AllocationQuotas::new(
+                config.max_allocations_per_username,
+                config.max_allocations_per_source,
+            ),
+            counters.clone(),
+        ));
+        let bandwidth = Bandwidth {
+            bytes_per_sec: config.bandwidth_bytes_per_sec,
+            burst_bytes: config.bandwidth_burst_bytes,
+        };
         let replay = Arc::new(AllocateReplay::default());
         let conn_configs = listeners
             .into_iter()
-            .map(|(inner, allocations, transport)| ConnConfig {
-                conn: Arc::new(GuardedConn {
-                    inner,
-                    auth: auth.clone(),
-                    replay: replay.clone(),
-                    streams: allocations.clone(),
-                }),
-                relay_addr_generator: Box::new(CappedRelays {
-                    bind_ip: config.relay_ip,
-                    public_ip: config.external_ip.unwrap_or(config.relay_ip),
-                    max: config.max_allocations,
-                    max_lifetime: config.allocation_lifetime,
-                    counters: counters.clone(),
-                    streams: allocations,
-                    transport,
-                }),
+            .map(|(inner, allocations, transport)| {
+                let pending = Arc::new(PendingAllocation::default());
+                ConnConfig {
+                    conn: Arc::new(GuardedConn {
+                        inner,
+                        auth: auth.clone(),
+                        replay: replay.clone(),
+                        streams: allocations.clone(),
+                        admission: admission.clone(),
+                        pending: pending.clone(),
+                    }),
+                    relay_addr_generator: Box::new(CappedRelays {
+                        bind_ip: config.relay_ip,
+                        public_ip: config.external_ip.unwrap_or(config.relay_ip),
+                        max: config.max_allocations,
+                        max_lifetime: config.allocation_lifetime,
+                        counters: counters.clone(),
+                        streams: allocations,
+                        transport,
+                        admission: admission.clone(),
+                        pending,
+                        bandwidth,
+                    }),
+                }
             })
             .collect();
         let server = turn::server::Server::new(ServerConfig {
@@ -502,6 +694,7 @@ impl TurnServer {
             tls = ?tls_addr,
             realm = %config.realm,
             max_allocations = config.max_allocations,
+            allow_peers = ?config.allow_peers,
             "TURN server listening"
         );
         Ok(Self {

@@ -5,13 +5,17 @@
 //! counted so the metrics endpoint sees current and total allocations.
 //! Allocations made over a TCP or TLS connection end with the connection
 //! (`StreamAllocations`): their 5-tuple, which holds the client's TCP port,
-//! can never carry another request.
+//! can never carry another request. Each relay socket keeps the quota its
+//! Allocate took (released when it closes), registers its relayed address
+//! with the peer policy (other allocations may relay to it), sends nothing
+//! to and hears nothing from a peer the policy denies, and drops datagrams
+//! over its bandwidth cap.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::net::UdpSocket;
@@ -19,7 +23,28 @@ use tokio::sync::watch;
 use turn::relay::RelayAddressGenerator;
 use util::Conn;
 
-use super::{ClientTransport, Counters};
+use super::admission::{Admission, PendingAllocation};
+use super::quota::{AllocationHold, ByteBucket};
+use super::{ClientTransport, Counters, TurnRefusal};
+
+/// The per-allocation bandwidth cap, each way; 0 bytes per second: none.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bandwidth {
+    pub bytes_per_sec: u64,
+    pub burst_bytes: u64,
+}
+
+impl Bandwidth {
+    fn bucket(self) -> Option<Mutex<ByteBucket>> {
+        (self.bytes_per_sec > 0).then(|| {
+            Mutex::new(ByteBucket::new(
+                self.bytes_per_sec,
+                self.burst_bytes,
+                Instant::now(),
+            ))
+        })
+    }
+}
 
 /// Hands out relay sockets while fewer than `max` allocations exist.
 pub(crate) struct CappedRelays {
@@ -32,6 +57,11 @@ pub(crate) struct CappedRelays {
     pub streams: Option<Arc<StreamAllocations>>,
     /// The listener's transport, under which relayed traffic is counted.
     pub transport: ClientTransport,
+    /// The peer policy and the directory of live relayed addresses.
+    pub admission: Arc<Admission>,
+    /// The quota the Allocate being served took (see `admission`).
+    pub pending: Arc<PendingAllocation>,
+    pub bandwidth: Bandwidth,
 }
 
 /// The allocations made over one stream listener, by client connection.
@@ -64,6 +94,17 @@ impl StreamAllocations {
             list.retain(|r| r.strong_count() > 0);
             list.push(Arc::downgrade(relay));
         }
+    }
+
+    /// Whether the connection from `peer` holds a live allocation.
+    pub fn has_allocation(&self, peer: SocketAddr) -> bool {
+        self.relays.lock().is_ok_and(|relays| {
+            relays.get(&peer).is_some_and(|list| {
+                list.iter()
+                    .filter_map(Weak::upgrade)
+                    .any(|relay| !*relay.closed.borrow())
+            })
+        })
     }
 
     /// The connection from `peer` has ended: end its allocations.
@@ -115,6 +156,7 @@ impl RelayAddressGenerator for CappedRelays {
                 "relay IP family differs from the request".into(),
             ));
         }
+        let hold = self.pending.take();
         let Some(slot) = self.take_slot() else {
             self.counters
                 .refused_over_cap
@@ -133,12 +175,22 @@ impl RelayAddressGenerator for CappedRelays {
             .map_err(|e| turn::Error::Other(e.to_string()))?;
         self.counters.total.fetch_add(1, Ordering::Relaxed);
         let (closed, _) = watch::channel(false);
+        let advertised = SocketAddr::new(self.public_ip, local.port());
+        let mut addresses = vec![advertised];
+        if local != advertised && !local.ip().is_unspecified() {
+            addresses.push(local);
+        }
+        self.admission.relay_opened(&addresses);
         let conn = Arc::new(RelaySocket {
             socket,
             counters: self.counters.clone(),
             transport: self.transport,
             closed,
-            slot: Mutex::new(Some(slot)),
+            slot: Mutex::new(Some((slot, hold))),
+            admission: self.admission.clone(),
+            addresses,
+            to_peer: self.bandwidth.bucket(),
+            from_peer: self.bandwidth.bucket(),
         });
         if let Some(streams) = &self.streams {
             streams.register(&conn);
@@ -159,7 +211,7 @@ impl RelayAddressGenerator for CappedRelays {
                 _ = closed_rx.wait_for(|closed| *closed) => {}
             }
         });
-        Ok((conn, SocketAddr::new(self.public_ip, local.port())))
+        Ok((conn, advertised))
     }
 }
 
@@ -169,15 +221,36 @@ pub(crate) struct RelaySocket {
     counters: Arc<Counters>,
     transport: ClientTransport,
     closed: watch::Sender<bool>,
-    slot: Mutex<Option<Slot>>,
+    /// The allocation's place under the cap and under its quotas.
+    slot: Mutex<Option<(Slot, Option<AllocationHold>)>>,
+    admission: Arc<Admission>,
+    /// The relayed addresses peers may name (advertised, and bound if different).
+    addresses: Vec<SocketAddr>,
+    /// The bandwidth caps towards peers and from them.
+    to_peer: Option<Mutex<ByteBucket>>,
+    from_peer: Option<Mutex<ByteBucket>>,
 }
 
 impl RelaySocket {
     fn shut(&self) {
-        self.closed.send_replace(true);
+        let was_closed = self.closed.send_replace(true);
+        if !was_closed {
+            self.admission.relay_closed(&self.addresses);
+        }
         if let Ok(mut slot) = self.slot.lock() {
             slot.take();
         }
+    }
+
+    /// Whether `len` bytes fit under `bucket`'s cap now; drops are counted.
+    fn within_cap(&self, bucket: &Option<Mutex<ByteBucket>>, len: usize) -> bool {
+        let fits = bucket
+            .as_ref()
+            .is_none_or(|b| b.lock().is_ok_and(|mut b| b.take(len, Instant::now())));
+        if !fits {
+            self.counters.refused(TurnRefusal::Bandwidth);
+        }
+        fits
     }
 
     fn relayed(&self) -> &super::RelayedCounters {
@@ -204,15 +277,25 @@ impl Conn for RelaySocket {
         if *closed.borrow() {
             return Err(Self::closed_error());
         }
-        tokio::select! {
-            received = self.socket.recv_from(buf) => {
-                let (length, from) = received?;
-                let relayed = self.relayed();
-                relayed.from_peer_packets.fetch_add(1, Ordering::Relaxed);
-                relayed.from_peer_bytes.fetch_add(length as u64, Ordering::Relaxed);
-                Ok((length, from))
+        loop {
+            tokio::select! {
+                received = self.socket.recv_from(buf) => {
+                    let (length, from) = received?;
+                    // Nothing from a denied peer (a permission is per IP, so
+                    // one for another allocation's relay on a loopback or
+                    // private address would let that whole address in).
+                    if self.admission.peer_allowed(from).is_err()
+                        || !self.within_cap(&self.from_peer, length)
+                    {
+                        continue;
+                    }
+                    let relayed = self.relayed();
+                    relayed.from_peer_packets.fetch_add(1, Ordering::Relaxed);
+                    relayed.from_peer_bytes.fetch_add(length as u64, Ordering::Relaxed);
+                    return Ok((length, from));
+                }
+                _ = closed.wait_for(|closed| *closed) => return Err(Self::closed_error()),
             }
-            _ = closed.wait_for(|closed| *closed) => Err(Self::closed_error()),
         }
     }
 
@@ -223,6 +306,13 @@ impl Conn for RelaySocket {
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> util::Result<usize> {
         if *self.closed.borrow() {
             return Err(Self::closed_error());
+        }
+        // Whatever the server decided, nothing goes to a denied peer or over
+        // the cap; the datagram is dropped as a congested path would drop it.
+        if self.admission.peer_allowed(target).is_err()
+            || !self.within_cap(&self.to_peer, buf.len())
+        {
+            return Ok(buf.len());
         }
         let sent = self.socket.send_to(buf, target).await?;
         let relayed = self.relayed();
@@ -248,5 +338,11 @@ impl Conn for RelaySocket {
 
     fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
         self
+    }
+}
+
+impl Drop for RelaySocket {
+    fn drop(&mut self) {
+        self.shut();
     }
 }

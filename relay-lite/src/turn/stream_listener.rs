@@ -3,12 +3,14 @@
 //! configured), unframes what each one carries (see `framing`), and presents
 //! all of them to the server as one `Conn` — `recv_from` yields a frame and
 //! the TCP peer's address, `send_to` frames a datagram onto the connection
-//! with that peer address. Connections are capped, need a TLS handshake
-//! within a deadline, and are closed when idle for too long.
+//! with that peer address. Connections are capped in total and per client
+//! IP, need a TLS handshake within a deadline, are closed when they hold no
+//! allocation for `unallocated_timeout` (an idle connection cannot sit on a
+//! slot for long), and when idle for too long.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +22,9 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use util::Conn;
 
+use super::quota::{Hold, Holds};
 use super::relay::StreamAllocations;
+use super::{Counters, TurnRefusal};
 use zajel_client_net::turn_framing::{frame_for_stream, read_frame};
 
 /// Frames queued towards one connection before further ones are dropped
@@ -32,8 +36,11 @@ const WRITE_QUEUE: usize = 512;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct StreamLimits {
     pub max_connections: usize,
+    pub max_connections_per_source: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    /// A connection without a live allocation is closed after this long.
+    pub unallocated_timeout: Duration,
 }
 
 type Peers = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
@@ -54,6 +61,7 @@ impl StreamListener {
         tls: Option<TlsAcceptor>,
         limits: StreamLimits,
         allocations: Arc<StreamAllocations>,
+        counters: Arc<Counters>,
     ) -> io::Result<Arc<Self>> {
         let local = listener.local_addr()?;
         let (inbound_tx, inbound_rx) = mpsc::channel(1024);
@@ -65,6 +73,7 @@ impl StreamListener {
             inbound_tx,
             peers.clone(),
             allocations,
+            counters,
         ));
         Ok(Arc::new(Self {
             local,
@@ -96,8 +105,10 @@ async fn accept_loop(
     inbound: mpsc::Sender<(Vec<u8>, SocketAddr)>,
     peers: Peers,
     allocations: Arc<StreamAllocations>,
+    counters: Arc<Counters>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_source: Arc<Holds<IpAddr>> = Holds::new(limits.max_connections_per_source);
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -111,26 +122,47 @@ async fn accept_loop(
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
+        let Some(source_hold) = per_source.try_hold(peer.ip()) else {
+            counters.refused(TurnRefusal::StreamPerSource);
+            tracing::info!(
+                %peer,
+                max = limits.max_connections_per_source,
+                "TURN stream connection refused: per-address cap reached"
+            );
+            continue;
+        };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
+            counters.refused(TurnRefusal::StreamTotal);
             tracing::warn!(
                 max = limits.max_connections,
                 "TURN stream connection refused: connection cap reached"
             );
             continue;
         };
+        let held = (permit, source_hold);
         let _ = stream.set_nodelay(true);
         let inbound = inbound.clone();
         let peers = peers.clone();
         let tls = tls.clone();
         let allocations = allocations.clone();
+        let counters = counters.clone();
         connections.spawn(async move {
+            let served = Served {
+                peer,
+                limits,
+                inbound,
+                peers,
+                allocations: allocations.clone(),
+                counters,
+                _held: held,
+            };
             match tls {
-                None => serve(stream, peer, limits, inbound, peers, permit).await,
+                None => serve(stream, served).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream))
                         .await
                     {
-                        Ok(Ok(stream)) => serve(stream, peer, limits, inbound, peers, permit).await,
+                        Ok(Ok(stream)) => serve(stream, served).await,
                         Ok(Err(error)) => {
                             tracing::info!(%peer, %error, "TURN TLS handshake failed")
                         }
@@ -143,15 +175,30 @@ async fn accept_loop(
     }
 }
 
-/// Carries frames both ways on one connection until it ends or idles out.
-async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
-    stream: S,
+/// One accepted connection and what it holds while it lives.
+struct Served {
     peer: SocketAddr,
     limits: StreamLimits,
     inbound: mpsc::Sender<(Vec<u8>, SocketAddr)>,
     peers: Peers,
-    _permit: OwnedSemaphorePermit,
-) {
+    allocations: Arc<StreamAllocations>,
+    counters: Arc<Counters>,
+    /// Its place under the listener's cap and its address's cap.
+    _held: (OwnedSemaphorePermit, Hold<IpAddr>),
+}
+
+/// Carries frames both ways on one connection until it ends, idles out,
+/// or goes `unallocated_timeout` without an allocation.
+async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S, served: Served) {
+    let Served {
+        peer,
+        limits,
+        inbound,
+        peers,
+        allocations,
+        counters,
+        _held,
+    } = served;
     let (mut reader, mut writer) = tokio::io::split(stream);
     let (outbound_tx, mut outbound_rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
     if let Ok(mut peers) = peers.lock() {
@@ -185,13 +232,27 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
             }
         }
     };
+    // Checked every `unallocated_timeout`: a connection found without a
+    // live allocation is closed (so one never allocating lives exactly that
+    // long, and one whose allocations ended at most twice that).
+    let unallocated = async {
+        loop {
+            tokio::time::sleep(limits.unallocated_timeout).await;
+            if !allocations.has_allocation(peer) {
+                counters.refused(TurnRefusal::StreamUnallocated);
+                tracing::info!(%peer, "TURN stream closed: no allocation");
+                break;
+            }
+        }
+    };
     tokio::select! {
         _ = read => {}
         _ = write => {}
+        _ = unallocated => {}
     }
     if let Ok(mut peers) = peers.lock() {
         peers.remove(&peer);
-    }
+    };
 }
 
 #[async_trait]
