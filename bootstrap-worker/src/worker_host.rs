@@ -304,6 +304,7 @@ impl Store for DurableStore {
         // the count and the delete see the same table.
         let existed = self.count_of(COUNT_ONE, vec![server_id.into()])? > 0;
         self.run(store::DELETE_ONE, vec![server_id.into()])?;
+        self.run(store::PURGE_NETWORKS, Vec::new())?;
         Ok(existed)
     }
 
@@ -319,12 +320,36 @@ impl Store for DurableStore {
         let stale = self.count_of(COUNT_STALE, vec![int(fresh_since)])?;
         if stale > 0 {
             self.run(store::DELETE_STALE, vec![int(fresh_since)])?;
+            self.run(store::PURGE_NETWORKS, Vec::new())?;
         }
         Ok(stale)
     }
 
     fn count(&self) -> std::result::Result<u64, StoreError> {
         self.count_of(COUNT_ALL, Vec::new())
+    }
+
+    fn set_network(
+        &mut self,
+        server_id: &str,
+        network: &str,
+    ) -> std::result::Result<(), StoreError> {
+        self.run(
+            store::UPSERT_NETWORK,
+            vec![server_id.into(), network.into()],
+        )
+    }
+
+    fn count_network(
+        &self,
+        network: &str,
+        fresh_since: u64,
+        except: &str,
+    ) -> std::result::Result<u64, StoreError> {
+        self.count_of(
+            store::COUNT_NETWORK,
+            vec![network.into(), int(fresh_since), except.into()],
+        )
     }
 
     fn claim_signature(

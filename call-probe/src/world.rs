@@ -216,6 +216,12 @@ impl LocalWorld {
                 max_entries: 1000,
                 rate_limit_per_minute: 10_000,
                 signing_key: Some(registry_key.clone()),
+                read_rate_limit_per_minute: 100_000,
+                // Every part runs on 127.0.0.1; the admission check still runs
+                // against the real relay-lite, which answers identity challenges.
+                allow_private_endpoints: true,
+                max_entries_per_network: 1_000,
+                ..RegistryConfig::default()
             },
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -146,12 +146,37 @@ pub fn tool(namespace: &Namespace, name: &str) -> Result<Command, String> {
     Ok(command)
 }
 
-/// Starts the native registry at `address:8787` inside `namespace`.
+/// How a test registry admits new endpoints.
+#[derive(Debug, Clone, Copy)]
+pub enum RegistryAdmission<'a> {
+    /// Checks each endpoint (connect, identity proof) before listing it,
+    /// trusting the test CA in `ca_file` for `wss://`.
+    Checked { ca_file: &'a Path },
+    /// Lists at once (an attacker's registry, which checks nothing).
+    Off,
+}
+
+/// Starts the native registry at `address:8787` inside `namespace`. The
+/// namespaces use 10.77.0.0/16, so private endpoints are allowed; the
+/// per-network cap and read limit are raised for the suite's own traffic.
 pub fn start_registry(
     namespace: &Namespace,
     dir: &Path,
     key: &SigningKey,
     address: Ipv4Addr,
+    admission: RegistryAdmission<'_>,
+) -> Result<ChildProcess, String> {
+    start_registry_with(namespace, dir, key, address, admission, &[])
+}
+
+/// [`start_registry`] with `extra` flags (later flags win).
+pub fn start_registry_with(
+    namespace: &Namespace,
+    dir: &Path,
+    key: &SigningKey,
+    address: Ipv4Addr,
+    admission: RegistryAdmission<'_>,
+    extra: &[&str],
 ) -> Result<ChildProcess, String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let key_file = dir.join("registry.seed");
@@ -162,7 +187,22 @@ pub fn start_registry(
         .args(["--listen", &format!("{address}:{REGISTRY_PORT}")])
         .arg("--signing-key-file")
         .arg(&key_file)
-        .arg("--memory");
+        .arg("--memory")
+        .arg("--allow-private-endpoints")
+        .args(["--read-rate-limit", "100000"])
+        .args(["--max-entries-per-network", "1000"]);
+    match admission {
+        RegistryAdmission::Checked { ca_file } => {
+            command
+                .args(["--admission-check", "identity"])
+                .arg("--admission-ca-file")
+                .arg(ca_file);
+        }
+        RegistryAdmission::Off => {
+            command.args(["--admission-check", "off"]);
+        }
+    }
+    command.args(extra);
     let mut child = ChildProcess::spawn("bootstrap-worker serve", command)?;
     child.wait_for(Duration::from_secs(20), |line| {
         line.starts_with("listening on ").then_some(())
@@ -485,6 +525,9 @@ impl World {
             &world.dir.path().join("registry"),
             &world.registry_key,
             registry_address(),
+            RegistryAdmission::Checked {
+                ca_file: &world.pki.ca_file,
+            },
         )?);
         world.add_relay(relay_a_address())?;
         Ok(world)
@@ -597,6 +640,7 @@ impl World {
             &dir,
             &attacker,
             fake_registry_address(),
+            RegistryAdmission::Off,
         )?;
         self.extra.push(registry);
         let url = format!("http://{}:{REGISTRY_PORT}", fake_registry_address());

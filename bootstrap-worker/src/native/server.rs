@@ -13,6 +13,9 @@
 //! closing (hyper closes a connection whose request body was not read to the
 //! end, without telling the client).
 //!
+//! A background task ([`super::checker`]) runs the registry's admission
+//! checks; a registration answered 202 (waiting for its check) wakes it.
+//!
 //! The host also answers `GET /metrics` itself ([`super::metrics`]; the
 //! Worker does not have it) and decides which address a request's rate
 //! limit keys on: the peer's, or behind a trusted proxy the client's from
@@ -30,9 +33,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use zajel_client_net::now_ms;
+use zajel_client_net::signaling::TrustAnchors;
 
+use super::checker;
 use super::forwarded::TrustedProxies;
 use super::metrics::{self, RegistryMetrics};
 use super::sqlite::SqliteStore;
@@ -58,6 +63,9 @@ pub struct HostOptions {
     /// Proxies whose `X-Forwarded-For`/`Forwarded` are believed
     /// (`--trusted-proxy`); empty: the peer address is the client's.
     pub trusted_proxies: TrustedProxies,
+    /// What the admission checks trust for `wss://` endpoints
+    /// (`--admission-ca-file`; default: the web PKI).
+    pub admission_trust: TrustAnchors,
 }
 
 /// Serves `registry` on `listener` until `shutdown` completes.
@@ -77,9 +85,16 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let registry: SharedRegistry = Arc::new(Mutex::new(registry));
+    let wake = Arc::new(Notify::new());
+    let _checks = AbortOnDrop(tokio::spawn(checker::run_checks(
+        registry.clone(),
+        wake.clone(),
+        options.admission_trust.clone(),
+    )));
     let host = Arc::new(Host {
         options,
         metrics: RegistryMetrics::default(),
+        wake,
     });
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
@@ -119,6 +134,17 @@ pub async fn serve_with(
 struct Host {
     options: HostOptions,
     metrics: RegistryMetrics,
+    /// Tells the admission checker that a registration may be waiting.
+    wake: Arc<Notify>,
+}
+
+/// Stops a background task when the server stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// [`answer`], counted in the metrics.
@@ -235,6 +261,9 @@ async fn answer(
         }
     };
     let refused = response.refused;
+    if response.status == 202 {
+        host.wake.notify_one();
+    }
     if let Some(line) = &response.refusal {
         tracing::warn!("{line}");
     }
