@@ -205,7 +205,13 @@ fn in_process_keyed(
             .expect("runtime");
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            let _ = server::serve(listener, registry, async {
+            // Loopback is a trusted proxy, so checks can send as other
+            // addresses (X-Forwarded-For); nothing else reaches loopback.
+            let options = server::HostOptions {
+                trusted_proxies: "127.0.0.0/8".parse().expect("loopback block"),
+                ..server::HostOptions::default()
+            };
+            let _ = server::serve_with(listener, registry, options, async {
                 let _ = stopped.await;
             })
             .await;
