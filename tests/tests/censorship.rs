@@ -1,5 +1,6 @@
 //! End-to-end proof under censorship (issue 6; the tenth, a hostile relay,
-//! issue 13): ten scenarios, each in its own network namespaces (client ──
+//! issue 13; the eleventh, a junk-flooded registry, issue 19): eleven
+//! scenarios, each in its own network namespaces (client ──
 //! censor ── internet, see `tests::censorship_world`), with the real
 //! registry, relay-lite, TURN, unbound over DoH and the client binaries. The censor's nftables rules
 //! (and, for the degraded path, the NFQUEUE path emulator, since this
@@ -21,7 +22,7 @@
 //! first RTP, result) and writes it as Markdown to
 //! `target/censorship-matrix.md`; with `ZAJEL_CENSORSHIP_RECORD=1`, also to
 //! the committed `tests/censorship-matrix.md` (which the README shows) when
-//! all ten scenarios ran with `call-probe call`.
+//! all scenarios ran with `call-probe call`.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
