@@ -175,12 +175,20 @@ async fn metrics_response(
         let registry = registry
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        registry.fresh_entries(now_ms()).ok()
+        (
+            registry.fresh_entries(now_ms()).ok(),
+            registry.admission_stats(),
+        )
     })
     .await
-    .ok()
-    .flatten();
-    let mut response = hyper::Response::new(Full::new(Bytes::from(host.metrics.render(entries))));
+    .ok();
+    let (entries, admission) = match entries {
+        Some((entries, admission)) => (entries, Some(admission)),
+        None => (None, None),
+    };
+    let mut response = hyper::Response::new(Full::new(Bytes::from(
+        host.metrics.render_with_admission(entries, admission),
+    )));
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static(metrics::CONTENT_TYPE),
