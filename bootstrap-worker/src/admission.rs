@@ -10,7 +10,11 @@
 //! [`EndpointCheck::timeout_ms`]. The conversation passes when the endpoint
 //! greets with a `server_info` naming the registered `serverId` and answers
 //! an `identity_challenge` with an `identity_proof` by that key over the
-//! registered endpoint (see `zajel_wire::signature`).
+//! registered endpoint (see `zajel_wire::signature`). An entry registered
+//! without a signature (the `open` policy, Zajel's own servers, which
+//! cannot prove a key) passes with the `server_info` and any answer to the
+//! challenge (Zajel's `Unknown message type` error), but a proof it does
+//! send must verify: such entries prove nothing more than that.
 
 use zajel_wire::signaling::{ClientMessage, ServerMessage};
 use zajel_wire::signature::IdentityNonce;
@@ -35,6 +39,9 @@ pub struct EndpointCheck {
     pub timeout_ms: u64,
     /// Whether this is a listed entry's periodic check (else a new endpoint's).
     pub recheck: bool,
+    /// Whether an identity proof is required (entries registered with a
+    /// signature); otherwise the `server_info` and an answer suffice.
+    pub require_proof: bool,
 }
 
 /// How a check ended.
@@ -108,6 +115,9 @@ impl Conversation {
                     Ok(_) => CheckResult::Verified,
                 })
             }
+            Ok(ServerMessage::Error { .. }) if !self.check.require_proof => {
+                Some(CheckResult::Verified)
+            }
             Ok(ServerMessage::Error { .. }) => Some(CheckResult::failed(
                 "the endpoint refused the identity challenge",
             )),
@@ -137,6 +147,7 @@ mod tests {
             allow_private: false,
             timeout_ms: 1_000,
             recheck: false,
+            require_proof: true,
         }
     }
 
@@ -210,6 +221,22 @@ mod tests {
                 other => panic!("{why}: {other:?}"),
             }
         }
+        // An unsigned (Zajel) entry passes with its greeting and an error
+        // answer, but not with a bad proof or silence.
+        let unsigned = EndpointCheck {
+            require_proof: false,
+            ..check.clone()
+        };
+        let mut zajel = Conversation::new(unsigned.clone());
+        assert_eq!(zajel.on_text(&info(&id)), None);
+        let refusal = r#"{"type":"error","message":"Unknown message type: identity_challenge"}"#;
+        assert_eq!(zajel.on_text(refusal), Some(CheckResult::Verified));
+        let mut forged = Conversation::new(unsigned);
+        assert_eq!(forged.on_text(&info(&id)), None);
+        assert!(matches!(
+            forged.on_text(&proof(&other, &[7; 32], "wss://relay.example")),
+            Some(CheckResult::Failed { .. })
+        ));
         let mut chatty = Conversation::new(check.clone());
         assert_eq!(chatty.on_text(&info(&id)), None);
         let pong = r#"{"type":"pong"}"#;

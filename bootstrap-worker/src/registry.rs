@@ -877,13 +877,14 @@ impl<S: Store> Registry<S> {
                     p.stored.entry.server_id.clone(),
                     p.stored.entry.endpoint.clone(),
                     p.network.clone(),
+                    p.stored.signed,
                 )
             });
-        if let Some((server_id, endpoint, network)) = chosen {
+        if let Some((server_id, endpoint, network, signed)) = chosen {
             if let Some(waiting) = self.pending.get_mut(&server_id) {
                 waiting.checking = true;
             }
-            return Some(self.start_check(server_id, endpoint, network, false, now_ms));
+            return Some(self.start_check(server_id, endpoint, network, false, signed, now_ms));
         }
         let due = self
             .watched
@@ -899,7 +900,14 @@ impl<S: Store> Registry<S> {
                 if let Some(watch) = self.watched.get_mut(&due) {
                     watch.next_check_ms = now_ms.saturating_add(self.config.recheck_interval_ms);
                 }
-                Some(self.start_check(due, stored.entry.endpoint, String::new(), true, now_ms))
+                Some(self.start_check(
+                    due,
+                    stored.entry.endpoint,
+                    String::new(),
+                    true,
+                    stored.signed,
+                    now_ms,
+                ))
             }
             None => {
                 self.watched.remove(&due);
@@ -908,12 +916,14 @@ impl<S: Store> Registry<S> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start_check(
         &mut self,
         server_id: String,
         endpoint: String,
         network: String,
         recheck: bool,
+        require_proof: bool,
         now_ms: u64,
     ) -> EndpointCheck {
         let id = self.next_check_id;
@@ -936,6 +946,7 @@ impl<S: Store> Registry<S> {
             allow_private: self.config.allow_private_endpoints,
             timeout_ms: self.config.admission_timeout_ms,
             recheck,
+            require_proof,
         }
     }
 
@@ -1675,6 +1686,82 @@ mod admission_tests {
         assert_eq!(flooded.header("Access-Control-Allow-Origin"), Some("*"));
         let other = registry.handle(&Request::new("GET", "/health", "198.51.100.2"), T0);
         assert_eq!(other.status, 200);
+    }
+
+    #[test]
+    fn only_signed_registrations_must_prove_their_key() {
+        let mut registry = registry(Config {
+            policy: Policy::Open,
+            ..config()
+        });
+        let signed = key(1);
+        post(
+            &mut registry,
+            &signed,
+            "wss://a.example",
+            None,
+            "192.0.2.1",
+            T0,
+        );
+        let zajel = key(2);
+        let public = zajel_wire::keys::public_key_to_base64(&zajel.verifying_key());
+        let mut unsigned = Request::new("POST", "/servers", "192.0.3.1");
+        unsigned.body = serde_json::to_vec(
+            &json!({"serverId": id(&zajel), "endpoint": "wss://zajel.example", "publicKey": public}),
+        )
+        .unwrap();
+        assert_eq!(registry.handle(&unsigned, T0).status, 202);
+        let checks = registry.poll_checks(T0);
+        let proof_required = |server: &SigningKey| {
+            checks
+                .iter()
+                .find(|c| c.server_id == id(server))
+                .map(|c| c.require_proof)
+        };
+        assert_eq!(proof_required(&signed), Some(true));
+        assert_eq!(proof_required(&zajel), Some(false));
+    }
+
+    /// Issue 19's attack: four source addresses at the rate limit filled a
+    /// 200-entry registry in seconds and a genuine relay got 503. Now each
+    /// /24 stops at its cap and the genuine relay still registers.
+    #[test]
+    fn four_sources_at_the_rate_limit_cannot_fill_the_registry() {
+        let mut registry = registry(Config {
+            max_entries: 200,
+            rate_limit_per_minute: 60,
+            max_entries_per_network: 16,
+            ..config()
+        });
+        let mut accepted = 0;
+        for n in 0..240u32 {
+            let source = format!("198.51.{}.7", 100 + n % 4);
+            let endpoint = format!("wss://junk{n}.example");
+            let reply = post(
+                &mut registry,
+                &key(1_000 + n),
+                &endpoint,
+                None,
+                &source,
+                T0 + u64::from(n),
+            );
+            match reply.status {
+                202 => accepted += 1,
+                429 => {}
+                other => panic!("junk {n}: {other} {}", text(&reply)),
+            }
+        }
+        assert_eq!(accepted, 64, "16 per /24");
+        let genuine = key(1);
+        let reply = post(
+            &mut registry,
+            &genuine,
+            "wss://genuine.example",
+            None,
+            "192.0.2.1",
+            T0 + 500,
+        );
+        assert_eq!(reply.status, 202, "{}", text(&reply));
     }
 
     #[test]
