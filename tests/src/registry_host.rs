@@ -31,6 +31,8 @@ pub struct Profile {
     pub admission: &'static str,
     /// Whether loopback and private endpoint hosts are accepted.
     pub allow_private_endpoints: bool,
+    /// How often listed entries are checked again (with `identity`).
+    pub recheck_interval_ms: u64,
 }
 
 impl Profile {
@@ -45,6 +47,7 @@ impl Profile {
         max_entries_per_network: 1_000_000,
         admission: "off",
         allow_private_endpoints: true,
+        recheck_interval_ms: 60_000,
     };
     /// Open policy, generous limits, endpoints listed without a check.
     pub const OPEN: Profile = Profile {
@@ -52,8 +55,10 @@ impl Profile {
         ..Profile::SIGNED
     };
     /// Signed policy with the admission check (endpoints on loopback allowed).
+    /// Listed entries are checked again every second.
     pub const ADMISSION: Profile = Profile {
         admission: "identity",
+        recheck_interval_ms: 1_000,
         ..Profile::SIGNED
     };
 }
@@ -131,6 +136,7 @@ fn config(profile: Profile, key: &SigningKey) -> Config {
         allow_private_endpoints: profile.allow_private_endpoints,
         admission: profile.admission.parse().expect("profile admission"),
         admission_timeout_ms: 2_000,
+        recheck_interval_ms: profile.recheck_interval_ms,
         ..Config::default()
     }
 }
@@ -272,7 +278,11 @@ pub fn start_child(
             "--max-entries-per-network",
             &profile.max_entries_per_network.to_string(),
         ])
-        .args(["--admission-check", profile.admission]);
+        .args(["--admission-check", profile.admission])
+        .args([
+            "--recheck-interval-ms",
+            &profile.recheck_interval_ms.to_string(),
+        ]);
     if profile.allow_private_endpoints {
         command.arg("--allow-private-endpoints");
     }
@@ -401,6 +411,7 @@ pub fn spawn_wrangler_dev(profile: Profile) -> Result<StartingWorker, String> {
          MAX_ENTRIES_PER_NETWORK = \"{per_network}\"\n\
          ADMISSION_CHECK = \"{admission}\"\n\
          ADMISSION_TIMEOUT_MS = \"2000\"\n\
+         RECHECK_INTERVAL_MS = \"{recheck}\"\n\
          ALLOW_PRIVATE_ENDPOINTS = \"{allow_private}\"\n\
          [[durable_objects.bindings]]\n\
          name = \"REGISTRY\"\n\
@@ -417,6 +428,7 @@ pub fn spawn_wrangler_dev(profile: Profile) -> Result<StartingWorker, String> {
         per_network = profile.max_entries_per_network,
         admission = profile.admission,
         allow_private = profile.allow_private_endpoints,
+        recheck = profile.recheck_interval_ms,
     );
     std::fs::write(dir.path().join("wrangler.toml"), config).map_err(|e| e.to_string())?;
     let key = random_key();

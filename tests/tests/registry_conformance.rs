@@ -1230,7 +1230,8 @@ fn wait_refused(
 /// (a port that accepts and never answers, a refused port) from several
 /// networks is never listed and does not hold back the genuine relay-lite,
 /// which registers itself and is listed within one check timeout; its own
-/// endpoint registered under another key is never listed.
+/// endpoint registered under another key is never listed; once the relay
+/// stops, its rechecks fail and it is dropped.
 fn admission_checks_before_listing(host: &Host) -> Result<(), String> {
     let registry = &host.admission;
     let silent = tests::blackhole::AcceptsSilently::start();
@@ -1260,7 +1261,7 @@ fn admission_checks_before_listing(host: &Host) -> Result<(), String> {
         "junk listed before any check"
     );
     let started = Instant::now();
-    let relay = tests::relay_child::RelayChild::start(
+    let mut relay = tests::relay_child::RelayChild::start(
         &["--bootstrap", &registry.base_url],
         Duration::from_secs(20),
     )?;
@@ -1298,6 +1299,21 @@ fn admission_checks_before_listing(host: &Host) -> Result<(), String> {
         listed.len() == 1 && listed.contains_key(&relay.server_id),
         "expected only the relay, got {:?}",
         listed.keys().collect::<Vec<_>>()
+    );
+    // Rechecks every second: a relay that stops answering is dropped after two failures.
+    relay.process.kill();
+    let stopped = Instant::now();
+    while list(&host.http, registry)?.contains_key(&relay.server_id) {
+        ensure!(
+            stopped.elapsed() < Duration::from_secs(20),
+            "a stopped relay stayed listed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "{}: stopped relay dropped after {:?}",
+        registry.name,
+        stopped.elapsed()
     );
     Ok(())
 }
