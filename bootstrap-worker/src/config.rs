@@ -29,6 +29,30 @@ impl std::str::FromStr for Policy {
     }
 }
 
+/// Whether a new endpoint is checked before it is listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Listed only once the registry connected to it and it proved the key
+    /// of its `serverId` (`identity_challenge`/`identity_proof`); listed
+    /// entries are checked again and dropped when they stop answering (the default).
+    Identity,
+    /// Listed at once, never checked: only for testing the HTTP surface.
+    Off,
+}
+
+impl std::str::FromStr for Admission {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "identity" => Ok(Self::Identity),
+            "off" => Ok(Self::Off),
+            other => Err(format!(
+                "ADMISSION_CHECK must be \"identity\" or \"off\", not {other:?}"
+            )),
+        }
+    }
+}
+
 /// Everything the registry core needs to know about its deployment.
 #[derive(Clone)]
 pub struct Config {
@@ -42,12 +66,34 @@ pub struct Config {
     pub rate_limit_per_minute: u32,
     /// Signs `GET /servers` (`BOOTSTRAP_SIGNING_KEY`); lists go unsigned without it.
     pub signing_key: Option<SigningKey>,
+    /// Reads (`GET`) each client address may make per minute, also the burst
+    /// (`READ_RATE_LIMIT_PER_MINUTE`).
+    pub read_rate_limit_per_minute: u32,
+    /// Most entries (listed and waiting for their check) registered from one
+    /// IPv4 /24 or IPv6 /48 (`MAX_ENTRIES_PER_NETWORK`).
+    pub max_entries_per_network: u64,
+    /// Accept loopback, private, link-local, CGNAT and ULA endpoint hosts
+    /// (`ALLOW_PRIVATE_ENDPOINTS`): for labs, demos and tests only.
+    pub allow_private_endpoints: bool,
+    /// Whether new endpoints are checked before they are listed (`ADMISSION_CHECK`).
+    pub admission: Admission,
+    /// Most checks running at once (`ADMISSION_CONCURRENCY`).
+    pub admission_concurrency: u32,
+    /// How long one check may take, connect to proof (`ADMISSION_TIMEOUT_MS`).
+    pub admission_timeout_ms: u64,
+    /// How often a listed entry is checked again (`RECHECK_INTERVAL_MS`).
+    pub recheck_interval_ms: u64,
+    /// Most registrations waiting for their check at once (`MAX_PENDING`).
+    pub max_pending: u64,
 }
+
+/// A listed entry that fails this many checks in a row is dropped.
+pub const RECHECK_FAILURES_TO_DROP: u32 = 2;
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 8 * 1024;
 /// Longest region accepted, in characters.
-pub const MAX_REGION_CHARS: usize = 64;
+pub const MAX_REGION_CHARS: usize = zajel_wire::endpoint::MAX_REGION_LEN;
 
 impl Default for Config {
     fn default() -> Self {
@@ -57,6 +103,14 @@ impl Default for Config {
             max_entries: 10_000,
             rate_limit_per_minute: 60,
             signing_key: None,
+            read_rate_limit_per_minute: 120,
+            max_entries_per_network: 16,
+            allow_private_endpoints: false,
+            admission: Admission::Identity,
+            admission_concurrency: 8,
+            admission_timeout_ms: 5_000,
+            recheck_interval_ms: 60_000,
+            max_pending: 512,
         }
     }
 }
@@ -70,6 +124,17 @@ impl std::fmt::Debug for Config {
             .field("max_entries", &self.max_entries)
             .field("rate_limit_per_minute", &self.rate_limit_per_minute)
             .field("signing_key", &self.signing_key.as_ref().map(|_| "<set>"))
+            .field(
+                "read_rate_limit_per_minute",
+                &self.read_rate_limit_per_minute,
+            )
+            .field("max_entries_per_network", &self.max_entries_per_network)
+            .field("allow_private_endpoints", &self.allow_private_endpoints)
+            .field("admission", &self.admission)
+            .field("admission_concurrency", &self.admission_concurrency)
+            .field("admission_timeout_ms", &self.admission_timeout_ms)
+            .field("recheck_interval_ms", &self.recheck_interval_ms)
+            .field("max_pending", &self.max_pending)
             .finish()
     }
 }
@@ -91,6 +156,39 @@ impl Config {
         }
         if let Some(value) = get("RATE_LIMIT_PER_MINUTE") {
             config.rate_limit_per_minute = parse_positive(&value, "RATE_LIMIT_PER_MINUTE")?;
+        }
+        if let Some(value) = get("READ_RATE_LIMIT_PER_MINUTE") {
+            config.read_rate_limit_per_minute =
+                parse_positive(&value, "READ_RATE_LIMIT_PER_MINUTE")?;
+        }
+        if let Some(value) = get("MAX_ENTRIES_PER_NETWORK") {
+            config.max_entries_per_network = parse_positive(&value, "MAX_ENTRIES_PER_NETWORK")?;
+        }
+        if let Some(value) = get("ALLOW_PRIVATE_ENDPOINTS") {
+            config.allow_private_endpoints = match value.trim() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                other => {
+                    return Err(format!(
+                        "ALLOW_PRIVATE_ENDPOINTS must be true or false, not {other:?}"
+                    ))
+                }
+            };
+        }
+        if let Some(value) = get("ADMISSION_CHECK") {
+            config.admission = value.parse()?;
+        }
+        if let Some(value) = get("ADMISSION_CONCURRENCY") {
+            config.admission_concurrency = parse_positive(&value, "ADMISSION_CONCURRENCY")?;
+        }
+        if let Some(value) = get("ADMISSION_TIMEOUT_MS") {
+            config.admission_timeout_ms = parse_positive(&value, "ADMISSION_TIMEOUT_MS")?;
+        }
+        if let Some(value) = get("RECHECK_INTERVAL_MS") {
+            config.recheck_interval_ms = parse_positive(&value, "RECHECK_INTERVAL_MS")?;
+        }
+        if let Some(value) = get("MAX_PENDING") {
+            config.max_pending = parse_positive(&value, "MAX_PENDING")?;
         }
         if let Some(value) = get("BOOTSTRAP_SIGNING_KEY") {
             config.signing_key = Some(

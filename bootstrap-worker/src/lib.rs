@@ -5,6 +5,7 @@
 //! entries in its SQLite storage (built for `wasm32`), and a native server
 //! with SQLite in a file ([`native`]), the self-hosted default.
 
+pub mod admission;
 pub mod config;
 pub mod limiter;
 pub mod registry;

@@ -14,13 +14,14 @@ mod cli {
     use std::path::PathBuf;
     use std::process::ExitCode;
 
-    use bootstrap_worker::config::{Config, Policy};
+    use bootstrap_worker::config::{Admission, Config, Policy};
     use bootstrap_worker::native::forwarded::{AddressBlock, TrustedProxies};
     use bootstrap_worker::native::{server, sqlite::SqliteStore};
     use bootstrap_worker::registry::Registry;
     use clap::{Parser, Subcommand};
     use zajel_client_net::keyfile;
     use zajel_client_net::logging::{self, LogFormat};
+    use zajel_client_net::signaling::TrustAnchors;
     use zajel_wire::keys;
 
     /// The Zajel server registry, self-hosted.
@@ -100,6 +101,42 @@ mod cli {
             env = "ZAJEL_REGISTRY_TRUSTED_PROXY"
         )]
         trusted_proxy: Vec<AddressBlock>,
+        /// Reads (GET) per minute allowed from one client address (also the burst).
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..), env = "ZAJEL_REGISTRY_READ_RATE_LIMIT")]
+        read_rate_limit: u32,
+        /// Most entries (listed and waiting for their check) registered from one IPv4 /24 or
+        /// IPv6 /48.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..), env = "ZAJEL_REGISTRY_MAX_ENTRIES_PER_NETWORK")]
+        max_entries_per_network: u64,
+        /// Accept loopback, private, link-local, CGNAT and ULA endpoint hosts (labs, demos and
+        /// tests only).
+        #[arg(long, env = "ZAJEL_REGISTRY_ALLOW_PRIVATE_ENDPOINTS")]
+        allow_private_endpoints: bool,
+        /// `identity`: list a new endpoint only after connecting to it and getting an identity
+        /// proof by its key, and drop listed ones that stop answering; `off`: list at once
+        /// (testing the HTTP surface only).
+        #[arg(long, default_value = "identity", value_parser = parse_admission, env = "ZAJEL_REGISTRY_ADMISSION_CHECK")]
+        admission_check: Admission,
+        /// Most admission checks running at once.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..), env = "ZAJEL_REGISTRY_ADMISSION_CONCURRENCY")]
+        admission_concurrency: u32,
+        /// How long one admission check may take, in ms.
+        #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..), env = "ZAJEL_REGISTRY_ADMISSION_TIMEOUT_MS")]
+        admission_timeout_ms: u64,
+        /// How often a listed entry is checked again, in ms.
+        #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..), env = "ZAJEL_REGISTRY_RECHECK_INTERVAL_MS")]
+        recheck_interval_ms: u64,
+        /// Most registrations waiting for their admission check at once.
+        #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..), env = "ZAJEL_REGISTRY_MAX_PENDING")]
+        max_pending: u64,
+        /// PEM certificates the admission checks trust for wss:// endpoints instead of the web
+        /// PKI (labs and tests with their own CA).
+        #[arg(long, value_name = "PEM", env = "ZAJEL_REGISTRY_ADMISSION_CA_FILE")]
+        admission_ca_file: Option<PathBuf>,
+    }
+
+    fn parse_admission(text: &str) -> Result<Admission, String> {
+        text.parse()
     }
 
     fn parse_policy(text: &str) -> Result<Policy, String> {
@@ -141,12 +178,27 @@ mod cli {
         }
         .map_err(|error| format!("cannot open {}: {error}", args.data.display()))?;
         let public = keys::public_key_to_base64(&key.verifying_key());
+        let admission_trust = match &args.admission_ca_file {
+            None => TrustAnchors::WebPki,
+            Some(path) => TrustAnchors::Only(
+                zajel_client_net::tls::read_pem_certificates(path)
+                    .map_err(|error| format!("cannot read {}: {error}", path.display()))?,
+            ),
+        };
         let config = Config {
             ttl_ms: args.ttl_ms,
             policy: args.policy,
             max_entries: args.max_entries,
             rate_limit_per_minute: args.rate_limit,
             signing_key: Some(key),
+            read_rate_limit_per_minute: args.read_rate_limit,
+            max_entries_per_network: args.max_entries_per_network,
+            allow_private_endpoints: args.allow_private_endpoints,
+            admission: args.admission_check,
+            admission_concurrency: args.admission_concurrency,
+            admission_timeout_ms: args.admission_timeout_ms,
+            recheck_interval_ms: args.recheck_interval_ms,
+            max_pending: args.max_pending,
         };
         let runtime = tokio::runtime::Runtime::new().map_err(|error| error.to_string())?;
         runtime.block_on(async move {
@@ -170,6 +222,8 @@ mod cli {
                 storage = %if args.memory { "memory".to_string() } else { args.data.display().to_string() },
                 policy = ?config.policy,
                 ttl_ms = config.ttl_ms,
+                admission = ?config.admission,
+                allow_private_endpoints = config.allow_private_endpoints,
                 "registry signing with public key {public}"
             );
             // Test harnesses wait for this line.
@@ -186,6 +240,7 @@ mod cli {
             }
             let options = server::HostOptions {
                 trusted_proxies: TrustedProxies::new(args.trusted_proxy),
+                admission_trust,
             };
             server::serve_split(
                 listener,

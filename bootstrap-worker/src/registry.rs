@@ -6,8 +6,23 @@
 //! back unchanged, so the Worker and the native server answer byte for byte
 //! alike. Refused mutations come back with a log line in
 //! [`Response::refusal`] that the host writes to its log.
+//!
+//! New endpoints are not listed at once: with [`Admission::Identity`] (the
+//! default) a registration waits, in memory, until the host has checked
+//! the endpoint ([`Registry::poll_checks`] hands out the checks,
+//! [`Registry::check_finished`] takes the results; see [`crate::admission`]).
+//! Checks run at most `admission_concurrency` at a time, the next one
+//! picked from the network with the fewest checks running, so one source's
+//! dead endpoints cannot hold back another's. Listed entries are checked
+//! again every `recheck_interval_ms` and dropped after
+//! [`RECHECK_FAILURES_TO_DROP`] failures in a row. Entries (listed and
+//! waiting) are capped per source network (IPv4 /24, IPv6 /48); at the
+//! global cap newcomers get 503 and listed entries are never evicted.
 
-use ed25519_dalek::Signature;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use ed25519_dalek::{Signature, Signer};
 use serde::Serialize;
 use serde_json::json;
 use zajel_wire::endpoint;
@@ -21,7 +36,8 @@ use zajel_wire::signature::{
     SIGNATURE_HEADER, TIMESTAMP_HEADER,
 };
 
-use crate::config::{Config, Policy, MAX_BODY_BYTES, MAX_REGION_CHARS};
+use crate::admission::{CheckResult, EndpointCheck};
+use crate::config::{Admission, Config, Policy, MAX_BODY_BYTES, RECHECK_FAILURES_TO_DROP};
 use crate::limiter::RateLimiter;
 use crate::store::{Store, StoreError, StoredEntry};
 
@@ -94,7 +110,16 @@ pub mod errors {
     pub const SERVER_NOT_REGISTERED: &str = "Server not registered";
     pub const TOO_LARGE: &str = "Request body too large (limit 8192 bytes)";
     pub const RATE_LIMITED: &str = "Too many requests: slow down";
-    pub const FULL: &str = "Registry is full";
+    pub const FULL: &str =
+        "Registry is full: listed servers that keep answering are never replaced; retry later";
+    pub const NETWORK_FULL: &str =
+        "Too many entries registered from your network (per IPv4 /24 or IPv6 /48)";
+    pub const CHECKS_BUSY: &str =
+        "Too many registrations are waiting for their admission check: retry later";
+    pub const FROM_BROWSER: &str =
+        "Registry mutations are not accepted from web pages (a request with an Origin header)";
+    pub const REGION_NOT_PRINTABLE: &str =
+        "Invalid region: printable ASCII only (no newlines, NUL or other control characters)";
     pub const INTERNAL: &str = "Internal error";
     pub const SIGNATURE_REQUIRED: &str =
         "Signature required: this registry accepts only signed mutations";
@@ -117,7 +142,8 @@ pub mod errors {
 /// `signature_required`, `entry_is_signed`, `invalid_signature`,
 /// `stale_timestamp`, `replayed`, `half_signed`, `invalid_server_id`,
 /// `key_mismatch`, `region_too_long`, `bad_timestamp_header`,
-/// `not_registered`, `invalid_endpoint`, `invalid_request`.
+/// `not_registered`, `network_full`, `checks_busy`, `from_browser`,
+/// `region_not_printable`, `invalid_endpoint`, `invalid_request`.
 pub fn refusal_reason(status: u16, error: &str) -> &'static str {
     match error {
         errors::RATE_LIMITED => "rate_limited",
@@ -135,6 +161,10 @@ pub fn refusal_reason(status: u16, error: &str) -> &'static str {
         errors::REGION_TOO_LONG => "region_too_long",
         errors::BAD_TIMESTAMP_HEADER => "bad_timestamp_header",
         errors::SERVER_NOT_REGISTERED => "not_registered",
+        errors::NETWORK_FULL => "network_full",
+        errors::CHECKS_BUSY => "checks_busy",
+        errors::FROM_BROWSER => "from_browser",
+        errors::REGION_NOT_PRINTABLE => "region_not_printable",
         _ if error.starts_with("Invalid endpoint") => "invalid_endpoint",
         _ if status >= 500 => "internal",
         _ => "invalid_request",
@@ -144,11 +174,75 @@ pub fn refusal_reason(status: u16, error: &str) -> &'static str {
 /// Reasons that mean a signature was presented and did not prove possession.
 pub const SIGNATURE_FAILURES: [&str; 3] = ["invalid_signature", "stale_timestamp", "replayed"];
 
-/// The registry core: one per host, owning its store and rate limiter.
+/// The registry core: one per host, owning its store, rate limiters and
+/// admission checks.
 pub struct Registry<S: Store> {
     store: S,
     config: Config,
     limiter: RateLimiter,
+    read_limiter: RateLimiter,
+    /// Registrations waiting for their check, by `serverId`.
+    pending: BTreeMap<String, Pending>,
+    /// Checks handed to the host and not yet finished, by check id.
+    in_flight: HashMap<u64, InFlight>,
+    /// When each listed entry is checked next, by `serverId`.
+    watched: HashMap<String, Watch>,
+    next_check_id: u64,
+    next_sequence: u64,
+}
+
+/// A registration waiting for its admission check.
+#[derive(Debug, Clone)]
+struct Pending {
+    stored: StoredEntry,
+    network: String,
+    /// Registration order (older first among equals).
+    sequence: u64,
+    checking: bool,
+}
+
+#[derive(Debug, Clone)]
+struct InFlight {
+    server_id: String,
+    endpoint: String,
+    network: String,
+    started_ms: u64,
+    recheck: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Watch {
+    next_check_ms: u64,
+    failures: u32,
+}
+
+/// What the admission checks are doing (for the host's metrics and tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AdmissionStats {
+    /// Registrations waiting for (or in) their first check.
+    pub pending: u64,
+    /// Checks running.
+    pub in_flight: u64,
+}
+
+/// The network a client address counts against for per-network caps: its
+/// IPv4 /24 or IPv6 /48 (IPv4-mapped addresses as IPv4); other text as is.
+pub fn network_of(client: &str) -> String {
+    let v4 = |v4: std::net::Ipv4Addr| {
+        let [a, b, c, _] = v4.octets();
+        format!("{a}.{b}.{c}.0/24")
+    };
+    match client.parse::<IpAddr>() {
+        Ok(IpAddr::V4(address)) => v4(address),
+        Ok(IpAddr::V6(address)) => match address.to_ipv4_mapped() {
+            Some(mapped) => v4(mapped),
+            None => {
+                let s = address.segments();
+                format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+            }
+        },
+        Err(_) => client.to_string(),
+    }
 }
 
 /// An answer that ends a request early.
@@ -197,10 +291,17 @@ type Outcome = Result<Response, Refusal>;
 impl<S: Store> Registry<S> {
     pub fn new(store: S, config: Config) -> Self {
         let limiter = RateLimiter::new(config.rate_limit_per_minute);
+        let read_limiter = RateLimiter::new(config.read_rate_limit_per_minute);
         Self {
             store,
             config,
             limiter,
+            read_limiter,
+            pending: BTreeMap::new(),
+            in_flight: HashMap::new(),
+            watched: HashMap::new(),
+            next_check_id: 1,
+            next_sequence: 0,
         }
     }
 
@@ -224,8 +325,15 @@ impl<S: Store> Registry<S> {
             ("POST", "/servers") | ("POST", "/servers/heartbeat")
         ) || (method == "DELETE" && route.starts_with("/servers/"));
         let outcome = self.route(request, now_ms, is_mutation);
+        // Only reads are offered to web pages.
+        let cors_allowed = matches!(method, "GET" | "HEAD");
         match outcome {
-            Ok(response) => response,
+            Ok(mut response) => {
+                if !cors_allowed {
+                    response.headers.retain(|(name, _)| !is_cors_header(name));
+                }
+                response
+            }
             Err(refusal) => {
                 let reason = refusal_reason(refusal.status, &refusal.error);
                 let mut response = json_response(
@@ -234,6 +342,9 @@ impl<S: Store> Registry<S> {
                         error: refusal.error,
                     },
                 );
+                if !cors_allowed {
+                    response.headers.retain(|(name, _)| !is_cors_header(name));
+                }
                 response.refused = Some(reason);
                 if let Some(seconds) = refusal.retry_after {
                     response.headers.push(("Retry-After", seconds.to_string()));
@@ -250,13 +361,25 @@ impl<S: Store> Registry<S> {
     }
 
     fn route(&mut self, request: &Request, now_ms: u64, is_mutation: bool) -> Outcome {
-        if is_mutation {
-            if let Err(seconds) = self.limiter.check(&request.client, now_ms) {
-                let mut refusal = Refusal::new(429, errors::RATE_LIMITED)
-                    .detail(format!("rate limit, retry after {seconds} s"));
-                refusal.retry_after = Some(seconds);
-                return Err(refusal);
-            }
+        let limiter = if is_mutation {
+            &mut self.limiter
+        } else {
+            &mut self.read_limiter
+        };
+        if let Err(seconds) = limiter.check(&request.client, now_ms) {
+            let kind = if is_mutation {
+                "rate limit"
+            } else {
+                "read rate limit"
+            };
+            let mut refusal = Refusal::new(429, errors::RATE_LIMITED)
+                .detail(format!("{kind}, retry after {seconds} s"));
+            refusal.retry_after = Some(seconds);
+            return Err(refusal);
+        }
+        if is_mutation && request.header("Origin").is_some() {
+            return Err(Refusal::new(403, errors::FROM_BROWSER)
+                .detail("mutation with an Origin header (a web page)"));
         }
         if request.body.len() > MAX_BODY_BYTES {
             return Err(Refusal::new(413, errors::TOO_LARGE)
@@ -273,7 +396,7 @@ impl<S: Store> Registry<S> {
             )),
             ("GET", "/") | ("GET", "/api/info") => Ok(json_response(200, &info())),
             ("GET", "/servers") => self.list(now_ms),
-            ("POST", "/servers") => self.register(&request.body, now_ms),
+            ("POST", "/servers") => self.register(&request.body, &request.client, now_ms),
             ("POST", "/servers/heartbeat") => self.heartbeat(&request.body, now_ms),
             ("DELETE", path) if path.starts_with("/servers/") => {
                 let encoded = &path["/servers/".len()..];
@@ -283,6 +406,14 @@ impl<S: Store> Registry<S> {
                 404,
                 &json!({"error": errors::NOT_FOUND, "hint": errors::NOT_FOUND_HINT}),
             )),
+        }
+    }
+
+    /// Registrations waiting for a check and checks running.
+    pub fn admission_stats(&self) -> AdmissionStats {
+        AdmissionStats {
+            pending: self.pending.len() as u64,
+            in_flight: self.in_flight.len() as u64,
         }
     }
 
@@ -317,7 +448,7 @@ impl<S: Store> Registry<S> {
         Ok(response)
     }
 
-    fn register(&mut self, body: &[u8], now_ms: u64) -> Outcome {
+    fn register(&mut self, body: &[u8], client: &str, now_ms: u64) -> Outcome {
         let request =
             RegisterRequest::parse(body).map_err(|error| Refusal::new(400, error.to_string()))?;
         keys::public_key_from_server_id(&request.server_id).map_err(|error| {
@@ -334,14 +465,22 @@ impl<S: Store> Registry<S> {
                 request.server_id
             )));
         }
-        endpoint::validate_endpoint(&request.endpoint).map_err(|error| {
-            Refusal::new(400, format!("Invalid endpoint: {error}"))
-                .detail(format!("{error} from {}", request.server_id))
+        endpoint::check_listed_endpoint(&request.endpoint, self.config.allow_private_endpoints)
+            .map_err(|error| {
+                Refusal::new(400, format!("Invalid endpoint: {error}")).detail(format!(
+                    "{} endpoint {:?} from {}",
+                    error.kind(),
+                    truncate(&request.endpoint),
+                    request.server_id
+                ))
+            })?;
+        endpoint::check_region(request.region.as_deref().unwrap_or("")).map_err(|error| {
+            let text = match error {
+                endpoint::RegionError::TooLong => errors::REGION_TOO_LONG,
+                endpoint::RegionError::NotPrintable => errors::REGION_NOT_PRINTABLE,
+            };
+            Refusal::new(400, text).detail(format!("{error} from {}", request.server_id))
         })?;
-        if request.region.as_deref().unwrap_or("").chars().count() > MAX_REGION_CHARS {
-            return Err(Refusal::new(400, errors::REGION_TOO_LONG)
-                .detail(format!("region too long from {}", request.server_id)));
-        }
         let proof = self.proof(
             MutationAction::Register,
             &request.server_id,
@@ -353,9 +492,24 @@ impl<S: Store> Registry<S> {
         )?;
         let existing = self.store.get(&request.server_id)?;
         self.guard_signed_entry(existing.as_ref(), &proof, &request.server_id)?;
-        if existing.is_none() {
-            self.make_room(now_ms)?;
-        }
+        let waiting = self
+            .pending
+            .get(&request.server_id)
+            .map(|p| p.stored.clone());
+        self.guard_signed_entry(waiting.as_ref(), &proof, &request.server_id)?;
+        let network = network_of(client);
+        // An entry already listed at this endpoint was checked: it is refreshed at once.
+        let listed_here = existing
+            .as_ref()
+            .is_some_and(|stored| stored.entry.endpoint == request.endpoint);
+        let admit_now = self.config.admission == Admission::Off || listed_here;
+        self.make_room(
+            &request.server_id,
+            &network,
+            existing.is_some(),
+            admit_now,
+            now_ms,
+        )?;
         self.claim(&proof, &request.server_id, now_ms)?;
         let entry = ServerEntry {
             server_id: request.server_id.clone(),
@@ -365,16 +519,40 @@ impl<S: Store> Registry<S> {
             registered_at: now_ms,
             last_seen: now_ms,
         };
-        self.store.put(&StoredEntry {
+        let stored = StoredEntry {
             entry: entry.clone(),
             signed: matches!(proof, Proof::Signed { .. }),
-        })?;
-        Ok(json_response(
-            200,
-            &RegisterResponse {
-                success: true,
-                server: entry,
+        };
+        if admit_now {
+            self.pending.remove(&request.server_id);
+            self.store.put(&stored)?;
+            self.store.set_network(&request.server_id, &network)?;
+            return Ok(json_response(
+                200,
+                &RegisterResponse {
+                    success: true,
+                    server: entry,
+                },
+            ));
+        }
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        let checking = self
+            .pending
+            .get(&request.server_id)
+            .is_some_and(|p| p.checking && p.stored.entry.endpoint == request.endpoint);
+        self.pending.insert(
+            request.server_id.clone(),
+            Pending {
+                stored,
+                network,
+                sequence,
+                checking,
             },
+        );
+        Ok(json_response(
+            202,
+            &json!({"success": true, "server": entry, "admission": "pending"}),
         ))
     }
 
@@ -391,6 +569,23 @@ impl<S: Store> Registry<S> {
             now_ms,
         )?;
         let fresh_since = self.fresh_since(now_ms);
+        if let Some(waiting) = self.pending.get(&request.server_id) {
+            // Waiting for its check: the heartbeat keeps the registration alive.
+            self.guard_signed_entry(Some(&waiting.stored), &proof, &request.server_id)?;
+            self.claim(&proof, &request.server_id, now_ms)?;
+            if let Some(waiting) = self.pending.get_mut(&request.server_id) {
+                waiting.stored.entry.last_seen = now_ms;
+            }
+            if self.store.get(&request.server_id)?.is_none() {
+                return Ok(json_response(
+                    200,
+                    &HeartbeatResponse {
+                        success: true,
+                        peers: self.store.list_fresh(fresh_since)?,
+                    },
+                ));
+            }
+        }
         let existing = match self.store.get(&request.server_id)? {
             Some(stored) if stored.entry.last_seen >= fresh_since => stored,
             Some(_) => {
@@ -441,10 +636,14 @@ impl<S: Store> Registry<S> {
         )?;
         let existing = self.store.get(&server_id)?;
         self.guard_signed_entry(existing.as_ref(), &proof, &server_id)?;
+        let waiting = self.pending.get(&server_id).map(|p| p.stored.clone());
+        self.guard_signed_entry(waiting.as_ref(), &proof, &server_id)?;
         self.claim(&proof, &server_id, now_ms)?;
         if existing.is_some() {
             self.store.delete(&server_id)?;
         }
+        self.pending.remove(&server_id);
+        self.watched.remove(&server_id);
         Ok(json_response(200, &SuccessResponse { success: true }))
     }
 
@@ -530,19 +729,335 @@ impl<S: Store> Registry<S> {
         Ok(())
     }
 
-    /// Makes sure one more entry fits, dropping stale ones first.
-    fn make_room(&mut self, now_ms: u64) -> Result<(), Refusal> {
-        if self.store.count()? < self.config.max_entries {
+    /// Makes sure one more entry for `server_id` from `network` fits: under
+    /// the per-network cap, the waiting-room cap and (for a new entry) the
+    /// global cap, dropping stale entries first. Listed entries are never
+    /// evicted to make room.
+    fn make_room(
+        &mut self,
+        server_id: &str,
+        network: &str,
+        listed: bool,
+        admit_now: bool,
+        now_ms: u64,
+    ) -> Result<(), Refusal> {
+        let fresh_since = self.fresh_since(now_ms);
+        self.expire_pending(now_ms);
+        let waiting_here = self
+            .pending
+            .values()
+            .filter(|p| p.network == network && p.stored.entry.server_id != server_id)
+            .count() as u64;
+        let listed_here = self.store.count_network(network, fresh_since, server_id)?;
+        let others_here = waiting_here + listed_here;
+        if others_here >= self.config.max_entries_per_network {
+            return Err(Refusal::new(429, errors::NETWORK_FULL).detail(format!(
+                "{network} already has {others_here} entries (cap {})",
+                self.config.max_entries_per_network
+            )));
+        }
+        if !admit_now
+            && !self.pending.contains_key(server_id)
+            && self.pending.len() as u64 >= self.config.max_pending
+        {
+            let mut refusal = Refusal::new(503, errors::CHECKS_BUSY).detail(format!(
+                "{} registrations waiting (cap {})",
+                self.pending.len(),
+                self.config.max_pending
+            ));
+            refusal.retry_after = Some(self.config.admission_timeout_ms.div_ceil(1000).max(1));
+            return Err(refusal);
+        }
+        if listed {
             return Ok(());
         }
-        self.store.delete_stale(self.fresh_since(now_ms))?;
-        if self.store.count()? < self.config.max_entries {
+        let waiting_elsewhere = self
+            .pending
+            .keys()
+            .filter(|id| id.as_str() != server_id)
+            .count() as u64;
+        let full = |store: &S| -> Result<bool, StoreError> {
+            Ok(store.count()? + waiting_elsewhere >= self.config.max_entries)
+        };
+        if !full(&self.store)? {
+            return Ok(());
+        }
+        self.store.delete_stale(fresh_since)?;
+        if !full(&self.store)? {
             return Ok(());
         }
         Err(Refusal::new(503, errors::FULL).detail(format!(
-            "registry holds {} entries",
+            "registry holds {} entries with those waiting for their check",
             self.config.max_entries
         )))
+    }
+
+    /// Forgets waiting registrations not heard from within the TTL.
+    fn expire_pending(&mut self, now_ms: u64) {
+        let fresh_since = self.fresh_since(now_ms);
+        self.pending
+            .retain(|_, p| p.checking || p.stored.entry.last_seen >= fresh_since);
+    }
+
+    /// The checks to start now (new endpoints first, then listed entries
+    /// due for a recheck), at most `admission_concurrency` running at once.
+    /// Checks the host lost (running past twice their timeout) count as failed.
+    pub fn poll_checks(&mut self, now_ms: u64) -> Vec<EndpointCheck> {
+        if self.config.admission == Admission::Off {
+            return Vec::new();
+        }
+        let lost: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| {
+                now_ms
+                    >= f.started_ms
+                        .saturating_add(2 * self.config.admission_timeout_ms)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lost {
+            self.check_finished(id, &CheckResult::failed("the check never finished"), now_ms);
+        }
+        self.expire_pending(now_ms);
+        self.schedule_rechecks(now_ms);
+        let mut started = Vec::new();
+        while (self.in_flight.len() as u64) < u64::from(self.config.admission_concurrency) {
+            let Some(check) = self.next_check(now_ms) else {
+                break;
+            };
+            started.push(check);
+        }
+        started
+    }
+
+    /// When [`Self::poll_checks`] next has something to do (a recheck due or
+    /// a lost check to expire); `None` when only a new registration or a
+    /// finished check can give it work.
+    pub fn next_check_at(&self, now_ms: u64) -> Option<u64> {
+        if self.config.admission == Admission::Off {
+            return None;
+        }
+        let free = (self.in_flight.len() as u64) < u64::from(self.config.admission_concurrency);
+        if free && self.pending.values().any(|p| !p.checking) {
+            return Some(now_ms);
+        }
+        let lost = self
+            .in_flight
+            .values()
+            .map(|f| {
+                f.started_ms
+                    .saturating_add(2 * self.config.admission_timeout_ms)
+            })
+            .min();
+        let recheck = self.watched.values().map(|w| w.next_check_ms).min();
+        let recheck = if free { recheck } else { None };
+        [lost, recheck].into_iter().flatten().min()
+    }
+
+    /// Picks the next check: a waiting registration from the network with
+    /// the fewest checks running (oldest first), else a due recheck.
+    fn next_check(&mut self, now_ms: u64) -> Option<EndpointCheck> {
+        let mut running: HashMap<&str, usize> = HashMap::new();
+        for flight in self.in_flight.values() {
+            *running.entry(flight.network.as_str()).or_default() += 1;
+        }
+        let chosen = self
+            .pending
+            .values()
+            .filter(|p| !p.checking)
+            .min_by_key(|p| {
+                (
+                    running.get(p.network.as_str()).copied().unwrap_or(0),
+                    p.sequence,
+                )
+            })
+            .map(|p| {
+                (
+                    p.stored.entry.server_id.clone(),
+                    p.stored.entry.endpoint.clone(),
+                    p.network.clone(),
+                    p.stored.signed,
+                )
+            });
+        if let Some((server_id, endpoint, network, signed)) = chosen {
+            if let Some(waiting) = self.pending.get_mut(&server_id) {
+                waiting.checking = true;
+            }
+            return Some(self.start_check(server_id, endpoint, network, false, signed, now_ms));
+        }
+        let due = self
+            .watched
+            .iter()
+            .filter(|(id, w)| {
+                w.next_check_ms <= now_ms && !self.in_flight.values().any(|f| &f.server_id == *id)
+            })
+            .min_by_key(|(_, w)| w.next_check_ms)
+            .map(|(id, _)| id.clone())?;
+        let stored = self.store.get(&due).ok().flatten();
+        match stored {
+            Some(stored) => {
+                if let Some(watch) = self.watched.get_mut(&due) {
+                    watch.next_check_ms = now_ms.saturating_add(self.config.recheck_interval_ms);
+                }
+                Some(self.start_check(
+                    due,
+                    stored.entry.endpoint,
+                    String::new(),
+                    true,
+                    stored.signed,
+                    now_ms,
+                ))
+            }
+            None => {
+                self.watched.remove(&due);
+                self.next_check(now_ms)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_check(
+        &mut self,
+        server_id: String,
+        endpoint: String,
+        network: String,
+        recheck: bool,
+        require_proof: bool,
+        now_ms: u64,
+    ) -> EndpointCheck {
+        let id = self.next_check_id;
+        self.next_check_id += 1;
+        self.in_flight.insert(
+            id,
+            InFlight {
+                server_id: server_id.clone(),
+                endpoint: endpoint.clone(),
+                network,
+                started_ms: now_ms,
+                recheck,
+            },
+        );
+        EndpointCheck {
+            id,
+            nonce: self.check_nonce(id, &server_id, now_ms),
+            server_id,
+            endpoint,
+            allow_private: self.config.allow_private_endpoints,
+            timeout_ms: self.config.admission_timeout_ms,
+            recheck,
+            require_proof,
+        }
+    }
+
+    /// A challenge nonce no one can predict without the registry's signing
+    /// key: the first 32 bytes of its signature over the check's identity.
+    fn check_nonce(&self, id: u64, server_id: &str, now_ms: u64) -> [u8; 32] {
+        let message = format!("zajel-registry-admission-nonce\n{id}\n{server_id}\n{now_ms}");
+        let fallback;
+        let key = match &self.config.signing_key {
+            Some(key) => key,
+            None => {
+                fallback = ed25519_dalek::SigningKey::from_bytes(&[0x5a; 32]);
+                &fallback
+            }
+        };
+        let signature = key.sign(message.as_bytes()).to_bytes();
+        let mut nonce = [0u8; 32];
+        nonce.copy_from_slice(&signature[..32]);
+        nonce
+    }
+
+    /// Watches every listed entry for its periodic recheck.
+    fn schedule_rechecks(&mut self, now_ms: u64) {
+        let Ok(listed) = self.store.list_fresh(self.fresh_since(now_ms)) else {
+            return;
+        };
+        let interval = self.config.recheck_interval_ms;
+        let mut keep = std::collections::HashSet::with_capacity(listed.len());
+        for entry in listed {
+            self.watched
+                .entry(entry.server_id.clone())
+                .or_insert(Watch {
+                    next_check_ms: now_ms.saturating_add(interval),
+                    failures: 0,
+                });
+            keep.insert(entry.server_id);
+        }
+        self.watched.retain(|id, _| keep.contains(id));
+    }
+
+    /// Takes the result of check `id` at `now_ms`: a verified registration
+    /// is listed, a failed one forgotten; a listed entry that failed
+    /// [`RECHECK_FAILURES_TO_DROP`] checks in a row is dropped. Returns a
+    /// log line for the host.
+    pub fn check_finished(&mut self, id: u64, result: &CheckResult, now_ms: u64) -> Option<String> {
+        let flight = self.in_flight.remove(&id)?;
+        let id_text = truncate(&flight.server_id);
+        if flight.recheck {
+            let watch = self.watched.get_mut(&flight.server_id)?;
+            match result {
+                CheckResult::Verified => {
+                    watch.failures = 0;
+                    None
+                }
+                CheckResult::Failed { reason } => {
+                    watch.failures += 1;
+                    if watch.failures < RECHECK_FAILURES_TO_DROP {
+                        return Some(format!("recheck of {id_text} failed: {reason}"));
+                    }
+                    self.watched.remove(&flight.server_id);
+                    match self.store.get(&flight.server_id) {
+                        Ok(Some(stored)) if stored.entry.endpoint == flight.endpoint => {
+                            let _ = self.store.delete(&flight.server_id);
+                            Some(format!("dropped {id_text}: stopped answering ({reason})"))
+                        }
+                        _ => None,
+                    }
+                }
+            }
+        } else {
+            let waiting = self.pending.get(&flight.server_id)?;
+            if waiting.stored.entry.endpoint != flight.endpoint {
+                // Registered again at another endpoint meanwhile: that one waits for its own check.
+                if let Some(waiting) = self.pending.get_mut(&flight.server_id) {
+                    waiting.checking = false;
+                }
+                return None;
+            }
+            let waiting = self.pending.remove(&flight.server_id)?;
+            match result {
+                CheckResult::Verified => {
+                    let mut stored = waiting.stored;
+                    stored.entry.last_seen = stored.entry.last_seen.max(now_ms);
+                    let listed = self
+                        .store
+                        .put(&stored)
+                        .and_then(|()| self.store.set_network(&flight.server_id, &waiting.network));
+                    match listed {
+                        Ok(()) => {
+                            self.watched.insert(
+                                flight.server_id.clone(),
+                                Watch {
+                                    next_check_ms: now_ms
+                                        .saturating_add(self.config.recheck_interval_ms),
+                                    failures: 0,
+                                },
+                            );
+                            Some(format!(
+                                "admitted {id_text} at {}",
+                                truncate(&flight.endpoint)
+                            ))
+                        }
+                        Err(error) => Some(format!("could not list {id_text}: {error}")),
+                    }
+                }
+                CheckResult::Failed { reason } => Some(format!(
+                    "refused {id_text} at {}: {reason}",
+                    truncate(&flight.endpoint)
+                )),
+            }
+        }
     }
 }
 
@@ -551,12 +1066,19 @@ fn not_registered(server_id: &str) -> Refusal {
         .detail(format!("heartbeat for unknown {}", truncate(server_id)))
 }
 
-/// The CORS headers every response carries (Zajel's exact values).
+/// The CORS headers of reads and preflights (Zajel's, but mutations are not
+/// offered: their responses carry no CORS headers, and a mutation with an
+/// `Origin` header is refused).
 pub const CORS_HEADERS: [(&str, &str); 3] = [
     ("Access-Control-Allow-Origin", "*"),
-    ("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS"),
+    ("Access-Control-Allow-Methods", "GET, OPTIONS"),
     ("Access-Control-Allow-Headers", "Content-Type"),
 ];
+
+/// Whether a header is one of the CORS headers (left off mutations).
+fn is_cors_header(name: &str) -> bool {
+    name.to_ascii_lowercase().starts_with("access-control-")
+}
 
 fn cors() -> Vec<(&'static str, String)> {
     CORS_HEADERS
@@ -701,5 +1223,587 @@ mod tests {
         assert_eq!(percent_decode("bad%zz"), None);
         assert_eq!(percent_decode("%ff"), None);
         assert_eq!(percent_decode("%e2%82"), None);
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod admission_tests {
+    use super::*;
+    use crate::native::sqlite::SqliteStore;
+    use ed25519_dalek::SigningKey;
+
+    const T0: u64 = 1_800_000_000_000;
+
+    fn registry(config: Config) -> Registry<SqliteStore> {
+        Registry::new(SqliteStore::in_memory().unwrap(), config)
+    }
+
+    fn config() -> Config {
+        Config {
+            signing_key: Some(SigningKey::from_bytes(&[9; 32])),
+            rate_limit_per_minute: 1_000_000,
+            read_rate_limit_per_minute: 1_000_000,
+            max_entries_per_network: 1_000,
+            admission_concurrency: 2,
+            ..Config::default()
+        }
+    }
+
+    fn key(n: u32) -> SigningKey {
+        let mut seed = [0u8; 32];
+        seed[..4].copy_from_slice(&n.to_be_bytes());
+        seed[31] = 1;
+        SigningKey::from_bytes(&seed)
+    }
+
+    fn post(
+        registry: &mut Registry<SqliteStore>,
+        key: &SigningKey,
+        endpoint: &str,
+        region: Option<&str>,
+        client: &str,
+        now: u64,
+    ) -> Response {
+        let mut request = Request::new("POST", "/servers", client);
+        request.body =
+            serde_json::to_vec(&RegisterRequest::signed(key, endpoint, region, now)).unwrap();
+        registry.handle(&request, now)
+    }
+
+    fn listed(registry: &mut Registry<SqliteStore>, now: u64) -> Vec<String> {
+        let response = registry.handle(&Request::new("GET", "/servers", "192.0.2.200"), now);
+        assert_eq!(response.status, 200);
+        let list: ServerList = serde_json::from_slice(&response.body).unwrap();
+        list.servers.into_iter().map(|e| e.server_id).collect()
+    }
+
+    /// Runs every due check, all passing.
+    fn admit_all(registry: &mut Registry<SqliteStore>, now: u64) {
+        loop {
+            let checks = registry.poll_checks(now);
+            if checks.is_empty() {
+                break;
+            }
+            for check in checks {
+                registry.check_finished(check.id, &CheckResult::Verified, now);
+            }
+        }
+    }
+
+    fn id(key: &SigningKey) -> String {
+        zajel_wire::keys::server_id_for(&key.verifying_key())
+    }
+
+    fn text(response: &Response) -> String {
+        String::from_utf8_lossy(&response.body).into_owned()
+    }
+
+    #[test]
+    fn a_new_endpoint_is_listed_only_after_its_check_passes() {
+        let mut registry = registry(config());
+        let (good, bad) = (key(1), key(2));
+        let reply = post(
+            &mut registry,
+            &good,
+            "wss://good.example",
+            None,
+            "192.0.2.1",
+            T0,
+        );
+        assert_eq!(reply.status, 202, "{}", text(&reply));
+        assert!(text(&reply).contains(r#""admission":"pending""#));
+        assert_eq!(
+            post(
+                &mut registry,
+                &bad,
+                "wss://bad.example",
+                None,
+                "198.51.100.1",
+                T0
+            )
+            .status,
+            202
+        );
+        assert!(
+            listed(&mut registry, T0).is_empty(),
+            "pending entries are not listed"
+        );
+        let checks = registry.poll_checks(T0);
+        assert_eq!(checks.len(), 2);
+        assert!(checks.iter().all(|c| !c.recheck && c.timeout_ms == 5_000));
+        assert_ne!(checks[0].nonce, checks[1].nonce);
+        for check in &checks {
+            let result = if check.server_id == id(&good) {
+                CheckResult::Verified
+            } else {
+                CheckResult::failed("connection refused")
+            };
+            assert!(registry
+                .check_finished(check.id, &result, T0 + 10)
+                .is_some());
+        }
+        assert_eq!(listed(&mut registry, T0 + 20), vec![id(&good)]);
+        assert_eq!(registry.admission_stats(), AdmissionStats::default());
+        // Re-registering the listed endpoint refreshes it at once.
+        assert_eq!(
+            post(
+                &mut registry,
+                &good,
+                "wss://good.example",
+                Some("eu"),
+                "192.0.2.1",
+                T0 + 30
+            )
+            .status,
+            200
+        );
+        // A heartbeat of the refused one is unknown: its server registers again.
+        let mut heartbeat = Request::new("POST", "/servers/heartbeat", "198.51.100.1");
+        heartbeat.body = serde_json::to_vec(&HeartbeatRequest::signed(&bad, T0 + 40)).unwrap();
+        assert_eq!(registry.handle(&heartbeat, T0 + 40).status, 404);
+    }
+
+    #[test]
+    fn checks_are_bounded_and_one_networks_dead_endpoints_do_not_hold_back_another() {
+        let mut registry = registry(config());
+        for n in 0..50 {
+            let endpoint = format!("wss://dead{n}.example");
+            assert_eq!(
+                post(
+                    &mut registry,
+                    &key(100 + n),
+                    &endpoint,
+                    None,
+                    "203.0.113.7",
+                    T0
+                )
+                .status,
+                202
+            );
+        }
+        let genuine = key(1);
+        assert_eq!(
+            post(
+                &mut registry,
+                &genuine,
+                "wss://good.example",
+                None,
+                "192.0.2.1",
+                T0 + 1
+            )
+            .status,
+            202
+        );
+        let checks = registry.poll_checks(T0 + 2);
+        assert_eq!(
+            checks.len(),
+            2,
+            "at most admission_concurrency checks at once"
+        );
+        assert!(registry.poll_checks(T0 + 3).is_empty());
+        assert!(
+            checks.iter().any(|c| c.server_id == id(&genuine)),
+            "the genuine relay's network gets a slot before the flood's second check"
+        );
+        let genuine_check = checks.iter().find(|c| c.server_id == id(&genuine)).unwrap();
+        registry.check_finished(genuine_check.id, &CheckResult::Verified, T0 + 50);
+        assert_eq!(listed(&mut registry, T0 + 60), vec![id(&genuine)]);
+        // A dead endpoint whose check the host lost (past twice the timeout) fails.
+        assert_eq!(registry.admission_stats().in_flight, 1);
+        assert!(registry.next_check_at(T0 + 60).is_some());
+        let later = registry.poll_checks(T0 + 2 + 10_000);
+        assert_eq!(later.len(), 2);
+        assert_eq!(registry.admission_stats().in_flight, 2);
+        assert_eq!(listed(&mut registry, T0 + 10_010), vec![id(&genuine)]);
+    }
+
+    #[test]
+    fn a_listed_entry_that_stops_answering_is_dropped_after_two_failed_rechecks() {
+        let mut registry = registry(Config {
+            recheck_interval_ms: 1_000,
+            ..config()
+        });
+        let relay = key(1);
+        post(
+            &mut registry,
+            &relay,
+            "wss://good.example",
+            None,
+            "192.0.2.1",
+            T0,
+        );
+        let check = registry.poll_checks(T0).remove(0);
+        registry.check_finished(check.id, &CheckResult::Verified, T0);
+        assert_eq!(registry.next_check_at(T0), Some(T0 + 1_000));
+        assert!(registry.poll_checks(T0 + 999).is_empty());
+        let recheck = registry.poll_checks(T0 + 1_000).remove(0);
+        assert!(recheck.recheck);
+        registry.check_finished(recheck.id, &CheckResult::failed("timeout"), T0 + 1_100);
+        assert_eq!(
+            listed(&mut registry, T0 + 1_100).len(),
+            1,
+            "one failure is forgiven"
+        );
+        let recheck = registry.poll_checks(T0 + 2_000).remove(0);
+        registry.check_finished(recheck.id, &CheckResult::Verified, T0 + 2_100);
+        let recheck = registry.poll_checks(T0 + 3_000).remove(0);
+        registry.check_finished(recheck.id, &CheckResult::failed("timeout"), T0 + 3_100);
+        assert_eq!(
+            listed(&mut registry, T0 + 3_100).len(),
+            1,
+            "failures must be in a row"
+        );
+        let recheck = registry.poll_checks(T0 + 4_000).remove(0);
+        let line = registry.check_finished(recheck.id, &CheckResult::failed("timeout"), T0 + 4_100);
+        assert!(line.unwrap().contains("dropped"));
+        assert!(listed(&mut registry, T0 + 4_100).is_empty());
+    }
+
+    #[test]
+    fn entries_are_capped_per_ipv4_24_and_ipv6_48() {
+        let mut registry = registry(Config {
+            max_entries_per_network: 3,
+            ..config()
+        });
+        let counter = std::cell::Cell::new(0u32);
+        let next = || {
+            counter.set(counter.get() + 1);
+            key(counter.get())
+        };
+        for (client, other_in_network) in [
+            ("192.0.2.1", "192.0.2.250"),
+            ("198.51.100.1", "::ffff:198.51.100.9"),
+            ("2001:db8:1:1::1", "2001:db8:1:ffff::2"),
+        ] {
+            for _ in 0..3 {
+                let k = next();
+                let endpoint = format!("wss://a{}.example", counter.get());
+                let reply = post(&mut registry, &k, &endpoint, None, client, T0);
+                assert_eq!(reply.status, 202, "{}", text(&reply));
+            }
+            let k = next();
+            let reply = post(
+                &mut registry,
+                &k,
+                "wss://more.example",
+                None,
+                other_in_network,
+                T0,
+            );
+            assert_eq!(reply.status, 429, "{client}: {}", text(&reply));
+            assert_eq!(reply.refused, Some("network_full"));
+        }
+        // Another /24 and another /48 still register.
+        let k = next();
+        assert_eq!(
+            post(&mut registry, &k, "wss://b.example", None, "192.0.3.1", T0).status,
+            202
+        );
+        let k = next();
+        assert_eq!(
+            post(
+                &mut registry,
+                &k,
+                "wss://c.example",
+                None,
+                "2001:db8:2::1",
+                T0
+            )
+            .status,
+            202
+        );
+        // Listed entries count too: admit the first /24's three, it stays full.
+        admit_all(&mut registry, T0);
+        assert_eq!(listed(&mut registry, T0).len(), 11);
+        let k = next();
+        assert_eq!(
+            post(&mut registry, &k, "wss://d.example", None, "192.0.2.3", T0).status,
+            429
+        );
+    }
+
+    #[test]
+    fn at_the_global_cap_answering_incumbents_are_never_evicted() {
+        let mut registry = registry(Config {
+            max_entries: 3,
+            recheck_interval_ms: 1_000,
+            ..config()
+        });
+        for n in 0..3 {
+            let client = format!("192.0.{n}.1");
+            post(
+                &mut registry,
+                &key(n),
+                &format!("wss://r{n}.example"),
+                None,
+                &client,
+                T0,
+            );
+        }
+        admit_all(&mut registry, T0);
+        for round in 0..5u64 {
+            let now = T0 + 1_000 * (round + 1);
+            let reply = post(
+                &mut registry,
+                &key(50 + round as u32),
+                "wss://new.example",
+                None,
+                "198.51.100.1",
+                now,
+            );
+            assert_eq!(reply.status, 503, "{}", text(&reply));
+            assert!(text(&reply).contains("never replaced"), "{}", text(&reply));
+            for n in 0..3 {
+                let mut heartbeat = Request::new("POST", "/servers/heartbeat", "192.0.2.1");
+                heartbeat.body =
+                    serde_json::to_vec(&HeartbeatRequest::signed(&key(n), now)).unwrap();
+                assert_eq!(registry.handle(&heartbeat, now).status, 200);
+            }
+            admit_all(&mut registry, now);
+            assert_eq!(listed(&mut registry, now).len(), 3);
+        }
+    }
+
+    #[test]
+    fn hostile_endpoints_and_regions_are_refused_with_clear_errors() {
+        let mut registry = registry(config());
+        for (n, endpoint) in [
+            "ws://127.0.0.1",
+            "ws://169.254.169.254/latest/meta-data",
+            "wss://0x7f.1",
+            "wss://2130706433",
+            " wss://relay.example",
+            "wss://relay.example\n",
+            "wss://relay.example/\u{202e}x",
+            "wss://r\u{e9}lay.example",
+            "https://relay.example",
+            "wss://10.0.0.1",
+            "wss://[fd00::1]",
+            "wss://100.64.1.1",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let reply = post(
+                &mut registry,
+                &key(n as u32),
+                endpoint,
+                None,
+                "192.0.2.1",
+                T0,
+            );
+            assert_eq!(reply.status, 400, "{endpoint:?}: {}", text(&reply));
+            assert!(
+                text(&reply).contains("Invalid endpoint: endpoint"),
+                "{}",
+                text(&reply)
+            );
+            assert_eq!(reply.refused, Some("invalid_endpoint"));
+        }
+        for region in ["eu\nwest", "eu\0", "\u{202e}eu"] {
+            let reply = post(
+                &mut registry,
+                &key(99),
+                "wss://relay.example",
+                Some(region),
+                "192.0.2.1",
+                T0,
+            );
+            assert_eq!(reply.status, 400, "{region:?}");
+            assert_eq!(reply.refused, Some("region_not_printable"));
+        }
+        // Started to allow them (demo, tests), loopback endpoints wait for their check.
+        let mut lab = self::registry(Config {
+            allow_private_endpoints: true,
+            ..config()
+        });
+        assert_eq!(
+            post(
+                &mut lab,
+                &key(1),
+                "ws://127.0.0.1:9000",
+                None,
+                "127.0.0.1",
+                T0
+            )
+            .status,
+            202
+        );
+        assert!(lab.poll_checks(T0)[0].allow_private);
+    }
+
+    #[test]
+    fn mutations_carry_no_cors_and_browsers_cannot_mutate_while_reads_keep_cors() {
+        let mut registry = registry(Config {
+            read_rate_limit_per_minute: 5,
+            ..config()
+        });
+        let reply = post(
+            &mut registry,
+            &key(1),
+            "wss://a.example",
+            None,
+            "192.0.2.1",
+            T0,
+        );
+        assert_eq!(reply.header("Access-Control-Allow-Origin"), None);
+        let reply = post(
+            &mut registry,
+            &key(1),
+            "ftp://a.example",
+            None,
+            "192.0.2.1",
+            T0,
+        );
+        assert_eq!(reply.status, 400);
+        assert_eq!(reply.header("Access-Control-Allow-Origin"), None);
+        let mut from_page = Request::new("POST", "/servers", "192.0.2.1");
+        from_page
+            .headers
+            .push(("Origin".into(), "https://evil.example".into()));
+        from_page.body = serde_json::to_vec(&RegisterRequest::signed(
+            &key(2),
+            "wss://b.example",
+            None,
+            T0,
+        ))
+        .unwrap();
+        let reply = registry.handle(&from_page, T0);
+        assert_eq!(reply.status, 403);
+        assert_eq!(reply.refused, Some("from_browser"));
+        let delete = registry.handle(&Request::new("DELETE", "/servers/x", "192.0.2.1"), T0);
+        assert_eq!(delete.header("Access-Control-Allow-Origin"), None);
+        // Reads keep CORS, and are rate limited per address.
+        for path in ["/servers", "/health", "/", "/api/info", "/servers"] {
+            let reply = registry.handle(&Request::new("GET", path, "198.51.100.1"), T0);
+            assert_eq!(reply.status, 200, "{path}");
+            assert_eq!(reply.header("Access-Control-Allow-Origin"), Some("*"));
+        }
+        let flooded = registry.handle(&Request::new("GET", "/health", "198.51.100.1"), T0);
+        assert_eq!(flooded.status, 429);
+        assert_eq!(flooded.refused, Some("rate_limited"));
+        assert!(flooded.header("Retry-After").is_some());
+        assert_eq!(flooded.header("Access-Control-Allow-Origin"), Some("*"));
+        let other = registry.handle(&Request::new("GET", "/health", "198.51.100.2"), T0);
+        assert_eq!(other.status, 200);
+    }
+
+    #[test]
+    fn only_signed_registrations_must_prove_their_key() {
+        let mut registry = registry(Config {
+            policy: Policy::Open,
+            ..config()
+        });
+        let signed = key(1);
+        post(
+            &mut registry,
+            &signed,
+            "wss://a.example",
+            None,
+            "192.0.2.1",
+            T0,
+        );
+        let zajel = key(2);
+        let public = zajel_wire::keys::public_key_to_base64(&zajel.verifying_key());
+        let mut unsigned = Request::new("POST", "/servers", "192.0.3.1");
+        unsigned.body = serde_json::to_vec(
+            &json!({"serverId": id(&zajel), "endpoint": "wss://zajel.example", "publicKey": public}),
+        )
+        .unwrap();
+        assert_eq!(registry.handle(&unsigned, T0).status, 202);
+        let checks = registry.poll_checks(T0);
+        let proof_required = |server: &SigningKey| {
+            checks
+                .iter()
+                .find(|c| c.server_id == id(server))
+                .map(|c| c.require_proof)
+        };
+        assert_eq!(proof_required(&signed), Some(true));
+        assert_eq!(proof_required(&zajel), Some(false));
+    }
+
+    /// Issue 19's attack: four source addresses at the rate limit filled a
+    /// 200-entry registry in seconds and a genuine relay got 503. Now each
+    /// /24 stops at its cap and the genuine relay still registers.
+    #[test]
+    fn four_sources_at_the_rate_limit_cannot_fill_the_registry() {
+        let mut registry = registry(Config {
+            max_entries: 200,
+            rate_limit_per_minute: 60,
+            max_entries_per_network: 16,
+            ..config()
+        });
+        let mut accepted = 0;
+        for n in 0..240u32 {
+            let source = format!("198.51.{}.7", 100 + n % 4);
+            let endpoint = format!("wss://junk{n}.example");
+            let reply = post(
+                &mut registry,
+                &key(1_000 + n),
+                &endpoint,
+                None,
+                &source,
+                T0 + u64::from(n),
+            );
+            match reply.status {
+                202 => accepted += 1,
+                429 => {}
+                other => panic!("junk {n}: {other} {}", text(&reply)),
+            }
+        }
+        assert_eq!(accepted, 64, "16 per /24");
+        let genuine = key(1);
+        let reply = post(
+            &mut registry,
+            &genuine,
+            "wss://genuine.example",
+            None,
+            "192.0.2.1",
+            T0 + 500,
+        );
+        assert_eq!(reply.status, 202, "{}", text(&reply));
+    }
+
+    #[test]
+    fn the_waiting_room_is_bounded() {
+        let mut registry = registry(Config {
+            max_pending: 2,
+            ..config()
+        });
+        assert_eq!(
+            post(
+                &mut registry,
+                &key(1),
+                "wss://a.example",
+                None,
+                "192.0.2.1",
+                T0
+            )
+            .status,
+            202
+        );
+        assert_eq!(
+            post(
+                &mut registry,
+                &key(2),
+                "wss://b.example",
+                None,
+                "192.0.3.1",
+                T0
+            )
+            .status,
+            202
+        );
+        let reply = post(
+            &mut registry,
+            &key(3),
+            "wss://c.example",
+            None,
+            "192.0.4.1",
+            T0,
+        );
+        assert_eq!(reply.status, 503);
+        assert_eq!(reply.refused, Some("checks_busy"));
+        assert!(reply.header("Retry-After").is_some());
     }
 }

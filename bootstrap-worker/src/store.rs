@@ -30,6 +30,16 @@ pub trait Store {
     fn delete_stale(&mut self, fresh_since: u64) -> Result<u64, StoreError>;
     /// How many entries are stored, stale ones included.
     fn count(&self) -> Result<u64, StoreError>;
+    /// Records which network (see `registry::network_of`) registered an entry.
+    fn set_network(&mut self, server_id: &str, network: &str) -> Result<(), StoreError>;
+    /// How many entries seen at or after `fresh_since`, other than `except`,
+    /// were registered from `network`.
+    fn count_network(
+        &self,
+        network: &str,
+        fresh_since: u64,
+        except: &str,
+    ) -> Result<u64, StoreError>;
     /// Records a mutation signature as used until `expires_at` (ms). Returns
     /// false when it was already recorded (a replay). Forgets signatures that
     /// expired before `now`.
@@ -63,6 +73,11 @@ pub const SCHEMA: &[&str] = &[
         expires_at INTEGER NOT NULL
     )",
     "CREATE INDEX IF NOT EXISTS used_signatures_expiry ON used_signatures (expires_at)",
+    "CREATE TABLE IF NOT EXISTS entry_networks (
+        server_id TEXT PRIMARY KEY,
+        network TEXT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS entry_networks_network ON entry_networks (network)",
 ];
 
 // Statements. Placeholders are plain `?`, bound in order, which both the
@@ -78,3 +93,9 @@ pub const COUNT: &str = "SELECT COUNT(*) FROM servers";
 pub const PURGE_SIGNATURES: &str = "DELETE FROM used_signatures WHERE expires_at < ?";
 pub const INSERT_SIGNATURE: &str =
     "INSERT OR IGNORE INTO used_signatures (signature, expires_at) VALUES (?, ?)";
+pub const UPSERT_NETWORK: &str =
+    "INSERT OR REPLACE INTO entry_networks (server_id, network) VALUES (?, ?)";
+pub const COUNT_NETWORK: &str = "SELECT COUNT(*) AS count FROM servers JOIN entry_networks USING (server_id) WHERE network = ? AND last_seen >= ? AND server_id != ?";
+/// Forgets the networks of entries that are gone (after deletes).
+pub const PURGE_NETWORKS: &str =
+    "DELETE FROM entry_networks WHERE server_id NOT IN (SELECT server_id FROM servers)";

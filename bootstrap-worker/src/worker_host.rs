@@ -7,17 +7,34 @@
 //! the object in a header it always overwrites, so clients cannot choose
 //! their rate-limit bucket. The Durable Object's output gate holds each
 //! response until its writes are durable.
+//!
+//! Admission checks run from the Durable Object's alarm: a registration
+//! answered 202 (waiting for its check) sets the alarm for now; the alarm
+//! runs the checks the registry hands out (at most its concurrency at once,
+//! each an outbound `fetch` with `Upgrade: websocket` bounded by the check's
+//! timeout), reports each result, and sets the next alarm for the next
+//! recheck. Workers cannot resolve names or connect to private addresses
+//! themselves, so the native host's resolved-address rule has no
+//! counterpart here: Cloudflare's network only connects out to public
+//! addresses (under `wrangler dev`, workerd connects wherever the name
+//! points, which is how tests reach a relay on loopback).
 
 use std::cell::RefCell;
 
+use std::time::Duration;
+
+use futures_util::future::{select, Either};
+use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use worker::{
-    console_error, console_warn, durable_object, event, Context, Date, Env, Headers, Method,
-    Request, RequestInit, Response, Result, SqlStorage, SqlStorageValue, State,
+    console_error, console_log, console_warn, durable_object, event, Context, Date, Delay, Env,
+    Headers, Method, Request, RequestInit, Response, Result, SqlStorage, SqlStorageValue, State,
+    Url, WebSocket, WebsocketEvent,
 };
 use zajel_wire::entry::ServerEntry;
 
+use crate::admission::{CheckResult, Conversation, EndpointCheck};
 use crate::config::{Config, MAX_BODY_BYTES};
 use crate::registry::{self, Registry};
 use crate::store::{self, Store, StoreError, StoredEntry};
@@ -80,6 +97,7 @@ async fn read_bounded(request: &mut Request) -> Result<Vec<u8>> {
 /// The Durable Object holding the registry.
 #[durable_object]
 pub struct RegistryObject {
+    state: State,
     env: Env,
     sql: SqlStorage,
     core: RefCell<Option<Registry<DurableStore>>>,
@@ -89,10 +107,33 @@ impl worker::DurableObject for RegistryObject {
     fn new(state: State, env: Env) -> Self {
         let sql = state.storage().sql();
         Self {
+            state,
             env,
             sql,
             core: RefCell::new(None),
         }
+    }
+
+    /// Runs the admission checks that are due, then sets the next alarm.
+    async fn alarm(&self) -> Result<Response> {
+        let mut running = FuturesUnordered::new();
+        loop {
+            let checks = self.with_core(|registry| registry.poll_checks(Date::now().as_millis()));
+            for check in checks.unwrap_or_default() {
+                running.push(run_check(check));
+            }
+            let Some((check, result)) = running.next().await else {
+                break;
+            };
+            let line = self.with_core(|registry| {
+                registry.check_finished(check.id, &result, Date::now().as_millis())
+            });
+            if let Ok(Some(line)) = line {
+                console_log!("{line}");
+            }
+        }
+        self.schedule_checks().await?;
+        Response::ok("checked")
     }
 
     async fn fetch(&self, mut request: Request) -> Result<Response> {
@@ -128,6 +169,10 @@ impl worker::DurableObject for RegistryObject {
         if let Some(line) = &response.refusal {
             console_warn!("{line}");
         }
+        if response.status == 202 {
+            // A registration waits for its check: run it now.
+            self.state.storage().set_alarm(Duration::ZERO).await?;
+        }
         let headers = Headers::new();
         for (name, value) in &response.headers {
             headers.append(name, value)?;
@@ -142,11 +187,33 @@ impl worker::DurableObject for RegistryObject {
 }
 
 impl RegistryObject {
+    /// Sets the alarm for the registry's next check time (the next recheck).
+    async fn schedule_checks(&self) -> Result<()> {
+        let now = Date::now().as_millis();
+        let next = self
+            .with_core(|registry| registry.next_check_at(now))
+            .ok()
+            .flatten();
+        if let Some(at) = next {
+            let wait = Duration::from_millis(at.saturating_sub(now));
+            self.state.storage().set_alarm(wait).await?;
+        }
+        Ok(())
+    }
+
     /// Runs the registry, creating it (schema and config) on first use.
     fn handle(
         &self,
         request: &registry::Request,
     ) -> std::result::Result<registry::Response, String> {
+        self.with_core(|registry| registry.handle(request, Date::now().as_millis()))
+    }
+
+    /// Runs `f` on the registry (never across an await), creating it on first use.
+    fn with_core<T>(
+        &self,
+        f: impl FnOnce(&mut Registry<DurableStore>) -> T,
+    ) -> std::result::Result<T, String> {
         let mut core = self.core.borrow_mut();
         if core.is_none() {
             let config = Config::from_vars(|name| {
@@ -163,8 +230,62 @@ impl RegistryObject {
             *core = Some(Registry::new(store, config));
         }
         let registry = core.as_mut().ok_or("registry missing")?;
-        Ok(registry.handle(request, Date::now().as_millis()))
+        Ok(f(registry))
     }
+}
+
+/// Runs one admission check: an outbound WebSocket (`fetch` with `Upgrade:
+/// websocket`) holding the [`Conversation`], bounded by the check's timeout.
+async fn run_check(check: EndpointCheck) -> (EndpointCheck, CheckResult) {
+    let timeout = Delay::from(Duration::from_millis(check.timeout_ms));
+    let conversation = Box::pin(converse(&check));
+    let result = match select(conversation, timeout).await {
+        Either::Left((result, _)) => result,
+        Either::Right(_) => {
+            CheckResult::failed(format!("no identity proof within {} ms", check.timeout_ms))
+        }
+    };
+    (check, result)
+}
+
+async fn converse(check: &EndpointCheck) -> CheckResult {
+    let url = match Url::parse(&check.endpoint) {
+        Ok(url) => url,
+        Err(error) => return CheckResult::failed(error.to_string()),
+    };
+    let socket = match WebSocket::connect(url).await {
+        Ok(socket) => socket,
+        Err(error) => return CheckResult::failed(format!("WebSocket connect: {error}")),
+    };
+    let mut events = match socket.events() {
+        Ok(events) => events,
+        Err(error) => return CheckResult::failed(format!("WebSocket events: {error}")),
+    };
+    if let Err(error) = socket.accept() {
+        return CheckResult::failed(format!("WebSocket accept: {error}"));
+    }
+    let mut conversation = Conversation::new(check.clone());
+    if let Err(error) = socket.send_with_str(conversation.challenge().to_text()) {
+        return conversation.on_closed(&error.to_string());
+    }
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(WebsocketEvent::Message(message)) => {
+                let Some(text) = message.text() else {
+                    continue;
+                };
+                if let Some(result) = conversation.on_text(&text) {
+                    let _ = socket.close(Some(1000), Some("checked"));
+                    return result;
+                }
+            }
+            Ok(WebsocketEvent::Close(close)) => {
+                return conversation.on_closed(&format!("closed with {}", close.code()))
+            }
+            Err(error) => return conversation.on_closed(&error.to_string()),
+        }
+    }
+    conversation.on_closed("the stream ended")
 }
 
 fn json_headers() -> Result<Headers> {
@@ -304,6 +425,7 @@ impl Store for DurableStore {
         // the count and the delete see the same table.
         let existed = self.count_of(COUNT_ONE, vec![server_id.into()])? > 0;
         self.run(store::DELETE_ONE, vec![server_id.into()])?;
+        self.run(store::PURGE_NETWORKS, Vec::new())?;
         Ok(existed)
     }
 
@@ -319,12 +441,36 @@ impl Store for DurableStore {
         let stale = self.count_of(COUNT_STALE, vec![int(fresh_since)])?;
         if stale > 0 {
             self.run(store::DELETE_STALE, vec![int(fresh_since)])?;
+            self.run(store::PURGE_NETWORKS, Vec::new())?;
         }
         Ok(stale)
     }
 
     fn count(&self) -> std::result::Result<u64, StoreError> {
         self.count_of(COUNT_ALL, Vec::new())
+    }
+
+    fn set_network(
+        &mut self,
+        server_id: &str,
+        network: &str,
+    ) -> std::result::Result<(), StoreError> {
+        self.run(
+            store::UPSERT_NETWORK,
+            vec![server_id.into(), network.into()],
+        )
+    }
+
+    fn count_network(
+        &self,
+        network: &str,
+        fresh_since: u64,
+        except: &str,
+    ) -> std::result::Result<u64, StoreError> {
+        self.count_of(
+            store::COUNT_NETWORK,
+            vec![network.into(), int(fresh_since), except.into()],
+        )
     }
 
     fn claim_signature(

@@ -145,6 +145,7 @@ const BENCH_PROFILE: Profile = Profile {
     ttl_ms: 600_000,
     rate_limit: 100_000_000,
     max_entries: 100_000,
+    ..Profile::SIGNED
 };
 
 fn main() {

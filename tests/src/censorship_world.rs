@@ -146,12 +146,48 @@ pub fn tool(namespace: &Namespace, name: &str) -> Result<Command, String> {
     Ok(command)
 }
 
-/// Starts the native registry at `address:8787` inside `namespace`.
+/// What a junk flood ([`World::flood_registry`]) got from the registry.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FloodTally {
+    pub attempted: u32,
+    /// Answered 202: waiting for a check they cannot pass.
+    pub waiting: u32,
+    /// Answered 429 (per-network cap) or 503.
+    pub refused: u32,
+}
+
+/// How a test registry admits new endpoints.
+#[derive(Debug, Clone, Copy)]
+pub enum RegistryAdmission<'a> {
+    /// Checks each endpoint (connect, identity proof) before listing it,
+    /// trusting the test CA in `ca_file` for `wss://`.
+    Checked { ca_file: &'a Path },
+    /// Lists at once (an attacker's registry, which checks nothing).
+    Off,
+}
+
+/// Starts the native registry at `address:8787` inside `namespace`. The
+/// namespaces use 10.77.0.0/16, so private endpoints are allowed; the
+/// per-network cap and read limit are raised for the suite's own traffic.
 pub fn start_registry(
     namespace: &Namespace,
     dir: &Path,
     key: &SigningKey,
     address: Ipv4Addr,
+    admission: RegistryAdmission<'_>,
+) -> Result<ChildProcess, String> {
+    start_registry_with(namespace, dir, key, address, admission, &[])
+}
+
+/// [`start_registry`] with `extra` flags (`--max-entries-per-network`
+/// replaces the suite's raised cap).
+pub fn start_registry_with(
+    namespace: &Namespace,
+    dir: &Path,
+    key: &SigningKey,
+    address: Ipv4Addr,
+    admission: RegistryAdmission<'_>,
+    extra: &[&str],
 ) -> Result<ChildProcess, String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let key_file = dir.join("registry.seed");
@@ -162,7 +198,24 @@ pub fn start_registry(
         .args(["--listen", &format!("{address}:{REGISTRY_PORT}")])
         .arg("--signing-key-file")
         .arg(&key_file)
-        .arg("--memory");
+        .arg("--memory")
+        .arg("--allow-private-endpoints")
+        .args(["--read-rate-limit", "100000"]);
+    if !extra.contains(&"--max-entries-per-network") {
+        command.args(["--max-entries-per-network", "1000"]);
+    }
+    match admission {
+        RegistryAdmission::Checked { ca_file } => {
+            command
+                .args(["--admission-check", "identity"])
+                .arg("--admission-ca-file")
+                .arg(ca_file);
+        }
+        RegistryAdmission::Off => {
+            command.args(["--admission-check", "off"]);
+        }
+    }
+    command.args(extra);
     let mut child = ChildProcess::spawn("bootstrap-worker serve", command)?;
     child.wait_for(Duration::from_secs(20), |line| {
         line.starts_with("listening on ").then_some(())
@@ -467,6 +520,14 @@ pub struct World {
 impl World {
     /// Topology, PKI, registry and relay A (with TURN) registered; no DoH yet.
     pub fn new() -> Result<Self, String> {
+        let mut world = Self::without_relays(&[])?;
+        world.add_relay(relay_a_address())?;
+        Ok(world)
+    }
+
+    /// Topology, PKI and the registry (started with `registry_flags` too,
+    /// see [`start_registry_with`]); no relay, no DoH yet.
+    pub fn without_relays(registry_flags: &[&str]) -> Result<Self, String> {
         let topology = Topology::new(HOSTS)?;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let mut names = vec![DOH_NAME.to_string(), "localhost".to_string()];
@@ -488,14 +549,98 @@ impl World {
             dir,
             topology,
         };
-        world.registry = Some(start_registry(
+        world.registry = Some(start_registry_with(
             &world.topology.internet,
             &world.dir.path().join("registry"),
             &world.registry_key,
             registry_address(),
+            RegistryAdmission::Checked {
+                ca_file: &world.pki.ca_file,
+            },
+            registry_flags,
         )?);
-        world.add_relay(relay_a_address())?;
         Ok(world)
+    }
+
+    /// Floods the registry with junk registrations, `per_source` from each
+    /// of `sources` addresses in distinct /24s (10.77.100+s.1, added to the
+    /// internet namespace's loopback), each under a fresh key: a third
+    /// point at an address nothing answers (the check times out), a third
+    /// at a closed port, a third at relay A's endpoint under a bogus key.
+    pub fn flood_registry(&self, sources: u8, per_source: u32) -> Result<FloodTally, String> {
+        let mut tally = FloodTally::default();
+        for source in 0..sources {
+            let address = Ipv4Addr::new(10, 77, 100 + source, 1);
+            self.topology
+                .internet
+                .ip(&["addr", "add", &format!("{address}/32"), "dev", "lo"])?;
+            let url = format!("{}/servers", Self::registry_url());
+            let nobody = internet_host(HOSTS + 100);
+            let closed = registry_address();
+            let relay = relay_endpoint(relay_a_address());
+            let counts = self.topology.internet.enter(move || {
+                let client = reqwest::blocking::Client::builder()
+                    .local_address(std::net::IpAddr::V4(address))
+                    .timeout(Duration::from_secs(5))
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let mut counts = FloodTally::default();
+                for n in 0..per_source {
+                    let endpoint = match n % 3 {
+                        0 => format!("wss://{nobody}/junk{n}"),
+                        1 => format!("wss://{closed}:9/junk{n}"),
+                        _ => relay.clone(),
+                    };
+                    let key = random_key();
+                    let request = RegisterRequest::signed(
+                        &key,
+                        &endpoint,
+                        Some("junk"),
+                        discovery_client::now_ms(),
+                    );
+                    let status = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(serde_json::to_string(&request).map_err(|e| e.to_string())?)
+                        .send()
+                        .map_err(|e| format!("{url}: {e}"))?
+                        .status()
+                        .as_u16();
+                    counts.attempted += 1;
+                    match status {
+                        202 => counts.waiting += 1,
+                        429 | 503 => counts.refused += 1,
+                        other => return Err(format!("junk registration answered {other}")),
+                    }
+                }
+                Ok(counts)
+            })??;
+            tally.attempted += counts.attempted;
+            tally.waiting += counts.waiting;
+            tally.refused += counts.refused;
+        }
+        Ok(tally)
+    }
+
+    /// The endpoints the registry lists now.
+    pub fn listed_endpoints(&self) -> Result<Vec<String>, String> {
+        let (status, body) = http_get(
+            &self.topology.internet,
+            &format!("{}/servers", Self::registry_url()),
+        )?;
+        if status != 200 {
+            return Err(format!("GET /servers: {status} {body}"));
+        }
+        let list: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        Ok(list["servers"]
+            .as_array()
+            .map(|servers| {
+                servers
+                    .iter()
+                    .filter_map(|entry| entry["endpoint"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     /// The registry's base URL.
@@ -605,6 +750,7 @@ impl World {
             &dir,
             &attacker,
             fake_registry_address(),
+            RegistryAdmission::Off,
         )?;
         self.extra.push(registry);
         let url = format!("http://{}:{REGISTRY_PORT}", fake_registry_address());

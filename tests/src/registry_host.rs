@@ -23,22 +23,43 @@ pub struct Profile {
     pub ttl_ms: u64,
     pub rate_limit: u32,
     pub max_entries: u64,
+    /// Reads per minute per address.
+    pub read_rate_limit: u32,
+    /// Entries per source /24 or /48.
+    pub max_entries_per_network: u64,
+    /// `identity` (check before listing) or `off` (list at once).
+    pub admission: &'static str,
+    /// Whether loopback and private endpoint hosts are accepted.
+    pub allow_private_endpoints: bool,
+    /// How often listed entries are checked again (with `identity`).
+    pub recheck_interval_ms: u64,
 }
 
 impl Profile {
-    /// Signed policy, generous limits.
+    /// Signed policy, generous limits, endpoints listed without a check
+    /// (the HTTP surface's checks register endpoints nothing serves).
     pub const SIGNED: Profile = Profile {
         policy: "signed",
         ttl_ms: 60_000,
         rate_limit: 1_000_000,
         max_entries: 1_000_000,
+        read_rate_limit: 1_000_000,
+        max_entries_per_network: 1_000_000,
+        admission: "off",
+        allow_private_endpoints: true,
+        recheck_interval_ms: 60_000,
     };
-    /// Open policy, generous limits.
+    /// Open policy, generous limits, endpoints listed without a check.
     pub const OPEN: Profile = Profile {
         policy: "open",
-        ttl_ms: 60_000,
-        rate_limit: 1_000_000,
-        max_entries: 1_000_000,
+        ..Profile::SIGNED
+    };
+    /// Signed policy with the admission check (endpoints on loopback allowed).
+    /// Listed entries are checked again every second.
+    pub const ADMISSION: Profile = Profile {
+        admission: "identity",
+        recheck_interval_ms: 1_000,
+        ..Profile::SIGNED
     };
 }
 
@@ -110,6 +131,13 @@ fn config(profile: Profile, key: &SigningKey) -> Config {
         max_entries: profile.max_entries,
         rate_limit_per_minute: profile.rate_limit,
         signing_key: Some(key.clone()),
+        read_rate_limit_per_minute: profile.read_rate_limit,
+        max_entries_per_network: profile.max_entries_per_network,
+        allow_private_endpoints: profile.allow_private_endpoints,
+        admission: profile.admission.parse().expect("profile admission"),
+        admission_timeout_ms: 2_000,
+        recheck_interval_ms: profile.recheck_interval_ms,
+        ..Config::default()
     }
 }
 
@@ -183,7 +211,13 @@ fn in_process_keyed(
             .expect("runtime");
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            let _ = server::serve(listener, registry, async {
+            // Loopback is a trusted proxy, so checks can send as other
+            // addresses (X-Forwarded-For); nothing else reaches loopback.
+            let options = server::HostOptions {
+                trusted_proxies: "127.0.0.0/8".parse().expect("loopback block"),
+                ..server::HostOptions::default()
+            };
+            let _ = server::serve_with(listener, registry, options, async {
                 let _ = stopped.await;
             })
             .await;
@@ -238,7 +272,20 @@ pub fn start_child(
         .args(["--policy", profile.policy])
         .args(["--ttl-ms", &profile.ttl_ms.to_string()])
         .args(["--rate-limit", &profile.rate_limit.to_string()])
-        .args(["--max-entries", &profile.max_entries.to_string()]);
+        .args(["--max-entries", &profile.max_entries.to_string()])
+        .args(["--read-rate-limit", &profile.read_rate_limit.to_string()])
+        .args([
+            "--max-entries-per-network",
+            &profile.max_entries_per_network.to_string(),
+        ])
+        .args(["--admission-check", profile.admission])
+        .args([
+            "--recheck-interval-ms",
+            &profile.recheck_interval_ms.to_string(),
+        ]);
+    if profile.allow_private_endpoints {
+        command.arg("--allow-private-endpoints");
+    }
     let mut child = ChildProcess::spawn("bootstrap-worker serve", command)?;
     let base_url = child.wait_for(Duration::from_secs(20), |line| {
         line.strip_prefix("listening on ").map(str::to_string)
@@ -360,6 +407,12 @@ pub fn spawn_wrangler_dev(profile: Profile) -> Result<StartingWorker, String> {
          REGISTRATION_POLICY = \"{policy}\"\n\
          MAX_ENTRIES = \"{max}\"\n\
          RATE_LIMIT_PER_MINUTE = \"{rate}\"\n\
+         READ_RATE_LIMIT_PER_MINUTE = \"{read_rate}\"\n\
+         MAX_ENTRIES_PER_NETWORK = \"{per_network}\"\n\
+         ADMISSION_CHECK = \"{admission}\"\n\
+         ADMISSION_TIMEOUT_MS = \"2000\"\n\
+         RECHECK_INTERVAL_MS = \"{recheck}\"\n\
+         ALLOW_PRIVATE_ENDPOINTS = \"{allow_private}\"\n\
          [[durable_objects.bindings]]\n\
          name = \"REGISTRY\"\n\
          class_name = \"RegistryObject\"\n\
@@ -371,6 +424,11 @@ pub fn spawn_wrangler_dev(profile: Profile) -> Result<StartingWorker, String> {
         policy = profile.policy,
         max = profile.max_entries,
         rate = profile.rate_limit,
+        read_rate = profile.read_rate_limit,
+        per_network = profile.max_entries_per_network,
+        admission = profile.admission,
+        allow_private = profile.allow_private_endpoints,
+        recheck = profile.recheck_interval_ms,
     );
     std::fs::write(dir.path().join("wrangler.toml"), config).map_err(|e| e.to_string())?;
     let key = random_key();

@@ -1,6 +1,7 @@
 //! End-to-end proof under censorship (issue 6; the tenth, a hostile relay,
 //! issue 13; the eleventh, a censor's DoH resolver prepending junk records,
-//! issue 19): eleven scenarios, each in its own network namespaces (client ──
+//! and the twelfth, a junk-flooded registry, issue 19): twelve scenarios,
+//! each in its own network namespaces (client ──
 //! censor ── internet, see `tests::censorship_world`), with the real
 //! registry, relay-lite, TURN, unbound over DoH and the client binaries. The censor's nftables rules
 //! (and, for the degraded path, the NFQUEUE path emulator, since this
@@ -22,7 +23,7 @@
 //! first RTP, result) and writes it as Markdown to
 //! `target/censorship-matrix.md`; with `ZAJEL_CENSORSHIP_RECORD=1`, also to
 //! the committed `tests/censorship-matrix.md` (which the README shows) when
-//! all eleven scenarios ran with `call-probe call`.
+//! all scenarios ran with `call-probe call`.
 
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
@@ -1024,6 +1025,64 @@ fn hostile_relay_first(kind: Client) -> Result<Vec<Row>, String> {
     Ok(vec![row])
 }
 
+/// Issue 19: hundreds of junk registrations (a dead address, a closed port,
+/// the genuine endpoint under bogus keys) from eight /24s reach the registry
+/// (at the production per-network cap of 16) before the genuine relay
+/// registers. None is listed; relay A is listed within a check timeout and
+/// the call gets through.
+fn junk_flooded_registry(kind: Client) -> Result<Vec<Row>, String> {
+    let started = Instant::now();
+    let mut world = World::without_relays(&["--max-entries-per-network", "16"])?;
+    let flood = world.flood_registry(8, 40)?;
+    let relay_started = Instant::now();
+    let relay = world.add_relay(relay_a_address())?;
+    let listed_after = relay_started.elapsed();
+    world.start_doh()?;
+    start_answerer(&mut world, kind, &relay)?;
+    let result = run_client(&world, kind, &Run::default())?;
+    expect(
+        result.layer == "registry",
+        "the registry layer should win",
+        &result,
+        &world,
+    )?;
+    check_media(kind, &result, &world)?;
+    let listed = world.listed_endpoints()?;
+    expect(
+        listed == [relay.clone()],
+        &format!("only relay A should be listed, got {listed:?}"),
+        &result,
+        &world,
+    )?;
+    expect(
+        // Each /24 holds at most 16 at a time; junk whose check already
+        // failed (a closed port fails fast) frees its place.
+        flood.waiting >= 8 * 16
+            && flood.refused >= 8 * 16
+            && flood.waiting + flood.refused == flood.attempted,
+        &format!("the per-network cap should refuse most of the flood: {flood:?}"),
+        &result,
+        &world,
+    )?;
+    expect(
+        listed_after < Duration::from_secs(12),
+        &format!("relay A waited {listed_after:?} behind the junk"),
+        &result,
+        &world,
+    )?;
+    Ok(vec![row(
+        &format!(
+            "12 junk-flooded registry ({} junk registrations from 8 /24s: {} waited for a check none passed, {} refused at the per-/24 cap; relay A listed {:.1} s after it started)",
+            flood.attempted,
+            flood.waiting,
+            flood.refused,
+            listed_after.as_secs_f64()
+        ),
+        &result,
+        started,
+    )])
+}
+
 /// The answerer's reports: the intercepted call ended `media_not_authenticated`,
 /// the next one heard the caller's tone.
 fn check_answerer_refused_then_heard(result: &ClientResult, world: &World) -> Result<(), String> {
@@ -1176,7 +1235,7 @@ fn doh_junk(kind: Client) -> Result<Vec<Row>, String> {
 
 type Scenario = fn(Client) -> Result<Vec<Row>, String>;
 
-const SCENARIOS: [(&str, Scenario); 11] = [
+const SCENARIOS: [(&str, Scenario); 12] = [
     ("open_network", open_network),
     ("registry_blocked", registry_blocked),
     ("registry_and_doh_blocked", registry_and_doh_blocked),
@@ -1188,6 +1247,7 @@ const SCENARIOS: [(&str, Scenario); 11] = [
     ("relay_dies", relay_dies),
     ("hostile_relay_first", hostile_relay_first),
     ("doh_junk", doh_junk),
+    ("junk_flooded_registry", junk_flooded_registry),
 ];
 
 fn matrix_markdown(rows: &[Row], kind: Client, total: Duration) -> String {

@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tests::censorship_world::{
-    operator_relay_command, run_to_end, start_registry, tool, write_turn_secret, REGISTRY_PORT,
+    operator_relay_command, run_to_end, start_registry, tool, write_turn_secret, RegistryAdmission,
+    REGISTRY_PORT,
 };
 use tests::netns::{internet_host, Topology};
 use tests::process::ChildProcess;
@@ -75,6 +76,9 @@ fn deploy() -> Deployment {
         &dir.path().join("registry"),
         &registry_key,
         internet_host(0),
+        RegistryAdmission::Checked {
+            ca_file: &pki.ca_file,
+        },
     )
     .expect("registry");
     let secret = write_turn_secret(dir.path()).expect("TURN secret");

@@ -33,11 +33,17 @@ type Http = reqwest::blocking::Client;
 struct Host {
     signed: RunningRegistry,
     open: RunningRegistry,
+    /// Public endpoints only, 3 entries per network, 20 reads a minute.
+    strict: RunningRegistry,
+    /// Checks endpoints before listing them (loopback allowed).
+    admission: RunningRegistry,
     http: reqwest::blocking::Client,
 }
 
 /// What came back from one request.
 struct Reply {
+    /// The request's method: only reads carry CORS headers.
+    method: String,
     status: u16,
     headers: BTreeMap<String, String>,
     body: Vec<u8>,
@@ -77,6 +83,7 @@ fn send(
     headers: &[(&str, &str)],
     body: Option<Vec<u8>>,
 ) -> Result<Reply, String> {
+    let method_name = method.to_string();
     let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
     let mut request = http.request(method, url);
     for (name, value) in headers {
@@ -98,6 +105,7 @@ fn send(
         .collect();
     let body = response.bytes().map_err(|e| e.to_string())?.to_vec();
     Ok(Reply {
+        method: method_name,
         status,
         headers,
         body,
@@ -175,7 +183,20 @@ fn expect_json_and_cors(reply: &Reply) -> Result<(), String> {
     expect_cors(reply)
 }
 
+/// Reads (and preflights) carry the CORS headers; mutations carry none, so
+/// no web page can read what its visitors' browsers registered.
 fn expect_cors(reply: &Reply) -> Result<(), String> {
+    if !matches!(reply.method.as_str(), "GET" | "HEAD" | "OPTIONS") {
+        for (name, _) in bootstrap_worker::registry::CORS_HEADERS {
+            ensure!(
+                reply.header(name).is_none(),
+                "{} answered with {name}: {:?}",
+                reply.method,
+                reply.header(name)
+            );
+        }
+        return Ok(());
+    }
     for (name, value) in bootstrap_worker::registry::CORS_HEADERS {
         ensure!(
             reply.header(name) == Some(value),
@@ -399,7 +420,7 @@ fn signed_register_list_heartbeat_delete(host: &Host) -> Result<(), String> {
     );
     ensure!(entry["lastSeen"] == entry["registeredAt"], "{entry}");
 
-    let no_region = register(&host.http, registry, &b, "https://b.example", None)?;
+    let no_region = register(&host.http, registry, &b, "wss://b.example", None)?;
     ensure!(no_region["server"]["region"] == "unknown", "{no_region}");
 
     let listed = list(&host.http, registry)?;
@@ -710,11 +731,11 @@ fn registration_fields_validated(host: &Host) -> Result<(), String> {
         ),
         (
             serde_json::to_value(signed("ftp://a.example", None)).unwrap(),
-            "Invalid endpoint: endpoint scheme must be ws, wss, http or https",
+            "Invalid endpoint: endpoint scheme must be ws:// or wss://",
         ),
         (
             serde_json::to_value(signed("wss://", None)).unwrap(),
-            "Invalid endpoint: endpoint is not a valid URL",
+            "Invalid endpoint: endpoint host is not a canonical DNS name, dotted-quad IPv4 or bracketed IPv6",
         ),
         (
             serde_json::to_value(signed(
@@ -973,6 +994,330 @@ fn open_policy_protects_signed_entries(host: &Host) -> Result<(), String> {
     Ok(())
 }
 
+/// A mutation or read sent as if from `client`: the native test hosts trust
+/// loopback as a proxy (`X-Forwarded-For`), the Worker keys on `CF-Connecting-IP`.
+fn from_client(
+    http: &Http,
+    registry: &RunningRegistry,
+    method: &str,
+    path: &str,
+    client: &str,
+    body: Option<Vec<u8>>,
+) -> Result<Reply, String> {
+    send(
+        http,
+        method,
+        &registry.url(path),
+        &[("X-Forwarded-For", client), ("CF-Connecting-IP", client)],
+        body,
+    )
+}
+
+fn register_from(
+    http: &Http,
+    registry: &RunningRegistry,
+    key: &SigningKey,
+    endpoint: &str,
+    client: &str,
+) -> Result<Reply, String> {
+    let body = serde_json::to_vec(&RegisterRequest::signed(key, endpoint, None, now_ms())).unwrap();
+    from_client(http, registry, "POST", "/servers", client, Some(body))
+}
+
+/// Endpoints no client should use and regions with control characters are
+/// refused (the registry does not allow private endpoints here); a mutation
+/// from a web page (an `Origin` header) is refused.
+fn hostile_endpoints_and_regions_refused(host: &Host) -> Result<(), String> {
+    let registry = &host.strict;
+    let long = format!("wss://relay.example/{}", "a".repeat(520));
+    let cases: Vec<(&str, &str)> = vec![
+        ("ws://127.0.0.1:9000", "not public"),
+        ("ws://169.254.169.254/latest/meta-data", "not public"),
+        ("wss://10.0.0.1", "not public"),
+        ("wss://192.168.1.1", "not public"),
+        ("wss://100.64.0.1", "not public"),
+        ("wss://[::1]:443", "not public"),
+        ("wss://[fd12::1]", "not public"),
+        ("wss://localhost", "not public"),
+        ("wss://0x7f.1", "canonical"),
+        ("wss://2130706433", "canonical"),
+        ("wss://0177.0.0.1", "canonical"),
+        ("wss://Relay.Example", "canonical"),
+        (" wss://relay.example", "printable ASCII"),
+        ("wss://relay.example ", "printable ASCII"),
+        ("wss://relay.example/\n", "printable ASCII"),
+        ("wss://relay.example/\u{202e}evil", "printable ASCII"),
+        ("wss://r\u{e9}lay.example", "printable ASCII"),
+        ("http://relay.example", "ws:// or wss://"),
+        ("wss://relay.example:0", "port"),
+        ("wss://relay.example:99999", "port"),
+        ("wss://relay.example/?q=1", "query"),
+        (&long, "longer than 512"),
+    ];
+    let key = server_key();
+    for (endpoint, expected) in cases {
+        let reply = register_from(&host.http, registry, &key, endpoint, "198.51.100.40")?;
+        ensure!(
+            reply.status == 400,
+            "{endpoint:?}: {} {}",
+            reply.status,
+            reply.text()
+        );
+        let error = reply.json()?["error"].as_str().unwrap_or("").to_string();
+        ensure!(
+            error.starts_with("Invalid endpoint: ") && error.contains(expected),
+            "{endpoint:?}: {error}"
+        );
+        expect_cors(&reply)?;
+    }
+    for region in ["eu\nwest", "eu\0", "\u{202e}eu", "\u{e9}u"] {
+        let request = RegisterRequest::signed(&key, "wss://relay.example", Some(region), now_ms());
+        let reply = post_json(&host.http, registry, "/servers", &request)?;
+        expect_error(&reply, 400, errors::REGION_NOT_PRINTABLE)
+            .map_err(|e| format!("region {region:?}: {e}"))?;
+    }
+    let body = serde_json::to_vec(&RegisterRequest::signed(
+        &key,
+        "wss://relay.example",
+        None,
+        now_ms(),
+    ))
+    .unwrap();
+    let reply = send(
+        &host.http,
+        "POST",
+        &registry.url("/servers"),
+        &[("Origin", "https://any-page.example")],
+        Some(body),
+    )?;
+    expect_error(&reply, 403, errors::FROM_BROWSER)
+}
+
+/// One network (an IPv4 /24) holds at most its cap of entries; another
+/// network still registers.
+fn entries_capped_per_network(host: &Host) -> Result<(), String> {
+    let registry = &host.strict;
+    for n in 0..3 {
+        let reply = register_from(
+            &host.http,
+            registry,
+            &server_key(),
+            &format!("wss://capped{n}.example"),
+            &format!("203.0.113.{}", 10 + n),
+        )?;
+        ensure!(
+            reply.status == 200,
+            "entry {n}: {} {}",
+            reply.status,
+            reply.text()
+        );
+    }
+    let reply = register_from(
+        &host.http,
+        registry,
+        &server_key(),
+        "wss://capped.example",
+        "203.0.113.99",
+    )?;
+    expect_error(&reply, 429, errors::NETWORK_FULL)?;
+    let reply = register_from(
+        &host.http,
+        registry,
+        &server_key(),
+        "wss://other.example",
+        "192.0.2.77",
+    )?;
+    ensure!(
+        reply.status == 200,
+        "another /24: {} {}",
+        reply.status,
+        reply.text()
+    );
+    Ok(())
+}
+
+/// Reads are rate limited per address: a flood gets 429 with Retry-After
+/// (CORS kept, so a page sees why), another address still reads.
+fn read_flood_limited(host: &Host) -> Result<(), String> {
+    let registry = &host.strict;
+    let mut limited = None;
+    for n in 0..(STRICT.read_rate_limit + 5) {
+        let reply = from_client(
+            &host.http,
+            registry,
+            "GET",
+            "/health",
+            "198.51.100.200",
+            None,
+        )?;
+        if reply.status == 429 {
+            limited = Some((n, reply));
+            break;
+        }
+        ensure!(reply.status == 200, "read {n}: {}", reply.status);
+    }
+    let (n, reply) = limited.ok_or("a read flood was never limited")?;
+    ensure!(
+        n >= STRICT.read_rate_limit / 2,
+        "limited after only {n} reads"
+    );
+    expect_error(&reply, 429, errors::RATE_LIMITED)?;
+    ensure!(reply.header("retry-after").is_some(), "no Retry-After");
+    let other = from_client(&host.http, registry, "GET", "/health", "192.0.2.201", None)?;
+    ensure!(
+        other.status == 200,
+        "another address was limited: {}",
+        other.status
+    );
+    Ok(())
+}
+
+/// Polls until the registry lists `server_id`, or fails at `deadline`.
+fn wait_listed(
+    http: &Http,
+    registry: &RunningRegistry,
+    server_id: &str,
+    limit: Duration,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    loop {
+        if list(http, registry)?.contains_key(server_id) {
+            return Ok(started.elapsed());
+        }
+        ensure!(
+            started.elapsed() < limit,
+            "{server_id} not listed within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Polls heartbeats until `key`'s registration is forgotten (its check
+/// failed: 404), or fails at `limit`.
+fn wait_refused(
+    http: &Http,
+    registry: &RunningRegistry,
+    key: &SigningKey,
+    limit: Duration,
+) -> Result<(), String> {
+    let started = Instant::now();
+    loop {
+        let reply = post_json(
+            http,
+            registry,
+            "/servers/heartbeat",
+            &HeartbeatRequest::signed(key, now_ms()),
+        )?;
+        if reply.status == 404 {
+            return Ok(());
+        }
+        ensure!(
+            reply.status == 200,
+            "heartbeat: {} {}",
+            reply.status,
+            reply.text()
+        );
+        ensure!(
+            started.elapsed() < limit,
+            "{} still waiting after {limit:?}",
+            server_id(key)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// New endpoints are listed only once the registry checked them: junk
+/// (a port that accepts and never answers, a refused port) from several
+/// networks is never listed and does not hold back the genuine relay-lite,
+/// which registers itself and is listed within one check timeout; its own
+/// endpoint registered under another key is never listed; once the relay
+/// stops, its rechecks fail and it is dropped.
+fn admission_checks_before_listing(host: &Host) -> Result<(), String> {
+    let registry = &host.admission;
+    let silent = tests::blackhole::AcceptsSilently::start();
+    let refused = tests::blackhole::refused_address();
+    let mut junk = Vec::new();
+    for n in 0..30u32 {
+        let key = server_key();
+        let endpoint = if n % 4 == 3 {
+            format!("ws://{refused}/junk{n}")
+        } else {
+            format!("ws://{}/junk{n}", silent.address)
+        };
+        let source = format!("198.51.{}.{}", 100 + n % 3, 1 + n);
+        let reply = register_from(&host.http, registry, &key, &endpoint, &source)?;
+        ensure!(
+            reply.status == 202,
+            "junk {n}: {} {}",
+            reply.status,
+            reply.text()
+        );
+        ensure!(reply.json()?["admission"] == "pending", "{}", reply.text());
+        expect_cors(&reply)?;
+        junk.push(key);
+    }
+    ensure!(
+        list(&host.http, registry)?.is_empty(),
+        "junk listed before any check"
+    );
+    let started = Instant::now();
+    let mut relay = tests::relay_child::RelayChild::start(
+        &["--bootstrap", &registry.base_url],
+        Duration::from_secs(20),
+    )?;
+    let took = wait_listed(
+        &host.http,
+        registry,
+        &relay.server_id,
+        Duration::from_secs(15),
+    )?;
+    eprintln!(
+        "{}: genuine relay listed {took:?} after its start, behind {} junk registrations",
+        registry.name,
+        junk.len()
+    );
+    ensure!(
+        started.elapsed() < Duration::from_secs(8),
+        "the genuine relay waited {:?} behind junk (check timeout 2 s)",
+        started.elapsed()
+    );
+    // Its endpoint under another key: the proof names the relay's key, so it fails.
+    let impostor = server_key();
+    let reply = register_from(&host.http, registry, &impostor, &relay.url(), "192.0.2.50")?;
+    ensure!(
+        reply.status == 202,
+        "impostor: {} {}",
+        reply.status,
+        reply.text()
+    );
+    wait_refused(&host.http, registry, &impostor, Duration::from_secs(15))?;
+    for key in &junk {
+        wait_refused(&host.http, registry, key, Duration::from_secs(30))?;
+    }
+    let listed = list(&host.http, registry)?;
+    ensure!(
+        listed.len() == 1 && listed.contains_key(&relay.server_id),
+        "expected only the relay, got {:?}",
+        listed.keys().collect::<Vec<_>>()
+    );
+    // Rechecks every second: a relay that stops answering is dropped after two failures.
+    relay.process.kill();
+    let stopped = Instant::now();
+    while list(&host.http, registry)?.contains_key(&relay.server_id) {
+        ensure!(
+            stopped.elapsed() < Duration::from_secs(20),
+            "a stopped relay stayed listed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "{}: stopped relay dropped after {:?}",
+        registry.name,
+        stopped.elapsed()
+    );
+    Ok(())
+}
+
 /// Runs against a registry of its own: TTL 1 s, 6 mutations a minute, 3 entries.
 fn limits(registry: &RunningRegistry, http: &Http) -> Result<(), String> {
     let keys: Vec<SigningKey> = (0..4).map(|_| server_key()).collect();
@@ -1020,10 +1365,10 @@ fn limits(registry: &RunningRegistry, http: &Http) -> Result<(), String> {
         .parse()
         .map_err(|_| "Retry-After not a number")?;
     ensure!((1..=60).contains(&retry), "Retry-After {retry}");
-    // Reads are not limited.
+    // Reads have a limit of their own.
     ensure!(
         get(http, registry, "/servers")?.status == 200,
-        "GET limited"
+        "GET limited by the mutation limit"
     );
     Ok(())
 }
@@ -1280,6 +1625,16 @@ fn parity(native: &Host, workerd: &Host) -> Result<(), String> {
 }
 
 const CHECKS: &[(&str, Check)] = &[
+    (
+        "hostile_endpoints_and_regions_refused",
+        hostile_endpoints_and_regions_refused,
+    ),
+    ("entries_capped_per_network", entries_capped_per_network),
+    ("read_flood_limited", read_flood_limited),
+    (
+        "admission_checks_before_listing",
+        admission_checks_before_listing,
+    ),
     ("health", health),
     ("info_routes", info_routes),
     ("unknown_routes", unknown_routes),
@@ -1322,6 +1677,15 @@ const LIMITS: Profile = Profile {
     ttl_ms: 1_000,
     rate_limit: 6,
     max_entries: 3,
+    ..Profile::SIGNED
+};
+
+/// Public endpoints only, small per-network cap and read limit.
+const STRICT: Profile = Profile {
+    read_rate_limit: 20,
+    max_entries_per_network: 3,
+    allow_private_endpoints: false,
+    ..Profile::SIGNED
 };
 
 fn trials_for(name: &str, host: Arc<Host>, limits_registry: Arc<RunningRegistry>) -> Vec<Trial> {
@@ -1354,6 +1718,8 @@ fn main() {
     let native = Arc::new(Host {
         signed: registry_host::start_in_process(Profile::SIGNED),
         open: registry_host::start_in_process(Profile::OPEN),
+        strict: registry_host::start_in_process(STRICT),
+        admission: registry_host::start_in_process(Profile::ADMISSION),
         http: http.clone(),
     });
     trials.extend(trials_for(
@@ -1403,23 +1769,33 @@ fn main() {
     conclusion.exit();
 }
 
-/// Starts the three Worker registries under `wrangler dev`, side by side.
+/// Starts the five Worker registries under `wrangler dev`, side by side.
 fn start_workerd(http: &Http) -> Result<(Arc<Host>, Arc<RunningRegistry>), String> {
-    let starting = [Profile::SIGNED, Profile::OPEN, LIMITS]
-        .into_iter()
-        .map(registry_host::spawn_wrangler_dev)
-        .collect::<Result<Vec<_>, _>>()?;
+    let starting = [
+        Profile::SIGNED,
+        Profile::OPEN,
+        STRICT,
+        Profile::ADMISSION,
+        LIMITS,
+    ]
+    .into_iter()
+    .map(registry_host::spawn_wrangler_dev)
+    .collect::<Result<Vec<_>, _>>()?;
     let mut started = Vec::new();
     for worker in starting {
         started.push(worker.ready()?);
     }
-    let limits_registry = started.pop().expect("three");
-    let open = started.pop().expect("three");
-    let signed = started.pop().expect("three");
+    let limits_registry = started.pop().expect("five");
+    let admission = started.pop().expect("five");
+    let strict = started.pop().expect("five");
+    let open = started.pop().expect("five");
+    let signed = started.pop().expect("five");
     Ok((
         Arc::new(Host {
             signed,
             open,
+            strict,
+            admission,
             http: http.clone(),
         }),
         Arc::new(limits_registry),

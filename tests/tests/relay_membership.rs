@@ -86,7 +86,12 @@ fn registry_child(key_file: &Path, listen: &str) -> (ChildProcess, String) {
         .args(["--listen", listen])
         .arg("--signing-key-file")
         .arg(key_file)
-        .args(["--memory", "--policy", "signed", "--rate-limit", "100000"]);
+        .args(["--memory", "--policy", "signed", "--rate-limit", "100000"])
+        // The relay announces a public endpoint nothing serves (the membership protocol is
+        // under test here; conformance and the censorship suite test admission).
+        .args(["--admission-check", "off"])
+        // The test polls the list faster than a client would.
+        .args(["--read-rate-limit", "100000"]);
     let mut child = ChildProcess::spawn("bootstrap-worker serve", command).unwrap();
     let base_url = child
         .wait_for(WAIT, |line| {

@@ -4,6 +4,14 @@
 //! The request types parse untrusted JSON with the registry's exact error
 //! texts (Zajel's own wording where it has one) and serialise the bodies that
 //! servers send when they register, heartbeat or leave.
+//!
+//! Our registry's additions (additive): a registration of a new endpoint is
+//! answered `202 Accepted` with the [`RegisterResponse`] fields plus
+//! `"admission":"pending"` and is listed only once the registry has checked
+//! the endpoint (WebSocket connect, `server_info`, `identity_challenge`;
+//! see `bootstrap-worker`); servers treat any 2xx as registered. What the
+//! registry lists follows [`crate::endpoint::check_listed_endpoint`] and
+//! [`crate::endpoint::check_region`].
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 
-use crate::registry::SIGNATURE_FAILURES;
+use crate::registry::{AdmissionStats, SIGNATURE_FAILURES};
 
 /// `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -48,6 +48,16 @@ impl RegistryMetrics {
     /// The exposition, with `entries` fresh entries (`None`: the store
     /// could not be read, so the gauge is left out).
     pub fn render(&self, entries: Option<u64>) -> String {
+        self.render_with_admission(entries, None)
+    }
+
+    /// [`Self::render`] with the admission checks' gauges (registrations
+    /// waiting for their check, checks running).
+    pub fn render_with_admission(
+        &self,
+        entries: Option<u64>,
+        admission: Option<AdmissionStats>,
+    ) -> String {
         let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
         let _ = writeln!(
@@ -69,6 +79,20 @@ impl RegistryMetrics {
                 "gauge",
                 "Fresh entries in the registry.",
                 vec![(String::new(), entries)],
+            );
+        }
+        if let Some(admission) = admission {
+            section(
+                "zajel_registry_admission_pending",
+                "gauge",
+                "Registrations waiting for (or in) their admission check, not listed yet.",
+                vec![(String::new(), admission.pending)],
+            );
+            section(
+                "zajel_registry_admission_checks_running",
+                "gauge",
+                "Admission checks and rechecks running.",
+                vec![(String::new(), admission.in_flight)],
             );
         }
         section(
@@ -174,5 +198,18 @@ mod tests {
         }
         assert!(!text.contains("wp-admin"), "{text}");
         assert!(!metrics.render(None).contains("zajel_registry_entries"));
+        let admission = AdmissionStats {
+            pending: 12,
+            in_flight: 8,
+        };
+        let text = metrics.render_with_admission(Some(1), Some(admission));
+        assert!(
+            text.contains("zajel_registry_admission_pending 12"),
+            "{text}"
+        );
+        assert!(
+            text.contains("zajel_registry_admission_checks_running 8"),
+            "{text}"
+        );
     }
 }

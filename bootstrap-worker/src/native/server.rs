@@ -13,6 +13,9 @@
 //! closing (hyper closes a connection whose request body was not read to the
 //! end, without telling the client).
 //!
+//! A background task ([`super::checker`]) runs the registry's admission
+//! checks; a registration answered 202 (waiting for its check) wakes it.
+//!
 //! The host also answers `GET /metrics` itself ([`super::metrics`]; the
 //! Worker does not have it), on the public listener or, with
 //! [`serve_split`] (`--metrics-listen`), only on a listener of its own, and decides which address a request's rate
@@ -31,9 +34,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use zajel_client_net::now_ms;
+use zajel_client_net::signaling::TrustAnchors;
 
+use super::checker;
 use super::forwarded::TrustedProxies;
 use super::metrics::{self, RegistryMetrics};
 use super::sqlite::SqliteStore;
@@ -59,6 +64,9 @@ pub struct HostOptions {
     /// Proxies whose `X-Forwarded-For`/`Forwarded` are believed
     /// (`--trusted-proxy`); empty: the peer address is the client's.
     pub trusted_proxies: TrustedProxies,
+    /// What the admission checks trust for `wss://` endpoints
+    /// (`--admission-ca-file`; default: the web PKI).
+    pub admission_trust: TrustAnchors,
 }
 
 /// Serves `registry` on `listener` until `shutdown` completes.
@@ -90,9 +98,16 @@ pub async fn serve_split(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let registry: SharedRegistry = Arc::new(Mutex::new(registry));
+    let wake = Arc::new(Notify::new());
+    let _checks = AbortOnDrop(tokio::spawn(checker::run_checks(
+        registry.clone(),
+        wake.clone(),
+        options.admission_trust.clone(),
+    )));
     let host = Arc::new(Host {
         options,
         metrics: RegistryMetrics::default(),
+        wake,
         metrics_elsewhere: metrics_listener.is_some(),
     });
     let _metrics_task = metrics_listener.map(|listener| {
@@ -142,9 +157,11 @@ struct Host {
     metrics: RegistryMetrics,
     /// `/metrics` has a listener of its own: not on the public one.
     metrics_elsewhere: bool,
+    /// Tells the admission checker that a registration may be waiting.
+    wake: Arc<Notify>,
 }
 
-/// Stops a task when dropped (the metrics listener ends with the host).
+/// Stops a background task when dropped (the admission checker and the metrics listener end with the host).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -226,12 +243,20 @@ async fn metrics_response(
         let registry = registry
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        registry.fresh_entries(now_ms()).ok()
+        (
+            registry.fresh_entries(now_ms()).ok(),
+            registry.admission_stats(),
+        )
     })
     .await
-    .ok()
-    .flatten();
-    let mut response = hyper::Response::new(Full::new(Bytes::from(host.metrics.render(entries))));
+    .ok();
+    let (entries, admission) = match entries {
+        Some((entries, admission)) => (entries, Some(admission)),
+        None => (None, None),
+    };
+    let mut response = hyper::Response::new(Full::new(Bytes::from(
+        host.metrics.render_with_admission(entries, admission),
+    )));
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static(metrics::CONTENT_TYPE),
@@ -312,6 +337,9 @@ async fn answer(
         }
     };
     let refused = response.refused;
+    if response.status == 202 {
+        host.wake.notify_one();
+    }
     if let Some(line) = &response.refusal {
         tracing::warn!("{line}");
     }

@@ -49,6 +49,16 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    fn purge_networks(&self) -> Result<(), StoreError> {
+        self.connection
+            .prepare_cached(store::PURGE_NETWORKS)
+            .and_then(|mut statement| statement.execute([]))
+            .map(|_| ())
+            .map_err(storage_error)
+    }
+}
+
 fn stored_entry(row: &Row<'_>) -> rusqlite::Result<StoredEntry> {
     Ok(StoredEntry {
         entry: ServerEntry {
@@ -101,6 +111,7 @@ impl Store for SqliteStore {
             .and_then(|mut statement| statement.execute([server_id]))
             .map(|changed| changed > 0)
             .map_err(storage_error)
+            .and_then(|existed| self.purge_networks().map(|()| existed))
     }
 
     fn list_fresh(&self, fresh_since: u64) -> Result<Vec<ServerEntry>, StoreError> {
@@ -121,11 +132,36 @@ impl Store for SqliteStore {
             .and_then(|mut statement| statement.execute([sql_int(fresh_since)]))
             .map(|changed| changed as u64)
             .map_err(storage_error)
+            .and_then(|deleted| self.purge_networks().map(|()| deleted))
     }
 
     fn count(&self) -> Result<u64, StoreError> {
         self.connection
             .query_row(store::COUNT, [], |row| row.get::<_, i64>(0))
+            .map(|count| count.max(0) as u64)
+            .map_err(storage_error)
+    }
+
+    fn set_network(&mut self, server_id: &str, network: &str) -> Result<(), StoreError> {
+        self.connection
+            .prepare_cached(store::UPSERT_NETWORK)
+            .and_then(|mut statement| statement.execute([server_id, network]))
+            .map(|_| ())
+            .map_err(storage_error)
+    }
+
+    fn count_network(
+        &self,
+        network: &str,
+        fresh_since: u64,
+        except: &str,
+    ) -> Result<u64, StoreError> {
+        self.connection
+            .query_row(
+                store::COUNT_NETWORK,
+                params![network, sql_int(fresh_since), except],
+                |row| row.get::<_, i64>(0),
+            )
             .map(|count| count.max(0) as u64)
             .map_err(storage_error)
     }
