@@ -7,6 +7,12 @@
 //! caller can pin it (`call --peer-key`). Calls come only from codes it paired with; a call
 //! whose authentication fails ends `media_not_authenticated` (counted in
 //! [`Answerer::serve`]'s calls like any other); an authenticated call marks its contact so.
+//!
+//! With contacts (`contacts.json` in the state folder) it also registers their rendezvous
+//! points, as Zajel's app does after each connect ([`crate::rendezvous`]), so that a contact
+//! can find it with `call --contact` although its pairing code is new: on a live match the
+//! smaller code sends `pair_request` ([`AnswerOptions::rendezvous`], `--no-rendezvous` turns
+//! it off; the contacts are those of the start of the run).
 //! [`Answerer::serve_until`] also stops on Ctrl-C / SIGTERM, hanging up a call in progress.
 
 use std::sync::{Arc, Mutex};
@@ -21,12 +27,15 @@ use zajel_wire::pairing::PairingCode;
 use crate::call::CallEvent;
 use crate::client::{TurnPaths, TurnRouteError, TurnTransport};
 use crate::config::{AnswerPolicy, CallConfig};
+use crate::contacts::Contact;
 use crate::error::{session_kind, ErrorKind};
 use crate::interrupt::Interrupt;
-use crate::line::{lock_contacts, IceConverter, IceUpdates, LineEvent, PhoneLine};
+use crate::line::{lock_contacts, ContactSearch, IceConverter, IceUpdates, LineEvent, PhoneLine};
 use crate::line_options::{LineOptions, StateError};
+use crate::rendezvous::{registration, ContactRendezvous};
 use crate::report::CallReport;
 use crate::selftest::PhoneError;
+use zajel_wire::rendezvous::RelayRequest;
 
 /// Why the answerer could not start or stopped serving.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +82,8 @@ pub struct AnswerOptions {
     pub echo: bool,
     /// Decline calls instead of answering them (tests, `--decline`).
     pub decline: bool,
+    /// Register every contact's rendezvous points (default), so contacts find this answerer.
+    pub rendezvous: bool,
     /// Trust, TURN, addresses, tone (660 Hz by default) and timeouts.
     pub line: LineOptions,
 }
@@ -85,6 +96,7 @@ impl AnswerOptions {
             max_calls: None,
             echo: false,
             decline: false,
+            rendezvous: true,
             line: LineOptions::new(660.0),
         }
     }
@@ -98,6 +110,8 @@ pub struct Answerer {
     pub public_key: String,
     /// `zajel://CODE?server=…`
     pub share_uri: String,
+    /// How many contacts' rendezvous points it registered.
+    pub rendezvous_contacts: usize,
     line: PhoneLine,
     options: AnswerOptions,
     /// Set when the relay's `ice_servers` are turned into the engine's (once paired).
@@ -171,7 +185,27 @@ impl Answerer {
         let code = registered.code;
         let server_id = registered.server_id.clone();
         let public_key = keys.identity.public_base64();
-        let line = PhoneLine::start_with_ice(
+        let contacts: Vec<Contact> = if options.rendezvous {
+            lock_contacts(&keys.contacts).all().cloned().collect()
+        } else {
+            Vec::new()
+        };
+        let search = (!contacts.is_empty()).then(|| ContactSearch {
+            rules: ContactRendezvous::new(code.as_str(), contacts.iter().map(|c| c.key.clone())),
+            frame: RelayRequest::RegisterRendezvous(registration(
+                &keys.identity,
+                code.as_str(),
+                &contacts,
+                zajel_client_net::now_ms() as i64,
+            ))
+            .to_text(),
+            code,
+            public_key: public_key.clone(),
+            trust: options.line.trust.clone(),
+            step_timeout: options.line.step_timeout,
+        });
+        let rendezvous_contacts = contacts.len();
+        let line = PhoneLine::start_searching(
             "answerer",
             registered.session,
             code,
@@ -179,12 +213,14 @@ impl Answerer {
             true,
             Some(keys),
             Some(ice),
+            search,
         );
         Ok(Self {
             code,
             server_id,
             public_key,
             share_uri,
+            rendezvous_contacts,
             line,
             options,
             turn_paths,

@@ -1,5 +1,5 @@
 //! call-probe command line: `demo` (the whole chain in one process), `call`, `answer`,
-//! `check`, and `selftest` (two in-process engines).
+//! `check`, `contacts`, and `selftest` (two in-process engines).
 
 // Every line to stdout goes through outln!/out!: a closed pipe ends printing quietly.
 #![deny(clippy::print_stdout)]
@@ -37,6 +37,8 @@ enum Command {
     /// Register a pairing code on a relay and answer calls (tone or echo).
     #[command(after_help = call_probe::check::EXIT_CODES_HELP)]
     Answer(modes::AnswerArgs),
+    /// The contacts paired before (list, rename, remove); `call --contact NAME` calls one.
+    Contacts(modes::ContactsArgs),
     /// Check from this network: discovery, signaling, STUN, TURN over UDP/TCP/TLS, call paths.
     #[command(after_help = call_probe::check::EXIT_CODES_HELP)]
     Check(modes::CheckArgs),
@@ -95,6 +97,7 @@ fn main() -> ExitCode {
         Command::Call(args) => runtime.block_on(modes::call(args)),
         Command::Answer(args) => runtime.block_on(modes::answer(args)),
         Command::Check(args) => runtime.block_on(modes::check(args)),
+        Command::Contacts(args) => modes::contacts(args),
         Command::Selftest {
             json,
             video,
