@@ -6,7 +6,10 @@
 //! larger (the caller sends it). A stranger who computes the daily points from the two public
 //! keys (they are public) meets the caller at rendezvous, but its `pair_incoming` is not
 //! accepted and the run ends `contact_not_found`. An unknown contact name is a clear error
-//! (library and command line, exit 2).
+//! (library and command line, exit 2). A relay that redirects the points (a stub primary
+//! relay answering `rendezvous_partial`) is followed as the app does: a second connection to
+//! relay-lite with the same code and key meets the contact there, and `pair_request` goes out on
+//! the primary connection.
 
 use std::path::Path;
 use std::process::Command;
@@ -192,16 +195,21 @@ async fn a_strangers_pair_incoming_is_not_accepted_and_the_contact_is_not_found(
             run_call(&options).await
         }
     });
-    // The relay pushes the caller's fresh code to Mallory, who asks to pair.
+    // Mallory learns the caller's fresh code at rendezvous (pushed to her if she registered
+    // first, else in her own result), and asks to pair.
     let caller_code = mallory
         .session
         .recv_until(
             step(),
-            "rendezvous_match",
+            "the caller's code at rendezvous",
             |m| match m {
                 ServerMessage::Unknown(u) if u.type_name == "rendezvous_match" => {
                     Some(u.fields["match"]["peerId"].as_str().unwrap().to_string())
                 }
+                ServerMessage::Unknown(u) if u.type_name == "rendezvous_result" => u.fields
+                    ["liveMatches"]
+                    .get(0)
+                    .map(|m| m["peerId"].as_str().unwrap().to_string()),
                 _ => None,
             },
             |_| {},
@@ -297,4 +305,184 @@ async fn an_unknown_contact_is_a_clear_error() {
     assert_eq!(contacts(&["remove", "carol"]).status.code(), Some(2));
     assert_eq!(contacts(&["remove", "Carol"]).status.code(), Some(0));
     assert!(Contacts::load(dir.path()).unwrap().all().next().is_none());
+}
+
+/// A primary relay that keeps no point: every `register_rendezvous` is answered with a
+/// `rendezvous_partial` redirecting all its items to `redirect_to`. Frames it gets are sent to
+/// the returned channel (as JSON).
+async fn redirecting_relay(
+    redirect_to: String,
+) -> (
+    url::Url,
+    tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = url::Url::parse(&format!("ws://{}", listener.local_addr().unwrap())).unwrap();
+    let (seen, frames) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let Ok((tcp, _)) = listener.accept().await else {
+            return;
+        };
+        let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+            return;
+        };
+        let hello = r#"{"type":"server_info","serverId":"ed25519:stub","endpoint":"ws://stub","region":"x"}"#;
+        let _ = ws.send(Message::text(hello)).await;
+        while let Some(Ok(frame)) = ws.next().await {
+            let Message::Text(text) = frame else { continue };
+            let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let reply = match frame["type"].as_str() {
+                Some("ping") => {
+                    let _ = ws.send(Message::text(r#"{"type":"pong"}"#)).await;
+                    continue;
+                }
+                Some("register") => Some(serde_json::json!({"type": "registered",
+                    "pairingCode": frame["pairingCode"], "serverId": "ed25519:stub"})),
+                Some("register_rendezvous") => {
+                    Some(serde_json::json!({"type": "rendezvous_partial",
+                    "local": {"liveMatches": [], "deadDrops": []},
+                    "redirects": [{"serverId": "ed25519:other", "endpoint": redirect_to,
+                        "dailyPoints": frame["daily_points"], "hourlyTokens": frame["hourly_tokens"]}]}))
+                }
+                _ => None,
+            };
+            if let Some(reply) = reply {
+                let _ = ws.send(Message::text(reply.to_string())).await;
+            }
+            let _ = seen.send(frame);
+        }
+    });
+    (url, frames)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redirect_is_followed_and_the_contact_met_on_the_other_relay() {
+    use call_probe::contacts::Contact;
+    use call_probe::identity::Identity;
+    use call_probe::line::{ContactSearch, LineEvent, LineKeys, PhoneLine};
+    use call_probe::line_options::LineOptions;
+    use call_probe::rendezvous::{registration, ContactRendezvous};
+    use std::sync::{Arc, Mutex};
+
+    let world = LocalWorld::start().await.unwrap();
+    let (alice, bob) = (
+        Identity::ephemeral().unwrap(),
+        Identity::ephemeral().unwrap(),
+    );
+    let contact = |who: &Identity| Contact {
+        name: "x".into(),
+        key: who.public_base64(),
+        first_seen_ms: 0,
+        last_seen_ms: 0,
+        authenticated: true,
+    };
+    let now = zajel_client_net::now_ms() as i64;
+    // Bob waits on relay-lite with Alice's points, under the largest code.
+    let mut bob_line = client::connect_and_register_as(
+        &world.relay_url(),
+        &Default::default(),
+        Some(PairingCode::parse("ZZZZZZ").unwrap()),
+        &bob,
+        step(),
+    )
+    .await
+    .unwrap();
+    let frame =
+        RelayRequest::RegisterRendezvous(registration(&bob, "ZZZZZZ", [&contact(&alice)], now));
+    bob_line.session.send_text(frame.to_text()).await.unwrap();
+
+    // Alice's primary relay redirects her points to relay-lite.
+    let relay_lite = world.relay_url().to_string();
+    let (primary, mut primary_frames) = redirecting_relay(relay_lite.clone()).await;
+    let registered =
+        client::connect_and_register_as(&primary, &Default::default(), None, &alice, step())
+            .await
+            .unwrap();
+    let code = registered.code;
+    let search = ContactSearch {
+        rules: ContactRendezvous::new(code.as_str(), [bob.public_base64()]),
+        frame: RelayRequest::RegisterRendezvous(registration(
+            &alice,
+            code.as_str(),
+            [&contact(&bob)],
+            now,
+        ))
+        .to_text(),
+        code,
+        public_key: alice.public_base64(),
+        trust: Default::default(),
+        step_timeout: step(),
+    };
+    let keys = LineKeys {
+        identity: alice.clone(),
+        contacts: Arc::new(Mutex::new(Contacts::in_memory())),
+        new_contact_name: None,
+    };
+    let mut line = PhoneLine::start_searching(
+        "caller",
+        registered.session,
+        code,
+        LineOptions::new(440.0).call_config(Vec::new()),
+        false,
+        Some(keys),
+        None,
+        Some(search),
+    );
+    // Met through the redirect's relay; Alice's code is the smaller, so she requests.
+    let matched = line
+        .wait_for(
+            step(),
+            "the contact via the redirect",
+            |event| match event {
+                LineEvent::ContactMatched {
+                    peer_code,
+                    relay,
+                    we_request,
+                } => Some((peer_code.clone(), relay.clone(), *we_request)),
+                _ => None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(matched, ("ZZZZZZ".to_string(), relay_lite, true));
+    // The redirect connection registered Alice's code on relay-lite: Bob got it pushed.
+    let pushed = bob_line
+        .session
+        .recv_until(
+            step(),
+            "rendezvous_match",
+            |m| match m {
+                ServerMessage::Unknown(u) if u.type_name == "rendezvous_match" => {
+                    Some(u.fields["match"]["peerId"].as_str().unwrap().to_string())
+                }
+                _ => None,
+            },
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(pushed, code.as_str());
+    // The primary saw register, then register_rendezvous as the app sends it, then the
+    // pair_request (on the primary connection, as the app does).
+    let mut kinds = Vec::new();
+    while let Ok(Some(frame)) = tokio::time::timeout(step(), primary_frames.recv()).await {
+        if frame["type"] == "register_rendezvous" {
+            assert_eq!(frame["peerId"], code.as_str());
+            assert_eq!(frame["daily_points"].as_array().unwrap().len(), 3);
+            assert_eq!(frame["hourly_tokens"].as_array().unwrap().len(), 6);
+            assert_eq!(frame["dead_drops"], serde_json::json!({}));
+        }
+        let pair_request = frame["type"] == "pair_request";
+        if pair_request {
+            assert_eq!(frame["targetCode"], "ZZZZZZ");
+        }
+        kinds.push(frame["type"].as_str().unwrap().to_string());
+        if pair_request {
+            break;
+        }
+    }
+    assert_eq!(kinds, ["register", "register_rendezvous", "pair_request"]);
+    line.close().await;
 }
