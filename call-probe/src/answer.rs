@@ -12,7 +12,8 @@
 //! points, as Zajel's app does after each connect ([`crate::rendezvous`]), so that a contact
 //! can find it with `call --contact` although its pairing code is new: on a live match the
 //! smaller code sends `pair_request` ([`AnswerOptions::rendezvous`], `--no-rendezvous` turns
-//! it off; the contacts are those of the start of the run).
+//! it off; the contacts are those of the start of the run), and, beyond the app, again every
+//! hour with the points recomputed, so that it stays findable however long it runs.
 //! [`Answerer::serve_until`] also stops on Ctrl-C / SIGTERM, hanging up a call in progress.
 
 use std::sync::{Arc, Mutex};
@@ -32,10 +33,9 @@ use crate::error::{session_kind, ErrorKind};
 use crate::interrupt::Interrupt;
 use crate::line::{lock_contacts, ContactSearch, IceConverter, IceUpdates, LineEvent, PhoneLine};
 use crate::line_options::{LineOptions, StateError};
-use crate::rendezvous::{registration, ContactRendezvous};
+use crate::rendezvous::REFRESH_EVERY_MS;
 use crate::report::CallReport;
 use crate::selftest::PhoneError;
-use zajel_wire::rendezvous::RelayRequest;
 
 /// Why the answerer could not start or stopped serving.
 #[derive(Debug, thiserror::Error)]
@@ -190,21 +190,19 @@ impl Answerer {
         } else {
             Vec::new()
         };
-        let search = (!contacts.is_empty()).then(|| ContactSearch {
-            rules: ContactRendezvous::new(code.as_str(), contacts.iter().map(|c| c.key.clone())),
-            frame: RelayRequest::RegisterRendezvous(registration(
-                &keys.identity,
-                code.as_str(),
-                &contacts,
-                zajel_client_net::now_ms() as i64,
-            ))
-            .to_text(),
-            code,
-            public_key: public_key.clone(),
-            trust: options.line.trust.clone(),
-            step_timeout: options.line.step_timeout,
-        });
         let rendezvous_contacts = contacts.len();
+        let search = (!contacts.is_empty()).then(|| {
+            let mut search = ContactSearch::new(
+                keys.identity.clone(),
+                code,
+                contacts,
+                options.line.trust.clone(),
+                options.line.step_timeout,
+            );
+            // Long-running: the points again every hour (beyond the app), recomputed.
+            search.rules = search.rules.refreshing_every(REFRESH_EVERY_MS);
+            search
+        });
         let line = PhoneLine::start_searching(
             "answerer",
             registered.session,

@@ -46,10 +46,10 @@ use zajel_wire::signaling::{
 
 use crate::call::{CallEngine, Inbound};
 use crate::config::{CallConfig, IceServer, LiveIceServers};
-use crate::contacts::Contacts;
+use crate::contacts::{Contact, Contacts};
 use crate::error::ErrorKind;
 use crate::identity::{Identity, PeerAuth};
-use crate::rendezvous::{ContactRendezvous, RendezvousAction, Via};
+use crate::rendezvous::{registration, ContactRendezvous, RendezvousAction, Via};
 use crate::selftest::Phone;
 
 /// The identity a line registered with and the contacts it records peers in.
@@ -167,17 +167,49 @@ pub enum LineEvent {
     Closed,
 }
 
-/// What a line needs to find contacts through rendezvous: the rules, the
-/// `register_rendezvous` frame, and how to open redirect connections (same code and key).
+/// What a line needs to find contacts through rendezvous: the rules, whose points it
+/// registers (recomputed at each send, [`crate::rendezvous::registration`]), and how to open
+/// redirect connections (same code and key).
 pub struct ContactSearch {
     pub rules: ContactRendezvous,
-    /// `register_rendezvous` as JSON text (see [`crate::rendezvous::registration`]).
-    pub frame: String,
-    /// The line's own code and public key, for `register` on redirect connections.
+    pub identity: Identity,
+    pub contacts: Vec<Contact>,
+    /// The line's own code, for `peerId` and `register` on redirect connections.
     pub code: PairingCode,
-    pub public_key: String,
     pub trust: TrustAnchors,
     pub step_timeout: Duration,
+}
+
+impl ContactSearch {
+    /// A search for `contacts` by a line registered as `code` with `identity`; only their
+    /// keys' `pair_incoming` is accepted.
+    pub fn new(
+        identity: Identity,
+        code: PairingCode,
+        contacts: Vec<Contact>,
+        trust: TrustAnchors,
+        step_timeout: Duration,
+    ) -> Self {
+        Self {
+            rules: ContactRendezvous::new(code.as_str(), contacts.iter().map(|c| c.key.clone())),
+            identity,
+            contacts,
+            code,
+            trust,
+            step_timeout,
+        }
+    }
+
+    /// `register_rendezvous` for the contacts at `now_ms`, as JSON text.
+    pub fn frame(&self, now_ms: u64) -> String {
+        RelayRequest::RegisterRendezvous(registration(
+            &self.identity,
+            self.code.as_str(),
+            &self.contacts,
+            now_ms as i64,
+        ))
+        .to_text()
+    }
 }
 
 /// Turns the relay's servers into the engine's (TURN behind bridges, per the line's
@@ -742,7 +774,7 @@ async fn act(
     for action in actions {
         match action {
             RendezvousAction::Register => {
-                if session.send_text(search.frame.clone()).await.is_err() {
+                if session.send_text(search.frame(unix_ms())).await.is_err() {
                     return false;
                 }
             }
@@ -794,7 +826,7 @@ async fn act(
                     search.trust.clone(),
                     search.step_timeout,
                     search.code,
-                    search.public_key.clone(),
+                    search.identity.public_base64(),
                     frame,
                     redirected.clone(),
                 ));

@@ -41,7 +41,6 @@ use crate::error::{session_kind, ErrorKind};
 use crate::interrupt::{Interrupt, Progress};
 use crate::line::{lock_contacts, ContactSearch, LineError, LineEvent, PhoneLine};
 use crate::line_options::{LineOptions, StateError};
-use crate::rendezvous::{registration, ContactRendezvous};
 use crate::report::{CallReport, EndReason};
 use crate::selftest::PhoneError;
 use crate::table::{list, ms, ms_rows, row};
@@ -595,19 +594,14 @@ async fn call_steps(
         ..options.line.call_config(ice_servers)
     };
     let live = config.live_ice_servers.clone();
-    let search = contact.as_ref().map(|contact| ContactSearch {
-        rules: ContactRendezvous::new(registered.code.as_str(), [contact.key.clone()]),
-        frame: zajel_wire::rendezvous::RelayRequest::RegisterRendezvous(registration(
-            &keys.identity,
-            registered.code.as_str(),
-            [contact],
-            zajel_client_net::now_ms() as i64,
-        ))
-        .to_text(),
-        code: registered.code,
-        public_key: keys.identity.public_base64(),
-        trust: options.line.trust.clone(),
-        step_timeout: step,
+    let search = contact.as_ref().map(|contact| {
+        ContactSearch::new(
+            keys.identity.clone(),
+            registered.code,
+            vec![contact.clone()],
+            options.line.trust.clone(),
+            step,
+        )
     });
     let mut line = PhoneLine::start_searching(
         "caller",

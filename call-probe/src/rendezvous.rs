@@ -6,7 +6,11 @@
 //!   pairing code as `peerId` and the points of the contacts it looks for
 //!   ([`registration`]: their daily points, and as hourly tokens their hourly tokens plus the
 //!   daily points, `dead_drops:{}`, exactly [`RegisterRendezvous::as_the_app_sends`]), and the
-//!   same frame once more [`RESEND_AFTER_MS`] later; never again after that.
+//!   frame once more [`RESEND_AFTER_MS`] later; the app never again after that. Beyond the
+//!   app, a long-running line (`answer`) may refresh it periodically
+//!   ([`ContactRendezvous::refreshing_every`], [`REFRESH_EVERY_MS`]), the points recomputed
+//!   each time, so that it stays findable past the hourly tokens' 3 h and the daily points'
+//!   48 h.
 //! - A live match (`rendezvous_result.liveMatches`, `rendezvous_partial.local.liveMatches`, a
 //!   pushed `rendezvous_match`) names another peer's code. Empty, our own, or a code already
 //!   handled: nothing. Otherwise only the side whose code is smaller (byte order, Dart's
@@ -29,6 +33,10 @@ use crate::identity::Identity;
 
 /// The app re-sends `register_rendezvous` this long after connecting (once).
 pub const RESEND_AFTER_MS: u64 = 5_000;
+
+/// How often `answer` sends its contacts' points again (recomputed): every hour, so the
+/// current hour's token and today's point are always registered.
+pub const REFRESH_EVERY_MS: u64 = 3_600_000;
 
 /// Which connection a reply came on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +68,7 @@ pub struct ContactRendezvous {
     own_code: String,
     trusted_keys: BTreeSet<String>,
     resend_at: Option<u64>,
+    refresh_ms: Option<u64>,
     handled_codes: BTreeSet<String>,
     followed_endpoints: BTreeSet<String>,
 }
@@ -72,9 +81,16 @@ impl ContactRendezvous {
             own_code: own_code.to_string(),
             trusted_keys: trusted_keys.into_iter().collect(),
             resend_at: None,
+            refresh_ms: None,
             handled_codes: BTreeSet::new(),
             followed_endpoints: BTreeSet::new(),
         }
+    }
+
+    /// After the app's one re-send, send again every `every_ms` (ours, for long-running lines).
+    pub fn refreshing_every(mut self, every_ms: u64) -> Self {
+        self.refresh_ms = Some(every_ms.max(RESEND_AFTER_MS));
+        self
     }
 
     /// The line is connected and registered at `now_ms`: send now, and once more later.
@@ -88,11 +104,11 @@ impl ContactRendezvous {
         self.resend_at
     }
 
-    /// Time passed: the one re-send, when due.
+    /// Time passed: the re-send (and, refreshing, the next one), when due.
     pub fn on_timeout(&mut self, now_ms: u64) -> Vec<RendezvousAction> {
         match self.resend_at {
             Some(at) if now_ms >= at => {
-                self.resend_at = None;
+                self.resend_at = self.refresh_ms.map(|every| now_ms.saturating_add(every));
                 vec![RendezvousAction::Register]
             }
             _ => Vec::new(),
@@ -210,6 +226,20 @@ mod tests {
         assert_eq!(rules.on_timeout(6_000), [RendezvousAction::Register]);
         assert_eq!(rules.next_timeout(), None);
         assert!(rules.on_timeout(60_000).is_empty(), "not periodic");
+    }
+
+    #[test]
+    fn a_long_running_line_refreshes_every_hour_after_the_apps_resend() {
+        let mut rules = ContactRendezvous::new("BBBBB2", []).refreshing_every(REFRESH_EVERY_MS);
+        assert_eq!(rules.connected(0), [RendezvousAction::Register]);
+        assert_eq!(rules.on_timeout(5_000), [RendezvousAction::Register]);
+        assert_eq!(rules.next_timeout(), Some(5_000 + REFRESH_EVERY_MS));
+        assert!(rules.on_timeout(REFRESH_EVERY_MS).is_empty());
+        assert_eq!(
+            rules.on_timeout(5_000 + REFRESH_EVERY_MS),
+            [RendezvousAction::Register]
+        );
+        assert_eq!(rules.next_timeout(), Some(5_000 + 2 * REFRESH_EVERY_MS));
     }
 
     #[test]

@@ -363,7 +363,7 @@ async fn a_redirect_is_followed_and_the_contact_met_on_the_other_relay() {
     use call_probe::identity::Identity;
     use call_probe::line::{ContactSearch, LineEvent, LineKeys, PhoneLine};
     use call_probe::line_options::LineOptions;
-    use call_probe::rendezvous::{registration, ContactRendezvous};
+    use call_probe::rendezvous::registration;
     use std::sync::{Arc, Mutex};
 
     let world = LocalWorld::start().await.unwrap();
@@ -401,20 +401,13 @@ async fn a_redirect_is_followed_and_the_contact_met_on_the_other_relay() {
             .await
             .unwrap();
     let code = registered.code;
-    let search = ContactSearch {
-        rules: ContactRendezvous::new(code.as_str(), [bob.public_base64()]),
-        frame: RelayRequest::RegisterRendezvous(registration(
-            &alice,
-            code.as_str(),
-            [&contact(&bob)],
-            now,
-        ))
-        .to_text(),
+    let search = ContactSearch::new(
+        alice.clone(),
         code,
-        public_key: alice.public_base64(),
-        trust: Default::default(),
-        step_timeout: step(),
-    };
+        vec![contact(&bob)],
+        Default::default(),
+        step(),
+    );
     let keys = LineKeys {
         identity: alice.clone(),
         contacts: Arc::new(Mutex::new(Contacts::in_memory())),
