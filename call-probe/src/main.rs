@@ -31,7 +31,8 @@ enum Command {
     /// (127.0.0.1 only, offline), discover the relay, place a real call and print the report.
     #[cfg(feature = "demo")]
     Demo(modes::DemoArgs),
-    /// Pair with an answerer (pairing code or zajel:// link) and place one call.
+    /// Pair with an answerer (pairing code or zajel:// link), or find a contact paired before
+    /// (--contact NAME, through rendezvous), and place one call.
     #[command(after_help = call_probe::check::EXIT_CODES_HELP)]
     Call(modes::CallArgs),
     /// Register a pairing code on a relay and answer calls (tone or echo).
