@@ -7,6 +7,13 @@
 //! caller can pin it (`call --peer-key`). Calls come only from codes it paired with; a call
 //! whose authentication fails ends `media_not_authenticated` (counted in
 //! [`Answerer::serve`]'s calls like any other); an authenticated call marks its contact so.
+//!
+//! With contacts (`contacts.json` in the state folder) it also registers their rendezvous
+//! points, as Zajel's app does after each connect ([`crate::rendezvous`]), so that a contact
+//! can find it with `call --contact` although its pairing code is new: on a live match the
+//! smaller code sends `pair_request` ([`AnswerOptions::rendezvous`], `--no-rendezvous` turns
+//! it off; the contacts are those of the start of the run), and, beyond the app, again every
+//! hour with the points recomputed, so that it stays findable however long it runs.
 //! [`Answerer::serve_until`] also stops on Ctrl-C / SIGTERM, hanging up a call in progress.
 
 use std::sync::{Arc, Mutex};
@@ -21,10 +28,12 @@ use zajel_wire::pairing::PairingCode;
 use crate::call::CallEvent;
 use crate::client::{TurnPaths, TurnRouteError, TurnTransport};
 use crate::config::{AnswerPolicy, CallConfig};
+use crate::contacts::Contact;
 use crate::error::{session_kind, ErrorKind};
 use crate::interrupt::Interrupt;
-use crate::line::{lock_contacts, IceConverter, IceUpdates, LineEvent, PhoneLine};
+use crate::line::{lock_contacts, ContactSearch, IceConverter, IceUpdates, LineEvent, PhoneLine};
 use crate::line_options::{LineOptions, StateError};
+use crate::rendezvous::REFRESH_EVERY_MS;
 use crate::report::CallReport;
 use crate::selftest::PhoneError;
 
@@ -73,6 +82,8 @@ pub struct AnswerOptions {
     pub echo: bool,
     /// Decline calls instead of answering them (tests, `--decline`).
     pub decline: bool,
+    /// Register every contact's rendezvous points (default), so contacts find this answerer.
+    pub rendezvous: bool,
     /// Trust, TURN, addresses, tone (660 Hz by default) and timeouts.
     pub line: LineOptions,
 }
@@ -85,6 +96,7 @@ impl AnswerOptions {
             max_calls: None,
             echo: false,
             decline: false,
+            rendezvous: true,
             line: LineOptions::new(660.0),
         }
     }
@@ -98,6 +110,8 @@ pub struct Answerer {
     pub public_key: String,
     /// `zajel://CODE?server=…`
     pub share_uri: String,
+    /// How many contacts' rendezvous points it registered.
+    pub rendezvous_contacts: usize,
     line: PhoneLine,
     options: AnswerOptions,
     /// Set when the relay's `ice_servers` are turned into the engine's (once paired).
@@ -171,7 +185,25 @@ impl Answerer {
         let code = registered.code;
         let server_id = registered.server_id.clone();
         let public_key = keys.identity.public_base64();
-        let line = PhoneLine::start_with_ice(
+        let contacts: Vec<Contact> = if options.rendezvous {
+            lock_contacts(&keys.contacts).all().cloned().collect()
+        } else {
+            Vec::new()
+        };
+        let rendezvous_contacts = contacts.len();
+        let search = (!contacts.is_empty()).then(|| {
+            let mut search = ContactSearch::new(
+                keys.identity.clone(),
+                code,
+                contacts,
+                options.line.trust.clone(),
+                options.line.step_timeout,
+            );
+            // Long-running: the points again every hour (beyond the app), recomputed.
+            search.rules = search.rules.refreshing_every(REFRESH_EVERY_MS);
+            search
+        });
+        let line = PhoneLine::start_searching(
             "answerer",
             registered.session,
             code,
@@ -179,12 +211,14 @@ impl Answerer {
             true,
             Some(keys),
             Some(ice),
+            search,
         );
         Ok(Self {
             code,
             server_id,
             public_key,
             share_uri,
+            rendezvous_contacts,
             line,
             options,
             turn_paths,

@@ -37,19 +37,30 @@ pub enum ContactsError {
         #[source]
         source: std::io::Error,
     },
+    #[error("no contact named {name:?} (call-probe contacts list shows them)")]
+    Unknown { name: String },
+    #[error("a contact is already named {name:?}")]
+    NameTaken { name: String },
+    #[error("a contact name must be 1 to 64 characters, not blank")]
+    BadName,
 }
 
 impl ContactsError {
     /// The machine-readable kind.
     pub fn kind(&self) -> ErrorKind {
-        ErrorKind::StateDir
+        match self {
+            Self::Unknown { .. } => ErrorKind::UnknownContact,
+            Self::NameTaken { .. } | Self::BadName => ErrorKind::ContactName,
+            _ => ErrorKind::StateDir,
+        }
     }
 }
 
 /// One paired peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Contact {
-    /// A name for people (the peer's pairing code when it was first seen).
+    /// A name for people, unique among the contacts: `--name` of the run that first paired
+    /// with it, else the peer's pairing code then (with the key's start when taken).
     pub name: String,
     /// The peer's X25519 public key (standard base64).
     pub key: String,
@@ -122,13 +133,54 @@ impl Contacts {
         self.by_key.values()
     }
 
-    /// Records a pairing with `key` (named `name` if new) at `now_ms`, and saves.
+    /// The contact named `name`.
+    pub fn named(&self, name: &str) -> Result<&Contact, ContactsError> {
+        self.by_key
+            .values()
+            .find(|c| c.name == name)
+            .ok_or_else(|| ContactsError::Unknown {
+                name: name.to_string(),
+            })
+    }
+
+    /// Renames the contact `old` to `new` (unique), and saves.
+    pub fn rename(&mut self, old: &str, new: &str) -> Result<(), ContactsError> {
+        check_name(new)?;
+        let key = self.named(old)?.key.clone();
+        if self.by_key.values().any(|c| c.name == new && c.key != key) {
+            return Err(ContactsError::NameTaken {
+                name: new.to_string(),
+            });
+        }
+        if let Some(contact) = self.by_key.get_mut(&key) {
+            contact.name = new.to_string();
+        }
+        self.save()
+    }
+
+    /// Forgets the contact `name` (its next pairing is a new contact), and saves.
+    pub fn remove(&mut self, name: &str) -> Result<Contact, ContactsError> {
+        let key = self.named(name)?.key.clone();
+        let removed = self.by_key.remove(&key);
+        self.save()?;
+        removed.ok_or(ContactsError::Unknown {
+            name: name.to_string(),
+        })
+    }
+
+    /// Records a pairing with `key` (named `name` if new: `name` and the key's first
+    /// characters when another contact has that name) at `now_ms`, and saves.
     pub fn paired(&mut self, key: &str, name: &str, now_ms: u64) -> Result<(), ContactsError> {
+        let name = if self.by_key.values().any(|c| c.name == name && c.key != key) {
+            format!("{name}-{}", key.chars().take(8).collect::<String>())
+        } else {
+            name.to_string()
+        };
         let contact = self
             .by_key
             .entry(key.to_string())
             .or_insert_with(|| Contact {
-                name: name.to_string(),
+                name,
                 key: key.to_string(),
                 first_seen_ms: now_ms,
                 last_seen_ms: now_ms,
@@ -179,6 +231,14 @@ impl Contacts {
             }
         })
     }
+}
+
+/// A contact name people can type: 1 to 64 characters, not blank, no control characters.
+pub fn check_name(name: &str) -> Result<(), ContactsError> {
+    let ok = !name.trim().is_empty()
+        && name.chars().count() <= 64
+        && !name.chars().any(char::is_control);
+    ok.then_some(()).ok_or(ContactsError::BadName)
 }
 
 #[cfg(test)]
@@ -232,6 +292,42 @@ mod tests {
             std::fs::read_to_string(&path).unwrap(),
             "{\"contacts\": [tor"
         );
+    }
+
+    #[test]
+    fn contacts_are_found_renamed_and_removed_by_unique_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut contacts = Contacts::load(dir.path()).unwrap();
+        contacts.paired("KEY-A", "bob", 1).unwrap();
+        // Another key under a taken name gets the key's start.
+        contacts.paired("KEY-BBBBBBBBBB", "bob", 2).unwrap();
+        assert_eq!(
+            contacts.named("bob-KEY-BBBB").unwrap().key,
+            "KEY-BBBBBBBBBB"
+        );
+        assert_eq!(contacts.named("bob").unwrap().key, "KEY-A");
+        let error = contacts.rename("bob", "bob-KEY-BBBB").unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::ContactName);
+        assert_eq!(
+            contacts.rename("bob", " ").unwrap_err().kind(),
+            ErrorKind::ContactName
+        );
+        contacts.rename("bob", "Bob Smith").unwrap();
+        let error = contacts.named("bob").unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::UnknownContact);
+        assert!(
+            error.to_string().contains("no contact named \"bob\""),
+            "{error}"
+        );
+        let again = Contacts::load(dir.path()).unwrap();
+        assert_eq!(again.named("Bob Smith").unwrap().key, "KEY-A");
+        let mut again = again;
+        assert_eq!(again.remove("Bob Smith").unwrap().key, "KEY-A");
+        assert_eq!(
+            again.remove("Bob Smith").unwrap_err().kind(),
+            ErrorKind::UnknownContact
+        );
+        assert_eq!(Contacts::load(dir.path()).unwrap().all().count(), 1);
     }
 
     #[test]

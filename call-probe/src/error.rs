@@ -89,6 +89,13 @@ pub enum ErrorKind {
     World,
     /// The state folder, the identity key or the contacts file could not be read or written.
     StateDir,
+    /// `--contact NAME` or `contacts rename|remove NAME`: no contact has that name (exit 2).
+    UnknownContact,
+    /// A contact name that is blank, too long, or already another contact's (exit 2).
+    ContactName,
+    /// `call --contact`: the contact did not show up at rendezvous within the time budget
+    /// (`--find-timeout`), so no pairing and no call (exit 1).
+    ContactNotFound,
     /// The peer's call authentication failed (bad `auth`, a certificate other than the
     /// authenticated one, a downgrade, or none with `--require-authenticated`): exit code 6.
     MediaNotAuthenticated,

@@ -92,6 +92,12 @@ impl Identity {
         encode_x25519_public_key(&self.public)
     }
 
+    /// The pair's session key with `peer` (§5.3: what hourly tokens are made from), or
+    /// `None` when `peer` is no usable X25519 key.
+    pub fn session_key(&self, peer: [u8; 32]) -> Option<SharedKey> {
+        peer_keys::session_key(&self.secret, &peer).ok()
+    }
+
     /// The keys shared with the peer whose public key is `peer`.
     pub fn peer_auth(
         &self,

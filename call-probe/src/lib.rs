@@ -14,7 +14,8 @@
 //! - [`report`]: the call report and its table; [`table`]: the rows of the modes' tables.
 //! - [`selftest`]: one in-process loopback call between two engines.
 //! - [`identity`]: the X25519 pairing identity (state folder or ephemeral) and the per-peer
-//!   keys; [`contacts`]: the paired contacts (`contacts.json`).
+//!   keys; [`contacts`]: the paired contacts (`contacts.json`); [`rendezvous`]: finding a
+//!   contact again through rendezvous (sans-IO, as Zajel's app does).
 //! - [`client`]: registering on a relay, ICE servers from the relay, TURN bridges.
 //! - [`line`]: a registered session wired to an engine (pairing, call routing);
 //!   [`line_options`]: what `call`, `answer` and `demo` share, and the one builder of their
@@ -47,6 +48,7 @@ pub mod netcheck;
 pub mod peer;
 pub mod probe_call;
 pub mod relay_probe;
+pub mod rendezvous;
 pub mod report;
 pub mod selftest;
 pub mod stats;

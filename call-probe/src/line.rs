@@ -16,6 +16,12 @@
 //!   renewed) into the engine's servers before it reads the next frame ([`IceUpdates`]), so a
 //!   `call_offer` that follows is answered with them.
 //!
+//! With a [`ContactSearch`] the line also looks for contacts through rendezvous
+//! ([`crate::rendezvous`]): it sends `register_rendezvous` at start and once more 5 s later,
+//! sends `pair_request` to a live match when its code is the smaller, follows `redirects` on
+//! second connections, accepts `pair_incoming` from the contacts' keys only (unless it accepts
+//! every pair), and reports each match as [`LineEvent::ContactMatched`].
+//!
 //! Callers use [`PhoneLine::pair_with`] then the engine; answerers wait for calls.
 //!
 //! A line ends gracefully: when it is closed ([`PhoneLine::close`]) or dropped, the task sends
@@ -30,16 +36,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use zajel_client_net::signaling::SignalingSession;
+use zajel_client_net::signaling::{SignalingSession, TrustAnchors};
 use zajel_wire::call::CallPayload;
 use zajel_wire::pairing::{decode_x25519_public_key, PairingCode};
-use zajel_wire::signaling::{ClientMessage, IceServer as WireIceServer, ServerMessage};
+use zajel_wire::rendezvous::{RelayReply, RelayRequest};
+use zajel_wire::signaling::{
+    ClientMessage, IceServer as WireIceServer, ServerMessage, UnknownMessage,
+};
 
 use crate::call::{CallEngine, Inbound};
 use crate::config::{CallConfig, IceServer, LiveIceServers};
-use crate::contacts::Contacts;
+use crate::contacts::{Contact, Contacts};
 use crate::error::ErrorKind;
 use crate::identity::{Identity, PeerAuth};
+use crate::rendezvous::{registration, ContactRendezvous, RendezvousAction, Via};
 use crate::selftest::Phone;
 
 /// The identity a line registered with and the contacts it records peers in.
@@ -47,6 +57,8 @@ use crate::selftest::Phone;
 pub struct LineKeys {
     pub identity: Identity,
     pub contacts: Arc<Mutex<Contacts>>,
+    /// The name a new contact is saved under (`--name`); `None`: its pairing code.
+    pub new_contact_name: Option<String>,
 }
 
 impl LineKeys {
@@ -139,8 +151,65 @@ pub enum LineEvent {
     },
     /// The relay answered a `ping`.
     Pong,
+    /// Rendezvous found a peer at one of our contacts' points (see [`ContactSearch`]).
+    ContactMatched {
+        peer_code: String,
+        /// The relay whose reply named it (the line's own, or a redirect's endpoint).
+        relay: String,
+        /// Whether this line sent the `pair_request` (its code is the smaller).
+        we_request: bool,
+    },
+    /// A `pair_incoming` that was not accepted (not a trusted contact's key).
+    PairIgnored {
+        from_code: String,
+    },
     /// The relay connection is gone.
     Closed,
+}
+
+/// What a line needs to find contacts through rendezvous: the rules, whose points it
+/// registers (recomputed at each send, [`crate::rendezvous::registration`]), and how to open
+/// redirect connections (same code and key).
+pub struct ContactSearch {
+    pub rules: ContactRendezvous,
+    pub identity: Identity,
+    pub contacts: Vec<Contact>,
+    /// The line's own code, for `peerId` and `register` on redirect connections.
+    pub code: PairingCode,
+    pub trust: TrustAnchors,
+    pub step_timeout: Duration,
+}
+
+impl ContactSearch {
+    /// A search for `contacts` by a line registered as `code` with `identity`; only their
+    /// keys' `pair_incoming` is accepted.
+    pub fn new(
+        identity: Identity,
+        code: PairingCode,
+        contacts: Vec<Contact>,
+        trust: TrustAnchors,
+        step_timeout: Duration,
+    ) -> Self {
+        Self {
+            rules: ContactRendezvous::new(code.as_str(), contacts.iter().map(|c| c.key.clone())),
+            identity,
+            contacts,
+            code,
+            trust,
+            step_timeout,
+        }
+    }
+
+    /// `register_rendezvous` for the contacts at `now_ms`, as JSON text.
+    pub fn frame(&self, now_ms: u64) -> String {
+        RelayRequest::RegisterRendezvous(registration(
+            &self.identity,
+            self.code.as_str(),
+            &self.contacts,
+            now_ms as i64,
+        ))
+        .to_text()
+    }
 }
 
 /// Turns the relay's servers into the engine's (TURN behind bridges, per the line's
@@ -240,6 +309,21 @@ impl PhoneLine {
         keys: Option<LineKeys>,
         ice: Option<IceUpdates>,
     ) -> Self {
+        Self::start_searching(name, session, code, config, accept_pairs, keys, ice, None)
+    }
+
+    /// [`Self::start_with_ice`] that also looks for contacts through rendezvous.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_searching(
+        name: &str,
+        session: SignalingSession,
+        code: PairingCode,
+        config: CallConfig,
+        accept_pairs: bool,
+        keys: Option<LineKeys>,
+        ice: Option<IceUpdates>,
+        search: Option<ContactSearch>,
+    ) -> Self {
         let live = config.live_ice_servers.clone();
         let (to_engine, engine_inbox) = mpsc::channel(256);
         let (engine_out, from_engine) = mpsc::channel(256);
@@ -257,6 +341,7 @@ impl PhoneLine {
                 keys: keys.clone(),
                 paired: Arc::clone(&paired),
                 ice: ice.map(|updates| (updates, live)),
+                search,
             },
             from_engine,
             command_rx,
@@ -448,6 +533,7 @@ struct Routing {
     keys: Option<LineKeys>,
     paired: PairedCodes,
     ice: Option<(IceUpdates, LiveIceServers)>,
+    search: Option<ContactSearch>,
 }
 
 impl Routing {
@@ -469,7 +555,8 @@ impl Routing {
         if let Some(keys) = &self.keys {
             if decode_x25519_public_key(key).is_some() {
                 let now = zajel_client_net::now_ms();
-                if let Err(error) = lock_contacts(&keys.contacts).paired(key, code, now) {
+                let name = keys.new_contact_name.as_deref().unwrap_or(code);
+                if let Err(error) = lock_contacts(&keys.contacts).paired(key, name, now) {
                     tracing::warn!(%error, "the contact was not saved");
                 }
             }
@@ -490,10 +577,57 @@ async fn route(
         ..
     } = routing;
     let mut ice = routing.ice.take();
+    let mut search = routing.search.take();
     let mut peer: Option<PairingCode> = None;
     let mut peer_of_call: HashMap<String, PairingCode> = HashMap::new();
+    // Replies that came on redirect connections.
+    let (redirected, mut redirected_rx) = mpsc::channel::<(Via, RelayReply)>(16);
+    let primary_relay = session.url().to_string();
+    if let Some(search) = search.as_mut() {
+        let actions = search.rules.connected(unix_ms());
+        if !act(
+            &session,
+            search,
+            actions,
+            &primary_relay,
+            events,
+            &redirected,
+        )
+        .await
+        {
+            let _ = events.send(LineEvent::Closed);
+            return;
+        }
+    }
+    let resend_at = |search: &Option<ContactSearch>| {
+        search
+            .as_ref()
+            .and_then(|s| s.rules.next_timeout())
+            .map(|at| {
+                tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(unix_ms()))
+            })
+    };
     loop {
+        let timer = resend_at(&search);
         tokio::select! {
+            () = async { match timer { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
+                if let Some(search) = search.as_mut() {
+                    let actions = search.rules.on_timeout(unix_ms());
+                    if !act(&session, search, actions, &primary_relay, events, &redirected).await {
+                        let _ = events.send(LineEvent::Closed);
+                        return;
+                    }
+                }
+            }
+            Some((via, reply)) = redirected_rx.recv() => {
+                if let Some(search) = search.as_mut() {
+                    let actions = search.rules.on_reply(&reply, &via);
+                    if !act(&session, search, actions, &primary_relay, events, &redirected).await {
+                        let _ = events.send(LineEvent::Closed);
+                        return;
+                    }
+                }
+            }
             message = session.recv() => {
                 let Some(message) = message else {
                     let _ = events.send(LineEvent::Closed);
@@ -530,14 +664,20 @@ async fn route(
                     continue;
                 }
                 let event = match message {
-                    ServerMessage::PairIncoming { from_code, .. } => {
-                        if accept_pairs {
+                    ServerMessage::PairIncoming { from_code, from_public_key, .. } => {
+                        let trusted = search.as_ref().is_some_and(|s| s.rules.accepts(&from_public_key));
+                        if accept_pairs || trusted {
                             if let Ok(code) = PairingCode::parse(&from_code) {
                                 let response = ClientMessage::PairResponse { target_code: code, accepted: true };
                                 if session.send(response).await.is_err() {
                                     return;
                                 }
                             }
+                        } else if search.is_some() {
+                            // Looking for contacts: only theirs are accepted, a stranger's is left unanswered.
+                            tracing::warn!(from = from_code.as_str(), "not accepting a pair request from a key that is no contact's");
+                            let _ = events.send(LineEvent::PairIgnored { from_code });
+                            continue;
                         }
                         LineEvent::PairIncoming { from_code }
                     }
@@ -560,6 +700,16 @@ async fn route(
                         LineEvent::IceServers { servers: ice_servers }
                     }
                     ServerMessage::Pong => LineEvent::Pong,
+                    ServerMessage::Unknown(unknown) => {
+                        let Some(search) = search.as_mut() else { continue };
+                        let Some(reply) = rendezvous_reply(&unknown) else { continue };
+                        let actions = search.rules.on_reply(&reply, &Via::Primary);
+                        if !act(&session, search, actions, &primary_relay, events, &redirected).await {
+                            let _ = events.send(LineEvent::Closed);
+                            return;
+                        }
+                        continue;
+                    }
                     _ => continue,
                 };
                 let _ = events.send(event);
@@ -589,4 +739,151 @@ async fn route(
             }
         }
     }
+}
+
+/// Now as Unix ms (the rendezvous rules' clock).
+fn unix_ms() -> u64 {
+    zajel_client_net::now_ms()
+}
+
+/// A rendezvous reply (`rendezvous_result`, `rendezvous_partial`, `rendezvous_match`) among
+/// the frames the signaling types do not know; `None` for anything else or a malformed one.
+fn rendezvous_reply(unknown: &UnknownMessage) -> Option<RelayReply> {
+    if !unknown.type_name.starts_with("rendezvous_") {
+        return None;
+    }
+    let text = serde_json::to_string(unknown).ok()?;
+    match RelayReply::parse(&text) {
+        Ok(reply) => Some(reply),
+        Err(error) => {
+            tracing::warn!(kind = unknown.type_name.as_str(), %error, "ignoring a malformed rendezvous reply");
+            None
+        }
+    }
+}
+
+/// Carries out the rendezvous rules' actions; `false` when the primary connection is gone.
+async fn act(
+    session: &SignalingSession,
+    search: &ContactSearch,
+    actions: Vec<RendezvousAction>,
+    primary_relay: &str,
+    events: &mpsc::UnboundedSender<LineEvent>,
+    redirected: &mpsc::Sender<(Via, RelayReply)>,
+) -> bool {
+    for action in actions {
+        match action {
+            RendezvousAction::Register => {
+                if session.send_text(search.frame(unix_ms())).await.is_err() {
+                    return false;
+                }
+            }
+            RendezvousAction::PairRequest { peer_code, via } => {
+                let Ok(target) = PairingCode::parse(&peer_code) else {
+                    tracing::warn!("a live match is no pairing code");
+                    continue;
+                };
+                let _ = events.send(LineEvent::ContactMatched {
+                    peer_code,
+                    relay: relay_of(&via, primary_relay),
+                    we_request: true,
+                });
+                // Always on the primary connection, as the app does.
+                let request = ClientMessage::PairRequest {
+                    target_code: target,
+                    proposed_name: Some("call-probe".into()),
+                };
+                if session.send(request).await.is_err() {
+                    return false;
+                }
+            }
+            RendezvousAction::AwaitPairIncoming { peer_code, via } => {
+                let _ = events.send(LineEvent::ContactMatched {
+                    peer_code,
+                    relay: relay_of(&via, primary_relay),
+                    we_request: false,
+                });
+            }
+            RendezvousAction::FollowRedirect(redirect) => {
+                let Ok(url) = url::Url::parse(&redirect.endpoint) else {
+                    tracing::warn!(
+                        endpoint = redirect.endpoint.as_str(),
+                        "a redirect to no URL"
+                    );
+                    continue;
+                };
+                // The redirect's items as they are, as the app sends them.
+                let frame =
+                    RelayRequest::RegisterRendezvous(zajel_wire::rendezvous::RegisterRendezvous {
+                        peer_id: Some(search.code.as_str().to_string()),
+                        daily_points: redirect.daily_points.clone(),
+                        hourly_tokens: redirect.hourly_tokens.clone(),
+                        ..Default::default()
+                    })
+                    .to_text();
+                tokio::spawn(follow_redirect(
+                    url,
+                    search.trust.clone(),
+                    search.step_timeout,
+                    search.code,
+                    search.identity.public_base64(),
+                    frame,
+                    redirected.clone(),
+                ));
+            }
+        }
+    }
+    true
+}
+
+fn relay_of(via: &Via, primary_relay: &str) -> String {
+    match via {
+        Via::Primary => primary_relay.to_string(),
+        Via::Redirect(endpoint) => endpoint.clone(),
+    }
+}
+
+/// A redirect connection (§5.4): `register` with the line's code and key on `url`, then the
+/// redirect's `register_rendezvous`; its rendezvous replies go to the line until the line
+/// ends (then the connection closes).
+async fn follow_redirect(
+    url: url::Url,
+    trust: TrustAnchors,
+    step: Duration,
+    code: PairingCode,
+    public_key: String,
+    frame: String,
+    replies: mpsc::Sender<(Via, RelayReply)>,
+) {
+    let via = Via::Redirect(url.to_string());
+    let mut session = match SignalingSession::connect(&url, &trust, step).await {
+        Ok(session) => session,
+        Err(error) => {
+            tracing::warn!(%url, %error, "cannot follow a rendezvous redirect");
+            return;
+        }
+    };
+    if let Err(error) = session.register(code, &public_key, step).await {
+        tracing::warn!(%url, %error, "the redirect's relay refused register");
+        return;
+    }
+    if session.send_text(frame).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            message = session.recv() => {
+                let Some(message) = message else { return };
+                if let ServerMessage::Unknown(unknown) = message {
+                    if let Some(reply) = rendezvous_reply(&unknown) {
+                        if replies.send((via.clone(), reply)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            () = replies.closed() => break,
+        }
+    }
+    session.close(CLOSE_WAIT).await;
 }

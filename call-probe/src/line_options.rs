@@ -78,6 +78,8 @@ pub struct LineOptions {
     pub identity: IdentityChoice,
     /// Refuse calls from peers that send no call authentication.
     pub require_authenticated: bool,
+    /// The name a new contact is saved under (`--name`); `None`: its pairing code.
+    pub contact_name: Option<String>,
     /// Keep remote candidates on loopback and other local-only addresses (always with
     /// `loopback`).
     pub allow_loopback_candidates: bool,
@@ -99,6 +101,7 @@ impl LineOptions {
             timeouts: CallTimeouts::default(),
             identity: IdentityChoice::Ephemeral,
             require_authenticated: false,
+            contact_name: None,
             allow_loopback_candidates: false,
         }
     }
@@ -122,6 +125,7 @@ impl LineOptions {
         Ok(LineKeys {
             identity,
             contacts: Arc::new(Mutex::new(contacts)),
+            new_contact_name: self.contact_name.clone(),
         })
     }
 

@@ -1,5 +1,5 @@
 //! call-probe command line: `demo` (the whole chain in one process), `call`, `answer`,
-//! `check`, and `selftest` (two in-process engines).
+//! `check`, `contacts`, and `selftest` (two in-process engines).
 
 // Every line to stdout goes through outln!/out!: a closed pipe ends printing quietly.
 #![deny(clippy::print_stdout)]
@@ -31,12 +31,15 @@ enum Command {
     /// (127.0.0.1 only, offline), discover the relay, place a real call and print the report.
     #[cfg(feature = "demo")]
     Demo(modes::DemoArgs),
-    /// Pair with an answerer (pairing code or zajel:// link) and place one call.
+    /// Pair with an answerer (pairing code or zajel:// link), or find a contact paired before
+    /// (--contact NAME, through rendezvous), and place one call.
     #[command(after_help = call_probe::check::EXIT_CODES_HELP)]
     Call(modes::CallArgs),
     /// Register a pairing code on a relay and answer calls (tone or echo).
     #[command(after_help = call_probe::check::EXIT_CODES_HELP)]
     Answer(modes::AnswerArgs),
+    /// The contacts paired before (list, rename, remove); `call --contact NAME` calls one.
+    Contacts(modes::ContactsArgs),
     /// Check from this network: discovery, signaling, STUN, TURN over UDP/TCP/TLS, call paths.
     #[command(after_help = call_probe::check::EXIT_CODES_HELP)]
     Check(modes::CheckArgs),
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
         Command::Call(args) => runtime.block_on(modes::call(args)),
         Command::Answer(args) => runtime.block_on(modes::answer(args)),
         Command::Check(args) => runtime.block_on(modes::check(args)),
+        Command::Contacts(args) => modes::contacts(args),
         Command::Selftest {
             json,
             video,

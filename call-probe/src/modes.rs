@@ -145,8 +145,23 @@ pub struct DemoArgs {
 
 #[derive(Args, Debug)]
 pub struct CallArgs {
-    /// The answerer's pairing code, or a zajel:// link (its server is used).
-    target: String,
+    /// The answerer's pairing code, or a zajel:// link (its server is used). Not with
+    /// --contact.
+    #[arg(required_unless_present = "contact", conflicts_with = "contact")]
+    target: Option<String>,
+    /// Call a contact paired before (its name in `call-probe contacts list`): register a fresh
+    /// code, meet it through rendezvous on the relay (as Zajel's app does), pair and call.
+    /// Its `call-probe answer` must be running (it registers its contacts' points).
+    #[arg(long, value_name = "NAME")]
+    contact: Option<String>,
+    /// With --contact: seconds to wait for the contact at rendezvous (then exit 1,
+    /// error_kind contact_not_found).
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    find_timeout: f64,
+    /// Save the answerer, when this run pairs with it for the first time, as this contact
+    /// name (default: its pairing code); rename later with `call-probe contacts rename`.
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
     /// Seconds of audio once the call is connected.
     #[arg(long, default_value_t = 3.0)]
     duration: f64,
@@ -183,6 +198,16 @@ pub struct AnswerArgs {
     /// Do not print the QR code.
     #[arg(long)]
     no_qr: bool,
+    /// Save a caller that pairs with this answerer for the first time as this contact name
+    /// (default: its pairing code; a taken name gets the key's start appended).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// Do not register the contacts' rendezvous points. By default, when the state folder
+    /// holds contacts, the answerer registers them all (as Zajel's app does after connecting,
+    /// and again 5 s later) so that a contact can reach it with `call --contact` although its
+    /// pairing code is new.
+    #[arg(long)]
+    no_rendezvous: bool,
     #[command(flatten)]
     media: MediaArgs,
     #[command(flatten)]
@@ -310,9 +335,41 @@ pub async fn call(args: CallArgs) -> ExitCode {
         Ok(d) => d,
         Err(e) => return usage(e),
     };
-    let link = match ShareLink::parse(&args.target) {
-        Ok(link) => link,
-        Err(e) => return usage(format!("{}: {e}", args.target)),
+    let find_timeout = match seconds(args.find_timeout, "--find-timeout") {
+        Ok(d) => d,
+        Err(e) => return usage(e),
+    };
+    if let Some(name) = &args.name {
+        if let Err(e) = call_probe::contacts::check_name(name) {
+            return usage(format!("--name: {e}"));
+        }
+    }
+    let link = match (&args.target, &args.contact) {
+        (Some(target), _) => match ShareLink::parse(target) {
+            Ok(link) => Some(link),
+            Err(e) => return usage(format!("{target}: {e}")),
+        },
+        (None, Some(name)) => {
+            // An unknown name is a usage error before anything goes on the network.
+            if args.media.ephemeral_identity {
+                return usage(
+                    "--contact needs the state folder's contacts, not --ephemeral-identity",
+                );
+            }
+            match args.media.line_options(440.0).line_keys() {
+                Ok(keys) => {
+                    if let Err(e) = call_probe::line::lock_contacts(&keys.contacts).named(name) {
+                        return usage(format!("--contact: {e}"));
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            None
+        }
+        (None, None) => return usage("give a pairing code or link, or --contact NAME"),
     };
     let roots = match args.discovery.trust.roots() {
         Ok(r) => r,
@@ -329,7 +386,7 @@ pub async fn call(args: CallArgs) -> ExitCode {
     let progress = Progress::stderr();
     progress.say("discovering servers");
     let chosen = tokio::select! {
-        chosen = choose_server(&args.discovery, Some(&link)) => chosen,
+        chosen = choose_server(&args.discovery, link.as_ref()) => chosen,
         signal = interrupt.fired() => return interrupted_before_the_call(args.media.json, signal),
     };
     let mut choice = match chosen {
@@ -345,7 +402,12 @@ pub async fn call(args: CallArgs) -> ExitCode {
         eprintln!("error: no server found");
         return ExitCode::from(call_probe::check::EXIT_NO_SERVER);
     };
-    let mut options = CallOptions::new(url.clone(), link.code);
+    let mut options = match (&link, &args.contact) {
+        (Some(link), _) => CallOptions::new(url.clone(), link.code),
+        (None, Some(name)) => CallOptions::to_contact(url.clone(), name),
+        (None, None) => unreachable!("checked above"),
+    };
+    options.find_timeout = find_timeout;
     options.duration = duration;
     options.with_video = args.video;
     options.peer_key = args.peer_key.clone();
@@ -356,6 +418,7 @@ pub async fn call(args: CallArgs) -> ExitCode {
         .filter_map(|identity| Some((identity.url.clone(), identity.proven_server_id.clone()?)))
         .collect();
     options.line = args.media.line_options(440.0).trusting(roots);
+    options.line.contact_name = args.name.clone();
     options.interrupt = interrupt;
     options.progress = progress;
     // With discovery, a server that fails call authentication is left for the next one.
@@ -400,6 +463,7 @@ pub async fn call(args: CallArgs) -> ExitCode {
                 ExitCode::from(EXIT_NOT_AUTHENTICATED)
             }
             Some(ErrorKind::Interrupted) => ExitCode::from(EXIT_INTERRUPTED),
+            Some(ErrorKind::UnknownContact | ErrorKind::ContactName) => ExitCode::from(EXIT_USAGE),
             _ => ExitCode::FAILURE,
         }
     }
@@ -450,7 +514,9 @@ pub async fn answer(args: AnswerArgs) -> ExitCode {
     options.max_calls = if args.once { Some(1) } else { args.max_calls };
     options.echo = args.echo;
     options.decline = args.decline;
+    options.rendezvous = !args.no_rendezvous;
     options.line = args.media.line_options(660.0).trusting(roots);
+    options.line.contact_name = args.name.clone();
     let started = tokio::select! {
         started = Answerer::start(options) => started,
         signal = interrupt.fired() => return stopped_early(signal, "registration"),
@@ -471,12 +537,18 @@ pub async fn answer(args: AnswerArgs) -> ExitCode {
             "{}",
             serde_json::json!({"event": "registered", "code": answerer.code.as_str(),
                 "uri": answerer.share_uri, "serverId": answerer.server_id, "server": choice.server,
-                "publicKey": answerer.public_key})
+                "publicKey": answerer.public_key, "rendezvousContacts": answerer.rendezvous_contacts})
         );
     } else {
         out!("{}", choice.to_table());
         outln!("pairing code {}", answerer.code.as_str());
         outln!("public key   {}", answerer.public_key);
+        if answerer.rendezvous_contacts > 0 {
+            outln!(
+                "rendezvous   points of {} contact(s) registered",
+                answerer.rendezvous_contacts
+            );
+        }
         outln!("link {}", answerer.share_uri);
         if !args.no_qr {
             if let Ok(qr) = answerer.qr_terminal() {
@@ -551,5 +623,83 @@ pub async fn check(args: CheckArgs) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `call-probe contacts`: the contacts in the state folder.
+#[derive(Args, Debug)]
+pub struct ContactsArgs {
+    #[command(subcommand)]
+    command: ContactsCommand,
+    /// The state folder holding contacts.json [default: as for call and answer].
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum ContactsCommand {
+    /// List the contacts: name, public key, first and last pairing, whether a call with it
+    /// was ever authenticated.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rename a contact (names are unique; `call --contact NEW` then finds it).
+    Rename { old: String, new: String },
+    /// Forget a contact (its next pairing makes a new one; its calls are no longer
+    /// expected to authenticate).
+    Remove { name: String },
+}
+
+pub fn contacts(args: ContactsArgs) -> ExitCode {
+    let dir = match args
+        .state_dir
+        .clone()
+        .map_or_else(call_probe::identity::default_state_dir, Ok)
+    {
+        Ok(dir) => dir,
+        Err(e) => return usage(e),
+    };
+    let mut contacts = match call_probe::contacts::Contacts::load(&dir) {
+        Ok(contacts) => contacts,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let done = match args.command {
+        ContactsCommand::List { json } => {
+            let all: Vec<_> = contacts.all().cloned().collect();
+            if json {
+                print_json(&serde_json::json!({"contacts": all}));
+            } else if all.is_empty() {
+                outln!("no contacts in {}", dir.display());
+            } else {
+                for c in &all {
+                    outln!(
+                        "{:<20} {}  {}",
+                        c.name,
+                        c.key,
+                        if c.authenticated {
+                            "authenticated"
+                        } else {
+                            "not authenticated yet"
+                        }
+                    );
+                }
+            }
+            Ok(())
+        }
+        ContactsCommand::Rename { old, new } => contacts.rename(&old, &new),
+        ContactsCommand::Remove { name } => contacts.remove(&name).map(|_| ()),
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == ErrorKind::StateDir => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+        Err(e) => usage(e),
     }
 }

@@ -12,6 +12,14 @@
 //! ([`CallError::PeerKeyMismatch`]). A call the engine refuses as not authenticated fails the
 //! run with [`CallError::NotAuthenticated`]; an authenticated call marks the contact so.
 //!
+//! With [`CallTarget::Contact`] (`call --contact NAME`) there is no code to pair with: the
+//! line registers a fresh code, sends `register_rendezvous` with that contact's points (as
+//! Zajel's app does, [`crate::rendezvous`]), and pairs with whoever meets it there — a
+//! `pair_request` from the smaller code, accepted on the other side only from the contact's
+//! key; the key `pair_matched` hands must be the contact's ([`CallError::PeerKeyMismatch`]
+//! otherwise). Not met within [`CallOptions::find_timeout`]: [`CallError::ContactNotFound`].
+//! The report says how the contact was found ([`ContactFound`]).
+//!
 //! [`CallOptions::interrupt`] (Ctrl-C, SIGTERM) stops the run at whatever step it is in: the
 //! line is closed cleanly, a call placed or connected is hung up with `call_hangup` first, and
 //! the report is filled as far as it got with [`CallError::Interrupted`]
@@ -31,7 +39,7 @@ use crate::client::{self, TurnPaths, TurnRouteError, TurnTransport};
 use crate::config::CallConfig;
 use crate::error::{session_kind, ErrorKind};
 use crate::interrupt::{Interrupt, Progress};
-use crate::line::{lock_contacts, LineError, PhoneLine};
+use crate::line::{lock_contacts, ContactSearch, LineError, LineEvent, PhoneLine};
 use crate::line_options::{LineOptions, StateError};
 use crate::report::{CallReport, EndReason};
 use crate::selftest::PhoneError;
@@ -42,8 +50,10 @@ use crate::table::{list, ms, ms_rows, row};
 pub struct CallOptions {
     /// The relay's WebSocket URL.
     pub server: Url,
-    /// The answerer's pairing code.
-    pub target: PairingCode,
+    /// Whom to call: a pairing code, or a contact found through rendezvous.
+    pub target: CallTarget,
+    /// `--contact`: how long the contact may take to show up at rendezvous.
+    pub find_timeout: Duration,
     /// How long audio flows once the call is connected.
     pub duration: Duration,
     pub with_video: bool,
@@ -65,9 +75,19 @@ pub struct CallOptions {
 impl CallOptions {
     /// Defaults for a call to `target` on `server`.
     pub fn new(server: Url, target: PairingCode) -> Self {
+        Self::to(server, CallTarget::Code(target))
+    }
+
+    /// Defaults for a call to the contact `name`, found through rendezvous on `server`.
+    pub fn to_contact(server: Url, name: &str) -> Self {
+        Self::to(server, CallTarget::Contact(name.to_string()))
+    }
+
+    fn to(server: Url, target: CallTarget) -> Self {
         Self {
             server,
             target,
+            find_timeout: DEFAULT_FIND_TIMEOUT,
             duration: Duration::from_secs(3),
             with_video: false,
             line: LineOptions::new(440.0),
@@ -77,6 +97,41 @@ impl CallOptions {
             progress: Progress::default(),
         }
     }
+}
+
+/// How long `call --contact` waits for the contact at rendezvous unless told
+/// (`--find-timeout`): the contact's `answer` re-sends its points 5 s after connecting, so a
+/// contact already online matches at once.
+pub const DEFAULT_FIND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Whom `call` calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallTarget {
+    /// The answerer's pairing code.
+    Code(PairingCode),
+    /// A contact (by name in `contacts.json`), found through rendezvous.
+    Contact(String),
+}
+
+/// How `call --contact` found the contact.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContactFound {
+    /// The contact's name and key.
+    pub contact: String,
+    pub key: String,
+    /// `rendezvous`.
+    pub how: &'static str,
+    /// The relay whose rendezvous reply named the contact (ours, or a redirect's endpoint).
+    pub relay: String,
+    /// Whether that was a redirect's relay rather than our own.
+    pub via_redirect: bool,
+    /// The contact's pairing code in this run.
+    pub peer_code: String,
+    /// Whether we sent the `pair_request` (our code was the smaller).
+    pub we_requested: bool,
+    /// From registration (signaling ready) to the live match, and to `pair_matched`.
+    pub match_ms: f64,
+    pub paired_ms: f64,
 }
 
 /// Milestones in ms from the start of the run.
@@ -99,6 +154,11 @@ pub struct Milestones {
 pub enum CallError {
     #[error("state: {0}")]
     State(#[from] StateError),
+    #[error(transparent)]
+    Contact(#[from] crate::contacts::ContactsError),
+    /// `seconds`: the time budget.
+    #[error("the contact {name:?} did not show up at rendezvous within {seconds:.0} s (is its `call-probe answer` running on a relay that meets ours?)")]
+    ContactNotFound { name: String, seconds: f64 },
     #[error("pairing handed the public key {paired}, not the pinned {pinned}")]
     PeerKeyMismatch { pinned: String, paired: String },
     /// `detail`: what the relay proved (or did not) instead.
@@ -134,6 +194,8 @@ impl CallError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::State(error) => error.kind(),
+            Self::Contact(error) => error.kind(),
+            Self::ContactNotFound { .. } => ErrorKind::ContactNotFound,
             Self::PeerKeyMismatch { .. } => ErrorKind::PeerKeyMismatch,
             Self::IdentityMismatch { .. } => ErrorKind::IdentityMismatch,
             Self::NotAuthenticated { .. } => ErrorKind::MediaNotAuthenticated,
@@ -183,6 +245,8 @@ pub struct ProbeCallReport {
     /// through (on a network that blocks UDP: `udp`).
     pub turn_without_allocation: Vec<TurnTransport>,
     pub milestones: Milestones,
+    /// `call --contact`: how the contact was found.
+    pub found: Option<ContactFound>,
     /// The tone heard from the peer (Hz), if any.
     pub heard_hz: Option<f64>,
     /// Audio flowed both ways: we sent and received RTP and heard a tone.
@@ -229,6 +293,22 @@ impl ProbeCallReport {
                 self.peer_code
             ),
         );
+        if let Some(found) = &self.found {
+            row(
+                &mut out,
+                "contact",
+                format!(
+                    "{} found by {} on {}{} after {:.0} ms, paired after {:.0} ms ({} sent pair_request)",
+                    found.contact,
+                    found.how,
+                    found.relay,
+                    if found.via_redirect { " (a redirect)" } else { "" },
+                    found.match_ms,
+                    found.paired_ms,
+                    if found.we_requested { "we" } else { "it" }
+                ),
+            );
+        }
         if let Some(t) = &self.signaling {
             row(
                 &mut out,
@@ -442,7 +522,10 @@ pub async fn run_call(options: &CallOptions) -> ProbeCallReport {
         server_id: None,
         server_proven: None,
         own_code: None,
-        peer_code: options.target.as_str().to_string(),
+        peer_code: match &options.target {
+            CallTarget::Code(code) => code.as_str().to_string(),
+            CallTarget::Contact(_) => String::new(),
+        },
         own_key: None,
         peer_key: None,
         authenticated: false,
@@ -454,6 +537,7 @@ pub async fn run_call(options: &CallOptions) -> ProbeCallReport {
         relay_candidates: Vec::new(),
         turn_without_allocation: Vec::new(),
         milestones: Milestones::default(),
+        found: None,
         heard_hz: None,
         media_both_ways: false,
         error: None,
@@ -476,6 +560,10 @@ async fn call_steps(
     let mut interrupt = options.interrupt.clone();
     let keys = options.line.line_keys()?;
     report.own_key = Some(keys.identity.public_base64());
+    let contact = match &options.target {
+        CallTarget::Code(_) => None,
+        CallTarget::Contact(name) => Some(lock_contacts(&keys.contacts).named(name)?.clone()),
+    };
     let mut registered = tokio::select! {
         registered = options.line.register(&options.server, None, &keys.identity) => {
             registered.map_err(CallError::Signaling)?
@@ -506,25 +594,48 @@ async fn call_steps(
         ..options.line.call_config(ice_servers)
     };
     let live = config.live_ice_servers.clone();
-    let mut line = PhoneLine::start_keyed(
+    let search = contact.as_ref().map(|contact| {
+        ContactSearch::new(
+            keys.identity.clone(),
+            registered.code,
+            vec![contact.clone()],
+            options.line.trust.clone(),
+            step,
+        )
+    });
+    let mut line = PhoneLine::start_searching(
         "caller",
         registered.session,
         registered.code,
         config,
         false,
         Some(keys.clone()),
+        None,
+        search,
     );
     let paired = tokio::select! {
-        paired = line.pair_with(options.target, step) => Ok(paired),
+        paired = async {
+            match (&options.target, &contact) {
+                (CallTarget::Contact(_), Some(contact)) => {
+                    find_contact(&mut line, contact, options, start, report).await
+                }
+                (CallTarget::Code(code), _) => Ok(line.pair_with(*code, step).await.map(|()| *code)?),
+                (CallTarget::Contact(_), None) => unreachable!("contact looked up above"),
+            }
+        } => Ok(paired),
         signal = interrupt.fired() => Err(signal),
     };
-    match paired {
-        Ok(paired) => paired?,
+    let target = match paired {
+        Ok(Ok(target)) => target,
+        Ok(Err(error)) => {
+            line.close().await;
+            return Err(error);
+        }
         Err(signal) => {
             line.close().await;
             return Err(CallError::Interrupted { signal });
         }
-    }
+    };
     report.milestones.pair_matched_ms = Some(ms_since(start));
     // Paired: relay-lite's credentials come now; the call uses them.
     let offered = match line.ice_servers_after_pairing(step).await {
@@ -557,7 +668,7 @@ async fn call_steps(
         line.close().await;
         return Err(CallError::NoTurnServer(options.line.turn_transport));
     }
-    let paired_key = line.paired_key(options.target).unwrap_or_default();
+    let paired_key = line.paired_key(target).unwrap_or_default();
     report.peer_key = Some(paired_key.clone());
     if let Some(pinned) = &options.peer_key {
         if pinned.trim() != paired_key {
@@ -570,7 +681,7 @@ async fn call_steps(
     }
 
     let placed_at = ms_since(start);
-    let placed = match line.peer_auth(options.target) {
+    let placed = match line.peer_auth(target) {
         Some(peer) => {
             line.phone
                 .engine
@@ -692,6 +803,86 @@ async fn call_steps(
     Ok(())
 }
 
+/// `call --contact`: waits for rendezvous to pair the line with `contact` (our
+/// `pair_request` when our code is the smaller, else its, accepted for its key only). The
+/// pairing must hand the contact's key. Returns the contact's code in this run.
+async fn find_contact(
+    line: &mut PhoneLine,
+    contact: &crate::contacts::Contact,
+    options: &CallOptions,
+    start: Instant,
+    report: &mut ProbeCallReport,
+) -> Result<PairingCode, CallError> {
+    let registered_ms = report.milestones.signaling_ready_ms.unwrap_or_default();
+    let limit = options.find_timeout;
+    let mut matched: Option<(String, String, bool, f64)> = None;
+    let outcome = line
+        .wait_for(limit, "the contact at rendezvous", |event| match event {
+            LineEvent::ContactMatched {
+                peer_code,
+                relay,
+                we_request,
+            } => {
+                matched = Some((
+                    peer_code.clone(),
+                    relay.clone(),
+                    *we_request,
+                    ms_since(start),
+                ));
+                None
+            }
+            LineEvent::PairMatched {
+                peer_code,
+                peer_public_key,
+                ..
+            } => Some(Ok((peer_code.clone(), peer_public_key.clone()))),
+            LineEvent::PairRejected { .. } => Some(Err(LineError::PairRejected)),
+            LineEvent::PairError { error } => Some(Err(LineError::PairRefused(error.clone()))),
+            LineEvent::PairTimeout { .. } => Some(Err(LineError::PairTimeout)),
+            LineEvent::Closed => Some(Err(LineError::Closed)),
+            _ => None,
+        })
+        .await;
+    let (peer_code, peer_key) = match outcome {
+        Ok(paired) => paired?,
+        Err(LineError::TimedOut { .. }) => {
+            return Err(CallError::ContactNotFound {
+                name: contact.name.clone(),
+                seconds: limit.as_secs_f64(),
+            })
+        }
+        Err(error) => return Err(error.into()),
+    };
+    report.peer_code = peer_code.clone();
+    if peer_key != contact.key {
+        return Err(CallError::PeerKeyMismatch {
+            pinned: contact.key.clone(),
+            paired: peer_key,
+        });
+    }
+    let paired_at = ms_since(start);
+    let (relay, we_requested, match_at) = match matched {
+        Some((code, relay, we, at)) if code == peer_code => (relay, we, at),
+        _ => (options.server.to_string(), false, paired_at),
+    };
+    report.found = Some(ContactFound {
+        contact: contact.name.clone(),
+        key: contact.key.clone(),
+        how: "rendezvous",
+        via_redirect: relay != options.server.as_str(),
+        relay,
+        peer_code: peer_code.clone(),
+        we_requested,
+        match_ms: match_at - registered_ms,
+        paired_ms: paired_at - registered_ms,
+    });
+    PairingCode::parse(&peer_code).map_err(|_| {
+        CallError::Pairing(LineError::PairRefused(
+            "the contact's code is no pairing code".into(),
+        ))
+    })
+}
+
 /// Copies the engine's milestones (ms from `place_call`) into the run's timeline.
 fn fill_from_call(report: &mut ProbeCallReport, placed_at: f64, turn_paths: &TurnPaths) {
     if let Some(call) = &mut report.call {
@@ -761,6 +952,7 @@ mod tests {
             relay_candidates: Vec::new(),
             turn_without_allocation: Vec::new(),
             milestones: Milestones::default(),
+            found: None,
             heard_hz: None,
             media_both_ways: true,
             error: None,

@@ -43,6 +43,13 @@ pub struct RelayConfig {
     /// embedded TURN server ([`Self::turn`]) and no TURN URLs here, the
     /// URLs of its listeners are handed out, with its secret.
     pub ice: Option<IceConfig>,
+    /// Also hand [`Self::ice`] to paired clients that never asked (no
+    /// `"iceServers": true`), under the same rule as asked ones: once the
+    /// connection is paired or in a call, renewed while it lives. Every Zajel
+    /// client ignores a message type it does not know (app: a logged warning,
+    /// web: a logged warning, headless: a debug log), so the frame is harmless
+    /// to them; on by default (`--ice-servers-unasked false` turns it off).
+    pub ice_servers_unasked: bool,
     /// An embedded TURN server to start with the relay (and stop with it);
     /// its counters appear in the relay's metrics.
     pub turn: Option<crate::turn::TurnConfig>,
@@ -68,6 +75,7 @@ impl Default for RelayConfig {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             ice: None,
+            ice_servers_unasked: true,
             turn: None,
             metrics: None,
             rendezvous: RendezvousConfig::default(),

@@ -1,7 +1,10 @@
 //! The `ice_servers` extension: STUN/TURN servers with fresh time-limited
 //! TURN credentials ([`crate::credentials`]) for registered clients that
 //! asked by sending `"iceServers": true` in their `register` frame
-//! (`ClientMessage::Register`'s `ice_servers`), once their connection is
+//! (`ClientMessage::Register`'s `ice_servers`) — or, with
+//! `RelayConfig::ice_servers_unasked` (the default; Zajel's clients never
+//! ask and all ignore a message type they do not know), for every
+//! registered client — once their connection is
 //! engaged: paired (`pair_matched`, sent to both sides) or in a call (a
 //! `call_offer` sent or received). Never right after `register`: anyone
 //! can register, and credentials let their holder allocate on the TURN

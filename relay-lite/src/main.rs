@@ -113,6 +113,18 @@ struct Cli {
         value_delimiter = ','
     )]
     stun_urls: Vec<String>,
+    /// Also send ice_servers (STUN/TURN with credentials) to paired clients that never asked
+    /// ("iceServers": true in register): Zajel's app, web and headless clients all ignore a
+    /// message type they do not know, so this is harmless to them. `false`: only to clients
+    /// that ask. See the README's "TURN for clients that never ask".
+    #[arg(
+        long,
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL",
+        env = "RELAY_LITE_ICE_SERVERS_UNASKED"
+    )]
+    ice_servers_unasked: bool,
     /// Seconds TURN credentials stay valid (for new allocations); a fresh one is sent
     /// after three quarters of that while the connection lives.
     #[arg(
@@ -310,6 +322,7 @@ impl Cli {
             },
             bootstrap: self.bootstrap,
             ice,
+            ice_servers_unasked: self.ice_servers_unasked,
             turn,
             ..RelayConfig::default()
         };

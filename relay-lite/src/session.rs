@@ -386,8 +386,11 @@ impl Session {
                 }
                 .to_text()];
                 // Credentials come once the connection is paired or in a call.
-                self.ice
-                    .registered(asks_ice_servers && shared.config.ice.is_some());
+                // Unasked too when so configured: Zajel's clients ignore the frame.
+                self.ice.registered(
+                    (asks_ice_servers || shared.config.ice_servers_unasked)
+                        && shared.config.ice.is_some(),
+                );
                 replies
             }
         }

@@ -852,6 +852,9 @@ async fn ice_servers_only_once_paired_and_renewed_only_while_connected() {
         secret.to_str().unwrap(),
         "--turn-ttl",
         &TTL.to_string(),
+        // Only to clients that ask: the rule for those that never do is below.
+        "--ice-servers-unasked",
+        "false",
     ]);
     let mut alice = Client::connect(&relay.url()).await;
     // Unregistered clients get nothing: a bad register asking for it is just an error.
@@ -932,6 +935,70 @@ async fn ice_servers_only_once_paired_and_renewed_only_while_connected() {
     );
     // The secret never reaches the logs.
     assert!(!relay.process.output().contains("t0p-s3cret"));
+}
+
+/// Issue 14 item 6: Zajel's clients never send `"iceServers": true` and all
+/// ignore a type they do not know, so by default (`--ice-servers-unasked`,
+/// on) they get `ice_servers` under the same rule as clients that ask: not
+/// when registered, once paired. Turned off, they get none.
+#[tokio::test]
+async fn ice_servers_unasked_once_paired_unless_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("turn.secret");
+    std::fs::write(&secret, "t0p-s3cret\n").unwrap();
+    let secret = secret.to_str().unwrap().to_string();
+    let base = [
+        "--turn-url",
+        "turn:127.0.0.1:3478?transport=udp",
+        "--turn-url",
+        "turns:127.0.0.1:5349?transport=tcp",
+        "--stun-url",
+        "stun:127.0.0.1:3478",
+        "--turn-secret-file",
+        &secret,
+    ];
+    for unasked in [None, Some("true"), Some("false")] {
+        let mut args = base.to_vec();
+        if let Some(value) = unasked {
+            args.extend(["--ice-servers-unasked", value]);
+        }
+        let offered = unasked != Some("false");
+        let relay = RelayProcess::start(&args);
+        let mut alice = Client::connect(&relay.url()).await;
+        let mut bob = Client::connect(&relay.url()).await;
+        // Registered the way Zajel's clients do (no "iceServers"): nothing yet.
+        for (client, code, n) in [(&mut alice, "ALEXA2", 1), (&mut bob, "BBBBB2", 2)] {
+            let registered = client
+                .request(json!({"type": "register", "pairingCode": code, "publicKey": key(n)}))
+                .await;
+            assert_eq!(registered["type"], "registered");
+            client.expect_quiet().await;
+        }
+        alice
+            .send(json!({"type": "pair_request", "targetCode": "BBBBB2", "proposedName": "Alice"}))
+            .await;
+        assert_eq!(bob.recv().await["type"], "pair_incoming");
+        let first = bob
+            .request(json!({"type": "pair_response", "targetCode": "ALEXA2", "accepted": true}))
+            .await;
+        assert_eq!(alice.recv().await["type"], "pair_matched");
+        let after = alice.request(json!({"type": "ping"})).await;
+        if offered {
+            checked_ice_servers(&first, 600);
+            assert_eq!(bob.recv().await["type"], "pair_matched");
+            checked_ice_servers(&after, 600);
+            assert_eq!(alice.recv().await, json!({"type": "pong"}));
+        } else {
+            assert_eq!(first["type"], "pair_matched", "{unasked:?}: {first}");
+            assert_eq!(after, json!({"type": "pong"}), "{unasked:?}");
+            bob.expect_quiet().await;
+        }
+        assert_eq!(
+            relay.metric("relay_ice_credentials_issued_total").await,
+            if offered { 2.0 } else { 0.0 },
+            "{unasked:?}"
+        );
+    }
 }
 
 /// "(or has a call)": a `call_offer` between two connections that asked

@@ -1,0 +1,371 @@
+//! Finding contacts again through rendezvous, as Zajel's app does (reference §5.3–§5.4),
+//! sans-IO: [`ContactRendezvous`] takes `now` (Unix ms) and what the relay said, and returns
+//! what to send; the phone line ([`crate::line`]) does the sending.
+//!
+//! - After each signaling connect the line sends `register_rendezvous` with its own (fresh)
+//!   pairing code as `peerId` and the points of the contacts it looks for
+//!   ([`registration`]: their daily points, and as hourly tokens their hourly tokens plus the
+//!   daily points, `dead_drops:{}`, exactly [`RegisterRendezvous::as_the_app_sends`]), and the
+//!   frame once more [`RESEND_AFTER_MS`] later; the app never again after that. Beyond the
+//!   app, a long-running line (`answer`) may refresh it periodically
+//!   ([`ContactRendezvous::refreshing_every`], [`REFRESH_EVERY_MS`]), the points recomputed
+//!   each time, so that it stays findable past the hourly tokens' 3 h and the daily points'
+//!   48 h.
+//! - A live match (`rendezvous_result.liveMatches`, `rendezvous_partial.local.liveMatches`, a
+//!   pushed `rendezvous_match`) names another peer's code. Empty, our own, or a code already
+//!   handled: nothing. Otherwise only the side whose code is smaller (byte order, Dart's
+//!   `String.compareTo`) sends `pair_request`, always on the primary connection; the other
+//!   side waits for the `pair_incoming`.
+//! - `pair_incoming` is accepted only when its `fromPublicKey` is one of the trusted contacts'
+//!   keys ([`ContactRendezvous::accepts`]); a stranger who learnt our code is not.
+//! - `rendezvous_partial.redirects` (points another relay owns) are followed once per
+//!   endpoint, only from the primary connection's replies (the app ignores a redirect
+//!   connection's own redirects): a second connection to the endpoint, `register` with the
+//!   same code and key, `register_rendezvous` with that redirect's items.
+
+use std::collections::BTreeSet;
+
+use zajel_wire::peer_keys;
+use zajel_wire::rendezvous::{Redirect, RegisterRendezvous, RelayReply};
+
+use crate::contacts::Contact;
+use crate::identity::Identity;
+
+/// The app re-sends `register_rendezvous` this long after connecting (once).
+pub const RESEND_AFTER_MS: u64 = 5_000;
+
+/// How often `answer` sends its contacts' points again (recomputed): every hour, so the
+/// current hour's token and today's point are always registered.
+pub const REFRESH_EVERY_MS: u64 = 3_600_000;
+
+/// Which connection a reply came on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// The connection the line registered on.
+    Primary,
+    /// A connection opened to follow a redirect, to this endpoint.
+    Redirect(String),
+}
+
+/// What the line must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RendezvousAction {
+    /// Send the `register_rendezvous` frame (again) on the primary connection.
+    Register,
+    /// A live match with `peer_code` (found via `via`): send it `pair_request`.
+    PairRequest { peer_code: String, via: Via },
+    /// A live match with `peer_code`, smaller than ours: it sends `pair_request`, we wait for
+    /// its `pair_incoming`.
+    AwaitPairIncoming { peer_code: String, via: Via },
+    /// Open a second connection for `redirect` (register, then its items).
+    FollowRedirect(Redirect),
+}
+
+/// The rendezvous rules for one line: own code, trusted keys, the re-send timer, and the codes
+/// and endpoints already handled.
+#[derive(Debug, Clone)]
+pub struct ContactRendezvous {
+    own_code: String,
+    trusted_keys: BTreeSet<String>,
+    resend_at: Option<u64>,
+    refresh_ms: Option<u64>,
+    handled_codes: BTreeSet<String>,
+    followed_endpoints: BTreeSet<String>,
+}
+
+impl ContactRendezvous {
+    /// Rules for a line registered as `own_code` that trusts the contacts with `trusted_keys`
+    /// (standard base64 X25519 public keys).
+    pub fn new(own_code: &str, trusted_keys: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            own_code: own_code.to_string(),
+            trusted_keys: trusted_keys.into_iter().collect(),
+            resend_at: None,
+            refresh_ms: None,
+            handled_codes: BTreeSet::new(),
+            followed_endpoints: BTreeSet::new(),
+        }
+    }
+
+    /// After the app's one re-send, send again every `every_ms` (ours, for long-running lines).
+    pub fn refreshing_every(mut self, every_ms: u64) -> Self {
+        self.refresh_ms = Some(every_ms.max(RESEND_AFTER_MS));
+        self
+    }
+
+    /// The line is connected and registered at `now_ms`: send now, and once more later.
+    pub fn connected(&mut self, now_ms: u64) -> Vec<RendezvousAction> {
+        self.resend_at = Some(now_ms.saturating_add(RESEND_AFTER_MS));
+        vec![RendezvousAction::Register]
+    }
+
+    /// When [`Self::on_timeout`] is next due.
+    pub fn next_timeout(&self) -> Option<u64> {
+        self.resend_at
+    }
+
+    /// Time passed: the re-send (and, refreshing, the next one), when due.
+    pub fn on_timeout(&mut self, now_ms: u64) -> Vec<RendezvousAction> {
+        match self.resend_at {
+            Some(at) if now_ms >= at => {
+                self.resend_at = self.refresh_ms.map(|every| now_ms.saturating_add(every));
+                vec![RendezvousAction::Register]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// A rendezvous reply arrived on `via`.
+    pub fn on_reply(&mut self, reply: &RelayReply, via: &Via) -> Vec<RendezvousAction> {
+        let mut actions = Vec::new();
+        match reply {
+            RelayReply::RendezvousResult { live_matches, .. } => {
+                for found in live_matches {
+                    actions.extend(self.live_match(&found.peer_id, via));
+                }
+            }
+            RelayReply::RendezvousPartial { local, redirects } => {
+                for found in &local.live_matches {
+                    actions.extend(self.live_match(&found.peer_id, via));
+                }
+                if *via == Via::Primary {
+                    for redirect in redirects {
+                        let has_items =
+                            !redirect.daily_points.is_empty() || !redirect.hourly_tokens.is_empty();
+                        if !redirect.endpoint.is_empty()
+                            && has_items
+                            && self.followed_endpoints.insert(redirect.endpoint.clone())
+                        {
+                            actions.push(RendezvousAction::FollowRedirect(redirect.clone()));
+                        }
+                    }
+                }
+            }
+            RelayReply::RendezvousMatch { matched } => {
+                actions.extend(self.live_match(&matched.peer_id, via));
+            }
+            _ => {}
+        }
+        actions
+    }
+
+    /// One live match: who pairs with whom.
+    fn live_match(&mut self, peer_code: &str, via: &Via) -> Option<RendezvousAction> {
+        if peer_code.is_empty()
+            || peer_code == self.own_code
+            || !self.handled_codes.insert(peer_code.to_string())
+        {
+            return None;
+        }
+        let peer_code = peer_code.to_string();
+        let via = via.clone();
+        Some(if self.own_code.as_bytes() < peer_code.as_bytes() {
+            RendezvousAction::PairRequest { peer_code, via }
+        } else {
+            RendezvousAction::AwaitPairIncoming { peer_code, via }
+        })
+    }
+
+    /// Whether a `pair_incoming` with `from_public_key` is accepted: only a trusted contact's.
+    pub fn accepts(&self, from_public_key: &str) -> bool {
+        self.trusted_keys.contains(from_public_key.trim())
+    }
+}
+
+/// The `register_rendezvous` for `contacts` at `now_ms`, as the app sends it: `peerId` our
+/// code, daily points of each contact (§5.3: both keys sorted, the days around now), hourly
+/// tokens of each contact's session key plus all daily points. A contact whose key is not a
+/// usable X25519 key is left out.
+pub fn registration<'a>(
+    identity: &Identity,
+    own_code: &str,
+    contacts: impl IntoIterator<Item = &'a Contact>,
+    now_ms: i64,
+) -> RegisterRendezvous {
+    let own = identity.public_key();
+    let mut daily = Vec::new();
+    let mut hourly = Vec::new();
+    for contact in contacts {
+        let Some(peer) = zajel_wire::pairing::decode_x25519_public_key(&contact.key) else {
+            continue;
+        };
+        let Some(session) = identity.session_key(peer) else {
+            continue;
+        };
+        daily.extend(peer_keys::daily_points(&own, &peer, now_ms));
+        hourly.extend(peer_keys::hourly_tokens(&session, now_ms));
+    }
+    RegisterRendezvous::as_the_app_sends(own_code, &daily, &hourly)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zajel_wire::rendezvous::{LiveMatch, MatchedPeer, RendezvousFound};
+
+    fn live(codes: &[&str]) -> RelayReply {
+        RelayReply::RendezvousResult {
+            live_matches: codes
+                .iter()
+                .map(|c| LiveMatch {
+                    peer_id: c.to_string(),
+                    relay_id: String::new(),
+                })
+                .collect(),
+            dead_drops: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn register_now_and_once_more_five_seconds_later_on_a_fake_clock() {
+        let mut rules = ContactRendezvous::new("BBBBB2", []);
+        assert_eq!(rules.next_timeout(), None);
+        assert_eq!(rules.connected(1_000), [RendezvousAction::Register]);
+        assert_eq!(rules.next_timeout(), Some(6_000));
+        assert!(rules.on_timeout(5_999).is_empty());
+        assert_eq!(rules.on_timeout(6_000), [RendezvousAction::Register]);
+        assert_eq!(rules.next_timeout(), None);
+        assert!(rules.on_timeout(60_000).is_empty(), "not periodic");
+    }
+
+    #[test]
+    fn a_long_running_line_refreshes_every_hour_after_the_apps_resend() {
+        let mut rules = ContactRendezvous::new("BBBBB2", []).refreshing_every(REFRESH_EVERY_MS);
+        assert_eq!(rules.connected(0), [RendezvousAction::Register]);
+        assert_eq!(rules.on_timeout(5_000), [RendezvousAction::Register]);
+        assert_eq!(rules.next_timeout(), Some(5_000 + REFRESH_EVERY_MS));
+        assert!(rules.on_timeout(REFRESH_EVERY_MS).is_empty());
+        assert_eq!(
+            rules.on_timeout(5_000 + REFRESH_EVERY_MS),
+            [RendezvousAction::Register]
+        );
+        assert_eq!(rules.next_timeout(), Some(5_000 + 2 * REFRESH_EVERY_MS));
+    }
+
+    #[test]
+    fn only_the_smaller_code_sends_pair_request_once_per_code() {
+        let mut small = ContactRendezvous::new("AAAAA2", []);
+        let mut large = ContactRendezvous::new("ZZZZZ2", []);
+        assert_eq!(
+            small.on_reply(&live(&["ZZZZZ2"]), &Via::Primary),
+            [RendezvousAction::PairRequest {
+                peer_code: "ZZZZZ2".into(),
+                via: Via::Primary
+            }]
+        );
+        assert_eq!(
+            large.on_reply(&live(&["AAAAA2"]), &Via::Primary),
+            [RendezvousAction::AwaitPairIncoming {
+                peer_code: "AAAAA2".into(),
+                via: Via::Primary
+            }]
+        );
+        // A pushed match, duplicates, our own code and an empty id change nothing.
+        let pushed = RelayReply::RendezvousMatch {
+            matched: MatchedPeer {
+                peer_id: "ZZZZZ2".into(),
+                relay_id: None,
+            },
+        };
+        assert!(small.on_reply(&pushed, &Via::Primary).is_empty());
+        assert!(small
+            .on_reply(&live(&["ZZZZZ2", "AAAAA2", ""]), &Via::Primary)
+            .is_empty());
+        // Byte order, as Dart's compareTo: digits before capitals.
+        let mut digits = ContactRendezvous::new("22222A", []);
+        assert!(matches!(
+            digits.on_reply(&live(&["AAAAA2"]), &Via::Primary)[..],
+            [RendezvousAction::PairRequest { .. }]
+        ));
+    }
+
+    #[test]
+    fn redirects_are_followed_once_per_endpoint_and_only_from_the_primary_connection() {
+        let redirect = |endpoint: &str, items: bool| Redirect {
+            server_id: "ed25519:x".into(),
+            endpoint: endpoint.into(),
+            daily_points: if items { vec!["day_a".into()] } else { vec![] },
+            hourly_tokens: Vec::new(),
+        };
+        let partial = RelayReply::RendezvousPartial {
+            local: RendezvousFound {
+                live_matches: vec![LiveMatch {
+                    peer_id: "ZZZZZ2".into(),
+                    relay_id: String::new(),
+                }],
+                dead_drops: Vec::new(),
+            },
+            redirects: vec![
+                redirect("ws://b.example", true),
+                redirect("", true),
+                redirect("ws://c.example", false),
+            ],
+        };
+        let mut rules = ContactRendezvous::new("AAAAA2", []);
+        let actions = rules.on_reply(&partial, &Via::Primary);
+        assert_eq!(
+            actions,
+            [
+                RendezvousAction::PairRequest {
+                    peer_code: "ZZZZZ2".into(),
+                    via: Via::Primary
+                },
+                RendezvousAction::FollowRedirect(redirect("ws://b.example", true)),
+            ]
+        );
+        assert!(rules.on_reply(&partial, &Via::Primary).is_empty());
+        let mut other = ContactRendezvous::new("AAAAA2", []);
+        let via = Via::Redirect("ws://b.example".into());
+        assert_eq!(
+            other.on_reply(&partial, &via),
+            [RendezvousAction::PairRequest {
+                peer_code: "ZZZZZ2".into(),
+                via
+            }],
+            "a redirect connection's own redirects are ignored"
+        );
+    }
+
+    #[test]
+    fn only_a_trusted_contacts_pair_incoming_is_accepted() {
+        let rules = ContactRendezvous::new("AAAAA2", ["KEY-OF-BOB=".to_string()]);
+        assert!(rules.accepts("KEY-OF-BOB="));
+        assert!(!rules.accepts("KEY-OF-MALLORY="), "a stranger");
+        assert!(!rules.accepts(""));
+        assert!(!ContactRendezvous::new("AAAAA2", []).accepts("KEY-OF-BOB="));
+    }
+
+    #[test]
+    fn both_contacts_derive_the_same_points_as_the_app_sends_them() {
+        let alice = Identity::ephemeral().unwrap();
+        let bob = Identity::ephemeral().unwrap();
+        let contact = |who: &Identity| Contact {
+            name: "x".into(),
+            key: who.public_base64(),
+            first_seen_ms: 0,
+            last_seen_ms: 0,
+            authenticated: false,
+        };
+        let now = 1_780_000_000_000;
+        let at_alice = registration(&alice, "AAAAA2", [&contact(&bob)], now);
+        let at_bob = registration(&bob, "BBBBB2", [&contact(&alice)], now);
+        assert_eq!(at_alice.peer_id.as_deref(), Some("AAAAA2"));
+        assert_eq!(at_alice.daily_points.len(), 3);
+        assert_eq!(at_alice.daily_points, at_bob.daily_points);
+        // Hourly tokens: 3 tokens, then the daily points (the app's list).
+        assert_eq!(at_alice.hourly_tokens.len(), 6);
+        assert_eq!(at_alice.hourly_tokens, at_bob.hourly_tokens);
+        assert!(at_alice.hourly_tokens[0].starts_with("hr_"));
+        assert_eq!(at_alice.hourly_tokens[3..], at_alice.daily_points[..]);
+        // A stranger's points differ.
+        let mallory = Identity::ephemeral().unwrap();
+        let at_mallory = registration(&mallory, "MMMMM2", [&contact(&bob)], now);
+        assert_ne!(at_mallory.daily_points, at_alice.daily_points);
+        // An unusable key is left out.
+        let mut broken = contact(&bob);
+        broken.key = "not a key".into();
+        assert!(registration(&alice, "AAAAA2", [&broken], now)
+            .daily_points
+            .is_empty());
+    }
+}
