@@ -22,8 +22,10 @@
 
 pub mod cli;
 pub mod discovery;
+pub mod dns_update;
 pub mod doh;
 pub mod doh_server;
+pub mod freshness;
 pub mod net;
 pub mod probe;
 pub mod publish;

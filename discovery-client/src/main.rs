@@ -20,8 +20,10 @@ use discovery_client::cli::{
     existing_file, registry_url, ArgsError, DiscoveryArgs, StoreArgs, TrustArgs,
 };
 use discovery_client::discovery::{Config, Discovery, DiscoveryError, Event};
+use discovery_client::dns_update::{self, Rfc2136Target, TsigKey, UpdateError};
 use discovery_client::doh::DohServer;
 use discovery_client::exit;
+use discovery_client::freshness;
 use discovery_client::publish::{self, PublishError, PublishRequest};
 use discovery_client::report::{CandidateReport, Outcome, Report, Verdict};
 use discovery_client::share::{self, QrError, ShareError, ShareLink};
@@ -43,6 +45,8 @@ enum CliError {
     Discovery(#[from] DiscoveryError),
     #[error(transparent)]
     Publish(#[from] PublishError),
+    #[error(transparent)]
+    DnsUpdate(#[from] UpdateError),
     #[error(transparent)]
     Qr(#[from] QrError),
     #[error(transparent)]
@@ -85,6 +89,7 @@ impl CliError {
             Self::Args(e) => e.kind(),
             Self::Discovery(e) => e.kind(),
             Self::Publish(e) => e.kind(),
+            Self::DnsUpdate(e) => e.kind(),
             Self::Qr(e) => e.kind(),
             Self::Store(e) => e.kind(),
             Self::KeyFile(_) => "key_file",
@@ -162,7 +167,7 @@ struct DiscoverArgs {
 #[derive(Subcommand)]
 enum TxtCommand {
     /// Fetch and verify the registry's list, sign it as TXT records, print them.
-    Publish(PublishArgs),
+    Publish(Box<PublishArgs>),
     /// Show what DoH resolvers serve for _zajel.<domain> and whether it verifies.
     Verify(VerifyArgs),
 }
@@ -204,6 +209,57 @@ struct PublishArgs {
     /// Longest wait for the registry, ms.
     #[arg(long, default_value_t = 10000)]
     timeout_ms: u64,
+    /// Validity in seconds instead of --valid-hours (for tests of short expiries).
+    #[arg(long, hide = true)]
+    valid_secs: Option<u64>,
+    #[command(flatten)]
+    rfc2136: Rfc2136Args,
+    /// Only show what would change: with --rfc2136, the difference with what
+    /// the authoritative server serves now; nothing is sent.
+    #[arg(long)]
+    dry_run: bool,
+    /// Keep running: check every DURATION (`90s`, `30m`, `6h`), republish when
+    /// the registry's list changed or the published records reached half their
+    /// lifetime, skip otherwise. Needs --rfc2136.
+    #[arg(long, value_parser = duration_arg, requires = "rfc2136")]
+    every: Option<Duration>,
+}
+
+/// RFC 2136 dynamic update with TSIG: where to publish.
+#[derive(Args)]
+struct Rfc2136Args {
+    /// Publish by RFC 2136 dynamic update to this authoritative server (IP:PORT, TCP).
+    #[arg(long, value_name = "IP:PORT", requires_all = ["zone", "tsig_key_file"])]
+    rfc2136: Option<std::net::SocketAddr>,
+    /// The zone the _zajel name is in (its SOA owner), e.g. example.org.
+    #[arg(long, requires = "rfc2136")]
+    zone: Option<String>,
+    /// The TSIG key file: one line `hmac-sha256:<key name>:<base64 secret>` (as knsupdate -y takes it).
+    #[arg(long, value_parser = existing_file, requires = "rfc2136")]
+    tsig_key_file: Option<PathBuf>,
+}
+
+/// `90s`, `30m`, `6h`, `2d` or plain seconds.
+fn duration_arg(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number with s, m, h or d"))?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{text:?}: the unit is s, m, h or d")),
+    };
+    match number * unit {
+        0 => Err("the period must be more than 0".into()),
+        secs => Ok(Duration::from_secs(secs)),
+    }
 }
 
 #[derive(Args)]
@@ -333,7 +389,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<u8, CliError> {
     match cli.command {
         Command::Discover(args) => discover(args).await,
-        Command::Txt(TxtCommand::Publish(args)) => txt_publish(args).await,
+        Command::Txt(TxtCommand::Publish(args)) => txt_publish(*args).await,
         Command::Txt(TxtCommand::Verify(args)) => txt_verify(args).await,
         Command::Qr(QrCommand::Encode(args)) => qr_encode(args),
         Command::Qr(QrCommand::Decode(args)) => qr_decode(args),
@@ -492,7 +548,8 @@ fn print_report(report: &Report) {
 }
 
 async fn txt_publish(args: PublishArgs) -> Result<u8, CliError> {
-    if args.valid_hours == 0 || args.valid_hours * 3600 > txt::MAX_VALIDITY_SECS {
+    let valid_secs = args.valid_secs.unwrap_or(args.valid_hours * 3600);
+    if valid_secs == 0 || valid_secs > txt::MAX_VALIDITY_SECS {
         return Err(CliError::ValidHours);
     }
     let key = keyfile::read(&args.key_file)?;
@@ -502,9 +559,31 @@ async fn txt_publish(args: PublishArgs) -> Result<u8, CliError> {
         extra_registry_keys: args.trust.keys()?,
         domain: args.domain.clone(),
         ttl: args.ttl,
-        valid_for: Duration::from_secs(args.valid_hours * 3600),
+        valid_for: Duration::from_secs(valid_secs),
         timeout: Duration::from_millis(args.timeout_ms),
     };
+    if let Some(server) = args.rfc2136.rfc2136 {
+        let target = Rfc2136Target {
+            server,
+            zone: args.rfc2136.zone.clone().unwrap_or_default(),
+            key: TsigKey::from_file(
+                args.rfc2136
+                    .tsig_key_file
+                    .as_deref()
+                    .unwrap_or_else(|| std::path::Path::new("")),
+            )?,
+            timeout: Duration::from_millis(args.timeout_ms),
+        };
+        return match args.every {
+            None => {
+                let records = publish::publish_revoking(&request, &args.revoke, &key, tls).await?;
+                let outcome = dns_update::replace(&target, &records, args.dry_run).await?;
+                report_update(&target, &records, &outcome, args.dry_run);
+                Ok(0)
+            }
+            Some(every) => keep_fresh(&request, &args.revoke, &key, tls, &target, every).await,
+        };
+    }
     let records = publish::publish_revoking(&request, &args.revoke, &key, tls).await?;
     match args.format {
         Format::Zone => out!("{}", txt::zone_snippet(&records)),
@@ -519,6 +598,97 @@ async fn txt_publish(args: PublishArgs) -> Result<u8, CliError> {
         txt::record_name(&args.domain)
     );
     Ok(0)
+}
+
+fn report_update(
+    target: &Rfc2136Target,
+    records: &[txt::PublishedRecord],
+    outcome: &dns_update::UpdateOutcome,
+    dry_run: bool,
+) {
+    let name = records.first().map(|r| r.name.as_str()).unwrap_or("");
+    for line in outcome.diff.lines() {
+        outln!("{line}");
+    }
+    let what = if outcome.unchanged {
+        "unchanged: no update sent"
+    } else if dry_run {
+        "dry run: nothing sent"
+    } else {
+        "replaced by one RFC 2136 update"
+    };
+    eprintln!(
+        "{name} on {}: {what} (+{} -{} ={})",
+        target.server,
+        outcome.diff.add.len(),
+        outcome.diff.remove.len(),
+        outcome.diff.keep.len()
+    );
+}
+
+/// `txt publish --every`: the republication loop around [`freshness::RepublishSchedule`].
+/// Each check fetches and signs the registry's list; the schedule decides
+/// whether to send it. Failures are reported and retried; the loop runs until killed.
+async fn keep_fresh(
+    request: &PublishRequest,
+    revoke: &[String],
+    key: &ed25519_dalek::SigningKey,
+    tls: rustls::ClientConfig,
+    target: &Rfc2136Target,
+    every: Duration,
+) -> Result<u8, CliError> {
+    let mut schedule = freshness::RepublishSchedule::new(every.as_secs());
+    let name = txt::record_name(&request.domain);
+    loop {
+        let now = discovery_client::now_ms() / 1000;
+        let attempt = async {
+            let records = publish::publish_revoking(request, revoke, key, tls.clone()).await?;
+            let fingerprint = freshness::fingerprint(&records);
+            match schedule.decide(now, &fingerprint) {
+                freshness::Decision::Skip => Ok::<_, CliError>(None),
+                freshness::Decision::Publish(reason) => {
+                    let outcome = dns_update::replace(target, &records, false).await?;
+                    Ok(Some((reason, outcome, fingerprint)))
+                }
+            }
+        }
+        .await;
+        let expires = now + request.valid_for.as_secs().max(10);
+        match attempt {
+            Ok(None) => eprintln!(
+                "keep-fresh: {name} unchanged, skipped (last published at {}, refresh at {})",
+                schedule
+                    .last_attempt()
+                    .map(|a| a.at.to_string())
+                    .unwrap_or_default(),
+                schedule.refresh_at().unwrap_or(0)
+            ),
+            Ok(Some((reason, outcome, fingerprint))) => {
+                let detail = format!(
+                    "{reason:?}: +{} -{} ={}",
+                    outcome.diff.add.len(),
+                    outcome.diff.remove.len(),
+                    outcome.diff.keep.len()
+                );
+                eprintln!(
+                    "keep-fresh: {name} published at {now} to {} ({detail}), valid until {expires}",
+                    target.server
+                );
+                schedule.on_published(now, expires, fingerprint, detail);
+            }
+            Err(e) => {
+                eprintln!(
+                    "keep-fresh: {name} publication failed at {now} ({}): {e}",
+                    e.kind()
+                );
+                schedule.on_failed(now, e.to_string());
+            }
+        }
+        let wake = schedule.next_check(now);
+        eprintln!("keep-fresh: next check at {wake}");
+        let wait = wake.saturating_sub(discovery_client::now_ms() / 1000);
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+    }
 }
 
 async fn txt_verify(args: VerifyArgs) -> Result<u8, CliError> {

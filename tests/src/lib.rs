@@ -12,6 +12,7 @@ pub mod discovery_world;
 pub mod doh_inprocess;
 pub mod hostile_relay;
 pub mod interop;
+pub mod knot_auth;
 pub mod netem;
 pub mod netns;
 pub mod probe_peer;
