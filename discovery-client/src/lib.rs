@@ -21,6 +21,7 @@
 //! [`discovery`] drives.
 
 pub mod cli;
+pub mod cloudflare;
 pub mod discovery;
 pub mod dns_update;
 pub mod doh;

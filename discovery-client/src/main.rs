@@ -19,6 +19,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use discovery_client::cli::{
     existing_file, registry_url, ArgsError, DiscoveryArgs, StoreArgs, TrustArgs,
 };
+use discovery_client::cloudflare::{self, CloudflareError, CloudflareTarget};
 use discovery_client::discovery::{Config, Discovery, DiscoveryError, Event};
 use discovery_client::dns_update::{self, Rfc2136Target, TsigKey, UpdateError};
 use discovery_client::doh::DohServer;
@@ -30,6 +31,7 @@ use discovery_client::share::{self, QrError, ShareError, ShareLink};
 use discovery_client::store::{self, Store, StoreError};
 use discovery_client::txt;
 use url::Url;
+use zajel_client_net::registry_http::RegistryHttp;
 use zajel_client_net::terminal::human_time;
 use zajel_client_net::{keyfile, out, outln, tls};
 use zajel_discovery_core::discovery::{handover, Handover};
@@ -47,6 +49,8 @@ enum CliError {
     Publish(#[from] PublishError),
     #[error(transparent)]
     DnsUpdate(#[from] UpdateError),
+    #[error(transparent)]
+    Cloudflare(#[from] CloudflareError),
     #[error(transparent)]
     Qr(#[from] QrError),
     #[error(transparent)]
@@ -90,6 +94,7 @@ impl CliError {
             Self::Discovery(e) => e.kind(),
             Self::Publish(e) => e.kind(),
             Self::DnsUpdate(e) => e.kind(),
+            Self::Cloudflare(e) => e.kind(),
             Self::Qr(e) => e.kind(),
             Self::Store(e) => e.kind(),
             Self::KeyFile(_) => "key_file",
@@ -181,6 +186,7 @@ enum Format {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("publish_target").args(["rfc2136", "cloudflare_zone"])))]
 struct PublishArgs {
     /// The registry's base URL.
     #[arg(long, value_parser = registry_url)]
@@ -214,14 +220,16 @@ struct PublishArgs {
     valid_secs: Option<u64>,
     #[command(flatten)]
     rfc2136: Rfc2136Args,
-    /// Only show what would change: with --rfc2136, the difference with what
-    /// the authoritative server serves now; nothing is sent.
+    #[command(flatten)]
+    cloudflare: CloudflareArgs,
+    /// Only show what would change: the difference with what the
+    /// authoritative server (--rfc2136) or Cloudflare serves now; nothing is sent.
     #[arg(long)]
     dry_run: bool,
     /// Keep running: check every DURATION (`90s`, `30m`, `6h`), republish when
     /// the registry's list changed or the published records reached half their
-    /// lifetime, skip otherwise. Needs --rfc2136.
-    #[arg(long, value_parser = duration_arg, requires = "rfc2136")]
+    /// lifetime, skip otherwise. Needs --rfc2136 or --cloudflare-zone.
+    #[arg(long, value_parser = duration_arg, requires = "publish_target")]
     every: Option<Duration>,
 }
 
@@ -237,6 +245,56 @@ struct Rfc2136Args {
     /// The TSIG key file: one line `hmac-sha256:<key name>:<base64 secret>` (as knsupdate -y takes it).
     #[arg(long, value_parser = existing_file, requires = "rfc2136")]
     tsig_key_file: Option<PathBuf>,
+}
+
+/// Cloudflare's DNS API: where to publish.
+#[derive(Args)]
+struct CloudflareArgs {
+    /// Publish through Cloudflare's DNS API into this zone (e.g. example.org);
+    /// the API token (Zone.DNS:Edit) comes from CLOUDFLARE_API_TOKEN or --cloudflare-token-file.
+    #[arg(long, conflicts_with = "rfc2136")]
+    cloudflare_zone: Option<String>,
+    /// A file whose first line is the Cloudflare API token.
+    #[arg(long, value_parser = existing_file, requires = "cloudflare_zone")]
+    cloudflare_token_file: Option<PathBuf>,
+    /// The API's base URL (tests point it at a local stand-in).
+    #[arg(long, hide = true, default_value = cloudflare::DEFAULT_API)]
+    cloudflare_api: Url,
+}
+
+/// Where `txt publish` puts the records.
+enum PublishTarget {
+    Rfc2136(Rfc2136Target),
+    Cloudflare(Box<RegistryHttp>, CloudflareTarget),
+}
+
+impl PublishTarget {
+    async fn replace(
+        &self,
+        records: &[txt::PublishedRecord],
+        dry_run: bool,
+    ) -> Result<dns_update::UpdateOutcome, CliError> {
+        Ok(match self {
+            Self::Rfc2136(target) => dns_update::replace(target, records, dry_run).await?,
+            Self::Cloudflare(http, target) => {
+                cloudflare::replace(http, target, records, dry_run).await?
+            }
+        })
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::Rfc2136(target) => target.server.to_string(),
+            Self::Cloudflare(_, target) => format!("Cloudflare zone {}", target.zone),
+        }
+    }
+
+    fn how(&self) -> &'static str {
+        match self {
+            Self::Rfc2136(_) => "replaced by one RFC 2136 update",
+            Self::Cloudflare(..) => "replaced through Cloudflare's API",
+        }
+    }
 }
 
 /// `90s`, `30m`, `6h`, `2d` or plain seconds.
@@ -562,8 +620,8 @@ async fn txt_publish(args: PublishArgs) -> Result<u8, CliError> {
         valid_for: Duration::from_secs(valid_secs),
         timeout: Duration::from_millis(args.timeout_ms),
     };
-    if let Some(server) = args.rfc2136.rfc2136 {
-        let target = Rfc2136Target {
+    let target = if let Some(server) = args.rfc2136.rfc2136 {
+        Some(PublishTarget::Rfc2136(Rfc2136Target {
             server,
             zone: args.rfc2136.zone.clone().unwrap_or_default(),
             key: TsigKey::from_file(
@@ -573,11 +631,33 @@ async fn txt_publish(args: PublishArgs) -> Result<u8, CliError> {
                     .unwrap_or_else(|| std::path::Path::new("")),
             )?,
             timeout: Duration::from_millis(args.timeout_ms),
-        };
+        }))
+    } else if let Some(zone) = &args.cloudflare.cloudflare_zone {
+        let token = cloudflare::ApiToken::from_file_or_env(
+            args.cloudflare.cloudflare_token_file.as_deref(),
+            std::env::var("CLOUDFLARE_API_TOKEN").ok(),
+        )?;
+        let http = discovery_client::registry::http_client(
+            tls.clone(),
+            Duration::from_millis(args.timeout_ms),
+        )
+        .map_err(PublishError::from)?;
+        Some(PublishTarget::Cloudflare(
+            Box::new(http),
+            CloudflareTarget {
+                api: args.cloudflare.cloudflare_api.clone(),
+                zone: zone.clone(),
+                token,
+            },
+        ))
+    } else {
+        None
+    };
+    if let Some(target) = target {
         return match args.every {
             None => {
                 let records = publish::publish_revoking(&request, &args.revoke, &key, tls).await?;
-                let outcome = dns_update::replace(&target, &records, args.dry_run).await?;
+                let outcome = target.replace(&records, args.dry_run).await?;
                 report_update(&target, &records, &outcome, args.dry_run);
                 Ok(0)
             }
@@ -601,7 +681,7 @@ async fn txt_publish(args: PublishArgs) -> Result<u8, CliError> {
 }
 
 fn report_update(
-    target: &Rfc2136Target,
+    target: &PublishTarget,
     records: &[txt::PublishedRecord],
     outcome: &dns_update::UpdateOutcome,
     dry_run: bool,
@@ -615,11 +695,11 @@ fn report_update(
     } else if dry_run {
         "dry run: nothing sent"
     } else {
-        "replaced by one RFC 2136 update"
+        target.how()
     };
     eprintln!(
         "{name} on {}: {what} (+{} -{} ={})",
-        target.server,
+        target.describe(),
         outcome.diff.add.len(),
         outcome.diff.remove.len(),
         outcome.diff.keep.len()
@@ -634,7 +714,7 @@ async fn keep_fresh(
     revoke: &[String],
     key: &ed25519_dalek::SigningKey,
     tls: rustls::ClientConfig,
-    target: &Rfc2136Target,
+    target: &PublishTarget,
     every: Duration,
 ) -> Result<u8, CliError> {
     let mut schedule = freshness::RepublishSchedule::new(every.as_secs());
@@ -647,7 +727,7 @@ async fn keep_fresh(
             match schedule.decide(now, &fingerprint) {
                 freshness::Decision::Skip => Ok::<_, CliError>(None),
                 freshness::Decision::Publish(reason) => {
-                    let outcome = dns_update::replace(target, &records, false).await?;
+                    let outcome = target.replace(&records, false).await?;
                     Ok(Some((reason, outcome, fingerprint)))
                 }
             }
@@ -672,7 +752,7 @@ async fn keep_fresh(
                 );
                 eprintln!(
                     "keep-fresh: {name} published at {now} to {} ({detail}), valid until {expires}",
-                    target.server
+                    target.describe()
                 );
                 schedule.on_published(now, expires, fingerprint, detail);
             }

@@ -8,6 +8,7 @@
 
 pub mod blackhole;
 pub mod censorship_world;
+pub mod cloudflare_standin;
 pub mod discovery_world;
 pub mod doh_inprocess;
 pub mod hostile_relay;
