@@ -122,6 +122,49 @@ impl RepublishSchedule {
         });
     }
 
+    /// The schedule as Prometheus text exposition (for node_exporter's
+    /// textfile collector, `txt publish --every … --metrics-textfile`):
+    /// when the set was last published and when those records expire, when
+    /// the last attempt ran and whether it worked, and how many attempts failed.
+    pub fn prometheus_text(&self, failures: u64) -> String {
+        let mut text = String::new();
+        let mut gauge = |name: &str, help: &str, value: u64| {
+            text.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+            ));
+        };
+        if let Some((at, expires, _)) = &self.published {
+            gauge(
+                "zajel_txt_last_published_timestamp_seconds",
+                "When the TXT set was last published (Unix seconds).",
+                *at,
+            );
+            gauge(
+                "zajel_txt_published_expiry_timestamp_seconds",
+                "When the last published records expire (Unix seconds).",
+                *expires,
+            );
+        }
+        if let Some(attempt) = &self.last_attempt {
+            gauge(
+                "zajel_txt_last_attempt_timestamp_seconds",
+                "When publication was last attempted (Unix seconds).",
+                attempt.at,
+            );
+            gauge(
+                "zajel_txt_last_attempt_ok",
+                "1 when the last attempt published or found the set current, else 0.",
+                u64::from(attempt.ok),
+            );
+        }
+        text.push_str(&format!(
+            "# HELP zajel_txt_publish_failures_total Failed publication attempts.\n\
+             # TYPE zajel_txt_publish_failures_total counter\n\
+             zajel_txt_publish_failures_total {failures}\n"
+        ));
+        text
+    }
+
     /// When to check next: after `every`, sooner at the half-life, and after
     /// a failure within [`RETRY_SECS`].
     pub fn next_check(&self, now: u64) -> u64 {
@@ -183,6 +226,32 @@ mod tests {
         );
         schedule.on_published(wake, wake + 120, "a".into(), "ok".into());
         assert_eq!(schedule.next_check(wake), wake + 60);
+    }
+
+    #[test]
+    fn the_metrics_say_when_it_last_published_and_how_it_went() {
+        let mut schedule = RepublishSchedule::new(3600);
+        assert!(!schedule.prometheus_text(0).contains("last_published"));
+        schedule.on_published(100, 200, "a".into(), "ok".into());
+        schedule.on_failed(150, "refused".into());
+        let text = schedule.prometheus_text(1);
+        assert!(
+            text.contains("\nzajel_txt_last_published_timestamp_seconds 100\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nzajel_txt_published_expiry_timestamp_seconds 200\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nzajel_txt_last_attempt_timestamp_seconds 150\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nzajel_txt_last_attempt_ok 0\n"), "{text}");
+        assert!(
+            text.contains("\nzajel_txt_publish_failures_total 1\n"),
+            "{text}"
+        );
     }
 
     #[test]

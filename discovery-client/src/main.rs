@@ -231,6 +231,10 @@ struct PublishArgs {
     /// lifetime, skip otherwise. Needs --rfc2136 or --cloudflare-zone.
     #[arg(long, value_parser = duration_arg, requires = "publish_target")]
     every: Option<Duration>,
+    /// With --every: after each check, write when it last published and how
+    /// it went as Prometheus text to this file (node_exporter's textfile collector).
+    #[arg(long, requires = "every")]
+    metrics_textfile: Option<PathBuf>,
 }
 
 /// RFC 2136 dynamic update with TSIG: where to publish.
@@ -661,7 +665,13 @@ async fn txt_publish(args: PublishArgs) -> Result<u8, CliError> {
                 report_update(&target, &records, &outcome, args.dry_run);
                 Ok(0)
             }
-            Some(every) => keep_fresh(&request, &args.revoke, &key, tls, &target, every).await,
+            Some(every) => {
+                let fresh = KeepFresh {
+                    every,
+                    metrics_textfile: args.metrics_textfile.clone(),
+                };
+                keep_fresh(&request, &args.revoke, &key, tls, &target, &fresh).await
+            }
         };
     }
     let records = publish::publish_revoking(&request, &args.revoke, &key, tls).await?;
@@ -706,6 +716,21 @@ fn report_update(
     );
 }
 
+/// How `txt publish --every` runs.
+struct KeepFresh {
+    every: Duration,
+    metrics_textfile: Option<PathBuf>,
+}
+
+/// Writes the metrics file whole (a temporary file renamed over it).
+fn write_metrics(path: &std::path::Path, text: &str) {
+    let temporary = path.with_extension("prom.tmp");
+    let written = std::fs::write(&temporary, text).and_then(|()| std::fs::rename(&temporary, path));
+    if let Err(e) = written {
+        eprintln!("keep-fresh: cannot write {}: {e}", path.display());
+    }
+}
+
 /// `txt publish --every`: the republication loop around [`freshness::RepublishSchedule`].
 /// Each check fetches and signs the registry's list; the schedule decides
 /// whether to send it. Failures are reported and retried; the loop runs until killed.
@@ -715,9 +740,10 @@ async fn keep_fresh(
     key: &ed25519_dalek::SigningKey,
     tls: rustls::ClientConfig,
     target: &PublishTarget,
-    every: Duration,
+    fresh: &KeepFresh,
 ) -> Result<u8, CliError> {
-    let mut schedule = freshness::RepublishSchedule::new(every.as_secs());
+    let mut schedule = freshness::RepublishSchedule::new(fresh.every.as_secs());
+    let mut failures = 0u64;
     let name = txt::record_name(&request.domain);
     loop {
         let now = discovery_client::now_ms() / 1000;
@@ -762,7 +788,11 @@ async fn keep_fresh(
                     e.kind()
                 );
                 schedule.on_failed(now, e.to_string());
+                failures += 1;
             }
+        }
+        if let Some(path) = &fresh.metrics_textfile {
+            write_metrics(path, &schedule.prometheus_text(failures));
         }
         let wake = schedule.next_check(now);
         eprintln!("keep-fresh: next check at {wake}");

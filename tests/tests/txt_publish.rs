@@ -220,12 +220,15 @@ async fn every_republishes_a_set_about_to_expire_at_its_half_life() {
     let doh = UnboundDoh::start_stub(&world.ca, DOMAIN, knot.address).expect("unbound");
     // Checks hourly, records valid 10 s: only the half-life rule can bring the
     // second publication within the test.
-    let command = publish_command(
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = dir.path().join("zajel-txt.prom");
+    let mut command = publish_command(
         &world,
         &knot,
         &knot.publisher_key_file,
         &["--every", "1h", "--valid-secs", "10"],
     );
+    command.arg("--metrics-textfile").arg(&metrics);
     let mut process = ChildProcess::spawn("zajel-discover --every", command).expect("spawn");
     let (mut process, first_line) = tokio::task::spawn_blocking(move || {
         let line = process.wait_for(Duration::from_secs(20), |line| {
@@ -250,6 +253,14 @@ async fn every_republishes_a_set_about_to_expire_at_its_half_life() {
     .await
     .unwrap();
     let second_line = second_line.expect("republished before exp");
+    // Metrics file: written after each check; its publication time is the
+    // second publication's or the first's (written right after the line).
+    let text = std::fs::read_to_string(&metrics).expect("metrics textfile");
+    assert!(text.contains("zajel_txt_last_attempt_ok 1"), "{text}");
+    assert!(
+        text.contains("zajel_txt_published_expiry_timestamp_seconds "),
+        "{text}"
+    );
     assert!(second_line.contains("HalfLife"), "{second_line}");
     let second = served(&knot).await;
     assert_eq!(second.len(), 1);
