@@ -407,6 +407,41 @@ pub async fn replace(
     records: &[PublishedRecord],
     dry_run: bool,
 ) -> Result<UpdateOutcome, UpdateError> {
+    let (zone, name, wanted) = checked(target, records)?;
+    let mut client = connect(target).await?;
+    let served = served_with(&mut client, target, &name).await?;
+    let diff = SetDiff::between(&served, &wanted);
+    let ttl_changed = served.iter().any(|s| wanted.iter().all(|w| w.ttl != s.ttl));
+    let unchanged = diff.is_empty() && !ttl_changed;
+    if dry_run || unchanged {
+        return Ok(UpdateOutcome { unchanged, diff });
+    }
+    send_update(&mut client, target, zone, &name, &served, &wanted).await?;
+    Ok(UpdateOutcome {
+        unchanged: false,
+        diff,
+    })
+}
+
+/// The update [`replace`] sends, guarded by `expected` instead of a fresh
+/// read: it succeeds only if the server's set is exactly `expected` (empty:
+/// no set), otherwise [`UpdateError::Raced`] and nothing changes. (What a
+/// publisher racing another one meets; tests use it to prove the guard.)
+pub async fn replace_if_served(
+    target: &Rfc2136Target,
+    records: &[PublishedRecord],
+    expected: &[ServedTxt],
+) -> Result<(), UpdateError> {
+    let (zone, name, wanted) = checked(target, records)?;
+    let mut client = connect(target).await?;
+    send_update(&mut client, target, zone, &name, expected, &wanted).await
+}
+
+/// The zone, the one name of `records`, and the records as TXT data.
+fn checked(
+    target: &Rfc2136Target,
+    records: &[PublishedRecord],
+) -> Result<(Name, Name, Vec<ServedTxt>), UpdateError> {
     let Some(first) = records.first() else {
         return Err(UpdateError::Name("no records to publish".into()));
     };
@@ -417,22 +452,28 @@ pub async fn replace(
             first.name, other.name
         )));
     }
-    let wanted: Vec<ServedTxt> = records.iter().map(ServedTxt::from_published).collect();
-    let mut client = connect(target).await?;
-    let served = served_with(&mut client, target, &name).await?;
-    let diff = SetDiff::between(&served, &wanted);
-    let ttl_changed = served.iter().any(|s| wanted.iter().all(|w| w.ttl != s.ttl));
-    let unchanged = diff.is_empty() && !ttl_changed;
-    if dry_run || unchanged {
-        return Ok(UpdateOutcome { unchanged, diff });
-    }
-    let new = record_set(&name, &wanted);
-    let request = if served.is_empty() {
-        // Prerequisite: the set does not exist yet.
+    Ok((
+        zone,
+        name,
+        records.iter().map(ServedTxt::from_published).collect(),
+    ))
+}
+
+async fn send_update(
+    client: &mut Client<TokioRuntimeProvider>,
+    target: &Rfc2136Target,
+    zone: Name,
+    name: &Name,
+    expected: &[ServedTxt],
+    wanted: &[ServedTxt],
+) -> Result<(), UpdateError> {
+    let new = record_set(name, wanted);
+    let request = if expected.is_empty() {
+        // Prerequisite: the set does not exist (RFC 2136 §2.4.3).
         client.create(new, zone)
     } else {
-        // Prerequisite: the set is exactly what was read; delete it, add the new one.
-        client.compare_and_swap(record_set(&name, &served), new, zone)
+        // Prerequisite: the set is exactly `expected` (§2.4.2); delete it, add the new one.
+        client.compare_and_swap(record_set(name, expected), new, zone)
     };
     let answer = tokio::time::timeout(target.timeout, request)
         .await
@@ -445,14 +486,10 @@ pub async fn replace(
         server = %target.server,
         name = %name,
         key = %target.key.name,
-        added = diff.add.len(),
-        removed = diff.remove.len(),
+        records = wanted.len(),
         "_zajel TXT set replaced by RFC 2136 update"
     );
-    Ok(UpdateOutcome {
-        unchanged: false,
-        diff,
-    })
+    Ok(())
 }
 
 #[cfg(test)]

@@ -192,6 +192,44 @@ async fn rfc2136_with_tsig_to_knot_is_served_through_doh_and_verified() {
     eprintln!("refused key: {stderr}");
     assert_eq!(served(&knot).await, first);
 
+    // Two publishers: one read `first`, another replaced the set meanwhile.
+    // The first one's update, guarded by what it read, changes nothing.
+    let output = run(publish_command(
+        &world,
+        &knot,
+        &knot.publisher_key_file,
+        &["--valid-hours", "70"],
+    ))
+    .await;
+    assert!(output.status.success(), "{:?}", text(&output));
+    let theirs = served(&knot).await;
+    assert_ne!(theirs, first);
+    let target = Rfc2136Target {
+        server: knot.address,
+        zone: DOMAIN.into(),
+        key: TsigKey::from_file(&knot.publisher_key_file).expect("key"),
+        timeout: Duration::from_secs(5),
+    };
+    let mine = world.publish_with(&world.registry_key).await;
+    let mine: Vec<_> = mine
+        .into_iter()
+        .map(|mut r| {
+            r.ttl = 1;
+            r
+        })
+        .collect();
+    let error = dns_update::replace_if_served(&target, &mine, &first)
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), "dns_update_raced", "{error}");
+    assert_eq!(served(&knot).await, theirs);
+    // Nor may a publisher that saw no set create one over theirs.
+    let error = dns_update::replace_if_served(&target, &mine, &[])
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), "dns_update_raced", "{error}");
+    assert_eq!(served(&knot).await, theirs);
+
     // A second server registers: one update replaces the set with both.
     let second = random_key();
     world.register(&second, "wss://second.zajel.test:443").await;
