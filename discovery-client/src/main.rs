@@ -224,7 +224,7 @@ struct PublishArgs {
     cloudflare: CloudflareArgs,
     /// Only show what would change: the difference with what the
     /// authoritative server (--rfc2136) or Cloudflare serves now; nothing is sent.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "every")]
     dry_run: bool,
     /// Keep running: check every DURATION (`90s`, `30m`, `6h`), republish when
     /// the registry's list changed or the published records reached half their

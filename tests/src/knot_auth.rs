@@ -61,6 +61,8 @@ impl KnotAuth {
              key:\n  - id: publisher\n    algorithm: hmac-sha256\n    secret: {publisher}\n\
              \x20 - id: reader\n    algorithm: hmac-sha256\n    secret: {reader}\n\
              acl:\n  - id: publish\n    key: publisher\n    action: update\n\
+             \x20   update-type: TXT\n    update-owner: name\n    update-owner-match: equal\n\
+             \x20   update-owner-name: _zajel\n\
              zone:\n  - domain: {zone}\n    file: \"{zone_file}\"\n    acl: publish\n    zonefile-sync: -1\n",
             zone_file = zone_file.display(),
         );
