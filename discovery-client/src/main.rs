@@ -1015,6 +1015,63 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_takes_durations_with_units_and_refuses_zero() {
+        assert_eq!(duration_arg("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(duration_arg("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(duration_arg("6h"), Ok(Duration::from_secs(21600)));
+        assert_eq!(duration_arg("1d"), Ok(Duration::from_secs(86400)));
+        assert_eq!(duration_arg("45"), Ok(Duration::from_secs(45)));
+        assert!(duration_arg("0h").is_err());
+        assert!(duration_arg("5w").is_err());
+        assert!(duration_arg("h").is_err());
+    }
+
+    #[test]
+    fn publish_targets_exclude_each_other_and_every_needs_one() {
+        let base = [
+            "zajel-discover",
+            "txt",
+            "publish",
+            "--registry",
+            "http://127.0.0.1:1",
+            "--key-file",
+            "Cargo.toml",
+            "--domain",
+            "example.org",
+        ];
+        let parse =
+            |extra: &[&str]| Cli::try_parse_from(base.iter().chain(extra).copied()).map(|_| ());
+        assert!(
+            parse(&["--every", "1h"]).is_err(),
+            "--every without a target"
+        );
+        assert!(parse(&["--cloudflare-zone", "example.org", "--every", "1h"]).is_ok());
+        assert!(parse(&[
+            "--cloudflare-zone",
+            "example.org",
+            "--rfc2136",
+            "127.0.0.1:53",
+            "--zone",
+            "example.org",
+            "--tsig-key-file",
+            "Cargo.toml",
+        ])
+        .is_err());
+        assert!(
+            parse(&["--rfc2136", "127.0.0.1:53"]).is_err(),
+            "no zone nor key"
+        );
+        assert!(parse(&[
+            "--cloudflare-zone",
+            "example.org",
+            "--dry-run",
+            "--every",
+            "1h"
+        ])
+        .is_err());
+    }
+
+    #[test]
     fn the_cli_keeps_its_messages_and_passes_the_library_kinds_through() {
         let neither = qr_decode(QrDecodeArgs {
             text: None,
