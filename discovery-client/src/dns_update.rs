@@ -10,7 +10,9 @@
 //!
 //! The TSIG key file holds one line in `knsupdate`/`kdig -y` form,
 //! `hmac-sha256:<key name>:<base64 secret>` (`#` comments and blank lines
-//! ignored; `hmac-sha384` and `hmac-sha512` also accepted). The secret is
+//! ignored; `hmac-sha384` and `hmac-sha512` also accepted), or BIND's `key`
+//! clause as `tsig-keygen` prints it
+//! (`key "name" { algorithm hmac-sha256; secret "…"; };`). The secret is
 //! never logged nor shown by `Debug`.
 
 use std::net::SocketAddr;
@@ -96,9 +98,12 @@ impl std::fmt::Debug for TsigKey {
 }
 
 impl TsigKey {
-    /// Parses `hmac-sha256:<name>:<base64 secret>` (comments and blank lines ignored).
-    /// Errors never quote the secret.
+    /// Parses `hmac-sha256:<name>:<base64 secret>` (comments and blank lines
+    /// ignored) or a BIND `key` clause. Errors never quote the secret.
     pub fn parse(text: &str) -> Result<Self, String> {
+        if text.trim_start().starts_with("key ") || text.trim_start().starts_with("key\t") {
+            return Self::parse_bind_clause(text);
+        }
         let mut lines = text
             .lines()
             .map(str::trim)
@@ -115,6 +120,47 @@ impl TsigKey {
         else {
             return Err("expected `hmac-sha256:<key name>:<base64 secret>`".into());
         };
+        Self::from_parts(algorithm, name, secret)
+    }
+
+    /// `key "name" { algorithm hmac-sha256; secret "base64"; };` (as `tsig-keygen` prints it).
+    fn parse_bind_clause(text: &str) -> Result<Self, String> {
+        let expected = "expected `key \"<name>\" { algorithm <alg>; secret \"<base64>\"; };`";
+        let text: String = text
+            .lines()
+            .map(|l| {
+                l.split('#')
+                    .next()
+                    .unwrap_or("")
+                    .split("//")
+                    .next()
+                    .unwrap_or("")
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let rest = text.trim_start().strip_prefix("key").ok_or(expected)?;
+        let (name, body) = rest.split_once('{').ok_or(expected)?;
+        let name = name.trim().trim_matches('"');
+        let body = body.rsplit_once('}').ok_or(expected)?.0;
+        let mut algorithm = None;
+        let mut secret = None;
+        for statement in body.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            let (word, value) = statement.split_once(char::is_whitespace).ok_or(expected)?;
+            let value = value.trim().trim_matches('"');
+            match word {
+                "algorithm" => algorithm = Some(value),
+                "secret" => secret = Some(value),
+                _ => return Err(format!("unknown statement `{word}` in the key clause")),
+            }
+        }
+        Self::from_parts(
+            algorithm.ok_or("the key clause has no algorithm")?,
+            name,
+            secret.ok_or("the key clause has no secret")?,
+        )
+    }
+
+    fn from_parts(algorithm: &str, name: &str, secret: &str) -> Result<Self, String> {
         let algorithm = match algorithm.to_ascii_lowercase().as_str() {
             "hmac-sha256" => TsigAlgorithm::HmacSha256,
             "hmac-sha384" => TsigAlgorithm::HmacSha384,
@@ -125,6 +171,9 @@ impl TsigKey {
                 ))
             }
         };
+        if name.is_empty() {
+            return Err("the key has no name".into());
+        }
         let name = Name::from_ascii(name).map_err(|e| format!("key name: {e}"))?;
         let secret = base64::engine::general_purpose::STANDARD
             .decode(secret.trim())
@@ -505,6 +554,24 @@ mod tests {
         let shown = format!("{key:?}");
         assert!(!shown.contains("c2VjcmV0"), "{shown}");
         assert!(shown.contains("<redacted>"), "{shown}");
+    }
+
+    #[test]
+    fn a_bind_key_clause_parses_as_tsig_keygen_prints_it() {
+        let text = "key \"zajel-publish\" {\n\talgorithm hmac-sha256;\n\tsecret \"c2VjcmV0LXNlY3JldA==\";\n};\n";
+        let key = TsigKey::parse(text).unwrap();
+        assert_eq!(key.name.to_ascii(), "zajel-publish");
+        assert_eq!(key.algorithm, TsigAlgorithm::HmacSha256);
+        assert_eq!(key.secret, b"secret-secret");
+        for bad in [
+            "key \"k\" { algorithm hmac-sha256; };",
+            "key \"k\" { secret \"c2VjcmV0\"; };",
+            "key \"k\" { algorithm hmac-md5; secret \"c2VjcmV0\"; };",
+            "key \"k\" algorithm",
+        ] {
+            let error = TsigKey::parse(bad).unwrap_err();
+            assert!(!error.contains("c2VjcmV0"), "{error}");
+        }
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct KnotAuth {
     pub zone: String,
     /// `hmac-sha256:publisher:<secret>` — may update the zone.
     pub publisher_key_file: PathBuf,
+    /// The publisher's key as a BIND `key` clause (as `tsig-keygen` prints it).
+    pub publisher_bind_key_file: PathBuf,
     /// `hmac-sha256:reader:<secret>` — known to Knot, no update right.
     pub reader_key_file: PathBuf,
     /// The publisher's name with a wrong secret.
@@ -75,6 +77,14 @@ impl KnotAuth {
                 .map_err(|e| e.to_string())
         };
         let publisher_key_file = write_key("publisher.key", "publisher", &publisher)?;
+        let publisher_bind_key_file = dir.path().join("publisher.bind.key");
+        std::fs::write(
+            &publisher_bind_key_file,
+            format!(
+                "key \"publisher\" {{\n\talgorithm hmac-sha256;\n\tsecret \"{publisher}\";\n}};\n"
+            ),
+        )
+        .map_err(|e| e.to_string())?;
         let reader_key_file = write_key("reader.key", "reader", &reader)?;
         let wrong_key_file = write_key("wrong.key", "publisher", &wrong)?;
         let mut command = std::process::Command::new("knotd");
@@ -88,6 +98,7 @@ impl KnotAuth {
             address: SocketAddr::from(([127, 0, 0, 1], port)),
             zone: zone.into(),
             publisher_key_file,
+            publisher_bind_key_file,
             reader_key_file,
             wrong_key_file,
             process,

@@ -260,10 +260,11 @@ async fn every_republishes_a_set_about_to_expire_at_its_half_life() {
     // second publication within the test.
     let dir = tempfile::tempdir().unwrap();
     let metrics = dir.path().join("zajel-txt.prom");
+    // The key as a BIND `key` clause here (the other test uses the knsupdate line).
     let mut command = publish_command(
         &world,
         &knot,
-        &knot.publisher_key_file,
+        &knot.publisher_bind_key_file,
         &["--every", "1h", "--valid-secs", "10"],
     );
     command.arg("--metrics-textfile").arg(&metrics);
