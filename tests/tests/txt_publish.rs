@@ -6,8 +6,10 @@
 //! Knot, caching nothing — serves it to the discovery DoH layer, which
 //! verifies it. Also: `--dry-run` changes nothing; a wrong TSIG secret and a
 //! key without update rights fail clearly and change nothing (read back from
-//! Knot to prove it); `--every` republishes a set about to expire (10 s
-//! `exp`) at its half-life.
+//! Knot to prove it); a publisher racing another (its prerequisite on a set
+//! that changed meanwhile) changes nothing; `--every` republishes a set
+//! about to expire (10 s `exp`) at its half-life, skips an unchanged set
+//! and publishes a changed one at the next check.
 //!
 //! Cloudflare's DNS API cannot be reached from here: its test runs against
 //! a local stand-in (`tests::cloudflare_standin`, an in-process HTTP server
@@ -426,4 +428,45 @@ async fn cloudflare_api_stand_in_gets_the_set_replaced_idempotently() {
     assert!(second.unchanged, "{second:?} after {first:?}");
     assert_eq!(standin.changes(), changes);
     assert_eq!(verified_in(&standin, &world), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_skips_an_unchanged_set_and_publishes_a_changed_one() {
+    let world = DiscoveryWorld::new().await;
+    let knot = KnotAuth::start(DOMAIN).expect("knotd");
+    let command = publish_command(
+        &world,
+        &knot,
+        &knot.publisher_key_file,
+        &["--every", "1s", "--valid-hours", "72"],
+    );
+    let process = ChildProcess::spawn("zajel-discover --every", command).expect("spawn");
+    let wait = |mut process: ChildProcess, needle: &'static str| async move {
+        tokio::task::spawn_blocking(move || {
+            let line = process.wait_for(Duration::from_secs(20), |line| {
+                line.contains(needle).then(|| line.to_string())
+            });
+            (process, line)
+        })
+        .await
+        .unwrap()
+    };
+    let (process, line) = wait(process, "published at").await;
+    assert!(line.expect("first publication").contains("FirstRun"));
+    let first = served(&knot).await;
+    let (process, line) = wait(process, "unchanged, skipped").await;
+    line.expect("a skipped check");
+    assert_eq!(
+        served(&knot).await,
+        first,
+        "a skipped check changed the set"
+    );
+    // A server registers: the next check publishes at once.
+    world
+        .register(&random_key(), "wss://second.zajel.test:443")
+        .await;
+    let (mut process, line) = wait(process, "published at").await;
+    assert!(line.expect("republished").contains("SetChanged"));
+    assert_eq!(served(&knot).await.len(), 2);
+    process.kill();
 }
