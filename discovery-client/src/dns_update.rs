@@ -101,7 +101,8 @@ impl TsigKey {
     /// Parses `hmac-sha256:<name>:<base64 secret>` (comments and blank lines
     /// ignored) or a BIND `key` clause. Errors never quote the secret.
     pub fn parse(text: &str) -> Result<Self, String> {
-        if text.trim_start().starts_with("key ") || text.trim_start().starts_with("key\t") {
+        let first = without_comment_lines(text);
+        if first.starts_with("key ") || first.starts_with("key\t") || first.starts_with("key\"") {
             return Self::parse_bind_clause(text);
         }
         let mut lines = text
@@ -126,18 +127,8 @@ impl TsigKey {
     /// `key "name" { algorithm hmac-sha256; secret "base64"; };` (as `tsig-keygen` prints it).
     fn parse_bind_clause(text: &str) -> Result<Self, String> {
         let expected = "expected `key \"<name>\" { algorithm <alg>; secret \"<base64>\"; };`";
-        let text: String = text
-            .lines()
-            .map(|l| {
-                l.split('#')
-                    .next()
-                    .unwrap_or("")
-                    .split("//")
-                    .next()
-                    .unwrap_or("")
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
+        // Whole-line comments only: a base64 secret may hold `//`.
+        let text = without_comment_lines(text);
         let rest = text.trim_start().strip_prefix("key").ok_or(expected)?;
         let (name, body) = rest.split_once('{').ok_or(expected)?;
         let name = name.trim().trim_matches('"');
@@ -207,6 +198,15 @@ impl TsigKey {
         )
         .map_err(|e| e.to_string())
     }
+}
+
+/// `text` without blank lines and whole-line `#` or `//` comments, trimmed.
+fn without_comment_lines(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Where to publish: an authoritative server (its TCP port), the zone and the key.
@@ -563,6 +563,9 @@ mod tests {
         assert_eq!(key.name.to_ascii(), "zajel-publish");
         assert_eq!(key.algorithm, TsigAlgorithm::HmacSha256);
         assert_eq!(key.secret, b"secret-secret");
+        // A secret holding `//`, after a comment line.
+        let text = "# made by tsig-keygen\nkey \"k\" {\n\talgorithm hmac-sha256;\n\tsecret \"a//8\";\n};\n";
+        assert_eq!(TsigKey::parse(text).unwrap().secret, [0x6b, 0xff, 0xfc]);
         for bad in [
             "key \"k\" { algorithm hmac-sha256; };",
             "key \"k\" { secret \"c2VjcmV0\"; };",

@@ -81,6 +81,11 @@ impl RepublishSchedule {
             .map(|(at, expires, _)| at + expires.saturating_sub(*at) / 2)
     }
 
+    /// When the set was last published, if ever.
+    pub fn last_published_at(&self) -> Option<u64> {
+        self.published.as_ref().map(|(at, _, _)| *at)
+    }
+
     /// The last attempt, if any.
     pub fn last_attempt(&self) -> Option<&LastAttempt> {
         self.last_attempt.as_ref()
@@ -192,6 +197,7 @@ mod tests {
         );
         // Records valid 72 h from t=1000.
         schedule.on_published(1000, 1000 + 72 * 3600, "a".into(), "ok".into());
+        assert_eq!(schedule.last_published_at(), Some(1000));
         assert_eq!(schedule.decide(1000 + 3600, "a"), Decision::Skip);
         assert_eq!(schedule.refresh_at(), Some(1000 + 36 * 3600));
         assert_eq!(schedule.decide(1000 + 36 * 3600 - 1, "a"), Decision::Skip);

@@ -762,11 +762,8 @@ async fn keep_fresh(
         let expires = now + request.valid_for.as_secs().max(10);
         match attempt {
             Ok(None) => eprintln!(
-                "keep-fresh: {name} unchanged, skipped (last published at {}, refresh at {})",
-                schedule
-                    .last_attempt()
-                    .map(|a| a.at.to_string())
-                    .unwrap_or_default(),
+                "keep-fresh: {name} unchanged, skipped (last publication {}, refresh at {})",
+                schedule.last_published_at().unwrap_or(0),
                 schedule.refresh_at().unwrap_or(0)
             ),
             Ok(Some((reason, outcome, fingerprint))) => {

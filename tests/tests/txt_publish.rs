@@ -466,7 +466,8 @@ async fn every_skips_an_unchanged_set_and_publishes_a_changed_one() {
         .register(&random_key(), "wss://second.zajel.test:443")
         .await;
     let (mut process, line) = wait(process, "published at").await;
-    assert!(line.expect("republished").contains("SetChanged"));
+    let line = line.expect("republished");
+    assert!(line.contains("SetChanged"), "{line}\n{}", process.output());
     assert_eq!(served(&knot).await.len(), 2);
     process.kill();
 }
