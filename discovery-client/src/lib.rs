@@ -21,9 +21,12 @@
 //! [`discovery`] drives.
 
 pub mod cli;
+pub mod cloudflare;
 pub mod discovery;
+pub mod dns_update;
 pub mod doh;
 pub mod doh_server;
+pub mod freshness;
 pub mod net;
 pub mod probe;
 pub mod publish;

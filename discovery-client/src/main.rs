@@ -19,15 +19,19 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use discovery_client::cli::{
     existing_file, registry_url, ArgsError, DiscoveryArgs, StoreArgs, TrustArgs,
 };
+use discovery_client::cloudflare::{self, CloudflareError, CloudflareTarget};
 use discovery_client::discovery::{Config, Discovery, DiscoveryError, Event};
+use discovery_client::dns_update::{self, Rfc2136Target, TsigKey, UpdateError};
 use discovery_client::doh::DohServer;
 use discovery_client::exit;
+use discovery_client::freshness;
 use discovery_client::publish::{self, PublishError, PublishRequest};
 use discovery_client::report::{CandidateReport, Outcome, Report, Verdict};
 use discovery_client::share::{self, QrError, ShareError, ShareLink};
 use discovery_client::store::{self, Store, StoreError};
 use discovery_client::txt;
 use url::Url;
+use zajel_client_net::registry_http::RegistryHttp;
 use zajel_client_net::terminal::human_time;
 use zajel_client_net::{keyfile, out, outln, tls};
 use zajel_discovery_core::discovery::{handover, Handover};
@@ -43,6 +47,10 @@ enum CliError {
     Discovery(#[from] DiscoveryError),
     #[error(transparent)]
     Publish(#[from] PublishError),
+    #[error(transparent)]
+    DnsUpdate(#[from] UpdateError),
+    #[error(transparent)]
+    Cloudflare(#[from] CloudflareError),
     #[error(transparent)]
     Qr(#[from] QrError),
     #[error(transparent)]
@@ -85,6 +93,8 @@ impl CliError {
             Self::Args(e) => e.kind(),
             Self::Discovery(e) => e.kind(),
             Self::Publish(e) => e.kind(),
+            Self::DnsUpdate(e) => e.kind(),
+            Self::Cloudflare(e) => e.kind(),
             Self::Qr(e) => e.kind(),
             Self::Store(e) => e.kind(),
             Self::KeyFile(_) => "key_file",
@@ -162,7 +172,7 @@ struct DiscoverArgs {
 #[derive(Subcommand)]
 enum TxtCommand {
     /// Fetch and verify the registry's list, sign it as TXT records, print them.
-    Publish(PublishArgs),
+    Publish(Box<PublishArgs>),
     /// Show what DoH resolvers serve for _zajel.<domain> and whether it verifies.
     Verify(VerifyArgs),
 }
@@ -176,6 +186,7 @@ enum Format {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("publish_target").args(["rfc2136", "cloudflare_zone"])))]
 struct PublishArgs {
     /// The registry's base URL.
     #[arg(long, value_parser = registry_url)]
@@ -204,6 +215,113 @@ struct PublishArgs {
     /// Longest wait for the registry, ms.
     #[arg(long, default_value_t = 10000)]
     timeout_ms: u64,
+    /// Validity in seconds instead of --valid-hours (for tests of short expiries).
+    #[arg(long, hide = true)]
+    valid_secs: Option<u64>,
+    #[command(flatten)]
+    rfc2136: Rfc2136Args,
+    #[command(flatten)]
+    cloudflare: CloudflareArgs,
+    /// Only show what would change: the difference with what the
+    /// authoritative server (--rfc2136) or Cloudflare serves now; nothing is sent.
+    #[arg(long, conflicts_with = "every")]
+    dry_run: bool,
+    /// Keep running: check every DURATION (`90s`, `30m`, `6h`), republish when
+    /// the registry's list changed or the published records reached half their
+    /// lifetime, skip otherwise. Needs --rfc2136 or --cloudflare-zone.
+    #[arg(long, value_parser = duration_arg, requires = "publish_target")]
+    every: Option<Duration>,
+    /// With --every: after each check, write when it last published and how
+    /// it went as Prometheus text to this file (node_exporter's textfile collector).
+    #[arg(long, requires = "every")]
+    metrics_textfile: Option<PathBuf>,
+}
+
+/// RFC 2136 dynamic update with TSIG: where to publish.
+#[derive(Args)]
+struct Rfc2136Args {
+    /// Publish by RFC 2136 dynamic update to this authoritative server (IP:PORT, TCP).
+    #[arg(long, value_name = "IP:PORT", requires_all = ["zone", "tsig_key_file"])]
+    rfc2136: Option<std::net::SocketAddr>,
+    /// The zone the _zajel name is in (its SOA owner), e.g. example.org.
+    #[arg(long, requires = "rfc2136")]
+    zone: Option<String>,
+    /// The TSIG key file: one line `hmac-sha256:<key name>:<base64 secret>` (as knsupdate -y takes it).
+    #[arg(long, value_parser = existing_file, requires = "rfc2136")]
+    tsig_key_file: Option<PathBuf>,
+}
+
+/// Cloudflare's DNS API: where to publish.
+#[derive(Args)]
+struct CloudflareArgs {
+    /// Publish through Cloudflare's DNS API into this zone (e.g. example.org);
+    /// the API token (Zone.DNS:Edit) comes from CLOUDFLARE_API_TOKEN or --cloudflare-token-file.
+    #[arg(long, conflicts_with = "rfc2136")]
+    cloudflare_zone: Option<String>,
+    /// A file whose first line is the Cloudflare API token.
+    #[arg(long, value_parser = existing_file, requires = "cloudflare_zone")]
+    cloudflare_token_file: Option<PathBuf>,
+    /// The API's base URL (tests point it at a local stand-in).
+    #[arg(long, hide = true, default_value = cloudflare::DEFAULT_API)]
+    cloudflare_api: Url,
+}
+
+/// Where `txt publish` puts the records.
+enum PublishTarget {
+    Rfc2136(Rfc2136Target),
+    Cloudflare(Box<RegistryHttp>, CloudflareTarget),
+}
+
+impl PublishTarget {
+    async fn replace(
+        &self,
+        records: &[txt::PublishedRecord],
+        dry_run: bool,
+    ) -> Result<dns_update::UpdateOutcome, CliError> {
+        Ok(match self {
+            Self::Rfc2136(target) => dns_update::replace(target, records, dry_run).await?,
+            Self::Cloudflare(http, target) => {
+                cloudflare::replace(http, target, records, dry_run).await?
+            }
+        })
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::Rfc2136(target) => target.server.to_string(),
+            Self::Cloudflare(_, target) => format!("Cloudflare zone {}", target.zone),
+        }
+    }
+
+    fn how(&self) -> &'static str {
+        match self {
+            Self::Rfc2136(_) => "replaced by one RFC 2136 update",
+            Self::Cloudflare(..) => "replaced through Cloudflare's API",
+        }
+    }
+}
+
+/// `90s`, `30m`, `6h`, `2d` or plain seconds.
+fn duration_arg(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number with s, m, h or d"))?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{text:?}: the unit is s, m, h or d")),
+    };
+    match number * unit {
+        0 => Err("the period must be more than 0".into()),
+        secs => Ok(Duration::from_secs(secs)),
+    }
 }
 
 #[derive(Args)]
@@ -333,7 +451,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<u8, CliError> {
     match cli.command {
         Command::Discover(args) => discover(args).await,
-        Command::Txt(TxtCommand::Publish(args)) => txt_publish(args).await,
+        Command::Txt(TxtCommand::Publish(args)) => txt_publish(*args).await,
         Command::Txt(TxtCommand::Verify(args)) => txt_verify(args).await,
         Command::Qr(QrCommand::Encode(args)) => qr_encode(args),
         Command::Qr(QrCommand::Decode(args)) => qr_decode(args),
@@ -492,7 +610,8 @@ fn print_report(report: &Report) {
 }
 
 async fn txt_publish(args: PublishArgs) -> Result<u8, CliError> {
-    if args.valid_hours == 0 || args.valid_hours * 3600 > txt::MAX_VALIDITY_SECS {
+    let valid_secs = args.valid_secs.unwrap_or(args.valid_hours * 3600);
+    if valid_secs == 0 || valid_secs > txt::MAX_VALIDITY_SECS {
         return Err(CliError::ValidHours);
     }
     let key = keyfile::read(&args.key_file)?;
@@ -502,9 +621,59 @@ async fn txt_publish(args: PublishArgs) -> Result<u8, CliError> {
         extra_registry_keys: args.trust.keys()?,
         domain: args.domain.clone(),
         ttl: args.ttl,
-        valid_for: Duration::from_secs(args.valid_hours * 3600),
+        valid_for: Duration::from_secs(valid_secs),
         timeout: Duration::from_millis(args.timeout_ms),
     };
+    let target = if let Some(server) = args.rfc2136.rfc2136 {
+        Some(PublishTarget::Rfc2136(Rfc2136Target {
+            server,
+            zone: args.rfc2136.zone.clone().unwrap_or_default(),
+            key: TsigKey::from_file(
+                args.rfc2136
+                    .tsig_key_file
+                    .as_deref()
+                    .unwrap_or_else(|| std::path::Path::new("")),
+            )?,
+            timeout: Duration::from_millis(args.timeout_ms),
+        }))
+    } else if let Some(zone) = &args.cloudflare.cloudflare_zone {
+        let token = cloudflare::ApiToken::from_file_or_env(
+            args.cloudflare.cloudflare_token_file.as_deref(),
+            std::env::var("CLOUDFLARE_API_TOKEN").ok(),
+        )?;
+        let http = discovery_client::registry::http_client(
+            tls.clone(),
+            Duration::from_millis(args.timeout_ms),
+        )
+        .map_err(PublishError::from)?;
+        Some(PublishTarget::Cloudflare(
+            Box::new(http),
+            CloudflareTarget {
+                api: args.cloudflare.cloudflare_api.clone(),
+                zone: zone.clone(),
+                token,
+            },
+        ))
+    } else {
+        None
+    };
+    if let Some(target) = target {
+        return match args.every {
+            None => {
+                let records = publish::publish_revoking(&request, &args.revoke, &key, tls).await?;
+                let outcome = target.replace(&records, args.dry_run).await?;
+                report_update(&target, &records, &outcome, args.dry_run);
+                Ok(0)
+            }
+            Some(every) => {
+                let fresh = KeepFresh {
+                    every,
+                    metrics_textfile: args.metrics_textfile.clone(),
+                };
+                keep_fresh(&request, &args.revoke, &key, tls, &target, &fresh).await
+            }
+        };
+    }
     let records = publish::publish_revoking(&request, &args.revoke, &key, tls).await?;
     match args.format {
         Format::Zone => out!("{}", txt::zone_snippet(&records)),
@@ -519,6 +688,114 @@ async fn txt_publish(args: PublishArgs) -> Result<u8, CliError> {
         txt::record_name(&args.domain)
     );
     Ok(0)
+}
+
+fn report_update(
+    target: &PublishTarget,
+    records: &[txt::PublishedRecord],
+    outcome: &dns_update::UpdateOutcome,
+    dry_run: bool,
+) {
+    let name = records.first().map(|r| r.name.as_str()).unwrap_or("");
+    for line in outcome.diff.lines() {
+        outln!("{line}");
+    }
+    let what = if outcome.unchanged {
+        "unchanged: no update sent"
+    } else if dry_run {
+        "dry run: nothing sent"
+    } else {
+        target.how()
+    };
+    eprintln!(
+        "{name} on {}: {what} (+{} -{} ={})",
+        target.describe(),
+        outcome.diff.add.len(),
+        outcome.diff.remove.len(),
+        outcome.diff.keep.len()
+    );
+}
+
+/// How `txt publish --every` runs.
+struct KeepFresh {
+    every: Duration,
+    metrics_textfile: Option<PathBuf>,
+}
+
+/// Writes the metrics file whole (a temporary file renamed over it).
+fn write_metrics(path: &std::path::Path, text: &str) {
+    let temporary = path.with_extension("prom.tmp");
+    let written = std::fs::write(&temporary, text).and_then(|()| std::fs::rename(&temporary, path));
+    if let Err(e) = written {
+        eprintln!("keep-fresh: cannot write {}: {e}", path.display());
+    }
+}
+
+/// `txt publish --every`: the republication loop around [`freshness::RepublishSchedule`].
+/// Each check fetches and signs the registry's list; the schedule decides
+/// whether to send it. Failures are reported and retried; the loop runs until killed.
+async fn keep_fresh(
+    request: &PublishRequest,
+    revoke: &[String],
+    key: &ed25519_dalek::SigningKey,
+    tls: rustls::ClientConfig,
+    target: &PublishTarget,
+    fresh: &KeepFresh,
+) -> Result<u8, CliError> {
+    let mut schedule = freshness::RepublishSchedule::new(fresh.every.as_secs());
+    let mut failures = 0u64;
+    let name = txt::record_name(&request.domain);
+    loop {
+        let now = discovery_client::now_ms() / 1000;
+        let attempt = async {
+            let records = publish::publish_revoking(request, revoke, key, tls.clone()).await?;
+            let fingerprint = freshness::fingerprint(&records);
+            match schedule.decide(now, &fingerprint) {
+                freshness::Decision::Skip => Ok::<_, CliError>(None),
+                freshness::Decision::Publish(reason) => {
+                    let outcome = target.replace(&records, false).await?;
+                    Ok(Some((reason, outcome, fingerprint)))
+                }
+            }
+        }
+        .await;
+        let expires = now + request.valid_for.as_secs().max(10);
+        match attempt {
+            Ok(None) => eprintln!(
+                "keep-fresh: {name} unchanged, skipped (last publication {}, refresh at {})",
+                schedule.last_published_at().unwrap_or(0),
+                schedule.refresh_at().unwrap_or(0)
+            ),
+            Ok(Some((reason, outcome, fingerprint))) => {
+                let detail = format!(
+                    "{reason:?}: +{} -{} ={}",
+                    outcome.diff.add.len(),
+                    outcome.diff.remove.len(),
+                    outcome.diff.keep.len()
+                );
+                eprintln!(
+                    "keep-fresh: {name} published at {now} to {} ({detail}), valid until {expires}",
+                    target.describe()
+                );
+                schedule.on_published(now, expires, fingerprint, detail);
+            }
+            Err(e) => {
+                eprintln!(
+                    "keep-fresh: {name} publication failed at {now} ({}): {e}",
+                    e.kind()
+                );
+                schedule.on_failed(now, e.to_string());
+                failures += 1;
+            }
+        }
+        if let Some(path) = &fresh.metrics_textfile {
+            write_metrics(path, &schedule.prometheus_text(failures));
+        }
+        let wake = schedule.next_check(now);
+        eprintln!("keep-fresh: next check at {wake}");
+        let wait = wake.saturating_sub(discovery_client::now_ms() / 1000);
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+    }
 }
 
 async fn txt_verify(args: VerifyArgs) -> Result<u8, CliError> {
@@ -733,6 +1010,63 @@ fn referral(command: ReferralCommand) -> Result<u8, CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_takes_durations_with_units_and_refuses_zero() {
+        assert_eq!(duration_arg("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(duration_arg("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(duration_arg("6h"), Ok(Duration::from_secs(21600)));
+        assert_eq!(duration_arg("1d"), Ok(Duration::from_secs(86400)));
+        assert_eq!(duration_arg("45"), Ok(Duration::from_secs(45)));
+        assert!(duration_arg("0h").is_err());
+        assert!(duration_arg("5w").is_err());
+        assert!(duration_arg("h").is_err());
+    }
+
+    #[test]
+    fn publish_targets_exclude_each_other_and_every_needs_one() {
+        let base = [
+            "zajel-discover",
+            "txt",
+            "publish",
+            "--registry",
+            "http://127.0.0.1:1",
+            "--key-file",
+            "Cargo.toml",
+            "--domain",
+            "example.org",
+        ];
+        let parse =
+            |extra: &[&str]| Cli::try_parse_from(base.iter().chain(extra).copied()).map(|_| ());
+        assert!(
+            parse(&["--every", "1h"]).is_err(),
+            "--every without a target"
+        );
+        assert!(parse(&["--cloudflare-zone", "example.org", "--every", "1h"]).is_ok());
+        assert!(parse(&[
+            "--cloudflare-zone",
+            "example.org",
+            "--rfc2136",
+            "127.0.0.1:53",
+            "--zone",
+            "example.org",
+            "--tsig-key-file",
+            "Cargo.toml",
+        ])
+        .is_err());
+        assert!(
+            parse(&["--rfc2136", "127.0.0.1:53"]).is_err(),
+            "no zone nor key"
+        );
+        assert!(parse(&[
+            "--cloudflare-zone",
+            "example.org",
+            "--dry-run",
+            "--every",
+            "1h"
+        ])
+        .is_err());
+    }
 
     #[test]
     fn the_cli_keeps_its_messages_and_passes_the_library_kinds_through() {

@@ -104,7 +104,7 @@ pub async fn publish_revoking(
     if servers.is_empty() && revoke.is_empty() {
         return Err(PublishError::NoServers);
     }
-    let expires = now / 1000 + request.valid_for.as_secs().max(60);
+    let expires = now / 1000 + request.valid_for.as_secs().max(10);
     let mut records = txt::build_records(key, &request.domain, &servers, request.ttl, expires)?;
     records.extend(txt::build_revocations(
         key,

@@ -39,6 +39,18 @@
 //! from cron and ride out a few days of publishing outage (the default is
 //! 72 hours; it was 31 days).
 //!
+//! **One key, never copied** (issue 16, decided): records and revocations
+//! are signed by the registry's own list key, not by a separate TXT key
+//! delegated by it. The signer runs where that key already is: the native
+//! registry's host runs `zajel-discover txt publish --rfc2136 … --every …`
+//! next to `bootstrap-worker serve` (same seed file), and the Worker signs
+//! inside Cloudflare on its Cron Trigger; what leaves the host is only a
+//! TSIG key (or a Cloudflare API token) allowed to change one TXT set. A
+//! delegated key would add a record format and a chain every client must
+//! check, while a stolen TXT key would do the same harm through DoH as the
+//! registry key (point clients at an attacker's servers until `exp`): it
+//! would separate nothing that the placement does not already keep apart.
+//!
 //! **Junk**: [`check_answer`] considers every record of an answer, bounded
 //! by bytes ([`MAX_ANSWER_BYTES`], the largest DNS message a DoH answer
 //! carries), not by a count that junk records can fill. Cheap checks (tag,

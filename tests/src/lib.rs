@@ -8,10 +8,12 @@
 
 pub mod blackhole;
 pub mod censorship_world;
+pub mod cloudflare_standin;
 pub mod discovery_world;
 pub mod doh_inprocess;
 pub mod hostile_relay;
 pub mod interop;
+pub mod knot_auth;
 pub mod netem;
 pub mod netns;
 pub mod probe_peer;

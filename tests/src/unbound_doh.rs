@@ -45,6 +45,58 @@ impl UnboundDoh {
         port: u16,
         namespace: Option<&crate::netns::Namespace>,
     ) -> Result<Self, String> {
+        let mut zone_config = format!("\tlocal-zone: \"{zone}.\" static\n");
+        for record in records {
+            if record.contains('\'') {
+                return Err(format!("record line has a single quote: {record}"));
+            }
+            zone_config.push_str(&format!("\tlocal-data: '{record}'\n"));
+        }
+        Self::launch(ca, address, port, namespace, &zone_config, "")
+    }
+
+    /// A DoH front for an authoritative server: `zone` is a stub zone
+    /// resolved by asking `authoritative` (over TCP), with nothing cached,
+    /// so every query shows what the authoritative server serves now.
+    pub fn start_stub(
+        ca: &TestCa,
+        zone: &str,
+        authoritative: std::net::SocketAddr,
+    ) -> Result<Self, String> {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+            listener.local_addr().map_err(|e| e.to_string())?.port()
+        };
+        // `transparent` lifts unbound's default local zones (`test.` among them) for this zone.
+        let server = format!(
+            "\tdo-not-query-localhost: no\n\ttcp-upstream: yes\n\
+             \tcache-max-ttl: 0\n\tcache-max-negative-ttl: 0\n\
+             \tqname-minimisation: no\n\tlocal-zone: \"{zone}.\" transparent\n"
+        );
+        let stub = format!(
+            "stub-zone:\n\tname: \"{zone}.\"\n\tstub-addr: {}@{}\n",
+            authoritative.ip(),
+            authoritative.port()
+        );
+        Self::launch(
+            ca,
+            "127.0.0.1".parse().expect("ip"),
+            port,
+            None,
+            &server,
+            &stub,
+        )
+    }
+
+    /// Writes the configuration (`server_extra` inside `server:`, `tail` after it), checks it, starts unbound.
+    fn launch(
+        ca: &TestCa,
+        address: std::net::IpAddr,
+        port: u16,
+        namespace: Option<&crate::netns::Namespace>,
+        server_extra: &str,
+        tail: &str,
+    ) -> Result<Self, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let mut config = format!(
             "server:\n\
@@ -64,18 +116,13 @@ impl UnboundDoh {
              \tdo-udp: no\n\
              \taccess-control: 0.0.0.0/0 allow\n\
              \tmodule-config: \"iterator\"\n\
-             \trrset-roundrobin: no\n\
-             \tlocal-zone: \"{zone}.\" static\n",
+             \trrset-roundrobin: no\n",
             key = ca.key_file.display(),
             cert = ca.cert_file.display(),
             dir = dir.path().display(),
         );
-        for record in records {
-            if record.contains('\'') {
-                return Err(format!("record line has a single quote: {record}"));
-            }
-            config.push_str(&format!("\tlocal-data: '{record}'\n"));
-        }
+        config.push_str(server_extra);
+        config.push_str(tail);
         config.push_str("remote-control:\n\tcontrol-enable: no\n");
         let path = dir.path().join("unbound.conf");
         std::fs::write(&path, &config).map_err(|e| e.to_string())?;
