@@ -392,6 +392,21 @@ async fn a_redirect_is_followed_and_the_contact_met_on_the_other_relay() {
     let frame =
         RelayRequest::RegisterRendezvous(registration(&bob, "ZZZZZZ", [&contact(&alice)], now));
     bob_line.session.send_text(frame.to_text()).await.unwrap();
+    // Stored before Alice registers: otherwise (a loaded machine) Alice's entries
+    // could be stored first and Bob would get his match in this reply, not as a push.
+    bob_line
+        .session
+        .recv_until(
+            step(),
+            "rendezvous_result",
+            |m| match m {
+                ServerMessage::Unknown(u) if u.type_name == "rendezvous_result" => Some(()),
+                _ => None,
+            },
+            |_| {},
+        )
+        .await
+        .unwrap();
 
     // Alice's primary relay redirects her points to relay-lite.
     let relay_lite = world.relay_url().to_string();
