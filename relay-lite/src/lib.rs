@@ -34,6 +34,7 @@ pub mod relay;
 mod relay_requests;
 pub mod rendezvous;
 mod rendezvous_store;
+pub mod ring;
 pub mod session;
 pub mod tls;
 pub mod turn;
