@@ -28,6 +28,7 @@ mod linking;
 pub mod membership;
 pub mod metrics;
 mod outbox;
+pub mod ownership;
 pub mod pairing;
 mod peer_relays;
 pub mod relay;

@@ -7,9 +7,21 @@
 //! or a peer-relay peerId. Also the timers: a link request's expiry, and
 //! the periodic cleanup (expired rendezvous rows, idle peer relays closed
 //! with 1000 "Heartbeat timeout").
+//!
+//! Across relays ([`RelayRequests::attach_federation`]): the points a
+//! registration's [`crate::rendezvous::Registered::forwards`] name go to their
+//! meeting relay as `rendezvous_forward` over the federation link; there
+//! they are stored with `relayId` = the origin's serverId, their live
+//! matches go back as `rendezvous_forward_match`, and so do the pushes for
+//! them; the origin turns each into a `rendezvous_match` push to its client.
+//! A match reported across relays always has a `relayId`: the serverId of
+//! the relay where the matched peer is connected. A forward for a peerId a
+//! connection of this relay holds is refused (a fleet relay cannot take
+//! over this relay's clients' pushes), and a `rendezvous_forward_match`
+//! is delivered only for a peerId forwarded to that very relay.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
@@ -19,13 +31,17 @@ use zajel_wire::pairing::PairingCode;
 use zajel_wire::rendezvous::{self as wire, RelayReply, RelayRequest, RelayRequestError};
 use zajel_wire::signaling::ServerMessage;
 
+use zajel_wire::rendezvous::MatchedPeer;
+use zajel_wire::rendezvous_link::RendezvousLinkMessage;
+
 use crate::config::RendezvousConfig;
+use crate::federation::Links as FederationLinks;
 use crate::hub::Hub;
 use crate::linking::{LinkReply, Links};
 use crate::metrics::{Metrics, Refusal};
 use crate::outbox::Outbox;
 use crate::peer_relays::{PeerRelays, PEER_ID_IN_USE};
-use crate::rendezvous::{PointOwnership, Rendezvous, RendezvousRefusal, RendezvousSettings};
+use crate::rendezvous::{PointOwnership, Push, Rendezvous, RendezvousRefusal, RendezvousSettings};
 use crate::rendezvous_store::{RendezvousStore, StoreError};
 
 /// The Unix time in ms (what rendezvous rows expire by, so they outlive a restart).
@@ -73,7 +89,20 @@ pub(crate) struct RelayRequests {
     server_id: String,
     config: RendezvousConfig,
     me: Weak<RelayRequests>,
+    /// The federation links, once attached.
+    federation: OnceLock<Arc<FederationLinks>>,
+    /// Meeting relay side: peerId → the relay that forwarded it last.
+    forwarded_in: Mutex<HashMap<String, String>>,
+    /// Origin side: this relay's clients' peerIds → the relays they were forwarded to.
+    forwarded_out: Mutex<HashMap<String, HashSet<String>>>,
 }
+
+/// Peers remembered in each of the forwarding maps; beyond, new ones are dropped.
+pub const MAX_FORWARDED_PEERS: usize = 100_000;
+
+/// Per-connection counts of forwarded items are kept under ids counted down
+/// from here (one per link), apart from the connections' ids.
+const LINK_CONNECTION_BASE: u64 = u64::MAX;
 
 impl RelayRequests {
     /// Opens the rendezvous database of `config` (in memory without one).
@@ -101,7 +130,164 @@ impl RelayRequests {
             server_id,
             config: config.clone(),
             me: me.clone(),
+            federation: OnceLock::new(),
+            forwarded_in: Mutex::new(HashMap::new()),
+            forwarded_out: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Sends forwards over `links` and takes the rendezvous messages that arrive on them.
+    pub fn attach_federation(self: &Arc<Self>, links: Arc<FederationLinks>) {
+        let me = Arc::downgrade(self);
+        links.set_handler(Arc::new(move |server: &str, link: u64, message| {
+            if let Some(me) = me.upgrade() {
+                me.on_link_message(server, link, message);
+            }
+        }));
+        let _ = self.federation.set(links);
+    }
+
+    fn on_link_message(self: Arc<Self>, server: &str, link: u64, message: RendezvousLinkMessage) {
+        match message {
+            RendezvousLinkMessage::Hello => {}
+            RendezvousLinkMessage::Forward {
+                peer_id,
+                daily_points,
+                hourly_tokens,
+            } => {
+                let server = server.to_owned();
+                // SQLite work off the async workers.
+                tokio::task::spawn_blocking(move || {
+                    self.on_forward(&server, link, &peer_id, &daily_points, &hourly_tokens)
+                });
+            }
+            RendezvousLinkMessage::Match { to, matched } => {
+                let forwarded_there = lock(&self.forwarded_out)
+                    .get(&to)
+                    .is_some_and(|servers| servers.contains(server));
+                if forwarded_there {
+                    self.metrics.rendezvous_forward_match_in();
+                    self.deliver_to_peer(&to, RelayReply::RendezvousMatch { matched }.to_text());
+                } else {
+                    tracing::debug!(%server, "rendezvous_forward_match for a peer not forwarded there: dropped");
+                }
+            }
+        }
+    }
+
+    /// A `rendezvous_forward` from `origin`: stored here, matches reported back.
+    fn on_forward(
+        &self,
+        origin: &str,
+        link: u64,
+        peer_id: &str,
+        daily_points: &[String],
+        hourly_tokens: &[String],
+    ) {
+        let held_here = lock(&self.peers).connection_of(peer_id).is_some()
+            || PairingCode::parse(peer_id)
+                .ok()
+                .is_some_and(|code| self.hub.member(code).is_some());
+        if held_here {
+            tracing::debug!(%origin, "rendezvous_forward for a peerId held here: refused");
+            return;
+        }
+        {
+            let forwarded = lock(&self.forwarded_in);
+            if forwarded.len() >= MAX_FORWARDED_PEERS && !forwarded.contains_key(peer_id) {
+                tracing::warn!(%origin, "too many forwarded peers: rendezvous_forward dropped");
+                return;
+            }
+        }
+        let registered = lock(&self.rendezvous).register_forwarded(
+            unix_ms(),
+            origin,
+            LINK_CONNECTION_BASE - link,
+            peer_id,
+            daily_points,
+            hourly_tokens,
+        );
+        let registered = match registered {
+            Ok(registered) => registered,
+            Err(refusal) => {
+                tracing::info!(%origin, %refusal, "rendezvous_forward refused");
+                return;
+            }
+        };
+        self.metrics.rendezvous_forward_in();
+        lock(&self.forwarded_in).insert(peer_id.to_owned(), origin.to_owned());
+        for found in registered.live_matches {
+            let relay_id = if found.relay_id.is_empty() {
+                self.server_id.clone()
+            } else {
+                found.relay_id
+            };
+            self.send_match(
+                origin,
+                peer_id,
+                MatchedPeer {
+                    peer_id: found.peer_id,
+                    relay_id: Some(relay_id),
+                },
+            );
+        }
+        for push in registered.pushes {
+            self.route_push(push);
+        }
+    }
+
+    fn send_match(&self, server: &str, to: &str, matched: MatchedPeer) {
+        let Some(links) = self.federation.get() else {
+            return;
+        };
+        let message = RendezvousLinkMessage::Match {
+            to: to.to_owned(),
+            matched,
+        };
+        if !links.send(server, message.to_text()) {
+            tracing::debug!(%server, "rendezvous_forward_match not sent: no link");
+        }
+    }
+
+    /// A push for an earlier registrant: over the link to the relay that
+    /// forwarded its entry, else to its connection here.
+    fn route_push(&self, push: Push) {
+        let forwarded_by = push.relay_id.as_deref().filter(|relay| {
+            lock(&self.forwarded_in)
+                .get(&push.peer_id)
+                .is_some_and(|origin| origin == relay)
+        });
+        match (forwarded_by, push.reply) {
+            (Some(origin), RelayReply::RendezvousMatch { mut matched }) => {
+                if matched.relay_id.as_deref().is_none_or(str::is_empty) {
+                    matched.relay_id = Some(self.server_id.clone());
+                }
+                self.send_match(origin, &push.peer_id, matched);
+            }
+            (_, reply) => self.deliver_to_peer(&push.peer_id, reply.to_text()),
+        }
+    }
+
+    /// Sends a registration's forwards to their meeting relays.
+    fn send_forwards(&self, forwards: Vec<(String, RendezvousLinkMessage)>) {
+        let Some(links) = self.federation.get() else {
+            return;
+        };
+        for (server, message) in forwards {
+            let RendezvousLinkMessage::Forward { peer_id, .. } = &message else {
+                continue;
+            };
+            let peer_id = peer_id.clone();
+            if !links.send(&server, message.to_text()) {
+                tracing::debug!(%server, "rendezvous_forward not sent: no link");
+                continue;
+            }
+            self.metrics.rendezvous_forward_out();
+            let mut out = lock(&self.forwarded_out);
+            if out.len() < MAX_FORWARDED_PEERS || out.contains_key(&peer_id) {
+                out.entry(peer_id).or_default().insert(server);
+            }
+        }
     }
 
     /// Handles a frame [`wire::is_relay_request`] claimed, from the
@@ -147,9 +333,10 @@ impl RelayRequests {
                 match result {
                     Ok(Ok(registered)) => {
                         lock(&self.peers).touch(now, connection, peer_id.as_deref());
-                        for (peer_id, push) in registered.pushes {
-                            self.deliver_to_peer(&peer_id, push.to_text());
+                        for push in registered.pushes {
+                            self.route_push(push);
                         }
+                        self.send_forwards(registered.forwards);
                         vec![registered.reply.to_text()]
                     }
                     Ok(Err(refusal)) => {
@@ -263,6 +450,7 @@ impl RelayRequests {
         }
         // Only when no other connection (the same key's new one) holds the code now.
         if let Some(code) = code.filter(|c| self.hub.member(*c).is_none()) {
+            lock(&self.forwarded_out).remove(&code.to_string());
             let sends = lock(&self.links).code_left(code);
             self.deliver(sends);
         }

@@ -72,7 +72,7 @@ impl Ring {
             ring.servers.push(server);
         }
         // Stable, as JavaScript's sort: equal positions keep insertion order.
-        ring.positions.sort_by(|a, b| a.0.cmp(&b.0));
+        ring.positions.sort_by_key(|entry| entry.0);
         ring
     }
 
