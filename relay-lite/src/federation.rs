@@ -384,7 +384,8 @@ impl FleetView {
             .any(|entry| entry.server_id == server_id)
     }
 
-    fn subscribe(&self) -> watch::Receiver<u64> {
+    /// Changes when a registry's list changes (ids or endpoints).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
 }

@@ -268,6 +268,11 @@ impl Relay {
         let connections = Arc::new(Semaphore::new(max_connections as usize));
         if federating {
             relay_requests.attach_federation(links.clone());
+            tokio::spawn(relay_requests.clone().run_refresh(
+                fleet.subscribe(),
+                links.subscribe(),
+                stopped.clone(),
+            ));
             tokio::spawn(count_forwarding_links(
                 links.clone(),
                 metrics.clone(),

@@ -95,7 +95,13 @@ pub(crate) struct RelayRequests {
     forwarded_in: Mutex<HashMap<String, String>>,
     /// Origin side: this relay's clients' peerIds → the relays they were forwarded to.
     forwarded_out: Mutex<HashMap<String, HashSet<String>>>,
+    /// The last `register_rendezvous` of each open connection, while
+    /// federating: registered again when the rings change.
+    remembered: Mutex<HashMap<u64, wire::RegisterRendezvous>>,
 }
+
+/// Points and tokens remembered for refreshes, over all connections.
+pub const MAX_REMEMBERED_ITEMS: usize = 1_000_000;
 
 /// Peers remembered in each of the forwarding maps; beyond, new ones are dropped.
 pub const MAX_FORWARDED_PEERS: usize = 100_000;
@@ -133,6 +139,7 @@ impl RelayRequests {
             federation: OnceLock::new(),
             forwarded_in: Mutex::new(HashMap::new()),
             forwarded_out: Mutex::new(HashMap::new()),
+            remembered: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -268,6 +275,76 @@ impl RelayRequests {
         }
     }
 
+    fn remember(&self, connection: u64, register: wire::RegisterRendezvous) {
+        let mut remembered = lock(&self.remembered);
+        let items = |r: &wire::RegisterRendezvous| r.daily_points.len() + r.hourly_tokens.len();
+        let held: usize = remembered
+            .iter()
+            .filter(|(c, _)| **c != connection)
+            .map(|(_, r)| items(r))
+            .sum();
+        if held + items(&register) <= MAX_REMEMBERED_ITEMS {
+            remembered.insert(connection, register);
+        }
+    }
+
+    /// Registers every open connection's last `register_rendezvous` again
+    /// whenever the fleet's lists or the links change (a relay joined, left
+    /// or died), so that its points reach their new meeting relay without
+    /// waiting for the client; the matches this finds are pushed to the
+    /// client as `rendezvous_match` (a match may repeat).
+    pub async fn run_refresh(
+        self: Arc<Self>,
+        mut fleet: watch::Receiver<u64>,
+        mut links: watch::Receiver<u64>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                () = crate::relay::stopping(&mut shutdown) => return,
+                changed = fleet.changed() => if changed.is_err() { return },
+                changed = links.changed() => if changed.is_err() { return },
+            }
+            fleet.mark_unchanged();
+            links.mark_unchanged();
+            let me = self.clone();
+            let _ = tokio::task::spawn_blocking(move || me.refresh_all()).await;
+        }
+    }
+
+    fn refresh_all(&self) {
+        let remembered: Vec<wire::RegisterRendezvous> =
+            lock(&self.remembered).values().cloned().collect();
+        for register in remembered {
+            let Some(peer_id) = register.peer_id.clone() else {
+                continue;
+            };
+            let registered = match lock(&self.rendezvous).refresh(unix_ms(), &register) {
+                Ok(registered) => registered,
+                Err(refusal) => {
+                    tracing::debug!(%refusal, "rendezvous refresh refused");
+                    continue;
+                }
+            };
+            let live = match registered.reply {
+                RelayReply::RendezvousResult { live_matches, .. } => live_matches,
+                RelayReply::RendezvousPartial { local, .. } => local.live_matches,
+                _ => Vec::new(),
+            };
+            for found in live {
+                let matched = MatchedPeer {
+                    peer_id: found.peer_id,
+                    relay_id: (!found.relay_id.is_empty()).then_some(found.relay_id),
+                };
+                self.deliver_to_peer(&peer_id, RelayReply::RendezvousMatch { matched }.to_text());
+            }
+            for push in registered.pushes {
+                self.route_push(push);
+            }
+            self.send_forwards(registered.forwards);
+        }
+    }
+
     /// Sends a registration's forwards to their meeting relays.
     fn send_forwards(&self, forwards: Vec<(String, RendezvousLinkMessage)>) {
         let Some(links) = self.federation.get() else {
@@ -327,7 +404,12 @@ impl RelayRequests {
                 let me = self.clone();
                 let result = tokio::task::spawn_blocking(move || {
                     let held: Vec<&str> = held.iter().map(String::as_str).collect();
-                    lock(&me.rendezvous).register(unix_ms(), connection, &held, &register)
+                    let registered =
+                        lock(&me.rendezvous).register(unix_ms(), connection, &held, &register);
+                    if registered.is_ok() && me.federation.get().is_some() {
+                        me.remember(connection, register);
+                    }
+                    registered
                 })
                 .await;
                 match result {
@@ -444,6 +526,7 @@ impl RelayRequests {
     /// released from the hub) if any.
     pub fn connection_closed(&self, connection: u64, code: Option<PairingCode>) {
         lock(&self.rendezvous).connection_closed(connection);
+        lock(&self.remembered).remove(&connection);
         lock(&self.peer_outboxes).remove(&connection);
         if let Some(peer_id) = lock(&self.peers).connection_closed(connection) {
             self.drop_peer_entries(&peer_id);

@@ -94,6 +94,9 @@ pub fn local_only() -> PointOwnership {
     Arc::new(|_| PointOwner::Local.into())
 }
 
+/// The connection id [`Rendezvous::refresh`] counts under (connections start at 1).
+const REFRESH_CONNECTION: u64 = 0;
+
 /// Lifetimes and limits.
 #[derive(Debug, Clone)]
 pub struct RendezvousSettings {
@@ -412,6 +415,20 @@ impl Rendezvous {
             }
             Ok((found, pushes))
         })
+    }
+
+    /// Registers `request` again on the relay's own initiative (the rings
+    /// changed): as [`Rendezvous::register`] by its own `peerId`, counted
+    /// against no connection.
+    pub fn refresh(
+        &mut self,
+        now_ms: u64,
+        request: &RegisterRendezvous,
+    ) -> Result<Registered, RendezvousRefusal> {
+        let peer_id = request.peer_id.clone().unwrap_or_default();
+        let result = self.register(now_ms, REFRESH_CONNECTION, &[&peer_id], request);
+        self.used.remove(&REFRESH_CONNECTION);
+        result
     }
 
     /// `connection` closed: its per-connection count goes.
