@@ -63,6 +63,8 @@ pub struct FederationConfig {
     /// doubles up to `retry_max`.
     pub retry_min: Duration,
     pub retry_max: Duration,
+    /// CA certificates trusted when dialling, besides the Mozilla roots.
+    pub extra_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
 }
 
 impl Default for FederationConfig {
@@ -72,6 +74,7 @@ impl Default for FederationConfig {
             max_links: 64,
             retry_min: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
+            extra_roots: Vec::new(),
         }
     }
 }
@@ -609,8 +612,11 @@ impl Federation {
     /// Dials `entry`'s `/federation` and keeps the link until it drops.
     async fn dial(self: Arc<Self>, entry: ServerEntry, shutdown: watch::Receiver<bool>) -> bool {
         let url = federation_url(&entry.endpoint);
-        let connected =
-            tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), connect(&url)).await;
+        let connected = tokio::time::timeout(
+            Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
+            connect(&url, &self.config.extra_roots),
+        )
+        .await;
         let ws = match connected {
             Ok(Ok(ws)) => ws,
             Ok(Err(error)) => {
@@ -844,8 +850,12 @@ pub fn federation_url(endpoint: &str) -> String {
 
 type DialledStream = WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(url: &str) -> Result<DialledStream, String> {
-    let tls = zajel_client_net::tls::client_config(&[]).map_err(|error| error.to_string())?;
+async fn connect(
+    url: &str,
+    extra_roots: &[rustls_pki_types::CertificateDer<'static>],
+) -> Result<DialledStream, String> {
+    let tls =
+        zajel_client_net::tls::client_config(extra_roots).map_err(|error| error.to_string())?;
     let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
         url,
         Some(ws_config()),

@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use zajel_client_net::now_ms;
+use zajel_client_net::signaling::{tls_handshake, url_host, TrustAnchors};
 use zajel_wire::pairing::PairingCode;
 use zajel_wire::peer_keys;
 use zajel_wire::rendezvous::{RegisterRendezvous, RelayRequest};
@@ -42,12 +43,39 @@ pub struct Connection {
     backlog: Vec<Value>,
 }
 
+/// A WebSocket to `url` (`ws://`, or `wss://` trusting `trust`).
+async fn open(url: &str, trust: &TrustAnchors) -> Result<Socket, String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+    let host = url_host(&parsed).ok_or_else(|| format!("{url}: no host"))?;
+    let port = parsed
+        .port_or_known_default()
+        .ok_or_else(|| format!("{url}: no port"))?;
+    let tcp = TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| format!("connect {url}: {e}"))?;
+    let stream = if parsed.scheme() == "wss" {
+        let config = trust.client_config().map_err(|e| e.to_string())?;
+        tls_handshake(&host, tcp, config)
+            .await
+            .map_err(|e| format!("TLS {url}: {e}"))?
+    } else {
+        MaybeTlsStream::Plain(tcp)
+    };
+    let (socket, _) = tokio_tungstenite::client_async(url, stream)
+        .await
+        .map_err(|e| format!("upgrade {url}: {e}"))?;
+    Ok(socket)
+}
+
 impl Connection {
     /// Connects to `url`, reads `server_info`, registers `code` with `public_key`.
-    pub async fn register(url: &str, code: &str, public_key: &[u8; 32]) -> Result<Self, String> {
-        let (socket, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .map_err(|e| format!("connect {url}: {e}"))?;
+    pub async fn register(
+        url: &str,
+        code: &str,
+        public_key: &[u8; 32],
+        trust: &TrustAnchors,
+    ) -> Result<Self, String> {
+        let socket = open(url, trust).await?;
         let mut connection = Connection {
             url: url.to_string(),
             server_id: String::new(),
@@ -143,6 +171,7 @@ pub struct RendezvousClient {
     /// The primary connection, then redirect connections by URL.
     pub primary: Connection,
     pub redirects: HashMap<String, Connection>,
+    trust: TrustAnchors,
 }
 
 /// A fresh random pairing code.
@@ -187,16 +216,27 @@ fn matches_of(reply: &Value) -> Vec<(String, String)> {
 impl RendezvousClient {
     /// Connects to `url` as a fresh code with `secret`, trusting `contact`.
     pub async fn connect(url: &str, secret: [u8; 32], contact: [u8; 32]) -> Result<Self, String> {
-        let code = random_code();
+        Self::connect_as(url, &random_code(), secret, contact, TrustAnchors::WebPki).await
+    }
+
+    /// Connects to `url` (`wss://` trusting `trust`) as `code` with `secret`, trusting `contact`.
+    pub async fn connect_as(
+        url: &str,
+        code: &str,
+        secret: [u8; 32],
+        contact: [u8; 32],
+        trust: TrustAnchors,
+    ) -> Result<Self, String> {
         let public_key = peer_keys::public_key(&secret);
-        let primary = Connection::register(url, &code, &public_key).await?;
+        let primary = Connection::register(url, code, &public_key, &trust).await?;
         Ok(Self {
-            code,
+            code: code.to_string(),
             secret,
             public_key,
             contact,
             primary,
             redirects: HashMap::new(),
+            trust,
         })
     }
 
@@ -239,7 +279,8 @@ impl RendezvousClient {
                     continue;
                 }
                 let mut connection =
-                    Connection::register(endpoint, &self.code, &self.public_key).await?;
+                    Connection::register(endpoint, &self.code, &self.public_key, &self.trust)
+                        .await?;
                 connection
                     .send(&json!({
                         "type": "register_rendezvous", "peerId": self.code,
@@ -330,7 +371,8 @@ impl RendezvousClient {
             return Ok(&mut self.primary);
         }
         if !self.redirects.contains_key(&url) {
-            let connection = Connection::register(&url, &self.code, &self.public_key).await?;
+            let connection =
+                Connection::register(&url, &self.code, &self.public_key, &self.trust).await?;
             self.redirects.insert(url.clone(), connection);
         }
         Ok(self.redirects.get_mut(&url).expect("just inserted"))
