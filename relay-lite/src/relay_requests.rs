@@ -91,6 +91,8 @@ pub(crate) struct RelayRequests {
     me: Weak<RelayRequests>,
     /// The federation links, once attached.
     federation: OnceLock<Arc<FederationLinks>>,
+    /// `rendezvous_forward`s waiting to be stored, in arrival order.
+    forward_queue: OnceLock<tokio::sync::mpsc::Sender<QueuedForward>>,
     /// Meeting relay side: peerId → the relay that forwarded it last.
     forwarded_in: Mutex<HashMap<String, String>>,
     /// Origin side: this relay's clients' peerIds → the relays they were forwarded to.
@@ -102,6 +104,12 @@ pub(crate) struct RelayRequests {
 
 /// Points and tokens remembered for refreshes, over all connections.
 pub const MAX_REMEMBERED_ITEMS: usize = 1_000_000;
+
+/// A `rendezvous_forward` from (server, link id): (peerId, daily points, hourly tokens).
+type QueuedForward = (String, u64, String, Vec<String>, Vec<String>);
+
+/// Forwards queued before new ones are dropped.
+const FORWARD_QUEUE: usize = 4_096;
 
 /// Peers remembered in each of the forwarding maps; beyond, new ones are dropped.
 pub const MAX_FORWARDED_PEERS: usize = 100_000;
@@ -137,6 +145,7 @@ impl RelayRequests {
             config: config.clone(),
             me: me.clone(),
             federation: OnceLock::new(),
+            forward_queue: OnceLock::new(),
             forwarded_in: Mutex::new(HashMap::new()),
             forwarded_out: Mutex::new(HashMap::new()),
             remembered: Mutex::new(HashMap::new()),
@@ -152,6 +161,20 @@ impl RelayRequests {
             }
         }));
         let _ = self.federation.set(links);
+        // Forwards are stored one after the other, in arrival order (SQLite
+        // work off the async workers), so a later forward sees an earlier one.
+        let (queue, mut queued) = tokio::sync::mpsc::channel::<QueuedForward>(FORWARD_QUEUE);
+        let _ = self.forward_queue.set(queue);
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some((server, link, peer_id, daily, hourly)) = queued.recv().await {
+                let Some(me) = me.upgrade() else { return };
+                let _ = tokio::task::spawn_blocking(move || {
+                    me.on_forward(&server, link, &peer_id, &daily, &hourly)
+                })
+                .await;
+            }
+        });
     }
 
     fn on_link_message(self: Arc<Self>, server: &str, link: u64, message: RendezvousLinkMessage) {
@@ -162,11 +185,20 @@ impl RelayRequests {
                 daily_points,
                 hourly_tokens,
             } => {
-                let server = server.to_owned();
-                // SQLite work off the async workers.
-                tokio::task::spawn_blocking(move || {
-                    self.on_forward(&server, link, &peer_id, &daily_points, &hourly_tokens)
+                let queued = self.forward_queue.get().is_some_and(|queue| {
+                    queue
+                        .try_send((
+                            server.to_owned(),
+                            link,
+                            peer_id,
+                            daily_points,
+                            hourly_tokens,
+                        ))
+                        .is_ok()
                 });
+                if !queued {
+                    tracing::warn!(%server, "rendezvous_forward queue full: dropped");
+                }
             }
             RendezvousLinkMessage::Match { to, matched } => {
                 let forwarded_there = lock(&self.forwarded_out)

@@ -285,3 +285,142 @@ async fn a_killed_relays_points_are_registered_again_within_one_refresh() {
     eprintln!("met again {met:?} after the kill");
     fleet.relays.truncate(2);
 }
+
+/// A listed server that links with a relay (authenticated, but hostile)
+/// cannot take over the relay's own clients: a `rendezvous_forward` for a
+/// peerId a client of the relay holds is refused (the client's pushes stay
+/// with it), and a `rendezvous_forward_match` for a peerId never forwarded
+/// to that server is not delivered. Forwards are applied in order, so the
+/// answer to a later, legitimate forward shows the earlier ones were handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_linked_server_cannot_take_over_or_spoof_a_relays_clients() {
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::{json, Value};
+    use tests::rendezvous_client::Connection;
+    use tokio_tungstenite::tungstenite::Message;
+    use zajel_client_net::now_ms;
+    use zajel_client_net::signaling::TrustAnchors;
+    use zajel_wire::entry::RegisterRequest;
+    use zajel_wire::federation::{sign_handshake, HandshakeKind};
+
+    let registry = registry_host::start_in_process(Profile::SIGNED);
+    // The hostile server is listed (a compromised operator), at an endpoint
+    // nobody reaches: the relay's own dials fail; it dials the relay itself.
+    let key = ed25519_dalek::SigningKey::from_bytes(&[0x4d; 32]);
+    let hostile_id = zajel_wire::keys::server_id_for(&key.verifying_key());
+    let request = RegisterRequest::signed(&key, "ws://127.0.0.1:9", None, now_ms());
+    let url = registry.url("/servers");
+    let status = tokio::task::spawn_blocking(move || {
+        reqwest::blocking::Client::new()
+            .post(url)
+            .header("content-type", "application/json")
+            .body(serde_json::to_string(&request).unwrap())
+            .send()
+            .map(|answer| answer.status())
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(status.is_success(), "{status}");
+    let mut relay = RelayChild::start(
+        &["--bootstrap", &registry.url(""), "--heartbeat-ms", "200"],
+        WAIT,
+    )
+    .expect("relay-lite");
+    relay
+        .process
+        .wait_for(WAIT, |line| {
+            line.contains("fleet listed by the registry changed")
+                .then_some(())
+        })
+        .unwrap();
+    let (mut link, _) = tokio_tungstenite::connect_async(format!("ws://{}/federation", relay.addr))
+        .await
+        .unwrap();
+    let hello = sign_handshake(
+        HandshakeKind::Hello,
+        &key,
+        "ws://127.0.0.1:9",
+        None,
+        now_ms(),
+    );
+    link.send(Message::text(hello)).await.unwrap();
+    let mut next_link = async |want: &str| -> Value {
+        loop {
+            let frame = tokio::time::timeout(WAIT, link.next())
+                .await
+                .expect("a frame on the link")
+                .expect("the link open")
+                .unwrap();
+            if let Message::Text(text) = frame {
+                let value: Value = serde_json::from_str(text.as_str()).unwrap();
+                if value["type"] == want {
+                    return value;
+                }
+            }
+        }
+    };
+    next_link("handshake_ack").await;
+    next_link("rendezvous_hello").await;
+    // It never sends rendezvous_hello: the relay keeps every point itself.
+
+    let trust = TrustAnchors::WebPki;
+    let key_of = |seed: u8| peer_keys::public_key(&[seed; 32]);
+    let mut client = Connection::register(&relay.url(), "CCCCC2", &key_of(1), &trust)
+        .await
+        .unwrap();
+    let mut other = Connection::register(&relay.url(), "DDDDD2", &key_of(2), &trust)
+        .await
+        .unwrap();
+    let register = |peer: &str, token: &str| json!({"type": "register_rendezvous", "peerId": peer, "hourly_tokens": [token]});
+    client.send(&register("CCCCC2", "hr_shared")).await.unwrap();
+    client.next_of(&["rendezvous_result"], WAIT).await.unwrap();
+    other.send(&register("DDDDD2", "hr_probe")).await.unwrap();
+    other.next_of(&["rendezvous_result"], WAIT).await.unwrap();
+
+    // Hostile: a forward in the client's name, a spoofed match for it; then a
+    // legitimate forward whose answer marks that both were handled.
+    let frames = [
+        json!({"type": "rendezvous_forward", "peerId": "CCCCC2", "hourlyTokens": ["hr_shared"]}),
+        json!({"type": "rendezvous_forward_match", "peerId": "CCCCC2",
+               "match": {"peerId": "EVIL22", "relayId": hostile_id}}),
+        json!({"type": "rendezvous_forward", "peerId": "LEGIT2", "hourlyTokens": ["hr_probe"]}),
+    ];
+    for frame in frames {
+        link.send(Message::text(frame.to_string())).await.unwrap();
+    }
+    let answer = loop {
+        let frame = tokio::time::timeout(WAIT, link.next())
+            .await
+            .expect("the legitimate forward's match")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(text) = frame {
+            let value: Value = serde_json::from_str(text.as_str()).unwrap();
+            if value["type"] == "rendezvous_forward_match" {
+                break value;
+            }
+        }
+    };
+    assert_eq!(
+        answer,
+        json!({"type": "rendezvous_forward_match", "peerId": "LEGIT2",
+               "match": {"peerId": "DDDDD2", "relayId": relay.server_id}})
+    );
+    // The relay's client whose token the legitimate forward matched hears of it.
+    let pushed = other.next_of(&["rendezvous_match"], WAIT).await.unwrap();
+    assert_eq!(pushed["match"]["peerId"], "LEGIT2");
+    assert_eq!(pushed["match"]["relayId"], hostile_id.as_str());
+
+    // Another client meets the first at hr_shared: the entry is still the
+    // client's own (no relayId), and the push goes to the client, whose
+    // first rendezvous_match is this one, not the spoofed EVIL22.
+    other.send(&register("DDDDD2", "hr_shared")).await.unwrap();
+    let reply = other.next_of(&["rendezvous_result"], WAIT).await.unwrap();
+    assert_eq!(
+        reply["liveMatches"],
+        json!([{"peerId": "CCCCC2", "relayId": ""}])
+    );
+    let pushed = client.next_of(&["rendezvous_match"], WAIT).await.unwrap();
+    assert_eq!(pushed["match"], json!({"peerId": "DDDDD2"}));
+}
