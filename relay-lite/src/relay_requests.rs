@@ -114,10 +114,6 @@ const FORWARD_QUEUE: usize = 4_096;
 /// Peers remembered in each of the forwarding maps; beyond, new ones are dropped.
 pub const MAX_FORWARDED_PEERS: usize = 100_000;
 
-/// Per-connection counts of forwarded items are kept under ids counted down
-/// from here (one per link), apart from the connections' ids.
-const LINK_CONNECTION_BASE: u64 = u64::MAX;
-
 impl RelayRequests {
     /// Opens the rendezvous database of `config` (in memory without one).
     pub fn open(
@@ -133,6 +129,7 @@ impl RelayRequests {
             hourly_ttl_ms: config.hourly_ttl.as_millis() as u64,
             max_entries_per_peer: config.max_entries_per_peer,
             max_items_per_connection: config.max_items_per_connection,
+            ..RendezvousSettings::default()
         };
         Ok(Arc::new_cyclic(|me| Self {
             rendezvous: Mutex::new(Rendezvous::new(store, settings, ownership)),
@@ -241,7 +238,7 @@ impl RelayRequests {
         let registered = lock(&self.rendezvous).register_forwarded(
             unix_ms(),
             origin,
-            LINK_CONNECTION_BASE - link,
+            link,
             peer_id,
             daily_points,
             hourly_tokens,

@@ -106,10 +106,17 @@ pub struct RendezvousSettings {
     pub max_entries_per_peer: usize,
     /// Points and tokens one connection may register over its life.
     pub max_items_per_connection: usize,
+    /// Forwarded points and tokens one federation link may bring per hour
+    /// (a link carries every client of the other relay, for its whole life).
+    pub max_forwarded_items_per_link_hour: usize,
 }
 
 /// Default of [`RendezvousSettings::max_entries_per_peer`].
 pub const DEFAULT_MAX_ENTRIES_PER_PEER: usize = 4_096;
+/// Default of [`RendezvousSettings::max_forwarded_items_per_link_hour`]
+/// (22 000 of the app's 9-item registrations an hour from one relay).
+pub const DEFAULT_MAX_FORWARDED_ITEMS_PER_LINK_HOUR: usize = 200_000;
+
 /// Default of [`RendezvousSettings::max_items_per_connection`].
 pub const DEFAULT_MAX_ITEMS_PER_CONNECTION: usize = 4_096;
 
@@ -120,6 +127,7 @@ impl Default for RendezvousSettings {
             hourly_ttl_ms: wire::HOURLY_TOKEN_TTL_MS,
             max_entries_per_peer: DEFAULT_MAX_ENTRIES_PER_PEER,
             max_items_per_connection: DEFAULT_MAX_ITEMS_PER_CONNECTION,
+            max_forwarded_items_per_link_hour: DEFAULT_MAX_FORWARDED_ITEMS_PER_LINK_HOUR,
         }
     }
 }
@@ -134,6 +142,11 @@ pub enum RendezvousRefusal {
     TooManyForPeer(usize),
     #[error("Too many rendezvous points and tokens on this connection: at most {0}")]
     TooManyForConnection(usize),
+    /// A federation link brought more forwarded items this hour than allowed.
+    #[error(
+        "Too many forwarded rendezvous points and tokens from this relay this hour: at most {0}"
+    )]
+    TooManyForwarded(usize),
     /// The database failed (details logged, not sent).
     #[error("Rendezvous storage unavailable")]
     Storage(#[from] StoreError),
@@ -177,6 +190,8 @@ pub struct Rendezvous {
     ownership: PointOwnership,
     /// Points and tokens registered so far, by connection.
     used: HashMap<u64, usize>,
+    /// Forwarded items by link: (hour window start, count).
+    forwarded: HashMap<u64, (u64, usize)>,
 }
 
 impl Rendezvous {
@@ -190,6 +205,7 @@ impl Rendezvous {
             settings,
             ownership,
             used: HashMap::new(),
+            forwarded: HashMap::new(),
         }
     }
 
@@ -324,31 +340,36 @@ impl Rendezvous {
         })
     }
 
-    /// A `rendezvous_forward` from the relay `origin` (over its link, counted
-    /// as connection `link_connection`): stores `peer_id`'s points and tokens
-    /// with `relayId` = `origin`, without asking ownership (the origin chose
-    /// this relay as their meeting relay) and without dead drops.
+    /// A `rendezvous_forward` from the relay `origin` over the link `link`:
+    /// stores `peer_id`'s points and tokens with `relayId` = `origin`, without
+    /// asking ownership (the origin chose this relay as their meeting relay)
+    /// and without dead drops; at most
+    /// [`RendezvousSettings::max_forwarded_items_per_link_hour`] items per
+    /// link in an hour's window, besides the per-peer limit.
     pub fn register_forwarded(
         &mut self,
         now_ms: u64,
         origin: &str,
-        link_connection: u64,
+        link: u64,
         peer_id: &str,
         daily_points: &[String],
         hourly_tokens: &[String],
     ) -> Result<ForwardRegistered, RendezvousRefusal> {
+        const HOUR_MS: u64 = 3_600_000;
         let items = daily_points.len() + hourly_tokens.len();
-        let used = self.used.get(&link_connection).copied().unwrap_or(0);
-        if used + items > self.settings.max_items_per_connection {
-            return Err(RendezvousRefusal::TooManyForConnection(
-                self.settings.max_items_per_connection,
-            ));
+        let cap = self.settings.max_forwarded_items_per_link_hour;
+        let (start, used) = match self.forwarded.get(&link) {
+            Some(&(start, used)) if now_ms.saturating_sub(start) < HOUR_MS => (start, used),
+            _ => (now_ms, 0),
+        };
+        if used + items > cap {
+            return Err(RendezvousRefusal::TooManyForwarded(cap));
         }
         let daily: Vec<&str> = daily_points.iter().map(String::as_str).collect();
         let hourly: Vec<&str> = hourly_tokens.iter().map(String::as_str).collect();
         let (found, pushes) =
             self.store_and_match(now_ms, peer_id, &daily, &hourly, |_| "", Some(origin))?;
-        *self.used.entry(link_connection).or_default() += items;
+        self.forwarded.insert(link, (start, used + items));
         Ok(ForwardRegistered {
             live_matches: found.live_matches,
             pushes,
@@ -805,7 +826,7 @@ mod tests {
         let mut at_m = machine();
         register(&mut at_m, T0, 1, &app("BBBBBB", &[], &["hr_m"]));
         let forwarded = at_m
-            .register_forwarded(T0 + 1, "a", u64::MAX, "AAAAAA", &[], &["hr_m".into()])
+            .register_forwarded(T0 + 1, "a", 1, "AAAAAA", &[], &["hr_m".into()])
             .unwrap();
         assert_eq!(
             forwarded.live_matches,
@@ -826,19 +847,32 @@ mod tests {
         assert!(text(&later.reply).contains(r#"{"peerId":"AAAAAA","relayId":"a"}"#));
         let to_a = later.pushes.iter().find(|p| p.peer_id == "AAAAAA").unwrap();
         assert_eq!(to_a.relay_id.as_deref(), Some("a"));
-        // The per-link item count applies to forwards too.
+        // A link brings at most so many items an hour; the window moves on.
         let mut small = Rendezvous::new(
             RendezvousStore::open(None).unwrap(),
             RendezvousSettings {
-                max_items_per_connection: 1,
+                max_forwarded_items_per_link_hour: 2,
                 ..RendezvousSettings::default()
             },
             local_only(),
         );
+        let tokens = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert!(small
+            .register_forwarded(T0, "a", 7, "AAAAAA", &[], &tokens(&["hr_1", "hr_2"]))
+            .is_ok());
         assert!(matches!(
-            small.register_forwarded(T0, "a", 7, "AAAAAA", &[], &["hr_1".into(), "hr_2".into()]),
-            Err(RendezvousRefusal::TooManyForConnection(1))
+            small.register_forwarded(T0 + HOUR - 1, "a", 7, "BBBBBB", &[], &tokens(&["hr_3"])),
+            Err(RendezvousRefusal::TooManyForwarded(2))
         ));
+        assert!(
+            small
+                .register_forwarded(T0 + HOUR - 1, "a", 8, "BBBBBB", &[], &tokens(&["hr_3"]))
+                .is_ok(),
+            "another link has its own budget"
+        );
+        assert!(small
+            .register_forwarded(T0 + HOUR, "a", 7, "BBBBBB", &[], &tokens(&["hr_3"]))
+            .is_ok());
     }
 
     #[test]
