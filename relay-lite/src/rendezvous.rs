@@ -876,6 +876,33 @@ mod tests {
     }
 
     #[test]
+    fn a_refresh_registers_again_without_spending_any_connections_budget() {
+        let mut machine = Rendezvous::new(
+            RendezvousStore::open(None).unwrap(),
+            RendezvousSettings {
+                max_items_per_connection: 2,
+                ..RendezvousSettings::default()
+            },
+            local_only(),
+        );
+        let a = app("AAAAAA", &[], &["hr_x", "hr_y"]);
+        register(&mut machine, T0, 1, &a);
+        register(&mut machine, T0, 2, &app("BBBBBB", &[], &["hr_x"]));
+        for round in 0..3 {
+            let refreshed = machine.refresh(T0 + round, &a).unwrap();
+            // The match is found again, and B hears of it again.
+            assert!(text(&refreshed.reply).contains(r#""peerId":"BBBBBB""#));
+            assert_eq!(refreshed.pushes.len(), 1);
+        }
+        // Three refreshes of 2 items each passed a budget of 2; the client's
+        // own connection is still held to its budget.
+        assert!(matches!(
+            machine.register(T0, 1, &["AAAAAA"], &a),
+            Err(RendezvousRefusal::TooManyForConnection(2))
+        ));
+    }
+
+    #[test]
     fn a_flood_of_peers_at_one_token_yields_only_the_latest_32() {
         let mut machine = machine();
         for n in 0..40u64 {
