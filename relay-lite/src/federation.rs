@@ -90,12 +90,28 @@ pub enum LinkStep {
     Linked(Box<HandshakePeer>),
     /// A relay-to-relay rendezvous message from the linked server.
     Rendezvous(RendezvousLinkMessage),
+    /// Send a WebSocket ping (the other end's pong, or any frame, shows it alive).
+    Ping,
 }
+
+/// A linked link sends a WebSocket ping after this long (Zajel's interval).
+pub const LINK_PING_INTERVAL_MS: u64 = 30_000;
+/// A linked link that heard nothing (no frame, no pong) this long is closed
+/// with 1000 "Link silent": its server vanished without closing (power,
+/// partition), and it leaves the rings at once instead of when the
+/// registries drop it.
+pub const LINK_SILENCE_MS: u64 = 90_000;
 
 #[derive(Debug)]
 enum LinkState {
-    Handshaking { deadline_ms: u64 },
-    Linked { peer: String },
+    Handshaking {
+        deadline_ms: u64,
+    },
+    Linked {
+        peer: String,
+        last_heard_ms: u64,
+        next_ping_ms: u64,
+    },
     Closed,
 }
 
@@ -163,7 +179,7 @@ impl Link {
     /// The verified server on the other end, once linked.
     pub fn peer(&self) -> Option<&str> {
         match &self.state {
-            LinkState::Linked { peer } => Some(peer),
+            LinkState::Linked { peer, .. } => Some(peer),
             _ => None,
         }
     }
@@ -177,21 +193,43 @@ impl Link {
     pub fn next_deadline(&self) -> Option<u64> {
         match self.state {
             LinkState::Handshaking { deadline_ms } => Some(deadline_ms),
-            _ => None,
+            LinkState::Linked {
+                last_heard_ms,
+                next_ping_ms,
+                ..
+            } => Some(next_ping_ms.min(last_heard_ms + LINK_SILENCE_MS)),
+            LinkState::Closed => None,
         }
     }
 
-    /// The handshake deadline passed.
+    /// A deadline passed: the handshake's, a ping's, or the silence limit.
     pub fn on_timeout(&mut self, now_ms: u64) -> Vec<LinkStep> {
-        match self.state {
-            LinkState::Handshaking { deadline_ms } if now_ms >= deadline_ms => {
+        match &mut self.state {
+            LinkState::Handshaking { deadline_ms } if now_ms >= *deadline_ms => {
                 self.state = LinkState::Closed;
                 vec![LinkStep::Close(
                     close::HANDSHAKE_TIMEOUT,
                     "Handshake timeout",
                 )]
             }
+            LinkState::Linked { last_heard_ms, .. }
+                if now_ms >= *last_heard_ms + LINK_SILENCE_MS =>
+            {
+                self.state = LinkState::Closed;
+                vec![LinkStep::Close(1000, "Link silent")]
+            }
+            LinkState::Linked { next_ping_ms, .. } if now_ms >= *next_ping_ms => {
+                *next_ping_ms = now_ms + LINK_PING_INTERVAL_MS;
+                vec![LinkStep::Ping]
+            }
             _ => Vec::new(),
+        }
+    }
+
+    /// Something (a ping or pong frame) arrived from the other end.
+    pub fn on_heard(&mut self, now_ms: u64) {
+        if let LinkState::Linked { last_heard_ms, .. } = &mut self.state {
+            *last_heard_ms = now_ms;
         }
     }
 
@@ -201,10 +239,11 @@ impl Link {
             self.state = LinkState::Closed;
             return vec![LinkStep::Close(1009, "Message Too Big")];
         }
+        self.on_heard(now_ms);
         match &self.state {
             LinkState::Closed => Vec::new(),
             LinkState::Handshaking { .. } => self.on_handshake_frame(text, now_ms),
-            LinkState::Linked { peer } => {
+            LinkState::Linked { peer, .. } => {
                 let peer = peer.clone();
                 self.on_gossip_frame(&peer, text, now_ms)
             }
@@ -253,6 +292,8 @@ impl Link {
         }
         self.state = LinkState::Linked {
             peer: peer.server_id.clone(),
+            last_heard_ms: now_ms,
+            next_ping_ms: now_ms + LINK_PING_INTERVAL_MS,
         };
         // `Linked` first: the driver may still refuse the server (not listed,
         // a duplicate) and close before any ack goes out.
@@ -698,6 +739,11 @@ impl Federation {
                             }
                         }
                     }
+                    LinkStep::Ping => {
+                        if ws.send(Message::Ping(Default::default())).await.is_err() {
+                            return self.finish(registered, was_linked);
+                        }
+                    }
                     LinkStep::Rendezvous(message) => {
                         let Some((peer, id, _)) = registered.as_ref() else {
                             continue;
@@ -734,7 +780,8 @@ impl Federation {
                 frame = ws.next() => match frame {
                     Some(Ok(Message::Text(text))) => pending = link.on_frame(text.as_str(), now_ms()),
                     Some(Ok(Message::Binary(_))) => {}
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => link.on_heard(now_ms()),
+                    Some(Ok(Message::Frame(_))) => {}
                     Some(Ok(Message::Close(_))) | None => return self.finish(registered, was_linked),
                     Some(Err(error)) => {
                         tracing::debug!(%error, "federation link failed");
@@ -903,7 +950,7 @@ mod tests {
         assert!(
             matches!(steps.first(), Some(LinkStep::Linked(peer)) if peer.endpoint == "ws://them")
         );
-        assert_eq!(ours.next_deadline(), None);
+        assert_eq!(ours.next_deadline(), Some(NOW + 5 + LINK_PING_INTERVAL_MS));
 
         let ping = federation::sign_gossip(
             &key(2),
@@ -1071,6 +1118,41 @@ mod tests {
         links.remove("b", id);
         assert!(links.linked().is_empty());
         assert!(!links.send("b", "three".into()));
+    }
+
+    #[test]
+    fn a_linked_link_pings_every_interval_and_closes_after_silence() {
+        let mut ours = Link::accepted(key(1), "ws://us", None, NOW);
+        let hello =
+            federation::sign_handshake(HandshakeKind::Hello, &key(2), "ws://them", None, NOW);
+        ours.on_frame(&hello, NOW);
+        assert!(ours.on_timeout(NOW + LINK_PING_INTERVAL_MS - 1).is_empty());
+        assert_eq!(
+            ours.on_timeout(NOW + LINK_PING_INTERVAL_MS),
+            vec![LinkStep::Ping]
+        );
+        // A pong 40 s in keeps it alive past the first 90 s.
+        ours.on_heard(NOW + 40_000);
+        assert_eq!(
+            ours.on_timeout(NOW + 2 * LINK_PING_INTERVAL_MS),
+            vec![LinkStep::Ping]
+        );
+        assert_eq!(
+            ours.on_timeout(NOW + 3 * LINK_PING_INTERVAL_MS),
+            vec![LinkStep::Ping]
+        );
+        assert_eq!(ours.next_deadline(), Some(NOW + 4 * LINK_PING_INTERVAL_MS));
+        assert_eq!(
+            ours.on_timeout(NOW + 4 * LINK_PING_INTERVAL_MS),
+            vec![LinkStep::Ping]
+        );
+        // Nothing heard since the pong at 40 s: closed 90 s after it.
+        assert_eq!(ours.next_deadline(), Some(NOW + 40_000 + LINK_SILENCE_MS));
+        assert_eq!(
+            ours.on_timeout(NOW + 40_000 + LINK_SILENCE_MS),
+            vec![LinkStep::Close(1000, "Link silent")]
+        );
+        assert_eq!(ours.next_deadline(), None);
     }
 
     #[test]
