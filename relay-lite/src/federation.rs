@@ -23,17 +23,24 @@
 //! rule (the link dialled by the smaller server id stays; the other closes with
 //! 4003). Pre-handshake frames are ignored; frames over 64 KiB close with 1009.
 //!
+//! Beyond Zajel, relay-lite's rendezvous messages ([`zajel_wire::rendezvous_link`]):
+//! each side sends `rendezvous_hello` once its handshake verified, and a
+//! server that sent one counts as taking forwards ([`Links::forwarding`]);
+//! `rendezvous_forward` and `rendezvous_forward_match` from the linked server
+//! go to the handler set with [`Links::set_handler`]; and
+//! [`Links::send`] queues a frame on a live link. Malformed ones are dropped.
+//!
 //! [`Link`] holds the rules of one link, sans-IO: it takes frames and `now`, and
 //! returns what to send, when to close, and its next deadline.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
@@ -43,6 +50,7 @@ use zajel_wire::entry::ServerEntry;
 use zajel_wire::federation::{
     self, close, HandshakeKind, HandshakePeer, HANDSHAKE_TIMEOUT_MS, MAX_FEDERATION_FRAME_BYTES,
 };
+use zajel_wire::rendezvous_link::RendezvousLinkMessage;
 
 /// Federation settings.
 #[derive(Debug, Clone)]
@@ -55,6 +63,8 @@ pub struct FederationConfig {
     /// doubles up to `retry_max`.
     pub retry_min: Duration,
     pub retry_max: Duration,
+    /// CA certificates trusted when dialling, besides the Mozilla roots.
+    pub extra_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
 }
 
 impl Default for FederationConfig {
@@ -64,6 +74,7 @@ impl Default for FederationConfig {
             max_links: 64,
             retry_min: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
+            extra_roots: Vec::new(),
         }
     }
 }
@@ -77,12 +88,30 @@ pub enum LinkStep {
     Close(u16, &'static str),
     /// The handshake verified: this server is on the other end.
     Linked(Box<HandshakePeer>),
+    /// A relay-to-relay rendezvous message from the linked server.
+    Rendezvous(RendezvousLinkMessage),
+    /// Send a WebSocket ping (the other end's pong, or any frame, shows it alive).
+    Ping,
 }
+
+/// A linked link sends a WebSocket ping after this long (Zajel's interval).
+pub const LINK_PING_INTERVAL_MS: u64 = 30_000;
+/// A linked link that heard nothing (no frame, no pong) this long is closed
+/// with 1000 "Link silent": its server vanished without closing (power,
+/// partition), and it leaves the rings at once instead of when the
+/// registries drop it.
+pub const LINK_SILENCE_MS: u64 = 90_000;
 
 #[derive(Debug)]
 enum LinkState {
-    Handshaking { deadline_ms: u64 },
-    Linked { peer: String },
+    Handshaking {
+        deadline_ms: u64,
+    },
+    Linked {
+        peer: String,
+        last_heard_ms: u64,
+        next_ping_ms: u64,
+    },
     Closed,
 }
 
@@ -150,7 +179,7 @@ impl Link {
     /// The verified server on the other end, once linked.
     pub fn peer(&self) -> Option<&str> {
         match &self.state {
-            LinkState::Linked { peer } => Some(peer),
+            LinkState::Linked { peer, .. } => Some(peer),
             _ => None,
         }
     }
@@ -164,21 +193,43 @@ impl Link {
     pub fn next_deadline(&self) -> Option<u64> {
         match self.state {
             LinkState::Handshaking { deadline_ms } => Some(deadline_ms),
-            _ => None,
+            LinkState::Linked {
+                last_heard_ms,
+                next_ping_ms,
+                ..
+            } => Some(next_ping_ms.min(last_heard_ms + LINK_SILENCE_MS)),
+            LinkState::Closed => None,
         }
     }
 
-    /// The handshake deadline passed.
+    /// A deadline passed: the handshake's, a ping's, or the silence limit.
     pub fn on_timeout(&mut self, now_ms: u64) -> Vec<LinkStep> {
-        match self.state {
-            LinkState::Handshaking { deadline_ms } if now_ms >= deadline_ms => {
+        match &mut self.state {
+            LinkState::Handshaking { deadline_ms } if now_ms >= *deadline_ms => {
                 self.state = LinkState::Closed;
                 vec![LinkStep::Close(
                     close::HANDSHAKE_TIMEOUT,
                     "Handshake timeout",
                 )]
             }
+            LinkState::Linked { last_heard_ms, .. }
+                if now_ms >= *last_heard_ms + LINK_SILENCE_MS =>
+            {
+                self.state = LinkState::Closed;
+                vec![LinkStep::Close(1000, "Link silent")]
+            }
+            LinkState::Linked { next_ping_ms, .. } if now_ms >= *next_ping_ms => {
+                *next_ping_ms = now_ms + LINK_PING_INTERVAL_MS;
+                vec![LinkStep::Ping]
+            }
             _ => Vec::new(),
+        }
+    }
+
+    /// Something (a ping or pong frame) arrived from the other end.
+    pub fn on_heard(&mut self, now_ms: u64) {
+        if let LinkState::Linked { last_heard_ms, .. } = &mut self.state {
+            *last_heard_ms = now_ms;
         }
     }
 
@@ -188,10 +239,11 @@ impl Link {
             self.state = LinkState::Closed;
             return vec![LinkStep::Close(1009, "Message Too Big")];
         }
+        self.on_heard(now_ms);
         match &self.state {
             LinkState::Closed => Vec::new(),
             LinkState::Handshaking { .. } => self.on_handshake_frame(text, now_ms),
-            LinkState::Linked { peer } => {
+            LinkState::Linked { peer, .. } => {
                 let peer = peer.clone();
                 self.on_gossip_frame(&peer, text, now_ms)
             }
@@ -240,6 +292,8 @@ impl Link {
         }
         self.state = LinkState::Linked {
             peer: peer.server_id.clone(),
+            last_heard_ms: now_ms,
+            next_ping_ms: now_ms + LINK_PING_INTERVAL_MS,
         };
         // `Linked` first: the driver may still refuse the server (not listed,
         // a duplicate) and close before any ack goes out.
@@ -253,13 +307,14 @@ impl Link {
                 now_ms,
             )));
         }
+        steps.push(LinkStep::Send(RendezvousLinkMessage::Hello.to_text()));
         steps
     }
 
     fn on_gossip_frame(&mut self, peer: &str, text: &str, now_ms: u64) -> Vec<LinkStep> {
         let gossip = match federation::verify_gossip(text) {
             Ok(gossip) => gossip,
-            Err(federation::FederationError::Type(_)) => return Vec::new(),
+            Err(federation::FederationError::Type(_)) => return Self::on_other_frame(text),
             Err(error) => {
                 tracing::debug!(kind = error.kind(), %error, "federation frame dropped");
                 return Vec::new();
@@ -293,6 +348,25 @@ impl Link {
                 Vec::new()
             }
             _ => Vec::new(),
+        }
+    }
+}
+
+impl Link {
+    /// A linked frame of another type than `gossip`: ours, or ignored.
+    fn on_other_frame(text: &str) -> Vec<LinkStep> {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+            return Vec::new();
+        };
+        if !RendezvousLinkMessage::claims(&value) {
+            return Vec::new();
+        }
+        match RendezvousLinkMessage::from_json(&value) {
+            Ok(message) => vec![LinkStep::Rendezvous(message)],
+            Err(error) => {
+                tracing::debug!(kind = error.kind(), %error, "rendezvous link message dropped");
+                Vec::new()
+            }
         }
     }
 }
@@ -354,21 +428,48 @@ impl FleetView {
             .any(|entry| entry.server_id == server_id)
     }
 
-    fn subscribe(&self) -> watch::Receiver<u64> {
+    /// Changes when a registry's list changes (ids or endpoints).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
 }
 
+/// Takes the rendezvous messages of linked servers: (server id, link id, message).
+pub type LinkMessageHandler = Arc<dyn Fn(&str, u64, RendezvousLinkMessage) + Send + Sync>;
+
+/// Frames queued for one link before they are dropped.
+const LINK_QUEUE: usize = 1_024;
+
 /// The live links, by peer server id.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Links {
     inner: Mutex<LinksInner>,
+    handler: OnceLock<LinkMessageHandler>,
+    changed: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Links {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Links")
+            .field("linked", &self.linked())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct LinkEntry {
+    id: u64,
+    dialled: bool,
+    stop: watch::Sender<bool>,
+    outbound: mpsc::Sender<String>,
+    /// It sent `rendezvous_hello`.
+    forwards: bool,
 }
 
 #[derive(Debug, Default)]
 struct LinksInner {
     next_id: u64,
-    linked: HashMap<String, (u64, bool, watch::Sender<bool>)>,
+    linked: HashMap<String, LinkEntry>,
     dialling: HashSet<String>,
     open: usize,
 }
@@ -380,6 +481,65 @@ impl Links {
         let mut ids: Vec<String> = inner.linked.keys().cloned().collect();
         ids.sort();
         ids
+    }
+
+    /// Server ids with a live link that sent `rendezvous_hello`.
+    pub fn forwarding(&self) -> Vec<String> {
+        let inner = self.inner.lock().expect("links lock");
+        let mut ids: Vec<String> = inner
+            .linked
+            .iter()
+            .filter(|(_, entry)| entry.forwards)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Queues `text` on the live link with `server_id`; false when there is
+    /// none or its queue is full.
+    pub fn send(&self, server_id: &str, text: String) -> bool {
+        let inner = self.inner.lock().expect("links lock");
+        inner
+            .linked
+            .get(server_id)
+            .is_some_and(|entry| entry.outbound.try_send(text).is_ok())
+    }
+
+    /// Where `rendezvous_forward` and `rendezvous_forward_match` go (set once).
+    pub fn set_handler(&self, handler: LinkMessageHandler) {
+        let _ = self.handler.set(handler);
+    }
+
+    /// Changes on every link up, down and `rendezvous_hello`.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|version| *version += 1);
+    }
+
+    /// A live link to `peer` (that sent `rendezvous_hello` when `forwards`), for tests.
+    #[cfg(test)]
+    pub(crate) fn test_link(&self, peer: &str, forwards: bool) -> mpsc::Receiver<String> {
+        let (outbound, queued) = mpsc::channel(LINK_QUEUE);
+        let (id, _) = self.insert("", peer, true, outbound).expect("a new link");
+        if forwards {
+            self.set_forwards(peer, id);
+        }
+        queued
+    }
+
+    fn set_forwards(&self, peer: &str, id: u64) {
+        {
+            let mut inner = self.inner.lock().expect("links lock");
+            match inner.linked.get_mut(peer) {
+                Some(entry) if entry.id == id && !entry.forwards => entry.forwards = true,
+                _ => return,
+            }
+        }
+        self.bump();
     }
 
     fn try_open(&self, max: usize) -> bool {
@@ -402,19 +562,31 @@ impl Links {
         own_id: &str,
         peer: &str,
         dialled: bool,
+        outbound: mpsc::Sender<String>,
     ) -> Result<(u64, watch::Receiver<bool>), ()> {
         let mut inner = self.inner.lock().expect("links lock");
-        if let Some((_, existing_dialled, stop)) = inner.linked.get(peer) {
+        if let Some(existing) = inner.linked.get(peer) {
             // The link dialled by the smaller id stays; between two alike, the older.
-            if preferred(own_id, peer, *existing_dialled) || !preferred(own_id, peer, dialled) {
+            if preferred(own_id, peer, existing.dialled) || !preferred(own_id, peer, dialled) {
                 return Err(());
             }
-            let _ = stop.send(true);
+            let _ = existing.stop.send(true);
         }
         inner.next_id += 1;
         let id = inner.next_id;
         let (stop, stopped) = watch::channel(false);
-        inner.linked.insert(peer.to_owned(), (id, dialled, stop));
+        inner.linked.insert(
+            peer.to_owned(),
+            LinkEntry {
+                id,
+                dialled,
+                stop,
+                outbound,
+                forwards: false,
+            },
+        );
+        drop(inner);
+        self.bump();
         Ok((id, stopped))
     }
 
@@ -423,9 +595,11 @@ impl Links {
         if inner
             .linked
             .get(peer)
-            .is_some_and(|(existing, ..)| *existing == id)
+            .is_some_and(|existing| existing.id == id)
         {
             inner.linked.remove(peer);
+            drop(inner);
+            self.bump();
         }
     }
 }
@@ -479,8 +653,11 @@ impl Federation {
     /// Dials `entry`'s `/federation` and keeps the link until it drops.
     async fn dial(self: Arc<Self>, entry: ServerEntry, shutdown: watch::Receiver<bool>) -> bool {
         let url = federation_url(&entry.endpoint);
-        let connected =
-            tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), connect(&url)).await;
+        let connected = tokio::time::timeout(
+            Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
+            connect(&url, &self.config.extra_roots),
+        )
+        .await;
         let ws = match connected {
             Ok(Ok(ws)) => ws,
             Ok(Err(error)) => {
@@ -516,6 +693,7 @@ impl Federation {
         let mut registered: Option<(String, u64, watch::Receiver<bool>)> = None;
         let mut pending = first;
         let mut was_linked = false;
+        let (outbound, mut queued) = mpsc::channel::<String>(LINK_QUEUE);
         loop {
             for step in std::mem::take(&mut pending) {
                 match step {
@@ -541,7 +719,12 @@ impl Federation {
                             break;
                         }
                         let dialled = link.dialled.is_some();
-                        match self.links.insert(&self.own_id, &peer.server_id, dialled) {
+                        match self.links.insert(
+                            &self.own_id,
+                            &peer.server_id,
+                            dialled,
+                            outbound.clone(),
+                        ) {
                             Ok((id, stop)) => {
                                 tracing::info!(server = %peer.server_id, endpoint = %peer.endpoint, dialled, "federation link up");
                                 registered = Some((peer.server_id.clone(), id, stop));
@@ -554,6 +737,21 @@ impl Federation {
                                 )];
                                 break;
                             }
+                        }
+                    }
+                    LinkStep::Ping => {
+                        if ws.send(Message::Ping(Default::default())).await.is_err() {
+                            return self.finish(registered, was_linked);
+                        }
+                    }
+                    LinkStep::Rendezvous(message) => {
+                        let Some((peer, id, _)) = registered.as_ref() else {
+                            continue;
+                        };
+                        if message == RendezvousLinkMessage::Hello {
+                            self.links.set_forwards(peer, *id);
+                        } else if let Some(handler) = self.links.handler.get() {
+                            handler(peer, *id, message);
                         }
                     }
                 }
@@ -582,7 +780,8 @@ impl Federation {
                 frame = ws.next() => match frame {
                     Some(Ok(Message::Text(text))) => pending = link.on_frame(text.as_str(), now_ms()),
                     Some(Ok(Message::Binary(_))) => {}
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => link.on_heard(now_ms()),
+                    Some(Ok(Message::Frame(_))) => {}
                     Some(Ok(Message::Close(_))) | None => return self.finish(registered, was_linked),
                     Some(Err(error)) => {
                         tracing::debug!(%error, "federation link failed");
@@ -590,6 +789,7 @@ impl Federation {
                     }
                 },
                 () = sleep => pending = link.on_timeout(now_ms()),
+                Some(text) = queued.recv() => pending = vec![LinkStep::Send(text)],
                 () = replaced => {
                     pending = vec![LinkStep::Close(close::DUPLICATE_CONNECTION, "Duplicate connection")];
                 }
@@ -697,8 +897,12 @@ pub fn federation_url(endpoint: &str) -> String {
 
 type DialledStream = WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(url: &str) -> Result<DialledStream, String> {
-    let tls = zajel_client_net::tls::client_config(&[]).map_err(|error| error.to_string())?;
+async fn connect(
+    url: &str,
+    extra_roots: &[rustls_pki_types::CertificateDer<'static>],
+) -> Result<DialledStream, String> {
+    let tls =
+        zajel_client_net::tls::client_config(extra_roots).map_err(|error| error.to_string())?;
     let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
         url,
         Some(ws_config()),
@@ -746,7 +950,7 @@ mod tests {
         assert!(
             matches!(steps.first(), Some(LinkStep::Linked(peer)) if peer.endpoint == "ws://them")
         );
-        assert_eq!(ours.next_deadline(), None);
+        assert_eq!(ours.next_deadline(), Some(NOW + 5 + LINK_PING_INTERVAL_MS));
 
         let ping = federation::sign_gossip(
             &key(2),
@@ -851,8 +1055,104 @@ mod tests {
         let (mut ours, _) = Link::dialled(key(1), "ws://us", None, &them, NOW);
         let right = federation::sign_handshake(HandshakeKind::Ack, &key(2), "ws://them", None, NOW);
         let steps = ours.on_frame(&right, NOW);
-        assert!(sent(&steps).is_empty(), "no ack to an ack");
+        let hello = RendezvousLinkMessage::Hello.to_text();
+        assert_eq!(
+            sent(&steps),
+            [hello.as_str()],
+            "no ack to an ack, only our hello"
+        );
         assert_eq!(ours.peer(), Some(them.as_str()));
+    }
+
+    #[test]
+    fn rendezvous_messages_pass_only_once_linked_and_only_well_formed() {
+        let mut ours = Link::accepted(key(1), "ws://us", None, NOW);
+        let forward = RendezvousLinkMessage::Forward {
+            peer_id: "ABC234".into(),
+            daily_points: vec![],
+            hourly_tokens: vec!["hr_x".into()],
+        };
+        // Before the handshake: ignored like every other frame.
+        assert!(ours.on_frame(&forward.to_text(), NOW).is_empty());
+        let hello =
+            federation::sign_handshake(HandshakeKind::Hello, &key(2), "ws://them", None, NOW);
+        let steps = ours.on_frame(&hello, NOW);
+        // The ack, then our rendezvous_hello.
+        assert_eq!(
+            sent(&steps).last().copied(),
+            Some(RendezvousLinkMessage::Hello.to_text().as_str())
+        );
+        assert_eq!(
+            ours.on_frame(&forward.to_text(), NOW),
+            vec![LinkStep::Rendezvous(forward)]
+        );
+        for hostile in [
+            r#"{"type":"rendezvous_forward","hourlyTokens":["hr_x"]}"#,
+            r#"{"type":"rendezvous_forward","peerId":"A","hourlyTokens":[7]}"#,
+            r#"{"type":"rendezvous_forward_match","peerId":"A","match":{}}"#,
+            r#"{"type":"something_else"}"#,
+            "not json",
+        ] {
+            assert!(ours.on_frame(hostile, NOW).is_empty(), "{hostile}");
+        }
+    }
+
+    #[tokio::test]
+    async fn links_queue_frames_and_say_who_takes_forwards() {
+        let links = Links::default();
+        let mut changes = links.subscribe();
+        let (outbound, mut queued) = mpsc::channel(1);
+        let (id, _stop) = links.insert("a", "b", true, outbound).unwrap();
+        assert!(changes.has_changed().unwrap());
+        changes.mark_unchanged();
+        assert!(links.forwarding().is_empty());
+        links.set_forwards("b", id + 1);
+        assert!(links.forwarding().is_empty(), "another link's hello");
+        links.set_forwards("b", id);
+        assert_eq!(links.forwarding(), ["b"]);
+        assert!(changes.has_changed().unwrap());
+        assert!(links.send("b", "one".into()));
+        assert!(!links.send("b", "two".into()), "queue full");
+        assert!(!links.send("c", "x".into()), "no link");
+        assert_eq!(queued.recv().await.as_deref(), Some("one"));
+        links.remove("b", id);
+        assert!(links.linked().is_empty());
+        assert!(!links.send("b", "three".into()));
+    }
+
+    #[test]
+    fn a_linked_link_pings_every_interval_and_closes_after_silence() {
+        let mut ours = Link::accepted(key(1), "ws://us", None, NOW);
+        let hello =
+            federation::sign_handshake(HandshakeKind::Hello, &key(2), "ws://them", None, NOW);
+        ours.on_frame(&hello, NOW);
+        assert!(ours.on_timeout(NOW + LINK_PING_INTERVAL_MS - 1).is_empty());
+        assert_eq!(
+            ours.on_timeout(NOW + LINK_PING_INTERVAL_MS),
+            vec![LinkStep::Ping]
+        );
+        // A pong 40 s in keeps it alive past the first 90 s.
+        ours.on_heard(NOW + 40_000);
+        assert_eq!(
+            ours.on_timeout(NOW + 2 * LINK_PING_INTERVAL_MS),
+            vec![LinkStep::Ping]
+        );
+        assert_eq!(
+            ours.on_timeout(NOW + 3 * LINK_PING_INTERVAL_MS),
+            vec![LinkStep::Ping]
+        );
+        assert_eq!(ours.next_deadline(), Some(NOW + 4 * LINK_PING_INTERVAL_MS));
+        assert_eq!(
+            ours.on_timeout(NOW + 4 * LINK_PING_INTERVAL_MS),
+            vec![LinkStep::Ping]
+        );
+        // Nothing heard since the pong at 40 s: closed 90 s after it.
+        assert_eq!(ours.next_deadline(), Some(NOW + 40_000 + LINK_SILENCE_MS));
+        assert_eq!(
+            ours.on_timeout(NOW + 40_000 + LINK_SILENCE_MS),
+            vec![LinkStep::Close(1000, "Link silent")]
+        );
+        assert_eq!(ours.next_deadline(), None);
     }
 
     #[test]
@@ -875,13 +1175,14 @@ mod tests {
     fn duplicates_keep_the_link_dialled_by_the_smaller_id() {
         let links = Links::default();
         // We are "b"; "a" (smaller) dialled us and we dialled it.
-        let (_, mut first_stop) = links.insert("b", "a", true).unwrap();
+        let queue = || mpsc::channel(1).0;
+        let (_, mut first_stop) = links.insert("b", "a", true, queue()).unwrap();
         // The accepted link from the smaller id wins: ours (dialled) is told to stop.
-        assert!(links.insert("b", "a", false).is_ok());
+        assert!(links.insert("b", "a", false, queue()).is_ok());
         assert!(*first_stop.borrow_and_update());
         // We are "a" now: an accepted link from "b" loses to our dialled one.
         let links = Links::default();
-        links.insert("a", "b", true).unwrap();
-        assert!(links.insert("a", "b", false).is_err());
+        links.insert("a", "b", true, queue()).unwrap();
+        assert!(links.insert("a", "b", false, queue()).is_err());
     }
 }

@@ -63,6 +63,9 @@ struct Cli {
         env = "RELAY_LITE_FEDERATION_MAX_LINKS"
     )]
     federation_max_links: usize,
+    /// Also trust this PEM CA file when dialling other servers' wss:// endpoints (besides the Mozilla roots): a fleet on a private CA, or a lab.
+    #[arg(long, value_name = "FILE", env = "RELAY_LITE_FEDERATION_CA")]
+    federation_ca: Option<PathBuf>,
     /// First retry wait after a failed registry request (doubles, with jitter).
     #[arg(
         long,
@@ -331,6 +334,10 @@ impl Cli {
         config.membership.retry_max = ms(self.registry_retry_max_ms.max(1));
         config.federation.enabled = !self.no_federation;
         config.federation.max_links = self.federation_max_links;
+        if let Some(path) = &self.federation_ca {
+            config.federation.extra_roots = zajel_client_net::tls::read_pem_certificates(path)
+                .map_err(|error| format!("--federation-ca {}: {error}", path.display()))?;
+        }
         config.timeouts.idle = ms(self.idle_timeout_ms);
         config.timeouts.handshake = ms(self.handshake_timeout_ms);
         config.timeouts.pair_request = ms(self.pair_timeout_ms);

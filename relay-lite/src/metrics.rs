@@ -118,6 +118,10 @@ pub struct Metrics {
     ice_credentials_issued: AtomicU64,
     registry_registered: AtomicI64,
     registry_failures: AtomicU64,
+    federation_forwarding_links: AtomicI64,
+    rendezvous_forwards_out: AtomicU64,
+    rendezvous_forwards_in: AtomicU64,
+    rendezvous_forward_matches_in: AtomicU64,
     turn: TurnMetrics,
 }
 
@@ -195,6 +199,20 @@ impl Metrics {
     }
     pub(crate) fn registry_registered(&self, delta: i64) {
         self.registry_registered.fetch_add(delta, Ordering::Relaxed);
+    }
+    pub(crate) fn set_federation_forwarding_links(&self, links: usize) {
+        self.federation_forwarding_links
+            .store(links as i64, Ordering::Relaxed);
+    }
+    pub(crate) fn rendezvous_forward_out(&self) {
+        self.rendezvous_forwards_out.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn rendezvous_forward_in(&self) {
+        self.rendezvous_forwards_in.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn rendezvous_forward_match_in(&self) {
+        self.rendezvous_forward_matches_in
+            .fetch_add(1, Ordering::Relaxed);
     }
     pub(crate) fn registry_failure(&self) {
         self.registry_failures.fetch_add(1, Ordering::Relaxed);
@@ -298,6 +316,30 @@ impl Metrics {
             "counter",
             "Failed registry requests (network errors and refusals).",
             load_u(&self.registry_failures).to_string(),
+        );
+        single(
+            "relay_federation_forwarding_links",
+            "gauge",
+            "Live federation links to relays that take rendezvous forwards (sent rendezvous_hello).",
+            load_i(&self.federation_forwarding_links).to_string(),
+        );
+        single(
+            "relay_rendezvous_forwards_sent_total",
+            "counter",
+            "rendezvous_forward messages sent to meeting relays.",
+            load_u(&self.rendezvous_forwards_out).to_string(),
+        );
+        single(
+            "relay_rendezvous_forwards_stored_total",
+            "counter",
+            "rendezvous_forward messages from other relays stored here.",
+            load_u(&self.rendezvous_forwards_in).to_string(),
+        );
+        single(
+            "relay_rendezvous_forward_matches_delivered_total",
+            "counter",
+            "Matches from meeting relays pushed to this relay's clients.",
+            load_u(&self.rendezvous_forward_matches_in).to_string(),
         );
         let turn = self.turn.snapshot();
         single(

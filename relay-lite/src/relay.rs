@@ -221,9 +221,25 @@ impl Relay {
             },
             metrics.clone(),
         );
+        // Federating (a registry to learn the fleet from): points placed by
+        // the rings over the fleet (`crate::ownership`); else all local.
+        let fleet = Arc::new(crate::federation::FleetView::default());
+        let links = Arc::new(crate::federation::Links::default());
+        let federating = config.federation.enabled && !config.bootstrap.is_empty();
+        let ownership = if federating {
+            Arc::new(crate::ownership::FleetRing::new(
+                &server_id,
+                &endpoint,
+                fleet.clone(),
+                links.clone(),
+            ))
+            .ownership()
+        } else {
+            crate::rendezvous::local_only()
+        };
         let relay_requests = RelayRequests::open(
             &config.rendezvous,
-            crate::rendezvous::local_only(),
+            ownership,
             hub.clone(),
             metrics.clone(),
             server_id.clone(),
@@ -250,7 +266,19 @@ impl Relay {
             .unwrap_or(u32::MAX)
             .clamp(1, 1 << 28);
         let connections = Arc::new(Semaphore::new(max_connections as usize));
-        let fleet = Arc::new(crate::federation::FleetView::default());
+        if federating {
+            relay_requests.attach_federation(links.clone());
+            tokio::spawn(relay_requests.clone().run_refresh(
+                fleet.subscribe(),
+                links.subscribe(),
+                stopped.clone(),
+            ));
+            tokio::spawn(count_forwarding_links(
+                links.clone(),
+                metrics.clone(),
+                stopped.clone(),
+            ));
+        }
         let federation = Arc::new(crate::federation::Federation {
             key: key.clone(),
             own_id: server_id.clone(),
@@ -258,7 +286,7 @@ impl Relay {
             region: config.region.clone(),
             config: config.federation.clone(),
             fleet: fleet.clone(),
-            links: Arc::default(),
+            links,
         });
         tokio::spawn(relay_requests.clone().run_cleanup(stopped.clone()));
         let shared = Arc::new(Shared {
@@ -340,6 +368,22 @@ impl Relay {
 /// URLs given, or else one per listener (`turn:` over UDP and TCP,
 /// `turns:` over TLS, at the listener's address, or at the advertised
 /// address when it listens on every interface), with its secret.
+/// Keeps `relay_federation_forwarding_links` up to date until shutdown.
+async fn count_forwarding_links(
+    links: Arc<crate::federation::Links>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut changes = links.subscribe();
+    loop {
+        metrics.set_federation_forwarding_links(links.forwarding().len());
+        tokio::select! {
+            () = stopping(&mut shutdown) => return,
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
 fn ice_for_embedded_turn(
     ice: Option<IceConfig>,
     turn: &crate::turn::TurnConfig,

@@ -7,9 +7,21 @@
 //! or a peer-relay peerId. Also the timers: a link request's expiry, and
 //! the periodic cleanup (expired rendezvous rows, idle peer relays closed
 //! with 1000 "Heartbeat timeout").
+//!
+//! Across relays ([`RelayRequests::attach_federation`]): the points a
+//! registration's [`crate::rendezvous::Registered::forwards`] name go to their
+//! meeting relay as `rendezvous_forward` over the federation link; there
+//! they are stored with `relayId` = the origin's serverId, their live
+//! matches go back as `rendezvous_forward_match`, and so do the pushes for
+//! them; the origin turns each into a `rendezvous_match` push to its client.
+//! A match reported across relays always has a `relayId`: the serverId of
+//! the relay where the matched peer is connected. A forward for a peerId a
+//! connection of this relay holds is refused (a fleet relay cannot take
+//! over this relay's clients' pushes), and a `rendezvous_forward_match`
+//! is delivered only for a peerId forwarded to that very relay.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
@@ -19,13 +31,17 @@ use zajel_wire::pairing::PairingCode;
 use zajel_wire::rendezvous::{self as wire, RelayReply, RelayRequest, RelayRequestError};
 use zajel_wire::signaling::ServerMessage;
 
+use zajel_wire::rendezvous::MatchedPeer;
+use zajel_wire::rendezvous_link::RendezvousLinkMessage;
+
 use crate::config::RendezvousConfig;
+use crate::federation::Links as FederationLinks;
 use crate::hub::Hub;
 use crate::linking::{LinkReply, Links};
 use crate::metrics::{Metrics, Refusal};
 use crate::outbox::Outbox;
 use crate::peer_relays::{PeerRelays, PEER_ID_IN_USE};
-use crate::rendezvous::{PointOwnership, Rendezvous, RendezvousRefusal, RendezvousSettings};
+use crate::rendezvous::{PointOwnership, Push, Rendezvous, RendezvousRefusal, RendezvousSettings};
 use crate::rendezvous_store::{RendezvousStore, StoreError};
 
 /// The Unix time in ms (what rendezvous rows expire by, so they outlive a restart).
@@ -73,7 +89,30 @@ pub(crate) struct RelayRequests {
     server_id: String,
     config: RendezvousConfig,
     me: Weak<RelayRequests>,
+    /// The federation links, once attached.
+    federation: OnceLock<Arc<FederationLinks>>,
+    /// `rendezvous_forward`s waiting to be stored, in arrival order.
+    forward_queue: OnceLock<tokio::sync::mpsc::Sender<QueuedForward>>,
+    /// Meeting relay side: peerId → the relay that forwarded it last.
+    forwarded_in: Mutex<HashMap<String, String>>,
+    /// Origin side: this relay's clients' peerIds → the relays they were forwarded to.
+    forwarded_out: Mutex<HashMap<String, HashSet<String>>>,
+    /// The last `register_rendezvous` of each open connection, while
+    /// federating: registered again when the rings change.
+    remembered: Mutex<HashMap<u64, wire::RegisterRendezvous>>,
 }
+
+/// Points and tokens remembered for refreshes, over all connections.
+pub const MAX_REMEMBERED_ITEMS: usize = 1_000_000;
+
+/// A `rendezvous_forward` from (server, link id): (peerId, daily points, hourly tokens).
+type QueuedForward = (String, u64, String, Vec<String>, Vec<String>);
+
+/// Forwards queued before new ones are dropped.
+const FORWARD_QUEUE: usize = 4_096;
+
+/// Peers remembered in each of the forwarding maps; beyond, new ones are dropped.
+pub const MAX_FORWARDED_PEERS: usize = 100_000;
 
 impl RelayRequests {
     /// Opens the rendezvous database of `config` (in memory without one).
@@ -90,6 +129,7 @@ impl RelayRequests {
             hourly_ttl_ms: config.hourly_ttl.as_millis() as u64,
             max_entries_per_peer: config.max_entries_per_peer,
             max_items_per_connection: config.max_items_per_connection,
+            ..RendezvousSettings::default()
         };
         Ok(Arc::new_cyclic(|me| Self {
             rendezvous: Mutex::new(Rendezvous::new(store, settings, ownership)),
@@ -101,7 +141,259 @@ impl RelayRequests {
             server_id,
             config: config.clone(),
             me: me.clone(),
+            federation: OnceLock::new(),
+            forward_queue: OnceLock::new(),
+            forwarded_in: Mutex::new(HashMap::new()),
+            forwarded_out: Mutex::new(HashMap::new()),
+            remembered: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Sends forwards over `links` and takes the rendezvous messages that arrive on them.
+    pub fn attach_federation(self: &Arc<Self>, links: Arc<FederationLinks>) {
+        let me = Arc::downgrade(self);
+        links.set_handler(Arc::new(move |server: &str, link: u64, message| {
+            if let Some(me) = me.upgrade() {
+                me.on_link_message(server, link, message);
+            }
+        }));
+        let _ = self.federation.set(links);
+        // Forwards are stored one after the other, in arrival order (SQLite
+        // work off the async workers), so a later forward sees an earlier one.
+        let (queue, mut queued) = tokio::sync::mpsc::channel::<QueuedForward>(FORWARD_QUEUE);
+        let _ = self.forward_queue.set(queue);
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some((server, link, peer_id, daily, hourly)) = queued.recv().await {
+                let Some(me) = me.upgrade() else { return };
+                let _ = tokio::task::spawn_blocking(move || {
+                    me.on_forward(&server, link, &peer_id, &daily, &hourly)
+                })
+                .await;
+            }
+        });
+    }
+
+    fn on_link_message(self: Arc<Self>, server: &str, link: u64, message: RendezvousLinkMessage) {
+        match message {
+            RendezvousLinkMessage::Hello => {}
+            RendezvousLinkMessage::Forward {
+                peer_id,
+                daily_points,
+                hourly_tokens,
+            } => {
+                let queued = self.forward_queue.get().is_some_and(|queue| {
+                    queue
+                        .try_send((
+                            server.to_owned(),
+                            link,
+                            peer_id,
+                            daily_points,
+                            hourly_tokens,
+                        ))
+                        .is_ok()
+                });
+                if !queued {
+                    tracing::warn!(%server, "rendezvous_forward queue full: dropped");
+                }
+            }
+            RendezvousLinkMessage::Match { to, matched } => {
+                let forwarded_there = lock(&self.forwarded_out)
+                    .get(&to)
+                    .is_some_and(|servers| servers.contains(server));
+                if forwarded_there {
+                    self.metrics.rendezvous_forward_match_in();
+                    self.deliver_to_peer(&to, RelayReply::RendezvousMatch { matched }.to_text());
+                } else {
+                    tracing::debug!(%server, "rendezvous_forward_match for a peer not forwarded there: dropped");
+                }
+            }
+        }
+    }
+
+    /// A `rendezvous_forward` from `origin`: stored here, matches reported back.
+    fn on_forward(
+        &self,
+        origin: &str,
+        link: u64,
+        peer_id: &str,
+        daily_points: &[String],
+        hourly_tokens: &[String],
+    ) {
+        let held_here = lock(&self.peers).connection_of(peer_id).is_some()
+            || PairingCode::parse(peer_id)
+                .ok()
+                .is_some_and(|code| self.hub.member(code).is_some());
+        if held_here {
+            tracing::debug!(%origin, "rendezvous_forward for a peerId held here: refused");
+            return;
+        }
+        {
+            let forwarded = lock(&self.forwarded_in);
+            if forwarded.len() >= MAX_FORWARDED_PEERS && !forwarded.contains_key(peer_id) {
+                tracing::warn!(%origin, "too many forwarded peers: rendezvous_forward dropped");
+                return;
+            }
+        }
+        let registered = lock(&self.rendezvous).register_forwarded(
+            unix_ms(),
+            origin,
+            link,
+            peer_id,
+            daily_points,
+            hourly_tokens,
+        );
+        let registered = match registered {
+            Ok(registered) => registered,
+            Err(refusal) => {
+                tracing::info!(%origin, %refusal, "rendezvous_forward refused");
+                return;
+            }
+        };
+        self.metrics.rendezvous_forward_in();
+        lock(&self.forwarded_in).insert(peer_id.to_owned(), origin.to_owned());
+        for found in registered.live_matches {
+            let relay_id = if found.relay_id.is_empty() {
+                self.server_id.clone()
+            } else {
+                found.relay_id
+            };
+            self.send_match(
+                origin,
+                peer_id,
+                MatchedPeer {
+                    peer_id: found.peer_id,
+                    relay_id: Some(relay_id),
+                },
+            );
+        }
+        for push in registered.pushes {
+            self.route_push(push);
+        }
+    }
+
+    fn send_match(&self, server: &str, to: &str, matched: MatchedPeer) {
+        let Some(links) = self.federation.get() else {
+            return;
+        };
+        let message = RendezvousLinkMessage::Match {
+            to: to.to_owned(),
+            matched,
+        };
+        if !links.send(server, message.to_text()) {
+            tracing::debug!(%server, "rendezvous_forward_match not sent: no link");
+        }
+    }
+
+    /// A push for an earlier registrant: over the link to the relay that
+    /// forwarded its entry, else to its connection here.
+    fn route_push(&self, push: Push) {
+        let forwarded_by = push.relay_id.as_deref().filter(|relay| {
+            lock(&self.forwarded_in)
+                .get(&push.peer_id)
+                .is_some_and(|origin| origin == relay)
+        });
+        match (forwarded_by, push.reply) {
+            (Some(origin), RelayReply::RendezvousMatch { mut matched }) => {
+                if matched.relay_id.as_deref().is_none_or(str::is_empty) {
+                    matched.relay_id = Some(self.server_id.clone());
+                }
+                self.send_match(origin, &push.peer_id, matched);
+            }
+            (_, reply) => self.deliver_to_peer(&push.peer_id, reply.to_text()),
+        }
+    }
+
+    fn remember(&self, connection: u64, register: wire::RegisterRendezvous) {
+        let mut remembered = lock(&self.remembered);
+        let items = |r: &wire::RegisterRendezvous| r.daily_points.len() + r.hourly_tokens.len();
+        let held: usize = remembered
+            .iter()
+            .filter(|(c, _)| **c != connection)
+            .map(|(_, r)| items(r))
+            .sum();
+        if held + items(&register) <= MAX_REMEMBERED_ITEMS {
+            remembered.insert(connection, register);
+        }
+    }
+
+    /// Registers every open connection's last `register_rendezvous` again
+    /// whenever the fleet's lists or the links change (a relay joined, left
+    /// or died), so that its points reach their new meeting relay without
+    /// waiting for the client; the matches this finds are pushed to the
+    /// client as `rendezvous_match` (a match may repeat).
+    pub async fn run_refresh(
+        self: Arc<Self>,
+        mut fleet: watch::Receiver<u64>,
+        mut links: watch::Receiver<u64>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                () = crate::relay::stopping(&mut shutdown) => return,
+                changed = fleet.changed() => if changed.is_err() { return },
+                changed = links.changed() => if changed.is_err() { return },
+            }
+            fleet.mark_unchanged();
+            links.mark_unchanged();
+            let me = self.clone();
+            let _ = tokio::task::spawn_blocking(move || me.refresh_all()).await;
+        }
+    }
+
+    fn refresh_all(&self) {
+        let remembered: Vec<wire::RegisterRendezvous> =
+            lock(&self.remembered).values().cloned().collect();
+        for register in remembered {
+            let Some(peer_id) = register.peer_id.clone() else {
+                continue;
+            };
+            let registered = match lock(&self.rendezvous).refresh(unix_ms(), &register) {
+                Ok(registered) => registered,
+                Err(refusal) => {
+                    tracing::debug!(%refusal, "rendezvous refresh refused");
+                    continue;
+                }
+            };
+            let live = match registered.reply {
+                RelayReply::RendezvousResult { live_matches, .. } => live_matches,
+                RelayReply::RendezvousPartial { local, .. } => local.live_matches,
+                _ => Vec::new(),
+            };
+            for found in live {
+                let matched = MatchedPeer {
+                    peer_id: found.peer_id,
+                    relay_id: (!found.relay_id.is_empty()).then_some(found.relay_id),
+                };
+                self.deliver_to_peer(&peer_id, RelayReply::RendezvousMatch { matched }.to_text());
+            }
+            for push in registered.pushes {
+                self.route_push(push);
+            }
+            self.send_forwards(registered.forwards);
+        }
+    }
+
+    /// Sends a registration's forwards to their meeting relays.
+    fn send_forwards(&self, forwards: Vec<(String, RendezvousLinkMessage)>) {
+        let Some(links) = self.federation.get() else {
+            return;
+        };
+        for (server, message) in forwards {
+            let RendezvousLinkMessage::Forward { peer_id, .. } = &message else {
+                continue;
+            };
+            let peer_id = peer_id.clone();
+            if !links.send(&server, message.to_text()) {
+                tracing::debug!(%server, "rendezvous_forward not sent: no link");
+                continue;
+            }
+            self.metrics.rendezvous_forward_out();
+            let mut out = lock(&self.forwarded_out);
+            if out.len() < MAX_FORWARDED_PEERS || out.contains_key(&peer_id) {
+                out.entry(peer_id).or_default().insert(server);
+            }
+        }
     }
 
     /// Handles a frame [`wire::is_relay_request`] claimed, from the
@@ -141,15 +433,21 @@ impl RelayRequests {
                 let me = self.clone();
                 let result = tokio::task::spawn_blocking(move || {
                     let held: Vec<&str> = held.iter().map(String::as_str).collect();
-                    lock(&me.rendezvous).register(unix_ms(), connection, &held, &register)
+                    let registered =
+                        lock(&me.rendezvous).register(unix_ms(), connection, &held, &register);
+                    if registered.is_ok() && me.federation.get().is_some() {
+                        me.remember(connection, register);
+                    }
+                    registered
                 })
                 .await;
                 match result {
                     Ok(Ok(registered)) => {
                         lock(&self.peers).touch(now, connection, peer_id.as_deref());
-                        for (peer_id, push) in registered.pushes {
-                            self.deliver_to_peer(&peer_id, push.to_text());
+                        for push in registered.pushes {
+                            self.route_push(push);
                         }
+                        self.send_forwards(registered.forwards);
                         vec![registered.reply.to_text()]
                     }
                     Ok(Err(refusal)) => {
@@ -257,12 +555,14 @@ impl RelayRequests {
     /// released from the hub) if any.
     pub fn connection_closed(&self, connection: u64, code: Option<PairingCode>) {
         lock(&self.rendezvous).connection_closed(connection);
+        lock(&self.remembered).remove(&connection);
         lock(&self.peer_outboxes).remove(&connection);
         if let Some(peer_id) = lock(&self.peers).connection_closed(connection) {
             self.drop_peer_entries(&peer_id);
         }
         // Only when no other connection (the same key's new one) holds the code now.
         if let Some(code) = code.filter(|c| self.hub.member(*c).is_none()) {
+            lock(&self.forwarded_out).remove(&code.to_string());
             let sends = lock(&self.links).code_left(code);
             self.deliver(sends);
         }

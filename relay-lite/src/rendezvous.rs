@@ -14,10 +14,16 @@
 //! [`Rendezvous::sweep`]; a peer relay's rows go when its connection does
 //! ([`Rendezvous::drop_peer`]).
 //!
-//! Ownership of each point or token is asked of a [`PointOwnership`]
-//! function: today [`local_only`]; federation will plug a hash ring in.
-//! Items owned elsewhere are not stored and come back as `redirects`
-//! (merged per server) in a `rendezvous_partial`.
+//! Where each point or token goes is asked of a [`PointOwnership`]
+//! function ([`local_only`] without federation; relay-lite's hash ring
+//! over the fleet otherwise, `crate::ownership`): items Zajel's rule
+//! places elsewhere are not stored (unless this relay is their meeting
+//! relay) and come back as `redirects` (merged per server) in a
+//! `rendezvous_partial`; beyond Zajel, items whose meeting relay is
+//! another relay-lite also come out in [`Registered::forwards`], merged per
+//! server, for the caller to send over the federation link
+//! ([`zajel_wire::rendezvous_link`]). The meeting relay stores them with
+//! [`Rendezvous::register_forwarded`], `relayId` = the origin relay.
 //!
 //! Beyond Zajel (each with its own error text, see [`RendezvousRefusal`]):
 //! a connection may write only the entries of a `peerId` it holds (its
@@ -40,6 +46,7 @@ use zajel_wire::rendezvous::{
     self as wire, FoundDeadDrop, LiveMatch, MatchedPeer, Redirect, RegisterRendezvous, RelayReply,
     RendezvousFound,
 };
+use zajel_wire::rendezvous_link::RendezvousLinkMessage;
 
 use crate::rendezvous_store::{RendezvousStore, StoreError};
 
@@ -52,13 +59,43 @@ pub enum PointOwner {
     Remote { server_id: String, endpoint: String },
 }
 
-/// Answers "is this point mine?" for each point or token string.
-pub type PointOwnership = Arc<dyn Fn(&str) -> PointOwner + Send + Sync>;
+/// Where one point or token goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Zajel's answer (§8.5): kept here, or redirected to its primary.
+    pub owner: PointOwner,
+    /// Kept here even when redirected: this relay is its meeting relay.
+    pub also_keep: bool,
+    /// The meeting relay (another relay-lite) it is forwarded to.
+    pub forward_to: Option<String>,
+}
+
+impl From<PointOwner> for Placement {
+    fn from(owner: PointOwner) -> Self {
+        Placement {
+            owner,
+            also_keep: false,
+            forward_to: None,
+        }
+    }
+}
+
+impl Placement {
+    fn keep(&self) -> bool {
+        self.also_keep || self.owner == PointOwner::Local
+    }
+}
+
+/// Answers "where does this point go?" for each point or token string.
+pub type PointOwnership = Arc<dyn Fn(&str) -> Placement + Send + Sync>;
 
 /// Every point is this relay's (one relay, no federation).
 pub fn local_only() -> PointOwnership {
-    Arc::new(|_| PointOwner::Local)
+    Arc::new(|_| PointOwner::Local.into())
 }
+
+/// The connection id [`Rendezvous::refresh`] counts under (connections start at 1).
+const REFRESH_CONNECTION: u64 = 0;
 
 /// Lifetimes and limits.
 #[derive(Debug, Clone)]
@@ -69,10 +106,17 @@ pub struct RendezvousSettings {
     pub max_entries_per_peer: usize,
     /// Points and tokens one connection may register over its life.
     pub max_items_per_connection: usize,
+    /// Forwarded points and tokens one federation link may bring per hour
+    /// (a link carries every client of the other relay, for its whole life).
+    pub max_forwarded_items_per_link_hour: usize,
 }
 
 /// Default of [`RendezvousSettings::max_entries_per_peer`].
 pub const DEFAULT_MAX_ENTRIES_PER_PEER: usize = 4_096;
+/// Default of [`RendezvousSettings::max_forwarded_items_per_link_hour`]
+/// (22 000 of the app's 9-item registrations an hour from one relay).
+pub const DEFAULT_MAX_FORWARDED_ITEMS_PER_LINK_HOUR: usize = 200_000;
+
 /// Default of [`RendezvousSettings::max_items_per_connection`].
 pub const DEFAULT_MAX_ITEMS_PER_CONNECTION: usize = 4_096;
 
@@ -83,6 +127,7 @@ impl Default for RendezvousSettings {
             hourly_ttl_ms: wire::HOURLY_TOKEN_TTL_MS,
             max_entries_per_peer: DEFAULT_MAX_ENTRIES_PER_PEER,
             max_items_per_connection: DEFAULT_MAX_ITEMS_PER_CONNECTION,
+            max_forwarded_items_per_link_hour: DEFAULT_MAX_FORWARDED_ITEMS_PER_LINK_HOUR,
         }
     }
 }
@@ -97,9 +142,24 @@ pub enum RendezvousRefusal {
     TooManyForPeer(usize),
     #[error("Too many rendezvous points and tokens on this connection: at most {0}")]
     TooManyForConnection(usize),
+    /// A federation link brought more forwarded items this hour than allowed.
+    #[error(
+        "Too many forwarded rendezvous points and tokens from this relay this hour: at most {0}"
+    )]
+    TooManyForwarded(usize),
     /// The database failed (details logged, not sent).
     #[error("Rendezvous storage unavailable")]
     Storage(#[from] StoreError),
+}
+
+/// A `rendezvous_match` for an earlier registrant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Push {
+    pub peer_id: String,
+    /// The earlier registrant's stored `relayId` (the origin relay's
+    /// serverId for a forwarded entry).
+    pub relay_id: Option<String>,
+    pub reply: RelayReply,
 }
 
 /// What one `register_rendezvous` produced.
@@ -107,8 +167,20 @@ pub enum RendezvousRefusal {
 pub struct Registered {
     /// To the registrant.
     pub reply: RelayReply,
-    /// `(peerId, rendezvous_match)` for each earlier registrant matched, in order.
-    pub pushes: Vec<(String, RelayReply)>,
+    /// For each earlier registrant matched, in order.
+    pub pushes: Vec<Push>,
+    /// `(meeting relay, rendezvous_forward)` per server, first-seen order.
+    pub forwards: Vec<(String, RendezvousLinkMessage)>,
+}
+
+/// What one `rendezvous_forward` produced at the meeting relay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardRegistered {
+    /// The forwarded registrant's live matches (`relayId` as stored: empty
+    /// for this relay's own clients that sent none).
+    pub live_matches: Vec<LiveMatch>,
+    /// For each earlier registrant matched, in order.
+    pub pushes: Vec<Push>,
 }
 
 /// The rendezvous machine.
@@ -118,6 +190,8 @@ pub struct Rendezvous {
     ownership: PointOwnership,
     /// Points and tokens registered so far, by connection.
     used: HashMap<u64, usize>,
+    /// Forwarded items by link: (hour window start, count).
+    forwarded: HashMap<u64, (u64, usize)>,
 }
 
 impl Rendezvous {
@@ -131,6 +205,7 @@ impl Rendezvous {
             settings,
             ownership,
             used: HashMap::new(),
+            forwarded: HashMap::new(),
         }
     }
 
@@ -151,6 +226,7 @@ impl Rendezvous {
                     dead_drops: Vec::new(),
                 },
                 pushes: Vec::new(),
+                forwards: Vec::new(),
             });
         };
         if !held.contains(&peer_id) {
@@ -163,15 +239,30 @@ impl Rendezvous {
                 self.settings.max_items_per_connection,
             ));
         }
-        // Split local / redirected, merging redirects per server in first-seen order.
+        // Split kept / redirected / forwarded, merging per server in first-seen order.
         let mut redirects: Vec<Redirect> = Vec::new();
-        let mut redirect = |point: &str, daily: bool| -> bool {
-            match (self.ownership)(point) {
-                PointOwner::Local => false,
-                PointOwner::Remote {
+        let mut forwards: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
+        let mut daily: Vec<&str> = Vec::new();
+        let mut hourly: Vec<&str> = Vec::new();
+        let lists = [
+            (&request.daily_points, true),
+            (&request.hourly_tokens, false),
+        ];
+        for (list, is_daily) in lists {
+            for point in list {
+                let placement = (self.ownership)(point);
+                if placement.keep() {
+                    if is_daily {
+                        daily.push(point);
+                    } else {
+                        hourly.push(point);
+                    }
+                }
+                if let PointOwner::Remote {
                     server_id,
                     endpoint,
-                } => {
+                } = placement.owner
+                {
                     let index = match redirects.iter().position(|r| r.server_id == server_id) {
                         Some(index) => index,
                         None => {
@@ -185,31 +276,122 @@ impl Rendezvous {
                         }
                     };
                     let entry = &mut redirects[index];
-                    if daily {
-                        entry.daily_points.push(point.to_string());
+                    if is_daily {
+                        entry.daily_points.push(point.clone());
                     } else {
-                        entry.hourly_tokens.push(point.to_string());
+                        entry.hourly_tokens.push(point.clone());
                     }
-                    true
+                }
+                if let Some(server_id) = placement.forward_to {
+                    let index = match forwards.iter().position(|f| f.0 == server_id) {
+                        Some(index) => index,
+                        None => {
+                            forwards.push((server_id, Vec::new(), Vec::new()));
+                            forwards.len() - 1
+                        }
+                    };
+                    let entry = &mut forwards[index];
+                    if is_daily {
+                        entry.1.push(point.clone());
+                    } else {
+                        entry.2.push(point.clone());
+                    }
                 }
             }
+        }
+        let found = self.store_and_match(
+            now_ms,
+            peer_id,
+            &daily,
+            &hourly,
+            |point| request.dead_drop_for(point),
+            request.relay_id.as_deref(),
+        );
+        let (found, pushes) = found?;
+        *self.used.entry(connection).or_default() += items;
+        let reply = if redirects.is_empty() {
+            RelayReply::RendezvousResult {
+                live_matches: found.live_matches,
+                dead_drops: found.dead_drops,
+            }
+        } else {
+            RelayReply::RendezvousPartial {
+                local: found,
+                redirects,
+            }
         };
-        let daily: Vec<&String> = request
-            .daily_points
-            .iter()
-            .filter(|p| !redirect(p, true))
+        let forwards = forwards
+            .into_iter()
+            .map(|(server_id, daily_points, hourly_tokens)| {
+                (
+                    server_id,
+                    RendezvousLinkMessage::Forward {
+                        peer_id: peer_id.to_string(),
+                        daily_points,
+                        hourly_tokens,
+                    },
+                )
+            })
             .collect();
-        let hourly: Vec<&String> = request
-            .hourly_tokens
-            .iter()
-            .filter(|t| !redirect(t, false))
-            .collect();
-        let relay_id = request.relay_id.as_deref();
+        Ok(Registered {
+            reply,
+            pushes,
+            forwards,
+        })
+    }
+
+    /// A `rendezvous_forward` from the relay `origin` over the link `link`:
+    /// stores `peer_id`'s points and tokens with `relayId` = `origin`, without
+    /// asking ownership (the origin chose this relay as their meeting relay)
+    /// and without dead drops; at most
+    /// [`RendezvousSettings::max_forwarded_items_per_link_hour`] items per
+    /// link in an hour's window, besides the per-peer limit.
+    pub fn register_forwarded(
+        &mut self,
+        now_ms: u64,
+        origin: &str,
+        link: u64,
+        peer_id: &str,
+        daily_points: &[String],
+        hourly_tokens: &[String],
+    ) -> Result<ForwardRegistered, RendezvousRefusal> {
+        const HOUR_MS: u64 = 3_600_000;
+        let items = daily_points.len() + hourly_tokens.len();
+        let cap = self.settings.max_forwarded_items_per_link_hour;
+        let (start, used) = match self.forwarded.get(&link) {
+            Some(&(start, used)) if now_ms.saturating_sub(start) < HOUR_MS => (start, used),
+            _ => (now_ms, 0),
+        };
+        if used + items > cap {
+            return Err(RendezvousRefusal::TooManyForwarded(cap));
+        }
+        let daily: Vec<&str> = daily_points.iter().map(String::as_str).collect();
+        let hourly: Vec<&str> = hourly_tokens.iter().map(String::as_str).collect();
+        let (found, pushes) =
+            self.store_and_match(now_ms, peer_id, &daily, &hourly, |_| "", Some(origin))?;
+        self.forwarded.insert(link, (start, used + items));
+        Ok(ForwardRegistered {
+            live_matches: found.live_matches,
+            pushes,
+        })
+    }
+
+    /// Stores `peer_id` at `daily` and `hourly` and returns what it found
+    /// there and the pushes to earlier registrants; all or nothing.
+    fn store_and_match<'a>(
+        &mut self,
+        now_ms: u64,
+        peer_id: &str,
+        daily: &[&str],
+        hourly: &[&str],
+        dead_drop_for: impl Fn(&str) -> &'a str,
+        relay_id: Option<&str>,
+    ) -> Result<(RendezvousFound, Vec<Push>), RendezvousRefusal> {
         let settings = &self.settings;
-        let found = self.store.transaction(|tables| {
+        self.store.transaction(|tables| {
             let mut found = RendezvousFound::default();
             let mut pushes = Vec::new();
-            for point in &daily {
+            for point in daily {
                 for other in tables.daily_others(point, peer_id, now_ms)? {
                     if !other.dead_drop.is_empty() {
                         found.dead_drops.push(FoundDeadDrop {
@@ -222,22 +404,23 @@ impl Rendezvous {
                 tables.upsert_daily(
                     point,
                     peer_id,
-                    request.dead_drop_for(point),
+                    dead_drop_for(point),
                     relay_id,
                     now_ms + settings.daily_ttl_ms,
                 )?;
             }
-            for token in &hourly {
+            for token in hourly {
                 for other in tables.hourly_others(token, peer_id, now_ms)? {
-                    pushes.push((
-                        other.peer_id.clone(),
-                        RelayReply::RendezvousMatch {
+                    pushes.push(Push {
+                        peer_id: other.peer_id.clone(),
+                        relay_id: other.relay_id.clone(),
+                        reply: RelayReply::RendezvousMatch {
                             matched: MatchedPeer {
                                 peer_id: peer_id.to_string(),
-                                relay_id: request.relay_id.clone(),
+                                relay_id: relay_id.map(str::to_owned),
                             },
                         },
-                    ));
+                    });
                     found.live_matches.push(LiveMatch {
                         peer_id: other.peer_id,
                         relay_id: other.relay_id.unwrap_or_default(),
@@ -252,21 +435,21 @@ impl Rendezvous {
                 ));
             }
             Ok((found, pushes))
-        });
-        let (found, pushes) = found?;
-        *self.used.entry(connection).or_default() += items;
-        let reply = if redirects.is_empty() {
-            RelayReply::RendezvousResult {
-                live_matches: found.live_matches,
-                dead_drops: found.dead_drops,
-            }
-        } else {
-            RelayReply::RendezvousPartial {
-                local: found,
-                redirects,
-            }
-        };
-        Ok(Registered { reply, pushes })
+        })
+    }
+
+    /// Registers `request` again on the relay's own initiative (the rings
+    /// changed): as [`Rendezvous::register`] by its own `peerId`, counted
+    /// against no connection.
+    pub fn refresh(
+        &mut self,
+        now_ms: u64,
+        request: &RegisterRendezvous,
+    ) -> Result<Registered, RendezvousRefusal> {
+        let peer_id = request.peer_id.clone().unwrap_or_default();
+        let result = self.register(now_ms, REFRESH_CONNECTION, &[&peer_id], request);
+        self.used.remove(&REFRESH_CONNECTION);
+        result
     }
 
     /// `connection` closed: its per-connection count goes.
@@ -364,7 +547,10 @@ mod tests {
         // Once per matching token, to the earlier registrant, no relayId when none was sent.
         let push = r#"{"type":"rendezvous_match","match":{"peerId":"BBBBBB"}}"#;
         assert_eq!(second.pushes.len(), 2);
-        for (to, reply) in &second.pushes {
+        for Push {
+            peer_id: to, reply, ..
+        } in &second.pushes
+        {
             assert_eq!(to, "AAAAAA");
             assert_eq!(text(reply), push);
         }
@@ -420,7 +606,7 @@ mod tests {
             r#"{"type":"rendezvous_result","liveMatches":[{"peerId":"AAAAAA","relayId":"relay-a"}],"deadDrops":[{"peerId":"AAAAAA","deadDrop":"sealed-for-b","relayId":"relay-a"},{"peerId":"CCCCCC","deadDrop":"legacy","relayId":""}]}"#
         );
         assert_eq!(
-            text(&b.pushes[0].1),
+            text(&b.pushes[0].reply),
             r#"{"type":"rendezvous_match","match":{"peerId":"BBBBBB","relayId":"relay-b"}}"#
         );
     }
@@ -485,7 +671,7 @@ mod tests {
             3,
             &app("CCCCCC", &[], &["hr_1"]),
         );
-        assert_eq!(after.pushes[0].0, "BBBBBB");
+        assert_eq!(after.pushes[0].peer_id, "BBBBBB");
         assert_eq!(after.pushes.len(), 1);
     }
 
@@ -568,8 +754,9 @@ mod tests {
                     server_id: "ed25519:b".into(),
                     endpoint: "wss://b.example".into(),
                 }
+                .into()
             } else {
-                PointOwner::Local
+                PointOwner::Local.into()
             }
         });
         let mut machine = Rendezvous::new(
@@ -588,6 +775,131 @@ mod tests {
             r#"{"type":"rendezvous_partial","local":{"liveMatches":[],"deadDrops":[]},"redirects":[{"serverId":"ed25519:b","endpoint":"wss://b.example","dailyPoints":["day_b"],"hourlyTokens":["hr_b"]}]}"#
         );
         assert_eq!(machine.row_counts().unwrap(), (1, 1));
+    }
+
+    #[test]
+    fn forwarded_points_come_out_per_meeting_relay_and_are_stored_there_with_the_origin() {
+        // At relay "a": items ending in _m meet at "m"; "m" is also Zajel's
+        // owner of day_m (redirect), while hr_m stays local by Zajel's rule too.
+        let ownership: PointOwnership = Arc::new(|point: &str| match point {
+            "day_m" => Placement {
+                owner: PointOwner::Remote {
+                    server_id: "m".into(),
+                    endpoint: "ws://m".into(),
+                },
+                also_keep: false,
+                forward_to: Some("m".into()),
+            },
+            "hr_m" => Placement {
+                owner: PointOwner::Local,
+                also_keep: false,
+                forward_to: Some("m".into()),
+            },
+            _ => PointOwner::Local.into(),
+        });
+        let mut at_a = Rendezvous::new(
+            RendezvousStore::open(None).unwrap(),
+            RendezvousSettings::default(),
+            ownership,
+        );
+        let registered = register(
+            &mut at_a,
+            T0,
+            1,
+            &app("AAAAAA", &["day_m", "day_a"], &["hr_m", "hr_a"]),
+        );
+        assert_eq!(
+            registered.forwards,
+            vec![(
+                "m".to_string(),
+                RendezvousLinkMessage::Forward {
+                    peer_id: "AAAAAA".into(),
+                    daily_points: vec!["day_m".into()],
+                    hourly_tokens: vec!["hr_m".into()],
+                }
+            )]
+        );
+        // day_m redirected (not kept), hr_m kept (Zajel's top 3), the rest local.
+        assert_eq!(at_a.row_counts().unwrap(), (1, 2));
+
+        // At the meeting relay "m": B is a local client, A arrives forwarded from "a".
+        let mut at_m = machine();
+        register(&mut at_m, T0, 1, &app("BBBBBB", &[], &["hr_m"]));
+        let forwarded = at_m
+            .register_forwarded(T0 + 1, "a", 1, "AAAAAA", &[], &["hr_m".into()])
+            .unwrap();
+        assert_eq!(
+            forwarded.live_matches,
+            vec![LiveMatch {
+                peer_id: "BBBBBB".into(),
+                relay_id: String::new(),
+            }]
+        );
+        assert_eq!(forwarded.pushes.len(), 1);
+        assert_eq!(forwarded.pushes[0].peer_id, "BBBBBB");
+        assert_eq!(forwarded.pushes[0].relay_id, None);
+        assert_eq!(
+            text(&forwarded.pushes[0].reply),
+            r#"{"type":"rendezvous_match","match":{"peerId":"AAAAAA","relayId":"a"}}"#
+        );
+        // A later local client sees A with relayId "a", and its push names A's origin.
+        let later = register(&mut at_m, T0 + 2, 2, &app("CCCCCC", &[], &["hr_m"]));
+        assert!(text(&later.reply).contains(r#"{"peerId":"AAAAAA","relayId":"a"}"#));
+        let to_a = later.pushes.iter().find(|p| p.peer_id == "AAAAAA").unwrap();
+        assert_eq!(to_a.relay_id.as_deref(), Some("a"));
+        // A link brings at most so many items an hour; the window moves on.
+        let mut small = Rendezvous::new(
+            RendezvousStore::open(None).unwrap(),
+            RendezvousSettings {
+                max_forwarded_items_per_link_hour: 2,
+                ..RendezvousSettings::default()
+            },
+            local_only(),
+        );
+        let tokens = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert!(small
+            .register_forwarded(T0, "a", 7, "AAAAAA", &[], &tokens(&["hr_1", "hr_2"]))
+            .is_ok());
+        assert!(matches!(
+            small.register_forwarded(T0 + HOUR - 1, "a", 7, "BBBBBB", &[], &tokens(&["hr_3"])),
+            Err(RendezvousRefusal::TooManyForwarded(2))
+        ));
+        assert!(
+            small
+                .register_forwarded(T0 + HOUR - 1, "a", 8, "BBBBBB", &[], &tokens(&["hr_3"]))
+                .is_ok(),
+            "another link has its own budget"
+        );
+        assert!(small
+            .register_forwarded(T0 + HOUR, "a", 7, "BBBBBB", &[], &tokens(&["hr_3"]))
+            .is_ok());
+    }
+
+    #[test]
+    fn a_refresh_registers_again_without_spending_any_connections_budget() {
+        let mut machine = Rendezvous::new(
+            RendezvousStore::open(None).unwrap(),
+            RendezvousSettings {
+                max_items_per_connection: 2,
+                ..RendezvousSettings::default()
+            },
+            local_only(),
+        );
+        let a = app("AAAAAA", &[], &["hr_x", "hr_y"]);
+        register(&mut machine, T0, 1, &a);
+        register(&mut machine, T0, 2, &app("BBBBBB", &[], &["hr_x"]));
+        for round in 0..3 {
+            let refreshed = machine.refresh(T0 + round, &a).unwrap();
+            // The match is found again, and B hears of it again.
+            assert!(text(&refreshed.reply).contains(r#""peerId":"BBBBBB""#));
+            assert_eq!(refreshed.pushes.len(), 1);
+        }
+        // Three refreshes of 2 items each passed a budget of 2; the client's
+        // own connection is still held to its budget.
+        assert!(matches!(
+            machine.register(T0, 1, &["AAAAAA"], &a),
+            Err(RendezvousRefusal::TooManyForConnection(2))
+        ));
     }
 
     #[test]
@@ -627,6 +939,6 @@ mod tests {
         drop(first);
         let mut second = open();
         let later = register(&mut second, T0 + 1, 2, &app("BBBBBB", &[], &["hr_1"]));
-        assert_eq!(later.pushes[0].0, "AAAAAA");
+        assert_eq!(later.pushes[0].peer_id, "AAAAAA");
     }
 }

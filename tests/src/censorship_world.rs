@@ -377,6 +377,16 @@ pub fn start_relay(
     pki: &TestCa,
     settings: &RelaySettings<'_>,
 ) -> Result<ChildProcess, String> {
+    start_relay_with_args(namespace, pki, settings, &[])
+}
+
+/// [`start_relay`] with `extra` flags after the usual ones.
+pub fn start_relay_with_args(
+    namespace: &Namespace,
+    pki: &TestCa,
+    settings: &RelaySettings<'_>,
+    extra: &[String],
+) -> Result<ChildProcess, String> {
     let mut command = tool(namespace, "relay-lite")?;
     command
         .args(["--listen", &format!("{}:443", settings.address)])
@@ -412,6 +422,7 @@ pub fn start_relay(
             .arg(&pki.key_file)
             .args(["--turn-url", &format!("turns:{tls}:443?transport=tcp")]);
     }
+    command.args(extra);
     let mut child = ChildProcess::spawn(&format!("relay-lite {}", settings.address), command)?;
     child.wait_for(Duration::from_secs(20), |line| {
         line.starts_with("listening on ").then_some(())
@@ -515,12 +526,21 @@ pub struct World {
     pub turn_secret_file: PathBuf,
     pub dir: tempfile::TempDir,
     pub topology: Topology,
+    /// Flags every relay this world starts gets on top of [`start_relay`]'s.
+    pub relay_args: Vec<String>,
 }
 
 impl World {
     /// Topology, PKI, registry and relay A (with TURN) registered; no DoH yet.
     pub fn new() -> Result<Self, String> {
+        Self::with_relay_args(|_| Vec::new())
+    }
+
+    /// [`World::new`], every relay also started with the flags `relay_args`
+    /// returns for the world's test CA file (e.g. federation trusting it).
+    pub fn with_relay_args(relay_args: impl Fn(&Path) -> Vec<String>) -> Result<Self, String> {
         let mut world = Self::without_relays(&[])?;
+        world.relay_args = relay_args(&world.pki.ca_file);
         world.add_relay(relay_a_address())?;
         Ok(world)
     }
@@ -548,6 +568,7 @@ impl World {
             turn_secret_file,
             dir,
             topology,
+            relay_args: Vec::new(),
         };
         world.registry = Some(start_registry_with(
             &world.topology.internet,
@@ -657,7 +678,7 @@ impl World {
     /// Relay A also serves TURN over TLS on [`turn_tls_address`]`:443`.
     pub fn add_relay(&mut self, address: Ipv4Addr) -> Result<String, String> {
         let registry = Self::registry_url();
-        let child = start_relay(
+        let child = start_relay_with_args(
             &self.topology.internet,
             &self.pki,
             &RelaySettings {
@@ -666,6 +687,7 @@ impl World {
                 turn_secret_file: &self.turn_secret_file,
                 turn_tls: (address == relay_a_address()).then(turn_tls_address),
             },
+            &self.relay_args,
         )?;
         let endpoint = relay_endpoint(address);
         wait_listed(

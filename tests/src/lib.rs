@@ -20,6 +20,7 @@ pub mod probe_peer;
 pub mod process;
 pub mod registry_host;
 pub mod relay_child;
+pub mod rendezvous_client;
 pub mod test_ca;
 pub mod unbound_doh;
 pub mod ws_echo;

@@ -1,7 +1,8 @@
 //! End-to-end proof under censorship (issue 6; the tenth, a hostile relay,
 //! issue 13; the eleventh, a censor's DoH resolver prepending junk records,
-//! and the twelfth, a junk-flooded registry, issue 19): twelve scenarios,
-//! each in its own network namespaces (client ──
+//! and the twelfth, a junk-flooded registry, issue 19; the thirteenth, a
+//! trusted contact on another relay, issue 14): thirteen scenarios, each in
+//! its own network namespaces (client ──
 //! censor ── internet, see `tests::censorship_world`), with the real
 //! registry, relay-lite, TURN, unbound over DoH and the client binaries. The censor's nftables rules
 //! (and, for the degraded path, the NFQUEUE path emulator, since this
@@ -1231,11 +1232,130 @@ fn doh_junk(kind: Client) -> Result<Vec<Row>, String> {
     )])
 }
 
+/// A trusted contact on another relay (issue 14): relays A and B federate
+/// (heartbeats every 2 s, their federation trusting the test CA); relay B is
+/// blocked for the caller, so the two parties' discovery ends on different
+/// relays: the callee (its app) is on relay B, the caller's on relay A.
+/// Both search for each other by rendezvous (`rendezvous-probe`: the app's
+/// §5.3 points and `register_rendezvous`; call-probe's own `--contact` is
+/// being built on another branch): the caller finds the callee's current
+/// code on relay B, which it cannot reach; the callee finds the caller on
+/// relay A, which it can, and comes there (the app's answerer on relay A,
+/// under the code the caller found). Then `call-probe call` with that code,
+/// from the caller's own discovery (which ends on A), gets through.
+fn contact_on_other_relay(kind: Client) -> Result<Vec<Row>, String> {
+    let started = Instant::now();
+    let mut world = World::with_relay_args(|ca_file| {
+        vec![
+            "--heartbeat-ms".into(),
+            "2000".into(),
+            "--federation-ca".into(),
+            ca_file.display().to_string(),
+        ]
+    })?;
+    let relay_b = world.add_relay(relay_b_address())?;
+    let relay_a = relay_endpoint(relay_a_address());
+    world.start_doh()?;
+    world
+        .topology
+        .censor(&rules::blackhole(relay_b_address()))?;
+    let server_id_of = |world: &World, endpoint: &str| -> Option<String> {
+        let (_, relay) = world.relays.iter().find(|(e, _)| e == endpoint)?;
+        relay
+            .output()
+            .lines()
+            .find_map(|line| line.strip_prefix("server id ").map(str::to_string))
+    };
+    let id_a = server_id_of(&world, &relay_a).ok_or("relay A printed no server id")?;
+    let id_b = server_id_of(&world, &relay_b).ok_or("relay B printed no server id")?;
+    let hex = |bytes: &[u8; 32]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let random = || {
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).expect("random");
+        secret
+    };
+    let (caller_secret, callee_secret) = (random(), random());
+    let caller_public = zajel_wire::peer_keys::public_key(&caller_secret);
+    let callee_public = zajel_wire::peer_keys::public_key(&callee_secret);
+    let probe = |namespace, relay: &str, code: &str, secret: &[u8; 32], contact: &[u8; 32]| {
+        let mut command = tool(namespace, "rendezvous-probe")?;
+        command
+            .args(["--relay", relay, "--code", code])
+            .args(["--secret", &hex(secret), "--contact", &hex(contact)])
+            .arg("--ca-file")
+            .arg(&world.pki.ca_file)
+            .args(["--timeout-ms", "30000"]);
+        tests::process::ChildProcess::spawn(&format!("rendezvous-probe {code}"), command)
+    };
+    let found = |probe: &mut tests::process::ChildProcess| -> Result<Value, String> {
+        probe.wait_for(Duration::from_secs(40), |line| {
+            serde_json::from_str::<Value>(line)
+                .ok()
+                .filter(|event| event["event"] == "found")
+        })
+    };
+    // The callee's app on relay B, under its current code; the caller's on A.
+    let mut callee = probe(
+        &world.topology.callee,
+        &relay_b,
+        CODE,
+        &callee_secret,
+        &caller_public,
+    )?;
+    let caller_code = "CALLR2";
+    let mut caller = probe(
+        &world.topology.client,
+        &relay_a,
+        caller_code,
+        &caller_secret,
+        &callee_public,
+    )?;
+    let searching = Instant::now();
+    let caller_found = found(&mut caller).map_err(|e| format!("{e}\n{}", world.outputs()))?;
+    let callee_found = found(&mut callee).map_err(|e| format!("{e}\n{}", world.outputs()))?;
+    let met = searching.elapsed();
+    let mismatch = |what: &str, event: &Value| Err(format!("{what}: {event}\n{}", world.outputs()));
+    if caller_found["peerId"] != CODE || caller_found["relayId"] != id_b.as_str() {
+        return mismatch(
+            "the caller should find the callee's code on relay B",
+            &caller_found,
+        );
+    }
+    if callee_found["peerId"] != caller_code || callee_found["relayId"] != id_a.as_str() {
+        return mismatch(
+            "the callee should find the caller on relay A",
+            &callee_found,
+        );
+    }
+    drop(callee);
+    drop(caller);
+    // The callee comes to the relay its match named, under the code the caller found.
+    start_answerer(&mut world, kind, &relay_a)?;
+    let result = run_client(&world, kind, &Run::default())?;
+    expect(
+        result
+            .server
+            .as_deref()
+            .is_some_and(|s| s.contains(&relay_a_address().to_string())),
+        "the caller's discovery should end on relay A (B is blocked)",
+        &result,
+        &world,
+    )?;
+    check_media(kind, &result, &world)?;
+    let mut row = row("13 contact on another relay", &result, started);
+    row.found = format!(
+        "{} (contacts met in {:.0} ms)",
+        row.found,
+        met.as_secs_f64() * 1000.0
+    );
+    Ok(vec![row])
+}
+
 // ---- the harness ---------------------------------------------------------
 
 type Scenario = fn(Client) -> Result<Vec<Row>, String>;
 
-const SCENARIOS: [(&str, Scenario); 12] = [
+const SCENARIOS: [(&str, Scenario); 13] = [
     ("open_network", open_network),
     ("registry_blocked", registry_blocked),
     ("registry_and_doh_blocked", registry_and_doh_blocked),
@@ -1248,6 +1368,7 @@ const SCENARIOS: [(&str, Scenario); 12] = [
     ("hostile_relay_first", hostile_relay_first),
     ("doh_junk", doh_junk),
     ("junk_flooded_registry", junk_flooded_registry),
+    ("contact_on_other_relay", contact_on_other_relay),
 ];
 
 fn matrix_markdown(rows: &[Row], kind: Client, total: Duration) -> String {

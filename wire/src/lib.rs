@@ -15,5 +15,6 @@ pub mod keys;
 pub mod pairing;
 pub mod peer_keys;
 pub mod rendezvous;
+pub mod rendezvous_link;
 pub mod signaling;
 pub mod signature;
