@@ -723,7 +723,19 @@ impl World {
             &registry,
             &endpoint,
             Duration::from_secs(20),
-        )?;
+        )
+        .map_err(|error| {
+            let tail = |process: Option<&ChildProcess>| {
+                let output = process.map(ChildProcess::output).unwrap_or_default();
+                let lines: Vec<&str> = output.lines().collect();
+                lines[lines.len().saturating_sub(15)..].join("\n")
+            };
+            format!(
+                "{error}\nregistry:\n{}\nhostile relay:\n{}",
+                tail(self.registry.as_ref()),
+                tail(self.hostile.as_ref())
+            )
+        })?;
         Ok(endpoint)
     }
 

@@ -449,6 +449,12 @@ where
         engine_tx,
         release_tx,
     };
+    // Greet first, as every relay does, under its own server id: a client (or a registry's
+    // admission check) that sends `identity_challenge` at once must not get the proof before
+    // the greeting.
+    let config = &connection.shared.config;
+    connection.send_client(json!({"type": "server_info", "serverId": config.server_id(),
+        "endpoint": config.endpoint, "region": config.region}));
     loop {
         tokio::select! {
             frame = client_stream.next() => match frame {
@@ -587,10 +593,9 @@ impl Connection {
         }
         let config = &self.shared.config;
         match kind.as_str() {
-            "server_info" => {
-                frame = json!({"type": "server_info", "serverId": config.server_id(),
-                    "endpoint": config.endpoint, "region": config.region});
-            }
+            // It greeted the client itself on connect (below): the honest relay's greeting
+            // would name the honest relay.
+            "server_info" => return,
             "registered" if frame.get("serverId").is_some() => {
                 frame["serverId"] = json!(config.server_id());
             }
