@@ -453,8 +453,10 @@ where
     // admission check) that sends `identity_challenge` at once must not get the proof before
     // the greeting.
     let config = &connection.shared.config;
-    connection.send_client(json!({"type": "server_info", "serverId": config.server_id(),
-        "endpoint": config.endpoint, "region": config.region}));
+    connection.send_client(
+        json!({"type": "server_info", "serverId": config.server_id(),
+        "endpoint": config.endpoint, "region": config.region}),
+    );
     loop {
         tokio::select! {
             frame = client_stream.next() => match frame {
