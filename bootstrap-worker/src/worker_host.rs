@@ -18,6 +18,14 @@
 //! counterpart here: Cloudflare's network only connects out to public
 //! addresses (under `wrangler dev`, workerd connects wherever the name
 //! points, which is how tests reach a relay on loopback).
+//!
+//! The `scheduled` handler (the Cron Trigger of `wrangler.toml`) republishes
+//! the signed `_zajel.<domain>` TXT set through Cloudflare's DNS API when
+//! `TXT_DOMAIN` is set: it reads the registry's own signed list from the
+//! Durable Object (as clients see it, signature checked), lists what the API
+//! serves, and lets [`crate::txt_cron::plan`] decide; each run logs one JSON
+//! line (`"event":"txt_publish"`, `ok`, `outcome`, `reason`, counts,
+//! `published_at`, `expires`, `refresh_at`), the token never in it.
 
 use std::cell::RefCell;
 
@@ -29,15 +37,18 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use worker::{
     console_error, console_log, console_warn, durable_object, event, Context, Date, Delay, Env,
-    Headers, Method, Request, RequestInit, Response, Result, SqlStorage, SqlStorageValue, State,
-    Url, WebSocket, WebsocketEvent,
+    Fetch, Headers, Method, Request, RequestInit, Response, Result, ScheduleContext,
+    ScheduledEvent, SqlStorage, SqlStorageValue, State, Url, WebSocket, WebsocketEvent,
 };
+use zajel_discovery_core::registry_list;
 use zajel_wire::entry::ServerEntry;
+use zajel_wire::signature::LIST_SIGNATURE_HEADER;
 
 use crate::admission::{CheckResult, Conversation, EndpointCheck};
 use crate::config::{Config, MAX_BODY_BYTES};
 use crate::registry::{self, Registry};
 use crate::store::{self, Store, StoreError, StoredEntry};
+use crate::txt_cron::{self, ApiCall, CloudflareApi, ListedRecord, Plan, TxtCronConfig, TxtCronError};
 
 /// The Durable Object binding declared in `wrangler.toml`.
 pub const BINDING: &str = "REGISTRY";
@@ -72,6 +83,176 @@ async fn fetch(mut request: Request, env: Env, _ctx: Context) -> Result<Response
         .id_from_name(INSTANCE)?
         .get_stub()?;
     stub.fetch_with_request(forwarded).await
+}
+
+/// The Cron Trigger: republishes the `_zajel` TXT set when it is due.
+#[event(scheduled)]
+async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
+    let now_ms = Date::now().as_millis();
+    match publish_txt(&env, now_ms).await {
+        Ok(Some(report)) => console_log!("{report}"),
+        Ok(None) => {}
+        Err(error) => console_error!(
+            "{}",
+            serde_json::json!({
+                "event": "txt_publish",
+                "ok": false,
+                "kind": error.kind(),
+                "error": error.to_string(),
+                "cron": event.cron(),
+                "attempted_at": now_ms / 1000,
+            })
+        ),
+    }
+}
+
+/// A secret or var.
+fn setting(env: &Env, name: &str) -> Option<String> {
+    env.secret(name)
+        .map(|value| value.to_string())
+        .or_else(|_| env.var(name).map(|value| value.to_string()))
+        .ok()
+}
+
+fn unreachable(what: &'static str) -> impl Fn(worker::Error) -> TxtCronError {
+    move |error| TxtCronError::Unreachable {
+        what,
+        detail: error.to_string(),
+    }
+}
+
+/// One run: `Ok(None)` when TXT publishing is not configured, else the log line.
+async fn publish_txt(env: &Env, now_ms: u64) -> std::result::Result<Option<String>, TxtCronError> {
+    let Some(config) = TxtCronConfig::from_vars(|name| setting(env, name))? else {
+        return Ok(None);
+    };
+    let key = Config::from_vars(|name| setting(env, name))
+        .map_err(TxtCronError::Config)?
+        .signing_key
+        .ok_or_else(|| {
+            TxtCronError::Config("BOOTSTRAP_SIGNING_KEY is not set: nothing can be signed".into())
+        })?;
+    let servers = registry_servers(env, &key, now_ms).await?;
+    let api = CloudflareApi { config: &config };
+    let (zones, _): (Vec<txt_cron::Zone>, _) = api_call(&config, api.zone_lookup()).await?;
+    let zone_id = zones
+        .into_iter()
+        .next()
+        .map(|zone| zone.id)
+        .ok_or_else(|| TxtCronError::ZoneNotFound(config.zone.clone()))?;
+    let mut listed: Vec<ListedRecord> = Vec::new();
+    let mut page = 1;
+    loop {
+        let (batch, info): (Vec<ListedRecord>, _) =
+            api_call(&config, api.list(&zone_id, page)).await?;
+        listed.extend(batch);
+        if !txt_cron::has_next_page(info, page) {
+            break;
+        }
+        page += 1;
+    }
+    let now = now_ms / 1000;
+    let name = api.record_name();
+    let report = match txt_cron::plan(&config, &key, &servers, &listed, now)? {
+        Plan::Skip { refresh_at } => serde_json::json!({
+            "event": "txt_publish", "ok": true, "outcome": "unchanged", "name": name,
+            "records": listed.len(), "refresh_at": refresh_at, "checked_at": now,
+        }),
+        Plan::NothingToPublish => serde_json::json!({
+            "event": "txt_publish", "ok": true, "outcome": "nothing_to_publish", "name": name,
+            "records": listed.len(), "checked_at": now,
+        }),
+        Plan::Replace {
+            reason,
+            create,
+            delete,
+            expires,
+        } => {
+            // Creations first, so the name never goes empty.
+            for record in &create {
+                let _: (serde_json::Value, _) =
+                    api_call(&config, api.create(&zone_id, record)).await?;
+            }
+            for id in &delete {
+                let _: (serde_json::Value, _) = api_call(&config, api.delete(&zone_id, id)).await?;
+            }
+            serde_json::json!({
+                "event": "txt_publish", "ok": true, "outcome": "published", "name": name,
+                "reason": reason.as_str(), "created": create.len(), "deleted": delete.len(),
+                "published_at": now, "expires": expires,
+                "refresh_at": now + config.valid_for_secs / 2,
+            })
+        }
+    };
+    Ok(Some(report.to_string()))
+}
+
+/// The registry's own list, from the Durable Object as clients read it,
+/// its signature checked with the key.
+async fn registry_servers(
+    env: &Env,
+    key: &ed25519_dalek::SigningKey,
+    now_ms: u64,
+) -> std::result::Result<Vec<ServerEntry>, TxtCronError> {
+    let failed = unreachable("registry list");
+    let namespace = env.durable_object(BINDING).map_err(&failed)?;
+    let stub = namespace
+        .id_from_name(INSTANCE)
+        .and_then(|id| id.get_stub())
+        .map_err(&failed)?;
+    let headers = Headers::new();
+    headers.set(CLIENT_HEADER, "cron-trigger").map_err(&failed)?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Get).with_headers(headers);
+    let request =
+        Request::new_with_init("https://registry.internal/servers", &init).map_err(&failed)?;
+    let mut response = stub.fetch_with_request(request).await.map_err(&failed)?;
+    let status = response.status_code();
+    let signature = response
+        .headers()
+        .get(LIST_SIGNATURE_HEADER)
+        .map_err(&failed)?;
+    let body = response.bytes().await.map_err(&failed)?;
+    let result = registry_list::check_response(
+        status,
+        signature.as_deref(),
+        &body,
+        &[key.verifying_key()],
+        now_ms,
+    );
+    if !result.verified {
+        return Err(TxtCronError::RegistryList(format!(
+            "{}: {}",
+            result.outcome, result.detail
+        )));
+    }
+    Ok(result.servers)
+}
+
+/// One call of Cloudflare's API, the token in `Authorization: Bearer`.
+async fn api_call<T: serde::de::DeserializeOwned>(
+    config: &TxtCronConfig,
+    call: ApiCall,
+) -> std::result::Result<(T, Option<txt_cron::ResultInfo>), TxtCronError> {
+    let failed = unreachable(call.what);
+    let headers = Headers::new();
+    headers
+        .set("Authorization", &format!("Bearer {}", config.token))
+        .map_err(&failed)?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::from(call.method.to_string()));
+    if let Some(body) = &call.body {
+        headers
+            .set("Content-Type", "application/json")
+            .map_err(&failed)?;
+        init.with_body(Some(wasm_bindgen::JsValue::from_str(body)));
+    }
+    init.with_headers(headers);
+    let request = Request::new_with_init(&call.url, &init).map_err(&failed)?;
+    let mut response = Fetch::Request(request).send().await.map_err(&failed)?;
+    let status = response.status_code();
+    let body = response.bytes().await.map_err(&failed)?;
+    txt_cron::parse_answer(call.what, status, &body)
 }
 
 /// Reads the body, keeping at most one byte past the limit.

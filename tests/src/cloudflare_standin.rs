@@ -88,6 +88,15 @@ impl CloudflareStandIn {
         });
     }
 
+    /// Removes a stored record (as if deleted through the dashboard).
+    pub fn remove(&self, id: &str) {
+        self.state
+            .lock()
+            .expect("state")
+            .records
+            .retain(|r| r.id != id);
+    }
+
     /// The stored records.
     pub fn records(&self) -> Vec<StoredRecord> {
         self.state.lock().expect("state").records.clone()
