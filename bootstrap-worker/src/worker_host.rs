@@ -48,7 +48,9 @@ use crate::admission::{CheckResult, Conversation, EndpointCheck};
 use crate::config::{Config, MAX_BODY_BYTES};
 use crate::registry::{self, Registry};
 use crate::store::{self, Store, StoreError, StoredEntry};
-use crate::txt_cron::{self, ApiCall, CloudflareApi, ListedRecord, Plan, TxtCronConfig, TxtCronError};
+use crate::txt_cron::{
+    self, ApiCall, CloudflareApi, ListedRecord, Plan, TxtCronConfig, TxtCronError,
+};
 
 /// The Durable Object binding declared in `wrangler.toml`.
 pub const BINDING: &str = "REGISTRY";
@@ -201,7 +203,9 @@ async fn registry_servers(
         .and_then(|id| id.get_stub())
         .map_err(&failed)?;
     let headers = Headers::new();
-    headers.set(CLIENT_HEADER, "cron-trigger").map_err(&failed)?;
+    headers
+        .set(CLIENT_HEADER, "cron-trigger")
+        .map_err(&failed)?;
     let mut init = RequestInit::new();
     init.with_method(Method::Get).with_headers(headers);
     let request =

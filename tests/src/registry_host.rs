@@ -396,6 +396,8 @@ pub struct WorkerOptions {
     pub secrets: Vec<(String, String)>,
     pub key: Option<SigningKey>,
     pub test_scheduled: bool,
+    /// wrangler's `--log-level` (`warn` when `None`); `log` shows the Worker's `console.log`.
+    pub log_level: Option<&'static str>,
 }
 
 /// [`spawn_wrangler_dev`] with [`WorkerOptions`].
@@ -491,7 +493,7 @@ pub fn spawn_wrangler_dev_with(
         })
         .args([
             "--log-level",
-            "warn",
+            options.log_level.unwrap_or("warn"),
             "--show-interactive-dev-session=false",
         ])
         .current_dir(dir.path())

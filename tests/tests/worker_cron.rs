@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use discovery_client::txt;
 use ed25519_dalek::SigningKey;
+use serde_json::Value;
 use tests::cloudflare_standin::{CloudflareStandIn, StoredRecord};
 use tests::registry_host::{self, Profile, RunningRegistry, WorkerOptions};
 use zajel_client_net::now_ms;
@@ -33,8 +34,9 @@ fn http() -> reqwest::blocking::Client {
         .expect("client")
 }
 
-/// Runs the Worker's scheduled handler once and waits for it to finish.
-fn run_cron(worker: &RunningRegistry) {
+/// Runs the Worker's scheduled handler once, waits for it to finish, and
+/// returns the run's log line (`{"event":"txt_publish",…}`).
+fn run_cron(worker: &mut RunningRegistry) -> Value {
     let reply = http()
         .get(worker.url("/__scheduled?cron=17+*+*+*+*"))
         .send()
@@ -44,6 +46,18 @@ fn run_cron(worker: &RunningRegistry) {
         "/__scheduled: {}",
         reply.status()
     );
+    let child = worker.child().expect("wrangler dev child");
+    child
+        .wait_for(Duration::from_secs(20), |line| {
+            let start = line.find('{')?;
+            // console.error lines end in terminal colour codes: read the object only.
+            let log: Value = serde_json::Deserializer::from_str(&line[start..])
+                .into_iter()
+                .next()?
+                .ok()?;
+            (log["event"] == "txt_publish").then_some(log)
+        })
+        .expect("the run's log line")
 }
 
 fn zajel_records(standin: &CloudflareStandIn) -> Vec<StoredRecord> {
@@ -60,7 +74,8 @@ fn text(record: &StoredRecord) -> String {
 }
 
 #[test]
-fn the_cron_trigger_publishes_skips_an_unchanged_set_and_republishes_one_about_to_expire() {
+fn the_cron_trigger_publishes_skips_an_unchanged_set_republishes_one_about_to_expire_and_reports_failures(
+) {
     if skip() {
         eprintln!("ZAJEL_SKIP_WORKERD=1: the Worker's Cron Trigger is not tested");
         return;
@@ -99,6 +114,7 @@ fn the_cron_trigger_publishes_skips_an_unchanged_set_and_republishes_one_about_t
         secrets: vec![("CLOUDFLARE_API_TOKEN".into(), TOKEN.into())],
         key: Some(registry_key.clone()),
         test_scheduled: true,
+        log_level: Some("log"),
     };
     let mut worker = registry_host::spawn_wrangler_dev_with(Profile::SIGNED, options)
         .and_then(|starting| starting.ready())
@@ -117,7 +133,15 @@ fn the_cron_trigger_publishes_skips_an_unchanged_set_and_republishes_one_about_t
     assert_eq!(reply.status().as_u16(), 200, "registration");
 
     // First run: the signed record is created, the junk and forged ones deleted.
-    run_cron(&worker);
+    let log = run_cron(&mut worker);
+    assert_eq!(log["ok"], true, "{log}");
+    assert_eq!(log["outcome"], "published", "{log}");
+    assert_eq!(log["reason"], "foreign_records", "{log}");
+    assert_eq!(
+        (log["created"].as_u64(), log["deleted"].as_u64()),
+        (Some(1), Some(2)),
+        "{log}"
+    );
     let pinned = [registry_key.verifying_key()];
     let records = zajel_records(&standin);
     assert_eq!(records.len(), 1, "{records:?}");
@@ -133,7 +157,11 @@ fn the_cron_trigger_publishes_skips_an_unchanged_set_and_republishes_one_about_t
         entry.expires
     );
     assert_eq!(records[0].ttl, 300);
-    assert_eq!(standin.changes(), (1, 2), "one created, junk and forged deleted");
+    assert_eq!(
+        standin.changes(),
+        (1, 2),
+        "one created, junk and forged deleted"
+    );
     assert!(
         standin
             .records()
@@ -142,8 +170,16 @@ fn the_cron_trigger_publishes_skips_an_unchanged_set_and_republishes_one_about_t
         "a record under another name is left alone"
     );
 
+    assert_eq!(log["expires"].as_u64(), Some(entry.expires), "{log}");
+
     // Second run: the set is current, nothing is written.
-    run_cron(&worker);
+    let log = run_cron(&mut worker);
+    assert_eq!(log["outcome"], "unchanged", "{log}");
+    assert_eq!(
+        log["refresh_at"].as_u64(),
+        Some(entry.expires - 36 * 3600),
+        "republished at half-life: {log}"
+    );
     assert_eq!(standin.changes(), (1, 2), "an unchanged set is skipped");
     assert_eq!(zajel_records(&standin), records);
 
@@ -167,7 +203,8 @@ fn the_cron_trigger_publishes_skips_an_unchanged_set_and_republishes_one_about_t
     .expect("record");
     standin.insert("TXT", NAME, &about_to_expire[0].content, 300);
     let (created, deleted) = standin.changes();
-    run_cron(&worker);
+    let log = run_cron(&mut worker);
+    assert_eq!(log["reason"], "half_life", "{log}");
     let records = zajel_records(&standin);
     assert_eq!(records.len(), 1, "{records:?}");
     let now = now_ms() / 1000;
@@ -179,6 +216,23 @@ fn the_cron_trigger_publishes_skips_an_unchanged_set_and_republishes_one_about_t
         entry.expires
     );
     assert_eq!(standin.changes(), (created + 1, deleted + 1));
+
+    // A refused token: the run fails with the API's error, in its log line,
+    // and changes nothing.
+    standin.replace_token("another-token");
+    let before = standin.records();
+    let changes = standin.changes();
+    let log = run_cron(&mut worker);
+    assert_eq!(log["ok"], false, "{log}");
+    assert_eq!(log["kind"], "cloudflare_api", "{log}");
+    assert!(
+        log["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("10000: Authentication error")),
+        "{log}"
+    );
+    assert_eq!(standin.records(), before);
+    assert_eq!(standin.changes(), changes);
 
     // The token went only into the Authorization header: never into wrangler's output.
     let output = worker.child().expect("wrangler dev child").output();
