@@ -719,7 +719,10 @@ mod tests {
         let key = SigningKey::from_bytes(&[7; 32]);
         let a = server(1, "wss://a.example");
         let b = server(2, "wss://b.example");
-        let served = apply(&[], &plan(&c, &key, &[a.clone()], &[], NOW).unwrap());
+        let served = apply(
+            &[],
+            &plan(&c, &key, std::slice::from_ref(&a), &[], NOW).unwrap(),
+        );
         // A server added: its record created, the old one re-signed at the same instant is identical and kept.
         let added = plan(&c, &key, &[a.clone(), b.clone()], &served, NOW).unwrap();
         let Plan::Replace {
@@ -735,8 +738,14 @@ mod tests {
         assert_eq!(create[0].endpoint, "wss://b.example");
         // Junk under the name, a record signed by another key, and a changed TTL are all replaced.
         let other = SigningKey::from_bytes(&[8; 32]);
-        let forged =
-            txt::build_records(&other, "zajel.test", &[b.clone()], 300, NOW + 100).unwrap();
+        let forged = txt::build_records(
+            &other,
+            "zajel.test",
+            std::slice::from_ref(&b),
+            300,
+            NOW + 100,
+        )
+        .unwrap();
         let mut junk = served.clone();
         junk.push(ListedRecord {
             id: "junk".into(),
@@ -748,7 +757,7 @@ mod tests {
             content: forged[0].content.clone(),
             ttl: 300,
         });
-        let cleaned = plan(&c, &key, &[a.clone()], &junk, NOW + 10).unwrap();
+        let cleaned = plan(&c, &key, std::slice::from_ref(&a), &junk, NOW + 10).unwrap();
         let Plan::Replace {
             reason: Reason::ForeignRecords,
             delete,
@@ -760,7 +769,7 @@ mod tests {
         assert!(delete.contains(&"junk".to_string()) && delete.contains(&"forged".to_string()));
         c.ttl = 60;
         assert!(matches!(
-            plan(&c, &key, &[a.clone()], &served, NOW + 10).unwrap(),
+            plan(&c, &key, std::slice::from_ref(&a), &served, NOW + 10).unwrap(),
             Plan::Replace {
                 reason: Reason::SetChanged,
                 ..
@@ -769,7 +778,7 @@ mod tests {
         // Revoking a: its record goes, a signed revocation comes.
         c.ttl = DEFAULT_TTL;
         c.revoke = vec![a.server_id.clone()];
-        let revoked = plan(&c, &key, &[a.clone()], &served, NOW + 10).unwrap();
+        let revoked = plan(&c, &key, std::slice::from_ref(&a), &served, NOW + 10).unwrap();
         let Plan::Replace { create, delete, .. } = &revoked else {
             panic!("{revoked:?}");
         };
