@@ -532,6 +532,81 @@ pub fn has_next_page(info: Option<ResultInfo>, page: u32) -> bool {
     info.is_some_and(|info| info.page < info.total_pages) && page < MAX_PAGES
 }
 
+/// What the Worker's `GET /metrics` says about publication, kept in the
+/// Durable Object's storage and updated from each run's log line (the
+/// JSON object the `scheduled` handler logs).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct TxtStatus {
+    /// When this Worker last published (Unix seconds).
+    pub last_published: Option<u64>,
+    /// When the records it last published expire.
+    pub expires: Option<u64>,
+    /// When the last run ended, and whether it worked.
+    pub last_attempt: Option<u64>,
+    pub last_ok: Option<bool>,
+    /// Runs that failed.
+    pub failures: u64,
+}
+
+impl TxtStatus {
+    /// Takes in one run's log line.
+    pub fn record(&mut self, run: &serde_json::Value) {
+        let number = |name: &str| run.get(name).and_then(serde_json::Value::as_u64);
+        let ok = run.get("ok").and_then(serde_json::Value::as_bool) == Some(true);
+        self.last_attempt = number("published_at")
+            .or_else(|| number("checked_at"))
+            .or_else(|| number("attempted_at"))
+            .or(self.last_attempt);
+        self.last_ok = Some(ok);
+        if !ok {
+            self.failures += 1;
+        } else if run.get("outcome").and_then(serde_json::Value::as_str) == Some("published") {
+            self.last_published = number("published_at");
+            self.expires = number("expires");
+        }
+    }
+
+    /// The status as Prometheus text (format 0.0.4), with the series names
+    /// of `zajel-discover txt publish --every --metrics-textfile`.
+    pub fn prometheus_text(&self) -> String {
+        let mut text = String::new();
+        let mut gauge = |name: &str, help: &str, value: Option<u64>| {
+            if let Some(value) = value {
+                text.push_str(&format!(
+                    "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+                ));
+            }
+        };
+        gauge(
+            "zajel_txt_last_published_timestamp_seconds",
+            "When the TXT set was last published (Unix seconds).",
+            self.last_published,
+        );
+        gauge(
+            "zajel_txt_published_expiry_timestamp_seconds",
+            "When the last published records expire (Unix seconds).",
+            self.expires,
+        );
+        gauge(
+            "zajel_txt_last_attempt_timestamp_seconds",
+            "When publication was last attempted (Unix seconds).",
+            self.last_attempt,
+        );
+        gauge(
+            "zajel_txt_last_attempt_ok",
+            "1 when the last attempt published or found the set current, else 0.",
+            self.last_ok.map(u64::from),
+        );
+        text.push_str(&format!(
+            "# HELP zajel_txt_publish_failures_total Failed publication attempts.\n\
+             # TYPE zajel_txt_publish_failures_total counter\n\
+             zajel_txt_publish_failures_total {}\n",
+            self.failures
+        ));
+        text
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -850,5 +925,38 @@ mod tests {
             "{html}"
         );
         assert_eq!(content_text("\"a b\" \"c\\\"d\""), "a bc\"d");
+    }
+
+    #[test]
+    fn the_status_says_when_it_last_published_and_how_it_went() {
+        let mut status = TxtStatus::default();
+        assert!(!status.prometheus_text().contains("last_published"));
+        status.record(&serde_json::json!({"event": "txt_publish", "ok": true, "outcome": "published", "published_at": 100, "expires": 400}));
+        status.record(&serde_json::json!({"event": "txt_publish", "ok": true, "outcome": "unchanged", "checked_at": 200}));
+        let text = status.prometheus_text();
+        for line in [
+            "\nzajel_txt_last_published_timestamp_seconds 100\n",
+            "\nzajel_txt_published_expiry_timestamp_seconds 400\n",
+            "\nzajel_txt_last_attempt_timestamp_seconds 200\n",
+            "\nzajel_txt_last_attempt_ok 1\n",
+            "\nzajel_txt_publish_failures_total 0\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in {text}");
+        }
+        status.record(&serde_json::json!({"event": "txt_publish", "ok": false, "kind": "cloudflare_api", "attempted_at": 300}));
+        let text = status.prometheus_text();
+        assert!(text.contains("\nzajel_txt_last_attempt_ok 0\n"), "{text}");
+        assert!(
+            text.contains("\nzajel_txt_last_attempt_timestamp_seconds 300\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nzajel_txt_publish_failures_total 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nzajel_txt_last_published_timestamp_seconds 100\n"),
+            "{text}"
+        );
     }
 }
