@@ -58,6 +58,11 @@ pub const BINDING: &str = "REGISTRY";
 pub const INSTANCE: &str = "global";
 /// Header carrying the client address from the fetch handler to the object.
 const CLIENT_HEADER: &str = "X-Zajel-Client-Address";
+/// Header marking the `scheduled` handler's own requests to the object (the
+/// fetch handler drops it from every client request).
+const INTERNAL_HEADER: &str = "X-Zajel-Internal";
+/// Where the object keeps the TXT publication status.
+const TXT_STATUS_KEY: &str = "txt_status";
 
 #[event(fetch)]
 async fn fetch(mut request: Request, env: Env, _ctx: Context) -> Result<Response> {
@@ -67,7 +72,8 @@ async fn fetch(mut request: Request, env: Env, _ctx: Context) -> Result<Response
         .unwrap_or_else(|| "unknown".to_string());
     let headers = Headers::new();
     for (name, value) in request.headers().entries() {
-        if !name.eq_ignore_ascii_case(CLIENT_HEADER) {
+        if !name.eq_ignore_ascii_case(CLIENT_HEADER) && !name.eq_ignore_ascii_case(INTERNAL_HEADER)
+        {
             headers.append(&name, &value)?;
         }
     }
@@ -91,21 +97,45 @@ async fn fetch(mut request: Request, env: Env, _ctx: Context) -> Result<Response
 #[event(scheduled)]
 async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     let now_ms = Date::now().as_millis();
-    match publish_txt(&env, now_ms).await {
-        Ok(Some(report)) => console_log!("{report}"),
-        Ok(None) => {}
-        Err(error) => console_error!(
-            "{}",
-            serde_json::json!({
+    let report = match publish_txt(&env, now_ms).await {
+        Ok(Some(report)) => {
+            console_log!("{report}");
+            report
+        }
+        Ok(None) => return,
+        Err(error) => {
+            let report = serde_json::json!({
                 "event": "txt_publish",
                 "ok": false,
                 "kind": error.kind(),
                 "error": error.to_string(),
                 "cron": event.cron(),
                 "attempted_at": now_ms / 1000,
-            })
-        ),
+            });
+            console_error!("{report}");
+            report
+        }
+    };
+    if let Err(error) = record_status(&env, &report).await {
+        console_error!("txt_publish: the status for /metrics was not stored: {error}");
     }
+}
+
+/// Hands a run's report to the Durable Object, which keeps the status `GET /metrics` shows.
+async fn record_status(env: &Env, report: &serde_json::Value) -> Result<()> {
+    let stub = env
+        .durable_object(BINDING)?
+        .id_from_name(INSTANCE)?
+        .get_stub()?;
+    let headers = Headers::new();
+    headers.set(INTERNAL_HEADER, "txt-status")?;
+    headers.set(CLIENT_HEADER, "cron-trigger")?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_headers(headers)
+        .with_body(Some(wasm_bindgen::JsValue::from_str(&report.to_string())));
+    let request = Request::new_with_init("https://registry.internal/txt-status", &init)?;
+    stub.fetch_with_request(request).await.map(|_| ())
 }
 
 /// A secret or var.
@@ -124,7 +154,10 @@ fn unreachable(what: &'static str) -> impl Fn(worker::Error) -> TxtCronError {
 }
 
 /// One run: `Ok(None)` when TXT publishing is not configured, else the log line.
-async fn publish_txt(env: &Env, now_ms: u64) -> std::result::Result<Option<String>, TxtCronError> {
+async fn publish_txt(
+    env: &Env,
+    now_ms: u64,
+) -> std::result::Result<Option<serde_json::Value>, TxtCronError> {
     let Some(config) = TxtCronConfig::from_vars(|name| setting(env, name))? else {
         return Ok(None);
     };
@@ -186,7 +219,7 @@ async fn publish_txt(env: &Env, now_ms: u64) -> std::result::Result<Option<Strin
             })
         }
     };
-    Ok(Some(report.to_string()))
+    Ok(Some(report))
 }
 
 /// The registry's own list, from the Durable Object as clients read it,
@@ -323,6 +356,9 @@ impl worker::DurableObject for RegistryObject {
 
     async fn fetch(&self, mut request: Request) -> Result<Response> {
         let url = request.url()?;
+        if let Some(response) = self.txt_status(&mut request, url.path()).await? {
+            return Ok(response);
+        }
         let path = match url.query() {
             Some(query) => format!("{}?{query}", url.path()),
             None => url.path().to_string(),
@@ -372,6 +408,38 @@ impl worker::DurableObject for RegistryObject {
 }
 
 impl RegistryObject {
+    /// The TXT publication status: stored from the `scheduled` handler's
+    /// report (`POST /txt-status` with the internal header, which client
+    /// requests never carry), shown on `GET /metrics` once `TXT_DOMAIN` is
+    /// set. `None`: a request for the registry.
+    async fn txt_status(&self, request: &mut Request, path: &str) -> Result<Option<Response>> {
+        let internal = request.headers().get(INTERNAL_HEADER)?;
+        if internal.as_deref() == Some("txt-status") && path == "/txt-status" {
+            let report: serde_json::Value = request.json().await?;
+            let storage = self.state.storage();
+            let mut status: txt_cron::TxtStatus =
+                storage.get(TXT_STATUS_KEY).await?.unwrap_or_default();
+            status.record(&report);
+            storage.put(TXT_STATUS_KEY, &status).await?;
+            return Ok(Some(Response::empty()?.with_status(204)));
+        }
+        let publishing = setting(&self.env, "TXT_DOMAIN").is_some_and(|d| !d.trim().is_empty());
+        if path == "/metrics" && request.method() == Method::Get && publishing {
+            let status: txt_cron::TxtStatus = self
+                .state
+                .storage()
+                .get(TXT_STATUS_KEY)
+                .await?
+                .unwrap_or_default();
+            let headers = Headers::new();
+            headers.set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")?;
+            return Ok(Some(
+                Response::ok(status.prometheus_text())?.with_headers(headers),
+            ));
+        }
+        Ok(None)
+    }
+
     /// Sets the alarm for the registry's next check time (the next recheck).
     async fn schedule_checks(&self) -> Result<()> {
         let now = Date::now().as_millis();

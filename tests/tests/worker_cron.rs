@@ -60,6 +60,16 @@ fn run_cron(worker: &mut RunningRegistry) -> Value {
         .expect("the run's log line")
 }
 
+/// The Worker's `GET /metrics` (served once `TXT_DOMAIN` is set).
+fn metrics(worker: &RunningRegistry) -> String {
+    let reply = http()
+        .get(worker.url("/metrics"))
+        .send()
+        .expect("the Worker answers /metrics");
+    assert_eq!(reply.status().as_u16(), 200, "/metrics");
+    reply.text().expect("metrics text")
+}
+
 fn zajel_records(standin: &CloudflareStandIn) -> Vec<StoredRecord> {
     standin
         .records()
@@ -217,6 +227,43 @@ fn the_cron_trigger_publishes_skips_an_unchanged_set_republishes_one_about_to_ex
     );
     assert_eq!(standin.changes(), (created + 1, deleted + 1));
 
+    // GET /metrics: when it last published and how it went.
+    let metrics = metrics(&worker);
+    for line in [
+        format!(
+            "\nzajel_txt_published_expiry_timestamp_seconds {}\n",
+            entry.expires
+        ),
+        "\nzajel_txt_last_attempt_ok 1\n".to_string(),
+        "\nzajel_txt_publish_failures_total 0\n".to_string(),
+    ] {
+        assert!(metrics.contains(&line), "{line:?} in {metrics}");
+    }
+    assert!(
+        metrics.contains("\nzajel_txt_last_published_timestamp_seconds "),
+        "{metrics}"
+    );
+
+    // A client cannot write the status: the internal header is dropped
+    // from every request that comes from outside.
+    let forged = http()
+        .post(worker.url("/txt-status"))
+        .header("X-Zajel-Internal", "txt-status")
+        .header("content-type", "application/json")
+        .body(r#"{"event":"txt_publish","ok":false,"attempted_at":1}"#)
+        .send()
+        .expect("registry answers");
+    assert_eq!(
+        forged.status().as_u16(),
+        404,
+        "the registry's 404 for an unknown route"
+    );
+    assert_eq!(
+        self::metrics(&worker),
+        metrics,
+        "a forged status report changed /metrics"
+    );
+
     // A refused token: the run fails with the API's error, in its log line,
     // and changes nothing.
     standin.replace_token("another-token");
@@ -233,6 +280,15 @@ fn the_cron_trigger_publishes_skips_an_unchanged_set_republishes_one_about_to_ex
     );
     assert_eq!(standin.records(), before);
     assert_eq!(standin.changes(), changes);
+    let failed = self::metrics(&worker);
+    assert!(
+        failed.contains("\nzajel_txt_last_attempt_ok 0\n"),
+        "{failed}"
+    );
+    assert!(
+        failed.contains("\nzajel_txt_publish_failures_total 1\n"),
+        "{failed}"
+    );
 
     // The token went only into the Authorization header: never into wrangler's output.
     let output = worker.child().expect("wrangler dev child").output();
