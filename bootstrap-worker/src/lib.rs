@@ -10,6 +10,7 @@ pub mod config;
 pub mod limiter;
 pub mod registry;
 pub mod store;
+pub mod txt_cron;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;

@@ -18,6 +18,14 @@
 //! counterpart here: Cloudflare's network only connects out to public
 //! addresses (under `wrangler dev`, workerd connects wherever the name
 //! points, which is how tests reach a relay on loopback).
+//!
+//! The `scheduled` handler (the Cron Trigger of `wrangler.toml`) republishes
+//! the signed `_zajel.<domain>` TXT set through Cloudflare's DNS API when
+//! `TXT_DOMAIN` is set: it reads the registry's own signed list from the
+//! Durable Object (as clients see it, signature checked), lists what the API
+//! serves, and lets [`crate::txt_cron::plan`] decide; each run logs one JSON
+//! line (`"event":"txt_publish"`, `ok`, `outcome`, `reason`, counts,
+//! `published_at`, `expires`, `refresh_at`), the token never in it.
 
 use std::cell::RefCell;
 
@@ -29,15 +37,20 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use worker::{
     console_error, console_log, console_warn, durable_object, event, Context, Date, Delay, Env,
-    Headers, Method, Request, RequestInit, Response, Result, SqlStorage, SqlStorageValue, State,
-    Url, WebSocket, WebsocketEvent,
+    Fetch, Headers, Method, Request, RequestInit, Response, Result, ScheduleContext,
+    ScheduledEvent, SqlStorage, SqlStorageValue, State, Url, WebSocket, WebsocketEvent,
 };
+use zajel_discovery_core::registry_list;
 use zajel_wire::entry::ServerEntry;
+use zajel_wire::signature::LIST_SIGNATURE_HEADER;
 
 use crate::admission::{CheckResult, Conversation, EndpointCheck};
 use crate::config::{Config, MAX_BODY_BYTES};
 use crate::registry::{self, Registry};
 use crate::store::{self, Store, StoreError, StoredEntry};
+use crate::txt_cron::{
+    self, ApiCall, CloudflareApi, ListedRecord, Plan, TxtCronConfig, TxtCronError,
+};
 
 /// The Durable Object binding declared in `wrangler.toml`.
 pub const BINDING: &str = "REGISTRY";
@@ -45,6 +58,11 @@ pub const BINDING: &str = "REGISTRY";
 pub const INSTANCE: &str = "global";
 /// Header carrying the client address from the fetch handler to the object.
 const CLIENT_HEADER: &str = "X-Zajel-Client-Address";
+/// Header marking the `scheduled` handler's own requests to the object (the
+/// fetch handler drops it from every client request).
+const INTERNAL_HEADER: &str = "X-Zajel-Internal";
+/// Where the object keeps the TXT publication status.
+const TXT_STATUS_KEY: &str = "txt_status";
 
 #[event(fetch)]
 async fn fetch(mut request: Request, env: Env, _ctx: Context) -> Result<Response> {
@@ -54,7 +72,8 @@ async fn fetch(mut request: Request, env: Env, _ctx: Context) -> Result<Response
         .unwrap_or_else(|| "unknown".to_string());
     let headers = Headers::new();
     for (name, value) in request.headers().entries() {
-        if !name.eq_ignore_ascii_case(CLIENT_HEADER) {
+        if !name.eq_ignore_ascii_case(CLIENT_HEADER) && !name.eq_ignore_ascii_case(INTERNAL_HEADER)
+        {
             headers.append(&name, &value)?;
         }
     }
@@ -72,6 +91,205 @@ async fn fetch(mut request: Request, env: Env, _ctx: Context) -> Result<Response
         .id_from_name(INSTANCE)?
         .get_stub()?;
     stub.fetch_with_request(forwarded).await
+}
+
+/// The Cron Trigger: republishes the `_zajel` TXT set when it is due.
+#[event(scheduled)]
+async fn scheduled(event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
+    let now_ms = Date::now().as_millis();
+    let report = match publish_txt(&env, now_ms).await {
+        Ok(Some(report)) => {
+            console_log!("{report}");
+            report
+        }
+        Ok(None) => return,
+        Err(error) => {
+            let report = serde_json::json!({
+                "event": "txt_publish",
+                "ok": false,
+                "kind": error.kind(),
+                "error": error.to_string(),
+                "cron": event.cron(),
+                "attempted_at": now_ms / 1000,
+            });
+            console_error!("{report}");
+            report
+        }
+    };
+    if let Err(error) = record_status(&env, &report).await {
+        console_error!("txt_publish: the status for /metrics was not stored: {error}");
+    }
+}
+
+/// Hands a run's report to the Durable Object, which keeps the status `GET /metrics` shows.
+async fn record_status(env: &Env, report: &serde_json::Value) -> Result<()> {
+    let stub = env
+        .durable_object(BINDING)?
+        .id_from_name(INSTANCE)?
+        .get_stub()?;
+    let headers = Headers::new();
+    headers.set(INTERNAL_HEADER, "txt-status")?;
+    headers.set(CLIENT_HEADER, "cron-trigger")?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_headers(headers)
+        .with_body(Some(wasm_bindgen::JsValue::from_str(&report.to_string())));
+    let request = Request::new_with_init("https://registry.internal/txt-status", &init)?;
+    stub.fetch_with_request(request).await.map(|_| ())
+}
+
+/// A secret or var.
+fn setting(env: &Env, name: &str) -> Option<String> {
+    env.secret(name)
+        .map(|value| value.to_string())
+        .or_else(|_| env.var(name).map(|value| value.to_string()))
+        .ok()
+}
+
+fn unreachable(what: &'static str) -> impl Fn(worker::Error) -> TxtCronError {
+    move |error| TxtCronError::Unreachable {
+        what,
+        detail: error.to_string(),
+    }
+}
+
+/// One run: `Ok(None)` when TXT publishing is not configured, else the log line.
+async fn publish_txt(
+    env: &Env,
+    now_ms: u64,
+) -> std::result::Result<Option<serde_json::Value>, TxtCronError> {
+    let Some(config) = TxtCronConfig::from_vars(|name| setting(env, name))? else {
+        return Ok(None);
+    };
+    let key = Config::from_vars(|name| setting(env, name))
+        .map_err(TxtCronError::Config)?
+        .signing_key
+        .ok_or_else(|| {
+            TxtCronError::Config("BOOTSTRAP_SIGNING_KEY is not set: nothing can be signed".into())
+        })?;
+    let servers = registry_servers(env, &key, now_ms).await?;
+    let api = CloudflareApi { config: &config };
+    let (zones, _): (Vec<txt_cron::Zone>, _) = api_call(&config, api.zone_lookup()).await?;
+    let zone_id = zones
+        .into_iter()
+        .next()
+        .map(|zone| zone.id)
+        .ok_or_else(|| TxtCronError::ZoneNotFound(config.zone.clone()))?;
+    let mut listed: Vec<ListedRecord> = Vec::new();
+    let mut page = 1;
+    loop {
+        let (batch, info): (Vec<ListedRecord>, _) =
+            api_call(&config, api.list(&zone_id, page)).await?;
+        listed.extend(batch);
+        if !txt_cron::has_next_page(info, page) {
+            break;
+        }
+        page += 1;
+    }
+    let now = now_ms / 1000;
+    let name = api.record_name();
+    let report = match txt_cron::plan(&config, &key, &servers, &listed, now)? {
+        Plan::Skip { refresh_at } => serde_json::json!({
+            "event": "txt_publish", "ok": true, "outcome": "unchanged", "name": name,
+            "records": listed.len(), "refresh_at": refresh_at, "checked_at": now,
+        }),
+        Plan::NothingToPublish => serde_json::json!({
+            "event": "txt_publish", "ok": true, "outcome": "nothing_to_publish", "name": name,
+            "records": listed.len(), "checked_at": now,
+        }),
+        Plan::Replace {
+            reason,
+            create,
+            delete,
+            expires,
+        } => {
+            // Creations first, so the name never goes empty.
+            for record in &create {
+                let _: (serde_json::Value, _) =
+                    api_call(&config, api.create(&zone_id, record)).await?;
+            }
+            for id in &delete {
+                let _: (serde_json::Value, _) = api_call(&config, api.delete(&zone_id, id)).await?;
+            }
+            serde_json::json!({
+                "event": "txt_publish", "ok": true, "outcome": "published", "name": name,
+                "reason": reason.as_str(), "created": create.len(), "deleted": delete.len(),
+                "published_at": now, "expires": expires,
+                "refresh_at": now + config.valid_for_secs / 2,
+            })
+        }
+    };
+    Ok(Some(report))
+}
+
+/// The registry's own list, from the Durable Object as clients read it,
+/// its signature checked with the key.
+async fn registry_servers(
+    env: &Env,
+    key: &ed25519_dalek::SigningKey,
+    now_ms: u64,
+) -> std::result::Result<Vec<ServerEntry>, TxtCronError> {
+    let failed = unreachable("registry list");
+    let namespace = env.durable_object(BINDING).map_err(&failed)?;
+    let stub = namespace
+        .id_from_name(INSTANCE)
+        .and_then(|id| id.get_stub())
+        .map_err(&failed)?;
+    let headers = Headers::new();
+    headers
+        .set(CLIENT_HEADER, "cron-trigger")
+        .map_err(&failed)?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Get).with_headers(headers);
+    let request =
+        Request::new_with_init("https://registry.internal/servers", &init).map_err(&failed)?;
+    let mut response = stub.fetch_with_request(request).await.map_err(&failed)?;
+    let status = response.status_code();
+    let signature = response
+        .headers()
+        .get(LIST_SIGNATURE_HEADER)
+        .map_err(&failed)?;
+    let body = response.bytes().await.map_err(&failed)?;
+    let result = registry_list::check_response(
+        status,
+        signature.as_deref(),
+        &body,
+        &[key.verifying_key()],
+        now_ms,
+    );
+    if !result.verified {
+        return Err(TxtCronError::RegistryList(format!(
+            "{}: {}",
+            result.outcome, result.detail
+        )));
+    }
+    Ok(result.servers)
+}
+
+/// One call of Cloudflare's API, the token in `Authorization: Bearer`.
+async fn api_call<T: serde::de::DeserializeOwned>(
+    config: &TxtCronConfig,
+    call: ApiCall,
+) -> std::result::Result<(T, Option<txt_cron::ResultInfo>), TxtCronError> {
+    let failed = unreachable(call.what);
+    let headers = Headers::new();
+    headers
+        .set("Authorization", &format!("Bearer {}", config.token))
+        .map_err(&failed)?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::from(call.method.to_string()));
+    if let Some(body) = &call.body {
+        headers
+            .set("Content-Type", "application/json")
+            .map_err(&failed)?;
+        init.with_body(Some(wasm_bindgen::JsValue::from_str(body)));
+    }
+    init.with_headers(headers);
+    let request = Request::new_with_init(&call.url, &init).map_err(&failed)?;
+    let mut response = Fetch::Request(request).send().await.map_err(&failed)?;
+    let status = response.status_code();
+    let body = response.bytes().await.map_err(&failed)?;
+    txt_cron::parse_answer(call.what, status, &body)
 }
 
 /// Reads the body, keeping at most one byte past the limit.
@@ -138,6 +356,9 @@ impl worker::DurableObject for RegistryObject {
 
     async fn fetch(&self, mut request: Request) -> Result<Response> {
         let url = request.url()?;
+        if let Some(response) = self.txt_status(&mut request, url.path()).await? {
+            return Ok(response);
+        }
         let path = match url.query() {
             Some(query) => format!("{}?{query}", url.path()),
             None => url.path().to_string(),
@@ -187,6 +408,38 @@ impl worker::DurableObject for RegistryObject {
 }
 
 impl RegistryObject {
+    /// The TXT publication status: stored from the `scheduled` handler's
+    /// report (`POST /txt-status` with the internal header, which client
+    /// requests never carry), shown on `GET /metrics` once `TXT_DOMAIN` is
+    /// set. `None`: a request for the registry.
+    async fn txt_status(&self, request: &mut Request, path: &str) -> Result<Option<Response>> {
+        let internal = request.headers().get(INTERNAL_HEADER)?;
+        if internal.as_deref() == Some("txt-status") && path == "/txt-status" {
+            let report: serde_json::Value = request.json().await?;
+            let storage = self.state.storage();
+            let mut status: txt_cron::TxtStatus =
+                storage.get(TXT_STATUS_KEY).await?.unwrap_or_default();
+            status.record(&report);
+            storage.put(TXT_STATUS_KEY, &status).await?;
+            return Ok(Some(Response::empty()?.with_status(204)));
+        }
+        let publishing = setting(&self.env, "TXT_DOMAIN").is_some_and(|d| !d.trim().is_empty());
+        if path == "/metrics" && request.method() == Method::Get && publishing {
+            let status: txt_cron::TxtStatus = self
+                .state
+                .storage()
+                .get(TXT_STATUS_KEY)
+                .await?
+                .unwrap_or_default();
+            let headers = Headers::new();
+            headers.set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")?;
+            return Ok(Some(
+                Response::ok(status.prometheus_text())?.with_headers(headers),
+            ));
+        }
+        Ok(None)
+    }
+
     /// Sets the alarm for the registry's next check time (the next recheck).
     async fn schedule_checks(&self) -> Result<()> {
         let now = Date::now().as_millis();

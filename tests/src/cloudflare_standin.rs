@@ -32,6 +32,8 @@ struct State {
     creates: usize,
     deletes: usize,
     requests: Vec<String>,
+    /// The one token accepted.
+    token: String,
 }
 
 /// The running stand-in.
@@ -49,14 +51,12 @@ impl CloudflareStandIn {
     pub async fn start(zone: &str, token: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("address").port();
-        let state = Arc::new(Mutex::new(State::default()));
+        let state = Arc::new(Mutex::new(State {
+            token: token.to_string(),
+            ..State::default()
+        }));
         let zone_id = "023e105f4ecef8ad9ca31a8372d0c353".to_string();
-        let shared = (
-            state.clone(),
-            zone.to_string(),
-            zone_id.clone(),
-            token.to_string(),
-        );
+        let shared = (state.clone(), zone.to_string(), zone_id.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let shared = shared.clone();
@@ -88,6 +88,21 @@ impl CloudflareStandIn {
         });
     }
 
+    /// Accepts `token` from now on instead (the old one is refused, as after
+    /// a token is rolled or revoked in the dashboard).
+    pub fn replace_token(&self, token: &str) {
+        self.state.lock().expect("state").token = token.to_string();
+    }
+
+    /// Removes a stored record (as if deleted through the dashboard).
+    pub fn remove(&self, id: &str) {
+        self.state
+            .lock()
+            .expect("state")
+            .records
+            .retain(|r| r.id != id);
+    }
+
     /// The stored records.
     pub fn records(&self) -> Vec<StoredRecord> {
         self.state.lock().expect("state").records.clone()
@@ -115,7 +130,7 @@ fn envelope(success: bool, result: Value, errors: Value, info: Option<Value>) ->
 
 async fn serve(
     stream: tokio::net::TcpStream,
-    (state, zone, zone_id, token): (Arc<Mutex<State>>, String, String, String),
+    (state, zone, zone_id): (Arc<Mutex<State>>, String, String),
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
@@ -125,7 +140,7 @@ async fn serve(
             return Ok(());
         }
         let mut length = 0usize;
-        let mut authorized = false;
+        let mut authorization = String::new();
         loop {
             let mut line = String::new();
             reader.read_line(&mut line).await?;
@@ -136,7 +151,7 @@ async fn serve(
             let (name, value) = line.split_once(':').unwrap_or((line, ""));
             match name.to_ascii_lowercase().as_str() {
                 "content-length" => length = value.trim().parse().unwrap_or(0),
-                "authorization" => authorized = value.trim() == format!("Bearer {token}"),
+                "authorization" => authorization = value.trim().to_string(),
                 _ => {}
             }
         }
@@ -148,7 +163,7 @@ async fn serve(
         let (status, answer) = {
             let mut state = state.lock().expect("state");
             state.requests.push(format!("{method} {target}"));
-            if authorized {
+            if authorization == format!("Bearer {}", state.token) {
                 handle(&mut state, &zone, &zone_id, &method, &target, &body)
             } else {
                 (

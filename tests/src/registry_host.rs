@@ -382,6 +382,29 @@ impl StartingWorker {
 /// once. Call from a thread that outlives the process: the child is killed
 /// when the thread that started it ends (`PR_SET_PDEATHSIG`).
 pub fn spawn_wrangler_dev(profile: Profile) -> Result<StartingWorker, String> {
+    spawn_wrangler_dev_with(profile, WorkerOptions::default())
+}
+
+/// More of a Worker under test than its [`Profile`]: extra vars and secrets,
+/// the signing key (random when `None`), and `--test-scheduled` (wrangler
+/// then serves `GET /__scheduled?cron=…`, which runs the `scheduled` handler
+/// and answers once it has finished).
+#[derive(Default)]
+pub struct WorkerOptions {
+    pub vars: Vec<(String, String)>,
+    /// Written to `.dev.vars` beside the signing key.
+    pub secrets: Vec<(String, String)>,
+    pub key: Option<SigningKey>,
+    pub test_scheduled: bool,
+    /// wrangler's `--log-level` (`warn` when `None`); `log` shows the Worker's `console.log`.
+    pub log_level: Option<&'static str>,
+}
+
+/// [`spawn_wrangler_dev`] with [`WorkerOptions`].
+pub fn spawn_wrangler_dev_with(
+    profile: Profile,
+    options: WorkerOptions,
+) -> Result<StartingWorker, String> {
     let root = repository_root();
     let wrangler = root.join("node_modules/wrangler/bin/wrangler.js");
     if !wrangler.exists() {
@@ -398,7 +421,7 @@ pub fn spawn_wrangler_dev(profile: Profile) -> Result<StartingWorker, String> {
         ));
     }
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let config = format!(
+    let mut config = format!(
         "name = \"zajel-bootstrap-test\"\n\
          main = {entry:?}\n\
          compatibility_date = \"2026-04-20\"\n\
@@ -430,13 +453,27 @@ pub fn spawn_wrangler_dev(profile: Profile) -> Result<StartingWorker, String> {
         allow_private = profile.allow_private_endpoints,
         recheck = profile.recheck_interval_ms,
     );
+    // The extra vars join the [vars] table, which the generated file ends
+    // with once the bindings below are moved after it.
+    let (vars_part, rest) = config
+        .split_once("[[durable_objects.bindings]]")
+        .map(|(a, b)| (a.to_string(), format!("[[durable_objects.bindings]]{b}")))
+        .ok_or("generated wrangler.toml lost its binding")?;
+    config = vars_part;
+    for (name, value) in &options.vars {
+        config.push_str(&format!("{name} = {value:?}\n"));
+    }
+    config.push_str(&rest);
+    if options.test_scheduled {
+        config.push_str("[triggers]\ncrons = [\"17 * * * *\"]\n");
+    }
     std::fs::write(dir.path().join("wrangler.toml"), config).map_err(|e| e.to_string())?;
-    let key = random_key();
-    std::fs::write(
-        dir.path().join(".dev.vars"),
-        format!("BOOTSTRAP_SIGNING_KEY={}\n", keys::signing_key_to_hex(&key)),
-    )
-    .map_err(|e| e.to_string())?;
+    let key = options.key.unwrap_or_else(random_key);
+    let mut dev_vars = format!("BOOTSTRAP_SIGNING_KEY={}\n", keys::signing_key_to_hex(&key));
+    for (name, value) in &options.secrets {
+        dev_vars.push_str(&format!("{name}={value}\n"));
+    }
+    std::fs::write(dir.path().join(".dev.vars"), dev_vars).map_err(|e| e.to_string())?;
     let port = free_port()?;
     let inspector = free_port()?;
     let mut command = Command::new("node");
@@ -449,9 +486,14 @@ pub fn spawn_wrangler_dev(profile: Profile) -> Result<StartingWorker, String> {
         .args(["--inspector-port", &inspector.to_string()])
         .arg("--persist-to")
         .arg(dir.path().join("state"))
+        .args(if options.test_scheduled {
+            &["--test-scheduled"][..]
+        } else {
+            &[][..]
+        })
         .args([
             "--log-level",
-            "warn",
+            options.log_level.unwrap_or("warn"),
             "--show-interactive-dev-session=false",
         ])
         .current_dir(dir.path())
