@@ -35,8 +35,6 @@ pub const DEFAULT_VALID_FOR_SECS: u64 = 72 * 3600;
 pub const DEFAULT_TTL: u32 = 300;
 /// Records per listed page.
 pub const PER_PAGE: u32 = 100;
-/// Most pages listed (10,000 records): a name holding more is not ours to manage.
-pub const MAX_PAGES: u32 = 100;
 
 /// Why a run could not publish.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -462,74 +460,22 @@ impl CloudflareApi<'_> {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct Envelope<T> {
-    success: bool,
-    #[serde(default)]
-    errors: Vec<ApiMessage>,
-    result: Option<T>,
-    #[serde(default)]
-    result_info: Option<ResultInfo>,
-}
+pub use zajel_discovery_core::cloudflare_api::{has_next_page, ResultInfo, Zone, MAX_PAGES};
 
-#[derive(Debug, Deserialize)]
-struct ApiMessage {
-    #[serde(default)]
-    code: i64,
-    #[serde(default)]
-    message: String,
-}
-
-/// Paging of a list answer.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
-pub struct ResultInfo {
-    #[serde(default)]
-    pub page: u32,
-    #[serde(default)]
-    pub total_pages: u32,
-}
-
-/// A zone as the lookup answers it.
-#[derive(Debug, Deserialize)]
-pub struct Zone {
-    pub id: String,
-}
-
-/// Reads an answer in Cloudflare's envelope `{"success","errors",
-/// "messages","result","result_info"}`: the result, or the API's errors.
+/// Reads an answer in Cloudflare's envelope (`zajel_discovery_core::cloudflare_api`):
+/// the result, or the API's errors as [`TxtCronError::Api`].
 pub fn parse_answer<T: serde::de::DeserializeOwned>(
     what: &'static str,
     status: u16,
     body: &[u8],
 ) -> Result<(T, Option<ResultInfo>), TxtCronError> {
-    let envelope: Envelope<T> = serde_json::from_slice(body).map_err(|e| TxtCronError::Api {
-        what,
-        status,
-        errors: format!("not Cloudflare's answer shape: {e}"),
-    })?;
-    let failed = |errors: &[ApiMessage]| TxtCronError::Api {
-        what,
-        status,
-        errors: if errors.is_empty() {
-            "no error given".into()
-        } else {
-            errors
-                .iter()
-                .map(|e| format!("{}: {}", e.code, e.message))
-                .collect::<Vec<_>>()
-                .join("; ")
-        },
-    };
-    if !envelope.success || !(200..300).contains(&status) {
-        return Err(failed(&envelope.errors));
-    }
-    let result = envelope.result.ok_or_else(|| failed(&envelope.errors))?;
-    Ok((result, envelope.result_info))
-}
-
-/// Whether a list answer has another page after `page`.
-pub fn has_next_page(info: Option<ResultInfo>, page: u32) -> bool {
-    info.is_some_and(|info| info.page < info.total_pages) && page < MAX_PAGES
+    zajel_discovery_core::cloudflare_api::parse_answer(what, status, body).map_err(|refusal| {
+        TxtCronError::Api {
+            what: refusal.what,
+            status: refusal.status,
+            errors: refusal.errors,
+        }
+    })
 }
 
 /// What the Worker's `GET /metrics` says about publication, kept in the

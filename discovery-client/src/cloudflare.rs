@@ -110,36 +110,7 @@ pub struct CloudflareTarget {
     pub token: ApiToken,
 }
 
-#[derive(Debug, Deserialize)]
-struct Envelope<T> {
-    success: bool,
-    #[serde(default)]
-    errors: Vec<ApiMessage>,
-    result: Option<T>,
-    #[serde(default)]
-    result_info: Option<ResultInfo>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ApiMessage {
-    #[serde(default)]
-    code: i64,
-    #[serde(default)]
-    message: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct ResultInfo {
-    #[serde(default)]
-    page: u32,
-    #[serde(default)]
-    total_pages: u32,
-}
-
-#[derive(Debug, Deserialize)]
-struct Zone {
-    id: String,
-}
+use zajel_discovery_core::cloudflare_api::{self, ResultInfo, Zone};
 
 #[derive(Debug, Clone, Deserialize)]
 struct DnsRecord {
@@ -212,30 +183,11 @@ impl Api<'_> {
             .body(MAX_ANSWER_BYTES)
             .await
             .map_err(|e| unreachable(e.detail()))?;
-        let envelope: Envelope<T> =
-            serde_json::from_slice(&bytes).map_err(|e| CloudflareError::Api {
-                what,
-                status,
-                errors: format!("not Cloudflare's answer shape: {e}"),
-            })?;
-        let failed = |errors: &[ApiMessage]| CloudflareError::Api {
-            what,
-            status,
-            errors: if errors.is_empty() {
-                "no error given".into()
-            } else {
-                errors
-                    .iter()
-                    .map(|e| format!("{}: {}", e.code, e.message))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            },
-        };
-        if !envelope.success || !(200..300).contains(&status) {
-            return Err(failed(&envelope.errors));
-        }
-        let result = envelope.result.ok_or_else(|| failed(&envelope.errors))?;
-        Ok((result, envelope.result_info))
+        cloudflare_api::parse_answer(what, status, &bytes).map_err(|refusal| CloudflareError::Api {
+            what: refusal.what,
+            status: refusal.status,
+            errors: refusal.errors,
+        })
     }
 
     async fn zone_id(&self) -> Result<String, CloudflareError> {
@@ -271,10 +223,10 @@ impl Api<'_> {
             let (batch, info): (Vec<DnsRecord>, _) =
                 self.call("record list", "GET", url, None).await?;
             records.extend(batch);
-            match info {
-                Some(info) if info.page < info.total_pages && page < 100 => page += 1,
-                _ => return Ok(records),
+            if !cloudflare_api::has_next_page(info, page) {
+                return Ok(records);
             }
+            page += 1;
         }
     }
 }

@@ -10,6 +10,8 @@
 //!   (signature over the exact body, pinned keys, timestamp window);
 //! - [`share`]: `zajel://` sharing links (parse and format);
 //! - [`address`]: which hosts a candidate may point at;
+//! - [`cloudflare_api`]: Cloudflare's API answer envelope and paging, read
+//!   by both TXT publishers (native and the Worker's Cron Trigger);
 //! - [`report`]: the serde report of a run, and [`report::Candidate`];
 //! - [`identity`]: judging a server's identity proof against the key its
 //!   entry names (proven, learnt, unproven, mismatch);
@@ -18,6 +20,7 @@
 //!   handover, run end, report), driven by discovery-client's tokio driver.
 
 pub mod address;
+pub mod cloudflare_api;
 pub mod discovery;
 pub mod exit;
 pub mod identity;
