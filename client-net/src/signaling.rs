@@ -460,19 +460,7 @@ impl SignalingSession {
         })
         .await?;
         let server_id = self.registered(code, limit).await?;
-        self.send(ClientMessage::Ping).await?;
-        let mut servers = Vec::new();
-        self.recv_until(
-            limit,
-            "ice_servers",
-            |message| matches!(message, ServerMessage::Pong).then_some(()),
-            |message| {
-                if let ServerMessage::IceServers { ice_servers, .. } = message {
-                    servers = ice_servers;
-                }
-            },
-        )
-        .await?;
+        let servers = self.ice_servers_after_pairing(limit).await?;
         Ok((server_id, servers))
     }
 

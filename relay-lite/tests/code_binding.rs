@@ -10,25 +10,10 @@ mod common;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use common::relay::{key, Client, Ended};
+use common::relay::{in_process_url, key, start_in_process, Client, Ended};
 use futures_util::StreamExt;
-use relay_lite::{Refusal, Relay, RelayConfig, RunningRelay};
+use relay_lite::Refusal;
 use serde_json::{json, Value};
-
-async fn start(configure: impl FnOnce(&mut RelayConfig)) -> RunningRelay {
-    let mut config = RelayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..RelayConfig::default()
-    };
-    // Clients that do not read would hold shutdown for the whole default grace.
-    config.timeouts.shutdown_grace = Duration::from_millis(200);
-    configure(&mut config);
-    Relay::start(config).await.expect("relay starts")
-}
-
-fn url(relay: &RunningRelay) -> String {
-    format!("ws://{}", relay.local_addr())
-}
 
 fn collision() -> Value {
     json!({"type": "code_collision", "message": "Pairing code already in use. Please reconnect with a new code."})
@@ -56,8 +41,8 @@ async fn until_released(prober: &mut Client, code: &str) {
 
 #[tokio::test]
 async fn a_squatter_cannot_take_a_code_during_its_owners_reconnect() {
-    let relay = start(|_| {}).await;
-    let url = url(&relay);
+    let relay = start_in_process(|_| {}).await;
+    let url = in_process_url(&relay);
     let mut owner = Client::registered(&url, "PWNER2", 1).await;
     let mut prober = Client::registered(&url, "PRQBER", 3).await;
     let mut squatter = Client::connect(&url).await;
@@ -97,8 +82,10 @@ async fn a_squatter_cannot_take_a_code_during_its_owners_reconnect() {
 
 #[tokio::test]
 async fn the_owner_reconnecting_before_the_relay_noticed_takes_the_code_back() {
-    let relay = start(|config| config.timeouts.takeover_probe = Duration::from_millis(300)).await;
-    let url = url(&relay);
+    let relay =
+        start_in_process(|config| config.timeouts.takeover_probe = Duration::from_millis(300))
+            .await;
+    let url = in_process_url(&relay);
     // The old connection is never read again: to the relay it looks like a
     // socket that died without a close (it does not answer pings).
     let mut stale = Client::registered(&url, "PWNER2", 1).await;
@@ -158,12 +145,12 @@ async fn frames_until_timeout(
 async fn live_and_dead_targets_give_the_same_frames_at_the_same_times() {
     let timeout = Duration::from_millis(1_500);
     let warning = Duration::from_millis(1_000);
-    let relay = start(|config| {
+    let relay = start_in_process(|config| {
         config.timeouts.pair_request = timeout;
         config.timeouts.pair_expiring_warning = warning;
     })
     .await;
-    let url = url(&relay);
+    let url = in_process_url(&relay);
     let mut live = Client::registered(&url, "LYVE22", 1).await;
     let mut held = Client::registered(&url, "HELD22", 2).await;
     held.ws.close(None).await.unwrap();
@@ -216,8 +203,8 @@ async fn live_and_dead_targets_give_the_same_frames_at_the_same_times() {
 
 #[tokio::test]
 async fn one_address_cannot_fill_a_targets_pending_slots() {
-    let relay = start(|_| {}).await;
-    let url = url(&relay);
+    let relay = start_in_process(|_| {}).await;
+    let url = in_process_url(&relay);
     let mut target = Client::registered(&url, "TARGET", 1).await;
     let here: IpAddr = "127.0.0.1".parse().unwrap();
     let elsewhere: IpAddr = "127.0.0.2".parse().unwrap();

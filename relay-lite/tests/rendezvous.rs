@@ -11,24 +11,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::relay::{key, Client, Ended, RelayProcess};
-use relay_lite::{Relay, RelayConfig, RunningRelay};
+use common::relay::{in_process_url, key, start_in_process, Client, Ended, RelayProcess};
 use serde_json::{json, Value};
 use zajel_wire::peer_keys;
-
-async fn start(configure: impl FnOnce(&mut RelayConfig)) -> RunningRelay {
-    let mut config = RelayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..RelayConfig::default()
-    };
-    config.timeouts.shutdown_grace = Duration::from_millis(200);
-    configure(&mut config);
-    Relay::start(config).await.expect("relay starts")
-}
-
-fn url(relay: &RunningRelay) -> String {
-    format!("ws://{}", relay.local_addr())
-}
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -88,8 +73,8 @@ fn peers(matches: &Value) -> Vec<&str> {
 
 #[tokio::test]
 async fn two_contacts_meet_through_their_derived_points_and_the_earlier_one_is_pushed() {
-    let relay = start(|_| {}).await;
-    let url = url(&relay);
+    let relay = start_in_process(|_| {}).await;
+    let url = in_process_url(&relay);
     let (alice, bob) = contacts();
     let mut a = Client::registered(&url, "ALCE22", 1).await;
     let first = a.request(alice.register_rendezvous("ALCE22")).await;
@@ -139,8 +124,8 @@ async fn two_contacts_meet_through_their_derived_points_and_the_earlier_one_is_p
 
 #[tokio::test]
 async fn a_pairing_clients_entries_outlive_its_connection() {
-    let relay = start(|_| {}).await;
-    let url = url(&relay);
+    let relay = start_in_process(|_| {}).await;
+    let url = in_process_url(&relay);
     let (alice, bob) = contacts();
     let mut a = Client::registered(&url, "ALCE22", 1).await;
     a.request(alice.register_rendezvous("ALCE22")).await;
@@ -166,8 +151,8 @@ async fn a_pairing_clients_entries_outlive_its_connection() {
 
 #[tokio::test]
 async fn dead_drops_and_relay_ids_in_zajels_shapes() {
-    let relay = start(|_| {}).await;
-    let url = url(&relay);
+    let relay = start_in_process(|_| {}).await;
+    let url = in_process_url(&relay);
     let mut a = Client::registered(&url, "ALCE22", 1).await;
     // The dormant reconnection service's camelCase form with a legacy drop.
     let reply = a
@@ -214,12 +199,12 @@ async fn dead_drops_and_relay_ids_in_zajels_shapes() {
 
 #[tokio::test]
 async fn hostile_register_rendezvous_gets_clear_errors_and_changes_nothing() {
-    let relay = start(|config| {
+    let relay = start_in_process(|config| {
         config.rendezvous.max_entries_per_peer = 8;
         config.rendezvous.max_items_per_connection = 20;
     })
     .await;
-    let url = url(&relay);
+    let url = in_process_url(&relay);
     let mut victim = Client::registered(&url, "VCTM22", 1).await;
     victim
         .request(
@@ -309,8 +294,8 @@ async fn hostile_register_rendezvous_gets_clear_errors_and_changes_nothing() {
 
 #[tokio::test]
 async fn device_linking_paths_behave_as_zajels_server() {
-    let relay = start(|_| {}).await;
-    let url = url(&relay);
+    let relay = start_in_process(|_| {}).await;
+    let url = in_process_url(&relay);
     let mut mobile = Client::registered(&url, "MBLE22", 1).await;
     let mut web = Client::registered(&url, "WEB222", 2).await;
     let web_key = key(2);
@@ -387,8 +372,8 @@ async fn device_linking_paths_behave_as_zajels_server() {
 
 #[tokio::test]
 async fn hostile_link_messages_get_zajels_errors() {
-    let relay = start(|_| {}).await;
-    let url = url(&relay);
+    let relay = start_in_process(|_| {}).await;
+    let url = in_process_url(&relay);
     let mut anonymous = Client::connect(&url).await;
     for frame in [
         json!({"type": "link_request", "linkCode": "MBLE22", "publicKey": "k"}),
@@ -456,8 +441,10 @@ async fn hostile_link_messages_get_zajels_errors() {
 
 #[tokio::test]
 async fn a_link_request_times_out_to_both_sides() {
-    let relay = start(|config| config.rendezvous.link_timeout = Duration::from_millis(300)).await;
-    let url = url(&relay);
+    let relay =
+        start_in_process(|config| config.rendezvous.link_timeout = Duration::from_millis(300))
+            .await;
+    let url = in_process_url(&relay);
     let mut mobile = Client::registered(&url, "MBLE22", 1).await;
     let mut web = Client::registered(&url, "WEB222", 2).await;
     web.send(json!({"type": "link_request", "linkCode": "MBLE22", "publicKey": key(2)}))
@@ -478,8 +465,8 @@ async fn a_link_request_times_out_to_both_sides() {
 
 #[tokio::test]
 async fn peer_relay_messages_and_keep_alive() {
-    let relay = start(|_| {}).await;
-    let url = url(&relay);
+    let relay = start_in_process(|_| {}).await;
+    let url = in_process_url(&relay);
     let server_id = relay.server_id().to_string();
     let mut one = Client::connect(&url).await;
     assert_eq!(
@@ -587,12 +574,12 @@ async fn peer_relay_messages_and_keep_alive() {
 
 #[tokio::test]
 async fn a_silent_peer_relay_is_closed_and_its_rendezvous_entries_go_with_it() {
-    let relay = start(|config| {
+    let relay = start_in_process(|config| {
         config.rendezvous.peer_relay_timeout = Duration::from_millis(300);
         config.rendezvous.cleanup_interval = Duration::from_millis(100);
     })
     .await;
-    let url = url(&relay);
+    let url = in_process_url(&relay);
     let mut peer = Client::connect(&url).await;
     assert_eq!(
         peer.request(json!({"type": "register", "peerId": "relay-one"}))

@@ -1,6 +1,7 @@
 //! Shared by the relay test suites and the relay benchmark: the `relay-lite`
 //! binary (the one cargo builds for these targets) as a child process on
-//! loopback, and a WebSocket client that reads JSON frames.
+//! loopback, an in-process relay on loopback ([`start_in_process`]), and a
+//! WebSocket client that reads JSON frames.
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
@@ -18,6 +19,28 @@ use super::child_process::ChildProcess;
 
 /// How long any single expected event may take.
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// An in-process relay on 127.0.0.1 (a free port) with a 200 ms shutdown
+/// grace (clients that do not read would hold shutdown for the whole
+/// default), after `configure` has changed what the test needs.
+pub async fn start_in_process(
+    configure: impl FnOnce(&mut relay_lite::RelayConfig),
+) -> relay_lite::RunningRelay {
+    let mut config = relay_lite::RelayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..relay_lite::RelayConfig::default()
+    };
+    config.timeouts.shutdown_grace = Duration::from_millis(200);
+    configure(&mut config);
+    relay_lite::Relay::start(config)
+        .await
+        .expect("relay starts")
+}
+
+/// The WebSocket URL of an in-process relay.
+pub fn in_process_url(relay: &relay_lite::RunningRelay) -> String {
+    format!("ws://{}", relay.local_addr())
+}
 
 /// A running `relay-lite` child.
 pub struct RelayProcess {
