@@ -19,7 +19,10 @@
 //! Every milestone is in ms since the caller asked to pair (call-probe: registered and
 //! signaling ready, then `pair_request`; aiortc: `pair_request` sent): pair matched,
 //! ICE connected, DTLS connected (the peer connection `connected`), and first RTP
-//! received (aiortc: the first decoded audio frame, the nearest it exposes).
+//! received — the same event on both stacks: the first RTP packet the audio receiver
+//! takes, SRTP removed, before any jitter buffer (aiortc: its receiver's packet handler,
+//! wrapped by the interop peer). aiortc's first decoded audio frame is a row of its own;
+//! the gap between the two is its jitter buffer's prefetch.
 
 use std::time::Duration;
 
@@ -40,16 +43,19 @@ struct Sample {
     ice_connected: Option<f64>,
     dtls_connected: Option<f64>,
     first_rtp: Option<f64>,
+    /// The first decoded audio frame: aiortc's only (call-probe's engine does not mark it).
+    first_decoded: Option<f64>,
 }
 
 /// Reads one milestone of a sample.
 type Milestone = fn(&Sample) -> Option<f64>;
 
-const ROWS: [(&str, Milestone); 4] = [
+const ROWS: [(&str, Milestone); 5] = [
     ("pair matched", |s| s.pair_matched),
     ("ICE connected", |s| s.ice_connected),
     ("DTLS connected", |s| s.dtls_connected),
-    ("first RTP / audio frame", |s| s.first_rtp),
+    ("first RTP received", |s| s.first_rtp),
+    ("first decoded audio frame", |s| s.first_decoded),
 ];
 
 fn median(mut values: Vec<f64>) -> Option<f64> {
@@ -79,6 +85,28 @@ fn cell(samples: &[Sample], row: Milestone) -> String {
                 String::new()
             };
             format!("{m:.1} ({min:.0}–{max:.0}{note})")
+        }
+    }
+}
+
+/// Each pairing's median time to the first RTP packet (the same event on both stacks)
+/// against the first pairing's, the anchor of this run: ratios hold on a busy machine
+/// where the milliseconds do not.
+fn print_ratios(results: &[(&str, Vec<Sample>, usize)]) {
+    let first_rtp =
+        |samples: &[Sample]| median(samples.iter().filter_map(|s| s.first_rtp).collect());
+    let Some((anchor_name, anchor_samples, _)) = results.first() else {
+        return;
+    };
+    let Some(anchor) = first_rtp(anchor_samples).filter(|m| *m > 0.0) else {
+        println!("\nNo ratios: the anchor ({anchor_name}) has no first RTP packet.");
+        return;
+    };
+    println!("\nFirst RTP received, median, against {anchor_name} ({anchor:.1} ms) in this run:\n");
+    for (name, samples, _) in &results[1..] {
+        match first_rtp(samples) {
+            Some(m) => println!("- {name}: {m:.1} ms, {:.1}×", m / anchor),
+            None => println!("- {name}: no first RTP packet"),
         }
     }
 }
@@ -136,6 +164,7 @@ fn probe_to_probe(rt: &Runtime, relay: &Url, relay_only: bool) -> Result<Sample,
             ice_connected: since(m.ice_connected_ms),
             dtls_connected: since(m.dtls_connected_ms),
             first_rtp: since(m.first_rtp_ms),
+            first_decoded: None,
         })
     })
 }
@@ -155,7 +184,8 @@ fn aiortc_sample(result: &serde_json::Value) -> Sample {
         pair_matched: at("pair_matched"),
         ice_connected: at("ice_connected"),
         dtls_connected: at("dtls_connected"),
-        first_rtp: at("first_audio_frame"),
+        first_rtp: at("first_rtp_received"),
+        first_decoded: at("first_audio_frame"),
     }
 }
 
@@ -298,6 +328,7 @@ fn main() {
         print!(" {failed} |");
     }
     println!();
+    print_ratios(&results);
     rt.block_on(world.stop());
     if results.iter().any(|(_, samples, _)| samples.is_empty()) {
         std::process::exit(1);

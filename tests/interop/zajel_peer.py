@@ -330,12 +330,34 @@ class Peer:
         @pc.on("track")
         def _track(track) -> None:
             if track.kind == "audio":
+                self.watch_first_rtp(pc, track)
                 asyncio.ensure_future(self.listen(track))
 
         self.tone = make_tone_track(self.args.tone_hz, self.args.level_dbfs)
         pc.addTrack(self.tone)
         self.pc = pc
         return pc
+
+    def watch_first_rtp(self, pc, track) -> None:
+        """Marks `first_rtp_received` when the track's receiver gets its first RTP packet.
+
+        That is the packet as the receiver takes it from the transport, SRTP already removed,
+        before aiortc's jitter buffer and decoder: the same event as call-probe's
+        `first_rtp_ms`, so the two stacks can be compared on it (`first_audio_frame`, the first
+        decoded frame, comes later by the jitter buffer's prefetch). aiortc has no public hook
+        for it, so the receiver's packet handler is wrapped on this one instance.
+        """
+        receiver = next((t.receiver for t in pc.getTransceivers() if t.receiver.track is track), None)
+        if receiver is None:
+            log.warning("no receiver for the audio track: first_rtp_received not measured")
+            return
+        handle = receiver._handle_rtp_packet
+
+        async def handle_and_mark(packet, arrival_time_ms):
+            self.clock.mark("first_rtp_received")
+            await handle(packet, arrival_time_ms)
+
+        receiver._handle_rtp_packet = handle_and_mark
 
     async def listen(self, track) -> None:
         while True:

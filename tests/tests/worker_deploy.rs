@@ -147,3 +147,59 @@ fn npm_run_deploy_is_the_checked_script() {
     let package: serde_json::Value = serde_json::from_str(&package).unwrap();
     assert_eq!(package["scripts"]["deploy"], "bash scripts/deploy-worker");
 }
+
+/// The secrets `secret list` prints: the signing key, and the API token when `with_token`.
+fn secrets_json(with_token: bool) -> String {
+    let token = if with_token {
+        r#", { "name": "CLOUDFLARE_API_TOKEN", "type": "secret_text" }"#
+    } else {
+        ""
+    };
+    format!(r#"[{{ "name": "BOOTSTRAP_SIGNING_KEY", "type": "secret_text" }}{token}]"#)
+}
+
+#[test]
+fn publishing_txt_records_without_the_api_token_is_not_deployed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("wrangler.toml");
+    std::fs::write(
+        &config,
+        "name = \"zajel-bootstrap\"\n[vars]\n# TXT_DOMAIN = \"commented.example\"\nTXT_DOMAIN = \"example.org\"\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    for args in [
+        vec!["--config", config],
+        vec!["--var", "TXT_DOMAIN:example.org"],
+    ] {
+        let run = deploy(Some(&secrets_json(false)), &args);
+        let text = stderr(&run);
+        assert!(!run.output.status.success(), "{args:?}: {text}");
+        assert!(text.contains("no secret CLOUDFLARE_API_TOKEN"), "{text}");
+        assert!(
+            text.contains("npx wrangler secret put CLOUDFLARE_API_TOKEN"),
+            "{text}"
+        );
+        assert!(
+            !run.calls.iter().any(|call| call.starts_with("deploy")),
+            "nothing deployed: {:?}",
+            run.calls
+        );
+        // With the token set, the same deployment goes ahead.
+        let run = deploy(Some(&secrets_json(true)), &args);
+        assert!(run.output.status.success(), "{args:?}: {}", stderr(&run));
+        assert!(run.calls.iter().any(|call| call.starts_with("deploy")));
+    }
+    // TXT_DOMAIN only in a comment: no token needed.
+    let commented = dir.path().join("commented.toml");
+    std::fs::write(
+        &commented,
+        "name = \"zajel-bootstrap\"\n# TXT_DOMAIN = \"example.org\"\n",
+    )
+    .unwrap();
+    let run = deploy(
+        Some(&secrets_json(false)),
+        &["--config", commented.to_str().unwrap()],
+    );
+    assert!(run.output.status.success(), "{}", stderr(&run));
+}
