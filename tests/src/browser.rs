@@ -91,6 +91,23 @@ impl BrowserEnv {
         })
     }
 
+    /// Starts `tests/browser/<script>` with `args` (and `env`).
+    pub fn spawn_script(
+        &self,
+        script: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<ChildProcess, String> {
+        let mut command = Command::new(&self.node);
+        command
+            .arg(workspace().join("tests/browser").join(script))
+            .args(args)
+            .env("ZAJEL_CHROMIUM", &self.chromium)
+            .env("ZAJEL_CHROMIUM_ARGS", CHROMIUM_ARGS.join(" "))
+            .envs(env.iter().copied());
+        ChildProcess::spawn(script, command)
+    }
+
     /// Runs `tests/browser/<script>` with `args` and returns the JSON line it
     /// prints last (the script prints one `RESULT <json>` line).
     pub fn run_script(
@@ -99,13 +116,18 @@ impl BrowserEnv {
         args: &[String],
         timeout: Duration,
     ) -> Result<serde_json::Value, String> {
-        let mut command = Command::new(&self.node);
-        command
-            .arg(workspace().join("tests/browser").join(script))
-            .args(args)
-            .env("ZAJEL_CHROMIUM", &self.chromium)
-            .env("ZAJEL_CHROMIUM_ARGS", CHROMIUM_ARGS.join(" "));
-        let mut child = ChildProcess::spawn(script, command)?;
+        let child = self.spawn_script(script, args, &[])?;
+        script_result(child, script, timeout)
+    }
+}
+
+/// Waits for a script's `RESULT <json>` line.
+pub fn script_result(
+    mut child: ChildProcess,
+    script: &str,
+    timeout: Duration,
+) -> Result<serde_json::Value, String> {
+    {
         let result = child.wait_for(timeout, |line| {
             line.strip_prefix("RESULT ")
                 .map(serde_json::from_str::<serde_json::Value>)
@@ -119,6 +141,34 @@ impl BrowserEnv {
             Err(e) => Err(e),
         }
     }
+}
+
+/// A WAV file (48 kHz, mono, 16-bit) of a `hz` sine at -12 dBFS lasting
+/// `seconds`: what Chromium's fake microphone plays
+/// (`--use-file-for-fake-audio-capture`, looped).
+pub fn tone_wav(path: &Path, hz: f64, seconds: u32) -> std::io::Result<()> {
+    const RATE: u32 = 48_000;
+    let samples = RATE * seconds;
+    let amplitude = 10f64.powf(-12.0 / 20.0) * 32767.0;
+    let mut bytes = Vec::with_capacity(44 + 2 * samples as usize);
+    bytes.extend_from_slice(b"RIFF");
+    bytes.extend_from_slice(&(36 + 2 * samples).to_le_bytes());
+    bytes.extend_from_slice(b"WAVEfmt ");
+    bytes.extend_from_slice(&16u32.to_le_bytes());
+    bytes.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    bytes.extend_from_slice(&1u16.to_le_bytes()); // mono
+    bytes.extend_from_slice(&RATE.to_le_bytes());
+    bytes.extend_from_slice(&(RATE * 2).to_le_bytes());
+    bytes.extend_from_slice(&2u16.to_le_bytes());
+    bytes.extend_from_slice(&16u16.to_le_bytes());
+    bytes.extend_from_slice(b"data");
+    bytes.extend_from_slice(&(2 * samples).to_le_bytes());
+    for n in 0..samples {
+        let t = f64::from(n) / f64::from(RATE);
+        let value = (amplitude * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16;
+        bytes.extend_from_slice(&value.to_le_bytes());
+    }
+    std::fs::write(path, bytes)
 }
 
 /// Builds discovery-web with `scripts/build-web` into target/discovery-web/pkg.

@@ -11,19 +11,29 @@
 
 use std::time::Duration;
 
+use call_probe::answer::{AnswerOptions, Answerer};
+use call_probe::probe_call::{self, CallOptions};
 use call_probe::world::{LocalWorld, WorldOptions, DEMO_DOMAIN};
 use discovery_client::publish::{self, PublishRequest};
-use tests::browser::{spki_hash, workspace, BrowserEnv, PageServer};
+use tests::browser::{script_result, spki_hash, tone_wav, workspace, BrowserEnv, PageServer};
 use zajel_client_net::tls;
+use zajel_wire::pairing::PairingCode;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_page_finds_relay_lite_through_doh_with_the_registry_blocked() {
-    let Some(env) = tokio::task::spawn_blocking(BrowserEnv::find)
+/// The world, the page server and what the page needs to find the relay.
+struct Setup {
+    env: BrowserEnv,
+    world: LocalWorld,
+    server: PageServer,
+    /// discover() options: the registry blocked, DoH on the page's origin.
+    discover: serde_json::Value,
+    spki: String,
+}
+
+/// `None` when the test is skipped (no Chromium, not in CI).
+async fn setup() -> Option<Setup> {
+    let env = tokio::task::spawn_blocking(BrowserEnv::find)
         .await
-        .expect("join")
-    else {
-        return;
-    };
+        .expect("join")?;
     let world = LocalWorld::start_with(WorldOptions { relay_tls: true })
         .await
         .expect("start the world");
@@ -54,28 +64,50 @@ async fn the_page_finds_relay_lite_through_doh_with_the_registry_blocked() {
                 "/example/".into(),
                 workspace().join("discovery-web/example"),
             ),
+            ("/call/pkg/".into(), env.pkg_dir.clone()),
+            ("/call/".into(), workspace().join("tests/browser")),
         ],
         &served,
     )
     .await
     .expect("page server");
-
     let blocked = tests::blackhole::refused_address();
     let registry_key = zajel_wire::keys::public_key_to_base64(&world.registry_key.verifying_key());
-    let options = serde_json::json!({
+    let discover = serde_json::json!({
         "registries": [format!("http://{blocked}")],
         "registryKeys": [registry_key],
         "dohServers": [format!("{}/dns-query", server.origin)],
         "domains": [DEMO_DOMAIN],
         "allowPrivate": true,
-        "limitMs": 20000,
     });
+    let spki = spki_hash(&world.ca.cert_der);
+    Some(Setup {
+        env,
+        world,
+        server,
+        discover,
+        spki,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_finds_relay_lite_through_doh_with_the_registry_blocked() {
+    let Some(Setup {
+        env,
+        world,
+        server,
+        mut discover,
+        spki,
+    }) = setup().await
+    else {
+        return;
+    };
+    discover["limitMs"] = 20000.into();
     let url = format!(
         "{}/example/#{}",
         server.origin,
-        url_escape(&options.to_string())
+        url_escape(&discover.to_string())
     );
-    let spki = spki_hash(&world.ca.cert_der);
     let result = tokio::task::spawn_blocking(move || {
         env.run_script("discovery.mjs", &[url, spki], Duration::from_secs(60))
     })
@@ -124,6 +156,186 @@ async fn the_page_finds_relay_lite_through_doh_with_the_registry_blocked() {
         result["firstMs"].as_f64().unwrap_or_default()
     );
     world.stop().await;
+}
+
+/// The tone the page's fake microphone plays, and call-probe's.
+const PAGE_HZ: f64 = 520.0;
+const PROBE_HZ: f64 = 440.0;
+const TOLERANCE_HZ: f64 = 5.0;
+
+fn random_code() -> PairingCode {
+    let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes).expect("random source");
+    PairingCode::from_random_bytes(bytes)
+}
+
+/// The call page's URL for `params` (its `discover` options added).
+fn call_url(setup: &Setup, mut params: serde_json::Value) -> String {
+    params["discover"] = setup.discover.clone();
+    format!(
+        "{}/call/call.html#{}",
+        setup.server.origin,
+        url_escape(&params.to_string())
+    )
+}
+
+/// Checks what the page's getStats saw: RTP both ways on a connected call.
+fn assert_page_media(result: &serde_json::Value) {
+    assert!(result["error"].is_null(), "the page failed: {result:#}");
+    let stats = &result["stats"];
+    assert!(
+        stats["inbound"]["packetsReceived"].as_u64() > Some(10),
+        "the page received no audio: {result:#}"
+    );
+    assert!(
+        stats["outbound"]["packetsSent"].as_u64() > Some(10),
+        "the page sent no audio: {result:#}"
+    );
+    assert_eq!(stats["transport"]["dtlsState"], "connected", "{result:#}");
+    assert_eq!(result["verified"], true, "{result:#}");
+}
+
+fn assert_probe_heard_page(report: &call_probe::CallReport) {
+    let heard = report
+        .tone
+        .detected
+        .as_ref()
+        .unwrap_or_else(|| panic!("call-probe heard no tone from the page: {report:#?}"));
+    assert!(
+        (heard.frequency_hz - PAGE_HZ).abs() <= TOLERANCE_HZ,
+        "call-probe heard {} Hz",
+        heard.frequency_hz
+    );
+    assert!(report.rtp.packets_received > 10, "{:?}", report.rtp);
+    assert!(report.rtp.packets_sent > 10, "{:?}", report.rtp);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_calls_call_probe_directly_and_over_turn_tcp_and_tls_and_is_called() {
+    let Some(setup) = setup().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let wav = dir.path().join("tone.wav");
+    tone_wav(&wav, PAGE_HZ, 10).expect("write the WAV");
+    let wav = wav.display().to_string();
+    let step = Duration::from_secs(20);
+
+    // call-probe answers three calls from the page: direct, then relay-only
+    // (the page's side) over TURN TCP and over TURN TLS.
+    let mut options = AnswerOptions::new(setup.world.relay_url());
+    options.line.loopback = true;
+    options.line.with_stun = false;
+    options.line.tone_hz = PROBE_HZ;
+    options.line.trust = setup.world.trust();
+    options.line.extra_roots = vec![setup.world.ca.ca_der.clone()];
+    options.line.step_timeout = step;
+    options.max_calls = Some(3);
+    let answerer = Answerer::start(options).await.expect("call-probe answers");
+    let answer_code = answerer.code.to_string();
+    let (answered, reports) = std::sync::mpsc::channel();
+    let serving = tokio::spawn(answerer.serve(move |call| {
+        let _ = answered.send(call.report.clone());
+    }));
+
+    let mut srtp = Vec::new();
+    for turn in [None, Some("tcp"), Some("tls")] {
+        let params = serde_json::json!({
+            "role": "call",
+            "code": random_code().to_string(),
+            "peer": answer_code,
+            "turn": turn,
+            "holdMs": 2500,
+        });
+        let url = call_url(&setup, params);
+        let args = vec![url, setup.spki.clone(), wav.clone()];
+        let env = &setup.env;
+        let child = env.spawn_script("call.mjs", &args, &[]).expect("node");
+        let result = tokio::task::block_in_place(|| script_result(child, "call.mjs", step * 3))
+            .unwrap_or_else(|e| panic!("page call ({turn:?}): {e}"));
+        assert_page_media(&result);
+        assert_eq!(result["ended"], "hangup_local", "{result:#}");
+        let pair = &result["stats"]["pair"];
+        match turn {
+            None => assert_eq!(pair["local"]["type"], "host", "{result:#}"),
+            Some(transport) => {
+                assert_eq!(pair["local"]["type"], "relay", "{result:#}");
+                assert_eq!(pair["local"]["relayProtocol"], transport, "{result:#}");
+            }
+        }
+        let report = tokio::task::block_in_place(|| reports.recv_timeout(step))
+            .unwrap_or_else(|_| panic!("call-probe reported no call ({turn:?})"));
+        assert_probe_heard_page(&report);
+        assert_eq!(result["callId"], report.call_id.as_str());
+        eprintln!(
+            "browser call ({}): page connected after {:.0} ms (discovery {:.0} ms), SRTP {} (page says {}), call-probe heard {:?} Hz",
+            turn.unwrap_or("direct"),
+            result["connectedMs"].as_f64().unwrap_or_default(),
+            result["discoveredMs"].as_f64().unwrap_or_default(),
+            report.dtls.srtp_profile.as_deref().unwrap_or("?"),
+            result["stats"]["transport"]["srtpCipher"],
+            report.tone.detected.as_ref().map(|t| t.frequency_hz),
+        );
+        srtp.push((
+            report.dtls.srtp_profile.clone(),
+            result["stats"]["transport"]["srtpCipher"].clone(),
+        ));
+    }
+    tokio::time::timeout(step, serving)
+        .await
+        .expect("the answerer stops after three calls")
+        .expect("join")
+        .expect("answerer");
+
+    // The reverse: call-probe calls the page.
+    let page_code = random_code();
+    let params = serde_json::json!({
+        "role": "answer",
+        "code": page_code.to_string(),
+        "holdMs": 2500,
+    });
+    let url = call_url(&setup, params);
+    let args = vec![url, setup.spki.clone(), wav.clone()];
+    let mut child = setup
+        .env
+        .spawn_script("call.mjs", &args, &[("ZAJEL_WAIT_REGISTERED", "1")])
+        .expect("node");
+    tokio::task::block_in_place(|| {
+        child.wait_for(step, |line| (line == "REGISTERED").then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("the page did not register: {e}"));
+    let mut call = CallOptions::new(setup.world.relay_url(), page_code);
+    call.line.loopback = true;
+    call.line.with_stun = false;
+    call.line.tone_hz = PROBE_HZ;
+    call.line.trust = setup.world.trust();
+    call.line.step_timeout = step;
+    call.duration = Duration::from_secs(3);
+    let report = probe_call::run_call(&call).await;
+    let result = tokio::task::block_in_place(|| script_result(child, "call.mjs", step * 2))
+        .unwrap_or_else(|e| panic!("page answer: {e}"));
+    assert_page_media(&result);
+    assert_eq!(result["ended"], "hangup_remote", "{result:#}");
+    assert!(
+        report.error.is_none(),
+        "call-probe call: {:?}",
+        report.error
+    );
+    assert!(report.media_both_ways, "{report:#?}");
+    let heard = report.heard_hz.expect("call-probe heard the page");
+    assert!((heard - PAGE_HZ).abs() <= TOLERANCE_HZ, "heard {heard} Hz");
+    let engine = report.call.as_ref().expect("the engine's report");
+    eprintln!(
+        "browser answer: SRTP {} (page says {})",
+        engine.dtls.srtp_profile.as_deref().unwrap_or("?"),
+        result["stats"]["transport"]["srtpCipher"]
+    );
+    srtp.push((
+        engine.dtls.srtp_profile.clone(),
+        result["stats"]["transport"]["srtpCipher"].clone(),
+    ));
+    eprintln!("browser: SRTP profiles negotiated with Chromium: {srtp:?}");
+    setup.world.stop().await;
 }
 
 /// Percent-escapes everything but unreserved characters (for the URL's # part).
