@@ -10,6 +10,8 @@
 //! - [`dns`]: RFC 8484 DNS messages (TXT query, reading the answer);
 //! - [`store`]: the cache and referrals as one versioned, digest-checked
 //!   storage value (no torn writes);
+//! - [`call_auth`]: the page's pairing identity and the `auth` of its calls
+//!   (so calls with call-probe are authenticated both ways);
 //! - [`probe`]: the candidate check (greeting, identity challenge, ping) as a
 //!   sans-IO conversation;
 //! - `web` (wasm32 only): the browser driver and the exported functions.
@@ -17,6 +19,7 @@
 //! Everything but `web` is plain Rust and unit-tested natively
 //! (`cargo test -p discovery-web`).
 
+pub mod call_auth;
 pub mod dns;
 pub mod options;
 pub mod probe;
@@ -33,6 +36,7 @@ mod exports {
     use wasm_bindgen::prelude::*;
     use zajel_discovery_core::share::ShareLink;
 
+    use crate::call_auth::{self, CallAuthError, CallKeys};
     use crate::options::{Options, DEFAULT_STORAGE_KEY};
     use crate::web::{self, Delivery, Run};
 
@@ -226,6 +230,85 @@ export interface ShareLinkInfo {
     ) -> Result<(), JsValue> {
         let key = storage_key.unwrap_or_else(|| DEFAULT_STORAGE_KEY.to_string());
         web::add_referral(&key, url, code).map_err(|e| js_error("referral", &e))
+    }
+
+    /// The page's pairing identity for authenticated calls: an X25519 secret
+    /// kept inside the module (never exported), its public key for
+    /// `register`, and the `auth` of offers and answers (`zajel_wire::call`).
+    #[wasm_bindgen(js_name = CallIdentity)]
+    pub struct CallIdentity {
+        keys: CallKeys,
+    }
+
+    fn auth_error(e: CallAuthError) -> JsValue {
+        js_error(e.kind(), &e.to_string())
+    }
+
+    #[wasm_bindgen(js_class = CallIdentity)]
+    impl CallIdentity {
+        /// A fresh identity.
+        #[wasm_bindgen(constructor)]
+        pub fn new() -> Result<CallIdentity, JsValue> {
+            Ok(Self {
+                keys: CallKeys::generate().map_err(auth_error)?,
+            })
+        }
+
+        /// The public key (standard base64) for `register`'s `publicKey`.
+        #[wasm_bindgen(getter, js_name = publicKey)]
+        pub fn public_key(&self) -> String {
+            self.keys.public_key()
+        }
+
+        /// The `auth` member (`{v, mac}`) of our `role` ("offer" or "answer")
+        /// payload, for the peer key `pair_matched` handed.
+        #[wasm_bindgen(unchecked_return_type = "{ v: number; mac: string }")]
+        pub fn sign(
+            &self,
+            #[wasm_bindgen(js_name = peerPublicKey)] peer_public_key: &str,
+            role: &str,
+            #[wasm_bindgen(js_name = callId)] call_id: &str,
+            sdp: &str,
+        ) -> Result<JsValue, JsValue> {
+            let role = call_auth::role(role).map_err(auth_error)?;
+            let auth = self
+                .keys
+                .sign(peer_public_key, role, call_id, sdp)
+                .map_err(auth_error)?;
+            Ok(web::to_js(&auth))
+        }
+
+        /// Whether the peer's `auth` (as received; absent is `undefined`,
+        /// which fails) authenticates its `role` payload.
+        pub fn verify(
+            &self,
+            #[wasm_bindgen(js_name = peerPublicKey)] peer_public_key: &str,
+            role: &str,
+            #[wasm_bindgen(js_name = callId)] call_id: &str,
+            sdp: &str,
+            auth: JsValue,
+        ) -> Result<bool, JsValue> {
+            let role = call_auth::role(role).map_err(auth_error)?;
+            let auth = if auth.is_undefined() || auth.is_null() {
+                return Ok(false);
+            } else {
+                js_sys::JSON::stringify(&auth)
+                    .ok()
+                    .and_then(|text| serde_json::from_str(&String::from(text)).ok())
+                    .unwrap_or(serde_json::Value::Null)
+            };
+            self.keys
+                .verify(peer_public_key, role, call_id, sdp, &auth)
+                .map_err(auth_error)
+        }
+    }
+
+    /// Whether the DTLS certificate the peer presented (`getStats`'
+    /// `certificate.base64Certificate` of the transport's remote
+    /// certificate) is one its authenticated SDP named.
+    #[wasm_bindgen(js_name = certificateMatches)]
+    pub fn certificate_matches(sdp: &str, base64_certificate: &str) -> bool {
+        call_auth::certificate_matches(sdp, base64_certificate)
     }
 
     /// The package's version.

@@ -6,7 +6,7 @@
 // (the candidate as the JSON text of an RTCIceCandidateInit), call_hangup.
 // Parameters come as JSON in the URL's # part; the outcome lands in
 // window.callResult (getStats figures included).
-import init, { firstServer } from './pkg/zajel_discovery_web.js';
+import init, { firstServer, CallIdentity, certificateMatches } from './pkg/zajel_discovery_web.js';
 
 const params = JSON.parse(decodeURIComponent(location.hash.slice(1)));
 const log = (...args) => console.log(...args);
@@ -15,10 +15,6 @@ function fail(message) {
   throw new Error(message);
 }
 
-function randomKey() {
-  const bytes = crypto.getRandomValues(new Uint8Array(32));
-  return btoa(String.fromCharCode(...bytes));
-}
 
 /** The relay connection: frames queued for whoever waits for them. */
 class Signaling {
@@ -77,7 +73,7 @@ function iceServersFor(handed, transport) {
 }
 
 async function stats(pc) {
-  const figures = { inbound: null, outbound: null, remoteInbound: null, pair: null, transport: null };
+  const figures = { inbound: null, outbound: null, remoteInbound: null, pair: null, transport: null, remoteCertificate: null };
   const report = await pc.getStats();
   const byId = new Map();
   report.forEach((s) => byId.set(s.id, s));
@@ -87,6 +83,8 @@ async function stats(pc) {
     if (s.type === 'remote-inbound-rtp' && s.kind === 'audio') figures.remoteInbound = { packetsLost: s.packetsLost, roundTripTime: s.roundTripTime };
     if (s.type === 'transport') {
       figures.transport = { srtpCipher: s.srtpCipher, dtlsCipher: s.dtlsCipher, tlsVersion: s.tlsVersion, dtlsRole: s.dtlsRole, dtlsState: s.dtlsState };
+      const certificate = byId.get(s.remoteCertificateId);
+      if (certificate) figures.remoteCertificate = certificate.base64Certificate;
       const pair = byId.get(s.selectedCandidatePairId);
       if (pair) {
         const local = byId.get(pair.localCandidateId) || {};
@@ -115,21 +113,25 @@ async function run() {
   let handedIce = [];
   const iceHanded = new Promise((resolve) => signaling.on('ice_servers', (frame) => { handedIce = frame.iceServers || []; resolve(); }));
   signaling.on('pong', () => {});
-  signaling.send({ type: 'register', pairingCode: params.code, publicKey: randomKey(), iceServers: true });
+  // The pairing identity: its public key is registered, its secret stays in the wasm module.
+  const identity = new CallIdentity();
+  signaling.send({ type: 'register', pairingCode: params.code, publicKey: identity.publicKey, iceServers: true });
   const registered = await signaling.next(['registered', 'code_collision', 'error'], 'registered');
   if (registered.type !== 'registered') fail(`register: ${JSON.stringify(registered)}`);
   window.registered = params.code;
 
   let peer = params.peer;
+  let peerKey = null;
   if (params.role === 'call') {
     signaling.send({ type: 'pair_request', targetCode: peer, proposedName: 'chromium' });
     const matched = await signaling.next(['pair_matched', 'pair_rejected', 'pair_error', 'pair_timeout', 'error'], 'pair_matched');
     if (matched.type !== 'pair_matched') fail(`pairing: ${JSON.stringify(matched)}`);
+    peerKey = matched.peerPublicKey;
   } else {
     const incoming = await signaling.next(['pair_incoming'], 'pair_incoming', 30000);
     peer = incoming.fromCode;
     signaling.send({ type: 'pair_response', targetCode: peer, accepted: true });
-    await signaling.next(['pair_matched'], 'pair_matched');
+    peerKey = (await signaling.next(['pair_matched'], 'pair_matched')).peerPublicKey;
   }
   if (params.turn) {
     await Promise.race([iceHanded, new Promise((r) => setTimeout(r, 5000))]);
@@ -142,6 +144,8 @@ async function run() {
   microphone.getTracks().forEach((track) => pc.addTrack(track, microphone));
 
   let callId = null;
+  let remoteSdp = null;
+  let authVerified = false;
   let remoteSet = false;
   const pendingIce = [];
   const callMessage = (type, payload) => signaling.send({ type, target: peer, payload: { callId, ...payload } });
@@ -170,21 +174,26 @@ async function run() {
     callId = crypto.randomUUID();
     const offer = await pc.createOffer();
     await pc.setLocalDescription(offer);
-    callMessage('call_offer', { sdp: offer.sdp, withVideo: false });
+    callMessage('call_offer', { sdp: offer.sdp, withVideo: false, auth: identity.sign(peerKey, 'offer', callId, offer.sdp) });
     let answer;
     do answer = await signaling.next(['call_answer', 'call_reject'], 'call_answer', 30000);
     while ((answer.payload || {}).callId !== callId);
     if (answer.type !== 'call_answer') fail(`call rejected: ${JSON.stringify(answer)}`);
+    // Verified before the SDP is applied (wire's rule).
+    remoteSdp = answer.payload.sdp;
+    authVerified = identity.verify(peerKey, 'answer', callId, remoteSdp, answer.payload.auth);
     await pc.setRemoteDescription({ type: 'answer', sdp: answer.payload.sdp });
     await flush();
   } else {
     const offer = await signaling.next(['call_offer'], 'call_offer', 30000);
     callId = offer.payload.callId;
+    remoteSdp = offer.payload.sdp;
+    authVerified = identity.verify(peerKey, 'offer', callId, remoteSdp, offer.payload.auth);
     await pc.setRemoteDescription({ type: 'offer', sdp: offer.payload.sdp });
     await flush();
     const answer = await pc.createAnswer();
     await pc.setLocalDescription(answer);
-    callMessage('call_answer', { sdp: answer.sdp });
+    callMessage('call_answer', { sdp: answer.sdp, auth: identity.sign(peerKey, 'answer', callId, answer.sdp) });
   }
 
   const connected = await new Promise((resolve) => {
@@ -202,6 +211,8 @@ async function run() {
   const holdUntil = performance.now() + (params.holdMs || 3000);
   while (performance.now() < holdUntil && !ended) await new Promise((r) => setTimeout(r, 100));
   const figures = await stats(pc);
+  // The certificate the peer presented in DTLS must be one its authenticated SDP named.
+  const certificateMatched = !!figures.remoteCertificate && certificateMatches(remoteSdp, figures.remoteCertificate);
   if (params.role === 'call' && !ended) {
     callMessage('call_hangup', {});
     ended = 'hangup_local';
@@ -222,6 +233,9 @@ async function run() {
     callId,
     ended,
     iceAdded,
+    authenticated: authVerified && certificateMatched,
+    authVerified,
+    certificateMatched,
     stats: figures,
   };
 }

@@ -171,8 +171,14 @@ pub fn tone_wav(path: &Path, hz: f64, seconds: u32) -> std::io::Result<()> {
     std::fs::write(path, bytes)
 }
 
-/// Builds discovery-web with `scripts/build-web` into target/discovery-web/pkg.
+/// Builds discovery-web with `scripts/build-web` into target/discovery-web/pkg,
+/// once per test process (the tests of one binary share it).
 fn build_package() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(run_build_web).clone()
+}
+
+fn run_build_web() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target"));

@@ -210,8 +210,22 @@ fn assert_probe_heard_page(report: &call_probe::CallReport) {
     assert!(report.rtp.packets_sent > 10, "{:?}", report.rtp);
 }
 
+/// AES-GCM, seen alike by call-probe (its DTLS ServerHello) and by the page's getStats:
+/// call-probe is the DTLS server in both directions and chooses by its own order, AES-GCM
+/// first (third_party/README.md); Chromium lists AES-CM first.
+fn assert_gcm(dtls: &call_probe::report::DtlsReport, page: &serde_json::Value) {
+    assert!(dtls.srtp_profile_is_aes_gcm, "{dtls:?}");
+    assert_eq!(
+        page["stats"]["transport"]["srtpCipher"],
+        dtls.srtp_profile.as_deref().unwrap_or_default(),
+        "{page:#}"
+    );
+    assert_eq!(page["stats"]["transport"]["dtlsRole"], "client", "{page:#}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chromium_calls_call_probe_directly_and_over_turn_tcp_and_tls_and_is_called() {
+async fn chromium_calls_call_probe_directly_and_over_turn_tcp_and_tls_and_is_called_authenticated()
+{
     let Some(setup) = setup().await else {
         return;
     };
@@ -231,6 +245,9 @@ async fn chromium_calls_call_probe_directly_and_over_turn_tcp_and_tls_and_is_cal
     options.line.extra_roots = vec![setup.world.ca.ca_der.clone()];
     options.line.step_timeout = step;
     options.max_calls = Some(3);
+    // The page authenticates its calls with discovery-web's CallIdentity: call-probe
+    // refuses any call that is not.
+    options.line.require_authenticated = true;
     let answerer = Answerer::start(options).await.expect("call-probe answers");
     let answer_code = answerer.code.to_string();
     let (answered, reports) = std::sync::mpsc::channel();
@@ -267,6 +284,11 @@ async fn chromium_calls_call_probe_directly_and_over_turn_tcp_and_tls_and_is_cal
             .unwrap_or_else(|_| panic!("call-probe reported no call ({turn:?})"));
         assert_probe_heard_page(&report);
         assert_eq!(result["callId"], report.call_id.as_str());
+        assert!(
+            report.authenticated,
+            "call-probe did not authenticate the page"
+        );
+        assert_eq!(result["authenticated"], true, "{result:#}");
         eprintln!(
             "browser call ({}): page connected after {:.0} ms (discovery {:.0} ms), SRTP {} (page says {}), call-probe heard {:?} Hz",
             turn.unwrap_or("direct"),
@@ -276,6 +298,7 @@ async fn chromium_calls_call_probe_directly_and_over_turn_tcp_and_tls_and_is_cal
             result["stats"]["transport"]["srtpCipher"],
             report.tone.detected.as_ref().map(|t| t.frequency_hz),
         );
+        assert_gcm(&report.dtls, &result);
         srtp.push((
             report.dtls.srtp_profile.clone(),
             result["stats"]["transport"]["srtpCipher"].clone(),
@@ -310,6 +333,7 @@ async fn chromium_calls_call_probe_directly_and_over_turn_tcp_and_tls_and_is_cal
     call.line.tone_hz = PROBE_HZ;
     call.line.trust = setup.world.trust();
     call.line.step_timeout = step;
+    call.line.require_authenticated = true;
     call.duration = Duration::from_secs(3);
     let report = probe_call::run_call(&call).await;
     let result = tokio::task::block_in_place(|| script_result(child, "call.mjs", step * 2))
@@ -324,6 +348,11 @@ async fn chromium_calls_call_probe_directly_and_over_turn_tcp_and_tls_and_is_cal
     assert!(report.media_both_ways, "{report:#?}");
     let heard = report.heard_hz.expect("call-probe heard the page");
     assert!((heard - PAGE_HZ).abs() <= TOLERANCE_HZ, "heard {heard} Hz");
+    assert!(
+        report.authenticated,
+        "call-probe call did not authenticate the page"
+    );
+    assert_eq!(result["authenticated"], true, "{result:#}");
     let engine = report.call.as_ref().expect("the engine's report");
     eprintln!(
         "browser answer: SRTP {} (page says {})",
@@ -334,6 +363,7 @@ async fn chromium_calls_call_probe_directly_and_over_turn_tcp_and_tls_and_is_cal
         engine.dtls.srtp_profile.clone(),
         result["stats"]["transport"]["srtpCipher"].clone(),
     ));
+    assert_gcm(&engine.dtls, &result);
     eprintln!("browser: SRTP profiles negotiated with Chromium: {srtp:?}");
     setup.world.stop().await;
 }
