@@ -759,7 +759,8 @@ async fn test_srtp_configuration() -> Result<()> {
             None,
         ),
         (
-            "Multiple Suites, Client Chooses",
+            // Zajel patch: the server's order decides (was "Client Chooses").
+            "Multiple Suites, Server Chooses",
             vec![
                 SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
                 SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_32,
@@ -768,7 +769,24 @@ async fn test_srtp_configuration() -> Result<()> {
                 SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_32,
                 SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
             ],
-            SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+            SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_32,
+            None,
+            None,
+        ),
+        (
+            // Zajel patch: libwebrtc's order (AES-CM first) against a server preferring GCM.
+            "libwebrtc client, GCM-first server",
+            vec![
+                SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+                SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm,
+                SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+            ],
+            vec![
+                SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+                SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm,
+                SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+            ],
+            SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
             None,
             None,
         ),
