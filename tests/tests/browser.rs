@@ -108,8 +108,17 @@ async fn the_page_finds_relay_lite_through_doh_with_the_registry_blocked() {
         server.origin,
         url_escape(&discover.to_string())
     );
+    // Then from the cache alone (registry still blocked, no DoH).
+    let mut cache_only = discover.clone();
+    cache_only["dohServers"] = serde_json::json!([]);
+    cache_only.as_object_mut().unwrap().remove("limitMs");
+    let cache_only = cache_only.to_string();
     let result = tokio::task::spawn_blocking(move || {
-        env.run_script("discovery.mjs", &[url, spki], Duration::from_secs(60))
+        env.run_script(
+            "discovery.mjs",
+            &[url, spki, cache_only],
+            Duration::from_secs(60),
+        )
     })
     .await
     .expect("join")
@@ -147,6 +156,40 @@ async fn the_page_finds_relay_lite_through_doh_with_the_registry_blocked() {
             .iter()
             .any(|s| s == "doh"),
         "{best}"
+    );
+    // The first run wrote the relay to localStorage: found again from the cache alone,
+    // and proven again over the WebSocket.
+    let cached = &result["cached"];
+    let cached_layer = |name: &str| {
+        cached["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["layer"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} layer in {cached:#}"))
+    };
+    assert_eq!(cached_layer("cache")["outcome"], "ok", "{cached:#}");
+    assert_eq!(
+        cached_layer("doh")["outcome"],
+        "not_configured",
+        "{cached:#}"
+    );
+    assert_eq!(cached["verdict"], "verified", "{cached:#}");
+    assert_eq!(cached["best"]["url"], relay.as_str());
+    assert!(
+        cached["best"]["last_ok_ms"].as_u64().is_some(),
+        "{cached:#}"
+    );
+    // A torn stored value is set aside and said so, never read.
+    let torn = &result["torn"];
+    assert_eq!(torn["setAside"], true, "{torn:#}");
+    assert_eq!(torn["report"]["verdict"], "nothing", "{torn:#}");
+    assert!(
+        torn["report"]["warnings"].as_array().is_some_and(|w| w
+            .iter()
+            .any(|w| w.as_str().unwrap_or_default().contains("set aside"))),
+        "{torn:#}"
     );
     let first_verified_ms = report["first_verified_ms"]
         .as_f64()
