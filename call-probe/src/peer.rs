@@ -10,6 +10,7 @@ use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_VP8};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::APIBuilder;
 use webrtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
+use webrtc::dtls_transport::dtls_role::DTLSRole;
 use webrtc::ice::mdns::MulticastDnsMode;
 use webrtc::ice::network_type::NetworkType;
 use webrtc::ice::udp_mux::{UDPMux, UDPMuxDefault, UDPMuxParams};
@@ -63,6 +64,11 @@ impl Peer {
 
         let mut settings = SettingEngine::default();
         settings.set_srtp_protection_profiles(SRTP_PROFILES.to_vec());
+        // Answer as DTLS server (`a=setup:passive`; as offerer we say actpass and libwebrtc
+        // answers active): the DTLS server chooses the SRTP profile, by its own order with
+        // the patched dtls crate (third_party/README.md), so AES-GCM wins with libwebrtc,
+        // which lists AES-CM first and, as server, would choose it.
+        settings.set_answering_dtls_role(DTLSRole::Server)?;
         settings.set_include_loopback_candidate(config.include_loopback);
         settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
         // A peer's check often arrives before its trickled candidate, so the pair's remote

@@ -7,6 +7,7 @@
 //! one part alone live beside that part.
 
 pub mod blackhole;
+pub mod browser;
 pub mod censorship_world;
 pub mod cloudflare_standin;
 pub mod discovery_world;
