@@ -967,13 +967,11 @@ impl Router {
                         target_code: target,
                         proposed_name: Some("call-probe".into()),
                     };
-                    // On a meeting connection when the contact is there; otherwise on the
-                    // primary connection, as the app does (also for a redirect's match).
-                    let on = match via {
-                        Via::Meeting(_) => via,
-                        _ => Via::Primary,
-                    };
-                    if !self.send_on(session, &on, request).await {
+                    // Where the contact is: the connection the match came on (a redirect's:
+                    // both followed the redirect there), or a meeting connection. The app
+                    // always uses its primary connection, which cannot reach a contact on
+                    // another relay.
+                    if !self.send_on(session, &via, request).await {
                         return false;
                     }
                 }

@@ -14,8 +14,10 @@
 //! - A live match (`rendezvous_result.liveMatches`, `rendezvous_partial.local.liveMatches`, a
 //!   pushed `rendezvous_match`) names another peer's code. Empty, our own, or a code already
 //!   handled: nothing. Otherwise only the side whose code is smaller (byte order, Dart's
-//!   `String.compareTo`) sends `pair_request`, always on the primary connection; the other
-//!   side waits for the `pair_incoming`.
+//!   `String.compareTo`) sends `pair_request`; the other side waits for the `pair_incoming`.
+//!   The app sends it on its primary connection always; we send it on the connection the
+//!   match came on (on a redirect's connection: both contacts followed the redirect there,
+//!   and a request on the primary could not reach a contact on another relay).
 //! - `pair_incoming` is accepted only when its `fromPublicKey` is one of the trusted contacts'
 //!   keys ([`ContactRendezvous::accepts`]); a stranger who learnt our code is not.
 //! - `rendezvous_partial.redirects` (points another relay owns) are followed once per
