@@ -4,7 +4,12 @@
 //! points as §5.3 says and register them as the app does
 //! (`tests::rendezvous_client`). With and without following redirects, and
 //! after the relay one of them was on is killed. Then they pair, on the
-//! relay the match names. Needs `cargo build -p relay-lite`.
+//! relay the match names. And call-probe's own contacts (`call --contact`,
+//! `answer`, in this process) on different relays meet there, pair on a
+//! meeting connection to the relay the match names (looked up in the signed
+//! fleet discovery read from the registry) and call with media both ways;
+//! a match naming a relay outside that fleet is not dialled. Needs
+//! `cargo build -p relay-lite`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,7 +24,7 @@ use zajel_wire::peer_keys;
 const WAIT: Duration = Duration::from_secs(20);
 
 struct Fleet {
-    _registry: RunningRegistry,
+    registry: RunningRegistry,
     relays: Vec<(RelayChild, SocketAddr)>,
 }
 
@@ -53,10 +58,7 @@ impl Fleet {
                 .expect("metrics address");
             relays.push((relay, metrics));
         }
-        let fleet = Fleet {
-            _registry: registry,
-            relays,
-        };
+        let fleet = Fleet { registry, relays };
         for index in 0..n {
             fleet.wait_forwarding_links(index, n as i64 - 1).await;
         }
@@ -65,6 +67,11 @@ impl Fleet {
 
     fn url(&self, index: usize) -> String {
         self.relays[index].0.url()
+    }
+
+    /// [`Self::url`] as a parsed URL prints it (with the path `/`).
+    fn ws_url(&self, index: usize) -> String {
+        url::Url::parse(&self.url(index)).unwrap().to_string()
     }
 
     fn id(&self, index: usize) -> String {
@@ -423,4 +430,230 @@ async fn a_linked_server_cannot_take_over_or_spoof_a_relays_clients() {
     );
     let pushed = client.next_of(&["rendezvous_match"], WAIT).await.unwrap();
     assert_eq!(pushed["match"], json!({"peerId": "DDDDD2"}));
+}
+
+// ---- call-probe's contacts on different relays --------------------------
+
+mod probes {
+    use super::*;
+    use call_probe::answer::{AnswerOptions, Answerer};
+    use call_probe::choose::ServerChoice;
+    use call_probe::contacts::Contacts;
+    use call_probe::identity::Identity;
+    use call_probe::line_options::IdentityChoice;
+    use call_probe::probe_call::{run_call, CallOptions, ProbeCallReport};
+    use std::path::Path;
+    use zajel_wire::pairing::PairingCode;
+
+    /// Two state folders whose identities know each other as contacts
+    /// ("alice" at Bob's, "bob" at Alice's), as after a first pairing.
+    pub fn contacts_paired_before() -> (tempfile::TempDir, tempfile::TempDir) {
+        let (alice, bob) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (alice_id, _) = Identity::load_or_create(alice.path()).unwrap();
+        let (bob_id, _) = Identity::load_or_create(bob.path()).unwrap();
+        let now = zajel_client_net::now_ms();
+        Contacts::load(alice.path())
+            .unwrap()
+            .paired(&bob_id.public_base64(), "bob", now)
+            .unwrap();
+        Contacts::load(bob.path())
+            .unwrap()
+            .paired(&alice_id.public_base64(), "alice", now)
+            .unwrap();
+        (alice, bob)
+    }
+
+    /// The signed fleet as a client's discovery reads it from the registry
+    /// (its list verified with the registry's key).
+    pub async fn signed_fleet(fleet: &Fleet) -> Vec<(String, String)> {
+        let config = discovery_client::discovery::Config {
+            registries: vec![url::Url::parse(&fleet.registry.url("")).unwrap()],
+            registry_keys: vec![fleet.registry.list_key],
+            allow_private: true,
+            ..Default::default()
+        };
+        let choice = ServerChoice::discover(config).await.unwrap();
+        choice.signed_fleet()
+    }
+
+    fn line(options: &mut call_probe::line_options::LineOptions, state: &Path) {
+        options.loopback = true;
+        options.step_timeout = WAIT;
+        options.identity = IdentityChoice::StateDir(Some(state.to_path_buf()));
+    }
+
+    /// Bob answers on relay `bob_on` under `bob_code`; Alice calls the
+    /// contact "bob" from relay `alice_on`. Both have `fleet`.
+    pub async fn call_across(
+        fleet: &Fleet,
+        signed: &[(String, String)],
+        alice_on: usize,
+        bob_on: usize,
+        bob_code: &str,
+    ) -> ProbeCallReport {
+        let (alice, bob) = contacts_paired_before();
+        let mut answer = AnswerOptions::new(url::Url::parse(&fleet.url(bob_on)).unwrap());
+        line(&mut answer.line, bob.path());
+        answer.code = Some(PairingCode::parse(bob_code).unwrap());
+        answer.max_calls = Some(1);
+        answer.fleet = signed.to_vec();
+        let answerer = Answerer::start(answer).await.unwrap();
+        assert_eq!(answerer.rendezvous_contacts, 1);
+        let serving = tokio::spawn(answerer.serve(|_| {}));
+        let mut call =
+            CallOptions::to_contact(url::Url::parse(&fleet.url(alice_on)).unwrap(), "bob");
+        line(&mut call.line, alice.path());
+        call.duration = Duration::from_millis(600);
+        call.fleet = signed.to_vec();
+        let report = run_call(&call).await;
+        let answered = tokio::time::timeout(WAIT * 2, serving)
+            .await
+            .expect("the answerer finished")
+            .unwrap()
+            .unwrap();
+        assert_eq!(answered.len(), 1, "{report:?}");
+        assert!(
+            answered[0].report.tone.detected.is_some(),
+            "the answerer heard the caller"
+        );
+        report
+    }
+}
+
+/// call-probe's contacts on two relays (no redirects with two: only
+/// forwarding makes them meet, as for a client that does not follow
+/// redirects). Bob's code the smallest: he opens a meeting connection to
+/// Alice's relay and requests there; the largest: Alice opens one to Bob's
+/// relay and requests there. Either way the whole call (offer, answer,
+/// ICE, call auth) runs on that meeting connection, media both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn call_probe_contacts_on_two_relays_meet_and_call_over_a_meeting_connection() {
+    let fleet = Fleet::start(2).await;
+    let signed = probes::signed_fleet(&fleet).await;
+    for index in 0..2 {
+        assert!(
+            signed.contains(&(fleet.id(index), fleet.ws_url(index))),
+            "{signed:?}"
+        );
+    }
+    for (bob_code, bob_requests) in [("222222", true), ("ZZZZZZ", false)] {
+        let started = Instant::now();
+        let report = probes::call_across(&fleet, &signed, 0, 1, bob_code).await;
+        assert_eq!(report.error, None, "{bob_code}: {report:?}");
+        assert!(report.media_both_ways && report.authenticated, "{report:?}");
+        let found = report.found.as_ref().expect("found by rendezvous");
+        assert_eq!(found.peer_code, bob_code);
+        assert_eq!(found.we_requested, !bob_requests, "{found:?}");
+        assert_eq!(found.relay, fleet.ws_url(1), "Bob is on relay 1: {found:?}");
+        eprintln!(
+            "call-probe contacts across two relays ({bob_code}): matched {:.0} ms, paired {:.0} ms after registering; whole run {:?}",
+            found.match_ms,
+            found.paired_ms,
+            started.elapsed()
+        );
+    }
+}
+
+/// Four relays: Zajel's ring now redirects, and call-probe follows the
+/// redirects (as the app does) besides the forwarding: the contacts still
+/// meet, pair and call with media both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn call_probe_contacts_following_redirects_on_four_relays_meet_and_call() {
+    let fleet = Fleet::start(4).await;
+    let signed = probes::signed_fleet(&fleet).await;
+    assert_eq!(signed.len(), 4, "{signed:?}");
+    let report = probes::call_across(&fleet, &signed, 0, 1, "ZZZZZZ").await;
+    assert_eq!(report.error, None, "{report:?}");
+    assert!(report.media_both_ways && report.authenticated, "{report:?}");
+    let found = report.found.as_ref().expect("found by rendezvous");
+    assert_eq!(found.peer_code, "ZZZZZZ");
+    eprintln!(
+        "call-probe contacts across four relays: matched {:.0} ms, paired {:.0} ms after registering (via {})",
+        found.match_ms, found.paired_ms, found.relay
+    );
+}
+
+/// Hostile input: a match whose relayId names a relay outside the signed
+/// fleet (here: Bob's real relay, left out of Alice's fleet, as a relay
+/// that made one up would be) is not dialled: Alice's line reports it and
+/// opens no meeting connection; she never pairs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_match_naming_a_relay_outside_the_signed_fleet_is_not_dialled() {
+    use call_probe::contacts::Contacts;
+    use call_probe::identity::Identity;
+    use call_probe::line::{ContactSearch, LineEvent, LineKeys, PhoneLine};
+    use call_probe::line_options::LineOptions;
+    use std::sync::{Arc, Mutex};
+
+    let fleet = Fleet::start(2).await;
+    let (alice_dir, bob_dir) = probes::contacts_paired_before();
+    let (alice, _) = Identity::load_or_create(alice_dir.path()).unwrap();
+    // Bob (the largest code, so Alice would be the one to go to his relay).
+    let mut answer =
+        call_probe::answer::AnswerOptions::new(url::Url::parse(&fleet.url(1)).unwrap());
+    answer.line.loopback = true;
+    answer.line.step_timeout = WAIT;
+    answer.line.identity =
+        call_probe::line_options::IdentityChoice::StateDir(Some(bob_dir.path().to_path_buf()));
+    answer.code = Some(zajel_wire::pairing::PairingCode::parse("ZZZZZZ").unwrap());
+    let answerer = call_probe::answer::Answerer::start(answer).await.unwrap();
+    let serving = tokio::spawn(answerer.serve(|_| {}));
+
+    let registered = call_probe::client::connect_and_register_as(
+        &url::Url::parse(&fleet.url(0)).unwrap(),
+        &Default::default(),
+        None,
+        &alice,
+        WAIT,
+    )
+    .await
+    .unwrap();
+    let contacts = Contacts::load(alice_dir.path()).unwrap();
+    let bob = contacts.named("bob").unwrap().clone();
+    // Alice's fleet lists only her own relay.
+    let search = ContactSearch::new(
+        alice.clone(),
+        registered.code,
+        vec![bob],
+        Default::default(),
+        WAIT,
+    )
+    .with_fleet([(fleet.id(0), fleet.ws_url(0))]);
+    let keys = LineKeys {
+        identity: alice.clone(),
+        contacts: Arc::new(Mutex::new(contacts)),
+        new_contact_name: None,
+    };
+    let mut line = PhoneLine::start_searching(
+        "caller",
+        registered.session,
+        registered.code,
+        LineOptions::new(440.0).call_config(Vec::new()),
+        false,
+        Some(keys),
+        None,
+        Some(search),
+    );
+    let not_dialled = line
+        .wait_for(WAIT, "the match naming relay 1", |event| match event {
+            LineEvent::RelayNotDialled {
+                peer_code,
+                relay_id,
+            } => Some((peer_code.clone(), relay_id.clone())),
+            LineEvent::ContactMatched { relay, .. } => {
+                assert_ne!(*relay, fleet.ws_url(1), "relay 1 must not be dialled");
+                None
+            }
+            LineEvent::MeetingFailed { .. } | LineEvent::PairMatched { .. } => {
+                panic!("no meeting connection, no pairing: {event:?}")
+            }
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(not_dialled, ("ZZZZZZ".to_string(), fleet.id(1)));
+    // Relay 1 saw only Bob: no connection of Alice's registered there.
+    assert_eq!(fleet.metric(1, "relay_registered_codes").await, Some(1));
+    line.close().await;
+    serving.abort();
 }
