@@ -491,6 +491,18 @@ mod probes {
         bob_on: usize,
         bob_code: &str,
     ) -> ProbeCallReport {
+        call_across_with(fleet, signed, signed, alice_on, bob_on, bob_code).await
+    }
+
+    /// [`call_across`] where Alice and Bob know different fleets.
+    pub async fn call_across_with(
+        fleet: &Fleet,
+        alice_fleet: &[(String, String)],
+        signed: &[(String, String)],
+        alice_on: usize,
+        bob_on: usize,
+        bob_code: &str,
+    ) -> ProbeCallReport {
         let (alice, bob) = contacts_paired_before();
         let mut answer = AnswerOptions::new(url::Url::parse(&fleet.url(bob_on)).unwrap());
         line(&mut answer.line, bob.path());
@@ -504,7 +516,7 @@ mod probes {
             CallOptions::to_contact(url::Url::parse(&fleet.url(alice_on)).unwrap(), "bob");
         line(&mut call.line, alice.path());
         call.duration = Duration::from_millis(600);
-        call.fleet = signed.to_vec();
+        call.fleet = alice_fleet.to_vec();
         let report = run_call(&call).await;
         let answered = tokio::time::timeout(WAIT * 2, serving)
             .await
@@ -552,6 +564,37 @@ async fn call_probe_contacts_on_two_relays_meet_and_call_over_a_meeting_connecti
             started.elapsed()
         );
     }
+}
+
+/// The smaller side cannot reach its contact's relay (here: its fleet
+/// entry for Bob's relay points at a closed port, as a blocked relay would
+/// be): its meeting connection fails, so it sends `pair_request` on its own
+/// relay, again every second, where Bob's meeting connection registered
+/// his code; Bob answers it there and the call runs over his meeting
+/// connection and Alice's primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn call_probe_contacts_meet_on_the_smaller_sides_relay_when_the_other_is_unreachable() {
+    let fleet = Fleet::start(2).await;
+    let signed = probes::signed_fleet(&fleet).await;
+    let blocked: Vec<(String, String)> = signed
+        .iter()
+        .map(|(id, url)| {
+            if *id == fleet.id(1) {
+                (id.clone(), "ws://127.0.0.1:9/".to_string())
+            } else {
+                (id.clone(), url.clone())
+            }
+        })
+        .collect();
+    let report = probes::call_across_with(&fleet, &blocked, &signed, 0, 1, "ZZZZZZ").await;
+    assert_eq!(report.error, None, "{report:?}");
+    assert!(report.media_both_ways && report.authenticated, "{report:?}");
+    let found = report.found.as_ref().expect("found by rendezvous");
+    assert!(found.we_requested, "{found:?}");
+    eprintln!(
+        "call-probe contacts, the contact's relay unreachable: matched {:.0} ms, paired {:.0} ms after registering",
+        found.match_ms, found.paired_ms
+    );
 }
 
 /// Four relays: Zajel's ring now redirects, and call-probe follows the
