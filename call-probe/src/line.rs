@@ -742,7 +742,13 @@ impl Router {
                     search.rules.on_connected(via.clone(), &server_id);
                 }
                 if let Some(meeting) = self.meetings.remove(&via) {
-                    if meeting.request {
+                    // Not when we are requesting on our own relay already (it came up late).
+                    let request = meeting.request
+                        && self
+                            .search
+                            .as_mut()
+                            .is_some_and(|s| s.rules.meeting_up(&meeting.peer_code));
+                    if request {
                         if let Ok(target) = PairingCode::parse(&meeting.peer_code) {
                             let request = ClientMessage::PairRequest {
                                 target_code: target,
@@ -942,10 +948,21 @@ impl Router {
     /// Carries out the rendezvous rules' actions; `false` when the primary connection is
     /// gone.
     async fn act(&mut self, session: &SignalingSession, actions: Vec<RendezvousAction>) -> bool {
-        let Some(search) = self.search.as_ref() else {
+        let Some(mut search) = self.search.take() else {
             return true;
         };
-        let events = &self.routing.events;
+        let going_on = self.act_with(session, &mut search, actions).await;
+        self.search = Some(search);
+        going_on
+    }
+
+    async fn act_with(
+        &mut self,
+        session: &SignalingSession,
+        search: &mut ContactSearch,
+        actions: Vec<RendezvousAction>,
+    ) -> bool {
+        let events = self.routing.events.clone();
         for action in actions {
             match action {
                 RendezvousAction::Register => {
@@ -1058,6 +1075,7 @@ impl Router {
                         }
                         continue;
                     }
+                    search.rules.meeting_started(&peer_code, unix_ms());
                     self.meetings
                         .insert(via.clone(), PendingMeeting { peer_code, request });
                     let side = SideConnection {

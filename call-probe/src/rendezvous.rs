@@ -38,11 +38,13 @@
 //! relay must prove that serverId's key); the smaller code sends `pair_request` there and
 //! the call is carried on it; the larger waits, and answers a trusted `pair_incoming` on
 //! whichever connection it arrives. If the smaller side cannot reach the contact's relay
-//! (blocked, refused, wrong key: [`ContactRendezvous::meeting_failed`]), it sends
+//! (blocked, refused, wrong key: [`ContactRendezvous::meeting_failed`]; or not up within
+//! [`MEETING_FALLBACK_MS`]: a blackholed relay only fails at the step timeout), it sends
 //! `pair_request` on its primary connection instead, again every [`PAIR_RESEND_MS`] until
 //! paired ([`ContactRendezvous::paired`]): the larger side's meeting connection registers its
 //! code there (a request to a code not yet registered is a silent ghost the next request
-//! replaces).
+//! replaces). A meeting connection that comes up after that carries no request
+//! ([`ContactRendezvous::meeting_up`]), so the contacts pair once.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -62,6 +64,10 @@ pub const REFRESH_EVERY_MS: u64 = 3_600_000;
 /// How often the smaller side re-sends `pair_request` on its primary connection when it
 /// could not reach its contact's relay (until paired).
 pub const PAIR_RESEND_MS: u64 = 1_000;
+
+/// How long the smaller side waits for its meeting connection before it also requests on
+/// its own relay.
+pub const MEETING_FALLBACK_MS: u64 = 3_000;
 
 /// Which connection a reply came on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -115,6 +121,9 @@ pub struct ContactRendezvous {
     connected: BTreeMap<String, Via>,
     /// Codes whose `pair_request` is re-sent on the primary connection, and when next.
     pair_resends: BTreeMap<String, u64>,
+    /// Codes we are to request on a meeting connection being opened, and until when we wait
+    /// for it.
+    meetings: BTreeMap<String, u64>,
 }
 
 impl ContactRendezvous {
@@ -131,6 +140,7 @@ impl ContactRendezvous {
             fleet: BTreeMap::new(),
             connected: BTreeMap::new(),
             pair_resends: BTreeMap::new(),
+            meetings: BTreeMap::new(),
         }
     }
 
@@ -154,10 +164,30 @@ impl ContactRendezvous {
         }
     }
 
+    /// A meeting connection for `peer_code` (a [`RendezvousAction::Meet`]) is being opened at
+    /// `now_ms`: when we are to request on it, we wait [`MEETING_FALLBACK_MS`] for it.
+    pub fn meeting_started(&mut self, peer_code: &str, now_ms: u64) {
+        if self.own_code.as_bytes() < peer_code.as_bytes()
+            && !self.pair_resends.contains_key(peer_code)
+        {
+            self.meetings.insert(
+                peer_code.to_string(),
+                now_ms.saturating_add(MEETING_FALLBACK_MS),
+            );
+        }
+    }
+
+    /// The meeting connection for `peer_code` is up: whether to send `pair_request` on it
+    /// (not when we are requesting on our own relay already, so that we pair once).
+    pub fn meeting_up(&mut self, peer_code: &str) -> bool {
+        self.meetings.remove(peer_code).is_some()
+    }
+
     /// The meeting connection for `peer_code` could not be opened (refused, unreachable, or
     /// the relay did not prove its key) at `now_ms`: when we were to request, request on the
     /// primary connection instead, now and every [`PAIR_RESEND_MS`] until [`Self::paired`].
     pub fn meeting_failed(&mut self, peer_code: &str, now_ms: u64) -> Vec<RendezvousAction> {
+        self.meetings.remove(peer_code);
         if self.own_code.as_bytes() >= peer_code.as_bytes()
             || self.pair_resends.contains_key(peer_code)
         {
@@ -199,6 +229,7 @@ impl ContactRendezvous {
         self.resend_at
             .into_iter()
             .chain(self.pair_resends.values().copied())
+            .chain(self.meetings.values().copied())
             .min()
     }
 
@@ -212,6 +243,16 @@ impl ContactRendezvous {
                 actions.push(RendezvousAction::Register);
             }
             _ => {}
+        }
+        let late: Vec<String> = self
+            .meetings
+            .iter()
+            .filter(|(_, at)| now_ms >= **at)
+            .map(|(code, _)| code.clone())
+            .collect();
+        for peer_code in late {
+            self.meetings.remove(&peer_code);
+            self.pair_resends.insert(peer_code, now_ms);
         }
         for (peer_code, at) in self.pair_resends.iter_mut() {
             if now_ms >= *at {
@@ -573,6 +614,40 @@ mod tests {
             .on_reply(&matched_on("ZZZZZ2", "ed25519:B"), &Via::Primary)
             .iter()
             .any(|a| matches!(a, RendezvousAction::Meet { .. })));
+    }
+
+    #[test]
+    fn a_meeting_connection_not_up_in_time_makes_the_smaller_side_request_on_its_own_relay_once() {
+        let mut small = ContactRendezvous::new("AAAAA2", []).with_fleet(fleet());
+        small.meeting_started("ZZZZZ2", 1_000);
+        assert_eq!(small.next_timeout(), Some(1_000 + MEETING_FALLBACK_MS));
+        assert!(small.on_timeout(1_000 + MEETING_FALLBACK_MS - 1).is_empty());
+        let primary = RendezvousAction::PairRequest {
+            peer_code: "ZZZZZ2".into(),
+            via: Via::Primary,
+        };
+        assert_eq!(
+            small.on_timeout(1_000 + MEETING_FALLBACK_MS),
+            std::slice::from_ref(&primary)
+        );
+        assert!(small.resending_to("ZZZZZ2"));
+        // The meeting connection comes up late: no second request there.
+        assert!(!small.meeting_up("ZZZZZ2"));
+        assert_eq!(
+            small.on_timeout(1_000 + MEETING_FALLBACK_MS + PAIR_RESEND_MS),
+            [primary]
+        );
+        // In time: the request goes on it, and no fallback.
+        let mut quick = ContactRendezvous::new("AAAAA2", []).with_fleet(fleet());
+        quick.meeting_started("ZZZZZ2", 1_000);
+        assert!(quick.meeting_up("ZZZZZ2"));
+        assert_eq!(quick.next_timeout(), None);
+        assert!(quick.on_timeout(60_000).is_empty());
+        // The larger side never requests.
+        let mut large = ContactRendezvous::new("ZZZZZ2", []);
+        large.meeting_started("AAAAA2", 1_000);
+        assert!(!large.meeting_up("AAAAA2"));
+        assert_eq!(large.next_timeout(), None);
     }
 
     #[test]

@@ -572,29 +572,54 @@ async fn call_probe_contacts_on_two_relays_meet_and_call_over_a_meeting_connecti
 /// relay, again every second, where Bob's meeting connection registered
 /// his code; Bob answers it there and the call runs over his meeting
 /// connection and Alice's primary.
+/// Then the same with a relay that takes the connection and never answers
+/// (as a blackholed one, which only fails at the step timeout, 20 s here):
+/// the smaller side requests on its own relay after 3 s
+/// (`MEETING_FALLBACK_MS`) instead of waiting for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn call_probe_contacts_meet_on_the_smaller_sides_relay_when_the_other_is_unreachable() {
     let fleet = Fleet::start(2).await;
     let signed = probes::signed_fleet(&fleet).await;
-    let blocked: Vec<(String, String)> = signed
-        .iter()
-        .map(|(id, url)| {
-            if *id == fleet.id(1) {
-                (id.clone(), "ws://127.0.0.1:9/".to_string())
-            } else {
-                (id.clone(), url.clone())
-            }
-        })
-        .collect();
-    let report = probes::call_across_with(&fleet, &blocked, &signed, 0, 1, "ZZZZZZ").await;
-    assert_eq!(report.error, None, "{report:?}");
-    assert!(report.media_both_ways && report.authenticated, "{report:?}");
-    let found = report.found.as_ref().expect("found by rendezvous");
-    assert!(found.we_requested, "{found:?}");
-    eprintln!(
-        "call-probe contacts, the contact's relay unreachable: matched {:.0} ms, paired {:.0} ms after registering",
-        found.match_ms, found.paired_ms
-    );
+    // Takes TCP connections and says nothing.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("ws://{}/", silent.local_addr().unwrap());
+    let holding = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    // A fresh code each time: the last run's stays held by its key for a while.
+    for (how, unreachable, bob_code) in [
+        ("refused", "ws://127.0.0.1:9/".to_string(), "ZZZZZZ"),
+        ("silent", silent_url, "ZZZZZY"),
+    ] {
+        let blocked: Vec<(String, String)> = signed
+            .iter()
+            .map(|(id, url)| {
+                if *id == fleet.id(1) {
+                    (id.clone(), unreachable.clone())
+                } else {
+                    (id.clone(), url.clone())
+                }
+            })
+            .collect();
+        let report = probes::call_across_with(&fleet, &blocked, &signed, 0, 1, bob_code).await;
+        assert_eq!(report.error, None, "{how}: {report:?}");
+        assert!(report.media_both_ways && report.authenticated, "{report:?}");
+        let found = report.found.as_ref().expect("found by rendezvous");
+        assert!(found.we_requested, "{found:?}");
+        assert!(
+            found.paired_ms < WAIT.as_millis() as f64 / 2.0,
+            "{how}: paired {:.0} ms after registering, not within the fallback",
+            found.paired_ms
+        );
+        eprintln!(
+            "call-probe contacts, the contact's relay {how}: paired {:.0} ms after registering",
+            found.paired_ms
+        );
+    }
+    holding.abort();
 }
 
 /// Four relays: Zajel's ring now redirects, and call-probe follows the
