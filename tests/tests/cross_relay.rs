@@ -26,43 +26,69 @@ const WAIT: Duration = Duration::from_secs(20);
 struct Fleet {
     registry: RunningRegistry,
     relays: Vec<(RelayChild, SocketAddr)>,
+    /// Each relay's flags (besides `--listen`).
+    args: Vec<Vec<String>>,
 }
 
 impl Fleet {
     /// `n` relays registered with one registry, heartbeats every 200 ms;
     /// returns once each has a forwarding link to every other.
     async fn start(n: usize) -> Fleet {
+        Self::start_with(n, |_| Vec::new()).await
+    }
+
+    /// [`Self::start`] with `extra(index)` flags for each relay.
+    async fn start_with(n: usize, extra: impl Fn(usize) -> Vec<String>) -> Fleet {
         let registry = registry_host::start_in_process(Profile::SIGNED);
-        let bootstrap = registry.url("");
         let mut relays = Vec::new();
-        for _ in 0..n {
-            let mut relay = RelayChild::start(
-                &[
-                    "--bootstrap",
-                    &bootstrap,
-                    "--heartbeat-ms",
-                    "200",
-                    "--metrics-listen",
-                    "127.0.0.1:0",
-                ],
-                WAIT,
-            )
-            .expect("relay-lite");
-            let metrics: SocketAddr = relay
-                .process
-                .wait_for(WAIT, |line| {
-                    line.strip_prefix("metrics on http://")
-                        .and_then(|rest| rest.strip_suffix("/metrics"))
-                        .and_then(|addr| addr.parse().ok())
-                })
-                .expect("metrics address");
-            relays.push((relay, metrics));
+        let mut args = Vec::new();
+        for index in 0..n {
+            let mut flags: Vec<String> = [
+                "--bootstrap",
+                &registry.url(""),
+                "--heartbeat-ms",
+                "200",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            flags.extend(extra(index));
+            relays.push(Self::start_relay("127.0.0.1:0", &flags));
+            args.push(flags);
         }
-        let fleet = Fleet { registry, relays };
+        let fleet = Fleet {
+            registry,
+            relays,
+            args,
+        };
         for index in 0..n {
             fleet.wait_forwarding_links(index, n as i64 - 1).await;
         }
         fleet
+    }
+
+    fn start_relay(listen: &str, flags: &[String]) -> (RelayChild, SocketAddr) {
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let mut relay = RelayChild::start_on(listen, &flags, WAIT).expect("relay-lite");
+        let metrics: SocketAddr = relay
+            .process
+            .wait_for(WAIT, |line| {
+                line.strip_prefix("metrics on http://")
+                    .and_then(|rest| rest.strip_suffix("/metrics"))
+                    .and_then(|addr| addr.parse().ok())
+            })
+            .expect("metrics address");
+        (relay, metrics)
+    }
+
+    /// Kills relay `index` outright (SIGKILL) and starts it again on its
+    /// port with its flags.
+    fn restart(&mut self, index: usize) {
+        let listen = self.relays[index].0.addr.to_string();
+        self.relays[index].0.process.kill();
+        self.relays[index] = Self::start_relay(&listen, &self.args[index]);
     }
 
     fn url(&self, index: usize) -> String {
@@ -291,6 +317,94 @@ async fn a_killed_relays_points_are_registered_again_within_one_refresh() {
     assert_ne!(at_a, fleet.url(2));
     eprintln!("met again {met:?} after the kill");
     fleet.relays.truncate(2);
+}
+
+/// The forwarding maps are in memory, and need not be kept across a restart
+/// (relay-lite's README, "Rendezvous across relays"): a meeting relay that
+/// restarts keeps the forwarded entries (SQLite) but forgets who forwarded
+/// them; its links drop and come back, and a link change makes every origin
+/// register its open connections' points again, forwarding them anew, so
+/// the meeting relay knows again where to push. (An origin that restarts
+/// loses its open connections, whose clients register again on reconnect.)
+/// Here relay 1, the meeting relay of some of Alice's points, is killed
+/// and restarted on its state directory: before anyone else does anything,
+/// relay 0 has forwarded Alice's points to it again, and when Bob then
+/// registers there, his match reaches Alice as a forwarded match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_meeting_relay_learns_again_where_to_push_from_the_origins_refresh() {
+    let state = tempfile::tempdir().unwrap();
+    let identity = state.path().join("identity.key").display().to_string();
+    let state_dir = state.path().join("state").display().to_string();
+    let mut fleet = Fleet::start_with(2, |index| {
+        if index == 1 {
+            vec![
+                "--identity".into(),
+                identity.clone(),
+                "--state-dir".into(),
+                state_dir.clone(),
+            ]
+        } else {
+            Vec::new()
+        }
+    })
+    .await;
+    const STORED: &str = "relay_rendezvous_forwards_stored_total";
+    // Alice on relay 0, with points whose meeting relay is relay 1 (about
+    // half of them are; drawn again in the rare case none is).
+    let mut alice = None;
+    for _ in 0..10 {
+        let (secret_a, secret_b) = contacts();
+        let public_a = peer_keys::public_key(&secret_a);
+        let public_b = peer_keys::public_key(&secret_b);
+        let before = fleet.metric(1, STORED).await.unwrap_or(0);
+        let mut a = RendezvousClient::connect(&fleet.url(0), secret_a, public_b)
+            .await
+            .unwrap();
+        a.register_rendezvous(false).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while fleet.metric(1, STORED).await.unwrap_or(0) == before && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if fleet.metric(1, STORED).await.unwrap_or(0) > before {
+            alice = Some((a, secret_b, public_a));
+            break;
+        }
+    }
+    let (mut a, secret_b, public_a) = alice.expect("some of Alice's points meet on relay 1");
+    let id_1 = fleet.id(1);
+    fleet.restart(1);
+    assert_eq!(fleet.id(1), id_1, "the same identity");
+    fleet.wait_forwarding_links(0, 1).await;
+    fleet.wait_forwarding_links(1, 1).await;
+    // The restarted relay's counters start at zero: what it stores now came
+    // from relay 0's refresh (Alice sent nothing since).
+    let deadline = Instant::now() + WAIT;
+    while fleet.metric(1, STORED).await.unwrap_or(0) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "relay 0 never forwarded Alice's points again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    const DELIVERED: &str = "relay_rendezvous_forward_matches_delivered_total";
+    let delivered_before = fleet.metric(0, DELIVERED).await.unwrap_or(0);
+    let mut b = RendezvousClient::connect(&fleet.url(1), secret_b, public_a)
+        .await
+        .unwrap();
+    b.register_rendezvous(false).await.unwrap();
+    let b_code = b.code.clone();
+    let found = found_peer(&mut a, Vec::new(), &b_code, |f| f.relay_id == id_1).await;
+    assert_eq!(found.relay_id, id_1);
+    // Relay 1 pushed through relay 0 (a forwarded match): it knew again that
+    // Alice's entries came from there.
+    let deadline = Instant::now() + WAIT;
+    while fleet.metric(0, DELIVERED).await.unwrap_or(0) <= delivered_before {
+        assert!(
+            Instant::now() < deadline,
+            "no forwarded match reached relay 0 after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A listed server that links with a relay (authenticated, but hostile)
