@@ -407,6 +407,82 @@ async fn a_restarted_meeting_relay_learns_again_where_to_push_from_the_origins_r
     }
 }
 
+/// Forwarded dead drops (beyond Zajel: its app leaves none today, its
+/// dormant reconnection code would): Alice on relay 0 leaves a dead drop at
+/// each of the three daily points she shares with Bob; Bob on relay 1
+/// registers the same points and gets all three back through his own relay,
+/// each from its meeting relay: in his reply when that is relay 1 (Alice's
+/// forward carried the drop there), pushed as a `rendezvous_result` when it
+/// is relay 0 (his forward found it there). Before, he got none: with two
+/// relays each keeps its own clients' points and never sees the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_drops_left_on_one_relay_reach_a_reader_on_another() {
+    use serde_json::json;
+    use tests::rendezvous_client::Connection;
+    let fleet = Fleet::start(2).await;
+    let (secret_a, secret_b) = contacts();
+    let (public_a, public_b) = (
+        peer_keys::public_key(&secret_a),
+        peer_keys::public_key(&secret_b),
+    );
+    let points = peer_keys::daily_points(&public_a, &public_b, zajel_client_net::now_ms() as i64);
+    let trust = Default::default();
+    let mut alice = Connection::register(&fleet.url(0), "AAAAA2", &public_a, &trust)
+        .await
+        .unwrap();
+    let drops: serde_json::Map<String, serde_json::Value> = points
+        .iter()
+        .map(|p| (p.clone(), json!(format!("sealed-at-{p}"))))
+        .collect();
+    alice
+        .send(&json!({"type": "register_rendezvous", "peerId": "AAAAA2",
+            "daily_points": points, "hourly_tokens": [], "dead_drops": drops}))
+        .await
+        .unwrap();
+    alice.next_of(&["rendezvous_result"], WAIT).await.unwrap();
+    // Alice's forwards are stored before Bob comes (in arrival order per
+    // link, but the two relays' forwards cross): wait for relay 1's count.
+    let deadline = Instant::now() + WAIT;
+    while fleet
+        .metric(1, "relay_rendezvous_forwards_stored_total")
+        .await
+        .unwrap_or(0)
+        == 0
+        && fleet
+            .metric(0, "relay_rendezvous_forwards_sent_total")
+            .await
+            .unwrap_or(0)
+            > 0
+    {
+        assert!(Instant::now() < deadline, "Alice's forward never stored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut bob = Connection::register(&fleet.url(1), "BBBBB2", &public_b, &trust)
+        .await
+        .unwrap();
+    bob.send(&json!({"type": "register_rendezvous", "peerId": "BBBBB2",
+            "daily_points": points, "hourly_tokens": [], "dead_drops": {}}))
+        .await
+        .unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + WAIT;
+    while seen.len() < 3 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let reply = bob
+            .next_of(&["rendezvous_result"], left)
+            .await
+            .unwrap_or_else(|e| panic!("Bob has {seen:?}: {e}"));
+        for found in reply["deadDrops"].as_array().into_iter().flatten() {
+            assert_eq!(found["peerId"], "AAAAA2", "{reply}");
+            assert_eq!(found["relayId"], fleet.id(0).as_str(), "{reply}");
+            seen.insert(found["deadDrop"].as_str().unwrap().to_string());
+        }
+    }
+    let expected: std::collections::BTreeSet<String> =
+        points.iter().map(|p| format!("sealed-at-{p}")).collect();
+    assert_eq!(seen, expected);
+}
+
 /// A listed server that links with a relay (authenticated, but hostile)
 /// cannot take over the relay's own clients: a `rendezvous_forward` for a
 /// peerId a client of the relay holds is refused (the client's pushes stay
