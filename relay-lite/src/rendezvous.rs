@@ -367,6 +367,7 @@ impl Rendezvous {
     /// origin chose this relay as their meeting relay); at most
     /// [`RendezvousSettings::max_forwarded_items_per_link_hour`] items per
     /// link in an hour's window, besides the per-peer limit.
+    #[allow(clippy::too_many_arguments)]
     pub fn register_forwarded(
         &mut self,
         now_ms: u64,
