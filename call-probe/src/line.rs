@@ -19,8 +19,12 @@
 //! With a [`ContactSearch`] the line also looks for contacts through rendezvous
 //! ([`crate::rendezvous`]): it sends `register_rendezvous` at start and once more 5 s later,
 //! sends `pair_request` to a live match when its code is the smaller, follows `redirects` on
-//! second connections, accepts `pair_incoming` from the contacts' keys only (unless it accepts
-//! every pair), and reports each match as [`LineEvent::ContactMatched`].
+//! second connections, opens *meeting connections* to the relays of the signed fleet a match
+//! names (the relay proves its serverId first), accepts `pair_incoming` from the contacts' keys
+//! only (unless it accepts every pair) on whichever connection it arrives and answers there, and
+//! reports each match as [`LineEvent::ContactMatched`]. Each paired peer's `call_*` messages (and
+//! the `ping` that collects `ice_servers`) go on the connection it was paired on, so a whole call
+//! can run on a side connection; side connections close with the line, queued frames first.
 //!
 //! Callers use [`PhoneLine::pair_with`] then the engine; answerers wait for calls.
 //!
