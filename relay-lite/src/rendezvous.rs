@@ -22,8 +22,11 @@
 //! `rendezvous_partial`; beyond Zajel, items whose meeting relay is
 //! another relay-lite also come out in [`Registered::forwards`], merged per
 //! server, for the caller to send over the federation link
-//! ([`zajel_wire::rendezvous_link`]). The meeting relay stores them with
-//! [`Rendezvous::register_forwarded`], `relayId` = the origin relay.
+//! ([`zajel_wire::rendezvous_link`]), with the dead drops left at the
+//! forwarded daily points. The meeting relay stores them with
+//! [`Rendezvous::register_forwarded`], `relayId` = the origin relay, and
+//! returns the live matches and the other peers' dead drops it found there
+//! (sent back to the origin for its client).
 //!
 //! Beyond Zajel (each with its own error text, see [`RendezvousRefusal`]):
 //! a connection may write only the entries of a `peerId` it holds (its
