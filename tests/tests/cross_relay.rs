@@ -837,16 +837,56 @@ async fn call_probe_contacts_following_redirects_on_four_relays_meet_and_call() 
 /// opens no meeting connection; she never pairs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_match_naming_a_relay_outside_the_signed_fleet_is_not_dialled() {
+    use call_probe::line::LineEvent;
+    let fleet = Fleet::start(2).await;
+    // Alice's fleet lists only her own relay.
+    let (mut line, serving, _dirs) =
+        alice_searching_for_bob(&fleet, vec![(fleet.id(0), fleet.ws_url(0))]).await;
+    let not_dialled = line
+        .wait_for(WAIT, "the match naming relay 1", |event| match event {
+            LineEvent::RelayNotDialled {
+                peer_code,
+                relay_id,
+            } => Some((peer_code.clone(), relay_id.clone())),
+            LineEvent::ContactMatched { relay, .. } => {
+                assert_ne!(*relay, fleet.ws_url(1), "relay 1 must not be dialled");
+                None
+            }
+            LineEvent::MeetingFailed { .. } | LineEvent::PairMatched { .. } => {
+                panic!("no meeting connection, no pairing: {event:?}")
+            }
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(not_dialled, ("ZZZZZZ".to_string(), fleet.id(1)));
+    // Relay 1 saw only Bob: no connection of Alice's registered there.
+    assert_eq!(fleet.metric(1, "relay_registered_codes").await, Some(1));
+    line.close().await;
+    serving.abort();
+}
+
+/// Bob answering on relay 1 under the largest code (so Alice is the one to
+/// go to his relay), and Alice's line on relay 0 searching for him with
+/// `alice_fleet`.
+async fn alice_searching_for_bob(
+    fleet: &Fleet,
+    alice_fleet: Vec<(String, String)>,
+) -> (
+    call_probe::line::PhoneLine,
+    tokio::task::JoinHandle<
+        Result<Vec<call_probe::answer::AnsweredCall>, call_probe::answer::AnswerError>,
+    >,
+    (tempfile::TempDir, tempfile::TempDir),
+) {
     use call_probe::contacts::Contacts;
     use call_probe::identity::Identity;
-    use call_probe::line::{ContactSearch, LineEvent, LineKeys, PhoneLine};
+    use call_probe::line::{ContactSearch, LineKeys, PhoneLine};
     use call_probe::line_options::LineOptions;
     use std::sync::{Arc, Mutex};
 
-    let fleet = Fleet::start(2).await;
     let (alice_dir, bob_dir) = probes::contacts_paired_before();
     let (alice, _) = Identity::load_or_create(alice_dir.path()).unwrap();
-    // Bob (the largest code, so Alice would be the one to go to his relay).
     let mut answer =
         call_probe::answer::AnswerOptions::new(url::Url::parse(&fleet.url(1)).unwrap());
     answer.line.loopback = true;
@@ -868,7 +908,6 @@ async fn a_match_naming_a_relay_outside_the_signed_fleet_is_not_dialled() {
     .unwrap();
     let contacts = Contacts::load(alice_dir.path()).unwrap();
     let bob = contacts.named("bob").unwrap().clone();
-    // Alice's fleet lists only her own relay.
     let search = ContactSearch::new(
         alice.clone(),
         registered.code,
@@ -876,13 +915,13 @@ async fn a_match_naming_a_relay_outside_the_signed_fleet_is_not_dialled() {
         Default::default(),
         WAIT,
     )
-    .with_fleet([(fleet.id(0), fleet.ws_url(0))]);
+    .with_fleet(alice_fleet);
     let keys = LineKeys {
         identity: alice.clone(),
         contacts: Arc::new(Mutex::new(contacts)),
         new_contact_name: None,
     };
-    let mut line = PhoneLine::start_searching(
+    let line = PhoneLine::start_searching(
         "caller",
         registered.session,
         registered.code,
@@ -892,26 +931,42 @@ async fn a_match_naming_a_relay_outside_the_signed_fleet_is_not_dialled() {
         None,
         Some(search),
     );
-    let not_dialled = line
-        .wait_for(WAIT, "the match naming relay 1", |event| match event {
-            LineEvent::RelayNotDialled {
-                peer_code,
-                relay_id,
-            } => Some((peer_code.clone(), relay_id.clone())),
-            LineEvent::ContactMatched { relay, .. } => {
-                assert_ne!(*relay, fleet.ws_url(1), "relay 1 must not be dialled");
-                None
-            }
-            LineEvent::MeetingFailed { .. } | LineEvent::PairMatched { .. } => {
-                panic!("no meeting connection, no pairing: {event:?}")
-            }
-            _ => None,
-        })
+    (line, serving, (alice_dir, bob_dir))
+}
+
+/// Hostile input: the signed fleet's endpoint for Bob's relay answers with
+/// another relay's key (here relay 0, Alice's own, standing in for whoever
+/// holds that address now): the meeting connection is not used (it fails
+/// the identity proof before `register`), and Alice falls back to her own
+/// relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_that_cannot_prove_the_listed_key_is_not_used_to_meet() {
+    use call_probe::line::LineEvent;
+    let fleet = Fleet::start(2).await;
+    let (mut line, serving, _dirs) = alice_searching_for_bob(
+        &fleet,
+        vec![
+            (fleet.id(0), fleet.ws_url(0)),
+            (fleet.id(1), fleet.ws_url(0)),
+        ],
+    )
+    .await;
+    let failed = line
+        .wait_for(
+            WAIT,
+            "the meeting connection's failure",
+            |event| match event {
+                LineEvent::MeetingFailed { error, .. } => Some(error.clone()),
+                LineEvent::PairMatched { .. } => panic!("no pairing: {event:?}"),
+                _ => None,
+            },
+        )
         .await
         .unwrap();
-    assert_eq!(not_dialled, ("ZZZZZZ".to_string(), fleet.id(1)));
-    // Relay 1 saw only Bob: no connection of Alice's registered there.
-    assert_eq!(fleet.metric(1, "relay_registered_codes").await, Some(1));
+    assert!(
+        failed.contains("did not prove") && failed.contains(&fleet.id(1)),
+        "{failed}"
+    );
     line.close().await;
     serving.abort();
 }
