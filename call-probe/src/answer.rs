@@ -84,6 +84,9 @@ pub struct AnswerOptions {
     pub decline: bool,
     /// Register every contact's rendezvous points (default), so contacts find this answerer.
     pub rendezvous: bool,
+    /// The signed fleet as (serverId, endpoint), from discovery's signed sources: a contact
+    /// found connected on one of these relays is met there ([`crate::rendezvous`]).
+    pub fleet: Vec<(String, String)>,
     /// Trust, TURN, addresses, tone (660 Hz by default) and timeouts.
     pub line: LineOptions,
 }
@@ -97,6 +100,7 @@ impl AnswerOptions {
             echo: false,
             decline: false,
             rendezvous: true,
+            fleet: Vec::new(),
             line: LineOptions::new(660.0),
         }
     }
@@ -201,7 +205,7 @@ impl Answerer {
             );
             // Long-running: the points again every hour (beyond the app), recomputed.
             search.rules = search.rules.refreshing_every(REFRESH_EVERY_MS);
-            search
+            search.with_fleet(options.fleet.clone())
         });
         let line = PhoneLine::start_searching(
             "answerer",

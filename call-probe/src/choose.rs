@@ -219,6 +219,22 @@ impl ServerChoice {
         servers
     }
 
+    /// The relays the registry's signed list names (registry, DoH, or a cache entry first
+    /// learnt from one), as (serverId, URL), reachable or not: where a contact's match may
+    /// send `call --contact` and `answer` (a meeting connection, which has the relay prove
+    /// that serverId). Empty without a signed source.
+    pub fn signed_fleet(&self) -> Vec<(String, String)> {
+        let Some(report) = &self.discovery else {
+            return Vec::new();
+        };
+        report
+            .candidates
+            .iter()
+            .filter(|c| c.signed)
+            .filter_map(|c| Some((c.server_id.clone()?, c.url.clone())))
+            .collect()
+    }
+
     /// The choice after moving on to `url` (one of [`Self::usable_servers`]): the server and
     /// the layers that named it.
     pub fn moved_to(&mut self, url: &str) {

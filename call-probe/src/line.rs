@@ -19,8 +19,12 @@
 //! With a [`ContactSearch`] the line also looks for contacts through rendezvous
 //! ([`crate::rendezvous`]): it sends `register_rendezvous` at start and once more 5 s later,
 //! sends `pair_request` to a live match when its code is the smaller, follows `redirects` on
-//! second connections, accepts `pair_incoming` from the contacts' keys only (unless it accepts
-//! every pair), and reports each match as [`LineEvent::ContactMatched`].
+//! second connections, opens *meeting connections* to the relays of the signed fleet a match
+//! names (the relay proves its serverId first), accepts `pair_incoming` from the contacts' keys
+//! only (unless it accepts every pair) on whichever connection it arrives and answers there, and
+//! reports each match as [`LineEvent::ContactMatched`]. Each paired peer's `call_*` messages (and
+//! the `ping` that collects `ice_servers`) go on the connection it was paired on, so a whole call
+//! can run on a side connection; side connections close with the line, queued frames first.
 //!
 //! Callers use [`PhoneLine::pair_with`] then the engine; answerers wait for calls.
 //!
@@ -163,6 +167,18 @@ pub enum LineEvent {
     PairIgnored {
         from_code: String,
     },
+    /// A match named a relay (`relay_id`) outside the signed fleet: it was not dialled.
+    RelayNotDialled {
+        peer_code: String,
+        relay_id: String,
+    },
+    /// The meeting connection to the contact's relay could not be opened (the line falls
+    /// back to its own relay, see [`crate::rendezvous`]).
+    MeetingFailed {
+        peer_code: String,
+        relay: String,
+        error: String,
+    },
     /// The relay connection is gone.
     Closed,
 }
@@ -174,7 +190,7 @@ pub struct ContactSearch {
     pub rules: ContactRendezvous,
     pub identity: Identity,
     pub contacts: Vec<Contact>,
-    /// The line's own code, for `peerId` and `register` on redirect connections.
+    /// The line's own code, for `peerId` and `register` on redirect and meeting connections.
     pub code: PairingCode,
     pub trust: TrustAnchors,
     pub step_timeout: Duration,
@@ -198,6 +214,13 @@ impl ContactSearch {
             trust,
             step_timeout,
         }
+    }
+
+    /// Meeting connections go to relays of `fleet` (serverId, endpoint), the registry's
+    /// signed list as discovery verified it ([`crate::rendezvous`]).
+    pub fn with_fleet(mut self, fleet: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.rules = self.rules.with_fleet(fleet);
+        self
     }
 
     /// `register_rendezvous` for the contacts at `now_ms`, as JSON text.
@@ -503,28 +526,6 @@ fn target_of(
     }
 }
 
-/// The end of a line that is closing (not one whose relay went away): what the engine has
-/// already produced is sent, then the WebSocket is closed.
-async fn hang_up(
-    session: SignalingSession,
-    mut from_engine: mpsc::Receiver<CallPayload>,
-    peer: Option<PairingCode>,
-    mut peer_of_call: HashMap<String, PairingCode>,
-) {
-    while let Ok(payload) = from_engine.try_recv() {
-        if let Some(target) = target_of(&payload, peer, &mut peer_of_call) {
-            if session
-                .send(ClientMessage::call(target, &payload))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-    }
-    session.close(CLOSE_WAIT).await;
-}
-
 /// What the routing task routes with.
 struct Routing {
     to_engine: mpsc::Sender<Inbound>,
@@ -564,180 +565,576 @@ impl Routing {
     }
 }
 
+/// What a side connection (a redirect's, or a meeting connection) tells the line.
+enum SideEvent {
+    /// Connected and registered on the relay `server_id`; frames for it go through `sender`.
+    Up {
+        via: Via,
+        server_id: String,
+        sender: mpsc::Sender<String>,
+    },
+    /// It could not be opened (unreachable, `register` refused, or the relay did not prove
+    /// the key it should).
+    Failed { via: Via, error: String },
+    /// A frame it received.
+    Message { via: Via, message: ServerMessage },
+}
+
+/// A meeting connection being opened: for which contact, and whether we request there.
+struct PendingMeeting {
+    peer_code: String,
+    request: bool,
+}
+
+/// The routing task's state besides the primary session.
+struct Router {
+    routing: Routing,
+    ice: Option<(IceUpdates, LiveIceServers)>,
+    search: Option<ContactSearch>,
+    /// The last peer paired: calls without a known peer go to it.
+    peer: Option<PairingCode>,
+    peer_of_call: HashMap<String, PairingCode>,
+    /// The connection each paired peer was paired on (absent: the primary).
+    connection_of_peer: HashMap<String, Via>,
+    primary_relay: String,
+    /// Side connections that are up, by how they were opened.
+    sides: HashMap<Via, mpsc::Sender<String>>,
+    /// Meeting connections being opened.
+    meetings: HashMap<Via, PendingMeeting>,
+    side_events: mpsc::Sender<SideEvent>,
+    side_tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Whether the line goes on.
+enum Flow {
+    Continue,
+    /// The primary connection is gone (the line reports [`LineEvent::Closed`]).
+    Closed,
+    /// The engine is gone.
+    Stop,
+}
+
 async fn route(
     mut session: SignalingSession,
     mut routing: Routing,
     mut from_engine: mpsc::Receiver<CallPayload>,
     mut commands: mpsc::Receiver<ClientMessage>,
 ) {
-    let Routing {
-        ref to_engine,
-        ref events,
-        accept_pairs,
-        ..
-    } = routing;
-    let mut ice = routing.ice.take();
-    let mut search = routing.search.take();
-    let mut peer: Option<PairingCode> = None;
-    let mut peer_of_call: HashMap<String, PairingCode> = HashMap::new();
-    // Replies that came on redirect connections.
-    let (redirected, mut redirected_rx) = mpsc::channel::<(Via, RelayReply)>(16);
-    let primary_relay = session.url().to_string();
-    if let Some(search) = search.as_mut() {
+    let (side_events, mut side_rx) = mpsc::channel::<SideEvent>(64);
+    let mut router = Router {
+        ice: routing.ice.take(),
+        search: routing.search.take(),
+        routing,
+        peer: None,
+        peer_of_call: HashMap::new(),
+        connection_of_peer: HashMap::new(),
+        primary_relay: session.url().to_string(),
+        sides: HashMap::new(),
+        meetings: HashMap::new(),
+        side_events,
+        side_tasks: Vec::new(),
+    };
+    let primary_id = session.server_info().server_id.clone();
+    if let Some(search) = router.search.as_mut() {
+        search.rules.on_connected(Via::Primary, &primary_id);
         let actions = search.rules.connected(unix_ms());
-        if !act(
-            &session,
-            search,
-            actions,
-            &primary_relay,
-            events,
-            &redirected,
-        )
-        .await
-        {
-            let _ = events.send(LineEvent::Closed);
+        if !router.act(&session, actions).await {
+            let _ = router.routing.events.send(LineEvent::Closed);
             return;
         }
     }
-    let resend_at = |search: &Option<ContactSearch>| {
-        search
-            .as_ref()
-            .and_then(|s| s.rules.next_timeout())
-            .map(|at| {
-                tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(unix_ms()))
-            })
-    };
     loop {
-        let timer = resend_at(&search);
-        tokio::select! {
+        let timer = router.next_timer();
+        let flow = tokio::select! {
             () = async { match timer { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
-                if let Some(search) = search.as_mut() {
-                    let actions = search.rules.on_timeout(unix_ms());
-                    if !act(&session, search, actions, &primary_relay, events, &redirected).await {
-                        let _ = events.send(LineEvent::Closed);
-                        return;
-                    }
-                }
-            }
-            Some((via, reply)) = redirected_rx.recv() => {
-                if let Some(search) = search.as_mut() {
-                    let actions = search.rules.on_reply(&reply, &via);
-                    if !act(&session, search, actions, &primary_relay, events, &redirected).await {
-                        let _ = events.send(LineEvent::Closed);
-                        return;
-                    }
-                }
-            }
-            message = session.recv() => {
-                let Some(message) = message else {
-                    let _ = events.send(LineEvent::Closed);
-                    return;
+                let actions = match router.search.as_mut() {
+                    Some(search) => search.rules.on_timeout(unix_ms()),
+                    None => Vec::new(),
                 };
-                if let Some(payload) = message.call_payload() {
-                    let from = message.forwarded().and_then(|forwarded| PairingCode::parse(&forwarded.from).ok());
-                    match (payload, from) {
-                        (Ok(payload), Some(from)) => {
-                            let Some(key) = routing.paired_key(&from) else {
-                                tracing::warn!(from = from.as_str(), kind = payload.kind().type_name(),
-                                    "ignoring a call message from a code this line has not paired with");
-                                continue;
-                            };
-                            let auth = match &routing.keys {
-                                None => None,
-                                Some(keys) => match keys.peer_auth(&key) {
-                                    Some(auth) => Some(auth),
-                                    None => {
-                                        tracing::warn!(from = from.as_str(),
-                                            "ignoring a call message from a peer paired under an unusable key");
-                                        continue;
-                                    }
-                                },
-                            };
-                            peer_of_call.insert(payload.call_id().to_ascii_lowercase(), from);
-                            if to_engine.send(Inbound { payload, peer: auth }).await.is_err() {
-                                return;
-                            }
-                        }
-                        (Err(error), _) => tracing::warn!(%error, "ignoring an invalid call payload"),
-                        (_, None) => tracing::warn!("ignoring a call message with no valid sender"),
-                    }
-                    continue;
-                }
-                let event = match message {
-                    ServerMessage::PairIncoming { from_code, from_public_key, .. } => {
-                        let trusted = search.as_ref().is_some_and(|s| s.rules.accepts(&from_public_key));
-                        if accept_pairs || trusted {
-                            if let Ok(code) = PairingCode::parse(&from_code) {
-                                let response = ClientMessage::PairResponse { target_code: code, accepted: true };
-                                if session.send(response).await.is_err() {
-                                    return;
-                                }
-                            }
-                        } else if search.is_some() {
-                            // Looking for contacts: only theirs are accepted, a stranger's is left unanswered.
-                            tracing::warn!(from = from_code.as_str(), "not accepting a pair request from a key that is no contact's");
-                            let _ = events.send(LineEvent::PairIgnored { from_code });
-                            continue;
-                        }
-                        LineEvent::PairIncoming { from_code }
-                    }
-                    ServerMessage::PairMatched { peer_code, peer_public_key, is_initiator } => {
-                        if let Ok(code) = PairingCode::parse(&peer_code) {
-                            peer = Some(code);
-                            routing.paired(&peer_code, &peer_public_key);
-                        }
-                        LineEvent::PairMatched { peer_code, peer_public_key, is_initiator }
-                    }
-                    ServerMessage::PairRejected { peer_code } => LineEvent::PairRejected { peer_code },
-                    ServerMessage::PairError { error } => LineEvent::PairError { error },
-                    ServerMessage::PairTimeout { peer_code } => LineEvent::PairTimeout { peer_code },
-                    ServerMessage::Error { message } => LineEvent::RelayError { message },
-                    ServerMessage::IceServers { ice_servers, .. } => {
-                        // Before the next frame (a call_offer, say) reaches the engine.
-                        if let Some((updates, live)) = ice.as_mut() {
-                            updates.apply(&ice_servers, live).await;
-                        }
-                        LineEvent::IceServers { servers: ice_servers }
-                    }
-                    ServerMessage::Pong => LineEvent::Pong,
-                    ServerMessage::Unknown(unknown) => {
-                        let Some(search) = search.as_mut() else { continue };
-                        let Some(reply) = rendezvous_reply(&unknown) else { continue };
-                        let actions = search.rules.on_reply(&reply, &Via::Primary);
-                        if !act(&session, search, actions, &primary_relay, events, &redirected).await {
-                            let _ = events.send(LineEvent::Closed);
-                            return;
-                        }
-                        continue;
-                    }
-                    _ => continue,
-                };
-                let _ = events.send(event);
+                if router.act(&session, actions).await { Flow::Continue } else { Flow::Closed }
             }
+            Some(side) = side_rx.recv() => router.on_side(&session, side).await,
+            message = session.recv() => match message {
+                Some(message) => router.on_message(&session, Via::Primary, message).await,
+                None => Flow::Closed,
+            },
             payload = from_engine.recv() => {
                 let Some(payload) = payload else {
-                    return hang_up(session, from_engine, peer, peer_of_call).await;
+                    drop(side_rx);
+                    return router.hang_up(session, from_engine).await;
                 };
-                match target_of(&payload, peer, &mut peer_of_call) {
+                match target_of(&payload, router.peer, &mut router.peer_of_call) {
                     Some(target) => {
-                        if session.send(ClientMessage::call(target, &payload)).await.is_err() {
-                            let _ = events.send(LineEvent::Closed);
-                            return;
+                        let via = router.connection_of(target.as_str());
+                        if router.send_on(&session, &via, ClientMessage::call(target, &payload)).await {
+                            Flow::Continue
+                        } else {
+                            Flow::Closed
                         }
                     }
-                    None => tracing::warn!("no peer to send a {} to", payload.kind().type_name()),
+                    None => {
+                        tracing::warn!("no peer to send a {} to", payload.kind().type_name());
+                        Flow::Continue
+                    }
                 }
             }
             command = commands.recv() => {
                 let Some(command) = command else {
-                    return hang_up(session, from_engine, peer, peer_of_call).await;
+                    drop(side_rx);
+                    return router.hang_up(session, from_engine).await;
                 };
-                if session.send(command).await.is_err() {
-                    let _ = events.send(LineEvent::Closed);
-                    return;
+                // A ping asks for the paired connection's ice_servers: it goes where the
+                // last peer was paired; everything else on the primary connection.
+                let via = match (&command, router.peer) {
+                    (ClientMessage::Ping, Some(peer)) => router.connection_of(peer.as_str()),
+                    _ => Via::Primary,
+                };
+                if router.send_on(&session, &via, command).await { Flow::Continue } else { Flow::Closed }
+            }
+        };
+        match flow {
+            Flow::Continue => {}
+            Flow::Closed => {
+                let _ = router.routing.events.send(LineEvent::Closed);
+                return;
+            }
+            Flow::Stop => return,
+        }
+    }
+}
+
+impl Router {
+    /// When the rendezvous rules next want [`ContactRendezvous::on_timeout`].
+    fn next_timer(&self) -> Option<tokio::time::Instant> {
+        let at = self.search.as_ref()?.rules.next_timeout()?;
+        Some(tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(unix_ms())))
+    }
+
+    /// The connection `peer_code` was paired on.
+    fn connection_of(&self, peer_code: &str) -> Via {
+        self.connection_of_peer
+            .get(peer_code)
+            .cloned()
+            .unwrap_or(Via::Primary)
+    }
+
+    /// Sends `message` on the connection `via` (the primary when that side connection is
+    /// gone); `false` when the primary connection is gone.
+    async fn send_on(&self, session: &SignalingSession, via: &Via, message: ClientMessage) -> bool {
+        if let Some(side) = self.sides.get(via) {
+            if side.send(message.to_text()).await.is_err() {
+                tracing::warn!(
+                    relay = relay_of(via, &self.primary_relay),
+                    "a side connection is gone"
+                );
+            }
+            return true;
+        }
+        session.send(message).await.is_ok()
+    }
+
+    /// A side connection's event.
+    async fn on_side(&mut self, session: &SignalingSession, event: SideEvent) -> Flow {
+        match event {
+            SideEvent::Up {
+                via,
+                server_id,
+                sender,
+            } => {
+                self.sides.insert(via.clone(), sender);
+                if let Some(search) = self.search.as_mut() {
+                    search.rules.on_connected(via.clone(), &server_id);
+                }
+                if let Some(meeting) = self.meetings.remove(&via) {
+                    // Not when we are requesting on our own relay already (it came up late).
+                    let request = meeting.request
+                        && self
+                            .search
+                            .as_mut()
+                            .is_some_and(|s| s.rules.meeting_up(&meeting.peer_code));
+                    if request {
+                        if let Ok(target) = PairingCode::parse(&meeting.peer_code) {
+                            let request = ClientMessage::PairRequest {
+                                target_code: target,
+                                proposed_name: Some("call-probe".into()),
+                            };
+                            if !self.send_on(session, &via, request).await {
+                                return Flow::Closed;
+                            }
+                        }
+                    }
+                }
+                Flow::Continue
+            }
+            SideEvent::Failed { via, error } => {
+                tracing::warn!(relay = relay_of(&via, &self.primary_relay), %error, "a side connection could not be opened");
+                let Some(meeting) = self.meetings.remove(&via) else {
+                    return Flow::Continue;
+                };
+                let _ = self.routing.events.send(LineEvent::MeetingFailed {
+                    peer_code: meeting.peer_code.clone(),
+                    relay: relay_of(&via, &self.primary_relay),
+                    error,
+                });
+                let actions = match self.search.as_mut() {
+                    Some(search) => search.rules.meeting_failed(&meeting.peer_code, unix_ms()),
+                    None => Vec::new(),
+                };
+                if self.act(session, actions).await {
+                    Flow::Continue
+                } else {
+                    Flow::Closed
+                }
+            }
+            SideEvent::Message { via, message } => self.on_message(session, via, message).await,
+        }
+    }
+
+    /// A frame that arrived on `via`.
+    async fn on_message(
+        &mut self,
+        session: &SignalingSession,
+        via: Via,
+        message: ServerMessage,
+    ) -> Flow {
+        if let Some(payload) = message.call_payload() {
+            let from = message
+                .forwarded()
+                .and_then(|forwarded| PairingCode::parse(&forwarded.from).ok());
+            match (payload, from) {
+                (Ok(payload), Some(from)) => {
+                    let Some(key) = self.routing.paired_key(&from) else {
+                        tracing::warn!(
+                            from = from.as_str(),
+                            kind = payload.kind().type_name(),
+                            "ignoring a call message from a code this line has not paired with"
+                        );
+                        return Flow::Continue;
+                    };
+                    let auth = match &self.routing.keys {
+                        None => None,
+                        Some(keys) => match keys.peer_auth(&key) {
+                            Some(auth) => Some(auth),
+                            None => {
+                                tracing::warn!(
+                                    from = from.as_str(),
+                                    "ignoring a call message from a peer paired under an unusable key"
+                                );
+                                return Flow::Continue;
+                            }
+                        },
+                    };
+                    self.peer_of_call
+                        .insert(payload.call_id().to_ascii_lowercase(), from);
+                    if self
+                        .routing
+                        .to_engine
+                        .send(Inbound {
+                            payload,
+                            peer: auth,
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return Flow::Stop;
+                    }
+                }
+                (Err(error), _) => tracing::warn!(%error, "ignoring an invalid call payload"),
+                (_, None) => tracing::warn!("ignoring a call message with no valid sender"),
+            }
+            return Flow::Continue;
+        }
+        let event = match message {
+            ServerMessage::PairIncoming {
+                from_code,
+                from_public_key,
+                ..
+            } => {
+                let trusted = self
+                    .search
+                    .as_ref()
+                    .is_some_and(|s| s.rules.accepts(&from_public_key));
+                if self.routing.accept_pairs || trusted {
+                    // Answered on the connection it came on (a redirect's or meeting
+                    // connection's too).
+                    if let Ok(code) = PairingCode::parse(&from_code) {
+                        let response = ClientMessage::PairResponse {
+                            target_code: code,
+                            accepted: true,
+                        };
+                        if !self.send_on(session, &via, response).await {
+                            return Flow::Closed;
+                        }
+                    }
+                } else if self.search.is_some() || via != Via::Primary {
+                    // Looking for contacts: only theirs are accepted, a stranger's is left
+                    // unanswered.
+                    tracing::warn!(
+                        from = from_code.as_str(),
+                        "not accepting a pair request from a key that is no contact's"
+                    );
+                    let _ = self
+                        .routing
+                        .events
+                        .send(LineEvent::PairIgnored { from_code });
+                    return Flow::Continue;
+                }
+                LineEvent::PairIncoming { from_code }
+            }
+            ServerMessage::PairMatched {
+                peer_code,
+                peer_public_key,
+                is_initiator,
+            } => {
+                if let Ok(code) = PairingCode::parse(&peer_code) {
+                    self.peer = Some(code);
+                    self.routing.paired(&peer_code, &peer_public_key);
+                    if via == Via::Primary {
+                        self.connection_of_peer.remove(&peer_code);
+                    } else {
+                        self.connection_of_peer
+                            .insert(peer_code.clone(), via.clone());
+                    }
+                    if let Some(search) = self.search.as_mut() {
+                        search.rules.paired(&peer_code);
+                    }
+                }
+                LineEvent::PairMatched {
+                    peer_code,
+                    peer_public_key,
+                    is_initiator,
+                }
+            }
+            ServerMessage::PairRejected { peer_code } => LineEvent::PairRejected { peer_code },
+            ServerMessage::PairError { error } => LineEvent::PairError { error },
+            ServerMessage::PairTimeout { peer_code } => {
+                let retrying = self
+                    .search
+                    .as_ref()
+                    .is_some_and(|s| s.rules.resending_to(&peer_code));
+                if retrying {
+                    // A request to a code not yet on our relay (the contact is on its way).
+                    return Flow::Continue;
+                }
+                LineEvent::PairTimeout { peer_code }
+            }
+            ServerMessage::Error { message } => LineEvent::RelayError { message },
+            ServerMessage::IceServers { ice_servers, .. } => {
+                // Before the next frame (a call_offer, say) reaches the engine.
+                if let Some((updates, live)) = self.ice.as_mut() {
+                    updates.apply(&ice_servers, live).await;
+                }
+                LineEvent::IceServers {
+                    servers: ice_servers,
+                }
+            }
+            ServerMessage::Pong => LineEvent::Pong,
+            ServerMessage::Unknown(unknown) => {
+                let Some(search) = self.search.as_mut() else {
+                    return Flow::Continue;
+                };
+                let Some(reply) = rendezvous_reply(&unknown) else {
+                    return Flow::Continue;
+                };
+                let actions = search.rules.on_reply(&reply, &via);
+                return if self.act(session, actions).await {
+                    Flow::Continue
+                } else {
+                    Flow::Closed
+                };
+            }
+            _ => return Flow::Continue,
+        };
+        let _ = self.routing.events.send(event);
+        Flow::Continue
+    }
+
+    /// Carries out the rendezvous rules' actions; `false` when the primary connection is
+    /// gone.
+    async fn act(&mut self, session: &SignalingSession, actions: Vec<RendezvousAction>) -> bool {
+        let Some(mut search) = self.search.take() else {
+            return true;
+        };
+        let going_on = self.act_with(session, &mut search, actions).await;
+        self.search = Some(search);
+        going_on
+    }
+
+    async fn act_with(
+        &mut self,
+        session: &SignalingSession,
+        search: &mut ContactSearch,
+        actions: Vec<RendezvousAction>,
+    ) -> bool {
+        let events = self.routing.events.clone();
+        for action in actions {
+            match action {
+                RendezvousAction::Register => {
+                    if session.send_text(search.frame(unix_ms())).await.is_err() {
+                        return false;
+                    }
+                }
+                RendezvousAction::PairRequest { peer_code, via } => {
+                    let Ok(target) = PairingCode::parse(&peer_code) else {
+                        tracing::warn!("a live match is no pairing code");
+                        continue;
+                    };
+                    let _ = events.send(LineEvent::ContactMatched {
+                        peer_code,
+                        relay: relay_of(&via, &self.primary_relay),
+                        we_request: true,
+                    });
+                    let request = ClientMessage::PairRequest {
+                        target_code: target,
+                        proposed_name: Some("call-probe".into()),
+                    };
+                    // Where the contact is: the connection the match came on (a redirect's:
+                    // both followed the redirect there), or a meeting connection. The app
+                    // always uses its primary connection, which cannot reach a contact on
+                    // another relay.
+                    if !self.send_on(session, &via, request).await {
+                        return false;
+                    }
+                }
+                RendezvousAction::AwaitPairIncoming { peer_code, via } => {
+                    let _ = events.send(LineEvent::ContactMatched {
+                        peer_code,
+                        relay: relay_of(&via, &self.primary_relay),
+                        we_request: false,
+                    });
+                }
+                RendezvousAction::UnlistedRelay {
+                    peer_code,
+                    relay_id,
+                } => {
+                    tracing::warn!(
+                        peer = peer_code.as_str(),
+                        relay = relay_id.as_str(),
+                        "a match names a relay that is not in the signed fleet: not dialled"
+                    );
+                    let _ = events.send(LineEvent::RelayNotDialled {
+                        peer_code,
+                        relay_id,
+                    });
+                }
+                RendezvousAction::FollowRedirect(redirect) => {
+                    let Ok(url) = url::Url::parse(&redirect.endpoint) else {
+                        tracing::warn!(
+                            endpoint = redirect.endpoint.as_str(),
+                            "a redirect to no URL"
+                        );
+                        continue;
+                    };
+                    // The redirect's items as they are, as the app sends them.
+                    let frame = RelayRequest::RegisterRendezvous(
+                        zajel_wire::rendezvous::RegisterRendezvous {
+                            peer_id: Some(search.code.as_str().to_string()),
+                            daily_points: redirect.daily_points.clone(),
+                            hourly_tokens: redirect.hourly_tokens.clone(),
+                            ..Default::default()
+                        },
+                    )
+                    .to_text();
+                    let side = SideConnection {
+                        via: Via::Redirect(url.to_string()),
+                        url,
+                        trust: search.trust.clone(),
+                        step: search.step_timeout,
+                        code: search.code,
+                        public_key: search.identity.public_base64(),
+                        prove: None,
+                        first_frame: Some(frame),
+                    };
+                    self.side_tasks
+                        .push(tokio::spawn(side.run(self.side_events.clone())));
+                }
+                RendezvousAction::Meet {
+                    peer_code,
+                    server_id,
+                    endpoint,
+                    request,
+                } => {
+                    let _ = events.send(LineEvent::ContactMatched {
+                        peer_code: peer_code.clone(),
+                        relay: endpoint.clone(),
+                        we_request: request,
+                    });
+                    let Ok(url) = url::Url::parse(&endpoint) else {
+                        tracing::warn!(endpoint = endpoint.as_str(), "a fleet entry with no URL");
+                        continue;
+                    };
+                    let via = Via::Meeting(url.to_string());
+                    if self.sides.contains_key(&via) || self.meetings.contains_key(&via) {
+                        // Already there (or on the way): only the request is new.
+                        if request && self.sides.contains_key(&via) {
+                            if let Ok(target) = PairingCode::parse(&peer_code) {
+                                let request = ClientMessage::PairRequest {
+                                    target_code: target,
+                                    proposed_name: Some("call-probe".into()),
+                                };
+                                if !self.send_on(session, &via, request).await {
+                                    return false;
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    search.rules.meeting_started(&peer_code, unix_ms());
+                    self.meetings
+                        .insert(via.clone(), PendingMeeting { peer_code, request });
+                    let side = SideConnection {
+                        via,
+                        url,
+                        trust: search.trust.clone(),
+                        step: search.step_timeout,
+                        code: search.code,
+                        public_key: search.identity.public_base64(),
+                        prove: Some(server_id),
+                        first_frame: None,
+                    };
+                    self.side_tasks
+                        .push(tokio::spawn(side.run(self.side_events.clone())));
                 }
             }
         }
+        true
+    }
+
+    /// The end of a line that is closing (not one whose relay went away): what the engine
+    /// has already produced is sent, then the WebSockets are closed.
+    async fn hang_up(
+        mut self,
+        session: SignalingSession,
+        mut from_engine: mpsc::Receiver<CallPayload>,
+    ) {
+        while let Ok(payload) = from_engine.try_recv() {
+            if let Some(target) = target_of(&payload, self.peer, &mut self.peer_of_call) {
+                let via = self.connection_of(target.as_str());
+                if !self
+                    .send_on(&session, &via, ClientMessage::call(target, &payload))
+                    .await
+                {
+                    break;
+                }
+            }
+        }
+        // Side connections close once their event channel is gone (queued frames first).
+        let Router {
+            side_tasks,
+            sides,
+            side_events,
+            ..
+        } = self;
+        drop(sides);
+        drop(side_events);
+        let sides_closed = async {
+            for task in side_tasks {
+                let _ = task.await;
+            }
+        };
+        let _ = tokio::join!(session.close(CLOSE_WAIT), async {
+            let _ = tokio::time::timeout(CLOSE_WAIT, sides_closed).await;
+        });
     }
 }
 
@@ -762,128 +1159,117 @@ fn rendezvous_reply(unknown: &UnknownMessage) -> Option<RelayReply> {
     }
 }
 
-/// Carries out the rendezvous rules' actions; `false` when the primary connection is gone.
-async fn act(
-    session: &SignalingSession,
-    search: &ContactSearch,
-    actions: Vec<RendezvousAction>,
-    primary_relay: &str,
-    events: &mpsc::UnboundedSender<LineEvent>,
-    redirected: &mpsc::Sender<(Via, RelayReply)>,
-) -> bool {
-    for action in actions {
-        match action {
-            RendezvousAction::Register => {
-                if session.send_text(search.frame(unix_ms())).await.is_err() {
-                    return false;
-                }
-            }
-            RendezvousAction::PairRequest { peer_code, via } => {
-                let Ok(target) = PairingCode::parse(&peer_code) else {
-                    tracing::warn!("a live match is no pairing code");
-                    continue;
-                };
-                let _ = events.send(LineEvent::ContactMatched {
-                    peer_code,
-                    relay: relay_of(&via, primary_relay),
-                    we_request: true,
-                });
-                // Always on the primary connection, as the app does.
-                let request = ClientMessage::PairRequest {
-                    target_code: target,
-                    proposed_name: Some("call-probe".into()),
-                };
-                if session.send(request).await.is_err() {
-                    return false;
-                }
-            }
-            RendezvousAction::AwaitPairIncoming { peer_code, via } => {
-                let _ = events.send(LineEvent::ContactMatched {
-                    peer_code,
-                    relay: relay_of(&via, primary_relay),
-                    we_request: false,
-                });
-            }
-            RendezvousAction::FollowRedirect(redirect) => {
-                let Ok(url) = url::Url::parse(&redirect.endpoint) else {
-                    tracing::warn!(
-                        endpoint = redirect.endpoint.as_str(),
-                        "a redirect to no URL"
-                    );
-                    continue;
-                };
-                // The redirect's items as they are, as the app sends them.
-                let frame =
-                    RelayRequest::RegisterRendezvous(zajel_wire::rendezvous::RegisterRendezvous {
-                        peer_id: Some(search.code.as_str().to_string()),
-                        daily_points: redirect.daily_points.clone(),
-                        hourly_tokens: redirect.hourly_tokens.clone(),
-                        ..Default::default()
-                    })
-                    .to_text();
-                tokio::spawn(follow_redirect(
-                    url,
-                    search.trust.clone(),
-                    search.step_timeout,
-                    search.code,
-                    search.identity.public_base64(),
-                    frame,
-                    redirected.clone(),
-                ));
-            }
-        }
-    }
-    true
-}
-
 fn relay_of(via: &Via, primary_relay: &str) -> String {
     match via {
         Via::Primary => primary_relay.to_string(),
-        Via::Redirect(endpoint) => endpoint.clone(),
+        Via::Redirect(endpoint) | Via::Meeting(endpoint) => endpoint.clone(),
     }
 }
 
-/// A redirect connection (§5.4): `register` with the line's code and key on `url`, then the
-/// redirect's `register_rendezvous`; its rendezvous replies go to the line until the line
-/// ends (then the connection closes).
-async fn follow_redirect(
+/// A second connection of the line (§5.4's redirect connection, or a meeting connection to
+/// the relay a match named): `register` with the line's code and key on `url` (a meeting
+/// connection first has the relay prove the serverId the signed fleet lists for it), then
+/// `first_frame` if any; every frame it receives goes to the line, which answers on it, until
+/// the line ends (then it closes, sending what is queued first).
+struct SideConnection {
+    via: Via,
     url: url::Url,
     trust: TrustAnchors,
     step: Duration,
     code: PairingCode,
     public_key: String,
-    frame: String,
-    replies: mpsc::Sender<(Via, RelayReply)>,
-) {
-    let via = Via::Redirect(url.to_string());
-    let mut session = match SignalingSession::connect(&url, &trust, step).await {
-        Ok(session) => session,
-        Err(error) => {
-            tracing::warn!(%url, %error, "cannot follow a rendezvous redirect");
+    /// The serverId the relay must prove (meeting connections).
+    prove: Option<String>,
+    first_frame: Option<String>,
+}
+
+impl SideConnection {
+    async fn run(self, events: mpsc::Sender<SideEvent>) {
+        let via = self.via.clone();
+        let mut session = match self.open().await {
+            Ok(session) => session,
+            Err(error) => {
+                let _ = events.send(SideEvent::Failed { via, error }).await;
+                return;
+            }
+        };
+        let server_id = session.server_info().server_id.clone();
+        let up = SideEvent::Up {
+            via: via.clone(),
+            server_id,
+            sender: session.sender(),
+        };
+        if events.send(up).await.is_err() {
+            session.close(CLOSE_WAIT).await;
             return;
         }
-    };
-    if let Err(error) = session.register(code, &public_key, step).await {
-        tracing::warn!(%url, %error, "the redirect's relay refused register");
-        return;
-    }
-    if session.send_text(frame).await.is_err() {
-        return;
-    }
-    loop {
-        tokio::select! {
-            message = session.recv() => {
-                let Some(message) = message else { return };
-                if let ServerMessage::Unknown(unknown) = message {
-                    if let Some(reply) = rendezvous_reply(&unknown) {
-                        if replies.send((via.clone(), reply)).await.is_err() {
-                            break;
-                        }
+        loop {
+            tokio::select! {
+                message = session.recv() => {
+                    let Some(message) = message else { return };
+                    if events.send(SideEvent::Message { via: via.clone(), message }).await.is_err() {
+                        break;
                     }
                 }
+                () = events.closed() => break,
             }
-            () = replies.closed() => break,
+        }
+        session.close(CLOSE_WAIT).await;
+    }
+
+    async fn open(&self) -> Result<SignalingSession, String> {
+        let mut session = SignalingSession::connect(&self.url, &self.trust, self.step)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(expected) = &self.prove {
+            prove(&mut session, &self.url, expected, self.step).await?;
+        }
+        session
+            .register(self.code, &self.public_key, self.step)
+            .await
+            .map_err(|e| format!("register refused: {e}"))?;
+        if let Some(frame) = &self.first_frame {
+            session
+                .send_text(frame.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(session)
+    }
+}
+
+/// Has the relay on `session` prove `expected` (the serverId the signed fleet lists for
+/// `url`), judged as discovery judges it.
+async fn prove(
+    session: &mut SignalingSession,
+    url: &url::Url,
+    expected: &str,
+    step: Duration,
+) -> Result<(), String> {
+    use discovery_client::identity::{judge, Identity as Judged, IdentityCheck};
+    use zajel_client_net::signaling::IdentityAnswer;
+    let answer = session
+        .prove_identity(step)
+        .await
+        .map_err(|e| format!("no identity proof: {e}"))?;
+    let check = match answer {
+        IdentityAnswer::Proof {
+            server_id,
+            endpoint,
+        } => IdentityCheck::Proof {
+            server_id,
+            endpoint,
+        },
+        IdentityAnswer::Invalid { reason } => IdentityCheck::Invalid(reason),
+        IdentityAnswer::Refused { message } => IdentityCheck::Unanswered(message),
+    };
+    let announced = session.server_info().server_id.clone();
+    let announced = (!announced.is_empty()).then_some(announced.as_str());
+    match judge(url.as_str(), Some(expected), announced, &check) {
+        Judged::Proven { .. } => Ok(()),
+        Judged::Learnt { server_id } => Err(format!("it proved {server_id}, not {expected}")),
+        Judged::Unproven(why) | Judged::Mismatch(why) => {
+            Err(format!("it did not prove {expected}: {why}"))
         }
     }
-    session.close(CLOSE_WAIT).await;
 }

@@ -174,6 +174,10 @@ pub struct CallArgs {
     peer_key: Option<String>,
     #[command(flatten)]
     media: MediaArgs,
+    /// Use this relay when discovery found it usable (else discovery's best): discovery
+    /// still runs, for the signed fleet where a contact on another relay is met.
+    #[arg(long, value_name = "URL")]
+    prefer_server: Option<String>,
     #[command(flatten)]
     discovery: DiscoveryArgs,
 }
@@ -208,6 +212,10 @@ pub struct AnswerArgs {
     /// pairing code is new.
     #[arg(long)]
     no_rendezvous: bool,
+    /// Use this relay when discovery found it usable (else discovery's best): discovery
+    /// still runs, for the signed fleet where contacts on other relays are met.
+    #[arg(long, value_name = "URL")]
+    prefer_server: Option<String>,
     #[command(flatten)]
     media: MediaArgs,
     #[command(flatten)]
@@ -286,6 +294,26 @@ pub async fn demo(args: DemoArgs) -> ExitCode {
 }
 
 /// Picks the server: the one in a link, else discovery (with the link as its QR source).
+/// `--prefer-server`: moves the choice to that relay when discovery found it usable.
+fn prefer(choice: &mut ServerChoice, preferred: Option<&str>) {
+    let Some(preferred) = preferred else { return };
+    let wanted = zajel_wire::endpoint::signaling_url(preferred).map(|u| u.to_string());
+    let usable = choice.usable_servers();
+    match usable
+        .iter()
+        .find(|url| wanted.as_deref().is_ok_and(|w| w == url.as_str()) || url.as_str() == preferred)
+    {
+        Some(url) => {
+            let url = url.clone();
+            choice.moved_to(&url);
+        }
+        None => tracing::warn!(
+            preferred,
+            "--prefer-server is not among the servers discovery found usable"
+        ),
+    }
+}
+
 async fn choose_server(
     discovery: &DiscoveryArgs,
     link: Option<&ShareLink>,
@@ -393,6 +421,7 @@ pub async fn call(args: CallArgs) -> ExitCode {
         Ok(choice) => choice,
         Err(e) => return usage(e),
     };
+    prefer(&mut choice, args.prefer_server.as_deref());
     let Some(url) = choice.url() else {
         if args.media.json {
             print_json(&serde_json::json!({"server": choice, "call": null}));
@@ -411,6 +440,7 @@ pub async fn call(args: CallArgs) -> ExitCode {
     options.duration = duration;
     options.with_video = args.video;
     options.peer_key = args.peer_key.clone();
+    options.fleet = choice.signed_fleet();
     options.proven_servers = choice
         .identities
         .iter()
@@ -500,10 +530,11 @@ pub async fn answer(args: AnswerArgs) -> ExitCode {
         chosen = choose_server(&args.discovery, None) => chosen,
         signal = interrupt.fired() => return stopped_early(signal, "discovery"),
     };
-    let choice = match chosen {
+    let mut choice = match chosen {
         Ok(choice) => choice,
         Err(e) => return usage(e),
     };
+    prefer(&mut choice, args.prefer_server.as_deref());
     let Some(url) = choice.url() else {
         out!("{}", choice.to_table());
         eprintln!("error: no server found");
@@ -515,6 +546,7 @@ pub async fn answer(args: AnswerArgs) -> ExitCode {
     options.echo = args.echo;
     options.decline = args.decline;
     options.rendezvous = !args.no_rendezvous;
+    options.fleet = choice.signed_fleet();
     options.line = args.media.line_options(660.0).trusting(roots);
     options.line.contact_name = args.name.clone();
     let started = tokio::select! {

@@ -66,6 +66,10 @@ pub struct CallOptions {
     /// relay prove that key again on the call's own connection (what answers at an address can
     /// change between discovery's check and the call).
     pub proven_servers: Vec<(String, String)>,
+    /// `--contact`: the signed fleet as (serverId, endpoint), from discovery's signed
+    /// sources: a contact found connected on one of these relays is met there (a meeting
+    /// connection, [`crate::rendezvous`]); a match naming any other relay is not dialled.
+    pub fleet: Vec<(String, String)>,
     /// Ctrl-C / SIGTERM: hang up and stop (never, by default).
     pub interrupt: Interrupt,
     /// Where to say what the run is doing while it runs (nowhere, by default).
@@ -93,6 +97,7 @@ impl CallOptions {
             line: LineOptions::new(440.0),
             peer_key: None,
             proven_servers: Vec::new(),
+            fleet: Vec::new(),
             interrupt: Interrupt::never(),
             progress: Progress::default(),
         }
@@ -602,6 +607,7 @@ async fn call_steps(
             options.line.trust.clone(),
             step,
         )
+        .with_fleet(options.fleet.clone())
     });
     let mut line = PhoneLine::start_searching(
         "caller",

@@ -14,16 +14,39 @@
 //! - A live match (`rendezvous_result.liveMatches`, `rendezvous_partial.local.liveMatches`, a
 //!   pushed `rendezvous_match`) names another peer's code. Empty, our own, or a code already
 //!   handled: nothing. Otherwise only the side whose code is smaller (byte order, Dart's
-//!   `String.compareTo`) sends `pair_request`, always on the primary connection; the other
-//!   side waits for the `pair_incoming`.
+//!   `String.compareTo`) sends `pair_request`; the other side waits for the `pair_incoming`.
+//!   The app sends it on its primary connection always; we send it on the connection the
+//!   match came on (on a redirect's connection: both contacts followed the redirect there,
+//!   and a request on the primary could not reach a contact on another relay).
 //! - `pair_incoming` is accepted only when its `fromPublicKey` is one of the trusted contacts'
 //!   keys ([`ContactRendezvous::accepts`]); a stranger who learnt our code is not.
 //! - `rendezvous_partial.redirects` (points another relay owns) are followed once per
 //!   endpoint, only from the primary connection's replies (the app ignores a redirect
 //!   connection's own redirects): a second connection to the endpoint, `register` with the
-//!   same code and key, `register_rendezvous` with that redirect's items.
+//!   same code and key, `register_rendezvous` with that redirect's items. A `pair_incoming`
+//!   arriving there is answered there (same trusted-key rule).
+//!
+//! Beyond the app (relay-lite's forwarding, its README "Rendezvous across relays"): a match
+//! may name, in `relayId`, the serverId of the relay where the contact is connected. Empty,
+//! or a relay we already hold a connection to: as above, on that connection (the primary for
+//! an empty one, as the app does). Another relay: it is looked up in the **signed fleet**
+//! ([`ContactRendezvous::with_fleet`]: serverId → endpoint from the registry's signed list,
+//! as discovery verified it; never from the relay's word, which a hostile relay could use to
+//! send us anywhere). Not listed: not dialled ([`RendezvousAction::UnlistedRelay`]), and the
+//! match is handled as one on the connection it came on. Listed: both sides open a *meeting
+//! connection* to it ([`RendezvousAction::Meet`]: `register` with the same code and key, the
+//! relay must prove that serverId's key); the smaller code sends `pair_request` there and
+//! the call is carried on it; the larger waits, and answers a trusted `pair_incoming` on
+//! whichever connection it arrives. If the smaller side cannot reach the contact's relay
+//! (blocked, refused, wrong key: [`ContactRendezvous::meeting_failed`]; or not up within
+//! [`MEETING_FALLBACK_MS`]: a blackholed relay only fails at the step timeout), it sends
+//! `pair_request` on its primary connection instead, again every [`PAIR_RESEND_MS`] until
+//! paired ([`ContactRendezvous::paired`]): the larger side's meeting connection registers its
+//! code there (a request to a code not yet registered is a silent ghost the next request
+//! replaces). A meeting connection that comes up after that carries no request
+//! ([`ContactRendezvous::meeting_up`]), so the contacts pair once.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use zajel_wire::peer_keys;
 use zajel_wire::rendezvous::{Redirect, RegisterRendezvous, RelayReply};
@@ -38,13 +61,23 @@ pub const RESEND_AFTER_MS: u64 = 5_000;
 /// current hour's token and today's point are always registered.
 pub const REFRESH_EVERY_MS: u64 = 3_600_000;
 
+/// How often the smaller side re-sends `pair_request` on its primary connection when it
+/// could not reach its contact's relay (until paired).
+pub const PAIR_RESEND_MS: u64 = 1_000;
+
+/// How long the smaller side waits for its meeting connection before it also requests on
+/// its own relay.
+pub const MEETING_FALLBACK_MS: u64 = 3_000;
+
 /// Which connection a reply came on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Via {
     /// The connection the line registered on.
     Primary,
     /// A connection opened to follow a redirect, to this endpoint.
     Redirect(String),
+    /// A connection opened to meet a contact on the relay a match named, to this endpoint.
+    Meeting(String),
 }
 
 /// What the line must do.
@@ -59,6 +92,17 @@ pub enum RendezvousAction {
     AwaitPairIncoming { peer_code: String, via: Via },
     /// Open a second connection for `redirect` (register, then its items).
     FollowRedirect(Redirect),
+    /// A live match with `peer_code` connected on another relay of the signed fleet: open a
+    /// meeting connection to `endpoint` (the relay must prove `server_id`), register there,
+    /// and when `request` (our code is the smaller) send `pair_request` on it.
+    Meet {
+        peer_code: String,
+        server_id: String,
+        endpoint: String,
+        request: bool,
+    },
+    /// A live match named a relay that is not in the signed fleet: it is not dialled.
+    UnlistedRelay { peer_code: String, relay_id: String },
 }
 
 /// The rendezvous rules for one line: own code, trusted keys, the re-send timer, and the codes
@@ -71,6 +115,15 @@ pub struct ContactRendezvous {
     refresh_ms: Option<u64>,
     handled_codes: BTreeSet<String>,
     followed_endpoints: BTreeSet<String>,
+    /// serverId → endpoint, from the registry's signed list.
+    fleet: BTreeMap<String, String>,
+    /// serverId → the connection we hold to that relay.
+    connected: BTreeMap<String, Via>,
+    /// Codes whose `pair_request` is re-sent on the primary connection, and when next.
+    pair_resends: BTreeMap<String, u64>,
+    /// Codes we are to request on a meeting connection being opened, and until when we wait
+    /// for it.
+    meetings: BTreeMap<String, u64>,
 }
 
 impl ContactRendezvous {
@@ -84,7 +137,79 @@ impl ContactRendezvous {
             refresh_ms: None,
             handled_codes: BTreeSet::new(),
             followed_endpoints: BTreeSet::new(),
+            fleet: BTreeMap::new(),
+            connected: BTreeMap::new(),
+            pair_resends: BTreeMap::new(),
+            meetings: BTreeMap::new(),
         }
+    }
+
+    /// The signed fleet, as (serverId, endpoint): the relays a match's `relayId` may send us
+    /// to. Without it no meeting connection is ever opened.
+    pub fn with_fleet(mut self, fleet: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.fleet.extend(fleet);
+        self
+    }
+
+    /// The primary connection's relay is `server_id` (its `server_info`).
+    pub fn with_primary_relay(mut self, server_id: &str) -> Self {
+        self.on_connected(Via::Primary, server_id);
+        self
+    }
+
+    /// A connection (`via`) is up to the relay `server_id`: matches naming it pair there.
+    pub fn on_connected(&mut self, via: Via, server_id: &str) {
+        if !server_id.is_empty() {
+            self.connected.entry(server_id.to_string()).or_insert(via);
+        }
+    }
+
+    /// A meeting connection for `peer_code` (a [`RendezvousAction::Meet`]) is being opened at
+    /// `now_ms`: when we are to request on it, we wait [`MEETING_FALLBACK_MS`] for it.
+    pub fn meeting_started(&mut self, peer_code: &str, now_ms: u64) {
+        if self.own_code.as_bytes() < peer_code.as_bytes()
+            && !self.pair_resends.contains_key(peer_code)
+        {
+            self.meetings.insert(
+                peer_code.to_string(),
+                now_ms.saturating_add(MEETING_FALLBACK_MS),
+            );
+        }
+    }
+
+    /// The meeting connection for `peer_code` is up: whether to send `pair_request` on it
+    /// (not when we are requesting on our own relay already, so that we pair once).
+    pub fn meeting_up(&mut self, peer_code: &str) -> bool {
+        self.meetings.remove(peer_code).is_some()
+    }
+
+    /// The meeting connection for `peer_code` could not be opened (refused, unreachable, or
+    /// the relay did not prove its key) at `now_ms`: when we were to request, request on the
+    /// primary connection instead, now and every [`PAIR_RESEND_MS`] until [`Self::paired`].
+    pub fn meeting_failed(&mut self, peer_code: &str, now_ms: u64) -> Vec<RendezvousAction> {
+        self.meetings.remove(peer_code);
+        if self.own_code.as_bytes() >= peer_code.as_bytes()
+            || self.pair_resends.contains_key(peer_code)
+        {
+            return Vec::new();
+        }
+        self.pair_resends
+            .insert(peer_code.to_string(), now_ms.saturating_add(PAIR_RESEND_MS));
+        vec![RendezvousAction::PairRequest {
+            peer_code: peer_code.to_string(),
+            via: Via::Primary,
+        }]
+    }
+
+    /// Whether `pair_request` to `peer_code` is being re-sent on the primary connection
+    /// (its `pair_timeout`s are expected: the contact was not there yet).
+    pub fn resending_to(&self, peer_code: &str) -> bool {
+        self.pair_resends.contains_key(peer_code)
+    }
+
+    /// Paired with `peer_code`: its `pair_request` is not re-sent any more.
+    pub fn paired(&mut self, peer_code: &str) {
+        self.pair_resends.remove(peer_code);
     }
 
     /// After the app's one re-send, send again every `every_ms` (ours, for long-running lines).
@@ -102,17 +227,43 @@ impl ContactRendezvous {
     /// When [`Self::on_timeout`] is next due.
     pub fn next_timeout(&self) -> Option<u64> {
         self.resend_at
+            .into_iter()
+            .chain(self.pair_resends.values().copied())
+            .chain(self.meetings.values().copied())
+            .min()
     }
 
-    /// Time passed: the re-send (and, refreshing, the next one), when due.
+    /// Time passed: the re-send (and, refreshing, the next one), and the `pair_request`s
+    /// re-sent on the primary connection, when due.
     pub fn on_timeout(&mut self, now_ms: u64) -> Vec<RendezvousAction> {
+        let mut actions = Vec::new();
         match self.resend_at {
             Some(at) if now_ms >= at => {
                 self.resend_at = self.refresh_ms.map(|every| now_ms.saturating_add(every));
-                vec![RendezvousAction::Register]
+                actions.push(RendezvousAction::Register);
             }
-            _ => Vec::new(),
+            _ => {}
         }
+        let late: Vec<String> = self
+            .meetings
+            .iter()
+            .filter(|(_, at)| now_ms >= **at)
+            .map(|(code, _)| code.clone())
+            .collect();
+        for peer_code in late {
+            self.meetings.remove(&peer_code);
+            self.pair_resends.insert(peer_code, now_ms);
+        }
+        for (peer_code, at) in self.pair_resends.iter_mut() {
+            if now_ms >= *at {
+                *at = now_ms.saturating_add(PAIR_RESEND_MS);
+                actions.push(RendezvousAction::PairRequest {
+                    peer_code: peer_code.clone(),
+                    via: Via::Primary,
+                });
+            }
+        }
+        actions
     }
 
     /// A rendezvous reply arrived on `via`.
@@ -121,12 +272,12 @@ impl ContactRendezvous {
         match reply {
             RelayReply::RendezvousResult { live_matches, .. } => {
                 for found in live_matches {
-                    actions.extend(self.live_match(&found.peer_id, via));
+                    actions.extend(self.live_match(&found.peer_id, &found.relay_id, via));
                 }
             }
             RelayReply::RendezvousPartial { local, redirects } => {
                 for found in &local.live_matches {
-                    actions.extend(self.live_match(&found.peer_id, via));
+                    actions.extend(self.live_match(&found.peer_id, &found.relay_id, via));
                 }
                 if *via == Via::Primary {
                     for redirect in redirects {
@@ -142,28 +293,56 @@ impl ContactRendezvous {
                 }
             }
             RelayReply::RendezvousMatch { matched } => {
-                actions.extend(self.live_match(&matched.peer_id, via));
+                let relay_id = matched.relay_id.as_deref().unwrap_or_default();
+                actions.extend(self.live_match(&matched.peer_id, relay_id, via));
             }
             _ => {}
         }
         actions
     }
 
-    /// One live match: who pairs with whom.
-    fn live_match(&mut self, peer_code: &str, via: &Via) -> Option<RendezvousAction> {
+    /// One live match (found on `via`, its peer connected on `relay_id`): who pairs with
+    /// whom, and where.
+    fn live_match(&mut self, peer_code: &str, relay_id: &str, via: &Via) -> Vec<RendezvousAction> {
         if peer_code.is_empty()
             || peer_code == self.own_code
             || !self.handled_codes.insert(peer_code.to_string())
         {
-            return None;
+            return Vec::new();
         }
         let peer_code = peer_code.to_string();
-        let via = via.clone();
-        Some(if self.own_code.as_bytes() < peer_code.as_bytes() {
-            RendezvousAction::PairRequest { peer_code, via }
+        let request = self.own_code.as_bytes() < peer_code.as_bytes();
+        let mut actions = Vec::new();
+        let here = if relay_id.is_empty() {
+            via.clone()
+        } else if let Some(held) = self.connected.get(relay_id) {
+            held.clone()
+        } else if let Some(endpoint) = self.fleet.get(relay_id) {
+            return vec![RendezvousAction::Meet {
+                peer_code,
+                server_id: relay_id.to_string(),
+                endpoint: endpoint.clone(),
+                request,
+            }];
         } else {
-            RendezvousAction::AwaitPairIncoming { peer_code, via }
-        })
+            actions.push(RendezvousAction::UnlistedRelay {
+                peer_code: peer_code.clone(),
+                relay_id: relay_id.to_string(),
+            });
+            via.clone()
+        };
+        actions.push(if request {
+            RendezvousAction::PairRequest {
+                peer_code,
+                via: here,
+            }
+        } else {
+            RendezvousAction::AwaitPairIncoming {
+                peer_code,
+                via: here,
+            }
+        });
+        actions
     }
 
     /// Whether a `pair_incoming` with `from_public_key` is accepted: only a trusted contact's.
@@ -210,6 +389,19 @@ mod tests {
                 .map(|c| LiveMatch {
                     peer_id: c.to_string(),
                     relay_id: String::new(),
+                })
+                .collect(),
+            dead_drops: Vec::new(),
+        }
+    }
+
+    fn live_on(found: &[(&str, &str)]) -> RelayReply {
+        RelayReply::RendezvousResult {
+            live_matches: found
+                .iter()
+                .map(|(c, r)| LiveMatch {
+                    peer_id: c.to_string(),
+                    relay_id: r.to_string(),
                 })
                 .collect(),
             dead_drops: Vec::new(),
@@ -324,6 +516,169 @@ mod tests {
             }],
             "a redirect connection's own redirects are ignored"
         );
+    }
+
+    fn matched_on(code: &str, relay_id: &str) -> RelayReply {
+        RelayReply::RendezvousMatch {
+            matched: MatchedPeer {
+                peer_id: code.into(),
+                relay_id: Some(relay_id.into()),
+            },
+        }
+    }
+
+    fn fleet() -> Vec<(String, String)> {
+        vec![
+            ("ed25519:A".into(), "wss://a.example/".into()),
+            ("ed25519:B".into(), "wss://b.example/".into()),
+        ]
+    }
+
+    #[test]
+    fn a_match_on_another_listed_relay_opens_a_meeting_connection_on_both_sides() {
+        let mut small = ContactRendezvous::new("AAAAA2", [])
+            .with_fleet(fleet())
+            .with_primary_relay("ed25519:A");
+        let mut large = ContactRendezvous::new("ZZZZZ2", [])
+            .with_fleet(fleet())
+            .with_primary_relay("ed25519:B");
+        assert_eq!(
+            small.on_reply(&matched_on("ZZZZZ2", "ed25519:B"), &Via::Primary),
+            [RendezvousAction::Meet {
+                peer_code: "ZZZZZ2".into(),
+                server_id: "ed25519:B".into(),
+                endpoint: "wss://b.example/".into(),
+                request: true,
+            }]
+        );
+        assert_eq!(
+            large.on_reply(&live_on(&[("AAAAA2", "ed25519:A")]), &Via::Primary),
+            [RendezvousAction::Meet {
+                peer_code: "AAAAA2".into(),
+                server_id: "ed25519:A".into(),
+                endpoint: "wss://a.example/".into(),
+                request: false,
+            }]
+        );
+        // Once per code.
+        assert!(small
+            .on_reply(&matched_on("ZZZZZ2", "ed25519:B"), &Via::Primary)
+            .is_empty());
+    }
+
+    #[test]
+    fn a_match_on_our_own_relay_or_a_held_connection_pairs_there() {
+        let mut rules = ContactRendezvous::new("AAAAA2", [])
+            .with_fleet(fleet())
+            .with_primary_relay("ed25519:A");
+        assert_eq!(
+            rules.on_reply(&matched_on("ZZZZZ2", "ed25519:A"), &Via::Primary),
+            [RendezvousAction::PairRequest {
+                peer_code: "ZZZZZ2".into(),
+                via: Via::Primary
+            }]
+        );
+        let meeting = Via::Meeting("wss://b.example/".into());
+        rules.on_connected(meeting.clone(), "ed25519:B");
+        assert_eq!(
+            rules.on_reply(&matched_on("ZZZZY2", "ed25519:B"), &Via::Primary),
+            [RendezvousAction::PairRequest {
+                peer_code: "ZZZZY2".into(),
+                via: meeting
+            }]
+        );
+    }
+
+    #[test]
+    fn a_match_naming_a_relay_outside_the_signed_fleet_is_not_dialled() {
+        // A hostile relay names its accomplice: no meeting connection, handled where it came.
+        let mut rules = ContactRendezvous::new("AAAAA2", [])
+            .with_fleet(fleet())
+            .with_primary_relay("ed25519:A");
+        assert_eq!(
+            rules.on_reply(&matched_on("ZZZZZ2", "ed25519:EVIL"), &Via::Primary),
+            [
+                RendezvousAction::UnlistedRelay {
+                    peer_code: "ZZZZZ2".into(),
+                    relay_id: "ed25519:EVIL".into()
+                },
+                RendezvousAction::PairRequest {
+                    peer_code: "ZZZZZ2".into(),
+                    via: Via::Primary
+                }
+            ]
+        );
+        // Without a fleet, never.
+        let mut bare = ContactRendezvous::new("AAAAA2", []);
+        assert!(!bare
+            .on_reply(&matched_on("ZZZZZ2", "ed25519:B"), &Via::Primary)
+            .iter()
+            .any(|a| matches!(a, RendezvousAction::Meet { .. })));
+    }
+
+    #[test]
+    fn a_meeting_connection_not_up_in_time_makes_the_smaller_side_request_on_its_own_relay_once() {
+        let mut small = ContactRendezvous::new("AAAAA2", []).with_fleet(fleet());
+        small.meeting_started("ZZZZZ2", 1_000);
+        assert_eq!(small.next_timeout(), Some(1_000 + MEETING_FALLBACK_MS));
+        assert!(small.on_timeout(1_000 + MEETING_FALLBACK_MS - 1).is_empty());
+        let primary = RendezvousAction::PairRequest {
+            peer_code: "ZZZZZ2".into(),
+            via: Via::Primary,
+        };
+        assert_eq!(
+            small.on_timeout(1_000 + MEETING_FALLBACK_MS),
+            std::slice::from_ref(&primary)
+        );
+        assert!(small.resending_to("ZZZZZ2"));
+        // The meeting connection comes up late: no second request there.
+        assert!(!small.meeting_up("ZZZZZ2"));
+        assert_eq!(
+            small.on_timeout(1_000 + MEETING_FALLBACK_MS + PAIR_RESEND_MS),
+            [primary]
+        );
+        // In time: the request goes on it, and no fallback.
+        let mut quick = ContactRendezvous::new("AAAAA2", []).with_fleet(fleet());
+        quick.meeting_started("ZZZZZ2", 1_000);
+        assert!(quick.meeting_up("ZZZZZ2"));
+        assert_eq!(quick.next_timeout(), None);
+        assert!(quick.on_timeout(60_000).is_empty());
+        // The larger side never requests.
+        let mut large = ContactRendezvous::new("ZZZZZ2", []);
+        large.meeting_started("AAAAA2", 1_000);
+        assert!(!large.meeting_up("AAAAA2"));
+        assert_eq!(large.next_timeout(), None);
+    }
+
+    #[test]
+    fn an_unreachable_contacts_relay_makes_the_smaller_side_request_on_its_own_relay_until_paired()
+    {
+        let mut small = ContactRendezvous::new("AAAAA2", []).with_fleet(fleet());
+        assert_eq!(small.next_timeout(), None);
+        assert_eq!(
+            small.meeting_failed("ZZZZZ2", 10_000),
+            [RendezvousAction::PairRequest {
+                peer_code: "ZZZZZ2".into(),
+                via: Via::Primary
+            }]
+        );
+        assert!(small.meeting_failed("ZZZZZ2", 10_001).is_empty(), "once");
+        assert_eq!(small.next_timeout(), Some(10_000 + PAIR_RESEND_MS));
+        assert!(small.on_timeout(10_000 + PAIR_RESEND_MS - 1).is_empty());
+        assert_eq!(
+            small.on_timeout(10_000 + PAIR_RESEND_MS),
+            [RendezvousAction::PairRequest {
+                peer_code: "ZZZZZ2".into(),
+                via: Via::Primary
+            }]
+        );
+        small.paired("ZZZZZ2");
+        assert_eq!(small.next_timeout(), None);
+        assert!(small.on_timeout(60_000).is_empty());
+        // The larger side waits (the smaller comes, or requests on our relay).
+        let mut large = ContactRendezvous::new("ZZZZZ2", []);
+        assert!(large.meeting_failed("AAAAA2", 10_000).is_empty());
+        assert_eq!(large.next_timeout(), None);
     }
 
     #[test]

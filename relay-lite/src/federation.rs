@@ -1071,6 +1071,7 @@ mod tests {
             peer_id: "ABC234".into(),
             daily_points: vec![],
             hourly_tokens: vec!["hr_x".into()],
+            dead_drops: vec![],
         };
         // Before the handshake: ignored like every other frame.
         assert!(ours.on_frame(&forward.to_text(), NOW).is_empty());

@@ -105,8 +105,15 @@ pub(crate) struct RelayRequests {
 /// Points and tokens remembered for refreshes, over all connections.
 pub const MAX_REMEMBERED_ITEMS: usize = 1_000_000;
 
-/// A `rendezvous_forward` from (server, link id): (peerId, daily points, hourly tokens).
-type QueuedForward = (String, u64, String, Vec<String>, Vec<String>);
+/// A `rendezvous_forward` from a server over a link.
+struct QueuedForward {
+    server: String,
+    link: u64,
+    peer_id: String,
+    daily: Vec<String>,
+    hourly: Vec<String>,
+    dead_drops: Vec<(String, String)>,
+}
 
 /// Forwards queued before new ones are dropped.
 const FORWARD_QUEUE: usize = 4_096;
@@ -164,12 +171,9 @@ impl RelayRequests {
         let _ = self.forward_queue.set(queue);
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
-            while let Some((server, link, peer_id, daily, hourly)) = queued.recv().await {
+            while let Some(forward) = queued.recv().await {
                 let Some(me) = me.upgrade() else { return };
-                let _ = tokio::task::spawn_blocking(move || {
-                    me.on_forward(&server, link, &peer_id, &daily, &hourly)
-                })
-                .await;
+                let _ = tokio::task::spawn_blocking(move || me.on_forward(&forward)).await;
             }
         });
     }
@@ -181,16 +185,18 @@ impl RelayRequests {
                 peer_id,
                 daily_points,
                 hourly_tokens,
+                dead_drops,
             } => {
                 let queued = self.forward_queue.get().is_some_and(|queue| {
                     queue
-                        .try_send((
-                            server.to_owned(),
+                        .try_send(QueuedForward {
+                            server: server.to_owned(),
                             link,
                             peer_id,
-                            daily_points,
-                            hourly_tokens,
-                        ))
+                            daily: daily_points,
+                            hourly: hourly_tokens,
+                            dead_drops,
+                        })
                         .is_ok()
                 });
                 if !queued {
@@ -198,28 +204,47 @@ impl RelayRequests {
                 }
             }
             RendezvousLinkMessage::Match { to, matched } => {
-                let forwarded_there = lock(&self.forwarded_out)
-                    .get(&to)
-                    .is_some_and(|servers| servers.contains(server));
-                if forwarded_there {
+                if self.forwarded_there(&to, server) {
                     self.metrics.rendezvous_forward_match_in();
                     self.deliver_to_peer(&to, RelayReply::RendezvousMatch { matched }.to_text());
                 } else {
                     tracing::debug!(%server, "rendezvous_forward_match for a peer not forwarded there: dropped");
                 }
             }
+            RendezvousLinkMessage::DeadDrops { to, dead_drops } => {
+                if self.forwarded_there(&to, server) {
+                    // As a reply carries them (Zajel's clients read only liveMatches from it).
+                    let reply = RelayReply::RendezvousResult {
+                        live_matches: Vec::new(),
+                        dead_drops,
+                    };
+                    self.deliver_to_peer(&to, reply.to_text());
+                } else {
+                    tracing::debug!(%server, "rendezvous_forward_dead_drops for a peer not forwarded there: dropped");
+                }
+            }
         }
     }
 
-    /// A `rendezvous_forward` from `origin`: stored here, matches reported back.
-    fn on_forward(
-        &self,
-        origin: &str,
-        link: u64,
-        peer_id: &str,
-        daily_points: &[String],
-        hourly_tokens: &[String],
-    ) {
+    /// Whether this relay forwarded `peer_id`'s points to `server`.
+    fn forwarded_there(&self, peer_id: &str, server: &str) -> bool {
+        lock(&self.forwarded_out)
+            .get(peer_id)
+            .is_some_and(|servers| servers.contains(server))
+    }
+
+    /// A `rendezvous_forward` from `origin`: stored here, matches and dead
+    /// drops reported back.
+    fn on_forward(&self, forward: &QueuedForward) {
+        let QueuedForward {
+            server: origin,
+            link,
+            peer_id,
+            daily: daily_points,
+            hourly: hourly_tokens,
+            dead_drops,
+        } = forward;
+        let (origin, link, peer_id) = (origin.as_str(), *link, peer_id.as_str());
         let held_here = lock(&self.peers).connection_of(peer_id).is_some()
             || PairingCode::parse(peer_id)
                 .ok()
@@ -242,6 +267,7 @@ impl RelayRequests {
             peer_id,
             daily_points,
             hourly_tokens,
+            dead_drops,
         );
         let registered = match registered {
             Ok(registered) => registered,
@@ -267,8 +293,36 @@ impl RelayRequests {
                 },
             );
         }
+        if !registered.dead_drops.is_empty() {
+            let dead_drops = registered
+                .dead_drops
+                .into_iter()
+                .map(|mut found| {
+                    if found.relay_id.is_empty() {
+                        found.relay_id = self.server_id.clone();
+                    }
+                    found
+                })
+                .collect();
+            self.send_link(
+                origin,
+                RendezvousLinkMessage::DeadDrops {
+                    to: peer_id.to_owned(),
+                    dead_drops,
+                },
+            );
+        }
         for push in registered.pushes {
             self.route_push(push);
+        }
+    }
+
+    fn send_link(&self, server: &str, message: RendezvousLinkMessage) {
+        let Some(links) = self.federation.get() else {
+            return;
+        };
+        if !links.send(server, message.to_text()) {
+            tracing::debug!(%server, "rendezvous link message not sent: no link");
         }
     }
 

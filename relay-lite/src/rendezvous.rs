@@ -22,8 +22,11 @@
 //! `rendezvous_partial`; beyond Zajel, items whose meeting relay is
 //! another relay-lite also come out in [`Registered::forwards`], merged per
 //! server, for the caller to send over the federation link
-//! ([`zajel_wire::rendezvous_link`]). The meeting relay stores them with
-//! [`Rendezvous::register_forwarded`], `relayId` = the origin relay.
+//! ([`zajel_wire::rendezvous_link`]), with the dead drops left at the
+//! forwarded daily points. The meeting relay stores them with
+//! [`Rendezvous::register_forwarded`], `relayId` = the origin relay, and
+//! returns the live matches and the other peers' dead drops it found there
+//! (sent back to the origin for its client).
 //!
 //! Beyond Zajel (each with its own error text, see [`RendezvousRefusal`]):
 //! a connection may write only the entries of a `peerId` it holds (its
@@ -179,8 +182,21 @@ pub struct ForwardRegistered {
     /// The forwarded registrant's live matches (`relayId` as stored: empty
     /// for this relay's own clients that sent none).
     pub live_matches: Vec<LiveMatch>,
+    /// Other peers' dead drops at its forwarded daily points (`relayId` as
+    /// stored).
+    pub dead_drops: Vec<FoundDeadDrop>,
     /// For each earlier registrant matched, in order.
     pub pushes: Vec<Push>,
+}
+
+/// The items of one registration going to one meeting relay.
+#[derive(Default)]
+struct ForwardLists {
+    server_id: String,
+    daily: Vec<String>,
+    hourly: Vec<String>,
+    /// (daily point, dead drop) for the daily points with a non-empty drop.
+    dead_drops: Vec<(String, String)>,
 }
 
 /// The rendezvous machine.
@@ -241,7 +257,7 @@ impl Rendezvous {
         }
         // Split kept / redirected / forwarded, merging per server in first-seen order.
         let mut redirects: Vec<Redirect> = Vec::new();
-        let mut forwards: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
+        let mut forwards: Vec<ForwardLists> = Vec::new();
         let mut daily: Vec<&str> = Vec::new();
         let mut hourly: Vec<&str> = Vec::new();
         let lists = [
@@ -283,18 +299,25 @@ impl Rendezvous {
                     }
                 }
                 if let Some(server_id) = placement.forward_to {
-                    let index = match forwards.iter().position(|f| f.0 == server_id) {
+                    let index = match forwards.iter().position(|f| f.server_id == server_id) {
                         Some(index) => index,
                         None => {
-                            forwards.push((server_id, Vec::new(), Vec::new()));
+                            forwards.push(ForwardLists {
+                                server_id,
+                                ..ForwardLists::default()
+                            });
                             forwards.len() - 1
                         }
                     };
                     let entry = &mut forwards[index];
                     if is_daily {
-                        entry.1.push(point.clone());
+                        entry.daily.push(point.clone());
+                        let drop = request.dead_drop_for(point);
+                        if !drop.is_empty() {
+                            entry.dead_drops.push((point.clone(), drop.to_string()));
+                        }
                     } else {
-                        entry.2.push(point.clone());
+                        entry.hourly.push(point.clone());
                     }
                 }
             }
@@ -322,13 +345,14 @@ impl Rendezvous {
         };
         let forwards = forwards
             .into_iter()
-            .map(|(server_id, daily_points, hourly_tokens)| {
+            .map(|lists| {
                 (
-                    server_id,
+                    lists.server_id,
                     RendezvousLinkMessage::Forward {
                         peer_id: peer_id.to_string(),
-                        daily_points,
-                        hourly_tokens,
+                        daily_points: lists.daily,
+                        hourly_tokens: lists.hourly,
+                        dead_drops: lists.dead_drops,
                     },
                 )
             })
@@ -341,11 +365,12 @@ impl Rendezvous {
     }
 
     /// A `rendezvous_forward` from the relay `origin` over the link `link`:
-    /// stores `peer_id`'s points and tokens with `relayId` = `origin`, without
-    /// asking ownership (the origin chose this relay as their meeting relay)
-    /// and without dead drops; at most
+    /// stores `peer_id`'s points and tokens (and its `dead_drops` at those
+    /// daily points) with `relayId` = `origin`, without asking ownership (the
+    /// origin chose this relay as their meeting relay); at most
     /// [`RendezvousSettings::max_forwarded_items_per_link_hour`] items per
     /// link in an hour's window, besides the per-peer limit.
+    #[allow(clippy::too_many_arguments)]
     pub fn register_forwarded(
         &mut self,
         now_ms: u64,
@@ -354,6 +379,7 @@ impl Rendezvous {
         peer_id: &str,
         daily_points: &[String],
         hourly_tokens: &[String],
+        dead_drops: &[(String, String)],
     ) -> Result<ForwardRegistered, RendezvousRefusal> {
         const HOUR_MS: u64 = 3_600_000;
         let items = daily_points.len() + hourly_tokens.len();
@@ -367,11 +393,18 @@ impl Rendezvous {
         }
         let daily: Vec<&str> = daily_points.iter().map(String::as_str).collect();
         let hourly: Vec<&str> = hourly_tokens.iter().map(String::as_str).collect();
+        let drop_at = |point: &str| {
+            dead_drops
+                .iter()
+                .find(|(at, _)| at == point)
+                .map_or("", |(_, drop)| drop.as_str())
+        };
         let (found, pushes) =
-            self.store_and_match(now_ms, peer_id, &daily, &hourly, |_| "", Some(origin))?;
+            self.store_and_match(now_ms, peer_id, &daily, &hourly, drop_at, Some(origin))?;
         self.forwarded.insert(link, (start, used + items));
         Ok(ForwardRegistered {
             live_matches: found.live_matches,
+            dead_drops: found.dead_drops,
             pushes,
         })
     }
@@ -778,6 +811,69 @@ mod tests {
     }
 
     #[test]
+    fn dead_drops_travel_with_forwarded_daily_points_and_come_back_to_a_forwarded_reader() {
+        // At relay "a" every item meets at "m".
+        let ownership: PointOwnership = Arc::new(|_: &str| Placement {
+            owner: PointOwner::Local,
+            also_keep: false,
+            forward_to: Some("m".into()),
+        });
+        let mut at_a = Rendezvous::new(
+            RendezvousStore::open(None).unwrap(),
+            RendezvousSettings::default(),
+            ownership,
+        );
+        let writer = request(json!({
+            "type": "register_rendezvous", "peerId": "AAAAAA",
+            "daily_points": ["day_1", "day_2"], "hourly_tokens": [],
+            "dead_drops": {"day_1": "sealed-for-b"},
+        }));
+        let registered = register(&mut at_a, T0, 1, &writer);
+        assert_eq!(
+            registered.forwards,
+            vec![(
+                "m".to_string(),
+                RendezvousLinkMessage::Forward {
+                    peer_id: "AAAAAA".into(),
+                    daily_points: vec!["day_1".into(), "day_2".into()],
+                    hourly_tokens: vec![],
+                    dead_drops: vec![("day_1".into(), "sealed-for-b".into())],
+                }
+            )]
+        );
+        // The meeting relay stores the drop; a reader forwarded from "c" gets it back.
+        let mut at_m = machine();
+        let RendezvousLinkMessage::Forward {
+            daily_points,
+            dead_drops,
+            ..
+        } = &registered.forwards[0].1
+        else {
+            unreachable!()
+        };
+        let stored = at_m
+            .register_forwarded(T0, "a", 1, "AAAAAA", daily_points, &[], dead_drops)
+            .unwrap();
+        assert!(stored.dead_drops.is_empty());
+        let read = at_m
+            .register_forwarded(T0 + 1, "c", 2, "BBBBBB", &["day_1".into()], &[], &[])
+            .unwrap();
+        assert_eq!(
+            read.dead_drops,
+            vec![FoundDeadDrop {
+                peer_id: "AAAAAA".into(),
+                dead_drop: "sealed-for-b".into(),
+                relay_id: "a".into(),
+            }]
+        );
+        // A local reader at "m" sees it too, with the writer's relay.
+        let local = register(&mut at_m, T0 + 2, 3, &app("CCCCCC", &["day_1"], &[]));
+        assert!(text(&local.reply).contains(
+            r#""deadDrops":[{"peerId":"AAAAAA","deadDrop":"sealed-for-b","relayId":"a"}"#
+        ));
+    }
+
+    #[test]
     fn forwarded_points_come_out_per_meeting_relay_and_are_stored_there_with_the_origin() {
         // At relay "a": items ending in _m meet at "m"; "m" is also Zajel's
         // owner of day_m (redirect), while hr_m stays local by Zajel's rule too.
@@ -816,6 +912,7 @@ mod tests {
                     peer_id: "AAAAAA".into(),
                     daily_points: vec!["day_m".into()],
                     hourly_tokens: vec!["hr_m".into()],
+                    dead_drops: vec![],
                 }
             )]
         );
@@ -826,7 +923,7 @@ mod tests {
         let mut at_m = machine();
         register(&mut at_m, T0, 1, &app("BBBBBB", &[], &["hr_m"]));
         let forwarded = at_m
-            .register_forwarded(T0 + 1, "a", 1, "AAAAAA", &[], &["hr_m".into()])
+            .register_forwarded(T0 + 1, "a", 1, "AAAAAA", &[], &["hr_m".into()], &[])
             .unwrap();
         assert_eq!(
             forwarded.live_matches,
@@ -858,20 +955,36 @@ mod tests {
         );
         let tokens = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
         assert!(small
-            .register_forwarded(T0, "a", 7, "AAAAAA", &[], &tokens(&["hr_1", "hr_2"]))
+            .register_forwarded(T0, "a", 7, "AAAAAA", &[], &tokens(&["hr_1", "hr_2"]), &[])
             .is_ok());
         assert!(matches!(
-            small.register_forwarded(T0 + HOUR - 1, "a", 7, "BBBBBB", &[], &tokens(&["hr_3"])),
+            small.register_forwarded(
+                T0 + HOUR - 1,
+                "a",
+                7,
+                "BBBBBB",
+                &[],
+                &tokens(&["hr_3"]),
+                &[]
+            ),
             Err(RendezvousRefusal::TooManyForwarded(2))
         ));
         assert!(
             small
-                .register_forwarded(T0 + HOUR - 1, "a", 8, "BBBBBB", &[], &tokens(&["hr_3"]))
+                .register_forwarded(
+                    T0 + HOUR - 1,
+                    "a",
+                    8,
+                    "BBBBBB",
+                    &[],
+                    &tokens(&["hr_3"]),
+                    &[]
+                )
                 .is_ok(),
             "another link has its own budget"
         );
         assert!(small
-            .register_forwarded(T0 + HOUR, "a", 7, "BBBBBB", &[], &tokens(&["hr_3"]))
+            .register_forwarded(T0 + HOUR, "a", 7, "BBBBBB", &[], &tokens(&["hr_3"]), &[])
             .is_ok());
     }
 

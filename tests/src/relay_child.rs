@@ -22,8 +22,13 @@ impl RelayChild {
     /// Starts `relay-lite --listen 127.0.0.1:0 <args>` and waits for its
     /// server id and listening lines.
     pub fn start(args: &[&str], timeout: Duration) -> Result<Self, String> {
+        Self::start_on("127.0.0.1:0", args, timeout)
+    }
+
+    /// [`Self::start`] listening on `listen` (to restart a relay on its port).
+    pub fn start_on(listen: &str, args: &[&str], timeout: Duration) -> Result<Self, String> {
         let mut command = Command::new(binary("relay-lite")?);
-        command.args(["--listen", "127.0.0.1:0"]).args(args);
+        command.args(["--listen", listen]).args(args);
         let mut process = ChildProcess::spawn("relay-lite", command)?;
         let server_id = process.wait_for(timeout, |line| {
             line.strip_prefix("server id ").map(str::to_string)

@@ -27,7 +27,7 @@
 //! all scenarios ran with `call-probe call`.
 
 use std::net::SocketAddrV4;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -181,6 +181,8 @@ struct Run {
     timeout: Option<Duration>,
     /// Discovery's per-layer and per-check timeout (default [`LAYER_TIMEOUT_MS`]).
     layer_timeout_ms: Option<&'static str>,
+    /// `call --contact NAME` with the state folder holding that contact, instead of a code.
+    contact: Option<(&'static str, PathBuf)>,
 }
 
 fn link_for(endpoint: &str) -> String {
@@ -218,16 +220,22 @@ fn run_client(world: &World, kind: Client, run: &Run) -> Result<ClientResult, St
         }
         Client::Call => {
             let mut command = tool(&world.topology.client, "call-probe")?;
-            let target = run.link.clone().unwrap_or_else(|| CODE.to_string());
             flags.extend(["--layer-timeout-ms".into(), layer_timeout.into()]);
-            command.arg("call").arg(target).args(&flags).args([
-                "--duration",
-                "2",
-                "--step-timeout",
-                "20",
-                "--json",
-                "--ephemeral-identity",
-            ]);
+            command.arg("call");
+            match &run.contact {
+                Some((name, state)) => {
+                    command
+                        .args(["--contact", name, "--find-timeout", "60", "--state-dir"])
+                        .arg(state);
+                }
+                None => {
+                    let target = run.link.clone().unwrap_or_else(|| CODE.to_string());
+                    command.arg(target).arg("--ephemeral-identity");
+                }
+            }
+            command
+                .args(&flags)
+                .args(["--duration", "2", "--step-timeout", "20", "--json"]);
             command
         }
     };
@@ -1232,17 +1240,24 @@ fn doh_junk(kind: Client) -> Result<Vec<Row>, String> {
     )])
 }
 
+/// The callee's code in scenario 13: the largest, so the caller (any code is smaller)
+/// is the side that must go to the other's relay, B, which it cannot reach.
+const CALLEE_CODE: &str = "ZZZZZZ";
+
 /// A trusted contact on another relay (issue 14): relays A and B federate
 /// (heartbeats every 2 s, their federation trusting the test CA); relay B is
 /// blocked for the caller, so the two parties' discovery ends on different
-/// relays: the callee (its app) is on relay B, the caller's on relay A.
-/// Both search for each other by rendezvous (`rendezvous-probe`: the app's
-/// §5.3 points and `register_rendezvous`; call-probe's own `--contact` is
-/// being built on another branch): the caller finds the callee's current
-/// code on relay B, which it cannot reach; the callee finds the caller on
-/// relay A, which it can, and comes there (the app's answerer on relay A,
-/// under the code the caller found). Then `call-probe call` with that code,
-/// from the caller's own discovery (which ends on A), gets through.
+/// relays. Two call-probe state folders that know each other as contacts
+/// (as after a first pairing): the callee's `call-probe answer` on relay B
+/// (`--prefer-server`, its discovery reading the signed fleet) registers
+/// its contact's points; the caller runs `call-probe call --contact callee`
+/// from its own discovery, which ends on A. They meet by rendezvous across
+/// the relays (relay-lite forwards to the meeting relay). The caller's code
+/// is the smaller ([`CALLEE_CODE`]), so it should pair on the callee's relay
+/// B over a meeting connection; B is blocked, so after 3 s it requests on
+/// relay A instead, where the callee's meeting connection registered its
+/// code. The call gets through, media both ways. In discovery mode the row checks that
+/// discovery ends on A.
 fn contact_on_other_relay(kind: Client) -> Result<Vec<Row>, String> {
     let started = Instant::now();
     let mut world = World::with_relay_args(|ca_file| {
@@ -1254,99 +1269,95 @@ fn contact_on_other_relay(kind: Client) -> Result<Vec<Row>, String> {
         ]
     })?;
     let relay_b = world.add_relay(relay_b_address())?;
-    let relay_a = relay_endpoint(relay_a_address());
     world.start_doh()?;
     world
         .topology
         .censor(&rules::blackhole(relay_b_address()))?;
-    let server_id_of = |world: &World, endpoint: &str| -> Option<String> {
-        let (_, relay) = world.relays.iter().find(|(e, _)| e == endpoint)?;
-        relay
-            .output()
-            .lines()
-            .find_map(|line| line.strip_prefix("server id ").map(str::to_string))
-    };
-    let id_a = server_id_of(&world, &relay_a).ok_or("relay A printed no server id")?;
-    let id_b = server_id_of(&world, &relay_b).ok_or("relay B printed no server id")?;
-    let hex = |bytes: &[u8; 32]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    let random = || {
-        let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret).expect("random");
-        secret
-    };
-    let (caller_secret, callee_secret) = (random(), random());
-    let caller_public = zajel_wire::peer_keys::public_key(&caller_secret);
-    let callee_public = zajel_wire::peer_keys::public_key(&callee_secret);
-    let probe = |namespace, relay: &str, code: &str, secret: &[u8; 32], contact: &[u8; 32]| {
-        let mut command = tool(namespace, "rendezvous-probe")?;
-        command
-            .args(["--relay", relay, "--code", code])
-            .args(["--secret", &hex(secret), "--contact", &hex(contact)])
-            .arg("--ca-file")
-            .arg(&world.pki.ca_file)
-            .args(["--timeout-ms", "30000"]);
-        tests::process::ChildProcess::spawn(&format!("rendezvous-probe {code}"), command)
-    };
-    let found = |probe: &mut tests::process::ChildProcess| -> Result<Value, String> {
-        probe.wait_for(Duration::from_secs(40), |line| {
-            serde_json::from_str::<Value>(line)
-                .ok()
-                .filter(|event| event["event"] == "found")
-        })
-    };
-    // The callee's app on relay B, under its current code; the caller's on A.
-    let mut callee = probe(
-        &world.topology.callee,
-        &relay_b,
-        CODE,
-        &callee_secret,
-        &caller_public,
-    )?;
-    let caller_code = "CALLR2";
-    let mut caller = probe(
-        &world.topology.client,
-        &relay_a,
-        caller_code,
-        &caller_secret,
-        &callee_public,
-    )?;
-    let searching = Instant::now();
-    let caller_found = found(&mut caller).map_err(|e| format!("{e}\n{}", world.outputs()))?;
-    let callee_found = found(&mut callee).map_err(|e| format!("{e}\n{}", world.outputs()))?;
-    let met = searching.elapsed();
-    let mismatch = |what: &str, event: &Value| Err(format!("{what}: {event}\n{}", world.outputs()));
-    if caller_found["peerId"] != CODE || caller_found["relayId"] != id_b.as_str() {
-        return mismatch(
-            "the caller should find the callee's code on relay B",
-            &caller_found,
-        );
-    }
-    if callee_found["peerId"] != caller_code || callee_found["relayId"] != id_a.as_str() {
-        return mismatch(
-            "the callee should find the caller on relay A",
-            &callee_found,
-        );
-    }
-    drop(callee);
-    drop(caller);
-    // The callee comes to the relay its match named, under the code the caller found.
-    start_answerer(&mut world, kind, &relay_a)?;
-    let result = run_client(&world, kind, &Run::default())?;
-    expect(
+    let on_relay_a = |result: &ClientResult| {
         result
             .server
             .as_deref()
-            .is_some_and(|s| s.contains(&relay_a_address().to_string())),
+            .is_some_and(|s| s.contains(&relay_a_address().to_string()))
+    };
+    if kind == Client::Discover {
+        let result = run_client(&world, kind, &Run::default())?;
+        expect(
+            on_relay_a(&result),
+            "the caller's discovery should end on relay A (B is blocked)",
+            &result,
+            &world,
+        )?;
+        return Ok(vec![row("13 contact on another relay", &result, started)]);
+    }
+    // Two state folders that know each other (the first pairing's result).
+    let (caller_dir, callee_dir) = (
+        tempfile::tempdir().map_err(|e| e.to_string())?,
+        tempfile::tempdir().map_err(|e| e.to_string())?,
+    );
+    let identity = |dir: &Path| {
+        call_probe::identity::Identity::load_or_create(dir)
+            .map(|(identity, _)| identity.public_base64())
+            .map_err(|e| e.to_string())
+    };
+    let (caller_key, callee_key) = (identity(caller_dir.path())?, identity(callee_dir.path())?);
+    let remember = |dir: &Path, key: &str, name: &str| {
+        call_probe::contacts::Contacts::load(dir)
+            .and_then(|mut contacts| contacts.paired(key, name, zajel_client_net::now_ms()))
+            .map_err(|e| e.to_string())
+    };
+    remember(caller_dir.path(), &callee_key, "callee")?;
+    remember(callee_dir.path(), &caller_key, "caller")?;
+    // The callee's answerer on relay B, registering its contact's points.
+    let mut command = tool(&world.topology.callee, "call-probe")?;
+    command
+        .args(["answer", "--code", CALLEE_CODE, "--prefer-server", &relay_b])
+        .args(world.discovery_flags(None))
+        .args(["--layer-timeout-ms", LAYER_TIMEOUT_MS])
+        .arg("--state-dir")
+        .arg(callee_dir.path())
+        .args(["--no-qr", "--json", "--step-timeout", "20"]);
+    let mut child = tests::process::ChildProcess::spawn("call-probe answer", command)?;
+    child.wait_for(Duration::from_secs(30), |line| {
+        line.contains(CALLEE_CODE).then_some(())
+    })?;
+    let on_b = child.output().contains(&relay_b_address().to_string());
+    world.answerer = Some(child);
+    if !on_b {
+        return Err(format!(
+            "the callee's answerer should be on relay B\n{}",
+            world.outputs()
+        ));
+    }
+    let result = run_client(
+        &world,
+        kind,
+        &Run {
+            contact: Some(("callee", caller_dir.path().to_path_buf())),
+            timeout: Some(Duration::from_secs(90)),
+            ..Run::default()
+        },
+    )?;
+    expect(
+        on_relay_a(&result),
         "the caller's discovery should end on relay A (B is blocked)",
+        &result,
+        &world,
+    )?;
+    let found = &result.json["call"]["found"];
+    expect(
+        found["peer_code"] == CALLEE_CODE
+            && found["key"] == callee_key.as_str()
+            && found["we_requested"] == true,
+        "the caller should find the callee (its code and key) by rendezvous, and request",
         &result,
         &world,
     )?;
     check_media(kind, &result, &world)?;
     let mut row = row("13 contact on another relay", &result, started);
     row.found = format!(
-        "{} (contacts met in {:.0} ms)",
+        "{} (contact paired {:.0} ms after registering, on relay A)",
         row.found,
-        met.as_secs_f64() * 1000.0
+        found["paired_ms"].as_f64().unwrap_or(f64::NAN),
     );
     Ok(vec![row])
 }

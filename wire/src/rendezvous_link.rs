@@ -9,6 +9,12 @@
 //! | `rendezvous_hello` | both, once after the handshake | `{"type":"rendezvous_hello","version":1}`: "I take forwards"; a server that never sends it (Zajel's) gets none |
 //! | `rendezvous_forward` | origin → meeting relay | `{"type":"rendezvous_forward","peerId","dailyPoints":[…],"hourlyTokens":[…]}`: the points and tokens of the origin's client `peerId` whose meeting relay (ring primary among the relays that sent `rendezvous_hello`) is the receiver; stored there with `relayId` = the origin's serverId |
 //! | `rendezvous_forward_match` | meeting relay → origin | `{"type":"rendezvous_forward_match","peerId":<the origin's client>,"match":{"peerId","relayId"}}`: a live match for that client; the origin pushes `{"type":"rendezvous_match","match":…}` to it. `relayId` is the serverId of the relay where the matched peer is connected |
+//! | `rendezvous_forward_dead_drops` | meeting relay → origin | `{"type":"rendezvous_forward_dead_drops","peerId":<the origin's client>,"deadDrops":[{"peerId","deadDrop","relayId"}]}`: the other peers' dead drops the meeting relay found at that client's forwarded daily points; the origin sends them to it as `{"type":"rendezvous_result","liveMatches":[],"deadDrops":[…]}` |
+//!
+//! `rendezvous_forward` may also carry `"deadDrops":{<daily point>:<drop>}` (optional, additive):
+//! the dead drops the client left at the forwarded daily points, stored with them at the meeting
+//! relay. Each key must be one of the message's `dailyPoints`, each drop at most
+//! [`MAX_DEAD_DROP_BYTES`] bytes.
 //!
 //! Limits, as for a client's `register_rendezvous`: at most
 //! [`MAX_ITEMS_PER_LIST`] items per list, each non-empty and at most
@@ -18,14 +24,16 @@
 use serde_json::{json, Value};
 
 use crate::rendezvous::{
-    MatchedPeer, MAX_ITEMS_PER_LIST, MAX_PEER_ID_CHARS, MAX_POINT_CHARS, MAX_RELAY_ID_CHARS,
+    FoundDeadDrop, MatchedPeer, MAX_DEAD_DROP_BYTES, MAX_ITEMS_PER_LIST, MAX_PEER_ID_CHARS,
+    MAX_POINT_CHARS, MAX_RELAY_ID_CHARS,
 };
 
 /// The `type`s of [`RendezvousLinkMessage`].
-pub const RENDEZVOUS_LINK_TYPES: [&str; 3] = [
+pub const RENDEZVOUS_LINK_TYPES: [&str; 4] = [
     "rendezvous_hello",
     "rendezvous_forward",
     "rendezvous_forward_match",
+    "rendezvous_forward_dead_drops",
 ];
 
 /// Version sent in `rendezvous_hello`.
@@ -39,11 +47,18 @@ pub enum RendezvousLinkMessage {
         peer_id: String,
         daily_points: Vec<String>,
         hourly_tokens: Vec<String>,
+        /// (daily point, dead drop), each point one of `daily_points`.
+        dead_drops: Vec<(String, String)>,
     },
     Match {
         /// The origin relay's client the match is for.
         to: String,
         matched: MatchedPeer,
+    },
+    DeadDrops {
+        /// The origin relay's client the dead drops are for.
+        to: String,
+        dead_drops: Vec<FoundDeadDrop>,
     },
 }
 
@@ -116,12 +131,67 @@ impl RendezvousLinkMessage {
         match value.get("type").and_then(Value::as_str) {
             Some("rendezvous_hello") => Ok(RendezvousLinkMessage::Hello),
             Some("rendezvous_forward") => {
+                let daily_points = list_field(value, "dailyPoints")?;
+                let dead_drops = match value.get("deadDrops") {
+                    None => Vec::new(),
+                    Some(drops) => {
+                        let drops = drops
+                            .as_object()
+                            .ok_or(RendezvousLinkError::Field("deadDrops"))?;
+                        if drops.len() > MAX_ITEMS_PER_LIST {
+                            return Err(RendezvousLinkError::TooMany("deadDrops"));
+                        }
+                        drops
+                            .iter()
+                            .map(|(point, drop)| match drop.as_str() {
+                                Some(drop)
+                                    if !drop.is_empty()
+                                        && drop.len() <= MAX_DEAD_DROP_BYTES
+                                        && daily_points.contains(point) =>
+                                {
+                                    Ok((point.clone(), drop.to_string()))
+                                }
+                                _ => Err(RendezvousLinkError::Field("deadDrops")),
+                            })
+                            .collect::<Result<Vec<_>, _>>()?
+                    }
+                };
                 let message = RendezvousLinkMessage::Forward {
                     peer_id: text_field(value, "peerId", MAX_PEER_ID_CHARS)?,
-                    daily_points: list_field(value, "dailyPoints")?,
+                    daily_points,
                     hourly_tokens: list_field(value, "hourlyTokens")?,
+                    dead_drops,
                 };
                 Ok(message)
+            }
+            Some("rendezvous_forward_dead_drops") => {
+                let list = value
+                    .get("deadDrops")
+                    .and_then(Value::as_array)
+                    .ok_or(RendezvousLinkError::Field("deadDrops"))?;
+                if list.len() > MAX_ITEMS_PER_LIST {
+                    return Err(RendezvousLinkError::TooMany("deadDrops"));
+                }
+                let dead_drops = list
+                    .iter()
+                    .map(|found| {
+                        let dead_drop = match found.get("deadDrop").and_then(Value::as_str) {
+                            Some(d) if !d.is_empty() && d.len() <= MAX_DEAD_DROP_BYTES => {
+                                d.to_string()
+                            }
+                            _ => return Err(RendezvousLinkError::Field("deadDrop")),
+                        };
+                        Ok(FoundDeadDrop {
+                            peer_id: text_field(found, "peerId", MAX_PEER_ID_CHARS)?,
+                            dead_drop,
+                            relay_id: text_field(found, "relayId", MAX_RELAY_ID_CHARS)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(RendezvousLinkMessage::DeadDrops {
+                    to: text_field(value, "peerId", MAX_PEER_ID_CHARS)?,
+                    dead_drops,
+                })
             }
             Some("rendezvous_forward_match") => {
                 let matched = value
@@ -155,12 +225,26 @@ impl RendezvousLinkMessage {
                 peer_id,
                 daily_points,
                 hourly_tokens,
-            } => json!({
-                "type": "rendezvous_forward", "peerId": peer_id,
-                "dailyPoints": daily_points, "hourlyTokens": hourly_tokens,
-            }),
+                dead_drops,
+            } => {
+                let mut frame = json!({
+                    "type": "rendezvous_forward", "peerId": peer_id,
+                    "dailyPoints": daily_points, "hourlyTokens": hourly_tokens,
+                });
+                if !dead_drops.is_empty() {
+                    let drops: serde_json::Map<String, Value> = dead_drops
+                        .iter()
+                        .map(|(point, drop)| (point.clone(), Value::from(drop.as_str())))
+                        .collect();
+                    frame["deadDrops"] = Value::Object(drops);
+                }
+                frame
+            }
             RendezvousLinkMessage::Match { to, matched } => json!({
                 "type": "rendezvous_forward_match", "peerId": to, "match": matched,
+            }),
+            RendezvousLinkMessage::DeadDrops { to, dead_drops } => json!({
+                "type": "rendezvous_forward_dead_drops", "peerId": to, "deadDrops": dead_drops,
             }),
         }
         .to_string()
@@ -179,6 +263,21 @@ mod tests {
                 peer_id: "ABC234".into(),
                 daily_points: vec!["day_a".into()],
                 hourly_tokens: vec!["hr_b".into(), "day_a".into()],
+                dead_drops: Vec::new(),
+            },
+            RendezvousLinkMessage::Forward {
+                peer_id: "ABC234".into(),
+                daily_points: vec!["day_a".into(), "day_b".into()],
+                hourly_tokens: Vec::new(),
+                dead_drops: vec![("day_a".into(), "sealed".into())],
+            },
+            RendezvousLinkMessage::DeadDrops {
+                to: "ABC234".into(),
+                dead_drops: vec![FoundDeadDrop {
+                    peer_id: "XYZ789".into(),
+                    dead_drop: "sealed".into(),
+                    relay_id: "ed25519:b".into(),
+                }],
             },
             RendezvousLinkMessage::Match {
                 to: "ABC234".into(),
@@ -236,6 +335,26 @@ mod tests {
             (
                 json!({"type": "rendezvous_forward_match", "peerId": "A", "match": {"peerId": "B"}}),
                 RendezvousLinkError::Field("relayId"),
+            ),
+            // A dead drop at a point the forward does not carry, or too long.
+            (
+                json!({"type": "rendezvous_forward", "peerId": "A", "dailyPoints": ["day_a"],
+                    "deadDrops": {"day_other": "x"}}),
+                RendezvousLinkError::Field("deadDrops"),
+            ),
+            (
+                json!({"type": "rendezvous_forward", "peerId": "A", "dailyPoints": ["day_a"],
+                    "deadDrops": {"day_a": "x".repeat(MAX_DEAD_DROP_BYTES + 1)}}),
+                RendezvousLinkError::Field("deadDrops"),
+            ),
+            (
+                json!({"type": "rendezvous_forward_dead_drops", "peerId": "A",
+                    "deadDrops": [{"peerId": "B", "deadDrop": "", "relayId": "r"}]}),
+                RendezvousLinkError::Field("deadDrop"),
+            ),
+            (
+                json!({"type": "rendezvous_forward_dead_drops", "peerId": "A"}),
+                RendezvousLinkError::Field("deadDrops"),
             ),
         ];
         for (value, error) in cases {
