@@ -64,7 +64,7 @@ pub mod vpx;
 #[cfg(feature = "demo")]
 pub mod world;
 
-pub use call::{CallEngine, CallEvent, EngineError};
+pub use call::{CallEngine, CallEvent, Control, EngineError, MediaControls};
 pub use config::{AnswerPolicy, CallConfig, CallTimeouts, IceServer};
 pub use error::ErrorKind;
 pub use report::{CallReport, EndReason, Role};

@@ -5,9 +5,10 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 use zajel_wire::call::RejectReason;
 
-use crate::media::ToneReading;
+use crate::media::{ToneReading, ToneSpan};
 use crate::stats::{RtpFigures, Timeline};
 use crate::tap::{cipher_suite_name, srtp_profile_name, DtlsNegotiation};
+use crate::video::VideoReport;
 
 /// Which end of the call this side was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +156,12 @@ pub struct ToneReport {
     pub frames_sent: u64,
     /// Opus packets this side decoded.
     pub frames_decoded: u64,
+    /// When the tone was heard and when not (the peer's mute shows here).
+    #[serde(default)]
+    pub spans: Vec<ToneSpan>,
+    /// Frames this side sent as silence because it was muted.
+    #[serde(default)]
+    pub frames_muted: u64,
 }
 
 /// Wire figures of the engine's own socket (all traffic: STUN, DTLS, SRTP, SRTCP).
@@ -185,6 +192,9 @@ pub struct CallReport {
     pub dtls: DtlsReport,
     pub rtp: RtpFigures,
     pub tone: ToneReport,
+    /// Video sent and received (with `--video` on a build with the `video` feature).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<VideoReport>,
     pub wire: Option<WireReport>,
     /// The peer's `auth` verified and the DTLS certificate it presented was the authenticated
     /// one (`false`: a peer without call authentication, or a refused call).

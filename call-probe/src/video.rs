@@ -403,7 +403,7 @@ impl VideoReport {
 }
 
 /// What to do with an assembled frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FrameDecision {
     /// Hand it to the decoder.
     pub decode: bool,

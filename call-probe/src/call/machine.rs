@@ -195,6 +195,8 @@ pub enum Input {
     FirstRtp,
     /// The incoming audio carries a stable tone.
     Tone(ToneReading),
+    /// The first incoming video frame was decoded.
+    FirstVideoFrame,
     /// The statistics give an RTCP round-trip time.
     Rtt(f64),
 }
@@ -483,6 +485,17 @@ impl CallMachine {
                     mark(&mut call.timeline.tone_detected_ms, call.started, now);
                     let call_id = call.id.clone();
                     self.emit(CallEvent::ToneDetected { call_id, reading });
+                }
+            }
+            Input::FirstVideoFrame => {
+                if let Some(call) = self
+                    .call
+                    .as_mut()
+                    .filter(|c| c.timeline.first_video_frame_ms.is_none())
+                {
+                    mark(&mut call.timeline.first_video_frame_ms, call.started, now);
+                    let call_id = call.id.clone();
+                    self.emit(CallEvent::FirstVideoFrame { call_id });
                 }
             }
             Input::Rtt(rtt_ms) => {
@@ -2115,6 +2128,13 @@ mod tests {
         );
         assert!(!caller.machine.wants_rtt());
         assert_eq!(caller.at(450).input(Input::Rtt(13.0)), [], "announced once");
+        assert_eq!(
+            caller.at(500).input(Input::FirstVideoFrame),
+            [Output::Event(CallEvent::FirstVideoFrame {
+                call_id: ID.into()
+            })]
+        );
+        assert_eq!(caller.at(550).input(Input::FirstVideoFrame), [], "once");
         let outputs = caller.at(1_000).command(Input::Hangup).1;
         let Some(Output::Ended(summary)) = outputs.last() else {
             panic!("{outputs:?}")
@@ -2133,6 +2153,7 @@ mod tests {
                 first_rtp_ms: Some(230.0),
                 tone_detected_ms: Some(300.0),
                 first_rtt_ms: Some(400.0),
+                first_video_frame_ms: Some(500.0),
                 ended_ms: Some(1_000.0),
             }
         );
