@@ -255,12 +255,20 @@ fn print_report<R: serde::Serialize>(json: bool, report: &R, table: fn(&R) -> St
     }
 }
 
+/// `--video` on a build without the `video` feature.
+pub const VIDEO_NEEDS_FEATURE: &str = "--video needs call-probe built with the `video` cargo \
+    feature (VP8 through libvpx: apt-get install libvpx-dev, then cargo build -p call-probe \
+    --features video); this build only negotiates the video track";
+
 #[cfg(feature = "demo")]
 pub async fn demo(args: DemoArgs) -> ExitCode {
     let duration = match seconds(args.duration, "--duration") {
         Ok(d) => d,
         Err(e) => return usage(e),
     };
+    if args.video && !cfg!(feature = "video") {
+        return usage(VIDEO_NEEDS_FEATURE);
+    }
     let mut options = DemoOptions {
         duration,
         with_video: args.video,
@@ -272,7 +280,7 @@ pub async fn demo(args: DemoArgs) -> ExitCode {
     match run_demo(&options).await {
         Ok(report) => {
             print_report(args.json, &report, DemoReport::to_table);
-            if report.media_both_ways {
+            if report.media_both_ways && report.video_both_ways != Some(false) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -184,6 +184,8 @@ pub enum CallError {
     EndedEarly { end: String },
     #[error("audio did not flow both ways")]
     OneWayAudio,
+    #[error("video did not flow both ways (frames decoded on each side)")]
+    OneWayVideo,
     /// `signal`: what stopped the run (`SIGINT`, `SIGTERM`).
     #[error("interrupted by {signal}: hung up and stopped")]
     Interrupted { signal: &'static str },
@@ -207,6 +209,7 @@ impl CallError {
             Self::Phone(error) => error.kind(),
             Self::EndedEarly { .. } => ErrorKind::CallEndedEarly,
             Self::OneWayAudio => ErrorKind::OneWayAudio,
+            Self::OneWayVideo => ErrorKind::OneWayVideo,
             Self::Interrupted { .. } => ErrorKind::Interrupted,
         }
     }
@@ -251,6 +254,10 @@ pub struct ProbeCallReport {
     pub heard_hz: Option<f64>,
     /// Audio flowed both ways: we sent and received RTP and heard a tone.
     pub media_both_ways: bool,
+    /// With `--video` (and the `video` feature): video flowed both ways — frames sent, and
+    /// frames received, decoded and their pattern read (see [`video_flowed_both_ways`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video_both_ways: Option<bool>,
     /// Why the run failed, if it did.
     pub error: Option<String>,
     /// What failed, machine-readable (absent when nothing did).
@@ -386,6 +393,13 @@ impl ProbeCallReport {
                     .map_or(String::new(), |hz| format!(" (heard {hz:.0} Hz)"))
             ),
         );
+        if let Some(video) = self.video_both_ways {
+            row(
+                &mut out,
+                "video both ways",
+                if video { "yes" } else { "no" }.to_string(),
+            );
+        }
         if let Some(error) = &self.error {
             row(&mut out, "error", error);
         }
@@ -514,6 +528,15 @@ pub fn media_flowed_both_ways(report: &CallReport) -> bool {
     report.rtp.packets_sent > 0 && report.rtp.packets_received > 0 && report.tone.detected.is_some()
 }
 
+/// Whether a call report shows video both ways: frames sent, and frames received, decoded and
+/// their pattern read.
+pub fn video_flowed_both_ways(report: &CallReport) -> bool {
+    report
+        .video
+        .as_ref()
+        .is_some_and(crate::video::VideoReport::both_ways)
+}
+
 /// Runs one call; the report says how far it got (`error` when it failed).
 pub async fn run_call(options: &CallOptions) -> ProbeCallReport {
     let start = Instant::now();
@@ -540,6 +563,7 @@ pub async fn run_call(options: &CallOptions) -> ProbeCallReport {
         found: None,
         heard_hz: None,
         media_both_ways: false,
+        video_both_ways: None,
         error: None,
         error_kind: None,
         call: None,
@@ -800,6 +824,9 @@ async fn call_steps(
     if !report.media_both_ways {
         return Err(CallError::OneWayAudio);
     }
+    if report.video_both_ways == Some(false) {
+        return Err(CallError::OneWayVideo);
+    }
     Ok(())
 }
 
@@ -903,6 +930,9 @@ fn fill_from_call(report: &mut ProbeCallReport, placed_at: f64, turn_paths: &Tur
         report.heard_hz = call.tone.detected.map(|d| d.frequency_hz);
     }
     report.media_both_ways = media_flowed_both_ways(call);
+    if call.with_video && cfg!(feature = "video") {
+        report.video_both_ways = Some(video_flowed_both_ways(call));
+    }
 }
 
 #[cfg(test)]
@@ -955,6 +985,7 @@ mod tests {
             found: None,
             heard_hz: None,
             media_both_ways: true,
+            video_both_ways: None,
             error: None,
             error_kind: None,
             call: None,

@@ -254,6 +254,9 @@ impl CallReport {
         row("call connected", ms(t.connected_ms));
         row("first RTP received", ms(t.first_rtp_ms));
         row("tone detected", ms(t.tone_detected_ms));
+        if self.with_video {
+            row("first video frame decoded", ms(t.first_video_frame_ms));
+        }
         row("first RTCP RTT", ms(t.first_rtt_ms));
         row("ended at", ms(t.ended_ms));
         let ice = &self.ice;
@@ -322,6 +325,64 @@ impl CallReport {
                 )
             ),
         );
+        if let Some(v) = &self.video {
+            let (sent, rx) = (&v.sent, &v.received);
+            row(
+                "video sent",
+                format!(
+                    "{} frames ({} keyframes, {} black), {} bytes, {}x{} at {} fps, camera {}; keyframe requests from peer: {} PLI, {} FIR",
+                    sent.frames_sent,
+                    sent.keyframes_sent,
+                    sent.black_frames_sent,
+                    sent.bytes_sent,
+                    sent.width,
+                    sent.height,
+                    sent.fps,
+                    sent.pattern_id,
+                    sent.pli_received,
+                    sent.fir_received
+                ),
+            );
+            row(
+                "video received",
+                format!(
+                    "{} frames, {} decoded ({} keyframes), {} lost, {} skipped, {} decode errors, {} PLI sent",
+                    rx.frames_received,
+                    rx.frames_decoded,
+                    rx.keyframes_received,
+                    rx.frames_lost,
+                    rx.frames_skipped,
+                    rx.decode_errors,
+                    rx.pli_sent
+                ),
+            );
+            row(
+                "video picture",
+                format!(
+                    "{}x{}, {:.1} fps, {:.0} kbit/s, {} freezes (longest gap {})",
+                    opt(rx.width),
+                    opt(rx.height),
+                    rx.frame_rate.unwrap_or(0.0),
+                    rx.bitrate_kbps.unwrap_or(0.0),
+                    rx.freezes,
+                    ms(rx.longest_gap_ms)
+                ),
+            );
+            row(
+                "video counter",
+                format!(
+                    "{} read ({}..{}), {} missing, {} out of order; {} black, {} unreadable; patterns {:?}",
+                    rx.counters_read,
+                    opt(rx.first_counter),
+                    opt(rx.last_counter),
+                    rx.counters_missing,
+                    rx.counters_out_of_order,
+                    rx.black_frames,
+                    rx.unreadable_frames,
+                    rx.patterns_seen
+                ),
+            );
+        }
         if let Some(w) = &self.wire {
             row(
                 "wire (this socket)",
