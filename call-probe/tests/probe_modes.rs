@@ -1162,3 +1162,47 @@ async fn ctrl_c_during_discovery_stops_with_a_report_and_exits_130() {
     assert_eq!(stopped["during"], "discovery", "{stopped:#}");
     assert_eq!(stopped["signal"], "SIGINT", "{stopped:#}");
 }
+
+/// `demo --video` (`--video` with the `video` feature): both sides decoded the other's frames
+/// and read its pattern's counter with none missing, over host candidates and over TURN/TCP.
+#[cfg(feature = "video")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn demo_video_decodes_frames_both_ways_with_a_continuous_counter() {
+    for extra in [&[][..], &["--relay-only", "--turn-transport", "tcp"][..]] {
+        let mut args = vec!["demo", "--video", "--json", "--duration", "2"];
+        args.extend_from_slice(extra);
+        let (code, stdout, stderr) = run(&args).await;
+        assert_eq!(code, 0, "{extra:?}\nstderr: {stderr}\nstdout: {stdout}");
+        let report = json(&stdout);
+        assert_eq!(report["video_both_ways"], true, "{extra:?}");
+        assert_eq!(report["call"]["video_both_ways"], true);
+        if !extra.is_empty() {
+            assert_eq!(report["call"]["relayed_media"], "tcp", "{extra:?}");
+        }
+        for side in [&report["call"]["call"], &report["answerer"]] {
+            let rx = &side["video"]["received"];
+            // At least a few frames: 15 fps for 2 s, less on a starved machine; what counts
+            // is that every frame decoded and its counter followed the one before.
+            assert!(rx["frames_decoded"].as_u64().unwrap() >= 5, "{rx}");
+            assert_eq!(rx["counters_read"], rx["frames_decoded"], "{rx}");
+            assert_eq!(rx["counters_missing"], 0, "{rx}");
+            assert_eq!(rx["counters_out_of_order"], 0, "{rx}");
+            assert_eq!(
+                (rx["width"].as_u64(), rx["height"].as_u64()),
+                (Some(320), Some(240))
+            );
+            assert!(side["video"]["sent"]["frames_sent"].as_u64().unwrap() >= 5);
+            assert!(side["timeline"]["first_video_frame_ms"].as_f64().is_some());
+        }
+    }
+}
+
+/// Without the `video` feature `--video` cannot send video: a usage error that says why, not
+/// a call that negotiates a track and shows nothing.
+#[cfg(not(feature = "video"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn demo_video_without_the_feature_says_so() {
+    let (code, _, stderr) = run(&["demo", "--video"]).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("`video` cargo feature"), "{stderr}");
+}
