@@ -125,6 +125,8 @@ pub enum EngineError {
     NoTap,
     #[error("could not set up the call: {0}")]
     Setup(String),
+    #[error("cannot add video: {0}")]
+    CannotAddVideo(&'static str),
     #[error("the engine has stopped")]
     Stopped,
 }
@@ -158,6 +160,7 @@ enum Command {
     CutPath(bool, oneshot::Sender<Result<(), EngineError>>),
     Snapshot(oneshot::Sender<Option<CallReport>>),
     Control(Control, oneshot::Sender<Result<MediaControls, EngineError>>),
+    AddVideo(oneshot::Sender<Result<(), EngineError>>),
 }
 
 /// A call control, as Zajel's clients offer them.
@@ -299,6 +302,12 @@ impl CallEngine {
         self.ask(Command::Snapshot).await
     }
 
+    /// Adds video to the connected audio call (caller only): a video track, and a new
+    /// `call_offer` on the same call with `withVideo: true` (machine rule 23).
+    pub async fn add_video(&self) -> Result<(), EngineError> {
+        self.ask(Command::AddVideo).await?
+    }
+
     /// Applies a call control to the active call; returns what is sent from now on.
     pub async fn control(&self, control: Control) -> Result<MediaControls, EngineError> {
         self.ask(|tx| Command::Control(control, tx)).await?
@@ -351,6 +360,8 @@ struct Media {
     echo_frames: Option<mpsc::Receiver<Vec<i16>>>,
     /// The pair ICE selected when it last connected.
     selected_pair: Option<CandidatePair>,
+    /// `StartMedia` ran: tracks added later start sending at once.
+    media_started: bool,
 }
 
 impl Media {
@@ -611,6 +622,9 @@ impl Actor {
                 };
                 let _ = reply.send(result);
             }
+            Command::AddVideo(reply) => {
+                let _ = reply.send(self.feed(Input::AddVideo).await);
+            }
             Command::Control(control, reply) => {
                 let result = match (self.machine.call_id(), &self.media) {
                     (Some(_), Some(media)) => {
@@ -665,10 +679,24 @@ impl Actor {
                 Some(self.local_description(Some(ice_restart)).await)
             }
             Action::CreateAnswer => Some(self.local_description(None).await),
-            Action::SetRemoteOffer { sdp } => Some(
-                self.remote_description(RTCSessionDescription::offer(sdp), "remote offer refused")
+            Action::SetRemoteOffer { sdp } => {
+                // A renegotiation that brings video to an audio call: our own video track
+                // first, so that applying the offer gives it the offer's video m-line.
+                let started = self.media.as_ref().is_some_and(|m| m.media_started);
+                let without = self.media.as_ref().is_some_and(|m| m.peer.video.is_none());
+                if sdp.contains("\nm=video") && started && without && self.config.allow_video {
+                    if let Err(err) = self.add_video_track().await {
+                        tracing::warn!("could not add video to the call: {err}");
+                    }
+                }
+                Some(
+                    self.remote_description(
+                        RTCSessionDescription::offer(sdp),
+                        "remote offer refused",
+                    )
                     .await,
-            ),
+                )
+            }
             Action::SetRemoteAnswer { sdp } => Some(
                 self.remote_description(
                     RTCSessionDescription::answer(sdp),
@@ -690,8 +718,15 @@ impl Actor {
                 }
                 None
             }
+            Action::AddVideoAndOffer => {
+                if let Err(err) = self.add_video_track().await {
+                    return Some(self.failed(err));
+                }
+                Some(self.local_description(Some(false)).await)
+            }
             Action::StartMedia => {
                 if let Some(media) = &mut self.media {
+                    media.media_started = true;
                     let source = match media.echo_frames.take() {
                         Some(frames) => AudioSource::Echo(frames),
                         None => AudioSource::Tone(ToneGenerator::new(
@@ -715,6 +750,33 @@ impl Actor {
                 None
             }
         }
+    }
+
+    /// Adds the video track to the running call's peer, its RTCP reader, and (once media
+    /// runs) its sender.
+    async fn add_video_track(&mut self) -> Result<(), String> {
+        let Some(media) = &mut self.media else {
+            return Err("no peer connection".into());
+        };
+        let sender = media.peer.add_video().await.map_err(|e| e.to_string())?;
+        #[cfg(feature = "video")]
+        {
+            media.tasks.push(tokio::spawn(video_media::read_video_rtcp(
+                sender,
+                media.shared.clone(),
+            )));
+            if media.media_started {
+                if let Some((track, _)) = &media.peer.video {
+                    media.tasks.push(tokio::spawn(video_media::send_video(
+                        Arc::clone(track),
+                        media.shared.clone(),
+                    )));
+                }
+            }
+        }
+        #[cfg(not(feature = "video"))]
+        media.tasks.push(tokio::spawn(read_rtcp(sender, None)));
+        Ok(())
     }
 
     /// A failed setup step: remembered for the command that ran it, reported to the machine.
@@ -853,6 +915,7 @@ impl Actor {
             tasks,
             echo_frames,
             selected_pair: None,
+            media_started: false,
         });
         Ok(())
     }

@@ -53,6 +53,7 @@ pub mod probe_call;
 pub mod relay_probe;
 pub mod rendezvous;
 pub mod report;
+pub mod script;
 pub mod selftest;
 pub mod stats;
 pub mod table;

@@ -187,3 +187,46 @@ async fn controls_are_seen_by_the_peer() {
     let callee_sent = &callee.video.as_ref().unwrap().sent;
     assert_eq!((callee.tone.frames_muted, callee_sent.pattern_id), (0, 0));
 }
+
+/// Video added to an audio call: a new `call_offer` on the same call (Zajel's message, same
+/// `callId`, `withVideo: true`), answered; then video both ways, as in a video call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn video_is_added_to_an_audio_call_by_renegotiation() {
+    let board = Switchboard::new();
+    let mut a = board.add_phone("caller", config(440.0, AnswerPolicy::Manual));
+    let mut b = board.add_phone("callee", config(660.0, AnswerPolicy::Accept));
+    board.dial("caller", "callee");
+    let id = a.engine.place_call(false).await.unwrap();
+    let tone = |e: &CallEvent| matches!(e, CallEvent::ToneDetected { .. }).then_some(());
+    a.wait_for(STEP, "tone", tone).await.unwrap();
+    b.wait_for(STEP, "tone", tone).await.unwrap();
+    let before = b.engine.snapshot().await.unwrap().unwrap();
+    assert!(!before.with_video && !before.video_negotiated && before.video.is_none());
+    // Only the caller renegotiates.
+    assert!(b.engine.add_video().await.is_err());
+    a.engine.add_video().await.unwrap();
+    for phone in [&mut a, &mut b] {
+        phone
+            .wait_for(STEP, "a decoded video frame", first_video_frame)
+            .await
+            .unwrap();
+    }
+    for phone in [&a, &b] {
+        until_snapshot(phone, "10 decoded frames", |r| decoded(r) >= 10).await;
+    }
+    assert!(
+        a.engine.add_video().await.is_err(),
+        "video is there already"
+    );
+    a.engine.hangup().await.unwrap();
+    for report in [a.ended(STEP).await.unwrap(), b.ended(STEP).await.unwrap()] {
+        assert_eq!(report.call_id, id, "the same call");
+        assert!(report.with_video && report.video_negotiated, "{report:?}");
+        let video = report.video.as_ref().unwrap();
+        assert!(
+            video.both_ways() && video.received.counter_continuous(),
+            "{video:?}"
+        );
+        assert_eq!(report.ice.ice_restarts, 0);
+    }
+}
