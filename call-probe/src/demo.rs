@@ -36,6 +36,8 @@ pub struct DemoOptions {
     pub line: LineOptions,
     /// The tone the answerer sends, in Hz.
     pub answerer_hz: f64,
+    /// Call controls the caller carries out once connected (`--script`).
+    pub script: crate::script::Script,
 }
 
 impl Default for DemoOptions {
@@ -49,6 +51,7 @@ impl Default for DemoOptions {
                 ..LineOptions::new(440.0)
             },
             answerer_hz: 660.0,
+            script: crate::script::Script::default(),
         }
     }
 }
@@ -290,6 +293,7 @@ pub async fn run_demo(options: &DemoOptions) -> Result<DemoReport, DemoError> {
     let mut call_options = CallOptions::new(server, answerer_code);
     call_options.duration = options.duration;
     call_options.with_video = options.with_video;
+    call_options.script = options.script.clone();
     call_options.line = caller_line;
     let call = run_call(&call_options).await;
 

@@ -70,6 +70,8 @@ pub struct CallOptions {
     pub interrupt: Interrupt,
     /// Where to say what the run is doing while it runs (nowhere, by default).
     pub progress: Progress,
+    /// Call controls to carry out once connected (`--script`; none by default).
+    pub script: crate::script::Script,
 }
 
 impl CallOptions {
@@ -95,6 +97,7 @@ impl CallOptions {
             proven_servers: Vec::new(),
             interrupt: Interrupt::never(),
             progress: Progress::default(),
+            script: crate::script::Script::default(),
         }
     }
 }
@@ -755,6 +758,8 @@ async fn call_steps(
         ));
         // Let audio flow for the duration (this is the workload, not a synchronisation).
         let media_until = tokio::time::Instant::now() + options.duration;
+        let script = (!options.script.is_empty())
+            .then(|| tokio::spawn(options.script.clone().run(phone.engine.clone())));
         let media = async {
             let heard = phone
                 .wait_for(
@@ -783,6 +788,9 @@ async fn call_steps(
                 interrupted = Some(signal);
                 options.progress.say(&format!("{signal}: hanging up"));
             }
+        }
+        if let Some(script) = script {
+            script.abort();
         }
         let hangup_at = ms_since(start);
         // NoCall when the peer hung up first.

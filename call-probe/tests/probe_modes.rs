@@ -1206,3 +1206,75 @@ async fn demo_video_without_the_feature_says_so() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("`video` cargo feature"), "{stderr}");
 }
+
+/// `demo --script`: the caller's scripted controls, each seen in the answerer's report — a
+/// silent stretch for mute, black frames for camera off, the other pattern after the switch —
+/// and `add-video` turning an audio call into a video call on the same call.
+#[cfg(feature = "video")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn demo_script_controls_are_seen_by_the_answerer() {
+    let script = "0.5s:mute,1.5s:unmute,2s:camera-off,2.8s:camera-on,3.2s:switch-camera";
+    let args = [
+        "demo",
+        "--video",
+        "--json",
+        "--duration",
+        "4.5",
+        "--script",
+        script,
+    ];
+    let (code, stdout, stderr) = run(&args).await;
+    assert_eq!(code, 0, "stderr: {stderr}\nstdout: {stdout}");
+    let report = json(&stdout);
+    let answerer = &report["answerer"];
+    let heard: Vec<bool> = answerer["tone"]["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["heard"].as_bool().unwrap())
+        .collect();
+    assert!(
+        heard.windows(3).any(|w| w == [true, false, true]),
+        "{}",
+        answerer["tone"]
+    );
+    let rx = &answerer["video"]["received"];
+    let contents: Vec<&str> = rx["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        contents,
+        ["pattern 0", "black", "pattern 0", "pattern 1"],
+        "{rx}"
+    );
+    assert_eq!(rx["counters_missing"], 0, "{rx}");
+    assert!(
+        report["call"]["call"]["tone"]["frames_muted"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+
+    // add-video: an audio call that becomes a video call.
+    let args = [
+        "demo",
+        "--json",
+        "--duration",
+        "3",
+        "--script",
+        "0.3s:add-video",
+    ];
+    let (code, stdout, stderr) = run(&args).await;
+    assert_eq!(code, 0, "stderr: {stderr}\nstdout: {stdout}");
+    let report = json(&stdout);
+    for side in [&report["call"]["call"], &report["answerer"]] {
+        assert_eq!(side["with_video"], true, "{side}");
+        assert_eq!(side["video_negotiated"], true);
+        let rx = &side["video"]["received"];
+        assert!(rx["frames_decoded"].as_u64().unwrap() >= 3, "{rx}");
+        assert_eq!(rx["counters_read"], rx["frames_decoded"], "{rx}");
+    }
+}
