@@ -322,6 +322,8 @@ enum Internal {
     Dtls(String, RTCDtlsTransportState),
     FirstRtp(String),
     Tone(String, ToneReading),
+    /// Sent by the video receiver (feature `video`).
+    #[cfg_attr(not(feature = "video"), allow(dead_code))]
     FirstVideoFrame(String),
 }
 

@@ -274,6 +274,7 @@ fn print_report<R: serde::Serialize>(json: bool, report: &R, table: fn(&R) -> St
 }
 
 /// `--video` on a build without the `video` feature.
+#[cfg(feature = "demo")]
 pub const VIDEO_NEEDS_FEATURE: &str = "--video needs call-probe built with the `video` cargo \
     feature (VP8 through libvpx: apt-get install libvpx-dev, then cargo build -p call-probe \
     --features video); this build only negotiates the video track";

@@ -64,7 +64,7 @@ impl TestPattern {
         let (luma, chroma) = picture.split_at_mut(w * h);
         let code_rows = (BITS.div_ceil(GRID_COLS) * (HEIGHT / GRID_ROWS)) as usize;
         // Row-wise fills: cheap even in debug builds on a busy machine.
-        if self.pattern_id % 2 == 0 {
+        if self.pattern_id.is_multiple_of(2) {
             let bar = (counter as usize * 8) % w;
             let mut row: Vec<u8> = (0..w).map(|x| (40 + x * 120 / w) as u8).collect();
             row[bar..(bar + 16).min(w)].fill(WHITE);
