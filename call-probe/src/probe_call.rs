@@ -149,6 +149,9 @@ pub struct Milestones {
     pub dtls_connected_ms: Option<f64>,
     pub first_rtp_ms: Option<f64>,
     pub tone_detected_ms: Option<f64>,
+    /// With `--video`: the first video frame decoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_video_frame_ms: Option<f64>,
     pub hangup_ms: Option<f64>,
 }
 
@@ -934,6 +937,7 @@ fn fill_from_call(report: &mut ProbeCallReport, placed_at: f64, turn_paths: &Tur
     m.dtls_connected_ms = shift(t.dtls_connected_ms);
     m.first_rtp_ms = shift(t.first_rtp_ms);
     m.tone_detected_ms = shift(t.tone_detected_ms);
+    m.first_video_frame_ms = shift(t.first_video_frame_ms);
     if report.heard_hz.is_none() {
         report.heard_hz = call.tone.detected.map(|d| d.frequency_hz);
     }

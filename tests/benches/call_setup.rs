@@ -20,6 +20,11 @@
 //! signaling ready, then `pair_request`; aiortc: `pair_request` sent): pair matched,
 //! ICE connected, DTLS connected (the peer connection `connected`), and first RTP
 //! received (aiortc: the first decoded audio frame, the nearest it exposes).
+//!
+//! `BENCH_VIDEO=1` makes every call a video call (call-probe needs its `video` feature,
+//! which the tests crate turns on) and adds a row: the first decoded video frame, the same
+//! event on both stacks (call-probe: `timeline.first_video_frame_ms`, the first frame out
+//! of libvpx; aiortc: the first frame its video track hands over, decoded by libvpx).
 
 use std::time::Duration;
 
@@ -40,17 +45,25 @@ struct Sample {
     ice_connected: Option<f64>,
     dtls_connected: Option<f64>,
     first_rtp: Option<f64>,
+    /// With `BENCH_VIDEO=1`.
+    first_video_frame: Option<f64>,
 }
 
 /// Reads one milestone of a sample.
 type Milestone = fn(&Sample) -> Option<f64>;
 
-const ROWS: [(&str, Milestone); 4] = [
+const ROWS: [(&str, Milestone); 5] = [
     ("pair matched", |s| s.pair_matched),
     ("ICE connected", |s| s.ice_connected),
     ("DTLS connected", |s| s.dtls_connected),
     ("first RTP / audio frame", |s| s.first_rtp),
+    ("first decoded video frame", |s| s.first_video_frame),
 ];
+
+/// `BENCH_VIDEO=1`: video calls.
+fn video() -> bool {
+    std::env::var("BENCH_VIDEO").is_ok_and(|v| v == "1")
+}
 
 fn median(mut values: Vec<f64>) -> Option<f64> {
     if values.is_empty() {
@@ -104,6 +117,7 @@ fn probe_to_probe(rt: &Runtime, relay: &Url, relay_only: bool) -> Result<Sample,
         call.line.turn_transport = TurnTransport::Udp;
         call.duration = Duration::from_millis(500);
         call.line.step_timeout = STEP;
+        call.with_video = video();
         let report = run_call(&call).await;
         if let Some(error) = report.error {
             return Err(error);
@@ -136,6 +150,7 @@ fn probe_to_probe(rt: &Runtime, relay: &Url, relay_only: bool) -> Result<Sample,
             ice_connected: since(m.ice_connected_ms),
             dtls_connected: since(m.dtls_connected_ms),
             first_rtp: since(m.first_rtp_ms),
+            first_video_frame: since(m.first_video_frame_ms),
         })
     })
 }
@@ -156,6 +171,7 @@ fn aiortc_sample(result: &serde_json::Value) -> Sample {
         ice_connected: at("ice_connected"),
         dtls_connected: at("dtls_connected"),
         first_rtp: at("first_audio_frame"),
+        first_video_frame: at("first_video_frame"),
     }
 }
 
@@ -163,6 +179,7 @@ fn aiortc_caller(relay: &Url, code: String) -> Result<serde_json::Value, String>
     let mut call = AiortcOptions::new(AiortcRole::Call { peer: code }, relay.as_str());
     call.hold = Duration::from_millis(300);
     call.step_timeout = STEP;
+    call.video = video();
     let mut caller = AiortcPeer::spawn(&call)?;
     let result = caller.result(STEP * 3)?;
     if result["ok"] != true {
@@ -176,6 +193,7 @@ fn aiortc_to_aiortc(relay: &Url) -> Result<Sample, String> {
     let mut answer = AiortcOptions::new(AiortcRole::Answer, relay.as_str());
     answer.step_timeout = STEP;
     answer.tone_hz = 660.0;
+    answer.video = video();
     let mut callee = AiortcPeer::spawn(&answer)?;
     let code = callee.registered(STEP)?;
     let result = aiortc_caller(relay, code)?;
