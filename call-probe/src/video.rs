@@ -198,6 +198,9 @@ pub enum Assembly {
     /// A frame that cannot be completed (a packet is missing: a later frame started, or it
     /// grew past the packet limit).
     Lost { timestamp: u32 },
+    /// Packets missing between the last frame and the next one: whole frames were lost
+    /// (reported before that next frame).
+    Gap { packets: u16 },
 }
 
 #[derive(Debug)]
@@ -217,6 +220,8 @@ struct Partial {
 pub struct FrameAssembler {
     partial: Option<Partial>,
     last_finished: Option<u32>,
+    /// The last sequence number of the last frame finished (complete or given up).
+    last_sequence: Option<u16>,
     /// Packets whose VP8 payload descriptor could not be read.
     pub malformed: u64,
     /// Packets of frames already finished or given up.
@@ -255,6 +260,9 @@ impl FrameAssembler {
                         timestamp: partial.timestamp,
                     });
                     self.last_finished = Some(partial.timestamp);
+                    // What came after the lost frame's last packet seen is unknown: the next
+                    // frame's start is not checked against it.
+                    self.last_sequence = None;
                     self.partial = None;
                 } else {
                     self.late += 1;
@@ -278,6 +286,7 @@ impl FrameAssembler {
                 timestamp: partial.timestamp,
             });
             self.last_finished = Some(partial.timestamp);
+            self.last_sequence = None;
             self.partial = None;
             return out;
         }
@@ -288,6 +297,14 @@ impl FrameAssembler {
                 && partial.packets.keys().next_back() == Some(&end)
                 && (end - first + 1) as usize == partial.packets.len();
             if complete {
+                let first_sequence = partial.first_sequence.wrapping_add(first as u16);
+                if let Some(last) = self.last_sequence {
+                    let missing = first_sequence.wrapping_sub(last).wrapping_sub(1);
+                    if missing != 0 && missing < 0x8000 {
+                        out.push(Assembly::Gap { packets: missing });
+                    }
+                }
+                self.last_sequence = Some(partial.first_sequence.wrapping_add(end as u16));
                 let data: Vec<u8> = partial
                     .packets
                     .values()
@@ -721,6 +738,27 @@ mod tests {
         let out: Vec<_> = fifth.iter().flat_map(|p| push(&mut assembler, p)).collect();
         assert_eq!(out[0], Assembly::Lost { timestamp: 19_000 });
         assert!(matches!(&out[1], Assembly::Frame { keyframe: true, .. }));
+        // A whole frame lost between two complete ones: a gap of its packets, then the frame.
+        let sixth = packets(&delta, fifth.last().unwrap().0.wrapping_add(1), 31_000);
+        let seventh = packets(&delta, sixth.last().unwrap().0.wrapping_add(1), 37_000);
+        let out: Vec<_> = seventh
+            .iter()
+            .flat_map(|p| push(&mut assembler, p))
+            .collect();
+        assert_eq!(
+            out[0],
+            Assembly::Gap {
+                packets: sixth.len() as u16
+            }
+        );
+        assert!(matches!(
+            &out[1],
+            Assembly::Frame {
+                timestamp: 37_000,
+                ..
+            }
+        ));
+        assert_eq!(out.len(), 2);
         // Junk payloads are counted, never a panic.
         for junk in [&[][..], &[0x80][..], &[0xff, 0xff][..]] {
             assert!(assembler

@@ -231,3 +231,42 @@ async fn video_is_added_to_an_audio_call_by_renegotiation() {
         assert_eq!(report.ice.ice_restarts, 0);
     }
 }
+
+/// Frames lost on the way (the caller's path cut for a while): the callee stops decoding,
+/// sends a PLI, the caller answers it with a keyframe, and decoding goes on from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_video_is_recovered_by_a_keyframe_answering_a_pli() {
+    let (_board, mut a, mut b) = video_pair().await;
+    until_snapshot(&b, "10 decoded frames", |r| decoded(r) >= 10).await;
+    a.engine.cut_path(true).await.unwrap();
+    until_snapshot(&a, "packets withheld", |r| {
+        r.wire.is_some_and(|w| w.packets_withheld >= 40)
+    })
+    .await;
+    a.engine.cut_path(false).await.unwrap();
+    let before = decoded(&b.engine.snapshot().await.unwrap().unwrap());
+    until_snapshot(&b, "a keyframe after the loss, decoded", |r| {
+        r.video
+            .as_ref()
+            .is_some_and(|v| v.received.pli_sent >= 1 && v.received.keyframes_received >= 2)
+            && decoded(r) >= before + 10
+    })
+    .await;
+    a.engine.hangup().await.unwrap();
+    let caller = a.ended(STEP).await.unwrap();
+    let callee = b.ended(STEP).await.unwrap();
+    let sent = &caller.video.as_ref().unwrap().sent;
+    assert!(
+        sent.pli_received >= 1 && sent.keyframes_sent >= 2,
+        "{sent:?}"
+    );
+    let rx = &callee.video.as_ref().unwrap().received;
+    assert!(rx.frames_lost >= 1, "{rx:?}");
+    assert!(rx.counters_missing > 0, "the lost frames' counters: {rx:?}");
+    assert_eq!(rx.counters_out_of_order, 0, "{rx:?}");
+    assert_eq!(
+        rx.unreadable_frames, 0,
+        "nothing decoded from a broken reference: {rx:?}"
+    );
+    assert!(rx.freezes >= 1, "{rx:?}");
+}

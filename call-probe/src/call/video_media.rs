@@ -142,7 +142,9 @@ pub(super) async fn receive_video(
         for assembly in assembled {
             let now = Instant::now();
             let send_pli = match assembly {
-                Assembly::Lost { .. } => with_receiver(&shared, |rx| rx.frame_lost(now)),
+                Assembly::Lost { .. } | Assembly::Gap { .. } => {
+                    with_receiver(&shared, |rx| rx.frame_lost(now))
+                }
                 Assembly::Frame { data, keyframe, .. } => {
                     let decision =
                         with_receiver(&shared, |rx| rx.frame_arrived(now, keyframe, data.len()));
