@@ -582,6 +582,56 @@ async fn aiortc_calls_call_probe_relay_only_through_turn() {
     world.stop().await;
 }
 
+/// Video with aiortc when call-probe reaches it only through TURN over TCP (relay-only,
+/// `--turn-transport tcp`: what a network that blocks UDP leaves): frames decoded both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aiortc_video_calls_call_probe_relay_only_through_turn_tcp() {
+    let world = call_probe::world::LocalWorld::start()
+        .await
+        .expect("the local world");
+    let relay = world.relay_url();
+    let mut options = call_probe::answer::AnswerOptions::new(relay.clone());
+    options.line.loopback = true;
+    options.line.with_stun = false;
+    options.line.relay_only = true;
+    options.line.turn_transport = call_probe::client::TurnTransport::Tcp;
+    options.max_calls = Some(1);
+    options.line.tone_hz = 440.0;
+    options.line.step_timeout = step();
+    let answerer = call_probe::answer::Answerer::start(options)
+        .await
+        .expect("call-probe answers relay-only");
+    let code = answerer.code.to_string();
+    let serving = tokio::spawn(answerer.serve(|_| {}));
+
+    let mut call = AiortcOptions::new(AiortcRole::Call { peer: code }, relay.as_str());
+    call.tone_hz = 520.0;
+    call.expect_hz = Some(440.0);
+    call.step_timeout = step();
+    call.video = true;
+    call.hold = Duration::from_secs(3);
+    let caller = AiortcPeer::spawn(&call).expect("spawn aiortc caller");
+    let (result, caller) = aiortc_result(caller).await;
+    let calls = tokio::time::timeout(step(), serving)
+        .await
+        .expect("the answerer finishes")
+        .expect("join")
+        .unwrap_or_else(|error| panic!("answerer: {error}\naiortc: {}", caller.output()));
+    let call = &calls[0];
+    assert_eq!(
+        call.relayed_media,
+        Some(call_probe::client::TurnTransport::Tcp),
+        "media through TURN over TCP"
+    );
+    let pair = call.report.ice.selected_pair.as_ref().expect("a pair");
+    assert_eq!(pair.local.kind, "relay", "{pair:?}");
+    assert_probe_heard(&call.report, 520.0);
+    assert_probe_saw_video(&call.report);
+    assert_aiortc_heard(&result, 440.0, &caller.output());
+    assert_aiortc_saw_video(&result, &caller.output());
+    world.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flat_form_aiortc_client_calls_the_call_probe_engine() {
     // Zajel's web client sends call messages flat (targetId, call fields at the top level);
