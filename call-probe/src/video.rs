@@ -176,6 +176,30 @@ pub fn is_vp8_keyframe(frame: &[u8]) -> bool {
     frame.first().is_some_and(|b| b & 1 == 0)
 }
 
+/// The largest picture the receiver decodes (a peer's keyframe may claim up to 16383×16383,
+/// which would make the decoder allocate about 400 MB).
+pub const MAX_PICTURE_PIXELS: u32 = 1920 * 1088;
+
+/// The picture size a keyframe declares (RFC 6386 §9.1: start code 9d 01 2a after the 3-byte
+/// frame tag, then 14-bit width and height), `None` for a delta frame or a malformed one.
+pub fn keyframe_size(frame: &[u8]) -> Option<(u32, u32)> {
+    if !is_vp8_keyframe(frame) || frame.len() < 10 || frame[3..6] != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    let width = u32::from(u16::from_le_bytes([frame[6], frame[7]]) & 0x3fff);
+    let height = u32::from(u16::from_le_bytes([frame[8], frame[9]]) & 0x3fff);
+    Some((width, height))
+}
+
+/// Whether a frame may go to the decoder: a delta frame, or a keyframe of a sane size
+/// (at most [`MAX_PICTURE_PIXELS`], not empty).
+pub fn decodable_size(frame: &[u8]) -> bool {
+    if !is_vp8_keyframe(frame) {
+        return true;
+    }
+    keyframe_size(frame).is_some_and(|(w, h)| w > 0 && h > 0 && w * h <= MAX_PICTURE_PIXELS)
+}
+
 /// One RTP packet of the video stream, as the assembler needs it.
 #[derive(Debug, Clone, Copy)]
 pub struct VideoPacket<'a> {
@@ -772,6 +796,34 @@ mod tests {
                 .all(|a| !matches!(a, Assembly::Frame { .. })));
         }
         assert!(assembler.malformed > 0);
+    }
+
+    /// A peer's keyframe that claims a huge picture never reaches the decoder.
+    #[test]
+    fn huge_or_malformed_keyframes_are_not_decoded() {
+        let keyframe = |w: u16, h: u16| {
+            let mut f = vec![0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a];
+            f.extend_from_slice(&w.to_le_bytes());
+            f.extend_from_slice(&h.to_le_bytes());
+            f.extend_from_slice(&[0; 20]);
+            f
+        };
+        assert_eq!(keyframe_size(&keyframe(320, 240)), Some((320, 240)));
+        assert!(decodable_size(&keyframe(320, 240)));
+        assert!(decodable_size(&keyframe(1920, 1080)));
+        assert!(!decodable_size(&keyframe(16_383, 16_383)));
+        assert!(!decodable_size(&keyframe(4_096, 2_160)));
+        assert!(!decodable_size(&keyframe(0, 240)));
+        // Scaling bits (the top two) are not part of the size.
+        assert_eq!(
+            keyframe_size(&keyframe(0xc000 | 320, 240)),
+            Some((320, 240))
+        );
+        let mut bad_start = keyframe(320, 240);
+        bad_start[4] = 0;
+        assert!(!decodable_size(&bad_start));
+        assert!(!decodable_size(&[0x10, 0x02]));
+        assert!(decodable_size(&[0x11, 0x02, 0x00]), "a delta frame");
     }
 
     #[test]

@@ -21,8 +21,8 @@ use webrtc::track::track_remote::TrackRemote;
 
 use super::{lock, Internal, Shared};
 use crate::video::{
-    black_picture, read_picture, Assembly, FrameAssembler, TestPattern, VideoPacket, VideoReceiver,
-    BITRATE_KBPS, FPS, HEIGHT, WIDTH,
+    black_picture, decodable_size, read_picture, Assembly, FrameAssembler, TestPattern,
+    VideoPacket, VideoReceiver, BITRATE_KBPS, FPS, HEIGHT, WIDTH,
 };
 use crate::vpx::{Vp8Decoder, Vp8Encoder};
 use std::sync::Arc;
@@ -148,7 +148,10 @@ pub(super) async fn receive_video(
                 Assembly::Frame { data, keyframe, .. } => {
                     let decision =
                         with_receiver(&shared, |rx| rx.frame_arrived(now, keyframe, data.len()));
-                    if decision.decode {
+                    if decision.decode && !decodable_size(&data) {
+                        tracing::debug!("a keyframe of a refused size: not decoded");
+                        with_receiver(&shared, |rx| rx.decode_failed(now))
+                    } else if decision.decode {
                         match decoder.decode(&data) {
                             Ok(Some(picture)) => {
                                 let content =
