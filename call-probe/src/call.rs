@@ -20,6 +20,8 @@
 //! next deadline, and runs the media (tone or echo, Opus, RTCP, statistics, the report).
 
 pub mod machine;
+#[cfg(feature = "video")]
+mod video_media;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -47,12 +49,14 @@ use zajel_wire::call::{
 use crate::config::CallConfig;
 use crate::identity::PeerAuth;
 use crate::media::{
-    OpusDecoder, OpusEncoder, ReceiveStats, ToneDetector, ToneGenerator, ToneReading, FRAME_SAMPLES,
+    OpusDecoder, OpusEncoder, ReceiveStats, ToneDetector, ToneGenerator, ToneReading, ToneTimeline,
+    FRAME_SAMPLES,
 };
 use crate::peer::{Peer, SRTP_PROFILES};
 use crate::report::{CallReport, CandidateInfo, CandidatePair, DtlsReport, ToneReport, WireReport};
 use crate::stats::RtpFigures;
 use crate::tap::srtp_profile_name;
+use crate::video::{VideoReceiver, VideoReport, VideoSendReport};
 use machine::{Action, CallMachine, CallSummary, IceConnection, Input, MachineConfig, Output};
 
 /// What the engine announces.
@@ -82,6 +86,10 @@ pub enum CallEvent {
     ToneDetected {
         call_id: String,
         reading: ToneReading,
+    },
+    /// The first incoming video frame was decoded.
+    FirstVideoFrame {
+        call_id: String,
     },
     /// The first RTCP round-trip time is known.
     RttAvailable {
@@ -117,6 +125,8 @@ pub enum EngineError {
     NoTap,
     #[error("could not set up the call: {0}")]
     Setup(String),
+    #[error("cannot add video: {0}")]
+    CannotAddVideo(&'static str),
     #[error("the engine has stopped")]
     Stopped,
 }
@@ -149,6 +159,41 @@ enum Command {
     State(oneshot::Sender<(Option<String>, CallState)>),
     CutPath(bool, oneshot::Sender<Result<(), EngineError>>),
     Snapshot(oneshot::Sender<Option<CallReport>>),
+    Control(Control, oneshot::Sender<Result<MediaControls, EngineError>>),
+    AddVideo(oneshot::Sender<Result<(), EngineError>>),
+}
+
+/// A call control, as Zajel's clients offer them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Send silence instead of the tone (`track.enabled = false` in Zajel's web client).
+    Mute,
+    Unmute,
+    /// Send black frames instead of the pattern (what a browser sends for a disabled video
+    /// track, which is how Zajel's web client turns the camera off).
+    CameraOff,
+    CameraOn,
+    /// Swap in the other pattern source (camera 0 ↔ 1) on the same track: no renegotiation.
+    SwitchCamera,
+}
+
+/// What this side sends now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaControls {
+    pub muted: bool,
+    pub camera_on: bool,
+    /// The pattern source in use (0 or 1).
+    pub camera: u8,
+}
+
+impl Default for MediaControls {
+    fn default() -> Self {
+        Self {
+            muted: false,
+            camera_on: true,
+            camera: 0,
+        }
+    }
 }
 
 /// A handle on a running engine; dropping every handle hangs up and stops it.
@@ -256,6 +301,17 @@ impl CallEngine {
     pub async fn snapshot(&self) -> Result<Option<CallReport>, EngineError> {
         self.ask(Command::Snapshot).await
     }
+
+    /// Adds video to the connected audio call (caller only): a video track, and a new
+    /// `call_offer` on the same call with `withVideo: true` (machine rule 23).
+    pub async fn add_video(&self) -> Result<(), EngineError> {
+        self.ask(Command::AddVideo).await?
+    }
+
+    /// Applies a call control to the active call; returns what is sent from now on.
+    pub async fn control(&self, control: Control) -> Result<MediaControls, EngineError> {
+        self.ask(|tx| Command::Control(control, tx)).await?
+    }
 }
 
 /// What the peer connection's callbacks and the media tasks tell the engine.
@@ -266,6 +322,9 @@ enum Internal {
     Dtls(String, RTCDtlsTransportState),
     FirstRtp(String),
     Tone(String, ToneReading),
+    /// Sent by the video receiver (feature `video`).
+    #[cfg_attr(not(feature = "video"), allow(dead_code))]
+    FirstVideoFrame(String),
 }
 
 /// Figures the media tasks update.
@@ -276,7 +335,14 @@ struct MediaShared {
     frames_sent: u64,
     frames_decoded: u64,
     tone: Option<ToneReading>,
+    tone_timeline: ToneTimeline,
+    frames_muted: u64,
     video_packets: u64,
+    controls: MediaControls,
+    /// The peer asked for a keyframe (PLI/FIR) and none was sent since.
+    keyframe_wanted: bool,
+    video_send: VideoSendReport,
+    video_receiver: Option<VideoReceiver>,
     /// With `echo`, decoded frames go here to be sent back.
     echo: Option<mpsc::Sender<Vec<i16>>>,
 }
@@ -296,6 +362,8 @@ struct Media {
     echo_frames: Option<mpsc::Receiver<Vec<i16>>>,
     /// The pair ICE selected when it last connected.
     selected_pair: Option<CandidatePair>,
+    /// `StartMedia` ran: tracks added later start sending at once.
+    media_started: bool,
 }
 
 impl Media {
@@ -375,7 +443,19 @@ async fn build_report(
             detected: shared.tone,
             frames_sent: shared.frames_sent,
             frames_decoded: shared.frames_decoded,
+            spans: shared.tone_timeline.spans().to_vec(),
+            frames_muted: shared.frames_muted,
         },
+        video: (cfg!(feature = "video") && media.is_some_and(|m| m.peer.video.is_some())).then(
+            || VideoReport {
+                sent: shared.video_send.clone(),
+                received: shared
+                    .video_receiver
+                    .as_ref()
+                    .map(|r| r.report().clone())
+                    .unwrap_or_default(),
+            },
+        ),
         wire,
     }
 }
@@ -544,6 +624,33 @@ impl Actor {
                 };
                 let _ = reply.send(result);
             }
+            Command::AddVideo(reply) => {
+                let _ = reply.send(self.feed(Input::AddVideo).await);
+            }
+            Command::Control(control, reply) => {
+                let result = match (self.machine.call_id(), &self.media) {
+                    (Some(_), Some(media)) => {
+                        let mut shared = lock(&media.shared);
+                        let c = &mut shared.controls;
+                        match control {
+                            Control::Mute => c.muted = true,
+                            Control::Unmute => c.muted = false,
+                            Control::CameraOff => c.camera_on = false,
+                            Control::CameraOn => c.camera_on = true,
+                            Control::SwitchCamera => c.camera = 1 - c.camera.min(1),
+                        }
+                        let now = *c;
+                        // The new picture should not wait for a reference to catch up.
+                        if matches!(control, Control::SwitchCamera | Control::CameraOn) {
+                            shared.keyframe_wanted = true;
+                        }
+                        tracing::info!(?control, "call control");
+                        Ok(now)
+                    }
+                    _ => Err(EngineError::NoCall),
+                };
+                let _ = reply.send(result);
+            }
             Command::Snapshot(reply) => {
                 let report = match self.machine.snapshot() {
                     Some(summary) => {
@@ -574,10 +681,24 @@ impl Actor {
                 Some(self.local_description(Some(ice_restart)).await)
             }
             Action::CreateAnswer => Some(self.local_description(None).await),
-            Action::SetRemoteOffer { sdp } => Some(
-                self.remote_description(RTCSessionDescription::offer(sdp), "remote offer refused")
+            Action::SetRemoteOffer { sdp } => {
+                // A renegotiation that brings video to an audio call: our own video track
+                // first, so that applying the offer gives it the offer's video m-line.
+                let started = self.media.as_ref().is_some_and(|m| m.media_started);
+                let without = self.media.as_ref().is_some_and(|m| m.peer.video.is_none());
+                if sdp.contains("\nm=video") && started && without && self.config.allow_video {
+                    if let Err(err) = self.add_video_track().await {
+                        tracing::warn!("could not add video to the call: {err}");
+                    }
+                }
+                Some(
+                    self.remote_description(
+                        RTCSessionDescription::offer(sdp),
+                        "remote offer refused",
+                    )
                     .await,
-            ),
+                )
+            }
             Action::SetRemoteAnswer { sdp } => Some(
                 self.remote_description(
                     RTCSessionDescription::answer(sdp),
@@ -599,8 +720,15 @@ impl Actor {
                 }
                 None
             }
+            Action::AddVideoAndOffer => {
+                if let Err(err) = self.add_video_track().await {
+                    return Some(self.failed(err));
+                }
+                Some(self.local_description(Some(false)).await)
+            }
             Action::StartMedia => {
                 if let Some(media) = &mut self.media {
+                    media.media_started = true;
                     let source = match media.echo_frames.take() {
                         Some(frames) => AudioSource::Echo(frames),
                         None => AudioSource::Tone(ToneGenerator::new(
@@ -613,10 +741,44 @@ impl Actor {
                         source,
                         media.shared.clone(),
                     )));
+                    #[cfg(feature = "video")]
+                    if let Some((track, _)) = &media.peer.video {
+                        media.tasks.push(tokio::spawn(video_media::send_video(
+                            Arc::clone(track),
+                            media.shared.clone(),
+                        )));
+                    }
                 }
                 None
             }
         }
+    }
+
+    /// Adds the video track to the running call's peer, its RTCP reader, and (once media
+    /// runs) its sender.
+    async fn add_video_track(&mut self) -> Result<(), String> {
+        let Some(media) = &mut self.media else {
+            return Err("no peer connection".into());
+        };
+        let sender = media.peer.add_video().await.map_err(|e| e.to_string())?;
+        #[cfg(feature = "video")]
+        {
+            media.tasks.push(tokio::spawn(video_media::read_video_rtcp(
+                sender,
+                media.shared.clone(),
+            )));
+            if media.media_started {
+                if let Some((track, _)) = &media.peer.video {
+                    media.tasks.push(tokio::spawn(video_media::send_video(
+                        Arc::clone(track),
+                        media.shared.clone(),
+                    )));
+                }
+            }
+        }
+        #[cfg(not(feature = "video"))]
+        media.tasks.push(tokio::spawn(read_rtcp(sender, None)));
+        Ok(())
     }
 
     /// A failed setup step: remembered for the command that ran it, reported to the machine.
@@ -705,12 +867,14 @@ impl Actor {
             Box::pin(async {})
         }));
         let (tx, cid, track_shared) = (self.internal_tx.clone(), call_id, shared.clone());
+        let weak_pc = Arc::downgrade(pc);
         pc.on_track(Box::new(move |track, receiver, _transceiver| {
             tokio::spawn(receive_track(
                 track,
                 cid.clone(),
                 tx.clone(),
                 track_shared.clone(),
+                weak_pc.clone(),
             ));
             // Incoming RTCP (the peer's sender reports) only reaches webrtc-rs's interceptors
             // when someone reads it; without this no receiver report carries LSR/DLSR and no
@@ -739,6 +903,12 @@ impl Actor {
             Some(shared.clone()),
         ))];
         if let Some((_, sender)) = &peer.video {
+            #[cfg(feature = "video")]
+            tasks.push(tokio::spawn(video_media::read_video_rtcp(
+                Arc::clone(sender),
+                shared.clone(),
+            )));
+            #[cfg(not(feature = "video"))]
             tasks.push(tokio::spawn(read_rtcp(Arc::clone(sender), None)));
         }
         self.media = Some(Media {
@@ -747,6 +917,7 @@ impl Actor {
             tasks,
             echo_frames,
             selected_pair: None,
+            media_started: false,
         });
         Ok(())
     }
@@ -777,7 +948,8 @@ impl Actor {
             | Internal::Pc(id, _)
             | Internal::Dtls(id, _)
             | Internal::FirstRtp(id)
-            | Internal::Tone(id, _) => id.as_str(),
+            | Internal::Tone(id, _)
+            | Internal::FirstVideoFrame(id) => id.as_str(),
         };
         if self.machine.call_id() != Some(event_call) {
             return; // from a call that already ended
@@ -824,6 +996,7 @@ impl Actor {
             Internal::Dtls(_, _) => return,
             Internal::FirstRtp(_) => Input::FirstRtp,
             Internal::Tone(_, reading) => Input::Tone(reading),
+            Internal::FirstVideoFrame(_) => Input::FirstVideoFrame,
         };
         let _ = self.feed(input).await;
     }
@@ -882,7 +1055,14 @@ async fn send_audio(track: Arc<TrackLocalStaticSample>, mut source: AudioSource,
         let frame: [i16; FRAME_SAMPLES] = match &mut source {
             AudioSource::Tone(tone) => {
                 ticker.tick().await;
-                tone.next_frame()
+                let frame = tone.next_frame();
+                let mut shared = lock(&shared);
+                if shared.controls.muted {
+                    shared.frames_muted += 1;
+                    [0; FRAME_SAMPLES]
+                } else {
+                    frame
+                }
             }
             AudioSource::Echo(frames) => match frames.recv().await {
                 Some(pcm) => match pcm.try_into() {
@@ -931,8 +1111,17 @@ async fn receive_track(
     call_id: String,
     internal: mpsc::UnboundedSender<Internal>,
     shared: Shared,
+    pc: std::sync::Weak<webrtc::peer_connection::RTCPeerConnection>,
 ) {
     let is_audio = track.kind() == RTPCodecType::Audio;
+    #[cfg(feature = "video")]
+    if !is_audio {
+        let _ = internal.send(Internal::FirstRtp(call_id.clone()));
+        video_media::receive_video(track, call_id, internal, shared, pc).await;
+        return;
+    }
+    #[cfg(not(feature = "video"))]
+    let _ = pc;
     let mut decoder = if is_audio {
         match OpusDecoder::new() {
             Ok(decoder) => Some(decoder),
@@ -959,11 +1148,16 @@ async fn receive_track(
         let arrival = origin.elapsed().as_secs_f64();
         let mut newly = None;
         let mut decoded = false;
+        let mut windows = Vec::new();
         if let Some(decoder) = &mut decoder {
             match decoder.decode(&packet.payload) {
                 Ok(pcm) => {
                     decoded = true;
+                    let before = detector.windows_analysed();
                     newly = detector.push(pcm);
+                    if detector.windows_analysed() > before {
+                        windows.push(detector.last_reading().is_some());
+                    }
                     if let Some(echo) = &lock(&shared).echo {
                         let _ = echo.try_send(pcm.to_vec());
                     }
@@ -981,6 +1175,9 @@ async fn receive_track(
             );
             if decoded {
                 figures.frames_decoded += 1;
+            }
+            for heard in windows {
+                figures.tone_timeline.push(heard);
             }
             if detector.detected().is_some() {
                 figures.tone = detector.detected();

@@ -16,7 +16,9 @@ use url::Url;
 use crate::answer::{AnswerError, AnswerOptions, Answerer};
 use crate::error::ErrorKind;
 use crate::line_options::LineOptions;
-use crate::probe_call::{media_flowed_both_ways, run_call, CallOptions, ProbeCallReport};
+use crate::probe_call::{
+    media_flowed_both_ways, run_call, video_flowed_both_ways, CallOptions, ProbeCallReport,
+};
 use crate::report::CallReport;
 use crate::world::{LocalWorld, WorldAddresses, WorldOptions, WorldTimings};
 
@@ -34,6 +36,8 @@ pub struct DemoOptions {
     pub line: LineOptions,
     /// The tone the answerer sends, in Hz.
     pub answerer_hz: f64,
+    /// Call controls the caller carries out once connected (`--script`).
+    pub script: crate::script::Script,
 }
 
 impl Default for DemoOptions {
@@ -47,6 +51,7 @@ impl Default for DemoOptions {
                 ..LineOptions::new(440.0)
             },
             answerer_hz: 660.0,
+            script: crate::script::Script::default(),
         }
     }
 }
@@ -72,6 +77,10 @@ pub struct DemoReport {
     pub authenticated: bool,
     pub caller_heard_hz: Option<f64>,
     pub answerer_heard_hz: Option<f64>,
+    /// With `--video`: both sides decoded the other's frames and read its pattern's counter
+    /// with none missing or out of order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub video_both_ways: Option<bool>,
     pub total_ms: f64,
     pub error: Option<String>,
     /// What failed, machine-readable (absent when nothing did).
@@ -172,11 +181,62 @@ impl DemoReport {
             self.authenticated,
             self.total_ms
         ));
+        if let Some(both) = self.video_both_ways {
+            let side = |report: Option<&CallReport>| {
+                report
+                    .and_then(|r| r.video.as_ref())
+                    .map_or("nothing".to_string(), |v| video_line(&v.received))
+            };
+            out.push_str(&format!(
+                "caller saw          {}\nanswerer saw        {}\nvideo both ways     {}\n",
+                side(self.call.call.as_ref()),
+                side(self.answerer.as_ref()),
+                if both { "yes" } else { "NO" },
+            ));
+        }
         if let Some(error) = &self.error {
             out.push_str(&format!("error               {error}\n"));
         }
         out
     }
+}
+
+/// One line about the video a side received.
+fn video_line(rx: &crate::video::VideoReceiveReport) -> String {
+    let size = match (rx.width, rx.height) {
+        (Some(w), Some(h)) => format!("{w}x{h}"),
+        _ => "-".into(),
+    };
+    let counters = match (rx.first_counter, rx.last_counter) {
+        (Some(first), Some(last)) => format!(
+            "counter {first}..{last} {}",
+            if rx.counter_continuous() {
+                "continuous".to_string()
+            } else {
+                format!(
+                    "NOT continuous ({} missing, {} out of order)",
+                    rx.counters_missing, rx.counters_out_of_order
+                )
+            }
+        ),
+        _ => "no counter read".into(),
+    };
+    format!(
+        "{} frames decoded ({size}, {:.1} fps, {} freezes), {counters}",
+        rx.frames_decoded,
+        rx.frame_rate.unwrap_or(0.0),
+        rx.freezes
+    )
+}
+
+/// A side decoded video and read a continuous counter.
+fn saw_video(report: Option<&CallReport>) -> bool {
+    report.is_some_and(|r| {
+        video_flowed_both_ways(r)
+            && r.video
+                .as_ref()
+                .is_some_and(|v| v.received.counter_continuous())
+    })
 }
 
 fn heard(report: Option<&CallReport>, hz: f64) -> bool {
@@ -233,6 +293,7 @@ pub async fn run_demo(options: &DemoOptions) -> Result<DemoReport, DemoError> {
     let mut call_options = CallOptions::new(server, answerer_code);
     call_options.duration = options.duration;
     call_options.with_video = options.with_video;
+    call_options.script = options.script.clone();
     call_options.line = caller_line;
     let call = run_call(&call_options).await;
 
@@ -256,12 +317,20 @@ pub async fn run_demo(options: &DemoOptions) -> Result<DemoReport, DemoError> {
         && answerer_heard;
     let authenticated =
         call.authenticated && answerer_report.as_ref().is_some_and(|r| r.authenticated);
+    let video_both_ways = options
+        .with_video
+        .then(|| saw_video(call.call.as_ref()) && saw_video(answerer_report.as_ref()));
     let (error, error_kind) = if let Some(error) = &call.error {
         (Some(error.clone()), call.error_kind)
     } else if !media_both_ways {
         (
             Some("media did not flow both ways (see the tones heard)".into()),
             Some(ErrorKind::OneWayAudio),
+        )
+    } else if video_both_ways == Some(false) {
+        (
+            Some("video did not flow both ways with a continuous counter".into()),
+            Some(ErrorKind::OneWayVideo),
         )
     } else {
         (None, None)
@@ -286,6 +355,7 @@ pub async fn run_demo(options: &DemoOptions) -> Result<DemoReport, DemoError> {
         answerer: answerer_report,
         media_both_ways,
         authenticated,
+        video_both_ways,
         total_ms: start.elapsed().as_secs_f64() * 1000.0,
         error,
         error_kind,

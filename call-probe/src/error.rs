@@ -59,6 +59,8 @@ pub enum ErrorKind {
     CallEndedEarly,
     /// Media flowed, but not audio both ways.
     OneWayAudio,
+    /// With `--video`: video did not flow both ways (frames decoded on each side).
+    OneWayVideo,
     /// Ctrl-C or SIGTERM: the run hung up (`call_hangup`) and stopped (exit 130).
     Interrupted,
     /// A server given (link, `--server`) is not a relay address.

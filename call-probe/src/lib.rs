@@ -7,6 +7,9 @@
 //! - [`config`]: ICE servers, policy, address filters, timeouts, tone.
 //! - [`peer`]: the webrtc-rs peer connection setup.
 //! - [`media`]: tone, Opus, Goertzel detection, receive-side RTP figures.
+//! - [`video`]: the test pattern (a frame counter in big luma blocks), reading it back, VP8
+//!   frame assembly from RTP, keyframe requests, receive figures (sans-IO); `vpx`: VP8 through
+//!   libvpx (cargo feature `video`, the one place with `unsafe` code).
 //! - [`tap`]: the engine's own UDP socket (wire counters, SRTP profile, path cut);
 //!   [`turn_tap`]: the same for relayed calls, a hop in front of each TURN server;
 //!   [`last_flight`]: the DTLS final-flight retransmission webrtc-rs lacks.
@@ -50,15 +53,19 @@ pub mod probe_call;
 pub mod relay_probe;
 pub mod rendezvous;
 pub mod report;
+pub mod script;
 pub mod selftest;
 pub mod stats;
 pub mod table;
 pub mod tap;
 pub mod turn_tap;
+pub mod video;
+#[cfg(feature = "video")]
+pub mod vpx;
 #[cfg(feature = "demo")]
 pub mod world;
 
-pub use call::{CallEngine, CallEvent, EngineError};
+pub use call::{CallEngine, CallEvent, Control, EngineError, MediaControls};
 pub use config::{AnswerPolicy, CallConfig, CallTimeouts, IceServer};
 pub use error::ErrorKind;
 pub use report::{CallReport, EndReason, Role};

@@ -217,6 +217,54 @@ impl ToneDetector {
     pub fn windows_analysed(&self) -> u64 {
         self.windows_analysed
     }
+
+    /// The last window's reading, when it held a clean tone (`None`: silence or noise).
+    pub fn last_reading(&self) -> Option<ToneReading> {
+        self.last
+    }
+}
+
+/// A stretch of 100 ms windows in which the tone was heard, or not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToneSpan {
+    pub heard: bool,
+    /// Start of the first and end of the last window, ms since audio started arriving.
+    pub from_ms: f64,
+    pub to_ms: f64,
+}
+
+/// When the tone was heard: each analysed window adds to the last span or starts a new one
+/// (mute on the other side shows as a span with `heard: false`).
+#[derive(Debug, Clone, Default)]
+pub struct ToneTimeline {
+    spans: Vec<ToneSpan>,
+    windows: u64,
+}
+
+impl ToneTimeline {
+    /// Most spans kept (a flapping tone must not grow the report without bound).
+    pub const MAX_SPANS: usize = 64;
+
+    /// Records the next window: `heard` when it held a clean tone.
+    pub fn push(&mut self, heard: bool) {
+        let window_ms = ToneDetector::WINDOW_SAMPLES as f64 * 1000.0 / f64::from(SAMPLE_RATE);
+        let from_ms = self.windows as f64 * window_ms;
+        self.windows += 1;
+        let to_ms = from_ms + window_ms;
+        let full = self.spans.len() >= Self::MAX_SPANS;
+        match self.spans.last_mut() {
+            Some(span) if span.heard == heard || full => span.to_ms = to_ms,
+            _ => self.spans.push(ToneSpan {
+                heard,
+                from_ms,
+                to_ms,
+            }),
+        }
+    }
+
+    pub fn spans(&self) -> &[ToneSpan] {
+        &self.spans
+    }
 }
 
 /// The dominant frequency of one window, or `None` for silence.
@@ -401,6 +449,34 @@ mod tests {
             assert!((reading.level_dbfs + 15.0).abs() < 2.0, "{reading:?}");
             assert!(reading.purity > 0.8, "{reading:?}");
         }
+    }
+
+    #[test]
+    fn tone_timeline_shows_a_muted_stretch() {
+        let mut tone = ToneGenerator::new(440.0, -12.0);
+        let mut detector = ToneDetector::new();
+        let mut timeline = ToneTimeline::default();
+        for frame in 0..75 {
+            let pcm = if (25..50).contains(&frame) {
+                [0i16; FRAME_SAMPLES]
+            } else {
+                tone.next_frame()
+            };
+            let before = detector.windows_analysed();
+            detector.push(&pcm);
+            if detector.windows_analysed() > before {
+                timeline.push(detector.last_reading().is_some());
+            }
+        }
+        let spans: Vec<_> = timeline
+            .spans()
+            .iter()
+            .map(|s| (s.heard, s.from_ms.round() as u64, s.to_ms.round() as u64))
+            .collect();
+        assert_eq!(
+            spans,
+            vec![(true, 0, 500), (false, 500, 1_000), (true, 1_000, 1_500)]
+        );
     }
 
     #[test]

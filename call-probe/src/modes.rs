@@ -17,6 +17,7 @@ use call_probe::interrupt::{Interrupt, Progress};
 use call_probe::line_options::{IdentityChoice, LineOptions};
 use call_probe::probe_call::{run_call_moving_on, CallOptions};
 use call_probe::report::EndReason;
+use call_probe::script::Script;
 use clap::Args;
 use discovery_client::cli::DiscoveryArgs;
 use discovery_client::share::ShareLink;
@@ -132,9 +133,17 @@ pub struct DemoArgs {
     duration: f64,
     #[command(flatten)]
     turn: TurnArgs,
-    /// Also negotiate a video track.
+    /// Also send and receive video (VP8 test pattern; needs the `video` cargo feature).
     #[arg(long)]
     video: bool,
+    /// Call controls to carry out once the call is connected, as TIME:ACTION steps separated
+    /// by commas, times counted from the connection (`2s`, `1.5s`, `500ms`). Actions: mute,
+    /// unmute (silence instead of the tone), camera-off, camera-on (black frames instead of the
+    /// pattern), switch-camera (the other test pattern, same track), add-video (turn an audio
+    /// call into a video call: a new offer on the same call). Each shows in the other side's
+    /// report. Example: --script "1s:mute,2s:unmute,3s:camera-off,4s:camera-on,5s:switch-camera"
+    #[arg(long, value_name = "STEPS", default_value = "")]
+    script: Script,
     /// Serve the relay on plain ws:// instead of wss:// (TLS with a throwaway CA).
     #[arg(long)]
     plain_ws: bool,
@@ -165,9 +174,18 @@ pub struct CallArgs {
     /// Seconds of audio once the call is connected.
     #[arg(long, default_value_t = 3.0)]
     duration: f64,
-    /// Also negotiate a video track.
+    /// Also send and receive video (VP8 test pattern; needs the `video` cargo feature,
+    /// without it the track is only negotiated).
     #[arg(long)]
     video: bool,
+    /// Call controls to carry out once the call is connected, as TIME:ACTION steps separated
+    /// by commas, times counted from the connection (`2s`, `1.5s`, `500ms`). Actions: mute,
+    /// unmute (silence instead of the tone), camera-off, camera-on (black frames instead of the
+    /// pattern), switch-camera (the other test pattern, same track), add-video (turn an audio
+    /// call into a video call: a new offer on the same call). Each shows in the other side's
+    /// report. Example: --script "1s:mute,2s:unmute,3s:camera-off,4s:camera-on,5s:switch-camera"
+    #[arg(long, value_name = "STEPS", default_value = "")]
+    script: Script,
     /// The answerer's public key (standard base64, as `answer` prints it), checked out of
     /// band: if pairing hands another key, no call is placed (exit 6).
     #[arg(long)]
@@ -263,16 +281,26 @@ fn print_report<R: serde::Serialize>(json: bool, report: &R, table: fn(&R) -> St
     }
 }
 
+/// `--video` on a build without the `video` feature.
+#[cfg(feature = "demo")]
+pub const VIDEO_NEEDS_FEATURE: &str = "--video needs call-probe built with the `video` cargo \
+    feature (VP8 through libvpx: apt-get install libvpx-dev, then cargo build -p call-probe \
+    --features video); this build only negotiates the video track";
+
 #[cfg(feature = "demo")]
 pub async fn demo(args: DemoArgs) -> ExitCode {
     let duration = match seconds(args.duration, "--duration") {
         Ok(d) => d,
         Err(e) => return usage(e),
     };
+    if args.video && !cfg!(feature = "video") {
+        return usage(VIDEO_NEEDS_FEATURE);
+    }
     let mut options = DemoOptions {
         duration,
         with_video: args.video,
         plain_ws: args.plain_ws,
+        script: args.script,
         ..DemoOptions::default()
     };
     options.line.relay_only = args.turn.relay_only;
@@ -280,7 +308,7 @@ pub async fn demo(args: DemoArgs) -> ExitCode {
     match run_demo(&options).await {
         Ok(report) => {
             print_report(args.json, &report, DemoReport::to_table);
-            if report.media_both_ways {
+            if report.media_both_ways && report.video_both_ways != Some(false) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -439,6 +467,7 @@ pub async fn call(args: CallArgs) -> ExitCode {
     options.find_timeout = find_timeout;
     options.duration = duration;
     options.with_video = args.video;
+    options.script = args.script;
     options.peer_key = args.peer_key.clone();
     options.fleet = choice.signed_fleet();
     options.proven_servers = choice

@@ -142,31 +142,41 @@ impl Peer {
         let audio_sender = pc
             .add_track(Arc::clone(&audio) as Arc<dyn TrackLocal + Send + Sync>)
             .await?;
-        let video = if with_video {
-            let track = Arc::new(TrackLocalStaticSample::new(
-                RTCRtpCodecCapability {
-                    mime_type: MIME_TYPE_VP8.to_owned(),
-                    clock_rate: 90_000,
-                    ..Default::default()
-                },
-                "video".to_owned(),
-                "zajel-call-probe".to_owned(),
-            ));
-            let sender = pc
-                .add_track(Arc::clone(&track) as Arc<dyn TrackLocal + Send + Sync>)
-                .await?;
-            Some((track, sender))
-        } else {
-            None
-        };
-        Ok(Self {
+        let mut peer = Self {
             pc,
             audio,
             audio_sender,
-            video,
+            video: None,
             tap,
             mux,
-        })
+        };
+        if with_video {
+            peer.add_video().await?;
+        }
+        Ok(peer)
+    }
+
+    /// Adds the VP8 video track (at the start, or to renegotiate an audio call into a video
+    /// call: on the callee before the remote offer is applied, so that webrtc-rs gives the
+    /// offer's video m-line to this track's transceiver). Returns the sender; a second call
+    /// returns the existing one.
+    pub async fn add_video(&mut self) -> Result<Arc<RTCRtpSender>, PeerError> {
+        if let Some((_, sender)) = &self.video {
+            return Ok(Arc::clone(sender));
+        }
+        let track = Arc::new(TrackLocalStaticSample::new(
+            RTCRtpCodecCapability {
+                mime_type: MIME_TYPE_VP8.to_owned(),
+                clock_rate: 90_000,
+                ..Default::default()
+            },
+            "video".to_owned(),
+            "zajel-call-probe".to_owned(),
+        ));
+        let local = Arc::clone(&track) as Arc<dyn TrackLocal + Send + Sync>;
+        let sender = self.pc.add_track(local).await?;
+        self.video = Some((track, Arc::clone(&sender)));
+        Ok(sender)
     }
 
     /// Closes the peer connection and the engine's socket.

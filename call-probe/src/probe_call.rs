@@ -74,6 +74,8 @@ pub struct CallOptions {
     pub interrupt: Interrupt,
     /// Where to say what the run is doing while it runs (nowhere, by default).
     pub progress: Progress,
+    /// Call controls to carry out once connected (`--script`; none by default).
+    pub script: crate::script::Script,
 }
 
 impl CallOptions {
@@ -100,6 +102,7 @@ impl CallOptions {
             fleet: Vec::new(),
             interrupt: Interrupt::never(),
             progress: Progress::default(),
+            script: crate::script::Script::default(),
         }
     }
 }
@@ -151,6 +154,9 @@ pub struct Milestones {
     pub dtls_connected_ms: Option<f64>,
     pub first_rtp_ms: Option<f64>,
     pub tone_detected_ms: Option<f64>,
+    /// With `--video`: the first video frame decoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_video_frame_ms: Option<f64>,
     pub hangup_ms: Option<f64>,
 }
 
@@ -189,6 +195,8 @@ pub enum CallError {
     EndedEarly { end: String },
     #[error("audio did not flow both ways")]
     OneWayAudio,
+    #[error("video did not flow both ways (frames decoded on each side)")]
+    OneWayVideo,
     /// `signal`: what stopped the run (`SIGINT`, `SIGTERM`).
     #[error("interrupted by {signal}: hung up and stopped")]
     Interrupted { signal: &'static str },
@@ -212,6 +220,7 @@ impl CallError {
             Self::Phone(error) => error.kind(),
             Self::EndedEarly { .. } => ErrorKind::CallEndedEarly,
             Self::OneWayAudio => ErrorKind::OneWayAudio,
+            Self::OneWayVideo => ErrorKind::OneWayVideo,
             Self::Interrupted { .. } => ErrorKind::Interrupted,
         }
     }
@@ -256,6 +265,10 @@ pub struct ProbeCallReport {
     pub heard_hz: Option<f64>,
     /// Audio flowed both ways: we sent and received RTP and heard a tone.
     pub media_both_ways: bool,
+    /// With `--video` (and the `video` feature): video flowed both ways — frames sent, and
+    /// frames received, decoded and their pattern read (see [`video_flowed_both_ways`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video_both_ways: Option<bool>,
     /// Why the run failed, if it did.
     pub error: Option<String>,
     /// What failed, machine-readable (absent when nothing did).
@@ -391,6 +404,13 @@ impl ProbeCallReport {
                     .map_or(String::new(), |hz| format!(" (heard {hz:.0} Hz)"))
             ),
         );
+        if let Some(video) = self.video_both_ways {
+            row(
+                &mut out,
+                "video both ways",
+                if video { "yes" } else { "no" }.to_string(),
+            );
+        }
         if let Some(error) = &self.error {
             row(&mut out, "error", error);
         }
@@ -519,6 +539,15 @@ pub fn media_flowed_both_ways(report: &CallReport) -> bool {
     report.rtp.packets_sent > 0 && report.rtp.packets_received > 0 && report.tone.detected.is_some()
 }
 
+/// Whether a call report shows video both ways: frames sent, and frames received, decoded and
+/// their pattern read.
+pub fn video_flowed_both_ways(report: &CallReport) -> bool {
+    report
+        .video
+        .as_ref()
+        .is_some_and(crate::video::VideoReport::both_ways)
+}
+
 /// Runs one call; the report says how far it got (`error` when it failed).
 pub async fn run_call(options: &CallOptions) -> ProbeCallReport {
     let start = Instant::now();
@@ -545,6 +574,7 @@ pub async fn run_call(options: &CallOptions) -> ProbeCallReport {
         found: None,
         heard_hz: None,
         media_both_ways: false,
+        video_both_ways: None,
         error: None,
         error_kind: None,
         call: None,
@@ -737,6 +767,8 @@ async fn call_steps(
         ));
         // Let audio flow for the duration (this is the workload, not a synchronisation).
         let media_until = tokio::time::Instant::now() + options.duration;
+        let script = (!options.script.is_empty())
+            .then(|| tokio::spawn(options.script.clone().run(phone.engine.clone())));
         let media = async {
             let heard = phone
                 .wait_for(
@@ -765,6 +797,9 @@ async fn call_steps(
                 interrupted = Some(signal);
                 options.progress.say(&format!("{signal}: hanging up"));
             }
+        }
+        if let Some(script) = script {
+            script.abort();
         }
         let hangup_at = ms_since(start);
         // NoCall when the peer hung up first.
@@ -805,6 +840,9 @@ async fn call_steps(
     }
     if !report.media_both_ways {
         return Err(CallError::OneWayAudio);
+    }
+    if report.video_both_ways == Some(false) {
+        return Err(CallError::OneWayVideo);
     }
     Ok(())
 }
@@ -905,10 +943,14 @@ fn fill_from_call(report: &mut ProbeCallReport, placed_at: f64, turn_paths: &Tur
     m.dtls_connected_ms = shift(t.dtls_connected_ms);
     m.first_rtp_ms = shift(t.first_rtp_ms);
     m.tone_detected_ms = shift(t.tone_detected_ms);
+    m.first_video_frame_ms = shift(t.first_video_frame_ms);
     if report.heard_hz.is_none() {
         report.heard_hz = call.tone.detected.map(|d| d.frequency_hz);
     }
     report.media_both_ways = media_flowed_both_ways(call);
+    if call.with_video && cfg!(feature = "video") {
+        report.video_both_ways = Some(video_flowed_both_ways(call));
+    }
 }
 
 #[cfg(test)]
@@ -961,6 +1003,7 @@ mod tests {
             found: None,
             heard_hz: None,
             media_both_ways: true,
+            video_both_ways: None,
             error: None,
             error_kind: None,
             call: None,

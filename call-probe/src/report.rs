@@ -5,9 +5,10 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 use zajel_wire::call::RejectReason;
 
-use crate::media::ToneReading;
+use crate::media::{ToneReading, ToneSpan};
 use crate::stats::{RtpFigures, Timeline};
 use crate::tap::{cipher_suite_name, srtp_profile_name, DtlsNegotiation};
+use crate::video::VideoReport;
 
 /// Which end of the call this side was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +156,12 @@ pub struct ToneReport {
     pub frames_sent: u64,
     /// Opus packets this side decoded.
     pub frames_decoded: u64,
+    /// When the tone was heard and when not (the peer's mute shows here).
+    #[serde(default)]
+    pub spans: Vec<ToneSpan>,
+    /// Frames this side sent as silence because it was muted.
+    #[serde(default)]
+    pub frames_muted: u64,
 }
 
 /// Wire figures of the engine's own socket (all traffic: STUN, DTLS, SRTP, SRTCP).
@@ -185,6 +192,9 @@ pub struct CallReport {
     pub dtls: DtlsReport,
     pub rtp: RtpFigures,
     pub tone: ToneReport,
+    /// Video sent and received (with `--video` on a build with the `video` feature).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<VideoReport>,
     pub wire: Option<WireReport>,
     /// The peer's `auth` verified and the DTLS certificate it presented was the authenticated
     /// one (`false`: a peer without call authentication, or a refused call).
@@ -244,6 +254,9 @@ impl CallReport {
         row("call connected", ms(t.connected_ms));
         row("first RTP received", ms(t.first_rtp_ms));
         row("tone detected", ms(t.tone_detected_ms));
+        if self.with_video {
+            row("first video frame decoded", ms(t.first_video_frame_ms));
+        }
         row("first RTCP RTT", ms(t.first_rtt_ms));
         row("ended at", ms(t.ended_ms));
         let ice = &self.ice;
@@ -312,6 +325,64 @@ impl CallReport {
                 )
             ),
         );
+        if let Some(v) = &self.video {
+            let (sent, rx) = (&v.sent, &v.received);
+            row(
+                "video sent",
+                format!(
+                    "{} frames ({} keyframes, {} black), {} bytes, {}x{} at {} fps, camera {}; keyframe requests from peer: {} PLI, {} FIR",
+                    sent.frames_sent,
+                    sent.keyframes_sent,
+                    sent.black_frames_sent,
+                    sent.bytes_sent,
+                    sent.width,
+                    sent.height,
+                    sent.fps,
+                    sent.pattern_id,
+                    sent.pli_received,
+                    sent.fir_received
+                ),
+            );
+            row(
+                "video received",
+                format!(
+                    "{} frames, {} decoded ({} keyframes), {} lost, {} skipped, {} decode errors, {} PLI sent",
+                    rx.frames_received,
+                    rx.frames_decoded,
+                    rx.keyframes_received,
+                    rx.frames_lost,
+                    rx.frames_skipped,
+                    rx.decode_errors,
+                    rx.pli_sent
+                ),
+            );
+            row(
+                "video picture",
+                format!(
+                    "{}x{}, {:.1} fps, {:.0} kbit/s, {} freezes (longest gap {})",
+                    opt(rx.width),
+                    opt(rx.height),
+                    rx.frame_rate.unwrap_or(0.0),
+                    rx.bitrate_kbps.unwrap_or(0.0),
+                    rx.freezes,
+                    ms(rx.longest_gap_ms)
+                ),
+            );
+            row(
+                "video counter",
+                format!(
+                    "{} read ({}..{}), {} missing, {} out of order; {} black, {} unreadable; patterns {:?}",
+                    rx.counters_read,
+                    opt(rx.first_counter),
+                    opt(rx.last_counter),
+                    rx.counters_missing,
+                    rx.counters_out_of_order,
+                    rx.black_frames,
+                    rx.unreadable_frames,
+                    rx.patterns_seen
+                ),
+            );
+        }
         if let Some(w) = &self.wire {
             row(
                 "wire (this socket)",

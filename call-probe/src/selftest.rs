@@ -148,6 +148,7 @@ pub fn event_name(event: &CallEvent) -> String {
         CallEvent::DtlsConnected { .. } => "dtls-connected".into(),
         CallEvent::FirstRtp { .. } => "first-rtp".into(),
         CallEvent::ToneDetected { reading, .. } => format!("tone:{:.0}", reading.frequency_hz),
+        CallEvent::FirstVideoFrame { .. } => "first-video-frame".into(),
         CallEvent::RttAvailable { .. } => "rtt".into(),
         CallEvent::Reconnecting { .. } => "reconnecting".into(),
         CallEvent::Reconnected { .. } => "reconnected".into(),

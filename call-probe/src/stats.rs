@@ -27,6 +27,9 @@ pub struct Timeline {
     pub connected_ms: Option<f64>,
     pub first_rtp_ms: Option<f64>,
     pub tone_detected_ms: Option<f64>,
+    /// The first incoming video frame was decoded (with `--video`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_video_frame_ms: Option<f64>,
     /// The first RTCP round-trip time became available.
     pub first_rtt_ms: Option<f64>,
     pub ended_ms: Option<f64>,

@@ -1162,3 +1162,119 @@ async fn ctrl_c_during_discovery_stops_with_a_report_and_exits_130() {
     assert_eq!(stopped["during"], "discovery", "{stopped:#}");
     assert_eq!(stopped["signal"], "SIGINT", "{stopped:#}");
 }
+
+/// `demo --video` (`--video` with the `video` feature): both sides decoded the other's frames
+/// and read its pattern's counter with none missing, over host candidates and over TURN/TCP.
+#[cfg(feature = "video")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn demo_video_decodes_frames_both_ways_with_a_continuous_counter() {
+    for extra in [&[][..], &["--relay-only", "--turn-transport", "tcp"][..]] {
+        let mut args = vec!["demo", "--video", "--json", "--duration", "2"];
+        args.extend_from_slice(extra);
+        let (code, stdout, stderr) = run(&args).await;
+        assert_eq!(code, 0, "{extra:?}\nstderr: {stderr}\nstdout: {stdout}");
+        let report = json(&stdout);
+        assert_eq!(report["video_both_ways"], true, "{extra:?}");
+        assert_eq!(report["call"]["video_both_ways"], true);
+        if !extra.is_empty() {
+            assert_eq!(report["call"]["relayed_media"], "tcp", "{extra:?}");
+        }
+        for side in [&report["call"]["call"], &report["answerer"]] {
+            let rx = &side["video"]["received"];
+            // At least a few frames: 15 fps for 2 s, less on a starved machine; what counts
+            // is that every frame decoded and its counter followed the one before.
+            assert!(rx["frames_decoded"].as_u64().unwrap() >= 5, "{rx}");
+            assert_eq!(rx["counters_read"], rx["frames_decoded"], "{rx}");
+            assert_eq!(rx["counters_missing"], 0, "{rx}");
+            assert_eq!(rx["counters_out_of_order"], 0, "{rx}");
+            assert_eq!(
+                (rx["width"].as_u64(), rx["height"].as_u64()),
+                (Some(320), Some(240))
+            );
+            assert!(side["video"]["sent"]["frames_sent"].as_u64().unwrap() >= 5);
+            assert!(side["timeline"]["first_video_frame_ms"].as_f64().is_some());
+        }
+    }
+}
+
+/// Without the `video` feature `--video` cannot send video: a usage error that says why, not
+/// a call that negotiates a track and shows nothing.
+#[cfg(not(feature = "video"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn demo_video_without_the_feature_says_so() {
+    let (code, _, stderr) = run(&["demo", "--video"]).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("`video` cargo feature"), "{stderr}");
+}
+
+/// `demo --script`: the caller's scripted controls, each seen in the answerer's report — a
+/// silent stretch for mute, black frames for camera off, the other pattern after the switch —
+/// and `add-video` turning an audio call into a video call on the same call.
+#[cfg(feature = "video")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn demo_script_controls_are_seen_by_the_answerer() {
+    let script = "0.5s:mute,1.5s:unmute,2s:camera-off,2.8s:camera-on,3.2s:switch-camera";
+    let args = [
+        "demo",
+        "--video",
+        "--json",
+        "--duration",
+        "4.5",
+        "--script",
+        script,
+    ];
+    let (code, stdout, stderr) = run(&args).await;
+    assert_eq!(code, 0, "stderr: {stderr}\nstdout: {stdout}");
+    let report = json(&stdout);
+    let answerer = &report["answerer"];
+    let heard: Vec<bool> = answerer["tone"]["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["heard"].as_bool().unwrap())
+        .collect();
+    assert!(
+        heard.windows(3).any(|w| w == [true, false, true]),
+        "{}",
+        answerer["tone"]
+    );
+    let rx = &answerer["video"]["received"];
+    let contents: Vec<&str> = rx["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        contents,
+        ["pattern 0", "black", "pattern 0", "pattern 1"],
+        "{rx}"
+    );
+    assert_eq!(rx["counters_missing"], 0, "{rx}");
+    assert!(
+        report["call"]["call"]["tone"]["frames_muted"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+
+    // add-video: an audio call that becomes a video call.
+    let args = [
+        "demo",
+        "--json",
+        "--duration",
+        "3",
+        "--script",
+        "0.3s:add-video",
+    ];
+    let (code, stdout, stderr) = run(&args).await;
+    assert_eq!(code, 0, "stderr: {stderr}\nstdout: {stdout}");
+    let report = json(&stdout);
+    for side in [&report["call"]["call"], &report["answerer"]] {
+        assert_eq!(side["with_video"], true, "{side}");
+        assert_eq!(side["video_negotiated"], true);
+        let rx = &side["video"]["received"];
+        assert!(rx["frames_decoded"].as_u64().unwrap() >= 3, "{rx}");
+        assert_eq!(rx["counters_read"], rx["frames_decoded"], "{rx}");
+    }
+}

@@ -23,6 +23,11 @@
 //! takes, SRTP removed, before any jitter buffer (aiortc: its receiver's packet handler,
 //! wrapped by the interop peer). aiortc's first decoded audio frame is a row of its own;
 //! the gap between the two is its jitter buffer's prefetch.
+//!
+//! `BENCH_VIDEO=1` makes every call a video call (call-probe needs its `video` feature,
+//! which the tests crate turns on) and adds a row: the first decoded video frame, the same
+//! event on both stacks (call-probe: `timeline.first_video_frame_ms`, the first frame out
+//! of libvpx; aiortc: the first frame its video track hands over, decoded by libvpx).
 
 use std::time::Duration;
 
@@ -45,18 +50,26 @@ struct Sample {
     first_rtp: Option<f64>,
     /// The first decoded audio frame: aiortc's only (call-probe's engine does not mark it).
     first_decoded: Option<f64>,
+    /// With `BENCH_VIDEO=1`.
+    first_video_frame: Option<f64>,
 }
 
 /// Reads one milestone of a sample.
 type Milestone = fn(&Sample) -> Option<f64>;
 
-const ROWS: [(&str, Milestone); 5] = [
+const ROWS: [(&str, Milestone); 6] = [
     ("pair matched", |s| s.pair_matched),
     ("ICE connected", |s| s.ice_connected),
     ("DTLS connected", |s| s.dtls_connected),
     ("first RTP received", |s| s.first_rtp),
     ("first decoded audio frame", |s| s.first_decoded),
+    ("first decoded video frame", |s| s.first_video_frame),
 ];
+
+/// `BENCH_VIDEO=1`: video calls.
+fn video() -> bool {
+    std::env::var("BENCH_VIDEO").is_ok_and(|v| v == "1")
+}
 
 fn median(mut values: Vec<f64>) -> Option<f64> {
     if values.is_empty() {
@@ -132,6 +145,7 @@ fn probe_to_probe(rt: &Runtime, relay: &Url, relay_only: bool) -> Result<Sample,
         call.line.turn_transport = TurnTransport::Udp;
         call.duration = Duration::from_millis(500);
         call.line.step_timeout = STEP;
+        call.with_video = video();
         let report = run_call(&call).await;
         if let Some(error) = report.error {
             return Err(error);
@@ -165,6 +179,7 @@ fn probe_to_probe(rt: &Runtime, relay: &Url, relay_only: bool) -> Result<Sample,
             dtls_connected: since(m.dtls_connected_ms),
             first_rtp: since(m.first_rtp_ms),
             first_decoded: None,
+            first_video_frame: since(m.first_video_frame_ms),
         })
     })
 }
@@ -186,6 +201,7 @@ fn aiortc_sample(result: &serde_json::Value) -> Sample {
         dtls_connected: at("dtls_connected"),
         first_rtp: at("first_rtp_received"),
         first_decoded: at("first_audio_frame"),
+        first_video_frame: at("first_video_frame"),
     }
 }
 
@@ -193,6 +209,7 @@ fn aiortc_caller(relay: &Url, code: String) -> Result<serde_json::Value, String>
     let mut call = AiortcOptions::new(AiortcRole::Call { peer: code }, relay.as_str());
     call.hold = Duration::from_millis(300);
     call.step_timeout = STEP;
+    call.video = video();
     let mut caller = AiortcPeer::spawn(&call)?;
     let result = caller.result(STEP * 3)?;
     if result["ok"] != true {
@@ -206,6 +223,7 @@ fn aiortc_to_aiortc(relay: &Url) -> Result<Sample, String> {
     let mut answer = AiortcOptions::new(AiortcRole::Answer, relay.as_str());
     answer.step_timeout = STEP;
     answer.tone_hz = 660.0;
+    answer.video = video();
     let mut callee = AiortcPeer::spawn(&answer)?;
     let code = callee.registered(STEP)?;
     let result = aiortc_caller(relay, code)?;

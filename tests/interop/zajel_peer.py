@@ -12,6 +12,13 @@ Media: it sends a sine tone (Opus, encoded by aiortc) and listens to the other s
 every decoded frame goes through an FFT over 100 ms windows; three consecutive windows that
 agree within 5 Hz with a purity of at least 0.5 make the tone detected.
 
+Video (--video): it also sends call-probe's test pattern (crate call-probe, src/video.rs: a
+320x240 picture whose first 64 blocks of a 20x15 grid carry a 24-bit frame counter and a pattern
+id, then the same 32 bits inverted as a check; white 235 for 1, black 16 for 0), VP8-encoded by
+aiortc (libvpx), at 15 fps, and reads the pattern back from every decoded frame of the other
+side's video: frames decoded, counters read, missing and out of order, the size, the patterns.
+With --video the exit status also needs decoded frames with counters read.
+
 Output (stdout, one JSON object per line): `{"event":"registered",...}` once the code is
 bound (the test harness reads the code from it), then `{"event":"result",...}` at the end with
 the tone figures and the timings (ms since the peer started connecting to the relay).
@@ -43,7 +50,7 @@ import websockets
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
-from av import AudioFrame
+from av import AudioFrame, VideoFrame
 
 ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 SAMPLE_RATE = 48000
@@ -52,6 +59,11 @@ WINDOW_SAMPLES = 4800  # 100 ms
 AGREEING_WINDOWS = 3
 TOLERANCE_HZ = 5.0
 MIN_PURITY = 0.5
+# The test pattern (call-probe's src/video.rs).
+VIDEO_WIDTH, VIDEO_HEIGHT, VIDEO_FPS = 320, 240, 15
+GRID_COLS, GRID_ROWS, CODE_BITS = 20, 15, 64
+WHITE, BLACK = 235, 16
+VIDEO_CLOCK = 90000
 
 log = logging.getLogger("zajel_peer")
 
@@ -170,6 +182,127 @@ def make_tone_track(hz: float, level_dbfs: float):
     return ToneTrack()
 
 
+def pattern_picture(pattern_id: int, counter: int) -> np.ndarray:
+    """The I420 picture (rows of Y, then U, then V, as PyAV's yuv420p ndarray) for `counter`."""
+    w, h = VIDEO_WIDTH, VIDEO_HEIGHT
+    luma = np.zeros((h, w), dtype=np.uint8)
+    code_rows = math.ceil(CODE_BITS / GRID_COLS) * (h // GRID_ROWS)
+    ramp = (40 + np.arange(w) * 120 // w).astype(np.uint8)
+    luma[code_rows:, :] = ramp
+    bar = (counter * 8) % w
+    luma[code_rows:, bar : bar + 16] = WHITE
+    data = (counter & 0xFFFFFF) | ((pattern_id & 0xFF) << 24)
+    code = data | ((~data & 0xFFFFFFFF) << 32)
+    bw, bh = w // GRID_COLS, h // GRID_ROWS
+    for bit in range(CODE_BITS):
+        bx, by = bit % GRID_COLS, bit // GRID_COLS
+        luma[by * bh : (by + 1) * bh, bx * bw : (bx + 1) * bw] = WHITE if (code >> bit) & 1 else BLACK
+    chroma = np.full((h // 2, w), 128, dtype=np.uint8)  # U then V, each h/2 x w/2, packed
+    return np.concatenate([luma, chroma])
+
+
+def read_pattern(luma: np.ndarray) -> tuple[int, int] | None:
+    """(pattern id, counter) from a decoded luma plane, or None when the check fails."""
+    h, w = luma.shape
+    bw, bh = w // GRID_COLS, h // GRID_ROWS
+    if bw < 4 or bh < 4:
+        return None
+    code = 0
+    for bit in range(CODE_BITS):
+        bx, by = bit % GRID_COLS, bit // GRID_COLS
+        x0, y0 = bx * bw + bw // 4, by * bh + bh // 4
+        mean = float(np.mean(luma[y0 : y0 + bh // 2, x0 : x0 + bw // 2]))
+        if mean > 176:
+            code |= 1 << bit
+        elif mean >= 80:
+            return None
+    data, check = code & 0xFFFFFFFF, code >> 32
+    if check != (~data & 0xFFFFFFFF):
+        return None
+    return data >> 24, data & 0xFFFFFF
+
+
+class PatternTrack(MediaStreamTrack):
+    """The test pattern at VIDEO_FPS, paced in real time, the counter going up each frame."""
+
+    kind = "video"
+
+    def __init__(self, pattern_id: int) -> None:
+        super().__init__()
+        self.pattern_id = pattern_id
+        self.started: float | None = None
+        self.frames_sent = 0
+
+    async def recv(self):
+        if self.started is None:
+            self.started = time.monotonic()
+        else:
+            due = self.started + self.frames_sent / VIDEO_FPS
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        frame = VideoFrame.from_ndarray(pattern_picture(self.pattern_id, self.frames_sent), format="yuv420p")
+        frame.pts = self.frames_sent * (VIDEO_CLOCK // VIDEO_FPS)
+        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        self.frames_sent += 1
+        return frame
+
+
+class PatternReader:
+    """Counters read from the other side's decoded frames, and how they ran."""
+
+    def __init__(self) -> None:
+        self.frames_decoded = 0
+        self.counters_read = 0
+        self.counters_missing = 0
+        self.counters_out_of_order = 0
+        self.unreadable = 0
+        self.first_counter: int | None = None
+        self.last_counter: int | None = None
+        self.patterns_seen: list[int] = []
+        self.size: tuple[int, int] | None = None
+
+    def feed(self, frame) -> None:
+        self.frames_decoded += 1
+        self.size = (frame.width, frame.height)
+        luma = frame.to_ndarray(format="yuv420p")[: frame.height]
+        reading = read_pattern(luma)
+        if reading is None:
+            self.unreadable += 1
+            return
+        pattern_id, counter = reading
+        self.counters_read += 1
+        if pattern_id not in self.patterns_seen:
+            self.patterns_seen.append(pattern_id)
+        if self.first_counter is None:
+            self.first_counter = counter
+        last = self.last_counter
+        if last is not None:
+            if counter == last + 1:
+                pass
+            elif counter > last:
+                self.counters_missing += counter - last - 1
+            else:
+                self.counters_out_of_order += 1
+        if last is None or counter > last:
+            self.last_counter = counter
+
+    def report(self, frames_sent: int) -> dict:
+        return {
+            "frames_sent": frames_sent,
+            "frames_decoded": self.frames_decoded,
+            "counters_read": self.counters_read,
+            "counters_missing": self.counters_missing,
+            "counters_out_of_order": self.counters_out_of_order,
+            "unreadable_frames": self.unreadable,
+            "first_counter": self.first_counter,
+            "last_counter": self.last_counter,
+            "patterns_seen": self.patterns_seen,
+            "width": self.size[0] if self.size else None,
+            "height": self.size[1] if self.size else None,
+        }
+
+
 def to_mono(frame) -> np.ndarray:
     """A decoded aiortc AudioFrame (s16, packed) as mono float samples in [-1, 1]."""
     data = frame.to_ndarray()
@@ -204,6 +337,8 @@ class Peer:
         self.remote_ended = asyncio.Event()
         self.end: str | None = None
         self.tone = None
+        self.video = None
+        self.pattern = PatternReader()
         self.ice_received = 0
         self.ice_refused = 0
         self.server_info: dict = {}
@@ -332,9 +467,14 @@ class Peer:
             if track.kind == "audio":
                 self.watch_first_rtp(pc, track)
                 asyncio.ensure_future(self.listen(track))
+            elif track.kind == "video":
+                asyncio.ensure_future(self.watch(track))
 
         self.tone = make_tone_track(self.args.tone_hz, self.args.level_dbfs)
         pc.addTrack(self.tone)
+        if self.args.video:
+            self.video = PatternTrack(self.args.pattern_id)
+            pc.addTrack(self.video)
         self.pc = pc
         return pc
 
@@ -371,6 +511,15 @@ class Peer:
             if self.detector.feed(to_mono(frame)):
                 self.clock.mark("tone_detected")
                 self.tone_heard.set()
+
+    async def watch(self, track) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            self.clock.mark("first_video_frame")
+            self.pattern.feed(frame)
 
     # ---- the two roles ----
 
@@ -436,7 +585,7 @@ class Peer:
         self.clock.mark("offer_sent")
         await self.send_call(
             "call_offer",
-            {"callId": self.call_id, "sdp": pc.localDescription.sdp, "withVideo": False},
+            {"callId": self.call_id, "sdp": pc.localDescription.sdp, "withVideo": bool(self.args.video)},
         )
         while True:
             frame = await self.expect({"call_answer"}, "call_answer", self.args.ring_timeout)
@@ -517,6 +666,8 @@ class Peer:
         ok = detected is not None and (
             expect is None or abs(detected["frequency_hz"] - expect) <= TOLERANCE_HZ
         )
+        if self.args.video:
+            ok = ok and self.pattern.frames_decoded > 0 and self.pattern.counters_read > 0
         return {
             "event": "result",
             "ok": ok,
@@ -533,6 +684,9 @@ class Peer:
                 "frames_sent": self.tone.frames_sent if self.tone else 0,
                 "frames_decoded": self.detector.frames,
             },
+            "video": self.pattern.report(self.video.frames_sent if self.video else 0)
+            if self.args.video
+            else None,
             "ice": {
                 "remote_candidates_trickled": self.ice_received,
                 "remote_candidates_refused": self.ice_refused,
@@ -568,6 +722,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--hangup-timeout", type=float, default=15.0, help="callee: wait for the hangup (s)")
     parser.add_argument("--flat", action="store_true",
                         help="send call messages in the web client's flat form (targetId, no payload)")
+    parser.add_argument("--video", action="store_true",
+                        help="also send call-probe's test pattern (VP8) and read the other side's")
+    parser.add_argument("--pattern-id", type=int, default=0, help="the pattern id sent with --video (0..255)")
     parser.add_argument("--verbose", action="store_true", help="aiortc debug logs on stderr")
     args = parser.parse_args(argv)
     if not args.server.startswith(("ws://", "wss://")):

@@ -66,6 +66,8 @@ pub struct AiortcOptions {
     pub step_timeout: Duration,
     /// Send call messages in Zajel's web client form (`targetId`, fields at the top level).
     pub flat: bool,
+    /// Also send the test pattern (VP8) and read the other side's (`--video`).
+    pub video: bool,
 }
 
 impl AiortcOptions {
@@ -79,6 +81,7 @@ impl AiortcOptions {
             hold: Duration::from_millis(1500),
             step_timeout: Duration::from_secs(15),
             flat: false,
+            video: false,
         }
     }
 }
@@ -110,6 +113,9 @@ impl AiortcPeer {
         }
         if options.flat {
             command.arg("--flat");
+        }
+        if options.video {
+            command.arg("--video");
         }
         if let Some(hz) = options.expect_hz {
             command.args(["--expect-hz", &hz.to_string()]);

@@ -38,6 +38,8 @@ pub struct Milestones {
     pub dtls_connected: Option<f64>,
     pub first_rtp: Option<f64>,
     pub tone_detected: Option<f64>,
+    /// The first video frame decoded ([`ProbePeer::with_video`]).
+    pub first_video_frame: Option<f64>,
 }
 
 /// What a run learnt.
@@ -53,6 +55,7 @@ pub struct ProbePeer {
     session: SignalingSession,
     code: PairingCode,
     opened: Instant,
+    with_video: bool,
 }
 
 fn random_code() -> PairingCode {
@@ -88,7 +91,15 @@ impl ProbePeer {
             session,
             code,
             opened,
+            with_video: false,
         })
+    }
+
+    /// Places a video call (as the caller), and as either side hangs up (or waits) only
+    /// once a video frame was decoded besides the tone.
+    pub fn with_video(mut self) -> Self {
+        self.with_video = true;
+        self
     }
 
     /// This peer's pairing code.
@@ -197,7 +208,7 @@ impl ProbePeer {
         });
         if placing {
             engine
-                .place_call(false)
+                .place_call(self.with_video)
                 .await
                 .map_err(|error| format!("place_call: {error}"))?;
             milestones.call_placed = since(origin);
@@ -224,7 +235,14 @@ impl ProbePeer {
                     Some(CallEvent::FirstRtp { .. }) => mark(&mut milestones.first_rtp, origin),
                     Some(CallEvent::ToneDetected { .. }) => {
                         mark(&mut milestones.tone_detected, origin);
-                        if placing && hangup_at.is_none() {
+                        let seen = !self.with_video || milestones.first_video_frame.is_some();
+                        if placing && seen && hangup_at.is_none() {
+                            hangup_at = Some(tokio::time::Instant::now() + hold);
+                        }
+                    }
+                    Some(CallEvent::FirstVideoFrame { .. }) => {
+                        mark(&mut milestones.first_video_frame, origin);
+                        if placing && milestones.tone_detected.is_some() && hangup_at.is_none() {
                             hangup_at = Some(tokio::time::Instant::now() + hold);
                         }
                     }

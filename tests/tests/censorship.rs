@@ -95,6 +95,9 @@ struct ClientResult {
     media_both_ways: bool,
     loss: Option<String>,
     packets_lost: Option<u64>,
+    /// With `--video`: frames this side decoded, and the line for the matrix.
+    video_decoded: Option<u64>,
+    video: Option<String>,
     json: Value,
     raw: String,
 }
@@ -183,6 +186,8 @@ struct Run {
     layer_timeout_ms: Option<&'static str>,
     /// `call --contact NAME` with the state folder holding that contact, instead of a code.
     contact: Option<(&'static str, PathBuf)>,
+    /// A video call (`--video`: call-probe's VP8 test pattern both ways).
+    video: bool,
 }
 
 fn link_for(endpoint: &str) -> String {
@@ -236,6 +241,9 @@ fn run_client(world: &World, kind: Client, run: &Run) -> Result<ClientResult, St
             command
                 .args(&flags)
                 .args(["--duration", "2", "--step-timeout", "20", "--json"]);
+            if run.video {
+                command.arg("--video");
+            }
             command
         }
     };
@@ -311,6 +319,11 @@ fn read_call(json: &Value, result: &mut ClientResult) {
             result.media_path
         );
     }
+    let received = &engine["video"]["received"];
+    if let Some(decoded) = received["frames_decoded"].as_u64() {
+        result.video_decoded = Some(decoded);
+        result.video = Some(video_line("caller", received));
+    }
     let rtp = &engine["rtp"];
     result.packets_lost = rtp["packets_lost"].as_u64();
     if let (Some(lost), Some(jitter)) = (rtp["packets_lost"].as_u64(), rtp["jitter_ms"].as_f64()) {
@@ -323,6 +336,39 @@ fn read_call(json: &Value, result: &mut ClientResult) {
                 .unwrap_or_default()
         ));
     }
+}
+
+/// One side's received video for the matrix: frames decoded, freezes, the counter.
+fn video_line(side: &str, received: &Value) -> String {
+    format!(
+        "{side} decoded {} video frames ({:.0} fps, {} freezes, {} counters missing, {} PLI)",
+        received["frames_decoded"].as_u64().unwrap_or(0),
+        received["frame_rate"].as_f64().unwrap_or(0.0),
+        received["freezes"].as_u64().unwrap_or(0),
+        received["counters_missing"].as_u64().unwrap_or(0),
+        received["pli_sent"].as_u64().unwrap_or(0),
+    )
+}
+
+/// A video call: both sides decoded frames of the other's pattern (the caller's report and
+/// the answerer's `call_ended` event); returns the answerer's line for the matrix.
+fn check_video(result: &ClientResult, world: &World) -> Result<String, String> {
+    if result.video_decoded.unwrap_or(0) == 0 {
+        return Err(format!("the caller decoded no video:\n{}", result.raw));
+    }
+    let answerer = world.answerer.as_ref().ok_or("no answerer running")?;
+    let ended = answerer
+        .output()
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|event| event["event"] == "call_ended")
+        .ok_or("the answerer reported no call")?;
+    let received = &ended["report"]["video"]["received"];
+    if received["frames_decoded"].as_u64().unwrap_or(0) == 0 {
+        return Err(format!("the answerer decoded no video:\n{ended}"));
+    }
+    Ok(video_line("answerer", received))
 }
 
 /// Starts `call-probe answer` on relay `endpoint` in the callee namespace
@@ -421,9 +467,11 @@ fn row(scenario: &str, result: &ClientResult, started: Instant) -> Row {
             (Some(found), None) => format!("{found:.0} ms"),
             _ => "from the link".into(),
         },
-        media: match &result.loss {
-            Some(loss) => format!("{} — {loss}", result.media_path),
-            None => result.media_path.clone(),
+        media: match (&result.loss, &result.video) {
+            (Some(loss), Some(video)) => format!("{} — {loss}; {video}", result.media_path),
+            (Some(loss), None) => format!("{} — {loss}", result.media_path),
+            (None, Some(video)) => format!("{} — {video}", result.media_path),
+            (None, None) => result.media_path.clone(),
         },
         first_rtp: result
             .first_rtp_ms
@@ -649,7 +697,14 @@ fn udp_blocked(kind: Client) -> Result<Vec<Row>, String> {
     let started = Instant::now();
     let world = standard_world(kind)?;
     world.topology.censor(rules::NO_UDP)?;
-    let result = run_client(&world, kind, &Run::default())?;
+    let result = run_client(
+        &world,
+        kind,
+        &Run {
+            video: true,
+            ..Run::default()
+        },
+    )?;
     expect(
         result.server.is_some(),
         "a relay should be found over TCP",
@@ -682,7 +737,11 @@ fn udp_blocked(kind: Client) -> Result<Vec<Row>, String> {
             ],
         )?;
     }
-    Ok(vec![row("5 all UDP blocked", &result, started)])
+    let mut row = row("5 all UDP blocked", &result, started);
+    if kind == Client::Call {
+        row.media = format!("{}; {}", row.media, check_video(&result, &world)?);
+    }
+    Ok(vec![row])
 }
 
 fn only_tcp_443(kind: Client) -> Result<Vec<Row>, String> {
@@ -802,6 +861,7 @@ fn degraded_path(kind: Client) -> Result<Vec<Row>, String> {
         &Run {
             timeout: Some(Duration::from_secs(90)),
             layer_timeout_ms: Some("6000"),
+            video: true,
             ..Run::default()
         },
     )?;
@@ -834,6 +894,9 @@ fn degraded_path(kind: Client) -> Result<Vec<Row>, String> {
     let mut row = row("8 degraded path (5 % loss, 150 ms)", &result, started);
     if result.loss.is_none() {
         row.media = format!("{} — path dropped {dropped} packets", row.media);
+    }
+    if kind == Client::Call {
+        row.media = format!("{}; {}", row.media, check_video(&result, &world)?);
     }
     Ok(vec![row])
 }

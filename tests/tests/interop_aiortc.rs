@@ -1,8 +1,10 @@
 //! Interop: calls between call-probe's webrtc-rs engine and an aiortc peer
 //! (tests/interop/zajel_peer.py), paired and signaled through a real
 //! relay-lite on loopback with Zajel's messages, audio flowing both ways
-//! (each side detects the other's tone). Also aiortc to aiortc through the
-//! relay, which checks the peer itself.
+//! (each side detects the other's tone), and video both ways with `--video`
+//! (each side decodes the other's VP8 — libvpx in aiortc, libvpx in call-probe's
+//! `video` feature — and reads the test pattern's counter). Also aiortc to aiortc
+//! through the relay, which checks the peer itself.
 //!
 //! Needs the venv built by `bash scripts/py-interop` (scripts/test runs it) and
 //! `cargo build -p relay-lite`. `ZAJEL_INTEROP_STEP_S` sets how long each wait
@@ -252,6 +254,124 @@ async fn the_call_probe_engine_calls_aiortc() {
     );
 }
 
+/// The video call-probe decoded from aiortc: frames, the pattern's counter read, in order.
+fn assert_probe_saw_video(report: &CallReport) {
+    let video = report.video.as_ref().expect("a video report");
+    let rx = &video.received;
+    assert!(video.sent.frames_sent > 5, "{video:?}");
+    assert!(rx.frames_decoded > 5, "{rx:?}");
+    assert!(
+        rx.counters_read > 5,
+        "aiortc's frames carry the counter: {rx:?}"
+    );
+    assert_eq!(rx.counters_out_of_order, 0, "{rx:?}");
+    assert_eq!((rx.width, rx.height), (Some(320), Some(240)), "{rx:?}");
+    assert!(report.video_negotiated && report.timeline.first_video_frame_ms.is_some());
+}
+
+/// The video aiortc decoded from call-probe: frames, the counter read, in order.
+fn assert_aiortc_saw_video(result: &Value, output: &str) {
+    let video = &result["video"];
+    assert!(
+        video["frames_sent"].as_u64() > Some(5),
+        "{result}\n{output}"
+    );
+    assert!(
+        video["frames_decoded"].as_u64() > Some(5),
+        "{result}\n{output}"
+    );
+    assert!(
+        video["counters_read"].as_u64() > Some(5),
+        "{result}\n{output}"
+    );
+    assert_eq!(video["counters_out_of_order"], 0, "{result}");
+    assert_eq!(video["patterns_seen"], serde_json::json!([0]), "{result}");
+    assert_eq!(
+        (video["width"].as_u64(), video["height"].as_u64()),
+        (Some(320), Some(240))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aiortc_video_calls_the_call_probe_engine() {
+    let relay = relay();
+    let probe = ProbePeer::connect(&relay.url(), step())
+        .await
+        .expect("call-probe registers");
+    let code = probe.code();
+    let mut call = AiortcOptions::new(
+        AiortcRole::Call {
+            peer: code.to_string(),
+        },
+        &relay.url(),
+    );
+    call.tone_hz = 520.0;
+    call.expect_hz = Some(440.0);
+    call.step_timeout = step();
+    call.video = true;
+    call.hold = Duration::from_secs(3);
+    let caller = AiortcPeer::spawn(&call).expect("spawn aiortc caller");
+    let config = CallConfig {
+        tone_hz: 440.0,
+        ..CallConfig::loopback()
+    };
+    let probe_run = tokio::spawn(probe.run(
+        ProbeRole::Answer,
+        config,
+        Duration::from_millis(1500),
+        step(),
+    ));
+    let (result, caller) = aiortc_result(caller).await;
+    let outcome = probe_run
+        .await
+        .expect("join")
+        .unwrap_or_else(|error| panic!("call-probe side: {error}\naiortc: {}", caller.output()));
+    let report = outcome.report;
+    assert_aiortc_heard(&result, 440.0, &caller.output());
+    assert_probe_heard(&report, 520.0);
+    assert!(report.with_video, "aiortc's offer said withVideo");
+    assert_probe_saw_video(&report);
+    assert_aiortc_saw_video(&result, &caller.output());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_call_probe_engine_video_calls_aiortc() {
+    let relay = relay();
+    let mut answer = AiortcOptions::new(AiortcRole::Answer, &relay.url());
+    answer.tone_hz = 660.0;
+    answer.expect_hz = Some(440.0);
+    answer.step_timeout = step();
+    answer.video = true;
+    let mut callee = AiortcPeer::spawn(&answer).expect("spawn aiortc callee");
+    let code = tokio::task::block_in_place(|| callee.registered(step()))
+        .expect("aiortc registered a code");
+    let probe = ProbePeer::connect(&relay.url(), step())
+        .await
+        .expect("call-probe registers")
+        .with_video();
+    let config = CallConfig {
+        tone_hz: 440.0,
+        ..CallConfig::loopback()
+    };
+    let peer = PairingCode::parse(&code).expect("a valid code");
+    let outcome = probe
+        .run(
+            ProbeRole::Call { peer },
+            config,
+            Duration::from_millis(3000),
+            step(),
+        )
+        .await
+        .unwrap_or_else(|error| panic!("call-probe side: {error}\naiortc: {}", callee.output()));
+    let (result, callee) = aiortc_result(callee).await;
+    let report = outcome.report;
+    assert_aiortc_heard(&result, 440.0, &callee.output());
+    assert_probe_heard(&report, 660.0);
+    assert!(outcome.milestones.first_video_frame.is_some());
+    assert_probe_saw_video(&report);
+    assert_aiortc_saw_video(&result, &callee.output());
+}
+
 #[test]
 fn the_aiortc_peer_refuses_bad_arguments() {
     let python = tests::interop::python().expect("the interop venv");
@@ -469,6 +589,56 @@ async fn aiortc_calls_call_probe_relay_only_through_turn() {
         (result["tone"]["detected"]["frequency_hz"].as_f64().unwrap() - 440.0).abs()
             <= TOLERANCE_HZ
     );
+    world.stop().await;
+}
+
+/// Video with aiortc when call-probe reaches it only through TURN over TCP (relay-only,
+/// `--turn-transport tcp`: what a network that blocks UDP leaves): frames decoded both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aiortc_video_calls_call_probe_relay_only_through_turn_tcp() {
+    let world = call_probe::world::LocalWorld::start()
+        .await
+        .expect("the local world");
+    let relay = world.relay_url();
+    let mut options = call_probe::answer::AnswerOptions::new(relay.clone());
+    options.line.loopback = true;
+    options.line.with_stun = false;
+    options.line.relay_only = true;
+    options.line.turn_transport = call_probe::client::TurnTransport::Tcp;
+    options.max_calls = Some(1);
+    options.line.tone_hz = 440.0;
+    options.line.step_timeout = step();
+    let answerer = call_probe::answer::Answerer::start(options)
+        .await
+        .expect("call-probe answers relay-only");
+    let code = answerer.code.to_string();
+    let serving = tokio::spawn(answerer.serve(|_| {}));
+
+    let mut call = AiortcOptions::new(AiortcRole::Call { peer: code }, relay.as_str());
+    call.tone_hz = 520.0;
+    call.expect_hz = Some(440.0);
+    call.step_timeout = step();
+    call.video = true;
+    call.hold = Duration::from_secs(3);
+    let caller = AiortcPeer::spawn(&call).expect("spawn aiortc caller");
+    let (result, caller) = aiortc_result(caller).await;
+    let calls = tokio::time::timeout(step(), serving)
+        .await
+        .expect("the answerer finishes")
+        .expect("join")
+        .unwrap_or_else(|error| panic!("answerer: {error}\naiortc: {}", caller.output()));
+    let call = &calls[0];
+    assert_eq!(
+        call.relayed_media,
+        Some(call_probe::client::TurnTransport::Tcp),
+        "media through TURN over TCP"
+    );
+    let pair = call.report.ice.selected_pair.as_ref().expect("a pair");
+    assert_eq!(pair.local.kind, "relay", "{pair:?}");
+    assert_probe_heard(&call.report, 520.0);
+    assert_probe_saw_video(&call.report);
+    assert_aiortc_heard(&result, 440.0, &caller.output());
+    assert_aiortc_saw_video(&result, &caller.output());
     world.stop().await;
 }
 

@@ -78,6 +78,12 @@
 //! 22. Remote candidates on loopback, link-local, unspecified or multicast addresses (in
 //!     `call_ice`, or `a=candidate` lines of a remote SDP) are dropped unless
 //!     [`MachineConfig::allow_loopback_candidates`].
+//! 23. Video is added to a connected audio call by the caller ([`Input::AddVideo`]): a new
+//!     `call_offer` with the same `callId` and `withVideo: true` (signed like every offer),
+//!     applied by the callee as a renegotiation (rule 3, which also marks its call as a video
+//!     call) and answered by `call_answer`. Refused ([`EngineError::CannotAddVideo`]) on the
+//!     callee, before the call is connected, on a call that has video, and while another
+//!     offer or answer is in flight; a failure to make the offer is only logged.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -195,6 +201,11 @@ pub enum Input {
     FirstRtp,
     /// The incoming audio carries a stable tone.
     Tone(ToneReading),
+    /// The first incoming video frame was decoded.
+    FirstVideoFrame,
+    /// Command: add video to the connected audio call (caller only): a new `call_offer` with
+    /// the same `callId` and `withVideo: true`, answered by `call_answer` (rule 23).
+    AddVideo,
     /// The statistics give an RTCP round-trip time.
     Rtt(f64),
 }
@@ -218,6 +229,8 @@ pub enum Action {
     AddRemoteCandidate(IceCandidateInit),
     /// Start sending audio.
     StartMedia,
+    /// → [`Input::LocalDescription`]: add a video track, then create an offer and set it.
+    AddVideoAndOffer,
 }
 
 /// The end of a call, for the driver to turn into a report and close the peer connection.
@@ -253,9 +266,17 @@ pub enum Output {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
     Peer,
-    Offer { restart: bool },
-    RemoteOffer { renegotiation: bool },
-    Answer { renegotiation: bool },
+    Offer {
+        restart: bool,
+    },
+    /// The offer that adds video to the call.
+    VideoOffer,
+    RemoteOffer {
+        renegotiation: bool,
+    },
+    Answer {
+        renegotiation: bool,
+    },
     RemoteAnswer,
 }
 
@@ -485,6 +506,18 @@ impl CallMachine {
                     self.emit(CallEvent::ToneDetected { call_id, reading });
                 }
             }
+            Input::AddVideo => return self.add_video(),
+            Input::FirstVideoFrame => {
+                if let Some(call) = self
+                    .call
+                    .as_mut()
+                    .filter(|c| c.timeline.first_video_frame_ms.is_none())
+                {
+                    mark(&mut call.timeline.first_video_frame_ms, call.started, now);
+                    let call_id = call.id.clone();
+                    self.emit(CallEvent::FirstVideoFrame { call_id });
+                }
+            }
             Input::Rtt(rtt_ms) => {
                 if let Some(call) = self.call.as_mut().filter(|c| !c.rtt_announced) {
                     call.rtt_announced = true;
@@ -598,6 +631,29 @@ impl CallMachine {
         self.end(now, EndReason::HangupLocal);
     }
 
+    /// Rule 23: video is added by the caller to its connected audio call, once, with no other
+    /// offer or answer in flight.
+    fn add_video(&mut self) -> Result<(), EngineError> {
+        let call = self.call.as_mut().ok_or(EngineError::NoCall)?;
+        let refused = if call.role != Role::Caller {
+            Some("only the caller renegotiates")
+        } else if call.state != CallState::Connected {
+            Some("the call is not connected")
+        } else if call.with_video {
+            Some("the call already has video")
+        } else if call.pending.is_some() || call.offer_outstanding {
+            Some("an offer or answer is in flight")
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            return Err(EngineError::CannotAddVideo(reason));
+        }
+        call.with_video = true;
+        self.act(Some(Step::VideoOffer), Action::AddVideoAndOffer);
+        Ok(())
+    }
+
     fn peer_created(&mut self) {
         let Some(call) = self.call.as_mut().filter(|c| c.pending == Some(Step::Peer)) else {
             return;
@@ -628,7 +684,10 @@ impl CallMachine {
             return;
         };
         let step = call.pending;
-        if !matches!(step, Some(Step::Offer { .. } | Step::Answer { .. })) {
+        if !matches!(
+            step,
+            Some(Step::Offer { .. } | Step::Answer { .. } | Step::VideoOffer)
+        ) {
             return;
         }
         call.pending = None;
@@ -657,6 +716,16 @@ impl CallMachine {
                 if !restart {
                     self.set_state(CallState::Outgoing);
                 }
+            }
+            Some(Step::VideoOffer) => {
+                call.offer_outstanding = true;
+                let auth = sign(call.peer.as_ref(), CallAuthRole::Offer, &call_id, &sdp);
+                self.send(CallOffer {
+                    call_id,
+                    sdp,
+                    with_video: true,
+                    auth,
+                });
             }
             Some(Step::Answer { renegotiation }) => {
                 mark(&mut call.timeline.answer_sent_ms, call.started, now);
@@ -719,6 +788,10 @@ impl CallMachine {
         match step {
             Step::Offer { restart: true } => {
                 tracing::warn!("ICE restart failed: {detail}");
+                return;
+            }
+            Step::VideoOffer => {
+                tracing::warn!("adding video failed: {detail}");
                 return;
             }
             Step::RemoteOffer {
@@ -791,6 +864,11 @@ impl CallMachine {
             {
                 if !self.accept_auth(now, CallAuthRole::Offer, &offer.sdp, offer.auth.as_ref()) {
                     return;
+                }
+                if offer.with_video {
+                    if let Some(call) = &mut self.call {
+                        call.with_video = true;
+                    }
                 }
                 let sdp = self.without_local_only_candidates(offer.sdp);
                 self.act(
@@ -1570,6 +1648,76 @@ mod tests {
     }
 
     #[test]
+    fn rule_23_the_caller_adds_video_to_a_connected_call_by_a_new_offer() {
+        // Refused before the call is connected, on the callee, and on a video call.
+        let mut caller = caller_connecting();
+        assert_eq!(
+            caller.command(Input::AddVideo).0,
+            Err(EngineError::CannotAddVideo("the call is not connected"))
+        );
+        let mut callee = callee_connected();
+        assert_eq!(
+            callee.command(Input::AddVideo).0,
+            Err(EngineError::CannotAddVideo("only the caller renegotiates"))
+        );
+        let mut idle = Phone::new(config(AnswerPolicy::Manual));
+        assert_eq!(idle.command(Input::AddVideo).0, Err(EngineError::NoCall));
+        // The caller: a video track and an offer with the same callId, withVideo true.
+        let mut caller = caller_connected();
+        let (result, outputs) = caller.command(Input::AddVideo);
+        assert_eq!(result, Ok(()));
+        assert_eq!(outputs, [Output::Do(Action::AddVideoAndOffer)]);
+        assert_eq!(
+            caller.command(Input::AddVideo).0,
+            Err(EngineError::CannotAddVideo("the call already has video"))
+        );
+        let outputs = caller.input(Input::LocalDescription {
+            sdp: "with video".into(),
+            mid: Some("0".into()),
+        });
+        assert_eq!(
+            outputs,
+            [send(CallOffer {
+                with_video: true,
+                ..offer(ID, "with video")
+            })]
+        );
+        assert_eq!(caller.state(), CallState::Connected, "no state change");
+        assert_eq!(caller.ice().ice_restarts, 0, "not an ICE restart");
+        // Its answer is applied once; the state stays connected.
+        let outputs = caller.signal(answer(ID, "answer with video"));
+        assert_eq!(
+            outputs,
+            [Output::Do(Action::SetRemoteAnswer {
+                sdp: "answer with video".into()
+            })]
+        );
+        assert_eq!(caller.input(Input::RemoteDescriptionSet), []);
+        assert_eq!(caller.signal(answer(ID, "again")), []);
+        assert_eq!(caller.state(), CallState::Connected);
+        // The callee applies the offer as a renegotiation, answers, and has video from now on.
+        let outputs = callee.signal(CallOffer {
+            with_video: true,
+            ..offer(ID, "with video")
+        });
+        assert_eq!(
+            outputs,
+            [Output::Do(Action::SetRemoteOffer {
+                sdp: "with video".into()
+            })]
+        );
+        callee.input(Input::RemoteDescriptionSet);
+        let outputs = callee.input(Input::LocalDescription {
+            sdp: "answer with video".into(),
+            mid: None,
+        });
+        assert_eq!(outputs, [send(answer(ID, "answer with video"))]);
+        let summary = callee.machine.snapshot().unwrap();
+        assert!(summary.with_video);
+        assert_eq!(callee.state(), CallState::Connected);
+    }
+
+    #[test]
     fn rule_4_ringing_stops_with_a_timeout_reject_on_either_side() {
         // The caller rings from its offer.
         let mut caller = outgoing(config(AnswerPolicy::Manual));
@@ -2115,6 +2263,13 @@ mod tests {
         );
         assert!(!caller.machine.wants_rtt());
         assert_eq!(caller.at(450).input(Input::Rtt(13.0)), [], "announced once");
+        assert_eq!(
+            caller.at(500).input(Input::FirstVideoFrame),
+            [Output::Event(CallEvent::FirstVideoFrame {
+                call_id: ID.into()
+            })]
+        );
+        assert_eq!(caller.at(550).input(Input::FirstVideoFrame), [], "once");
         let outputs = caller.at(1_000).command(Input::Hangup).1;
         let Some(Output::Ended(summary)) = outputs.last() else {
             panic!("{outputs:?}")
@@ -2133,6 +2288,7 @@ mod tests {
                 first_rtp_ms: Some(230.0),
                 tone_detected_ms: Some(300.0),
                 first_rtt_ms: Some(400.0),
+                first_video_frame_ms: Some(500.0),
                 ended_ms: Some(1_000.0),
             }
         );
