@@ -26,6 +26,8 @@
 //! snapshot, at most [`LIST_REFRESH_MS`] old).
 
 use std::collections::HashMap;
+
+use bytes::Bytes;
 use std::ops::Range;
 
 use zajel_wire::entry::ServerEntry;
@@ -49,8 +51,8 @@ pub struct ListSnapshot {
     spans: Vec<Range<usize>>,
     /// Index of each entry in `spans`, by `serverId`.
     index: HashMap<String, usize>,
-    /// The `GET /servers` body.
-    pub list_body: Vec<u8>,
+    /// The `GET /servers` body (shared by every response that serves it).
+    pub list_body: Bytes,
     /// Its `X-Bootstrap-Signature`, when the registry signs.
     pub signature: Option<String>,
 }
@@ -91,7 +93,7 @@ impl ListSnapshot {
             joined,
             spans,
             index,
-            list_body,
+            list_body: Bytes::from(list_body),
             signature,
         }
     }

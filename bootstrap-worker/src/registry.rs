@@ -31,6 +31,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use ed25519_dalek::{Signature, Signer};
 use serde::Serialize;
 use serde_json::json;
@@ -93,7 +94,8 @@ impl Request {
 pub struct Response {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
-    pub body: Vec<u8>,
+    /// Shared, not copied, when it is the kept `GET /servers` body.
+    pub body: Bytes,
     /// Why a mutation was refused, for the host's log (never key material).
     pub refusal: Option<String>,
     /// Why any request was refused, as a machine-readable reason (see
@@ -1143,19 +1145,19 @@ fn preflight() -> Response {
     Response {
         status: 200,
         headers: cors(),
-        body: Vec::new(),
+        body: Bytes::new(),
         refusal: None,
         refused: None,
     }
 }
 
-fn raw_json_response(status: u16, body: Vec<u8>) -> Response {
+fn raw_json_response(status: u16, body: impl Into<Bytes>) -> Response {
     let mut headers = vec![("Content-Type", "application/json".to_string())];
     headers.extend(cors());
     Response {
         status,
         headers,
-        body,
+        body: body.into(),
         refusal: None,
         refused: None,
     }
