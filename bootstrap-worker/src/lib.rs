@@ -8,6 +8,7 @@
 pub mod admission;
 pub mod config;
 pub mod limiter;
+pub mod list_cache;
 pub mod registry;
 pub mod store;
 pub mod txt_cron;

@@ -18,17 +18,26 @@
 //! [`RECHECK_FAILURES_TO_DROP`] failures in a row. Entries (listed and
 //! waiting) are capped per source network (IPv4 /24, IPv6 /48); at the
 //! global cap newcomers get 503 and listed entries are never evicted.
+//!
+//! Reads cost the same at any size: `GET /servers` and the heartbeat's peer
+//! list are served from a [`ListSnapshot`] (the signed body, built and
+//! signed once) that every change to the listed set drops, and that is
+//! rebuilt at the latest [`LIST_REFRESH_MS`] after it was signed or when
+//! its first entry goes stale (see [`crate::list_cache`]). Every store
+//! write goes through [`Registry::write`], which drops it; the heartbeat's
+//! `lastSeen` update of an entry already listed is the one write that keeps
+//! it ([`Registry::touch_listed`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use ed25519_dalek::{Signature, Signer};
 use serde::Serialize;
 use serde_json::json;
 use zajel_wire::endpoint;
 use zajel_wire::entry::{
-    ErrorBody, HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse, ServerEntry,
-    ServerList, SuccessResponse,
+    ErrorBody, HeartbeatRequest, RegisterRequest, RegisterResponse, ServerEntry, SuccessResponse,
 };
 use zajel_wire::keys;
 use zajel_wire::signature::{
@@ -39,6 +48,9 @@ use zajel_wire::signature::{
 use crate::admission::{CheckResult, EndpointCheck};
 use crate::config::{Admission, Config, Policy, MAX_BODY_BYTES, RECHECK_FAILURES_TO_DROP};
 use crate::limiter::RateLimiter;
+use crate::list_cache::ListSnapshot;
+#[cfg(doc)]
+use crate::list_cache::LIST_REFRESH_MS;
 use crate::store::{Store, StoreError, StoredEntry};
 
 /// A request as the registry sees it.
@@ -82,7 +94,8 @@ impl Request {
 pub struct Response {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
-    pub body: Vec<u8>,
+    /// Shared, not copied, when it is the kept `GET /servers` body.
+    pub body: Bytes,
     /// Why a mutation was refused, for the host's log (never key material).
     pub refusal: Option<String>,
     /// Why any request was refused, as a machine-readable reason (see
@@ -189,6 +202,10 @@ pub struct Registry<S: Store> {
     watched: HashMap<String, Watch>,
     next_check_id: u64,
     next_sequence: u64,
+    /// The listed entries and their signed list, while nothing changed.
+    snapshot: Option<ListSnapshot>,
+    /// How many snapshots were built (for tests and the host's metrics).
+    snapshots_built: u64,
 }
 
 /// A registration waiting for its admission check.
@@ -302,7 +319,59 @@ impl<S: Store> Registry<S> {
             watched: HashMap::new(),
             next_check_id: 1,
             next_sequence: 0,
+            snapshot: None,
+            snapshots_built: 0,
         }
+    }
+
+    /// How many times the listed entries were read from the store and the
+    /// list signed (the reads between were served from the snapshot).
+    pub fn snapshots_built(&self) -> u64 {
+        self.snapshots_built
+    }
+
+    /// Any write to the store: drops the snapshot first, so the next read
+    /// sees the change.
+    fn write<T>(
+        &mut self,
+        change: impl FnOnce(&mut S) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.snapshot = None;
+        change(&mut self.store)
+    }
+
+    /// The heartbeat's write: only `lastSeen` of an entry the snapshot
+    /// lists moves, which keeps the snapshot (its `lastSeen` values are as
+    /// of its timestamp). Anything else drops it.
+    fn touch_listed(&mut self, updated: &StoredEntry) -> Result<(), StoreError> {
+        let listed = self
+            .snapshot
+            .as_ref()
+            .is_some_and(|snapshot| snapshot.lists(&updated.entry.server_id));
+        if listed {
+            self.store.put(updated)
+        } else {
+            self.write(|store| store.put(updated))
+        }
+    }
+
+    /// The snapshot to serve at `now_ms`, rebuilt (stale entries swept,
+    /// the fresh ones read and the list signed) when it may not be served.
+    fn snapshot(&mut self, now_ms: u64) -> Result<&ListSnapshot, StoreError> {
+        let snapshot = match self.snapshot.take() {
+            Some(snapshot) if snapshot.serves(now_ms) => snapshot,
+            _ => {
+                let fresh_since = self.fresh_since(now_ms);
+                self.write(|store| store.delete_stale(fresh_since))?;
+                let servers = self.store.list_fresh(fresh_since)?;
+                let key = self.config.signing_key.as_ref();
+                self.snapshots_built += 1;
+                ListSnapshot::build(&servers, now_ms, self.config.ttl_ms, |body| {
+                    key.map(|key| signature::sign_body(key, body))
+                })
+            }
+        };
+        Ok(self.snapshot.insert(snapshot))
     }
 
     pub fn config(&self) -> &Config {
@@ -428,24 +497,24 @@ impl<S: Store> Registry<S> {
     }
 
     fn list(&mut self, now_ms: u64) -> Outcome {
-        let fresh_since = self.fresh_since(now_ms);
-        self.store.delete_stale(fresh_since)?;
-        let servers = self.store.list_fresh(fresh_since)?;
-        let body = serde_json::to_vec(&ServerList {
-            servers,
-            timestamp: now_ms,
-        })
-        .map_err(|error| Refusal::new(500, errors::INTERNAL).detail(error.to_string()))?;
-        let mut response = raw_json_response(200, body);
+        let snapshot = self.snapshot(now_ms)?;
+        let mut response = raw_json_response(200, snapshot.list_body.clone());
         response.headers.push((
             "Access-Control-Expose-Headers",
             LIST_SIGNATURE_HEADER.to_string(),
         ));
-        if let Some(key) = &self.config.signing_key {
-            let signature = signature::sign_body(key, &response.body);
-            response.headers.push((LIST_SIGNATURE_HEADER, signature));
+        if let Some(signature) = &snapshot.signature {
+            response
+                .headers
+                .push((LIST_SIGNATURE_HEADER, signature.clone()));
         }
         Ok(response)
+    }
+
+    /// A heartbeat's answer: the listed entries other than `caller`.
+    fn peers(&mut self, caller: &str, now_ms: u64) -> Outcome {
+        let body = self.snapshot(now_ms)?.heartbeat_body(caller);
+        Ok(raw_json_response(200, body))
     }
 
     fn register(&mut self, body: &[u8], client: &str, now_ms: u64) -> Outcome {
@@ -525,8 +594,10 @@ impl<S: Store> Registry<S> {
         };
         if admit_now {
             self.pending.remove(&request.server_id);
-            self.store.put(&stored)?;
-            self.store.set_network(&request.server_id, &network)?;
+            self.write(|store| {
+                store.put(&stored)?;
+                store.set_network(&request.server_id, &network)
+            })?;
             return Ok(json_response(
                 200,
                 &RegisterResponse {
@@ -577,19 +648,13 @@ impl<S: Store> Registry<S> {
                 waiting.stored.entry.last_seen = now_ms;
             }
             if self.store.get(&request.server_id)?.is_none() {
-                return Ok(json_response(
-                    200,
-                    &HeartbeatResponse {
-                        success: true,
-                        peers: self.store.list_fresh(fresh_since)?,
-                    },
-                ));
+                return self.peers(&request.server_id, now_ms);
             }
         }
         let existing = match self.store.get(&request.server_id)? {
             Some(stored) if stored.entry.last_seen >= fresh_since => stored,
             Some(_) => {
-                self.store.delete(&request.server_id)?;
+                self.write(|store| store.delete(&request.server_id))?;
                 return Err(not_registered(&request.server_id));
             }
             None => return Err(not_registered(&request.server_id)),
@@ -598,20 +663,8 @@ impl<S: Store> Registry<S> {
         self.claim(&proof, &request.server_id, now_ms)?;
         let mut updated = existing;
         updated.entry.last_seen = now_ms;
-        self.store.put(&updated)?;
-        let peers = self
-            .store
-            .list_fresh(fresh_since)?
-            .into_iter()
-            .filter(|entry| entry.server_id != request.server_id)
-            .collect();
-        Ok(json_response(
-            200,
-            &HeartbeatResponse {
-                success: true,
-                peers,
-            },
-        ))
+        self.touch_listed(&updated)?;
+        self.peers(&request.server_id, now_ms)
     }
 
     fn unregister(&mut self, request: &Request, encoded_id: &str, now_ms: u64) -> Outcome {
@@ -640,7 +693,7 @@ impl<S: Store> Registry<S> {
         self.guard_signed_entry(waiting.as_ref(), &proof, &server_id)?;
         self.claim(&proof, &server_id, now_ms)?;
         if existing.is_some() {
-            self.store.delete(&server_id)?;
+            self.write(|store| store.delete(&server_id))?;
         }
         self.pending.remove(&server_id);
         self.watched.remove(&server_id);
@@ -776,13 +829,14 @@ impl<S: Store> Registry<S> {
             .keys()
             .filter(|id| id.as_str() != server_id)
             .count() as u64;
+        let max_entries = self.config.max_entries;
         let full = |store: &S| -> Result<bool, StoreError> {
-            Ok(store.count()? + waiting_elsewhere >= self.config.max_entries)
+            Ok(store.count()? + waiting_elsewhere >= max_entries)
         };
         if !full(&self.store)? {
             return Ok(());
         }
-        self.store.delete_stale(fresh_since)?;
+        self.write(|store| store.delete_stale(fresh_since))?;
         if !full(&self.store)? {
             return Ok(());
         }
@@ -1009,7 +1063,7 @@ impl<S: Store> Registry<S> {
                     self.watched.remove(&flight.server_id);
                     match self.store.get(&flight.server_id) {
                         Ok(Some(stored)) if stored.entry.endpoint == flight.endpoint => {
-                            let _ = self.store.delete(&flight.server_id);
+                            let _ = self.write(|store| store.delete(&flight.server_id));
                             Some(format!("dropped {id_text}: stopped answering ({reason})"))
                         }
                         _ => None,
@@ -1030,10 +1084,10 @@ impl<S: Store> Registry<S> {
                 CheckResult::Verified => {
                     let mut stored = waiting.stored;
                     stored.entry.last_seen = stored.entry.last_seen.max(now_ms);
-                    let listed = self
-                        .store
-                        .put(&stored)
-                        .and_then(|()| self.store.set_network(&flight.server_id, &waiting.network));
+                    let listed = self.write(|store| {
+                        store.put(&stored)?;
+                        store.set_network(&flight.server_id, &waiting.network)
+                    });
                     match listed {
                         Ok(()) => {
                             self.watched.insert(
@@ -1091,19 +1145,19 @@ fn preflight() -> Response {
     Response {
         status: 200,
         headers: cors(),
-        body: Vec::new(),
+        body: Bytes::new(),
         refusal: None,
         refused: None,
     }
 }
 
-fn raw_json_response(status: u16, body: Vec<u8>) -> Response {
+fn raw_json_response(status: u16, body: impl Into<Bytes>) -> Response {
     let mut headers = vec![("Content-Type", "application/json".to_string())];
     headers.extend(cors());
     Response {
         status,
         headers,
-        body,
+        body: body.into(),
         refusal: None,
         refused: None,
     }
@@ -1231,6 +1285,7 @@ mod admission_tests {
     use super::*;
     use crate::native::sqlite::SqliteStore;
     use ed25519_dalek::SigningKey;
+    use zajel_wire::entry::ServerList;
 
     const T0: u64 = 1_800_000_000_000;
 
@@ -1805,5 +1860,279 @@ mod admission_tests {
         assert_eq!(reply.status, 503);
         assert_eq!(reply.refused, Some("checks_busy"));
         assert!(reply.header("Retry-After").is_some());
+    }
+
+    /// Registry with entries listed at once (no admission check), `ttl_ms` TTL.
+    fn listing_registry(ttl_ms: u64) -> Registry<SqliteStore> {
+        registry(Config {
+            admission: Admission::Off,
+            ttl_ms,
+            ..config()
+        })
+    }
+
+    fn get_list(registry: &mut Registry<SqliteStore>, now: u64) -> Response {
+        let response = registry.handle(&Request::new("GET", "/servers", "192.0.2.200"), now);
+        assert_eq!(response.status, 200, "{}", text(&response));
+        response
+    }
+
+    fn heartbeat(registry: &mut Registry<SqliteStore>, key: &SigningKey, now: u64) -> Response {
+        let mut request = Request::new("POST", "/servers/heartbeat", "192.0.2.1");
+        request.body = serde_json::to_vec(&HeartbeatRequest::signed(key, now)).unwrap();
+        registry.handle(&request, now)
+    }
+
+    fn peers_of(response: &Response) -> Vec<String> {
+        assert_eq!(response.status, 200, "{}", text(response));
+        let body: zajel_wire::entry::HeartbeatResponse =
+            serde_json::from_slice(&response.body).unwrap();
+        body.peers.into_iter().map(|e| e.server_id).collect()
+    }
+
+    fn delete(registry: &mut Registry<SqliteStore>, key: &SigningKey, now: u64) -> Response {
+        let (timestamp, signature) = signature::sign_unregister(key, now);
+        let mut request = Request::new("DELETE", &format!("/servers/{}", id(key)), "192.0.2.1");
+        request.headers.push((TIMESTAMP_HEADER.into(), timestamp));
+        request.headers.push((SIGNATURE_HEADER.into(), signature));
+        registry.handle(&request, now)
+    }
+
+    /// The list's `timestamp`, after checking its signature and freshness
+    /// as a client with its clock at `client_now` does.
+    fn verified_timestamp(response: &Response, client_now: u64) -> Result<u64, String> {
+        let registry_key = SigningKey::from_bytes(&[9; 32]).verifying_key();
+        signature::verify_server_list(
+            &response.body,
+            response.header(LIST_SIGNATURE_HEADER),
+            &[registry_key],
+            client_now,
+        )
+        .map(|list| list.timestamp)
+        .map_err(|error| error.to_string())
+    }
+
+    #[test]
+    fn the_signed_list_is_served_from_its_snapshot_until_the_refresh_age() {
+        use crate::list_cache::LIST_REFRESH_MS;
+        let mut registry = listing_registry(600_000);
+        for n in 0..3 {
+            post(
+                &mut registry,
+                &key(n),
+                &format!("wss://r{n}.example"),
+                None,
+                &format!("192.0.{n}.1"),
+                T0,
+            );
+        }
+        let first = get_list(&mut registry, T0);
+        assert_eq!(registry.snapshots_built(), 1);
+        // Heartbeats of listed entries only move lastSeen: same body, same signature.
+        for n in 0..3 {
+            assert_eq!(
+                peers_of(&heartbeat(
+                    &mut registry,
+                    &key(n),
+                    T0 + 1_000 + u64::from(n)
+                ))
+                .len(),
+                2
+            );
+        }
+        let last_served = get_list(&mut registry, T0 + LIST_REFRESH_MS - 1);
+        assert_eq!(last_served, first, "the body and its signature are kept");
+        assert_eq!(
+            registry.snapshots_built(),
+            1,
+            "not re-signed within the refresh age"
+        );
+        assert_eq!(
+            verified_timestamp(&last_served, T0 + LIST_REFRESH_MS - 1),
+            Ok(T0)
+        );
+        // The oldest body served is still accepted by a client whose clock
+        // runs up to 4 minutes ahead of the registry's.
+        let skew = FRESHNESS_WINDOW_MS - LIST_REFRESH_MS;
+        assert_eq!(
+            verified_timestamp(&last_served, T0 + LIST_REFRESH_MS - 1 + skew),
+            Ok(T0)
+        );
+        // At the refresh age it is signed again, with the new time and the heartbeats' lastSeen.
+        let refreshed = get_list(&mut registry, T0 + LIST_REFRESH_MS);
+        assert_eq!(registry.snapshots_built(), 2);
+        assert_eq!(
+            verified_timestamp(&refreshed, T0 + LIST_REFRESH_MS),
+            Ok(T0 + LIST_REFRESH_MS)
+        );
+        let list: ServerList = serde_json::from_slice(&refreshed.body).unwrap();
+        assert_eq!(list.servers[0].last_seen, T0 + 1_000);
+        // A clock that went back never serves a list "from the future".
+        let earlier = get_list(&mut registry, T0 + LIST_REFRESH_MS - 5);
+        assert_eq!(
+            verified_timestamp(&earlier, T0 + LIST_REFRESH_MS - 5),
+            Ok(T0 + LIST_REFRESH_MS - 5)
+        );
+    }
+
+    #[test]
+    fn an_entry_going_stale_is_never_served_from_the_snapshot() {
+        let ttl = 300_000;
+        let mut registry = listing_registry(ttl);
+        post(
+            &mut registry,
+            &key(1),
+            "wss://old.example",
+            None,
+            "192.0.1.1",
+            T0,
+        );
+        post(
+            &mut registry,
+            &key(2),
+            "wss://new.example",
+            None,
+            "192.0.2.1",
+            T0 + 250_000,
+        );
+        assert_eq!(listed(&mut registry, T0 + 250_000).len(), 2);
+        // key(1) was last seen at T0: fresh up to T0 + ttl - 1, inside the snapshot's refresh age.
+        assert_eq!(listed(&mut registry, T0 + ttl - 1).len(), 2);
+        assert_eq!(listed(&mut registry, T0 + ttl), vec![id(&key(2))]);
+        assert_eq!(
+            peers_of(&heartbeat(&mut registry, &key(2), T0 + ttl)),
+            Vec::<String>::new()
+        );
+    }
+
+    /// Hostile: a snapshot taken before a removal must never be served
+    /// after it, neither as the list nor as a heartbeat's peers.
+    #[test]
+    fn every_change_to_the_listed_set_shows_in_the_next_read() {
+        let mut registry = registry(Config {
+            recheck_interval_ms: 1_000,
+            ..config()
+        });
+        let (a, b, c) = (key(1), key(2), key(3));
+        let mut now = T0;
+        // Admission: listed at the check's result.
+        for (n, k) in [&a, &b].into_iter().enumerate() {
+            post(
+                &mut registry,
+                k,
+                &format!("wss://r{n}.example"),
+                None,
+                &format!("192.0.{n}.1"),
+                now,
+            );
+        }
+        assert!(listed(&mut registry, now).is_empty());
+        admit_all(&mut registry, now);
+        assert_eq!(
+            listed(&mut registry, now).len(),
+            2,
+            "admitted entries show at once"
+        );
+        // Register: a registration waiting for its check does not change the list...
+        post(&mut registry, &c, "wss://c.example", None, "192.0.3.1", now);
+        let built = registry.snapshots_built();
+        assert_eq!(listed(&mut registry, now).len(), 2);
+        assert_eq!(registry.snapshots_built(), built, "nothing visible changed");
+        // ...a heartbeat of a waiting registration neither...
+        assert_eq!(peers_of(&heartbeat(&mut registry, &c, now + 1)).len(), 2);
+        assert_eq!(registry.snapshots_built(), built);
+        // ...its admission does.
+        admit_all(&mut registry, now + 2);
+        assert_eq!(listed(&mut registry, now + 2).len(), 3);
+        // A listed entry re-registering at its endpoint is refreshed in place (listed at once).
+        post(
+            &mut registry,
+            &c,
+            "wss://c.example",
+            Some("eu"),
+            "192.0.3.1",
+            now + 3,
+        );
+        let list: ServerList =
+            serde_json::from_slice(&get_list(&mut registry, now + 3).body).unwrap();
+        assert!(list
+            .servers
+            .iter()
+            .any(|e| e.server_id == id(&c) && e.region == "eu"));
+        // Delete: gone from the very next list and peer list, same millisecond.
+        now += 10;
+        assert_eq!(listed(&mut registry, now).len(), 3);
+        assert_eq!(delete(&mut registry, &a, now).status, 200);
+        assert!(
+            !listed(&mut registry, now).contains(&id(&a)),
+            "a removed server was served"
+        );
+        assert!(!peers_of(&heartbeat(&mut registry, &b, now)).contains(&id(&a)));
+        // Drop after failed rechecks: gone from the next read.
+        assert_eq!(listed(&mut registry, now).len(), 2);
+        for round in 1..=2u64 {
+            let at = now + round * 1_000;
+            for check in registry.poll_checks(at) {
+                let result = if check.server_id == id(&b) {
+                    CheckResult::failed("timeout")
+                } else {
+                    CheckResult::Verified
+                };
+                registry.check_finished(check.id, &result, at);
+            }
+        }
+        now += 2_000;
+        assert_eq!(
+            listed(&mut registry, now),
+            vec![id(&c)],
+            "a dropped server was served"
+        );
+        assert_eq!(
+            peers_of(&heartbeat(&mut registry, &c, now)),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn the_sweep_that_makes_room_shows_in_the_next_read() {
+        let ttl = 300_000;
+        let mut registry = registry(Config {
+            admission: Admission::Off,
+            max_entries: 2,
+            ttl_ms: ttl,
+            ..config()
+        });
+        post(
+            &mut registry,
+            &key(1),
+            "wss://a.example",
+            None,
+            "192.0.1.1",
+            T0,
+        );
+        post(
+            &mut registry,
+            &key(2),
+            "wss://b.example",
+            None,
+            "192.0.2.1",
+            T0 + 200_000,
+        );
+        assert_eq!(listed(&mut registry, T0 + 200_000).len(), 2);
+        // key(1) stale at T0 + ttl: the full registry sweeps it to make room for key(3).
+        let reply = post(
+            &mut registry,
+            &key(3),
+            "wss://c.example",
+            None,
+            "192.0.3.1",
+            T0 + ttl,
+        );
+        assert_eq!(reply.status, 200, "{}", text(&reply));
+        let mut now_listed = listed(&mut registry, T0 + ttl);
+        now_listed.sort();
+        let mut expected = vec![id(&key(2)), id(&key(3))];
+        expected.sort();
+        assert_eq!(now_listed, expected);
     }
 }

@@ -401,7 +401,7 @@ impl worker::DurableObject for RegistryObject {
         let built = if response.body.is_empty() {
             Response::empty()?
         } else {
-            Response::from_bytes(response.body)?
+            Response::from_bytes(response.body.to_vec())?
         };
         Ok(built.with_status(response.status).with_headers(headers))
     }

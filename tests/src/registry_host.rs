@@ -314,6 +314,39 @@ fn free_port() -> Result<u16, String> {
     Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
 }
 
+/// Zajel's own JS registry Worker (`packages/server` of Zajel's repository,
+/// checked out in `dir` with `npm install` done) under the same `wrangler
+/// dev` and workerd as ours, on loopback, signing its lists with a fresh key:
+/// the anchor of the registry benchmark. Its `wrangler.jsonc` (production
+/// routes) is not used: the instance gets a minimal `wrangler.toml` in its
+/// own directory with Zajel's Durable Object binding, as Zajel declares it
+/// (a key-value `ServerRegistryDO` named `SERVER_REGISTRY`).
+pub fn start_zajel_worker(dir: &Path) -> Result<RunningRegistry, String> {
+    let entry = dir.join("src/index.js");
+    if !entry.exists() {
+        return Err(format!(
+            "{} is missing: ZAJEL_WORKER must be Zajel's packages/server",
+            entry.display()
+        ));
+    }
+    let config = format!(
+        "name = \"zajel-registry-anchor\"\n\
+         main = {entry:?}\n\
+         compatibility_date = \"2024-01-01\"\n\
+         [[durable_objects.bindings]]\n\
+         name = \"SERVER_REGISTRY\"\n\
+         class_name = \"ServerRegistryDO\"\n\
+         [[migrations]]\n\
+         tag = \"v1\"\n\
+         new_classes = [\"ServerRegistryDO\"]\n",
+        entry = entry.display().to_string(),
+    );
+    let (starting, _) = spawn_wrangler_keyed(&config, &[], random_key(), false, None)?;
+    let mut running = starting.ready()?;
+    running.name = "zajel-worker".into();
+    Ok(running)
+}
+
 /// The Worker build under `wrangler dev` (the real workerd runtime), on loopback.
 ///
 /// Needs `npm ci` and a built Worker (`bash scripts/build-worker`, which
@@ -405,22 +438,13 @@ pub fn spawn_wrangler_dev_with(
     profile: Profile,
     options: WorkerOptions,
 ) -> Result<StartingWorker, String> {
-    let root = repository_root();
-    let wrangler = root.join("node_modules/wrangler/bin/wrangler.js");
-    if !wrangler.exists() {
-        return Err(format!(
-            "{} is missing; run `npm ci` first",
-            wrangler.display()
-        ));
-    }
-    let entry = root.join("build/index.js");
+    let entry = repository_root().join("build/index.js");
     if !entry.exists() {
         return Err(format!(
             "{} is missing; run `bash scripts/build-worker` first",
             entry.display()
         ));
     }
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut config = format!(
         "name = \"zajel-bootstrap-test\"\n\
          main = {entry:?}\n\
@@ -467,10 +491,38 @@ pub fn spawn_wrangler_dev_with(
     if options.test_scheduled {
         config.push_str("[triggers]\ncrons = [\"17 * * * *\"]\n");
     }
-    std::fs::write(dir.path().join("wrangler.toml"), config).map_err(|e| e.to_string())?;
     let key = options.key.unwrap_or_else(random_key);
+    let (starting, _) = spawn_wrangler_keyed(
+        &config,
+        &options.secrets,
+        key,
+        options.test_scheduled,
+        options.log_level,
+    )?;
+    Ok(starting)
+}
+
+/// Starts this repository's wrangler (`node_modules`) on `config` (a
+/// `wrangler.toml`) in a fresh directory, with `key` as
+/// `BOOTSTRAP_SIGNING_KEY` and `secrets` in its `.dev.vars`.
+fn spawn_wrangler_keyed(
+    config: &str,
+    secrets: &[(String, String)],
+    key: SigningKey,
+    test_scheduled: bool,
+    log_level: Option<&'static str>,
+) -> Result<(StartingWorker, SigningKey), String> {
+    let wrangler = repository_root().join("node_modules/wrangler/bin/wrangler.js");
+    if !wrangler.exists() {
+        return Err(format!(
+            "{} is missing; run `npm ci` first",
+            wrangler.display()
+        ));
+    }
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    std::fs::write(dir.path().join("wrangler.toml"), config).map_err(|e| e.to_string())?;
     let mut dev_vars = format!("BOOTSTRAP_SIGNING_KEY={}\n", keys::signing_key_to_hex(&key));
-    for (name, value) in &options.secrets {
+    for (name, value) in secrets {
         dev_vars.push_str(&format!("{name}={value}\n"));
     }
     std::fs::write(dir.path().join(".dev.vars"), dev_vars).map_err(|e| e.to_string())?;
@@ -486,14 +538,14 @@ pub fn spawn_wrangler_dev_with(
         .args(["--inspector-port", &inspector.to_string()])
         .arg("--persist-to")
         .arg(dir.path().join("state"))
-        .args(if options.test_scheduled {
+        .args(if test_scheduled {
             &["--test-scheduled"][..]
         } else {
             &[][..]
         })
         .args([
             "--log-level",
-            options.log_level.unwrap_or("warn"),
+            log_level.unwrap_or("warn"),
             "--show-interactive-dev-session=false",
         ])
         .current_dir(dir.path())
@@ -504,10 +556,14 @@ pub fn spawn_wrangler_dev_with(
         .env("NO_COLOR", "1")
         .env("XDG_CONFIG_HOME", dir.path().join("config"));
     let process = ChildProcess::spawn("wrangler dev", command)?;
-    Ok(StartingWorker {
-        process,
-        dir,
-        base_url: format!("http://127.0.0.1:{port}"),
-        list_key: key.verifying_key(),
-    })
+    let list_key = key.verifying_key();
+    Ok((
+        StartingWorker {
+            process,
+            dir,
+            base_url: format!("http://127.0.0.1:{port}"),
+            list_key,
+        },
+        key,
+    ))
 }

@@ -367,7 +367,7 @@ fn to_hyper(response: Response) -> hyper::Response<Full<Bytes>> {
         builder = builder.header(*name, value);
     }
     builder
-        .body(Full::new(Bytes::from(response.body)))
+        .body(Full::new(response.body))
         .unwrap_or_else(|_| plain(500, "internal error"))
 }
 
