@@ -18,7 +18,8 @@
 //! plainly that it was not taken.
 //!
 //! The loads are the same on both servers and interleaved (each memory
-//! step starts a fresh server of each kind, alternating which goes first).
+//! step starts a fresh server of each kind, alternating which goes first;
+//! each forwarding phase runs on one server, then the other).
 //! server-vps allows 100 messages per connection per minute (not
 //! configurable), so every sender sends at most [`MAX_PER_SENDER`] offers
 //! and more traffic means more pairs. Environment: `BENCH_CONNECTIONS`
@@ -572,32 +573,58 @@ struct Load {
     idle: usize,
 }
 
-async fn forwarding(kind: Kind, server_vps: Option<&Path>, load: &Load) -> ForwardingFigures {
-    let server = Server::start(kind, server_vps);
+/// The forwarding figures of every server in `kinds`, phase by phase with
+/// the servers alternating inside each phase (so a change in the machine's
+/// load hits both): throughput with no idle connections, latency at the
+/// offered load, then, one server at a time (descriptors), `idle` idle
+/// registered connections held and the throughput run again.
+async fn forwarding(
+    kinds: &[Kind],
+    server_vps: Option<&Path>,
+    load: &Load,
+) -> Vec<(Kind, ForwardingFigures)> {
+    let mut servers = Vec::new();
+    for kind in kinds {
+        servers.push((*kind, Server::start(*kind, server_vps)));
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     // Code ranges: each run's pairs fresh (server-vps counts messages per
     // connection per minute), idle connections far above them.
-    let first = pairs(&server, load.pairs, 0).await;
-    let empty = throughput(&server, first, load.per_pair).await;
-    let timed = pairs(&server, load.latency_pairs, 2 * load.pairs).await;
-    let latency = latency(&server, timed, load.rate, load.latency_per_pair).await;
-    let mut held = Held::new();
-    held.grow_to(server.addr(), load.idle, 100_000_000).await;
-    if let Some(failure) = &held.failure {
-        println!(
-            "<!-- {}: idle connections stopped at {}: {failure} -->",
-            kind.name(),
-            held.streams.len()
-        );
+    let mut empty = Vec::new();
+    for (_, server) in &servers {
+        let first = pairs(server, load.pairs, 0).await;
+        empty.push(throughput(server, first, load.per_pair).await);
     }
-    let second = pairs(&server, load.pairs, 2 * (load.pairs + load.latency_pairs)).await;
-    let with_idle = throughput(&server, second, load.per_pair).await;
-    ForwardingFigures {
-        empty,
-        latency,
-        idle_held: held.streams.len(),
-        with_idle,
+    let mut latencies: Vec<Option<Latency>> = servers.iter().map(|_| None).collect();
+    for index in (0..servers.len()).rev() {
+        let server = &servers[index].1;
+        let timed = pairs(server, load.latency_pairs, 2 * load.pairs).await;
+        latencies[index] = Some(latency(server, timed, load.rate, load.latency_per_pair).await);
     }
+    let mut figures = Vec::new();
+    for (((kind, server), empty), latency) in servers.iter().zip(empty).zip(latencies) {
+        let mut held = Held::new();
+        held.grow_to(server.addr(), load.idle, 100_000_000).await;
+        if let Some(failure) = &held.failure {
+            println!(
+                "<!-- {}: idle connections stopped at {}: {failure} -->",
+                kind.name(),
+                held.streams.len()
+            );
+        }
+        let second = pairs(server, load.pairs, 2 * (load.pairs + load.latency_pairs)).await;
+        let with_idle = throughput(server, second, load.per_pair).await;
+        figures.push((
+            *kind,
+            ForwardingFigures {
+                empty,
+                latency: latency.expect("latency run"),
+                idle_held: held.streams.len(),
+                with_idle,
+            },
+        ));
+    }
+    figures
 }
 
 /// "a / b" as a ratio, or a dash when b is missing or zero.
@@ -717,13 +744,10 @@ fn main() {
             );
         }
         println!(
-            "\nForwarding: {} pairs × {} offers each as fast as they are read (≤ 64 in flight per pair); latency at {} messages/s offered over {} pairs × {}; then {} idle registered connections held and the throughput run again. CPU is the server process's utime+stime over the run.\n",
+            "\nForwarding: {} pairs × {} offers each as fast as they are read (≤ 64 in flight per pair); latency at {} messages/s offered over {} pairs × {}; then {} idle registered connections held and the throughput run again. Each phase alternates the servers. CPU is the server process's utime+stime over the run.\n",
             load.pairs, load.per_pair, load.rate, load.latency_pairs, load.latency_per_pair, load.idle
         );
-        let mut results: Vec<(Kind, ForwardingFigures)> = Vec::new();
-        for kind in &kinds {
-            results.push((*kind, forwarding(*kind, anchor.as_deref(), &load).await));
-        }
+        let results = forwarding(&kinds, anchor.as_deref(), &load).await;
         let of = |kind: Kind| results.iter().find(|(k, _)| *k == kind).map(|(_, f)| f);
         let relay = of(Kind::RelayLite).expect("relay-lite figures");
         let vps = of(Kind::ServerVps);
