@@ -440,9 +440,8 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::sync::mpsc::Receiver;
 
-    use crate::outbox::Outbound;
+    use crate::outbox::{Outbound, Receiver};
 
     const KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
     const OTHER_KEY: &str = "BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB=";
@@ -468,11 +467,11 @@ mod tests {
         Hub::new(settings(timeout_ms, warning_ms), Metrics::new())
     }
 
-    fn connection(id: u64) -> (Arc<Outbox>, Receiver<Outbound>) {
+    fn connection(id: u64) -> (Arc<Outbox>, Receiver) {
         Outbox::new(id, 16, 1 << 20, Metrics::new())
     }
 
-    async fn next(receiver: &mut Receiver<Outbound>) -> ServerMessage {
+    async fn next(receiver: &mut Receiver) -> ServerMessage {
         match receiver.recv().await.unwrap() {
             Outbound::Text(text) => ServerMessage::parse(&text).unwrap(),
             other => panic!("unexpected {other:?}"),
@@ -499,7 +498,7 @@ mod tests {
 
     /// The frames a requester hears for one request, each with when it came
     /// (on the paused clock), until `pair_timeout`.
-    async fn heard(receiver: &mut Receiver<Outbound>, start: Instant) -> Vec<(Duration, String)> {
+    async fn heard(receiver: &mut Receiver, start: Instant) -> Vec<(Duration, String)> {
         let mut frames = Vec::new();
         loop {
             let message = next(receiver).await;

@@ -612,14 +612,17 @@ async fn connection(
             let handshake = shared.config.timeouts.handshake;
             let mut shutdown = shared.shutdown.clone();
             let accepted = tokio::select! {
-                accepted = tokio::time::timeout(handshake, acceptor.accept(stream)) => accepted,
+                // Boxed, like everything below that a plain connection never
+                // reaches or only passes through: the task of an idle
+                // connection holds only what its session needs.
+                accepted = tokio::time::timeout(handshake, Box::pin(acceptor.accept(stream))) => accepted,
                 () = stopping(&mut shutdown) => {
                     shared.metrics.connection_closed();
                     return;
                 }
             };
             match accepted {
-                Ok(Ok(tls)) => serve(tls, peer, &shared).await,
+                Ok(Ok(tls)) => Box::pin(serve(tls, peer, &shared)).await,
                 Ok(Err(error)) => {
                     shared.metrics.refused(Refusal::Handshake);
                     tracing::debug!(%peer, %error, "TLS handshake failed");
@@ -642,7 +645,7 @@ where
     let handshake = shared.config.timeouts.handshake;
     let mut shutdown = shared.shutdown.clone();
     let head = tokio::select! {
-        head = tokio::time::timeout(handshake, http::read_request(&mut stream)) => head,
+        head = tokio::time::timeout(handshake, Box::pin(http::read_request(&mut stream))) => head,
         () = stopping(&mut shutdown) => return,
     };
     let route = match head {
@@ -676,34 +679,46 @@ where
             rest,
             federation,
         } => {
-            if http::accept_upgrade(&mut stream, &key).await.is_err() {
+            if Box::pin(http::accept_upgrade(&mut stream, &key))
+                .await
+                .is_err()
+            {
                 return;
             }
             if federation {
-                let ws = WebSocketStream::from_partially_read(
+                let ws = Box::pin(WebSocketStream::from_partially_read(
                     stream,
                     rest,
                     Role::Server,
                     Some(crate::federation::ws_config()),
+                ))
+                .await;
+                Box::pin(
+                    shared
+                        .federation
+                        .clone()
+                        .serve_accepted(ws, shared.shutdown.clone()),
                 )
                 .await;
-                shared
-                    .federation
-                    .clone()
-                    .serve_accepted(ws, shared.shutdown.clone())
-                    .await;
                 return;
             }
             let limits = &shared.config.limits;
             let ws_config = WebSocketConfig::default()
-                .read_buffer_size(4096)
+                .read_buffer_size(session::READ_BUFFER_BYTES)
                 .write_buffer_size(0)
                 .max_message_size(Some(limits.max_frame_bytes))
                 .max_frame_size(Some(limits.max_frame_bytes));
-            let ws =
-                WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(ws_config))
-                    .await;
-            session::run(ws, shared.clone(), peer).await;
+            // Boxed: the stream is built in the box and only moved out of it,
+            // so this task never holds room for a whole WebSocket state.
+            let ws = Box::pin(WebSocketStream::from_partially_read(
+                stream,
+                rest,
+                Role::Server,
+                Some(ws_config),
+            ))
+            .await;
+            // Boxed: a session future of exactly its own size.
+            Box::pin(session::run(ws, shared.clone(), peer)).await;
             return;
         }
         Route::Health => {

@@ -7,9 +7,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -28,6 +27,13 @@ use crate::relay::Shared;
 
 /// `error` text once a connection sends more than its `pair_request`s per window (Zajel's text).
 pub const PAIR_RATE_LIMIT_EXCEEDED: &str = "Too many pair requests. Please slow down.";
+
+/// Bytes tungstenite reads at once from a client (its `read_buffer_size`).
+/// Every connection keeps a buffer this large for its whole life, idle or
+/// not, so it is small: a signaling frame is a few hundred bytes, and a
+/// larger frame gets room for all of it once its header is read (the frame
+/// size limits still apply).
+pub const READ_BUFFER_BYTES: usize = 512;
 
 /// Close codes the relay uses.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -62,34 +68,59 @@ where
     };
     let mut shutdown = shared.shutdown.clone();
     let mut close: Option<(u16, &'static str)> = None;
-    let mut idle_deadline = Instant::now() + timeouts.idle;
+    // The waits below live as long as the session, not one loop turn: a
+    // forwarded frame costs no timer or waiter registration. The idle
+    // deadline is checked lazily: each frame only records when it came, and
+    // the one idle timer, when it fires early, is moved to the real deadline.
+    let mut last_heard = Instant::now();
+    let idle_timer = tokio::time::sleep_until(last_heard + timeouts.idle);
+    let renewal_timer = tokio::time::sleep_until(last_heard + timeouts.idle);
+    let mut renewal_armed: Option<Instant> = None;
+    let stop = crate::relay::stopping(&mut shutdown);
+    let killed = outbox.killed();
+    let engaged = outbox.engaged().fuse();
+    tokio::pin!(idle_timer, renewal_timer, stop, killed, engaged);
     // The greeting; a client that cannot take even that is simply dropped.
     if session.reply(shared.server_info.clone()).await {
         loop {
+            let renew_at = session.ice.renew_at();
+            if renew_at != renewal_armed {
+                if let Some(at) = renew_at {
+                    renewal_timer.as_mut().reset(at);
+                }
+                renewal_armed = renew_at;
+            }
             tokio::select! {
                 biased;
-                () = crate::relay::stopping(&mut shutdown) => {
+                () = &mut stop => {
                     close = Some((CLOSE_GOING_AWAY, "Server shutting down"));
                     break;
                 }
-                () = outbox.killed() => break,
+                () = &mut killed => break,
                 // Paired or called by another connection: credentials now, before the
                 // frames this connection reads next (a `ping` after `pair_matched`).
-                () = outbox.engaged(), if session.ice.waiting() => {
+                () = &mut engaged, if session.ice.waiting() => {
                     if let Some(frame) = session.engaged() {
                         if !session.reply(frame).await {
                             break;
                         }
                     }
                 }
-                () = sleep_until_some(session.ice.renew_at()) => {
+                () = &mut renewal_timer, if renewal_armed.is_some() => {
+                    // Re-armed from the grant's next renewal time on the next turn.
+                    renewal_armed = None;
                     if let Some(frame) = session.renewed() {
                         if !session.reply(frame).await {
                             break;
                         }
                     }
                 }
-                () = tokio::time::sleep_until(idle_deadline) => {
+                () = &mut idle_timer => {
+                    let deadline = last_heard + timeouts.idle;
+                    if Instant::now() < deadline {
+                        idle_timer.as_mut().reset(deadline);
+                        continue;
+                    }
                     shared.metrics.refused(Refusal::IdleTimeout);
                     tracing::debug!(connection = id, "idle timeout");
                     close = Some((CLOSE_NORMAL, "Idle timeout"));
@@ -97,14 +128,18 @@ where
                 }
                 frame = stream.next() => {
                     let Some(frame) = frame else { break };
-                    idle_deadline = Instant::now() + timeouts.idle;
+                    last_heard = Instant::now();
                     if frame.is_ok() {
                         outbox.heard();
                     }
-                    let text = match frame {
-                        Ok(Message::Text(text)) => text.as_str().to_owned(),
+                    let lossy;
+                    let text = match &frame {
+                        Ok(Message::Text(text)) => text.as_str(),
                         // Zajel's server reads binary frames as text too (lossily).
-                        Ok(Message::Binary(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+                        Ok(Message::Binary(bytes)) => {
+                            lossy = String::from_utf8_lossy(bytes);
+                            &*lossy
+                        }
                         Ok(_) => continue, // ping/pong/close: tungstenite answers them
                         Err(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
                             shared.metrics.refused(Refusal::FrameTooLarge);
@@ -118,7 +153,7 @@ where
                         }
                         Err(error) => {
                             tracing::debug!(connection = id, %error, "connection ended");
-                            close = crate::http::close_for_read_error(&error);
+                            close = crate::http::close_for_read_error(error);
                             if close.is_some() {
                                 shared.metrics.refused(Refusal::InvalidMessage);
                             }
@@ -126,7 +161,7 @@ where
                         }
                     };
                     let mut ok = true;
-                    for reply in session.handle(&text).await {
+                    for reply in session.handle(text).await {
                         if !session.reply(reply).await {
                             ok = false;
                             break;
@@ -168,17 +203,9 @@ where
     }
 }
 
-/// Sleeps until `at`, or forever without one.
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 async fn write_loop<S>(
     mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
-    mut receiver: mpsc::Receiver<Outbound>,
+    mut receiver: crate::outbox::Receiver,
     outbox: Arc<Outbox>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -246,6 +273,11 @@ impl Session {
 
     /// Queues a reply to this client, waiting at most the stall timeout for room.
     async fn reply(&self, text: String) -> bool {
+        // Room in the queue (the usual case): no timer.
+        let text = match self.outbox.try_reply(text) {
+            Ok(queued) => return queued,
+            Err(text) => text,
+        };
         let stall = self.shared.config.timeouts.outbound_stall;
         match tokio::time::timeout(stall, self.outbox.reply(text)).await {
             Ok(queued) => queued,
@@ -270,11 +302,13 @@ impl Session {
             return vec![ServerMessage::error(signaling::RATE_LIMIT_EXCEEDED).to_text()];
         }
         if let Some(value) = crate::relay_requests::claimed(text) {
-            return self
-                .shared
-                .relay_requests
-                .handle(&self.outbox, self.code, value)
-                .await;
+            // Boxed: rare and large, so it does not widen every session's task.
+            return Box::pin(
+                self.shared
+                    .relay_requests
+                    .handle(&self.outbox, self.code, value),
+            )
+            .await;
         }
         let message = match ClientMessage::parse_for_connection(text, self.code.is_some()) {
             Ok(message) => message,
@@ -298,7 +332,8 @@ impl Session {
                 public_key,
                 ice_servers,
             } => {
-                return self.register(*pairing_code, public_key, *ice_servers).await;
+                // Boxed: once per connection, and the takeover probe makes it large.
+                return Box::pin(self.register(*pairing_code, public_key, *ice_servers)).await;
             }
             ClientMessage::PairRequest {
                 target_code,

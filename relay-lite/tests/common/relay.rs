@@ -50,11 +50,21 @@ pub struct RelayProcess {
 }
 
 impl RelayProcess {
-    /// Starts `relay-lite --listen 127.0.0.1:0 <args>` and waits for its listening line.
+    /// Starts `relay-lite --listen 127.0.0.1:0 <args>` (logging at debug)
+    /// and waits for its listening line.
     pub fn start(args: &[&str]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_relay-lite"));
+        Self::start_logging(args, "relay_lite=debug")
+    }
+
+    /// [`Self::start`] with `RUST_LOG` set to `rust_log` (the benchmark
+    /// runs at `info`, as an operator would).
+    pub fn start_logging(args: &[&str], rust_log: &str) -> Self {
+        // The benchmark may run another build of the same code (another profile).
+        let binary = std::env::var_os("BENCH_RELAY_LITE_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_relay-lite").into());
+        let mut command = Command::new(binary);
         command.args(["--listen", "127.0.0.1:0"]).args(args);
-        command.env("RUST_LOG", "relay_lite=debug");
+        command.env("RUST_LOG", rust_log);
         let mut process = ChildProcess::spawn("relay-lite", command).expect("start relay-lite");
         let server_id = process
             .wait_for(WAIT, |line| {
