@@ -376,8 +376,7 @@ impl Hub {
         if accepted {
             let responder_key = responder_key?;
             if let Some(outbox) = requester_outbox {
-                outbox.engage();
-                outbox.deliver(
+                outbox.deliver_engaging(
                     ServerMessage::PairMatched {
                         peer_code: responder.to_string(),
                         peer_public_key: responder_key.to_string(),
@@ -416,10 +415,14 @@ impl Hub {
             return Some(ServerMessage::peer_not_found(target.as_str()));
         };
         let delivered = ServerMessage::Forwarded(forward.delivered_from(from));
-        if forward.kind == signaling::ForwardKind::Call(zajel_wire::call::CallKind::Offer) {
-            outbox.engage();
-        }
-        if outbox.deliver(delivered.to_text_with_flat_call_fields()) {
+        let text = delivered.to_text_with_flat_call_fields();
+        let queued =
+            if forward.kind == signaling::ForwardKind::Call(zajel_wire::call::CallKind::Offer) {
+                outbox.deliver_engaging(text)
+            } else {
+                outbox.deliver(text)
+            };
+        if queued {
             self.metrics.forwarded(forward.kind);
             None
         } else {

@@ -47,7 +47,7 @@ pub(crate) struct Outbox {
     /// Notified whenever the peer sends anything (see [`Outbox::heard`]).
     heard: Notify,
     /// Set once the connection is paired or in a call by another
-    /// connection's doing (see [`Outbox::engage`]).
+    /// connection's doing (see [`Outbox::deliver_engaging`]).
     engaged: AtomicBool,
     engage: Notify,
     metrics: Arc<Metrics>,
@@ -154,6 +154,13 @@ impl Outbox {
 
     /// Queues `frame` if there is room and the writer is there.
     fn try_push(&self, frame: Outbound) -> Result<(), NotQueued> {
+        self.push(frame, false)
+    }
+
+    /// [`Self::try_push`]; with `engaging`, the connection is marked engaged
+    /// (see [`Self::engage`]) under the queue's lock, right after the frame is
+    /// queued.
+    fn push(&self, frame: Outbound, engaging: bool) -> Result<(), NotQueued> {
         if self.closed.load(Ordering::Acquire) {
             return Err(NotQueued::Closed);
         }
@@ -163,14 +170,35 @@ impl Outbox {
                 return Err(NotQueued::Full(frame));
             }
             queue.push_back(frame);
+            if engaging {
+                self.engaged.store(true, Ordering::Release);
+            }
         }
         self.queued.notify_one();
+        if engaging {
+            self.engage.notify_one();
+        }
         Ok(())
     }
 
     /// Queues `text` for this peer without waiting. A full queue (frames or
     /// bytes) disconnects the peer; returns whether the frame was queued.
     pub fn deliver(&self, text: String) -> bool {
+        self.deliver_as(text, false)
+    }
+
+    /// [`Self::deliver`] for the frame that pairs this connection or calls
+    /// it (`pair_matched`, `call_offer`): the connection is engaged — its
+    /// session may hand out TURN credentials (`crate::ice`) — in the same
+    /// step as the frame is queued. So the session's `ice_servers` always
+    /// comes after that frame (it queues under the same lock, after seeing
+    /// the mark), and before its reply to anything the client sends once it
+    /// has read that frame (the session looks at the mark first).
+    pub fn deliver_engaging(&self, text: String) -> bool {
+        self.deliver_as(text, true)
+    }
+
+    fn deliver_as(&self, text: String, engaging: bool) -> bool {
         if self.is_killed() {
             return false;
         }
@@ -181,7 +209,7 @@ impl Outbox {
             self.kill_slow();
             return false;
         }
-        match self.try_push(Outbound::Text(text)) {
+        match self.push(Outbound::Text(text), engaging) {
             Ok(()) => true,
             Err(_) => {
                 self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
@@ -191,15 +219,7 @@ impl Outbox {
         }
     }
 
-    /// Another connection paired with this one or called it: its session
-    /// may now hand out TURN credentials (`crate::ice`). Call before
-    /// delivering the frame that says so, so the session sees it first.
-    pub fn engage(&self) {
-        self.engaged.store(true, Ordering::Release);
-        self.engage.notify_one();
-    }
-
-    /// Returns once [`Self::engage`] was called.
+    /// Returns once the connection was engaged ([`Self::deliver_engaging`]).
     pub async fn engaged(&self) {
         while !self.engaged.load(Ordering::Acquire) {
             self.engage.notified().await;
