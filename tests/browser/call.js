@@ -162,13 +162,14 @@ function readPicture(luma, stride, w, h) {
 }
 
 /** Reads every frame of a received video track (MediaStreamTrackProcessor hands each frame
- * the track delivers; its luma plane is copied out of the VideoFrame) until `stop()`;
+ * the track delivers, up to 30 queued while the page is busy, so a stall loses none; its luma
+ * plane is copied out of the VideoFrame) until `stop()`;
  * `figures()` sums them up as call-probe's receive report does. */
 function watchPattern(track) {
   const seen = { framesRead: 0, countersRead: 0, countersMissing: 0, countersOutOfOrder: 0,
     firstCounter: null, lastCounter: null, black: 0, unreadable: 0, patterns: [], width: null, height: null, formats: [] };
   let stopped = false;
-  const reader = new MediaStreamTrackProcessor({ track }).readable.getReader();
+  const reader = new MediaStreamTrackProcessor({ track, maxBufferSize: 30 }).readable.getReader();
   const done = (async () => {
     while (!stopped) {
       const { value: frame, done: ended } = await reader.read();
