@@ -263,7 +263,8 @@ const MIN_FRAMES: u64 = 15;
 
 /// call-probe decoded the page's video: Chromium's fake camera asked for 320x240, VP8.
 /// Chromium's picture carries no counter of ours, so unlike call-probe's own calls the
-/// counter is not checked in this direction (its frames read `unreadable`).
+/// counter is not checked in this direction: its frames must read `unreadable` (never a
+/// counter, never black).
 fn assert_probe_saw_page_video(report: &call_probe::CallReport) {
     let video = report
         .video
@@ -282,6 +283,13 @@ fn assert_probe_saw_page_video(report: &call_probe::CallReport) {
     );
     assert!(received.keyframes_received > 0, "{received:#?}");
     assert_eq!(received.decode_errors, 0, "{received:#?}");
+    // A real camera's picture is never taken for a counter (nor for black): read_picture
+    // says unreadable for every frame.
+    assert_eq!(received.counters_read, 0, "{received:#?}");
+    assert_eq!(
+        received.unreadable_frames, received.frames_decoded,
+        "Chromium's frames read as something: {received:#?}"
+    );
     assert!(video.sent.frames_sent >= MIN_FRAMES, "{:#?}", video.sent);
 }
 
