@@ -15,6 +15,10 @@
 //! it off; the contacts are those of the start of the run), and, beyond the app, again every
 //! hour with the points recomputed, so that it stays findable however long it runs.
 //! [`Answerer::serve_until`] also stops on Ctrl-C / SIGTERM, hanging up a call in progress.
+//!
+//! With a script ([`AnswerOptions::script`], `--script`), the callee's controls (mute, camera
+//! off, switch camera…) run on every answered call from the moment its media flows (its first
+//! RTP), and stop when it ends.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -87,6 +91,8 @@ pub struct AnswerOptions {
     /// The signed fleet as (serverId, endpoint), from discovery's signed sources: a contact
     /// found connected on one of these relays is met there ([`crate::rendezvous`]).
     pub fleet: Vec<(String, String)>,
+    /// Call controls carried out on each call once connected (`--script`; none by default).
+    pub script: crate::script::Script,
     /// Trust, TURN, addresses, tone (660 Hz by default) and timeouts.
     pub line: LineOptions,
 }
@@ -101,6 +107,7 @@ impl AnswerOptions {
             decline: false,
             rendezvous: true,
             fleet: Vec::new(),
+            script: crate::script::Script::default(),
             line: LineOptions::new(660.0),
         }
     }
@@ -254,6 +261,8 @@ impl Answerer {
         let mut calls = Vec::new();
         let mut resends_before = 0;
         let forever = Duration::from_secs(365 * 24 * 3600);
+        // The script running on the current call (started at its first RTP).
+        let mut script: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             if self
                 .options
@@ -265,12 +274,26 @@ impl Answerer {
                 self.line.close().await;
                 return Ok(calls);
             }
+            let start_script = script.is_none() && !self.options.script.is_empty();
             tokio::select! {
-                ended = self.line.phone.ended(forever) => {
-                    let call = self.finish_call(ended?, &mut resends_before, calls.len());
-                    on_call(&call);
-                    calls.push(call);
-                }
+                event = self.line.phone.wait_for(forever, "end of the call", |event| match event {
+                    CallEvent::Ended(report) => Some(Some((**report).clone())),
+                    CallEvent::FirstRtp { .. } if start_script => Some(None),
+                    _ => None,
+                }) => match event? {
+                    Some(ended) => {
+                        if let Some(script) = script.take() {
+                            script.abort();
+                        }
+                        let call = self.finish_call(ended, &mut resends_before, calls.len());
+                        on_call(&call);
+                        calls.push(call);
+                    }
+                    None => {
+                        let steps = self.options.script.clone();
+                        script = Some(tokio::spawn(steps.run(self.line.phone.engine.clone())));
+                    }
+                },
                 event = self.line.events.recv() => match event {
                     Some(LineEvent::Closed) | None => {
                         return Err(AnswerError::Closed);
@@ -282,6 +305,9 @@ impl Answerer {
                 },
                 signal = interrupt.fired() => {
                     tracing::info!(signal, "interrupted: hanging up");
+                    if let Some(script) = script.take() {
+                        script.abort();
+                    }
                     // No call: NoCall, nothing to report.
                     if self.line.phone.engine.hangup().await.is_ok() {
                         let step = self.options.line.step_timeout;

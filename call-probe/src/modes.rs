@@ -234,6 +234,13 @@ pub struct AnswerArgs {
     /// still runs, for the signed fleet where contacts on other relays are met.
     #[arg(long, value_name = "URL")]
     prefer_server: Option<String>,
+    /// Call controls carried out on every answered call once it is connected (the callee's
+    /// side), as TIME:ACTION steps separated by commas, times counted from the connection
+    /// (`2s`, `1.5s`, `500ms`). Actions: mute, unmute, camera-off, camera-on, switch-camera
+    /// (as `call --script`; add-video is the caller's: the callee's is refused and logged).
+    /// Each shows in the caller's report. Example: --script "1s:mute,2s:unmute,3s:camera-off"
+    #[arg(long, value_name = "STEPS", default_value = "")]
+    script: Script,
     #[command(flatten)]
     media: MediaArgs,
     #[command(flatten)]
@@ -574,6 +581,7 @@ pub async fn answer(args: AnswerArgs) -> ExitCode {
     options.max_calls = if args.once { Some(1) } else { args.max_calls };
     options.echo = args.echo;
     options.decline = args.decline;
+    options.script = args.script;
     options.rendezvous = !args.no_rendezvous;
     options.fleet = choice.signed_fleet();
     options.line = args.media.line_options(660.0).trusting(roots);

@@ -1278,3 +1278,53 @@ async fn demo_script_controls_are_seen_by_the_answerer() {
         assert_eq!(rx["counters_read"], rx["frames_decoded"], "{rx}");
     }
 }
+
+/// `answer --script`: the callee's scripted controls, each seen in the caller's report — a
+/// silent stretch for mute, black frames for camera off, the other pattern after the switch —
+/// and the callee's `add-video` refused (only the caller renegotiates), the call going on.
+#[cfg(feature = "video")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn answer_script_controls_are_seen_by_the_caller() {
+    let world = LocalWorld::start().await.unwrap();
+    let relay = world.relay_url().to_string();
+    let script =
+        "0.3s:add-video,0.5s:mute,1.5s:unmute,2s:camera-off,2.8s:camera-on,3.2s:switch-camera";
+    let (mut answerer, code) = start_answerer(&world, &["--once", "--script", script]).await;
+    let mut args = call_args(&relay, &code, &["--video"]);
+    let duration = args.iter().position(|a| *a == "--duration").unwrap();
+    args[duration + 1] = "4.5";
+    let (status, stdout, stderr) = run(&args).await;
+    assert_eq!(status, 0, "{stderr}\n{stdout}");
+    let out = json(&stdout);
+    let caller = &out["call"]["call"];
+    let heard: Vec<bool> = caller["tone"]["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["heard"].as_bool().unwrap())
+        .collect();
+    assert!(
+        heard.windows(3).any(|w| w == [true, false, true]),
+        "{}",
+        caller["tone"]
+    );
+    let rx = &caller["video"]["received"];
+    let contents: Vec<&str> = rx["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        contents,
+        ["pattern 0", "black", "pattern 0", "pattern 1"],
+        "{rx}"
+    );
+    assert_eq!(rx["counters_missing"], 0, "{rx}");
+    assert_eq!(rx["counters_out_of_order"], 0, "{rx}");
+    let exit = answerer
+        .wait(step())
+        .await
+        .expect("answerer ends after one call");
+    assert!(exit.success());
+}

@@ -1,7 +1,8 @@
 // The browser side of tests/tests/browser.rs's calls: finds the relay with the
 // zajel-discovery-web package, then places (role "call") or answers (role
 // "answer") one audio call with the browser's own RTCPeerConnection (fake
-// microphone), speaking Zajel's signaling to the relay: register, pair_request /
+// microphone; with `video`, the fake camera too, VP8 only, and call-probe's test
+// pattern read back from the received frames), speaking Zajel's signaling to the relay: register, pair_request /
 // pair_incoming + pair_response, call_offer, call_answer, trickled call_ice
 // (the candidate as the JSON text of an RTCIceCandidateInit), call_hangup.
 // Parameters come as JSON in the URL's # part; the outcome lands in
@@ -73,13 +74,30 @@ function iceServersFor(handed, transport) {
 }
 
 async function stats(pc) {
-  const figures = { inbound: null, outbound: null, remoteInbound: null, pair: null, transport: null, remoteCertificate: null };
+  const figures = { inbound: null, outbound: null, remoteInbound: null, pair: null, transport: null, remoteCertificate: null, videoIn: null, videoOut: null };
   const report = await pc.getStats();
   const byId = new Map();
   report.forEach((s) => byId.set(s.id, s));
   report.forEach((s) => {
     if (s.type === 'inbound-rtp' && s.kind === 'audio') figures.inbound = { packetsReceived: s.packetsReceived, bytesReceived: s.bytesReceived };
     if (s.type === 'outbound-rtp' && s.kind === 'audio') figures.outbound = { packetsSent: s.packetsSent, bytesSent: s.bytesSent };
+    if (s.type === 'inbound-rtp' && s.kind === 'video') {
+      const codec = byId.get(s.codecId) || {};
+      figures.videoIn = {
+        packetsReceived: s.packetsReceived, framesReceived: s.framesReceived, framesDecoded: s.framesDecoded,
+        keyFramesDecoded: s.keyFramesDecoded, framesDropped: s.framesDropped, frameWidth: s.frameWidth,
+        frameHeight: s.frameHeight, framesPerSecond: s.framesPerSecond, freezeCount: s.freezeCount,
+        pliCount: s.pliCount, mimeType: codec.mimeType,
+      };
+    }
+    if (s.type === 'outbound-rtp' && s.kind === 'video') {
+      const codec = byId.get(s.codecId) || {};
+      figures.videoOut = {
+        packetsSent: s.packetsSent, framesEncoded: s.framesEncoded, framesSent: s.framesSent,
+        keyFramesEncoded: s.keyFramesEncoded, frameWidth: s.frameWidth, frameHeight: s.frameHeight,
+        pliCount: s.pliCount, mimeType: codec.mimeType,
+      };
+    }
     if (s.type === 'remote-inbound-rtp' && s.kind === 'audio') figures.remoteInbound = { packetsLost: s.packetsLost, roundTripTime: s.roundTripTime };
     if (s.type === 'transport') {
       figures.transport = { srtpCipher: s.srtpCipher, dtlsCipher: s.dtlsCipher, tlsVersion: s.tlsVersion, dtlsRole: s.dtlsRole, dtlsState: s.dtlsState };
@@ -97,6 +115,119 @@ async function stats(pc) {
     }
   });
   return figures;
+}
+
+// call-probe's test pattern (call-probe/src/video.rs, `read_picture`): a 20x15 grid of
+// blocks, the first 64 bits (white 235 = 1, black 16 = 0): a 24-bit counter and the 8-bit
+// pattern id, then the same 32 bits inverted as a check. Each block's mean luma over its
+// inner half; a block between 80 and 176 or a failed check: unreadable; dark and flat: black.
+const GRID_COLS = 20;
+const GRID_ROWS = 15;
+const BITS = 64;
+
+/** Reads a luma plane (`stride` bytes a row): {pattern, counter} | 'black' | 'unreadable'. */
+function readPicture(luma, stride, w, h) {
+  if (w < GRID_COLS * 4 || h < GRID_ROWS * 4) return 'unreadable';
+  const bw = Math.floor(w / GRID_COLS);
+  const bh = Math.floor(h / GRID_ROWS);
+  const blockMean = (bx, by) => {
+    const x0 = bx * bw + Math.floor(bw / 4);
+    const y0 = by * bh + Math.floor(bh / 4);
+    const x1 = x0 + Math.floor(bw / 2);
+    const y1 = y0 + Math.floor(bh / 2);
+    let sum = 0;
+    for (let y = y0; y < y1; y++) for (let x = x0; x < x1; x++) sum += luma[y * stride + x];
+    return Math.floor(sum / ((x1 - x0) * (y1 - y0)));
+  };
+  let low = 0; // bits 0..31, the data
+  let high = 0; // bits 32..63, the check
+  let clear = true;
+  for (let bit = 0; bit < BITS; bit++) {
+    const mean = blockMean(bit % GRID_COLS, Math.floor(bit / GRID_COLS));
+    if (mean > 176) {
+      if (bit < 32) low |= 1 << bit; else high |= 1 << (bit - 32);
+    } else if (mean >= 80) {
+      clear = false;
+    }
+  }
+  if (clear && (high >>> 0) === (~low >>> 0)) {
+    return { pattern: (low >>> 24) & 0xff, counter: (low >>> 0) & 0xffffff };
+  }
+  let min = 255; let max = 0; let sum = 0; let n = 0;
+  for (let i = 0; i < w * h; i += 7) {
+    const v = luma[Math.floor(i / w) * stride + (i % w)];
+    min = Math.min(min, v); max = Math.max(max, v); sum += v; n += 1;
+  }
+  return sum / n < 40 && max - min < 40 ? 'black' : 'unreadable';
+}
+
+/** Reads every frame of a received video track (MediaStreamTrackProcessor hands each frame
+ * the track delivers, up to 30 queued while the page is busy, so a stall loses none; its luma
+ * plane is copied out of the VideoFrame) until `stop()`;
+ * `figures()` sums them up as call-probe's receive report does. */
+function watchPattern(track) {
+  const seen = { framesRead: 0, countersRead: 0, countersMissing: 0, countersOutOfOrder: 0,
+    firstCounter: null, lastCounter: null, black: 0, unreadable: 0, patterns: [], width: null, height: null, formats: [] };
+  let stopped = false;
+  const reader = new MediaStreamTrackProcessor({ track, maxBufferSize: 30 }).readable.getReader();
+  const done = (async () => {
+    while (!stopped) {
+      const { value: frame, done: ended } = await reader.read();
+      if (ended) break;
+      try {
+        const rect = frame.visibleRect;
+        const w = rect.width;
+        const h = rect.height;
+        if (!seen.formats.includes(frame.format)) seen.formats.push(frame.format);
+        let luma;
+        let stride;
+        if (frame.format === 'I420' || frame.format === 'NV12' || frame.format === 'I420A') {
+          const buffer = new Uint8Array(frame.allocationSize());
+          const layout = await frame.copyTo(buffer);
+          luma = buffer.subarray(layout[0].offset);
+          stride = layout[0].stride;
+        } else {
+          // Anything else (RGB): drawn into a canvas, luma by BT.601 with the video range.
+          const canvas = new OffscreenCanvas(w, h);
+          const context = canvas.getContext('2d');
+          context.drawImage(frame, 0, 0, w, h);
+          const rgba = context.getImageData(0, 0, w, h).data;
+          luma = new Uint8Array(w * h);
+          for (let i = 0; i < w * h; i++) {
+            luma[i] = Math.round(16 + (65.481 * rgba[4 * i] + 128.553 * rgba[4 * i + 1] + 24.966 * rgba[4 * i + 2]) / 255);
+          }
+          stride = w;
+        }
+        seen.framesRead += 1;
+        seen.width = w;
+        seen.height = h;
+        const content = readPicture(luma, stride, w, h);
+        if (content === 'black') seen.black += 1;
+        else if (content === 'unreadable') seen.unreadable += 1;
+        else {
+          if (!seen.patterns.includes(content.pattern)) seen.patterns.push(content.pattern);
+          const last = seen.lastCounter;
+          if (last !== null) {
+            if (content.counter > last) seen.countersMissing += content.counter - last - 1;
+            else seen.countersOutOfOrder += 1;
+          }
+          if (seen.firstCounter === null) seen.firstCounter = content.counter;
+          if (last === null || content.counter > last) seen.lastCounter = content.counter;
+          seen.countersRead += 1;
+        }
+      } finally {
+        frame.close();
+      }
+    }
+  })();
+  return {
+    async stop() {
+      stopped = true;
+      reader.cancel().catch(() => {});
+      await Promise.race([done.catch(() => {}), new Promise((r) => setTimeout(r, 1000))]);
+    },
+    figures: () => seen,
+  };
 }
 
 async function run() {
@@ -140,8 +271,20 @@ async function run() {
   const iceServers = iceServersFor(handedIce, params.turn);
   if (params.turn && !iceServers.length) fail(`no ${params.turn} TURN server in ${JSON.stringify(handedIce)}`);
   const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: params.turn ? 'relay' : 'all' });
-  const microphone = await navigator.mediaDevices.getUserMedia({ audio: true });
+  const microphone = await navigator.mediaDevices.getUserMedia(params.video
+    ? { audio: true, video: { width: 320, height: 240, frameRate: 15 } }
+    : { audio: true });
   microphone.getTracks().forEach((track) => pc.addTrack(track, microphone));
+  let pattern = null;
+  if (params.video) {
+    // VP8 only (call-probe's codec), both for what the page sends and what it receives.
+    const vp8 = RTCRtpReceiver.getCapabilities('video').codecs.filter((c) => c.mimeType === 'video/VP8');
+    pc.getTransceivers().filter((t) => t.sender.track && t.sender.track.kind === 'video')
+      .forEach((t) => t.setCodecPreferences(vp8));
+    pc.ontrack = (event) => {
+      if (event.track.kind === 'video' && !pattern) pattern = watchPattern(event.track);
+    };
+  }
 
   let callId = null;
   let remoteSdp = null;
@@ -174,7 +317,7 @@ async function run() {
     callId = crypto.randomUUID();
     const offer = await pc.createOffer();
     await pc.setLocalDescription(offer);
-    callMessage('call_offer', { sdp: offer.sdp, withVideo: false, auth: identity.sign(peerKey, 'offer', callId, offer.sdp) });
+    callMessage('call_offer', { sdp: offer.sdp, withVideo: !!params.video, auth: identity.sign(peerKey, 'offer', callId, offer.sdp) });
     let answer;
     do answer = await signaling.next(['call_answer', 'call_reject'], 'call_answer', 30000);
     while ((answer.payload || {}).callId !== callId);
@@ -211,6 +354,10 @@ async function run() {
   const holdUntil = performance.now() + (params.holdMs || 3000);
   while (performance.now() < holdUntil && !ended) await new Promise((r) => setTimeout(r, 100));
   const figures = await stats(pc);
+  if (pattern) {
+    await pattern.stop();
+    figures.pattern = pattern.figures();
+  }
   // The certificate the peer presented in DTLS must be one its authenticated SDP named.
   const certificateMatched = !!figures.remoteCertificate && certificateMatches(remoteSdp, figures.remoteCertificate);
   if (params.role === 'call' && !ended) {

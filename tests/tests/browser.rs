@@ -4,7 +4,12 @@
 //! `wss://` registered with it, its list signed as `_zajel` TXT records)
 //! with the registry blocked: the DoH layer (RFC 8484 POST from the page)
 //! must win, and the relay must be verified (signed by the pinned registry
-//! key and proven over the browser's WebSocket).
+//! key and proven over the browser's WebSocket). Then calls between the
+//! page's RTCPeerConnection and call-probe both ways, with Chromium's fake
+//! camera and call-probe's VP8 test pattern in the video ones: each side
+//! decodes the other's frames, and the page reads call-probe's counter back
+//! frame by frame (Chromium's picture has no counter, so that direction
+//! checks frames and resolution only).
 //!
 //! Skips with a message only when /usr/bin/chromium is absent and `CI` is not
 //! `true`; in CI it must run.
@@ -253,6 +258,74 @@ fn assert_probe_heard_page(report: &call_probe::CallReport) {
     assert!(report.rtp.packets_sent > 10, "{:?}", report.rtp);
 }
 
+/// The least a call of a few seconds shows: frames decoded at 15 fps for over a second.
+const MIN_FRAMES: u64 = 15;
+
+/// call-probe decoded the page's video: Chromium's fake camera asked for 320x240, VP8.
+/// Chromium's picture carries no counter of ours, so unlike call-probe's own calls the
+/// counter is not checked in this direction: its frames must read `unreadable` (never a
+/// counter, never black).
+fn assert_probe_saw_page_video(report: &call_probe::CallReport) {
+    let video = report
+        .video
+        .as_ref()
+        .unwrap_or_else(|| panic!("call-probe has no video report: {report:#?}"));
+    let received = &video.received;
+    assert!(
+        received.frames_decoded >= MIN_FRAMES,
+        "call-probe decoded {} of Chromium's frames: {received:#?}",
+        received.frames_decoded
+    );
+    assert_eq!(
+        (received.width, received.height),
+        (Some(320), Some(240)),
+        "{received:#?}"
+    );
+    assert!(received.keyframes_received > 0, "{received:#?}");
+    assert_eq!(received.decode_errors, 0, "{received:#?}");
+    // A real camera's picture is never taken for a counter (nor for black): read_picture
+    // says unreadable for every frame.
+    assert_eq!(received.counters_read, 0, "{received:#?}");
+    assert_eq!(
+        received.unreadable_frames, received.frames_decoded,
+        "Chromium's frames read as something: {received:#?}"
+    );
+    assert!(video.sent.frames_sent >= MIN_FRAMES, "{:#?}", video.sent);
+}
+
+/// The page decoded call-probe's VP8 (getStats) and read its pattern back frame by frame
+/// (call.js's port of `read_picture`): the counter went up by one from frame to frame.
+fn assert_page_saw_probe_video(result: &serde_json::Value) {
+    let video_in = &result["stats"]["videoIn"];
+    assert_eq!(video_in["mimeType"], "video/VP8", "{result:#}");
+    assert!(
+        video_in["framesDecoded"].as_u64() >= Some(MIN_FRAMES),
+        "the page decoded too few frames: {result:#}"
+    );
+    assert_eq!(video_in["frameWidth"], 320, "{result:#}");
+    assert_eq!(video_in["frameHeight"], 240, "{result:#}");
+    assert_eq!(
+        result["stats"]["videoOut"]["mimeType"], "video/VP8",
+        "{result:#}"
+    );
+    assert!(
+        result["stats"]["videoOut"]["framesEncoded"].as_u64() >= Some(MIN_FRAMES),
+        "{result:#}"
+    );
+    let pattern = &result["stats"]["pattern"];
+    assert!(
+        pattern["countersRead"].as_u64() >= Some(MIN_FRAMES),
+        "the page read too few counters: {pattern:#}"
+    );
+    assert_eq!(pattern["patterns"], serde_json::json!([0]), "{pattern:#}");
+    assert_eq!(pattern["countersOutOfOrder"], 0, "{pattern:#}");
+    assert_eq!(pattern["unreadable"], 0, "{pattern:#}");
+    assert_eq!(
+        pattern["countersMissing"], 0,
+        "the counter skipped in the page: {pattern:#}"
+    );
+}
+
 /// AES-GCM, seen alike by call-probe (its DTLS ServerHello) and by the page's getStats:
 /// call-probe is the DTLS server in both directions and chooses by its own order, AES-GCM
 /// first (third_party/README.md); Chromium lists AES-CM first.
@@ -279,7 +352,8 @@ async fn chromium_calls_call_probe_directly_and_over_turn_tcp_and_tls_and_is_cal
     let step = Duration::from_secs(20);
 
     // call-probe answers three calls from the page: direct, then relay-only
-    // (the page's side) over TURN TCP and over TURN TLS.
+    // (the page's side) over TURN TCP and over TURN TLS; the first two with the
+    // page's fake camera too (video both ways).
     let mut options = AnswerOptions::new(setup.world.relay_url());
     options.line.loopback = true;
     options.line.with_stun = false;
@@ -299,13 +373,14 @@ async fn chromium_calls_call_probe_directly_and_over_turn_tcp_and_tls_and_is_cal
     }));
 
     let mut srtp = Vec::new();
-    for turn in [None, Some("tcp"), Some("tls")] {
+    for (turn, video) in [(None, true), (Some("tcp"), true), (Some("tls"), false)] {
         let params = serde_json::json!({
             "role": "call",
             "code": random_code().to_string(),
             "peer": answer_code,
             "turn": turn,
-            "holdMs": 2500,
+            "video": video,
+            "holdMs": if video { 3000 } else { 2500 },
         });
         let url = call_url(&setup, params);
         let args = vec![url, setup.spki.clone(), wav.clone()];
@@ -342,6 +417,25 @@ async fn chromium_calls_call_probe_directly_and_over_turn_tcp_and_tls_and_is_cal
             report.tone.detected.as_ref().map(|t| t.frequency_hz),
         );
         assert_gcm(&report.dtls, &result);
+        if video {
+            assert_probe_saw_page_video(&report);
+            assert_page_saw_probe_video(&result);
+            eprintln!(
+                "browser video call ({}): call-probe decoded {} frames {:?}x{:?} at {:?} fps ({} freezes); page decoded {} at {}x{}, read counters {}",
+                turn.unwrap_or("direct"),
+                report.video.as_ref().map_or(0, |v| v.received.frames_decoded),
+                report.video.as_ref().and_then(|v| v.received.width),
+                report.video.as_ref().and_then(|v| v.received.height),
+                report.video.as_ref().and_then(|v| v.received.frame_rate),
+                report.video.as_ref().map_or(0, |v| v.received.freezes),
+                result["stats"]["videoIn"]["framesDecoded"],
+                result["stats"]["videoIn"]["frameWidth"],
+                result["stats"]["videoIn"]["frameHeight"],
+                result["stats"]["pattern"],
+            );
+        } else {
+            assert!(report.video.is_none(), "an audio call: {:#?}", report.video);
+        }
         srtp.push((
             report.dtls.srtp_profile.clone(),
             result["stats"]["transport"]["srtpCipher"].clone(),
@@ -353,11 +447,12 @@ async fn chromium_calls_call_probe_directly_and_over_turn_tcp_and_tls_and_is_cal
         .expect("join")
         .expect("answerer");
 
-    // The reverse: call-probe calls the page.
+    // The reverse: call-probe calls the page, with video.
     let page_code = random_code();
     let params = serde_json::json!({
         "role": "answer",
         "code": page_code.to_string(),
+        "video": true,
         "holdMs": 2500,
     });
     let url = call_url(&setup, params);
@@ -378,13 +473,19 @@ async fn chromium_calls_call_probe_directly_and_over_turn_tcp_and_tls_and_is_cal
     call.line.step_timeout = step;
     call.line.require_authenticated = true;
     call.duration = Duration::from_secs(3);
+    call.with_video = true;
     let report = probe_call::run_call(&call).await;
     let result = tokio::task::block_in_place(|| script_result(child, "call.mjs", step * 2))
         .unwrap_or_else(|e| panic!("page answer: {e}"));
     assert_page_media(&result);
     assert_eq!(result["ended"], "hangup_remote", "{result:#}");
-    assert!(
-        report.error.is_none(),
+    // Chromium's picture has no counter of ours: call-probe's own verdict on video
+    // (`video_both_ways` wants counters read) is no, so its run ends `one_way_video`;
+    // frames decoded each way are asserted below instead.
+    assert_eq!(report.video_both_ways, Some(false), "{report:#?}");
+    assert_eq!(
+        report.error_kind,
+        Some(call_probe::error::ErrorKind::OneWayVideo),
         "call-probe call: {:?}",
         report.error
     );
@@ -397,6 +498,16 @@ async fn chromium_calls_call_probe_directly_and_over_turn_tcp_and_tls_and_is_cal
     );
     assert_eq!(result["authenticated"], true, "{result:#}");
     let engine = report.call.as_ref().expect("the engine's report");
+    assert_probe_saw_page_video(engine);
+    assert_page_saw_probe_video(&result);
+    eprintln!(
+        "browser video answer: call-probe decoded {} frames at {:?} fps ({} freezes); page decoded {}, read counters {}",
+        engine.video.as_ref().map_or(0, |v| v.received.frames_decoded),
+        engine.video.as_ref().and_then(|v| v.received.frame_rate),
+        engine.video.as_ref().map_or(0, |v| v.received.freezes),
+        result["stats"]["videoIn"]["framesDecoded"],
+        result["stats"]["pattern"],
+    );
     eprintln!(
         "browser answer: SRTP {} (page says {})",
         engine.dtls.srtp_profile.as_deref().unwrap_or("?"),

@@ -338,13 +338,19 @@ fn read_call(json: &Value, result: &mut ClientResult) {
     }
 }
 
-/// One side's received video for the matrix: frames decoded, freezes, the counter.
+/// One side's received video for the matrix: frames decoded, freezes (with the longest gap
+/// between decoded frames), the counter, the keyframe requests.
 fn video_line(side: &str, received: &Value) -> String {
+    let freezes = received["freezes"].as_u64().unwrap_or(0);
+    let gap = received["longest_gap_ms"]
+        .as_f64()
+        .map(|ms| format!(", longest gap {ms:.0} ms"))
+        .unwrap_or_default();
     format!(
-        "{side} decoded {} video frames ({:.0} fps, {} freezes, {} counters missing, {} PLI)",
+        "{side} decoded {} video frames ({:.0} fps; {freezes} freeze{}{gap}; {} counters missing; {} PLI)",
         received["frames_decoded"].as_u64().unwrap_or(0),
         received["frame_rate"].as_f64().unwrap_or(0.0),
-        received["freezes"].as_u64().unwrap_or(0),
+        if freezes == 1 { "" } else { "s" },
         received["counters_missing"].as_u64().unwrap_or(0),
         received["pli_sent"].as_u64().unwrap_or(0),
     )
