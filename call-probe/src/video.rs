@@ -434,11 +434,16 @@ pub struct VideoReport {
 }
 
 impl VideoReport {
-    /// Frames sent, and frames received and decoded with readable counters.
+    /// Frames sent, and frames received and decoded showing a picture: this tool's
+    /// pattern (counters read) or another source's, such as a browser's camera, whose
+    /// frames read as `unreadable` (neither the pattern nor black). A peer that sends
+    /// only black frames (its camera off all along), or nothing decodable, is not video.
+    /// The demo, where both sides are call-probe, also wants the counter continuous.
     pub fn both_ways(&self) -> bool {
+        let received = &self.received;
         self.sent.frames_sent > 0
-            && self.received.frames_decoded > 0
-            && self.received.counters_read > 0
+            && received.frames_decoded > 0
+            && (received.counters_read > 0 || received.unreadable_frames > 0)
     }
 }
 
@@ -631,6 +636,29 @@ mod tests {
 
     fn luma(picture: &[u8]) -> &[u8] {
         &picture[..(WIDTH * HEIGHT) as usize]
+    }
+
+    #[test]
+    fn video_both_ways_wants_a_picture_each_way_not_only_black() {
+        let report =
+            |sent: u64, decoded: u64, counters: u64, unreadable: u64, black: u64| VideoReport {
+                sent: VideoSendReport {
+                    frames_sent: sent,
+                    ..Default::default()
+                },
+                received: VideoReceiveReport {
+                    frames_decoded: decoded,
+                    counters_read: counters,
+                    unreadable_frames: unreadable,
+                    black_frames: black,
+                    ..Default::default()
+                },
+            };
+        assert!(report(30, 30, 30, 0, 0).both_ways(), "the pattern");
+        assert!(report(30, 30, 0, 30, 0).both_ways(), "a camera's picture");
+        assert!(!report(30, 30, 0, 0, 30).both_ways(), "black frames only");
+        assert!(!report(30, 0, 0, 0, 0).both_ways(), "nothing decoded");
+        assert!(!report(0, 30, 30, 0, 0).both_ways(), "nothing sent");
     }
 
     #[test]
