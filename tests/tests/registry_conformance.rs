@@ -1507,9 +1507,36 @@ fn comparable(reply: &Reply) -> (u16, BTreeMap<String, String>, String) {
         .iter()
         .filter(|(name, _)| !TRANSPORT_HEADERS.contains(&name.as_str()))
         .filter(|(name, _)| name.as_str() != "x-bootstrap-signature")
-        .map(|(name, value)| (name.clone(), value.clone()))
+        .map(|(name, value)| {
+            let value = if name == "etag" {
+                blank_etag(value)
+            } else {
+                value.clone()
+            };
+            (name.clone(), value)
+        })
         .collect();
     (reply.status, headers, blank_clock(&reply.text()))
+}
+
+/// An `ETag` of the list's shape (`"<timestamp hex>-<16 hex digits>"`, which
+/// differs with the clock and the list) as `"<timestamp>-<hash>"`; any other value as is.
+fn blank_etag(value: &str) -> String {
+    let shaped = value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .and_then(|v| v.split_once('-'))
+        .is_some_and(|(time, hash)| {
+            !time.is_empty()
+                && time.bytes().all(|b| b.is_ascii_hexdigit())
+                && hash.len() == 16
+                && hash.bytes().all(|b| b.is_ascii_hexdigit())
+        });
+    if shaped {
+        "\"<timestamp>-<hash>\"".to_string()
+    } else {
+        value.to_string()
+    }
 }
 
 /// Replaces the value of a top-level `"timestamp":` and the contents of a
