@@ -24,11 +24,18 @@
 //! test holds it to that), so hosts and clients see no difference but the
 //! `timestamp` (the snapshot's) and the peers' `lastSeen` (as of the
 //! snapshot, at most [`LIST_REFRESH_MS`] old).
+//!
+//! Each snapshot has an entity tag ([`ListSnapshot::etag`], sent as `ETag`)
+//! made of its timestamp and a 64-bit hash of its body, so two snapshots
+//! with different bodies never share one, even when built in the same
+//! millisecond; a client that sends it back in `If-None-Match` gets 304
+//! while that very snapshot is the one served.
 
 use std::collections::HashMap;
+use std::hash::Hasher;
+use std::ops::Range;
 
 use bytes::Bytes;
-use std::ops::Range;
 
 use zajel_wire::entry::ServerEntry;
 
@@ -55,6 +62,8 @@ pub struct ListSnapshot {
     pub list_body: Bytes,
     /// Its `X-Bootstrap-Signature`, when the registry signs.
     pub signature: Option<String>,
+    /// Its entity tag, quoted as `ETag` carries it: `"<timestamp hex>-<hash hex>"`.
+    pub etag: String,
 }
 
 impl ListSnapshot {
@@ -87,6 +96,7 @@ impl ListSnapshot {
         list_body.extend_from_slice(&joined);
         list_body.extend_from_slice(format!("],\"timestamp\":{now_ms}}}").as_bytes());
         let signature = sign(&list_body);
+        let etag = entity_tag(now_ms, &list_body);
         Self {
             built_ms: now_ms,
             expires_ms: now_ms.saturating_add(LIST_REFRESH_MS).min(earliest_stale),
@@ -95,7 +105,19 @@ impl ListSnapshot {
             index,
             list_body: Bytes::from(list_body),
             signature,
+            etag,
         }
+    }
+
+    /// Whether an `If-None-Match` value names this snapshot: one of its
+    /// comma-separated entity tags (weak or strong, compared weakly as RFC
+    /// 9110 asks for this header) is [`Self::etag`] or its gzip form
+    /// ([`gzip_etag`]), or it is `*`.
+    pub fn matches(&self, if_none_match: &str) -> bool {
+        if_none_match.split(',').map(str::trim).any(|tag| {
+            let tag = tag.strip_prefix("W/").unwrap_or(tag);
+            tag == "*" || tag == self.etag || tag == gzip_etag(&self.etag)
+        })
     }
 
     /// Whether this snapshot may still be served at `now_ms`.
@@ -142,6 +164,24 @@ impl ListSnapshot {
         body.extend_from_slice(TAIL);
         body
     }
+}
+
+/// The entity tag of the gzip-encoded list (a strong tag names one
+/// representation): `etag` with `-gzip` inside its quotes.
+pub fn gzip_etag(etag: &str) -> String {
+    match etag.strip_suffix('"') {
+        Some(open) => format!("{open}-gzip\""),
+        None => format!("{etag}-gzip"),
+    }
+}
+
+/// The entity tag of a body built at `built_ms`: its timestamp and a 64-bit
+/// SipHash of its bytes (fixed keys, so every instance of a host agrees).
+fn entity_tag(built_ms: u64, body: &[u8]) -> String {
+    #[allow(deprecated)] // SipHasher is the stable, keyed-by-zero SipHash-2-4.
+    let mut hasher = std::hash::SipHasher::new();
+    hasher.write(body);
+    format!("\"{built_ms:x}-{:016x}\"", hasher.finish())
 }
 
 #[cfg(test)]
@@ -219,5 +259,30 @@ mod tests {
             "the signature is made over the body"
         );
         assert!(signed.is_empty());
+    }
+
+    #[test]
+    fn the_entity_tag_names_one_body() {
+        let now = 1_000_000;
+        let one = ListSnapshot::build(&[entry(1, now)], now, 600_000, |_| None);
+        let again = ListSnapshot::build(&[entry(1, now)], now, 600_000, |_| None);
+        let other = ListSnapshot::build(&[entry(2, now)], now, 600_000, |_| None);
+        let later = ListSnapshot::build(&[entry(1, now)], now + 1, 600_000, |_| None);
+        assert_eq!(one.etag, again.etag, "same body, same tag");
+        assert_ne!(one.etag, other.etag, "another list in the same millisecond");
+        assert_ne!(one.etag, later.etag);
+        assert!(one.etag.starts_with('"') && one.etag.ends_with('"'));
+        assert!(one.matches(&one.etag));
+        assert!(one.matches(&format!("\"x\", W/{}", one.etag)));
+        assert!(one.matches("*"));
+        assert!(!one.matches(&other.etag));
+        assert!(!one.matches(""));
+        assert!(
+            !one.matches(one.etag.trim_matches('"')),
+            "unquoted is another tag"
+        );
+        assert!(one.matches(&gzip_etag(&one.etag)), "the gzip form");
+        assert_ne!(gzip_etag(&one.etag), one.etag);
+        assert!(!one.matches(&gzip_etag(&other.etag)));
     }
 }

@@ -464,7 +464,7 @@ impl<S: Store> Registry<S> {
                 },
             )),
             ("GET", "/") | ("GET", "/api/info") => Ok(json_response(200, &info())),
-            ("GET", "/servers") => self.list(now_ms),
+            ("GET", "/servers") => self.list(request, now_ms),
             ("POST", "/servers") => self.register(&request.body, &request.client, now_ms),
             ("POST", "/servers/heartbeat") => self.heartbeat(&request.body, now_ms),
             ("DELETE", path) if path.starts_with("/servers/") => {
@@ -496,9 +496,21 @@ impl<S: Store> Registry<S> {
         now_ms.saturating_sub(self.config.ttl_ms).saturating_add(1)
     }
 
-    fn list(&mut self, now_ms: u64) -> Outcome {
+    /// `GET /servers`: the kept signed body, or 304 without a body when the
+    /// request's `If-None-Match` names the snapshot served now (never an
+    /// older one: a client holding a list from before a change gets the new
+    /// body).
+    fn list(&mut self, request: &Request, now_ms: u64) -> Outcome {
         let snapshot = self.snapshot(now_ms)?;
-        let mut response = raw_json_response(200, snapshot.list_body.clone());
+        let unchanged = request
+            .header("If-None-Match")
+            .is_some_and(|tags| snapshot.matches(tags));
+        let mut response = if unchanged {
+            raw_json_response(304, Bytes::new())
+        } else {
+            raw_json_response(200, snapshot.list_body.clone())
+        };
+        response.headers.push(("ETag", snapshot.etag.clone()));
         response.headers.push((
             "Access-Control-Expose-Headers",
             LIST_SIGNATURE_HEADER.to_string(),
@@ -2002,6 +2014,64 @@ mod admission_tests {
         assert_eq!(
             peers_of(&heartbeat(&mut registry, &key(2), T0 + ttl)),
             Vec::<String>::new()
+        );
+    }
+
+    fn conditional_list(registry: &mut Registry<SqliteStore>, etag: &str, now: u64) -> Response {
+        let mut request = Request::new("GET", "/servers", "192.0.2.200");
+        request.headers.push(("if-none-match".into(), etag.into()));
+        registry.handle(&request, now)
+    }
+
+    /// `If-None-Match` with the served snapshot's `ETag` gets 304; hostile:
+    /// a client holding the list from before a removal (even one in the
+    /// same millisecond) or from before a refresh gets the new body.
+    #[test]
+    fn an_unchanged_list_is_answered_not_modified_and_a_changed_one_never() {
+        use crate::list_cache::LIST_REFRESH_MS;
+        let mut registry = listing_registry(600_000);
+        for n in 0..2 {
+            post(
+                &mut registry,
+                &key(n),
+                &format!("wss://r{n}.example"),
+                None,
+                &format!("192.0.{n}.1"),
+                T0,
+            );
+        }
+        let first = get_list(&mut registry, T0);
+        let etag = first.header("ETag").expect("an ETag").to_string();
+        let same = conditional_list(&mut registry, &etag, T0 + 5);
+        assert_eq!(same.status, 304);
+        assert!(same.body.is_empty());
+        assert_eq!(same.header("ETag"), Some(etag.as_str()));
+        assert_eq!(
+            same.header(LIST_SIGNATURE_HEADER),
+            first.header(LIST_SIGNATURE_HEADER),
+            "the kept body's signature still applies"
+        );
+        assert_eq!(same.header("Access-Control-Allow-Origin"), Some("*"));
+        assert_eq!(
+            conditional_list(&mut registry, "\"something-else\"", T0 + 5).status,
+            200
+        );
+        // A removal in the same millisecond: the old tag no longer matches.
+        assert_eq!(delete(&mut registry, &key(0), T0 + 5).status, 200);
+        let after = conditional_list(&mut registry, &etag, T0 + 5);
+        assert_eq!(after.status, 200);
+        assert_eq!(verified_timestamp(&after, T0 + 5), Ok(T0 + 5));
+        let list: ServerList = serde_json::from_slice(&after.body).unwrap();
+        assert_eq!(list.servers.len(), 1);
+        assert_eq!(list.servers[0].server_id, id(&key(1)));
+        let etag = after.header("ETag").unwrap().to_string();
+        // At the refresh age the list is signed again with a new timestamp: a new tag.
+        let refreshed = conditional_list(&mut registry, &etag, T0 + 5 + LIST_REFRESH_MS);
+        assert_eq!(refreshed.status, 200);
+        assert_ne!(refreshed.header("ETag"), Some(etag.as_str()));
+        assert_eq!(
+            verified_timestamp(&refreshed, T0 + 5 + LIST_REFRESH_MS),
+            Ok(T0 + 5 + LIST_REFRESH_MS)
         );
     }
 

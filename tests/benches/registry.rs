@@ -14,7 +14,21 @@
 //! - `BENCH_REQUESTS` (default 2000 per measurement up to 1,000 entries,
 //!   scaled down by entries/1,000 above, at least 200);
 //! - `BENCH_CLIENTS` (concurrent clients, default 8);
-//! - `BENCH_SKIP_WORKERD=1` (native only).
+//! - `BENCH_SKIP_WORKERD=1` (native only);
+//! - `BENCH_IF_NONE_MATCH=1`: list reads send back the `ETag` of the list
+//!   each client last read (a client that keeps its list; the hosts that
+//!   know `If-None-Match` answer 304 while their list is unchanged);
+//! - `BENCH_GZIP=1`: list reads send `Accept-Encoding: gzip` and the
+//!   clients decode gzip answers themselves (reqwest here has no gzip
+//!   feature), so their CPU time includes inflating.
+//!
+//! Beside each figure it prints the CPU time spent per request (from
+//! `/proc`): by the server (the in-process native host's runtime threads;
+//! a Worker's whole process tree, wrangler's Node proxy and workerd, with
+//! workerd's share apart) and by the bench's own clients (the rest of this
+//! process: reqwest, reading and parsing the answers), which run on the
+//! same cores, so a reader can see which side bounds the requests per
+//! second.
 //!
 //! Every host gets a fresh instance per size. The requests are the same for
 //! every host (registrations are signed again for each host, so none is
@@ -30,7 +44,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
-use tests::registry_host::{self, Profile, RunningRegistry};
+use tests::registry_host::{self, CpuSource, Profile, RunningRegistry};
 use zajel_client_net::now_ms;
 use zajel_wire::entry::{HeartbeatRequest, RegisterRequest, ServerList};
 
@@ -46,11 +60,103 @@ fn env_number(name: &str, default: usize) -> usize {
 
 type Prepared = (reqwest::Method, String, Option<Vec<u8>>);
 
+/// CPU time (user and system) from `/proc`.
+mod cpu {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use super::CpuSource;
+
+    fn ticks(ticks: u64) -> Duration {
+        // SAFETY: sysconf has no preconditions.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / per_second)
+    }
+
+    /// `(comm, ppid, utime + stime in ticks)` of one `stat` file.
+    fn parse_stat(stat: &str) -> Option<(String, u32, u64)> {
+        let open = stat.find('(')?;
+        let close = stat.rfind(')')?;
+        let comm = stat[open + 1..close].to_string();
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // After the comm: state, ppid, …, utime (14th field of the file), stime (15th).
+        let ppid = fields.get(1)?.parse().ok()?;
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some((comm, ppid, utime + stime))
+    }
+
+    /// This whole process, ended threads included.
+    pub fn this_process() -> Duration {
+        std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|stat| parse_stat(&stat))
+            .map_or(Duration::ZERO, |(_, _, t)| ticks(t))
+    }
+
+    /// What a registry spent so far: `(all of it, workerd's share)`.
+    pub fn of(source: CpuSource) -> (Duration, Duration) {
+        match source {
+            CpuSource::Threads(name) => {
+                let total = std::fs::read_dir("/proc/self/task")
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+                    .filter_map(|stat| parse_stat(&stat))
+                    .filter(|(comm, _, _)| comm == name)
+                    .map(|(_, _, t)| t)
+                    .sum();
+                (ticks(total), Duration::ZERO)
+            }
+            CpuSource::ProcessTree(root) => {
+                let processes: HashMap<u32, (String, u32, u64)> = std::fs::read_dir("/proc")
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|entry| {
+                        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+                        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+                        Some((pid, parse_stat(&stat)?))
+                    })
+                    .collect();
+                let in_tree = |mut pid: u32| loop {
+                    if pid == root {
+                        return true;
+                    }
+                    match processes.get(&pid) {
+                        Some((_, ppid, _)) if *ppid != 0 && *ppid != pid => pid = *ppid,
+                        _ => return false,
+                    }
+                };
+                let (mut total, mut workerd) = (0, 0);
+                for (&pid, (comm, _, t)) in &processes {
+                    if in_tree(pid) {
+                        total += t;
+                        if comm.starts_with("workerd") {
+                            workerd += t;
+                        }
+                    }
+                }
+                (ticks(total), ticks(workerd))
+            }
+        }
+    }
+}
+
 /// Latencies and time spent on one host in one measurement.
 #[derive(Default)]
 struct Samples {
     latencies: Vec<Duration>,
     elapsed: Duration,
+    /// CPU time of the server while it answered.
+    server_cpu: Duration,
+    /// Of which workerd's (Worker hosts).
+    workerd_cpu: Duration,
+    /// CPU time of the bench's clients meanwhile (this process, less an in-process server).
+    client_cpu: Duration,
+    /// Answers that were 304 Not Modified.
+    not_modified: usize,
 }
 
 /// One measured load: throughput and latency percentiles.
@@ -59,6 +165,11 @@ struct Figures {
     per_second: f64,
     p50: Duration,
     p99: Duration,
+    /// CPU µs per request: server, workerd's share of it, the bench's clients.
+    server_us: f64,
+    workerd_us: f64,
+    client_us: f64,
+    not_modified: usize,
 }
 
 impl Samples {
@@ -71,11 +182,16 @@ impl Samples {
                 .copied()
                 .unwrap_or_default()
         };
+        let per_request = |cpu: Duration| cpu.as_secs_f64() * 1e6 / n as f64;
         Figures {
             requests: self.latencies.len(),
             per_second: self.latencies.len() as f64 / self.elapsed.as_secs_f64().max(1e-9),
             p50: at(0.50),
             p99: at(0.99),
+            server_us: per_request(self.server_cpu),
+            workerd_us: per_request(self.workerd_cpu),
+            client_us: per_request(self.client_cpu),
+            not_modified: self.not_modified,
         }
     }
 }
@@ -91,24 +207,39 @@ fn measure(
     let requests = Arc::new(requests.to_vec());
     let next = Arc::new(AtomicUsize::new(0));
     let base = registry.base_url.clone();
+    let conditional = std::env::var("BENCH_IF_NONE_MATCH").as_deref() == Ok("1");
+    let gzip = std::env::var("BENCH_GZIP").as_deref() == Ok("1");
+    let source = registry.cpu_source();
+    let (server_before, workerd_before) = cpu::of(source);
+    let process_before = cpu::this_process();
     let started = Instant::now();
     let workers: Vec<_> = (0..clients)
         .map(|_| {
             let requests = requests.clone();
             let next = next.clone();
             let base = base.clone();
-            std::thread::spawn(move || -> Result<Vec<Duration>, String> {
+            std::thread::spawn(move || -> Result<(Vec<Duration>, usize), String> {
                 let http = reqwest::blocking::Client::builder()
                     .timeout(Duration::from_secs(120))
                     .build()
                     .map_err(|e| e.to_string())?;
                 let mut latencies = Vec::new();
+                let mut etag: Option<reqwest::header::HeaderValue> = None;
+                let mut not_modified = 0;
                 loop {
                     let index = next.fetch_add(1, Ordering::Relaxed);
                     let Some((method, path, body)) = requests.get(index) else {
-                        return Ok(latencies);
+                        return Ok((latencies, not_modified));
                     };
                     let mut request = http.request(method.clone(), format!("{base}{path}"));
+                    if let (true, Some(tag)) =
+                        (conditional && *method == reqwest::Method::GET, &etag)
+                    {
+                        request = request.header(reqwest::header::IF_NONE_MATCH, tag.clone());
+                    }
+                    if gzip && *method == reqwest::Method::GET {
+                        request = request.header(reqwest::header::ACCEPT_ENCODING, "gzip");
+                    }
                     if let Some(body) = body {
                         request = request
                             .header("Content-Type", "application/json")
@@ -117,8 +248,30 @@ fn measure(
                     let sent = Instant::now();
                     let response = request.send().map_err(|e| e.to_string())?;
                     let status = response.status();
-                    let body = response.bytes().map_err(|e| e.to_string())?;
+                    if let Some(tag) = response.headers().get(reqwest::header::ETAG) {
+                        etag = Some(tag.clone());
+                    }
+                    let gzipped = response
+                        .headers()
+                        .get(reqwest::header::CONTENT_ENCODING)
+                        .is_some_and(|coding| coding == "gzip");
+                    let received = response.bytes().map_err(|e| e.to_string())?;
+                    let body = if gzipped {
+                        let mut decoded = Vec::with_capacity(received.len() * 4);
+                        std::io::Read::read_to_end(
+                            &mut flate2::read::GzDecoder::new(&received[..]),
+                            &mut decoded,
+                        )
+                        .map_err(|e| format!("gzip body: {e}"))?;
+                        std::borrow::Cow::Owned(decoded)
+                    } else {
+                        std::borrow::Cow::Borrowed(&received[..])
+                    };
                     latencies.push(sent.elapsed());
+                    if status == reqwest::StatusCode::NOT_MODIFIED {
+                        not_modified += 1;
+                        continue;
+                    }
                     if !status.is_success() {
                         return Err(format!(
                             "{method} {path}: {status} {}",
@@ -135,11 +288,23 @@ fn measure(
             .join()
             .map_err(|_| "client thread panicked".to_string())
         {
-            Ok(Ok(latencies)) => samples.latencies.extend(latencies),
+            Ok(Ok((latencies, not_modified))) => {
+                samples.latencies.extend(latencies);
+                samples.not_modified += not_modified;
+            }
             Ok(Err(error)) | Err(error) => failure = Some(error),
         }
     }
     samples.elapsed += started.elapsed();
+    let process = cpu::this_process().saturating_sub(process_before);
+    let (server_after, workerd_after) = cpu::of(source);
+    let server = server_after.saturating_sub(server_before);
+    samples.server_cpu += server;
+    samples.workerd_cpu += workerd_after.saturating_sub(workerd_before);
+    samples.client_cpu += match source {
+        CpuSource::Threads(_) => process.saturating_sub(server),
+        CpuSource::ProcessTree(_) => process,
+    };
     failure.map_or(Ok(()), Err)
 }
 
@@ -338,6 +503,7 @@ fn main() {
     }
     println!("| entries | host | listed | GET /servers req/s | p50 | p99 | × anchor | heartbeat req/s | p50 | p99 | × anchor |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut cpu_rows = Vec::new();
     for (entries, requests, hosts) in results {
         let anchor_figures = hosts.iter().find(|h| h.name == ZAJEL && h.registry.is_ok());
         let anchor_rates = anchor_figures.map(|h| {
@@ -366,6 +532,23 @@ fn main() {
                 _ => "no anchor".into(),
             };
             let (list, beat) = (list.figures(), heartbeat.figures());
+            let workerd = |figures: &Figures| {
+                if figures.workerd_us > 0.0 {
+                    format!(" (workerd {:.0})", figures.workerd_us)
+                } else {
+                    String::new()
+                }
+            };
+            cpu_rows.push(format!(
+                "| {entries} | {name} | {:.0}{} | {:.0} | {} | {:.0}{} | {:.0} |",
+                list.server_us,
+                workerd(&list),
+                list.client_us,
+                list.not_modified,
+                beat.server_us,
+                workerd(&beat),
+                beat.client_us,
+            ));
             println!(
                 "| {entries} | {name} | {} | {:.0} | {:.2} ms | {:.2} ms | {} | {:.0} | {:.2} ms | {:.2} ms | {} |",
                 listed.map_or("?".into(), |n| n.to_string()),
@@ -385,6 +568,12 @@ fn main() {
                 );
             }
         }
+    }
+    println!("\nCPU time per request, µs (from /proc; the server's and the bench clients' on the same cores; a Worker's server time is wrangler's Node proxy and workerd together, workerd's share in brackets):\n");
+    println!("| entries | host | GET /servers: server | bench clients | 304 answers | heartbeat: server | bench clients |");
+    println!("|---|---|---|---|---|---|---|");
+    for row in cpu_rows {
+        println!("{row}");
     }
 }
 

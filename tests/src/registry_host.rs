@@ -96,12 +96,34 @@ pub fn repository_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The name of the in-process native host's runtime threads (workers and
+/// blocking pool), so benches can count their CPU apart from their clients'.
+pub const IN_PROCESS_THREAD_NAME: &str = "registry-host";
+
+/// Where a [`RunningRegistry`] spends its CPU time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuSource {
+    /// Threads of this process with this name.
+    Threads(&'static str),
+    /// This child process and every process under it.
+    ProcessTree(u32),
+}
+
 impl RunningRegistry {
     /// The child process behind this registry, if it runs as one.
     pub fn child(&mut self) -> Option<&mut ChildProcess> {
         match &mut self.guard {
             Guard::Child { process, .. } => Some(process),
             Guard::InProcess { .. } => None,
+        }
+    }
+
+    /// Where this registry's CPU time is spent, for benches: the threads
+    /// of the in-process host, or the child process (and its descendants).
+    pub fn cpu_source(&self) -> CpuSource {
+        match &self.guard {
+            Guard::Child { process, .. } => CpuSource::ProcessTree(process.id()),
+            Guard::InProcess { .. } => CpuSource::Threads(IN_PROCESS_THREAD_NAME),
         }
     }
 
@@ -206,6 +228,10 @@ fn in_process_keyed(
     let thread = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            .thread_name(IN_PROCESS_THREAD_NAME)
+            // Blocking threads live as long as the host, so a bench reading
+            // per-thread CPU times does not lose those of threads that ended.
+            .thread_keep_alive(Duration::from_secs(24 * 3600))
             .enable_all()
             .build()
             .expect("runtime");

@@ -10,6 +10,14 @@
 //! *Lists* (Zajel's scheme): `GET /servers` carries `X-Bootstrap-Signature`,
 //! standard base64 of an Ed25519 signature over the exact body bytes; the body's
 //! `timestamp` must be within [`FRESHNESS_WINDOW_MS`] of the client's clock.
+//! Our registry also sends `ETag` with the list (our extension, additive): a
+//! client that kept a list may send its tag back in `If-None-Match` and gets
+//! `304 Not Modified` without a body while the registry serves that very
+//! list (at most a minute old; any change to the listed set or a new
+//! timestamp gives a new tag, so a 304 never stands for a list older than
+//! the one served). The kept body and its `X-Bootstrap-Signature` are then
+//! checked again as on a 200; clients that send no `If-None-Match` (Zajel's)
+//! always get the body.
 //!
 //! *Server identity* (our extension, additive): a signed list or record says
 //! which `serverId` (Ed25519 key) serves an endpoint, but only the server

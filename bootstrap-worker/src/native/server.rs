@@ -16,6 +16,15 @@
 //! A background task ([`super::checker`]) runs the registry's admission
 //! checks; a registration answered 202 (waiting for its check) wakes it.
 //!
+//! A `GET /servers` whose `Accept-Encoding` allows gzip gets the kept list
+//! gzip-encoded ([`GzipList`]): compressed once per snapshot (keyed by its
+//! `ETag`) and shared after that, with `Content-Encoding: gzip`, `Vary:
+//! Accept-Encoding` and the gzip form of the tag. `X-Bootstrap-Signature`
+//! stays the signature over the uncompressed body, which is what every
+//! client checks after its HTTP stack has decoded the body (browsers'
+//! `fetch`, Dart's `HttpClient`, reqwest with its gzip feature). The
+//! Worker needs none of this: Cloudflare compresses Worker responses.
+//!
 //! The host also answers `GET /metrics` itself ([`super::metrics`]; the
 //! Worker does not have it), on the public listener or, with
 //! [`serve_split`] (`--metrics-listen`), only on a listener of its own, and decides which address a request's rate
@@ -43,6 +52,7 @@ use super::forwarded::TrustedProxies;
 use super::metrics::{self, RegistryMetrics};
 use super::sqlite::SqliteStore;
 use crate::config::MAX_BODY_BYTES;
+use crate::list_cache::gzip_etag;
 use crate::registry::{Registry, Request, Response};
 
 /// Most connections served at once; more wait in the listen backlog.
@@ -105,6 +115,7 @@ pub async fn serve_split(
         options.admission_trust.clone(),
     )));
     let host = Arc::new(Host {
+        gzip: Arc::default(),
         options,
         metrics: RegistryMetrics::default(),
         wake,
@@ -154,6 +165,8 @@ pub async fn serve_split(
 /// What every connection shares besides the registry.
 struct Host {
     options: HostOptions,
+    /// The kept list, gzip-encoded, for the snapshot it was made from.
+    gzip: Arc<GzipList>,
     metrics: RegistryMetrics,
     /// `/metrics` has a listener of its own: not on the public one.
     metrics_elsewhere: bool,
@@ -285,6 +298,8 @@ async fn answer(
         .options
         .trusted_proxies
         .client_address(peer.ip(), &headers);
+    let wants_gzip = accepts_gzip(&headers);
+    let gzip = host.gzip.clone();
     let mut core = Request::new(parts.method.as_str(), path, &client.to_string());
     core.headers = headers;
     let read = tokio::time::timeout(BODY_TIMEOUT, async {
@@ -323,10 +338,15 @@ async fn answer(
     }
     let oversize = core.body.len() > MAX_BODY_BYTES;
     let handled = tokio::task::spawn_blocking(move || {
-        let mut registry = registry
+        let response = registry
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        registry.handle(&core, now_ms())
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .handle(&core, now_ms());
+        if wants_gzip {
+            gzip.encode(response)
+        } else {
+            response
+        }
     })
     .await;
     let response = match handled {
@@ -350,6 +370,84 @@ async fn answer(
         response
     };
     (response, refused)
+}
+
+/// The kept `GET /servers` body gzip-encoded, with the `ETag` of the
+/// snapshot it was made from: compressed by the first request that wants
+/// it after the snapshot changed (the others wait for that one), shared
+/// by every request after.
+#[derive(Default)]
+pub struct GzipList {
+    kept: Mutex<Option<(String, Bytes)>>,
+}
+
+impl GzipList {
+    /// `response` as the client that accepts gzip gets it: a list (200 or
+    /// 304, the ones carrying an `ETag`) with the gzip tag and `Vary`, a
+    /// 200's body compressed; any other response unchanged.
+    pub fn encode(&self, mut response: Response) -> Response {
+        let Some(etag) = response.header("ETag").map(str::to_string) else {
+            return response;
+        };
+        if response.status == 200 {
+            let mut kept = self
+                .kept
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let body = match kept.as_ref() {
+                Some((tag, body)) if *tag == etag => body.clone(),
+                _ => {
+                    let Some(body) = gzip(&response.body) else {
+                        return response;
+                    };
+                    kept.insert((etag.clone(), body)).1.clone()
+                }
+            };
+            response.body = body;
+            response.headers.push(("Content-Encoding", "gzip".into()));
+        } else if response.status != 304 {
+            return response;
+        }
+        for (name, value) in &mut response.headers {
+            if name.eq_ignore_ascii_case("ETag") {
+                *value = gzip_etag(&etag);
+            }
+        }
+        response.headers.push(("Vary", "Accept-Encoding".into()));
+        response
+    }
+}
+
+fn gzip(body: &[u8]) -> Option<Bytes> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 2),
+        flate2::Compression::default(),
+    );
+    encoder.write_all(body).ok()?;
+    encoder.finish().ok().map(Bytes::from)
+}
+
+/// Whether `Accept-Encoding` allows gzip: `gzip` (or `x-gzip`) listed
+/// without `q=0`. `*` is not taken as gzip (only clients that name it get it).
+pub fn accepts_gzip(headers: &[(String, String)]) -> bool {
+    headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("accept-encoding"))
+        .flat_map(|(_, value)| value.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or_default();
+            let gzip = name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip");
+            let refused = parts.any(|parameter| {
+                parameter
+                    .strip_prefix("q=")
+                    .or_else(|| parameter.strip_prefix("Q="))
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            gzip && !refused
+        })
 }
 
 /// `response` with `Connection: close`: the connection ends once it is written.
@@ -376,4 +474,73 @@ fn plain(status: u16, text: &str) -> hyper::Response<Full<Bytes>> {
     *response.status_mut() =
         hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_REQUEST);
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(value: &str) -> Vec<(String, String)> {
+        vec![("Accept-Encoding".to_string(), value.to_string())]
+    }
+
+    #[test]
+    fn gzip_is_served_only_to_clients_that_name_it() {
+        assert!(accepts_gzip(&headers("gzip")));
+        assert!(accepts_gzip(&headers("br, GZIP;q=0.5")));
+        assert!(accepts_gzip(&headers("deflate, x-gzip")));
+        assert!(!accepts_gzip(&headers("gzip;q=0")));
+        assert!(!accepts_gzip(&headers("gzip; q=0.000")));
+        assert!(!accepts_gzip(&headers("br, *")));
+        assert!(!accepts_gzip(&headers("identity")));
+        assert!(!accepts_gzip(&[]));
+    }
+
+    fn list(status: u16, etag: &str, body: &'static [u8]) -> Response {
+        Response {
+            status,
+            headers: vec![
+                ("Content-Type", "application/json".into()),
+                ("ETag", etag.into()),
+                ("X-Bootstrap-Signature", "sig".into()),
+            ],
+            body: Bytes::from_static(body),
+            refusal: None,
+            refused: None,
+        }
+    }
+
+    fn gunzip(body: &[u8]) -> Vec<u8> {
+        use std::io::Read;
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(body)
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn the_gzip_body_decodes_to_the_signed_body_and_follows_the_snapshot() {
+        let cache = GzipList::default();
+        let first = cache.encode(list(200, "\"1-a\"", b"{\"servers\":[],\"timestamp\":1}"));
+        assert_eq!(first.header("Content-Encoding"), Some("gzip"));
+        assert_eq!(first.header("Vary"), Some("Accept-Encoding"));
+        assert_eq!(first.header("ETag"), Some("\"1-a-gzip\""));
+        assert_eq!(first.header("X-Bootstrap-Signature"), Some("sig"));
+        assert_eq!(gunzip(&first.body), b"{\"servers\":[],\"timestamp\":1}");
+        // The same snapshot: the kept bytes, shared.
+        let again = cache.encode(list(200, "\"1-a\"", b"{\"servers\":[],\"timestamp\":1}"));
+        assert_eq!(again.body.as_ptr(), first.body.as_ptr());
+        // A new snapshot is never answered with the old compressed body.
+        let next = cache.encode(list(200, "\"2-b\"", b"{\"servers\":[],\"timestamp\":2}"));
+        assert_eq!(gunzip(&next.body), b"{\"servers\":[],\"timestamp\":2}");
+        // 304: the gzip tag, no body; anything without an ETag is untouched.
+        let not_modified = cache.encode(list(304, "\"2-b\"", b""));
+        assert!(not_modified.body.is_empty());
+        assert_eq!(not_modified.header("ETag"), Some("\"2-b-gzip\""));
+        assert_eq!(not_modified.header("Content-Encoding"), None);
+        let mut health = list(200, "x", b"{}");
+        health.headers.retain(|(name, _)| *name != "ETag");
+        assert_eq!(cache.encode(health.clone()), health);
+    }
 }
