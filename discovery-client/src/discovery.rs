@@ -446,21 +446,7 @@ impl Driver {
 fn remember(path: &std::path::Path, checked: Vec<CheckedServer>) -> Result<(), String> {
     let now = crate::now_ms();
     Store::new(path)
-        .update(now, |data| {
-            for server in checked {
-                if server.answered {
-                    data.record_ok(
-                        &server.url,
-                        server.verified,
-                        server.server_id,
-                        server.rtt_ms,
-                        now,
-                    );
-                } else {
-                    data.record_failure(&server.url, now);
-                }
-            }
-        })
+        .update(now, |data| data.remember(checked, now))
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
@@ -507,7 +493,7 @@ fn local_layer(
                 let t = shared.ms();
                 add(
                     store.path.display().to_string(),
-                    store_source(layer, &store.data, &store.warnings),
+                    store.data.source(layer, &store.warnings),
                     t,
                 );
             }
@@ -532,47 +518,6 @@ fn local_layer(
     }
     inputs.push(Input::LayerDone(layer));
     inputs
-}
-
-/// The cache or referral layer's reading of the store.
-fn store_source(layer: Layer, data: &StoreData, store_warnings: &[String]) -> SourceFindings {
-    let found: Vec<Found> = if layer == Layer::Cache {
-        data.servers
-            .iter()
-            .map(|s| Found {
-                url: s.url.clone(),
-                verified: s.verified,
-                server_id: s.server_id.clone(),
-                last_ok_ms: Some(s.last_ok_ms),
-            })
-            .collect()
-    } else {
-        data.referrals
-            .iter()
-            .map(|r| Found::unverified(r.url.clone()))
-            .collect()
-    };
-    let outcome = if found.is_empty() {
-        Outcome::Empty
-    } else {
-        Outcome::Ok
-    };
-    let mut detail = if layer == Layer::Referral {
-        data.referrals
-            .iter()
-            .map(|r| format!("{} from contact {}", r.url, r.code))
-            .collect::<Vec<_>>()
-            .join("; ")
-    } else {
-        String::new()
-    };
-    if layer == Layer::Cache && !store_warnings.is_empty() {
-        detail = store_warnings.join("; ");
-    }
-    if found.is_empty() && detail.is_empty() {
-        detail = "no entries".into();
-    }
-    (outcome, detail, found)
 }
 
 /// Fetches every registry's list in parallel (the machine times the layer out).
