@@ -543,16 +543,7 @@ fn spawn_registry_layer(inner: Arc<Inner>, tx: Sender, shared: Arc<Shared>) {
             let Ok((url, t, result)) = joined else {
                 continue;
             };
-            let found: Vec<Found> = result
-                .servers
-                .iter()
-                .map(|s| Found {
-                    url: s.endpoint.clone(),
-                    verified: result.verified,
-                    server_id: Some(s.server_id.clone()),
-                    last_ok_ms: None,
-                })
-                .collect();
+            let found = result.found();
             let report = source_report(
                 registry::servers_url(&url).to_string(),
                 result.outcome,

@@ -11,6 +11,7 @@ use ed25519_dalek::VerifyingKey;
 use serde::Deserialize;
 use url::Url;
 use zajel_discovery_core::discovery::Rules;
+pub use zajel_discovery_core::registry_list::servers_url;
 use zajel_discovery_core::txt;
 
 /// The storage key the cache and referrals live under by default.
@@ -189,18 +190,6 @@ impl Options {
             write_cache: self.write_cache.unwrap_or(true),
         })
     }
-}
-
-/// The `/servers` URL of a registry given by its base URL (or the full URL),
-/// as the native client names it.
-pub fn servers_url(registry: &Url) -> Url {
-    if registry.path().trim_end_matches('/').ends_with("/servers") {
-        return registry.clone();
-    }
-    let mut url = registry.clone();
-    let path = format!("{}/servers", registry.path().trim_end_matches('/'));
-    url.set_path(&path);
-    url
 }
 
 /// How a DoH source is named in the report (as the native client names it).

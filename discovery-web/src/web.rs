@@ -352,16 +352,7 @@ impl Run {
     async fn registry_source(self: Rc<Self>, url: Url) {
         let t = self.ms();
         let result = fetch_registry(&url, &self.config).await;
-        let found: Vec<Found> = result
-            .servers
-            .iter()
-            .map(|s| Found {
-                url: s.endpoint.clone(),
-                verified: result.verified,
-                server_id: Some(s.server_id.clone()),
-                last_ok_ms: None,
-            })
-            .collect();
+        let found = result.found();
         let report = source_report(
             servers_url(&url).to_string(),
             result.outcome,
