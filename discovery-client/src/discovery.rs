@@ -24,8 +24,9 @@ use url::Url;
 use zajel_client_net::registry_http::RegistryHttp;
 use zajel_client_net::tls;
 use zajel_discovery_core::discovery::{
-    handover, manual_source, share_link_source, source_report, CheckResult, CheckedServer,
-    DiscoveryState, Found, Handover, Input, Output, Rules, SourceFindings,
+    doh_queries, doh_source, handover, manual_source, share_link_source, source_report,
+    CheckResult, CheckedServer, DiscoveryState, Found, Handover, Input, Output, Rules,
+    SourceFindings, DEFAULT_CHECK_TIMEOUT,
 };
 
 use crate::doh::{self, DohServer};
@@ -98,7 +99,9 @@ pub struct Config {
 }
 
 impl Default for Config {
+    /// The defaults every client starts from (discovery-core's [`Rules`]).
     fn default() -> Self {
+        let rules = Rules::default();
         Self {
             registries: Vec::new(),
             registry_keys: Vec::new(),
@@ -107,14 +110,14 @@ impl Default for Config {
             store_path: None,
             share_links: Vec::new(),
             manual: Vec::new(),
-            allow_private: false,
+            allow_private: rules.allow_private,
             extra_roots: Vec::new(),
-            layer_timeout: Duration::from_secs(3),
-            probe_timeout: Duration::from_secs(3),
-            stagger: Duration::from_millis(50),
-            max_parallel_probes: 16,
-            stall_after: Duration::from_millis(50),
-            max_probes_in_flight: 512,
+            layer_timeout: rules.layer_timeout,
+            probe_timeout: DEFAULT_CHECK_TIMEOUT,
+            stagger: rules.stagger,
+            max_parallel_probes: rules.max_parallel_checks,
+            stall_after: rules.stall_after,
+            max_probes_in_flight: rules.max_checks_in_flight,
             write_cache: true,
         }
     }
@@ -166,7 +169,7 @@ impl Discovery {
                 .iter()
                 .map(|url| registry::servers_url(url).to_string())
                 .collect(),
-            doh_sources: doh_queries(config)
+            doh_sources: doh_queries(&config.doh_servers, &config.domains)
                 .map(|(server, _, name)| doh_source(server, &name))
                 .collect(),
             remember: config.write_cache && config.store_path.is_some(),
@@ -561,27 +564,13 @@ fn spawn_registry_layer(inner: Arc<Inner>, tx: Sender, shared: Arc<Shared>) {
     });
 }
 
-/// Every (resolver, domain) pair of the DoH layer, with the name asked.
-fn doh_queries(config: &Config) -> impl Iterator<Item = (&DohServer, &String, String)> {
-    config.doh_servers.iter().flat_map(|server| {
-        config
-            .domains
-            .iter()
-            .map(move |domain| (server, domain, txt::record_name(domain)))
-    })
-}
-
-/// How a DoH source is named in the report.
-fn doh_source(server: &DohServer, name: &str) -> String {
-    format!("{server} → {name}")
-}
-
 /// Queries every (resolver, domain) pair in parallel and verifies the records
 /// (the machine times the layer out).
 fn spawn_doh_layer(inner: Arc<Inner>, tx: Sender, shared: Arc<Shared>) {
     tokio::spawn(async move {
         let mut tasks = tokio::task::JoinSet::new();
-        for (server, domain, name) in doh_queries(&inner.config) {
+        for (server, domain, name) in doh_queries(&inner.config.doh_servers, &inner.config.domains)
+        {
             let inner = inner.clone();
             let shared = shared.clone();
             let (server, domain) = (server.clone(), domain.clone());

@@ -88,6 +88,10 @@ use crate::txt::Revocation;
 /// How long a server that worked counts as recently working in ranking.
 pub const RECENT_MS: u64 = 24 * 3600 * 1000;
 
+/// The drivers' default longest wait for one candidate's `pong` (the other
+/// defaults every client starts from are [`Rules::default`]'s).
+pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The rules of one run.
 #[derive(Debug, Clone)]
 pub struct Rules {
@@ -290,6 +294,24 @@ pub fn source_report(
         started_ms,
         finished_ms,
     }
+}
+
+/// How the report names a DoH source: the resolver, then the name asked.
+pub fn doh_source(resolver: impl std::fmt::Display, name: &str) -> String {
+    format!("{resolver} → {name}")
+}
+
+/// Every (resolver, domain) pair of the DoH layer, with the name asked
+/// (`_zajel.<domain>.`), resolver by resolver.
+pub fn doh_queries<'a, R>(
+    resolvers: &'a [R],
+    domains: &'a [String],
+) -> impl Iterator<Item = (&'a R, &'a String, String)> + 'a {
+    resolvers.iter().flat_map(move |resolver| {
+        domains
+            .iter()
+            .map(move |domain| (resolver, domain, crate::txt::record_name(domain)))
+    })
 }
 
 /// What one source of a local layer amounts to: its outcome, the reason in
@@ -1211,6 +1233,25 @@ mod tests {
         for layer in [Layer::Cache, Layer::Referral, Layer::Qr, Layer::Manual] {
             state.handle(now, Input::LayerDone(layer));
         }
+    }
+
+    #[test]
+    fn doh_sources_are_named_resolver_by_resolver() {
+        let resolvers = ["https://a.example/dns-query", "https://b.example/q"];
+        let domains = ["Example.org".to_string(), "zajel.example".to_string()];
+        let named: Vec<String> = doh_queries(&resolvers, &domains)
+            .map(|(resolver, _, name)| doh_source(resolver, &name))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                "https://a.example/dns-query → _zajel.example.org.",
+                "https://a.example/dns-query → _zajel.zajel.example.",
+                "https://b.example/q → _zajel.example.org.",
+                "https://b.example/q → _zajel.zajel.example.",
+            ]
+        );
+        assert_eq!(doh_queries(&resolvers, &[]).count(), 0);
     }
 
     #[test]
