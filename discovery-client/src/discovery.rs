@@ -606,16 +606,7 @@ fn spawn_doh_layer(inner: Arc<Inner>, tx: Sender, shared: Arc<Shared>) {
                         refused: Vec::new(),
                     },
                 };
-                let found = check
-                    .entries
-                    .into_iter()
-                    .map(|entry| Found {
-                        url: entry.endpoint,
-                        verified: true,
-                        server_id: Some(entry.server_id),
-                        last_ok_ms: None,
-                    })
-                    .collect();
+                let found = check.entries.into_iter().map(Found::from).collect();
                 if !check.revocations.is_empty() {
                     let _ = tx.send(Input::Revoked(check.revocations.clone()));
                     remember_revocations(&inner.config, check.revocations).await;

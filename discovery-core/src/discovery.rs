@@ -83,7 +83,7 @@ use crate::report::{
     Candidate, CandidateReport, Layer, LayerReport, Outcome, Report, SourceReport, Verdict,
 };
 use crate::share::ShareLink;
-use crate::txt::Revocation;
+use crate::txt::{Revocation, TxtEntry};
 
 /// How long a server that worked counts as recently working in ranking.
 pub const RECENT_MS: u64 = 24 * 3600 * 1000;
@@ -155,6 +155,18 @@ impl Found {
             url: url.into(),
             verified: false,
             server_id: None,
+            last_ok_ms: None,
+        }
+    }
+}
+
+impl From<TxtEntry> for Found {
+    /// A server of a TXT record that verified: signed, to prove its `serverId`.
+    fn from(entry: TxtEntry) -> Self {
+        Self {
+            url: entry.endpoint,
+            verified: true,
+            server_id: Some(entry.server_id),
             last_ok_ms: None,
         }
     }
@@ -1233,6 +1245,25 @@ mod tests {
         for layer in [Layer::Cache, Layer::Referral, Layer::Qr, Layer::Manual] {
             state.handle(now, Input::LayerDone(layer));
         }
+    }
+
+    #[test]
+    fn a_verified_txt_entry_is_found_signed_with_its_server_id() {
+        let found = Found::from(TxtEntry {
+            server_id: "ed25519:k".into(),
+            endpoint: "wss://relay.example/ws".into(),
+            region: "eu".into(),
+            expires: 1,
+        });
+        assert_eq!(
+            found,
+            Found {
+                url: "wss://relay.example/ws".into(),
+                verified: true,
+                server_id: Some("ed25519:k".into()),
+                last_ok_ms: None,
+            }
+        );
     }
 
     #[test]

@@ -380,16 +380,7 @@ impl Run {
                 &self.config.registry_keys,
                 unix_ms() / 1000,
             );
-            let found = check
-                .entries
-                .into_iter()
-                .map(|entry| Found {
-                    url: entry.endpoint,
-                    verified: true,
-                    server_id: Some(entry.server_id),
-                    last_ok_ms: None,
-                })
-                .collect();
+            let found = check.entries.into_iter().map(Found::from).collect();
             if !check.revocations.is_empty() {
                 if let Some(store) = self.store.as_ref().filter(|_| self.config.write_cache) {
                     let revocations = check.revocations.clone();
