@@ -24,8 +24,9 @@ use url::Url;
 use zajel_client_net::registry_http::RegistryHttp;
 use zajel_client_net::tls;
 use zajel_discovery_core::discovery::{
-    handover, manual_source, share_link_source, source_report, CheckResult, CheckedServer,
-    DiscoveryState, Found, Handover, Input, Output, Rules, SourceFindings,
+    doh_queries, doh_source, handover, manual_source, share_link_source, source_report,
+    CheckResult, CheckedServer, DiscoveryState, Found, Handover, Input, Output, Rules,
+    SourceFindings, DEFAULT_CHECK_TIMEOUT,
 };
 
 use crate::doh::{self, DohServer};
@@ -98,7 +99,9 @@ pub struct Config {
 }
 
 impl Default for Config {
+    /// The defaults every client starts from (discovery-core's [`Rules`]).
     fn default() -> Self {
+        let rules = Rules::default();
         Self {
             registries: Vec::new(),
             registry_keys: Vec::new(),
@@ -107,14 +110,14 @@ impl Default for Config {
             store_path: None,
             share_links: Vec::new(),
             manual: Vec::new(),
-            allow_private: false,
+            allow_private: rules.allow_private,
             extra_roots: Vec::new(),
-            layer_timeout: Duration::from_secs(3),
-            probe_timeout: Duration::from_secs(3),
-            stagger: Duration::from_millis(50),
-            max_parallel_probes: 16,
-            stall_after: Duration::from_millis(50),
-            max_probes_in_flight: 512,
+            layer_timeout: rules.layer_timeout,
+            probe_timeout: DEFAULT_CHECK_TIMEOUT,
+            stagger: rules.stagger,
+            max_parallel_probes: rules.max_parallel_checks,
+            stall_after: rules.stall_after,
+            max_probes_in_flight: rules.max_checks_in_flight,
             write_cache: true,
         }
     }
@@ -166,7 +169,7 @@ impl Discovery {
                 .iter()
                 .map(|url| registry::servers_url(url).to_string())
                 .collect(),
-            doh_sources: doh_queries(config)
+            doh_sources: doh_queries(&config.doh_servers, &config.domains)
                 .map(|(server, _, name)| doh_source(server, &name))
                 .collect(),
             remember: config.write_cache && config.store_path.is_some(),
@@ -446,21 +449,7 @@ impl Driver {
 fn remember(path: &std::path::Path, checked: Vec<CheckedServer>) -> Result<(), String> {
     let now = crate::now_ms();
     Store::new(path)
-        .update(now, |data| {
-            for server in checked {
-                if server.answered {
-                    data.record_ok(
-                        &server.url,
-                        server.verified,
-                        server.server_id,
-                        server.rtt_ms,
-                        now,
-                    );
-                } else {
-                    data.record_failure(&server.url, now);
-                }
-            }
-        })
+        .update(now, |data| data.remember(checked, now))
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
@@ -507,7 +496,7 @@ fn local_layer(
                 let t = shared.ms();
                 add(
                     store.path.display().to_string(),
-                    store_source(layer, &store.data, &store.warnings),
+                    store.data.source(layer, &store.warnings),
                     t,
                 );
             }
@@ -534,47 +523,6 @@ fn local_layer(
     inputs
 }
 
-/// The cache or referral layer's reading of the store.
-fn store_source(layer: Layer, data: &StoreData, store_warnings: &[String]) -> SourceFindings {
-    let found: Vec<Found> = if layer == Layer::Cache {
-        data.servers
-            .iter()
-            .map(|s| Found {
-                url: s.url.clone(),
-                verified: s.verified,
-                server_id: s.server_id.clone(),
-                last_ok_ms: Some(s.last_ok_ms),
-            })
-            .collect()
-    } else {
-        data.referrals
-            .iter()
-            .map(|r| Found::unverified(r.url.clone()))
-            .collect()
-    };
-    let outcome = if found.is_empty() {
-        Outcome::Empty
-    } else {
-        Outcome::Ok
-    };
-    let mut detail = if layer == Layer::Referral {
-        data.referrals
-            .iter()
-            .map(|r| format!("{} from contact {}", r.url, r.code))
-            .collect::<Vec<_>>()
-            .join("; ")
-    } else {
-        String::new()
-    };
-    if layer == Layer::Cache && !store_warnings.is_empty() {
-        detail = store_warnings.join("; ");
-    }
-    if found.is_empty() && detail.is_empty() {
-        detail = "no entries".into();
-    }
-    (outcome, detail, found)
-}
-
 /// Fetches every registry's list in parallel (the machine times the layer out).
 fn spawn_registry_layer(inner: Arc<Inner>, tx: Sender, shared: Arc<Shared>) {
     tokio::spawn(async move {
@@ -598,16 +546,7 @@ fn spawn_registry_layer(inner: Arc<Inner>, tx: Sender, shared: Arc<Shared>) {
             let Ok((url, t, result)) = joined else {
                 continue;
             };
-            let found: Vec<Found> = result
-                .servers
-                .iter()
-                .map(|s| Found {
-                    url: s.endpoint.clone(),
-                    verified: result.verified,
-                    server_id: Some(s.server_id.clone()),
-                    last_ok_ms: None,
-                })
-                .collect();
+            let found = result.found();
             let report = source_report(
                 registry::servers_url(&url).to_string(),
                 result.outcome,
@@ -625,27 +564,13 @@ fn spawn_registry_layer(inner: Arc<Inner>, tx: Sender, shared: Arc<Shared>) {
     });
 }
 
-/// Every (resolver, domain) pair of the DoH layer, with the name asked.
-fn doh_queries(config: &Config) -> impl Iterator<Item = (&DohServer, &String, String)> {
-    config.doh_servers.iter().flat_map(|server| {
-        config
-            .domains
-            .iter()
-            .map(move |domain| (server, domain, txt::record_name(domain)))
-    })
-}
-
-/// How a DoH source is named in the report.
-fn doh_source(server: &DohServer, name: &str) -> String {
-    format!("{server} → {name}")
-}
-
 /// Queries every (resolver, domain) pair in parallel and verifies the records
 /// (the machine times the layer out).
 fn spawn_doh_layer(inner: Arc<Inner>, tx: Sender, shared: Arc<Shared>) {
     tokio::spawn(async move {
         let mut tasks = tokio::task::JoinSet::new();
-        for (server, domain, name) in doh_queries(&inner.config) {
+        for (server, domain, name) in doh_queries(&inner.config.doh_servers, &inner.config.domains)
+        {
             let inner = inner.clone();
             let shared = shared.clone();
             let (server, domain) = (server.clone(), domain.clone());
@@ -681,16 +606,7 @@ fn spawn_doh_layer(inner: Arc<Inner>, tx: Sender, shared: Arc<Shared>) {
                         refused: Vec::new(),
                     },
                 };
-                let found = check
-                    .entries
-                    .into_iter()
-                    .map(|entry| Found {
-                        url: entry.endpoint,
-                        verified: true,
-                        server_id: Some(entry.server_id),
-                        last_ok_ms: None,
-                    })
-                    .collect();
+                let found = check.entries.into_iter().map(Found::from).collect();
                 if !check.revocations.is_empty() {
                     let _ = tx.send(Input::Revoked(check.revocations.clone()));
                     remember_revocations(&inner.config, check.revocations).await;

@@ -29,6 +29,8 @@ use url::Url;
 use crate::net;
 use crate::report::Outcome;
 
+pub use zajel_discovery_core::txt::TxtAnswer;
+
 /// One DoH server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DohServer {
@@ -148,15 +150,6 @@ impl DohServer {
     }
 }
 
-/// What one DoH server answered for one name.
-#[derive(Debug, Clone)]
-pub struct TxtAnswer {
-    pub outcome: Outcome,
-    pub detail: String,
-    /// Each TXT record's strings, concatenated.
-    pub records: Vec<Vec<u8>>,
-}
-
 /// Asks one DoH server for the TXT records at `name`.
 pub async fn query_txt(
     server: &DohServer,
@@ -213,15 +206,7 @@ pub async fn query_txt(
                         _ => None,
                     })
                     .collect();
-                TxtAnswer {
-                    outcome: if records.is_empty() {
-                        Outcome::Empty
-                    } else {
-                        Outcome::Ok
-                    },
-                    detail: String::new(),
-                    records,
-                }
+                TxtAnswer::of_records(records, "")
             }
             Err(error) => {
                 let (outcome, detail) = classify_net_error(&error);

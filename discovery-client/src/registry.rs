@@ -16,18 +16,7 @@ use zajel_wire::signature::LIST_SIGNATURE_HEADER;
 use crate::net;
 use crate::report::Outcome;
 
-pub use zajel_discovery_core::registry_list::{RegistryResult, MAX_BODY_BYTES};
-
-/// The `/servers` URL of a registry given by its base URL (or the full URL).
-pub fn servers_url(registry: &Url) -> Url {
-    if registry.path().trim_end_matches('/').ends_with("/servers") {
-        return registry.clone();
-    }
-    let mut url = registry.clone();
-    let path = format!("{}/servers", registry.path().trim_end_matches('/'));
-    url.set_path(&path);
-    url
-}
+pub use zajel_discovery_core::registry_list::{servers_url, RegistryResult, MAX_BODY_BYTES};
 
 /// Why the registry HTTP client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -93,25 +82,4 @@ pub async fn fetch(
         }
     };
     registry_list::check_list(signature.as_deref(), &body, pinned, now_ms)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn servers_url_accepts_a_base_or_the_full_route() {
-        let base = Url::parse("https://registry.example").unwrap();
-        assert_eq!(
-            servers_url(&base).as_str(),
-            "https://registry.example/servers"
-        );
-        let prefixed = Url::parse("https://r.example/zajel/").unwrap();
-        assert_eq!(
-            servers_url(&prefixed).as_str(),
-            "https://r.example/zajel/servers"
-        );
-        let full = Url::parse("http://127.0.0.1:8787/servers").unwrap();
-        assert_eq!(servers_url(&full), full);
-    }
 }

@@ -1,6 +1,10 @@
-//! Layers 3 and 4: the local store of servers that worked (the cache) and of
-//! servers that paired contacts shared (referrals), one JSON file in the
-//! user's data directory.
+//! Layers 3 and 4 on disk: the local store of servers that worked (the
+//! cache) and of servers that paired contacts shared (referrals), one JSON
+//! file in the user's data directory. The model and its rules (entries,
+//! bounds, expiry, revocations) are `zajel_discovery_core::cache`; this
+//! module owns the file: its path, its format version
+//! (`{"version":1,"servers":…,"referrals":…,"revocations":…}`), reading it
+//! and writing it.
 //!
 //! Writes are atomic (temporary file, fsync, rename, fsync of the directory).
 //! A corrupt, truncated or oversized file is moved aside with a warning and
@@ -12,26 +16,18 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use zajel_discovery_core::txt::Revocation;
-use zajel_wire::pairing::PairingCode;
+
+pub use zajel_discovery_core::cache::{
+    prune, CachedServer, Referral, StoreData, MAX_REFERRALS, MAX_REVOCATIONS, MAX_SERVERS,
+    REFERRAL_EXPIRY_MS, SERVER_EXPIRY_MS,
+};
 
 /// Environment variable overriding the store's path.
 pub const PATH_ENV: &str = "ZAJEL_DISCOVERY_CACHE";
 /// Current file format version.
 pub const FORMAT_VERSION: u32 = 1;
-/// Most cached servers kept (the least recently working are dropped).
-pub const MAX_SERVERS: usize = 64;
-/// Most referrals kept (the oldest are dropped).
-pub const MAX_REFERRALS: usize = 128;
-/// A cached server that has not worked for this long is dropped (30 days).
-pub const SERVER_EXPIRY_MS: u64 = 30 * 24 * 3600 * 1000;
-/// A referral is dropped after this long (180 days).
-pub const REFERRAL_EXPIRY_MS: u64 = 180 * 24 * 3600 * 1000;
-/// Most revocations kept (those expiring last win).
-pub const MAX_REVOCATIONS: usize = 256;
 /// Largest store file read; a larger one is treated as corrupt.
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
-
 /// Why the store could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -65,43 +61,12 @@ impl StoreError {
     }
 }
 
-/// A server that worked.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CachedServer {
-    /// The WebSocket URL.
-    pub url: String,
-    /// Whether a signed source named it when it worked.
-    pub verified: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub server_id: Option<String>,
-    /// Last time it answered (ms since the epoch).
-    pub last_ok_ms: u64,
-    /// Last time it failed a check, if after it last worked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_fail_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rtt_ms: Option<f64>,
-}
-
-/// A server a paired contact shared.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Referral {
-    pub url: String,
-    /// The contact's pairing code.
-    pub code: PairingCode,
-    pub added_ms: u64,
-}
-
-/// The whole store file.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub struct StoreData {
-    pub version: u32,
-    pub servers: Vec<CachedServer>,
-    pub referrals: Vec<Referral>,
-    /// Signed revocations seen in TXT answers, kept until they expire so
-    /// that a replayed record of a retired server is refused on later runs.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub revocations: Vec<Revocation>,
+/// The whole store file: its format version and the data.
+#[derive(Serialize, Deserialize)]
+struct StoreFile<D> {
+    version: u32,
+    #[serde(flatten)]
+    data: D,
 }
 
 /// The store at one path.
@@ -142,10 +107,7 @@ impl Store {
     /// moved aside (`<name>.corrupt-<ms>`) and reported in the warnings.
     pub fn load(&self, now_ms: u64) -> (StoreData, Vec<String>) {
         let mut warnings = Vec::new();
-        let empty = StoreData {
-            version: FORMAT_VERSION,
-            ..StoreData::default()
-        };
+        let empty = StoreData::default();
         let metadata = match std::fs::metadata(&self.path) {
             Ok(metadata) => metadata,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (empty, warnings),
@@ -158,13 +120,13 @@ impl Store {
             Some(format!("larger than {MAX_FILE_BYTES} bytes"))
         } else {
             match std::fs::read(&self.path) {
-                Ok(bytes) => match serde_json::from_slice::<StoreData>(&bytes) {
-                    Ok(data) if data.version == FORMAT_VERSION => {
-                        let mut data = data;
+                Ok(bytes) => match serde_json::from_slice::<StoreFile<StoreData>>(&bytes) {
+                    Ok(file) if file.version == FORMAT_VERSION => {
+                        let mut data = file.data;
                         prune(&mut data, now_ms);
                         return (data, warnings);
                     }
-                    Ok(data) => Some(format!("unknown format version {}", data.version)),
+                    Ok(file) => Some(format!("unknown format version {}", file.version)),
                     Err(e) => Some(format!("corrupt ({e})")),
                 },
                 Err(e) => Some(format!("cannot read: {e}")),
@@ -210,7 +172,10 @@ impl Store {
             dir: dir.to_path_buf(),
             source,
         })?;
-        let mut bytes = serde_json::to_vec_pretty(data)?;
+        let mut bytes = serde_json::to_vec_pretty(&StoreFile {
+            version: FORMAT_VERSION,
+            data,
+        })?;
         bytes.push(b'\n');
         let mut suffix = [0u8; 6];
         let _ = getrandom::fill(&mut suffix);
@@ -265,96 +230,11 @@ impl Store {
     }
 }
 
-impl StoreData {
-    /// Records that `url` answered.
-    pub fn record_ok(
-        &mut self,
-        url: &str,
-        verified: bool,
-        server_id: Option<String>,
-        rtt_ms: Option<f64>,
-        now_ms: u64,
-    ) {
-        if let Some(entry) = self.servers.iter_mut().find(|s| s.url == url) {
-            entry.verified = verified || entry.verified;
-            entry.server_id = server_id.or(entry.server_id.take());
-            entry.last_ok_ms = now_ms;
-            entry.last_fail_ms = None;
-            entry.rtt_ms = rtt_ms;
-        } else {
-            self.servers.push(CachedServer {
-                url: url.to_string(),
-                verified,
-                server_id,
-                last_ok_ms: now_ms,
-                last_fail_ms: None,
-                rtt_ms,
-            });
-        }
-    }
-
-    /// Records that a cached `url` failed its check (unknown URLs are not added).
-    pub fn record_failure(&mut self, url: &str, now_ms: u64) {
-        if let Some(entry) = self.servers.iter_mut().find(|s| s.url == url) {
-            entry.last_fail_ms = Some(now_ms);
-        }
-    }
-
-    /// Adds a revocation (or makes a known one last as long as this one).
-    pub fn add_revocation(&mut self, revocation: Revocation) {
-        match self
-            .revocations
-            .iter_mut()
-            .find(|r| r.server_id == revocation.server_id)
-        {
-            Some(known) => known.expires = known.expires.max(revocation.expires),
-            None => self.revocations.push(revocation),
-        }
-    }
-
-    /// Revocations still in force at `now_ms`.
-    pub fn revocations_in_force(&self, now_ms: u64) -> Vec<Revocation> {
-        self.revocations
-            .iter()
-            .filter(|r| r.expires.saturating_mul(1000) > now_ms)
-            .cloned()
-            .collect()
-    }
-
-    /// Adds (or refreshes) a referral.
-    pub fn add_referral(&mut self, url: &str, code: PairingCode, now_ms: u64) {
-        self.referrals.retain(|r| !(r.url == url && r.code == code));
-        self.referrals.push(Referral {
-            url: url.to_string(),
-            code,
-            added_ms: now_ms,
-        });
-    }
-}
-
-/// Drops expired entries and keeps the store within its bounds.
-pub fn prune(data: &mut StoreData, now_ms: u64) {
-    data.version = FORMAT_VERSION;
-    data.servers
-        .retain(|s| now_ms.saturating_sub(s.last_ok_ms) < SERVER_EXPIRY_MS);
-    data.servers
-        .sort_by_key(|s| std::cmp::Reverse(s.last_ok_ms));
-    data.servers.truncate(MAX_SERVERS);
-    data.referrals
-        .retain(|r| now_ms.saturating_sub(r.added_ms) < REFERRAL_EXPIRY_MS);
-    data.referrals
-        .sort_by_key(|r| std::cmp::Reverse(r.added_ms));
-    data.referrals.truncate(MAX_REFERRALS);
-    data.revocations
-        .retain(|r| r.expires.saturating_mul(1000) > now_ms);
-    data.revocations
-        .sort_by_key(|r| std::cmp::Reverse(r.expires));
-    data.revocations.truncate(MAX_REVOCATIONS);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zajel_discovery_core::txt::Revocation;
+    use zajel_wire::pairing::PairingCode;
 
     const NOW: u64 = 1_790_000_000_000;
 
@@ -424,25 +304,6 @@ mod tests {
     }
 
     #[test]
-    fn bounded_size() {
-        let mut data = StoreData::default();
-        for i in 0..(MAX_SERVERS + 10) {
-            data.record_ok(
-                &format!("wss://s{i}.example/"),
-                true,
-                None,
-                None,
-                NOW + i as u64,
-            );
-        }
-        prune(&mut data, NOW + 100);
-        assert_eq!(data.servers.len(), MAX_SERVERS);
-        // The most recently working are kept.
-        assert!(data.servers.iter().any(|s| s.url == "wss://s73.example/"));
-        assert!(!data.servers.iter().any(|s| s.url == "wss://s0.example/"));
-    }
-
-    #[test]
     fn corrupt_truncated_and_huge_files_are_moved_aside() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("discovery.json");
@@ -476,7 +337,7 @@ mod tests {
     }
 
     #[test]
-    fn revocations_are_kept_until_they_expire_and_merge_by_server() {
+    fn revocations_are_kept_in_the_file_until_they_expire() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path().join("discovery.json"));
         let now_secs = NOW / 1000;
@@ -486,25 +347,18 @@ mod tests {
         };
         store
             .update(NOW, |data| {
-                data.add_revocation(revocation("ed25519:a", now_secs + 60));
                 data.add_revocation(revocation("ed25519:a", now_secs + 600));
-                data.add_revocation(revocation("ed25519:a", now_secs + 30));
                 data.add_revocation(revocation("ed25519:b", now_secs + 10));
             })
             .unwrap();
         let (data, warnings) = store.load(NOW);
         assert!(warnings.is_empty(), "{warnings:?}");
-        assert_eq!(data.revocations.len(), 2);
         assert_eq!(
             data.revocations_in_force(NOW),
             [
                 revocation("ed25519:a", now_secs + 600),
                 revocation("ed25519:b", now_secs + 10)
             ]
-        );
-        assert_eq!(
-            data.revocations_in_force(NOW + 10_000),
-            [revocation("ed25519:a", now_secs + 600)]
         );
         // Expired ones are dropped on the next write; older files without the field load.
         store.update(NOW + 10_000, |_| {}).unwrap();
@@ -517,5 +371,57 @@ mod tests {
         let (old, warnings) = Store::new(dir.path().join("old.json")).load(NOW);
         assert!(warnings.is_empty(), "{warnings:?}");
         assert!(old.revocations.is_empty());
+    }
+
+    /// A file written by the client before the model moved to
+    /// discovery-core (version 1) loads as it was and is written back to
+    /// the same bytes.
+    #[test]
+    fn a_version_1_file_written_before_the_move_loads_and_is_written_back_unchanged() {
+        const WRITTEN: &str = include_str!("../testdata/discovery-cache-v1.json");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("discovery.json");
+        std::fs::write(&path, WRITTEN).unwrap();
+        let store = Store::new(&path);
+        let (data, warnings) = store.load(NOW);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(
+            data.servers,
+            [
+                CachedServer {
+                    url: "wss://b.example:8443/ws".into(),
+                    verified: false,
+                    server_id: None,
+                    last_ok_ms: NOW - 1000,
+                    last_fail_ms: None,
+                    rtt_ms: None,
+                },
+                CachedServer {
+                    url: "wss://a.example/".into(),
+                    verified: true,
+                    server_id: Some("ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=".into()),
+                    last_ok_ms: NOW - 5000,
+                    last_fail_ms: Some(NOW - 100),
+                    rtt_ms: Some(12.5),
+                },
+            ]
+        );
+        assert_eq!(
+            data.referrals,
+            [Referral {
+                url: "wss://c.example/".into(),
+                code: PairingCode::parse("ABC234").unwrap(),
+                added_ms: NOW - 2000,
+            }]
+        );
+        assert_eq!(
+            data.revocations,
+            [Revocation {
+                server_id: "ed25519:retired".into(),
+                expires: NOW / 1000 + 3600,
+            }]
+        );
+        store.update(NOW, |_| {}).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), WRITTEN);
     }
 }

@@ -83,10 +83,14 @@ use crate::report::{
     Candidate, CandidateReport, Layer, LayerReport, Outcome, Report, SourceReport, Verdict,
 };
 use crate::share::ShareLink;
-use crate::txt::Revocation;
+use crate::txt::{Revocation, TxtEntry};
 
 /// How long a server that worked counts as recently working in ranking.
 pub const RECENT_MS: u64 = 24 * 3600 * 1000;
+
+/// The drivers' default longest wait for one candidate's `pong` (the other
+/// defaults every client starts from are [`Rules::default`]'s).
+pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The rules of one run.
 #[derive(Debug, Clone)]
@@ -151,6 +155,18 @@ impl Found {
             url: url.into(),
             verified: false,
             server_id: None,
+            last_ok_ms: None,
+        }
+    }
+}
+
+impl From<TxtEntry> for Found {
+    /// A server of a TXT record that verified: signed, to prove its `serverId`.
+    fn from(entry: TxtEntry) -> Self {
+        Self {
+            url: entry.endpoint,
+            verified: true,
+            server_id: Some(entry.server_id),
             last_ok_ms: None,
         }
     }
@@ -290,6 +306,24 @@ pub fn source_report(
         started_ms,
         finished_ms,
     }
+}
+
+/// How the report names a DoH source: the resolver, then the name asked.
+pub fn doh_source(resolver: impl std::fmt::Display, name: &str) -> String {
+    format!("{resolver} → {name}")
+}
+
+/// Every (resolver, domain) pair of the DoH layer, with the name asked
+/// (`_zajel.<domain>.`), resolver by resolver.
+pub fn doh_queries<'a, R>(
+    resolvers: &'a [R],
+    domains: &'a [String],
+) -> impl Iterator<Item = (&'a R, &'a String, String)> + 'a {
+    resolvers.iter().flat_map(move |resolver| {
+        domains
+            .iter()
+            .map(move |domain| (resolver, domain, crate::txt::record_name(domain)))
+    })
 }
 
 /// What one source of a local layer amounts to: its outcome, the reason in
@@ -1211,6 +1245,44 @@ mod tests {
         for layer in [Layer::Cache, Layer::Referral, Layer::Qr, Layer::Manual] {
             state.handle(now, Input::LayerDone(layer));
         }
+    }
+
+    #[test]
+    fn a_verified_txt_entry_is_found_signed_with_its_server_id() {
+        let found = Found::from(TxtEntry {
+            server_id: "ed25519:k".into(),
+            endpoint: "wss://relay.example/ws".into(),
+            region: "eu".into(),
+            expires: 1,
+        });
+        assert_eq!(
+            found,
+            Found {
+                url: "wss://relay.example/ws".into(),
+                verified: true,
+                server_id: Some("ed25519:k".into()),
+                last_ok_ms: None,
+            }
+        );
+    }
+
+    #[test]
+    fn doh_sources_are_named_resolver_by_resolver() {
+        let resolvers = ["https://a.example/dns-query", "https://b.example/q"];
+        let domains = ["Example.org".to_string(), "zajel.example".to_string()];
+        let named: Vec<String> = doh_queries(&resolvers, &domains)
+            .map(|(resolver, _, name)| doh_source(resolver, &name))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                "https://a.example/dns-query → _zajel.example.org.",
+                "https://a.example/dns-query → _zajel.zajel.example.",
+                "https://b.example/q → _zajel.example.org.",
+                "https://b.example/q → _zajel.zajel.example.",
+            ]
+        );
+        assert_eq!(doh_queries(&resolvers, &[]).count(), 0);
     }
 
     #[test]

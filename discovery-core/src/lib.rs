@@ -15,11 +15,16 @@
 //! - [`report`]: the serde report of a run, and [`report::Candidate`];
 //! - [`identity`]: judging a server's identity proof against the key its
 //!   entry names (proven, learnt, unproven, mismatch);
+//! - [`cache`]: the cache and referral store's model and rules (entries,
+//!   bounds, expiry, revocations kept, the cache and referral layers'
+//!   reading), kept by discovery-client in a file and by discovery-web in
+//!   `localStorage`;
 //! - [`discovery`]: the discovery state as a sans-IO machine (layer
 //!   stagger and timeouts, merging, admission, check limit, ranking,
 //!   handover, run end, report), driven by discovery-client's tokio driver.
 
 pub mod address;
+pub mod cache;
 pub mod cloudflare_api;
 pub mod discovery;
 pub mod exit;

@@ -11,11 +11,18 @@
 //! - with nothing pinned, a well-formed list is used but marked unverified;
 //! - a body that is not a server list is a protocol failure;
 //! - a verified list with no servers is `empty`.
+//!
+//! It also names a registry's `/servers` URL ([`servers_url`]) and reads a
+//! checked list as the registry layer's findings ([`RegistryResult::found`]),
+//! as every client does.
 
 use ed25519_dalek::VerifyingKey;
 use zajel_wire::entry::{ServerEntry, ServerList};
 use zajel_wire::signature::{verify_server_list, ListError, LIST_SIGNATURE_HEADER};
 
+use url::Url;
+
+use crate::discovery::Found;
 use crate::report::Outcome;
 
 /// Largest list body read (1,000 entries are about 250 KB).
@@ -46,6 +53,20 @@ impl RegistryResult {
         }
     }
 
+    /// The registry layer's findings: every server of the list, verified
+    /// when the list was, each to prove the key its entry names.
+    pub fn found(&self) -> Vec<Found> {
+        self.servers
+            .iter()
+            .map(|s| Found {
+                url: s.endpoint.clone(),
+                verified: self.verified,
+                server_id: Some(s.server_id.clone()),
+                last_ok_ms: None,
+            })
+            .collect()
+    }
+
     fn used(list: ServerList, verified: bool, detail: &str) -> Self {
         Self {
             outcome: if list.servers.is_empty() {
@@ -59,6 +80,18 @@ impl RegistryResult {
             list: Some(list),
         }
     }
+}
+
+/// The `/servers` URL of a registry given by its base URL (or the full URL);
+/// also how the report names a registry source.
+pub fn servers_url(registry: &Url) -> Url {
+    if registry.path().trim_end_matches('/').ends_with("/servers") {
+        return registry.clone();
+    }
+    let mut url = registry.clone();
+    let path = format!("{}/servers", registry.path().trim_end_matches('/'));
+    url.set_path(&path);
+    url
 }
 
 /// The value of the list signature header among `(name, value)` pairs
@@ -184,6 +217,51 @@ mod tests {
 
     fn sign(key: &SigningKey, body: &[u8]) -> String {
         STANDARD.encode(key.sign(body).to_bytes())
+    }
+
+    #[test]
+    fn servers_url_accepts_a_base_or_the_full_route() {
+        let base = Url::parse("https://registry.example").unwrap();
+        assert_eq!(
+            servers_url(&base).as_str(),
+            "https://registry.example/servers"
+        );
+        let prefixed = Url::parse("https://r.example/zajel/").unwrap();
+        assert_eq!(
+            servers_url(&prefixed).as_str(),
+            "https://r.example/zajel/servers"
+        );
+        let full = Url::parse("http://127.0.0.1:8787/servers").unwrap();
+        assert_eq!(servers_url(&full), full);
+    }
+
+    #[test]
+    fn a_checked_lists_servers_are_found_verified_as_the_list_is() {
+        let list = body(NOW, 2);
+        let signature = sign(&registry_key(), &list);
+        let verified = check_list(
+            Some(&signature),
+            &list,
+            &[registry_key().verifying_key()],
+            NOW,
+        );
+        let found = verified.found();
+        assert_eq!(found.len(), 2);
+        assert!(found.iter().all(|f| f.verified));
+        assert_eq!(found[0].url, "wss://relay.example/ws");
+        assert_eq!(
+            found[0].server_id,
+            Some(verified.servers[0].server_id.clone())
+        );
+        assert_eq!(found[0].last_ok_ms, None);
+        let unpinned = check_list(None, &list, &[], NOW).found();
+        assert_eq!(unpinned.len(), 2);
+        assert!(unpinned
+            .iter()
+            .all(|f| !f.verified && f.server_id.is_some()));
+        assert!(RegistryResult::failed(Outcome::Stale, "old")
+            .found()
+            .is_empty());
     }
 
     #[test]

@@ -512,6 +512,41 @@ pub fn zone_snippet(records: &[PublishedRecord]) -> String {
     out
 }
 
+/// What one resolver answered for one name, before any record is verified
+/// (each client gets it its own way: hickory's DoH client, `fetch`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TxtAnswer {
+    pub outcome: Outcome,
+    pub detail: String,
+    /// Each TXT record's strings, concatenated.
+    pub records: Vec<Vec<u8>>,
+}
+
+impl TxtAnswer {
+    /// A resolver that gave no records: it failed, or the name has none.
+    pub fn failed(outcome: Outcome, detail: impl Into<String>) -> Self {
+        Self {
+            outcome,
+            detail: detail.into(),
+            records: Vec::new(),
+        }
+    }
+
+    /// The TXT records a resolver answered: `Ok`, or `Empty` with
+    /// `detail_if_empty` when there were none.
+    pub fn of_records(records: Vec<Vec<u8>>, detail_if_empty: impl Into<String>) -> Self {
+        if records.is_empty() {
+            Self::failed(Outcome::Empty, detail_if_empty)
+        } else {
+            Self {
+                outcome: Outcome::Ok,
+                detail: String::new(),
+                records,
+            }
+        }
+    }
+}
+
 /// What one resolver's answer for one name amounts to, once every record
 /// is verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -680,6 +715,17 @@ mod tests {
 
     fn joined(record: &PublishedRecord) -> Vec<u8> {
         record.strings.concat().into_bytes()
+    }
+
+    #[test]
+    fn an_answer_with_records_is_ok_and_one_without_is_empty() {
+        let answer = TxtAnswer::of_records(vec![b"v=zajel1".to_vec()], "none");
+        assert_eq!((answer.outcome, answer.detail.as_str()), (Outcome::Ok, ""));
+        assert_eq!(answer.records, [b"v=zajel1".to_vec()]);
+        assert_eq!(
+            TxtAnswer::of_records(Vec::new(), "none"),
+            TxtAnswer::failed(Outcome::Empty, "none")
+        );
     }
 
     #[test]

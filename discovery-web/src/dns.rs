@@ -18,27 +18,10 @@ use hickory_proto::rr::{Name, RData, RecordType};
 use zajel_discovery_core::report::Outcome;
 use zajel_discovery_core::txt::MAX_ANSWER_BYTES;
 
+pub use zajel_discovery_core::txt::TxtAnswer;
+
 /// The media type of RFC 8484 requests and answers.
 pub const DNS_MESSAGE: &str = "application/dns-message";
-
-/// What one DoH server answered for one name.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TxtAnswer {
-    pub outcome: Outcome,
-    pub detail: String,
-    /// Each TXT record's strings, concatenated.
-    pub records: Vec<Vec<u8>>,
-}
-
-impl TxtAnswer {
-    pub fn failed(outcome: Outcome, detail: impl Into<String>) -> Self {
-        Self {
-            outcome,
-            detail: detail.into(),
-            records: Vec::new(),
-        }
-    }
-}
 
 /// Why a query could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,19 +93,7 @@ pub fn read_txt_answer(name: &str, body: &[u8]) -> TxtAnswer {
             _ => None,
         })
         .collect();
-    TxtAnswer {
-        outcome: if records.is_empty() {
-            Outcome::Empty
-        } else {
-            Outcome::Ok
-        },
-        detail: if records.is_empty() {
-            format!("{name}: no TXT records")
-        } else {
-            String::new()
-        },
-        records,
-    }
+    TxtAnswer::of_records(records, format!("{name}: no TXT records"))
 }
 
 #[cfg(test)]

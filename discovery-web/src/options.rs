@@ -10,8 +10,9 @@ use std::time::Duration;
 use ed25519_dalek::VerifyingKey;
 use serde::Deserialize;
 use url::Url;
-use zajel_discovery_core::discovery::Rules;
-use zajel_discovery_core::txt;
+pub use zajel_discovery_core::discovery::doh_source;
+use zajel_discovery_core::discovery::{doh_queries, Rules, DEFAULT_CHECK_TIMEOUT};
+pub use zajel_discovery_core::registry_list::servers_url;
 
 /// The storage key the cache and referrals live under by default.
 pub const DEFAULT_STORAGE_KEY: &str = "zajel.discovery";
@@ -170,7 +171,9 @@ impl Options {
                     .unwrap_or_else(|| DEFAULT_STORAGE_KEY.to_string()),
             )
         };
-        let ms = |v: Option<u64>, default: u64| Duration::from_millis(v.unwrap_or(default));
+        // The native client's defaults: discovery-core's.
+        let defaults = Rules::default();
+        let ms = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_millis);
         Ok(Config {
             registries,
             registry_keys,
@@ -180,44 +183,26 @@ impl Options {
             manual: self.manual,
             allow_private: self.allow_private,
             storage_key,
-            layer_timeout: ms(self.layer_timeout_ms, 3000),
-            probe_timeout: ms(self.probe_timeout_ms, 3000),
-            stagger: ms(self.stagger_ms, 50),
-            max_parallel_probes: self.max_parallel_probes.unwrap_or(16),
-            stall_after: ms(self.stall_after_ms, 50),
-            max_probes_in_flight: self.max_probes_in_flight.unwrap_or(512),
+            layer_timeout: ms(self.layer_timeout_ms, defaults.layer_timeout),
+            probe_timeout: ms(self.probe_timeout_ms, DEFAULT_CHECK_TIMEOUT),
+            stagger: ms(self.stagger_ms, defaults.stagger),
+            max_parallel_probes: self
+                .max_parallel_probes
+                .unwrap_or(defaults.max_parallel_checks),
+            stall_after: ms(self.stall_after_ms, defaults.stall_after),
+            max_probes_in_flight: self
+                .max_probes_in_flight
+                .unwrap_or(defaults.max_checks_in_flight),
             write_cache: self.write_cache.unwrap_or(true),
         })
     }
 }
 
-/// The `/servers` URL of a registry given by its base URL (or the full URL),
-/// as the native client names it.
-pub fn servers_url(registry: &Url) -> Url {
-    if registry.path().trim_end_matches('/').ends_with("/servers") {
-        return registry.clone();
-    }
-    let mut url = registry.clone();
-    let path = format!("{}/servers", registry.path().trim_end_matches('/'));
-    url.set_path(&path);
-    url
-}
-
-/// How a DoH source is named in the report (as the native client names it).
-pub fn doh_source(server: &Url, name: &str) -> String {
-    format!("{server} → {name}")
-}
-
 impl Config {
     /// Every (resolver, domain) pair of the DoH layer, with the name asked.
     pub fn doh_queries(&self) -> Vec<(Url, String, String)> {
-        self.doh_servers
-            .iter()
-            .flat_map(|server| {
-                self.domains
-                    .iter()
-                    .map(move |domain| (server.clone(), domain.clone(), txt::record_name(domain)))
-            })
+        doh_queries(&self.doh_servers, &self.domains)
+            .map(|(server, domain, name)| (server.clone(), domain.clone(), name))
             .collect()
     }
 

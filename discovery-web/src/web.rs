@@ -352,16 +352,7 @@ impl Run {
     async fn registry_source(self: Rc<Self>, url: Url) {
         let t = self.ms();
         let result = fetch_registry(&url, &self.config).await;
-        let found: Vec<Found> = result
-            .servers
-            .iter()
-            .map(|s| Found {
-                url: s.endpoint.clone(),
-                verified: result.verified,
-                server_id: Some(s.server_id.clone()),
-                last_ok_ms: None,
-            })
-            .collect();
+        let found = result.found();
         let report = source_report(
             servers_url(&url).to_string(),
             result.outcome,
@@ -389,16 +380,7 @@ impl Run {
                 &self.config.registry_keys,
                 unix_ms() / 1000,
             );
-            let found = check
-                .entries
-                .into_iter()
-                .map(|entry| Found {
-                    url: entry.endpoint,
-                    verified: true,
-                    server_id: Some(entry.server_id),
-                    last_ok_ms: None,
-                })
-                .collect();
+            let found = check.entries.into_iter().map(Found::from).collect();
             if !check.revocations.is_empty() {
                 if let Some(store) = self.store.as_ref().filter(|_| self.config.write_cache) {
                     let revocations = check.revocations.clone();
