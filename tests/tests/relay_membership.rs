@@ -55,7 +55,13 @@ fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    // `Connection: close`: the answer is read to the end of the stream, and the registry's
+    // HTTP server would otherwise keep the connection open.
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
     let status = answer
