@@ -178,6 +178,23 @@ pub struct SignalingIdentity {
     pub detail: String,
 }
 
+/// A relay's answer to `identity_challenge` as discovery's identity rules
+/// take it (`zajel_discovery_core::identity::judge`).
+pub(crate) fn identity_check(answer: IdentityAnswer) -> discovery_client::identity::IdentityCheck {
+    use discovery_client::identity::IdentityCheck;
+    match answer {
+        IdentityAnswer::Proof {
+            server_id,
+            endpoint,
+        } => IdentityCheck::Proof {
+            server_id,
+            endpoint,
+        },
+        IdentityAnswer::Invalid { reason } => IdentityCheck::Invalid(reason),
+        IdentityAnswer::Refused { message } => IdentityCheck::Unanswered(message),
+    }
+}
+
 impl SignalingIdentity {
     /// Judges the relay at `url`'s answer with discovery's identity rules
     /// (`zajel_discovery_core::identity`): against `expected` (the key its
@@ -190,15 +207,7 @@ impl SignalingIdentity {
     ) -> Self {
         use discovery_client::identity::{self, Identity, IdentityCheck};
         let check = match answer {
-            Ok(IdentityAnswer::Proof {
-                server_id,
-                endpoint,
-            }) => IdentityCheck::Proof {
-                server_id,
-                endpoint,
-            },
-            Ok(IdentityAnswer::Invalid { reason }) => IdentityCheck::Invalid(reason),
-            Ok(IdentityAnswer::Refused { message }) => IdentityCheck::Unanswered(message),
+            Ok(answer) => identity_check(answer),
             Err(error) => IdentityCheck::Unanswered(error),
         };
         let judged = identity::judge(url, expected, Some(announced), &check);

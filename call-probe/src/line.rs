@@ -1246,23 +1246,12 @@ async fn prove(
     expected: &str,
     step: Duration,
 ) -> Result<(), String> {
-    use discovery_client::identity::{judge, Identity as Judged, IdentityCheck};
-    use zajel_client_net::signaling::IdentityAnswer;
+    use discovery_client::identity::{judge, Identity as Judged};
     let answer = session
         .prove_identity(step)
         .await
         .map_err(|e| format!("no identity proof: {e}"))?;
-    let check = match answer {
-        IdentityAnswer::Proof {
-            server_id,
-            endpoint,
-        } => IdentityCheck::Proof {
-            server_id,
-            endpoint,
-        },
-        IdentityAnswer::Invalid { reason } => IdentityCheck::Invalid(reason),
-        IdentityAnswer::Refused { message } => IdentityCheck::Unanswered(message),
-    };
+    let check = crate::check::identity_check(answer);
     let announced = session.server_info().server_id.clone();
     let announced = (!announced.is_empty()).then_some(announced.as_str());
     match judge(url.as_str(), Some(expected), announced, &check) {

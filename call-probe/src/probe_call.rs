@@ -28,10 +28,10 @@
 
 use std::time::{Duration, Instant};
 
-use discovery_client::identity::{self, Identity, IdentityCheck};
+use discovery_client::identity::{self, Identity};
 use serde::Serialize;
 use url::Url;
-use zajel_client_net::signaling::{ConnectTimings, IdentityAnswer, SessionError};
+use zajel_client_net::signaling::{ConnectTimings, SessionError};
 use zajel_wire::pairing::PairingCode;
 
 use crate::call::{CallEvent, EngineError};
@@ -470,17 +470,7 @@ async fn reprove(
         .prove_identity(step)
         .await
         .map_err(CallError::Signaling)?;
-    let check = match answer {
-        IdentityAnswer::Proof {
-            server_id,
-            endpoint,
-        } => IdentityCheck::Proof {
-            server_id,
-            endpoint,
-        },
-        IdentityAnswer::Invalid { reason } => IdentityCheck::Invalid(reason),
-        IdentityAnswer::Refused { message } => IdentityCheck::Unanswered(message),
-    };
+    let check = crate::check::identity_check(answer);
     match identity::judge(
         server.as_str(),
         Some(expected),
