@@ -741,7 +741,7 @@ where
             let limits = &shared.config.limits;
             let ws_config = WebSocketConfig::default()
                 .read_buffer_size(session::READ_BUFFER_BYTES)
-                .write_buffer_size(0)
+                .write_buffer_size(session::WRITE_BATCH_BYTES)
                 .max_message_size(Some(limits.max_frame_bytes))
                 .max_frame_size(Some(limits.max_frame_bytes));
             // Boxed: the stream is built in the box and only moved out of it,

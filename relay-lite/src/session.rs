@@ -37,6 +37,13 @@ pub const PAIR_RATE_LIMIT_EXCEEDED: &str = "Too many pair requests. Please slow 
 /// size limits still apply).
 pub const READ_BUFFER_BYTES: usize = 256;
 
+/// Bytes of frames tungstenite gathers before it writes them (its
+/// `write_buffer_size`); the writer flushes whenever the outbox is empty,
+/// so a burst for one client goes out in a few writes, not one per frame
+/// (on loopback the send is most of the relay's CPU per forwarded frame).
+/// The buffer grows only when a burst comes, up to about this much.
+pub const WRITE_BATCH_BYTES: usize = 4096;
+
 /// Close codes the relay uses.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_INVALID_PAYLOAD: u16 = 1007;
