@@ -25,7 +25,7 @@
 //! and more traffic means more pairs. Environment: `BENCH_CONNECTIONS`
 //! (largest memory step; default: the hard RLIMIT_NOFILE found at start
 //! minus 2,000), `BENCH_IDLE` (idle connections held during the second
-//! forwarding run, 10000), `BENCH_PAIRS` (pairs in a forwarding run, 1000),
+//! forwarding run, 10000), `BENCH_PAIRS` (pairs in a forwarding run, 3000: the server CPU figure is read in 10 ms ticks, so a run needs about a second of it),
 //! `BENCH_MESSAGES` (offers per sender, at most 95), `BENCH_RATE` (offered
 //! load of the latency run, messages/s, 10000), `BENCH_SECONDS` (its length,
 //! 3). Everything runs on loopback; client sockets are spread over
@@ -647,7 +647,7 @@ fn main() {
     let hard = hard_nofile();
     let most = env_number("BENCH_CONNECTIONS", (hard as usize).saturating_sub(2_000));
     let idle = env_number("BENCH_IDLE", 10_000);
-    let pair_count = env_number("BENCH_PAIRS", 1_000);
+    let pair_count = env_number("BENCH_PAIRS", 3_000);
     let per_pair = env_number("BENCH_MESSAGES", MAX_PER_SENDER).min(MAX_PER_SENDER);
     let rate = env_number("BENCH_RATE", 10_000);
     let seconds = env_number("BENCH_SECONDS", 3);

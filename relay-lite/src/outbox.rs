@@ -43,13 +43,14 @@ pub(crate) struct Outbox {
     queued_bytes: AtomicUsize,
     byte_budget: usize,
     killed: AtomicBool,
-    kill: Notify,
     /// Notified whenever the peer sends anything (see [`Outbox::heard`]).
     heard: Notify,
     /// Set once the connection is paired or in a call by another
     /// connection's doing (see [`Outbox::deliver_engaging`]).
     engaged: AtomicBool,
-    engage: Notify,
+    /// Wakes the session when the connection is killed or engaged (one
+    /// wait for both: each waiter is room in every session).
+    attention: Notify,
     metrics: Arc<Metrics>,
 }
 
@@ -59,8 +60,10 @@ enum NotQueued {
     Closed,
 }
 
-/// Queues above this capacity are freed once drained.
-const KEPT_QUEUE_CAPACITY: usize = 8;
+/// Queues above this capacity are freed once drained: none is kept, so an
+/// idle connection holds no queue block (a few frames' block costs one
+/// allocation per burst, far less than the frames themselves).
+const KEPT_QUEUE_CAPACITY: usize = 0;
 
 /// The writer's end of an [`Outbox`]: takes the queued frames in order.
 /// Dropping it closes the outbox (further frames are refused).
@@ -136,10 +139,9 @@ impl Outbox {
             queued_bytes: AtomicUsize::new(0),
             byte_budget,
             killed: AtomicBool::new(false),
-            kill: Notify::new(),
             heard: Notify::new(),
             engaged: AtomicBool::new(false),
-            engage: Notify::new(),
+            attention: Notify::new(),
             metrics,
         });
         let receiver = Receiver {
@@ -176,7 +178,7 @@ impl Outbox {
         }
         self.queued.notify_one();
         if engaging {
-            self.engage.notify_one();
+            self.attention.notify_one();
         }
         Ok(())
     }
@@ -219,11 +221,15 @@ impl Outbox {
         }
     }
 
-    /// Returns once the connection was engaged ([`Self::deliver_engaging`]).
-    pub async fn engaged(&self) {
-        while !self.engaged.load(Ordering::Acquire) {
-            self.engage.notified().await;
-        }
+    /// Whether the connection was engaged ([`Self::deliver_engaging`]).
+    pub fn is_engaged(&self) -> bool {
+        self.engaged.load(Ordering::Acquire)
+    }
+
+    /// Completes when the connection may have been killed or engaged since
+    /// this was last awaited ([`Self::is_killed`], [`Self::is_engaged`]).
+    pub async fn attention(&self) {
+        self.attention.notified().await;
     }
 
     /// Queues a reply to this connection's own frame, waiting for room (the
@@ -282,7 +288,7 @@ impl Outbox {
                 connection = self.id,
                 "its code was taken back by a new connection with the same key: disconnecting it"
             );
-            self.kill.notify_one();
+            self.attention.notify_one();
         }
     }
 
@@ -313,21 +319,13 @@ impl Outbox {
                 connection = self.id,
                 "peer stopped reading: disconnecting it"
             );
-            self.kill.notify_one();
+            self.attention.notify_one();
         }
     }
 
     /// Whether the connection was told to stop.
     pub fn is_killed(&self) -> bool {
         self.killed.load(Ordering::Acquire)
-    }
-
-    /// Completes once the connection is killed for being slow.
-    pub async fn killed(&self) {
-        if self.is_killed() {
-            return;
-        }
-        self.kill.notified().await;
     }
 }
 

@@ -4,7 +4,7 @@
 //! signed unregister).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
@@ -90,6 +90,8 @@ pub(crate) struct Shared {
     pub endpoint: String,
     pub server_info: String,
     pub shutdown: watch::Receiver<bool>,
+    /// The same stop, as sessions wait for it.
+    pub sessions_stop: Arc<StopSignal>,
     /// Links with the other servers of the fleet.
     pub federation: Arc<crate::federation::Federation>,
     next_connection: AtomicU64,
@@ -289,6 +291,14 @@ impl Relay {
             links,
         });
         tokio::spawn(relay_requests.clone().run_cleanup(stopped.clone()));
+        let sessions_stop = Arc::new(StopSignal::default());
+        tokio::spawn({
+            let (sessions_stop, mut stopped) = (sessions_stop.clone(), stopped.clone());
+            async move {
+                stopping(&mut stopped).await;
+                sessions_stop.stop();
+            }
+        });
         let shared = Arc::new(Shared {
             hub,
             relay_requests,
@@ -299,6 +309,7 @@ impl Relay {
             endpoint: endpoint.clone(),
             server_info,
             shutdown: stopped.clone(),
+            sessions_stop,
             federation: federation.clone(),
             next_connection: AtomicU64::new(1),
             started: StdInstant::now(),
@@ -598,31 +609,57 @@ async fn refuse(
     .await;
 }
 
+/// What an accepted connection holds until it ends, whichever task it is
+/// in by then: its places under the connection limits, and its count in
+/// the metrics.
+pub(crate) struct ConnectionHold {
+    _permit: OwnedSemaphorePermit,
+    _slot: AddressSlot,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl ConnectionHold {
+    fn new(permit: OwnedSemaphorePermit, slot: AddressSlot, shared: &Shared) -> Self {
+        shared.metrics.connection_opened();
+        Self {
+            _permit: permit,
+            _slot: slot,
+            metrics: shared.metrics.clone(),
+        }
+    }
+}
+
+impl Drop for ConnectionHold {
+    fn drop(&mut self) {
+        self.metrics.connection_closed();
+    }
+}
+
+/// An accepted connection's first task: the TLS handshake, the request
+/// head and the upgrade. A signaling session gets a task of its own (see
+/// [`serve`]) and this one ends, so an idle connection holds no room for
+/// the handshake's states.
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
-    _permit: OwnedSemaphorePermit,
-    _slot: AddressSlot,
+    permit: OwnedSemaphorePermit,
+    slot: AddressSlot,
 ) {
-    shared.metrics.connection_opened();
+    let hold = ConnectionHold::new(permit, slot, &shared);
     match acceptor {
         Some(acceptor) => {
             let handshake = shared.config.timeouts.handshake;
             let mut shutdown = shared.shutdown.clone();
             let accepted = tokio::select! {
-                // Boxed, like everything below that a plain connection never
-                // reaches or only passes through: the task of an idle
-                // connection holds only what its session needs.
+                // Boxed, like everything below that a plain connection only
+                // passes through.
                 accepted = tokio::time::timeout(handshake, Box::pin(acceptor.accept(stream))) => accepted,
-                () = stopping(&mut shutdown) => {
-                    shared.metrics.connection_closed();
-                    return;
-                }
+                () = stopping(&mut shutdown) => return,
             };
             match accepted {
-                Ok(Ok(tls)) => Box::pin(serve(tls, peer, &shared)).await,
+                Ok(Ok(tls)) => Box::pin(serve(tls, peer, &shared, hold)).await,
                 Ok(Err(error)) => {
                     shared.metrics.refused(Refusal::Handshake);
                     tracing::debug!(%peer, %error, "TLS handshake failed");
@@ -633,12 +670,11 @@ async fn connection(
                 }
             }
         }
-        None => serve(stream, peer, &shared).await,
+        None => serve(stream, peer, &shared, hold).await,
     }
-    shared.metrics.connection_closed();
 }
 
-async fn serve<S>(mut stream: S, peer: SocketAddr, shared: &Arc<Shared>)
+async fn serve<S>(mut stream: S, peer: SocketAddr, shared: &Arc<Shared>, hold: ConnectionHold)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -705,7 +741,7 @@ where
             let limits = &shared.config.limits;
             let ws_config = WebSocketConfig::default()
                 .read_buffer_size(session::READ_BUFFER_BYTES)
-                .write_buffer_size(0)
+                .write_buffer_size(session::WRITE_BATCH_BYTES)
                 .max_message_size(Some(limits.max_frame_bytes))
                 .max_frame_size(Some(limits.max_frame_bytes));
             // Boxed: the stream is built in the box and only moved out of it,
@@ -717,8 +753,11 @@ where
                 Some(ws_config),
             ))
             .await;
-            // Boxed: a session future of exactly its own size.
-            Box::pin(session::run(ws, shared.clone(), peer)).await;
+            // Its own task: this one (and its room for the handshake) ends
+            // here. Split first, so the session's task holds two pointers to
+            // the stream, not room for a whole one.
+            let (sink, stream) = futures_util::StreamExt::split(ws);
+            tokio::spawn(session::run(sink, stream, shared.clone(), peer, hold));
             return;
         }
         Route::Health => {
@@ -857,6 +896,32 @@ fn health_body(shared: &Shared) -> String {
         "uptimeSeconds": shared.started.elapsed().as_secs(),
     })
     .to_string()
+}
+
+/// The relay's stop as every session waits for it: a flag and one wake for
+/// all. Its wait is half the size of a watch receiver's, in every session.
+#[derive(Debug, Default)]
+pub(crate) struct StopSignal {
+    stopped: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl StopSignal {
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.wake.notify_waiters();
+    }
+
+    /// Completes once [`Self::stop`] was called.
+    pub async fn stopped(&self) {
+        let wake = self.wake.notified();
+        tokio::pin!(wake);
+        // Registered before the flag is read: a stop in between still wakes it.
+        wake.as_mut().enable();
+        if !self.stopped.load(Ordering::Acquire) {
+            wake.await;
+        }
+    }
 }
 
 /// Completes once `shutdown` turns true (or its sender is gone).

@@ -1,19 +1,21 @@
 //! One client's WebSocket session: the `server_info` greeting, reading
 //! frames in Zajel's order (size, rate limit, parse, then the hub or, for
 //! `identity_challenge`, a proof signed with the server key), the
-//! writer task draining the bounded outbox, the idle timeout, the close
+//! writer draining the bounded outbox (in the session's task), the idle timeout, the close
 //! codes (1009 too big, 1007 bad UTF-8, 1001 shutdown), and cleanup.
 
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use zajel_wire::pairing::PairingCode;
 use zajel_wire::signaling::{self, ClientMessage, IdentityProof, ServerMessage, SignalingError};
@@ -33,7 +35,14 @@ pub const PAIR_RATE_LIMIT_EXCEEDED: &str = "Too many pair requests. Please slow 
 /// not, so it is small: a signaling frame is a few hundred bytes, and a
 /// larger frame gets room for all of it once its header is read (the frame
 /// size limits still apply).
-pub const READ_BUFFER_BYTES: usize = 512;
+pub const READ_BUFFER_BYTES: usize = 256;
+
+/// Bytes of frames tungstenite gathers before it writes them (its
+/// `write_buffer_size`); the writer flushes whenever the outbox is empty,
+/// so a burst for one client goes out in a few writes, not one per frame
+/// (on loopback the send is most of the relay's CPU per forwarded frame).
+/// The buffer grows only when a burst comes, up to about this much.
+pub const WRITE_BATCH_BYTES: usize = 4096;
 
 /// Close codes the relay uses.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -41,8 +50,14 @@ pub const CLOSE_INVALID_PAYLOAD: u16 = 1007;
 pub const CLOSE_NORMAL: u16 = 1000;
 
 /// Runs a session for the client at `peer` until it leaves, is dropped, or the relay stops.
-pub(crate) async fn run<S>(ws: WebSocketStream<S>, shared: Arc<Shared>, peer: SocketAddr)
-where
+/// `_hold` is the connection's place under the limits, let go when the session ends.
+pub(crate) async fn run<S>(
+    sink: SplitSink<WebSocketStream<S>, Message>,
+    mut stream: SplitStream<WebSocketStream<S>>,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    _hold: crate::relay::ConnectionHold,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let id = shared.next_connection_id();
@@ -54,8 +69,11 @@ where
         limits.outbound_queue_bytes,
         shared.metrics.clone(),
     );
-    let (sink, mut stream) = ws.split();
-    let mut writer = tokio::spawn(write_loop(sink, receiver, outbox.clone()));
+    // The writer runs in this task beside the reading below, not as a task
+    // of its own: an idle connection is one task.
+    let writer = write_loop(sink, receiver, outbox.clone());
+    tokio::pin!(writer);
+    let mut writer_done = false;
     shared.metrics.session_opened();
     let mut session = Session {
         shared: shared.clone(),
@@ -66,7 +84,59 @@ where
         pair_rate: FixedWindow::new(limits.pair_request_limit, limits.pair_request_window),
         ice: IceGrant::default(),
     };
-    let mut shutdown = shared.shutdown.clone();
+    let close = {
+        let reading = read_frames(&mut session, &mut stream, id);
+        tokio::pin!(reading);
+        loop {
+            tokio::select! {
+                biased;
+                // A writer that failed closed the outbox: the reading sees its replies refused.
+                () = &mut writer, if !writer_done => writer_done = true,
+                close = &mut reading => break close,
+            }
+        }
+    };
+    let code = session.code.take();
+    if let Some(code) = code {
+        shared.hub.release(code, id);
+    }
+    shared.relay_requests.connection_closed(id, code);
+    shared.metrics.session_closed();
+    match close {
+        Some((code, reason)) if !outbox.is_killed() => {
+            drop(session);
+            // Best effort: a peer that reads gets its close frame.
+            if !writer_done && outbox.close(code, reason) {
+                let grace = tokio::time::sleep(timeouts.shutdown_grace);
+                tokio::select! {
+                    () = &mut writer => {}
+                    () = grace => {}
+                }
+                // Let the client answer the close before the socket drops.
+                let drain = tokio::time::timeout(timeouts.shutdown_grace, async {
+                    while let Some(Ok(_)) = stream.next().await {}
+                });
+                let _ = drain.await;
+            }
+        }
+        // Killed, or the client left: the writer and the socket are dropped here.
+        _ => {}
+    }
+}
+
+/// Reads and handles the client's frames until the session ends; the close
+/// frame to send, if any.
+async fn read_frames<S>(
+    session: &mut Session,
+    stream: &mut SplitStream<WebSocketStream<S>>,
+    id: u64,
+) -> Option<(u16, &'static str)>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let shared = session.shared.clone();
+    let outbox = session.outbox.clone();
+    let timeouts = &shared.config.timeouts;
     let mut close: Option<(u16, &'static str)> = None;
     // The waits below live as long as the session, not one loop turn: a
     // forwarded frame costs no timer or waiter registration. The idle
@@ -74,21 +144,33 @@ where
     // the one idle timer, when it fires early, is moved to the real deadline.
     let mut last_heard = Instant::now();
     let idle_timer = tokio::time::sleep_until(last_heard + timeouts.idle);
-    let renewal_timer = tokio::time::sleep_until(last_heard + timeouts.idle);
-    let mut renewal_armed: Option<Instant> = None;
-    let stop = crate::relay::stopping(&mut shutdown);
-    let killed = outbox.killed();
-    let engaged = outbox.engaged().fuse();
-    tokio::pin!(idle_timer, renewal_timer, stop, killed, engaged);
+    // Made only once there are TURN credentials to renew: most
+    // connections never have any, and a timer is large.
+    let mut renewal: Option<(Instant, Pin<Box<Sleep>>)> = None;
+    let stop = shared.sessions_stop.stopped();
+    let attention = outbox.attention();
+    tokio::pin!(idle_timer, stop, attention);
     // The greeting; a client that cannot take even that is simply dropped.
     if session.reply(shared.server_info.clone()).await {
         loop {
-            let renew_at = session.ice.renew_at();
-            if renew_at != renewal_armed {
-                if let Some(at) = renew_at {
-                    renewal_timer.as_mut().reset(at);
+            // Paired or called by another connection: credentials now, before
+            // the frames this connection reads next (a `ping` after `pair_matched`).
+            if outbox.is_engaged() && session.ice.waiting() {
+                if let Some(frame) = session.engaged() {
+                    if !session.reply(frame).await {
+                        break;
+                    }
                 }
-                renewal_armed = renew_at;
+            }
+            let renew_at = session.ice.renew_at();
+            if renew_at != renewal.as_ref().map(|(at, _)| *at) {
+                renewal = renew_at.map(|at| match renewal.take() {
+                    Some((_, mut timer)) => {
+                        timer.as_mut().reset(at);
+                        (at, timer)
+                    }
+                    None => (at, Box::pin(tokio::time::sleep_until(at))),
+                });
             }
             tokio::select! {
                 biased;
@@ -96,19 +178,20 @@ where
                     close = Some((CLOSE_GOING_AWAY, "Server shutting down"));
                     break;
                 }
-                () = &mut killed => break,
-                // Paired or called by another connection: credentials now, before the
-                // frames this connection reads next (a `ping` after `pair_matched`).
-                () = &mut engaged, if session.ice.waiting() => {
-                    if let Some(frame) = session.engaged() {
-                        if !session.reply(frame).await {
-                            break;
-                        }
+                // Killed, or engaged (seen at the top of the next turn).
+                () = &mut attention => {
+                    if outbox.is_killed() {
+                        break;
                     }
+                    attention.set(outbox.attention());
                 }
-                () = &mut renewal_timer, if renewal_armed.is_some() => {
+                () = async {
+                    if let Some((_, timer)) = renewal.as_mut() {
+                        timer.as_mut().await;
+                    }
+                }, if renewal.is_some() => {
                     // Re-armed from the grant's next renewal time on the next turn.
-                    renewal_armed = None;
+                    renewal = None;
                     if let Some(frame) = session.renewed() {
                         if !session.reply(frame).await {
                             break;
@@ -132,13 +215,13 @@ where
                     if frame.is_ok() {
                         outbox.heard();
                     }
-                    let lossy;
-                    let text = match &frame {
-                        Ok(Message::Text(text)) => text.as_str(),
+                    // The text alone is kept while the frame is handled, not
+                    // the whole frame (room for an error) in every session.
+                    let text: Utf8Bytes = match frame {
+                        Ok(Message::Text(text)) => text,
                         // Zajel's server reads binary frames as text too (lossily).
                         Ok(Message::Binary(bytes)) => {
-                            lossy = String::from_utf8_lossy(bytes);
-                            &*lossy
+                            String::from_utf8_lossy(&bytes).into_owned().into()
                         }
                         Ok(_) => continue, // ping/pong/close: tungstenite answers them
                         Err(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
@@ -153,7 +236,7 @@ where
                         }
                         Err(error) => {
                             tracing::debug!(connection = id, %error, "connection ended");
-                            close = crate::http::close_for_read_error(error);
+                            close = crate::http::close_for_read_error(&error);
                             if close.is_some() {
                                 shared.metrics.refused(Refusal::InvalidMessage);
                             }
@@ -161,7 +244,7 @@ where
                         }
                     };
                     let mut ok = true;
-                    for reply in session.handle(text).await {
+                    for reply in session.handle(text.as_str()).await {
                         if !session.reply(reply).await {
                             ok = false;
                             break;
@@ -174,37 +257,11 @@ where
             }
         }
     }
-    let code = session.code.take();
-    if let Some(code) = code {
-        shared.hub.release(code, id);
-    }
-    shared.relay_requests.connection_closed(id, code);
-    shared.metrics.session_closed();
-    match close {
-        Some((code, reason)) if !outbox.is_killed() => {
-            drop(session);
-            // Best effort: a peer that reads gets its close frame.
-            if outbox.close(code, reason) {
-                let grace = tokio::time::sleep(timeouts.shutdown_grace);
-                tokio::select! {
-                    _ = &mut writer => {}
-                    () = grace => writer.abort(),
-                }
-                // Let the client answer the close before the socket drops.
-                let drain = tokio::time::timeout(timeouts.shutdown_grace, async {
-                    while let Some(Ok(_)) = stream.next().await {}
-                });
-                let _ = drain.await;
-            } else {
-                writer.abort();
-            }
-        }
-        _ => writer.abort(),
-    }
+    close
 }
 
 async fn write_loop<S>(
-    mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    mut sink: SplitSink<WebSocketStream<S>, Message>,
     mut receiver: crate::outbox::Receiver,
     outbox: Arc<Outbox>,
 ) where
@@ -279,7 +336,8 @@ impl Session {
             Err(text) => text,
         };
         let stall = self.shared.config.timeouts.outbound_stall;
-        match tokio::time::timeout(stall, self.outbox.reply(text)).await {
+        // Boxed: rare (the queue is full), and a timer is large.
+        match Box::pin(tokio::time::timeout(stall, self.outbox.reply(text))).await {
             Ok(queued) => queued,
             Err(_) => {
                 self.shared.metrics.refused(Refusal::SlowConsumer);
