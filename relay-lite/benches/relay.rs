@@ -25,8 +25,9 @@
 //! and more traffic means more pairs. Environment: `BENCH_CONNECTIONS`
 //! (largest memory step; default: the hard RLIMIT_NOFILE found at start
 //! minus 2,000), `BENCH_IDLE` (idle connections held during the second
-//! forwarding run, 10000), `BENCH_PAIRS` (pairs in a forwarding run, 3000: the server CPU figure is read in 10 ms ticks, so a run needs about a second of it),
-//! `BENCH_MESSAGES` (offers per sender, at most 95), `BENCH_RATE` (offered
+//! forwarding run, 10000), `BENCH_PAIRS` (pairs in a forwarding run, 3000:
+//! the server's CPU is read in 10 ms ticks, so a run needs about a second
+//! of it), `BENCH_MESSAGES` (offers per sender, at most 95), `BENCH_RATE` (offered
 //! load of the latency run, messages/s, 10000), `BENCH_SECONDS` (its length,
 //! 3). Everything runs on loopback; client sockets are spread over
 //! 127.0.2.1, 127.0.2.2, … (2,000 each), so bind() finds a free ephemeral
