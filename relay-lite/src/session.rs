@@ -1,8 +1,9 @@
 //! One client's WebSocket session: the `server_info` greeting, reading
 //! frames in Zajel's order (size, rate limit, parse, then the hub or, for
-//! `identity_challenge`, a proof signed with the server key), the
-//! writer draining the bounded outbox (in the session's task), the idle timeout, the close
-//! codes (1009 too big, 1007 bad UTF-8, 1001 shutdown), and cleanup.
+//! `identity_challenge`, a proof signed with the server key), the writer
+//! draining the bounded outbox (in the session's own task), the idle
+//! timeout, the close codes (1009 too big, 1007 bad UTF-8, 1001 shutdown),
+//! and cleanup.
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
