@@ -102,24 +102,32 @@ fn cell(samples: &[Sample], row: Milestone) -> String {
     }
 }
 
-/// Each pairing's median time to the first RTP packet (the same event on both stacks)
-/// against the first pairing's, the anchor of this run: ratios hold on a busy machine
-/// where the milliseconds do not.
+/// Each pairing's median time to the first RTP packet, and with `BENCH_VIDEO=1` to the
+/// first decoded video frame (each the same event on both stacks), against the first
+/// pairing's, the anchor of this run: ratios hold on a busy machine where the
+/// milliseconds do not.
 fn print_ratios(results: &[(&str, Vec<Sample>, usize)]) {
-    let first_rtp =
-        |samples: &[Sample]| median(samples.iter().filter_map(|s| s.first_rtp).collect());
     let Some((anchor_name, anchor_samples, _)) = results.first() else {
         return;
     };
-    let Some(anchor) = first_rtp(anchor_samples).filter(|m| *m > 0.0) else {
-        println!("\nNo ratios: the anchor ({anchor_name}) has no first RTP packet.");
-        return;
-    };
-    println!("\nFirst RTP received, median, against {anchor_name} ({anchor:.1} ms) in this run:\n");
-    for (name, samples, _) in &results[1..] {
-        match first_rtp(samples) {
-            Some(m) => println!("- {name}: {m:.1} ms, {:.1}×", m / anchor),
-            None => println!("- {name}: no first RTP packet"),
+    let mut events: Vec<(&str, Milestone)> = vec![("first RTP received", |s| s.first_rtp)];
+    if video() {
+        events.push(("first decoded video frame", |s| s.first_video_frame));
+    }
+    for (event, milestone) in events {
+        let of = |samples: &[Sample]| median(samples.iter().filter_map(milestone).collect());
+        let Some(anchor) = of(anchor_samples).filter(|m| *m > 0.0) else {
+            println!("\nNo ratios for {event}: the anchor ({anchor_name}) has none.");
+            continue;
+        };
+        let mut heading = event.to_string();
+        heading[..1].make_ascii_uppercase();
+        println!("\n{heading}, median, against {anchor_name} ({anchor:.1} ms) in this run:\n");
+        for (name, samples, _) in &results[1..] {
+            match of(samples) {
+                Some(m) => println!("- {name}: {m:.1} ms, {:.1}×", m / anchor),
+                None => println!("- {name}: none"),
+            }
         }
     }
 }
