@@ -429,13 +429,32 @@ impl<S: Store> Registry<S> {
         }
     }
 
-    fn route(&mut self, request: &Request, now_ms: u64, is_mutation: bool) -> Outcome {
+    /// A host's own read (its `GET /metrics`) from `client` at `now_ms`,
+    /// counted against the same per-address read limit as the registry's
+    /// reads: `Some(429 response)` when over it, `None` to go on.
+    pub fn refuse_read(&mut self, client: &str, now_ms: u64) -> Option<Response> {
+        let refusal = self.check_rate(client, now_ms, false).err()?;
+        let mut response = json_response(
+            refusal.status,
+            &ErrorBody {
+                error: refusal.error,
+            },
+        );
+        response.refused = Some(refusal_reason(refusal.status, errors::RATE_LIMITED));
+        if let Some(seconds) = refusal.retry_after {
+            response.headers.push(("Retry-After", seconds.to_string()));
+        }
+        Some(response)
+    }
+
+    /// Takes a token from `client`'s bucket (mutations' or reads').
+    fn check_rate(&mut self, client: &str, now_ms: u64, is_mutation: bool) -> Result<(), Refusal> {
         let limiter = if is_mutation {
             &mut self.limiter
         } else {
             &mut self.read_limiter
         };
-        if let Err(seconds) = limiter.check(&request.client, now_ms) {
+        if let Err(seconds) = limiter.check(client, now_ms) {
             let kind = if is_mutation {
                 "rate limit"
             } else {
@@ -446,6 +465,11 @@ impl<S: Store> Registry<S> {
             refusal.retry_after = Some(seconds);
             return Err(refusal);
         }
+        Ok(())
+    }
+
+    fn route(&mut self, request: &Request, now_ms: u64, is_mutation: bool) -> Outcome {
+        self.check_rate(&request.client, now_ms, is_mutation)?;
         if is_mutation && request.header("Origin").is_some() {
             return Err(Refusal::new(403, errors::FROM_BROWSER)
                 .detail("mutation with an Origin header (a web page)"));
@@ -1753,6 +1777,36 @@ mod admission_tests {
         assert_eq!(flooded.header("Access-Control-Allow-Origin"), Some("*"));
         let other = registry.handle(&Request::new("GET", "/health", "198.51.100.2"), T0);
         assert_eq!(other.status, 200);
+    }
+
+    #[test]
+    fn a_hosts_metrics_read_shares_the_read_limit_of_its_address() {
+        let mut registry = registry(Config {
+            read_rate_limit_per_minute: 3,
+            ..config()
+        });
+        // Three reads a minute from one address: /metrics reads count like any other.
+        assert!(registry.refuse_read("198.51.100.1", T0).is_none());
+        assert!(registry.refuse_read("198.51.100.1", T0).is_none());
+        let reply = registry.handle(&Request::new("GET", "/servers", "198.51.100.1"), T0);
+        assert_eq!(reply.status, 200);
+        let refused = registry
+            .refuse_read("198.51.100.1", T0)
+            .expect("a fourth read in the same minute is refused");
+        assert_eq!(refused.status, 429);
+        assert_eq!(refused.refused, Some("rate_limited"));
+        assert!(refused.header("Retry-After").is_some());
+        assert!(
+            text(&refused).contains(errors::RATE_LIMITED),
+            "{}",
+            text(&refused)
+        );
+        // And the registry's own reads from that address are refused too.
+        let reply = registry.handle(&Request::new("GET", "/servers", "198.51.100.1"), T0);
+        assert_eq!(reply.status, 429);
+        // Another address is not held back; the bucket refills with time.
+        assert!(registry.refuse_read("198.51.100.2", T0).is_none());
+        assert!(registry.refuse_read("198.51.100.1", T0 + 20_000).is_none());
     }
 
     #[test]

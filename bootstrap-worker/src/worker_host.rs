@@ -394,17 +394,22 @@ impl worker::DurableObject for RegistryObject {
             // A registration waits for its check: run it now.
             self.state.storage().set_alarm(Duration::ZERO).await?;
         }
-        let headers = Headers::new();
-        for (name, value) in &response.headers {
-            headers.append(name, value)?;
-        }
-        let built = if response.body.is_empty() {
-            Response::empty()?
-        } else {
-            Response::from_bytes(response.body.to_vec())?
-        };
-        Ok(built.with_status(response.status).with_headers(headers))
+        to_worker_response(&response)
     }
+}
+
+/// The registry core's response as the Worker sends it.
+fn to_worker_response(response: &registry::Response) -> Result<Response> {
+    let headers = Headers::new();
+    for (name, value) in &response.headers {
+        headers.append(name, value)?;
+    }
+    let built = if response.body.is_empty() {
+        Response::empty()?
+    } else {
+        Response::from_bytes(response.body.to_vec())?
+    };
+    Ok(built.with_status(response.status).with_headers(headers))
 }
 
 impl RegistryObject {
@@ -425,6 +430,18 @@ impl RegistryObject {
         }
         let publishing = setting(&self.env, "TXT_DOMAIN").is_some_and(|d| !d.trim().is_empty());
         if path == "/metrics" && request.method() == Method::Get && publishing {
+            // Under the per-address read limit like any read (it reads storage).
+            let client = request
+                .headers()
+                .get(CLIENT_HEADER)?
+                .unwrap_or_else(|| "unknown".to_string());
+            let refused = self
+                .with_core(|registry| registry.refuse_read(&client, Date::now().as_millis()))
+                .ok()
+                .flatten();
+            if let Some(refused) = refused {
+                return Ok(Some(to_worker_response(&refused)?));
+            }
             let status: txt_cron::TxtStatus = self
                 .state
                 .storage()

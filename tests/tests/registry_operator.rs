@@ -433,3 +433,49 @@ fn metrics_can_listen_on_their_own_address_and_leave_the_public_one() {
         assert_eq!(client.get(other).send().unwrap().status(), 404);
     }
 }
+
+/// `GET /metrics` on the public port counts against the per-address read
+/// limit like any read (it counts the registry's entries): a client that
+/// floods it gets the registry's 429 with `Retry-After`, and its other
+/// reads are held back with it. On the operator's own metrics address it is
+/// not limited.
+#[test]
+fn public_metrics_reads_are_rate_limited_like_any_read() {
+    let registry = start(&["--read-rate-limit", "3"]);
+    let client = http();
+    let metrics = format!("{}/metrics", registry.base_url);
+    for n in 0..3 {
+        let response = client.get(&metrics).send().unwrap();
+        assert_eq!(response.status(), 200, "read {n}");
+    }
+    let flooded = client.get(&metrics).send().unwrap();
+    assert_eq!(flooded.status(), 429);
+    assert!(flooded.headers().contains_key("retry-after"));
+    let body = flooded.text().unwrap();
+    assert!(body.contains("\"error\""), "{body}");
+    let servers = client
+        .get(format!("{}/servers", registry.base_url))
+        .send()
+        .unwrap();
+    assert_eq!(servers.status(), 429, "the same address's list read");
+
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = write_key_file(dir.path(), &random_key());
+    let mut command = Command::new(binary("bootstrap-worker").unwrap());
+    command
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0", "--memory", "--policy", "open"])
+        .arg("--signing-key-file")
+        .arg(&key_file)
+        .args(["--read-rate-limit", "3", "--metrics-listen", "127.0.0.1:0"]);
+    let mut process = ChildProcess::spawn("bootstrap-worker serve", command).unwrap();
+    let metrics_url = process
+        .wait_for(Duration::from_secs(20), |line| {
+            line.strip_prefix("metrics on ").map(str::to_string)
+        })
+        .unwrap();
+    for n in 0..10 {
+        let response = client.get(&metrics_url).send().unwrap();
+        assert_eq!(response.status(), 200, "scrape {n} on the metrics address");
+    }
+}

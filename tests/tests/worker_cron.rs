@@ -6,6 +6,8 @@
 //! shapes. The Worker signs with the registry key it holds; the records it
 //! leaves behind are verified with that key as clients verify them.
 //!
+//! Also: `GET /metrics` under the per-address read limit.
+//!
 //! Needs the wasm build and `npm ci`, as the registry conformance suite;
 //! `ZAJEL_SKIP_WORKERD=1` skips it on purpose.
 
@@ -298,4 +300,50 @@ fn the_cron_trigger_publishes_skips_an_unchanged_set_republishes_one_about_to_ex
         .requests()
         .iter()
         .any(|r| r.starts_with("GET /client/v4/zones?name=zajel.test")));
+}
+
+/// The Worker's `GET /metrics` counts against the per-address read limit
+/// like any read (each one reads Durable Object storage): a client that
+/// floods it gets the registry's 429 with `Retry-After`, and its list reads
+/// are held back with it.
+#[test]
+fn metrics_reads_are_rate_limited_like_any_read() {
+    if skip() {
+        eprintln!("ZAJEL_SKIP_WORKERD=1: the Worker's /metrics limit is not tested");
+        return;
+    }
+    let options = WorkerOptions {
+        vars: vec![("TXT_DOMAIN".into(), ZONE.into())],
+        ..WorkerOptions::default()
+    };
+    let profile = Profile {
+        read_rate_limit: 3,
+        ..Profile::SIGNED
+    };
+    let worker = registry_host::spawn_wrangler_dev_with(profile, options)
+        .and_then(|starting| starting.ready())
+        .unwrap_or_else(|e| panic!("wrangler dev: {e}"));
+    let mut statuses = Vec::new();
+    let mut flooded = None;
+    for _ in 0..4 {
+        let reply = http()
+            .get(worker.url("/metrics"))
+            .send()
+            .expect("the Worker answers /metrics");
+        statuses.push(reply.status().as_u16());
+        flooded = Some(reply);
+    }
+    // wrangler's readiness probe may have taken a read: at most three 200s, then 429s.
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    assert!(
+        statuses.iter().filter(|s| **s == 200).count() >= 2,
+        "{statuses:?}"
+    );
+    let flooded = flooded.expect("a reply");
+    assert!(flooded.headers().contains_key("retry-after"), "{flooded:?}");
+    let list = http()
+        .get(worker.url("/servers"))
+        .send()
+        .expect("the Worker answers /servers");
+    assert_eq!(list.status().as_u16(), 429, "the same address's list read");
 }

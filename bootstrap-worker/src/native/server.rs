@@ -199,7 +199,8 @@ async fn metrics_loop(listener: TcpListener, registry: SharedRegistry, host: Arc
                     let response = if request.method() == hyper::Method::GET
                         && request.uri().path() == "/metrics"
                     {
-                        metrics_response(&registry, &host).await
+                        // The operator's own metrics address: not limited.
+                        metrics_response(&registry, &host, None).await.0
                     } else {
                         not_found()
                     };
@@ -238,7 +239,19 @@ async fn counted(
     let (response, refused) = if method == "GET" && path == "/metrics" && host.metrics_elsewhere {
         (not_found(), None)
     } else if method == "GET" && path == "/metrics" {
-        (metrics_response(&registry, &host).await, None)
+        // On the public port: under the per-address read limit like any read
+        // (it counts the registry's entries, a query over all of them).
+        let headers: Vec<(String, String)> = request
+            .headers()
+            .iter()
+            .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
+            .collect();
+        let client = host
+            .options
+            .trusted_proxies
+            .client_address(peer.ip(), &headers)
+            .to_string();
+        metrics_response(&registry, &host, Some(client)).await
     } else {
         answer(registry, &host, peer, request).await
     };
@@ -247,22 +260,34 @@ async fn counted(
     Ok(response)
 }
 
+/// The metrics page; `client` (on the public port) is held to the read
+/// limit first, and refused with the registry's 429 when over it.
 async fn metrics_response(
     registry: &SharedRegistry,
     host: &Arc<Host>,
-) -> hyper::Response<Full<Bytes>> {
+    client: Option<String>,
+) -> (hyper::Response<Full<Bytes>>, Option<&'static str>) {
     let registry = registry.clone();
     let entries = tokio::task::spawn_blocking(move || {
-        let registry = registry
+        let mut registry = registry
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        (
-            registry.fresh_entries(now_ms()).ok(),
-            registry.admission_stats(),
-        )
+        let now = now_ms();
+        if let Some(refused) = client.and_then(|client| registry.refuse_read(&client, now)) {
+            return Err(refused);
+        }
+        Ok((registry.fresh_entries(now).ok(), registry.admission_stats()))
     })
     .await
     .ok();
+    let entries = match entries {
+        Some(Err(refused)) => {
+            let reason = refused.refused;
+            return (to_hyper(refused), reason);
+        }
+        Some(Ok(entries)) => Some(entries),
+        None => None,
+    };
     let (entries, admission) = match entries {
         Some((entries, admission)) => (entries, Some(admission)),
         None => (None, None),
@@ -274,7 +299,7 @@ async fn metrics_response(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static(metrics::CONTENT_TYPE),
     );
-    response
+    (response, None)
 }
 
 async fn answer(
