@@ -154,14 +154,8 @@ where
     // The greeting; a client that cannot take even that is simply dropped.
     if session.reply(shared.server_info.clone()).await {
         loop {
-            // Paired or called by another connection: credentials now, before
-            // the frames this connection reads next (a `ping` after `pair_matched`).
-            if outbox.is_engaged() && session.ice.waiting() {
-                if let Some(frame) = session.engaged() {
-                    if !session.reply(frame).await {
-                        break;
-                    }
-                }
+            if !session.grant_if_engaged().await {
+                break;
             }
             let renew_at = session.ice.renew_at();
             if renew_at != renewal.as_ref().map(|(at, _)| *at) {
@@ -244,6 +238,10 @@ where
                             break;
                         }
                     };
+                    // Looked at again here, not only when the wake for it came.
+                    if !session.grant_if_engaged().await {
+                        break;
+                    }
                     let mut ok = true;
                     for reply in session.handle(text.as_str()).await {
                         if !session.reply(reply).await {
@@ -315,6 +313,19 @@ impl Session {
         self.ice
             .engaged(Instant::now(), config.ttl)
             .then(|| self.ice_frame(config))
+    }
+
+    /// Paired or called by another connection: its first `ice_servers` now,
+    /// before the reply to anything the client sends after reading that
+    /// frame (a `ping` after `pair_matched`). False if the client is gone.
+    async fn grant_if_engaged(&mut self) -> bool {
+        if !(self.outbox.is_engaged() && self.ice.waiting()) {
+            return true;
+        }
+        match self.engaged() {
+            Some(frame) => self.reply(frame).await,
+            None => true,
+        }
     }
 
     /// The renewal timer fired: a fresh `ice_servers`.

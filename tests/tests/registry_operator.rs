@@ -26,6 +26,8 @@ use zajel_wire::keys;
 struct Registry {
     _process: ChildProcess,
     base_url: String,
+    /// With `--metrics-listen`: where the metrics are.
+    metrics_url: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -48,9 +50,17 @@ fn start(extra: &[&str]) -> Registry {
             line.strip_prefix("listening on ").map(str::to_string)
         })
         .unwrap();
+    let metrics_url = extra.contains(&"--metrics-listen").then(|| {
+        process
+            .wait_for(Duration::from_secs(20), |line| {
+                line.strip_prefix("metrics on ").map(str::to_string)
+            })
+            .unwrap()
+    });
     Registry {
         _process: process,
         base_url,
+        metrics_url,
         _dir: dir,
     }
 }
@@ -459,21 +469,8 @@ fn public_metrics_reads_are_rate_limited_like_any_read() {
         .unwrap();
     assert_eq!(servers.status(), 429, "the same address's list read");
 
-    let dir = tempfile::tempdir().unwrap();
-    let key_file = write_key_file(dir.path(), &random_key());
-    let mut command = Command::new(binary("bootstrap-worker").unwrap());
-    command
-        .arg("serve")
-        .args(["--listen", "127.0.0.1:0", "--memory", "--policy", "open"])
-        .arg("--signing-key-file")
-        .arg(&key_file)
-        .args(["--read-rate-limit", "3", "--metrics-listen", "127.0.0.1:0"]);
-    let mut process = ChildProcess::spawn("bootstrap-worker serve", command).unwrap();
-    let metrics_url = process
-        .wait_for(Duration::from_secs(20), |line| {
-            line.strip_prefix("metrics on ").map(str::to_string)
-        })
-        .unwrap();
+    let separate = start(&["--read-rate-limit", "3", "--metrics-listen", "127.0.0.1:0"]);
+    let metrics_url = separate.metrics_url.expect("metrics on their own address");
     for n in 0..10 {
         let response = client.get(&metrics_url).send().unwrap();
         assert_eq!(response.status(), 200, "scrape {n} on the metrics address");

@@ -241,16 +241,7 @@ async fn counted(
     } else if method == "GET" && path == "/metrics" {
         // On the public port: under the per-address read limit like any read
         // (it counts the registry's entries, a query over all of them).
-        let headers: Vec<(String, String)> = request
-            .headers()
-            .iter()
-            .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
-            .collect();
-        let client = host
-            .options
-            .trusted_proxies
-            .client_address(peer.ip(), &headers)
-            .to_string();
+        let (_, client) = client_of(&host, peer, request.headers());
         metrics_response(&registry, &host, Some(client)).await
     } else {
         answer(registry, &host, peer, request).await
@@ -258,6 +249,25 @@ async fn counted(
     host.metrics
         .record(&method, &path, response.status().as_u16(), refused);
     Ok(response)
+}
+
+/// A request's headers as the core takes them, and the client address the
+/// rate limits key on (the peer's, or behind a trusted proxy the one it names).
+fn client_of(
+    host: &Host,
+    peer: SocketAddr,
+    headers: &hyper::HeaderMap,
+) -> (Vec<(String, String)>, String) {
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
+        .collect();
+    let client = host
+        .options
+        .trusted_proxies
+        .client_address(peer.ip(), &headers)
+        .to_string();
+    (headers, client)
 }
 
 /// The metrics page; `client` (on the public port) is held to the read
@@ -314,18 +324,10 @@ async fn answer(
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let headers: Vec<(String, String)> = parts
-        .headers
-        .iter()
-        .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
-        .collect();
-    let client = host
-        .options
-        .trusted_proxies
-        .client_address(peer.ip(), &headers);
+    let (headers, client) = client_of(host, peer, &parts.headers);
     let wants_gzip = accepts_gzip(&headers);
     let gzip = host.gzip.clone();
-    let mut core = Request::new(parts.method.as_str(), path, &client.to_string());
+    let mut core = Request::new(parts.method.as_str(), path, &client);
     core.headers = headers;
     let read = tokio::time::timeout(BODY_TIMEOUT, async {
         let mut drained = 0;
