@@ -229,6 +229,9 @@ async fn contacts_on_two_relays_meet_by_forwarding_and_pair_on_the_named_relay()
         fleet.url(0)
     };
     assert_eq!(at_a, smaller_contacts_relay);
+    // The two contacts share their points, and the relays' keys (so the hash
+    // ring) are new each run: when one relay owns every point, only the other
+    // relay's client is forwarded. Either way at least one forward was sent.
     assert!(
         fleet
             .metric(0, "relay_rendezvous_forwards_sent_total")
@@ -238,7 +241,7 @@ async fn contacts_on_two_relays_meet_by_forwarding_and_pair_on_the_named_relay()
                 .metric(1, "relay_rendezvous_forwards_sent_total")
                 .await
                 .unwrap()
-            >= 2
+            >= 1
     );
     eprintln!("met across two relays in {met:?}");
 }
