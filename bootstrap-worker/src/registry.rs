@@ -272,6 +272,18 @@ struct Refusal {
 }
 
 impl Refusal {
+    /// The JSON error answer (`{"error": …}`), its reason for the metrics,
+    /// and `Retry-After` when the refusal has one.
+    fn into_response(self) -> Response {
+        let reason = refusal_reason(self.status, &self.error);
+        let mut response = json_response(self.status, &ErrorBody { error: self.error });
+        response.refused = Some(reason);
+        if let Some(seconds) = self.retry_after {
+            response.headers.push(("Retry-After", seconds.to_string()));
+        }
+        response
+    }
+
     fn new(status: u16, error: impl Into<String>) -> Self {
         let error = error.into();
         Self {
@@ -404,26 +416,17 @@ impl<S: Store> Registry<S> {
                 response
             }
             Err(refusal) => {
-                let reason = refusal_reason(refusal.status, &refusal.error);
-                let mut response = json_response(
-                    refusal.status,
-                    &ErrorBody {
-                        error: refusal.error,
-                    },
-                );
+                let log_line = (is_mutation || refusal.status >= 500).then(|| {
+                    format!(
+                        "refused {method} {route} from {}: {} {}",
+                        request.client, refusal.status, refusal.detail
+                    )
+                });
+                let mut response = refusal.into_response();
                 if !cors_allowed {
                     response.headers.retain(|(name, _)| !is_cors_header(name));
                 }
-                response.refused = Some(reason);
-                if let Some(seconds) = refusal.retry_after {
-                    response.headers.push(("Retry-After", seconds.to_string()));
-                }
-                if is_mutation || refusal.status >= 500 {
-                    response.refusal = Some(format!(
-                        "refused {method} {route} from {}: {} {}",
-                        request.client, refusal.status, refusal.detail
-                    ));
-                }
+                response.refusal = log_line;
                 response
             }
         }
@@ -434,17 +437,7 @@ impl<S: Store> Registry<S> {
     /// reads: `Some(429 response)` when over it, `None` to go on.
     pub fn refuse_read(&mut self, client: &str, now_ms: u64) -> Option<Response> {
         let refusal = self.check_rate(client, now_ms, false).err()?;
-        let mut response = json_response(
-            refusal.status,
-            &ErrorBody {
-                error: refusal.error,
-            },
-        );
-        response.refused = Some(refusal_reason(refusal.status, errors::RATE_LIMITED));
-        if let Some(seconds) = refusal.retry_after {
-            response.headers.push(("Retry-After", seconds.to_string()));
-        }
-        Some(response)
+        Some(refusal.into_response())
     }
 
     /// Takes a token from `client`'s bucket (mutations' or reads').
